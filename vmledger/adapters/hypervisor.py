@@ -1,0 +1,120 @@
+"""The hypervisor port: what the host agent needs from any hypervisor driver.
+
+Drivers (the simulator, libvirt) implement :class:`Hypervisor`. Every operation is
+expected to be *idempotent from the caller's point of view*: the agent always asks
+:meth:`Hypervisor.observe` first and only calls an operation whose effect is not yet
+visible, so a step repeated after a crash is harmless.
+
+Each operation returns a small JSON-able mapping describing what the hypervisor
+answered (for instance ``{"method": "acpi"}`` for a soft reboot); the agent records it
+in the audit trail. A refusal or failure raises :class:`HypervisorError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol, runtime_checkable
+
+
+class PowerState(IntEnum):
+    """Nova's power_state numbering (2 and 5 are unused slots)."""
+
+    NOSTATE = 0
+    RUNNING = 1
+    PAUSED = 3
+    SHUTDOWN = 4
+    CRASHED = 6
+    SUSPENDED = 7
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """What a guest is built from: the server's identity, flavor and image."""
+
+    server_id: str
+    name: str
+    flavor_id: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    image_id: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Where a guest really is, as the hypervisor reports it."""
+
+    exists: bool
+    power_state: PowerState = PowerState.NOSTATE
+    flavor_id: str | None = None
+    image_id: str | None = None
+    #: an old definition is kept for a revert (resized, not yet confirmed/reverted)
+    resize_pending: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "exists": self.exists,
+            "power_state": int(self.power_state),
+            "flavor_id": self.flavor_id,
+            "image_id": self.image_id,
+            "resize_pending": self.resize_pending,
+        }
+
+
+class HypervisorError(Exception):
+    """The hypervisor refused or failed an operation.
+
+    ``rollback`` says the guest was left as it was before the call (Nova's
+    "instance fault rollback": the server returns to its previous state instead of
+    going to ERROR).
+    """
+
+    def __init__(self, message: str, *, rollback: bool = False, code: int = 500) -> None:
+        super().__init__(message)
+        self.message = message
+        self.rollback = rollback
+        self.code = code
+
+
+Result = Mapping[str, Any]
+
+
+@runtime_checkable
+class Hypervisor(Protocol):
+    """One hypervisor host, as seen by its host agent."""
+
+    #: a short driver name recorded in the audit trail ("simulator", "libvirt")
+    driver: str
+
+    def observe(self, server_id: str) -> Observation: ...
+
+    def spawn(self, spec: GuestSpec) -> Result: ...
+
+    def reboot(self, server_id: str, *, hard: bool) -> Result: ...
+
+    def rebuild(self, spec: GuestSpec) -> Result: ...
+
+    def resize(self, spec: GuestSpec) -> Result:
+        """Apply the new flavor in ``spec``, keeping the old definition for a revert."""
+        ...
+
+    def confirm_resize(self, server_id: str) -> Result: ...
+
+    def revert_resize(self, server_id: str) -> Result: ...
+
+    def pause(self, server_id: str) -> Result: ...
+
+    def unpause(self, server_id: str) -> Result: ...
+
+    def suspend(self, server_id: str) -> Result: ...
+
+    def resume(self, server_id: str) -> Result: ...
+
+    def power_off(self, server_id: str) -> Result: ...
+
+    def power_on(self, server_id: str) -> Result: ...
+
+    def destroy(self, server_id: str) -> Result: ...
