@@ -1,0 +1,30 @@
+# Two commands on a fresh machine (see README.md):
+#   make serve   -- run vmledger on the embedded default (SQLite + simulator)
+#   make test    -- run the test suite (the same command CI runs)
+# Both create the virtual environment on first use.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/vmledger serve
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check vmledger tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,436 @@
+"""The server lifecycle: one declarative table, the single source of truth.
+
+Everything that decides or describes a server's state reads :data:`ACTIONS` and
+:data:`STATUS_MAP` from here: the command guard (:func:`check`), the host agent's
+outcomes (:func:`outcome`), the API status (:func:`status_of`), the generated state
+diagram (``docs/lifecycle.md``) and the tests. The rules follow Nova (see
+``nova/compute/api.py`` decorators and ``nova/api/openstack/common.py``); the facts are
+restated in the project's reference notes.
+
+The table is held by one module-level :class:`transitions.Machine` with no model bound
+(``model=None``): aggregates are never bound to it. Its states are composite
+``vm_state`` or ``vm_state/task_state`` names; its triggers are ``request:<action>``,
+``advance:<action>``, ``complete:<action>``, ``fail:<action>`` and ``rollback:<action>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from transitions import Machine, MachineError
+
+from vmledger.domain.errors import BadRequest, Forbidden, InvalidState, Locked
+
+# --- vm_state (stable) ---------------------------------------------------------------
+BUILDING = "building"
+ACTIVE = "active"
+PAUSED = "paused"
+SUSPENDED = "suspended"
+STOPPED = "stopped"
+RESIZED = "resized"
+ERROR = "error"
+DELETED = "deleted"
+
+VM_STATES: tuple[str, ...] = (
+    BUILDING, ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED, ERROR, DELETED,
+)
+
+# --- task_state (transient; None when idle) ------------------------------------------
+SCHEDULING = "scheduling"
+NETWORKING = "networking"
+BLOCK_DEVICE_MAPPING = "block_device_mapping"
+SPAWNING = "spawning"
+REBOOTING = "rebooting"
+REBOOT_PENDING = "reboot_pending"
+REBOOT_STARTED = "reboot_started"
+REBOOTING_HARD = "rebooting_hard"
+REBOOT_PENDING_HARD = "reboot_pending_hard"
+REBOOT_STARTED_HARD = "reboot_started_hard"
+REBUILDING = "rebuilding"
+REBUILD_BLOCK_DEVICE_MAPPING = "rebuild_block_device_mapping"
+REBUILD_SPAWNING = "rebuild_spawning"
+RESIZE_PREP = "resize_prep"
+RESIZE_MIGRATING = "resize_migrating"
+RESIZE_MIGRATED = "resize_migrated"
+RESIZE_FINISH = "resize_finish"
+RESIZE_REVERTING = "resize_reverting"
+PAUSING = "pausing"
+UNPAUSING = "unpausing"
+SUSPENDING = "suspending"
+RESUMING = "resuming"
+POWERING_OFF = "powering-off"
+POWERING_ON = "powering-on"
+DELETING = "deleting"
+IMAGE_SNAPSHOT = "image_snapshot"
+IMAGE_SNAPSHOT_PENDING = "image_snapshot_pending"
+IMAGE_PENDING_UPLOAD = "image_pending_upload"
+IMAGE_UPLOADING = "image_uploading"
+
+#: task states from which a HARD reboot is accepted (Nova's ``ALLOW_REBOOT``)
+ALLOW_REBOOT: frozenset[str | None] = frozenset(
+    {None, REBOOTING, REBOOT_PENDING, REBOOT_STARTED, RESUMING, REBOOTING_HARD,
+     UNPAUSING, PAUSING, SUSPENDING}
+)
+
+# --- end-state rules -------------------------------------------------------------------
+#: keep the vm_state the server had when the action was requested
+SAME = "(same)"
+#: the vm_state stashed when the action was requested (Nova's ``old_vm_state``)
+STASHED = "(stashed)"
+
+ANY: None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    """One row of the lifecycle table."""
+
+    #: command name, unique in the table (``reboot_hard``)
+    name: str
+    #: the name Nova prints in refusals (``reboot``, ``stop``, ``confirmResize``)
+    api_name: str
+    #: the os-instance-actions name (``reboot``, ``stop``, ``confirmResize``)
+    instance_action: str
+    #: vm_states it is allowed from; ``None`` = any
+    vm_states: frozenset[str] | None
+    #: task_states it is allowed from; ``None`` = any
+    task_states: frozenset[str | None] | None
+    #: task_states while in flight, in order; the first is set when accepted
+    steps: tuple[str, ...] = ()
+    #: the host agent enacts it (else it is decided and done in the request)
+    asynchronous: bool = True
+    #: vm_state on success: a state, SAME, STASHED, or a mapping from the starting state
+    success: str | Mapping[str, str] = SAME
+    #: vm_state on a generic failure
+    failure: str = ERROR
+    #: vm_state when the hypervisor left the guest untouched (Nova's rollback)
+    rollback: str = SAME
+    checks_lock: bool = True
+    needs_launched: bool = True
+    admin_only: bool = False
+    #: a finished resize must be waiting (else 400 "Instance has not been resized.")
+    needs_finished_resize: bool = False
+    #: remember the vm_state at request time for later (resize → confirm/revert)
+    stashes_vm_state: bool = False
+    doc: str = field(default="", compare=False)
+
+
+def _states(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+IDLE: frozenset[str | None] = frozenset({None})
+
+ACTIONS: dict[str, Action] = {a.name: a for a in (
+    Action("create", "create", "create", vm_states=_states(), task_states=IDLE,
+           steps=(SCHEDULING, NETWORKING, BLOCK_DEVICE_MAPPING, SPAWNING),
+           success=ACTIVE, failure=ERROR, rollback=ERROR, needs_launched=False,
+           doc="build and boot a new server"),
+    Action("reboot_soft", "reboot", "reboot", vm_states=_states(ACTIVE), task_states=IDLE,
+           steps=(REBOOTING, REBOOT_PENDING, REBOOT_STARTED),
+           success=ACTIVE, failure=ERROR, rollback=ACTIVE,
+           doc="ACPI reboot; the guest still running after a failure stays ACTIVE"),
+    Action("reboot_hard", "reboot", "reboot",
+           vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED, ERROR),
+           task_states=ALLOW_REBOOT,
+           steps=(REBOOTING_HARD, REBOOT_PENDING_HARD, REBOOT_STARTED_HARD),
+           success=ACTIVE, failure=ERROR, rollback=ACTIVE,
+           doc="reset; the standard recovery path, may override a reboot or pause in flight"),
+    Action("rebuild", "rebuild", "rebuild", vm_states=_states(ACTIVE, STOPPED, ERROR),
+           task_states=IDLE, steps=(REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING),
+           success={ACTIVE: ACTIVE, STOPPED: STOPPED, ERROR: ACTIVE},
+           failure=ERROR, rollback=SAME, doc="new disk from an image; keeps id and addresses"),
+    Action("resize", "resize", "resize", vm_states=_states(ACTIVE, STOPPED), task_states=IDLE,
+           steps=(RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH),
+           success=RESIZED, failure=ERROR, rollback=SAME, stashes_vm_state=True,
+           doc="new flavor; waits in VERIFY_RESIZE for confirm, revert or the deadline"),
+    Action("confirm_resize", "confirmResize", "confirmResize", vm_states=_states(RESIZED),
+           task_states=IDLE, steps=(), success=STASHED, failure=ERROR, rollback=ERROR,
+           needs_finished_resize=True,
+           doc="drop the old definition; no task_state is shown while it runs"),
+    Action("revert_resize", "revertResize", "revertResize", vm_states=_states(RESIZED),
+           task_states=IDLE, steps=(RESIZE_REVERTING,), success=STASHED, failure=ERROR,
+           rollback=ERROR, needs_finished_resize=True, doc="restore the old flavor"),
+    Action("pause", "pause", "pause", vm_states=_states(ACTIVE), task_states=IDLE,
+           steps=(PAUSING,), success=PAUSED, failure=SAME, rollback=SAME),
+    Action("unpause", "unpause", "unpause", vm_states=_states(PAUSED), task_states=IDLE,
+           steps=(UNPAUSING,), success=ACTIVE, failure=SAME, rollback=SAME),
+    Action("suspend", "suspend", "suspend", vm_states=_states(ACTIVE), task_states=IDLE,
+           steps=(SUSPENDING,), success=SUSPENDED, failure=ERROR, rollback=SAME),
+    Action("resume", "resume", "resume", vm_states=_states(SUSPENDED), task_states=IDLE,
+           steps=(RESUMING,), success=ACTIVE, failure=ERROR, rollback=SAME),
+    Action("stop", "stop", "stop", vm_states=_states(ACTIVE, ERROR), task_states=IDLE,
+           steps=(POWERING_OFF,), success=STOPPED, failure=SAME, rollback=SAME,
+           doc="graceful shutdown with a timeout, then power off"),
+    Action("start", "start", "start", vm_states=_states(STOPPED), task_states=IDLE,
+           steps=(POWERING_ON,), success=ACTIVE, failure=SAME, rollback=SAME),
+    Action("delete", "delete", "delete", vm_states=ANY, task_states=ANY, steps=(DELETING,),
+           success=DELETED, failure=ERROR, rollback=ERROR, needs_launched=False,
+           doc="allowed in any state; a repeated delete while deleting is ignored"),
+    Action("lock", "lock", "lock", vm_states=ANY, task_states=ANY, asynchronous=False,
+           checks_lock=False, needs_launched=False, doc="no state checks at all"),
+    Action("unlock", "unlock", "unlock", vm_states=ANY, task_states=ANY, asynchronous=False,
+           checks_lock=False, needs_launched=False),
+    Action("reset_state", "os-resetState", "resetState", vm_states=ANY, task_states=ANY,
+           asynchronous=False, checks_lock=False, needs_launched=False, admin_only=True,
+           success=ACTIVE, doc="admin: set vm_state active or error, clear task_state"),
+)}
+
+#: every task_state the table can set
+TASK_STATES: tuple[str, ...] = tuple(dict.fromkeys(
+    itertools.chain.from_iterable(a.steps for a in ACTIONS.values())
+))
+
+# --- (vm_state, task_state) → API status ------------------------------------------
+_RESIZE_TASKS = (RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH)
+_REBUILD_TASKS = (REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING)
+
+#: Nova's ``_STATE_MAP``: per vm_state a default status and task_state overrides
+STATUS_MAP: dict[str, tuple[str, dict[str, str]]] = {
+    ACTIVE: ("ACTIVE", {
+        REBOOTING: "REBOOT", REBOOT_PENDING: "REBOOT", REBOOT_STARTED: "REBOOT",
+        REBOOTING_HARD: "HARD_REBOOT", REBOOT_PENDING_HARD: "HARD_REBOOT",
+        REBOOT_STARTED_HARD: "HARD_REBOOT", "updating_password": "PASSWORD",
+        **dict.fromkeys(_REBUILD_TASKS, "REBUILD"), "migrating": "MIGRATING",
+        **dict.fromkeys(_RESIZE_TASKS, "RESIZE"),
+    }),
+    BUILDING: ("BUILD", {}),
+    STOPPED: ("SHUTOFF", {**dict.fromkeys(_RESIZE_TASKS, "RESIZE"),
+                          **dict.fromkeys(_REBUILD_TASKS, "REBUILD")}),
+    RESIZED: ("VERIFY_RESIZE", {RESIZE_REVERTING: "REVERT_RESIZE"}),
+    PAUSED: ("PAUSED", {"migrating": "MIGRATING"}),
+    SUSPENDED: ("SUSPENDED", {}),
+    "rescued": ("RESCUE", {}),
+    ERROR: ("ERROR", dict.fromkeys(_REBUILD_TASKS, "REBUILD")),
+    DELETED: ("DELETED", {}),
+    "soft-delete": ("SOFT_DELETED", {}),
+    "shelved": ("SHELVED", {}),
+    "shelved_offloaded": ("SHELVED_OFFLOADED", {}),
+}
+
+#: the full status enum of Nova's response schema
+STATUSES: frozenset[str] = frozenset({
+    "ACTIVE", "BUILD", "DELETED", "ERROR", "HARD_REBOOT", "MIGRATING", "PASSWORD",
+    "PAUSED", "REBOOT", "REBUILD", "RESCUE", "RESIZE", "REVERT_RESIZE", "SHELVED",
+    "SHELVED_OFFLOADED", "SHUTOFF", "SOFT_DELETED", "SUSPENDED", "UNKNOWN", "VERIFY_RESIZE",
+})
+
+
+def status_of(vm_state: str, task_state: str | None) -> str:
+    """The API ``status`` of a server, exactly as Nova's ``status_from_state``."""
+    default, overrides = STATUS_MAP.get(vm_state, ("UNKNOWN", {}))
+    if task_state is None:
+        return default
+    return overrides.get(task_state, default)
+
+
+def states_for_status(status: str) -> list[tuple[str, str | None] | tuple[str, None]]:
+    """Invert the status map for the ``?status=`` filter: (vm_state, task_state) pairs.
+
+    A task_state of ``None`` in a pair means *any* task_state when the status is the
+    vm_state's default (``status=ACTIVE`` selects active servers whatever their task).
+    """
+    pairs: list[tuple[str, str | None] | tuple[str, None]] = []
+    for vm_state, (default, overrides) in STATUS_MAP.items():
+        if default == status:
+            pairs.append((vm_state, None))
+        else:
+            pairs.extend((vm_state, t) for t, s in overrides.items() if s == status)
+    return pairs
+
+
+# --- the machine -------------------------------------------------------------------
+NEW = "new"
+
+
+def state_name(vm_state: str, task_state: str | None) -> str:
+    """The composite machine state for a (vm_state, task_state) pair."""
+    return vm_state if task_state is None else f"{vm_state}/{task_state}"
+
+
+def split_state(name: str) -> tuple[str, str | None]:
+    vm_state, _, task_state = name.partition("/")
+    return vm_state, task_state or None
+
+
+def _end_for(rule: str | Mapping[str, str], start: str, stashed: str) -> str:
+    if isinstance(rule, Mapping):
+        return rule.get(start, start)
+    if rule == SAME:
+        return start
+    if rule == STASHED:
+        return stashed
+    return rule
+
+
+def _allowed_sources(action: Action) -> Iterable[tuple[str, str | None]]:
+    if action.name == "create":
+        return []
+    vm_states = action.vm_states if action.vm_states is not None else set(VM_STATES) - {DELETED}
+    task_states: Iterable[str | None] = (
+        action.task_states if action.task_states is not None else (None, *TASK_STATES)
+    )
+    return itertools.product(sorted(vm_states), sorted(task_states, key=lambda t: t or ""))
+
+
+def _stash_is(value: str) -> Any:
+    def condition(*_args: Any, stashed: str = ACTIVE, **_kw: Any) -> bool:
+        return stashed == value
+
+    condition.__name__ = f"stashed_{value}"
+    return condition
+
+
+def _build_transitions() -> list[dict[str, Any]]:
+    transitions: list[dict[str, Any]] = []
+    for action in ACTIONS.values():
+        first = action.steps[0] if action.steps else None
+        # request: accepted by the guard
+        sources = [(NEW, None)] if action.name == "create" else list(_allowed_sources(action))
+        for vm_state, task_state in sources:
+            start = BUILDING if action.name == "create" else vm_state
+            dest = state_name(start, first) if action.asynchronous else None
+            if action.asynchronous:
+                transitions.append({"trigger": f"request:{action.name}",
+                                    "source": state_name(vm_state, task_state), "dest": dest})
+            elif action.name == "reset_state":
+                for target in (ACTIVE, ERROR):
+                    transitions.append({
+                        "trigger": f"request:{action.name}",
+                        "source": state_name(vm_state, task_state), "dest": target,
+                        "conditions": [_target_is(target)],
+                    })
+            else:  # lock/unlock: no state change
+                transitions.append({"trigger": f"request:{action.name}",
+                                    "source": state_name(vm_state, task_state),
+                                    "dest": state_name(vm_state, task_state)})
+        if not action.asynchronous:
+            continue
+        # the in-flight states this action passes through, per starting vm_state
+        starts = {BUILDING} if action.name == "create" else {vm for vm, _ in sources}
+        for start in sorted(starts):
+            in_flight = [state_name(start, step) for step in action.steps] or [start]
+            for earlier, later in itertools.pairwise(in_flight):
+                transitions.append({"trigger": f"advance:{action.name}",
+                                    "source": earlier, "dest": later})
+            for outcome, rule in (("complete", action.success), ("fail", action.failure),
+                                  ("rollback", action.rollback)):
+                stash_values = (ACTIVE, STOPPED) if rule == STASHED else (ACTIVE,)
+                for stashed in stash_values:
+                    end = _end_for(rule, start, stashed)
+                    for source in in_flight:
+                        transitions.append({
+                            "trigger": f"{outcome}:{action.name}", "source": source,
+                            "dest": end,
+                            "conditions": [_stash_is(stashed)] if rule == STASHED else [],
+                        })
+    return transitions
+
+
+def _target_is(value: str) -> Any:
+    def condition(*_args: Any, target: str = ACTIVE, **_kw: Any) -> bool:
+        return target == value
+
+    condition.__name__ = f"target_{value}"
+    return condition
+
+
+def _all_states() -> list[str]:
+    names = [NEW, *VM_STATES]
+    names += [state_name(vm, t) for vm in VM_STATES for t in TASK_STATES]
+    return names
+
+
+#: The rulebook. Never bind a model to it: check with a stand-in (see ``_StandIn``).
+MACHINE = Machine(model=None, states=_all_states(), transitions=_build_transitions(),
+                  initial=None, auto_transitions=False, model_attribute="state",
+                  send_event=False)
+
+
+class _StandIn:
+    __slots__ = ("state",)
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+class NotAllowed(Exception):
+    """The machine has no such transition (used for outcomes, not user refusals)."""
+
+
+def fire(trigger: str, vm_state: str, task_state: str | None, **kwargs: Any
+         ) -> tuple[str, str | None]:
+    """Run ``trigger`` on the machine from (vm_state, task_state); return the new pair."""
+    stand_in = _StandIn(NEW if vm_state == NEW else state_name(vm_state, task_state))
+    event = MACHINE.events.get(trigger)
+    if event is None:
+        raise NotAllowed(f"no trigger {trigger!r}")
+    try:
+        ok = event.trigger(stand_in, **kwargs)
+    except MachineError as e:
+        raise NotAllowed(str(e.value)) from None
+    if not ok:
+        raise NotAllowed(f"{trigger} rejected by a condition in {stand_in.state}")
+    return split_state(stand_in.state)
+
+
+# --- the guard ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Subject:
+    """What the guard needs to know about a server."""
+
+    server_id: str
+    vm_state: str
+    task_state: str | None
+    launched: bool
+    locked: bool
+    migration_status: str | None = None
+
+
+def check(action_name: str, server: Subject, *, is_admin: bool = False,
+          target: str = ACTIVE) -> tuple[str, str | None]:
+    """Decide a request as Nova does; return the new (vm_state, task_state) or raise.
+
+    Order of checks (Nova's): policy (403), lock (409), vm_state, task_state and
+    launched_at (409), then operation-specific checks (400).
+    """
+    action = ACTIONS[action_name]
+    if action.admin_only and not is_admin:
+        raise Forbidden(f"Policy doesn't allow os_compute_api:{action.api_name} "
+                        "to be performed.")
+    if action.checks_lock and server.locked and not is_admin:
+        raise Locked(server.server_id)
+    if action.vm_states is not None and server.vm_state not in action.vm_states:
+        raise InvalidState(action.api_name, server.server_id, "vm_state", server.vm_state)
+    if server.vm_state == DELETED:
+        raise InvalidState(action.api_name, server.server_id, "vm_state", server.vm_state)
+    if action.task_states is not None and server.task_state not in action.task_states:
+        raise InvalidState(action.api_name, server.server_id, "task_state", server.task_state)
+    if action.needs_launched and not server.launched:
+        raise InvalidState(action.api_name, server.server_id, "launched_at", None)
+    if action.needs_finished_resize and server.migration_status != "finished":
+        raise BadRequest("Instance has not been resized.")
+    try:
+        return fire(f"request:{action_name}", server.vm_state, server.task_state,
+                    target=target)
+    except NotAllowed:  # pragma: no cover - the table and the checks above agree
+        raise InvalidState(action.api_name, server.server_id, "vm_state",
+                           server.vm_state) from None
+
+
+def may(action_name: str, vm_state: str, task_state: str | None) -> bool:
+    """Whether the machine has a request transition from this state (no other checks)."""
+    try:
+        fire(f"request:{action_name}", vm_state, task_state)
+    except NotAllowed:
+        return False
+    return True
+
+
+def outcome(kind: str, action_name: str, vm_state: str, task_state: str | None, *,
+            stashed: str | None = None) -> tuple[str, str | None]:
+    """The state after an agent outcome: kind is advance, complete, fail or rollback."""
+    return fire(f"{kind}:{action_name}", vm_state, task_state, stashed=stashed or ACTIVE)

@@ -1,0 +1,380 @@
+"""The Server aggregate and its events.
+
+Commands (public methods) check the lifecycle table and then trigger events. Event
+``apply`` methods only assign fields: they never validate, so an old history replays
+forever even after the rules change. Every event carries its causal context
+(request_id, user_id, project_id, cause) and a timestamp from the injected clock.
+
+Two-phase actions, as in Nova: the *request* event (:class:`Server.ActionRequested`)
+is recorded when the guard accepts a command; the host agent then records progress
+(:class:`Server.TaskAdvanced`), the hypervisor calls it made
+(:class:`Server.HypervisorCalled`) and the outcome (:class:`Server.ActionCompleted` or
+:class:`Server.ActionFailed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+
+from vmledger.domain import lifecycle as lc
+from vmledger.domain.errors import Forbidden
+
+#: causes of an event
+USER, TIMER, AGENT, ADMIN = "user", "timer", "agent", "admin"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who asked, on behalf of whom, and why: copied into every event."""
+
+    request_id: str
+    user_id: str | None
+    project_id: str | None
+    cause: str = USER
+    is_admin: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "user_id": self.user_id,
+                "project_id": self.project_id, "cause": self.cause}
+
+
+class Server(Aggregate):
+    """One virtual machine: its lifecycle state and everything the API shows."""
+
+    # --- events -------------------------------------------------------------------
+    class Event(Aggregate.Event):
+        request_id: str
+        user_id: str | None
+        project_id: str | None
+        cause: str
+
+    class Requested(Aggregate.Created, Event):
+        """A server was asked for (the create action was accepted)."""
+
+        name: str
+        owner_project_id: str
+        owner_user_id: str
+        flavor: dict[str, Any]
+        image: dict[str, Any]
+        host: str
+        metadata: dict[str, str]
+        description: str | None
+        key_name: str | None
+        availability_zone: str
+        addresses: dict[str, Any]
+        attributes: dict[str, Any]
+
+        def apply(self, server: Server) -> None:
+            server.name = self.name
+            server.project_id = self.owner_project_id
+            server.user_id = self.owner_user_id
+            server.flavor = self.flavor
+            server.image = self.image
+            server.host = self.host
+            server.metadata = dict(self.metadata)
+            server.description = self.description
+            server.key_name = self.key_name
+            server.availability_zone = self.availability_zone
+            server.addresses = self.addresses
+            server.attributes = dict(self.attributes)
+            server.vm_state = lc.BUILDING
+            server.task_state = lc.SCHEDULING
+            server.power_state = 0
+            server.progress = 0
+            server.launched_at = None
+            server.terminated_at = None
+            server.locked = False
+            server.locked_by = None
+            server.locked_reason = None
+            server.fault = None
+            server.pending = {"action": "create", "request_id": self.request_id,
+                              "stashed": lc.BUILDING, "params": {}}
+            server.old_vm_state = None
+            server.old_flavor = None
+            server.migration_status = None
+            server.confirm_deadline = None
+
+    class ActionRequested(Event):
+        """The guard accepted an action; the host agent will enact it."""
+
+        action: str
+        vm_state: str
+        task_state: str | None
+        params: dict[str, Any]
+        changes: dict[str, Any]
+        supersedes: str | None
+
+        def apply(self, server: Server) -> None:
+            server.vm_state = self.vm_state
+            server.task_state = self.task_state
+            for key, value in self.changes.items():
+                setattr(server, key, value)
+            server.pending = {"action": self.action, "request_id": self.request_id,
+                              "stashed": server.old_vm_state, "params": self.params}
+
+    class TaskAdvanced(Event):
+        """The host agent moved an action to its next task_state."""
+
+        action: str
+        task_state: str | None
+
+        def apply(self, server: Server) -> None:
+            server.task_state = self.task_state
+
+    class HypervisorCalled(Event):
+        """What the hypervisor was told and what it answered, and how long it took."""
+
+        action: str
+        host: str
+        driver: str
+        call: str
+        arguments: dict[str, Any]
+        result: dict[str, Any] | None
+        error: str | None
+        duration_ms: float
+
+        def apply(self, server: Server) -> None:
+            pass
+
+    class ActionCompleted(Event):
+        """The host agent finished an action successfully."""
+
+        action: str
+        vm_state: str
+        power_state: int
+        changes: dict[str, Any]
+
+        def apply(self, server: Server) -> None:
+            server.vm_state = self.vm_state
+            server.task_state = None
+            server.power_state = self.power_state
+            server.pending = None
+            for key, value in self.changes.items():
+                setattr(server, key, value)
+
+    class ActionFailed(Event):
+        """The action failed; the server ends as the table's failure rule says."""
+
+        action: str
+        vm_state: str
+        power_state: int
+        rollback: bool
+        fault: dict[str, Any]
+        changes: dict[str, Any]
+
+        def apply(self, server: Server) -> None:
+            server.vm_state = self.vm_state
+            server.task_state = None
+            server.power_state = self.power_state
+            server.pending = None
+            server.fault = self.fault
+            for key, value in self.changes.items():
+                setattr(server, key, value)
+
+    class LockChanged(Event):
+        """lock or unlock: synchronous, no task_state."""
+
+        action: str
+        locked: bool
+        locked_by: str | None
+        locked_reason: str | None
+
+        def apply(self, server: Server) -> None:
+            server.locked = self.locked
+            server.locked_by = self.locked_by
+            server.locked_reason = self.locked_reason
+
+    class StateReset(Event):
+        """An admin set the vm_state (active or error) and cleared the task_state."""
+
+        vm_state: str
+        superseded: str | None
+
+        def apply(self, server: Server) -> None:
+            server.vm_state = self.vm_state
+            server.task_state = None
+            server.pending = None
+
+    class Updated(Event):
+        """Name, description or access addresses changed (PUT /servers/{id})."""
+
+        changes: dict[str, Any]
+
+        def apply(self, server: Server) -> None:
+            for key, value in self.changes.items():
+                setattr(server, key, value)
+
+    # --- typed fields (set by Requested.apply; listed for readers and mypy) -------
+    name: str
+    project_id: str
+    user_id: str
+    flavor: dict[str, Any]
+    image: dict[str, Any]
+    host: str
+    metadata: dict[str, str]
+    description: str | None
+    key_name: str | None
+    availability_zone: str
+    addresses: dict[str, Any]
+    attributes: dict[str, Any]
+    vm_state: str
+    task_state: str | None
+    power_state: int
+    progress: int
+    launched_at: datetime | None
+    terminated_at: datetime | None
+    locked: bool
+    locked_by: str | None
+    locked_reason: str | None
+    fault: dict[str, Any] | None
+    pending: dict[str, Any] | None
+    old_vm_state: str | None
+    old_flavor: dict[str, Any] | None
+    migration_status: str | None
+    confirm_deadline: datetime | None
+
+    def __init__(self) -> None:
+        """Fields are assigned by :meth:`Requested.apply` (so replay builds the same)."""
+
+    # --- reading -------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return lc.status_of(self.vm_state, self.task_state)
+
+    @property
+    def subject(self) -> lc.Subject:
+        return lc.Subject(server_id=str(self.id), vm_state=self.vm_state,
+                          task_state=self.task_state, launched=self.launched_at is not None,
+                          locked=self.locked, migration_status=self.migration_status)
+
+    @property
+    def pending_action(self) -> str | None:
+        return self.pending["action"] if self.pending else None
+
+    @property
+    def pending_request_id(self) -> str | None:
+        return self.pending["request_id"] if self.pending else None
+
+    # --- commands (guard, then record) ---------------------------------------------
+    @classmethod
+    def request(cls, *, id: UUID, ctx: Context, at: datetime, name: str,
+                flavor: dict[str, Any], image: dict[str, Any], host: str,
+                metadata: dict[str, str], description: str | None, key_name: str | None,
+                availability_zone: str, addresses: dict[str, Any],
+                attributes: dict[str, Any]) -> Server:
+        assert ctx.project_id is not None and ctx.user_id is not None
+        lc.fire("request:create", lc.NEW, None)
+        return cls._create(
+            cls.Requested, id=id, timestamp=at, **ctx.fields(), name=name,
+            owner_project_id=ctx.project_id, owner_user_id=ctx.user_id, flavor=flavor,
+            image=image, host=host, metadata=metadata, description=description,
+            key_name=key_name, availability_zone=availability_zone, addresses=addresses,
+            attributes=attributes)
+
+    def request_action(self, action: str, ctx: Context, at: datetime, *,
+                       params: dict[str, Any] | None = None,
+                       changes: dict[str, Any] | None = None) -> None:
+        """Guard an asynchronous action and record its request."""
+        vm_state, task_state = lc.check(action, self.subject, is_admin=ctx.is_admin)
+        row = lc.ACTIONS[action]
+        changes = dict(changes or {})
+        if row.stashes_vm_state:
+            changes["old_vm_state"] = self.vm_state
+        if row.steps:
+            changes.setdefault("progress", 0)
+        self.trigger_event(
+            self.ActionRequested, timestamp=at, **ctx.fields(), action=action,
+            vm_state=vm_state, task_state=task_state, params=dict(params or {}),
+            changes=changes, supersedes=self.pending_request_id)
+
+    def lock(self, ctx: Context, at: datetime, reason: str | None) -> None:
+        lc.check("lock", self.subject, is_admin=ctx.is_admin)
+        self.trigger_event(self.LockChanged, timestamp=at, **ctx.fields(), action="lock",
+                           locked=True, locked_by="admin" if ctx.is_admin else "owner",
+                           locked_reason=reason)
+
+    def unlock(self, ctx: Context, at: datetime) -> None:
+        lc.check("unlock", self.subject, is_admin=ctx.is_admin)
+        if self.locked and self.locked_by == "admin" and not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:os-lock-server:"
+                            "unlock:unlock_override to be performed.")
+        self.trigger_event(self.LockChanged, timestamp=at, **ctx.fields(), action="unlock",
+                           locked=False, locked_by=None, locked_reason=None)
+
+    def reset_state(self, ctx: Context, at: datetime, target: str) -> None:
+        vm_state, _ = lc.check("reset_state", self.subject, is_admin=ctx.is_admin,
+                               target=target)
+        self.trigger_event(self.StateReset, timestamp=at, **ctx.fields(), vm_state=vm_state,
+                           superseded=self.pending_request_id)
+
+    def update(self, ctx: Context, at: datetime, changes: dict[str, Any]) -> None:
+        self.trigger_event(self.Updated, timestamp=at, **ctx.fields(), changes=changes)
+
+    # --- agent outcomes ---------------------------------------------------------------
+    def advance(self, ctx: Context, at: datetime, task_state: str) -> None:
+        action = self._in_flight()
+        _, new_task = lc.outcome("advance", action, self.vm_state, self.task_state)
+        if new_task != task_state:
+            raise lc.NotAllowed(f"{action}: next step is {new_task}, not {task_state}")
+        self.trigger_event(self.TaskAdvanced, timestamp=at, **ctx.fields(), action=action,
+                           task_state=task_state)
+
+    def record_call(self, ctx: Context, at: datetime, *, host: str, driver: str, call: str,
+                    arguments: dict[str, Any], result: dict[str, Any] | None,
+                    error: str | None, duration_ms: float) -> None:
+        self.trigger_event(self.HypervisorCalled, timestamp=at, **ctx.fields(),
+                           action=self.pending_action or "", host=host, driver=driver,
+                           call=call, arguments=arguments, result=result, error=error,
+                           duration_ms=round(duration_ms, 3))
+
+    def complete(self, ctx: Context, at: datetime, *, power_state: int,
+                 confirm_window: timedelta | None = None) -> None:
+        """Record success; the table says the end state, the action what else changes."""
+        action = self._in_flight()
+        assert self.pending is not None
+        vm_state, _ = lc.outcome("complete", action, self.vm_state, self.task_state,
+                                 stashed=self.pending["stashed"])
+        changes: dict[str, Any] = {}
+        if action in ("create", "rebuild"):
+            changes["launched_at"] = at
+        elif action == "resize":
+            changes.update(
+                old_flavor=self.flavor, flavor=self.pending["params"]["flavor"],
+                migration_status="finished", launched_at=at,
+                confirm_deadline=(at + confirm_window) if confirm_window else None)
+        elif action in ("confirm_resize", "revert_resize"):
+            changes.update(migration_status="confirmed" if action == "confirm_resize"
+                           else "reverted", old_flavor=None, old_vm_state=None,
+                           confirm_deadline=None)
+            if action == "revert_resize" and self.old_flavor:
+                changes["flavor"] = self.old_flavor
+        elif action == "delete":
+            changes.update(terminated_at=at, migration_status=None, confirm_deadline=None)
+        self.trigger_event(self.ActionCompleted, timestamp=at, **ctx.fields(), action=action,
+                           vm_state=vm_state, power_state=power_state, changes=changes)
+
+    def fail(self, ctx: Context, at: datetime, *, power_state: int, rollback: bool,
+             message: str, code: int = 500, details: str | None = None) -> None:
+        """Record failure: ERROR with a fault, or back where it was (rollback)."""
+        action = self._in_flight()
+        vm_state, _ = lc.outcome("rollback" if rollback else "fail", action, self.vm_state,
+                                 self.task_state)
+        changes: dict[str, Any] = {}
+        if action in ("resize", "confirm_resize", "revert_resize"):
+            changes.update(migration_status="error", confirm_deadline=None)
+            if action == "resize":
+                changes["old_vm_state"] = None
+        fault = {"code": code, "message": message, "details": details, "created": at}
+        self.trigger_event(self.ActionFailed, timestamp=at, **ctx.fields(), action=action,
+                           vm_state=vm_state, power_state=power_state, rollback=rollback,
+                           fault=fault, changes=changes)
+
+    def _in_flight(self) -> str:
+        if not self.pending:
+            raise lc.NotAllowed("no action in flight")
+        return str(self.pending["action"])

@@ -1,0 +1,546 @@
+"""The command service: the eventsourcing Application that owns every server.
+
+Each command is *load → decide → save* in one transaction. A lost optimistic
+concurrency race (``IntegrityError``) is retried against fresh state, so the guard
+decides again and the loser gets the table's refusal (409), never an unhandled error.
+Mutating calls take an optional idempotency key: the key is recorded in the same
+transaction as the command's events, so the same key twice acts once and returns the
+first result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from vmledger.domain import lifecycle as lc
+from vmledger.domain.catalog import Catalog, Flavor, Image
+from vmledger.domain.clock import Clock, SystemClock
+from vmledger.domain.errors import BadRequest, Conflict, IdempotencyConflict, ServerNotFound
+from vmledger.domain.server import ADMIN, TIMER, Context, Server
+
+_IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
+MAX_ATTEMPTS = 8
+NAME_MAX = 255
+METADATA_MAX_ITEMS = 128
+
+
+class IdempotencyRecord(Aggregate):
+    """The first result of a command sent with an idempotency key."""
+
+    class Recorded(Aggregate.Created):
+        key: str
+        fingerprint: str
+        result: dict[str, Any]
+
+        def apply(self, record: IdempotencyRecord) -> None:
+            record.key = self.key
+            record.fingerprint = self.fingerprint
+            record.result = dict(self.result)
+
+    key: str
+    fingerprint: str
+    result: dict[str, Any]
+
+    def __init__(self) -> None:
+        """Fields are assigned by :meth:`Recorded.apply`."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did: the request it recorded and where in the log it is."""
+
+    server_id: str
+    request_id: str
+    #: the log position of the last event written (read-your-writes waits for it)
+    position: int | None
+    #: False when nothing was written (an ignored repeat, or an idempotent replay)
+    accepted: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"server_id": self.server_id, "request_id": self.request_id,
+                "position": self.position, "accepted": self.accepted}
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4()}"
+
+
+def _check_name(name: object, field: str = "name") -> str:
+    if (not isinstance(name, str) or not 1 <= len(name) <= NAME_MAX
+            or name != name.strip()):
+        raise BadRequest(f"Invalid input for field/attribute {field}. Value: {name!r}. "
+                         f"It must be a string of 1 to {NAME_MAX} characters without "
+                         "leading or trailing whitespace.")
+    return name
+
+
+_METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")
+
+
+def _check_metadata(metadata: object) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise BadRequest("Invalid input for field/attribute metadata. "
+                         "It must be an object of string keys and string values.")
+    if len(metadata) > METADATA_MAX_ITEMS:
+        raise BadRequest(f"Maximum number of metadata items exceeds {METADATA_MAX_ITEMS}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not _METADATA_KEY.match(key):
+            raise BadRequest(f"Invalid input for field/attribute metadata. Key: {key!r}. "
+                             "Keys are 1 to 255 characters of [a-zA-Z0-9-_:. ].")
+        if not isinstance(value, str) or len(value) > NAME_MAX:
+            raise BadRequest(f"Invalid input for field/attribute metadata. Value of {key!r} "
+                             "must be a string of at most 255 characters.")
+    return dict(metadata)
+
+
+def _check_description(description: object) -> str | None:
+    if description is None:
+        return None
+    if not isinstance(description, str) or len(description) > NAME_MAX:
+        raise BadRequest("Invalid input for field/attribute description. "
+                         "It must be a string of at most 255 characters.")
+    return description
+
+
+def _fits(flavor: Flavor, image: Image) -> None:
+    if flavor.ram < image.min_ram:
+        raise BadRequest("Flavor's memory is too small for requested image.")
+    if flavor.disk and flavor.disk < image.min_disk:
+        raise BadRequest("Flavor's disk is too small for requested image.")
+
+
+def _addresses(server_id: uuid.UUID) -> dict[str, Any]:
+    """A stable fixed address and MAC for a server (the simulated network)."""
+    b = server_id.bytes
+    ip = f"10.0.{b[0] % 250 + 1}.{b[1] % 250 + 2}"
+    mac = "fa:16:3e:" + ":".join(f"{x:02x}" for x in b[2:5])
+    return {"private": [{"addr": ip, "version": 4, "OS-EXT-IPS:type": "fixed",
+                         "OS-EXT-IPS-MAC:mac_addr": mac}]}
+
+
+def _fingerprint(operation: str, payload: dict[str, Any]) -> str:
+    body = json.dumps([operation, payload], sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class ServerService(Application[uuid.UUID]):
+    """Every server's lifecycle, persisted as events."""
+
+    name = "vmledger"
+    log_section_size = 1000
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {Server: 100}
+    env: ClassVar[dict[str, str]] = {"AGGREGATE_CACHE_MAXSIZE": "0"}
+
+    def __init__(self, env: dict[str, str] | None = None, *, clock: Clock | None = None,
+                 catalog: Catalog | None = None, hosts: Sequence[str] = ("compute-1",),
+                 confirm_window: timedelta = timedelta(hours=24),
+                 id_factory: Callable[[], uuid.UUID] = uuid.uuid4,
+                 request_id_factory: Callable[[], str] = new_request_id,
+                 seed: int | None = None) -> None:
+        super().__init__(env=env)
+        if not hosts:
+            raise ValueError("at least one host is needed")
+        self.clock: Clock = clock or SystemClock()
+        self.catalog = catalog or Catalog()
+        self.hosts = tuple(hosts)
+        self.confirm_window = confirm_window
+        self.id_factory = id_factory
+        self.request_id_factory = request_id_factory
+        self._jitter = random.Random(seed)
+
+    # --- context helpers ----------------------------------------------------------
+    def context(self, *, user_id: str = "admin", project_id: str = "admin",
+                is_admin: bool = True, request_id: str | None = None,
+                cause: str = "user") -> Context:
+        return Context(request_id=request_id or self.request_id_factory(), user_id=user_id,
+                       project_id=project_id, cause=cause, is_admin=is_admin)
+
+    # --- reading ------------------------------------------------------------------
+    def get(self, server_id: str | uuid.UUID, ctx: Context | None = None, *,
+            include_deleted: bool = False) -> Server:
+        """The live aggregate, as the caller may see it (another project's is not found)."""
+        sid = self._uuid(server_id)
+        try:
+            server: object = self.repository.get(sid)
+        except AggregateNotFoundError:
+            raise ServerNotFound(str(server_id)) from None
+        if not isinstance(server, Server):
+            raise ServerNotFound(str(server_id))
+        if ctx is not None and not ctx.is_admin and server.project_id != ctx.project_id:
+            raise ServerNotFound(str(server_id))
+        if server.vm_state == lc.DELETED and not include_deleted:
+            raise ServerNotFound(str(server_id))
+        return server
+
+    def get_at(self, server_id: str | uuid.UUID, version: int) -> Server:
+        server: object = self.repository.get(self._uuid(server_id), version=version)
+        assert isinstance(server, Server)
+        return server
+
+    def history(self, server_id: str | uuid.UUID) -> list[Server.Event]:
+        """Every event of one server, oldest first (deleted servers included)."""
+        events = [e for e in self.repository.event_store.get(self._uuid(server_id))
+                  if isinstance(e, Server.Event)]
+        if not events:
+            raise ServerNotFound(str(server_id))
+        return events
+
+    @staticmethod
+    def _uuid(server_id: str | uuid.UUID) -> uuid.UUID:
+        if isinstance(server_id, uuid.UUID):
+            return server_id
+        try:
+            return uuid.UUID(str(server_id))
+        except ValueError:
+            raise ServerNotFound(str(server_id)) from None
+
+    # --- the command loop ---------------------------------------------------------
+    def _run(self, ctx: Context, server_id: uuid.UUID | None,
+             decide: Callable[[Server | None], Server | None], *,
+             idempotency_key: str | None = None, operation: str = "",
+             payload: dict[str, Any] | None = None,
+             load: Callable[[uuid.UUID], Server] | None = None) -> CommandResult:
+        """Load, decide, save; retry the whole command when another writer won."""
+        record_id = None
+        fingerprint = ""
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 255:
+                raise BadRequest("An idempotency key is a string of 1 to 255 characters")
+            record_id = uuid.uuid5(_IDEMPOTENCY_NS, f"{ctx.project_id}:{idempotency_key}")
+            fingerprint = _fingerprint(operation, {"server": str(server_id),
+                                                   **(payload or {})})
+        for attempt in range(MAX_ATTEMPTS):
+            if record_id is not None:
+                replay = self._replay(record_id, fingerprint, idempotency_key or "")
+                if replay is not None:
+                    return replay
+            server = None
+            if server_id is not None:
+                server = (load or (lambda sid: self.get(sid, ctx)))(server_id)
+            changed = decide(server)
+            if changed is None or not changed.pending_events:
+                return CommandResult(str(server_id), ctx.request_id, None, accepted=False)
+            aggregates: list[Aggregate] = [changed]
+            result = CommandResult(str(changed.id), ctx.request_id, None)
+            if record_id is not None:
+                aggregates.append(IdempotencyRecord._create(
+                    IdempotencyRecord.Recorded, id=record_id, timestamp=self.clock.now(),
+                    key=idempotency_key, fingerprint=fingerprint, result=result.as_dict()))
+            try:
+                recordings = self.save(*aggregates)
+            except IntegrityError:
+                # another writer won the race: decide again against fresh state
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            position = recordings[-1].notification.id if recordings else None
+            return CommandResult(str(changed.id), ctx.request_id, position)
+        raise Conflict("The server was changed by another request at the same time; "
+                       "try again.")
+
+    def _replay(self, record_id: uuid.UUID, fingerprint: str, key: str
+                ) -> CommandResult | None:
+        try:
+            record: object = self.repository.get(record_id)
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(record, IdempotencyRecord)
+        if record.fingerprint != fingerprint:
+            raise IdempotencyConflict(key)
+        r = record.result
+        return CommandResult(r["server_id"], r["request_id"], r["position"], accepted=False)
+
+    # --- user commands ------------------------------------------------------------
+    def create_server(self, ctx: Context, *, name: str, flavor: str | int, image: str,
+                      metadata: dict[str, str] | None = None,
+                      description: str | None = None, key_name: str | None = None,
+                      availability_zone: str | None = None,
+                      attributes: dict[str, Any] | None = None,
+                      idempotency_key: str | None = None) -> CommandResult:
+        """Ask for a new server; it starts BUILD and the host agent builds it."""
+        _check_name(name)
+        meta = _check_metadata(metadata)
+        desc = _check_description(description)
+        chosen_flavor = self.catalog.flavor(flavor)
+        chosen_image = self.catalog.image(image)
+        if chosen_image.status != "active":
+            raise BadRequest(f"Image {chosen_image.id} is not active.")
+        _fits(chosen_flavor, chosen_image)
+        if ctx.project_id is None or ctx.user_id is None:
+            raise BadRequest("A server is created on behalf of a user and a project")
+        payload = {"name": name, "flavor": chosen_flavor.id, "image": chosen_image.id,
+                   "metadata": meta, "description": desc, "key_name": key_name,
+                   "availability_zone": availability_zone, "attributes": attributes}
+
+        def decide(_: Server | None) -> Server:
+            sid = self.id_factory()
+            return Server.request(
+                id=sid, ctx=ctx, at=self.clock.now(), name=name,
+                flavor=chosen_flavor.as_dict(),
+                image={"id": chosen_image.id, "name": chosen_image.name},
+                host=self.hosts[sid.int % len(self.hosts)], metadata=meta, description=desc,
+                key_name=key_name, availability_zone=availability_zone or "nova",
+                addresses=_addresses(sid), attributes=dict(attributes or {}))
+
+        return self._run(ctx, None, decide, idempotency_key=idempotency_key,
+                         operation="create", payload=payload)
+
+    def act(self, ctx: Context, server_id: str | uuid.UUID, action: str,
+            *, idempotency_key: str | None = None, **params: Any) -> CommandResult:
+        """Request a lifecycle action by its table name (``pause``, ``reboot_hard``…)."""
+        handler = self._ACTIONS.get(action)
+        if handler is None:
+            raise BadRequest(f"There is no such action: {action}")
+        sid = self._uuid(server_id)
+        decide = handler(self, ctx, params)
+        return self._run(ctx, sid, decide, idempotency_key=idempotency_key,
+                         operation=action, payload=params)
+
+    def update_server(self, ctx: Context, server_id: str | uuid.UUID, *,
+                      name: str | None = None, description: object = ...,
+                      ) -> CommandResult:
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = _check_name(name)
+        if description is not ...:
+            changes["description"] = _check_description(description)
+
+        def decide(server: Server | None) -> Server | None:
+            assert server is not None
+            if changes:
+                server.update(ctx, self.clock.now(), changes)
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide)
+
+    # each handler validates its parameters and returns the decision for _run
+    def _h_simple(self, ctx: Context, params: dict[str, Any], action: str
+                  ) -> Callable[[Server | None], Server]:
+        if params:
+            raise BadRequest(f"Action {action} takes no parameters: "
+                             f"{', '.join(sorted(params))}")
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            server.request_action(action, ctx, self.clock.now())
+            return server
+        return decide
+
+    def _h_reboot(self, ctx: Context, params: dict[str, Any]
+                  ) -> Callable[[Server | None], Server]:
+        kind = str(params.pop("type", "SOFT")).upper()
+        if kind not in ("SOFT", "HARD") or params:
+            raise BadRequest(f"Invalid input for field/attribute type. Value: {kind}. "
+                             "'SOFT' or 'HARD' expected.")
+        action = "reboot_hard" if kind == "HARD" else "reboot_soft"
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            server.request_action(action, ctx, self.clock.now(), params={"type": kind})
+            return server
+        return decide
+
+    def _h_resize(self, ctx: Context, params: dict[str, Any]
+                  ) -> Callable[[Server | None], Server]:
+        ref = params.pop("flavor", None)
+        if ref is None or params:
+            raise BadRequest("Resize requires a flavor (flavorRef) and nothing else")
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            lc.check("resize", server.subject, is_admin=ctx.is_admin)
+            new = self.catalog.flavor(ref)
+            if new.id == server.flavor.get("id"):
+                raise BadRequest("When resizing, instances must change flavor!")
+            server.request_action("resize", ctx, self.clock.now(),
+                                  params={"flavor": new.as_dict()},
+                                  changes={"migration_status": "pre-migrating"})
+            return server
+        return decide
+
+    def _h_migration(self, ctx: Context, params: dict[str, Any], action: str, status: str,
+                     ) -> Callable[[Server | None], Server | None]:
+        deadline = params.pop("deadline", None)
+        if params:
+            raise BadRequest(f"Action {action} takes no parameters")
+
+        def decide(server: Server | None) -> Server | None:
+            assert server is not None
+            if deadline is not None and server.confirm_deadline != deadline:
+                return None  # a stale timer: the resize it was for is already settled
+            server.request_action(action, ctx, self.clock.now(),
+                                  changes={"migration_status": status})
+            return server
+        return decide
+
+    def _h_rebuild(self, ctx: Context, params: dict[str, Any]
+                   ) -> Callable[[Server | None], Server]:
+        ref = params.pop("image", None)
+        if not ref:
+            raise BadRequest("Rebuild requires an image (imageRef)")
+        changes: dict[str, Any] = {}
+        if "name" in params:
+            changes["name"] = _check_name(params.pop("name"))
+        if "metadata" in params:
+            changes["metadata"] = _check_metadata(params.pop("metadata"))
+        if "description" in params:
+            changes["description"] = _check_description(params.pop("description"))
+        if params:
+            raise BadRequest(f"Unknown rebuild parameters: {', '.join(sorted(params))}")
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            lc.check("rebuild", server.subject, is_admin=ctx.is_admin)
+            try:
+                image = self.catalog.image(str(ref))
+            except BadRequest:
+                raise BadRequest("Cannot find image for rebuild") from None
+            if image.status != "active":
+                raise BadRequest(f"Image {image.id} is not active.")
+            _fits(Flavor(**server.flavor), image)
+            server.request_action("rebuild", ctx, self.clock.now(),
+                                  params={"image": {"id": image.id, "name": image.name}},
+                                  changes={**changes,
+                                           "image": {"id": image.id, "name": image.name}})
+            return server
+        return decide
+
+    def _h_delete(self, ctx: Context, params: dict[str, Any]
+                  ) -> Callable[[Server | None], Server | None]:
+        if params:
+            raise BadRequest("Delete takes no parameters")
+
+        def decide(server: Server | None) -> Server | None:
+            assert server is not None
+            if server.task_state == lc.DELETING:
+                lc.check("delete", server.subject, is_admin=ctx.is_admin)  # lock still 409
+                return None  # Nova ignores a repeated delete
+            server.request_action("delete", ctx, self.clock.now(),
+                                  changes={"confirm_deadline": None})
+            return server
+        return decide
+
+    def _h_lock(self, ctx: Context, params: dict[str, Any]
+                ) -> Callable[[Server | None], Server]:
+        reason = params.pop("reason", None)
+        if params or (reason is not None and (not isinstance(reason, str)
+                                              or not 1 <= len(reason) <= NAME_MAX)):
+            raise BadRequest("Invalid input for field/attribute locked_reason.")
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            server.lock(ctx, self.clock.now(), reason)
+            return server
+        return decide
+
+    def _h_unlock(self, ctx: Context, params: dict[str, Any]
+                  ) -> Callable[[Server | None], Server]:
+        if params:
+            raise BadRequest("Unlock takes no parameters")
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            server.unlock(ctx, self.clock.now())
+            return server
+        return decide
+
+    def _h_reset_state(self, ctx: Context, params: dict[str, Any]
+                       ) -> Callable[[Server | None], Server]:
+        state = params.pop("state", None)
+        if state not in (lc.ACTIVE, lc.ERROR) or params:
+            raise BadRequest(f"Invalid input for field/attribute state. Value: {state}. "
+                             "'active' or 'error' expected.")
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            server.reset_state(ctx, self.clock.now(), state)
+            return server
+        return decide
+
+    _ACTIONS: ClassVar[dict[str, Callable[..., Callable[[Server | None], Server | None]]]] = {
+        "reboot": _h_reboot,
+        "reboot_soft": lambda s, c, p: s._h_reboot(c, {**p, "type": "SOFT"}),
+        "reboot_hard": lambda s, c, p: s._h_reboot(c, {**p, "type": "HARD"}),
+        "rebuild": _h_rebuild,
+        "resize": _h_resize,
+        "confirm_resize": lambda s, c, p: s._h_migration(c, p, "confirm_resize", "confirming"),
+        "revert_resize": lambda s, c, p: s._h_migration(c, p, "revert_resize", "reverting"),
+        "delete": _h_delete,
+        "lock": _h_lock,
+        "unlock": _h_unlock,
+        "reset_state": _h_reset_state,
+        **{name: (lambda action: lambda s, c, p: s._h_simple(c, p, action))(name)
+           for name in ("pause", "unpause", "suspend", "resume", "stop", "start")},
+    }
+
+    # --- the timer ------------------------------------------------------------------
+    def auto_confirm(self, server_id: str | uuid.UUID, deadline: datetime) -> CommandResult:
+        """Confirm a resize whose deadline has passed: idempotent, safe to race.
+
+        Recorded with cause ``timer`` and no user or project, as Nova records its
+        periodic confirmations. A resize settled in the meantime (confirmed, reverted,
+        deleted, or a newer resize with another deadline) makes this a no-op.
+        """
+        ctx = Context(request_id=self.request_id_factory(), user_id=None, project_id=None,
+                      cause=TIMER, is_admin=True)
+        if deadline > self.clock.now():
+            return CommandResult(str(server_id), ctx.request_id, None, accepted=False)
+
+        def load(sid: uuid.UUID) -> Server:
+            return self.get(sid, include_deleted=True)
+
+        def decide(server: Server | None) -> Server | None:
+            assert server is not None
+            if (server.confirm_deadline != deadline or server.vm_state != lc.RESIZED
+                    or server.task_state is not None
+                    or server.migration_status != "finished"):
+                return None
+            server.request_action("confirm_resize", ctx, self.clock.now(),
+                                  changes={"migration_status": "confirming"})
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide, load=load)
+
+    # --- agent outcomes -------------------------------------------------------------
+    def agent_context(self, request_id: str) -> Context:
+        return Context(request_id=request_id, user_id=None, project_id=None, cause="agent",
+                       is_admin=True)
+
+    def record(self, server_id: str | uuid.UUID, request_id: str,
+               step: Callable[[Server, Context, datetime], None]) -> CommandResult:
+        """Apply one agent step to the action ``request_id``; a no-op when it is stale.
+
+        Stale means the server has no action in flight any more, or another one (for
+        instance a delete or a hard reboot superseded it): the agent's step is then
+        dropped, so an outcome is never recorded twice.
+        """
+        ctx = self.agent_context(request_id)
+
+        def load(sid: uuid.UUID) -> Server:
+            return self.get(sid, include_deleted=True)
+
+        def decide(server: Server | None) -> Server | None:
+            assert server is not None
+            if server.pending_request_id != request_id:
+                return None
+            step(server, ctx, self.clock.now())
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide, load=load)
+
+    def admin_context(self, request_id: str | None = None) -> Context:
+        return self.context(request_id=request_id, cause=ADMIN)
