@@ -1,0 +1,118 @@
+"""Shared pytest configuration.
+
+Sections below are independent; add new fixtures and hooks in their own section.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+import warnings
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.support.postgres import PostgresCluster, postgres_skip_reason
+
+# --------------------------------------------------------------------------------------
+# PostgreSQL: one throwaway cluster per session, one fresh database per test.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster started from the machine's binaries for this test session.
+
+    Skips (with a reason) when initdb/pg_ctl are not installed.
+    """
+    reason = postgres_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+def _unique_database_name(test_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", test_name.lower()).strip("_")[:40]
+    return f"t_{slug}_{uuid.uuid4().hex[:12]}"  # at most 57 chars (limit is 63)
+
+
+@pytest.fixture
+def postgres_url(
+    postgres_cluster: PostgresCluster, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """URL of a fresh, empty database in the session cluster; dropped after the test."""
+    name = _unique_database_name(request.node.name)
+    yield postgres_cluster.create_database(name)
+    try:
+        postgres_cluster.drop_database(name)
+    except psycopg.Error as exc:  # best effort: the whole cluster is thrown away anyway
+        warnings.warn(f"could not drop test database {name!r}: {exc}", stacklevel=1)
+
+
+# --------------------------------------------------------------------------------------
+# VMLEDGER_REQUIRE_ALL=1 (set by CI): a skipped test fails the run instead of passing
+# silently. Without the variable, skips are only reported (with reasons, via -ra).
+# --------------------------------------------------------------------------------------
+
+_REQUIRE_ALL_ENV = "VMLEDGER_REQUIRE_ALL"
+_skipped: list[tuple[str, str]] = []  # (nodeid, reason), reset at every session start
+_require_all_message_key = pytest.StashKey[list[str]]()
+
+
+def _require_all() -> bool:
+    return os.environ.get(_REQUIRE_ALL_ENV) == "1"
+
+
+def _record_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not report.skipped or hasattr(report, "wasxfail"):  # xfail is not a skip
+        return
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        reason = str(longrepr[2]).removeprefix("Skipped: ")
+    else:
+        reason = str(longrepr)
+    _skipped.append((report.nodeid, reason))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _skipped.clear()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _record_skip(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    _record_skip(report)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int | pytest.ExitCode) -> None:
+    if not _require_all() or hasattr(session.config, "workerinput"):  # xdist: controller only
+        return
+    skipped = list(_skipped)
+    if not skipped:
+        return
+    lines = [
+        f"{_REQUIRE_ALL_ENV}=1 is set and {len(skipped)} test(s) were skipped; "
+        "failing the run (install what they need, or unset the variable locally):",
+        *(f"  SKIPPED {nodeid}: {reason}" for nodeid, reason in skipped),
+    ]
+    session.config.stash[_require_all_message_key] = lines
+    if exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if session.config.pluginmanager.get_plugin("terminalreporter") is None:
+        print("\n".join(lines), file=sys.stderr)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    lines = config.stash.get(_require_all_message_key, [])
+    if lines:
+        terminalreporter.write_sep("=", f"{_REQUIRE_ALL_ENV}: skipped tests", red=True)
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,267 @@
+"""The host agent: enacts requested transitions on one hypervisor host.
+
+Level-triggered: every pass reconciles every server on its host that has an action in
+flight (on start-up too), so a crash anywhere never leaves a server stuck. Before acting
+it asks the hypervisor where the guest really is and skips a call whose effect is
+already there, so a step repeated after a crash is harmless. Every hypervisor call is
+recorded as an event (what was asked, what was answered, how long it took), then the
+outcome, following the lifecycle table's success and failure rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from vmledger.adapters.hypervisor import (
+    GuestSpec,
+    Hypervisor,
+    HypervisorError,
+    Observation,
+    PowerState,
+)
+from vmledger.domain import lifecycle as lc
+from vmledger.domain.server import Context, Server
+from vmledger.domain.service import ServerService
+from vmledger.projections.runner import ViewUpdater
+
+log = logging.getLogger(__name__)
+
+#: unexpected errors (not hypervisor refusals) tolerated per action before it fails
+MAX_UNEXPECTED = 5
+
+_STATE_OF_POWER = {
+    PowerState.RUNNING: "running", PowerState.PAUSED: "paused",
+    PowerState.SHUTDOWN: "shut off", PowerState.SUSPENDED: "suspended",
+}
+
+
+class HostAgent:
+    """One per hypervisor host; safe to stop and start again at any moment."""
+
+    def __init__(self, service: ServerService, updater: ViewUpdater, hypervisor: Hypervisor,
+                 host: str) -> None:
+        self.service = service
+        self.updater = updater
+        self.hypervisor = hypervisor
+        self.host = host
+        self._unexpected: dict[str, int] = {}
+
+    # --- the loop ---------------------------------------------------------------------
+    def pending(self) -> list[tuple[str, str]]:
+        self.updater.catch_up()
+        return self.updater.view.in_flight(self.host)
+
+    def run_once(self) -> int:
+        """Reconcile every server with an action in flight; return how many were handled."""
+        handled = 0
+        for server_id, request_id in self.pending():
+            try:
+                self.reconcile(server_id, request_id)
+            except Exception:  # a bug or a lost connection: retried on the next pass
+                count = self._unexpected.get(request_id, 0) + 1
+                self._unexpected[request_id] = count
+                log.exception("agent %s: reconciling %s (%s) failed, attempt %d",
+                              self.host, server_id, request_id, count)
+                if count >= MAX_UNEXPECTED:
+                    self._give_up(server_id, request_id)
+            handled += 1
+        return handled
+
+    def _give_up(self, server_id: str, request_id: str) -> None:
+        obs = self.hypervisor.observe(server_id)
+        self.service.record(server_id, request_id, lambda s, c, at: s.fail(
+            c, at, power_state=int(obs.power_state), rollback=False,
+            message="The host agent could not complete the action", code=500))
+
+    # --- one server ---------------------------------------------------------------------
+    def reconcile(self, server_id: str, request_id: str) -> None:
+        """Drive the action ``request_id`` of one server to its outcome."""
+        server = self.service.get(server_id, include_deleted=True)
+        if server.pending_request_id != request_id or server.host != self.host:
+            return
+        action = server.pending_action
+        assert action is not None
+        # walk the remaining task states (each a recorded event)
+        steps = lc.ACTIONS[action].steps
+        while server.task_state in steps and steps.index(server.task_state) + 1 < len(steps):
+            if not self._step(server_id, request_id,
+                              _advance_to(steps[steps.index(server.task_state) + 1])):
+                return
+            server = self.service.get(server_id, include_deleted=True)
+        enact = _PLANS[action]
+        try:
+            enact(self, server)
+        except HypervisorError as error:
+            self._failed(server, error)
+            return
+        obs = self.hypervisor.observe(server_id)
+        window = self.service.confirm_window
+        self._step(server_id, request_id, lambda s, c, at: s.complete(
+            c, at, power_state=int(obs.power_state),
+            confirm_window=window if window > timedelta(0) else None))
+        self._unexpected.pop(request_id, None)
+
+    def _step(self, server_id: str, request_id: str,
+              step: Callable[[Server, Context, Any], None]) -> bool:
+        return self.service.record(server_id, request_id, step).accepted
+
+    def _failed(self, server: Server, error: HypervisorError) -> None:
+        obs = self.hypervisor.observe(str(server.id))
+        rollback = error.rollback
+        if server.pending_action in ("reboot_soft", "reboot_hard"):
+            # Nova: a guest still running after a failed reboot stays ACTIVE
+            rollback = obs.power_state == PowerState.RUNNING
+        self._step(str(server.id), str(server.pending_request_id), lambda s, c, at: s.fail(
+            c, at, power_state=int(obs.power_state), rollback=rollback,
+            message=error.message, code=error.code))
+
+    # --- recorded hypervisor calls ----------------------------------------------------------
+    def call(self, server: Server, name: str, arguments: dict[str, Any],
+             fn: Callable[[], Any]) -> Any:
+        """Make one hypervisor call and record it (also when it fails)."""
+        started = time.perf_counter()
+        result: Any = None
+        error: str | None = None
+        try:
+            result = fn()
+            return result
+        except HypervisorError as e:
+            error = e.message
+            raise
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            recorded = (result.as_dict() if isinstance(result, Observation)
+                        else dict(result) if result is not None else None)
+            self._step(str(server.id), str(server.pending_request_id),
+                       lambda s, c, at: s.record_call(
+                           c, at, host=self.host, driver=self.hypervisor.driver, call=name,
+                           arguments=arguments, result=recorded, error=error,
+                           duration_ms=elapsed))
+
+    def observe(self, server: Server) -> Observation:
+        obs: Observation = self.call(server, "observe", {},
+                                     lambda: self.hypervisor.observe(str(server.id)))
+        return obs
+
+
+def _advance_to(task_state: str) -> Callable[[Server, Context, Any], None]:
+    def step(server: Server, ctx: Context, at: Any) -> None:
+        server.advance(ctx, at, task_state)
+    return step
+
+
+def spec_of(server: Server, flavor: dict[str, Any] | None = None) -> GuestSpec:
+    f = flavor or server.flavor
+    return GuestSpec(server_id=str(server.id), name=server.name, flavor_id=str(f["id"]),
+                     vcpus=int(f["vcpus"]), ram_mb=int(f["ram"]), disk_gb=int(f["disk"]),
+                     image_id=str(server.image["id"]))
+
+
+def _missing(obs: Observation) -> None:
+    if not obs.exists:
+        raise HypervisorError("Domain not found: the guest no longer exists", code=404)
+
+
+# --- what each action does on the hypervisor (idempotent given an observation) -------
+def _create(agent: HostAgent, server: Server) -> None:
+    obs = agent.observe(server)
+    if obs.exists and obs.power_state == PowerState.RUNNING:
+        return
+    hv = agent.hypervisor
+    if obs.exists:
+        agent.call(server, "power_on", {}, lambda: hv.power_on(str(server.id)))
+        return
+    spec = spec_of(server)
+    agent.call(server, "spawn", _spec_args(spec), lambda: hv.spawn(spec))
+
+
+def _spec_args(spec: GuestSpec) -> dict[str, Any]:
+    return {"flavor_id": spec.flavor_id, "vcpus": spec.vcpus, "ram_mb": spec.ram_mb,
+            "disk_gb": spec.disk_gb, "image_id": spec.image_id}
+
+
+def _reboot(hard: bool) -> Callable[[HostAgent, Server], None]:
+    def enact(agent: HostAgent, server: Server) -> None:
+        _missing(agent.observe(server))
+        agent.call(server, "reboot", {"hard": hard},
+                   lambda: agent.hypervisor.reboot(str(server.id), hard=hard))
+    return enact
+
+
+def _rebuild(agent: HostAgent, server: Server) -> None:
+    _missing(agent.observe(server))
+    spec = spec_of(server)
+    agent.call(server, "rebuild", _spec_args(spec), lambda: agent.hypervisor.rebuild(spec))
+
+
+def _resize(agent: HostAgent, server: Server) -> None:
+    obs = agent.observe(server)
+    _missing(obs)
+    assert server.pending is not None
+    new = server.pending["params"]["flavor"]
+    if obs.resize_pending and obs.flavor_id == str(new["id"]):
+        return  # done before a crash
+    spec = spec_of(server, new)
+    agent.call(server, "resize", _spec_args(spec), lambda: agent.hypervisor.resize(spec))
+
+
+def _confirm(agent: HostAgent, server: Server) -> None:
+    obs = agent.observe(server)
+    _missing(obs)
+    if obs.resize_pending:
+        agent.call(server, "confirm_resize", {},
+                   lambda: agent.hypervisor.confirm_resize(str(server.id)))
+
+
+def _revert(agent: HostAgent, server: Server) -> None:
+    obs = agent.observe(server)
+    _missing(obs)
+    if obs.resize_pending:
+        agent.call(server, "revert_resize", {},
+                   lambda: agent.hypervisor.revert_resize(str(server.id)))
+        obs = agent.hypervisor.observe(str(server.id))
+    # a server resized while stopped is stopped again after the revert
+    if server.old_vm_state == lc.STOPPED and obs.power_state != PowerState.SHUTDOWN:
+        agent.call(server, "power_off", {},
+                   lambda: agent.hypervisor.power_off(str(server.id)))
+
+
+def _power(op: str, target: PowerState) -> Callable[[HostAgent, Server], None]:
+    def enact(agent: HostAgent, server: Server) -> None:
+        obs = agent.observe(server)
+        _missing(obs)
+        if obs.power_state == target:
+            return
+        fn = getattr(agent.hypervisor, op)
+        agent.call(server, op, {}, lambda: fn(str(server.id)))
+    return enact
+
+
+def _delete(agent: HostAgent, server: Server) -> None:
+    obs = agent.observe(server)
+    if obs.exists:
+        agent.call(server, "destroy", {}, lambda: agent.hypervisor.destroy(str(server.id)))
+
+
+_PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
+    "create": _create,
+    "reboot_soft": _reboot(False),
+    "reboot_hard": _reboot(True),
+    "rebuild": _rebuild,
+    "resize": _resize,
+    "confirm_resize": _confirm,
+    "revert_resize": _revert,
+    "pause": _power("pause", PowerState.PAUSED),
+    "unpause": _power("unpause", PowerState.RUNNING),
+    "suspend": _power("suspend", PowerState.SUSPENDED),
+    "resume": _power("resume", PowerState.RUNNING),
+    "stop": _power("power_off", PowerState.SHUTDOWN),
+    "start": _power("power_on", PowerState.RUNNING),
+    "delete": _delete,
+}
+
+assert set(_PLANS) == {a.name for a in lc.ACTIONS.values() if a.asynchronous}

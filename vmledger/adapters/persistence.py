@@ -1,0 +1,81 @@
+"""Persistence wiring: a database URL → the eventsourcing environment and the views.
+
+``sqlite:///path/to/file.db`` (the embedded default), ``memory`` (an in-process SQLite
+database that disappears with the process), ``postgresql://user:pass@host:port/db``
+(psycopg 3; several processes may share it). The library's own recorders are used;
+``POSTGRES_ENABLE_DB_FUNCTIONS`` is never set (it drops tracking records and the table
+lock in eventsourcing 9.5).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
+
+from vmledger.projections.servers import PostgresServersView, ServersView, SQLiteServersView
+
+DEFAULT_URL = "sqlite:///vmledger.db"
+
+
+def environment(url: str) -> dict[str, str]:
+    """The eventsourcing environment for a database URL."""
+    if url in ("memory", "memory://", "sqlite://", "sqlite:///:memory:"):
+        name = f"file:vmledger-{uuid.uuid4().hex}?mode=memory&cache=shared"
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": name}
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        if parts.netloc:
+            raise ValueError(f"a SQLite URL has no host: use sqlite:///relative/path or "
+                             f"sqlite:////absolute/path, not {url!r}")
+        if not path:
+            raise ValueError(f"no database file in {url!r}")
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
+                "SQLITE_LOCK_TIMEOUT": "30"}
+    if parts.scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        dbname = unquote(parts.path.lstrip("/")) or "postgres"
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_POOL_SIZE": query.get("pool_size", "10"),
+            "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
+            "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "10"),
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "10"),
+            "POSTGRES_PRE_PING": "y",
+        }
+        if "schema" in query:
+            env["POSTGRES_SCHEMA"] = query["schema"]
+        return env
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file.db, memory or "
+                     "postgresql://user:password@host:port/dbname")
+
+
+def servers_view(datastore: Any) -> ServersView:
+    """The servers view stored beside the events, sharing the application's datastore."""
+    view: ServersView
+    if isinstance(datastore, SQLiteDatastore):
+        view = SQLiteServersView(datastore)
+    elif isinstance(datastore, PostgresDatastore):
+        view = PostgresServersView(datastore)
+    else:
+        raise TypeError(f"no servers view for {type(datastore).__name__}")
+    view.create_table()
+    return view
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url

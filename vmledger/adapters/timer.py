@@ -1,0 +1,39 @@
+"""The timer loop: confirms resizes whose confirmation deadline has passed.
+
+The deadline is data (recorded in the event that put the server into VERIFY_RESIZE),
+indexed by the servers view. This loop only asks the view which deadlines are due by
+the injected clock and sends the idempotent ``auto_confirm`` command for each: it
+survives restarts, and two loops racing confirm once (the loser's command finds the
+resize already settled). A manual confirm or revert before the deadline clears it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vmledger.domain.service import ServerService
+from vmledger.projections.runner import ViewUpdater
+
+log = logging.getLogger(__name__)
+
+
+class Timer:
+    def __init__(self, service: ServerService, updater: ViewUpdater, batch: int = 100) -> None:
+        self.service = service
+        self.updater = updater
+        self.batch = batch
+
+    def run_once(self) -> int:
+        """Confirm every due resize; return how many confirmations were recorded."""
+        self.updater.catch_up()
+        fired = 0
+        now = self.service.clock.now()
+        for server_id, deadline in self.updater.view.due_deadlines(now, self.batch):
+            result = self.service.auto_confirm(server_id, deadline)
+            if result.accepted:
+                fired += 1
+                log.info("auto-confirmed the resize of %s (deadline %s, %s)", server_id,
+                         deadline.isoformat(), result.request_id)
+        if fired:
+            self.updater.catch_up()
+        return fired

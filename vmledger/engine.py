@@ -1,0 +1,304 @@
+"""The composition root and the embedding façade.
+
+:class:`Engine` builds the whole graph from settings — the event store, the servers
+view and its updater, the hypervisor driver, the host agent and the timer — and offers
+the calls a Python program needs: create and act on servers, read them back (from the
+view, after the command is reflected in it), and read a server's event history.
+
+Two ways to drive the agent and the timer: call :meth:`Engine.run_until_idle` (tests,
+scripts, deterministic simulations) or :meth:`Engine.run_in_background`
+(a long-running service).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from vmledger.adapters.agent import HostAgent
+from vmledger.adapters.hypervisor import Hypervisor
+from vmledger.adapters.persistence import DEFAULT_URL, environment, servers_view
+from vmledger.adapters.simulator import Simulator
+from vmledger.adapters.timer import Timer
+from vmledger.domain import lifecycle as lc
+from vmledger.domain.catalog import Catalog
+from vmledger.domain.clock import Clock, SystemClock
+from vmledger.domain.errors import ServerNotFound
+from vmledger.domain.server import Context, Server
+from vmledger.domain.service import CommandResult, ServerService, new_request_id
+from vmledger.projections.runner import ViewUpdater
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """A server as the read model shows it."""
+
+    id: str
+    name: str
+    status: str
+    vm_state: str
+    task_state: str | None
+    power_state: int
+    flavor: dict[str, Any]
+    image: dict[str, Any]
+    host: str
+    project_id: str
+    user_id: str
+    locked: bool
+    fault: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    launched_at: datetime | None
+    confirm_deadline: datetime | None
+    version: int
+    doc: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> ServerInfo:
+        return cls(
+            id=doc["id"], name=doc["name"], status=lc.status_of(doc["vm_state"],
+                                                                doc["task_state"]),
+            vm_state=doc["vm_state"], task_state=doc["task_state"],
+            power_state=doc["power_state"], flavor=doc["flavor"], image=doc["image"],
+            host=doc["host"], project_id=doc["project_id"], user_id=doc["user_id"],
+            locked=doc["locked"], fault=doc.get("fault"), created_at=doc["created_at"],
+            updated_at=doc["updated_at"], launched_at=doc.get("launched_at"),
+            confirm_deadline=doc.get("confirm_deadline"), version=doc["version"], doc=doc)
+
+
+_BASE_FIELDS = ("originator_id", "originator_version", "timestamp", "originator_topic",
+                "request_id", "user_id", "project_id", "cause")
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One event of a server's history, in readable form."""
+
+    version: int
+    timestamp: datetime
+    event: str
+    request_id: str
+    user_id: str | None
+    project_id: str | None
+    cause: str
+    details: dict[str, Any]
+
+    @classmethod
+    def from_event(cls, event: Server.Event) -> HistoryEntry:
+        details = {k: v for k, v in vars(event).items() if k not in _BASE_FIELDS}
+        return cls(version=event.originator_version, timestamp=event.timestamp,
+                   event=type(event).__name__, request_id=event.request_id,
+                   user_id=event.user_id, project_id=event.project_id, cause=event.cause,
+                   details=details)
+
+    def __str__(self) -> str:
+        d = self.details
+        what = {
+            "Requested": lambda: f"create {d.get('name')!r} ({d.get('flavor', {}).get('name')})",
+            "ActionRequested": lambda: f"{d.get('action')} → task {d.get('task_state')}",
+            "TaskAdvanced": lambda: f"{d.get('action')} → task {d.get('task_state')}",
+            "HypervisorCalled": lambda: (
+                f"{d.get('driver')}.{d.get('call')} "
+                f"{'failed: ' + str(d['error']) if d.get('error') else 'ok'}"
+                f" ({d.get('duration_ms')} ms)"),
+            "ActionCompleted": lambda: f"{d.get('action')} done → {d.get('vm_state')}",
+            "ActionFailed": lambda: (f"{d.get('action')} failed → {d.get('vm_state')}: "
+                                     f"{d.get('fault', {}).get('message')}"),
+            "LockChanged": lambda: str(d.get("action")),
+            "StateReset": lambda: f"reset to {d.get('vm_state')}",
+            "Updated": lambda: f"updated {sorted(d.get('changes', {}))}",
+        }.get(self.event, lambda: self.event)()
+        who = self.user_id or "-"
+        return (f"v{self.version:<3} {self.timestamp.isoformat()}  {self.cause:<5} {who:<8} "
+                f"{self.event:<16} {what}  [{self.request_id}]")
+
+
+class Engine:
+    """vmledger as a library: servers, their lifecycle and their history."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, clock: Clock | None = None,
+                 hypervisor: Hypervisor | None = None, host: str = "compute-1",
+                 confirm_window: timedelta = timedelta(hours=24),
+                 catalog: Catalog | None = None, seed: int | None = None,
+                 id_factory: Callable[[], uuid.UUID] | None = None,
+                 request_id_factory: Callable[[], str] | None = None) -> None:
+        if confirm_window < timedelta(0):
+            raise ValueError("the confirm window cannot be negative (0 disables it)")
+        self.url = url
+        self.clock: Clock = clock or SystemClock()
+        self.service = ServerService(
+            environment(url), clock=self.clock, catalog=catalog, hosts=(host,),
+            confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
+            request_id_factory=request_id_factory or new_request_id, seed=seed)
+        self.view = servers_view(self.service.recorder.datastore)  # type: ignore[attr-defined]
+        self.updater = ViewUpdater(self.service, self.view)
+        self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
+        self.host = host
+        self.agent = HostAgent(self.service, self.updater, self.hypervisor, host)
+        self.timer = Timer(self.service, self.updater)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.updater.catch_up()
+
+    # --- contexts ---------------------------------------------------------------------
+    def context(self, *, user_id: str = "admin", project_id: str = "admin",
+                is_admin: bool = True, request_id: str | None = None) -> Context:
+        """Who is asking. The default is an administrator of the project ``admin``."""
+        return self.service.context(user_id=user_id, project_id=project_id,
+                                    is_admin=is_admin, request_id=request_id)
+
+    # --- commands (each returns once the view reflects it) ------------------------------
+    def _done(self, result: CommandResult) -> CommandResult:
+        self.updater.ensure(result.position)
+        self._wake.set()
+        return result
+
+    def create_server(self, name: str, flavor: str | int, image: str, *,
+                      ctx: Context | None = None, idempotency_key: str | None = None,
+                      **options: Any) -> ServerInfo:
+        """Ask for a server (flavor and image by id or name); it starts in BUILD."""
+        ctx = ctx or self.context()
+        result = self._done(self.service.create_server(
+            ctx, name=name, flavor=flavor, image=image, idempotency_key=idempotency_key,
+            **options))
+        return self.get_server(result.server_id, ctx=ctx)
+
+    def act(self, server_id: str, action: str, *, ctx: Context | None = None,
+            idempotency_key: str | None = None, **params: Any) -> CommandResult:
+        """Request any action of the lifecycle table by name, with its parameters."""
+        ctx = ctx or self.context()
+        return self._done(self.service.act(ctx, server_id, action,
+                                           idempotency_key=idempotency_key, **params))
+
+    def reboot(self, server_id: str, *, hard: bool = False, **kw: Any) -> CommandResult:
+        return self.act(server_id, "reboot", type="HARD" if hard else "SOFT", **kw)
+
+    def rebuild(self, server_id: str, image: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "rebuild", image=image, **kw)
+
+    def resize(self, server_id: str, flavor: str | int, **kw: Any) -> CommandResult:
+        return self.act(server_id, "resize", flavor=flavor, **kw)
+
+    def confirm_resize(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "confirm_resize", **kw)
+
+    def revert_resize(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "revert_resize", **kw)
+
+    def pause(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "pause", **kw)
+
+    def unpause(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "unpause", **kw)
+
+    def suspend(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "suspend", **kw)
+
+    def resume(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "resume", **kw)
+
+    def stop(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "stop", **kw)
+
+    def start(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "start", **kw)
+
+    def delete(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "delete", **kw)
+
+    def lock(self, server_id: str, reason: str | None = None, **kw: Any) -> CommandResult:
+        return self.act(server_id, "lock", reason=reason, **kw)
+
+    def unlock(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "unlock", **kw)
+
+    def reset_state(self, server_id: str, state: str = lc.ACTIVE, **kw: Any) -> CommandResult:
+        return self.act(server_id, "reset_state", state=state, **kw)
+
+    def update_server(self, server_id: str, *, ctx: Context | None = None,
+                      **changes: Any) -> ServerInfo:
+        ctx = ctx or self.context()
+        self._done(self.service.update_server(ctx, server_id, **changes))
+        return self.get_server(server_id, ctx=ctx)
+
+    # --- queries --------------------------------------------------------------------------
+    def get_server(self, server_id: str, *, ctx: Context | None = None) -> ServerInfo:
+        """A server from the view; another project's or a deleted one is not found."""
+        doc = self.view.get(str(server_id))
+        if doc is None or doc.get("vm_state") == lc.DELETED or (
+                ctx is not None and not ctx.is_admin and doc["project_id"] != ctx.project_id):
+            raise ServerNotFound(str(server_id))
+        return ServerInfo.from_doc(doc)
+
+    def list_servers(self, *, ctx: Context | None = None, include_deleted: bool = False
+                     ) -> list[ServerInfo]:
+        """Servers, newest first: the caller's project's, or every project's for admins."""
+        project = None if ctx is None or ctx.is_admin else ctx.project_id
+        return [ServerInfo.from_doc(d)
+                for d in self.view.servers(project_id=project, include_deleted=include_deleted)]
+
+    def history(self, server_id: str) -> list[HistoryEntry]:
+        """Every event of a server (deleted ones too), oldest first."""
+        return [HistoryEntry.from_event(e) for e in self.service.history(server_id)]
+
+    # --- driving the agent and the timer ------------------------------------------------
+    def run_once(self) -> int:
+        """One pass of the host agent and the timer; return how much they did."""
+        return self.agent.run_once() + self.timer.run_once()
+
+    def run_until_idle(self, max_passes: int = 1000) -> int:
+        """Run passes until nothing is in flight and no deadline is due."""
+        total = 0
+        for _ in range(max_passes):
+            did = self.run_once()
+            total += did
+            if did == 0:
+                return total
+        raise RuntimeError(f"still busy after {max_passes} passes")
+
+    def run_in_background(self, interval: float = 0.5) -> None:
+        """Run the agent and the timer in a background thread until :meth:`close`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, args=(interval,),
+                                        name=f"vmledger-agent-{self.host}", daemon=True)
+        self._thread.start()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("agent pass failed; retrying")
+                busy = 0
+            if not busy:
+                self._wake.wait(interval)
+            self._wake.clear()
+
+    def close(self) -> None:
+        """Stop the background thread (if any) and close the database connections."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.service.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def servers_in_flight(self) -> Iterator[tuple[str, str]]:
+        self.updater.catch_up()
+        yield from self.view.in_flight()

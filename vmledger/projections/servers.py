@@ -1,0 +1,281 @@
+"""The ``servers`` read model: one row per server, built from the event log.
+
+Each row holds the server's document (every field the API and the agent need, as JSON)
+plus indexed columns for the queries that must be fast: a project's servers, the work
+queue of a host agent (servers with an action in flight), and open resize deadlines.
+
+Rows are folded from events with the events' own ``apply`` methods, so the view can
+never disagree with the aggregate about what an event means. A page of events is
+written in one transaction together with the tracking position (exactly once); the
+same code rebuilds the view from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+
+from vmledger.domain import lifecycle as lc
+from vmledger.domain.server import Server
+
+#: the key of this view's position in the tracking table
+TRACKING_NAME = "vmledger.servers"
+
+_COLUMNS = ("id", "project_id", "host", "name", "vm_state", "task_state", "pending_action",
+            "pending_request_id", "confirm_deadline", "created_at", "updated_at", "deleted",
+            "version", "doc")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$dt" in obj:
+        return datetime.fromisoformat(obj["$dt"])
+    return obj
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, default=_encode, separators=(",", ":"), sort_keys=True)
+
+
+def loads(text: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(text, object_hook=_decode)
+    return result
+
+
+def _ts(value: datetime | None) -> str | None:
+    # one fixed-width UTC text form, so text comparison is time comparison on both backends
+    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def fold(doc: dict[str, Any] | None, event: Server.Event) -> dict[str, Any]:
+    """The server document after ``event``: the event's own ``apply`` on a plain namespace."""
+    target = SimpleNamespace(**(doc or {}))
+    event.apply(target)
+    result = vars(target)
+    result["id"] = str(event.originator_id)
+    result["version"] = event.originator_version
+    result.setdefault("created_at", event.timestamp)
+    result["updated_at"] = event.timestamp
+    return result
+
+
+def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
+    pending = doc.get("pending") or {}
+    return (doc["id"], doc.get("project_id"), doc.get("host"), doc.get("name"),
+            doc.get("vm_state"), doc.get("task_state"), pending.get("action"),
+            pending.get("request_id"), _ts(doc.get("confirm_deadline")),
+            _ts(doc["created_at"]), _ts(doc["updated_at"]),
+            1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc))
+
+
+class _Cursor(Protocol):
+    def execute(self, sql: Any, params: Any = ...) -> Any: ...
+
+    def executemany(self, sql: Any, params: Any) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+
+class ServersView:
+    """Dialect-neutral queries of the servers view (SQLite and PostgreSQL subclasses)."""
+
+    placeholder = "?"
+    table = "vmledger_servers"
+
+    def _transaction(self, *, commit: bool) -> Any:  # pragma: no cover - per backend
+        raise NotImplementedError
+
+    if TYPE_CHECKING:  # provided by the backend's tracking recorder
+        def _insert_tracking(self, curs: Any, tracking: Tracking) -> None: ...
+
+        def max_tracking_id(self, application_name: str) -> int | None: ...
+
+        def create_table(self) -> None: ...
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.placeholder).replace("{t}", self.table)
+
+    def create_statements(self) -> list[str]:
+        return [self._sql(
+            "CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, project_id TEXT, host TEXT,"
+            " name TEXT, vm_state TEXT, task_state TEXT, pending_action TEXT,"
+            " pending_request_id TEXT, confirm_deadline TEXT, created_at TEXT,"
+            " updated_at TEXT, deleted INTEGER, version INTEGER, doc TEXT)"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_project ON {t} (project_id, created_at)"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (host, pending_action)"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
+        ]
+
+    # --- writing ------------------------------------------------------------------
+    def position(self) -> int:
+        return self.max_tracking_id(TRACKING_NAME) or 0
+
+    def apply_page(self, events: Sequence[Server.Event], position: int) -> int:
+        """Fold a page of events into rows, with the tracking position, in one transaction.
+
+        Returns the number of rows written. A position at or below the recorded one
+        raises ``IntegrityError`` and writes nothing (the page was already applied).
+        """
+        ids = list(dict.fromkeys(str(e.originator_id) for e in events))
+        with self._transaction(commit=True) as curs:
+            docs = self._load(curs, ids) if ids else {}
+            for event in events:
+                key = str(event.originator_id)
+                current = docs.get(key)
+                if current is not None and current["version"] >= event.originator_version:
+                    continue  # already folded (a rebuild overlapping a live update)
+                docs[key] = fold(current, event)
+            changed = [docs[i] for i in ids if i in docs]
+            if changed:
+                curs.executemany(self._upsert_sql(), [row_of(d) for d in changed])
+            self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
+        return len(changed)
+
+    def _load(self, curs: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" for _ in chunk)
+            curs.execute(self._sql(f"SELECT id, doc FROM {{t}} WHERE id IN ({marks})"), chunk)
+            for row in curs.fetchall():
+                found[row["id"]] = loads(row["doc"])
+        return found
+
+    def _upsert_sql(self) -> str:
+        cols = ", ".join(_COLUMNS)
+        marks = ", ".join("?" for _ in _COLUMNS)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "id")
+        return self._sql(f"INSERT INTO {{t}} ({cols}) VALUES ({marks}) "
+                         f"ON CONFLICT (id) DO UPDATE SET {updates}")
+
+    def clear(self) -> None:
+        """Forget every row and the position (before a rebuild)."""
+        with self._transaction(commit=True) as curs:
+            curs.execute(self._sql("DELETE FROM {t}"))
+            self._delete_tracking(curs)
+
+    def _delete_tracking(self, curs: Any) -> None:  # pragma: no cover - per backend
+        raise NotImplementedError
+
+    # --- reading ------------------------------------------------------------------
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._transaction(commit=False) as curs:
+            curs.execute(self._sql(sql), list(params))
+            return list(curs.fetchall())
+
+    def get(self, server_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT doc FROM {t} WHERE id = ?", [server_id])
+        return loads(rows[0]["doc"]) if rows else None
+
+    def servers(self, *, project_id: str | None = None, include_deleted: bool = False,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        if project_id is not None:
+            where.append("project_id = ?")
+            params.append(project_id)
+        if not include_deleted:
+            where.append("deleted = 0")
+        sql = "SELECT doc FROM {t}" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [loads(r["doc"]) for r in self._query(sql, params)]
+
+    def in_flight(self, host: str | None = None) -> list[tuple[str, str]]:
+        """(server id, request id) of every action in flight, on one host or all."""
+        sql = "SELECT id, pending_request_id FROM {t} WHERE pending_action IS NOT NULL"
+        params: list[Any] = []
+        if host is not None:
+            sql += " AND host = ?"
+            params.append(host)
+        sql += " ORDER BY updated_at, id"
+        return [(r["id"], r["pending_request_id"]) for r in self._query(sql, params)]
+
+    def due_deadlines(self, now: datetime, limit: int = 100) -> list[tuple[str, datetime]]:
+        """Open resize confirmations whose deadline is at or before ``now``, oldest first."""
+        rows = self._query(
+            "SELECT id, doc FROM {t} WHERE confirm_deadline IS NOT NULL AND confirm_deadline <= ?"
+            f" ORDER BY confirm_deadline, id LIMIT {int(limit)}", [_ts(now)])
+        out = []
+        for r in rows:
+            deadline = loads(r["doc"]).get("confirm_deadline")
+            if deadline is not None:
+                out.append((r["id"], deadline))
+        return out
+
+    def count(self) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class SQLiteServersView(ServersView, SQLiteTrackingRecorder):
+    """The servers view in the application's own SQLite database (same writer lock)."""
+
+    def __init__(self, datastore: SQLiteDatastore) -> None:
+        SQLiteTrackingRecorder.__init__(self, datastore)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *self.create_statements()]
+
+    @contextmanager
+    def _transaction(self, *, commit: bool) -> Iterator[Any]:
+        with self.datastore.transaction(commit=commit) as curs:
+            yield curs
+
+    def _delete_tracking(self, curs: Any) -> None:
+        curs.execute("DELETE FROM tracking WHERE application_name = ?", [TRACKING_NAME])
+
+
+class PostgresServersView(ServersView, PostgresTrackingRecorder):
+    """The servers view in the application's PostgreSQL database."""
+
+    placeholder = "%s"
+
+    def __init__(self, datastore: PostgresDatastore) -> None:
+        PostgresTrackingRecorder.__init__(self, datastore,
+                                          tracking_table_name="vmledger_views_tracking")
+        from psycopg.sql import SQL
+
+        for statement in self.create_statements():
+            self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
+
+    @contextmanager
+    def _transaction(self, *, commit: bool) -> Iterator[Any]:
+        with self.datastore.transaction(commit=commit) as curs:
+            yield curs
+
+    def _delete_tracking(self, curs: Any) -> None:
+        from psycopg.sql import SQL, Identifier
+
+        curs.execute(SQL("DELETE FROM {0}.{1} WHERE application_name = %s").format(
+            Identifier(self.datastore.schema), Identifier(self.tracking_table_name)),
+            [TRACKING_NAME])
+
+
+def server_events(notifications: Iterable[Any], mapper: Any) -> list[Server.Event]:
+    """Decode notifications, keeping the server events."""
+    events = []
+    for n in notifications:
+        event = mapper.to_domain_event(n)
+        if isinstance(event, Server.Event):
+            events.append(event)
+    return events
