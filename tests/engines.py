@@ -1,0 +1,31 @@
+"""Helpers to build engines on each backend for the tests."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from vmledger import Engine, FakeClock, Simulator
+
+
+def counter_ids(seed: int = 0) -> Callable[[], uuid.UUID]:
+    """Deterministic server ids."""
+    counter = itertools.count(1)
+    return lambda: uuid.UUID(int=(seed << 64) + next(counter), version=4)
+
+
+def counter_request_ids(prefix: str = "req") -> Callable[[], str]:
+    counter = itertools.count(1)
+    return lambda: f"{prefix}-{uuid.UUID(int=next(counter), version=4)}"
+
+
+def make_engine(url: str, *, clock: FakeClock | None = None, seed: int = 0,
+                confirm_window: timedelta = timedelta(hours=24),
+                hypervisor: Any = None, deterministic: bool = True) -> Engine:
+    return Engine(url, clock=clock or FakeClock(), hypervisor=hypervisor or Simulator(seed=seed),
+                  confirm_window=confirm_window, seed=seed,
+                  id_factory=counter_ids(seed) if deterministic else None,
+                  request_id_factory=counter_request_ids() if deterministic else None)

@@ -1,0 +1,117 @@
+"""The lifecycle state diagram, generated from the lifecycle table.
+
+``python -m vmledger.domain.diagram > docs/lifecycle.md`` writes the document; a test
+fails when the committed document no longer matches the table. Nodes are vm_states;
+an edge ``a --> b: action`` means the action started in ``a`` ends in ``b`` on success;
+``action (fails)`` and ``action (rollback)`` are its failure ends where they differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from transitions.extensions import GraphMachine
+
+from vmledger.domain import lifecycle as lc
+
+
+def _edges() -> list[tuple[str, str, str]]:
+    edges: dict[tuple[str, str, str], None] = {}
+    for action in lc.ACTIONS.values():
+        if action.name == "create":
+            edges[(lc.NEW, lc.BUILDING, "create")] = None
+            starts = [lc.BUILDING]
+        else:
+            starts = sorted(action.vm_states if action.vm_states is not None
+                            else set(lc.VM_STATES) - {lc.DELETED})
+        for start in starts:
+            ends: set[str] = set()
+            for kind, label in (("complete", action.name), ("fail", f"{action.name} (fails)"),
+                                ("rollback", f"{action.name} (rollback)")):
+                if not action.asynchronous:
+                    if action.name != "reset_state":
+                        continue  # lock/unlock change no state
+                    for target in (lc.ACTIVE, lc.ERROR):
+                        edges[(start, target, action.name)] = None
+                    break
+                first = action.steps[0] if action.steps else None
+                stash_values = [lc.ACTIVE, lc.STOPPED] if action.success == lc.STASHED else [None]
+                for stashed in stash_values:
+                    end, _ = lc.outcome(kind, action.name, start, first, stashed=stashed)
+                    if kind != "complete" and (end == start or end in ends):
+                        continue
+                    ends.add(end)
+                    edges[(start, end, label)] = None
+    return list(edges)
+
+
+def mermaid() -> str:
+    """The state diagram as Mermaid ``stateDiagram-v2`` text (rendered by transitions)."""
+    transitions: list[dict[str, Any]] = [
+        {"trigger": f"t{i}", "source": src, "dest": dst, "label": label}
+        for i, (src, dst, label) in enumerate(_edges())]
+    logging.getLogger("transitions").setLevel(logging.ERROR)
+    machine = GraphMachine(states=[lc.NEW, *lc.VM_STATES],
+                           transitions=[{k: v for k, v in t.items() if k != "label"}
+                                        for t in transitions],
+                           initial=lc.NEW, graph_engine="mermaid", auto_transitions=False,
+                           title="vmledger server lifecycle", show_conditions=False)
+    text: str = machine.get_graph().draw(None)
+    title = "vmledger server lifecycle"
+    text = text.replace(f"---\n{title}\n---", f"---\ntitle: {title}\n---", 1)
+    labels = {t["trigger"]: t["label"] for t in transitions}
+    # transitions draws trigger names (merged with " | "); show the table's labels
+    return "\n".join(
+        re.sub(r"\bt\d+\b", lambda m: labels[m.group(0)], line) if "-->" in line else line
+        for line in text.splitlines()) + "\n"
+
+
+def document() -> str:
+    rows = "\n".join(
+        f"| `{a.name}` | {a.api_name} | "
+        f"{', '.join(sorted(a.vm_states)) if a.vm_states is not None else 'any'} | "
+        f"{_tasks(a.task_states)} | {' → '.join(a.steps) or '—'} | {_ends(a)} | {a.doc} |"
+        for a in lc.ACTIONS.values())
+    return f"""# Server lifecycle
+
+Generated from `vmledger/domain/lifecycle.py` by `python -m vmledger.domain.diagram`;
+a test fails when this file no longer matches the table. Do not edit by hand.
+
+| action | Nova name | from vm_state | from task_state | task states in flight \
+| success | failure | rollback | note |
+|---|---|---|---|---|---|---|---|---|
+{rows}
+
+*same* keeps the vm_state the action started from; *stashed* is the vm_state saved
+when the resize was requested (a server resized while stopped ends stopped).
+
+```mermaid
+{mermaid().strip()}
+```
+"""
+
+
+def _ends(action: lc.Action) -> str:
+    if action.name == "reset_state":
+        return "active or error (as asked) | — | —"
+    if not action.asynchronous:
+        return "*same* (no state change) | — | —"
+    return f"{_end(action.success)} | {_end(action.failure)} | {_end(action.rollback)}"
+
+
+def _tasks(tasks: frozenset[str | None] | None) -> str:
+    if tasks is None:
+        return "any"
+    return ", ".join(sorted(t or "none" for t in tasks))
+
+
+def _end(rule: Any) -> str:
+    if isinstance(rule, dict):
+        return ", ".join(f"{k} → {v}" for k, v in sorted(rule.items()))
+    return {lc.SAME: "*same*", lc.STASHED: "*stashed*"}.get(rule, rule)
+
+
+if __name__ == "__main__":
+    print(document(), end="")
