@@ -110,7 +110,7 @@ def _tasks(tasks: frozenset[str | None] | None) -> str:
 def _end(rule: Any) -> str:
     if isinstance(rule, dict):
         return ", ".join(f"{k} → {v}" for k, v in sorted(rule.items()))
-    return {lc.SAME: "*same*", lc.STASHED: "*stashed*"}.get(rule, rule)
+    return str({lc.SAME: "*same*", lc.STASHED: "*stashed*"}.get(rule, rule))
 
 
 if __name__ == "__main__":
