@@ -24,8 +24,11 @@ def counter_request_ids(prefix: str = "req") -> Callable[[], str]:
 
 def make_engine(url: str, *, clock: FakeClock | None = None, seed: int = 0,
                 confirm_window: timedelta = timedelta(hours=24),
-                hypervisor: Any = None, deterministic: bool = True) -> Engine:
+                hypervisor: Any = None, ids: Callable[[], uuid.UUID] | None = None,
+                request_ids: Callable[[], str] | None = None) -> Engine:
+    """An engine with a fake clock and deterministic ids (pass shared id factories to
+    keep ids unique across restarts of the same database)."""
     return Engine(url, clock=clock or FakeClock(), hypervisor=hypervisor or Simulator(seed=seed),
                   confirm_window=confirm_window, seed=seed,
-                  id_factory=counter_ids(seed) if deterministic else None,
-                  request_id_factory=counter_request_ids() if deterministic else None)
+                  id_factory=ids or counter_ids(seed),
+                  request_id_factory=request_ids or counter_request_ids(f"req{seed}"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines import make_engine
+from tests.engines import counter_ids, counter_request_ids, make_engine
 from vmledger import (
     BadRequest,
     Conflict,
@@ -316,14 +316,15 @@ def test_window_zero_disables_auto_confirm(url: str, clock: FakeClock) -> None:
 def test_deadline_survives_restart_and_racing_timers_fire_once(url: str) -> None:
     clock = FakeClock()
     sim = Simulator(seed=3)
-    with make_engine(url, clock=clock, hypervisor=sim) as first:
+    shared = {"ids": counter_ids(3), "request_ids": counter_request_ids()}
+    with make_engine(url, clock=clock, hypervisor=sim, **shared) as first:
         sid = active(first)
         first.resize(sid, flavor="m1.medium")
         first.run_until_idle()
     clock.advance(hours=25)
     # two processes' timers, restarted after the deadline passed, race for it
-    with make_engine(url, clock=clock, hypervisor=sim) as a, \
-            make_engine(url, clock=clock, hypervisor=sim) as b:
+    with make_engine(url, clock=clock, hypervisor=sim, **shared) as a, \
+            make_engine(url, clock=clock, hypervisor=sim, **shared) as b:
         fired = a.timer.run_once() + b.timer.run_once() + a.timer.run_once()
         assert fired == 1
         a.run_until_idle()

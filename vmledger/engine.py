@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -128,7 +129,8 @@ class Engine:
                  confirm_window: timedelta = timedelta(hours=24),
                  catalog: Catalog | None = None, seed: int | None = None,
                  id_factory: Callable[[], uuid.UUID] | None = None,
-                 request_id_factory: Callable[[], str] | None = None) -> None:
+                 request_id_factory: Callable[[], str] | None = None,
+                 stopwatch: Callable[[], float] = time.perf_counter) -> None:
         if confirm_window < timedelta(0):
             raise ValueError("the confirm window cannot be negative (0 disables it)")
         self.url = url
@@ -141,7 +143,8 @@ class Engine:
         self.updater = ViewUpdater(self.service, self.view)
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
         self.host = host
-        self.agent = HostAgent(self.service, self.updater, self.hypervisor, host)
+        self.agent = HostAgent(self.service, self.updater, self.hypervisor, host,
+                               stopwatch=stopwatch)
         self.timer = Timer(self.service, self.updater)
         self._wake = threading.Event()
         self._stop = threading.Event()

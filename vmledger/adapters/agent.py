@@ -43,8 +43,9 @@ class HostAgent:
     """One per hypervisor host; safe to stop and start again at any moment."""
 
     def __init__(self, service: ServerService, updater: ViewUpdater, hypervisor: Hypervisor,
-                 host: str) -> None:
+                 host: str, *, stopwatch: Callable[[], float] = time.perf_counter) -> None:
         self.service = service
+        self.stopwatch = stopwatch
         self.updater = updater
         self.hypervisor = hypervisor
         self.host = host
@@ -122,25 +123,34 @@ class HostAgent:
     # --- recorded hypervisor calls ----------------------------------------------------------
     def call(self, server: Server, name: str, arguments: dict[str, Any],
              fn: Callable[[], Any]) -> Any:
-        """Make one hypervisor call and record it (also when it fails)."""
-        started = time.perf_counter()
-        result: Any = None
-        error: str | None = None
+        """Make one hypervisor call and record it, with its answer or its error.
+
+        If the process dies during the call nothing is recorded: on restart the agent
+        observes the hypervisor again and carries on from what it finds.
+        """
+        started = self.stopwatch()
         try:
             result = fn()
-            return result
         except HypervisorError as e:
-            error = e.message
+            self._record_call(server, name, arguments, None, e.message, started)
             raise
-        finally:
-            elapsed = (time.perf_counter() - started) * 1000
-            recorded = (result.as_dict() if isinstance(result, Observation)
-                        else dict(result) if result is not None else None)
-            self._step(str(server.id), str(server.pending_request_id),
-                       lambda s, c, at: s.record_call(
-                           c, at, host=self.host, driver=self.hypervisor.driver, call=name,
-                           arguments=arguments, result=recorded, error=error,
-                           duration_ms=elapsed))
+        except Exception as e:
+            self._record_call(server, name, arguments, None, repr(e), started)
+            raise
+        recorded = (result.as_dict() if isinstance(result, Observation)
+                    else dict(result) if result is not None else None)
+        self._record_call(server, name, arguments, recorded, None, started)
+        return result
+
+    def _record_call(self, server: Server, name: str, arguments: dict[str, Any],
+                     result: dict[str, Any] | None, error: str | None, started: float
+                     ) -> None:
+        elapsed = (self.stopwatch() - started) * 1000
+        self._step(str(server.id), str(server.pending_request_id),
+                   lambda s, c, at: s.record_call(
+                       c, at, host=self.host, driver=self.hypervisor.driver, call=name,
+                       arguments=arguments, result=result, error=error,
+                       duration_ms=elapsed))
 
     def observe(self, server: Server) -> Observation:
         obs: Observation = self.call(server, "observe", {},
