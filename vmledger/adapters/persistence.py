@@ -10,13 +10,19 @@ lock in eventsourcing 9.5).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from vmledger.projections.servers import PostgresServersView, ServersView, SQLiteServersView
+from vmledger.projections.servers import (
+    PostgresServersView,
+    ServersView,
+    SQLiteServersView,
+    ViewExtension,
+)
 
 DEFAULT_URL = "sqlite:///vmledger.db"
 
@@ -59,13 +65,13 @@ def environment(url: str) -> dict[str, str]:
                      "postgresql://user:password@host:port/dbname")
 
 
-def servers_view(datastore: Any) -> ServersView:
-    """The servers view stored beside the events, sharing the application's datastore."""
+def servers_view(datastore: Any, extensions: Sequence[ViewExtension] = ()) -> ServersView:
+    """The read models stored beside the events, sharing the application's datastore."""
     view: ServersView
     if isinstance(datastore, SQLiteDatastore):
-        view = SQLiteServersView(datastore)
+        view = SQLiteServersView(datastore, extensions)
     elif isinstance(datastore, PostgresDatastore):
-        view = PostgresServersView(datastore)
+        view = PostgresServersView(datastore, extensions)
     else:
         raise TypeError(f"no servers view for {type(datastore).__name__}")
     view.create_table()

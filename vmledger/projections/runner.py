@@ -43,7 +43,8 @@ class ViewUpdater:
                 if not page:
                     return read
                 try:
-                    self.view.apply_page(server_events(page, self.app.mapper), page[-1].id)
+                    self.view.apply_page(server_events(page, self.app.mapper), page[-1].id,
+                                         page)
                 except IntegrityError:
                     # another process applied this page first: continue from its position
                     start = self.view.position()

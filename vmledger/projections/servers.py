@@ -13,7 +13,7 @@ same code rebuilds the view from scratch.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -92,11 +92,30 @@ class _Cursor(Protocol):
     def fetchall(self) -> Any: ...
 
 
+class ViewExtension(Protocol):
+    """Another read model written in the same transaction as the servers view.
+
+    All read models share the servers view's tracking position, so a page of the log is
+    applied to every one of them exactly once, and a rebuild rebuilds them all.
+    ``sql`` turns a statement written with ``?`` placeholders into the backend's dialect.
+    """
+
+    def create_statements(self, sql: Callable[[str], str]) -> list[str]: ...
+
+    def apply(self, curs: Any, sql: Callable[[str], str], events: Sequence[Server.Event],
+              notifications: Sequence[Any]) -> None: ...
+
+    def clear(self, curs: Any, sql: Callable[[str], str]) -> None: ...
+
+
 class ServersView:
     """Dialect-neutral queries of the servers view (SQLite and PostgreSQL subclasses)."""
 
     placeholder = "?"
     table = "vmledger_servers"
+    #: the backend's name ("sqlite" or "postgres"), for extensions that need it
+    dialect = "sqlite"
+    extensions: tuple[ViewExtension, ...] = ()
 
     def _transaction(self, *, commit: bool) -> Any:  # pragma: no cover - per backend
         raise NotImplementedError
@@ -112,7 +131,7 @@ class ServersView:
         return text.replace("?", self.placeholder).replace("{t}", self.table)
 
     def create_statements(self) -> list[str]:
-        return [self._sql(
+        own = [self._sql(
             "CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, project_id TEXT, host TEXT,"
             " name TEXT, vm_state TEXT, task_state TEXT, pending_action TEXT,"
             " pending_request_id TEXT, confirm_deadline TEXT, created_at TEXT,"
@@ -121,12 +140,16 @@ class ServersView:
             self._sql("CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (host, pending_action)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
         ]
+        for extension in self.extensions:
+            own.extend(extension.create_statements(self._sql))
+        return own
 
     # --- writing ------------------------------------------------------------------
     def position(self) -> int:
         return self.max_tracking_id(TRACKING_NAME) or 0
 
-    def apply_page(self, events: Sequence[Server.Event], position: int) -> int:
+    def apply_page(self, events: Sequence[Server.Event], position: int,
+                   notifications: Sequence[Any] = ()) -> int:
         """Fold a page of events into rows, with the tracking position, in one transaction.
 
         Returns the number of rows written. A position at or below the recorded one
@@ -144,6 +167,8 @@ class ServersView:
             changed = [docs[i] for i in ids if i in docs]
             if changed:
                 curs.executemany(self._upsert_sql(), [row_of(d) for d in changed])
+            for extension in self.extensions:
+                extension.apply(curs, self._sql, events, notifications)
             self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
         return len(changed)
 
@@ -167,6 +192,8 @@ class ServersView:
         """Forget every row and the position (before a rebuild)."""
         with self._transaction(commit=True) as curs:
             curs.execute(self._sql("DELETE FROM {t}"))
+            for extension in self.extensions:
+                extension.clear(curs, self._sql)
             self._delete_tracking(curs)
 
     def _delete_tracking(self, curs: Any) -> None:  # pragma: no cover - per backend
@@ -230,7 +257,9 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 class SQLiteServersView(ServersView, SQLiteTrackingRecorder):
     """The servers view in the application's own SQLite database (same writer lock)."""
 
-    def __init__(self, datastore: SQLiteDatastore) -> None:
+    def __init__(self, datastore: SQLiteDatastore,
+                 extensions: Sequence[ViewExtension] = ()) -> None:
+        self.extensions = tuple(extensions)
         SQLiteTrackingRecorder.__init__(self, datastore)
 
     def construct_create_table_statements(self) -> list[str]:
@@ -239,6 +268,12 @@ class SQLiteServersView(ServersView, SQLiteTrackingRecorder):
     @contextmanager
     def _transaction(self, *, commit: bool) -> Iterator[Any]:
         with self.datastore.transaction(commit=commit) as curs:
+            if commit:
+                # Take the write lock before reading: the library begins transactions
+                # DEFERRED, and a read that later upgrades to a write fails at once with
+                # "database is locked" (no busy wait) when another process wrote since.
+                curs.execute("UPDATE tracking SET notification_id = notification_id "
+                             "WHERE application_name = ?", [TRACKING_NAME])
             yield curs
 
     def _delete_tracking(self, curs: Any) -> None:
@@ -249,8 +284,11 @@ class PostgresServersView(ServersView, PostgresTrackingRecorder):
     """The servers view in the application's PostgreSQL database."""
 
     placeholder = "%s"
+    dialect = "postgres"
 
-    def __init__(self, datastore: PostgresDatastore) -> None:
+    def __init__(self, datastore: PostgresDatastore,
+                 extensions: Sequence[ViewExtension] = ()) -> None:
+        self.extensions = tuple(extensions)
         PostgresTrackingRecorder.__init__(self, datastore,
                                           tracking_table_name="vmledger_views_tracking")
         from psycopg.sql import SQL
