@@ -12,6 +12,7 @@ scripts, deterministic simulations) or :meth:`Engine.run_in_background`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -29,9 +30,10 @@ from vmledger.adapters.timer import Timer
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import Catalog
 from vmledger.domain.clock import Clock, SystemClock
-from vmledger.domain.errors import ServerNotFound
+from vmledger.domain.errors import NotFound, ServerNotFound
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import CommandResult, ServerService, new_request_id
+from vmledger.projections.actions import InstanceActions, get_action, list_actions
 from vmledger.projections.runner import ViewUpdater
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,8 @@ class Engine:
             environment(url), clock=self.clock, catalog=catalog, hosts=(host,),
             confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
             request_id_factory=request_id_factory or new_request_id, seed=seed)
-        self.view = servers_view(self.service.recorder.datastore)  # type: ignore[attr-defined]
+        self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
+                                 extensions=[InstanceActions()])
         self.updater = ViewUpdater(self.service, self.view)
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
         self.host = host
@@ -154,9 +157,21 @@ class Engine:
     # --- contexts ---------------------------------------------------------------------
     def context(self, *, user_id: str = "admin", project_id: str = "admin",
                 is_admin: bool = True, request_id: str | None = None) -> Context:
-        """Who is asking. The default is an administrator of the project ``admin``."""
-        return self.service.context(user_id=user_id, project_id=project_id,
-                                    is_admin=is_admin, request_id=request_id)
+        """Who is asking. The default is an administrator of the project ``admin``.
+
+        Without ``request_id`` the context can be reused: every call made with it gets a
+        fresh request id. With one, every call records that id (as the HTTP API does).
+        """
+        ctx = self.service.context(user_id=user_id, project_id=project_id,
+                                   is_admin=is_admin, request_id=request_id)
+        return ctx if request_id else dataclasses.replace(ctx, pinned=False)
+
+    def _ctx(self, ctx: Context | None) -> Context:
+        if ctx is None:
+            return self.context()
+        if ctx.pinned:
+            return ctx
+        return dataclasses.replace(ctx, request_id=self.service.request_id_factory())
 
     # --- commands (each returns once the view reflects it) ------------------------------
     def _done(self, result: CommandResult) -> CommandResult:
@@ -168,7 +183,7 @@ class Engine:
                       ctx: Context | None = None, idempotency_key: str | None = None,
                       **options: Any) -> ServerInfo:
         """Ask for a server (flavor and image by id or name); it starts in BUILD."""
-        ctx = ctx or self.context()
+        ctx = self._ctx(ctx)
         result = self._done(self.service.create_server(
             ctx, name=name, flavor=flavor, image=image, idempotency_key=idempotency_key,
             **options))
@@ -177,7 +192,7 @@ class Engine:
     def act(self, server_id: str, action: str, *, ctx: Context | None = None,
             idempotency_key: str | None = None, **params: Any) -> CommandResult:
         """Request any action of the lifecycle table by name, with its parameters."""
-        ctx = ctx or self.context()
+        ctx = self._ctx(ctx)
         return self._done(self.service.act(ctx, server_id, action,
                                            idempotency_key=idempotency_key, **params))
 
@@ -228,18 +243,14 @@ class Engine:
 
     def update_server(self, server_id: str, *, ctx: Context | None = None,
                       **changes: Any) -> ServerInfo:
-        ctx = ctx or self.context()
+        ctx = self._ctx(ctx)
         self._done(self.service.update_server(ctx, server_id, **changes))
         return self.get_server(server_id, ctx=ctx)
 
     # --- queries --------------------------------------------------------------------------
     def get_server(self, server_id: str, *, ctx: Context | None = None) -> ServerInfo:
         """A server from the view; another project's or a deleted one is not found."""
-        doc = self.view.get(str(server_id))
-        if doc is None or doc.get("vm_state") == lc.DELETED or (
-                ctx is not None and not ctx.is_admin and doc["project_id"] != ctx.project_id):
-            raise ServerNotFound(str(server_id))
-        return ServerInfo.from_doc(doc)
+        return ServerInfo.from_doc(self._visible(server_id, ctx, include_deleted=False))
 
     def list_servers(self, *, ctx: Context | None = None, include_deleted: bool = False
                      ) -> list[ServerInfo]:
@@ -247,6 +258,29 @@ class Engine:
         project = None if ctx is None or ctx.is_admin else ctx.project_id
         return [ServerInfo.from_doc(d)
                 for d in self.view.servers(project_id=project, include_deleted=include_deleted)]
+
+    def _visible(self, server_id: str, ctx: Context | None, include_deleted: bool
+                 ) -> dict[str, Any]:
+        doc = self.view.get(str(server_id))
+        if doc is None or (doc.get("vm_state") == lc.DELETED and not include_deleted) or (
+                ctx is not None and not ctx.is_admin and doc["project_id"] != ctx.project_id):
+            raise ServerNotFound(str(server_id))
+        return doc
+
+    def instance_actions(self, server_id: str, *, ctx: Context | None = None,
+                         include_deleted: bool = True) -> list[dict[str, Any]]:
+        """Nova's instance actions of a server, newest first, each with its events."""
+        self._visible(server_id, ctx, include_deleted)
+        return list_actions(self.view, str(server_id))
+
+    def instance_action(self, server_id: str, request_id: str, *,
+                        ctx: Context | None = None, include_deleted: bool = True
+                        ) -> dict[str, Any]:
+        self._visible(server_id, ctx, include_deleted)
+        action = get_action(self.view, str(server_id), request_id)
+        if action is None:
+            raise NotFound(f"Action {request_id} not found")
+        return action
 
     def history(self, server_id: str) -> list[HistoryEntry]:
         """Every event of a server (deleted ones too), oldest first."""

@@ -37,6 +37,9 @@ class Context:
     project_id: str | None
     cause: str = USER
     is_admin: bool = False
+    #: False when the request id was made up for a reusable caller context: each call
+    #: made with it then gets a fresh request id (see ``Engine.context``)
+    pinned: bool = True
 
     def fields(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "user_id": self.user_id,
