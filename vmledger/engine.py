@@ -116,6 +116,9 @@ class HistoryEntry:
                                      f"{d.get('fault', {}).get('message')}"),
             "LockChanged": lambda: str(d.get("action")),
             "StateReset": lambda: f"reset to {d.get('vm_state')}",
+            "DriftObserved": lambda: (
+                f"drift: hypervisor power {d.get('observed_power_state')}, "
+                f"{d.get('previous_vm_state')} → {d.get('vm_state')} ({d.get('drift_action')})"),
             "Updated": lambda: f"updated {sorted(d.get('changes', {}))}",
         }.get(self.event, lambda: self.event)()
         who = self.user_id or "-"
@@ -301,19 +304,28 @@ class Engine:
                 return total
         raise RuntimeError(f"still busy after {max_passes} passes")
 
-    def run_in_background(self, interval: float = 0.5) -> None:
-        """Run the agent and the timer in a background thread until :meth:`close`."""
+    def sync_power_states(self) -> int:
+        """Compare idle servers with the hypervisor now; return how many drifted."""
+        return self.agent.sync_power_states()
+
+    def run_in_background(self, interval: float = 0.5, sync_interval: float = 60.0) -> None:
+        """Run the agent and the timer in a background thread until :meth:`close`; the
+        power-state sync runs every ``sync_interval`` seconds (Nova: 600)."""
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, args=(interval,),
+        self._thread = threading.Thread(target=self._loop, args=(interval, sync_interval),
                                         name=f"vmledger-agent-{self.host}", daemon=True)
         self._thread.start()
 
-    def _loop(self, interval: float) -> None:
+    def _loop(self, interval: float, sync_interval: float) -> None:
+        next_sync = time.monotonic() + sync_interval
         while not self._stop.is_set():
             try:
                 busy = self.run_once()
+                if time.monotonic() >= next_sync:
+                    next_sync = time.monotonic() + sync_interval
+                    busy += self.sync_power_states()
             except Exception:
                 log.exception("agent pass failed; retrying")
                 busy = 0

@@ -78,6 +78,49 @@ class HostAgent:
             c, at, power_state=int(obs.power_state), rollback=False,
             message="The host agent could not complete the action", code=500))
 
+    # --- drift -------------------------------------------------------------------------------
+    def sync_power_states(self) -> int:
+        """Compare every idle server on this host with the hypervisor (Nova's
+        ``_sync_power_states``); record each difference as an event, stopping the server
+        where Nova's policy says so. Returns how many servers drifted."""
+        self.updater.catch_up()
+        drifted = 0
+        for doc in self.updater.view.idle_on_host(self.host):
+            if self.sync_one(doc["id"], doc["vm_state"], doc["task_state"],
+                             doc["power_state"]):
+                drifted += 1
+        if drifted:
+            self.updater.catch_up()
+        return drifted
+
+    def sync_one(self, server_id: str, vm_state: str, task_state: str | None,
+                 recorded_power: int) -> bool:
+        obs = self.hypervisor.observe(server_id)
+        observed = int(obs.power_state) if obs.exists else int(PowerState.NOSTATE)
+        decision = lc.drift(vm_state, task_state, observed)
+        if decision is None or (decision == "record" and observed == recorded_power):
+            return False
+        power, call = observed, None
+        if decision == "stop" and obs.exists and obs.power_state in (
+                PowerState.RUNNING, PowerState.PAUSED, PowerState.CRASHED):
+            started = self.stopwatch()
+            try:
+                result: Any = dict(self.hypervisor.power_off(server_id))
+                error = None
+            except HypervisorError as e:
+                result, error = None, e.message
+            call = {"call": "power_off", "driver": self.hypervisor.driver, "result": result,
+                    "error": error,
+                    "duration_ms": round((self.stopwatch() - started) * 1000, 3)}
+            power = int(self.hypervisor.observe(server_id).power_state)
+        recorded = self.service.record_drift(server_id, host=self.host, observed=observed,
+                                             power_state=power, call=call)
+        if recorded.accepted:
+            log.warning("agent %s: %s drifted (hypervisor says power %d, record said %s/%d):"
+                        " %s", self.host, server_id, observed, vm_state, recorded_power,
+                        decision)
+        return recorded.accepted
+
     # --- one server ---------------------------------------------------------------------
     def reconcile(self, server_id: str, request_id: str) -> None:
         """Drive the action ``request_id`` of one server to its outcome."""

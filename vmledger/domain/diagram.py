@@ -90,7 +90,24 @@ when the resize was requested (a server resized while stopped ends stopped).
 ```mermaid
 {mermaid().strip()}
 ```
+
+## Drift
+
+The host agent's power-state sync compares every server with no task in flight with
+the hypervisor. These (vm_state, reported power state) pairs stop the server (vm_state
+`stopped`; a guest still running is powered off); any other difference only updates the
+recorded power state. Either way the finding is a `DriftObserved` event.
+
+{_drift_rows()}
 """
+
+
+def _drift_rows() -> str:
+    names = {lc.POWER_RUNNING: "RUNNING", lc.POWER_SHUTDOWN: "SHUTDOWN",
+             lc.POWER_CRASHED: "CRASHED", lc.POWER_SUSPENDED: "SUSPENDED"}
+    lines = ["| vm_state | hypervisor reports | sync does |", "|---|---|---|"]
+    lines += [f"| {vm} | {names[power]} | stop |" for vm, power in sorted(lc.DRIFT_STOPS)]
+    return "\n".join(lines)
 
 
 def _ends(action: lc.Action) -> str:

@@ -203,6 +203,26 @@ class Server(Aggregate):
             server.task_state = None
             server.pending = None
 
+    class DriftObserved(Event):
+        """The hypervisor disagreed with the record; what it said and what was done.
+
+        ``action`` is ``"stop"`` (Nova's power-state sync stops the server; ``call``
+        describes the power-off the agent made, if the guest was still on) or
+        ``"record"`` (only the power state is updated).
+        """
+
+        host: str
+        observed_power_state: int
+        power_state: int
+        previous_vm_state: str
+        vm_state: str
+        drift_action: str
+        call: dict[str, Any] | None
+
+        def apply(self, server: Server) -> None:
+            server.vm_state = self.vm_state
+            server.power_state = self.power_state
+
     class Updated(Event):
         """Name, description or access addresses changed (PUT /servers/{id})."""
 
@@ -314,6 +334,21 @@ class Server(Aggregate):
                                target=target)
         self.trigger_event(self.StateReset, timestamp=at, **ctx.fields(), vm_state=vm_state,
                            superseded=self.pending_request_id)
+
+    def observe_drift(self, ctx: Context, at: datetime, *, host: str, observed: int,
+                      power_state: int, call: dict[str, Any] | None) -> bool:
+        """Record what a power-state sync found; False (nothing recorded) if in sync."""
+        decision = lc.drift(self.vm_state, self.task_state, observed)
+        if decision is None or (observed == self.power_state and decision != "stop"):
+            return False
+        vm_state = lc.STOPPED if decision == "stop" else self.vm_state
+        if vm_state == self.vm_state and power_state == self.power_state and call is None:
+            return False
+        self.trigger_event(self.DriftObserved, timestamp=at, **ctx.fields(), host=host,
+                           observed_power_state=observed, power_state=power_state,
+                           previous_vm_state=self.vm_state, vm_state=vm_state,
+                           drift_action=decision, call=call)
+        return True
 
     def update(self, ctx: Context, at: datetime, changes: dict[str, Any]) -> None:
         self.trigger_event(self.Updated, timestamp=at, **ctx.fields(), changes=changes)

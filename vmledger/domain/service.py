@@ -542,5 +542,20 @@ class ServerService(Application[uuid.UUID]):
 
         return self._run(ctx, self._uuid(server_id), decide, load=load)
 
+    def record_drift(self, server_id: str | uuid.UUID, *, host: str, observed: int,
+                     power_state: int, call: dict[str, Any] | None) -> CommandResult:
+        """Record a power-state sync's finding (skipped if an action started meanwhile)."""
+        ctx = self.agent_context(self.request_id_factory())
+
+        def decide(server: Server | None) -> Server | None:
+            assert server is not None
+            changed = server.observe_drift(ctx, self.clock.now(), host=host,
+                                           observed=observed, power_state=power_state,
+                                           call=call)
+            return server if changed else None
+
+        return self._run(ctx, self._uuid(server_id), decide,
+                         load=lambda sid: self.get(sid, include_deleted=True))
+
     def admin_context(self, request_id: str | None = None) -> Context:
         return self.context(request_id=request_id, cause=ADMIN)

@@ -233,6 +233,12 @@ class ServersView:
         sql += " ORDER BY updated_at, id"
         return [(r["id"], r["pending_request_id"]) for r in self._query(sql, params)]
 
+    def idle_on_host(self, host: str) -> list[dict[str, Any]]:
+        """Documents of the servers on ``host`` with no action in flight (not deleted)."""
+        return [loads(r["doc"]) for r in self._query(
+            "SELECT doc FROM {t} WHERE host = ? AND pending_action IS NULL AND deleted = 0"
+            " ORDER BY id", [host])]
+
     def due_deadlines(self, now: datetime, limit: int = 100) -> list[tuple[str, datetime]]:
         """Open resize confirmations whose deadline is at or before ``now``, oldest first."""
         rows = self._query(
