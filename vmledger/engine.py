@@ -155,6 +155,7 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._follower: threading.Thread | None = None
         self.updater.catch_up()
 
     # --- contexts ---------------------------------------------------------------------
@@ -317,6 +318,11 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, args=(interval, sync_interval),
                                         name=f"vmledger-agent-{self.host}", daemon=True)
         self._thread.start()
+        # the view follows the log (events from other processes too) and wakes the agent
+        self._follower = threading.Thread(
+            target=self.updater.follow, args=(self._stop, self._wake.set, interval),
+            name="vmledger-view-follower", daemon=True)
+        self._follower.start()
 
     def _loop(self, interval: float, sync_interval: float) -> None:
         next_sync = time.monotonic() + sync_interval
@@ -340,6 +346,9 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self._follower is not None:
+            self._follower.join(timeout=10)
+            self._follower = None
         self.service.close()
 
     def __enter__(self) -> Engine:

@@ -11,6 +11,7 @@ log position before the caller reads it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError
 
 from vmledger.projections.servers import ServersView, server_events
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
 
@@ -67,8 +70,51 @@ class ViewUpdater:
                 raise TimeoutError(f"the servers view did not reach position {position}")
             time.sleep(0.002)
 
+    def follow(self, stop: threading.Event, on_change: Callable[[], None] | None = None,
+               poll: float = 0.2) -> None:
+        """Keep the view up to date until ``stop`` is set.
+
+        PostgreSQL: LISTEN on the log's channel, so events written by any process are
+        folded within milliseconds (``poll`` is only the fallback). SQLite: poll.
+        ``on_change`` is called after each catch-up that read something (to wake the
+        host agent early).
+        """
+        channel = getattr(self.app.recorder, "channel_name", None)
+        datastore = getattr(self.app.recorder, "datastore", None)
+        while not stop.is_set():
+            try:
+                if channel is not None and datastore is not None:
+                    self._listen(datastore, channel, stop, on_change, poll)
+                else:
+                    if self.catch_up() and on_change is not None:
+                        on_change()
+                    stop.wait(poll)
+            except Exception:
+                log.exception("following the log failed; retrying")
+                stop.wait(1.0)
+
+    def _listen(self, datastore: Any, channel: str, stop: threading.Event,
+                on_change: Callable[[], None] | None, poll: float) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
+            conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
+            while not stop.is_set():
+                if self.catch_up() and on_change is not None:
+                    on_change()
+                for _ in conn.notifies(timeout=poll, stop_after=1):
+                    pass
+
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop the view's rows and position, then fold the whole log again."""
         with self._lock:
             self.view.clear()
         return self.catch_up(progress)
+
+
+def _connect_args(datastore: Any) -> dict[str, Any]:
+    """Connection parameters of the library's PostgreSQL pool, for one extra connection."""
+    kwargs: dict[str, Any] = getattr(datastore.pool, "kwargs", {}) or {}
+    return {k: v for k, v in kwargs.items()
+            if k in ("dbname", "host", "port", "user", "password") and v is not None}
