@@ -1,0 +1,83 @@
+"""The ``vmledger`` command: ``serve`` wiring and ``history`` output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmledger import Engine, cli
+from vmledger.api.testing import ApiClient
+from vmledger.domain.catalog import image_id_for
+
+IMAGE = image_id_for("cirros-0.6.2-x86_64")
+
+
+def test_history_prints_every_event(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                    ) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    with Engine(url) as engine:
+        server = engine.create_server("web-1", flavor="1", image=IMAGE)
+        engine.run_until_idle()
+        expected = [str(e) for e in engine.history(server.id)]
+    assert cli.main(["history", server.id, "--db", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(expected) >= 2
+    assert "Requested" in lines[0] and "web-1" in lines[0]
+    assert "ActionCompleted" in lines[-1]
+
+
+def test_history_of_unknown_server_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    Engine(url).close()
+    missing = "6b0e4b3c-0000-4000-8000-000000000000"
+    assert cli.main(["history", missing, "--db", url]) == 1
+    assert f"Instance {missing} could not be found." in capsys.readouterr().err
+    assert cli.main(["history", missing, "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(app: Any, *, host: str, port: int, log_level: str) -> None:
+        seen.update(host=host, port=port)
+        client = ApiClient(app)
+        seen["version"] = client.get("/v2.1").json()["version"]["id"]
+        r = client.post("/v2.1/servers", json={"server": {
+            "name": "a", "flavorRef": "1", "imageRef": IMAGE}})
+        seen["created"] = r.status_code
+
+    closed: list[Engine] = []
+    original_close = Engine.close
+
+    def close(self: Engine) -> None:
+        closed.append(self)
+        original_close(self)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(Engine, "close", close)
+    code = cli.main(["serve", "--db", "memory", "--bind", "0.0.0.0", "--port", "9999",
+                     "--confirm-window", "0", "--host-name", "hv-7"])
+    assert code == 0
+    assert seen == {"host": "0.0.0.0", "port": 9999, "version": "v2.1", "created": 202}
+    [engine] = closed
+    assert engine.host == "hv-7"
+    assert engine.service.confirm_window.total_seconds() == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["serve", "--confirm-window", "-1"],
+    ["serve", "--port", "70000"],
+    ["serve", "--auth", "keystone"],
+    ["history"],
+    [],
+])
+def test_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2

@@ -1,0 +1,125 @@
+"""The OpenStack Compute API v2.1 as an ASGI application (Starlette).
+
+``create_app(engine)`` serves:
+
+- ``GET /``: the versions document (no auth, no microversion, no request id);
+- ``GET /v2.1`` and ``/v2.1/``: the v2.1 version document;
+- under both ``/v2.1`` and ``/v2.1/{project_id}``: servers (create, list, detail, show,
+  update, delete, actions), flavors (list, detail, show) and the images proxy (up to
+  microversion 2.35).
+
+Every response under ``/v2.1`` carries the request id and microversion headers (see
+:class:`vmledger.api.http.ComputeMiddleware`), and every error is a Nova fault body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from vmledger.api import catalog, servers
+from vmledger.api import microversions as mv
+from vmledger.api.faults import fault_response
+from vmledger.api.http import (
+    AUTHENTICATORS,
+    Call,
+    ComputeMiddleware,
+    Handler,
+    base_url,
+    endpoint,
+)
+from vmledger.engine import Engine
+
+#: when v2.1 was introduced (Nova's fixed ``updated`` value)
+V21_UPDATED = "2013-07-23T11:33:21Z"
+
+_HTTP_MESSAGES = {
+    404: "The resource could not be found.",
+    405: "The method specified is not allowed for this resource.",
+}
+
+
+def version_v21(request: Request) -> dict[str, Any]:
+    """The v2.1 entry: status CURRENT, the microversion range, a self link."""
+    return {
+        "id": "v2.1",
+        "status": "CURRENT",
+        "version": str(mv.MAX_VERSION),
+        "min_version": str(mv.MIN_VERSION),
+        "updated": V21_UPDATED,
+        "links": [{"rel": "self", "href": f"{base_url(request)}/v2.1/"}],
+    }
+
+
+async def versions(request: Request) -> Response:
+    """``GET /``: every API version (only v2.1 is served)."""
+    return JSONResponse({"versions": [version_v21(request)]})
+
+
+async def version_document(call: Call) -> Response:
+    """``GET /v2.1`` and ``/v2.1/``: the v2.1 version with media types and docs link."""
+    doc = version_v21(call.request)
+    doc["links"].append({"rel": "describedby", "type": "text/html",
+                         "href": "https://docs.openstack.org/"})
+    doc["media-types"] = [{"base": "application/json",
+                           "type": "application/vnd.openstack.compute+json;version=2.1"}]
+    return JSONResponse({"version": doc})
+
+
+#: (path below the prefix, handler, methods); more specific paths first
+RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
+    ("/servers", servers.list_servers, ["GET"]),
+    ("/servers", servers.create_server, ["POST"]),
+    ("/servers/detail", servers.list_servers_detail, ["GET"]),
+    ("/servers/{server_id}", servers.show_server, ["GET"]),
+    ("/servers/{server_id}", servers.update_server, ["PUT"]),
+    ("/servers/{server_id}", servers.delete_server, ["DELETE"]),
+    ("/servers/{server_id}/action", servers.server_action, ["POST"]),
+    ("/flavors", catalog.list_flavors, ["GET"]),
+    ("/flavors/detail", catalog.list_flavors_detail, ["GET"]),
+    ("/flavors/{flavor_id}", catalog.show_flavor, ["GET"]),
+    ("/images", catalog.list_images, ["GET"]),
+    ("/images/detail", catalog.list_images_detail, ["GET"]),
+    ("/images/{image_id}", catalog.show_image, ["GET"]),
+]
+
+
+def _routes(engine: Engine, auth: str) -> list[BaseRoute]:
+    authenticate = AUTHENTICATORS[auth]
+    routes: list[BaseRoute] = [
+        Route("/", versions, methods=["GET"]),
+        Route("/v2.1", endpoint(engine, authenticate, version_document), methods=["GET"]),
+        Route("/v2.1/", endpoint(engine, authenticate, version_document), methods=["GET"]),
+    ]
+    for prefix in ("/v2.1", "/v2.1/{project_id}"):
+        for path, handler, methods in RESOURCE_ROUTES:
+            routes.append(Route(prefix + path, endpoint(engine, authenticate, handler),
+                                methods=methods))
+    routes.append(Route("/v2.1/{project_id}", endpoint(engine, authenticate, version_document),
+                        methods=["GET"]))
+    return routes
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths (404) and methods (405) as Nova faults."""
+    assert isinstance(exc, HTTPException)
+    message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail))
+    return fault_response(exc.status_code, message, headers=exc.headers)
+
+
+def create_app(engine: Engine, *, auth: str = "noauth") -> Starlette:
+    """The Compute API over ``engine``; ``auth`` picks how callers are identified."""
+    if auth not in AUTHENTICATORS:
+        raise ValueError(f"unsupported auth mode {auth!r}; supported: "
+                         f"{', '.join(sorted(AUTHENTICATORS))}")
+    app = Starlette(routes=_routes(engine, auth),
+                    middleware=[Middleware(ComputeMiddleware)],
+                    exception_handlers={HTTPException: _http_error})
+    app.state.engine = engine
+    return app

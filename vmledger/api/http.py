@@ -1,0 +1,191 @@
+"""The plumbing every Compute API endpoint shares.
+
+- :class:`ComputeMiddleware` (pure ASGI, for every path under ``/v2.1``): makes the
+  request id, negotiates the microversion, and puts ``x-openstack-request-id``,
+  ``x-compute-request-id`` and the microversion headers on every response, faults too.
+- :func:`endpoint` turns a handler of a :class:`Call` into a Starlette endpoint that
+  authenticates the caller and turns any exception into a Nova fault (an unexpected one
+  is logged: a 500 is a bug).
+- :func:`read_json` reads a request body with Nova's content-type, size and JSON rules.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vmledger.api import microversions as mv
+from vmledger.api.faults import MALFORMED_BODY, ApiError, fault_response, response_for
+from vmledger.api.views import Links, Viewer
+from vmledger.domain.server import Context
+from vmledger.domain.service import new_request_id
+from vmledger.engine import Engine
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: the largest request body accepted (413 above it)
+MAX_BODY_BYTES = 1024 * 1024
+REQUEST_ID_HEADERS = ("x-openstack-request-id", "x-compute-request-id")
+VERSIONED_PREFIX = "/v2.1"
+_JSON_TYPES = frozenset({"application/json", "application/vnd.openstack.compute+json"})
+
+
+def is_versioned(path: str) -> bool:
+    return path == VERSIONED_PREFIX or path.startswith(VERSIONED_PREFIX + "/")
+
+
+class ComputeMiddleware:
+    """Request ids and microversions for everything under ``/v2.1``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_versioned(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.endswith("/") and path != VERSIONED_PREFIX + "/":
+            # /v2.1/servers/ is /v2.1/servers (only /v2.1/ keeps its slash)
+            trimmed = path.rstrip("/") or "/"
+            scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
+        request_id = new_request_id()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        extra = {name: request_id for name in REQUEST_ID_HEADERS}
+        try:
+            version = mv.negotiate(Headers(scope=scope))
+        except mv.VersionError as exc:
+            # nothing was negotiated, so nothing is echoed (as Nova); Vary still applies
+            response = fault_response(exc.code, exc.message,
+                                      headers={**extra, "Vary": mv.VARY_VALUE})
+            await response(scope, receive, send)
+            return
+        state["api_version"] = version
+        extra.update(mv.response_headers(version))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the project the request acts in, and the caller's roles."""
+
+    user_id: str
+    project_id: str
+    is_admin: bool
+    #: the project named in the URL (links repeat it), or None
+    url_project_id: str | None
+
+
+Authenticator = Callable[[Request], Principal]
+
+
+def noauth(request: Request) -> Principal:
+    """Accept any request: the URL's project (else ``admin``), user ``admin``, admin role."""
+    url_project = request.path_params.get("project_id")
+    return Principal(user_id="admin", project_id=url_project or "admin", is_admin=True,
+                     url_project_id=url_project)
+
+
+AUTHENTICATORS: dict[str, Authenticator] = {"noauth": noauth}
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One API call: the request, the engine, and what the middleware decided."""
+
+    request: Request
+    engine: Engine
+    request_id: str
+    version: mv.APIVersion
+    principal: Principal
+
+    @property
+    def viewer(self) -> Viewer:
+        return Viewer(self.version, Links(base_url(self.request),
+                                          self.principal.url_project_id),
+                      is_admin=self.principal.is_admin)
+
+    def context(self) -> Context:
+        """The engine context: the caller, and this request's id for the events."""
+        p = self.principal
+        return self.engine.context(user_id=p.user_id, project_id=p.project_id,
+                                   is_admin=p.is_admin, request_id=self.request_id)
+
+    def at_least(self, major: int, minor: int) -> bool:
+        return self.version >= mv.APIVersion(major, minor)
+
+    async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a (synchronous, blocking) engine call in the thread pool."""
+        return await run_in_threadpool(func, *args, **kwargs)
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(engine: Engine, authenticate: Authenticator, handler: Handler) -> Endpoint:
+    """A Starlette endpoint running ``handler``, with every exception a Nova fault."""
+
+    async def serve(request: Request) -> Response:
+        state = request.scope.get("state") or {}
+        request_id = str(state.get("request_id") or new_request_id())
+        try:
+            call = Call(request=request, engine=engine, request_id=request_id,
+                        version=state.get("api_version", mv.DEFAULT_VERSION),
+                        principal=authenticate(request))
+            return await handler(call)
+        except ClientDisconnect:  # the caller left while sending the body: nobody to tell
+            return Response(status_code=400)
+        except Exception as exc:
+            return response_for(exc, request_id=request_id)
+
+    serve.__name__ = getattr(handler, "__name__", "endpoint")
+    return serve
+
+
+#: a body that was absent (zero bytes)
+EMPTY: Any = object()
+
+
+async def read_json(request: Request) -> Any:
+    """The JSON body, :data:`EMPTY` when there is none; 415, 413 or 400 as Nova."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type and media_type != "text/plain" and media_type not in _JSON_TYPES:
+        raise ApiError(415, "Unsupported Content-Type")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "Request is too large.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "Request is too large.")
+    if not body:
+        return EMPTY
+    try:
+        return json.loads(bytes(body))
+    except ValueError:  # includes UnicodeDecodeError
+        raise ApiError(400, MALFORMED_BODY) from None

@@ -1,0 +1,588 @@
+"""``/servers``: create, list, show, update, delete, and the actions.
+
+Each handler validates the request first (400, as Nova's schemas), then finds the server
+in the caller's project (404 otherwise, even for an administrator of another project),
+then asks the engine, whose typed refusals become 403/409/400 faults with Nova's
+messages. Engine calls block, so they run in the thread pool.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.responses import JSONResponse, Response
+
+from vmledger.api import validation as val
+from vmledger.api.catalog import MAX_LIMIT
+from vmledger.api.faults import MALFORMED_BODY, ApiError
+from vmledger.api.http import EMPTY, Call, read_json
+from vmledger.api.views import (
+    created_view,
+    rebuild_view,
+    server_summary,
+    server_view,
+    update_view,
+)
+from vmledger.domain import lifecycle as lc
+from vmledger.domain.errors import FlavorNotFound, ImageNotFound, ServerNotFound
+from vmledger.domain.server import Context
+from vmledger.engine import Engine, ServerInfo
+
+PASSWORD_LENGTH = 12
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+
+#: create fields Nova accepts, with the microversion range that allows each
+_CREATE_FIELDS: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
+    "name": ((2, 1), None), "imageRef": ((2, 1), None), "flavorRef": ((2, 1), None),
+    "adminPass": ((2, 1), None), "metadata": ((2, 1), None), "networks": ((2, 1), None),
+    "OS-DCF:diskConfig": ((2, 1), None), "accessIPv4": ((2, 1), None),
+    "accessIPv6": ((2, 1), None), "availability_zone": ((2, 1), None),
+    "key_name": ((2, 1), None), "security_groups": ((2, 1), None),
+    "user_data": ((2, 1), None), "config_drive": ((2, 1), None),
+    "min_count": ((2, 1), None), "max_count": ((2, 1), None),
+    "return_reservation_id": ((2, 1), None), "block_device_mapping": ((2, 1), None),
+    "block_device_mapping_v2": ((2, 1), None), "personality": ((2, 1), (2, 56)),
+    "description": ((2, 19), None), "tags": ((2, 52), None),
+    "trusted_image_certificates": ((2, 63), None), "host": ((2, 74), None),
+    "hypervisor_hostname": ((2, 74), None), "hostname": ((2, 90), None),
+}
+_CREATE_TOP_LEVEL = ("server", "os:scheduler_hints", "OS-SCH-HNT:scheduler_hints")
+
+
+def _allowed(call: Call, table: dict[str, tuple[tuple[int, int], tuple[int, int] | None]]
+             ) -> list[str]:
+    return [k for k, (low, high) in table.items()
+            if call.version >= low and (high is None or call.version <= high)]
+
+
+def _new_password() -> str:
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
+
+
+def _owned(engine: Engine, project_id: str, server_id: str) -> ServerInfo:
+    """The server, if it exists, is not deleted and belongs to the project; else 404."""
+    info = engine.get_server(server_id)
+    if info.project_id != project_id:
+        raise ServerNotFound(server_id)
+    return info
+
+
+def _location(call: Call, server_id: str) -> dict[str, str]:
+    return {"Location": call.viewer.links.versioned("servers", server_id)}
+
+
+# --- create ----------------------------------------------------------------------------
+def _boot_image_from_bdm(server: dict[str, Any]) -> str | None:
+    mappings = server.get("block_device_mapping_v2")
+    if not isinstance(mappings, list):
+        return None
+    for bdm in mappings:
+        if (isinstance(bdm, dict) and str(bdm.get("boot_index", "")) == "0"
+                and bdm.get("source_type") == "image" and bdm.get("uuid")):
+            return str(bdm["uuid"])
+    return None
+
+
+def _security_groups(value: Any) -> list[str]:
+    if value is None:
+        return ["default"]
+    if not isinstance(value, list):
+        raise val.invalid_field("security_groups", value,
+                                f"{value!r} is not of type 'array'")
+    names: list[str] = []
+    for item in value:
+        group = val.require_object(item, "security_groups")
+        name = val.string(group.get("name"), "name", min_length=1, max_length=255)
+        assert name is not None
+        if name not in names:
+            names.append(name)
+    return names or ["default"]
+
+
+def _count(server: dict[str, Any], key: str) -> int:
+    value = server.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(
+            value).isdigit() or int(value) < 1:
+        raise val.invalid_field(key, value, f"{value!r} is not a positive integer")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class _CreateRequest:
+    name: str
+    flavor: str
+    image: str
+    options: dict[str, Any]
+    admin_pass: str
+    return_reservation_id: bool
+
+
+def _parse_create(call: Call, body: Any) -> _CreateRequest:
+    body = val.require_object({} if body is EMPTY else body, None)
+    if "server" not in body:
+        raise val.invalid_field("server", body, "'server' is a required property")
+    val.no_other_keys(body, "server", _CREATE_TOP_LEVEL)
+    server = val.require_object(body["server"], "server")
+    val.no_other_keys(server, "server", _allowed(call, _CREATE_FIELDS))
+    required = ["name", "flavorRef"] + (["networks"] if call.at_least(2, 37) else [])
+    val.require_keys(server, "server", required)
+    name = val.server_name(server["name"])
+    flavor = val.reference(server["flavorRef"], "flavorRef")
+    image_ref = server.get("imageRef")
+    if image_ref in (None, ""):
+        image_ref = _boot_image_from_bdm(server)
+        if image_ref is None:
+            raise ApiError(400, "Missing imageRef attribute")
+    image = val.uuid_string(image_ref, "imageRef")
+    networks = server.get("networks")
+    if networks is not None and not isinstance(networks, list) and networks not in (
+            "auto", "none"):
+        raise val.invalid_field("networks", networks,
+                                f"{networks!r} is not valid under any of the given schemas")
+    if _count(server, "min_count") > 1 or _count(server, "max_count") > 1:
+        raise ApiError(400, "Creating several servers in one request is not supported.")
+    admin_pass = server.get("adminPass")
+    if admin_pass is None:
+        admin_pass = _new_password()
+    elif not isinstance(admin_pass, str):
+        raise val.invalid_field("adminPass", admin_pass,
+                                f"{admin_pass!r} is not of type 'string'")
+    disk_config = server.get("OS-DCF:diskConfig", "MANUAL")
+    if disk_config not in ("AUTO", "MANUAL"):
+        raise val.invalid_field("OS-DCF:diskConfig", disk_config,
+                                f"{disk_config!r} is not one of ['AUTO', 'MANUAL']")
+    availability_zone = val.string(server.get("availability_zone"), "availability_zone",
+                                   min_length=1, max_length=255, nullable=True)
+    key_name = val.string(server.get("key_name"), "key_name", min_length=1,
+                          max_length=255, nullable=True)
+    user_data = val.string(server.get("user_data"), "user_data", max_length=65535,
+                           nullable=True)
+    tags = server.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise val.invalid_field("tags", tags, f"{tags!r} is not of type 'array'")
+    hostname = val.string(server.get("hostname"), "hostname", min_length=1,
+                          max_length=255, nullable=True)
+    attributes: dict[str, Any] = {
+        "security_groups": _security_groups(server.get("security_groups")),
+        "disk_config": disk_config,
+        "access_ip_v4": val.ip_address(server.get("accessIPv4"), "accessIPv4", 4),
+        "access_ip_v6": val.ip_address(server.get("accessIPv6"), "accessIPv6", 6),
+        "config_drive": val.boolean(server.get("config_drive", False), "config_drive"),
+        "pinned_availability_zone": availability_zone,
+        "reservation_id": "r-" + secrets.token_hex(4),
+        "user_data": user_data,
+        "tags": list(dict.fromkeys(tags)),
+        "hostname": hostname,
+    }
+    options: dict[str, Any] = {
+        "metadata": server.get("metadata"),
+        "key_name": key_name,
+        "availability_zone": availability_zone,
+        "attributes": attributes,
+    }
+    if "description" in server:
+        options["description"] = val.description(server["description"])
+    return _CreateRequest(name=name, flavor=flavor, image=image, options=options,
+                          admin_pass=admin_pass,
+                          return_reservation_id=val.boolean(
+                              server.get("return_reservation_id", False),
+                              "return_reservation_id"))
+
+
+def _create(engine: Engine, ctx: Context, req: _CreateRequest) -> ServerInfo:
+    if not any(f.id == req.flavor for f in engine.service.catalog.flavors()):
+        raise ApiError(400, "Invalid flavorRef provided.")
+    try:
+        return engine.create_server(req.name, flavor=req.flavor, image=req.image, ctx=ctx,
+                                    **req.options)
+    except FlavorNotFound:
+        raise ApiError(400, "Invalid flavorRef provided.") from None
+    except ImageNotFound:
+        raise ApiError(400, "Can not find requested image") from None
+
+
+async def create_server(call: Call) -> Response:
+    req = _parse_create(call, await read_json(call.request))
+    info = await call.run(_create, call.engine, call.context(), req)
+    if req.return_reservation_id:
+        reservation = (info.doc.get("attributes") or {}).get("reservation_id")
+        return JSONResponse({"reservation_id": reservation}, status_code=202)
+    body = {"server": created_view(info.doc, call.viewer, req.admin_pass)}
+    return JSONResponse(body, status_code=202, headers=_location(call, info.id))
+
+
+# --- list ------------------------------------------------------------------------------
+_SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "created_at": lambda d: d.get("created_at"),
+    "updated_at": lambda d: d.get("updated_at"),
+    "launched_at": lambda d: d.get("launched_at"),
+    "terminated_at": lambda d: d.get("terminated_at"),
+    "display_name": lambda d: d.get("name"),
+    "display_description": lambda d: d.get("description"),
+    "uuid": lambda d: d.get("id"),
+    "vm_state": lambda d: d.get("vm_state"),
+    "task_state": lambda d: d.get("task_state"),
+    "power_state": lambda d: d.get("power_state"),
+    "progress": lambda d: d.get("progress"),
+    "host": lambda d: d.get("host"),
+    "node": lambda d: d.get("host"),
+    "project_id": lambda d: d.get("project_id"),
+    "user_id": lambda d: d.get("user_id"),
+    "key_name": lambda d: d.get("key_name"),
+    "availability_zone": lambda d: d.get("availability_zone"),
+    "locked": lambda d: d.get("locked"),
+}
+
+
+def _sort(docs: list[dict[str, Any]], call: Call) -> list[dict[str, Any]]:
+    query = call.request.query_params
+    keys = [k for k in query.getlist("sort_key") if k in _SORT_KEYS
+            and (k != "locked" or call.at_least(2, 73))]
+    dirs = query.getlist("sort_dir")
+    for d in dirs:
+        if d not in ("asc", "desc"):
+            raise val.invalid_query("sort_dir", d, f"{d!r} is not one of ['asc', 'desc']")
+    if not keys:
+        keys, dirs = ["created_at"], dirs[:1] or ["desc"]
+    directions = [dirs[i] if i < len(dirs) else (dirs[0] if dirs else "desc")
+                  for i in range(len(keys))]
+    keys.append("uuid")
+    directions.append(directions[0])
+    ordered = list(docs)
+    for key, direction in reversed(list(zip(keys, directions, strict=True))):
+        getter = _SORT_KEYS[key]
+        present = [d for d in ordered if getter(d) is not None]
+        missing = [d for d in ordered if getter(d) is None]
+        present.sort(key=getter, reverse=direction == "desc")
+        # NULLs sort first ascending and last descending, as in MySQL/SQLite
+        ordered = present + missing if direction == "desc" else missing + present
+    return ordered
+
+
+def _status_pairs(call: Call) -> tuple[set[tuple[str, str | None]] | None, bool]:
+    """The (vm_state, task_state) pairs the ``status`` filter selects; None = no filter.
+
+    Also says whether deleted servers are asked for.
+    """
+    statuses = [s.upper() for s in call.request.query_params.getlist("status")]
+    if not statuses:
+        return None, False
+    pairs: set[tuple[str, str | None]] = set()
+    for status in statuses:
+        pairs.update(lc.states_for_status(status))
+    if not pairs:
+        if call.at_least(2, 38):
+            raise ApiError(400, "Invalid status value")
+        return set(), False
+    wants_deleted = any(vm == lc.DELETED for vm, _ in pairs)
+    if wants_deleted and not call.principal.is_admin:
+        raise ApiError(403, "Only administrators may list deleted instances")
+    return pairs, wants_deleted
+
+
+def _matches_status(doc: dict[str, Any], pairs: set[tuple[str, str | None]]) -> bool:
+    vm_state, task_state = doc.get("vm_state"), doc.get("task_state")
+    return any(vm == vm_state and (task is None or task == task_state) for vm, task in pairs)
+
+
+def _filter(call: Call, pairs: set[tuple[str, str | None]] | None
+            ) -> Callable[[dict[str, Any]], bool]:
+    query = call.request.query_params
+    name = query.get("name")
+    pattern: re.Pattern[str] | None = None
+    if name is not None:
+        try:
+            pattern = re.compile(name)
+        except re.error:
+            pattern = re.compile(re.escape(name))
+    image = query.get("image")
+    flavor = query.get("flavor")
+
+    def keep(doc: dict[str, Any]) -> bool:
+        if pairs is not None and not _matches_status(doc, pairs):
+            return False
+        if pattern is not None and not pattern.search(str(doc.get("name") or "")):
+            return False
+        if image is not None and (doc.get("image") or {}).get("id") != image:
+            return False
+        return flavor is None or str((doc.get("flavor") or {}).get("id")) == flavor
+    return keep
+
+
+def _all_tenants(call: Call) -> bool:
+    raw = call.request.query_params.get("all_tenants")
+    if raw is None or not call.principal.is_admin:
+        return False
+    return raw.strip().lower() not in ("0", "false", "off", "no", "f", "n")
+
+
+def _list(call: Call) -> tuple[list[dict[str, Any]], int]:
+    query = call.request.query_params
+    limit = MAX_LIMIT
+    if query.get("limit") is not None:
+        limit = min(val.non_negative_int(query["limit"], "limit"), MAX_LIMIT)
+    pairs, wants_deleted = _status_pairs(call)
+    keep = _filter(call, pairs)
+    if _all_tenants(call):
+        infos = call.engine.list_servers(include_deleted=wants_deleted)
+    else:
+        scope = call.engine.context(project_id=call.principal.project_id, is_admin=False,
+                                    request_id=call.request_id)
+        infos = call.engine.list_servers(ctx=scope, include_deleted=wants_deleted)
+    ordered = _sort([i.doc for i in infos], call)
+    marker = query.get("marker")
+    if marker is not None:
+        ids = [d["id"] for d in ordered]
+        if marker not in ids:
+            raise ApiError(400, f"marker [{marker}] not found")
+        ordered = ordered[ids.index(marker) + 1:]
+    selected: list[dict[str, Any]] = []
+    for doc in ordered:
+        if len(selected) >= limit:
+            break
+        if keep(doc):
+            selected.append(doc)
+    return selected, limit
+
+
+def _servers_links(call: Call, collection: str, page: list[dict[str, Any]], size: int
+                   ) -> list[dict[str, str]]:
+    if not size or len(page) != size:
+        return []
+    params = [(k, v) for k, v in sorted(call.request.query_params.multi_items())
+              if k != "marker"]
+    params.append(("marker", page[-1]["id"]))
+    return [{"rel": "next",
+             "href": call.viewer.links.versioned(collection) + "?" + urlencode(params)}]
+
+
+async def list_servers(call: Call) -> Response:
+    page, size = await call.run(_list, call)
+    body: dict[str, Any] = {"servers": [server_summary(d, call.viewer) for d in page]}
+    links = _servers_links(call, "servers", page, size)
+    if links:
+        body["servers_links"] = links
+    return JSONResponse(body)
+
+
+async def list_servers_detail(call: Call) -> Response:
+    page, size = await call.run(_list, call)
+    body: dict[str, Any] = {"servers": [server_view(d, call.viewer) for d in page]}
+    links = _servers_links(call, "servers/detail", page, size)
+    if links:
+        body["servers_links"] = links
+    return JSONResponse(body)
+
+
+# --- show, update, delete --------------------------------------------------------------
+async def show_server(call: Call) -> Response:
+    server_id = call.request.path_params["server_id"]
+    info = await call.run(_owned, call.engine, call.principal.project_id, server_id)
+    return JSONResponse({"server": server_view(info.doc, call.viewer, server_groups=True)})
+
+
+_UPDATE_FIELDS: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
+    "name": ((2, 1), None), "description": ((2, 19), None),
+}
+
+
+def _update(call: Call, server_id: str, changes: dict[str, Any]) -> ServerInfo:
+    _owned(call.engine, call.principal.project_id, server_id)
+    return call.engine.update_server(server_id, ctx=call.context(), **changes)
+
+
+async def update_server(call: Call) -> Response:
+    server_id = call.request.path_params["server_id"]
+    body = val.require_object(await _body_or_empty(call), None)
+    if "server" not in body:
+        raise val.invalid_field("server", body, "'server' is a required property")
+    val.no_other_keys(body, "server", ["server"])
+    server = val.require_object(body["server"], "server")
+    unsupported = {"accessIPv4", "accessIPv6", "OS-DCF:diskConfig", "hostname"} & set(server)
+    if unsupported:
+        raise ApiError(400, "Updating " + ", ".join(sorted(unsupported))
+                       + " is not supported by vmledger.")
+    val.no_other_keys(server, "server", _allowed(call, _UPDATE_FIELDS))
+    changes: dict[str, Any] = {}
+    if "name" in server:
+        changes["name"] = val.server_name(server["name"])
+    if "description" in server:
+        changes["description"] = val.description(server["description"])
+    info = await call.run(_update, call, server_id, changes)
+    return JSONResponse({"server": update_view(info.doc, call.viewer)})
+
+
+def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> None:
+    _owned(call.engine, call.principal.project_id, server_id)
+    call.engine.act(server_id, action, ctx=call.context(), **params)
+
+
+def _rebuild(call: Call, server_id: str, params: dict[str, Any]) -> ServerInfo:
+    _act(call, server_id, "rebuild", params)
+    return call.engine.get_server(server_id)
+
+
+async def delete_server(call: Call) -> Response:
+    server_id = call.request.path_params["server_id"]
+
+    def delete() -> None:
+        _owned(call.engine, call.principal.project_id, server_id)
+        call.engine.act(server_id, "delete", ctx=call.context())
+
+    await call.run(delete)
+    return Response(status_code=204)
+
+
+async def _body_or_empty(call: Call) -> Any:
+    body = await read_json(call.request)
+    return {} if body is EMPTY else body
+
+
+# --- actions ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Action:
+    """How an action key maps to the engine: its name, parameters and status code."""
+
+    engine_action: str
+    params: dict[str, Any]
+    status: int = 202
+    admin_pass: str | None = None
+    rebuild: bool = False
+
+
+_REBOOT_TYPES = ["HARD", "Hard", "hard", "SOFT", "Soft", "soft"]
+_REBUILD_FIELDS: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
+    "imageRef": ((2, 1), None), "name": ((2, 1), None), "metadata": ((2, 1), None),
+    "adminPass": ((2, 1), None), "OS-DCF:diskConfig": ((2, 1), None),
+    "preserve_ephemeral": ((2, 1), None), "accessIPv4": ((2, 1), None),
+    "accessIPv6": ((2, 1), None), "personality": ((2, 1), (2, 56)),
+    "description": ((2, 19), None), "key_name": ((2, 54), None),
+    "user_data": ((2, 57), None), "trusted_image_certificates": ((2, 63), None),
+    "hostname": ((2, 90), None),
+}
+_REBUILD_UNSUPPORTED = ("accessIPv4", "accessIPv6", "personality", "key_name", "user_data",
+                        "trusted_image_certificates", "hostname")
+
+
+def _parse_reboot(call: Call, value: Any) -> _Action:
+    reboot = val.require_object(value, "reboot")
+    val.require_keys(reboot, "reboot", ["type"])
+    val.no_other_keys(reboot, "reboot", ["type"])
+    kind = reboot["type"]
+    if kind not in _REBOOT_TYPES:
+        raise val.invalid_field("type", kind, f"{kind!r} is not one of {_REBOOT_TYPES}")
+    return _Action("reboot", {"type": str(kind).upper()})
+
+
+def _parse_rebuild(call: Call, value: Any) -> _Action:
+    rebuild = val.require_object(value, "rebuild")
+    val.require_keys(rebuild, "rebuild", ["imageRef"])
+    val.no_other_keys(rebuild, "rebuild", _allowed(call, _REBUILD_FIELDS))
+    unsupported = sorted(set(_REBUILD_UNSUPPORTED) & set(rebuild))
+    if unsupported:
+        raise ApiError(400, "Rebuilding with " + ", ".join(unsupported)
+                       + " is not supported by vmledger.")
+    params: dict[str, Any] = {"image": val.uuid_string(rebuild["imageRef"], "imageRef")}
+    if "name" in rebuild:
+        params["name"] = val.server_name(rebuild["name"])
+    if "metadata" in rebuild:
+        params["metadata"] = val.require_object(rebuild["metadata"], "metadata")
+    if "description" in rebuild:
+        params["description"] = val.description(rebuild["description"])
+    if "preserve_ephemeral" in rebuild:
+        val.boolean(rebuild["preserve_ephemeral"], "preserve_ephemeral")
+    disk_config = rebuild.get("OS-DCF:diskConfig", "MANUAL")
+    if disk_config not in ("AUTO", "MANUAL"):
+        raise val.invalid_field("OS-DCF:diskConfig", disk_config,
+                                f"{disk_config!r} is not one of ['AUTO', 'MANUAL']")
+    admin_pass = rebuild.get("adminPass")
+    if admin_pass is None:
+        admin_pass = _new_password()
+    elif not isinstance(admin_pass, str):
+        raise val.invalid_field("adminPass", admin_pass,
+                                f"{admin_pass!r} is not of type 'string'")
+    return _Action("rebuild", params, admin_pass=admin_pass, rebuild=True)
+
+
+def _parse_resize(call: Call, value: Any) -> _Action:
+    resize = val.require_object(value, "resize")
+    val.require_keys(resize, "resize", ["flavorRef"])
+    val.no_other_keys(resize, "resize", ["flavorRef", "OS-DCF:diskConfig"])
+    return _Action("resize", {"flavor": val.reference(resize["flavorRef"], "flavorRef")})
+
+
+def _parse_lock(call: Call, value: Any) -> _Action:
+    if value is None or value == {}:
+        return _Action("lock", {})
+    if not call.at_least(2, 73):
+        raise val.invalid_field("lock", value, f"{value!r} is not of type 'null'")
+    lock = val.require_object(value, "lock")
+    val.no_other_keys(lock, "lock", ["locked_reason"])
+    reason = val.string(lock.get("locked_reason"), "locked_reason", min_length=1,
+                        max_length=255, nullable=True)
+    return _Action("lock", {"reason": reason} if reason is not None else {})
+
+
+def _parse_reset_state(call: Call, value: Any) -> _Action:
+    reset = val.require_object(value, "os-resetState")
+    val.require_keys(reset, "os-resetState", ["state"])
+    val.no_other_keys(reset, "os-resetState", ["state"])
+    state = reset["state"]
+    if state not in (lc.ACTIVE, lc.ERROR):
+        raise val.invalid_field("state", state, f"{state!r} is not one of ['active', 'error']")
+    return _Action("reset_state", {"state": state})
+
+
+def _simple(engine_action: str, status: int = 202) -> Callable[[Call, Any], _Action]:
+    def parse(call: Call, value: Any) -> _Action:
+        val.null_or_empty(value, engine_action)
+        return _Action(engine_action, {}, status=status)
+    return parse
+
+
+ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
+    "reboot": _parse_reboot,
+    "rebuild": _parse_rebuild,
+    "resize": _parse_resize,
+    "confirmResize": _simple("confirm_resize", status=204),
+    "revertResize": _simple("revert_resize"),
+    "pause": _simple("pause"),
+    "unpause": _simple("unpause"),
+    "suspend": _simple("suspend"),
+    "resume": _simple("resume"),
+    "os-stop": _simple("stop"),
+    "os-start": _simple("start"),
+    "lock": _parse_lock,
+    "unlock": _simple("unlock"),
+    "os-resetState": _parse_reset_state,
+}
+
+
+async def server_action(call: Call) -> Response:
+    server_id = call.request.path_params["server_id"]
+    body = await read_json(call.request)
+    if body is EMPTY or not isinstance(body, dict) or len(body) != 1:
+        raise ApiError(400, MALFORMED_BODY)
+    key, value = next(iter(body.items()))
+    parser = ACTION_PARSERS.get(key)
+    if parser is None:
+        raise ApiError(400, f"There is no such action: {key}")
+    action = parser(call, value)
+    if action.rebuild:
+        info = await call.run(_rebuild, call, server_id, action.params)
+        body = {"server": rebuild_view(info.doc, call.viewer, action.admin_pass)}
+        return JSONResponse(body, status_code=202, headers=_location(call, server_id))
+    await call.run(_act, call, server_id, action.engine_action, action.params)
+    return Response(status_code=action.status)
+
+
+__all__ = [
+    "ACTION_PARSERS", "create_server", "delete_server", "list_servers",
+    "list_servers_detail", "server_action", "show_server", "update_server",
+]

@@ -1,0 +1,373 @@
+"""Response documents: servers, flavors and images as Nova shows them.
+
+The server view follows ``nova/api/openstack/compute/views/servers.py``: the status from
+the lifecycle table, ``progress`` only in the statuses that show it, ``fault`` only in
+ERROR and DELETED, ``hostId`` as sha224(project_id + host), the ``OS-EXT-STS:*`` and
+``OS-SRV-USG:*`` extension fields, and the fields each microversion adds up to
+:data:`vmledger.api.microversions.MAX_VERSION`. Fields the engine does not model
+(access IPs, disk config, security groups, tags...) are echoed from what the create
+request asked for, kept in the server's ``attributes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from vmledger.api.microversions import APIVersion
+from vmledger.domain import lifecycle as lc
+from vmledger.domain.catalog import Flavor, Image
+
+#: statuses in which Nova shows ``progress``
+PROGRESS_STATUSES = frozenset({"ACTIVE", "BUILD", "REBUILD", "RESIZE", "VERIFY_RESIZE",
+                               "MIGRATING"})
+#: statuses in which Nova shows ``fault``
+FAULT_STATUSES = frozenset({"ERROR", "DELETED"})
+
+#: what images do not record: a fixed creation time for the catalog's images
+IMAGE_TIMESTAMP = "2024-01-01T00:00:00Z"
+
+_IMAGE_STATUS = {"active": "ACTIVE", "queued": "SAVING", "saving": "SAVING",
+                 "deleted": "DELETED", "pending_delete": "DELETED", "killed": "ERROR"}
+_IMAGE_PROGRESS = {"queued": 25, "saving": 50, "active": 100}
+
+
+def V(major: int, minor: int) -> APIVersion:
+    return APIVersion(major, minor)
+
+
+# --- time formats ----------------------------------------------------------------------
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def isotime(value: datetime | None) -> str | None:
+    """``created``/``updated``: ISO 8601 with ``Z``, no fraction."""
+    if value is None:
+        return None
+    return _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def usage_time(value: datetime | None) -> str | None:
+    """``OS-SRV-USG:*``: ISO 8601 with microseconds and no zone designator."""
+    if value is None:
+        return None
+    return _utc(value).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+# --- links -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Links:
+    """Builds self (versioned) and bookmark (unversioned) links.
+
+    ``project_id`` is the project in the request URL; links carry it only if the request
+    did, as Nova's do.
+    """
+
+    base: str
+    project_id: str | None = None
+
+    def _join(self, *parts: str) -> str:
+        segments = [p.strip("/") for p in parts if p]
+        return "/".join([self.base.rstrip("/"), *segments])
+
+    def versioned(self, *parts: str) -> str:
+        return self._join("v2.1", self.project_id or "", *parts)
+
+    def bookmark(self, *parts: str) -> str:
+        return self._join(self.project_id or "", *parts)
+
+    def root(self, *parts: str) -> str:
+        return self._join(*parts)
+
+    def pair(self, collection: str, item_id: str) -> list[dict[str, str]]:
+        return [{"rel": "self", "href": self.versioned(collection, item_id)},
+                {"rel": "bookmark", "href": self.bookmark(collection, item_id)}]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who a document is rendered for: microversion, links and admin-ness."""
+
+    version: APIVersion
+    links: Links
+    is_admin: bool = False
+
+
+# --- servers ---------------------------------------------------------------------------
+def host_id(project_id: str, host: str | None) -> str:
+    if not host:
+        return ""
+    return hashlib.sha224((project_id + host).encode("utf-8")).hexdigest()
+
+
+def sanitize_hostname(name: str, default: str) -> str:
+    """A hostname from a display name, as Nova derives ``OS-EXT-SRV-ATTR:hostname``."""
+    text = name.encode("latin-1", "ignore").decode("latin-1")[:63]
+    text = re.sub(r"[ _.]", "-", text)
+    text = re.sub(r"[^\w.-]+", "", text).lower().strip(".-")
+    return text or default[:63]
+
+
+def server_status(doc: dict[str, Any]) -> str:
+    return lc.status_of(doc["vm_state"], doc.get("task_state"))
+
+
+def _scheduled_host(doc: dict[str, Any]) -> str | None:
+    """The host, once the server has left scheduling (Nova has none before)."""
+    if doc.get("vm_state") == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING:
+        return None
+    host = doc.get("host")
+    return str(host) if host else None
+
+
+def _addresses(doc: dict[str, Any], *, extended: bool) -> dict[str, Any]:
+    if doc.get("vm_state") == lc.BUILDING:
+        return {}
+    addresses: dict[str, Any] = doc.get("addresses") or {}
+    if extended:
+        return addresses
+    return {net: [{"addr": a.get("addr"), "version": a.get("version")} for a in entries]
+            for net, entries in addresses.items()}
+
+
+def _image_ref(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any] | str:
+    image = doc.get("image") or {}
+    image_id = image.get("id")
+    if not image_id:
+        return ""
+    return {"id": image_id,
+            "links": [{"rel": "bookmark", "href": viewer.links.bookmark("images", image_id)}]}
+
+
+def _flavor_ref(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+    flavor: dict[str, Any] = doc.get("flavor") or {}
+    if viewer.version >= V(2, 47):
+        return {"vcpus": flavor.get("vcpus"), "ram": flavor.get("ram"),
+                "disk": flavor.get("disk"), "ephemeral": flavor.get("ephemeral", 0),
+                "swap": flavor.get("swap", 0), "original_name": flavor.get("name"),
+                "extra_specs": dict(flavor.get("extra_specs") or {})}
+    flavor_id = str(flavor.get("id"))
+    return {"id": flavor_id,
+            "links": [{"rel": "bookmark", "href": viewer.links.bookmark("flavors", flavor_id)}]}
+
+
+def _fault(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any] | None:
+    fault = doc.get("fault")
+    if not fault:
+        return None
+    created = fault.get("created")
+    view: dict[str, Any] = {
+        "code": fault.get("code"),
+        "created": isotime(created) if isinstance(created, datetime) else created,
+        "message": fault.get("message"),
+    }
+    if fault.get("details") and (viewer.is_admin or fault.get("code") != 500):
+        view["details"] = fault["details"]
+    return view
+
+
+def _attributes(doc: dict[str, Any]) -> dict[str, Any]:
+    attributes: dict[str, Any] = doc.get("attributes") or {}
+    return attributes
+
+
+def _hostname(doc: dict[str, Any]) -> str:
+    attributes = _attributes(doc)
+    if attributes.get("hostname"):
+        return str(attributes["hostname"])
+    return sanitize_hostname(str(doc.get("name") or ""), f"Server-{doc['id']}")
+
+
+def server_summary(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+    """An entry of ``GET /servers``."""
+    return {"id": doc["id"], "name": doc.get("name"),
+            "links": viewer.links.pair("servers", doc["id"])}
+
+
+def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
+                server_groups: bool = False) -> dict[str, Any]:
+    """The full server document (``GET /servers/{id}``, ``/servers/detail``).
+
+    ``reduced`` gives the smaller body Nova returns from rebuild and update before 2.75
+    (no extension fields); ``server_groups`` adds the 2.71 field that show, rebuild and
+    update carry but lists do not.
+    """
+    v = viewer.version
+    attributes = _attributes(doc)
+    status = server_status(doc)
+    host = _scheduled_host(doc)
+    server: dict[str, Any] = {
+        "id": doc["id"],
+        "name": doc.get("name"),
+        "status": status,
+        "tenant_id": doc.get("project_id"),
+        "user_id": doc.get("user_id"),
+        "metadata": dict(doc.get("metadata") or {}),
+        "hostId": host_id(str(doc.get("project_id") or ""), host),
+        "image": _image_ref(doc, viewer),
+        "flavor": _flavor_ref(doc, viewer),
+        "created": isotime(doc.get("created_at")),
+        "updated": isotime(doc.get("updated_at")),
+        "addresses": _addresses(doc, extended=not reduced),
+        "accessIPv4": attributes.get("access_ip_v4") or "",
+        "accessIPv6": attributes.get("access_ip_v6") or "",
+        "links": viewer.links.pair("servers", doc["id"]),
+        "OS-DCF:diskConfig": attributes.get("disk_config") or "MANUAL",
+    }
+    if status in PROGRESS_STATUSES:
+        server["progress"] = int(doc.get("progress") or 0)
+    fault = _fault(doc, viewer) if status in FAULT_STATUSES else None
+    if fault is not None:
+        server["fault"] = fault
+    if not reduced:
+        server.update({
+            "OS-EXT-AZ:availability_zone": doc.get("availability_zone") or "",
+            "config_drive": "True" if attributes.get("config_drive") else "",
+            "key_name": doc.get("key_name"),
+            "OS-SRV-USG:launched_at": usage_time(doc.get("launched_at")),
+            "OS-SRV-USG:terminated_at": usage_time(doc.get("terminated_at")),
+            "OS-EXT-STS:task_state": doc.get("task_state"),
+            "OS-EXT-STS:vm_state": doc.get("vm_state"),
+            "OS-EXT-STS:power_state": int(doc.get("power_state") or 0),
+            "os-extended-volumes:volumes_attached": [],
+        })
+        groups = attributes.get("security_groups", ["default"])
+        if groups:
+            server["security_groups"] = [{"name": name} for name in groups]
+        if viewer.is_admin:
+            server.update({
+                "OS-EXT-SRV-ATTR:host": host,
+                "OS-EXT-SRV-ATTR:hypervisor_hostname": host,
+                "OS-EXT-SRV-ATTR:instance_name": f"instance-{doc['id'][:8]}",
+            })
+            if v >= V(2, 3):
+                server.update({
+                    "OS-EXT-SRV-ATTR:hostname": _hostname(doc),
+                    "OS-EXT-SRV-ATTR:kernel_id": "",
+                    "OS-EXT-SRV-ATTR:launch_index": 0,
+                    "OS-EXT-SRV-ATTR:ramdisk_id": "",
+                    "OS-EXT-SRV-ATTR:reservation_id": attributes.get("reservation_id", ""),
+                    "OS-EXT-SRV-ATTR:root_device_name": "/dev/vda",
+                    "OS-EXT-SRV-ATTR:user_data": attributes.get("user_data"),
+                })
+        if v >= V(2, 90):
+            server["OS-EXT-SRV-ATTR:hostname"] = _hostname(doc)
+        if v >= V(2, 16) and viewer.is_admin:
+            server["host_status"] = "UP" if host else ""
+    if v >= V(2, 9):
+        server["locked"] = bool(doc.get("locked"))
+    if v >= V(2, 19):
+        server["description"] = doc.get("description")
+    if v >= V(2, 26):
+        server["tags"] = list(attributes.get("tags") or [])
+    if v >= V(2, 63):
+        server["trusted_image_certificates"] = None
+    if server_groups and v >= V(2, 71):
+        server["server_groups"] = []
+    if v >= V(2, 73):
+        server["locked_reason"] = doc.get("locked_reason")
+    if not reduced and v >= V(2, 96):
+        server["pinned_availability_zone"] = attributes.get("pinned_availability_zone")
+    return server
+
+
+def rebuild_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
+                 ) -> dict[str, Any]:
+    """The 202 body of a rebuild: reduced before 2.75, then the show body; + user_data."""
+    server = server_view(doc, viewer, reduced=viewer.version < V(2, 75), server_groups=True)
+    if viewer.version >= V(2, 54):
+        server["key_name"] = doc.get("key_name")
+    if viewer.version >= V(2, 57):
+        server["user_data"] = _attributes(doc).get("user_data")
+    if admin_pass is not None:
+        server["adminPass"] = admin_pass
+    return server
+
+
+def update_view(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+    """The body of ``PUT /servers/{id}``: reduced before 2.75, then the show body."""
+    return server_view(doc, viewer, reduced=viewer.version < V(2, 75), server_groups=True)
+
+
+def created_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
+                 ) -> dict[str, Any]:
+    """The 202 body of ``POST /servers``."""
+    attributes = _attributes(doc)
+    server: dict[str, Any] = {
+        "id": doc["id"],
+        "links": viewer.links.pair("servers", doc["id"]),
+        "OS-DCF:diskConfig": attributes.get("disk_config") or "MANUAL",
+        "security_groups": [{"name": n} for n in attributes.get("security_groups",
+                                                                  ["default"])],
+    }
+    if admin_pass is not None:
+        server["adminPass"] = admin_pass
+    return server
+
+
+# --- flavors ---------------------------------------------------------------------------
+def flavor_summary(flavor: Flavor, viewer: Viewer) -> dict[str, Any]:
+    view: dict[str, Any] = {"id": flavor.id, "name": flavor.name,
+                            "links": viewer.links.pair("flavors", flavor.id)}
+    if viewer.version >= V(2, 55):
+        view["description"] = flavor.description
+    return view
+
+
+def flavor_view(flavor: Flavor, viewer: Viewer) -> dict[str, Any]:
+    v = viewer.version
+    view: dict[str, Any] = {
+        "id": flavor.id,
+        "name": flavor.name,
+        "ram": flavor.ram,
+        "disk": flavor.disk,
+        "vcpus": flavor.vcpus,
+        "swap": flavor.swap if (flavor.swap or v >= V(2, 75)) else "",
+        "OS-FLV-EXT-DATA:ephemeral": flavor.ephemeral,
+        "os-flavor-access:is_public": flavor.is_public,
+        "OS-FLV-DISABLED:disabled": flavor.disabled,
+        "rxtx_factor": 1.0,
+        "links": viewer.links.pair("flavors", flavor.id),
+    }
+    if v >= V(2, 55):
+        view["description"] = flavor.description
+    if v >= V(2, 61):
+        view["extra_specs"] = dict(flavor.extra_specs)
+    return view
+
+
+# --- images (the proxy, 2.1-2.35) ------------------------------------------------------
+def _image_links(image: Image, viewer: Viewer) -> list[dict[str, str]]:
+    return [*viewer.links.pair("images", image.id),
+            {"rel": "alternate", "type": "application/vnd.openstack.image",
+             "href": viewer.links.root("images", image.id)}]
+
+
+def image_status(image: Image) -> str:
+    return _IMAGE_STATUS.get(image.status, "UNKNOWN")
+
+
+def image_summary(image: Image, viewer: Viewer) -> dict[str, Any]:
+    return {"id": image.id, "name": image.name, "links": _image_links(image, viewer)}
+
+
+def image_view(image: Image, viewer: Viewer) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "name": image.name,
+        "minRam": image.min_ram,
+        "minDisk": image.min_disk,
+        "metadata": dict(image.properties),
+        "created": IMAGE_TIMESTAMP,
+        "updated": IMAGE_TIMESTAMP,
+        "status": image_status(image),
+        "progress": _IMAGE_PROGRESS.get(image.status, 0),
+        "OS-EXT-IMG-SIZE:size": image.size,
+        "links": _image_links(image, viewer),
+    }

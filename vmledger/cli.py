@@ -1,0 +1,140 @@
+"""The ``vmledger`` command: serve the Compute API, or print a server's history.
+
+``vmledger serve`` runs the engine (host agent and timer in a background thread) behind
+the OpenStack Compute API v2.1 on ``http://BIND:PORT/v2.1``; ``vmledger history ID``
+prints every event of one server, oldest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from vmledger.adapters.persistence import DEFAULT_URL, redact
+from vmledger.domain.errors import VmledgerError
+
+log = logging.getLogger("vmledger")
+
+AUTH_MODES = ("noauth",)
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the confirm window cannot be negative "
+                                         "(0 disables auto-confirm)")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmledger",
+        description="Event-sourced VM lifecycle engine speaking the OpenStack Compute API.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the Compute API v2.1 over HTTP")
+    serve.add_argument("--db", default=DEFAULT_URL, metavar="URL",
+                       help="database: sqlite:///file.db, memory or postgresql://... "
+                            f"(default {DEFAULT_URL})")
+    serve.add_argument("--host-name", default="compute-1", metavar="NAME",
+                       help="the compute host servers run on (default compute-1)")
+    serve.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                       help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8774,
+                       help="port to listen on (default 8774)")
+    serve.add_argument("--confirm-window", type=_non_negative_seconds, default=86400.0,
+                       metavar="SECONDS",
+                       help="auto-confirm resizes after this long; 0 disables "
+                            "(default 86400)")
+    serve.add_argument("--auth", choices=AUTH_MODES, default="noauth",
+                       help="how callers are identified (default noauth: anyone, as admin)")
+    serve.add_argument("--log-level", default="info",
+                       choices=("critical", "error", "warning", "info", "debug"),
+                       help="log level (default info)")
+
+    history = sub.add_parser("history", help="print every event of one server")
+    history.add_argument("server_id", metavar="SERVER_ID")
+    history.add_argument("--db", default=DEFAULT_URL, metavar="URL",
+                         help=f"database URL (default {DEFAULT_URL})")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vmledger.api.app import create_app
+    from vmledger.engine import Engine
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":  # one line per state change otherwise
+        logging.getLogger("transitions").setLevel(logging.WARNING)
+    engine = Engine(args.db, host=args.host_name,
+                    confirm_window=timedelta(seconds=args.confirm_window))
+    try:
+        engine.run_in_background(0.2)
+        app = create_app(engine, auth=args.auth)
+        log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s)",
+                 args.bind, args.port, redact(args.db), args.host_name)
+        uvicorn.run(app, host=args.bind, port=args.port, log_level=args.log_level)
+    finally:
+        engine.close()
+    return 0
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite database named by ``url`` that does not exist, else None."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc:
+        return None
+    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    return path if path and not Path(path).exists() else None
+
+
+def history(args: argparse.Namespace) -> int:
+    from vmledger.engine import Engine
+
+    missing = _missing_sqlite_file(args.db)
+    if missing is not None:
+        print(f"vmledger: no database at {missing}", file=sys.stderr)
+        return 1
+    engine = Engine(args.db)
+    try:
+        entries = engine.history(args.server_id)
+    except VmledgerError as exc:
+        print(f"vmledger: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+    for entry in entries:
+        print(entry)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return history(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
