@@ -19,7 +19,7 @@ serve: $(STAMP)
 	$(VENV)/bin/vmledger serve
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check vmledger tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
