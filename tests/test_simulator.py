@@ -619,6 +619,8 @@ def perform(sim: Simulator, item: tuple[str, str, int, str, bool, PowerState]) -
     if op == "forget":
         sim.forget(sid)
         return None
+    if op == "snapshot":
+        return sim.snapshot(sid, f"snap-{image}")
     result = getattr(sim, op)(sid)
     return result
 
@@ -635,6 +637,9 @@ def check_effect(
     if op in ("observe", "drift"):
         return
     assert after.exists
+    if op == "snapshot":  # capturing the disk changes nothing in the guest
+        assert after == before
+        return
     if op in POWER_TARGETS:
         assert after.power_state == POWER_TARGETS[op]
     elif op in ("spawn", "reboot"):

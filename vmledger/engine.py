@@ -33,7 +33,9 @@ from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import NotFound, ServerNotFound
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import CommandResult, ServerService, new_request_id
+from vmledger.projections import images as image_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
+from vmledger.projections.images import Images
 from vmledger.projections.runner import ViewUpdater
 
 log = logging.getLogger(__name__)
@@ -145,7 +147,7 @@ class Engine:
             confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
             request_id_factory=request_id_factory or new_request_id, seed=seed)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
-                                 extensions=[InstanceActions()])
+                                 extensions=[InstanceActions(), Images()])
         self.updater = ViewUpdater(self.service, self.view)
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
         self.host = host
@@ -244,6 +246,40 @@ class Engine:
 
     def reset_state(self, server_id: str, state: str = lc.ACTIVE, **kw: Any) -> CommandResult:
         return self.act(server_id, "reset_state", state=state, **kw)
+
+    def create_image(self, server_id: str, name: str, *, metadata: dict[str, str] | None = None,
+                     ctx: Context | None = None, idempotency_key: str | None = None
+                     ) -> CommandResult:
+        """Snapshot a server into a custom image; ``result.details["image_id"]`` names it."""
+        ctx = self._ctx(ctx)
+        return self._done(self.service.create_image(ctx, server_id, name=name,
+                                                    metadata=metadata,
+                                                    idempotency_key=idempotency_key))
+
+    def delete_image(self, image_id: str, *, ctx: Context | None = None) -> CommandResult:
+        """Delete a custom image (owner project or admin; anyone else: not found)."""
+        return self._done(self.service.delete_image(self._ctx(ctx), image_id))
+
+    def list_images(self, *, ctx: Context | None = None) -> list[dict[str, Any]]:
+        """Pre-built images, then the custom images the caller may see (as dicts)."""
+        project = None if ctx is None or ctx.is_admin else ctx.project_id
+        prebuilt = [{**i.as_dict(), "type": "image", "owner": None, "server_id": None,
+                     "metadata": dict(i.properties)} for i in self.service.catalog.images()]
+        custom = [{**d, "type": "snapshot", "owner": d.get("project_id")}
+                  for d in image_view.list_images(self.view, project)]
+        return prebuilt + custom
+
+    def get_image(self, image_id: str, *, ctx: Context | None = None) -> dict[str, Any]:
+        """One image by id (pre-built or custom, if the caller may see it)."""
+        for image in self.service.catalog.images():
+            if image.id == image_id:
+                return {**image.as_dict(), "type": "image", "owner": None, "server_id": None,
+                        "metadata": dict(image.properties)}
+        doc = image_view.get_image(self.view, image_id)
+        if doc is None or doc.get("status") == "deleted" or (
+                ctx is not None and not ctx.is_admin and doc.get("project_id") != ctx.project_id):
+            raise NotFound(f"Image {image_id} could not be found.")
+        return {**doc, "type": "snapshot", "owner": doc.get("project_id")}
 
     def update_server(self, server_id: str, *, ctx: Context | None = None,
                       **changes: Any) -> ServerInfo:

@@ -24,6 +24,7 @@ from vmledger.adapters.hypervisor import (
     PowerState,
 )
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.errors import VmledgerError
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
 from vmledger.projections.runner import ViewUpdater
@@ -300,6 +301,31 @@ def _delete(agent: HostAgent, server: Server) -> None:
         agent.call(server, "destroy", {}, lambda: agent.hypervisor.destroy(str(server.id)))
 
 
+def _create_image(agent: HostAgent, server: Server) -> None:
+    assert server.pending is not None
+    image_id = str(server.pending["params"]["image_id"])
+    request_id = str(server.pending_request_id)
+    service = agent.service
+    try:
+        image = service.get_image(image_id)
+    except VmledgerError:
+        raise HypervisorError(f"Image {image_id} was deleted before it was saved",
+                              rollback=True, code=404) from None
+    if image.status != "active":
+        _missing(agent.observe(server))
+        service.record_image(image_id, request_id, lambda i, c, at: i.saving(c, at))
+        try:
+            result = agent.call(server, "snapshot", {"image_id": image_id},
+                                lambda: agent.hypervisor.snapshot(str(server.id), image_id))
+        except HypervisorError as error:
+            message = error.message
+            service.record_image(image_id, request_id,
+                                 lambda i, c, at: i.fail(c, at, message))
+            raise
+        service.record_image(image_id, request_id, lambda i, c, at: i.activate(
+            c, at, size=int(result.get("size", 0)), checksum=result.get("checksum")))
+
+
 _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "create": _create,
     "reboot_soft": _reboot(False),
@@ -315,6 +341,7 @@ _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "stop": _power("power_off", PowerState.SHUTDOWN),
     "start": _power("power_on", PowerState.RUNNING),
     "delete": _delete,
+    "create_image": _create_image,
 }
 
 assert set(_PLANS) == {a.name for a in lc.ACTIONS.values() if a.asynchronous}

@@ -118,3 +118,10 @@ class Hypervisor(Protocol):
     def power_on(self, server_id: str) -> Result: ...
 
     def destroy(self, server_id: str) -> Result: ...
+
+    def snapshot(self, server_id: str, image_id: str) -> Result:
+        """Capture the guest's disk as the new image ``image_id`` (idempotent per image).
+
+        Answers at least ``{"size": bytes}``; a paused or stopped guest keeps its state.
+        """
+        ...

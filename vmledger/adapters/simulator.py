@@ -35,6 +35,7 @@ power on, and a rebuild, resize or resize revert that leaves the guest running.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -71,6 +72,7 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
         "power_off",
         "power_on",
         "destroy",
+        "snapshot",
     }
 )
 #: every operation of the port
@@ -267,6 +269,7 @@ class Simulator:
         self._state_path = state_path
         self._lock = threading.RLock()
         self._guests: dict[str, _Guest] = {}
+        self._snapshots: dict[str, dict[str, Any]] = {}
         self._injections: list[_Injection] = []
         #: every operation called, in order, as ``(op, server_id)`` (observe included)
         self.calls: list[tuple[str, str]] = []
@@ -492,6 +495,31 @@ class Simulator:
             PowerState.RUNNING,
             boots=True,
         )
+
+    def snapshot(self, server_id: str, image_id: str) -> Result:
+        """Capture the guest's disk (its image and generation) as the image ``image_id``.
+
+        Deterministic: the same guest state gives the same size and checksum. A second
+        call for the same image answers what the first captured.
+        """
+
+        def apply() -> Result:
+            guest = self._require(server_id)
+            if image_id in self._snapshots:
+                return {**self._snapshots[image_id], "already": True}
+            content = f"{guest.image_id}:{guest.generation}:{guest.disk_gb}"
+            captured = {"size": guest.disk_gb * 1024 * 1024 * 64 + guest.generation,
+                        "checksum": hashlib.sha256(content.encode()).hexdigest()[:32],
+                        "source_image_id": guest.image_id, "generation": guest.generation}
+            self._snapshots[image_id] = captured
+            return dict(captured)
+
+        return self._mutate("snapshot", server_id, apply)
+
+    def snapshots(self) -> dict[str, dict[str, Any]]:
+        """The images captured so far (a copy, for tests)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._snapshots.items()}
 
     def destroy(self, server_id: str) -> Result:
         """Remove the guest; nothing to do if it does not exist."""

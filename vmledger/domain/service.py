@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -25,10 +25,19 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
+from vmledger.domain import image as image_states
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import Catalog, Flavor, Image
 from vmledger.domain.clock import Clock, SystemClock
-from vmledger.domain.errors import BadRequest, Conflict, IdempotencyConflict, ServerNotFound
+from vmledger.domain.errors import (
+    BadRequest,
+    Conflict,
+    IdempotencyConflict,
+    ImageNotFound,
+    NotFound,
+    ServerNotFound,
+)
+from vmledger.domain.image import CustomImage
 from vmledger.domain.server import ADMIN, TIMER, Context, Server
 
 _IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
@@ -68,10 +77,13 @@ class CommandResult:
     position: int | None
     #: False when nothing was written (an ignored repeat, or an idempotent replay)
     accepted: bool = True
+    #: what else the command made (``{"image_id": …}`` for createImage)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"server_id": self.server_id, "request_id": self.request_id,
-                "position": self.position, "accepted": self.accepted}
+                "position": self.position, "accepted": self.accepted,
+                "details": self.details}
 
 
 def new_request_id() -> str:
@@ -214,8 +226,14 @@ class ServerService(Application[uuid.UUID]):
              decide: Callable[[Server | None], Server | None], *,
              idempotency_key: str | None = None, operation: str = "",
              payload: dict[str, Any] | None = None,
-             load: Callable[[uuid.UUID], Server] | None = None) -> CommandResult:
-        """Load, decide, save; retry the whole command when another writer won."""
+             load: Callable[[uuid.UUID], Server] | None = None,
+             extras: list[Aggregate] | None = None,
+             details: dict[str, Any] | None = None) -> CommandResult:
+        """Load, decide, save; retry the whole command when another writer won.
+
+        ``decide`` may put other new aggregates in ``extras`` (cleared before each
+        attempt): they are saved in the same transaction as the server's events.
+        """
         record_id = None
         fingerprint = ""
         if idempotency_key is not None:
@@ -230,13 +248,16 @@ class ServerService(Application[uuid.UUID]):
                 if replay is not None:
                     return replay
             server = None
+            if extras is not None:
+                extras.clear()
             if server_id is not None:
                 server = (load or (lambda sid: self.get(sid, ctx)))(server_id)
             changed = decide(server)
             if changed is None or not changed.pending_events:
                 return CommandResult(str(server_id), ctx.request_id, None, accepted=False)
-            aggregates: list[Aggregate] = [changed]
-            result = CommandResult(str(changed.id), ctx.request_id, None)
+            aggregates: list[Aggregate] = [changed, *(extras or [])]
+            result = CommandResult(str(changed.id), ctx.request_id, None,
+                                   details=dict(details or {}))
             if record_id is not None:
                 aggregates.append(IdempotencyRecord._create(
                     IdempotencyRecord.Recorded, id=record_id, timestamp=self.clock.now(),
@@ -248,7 +269,8 @@ class ServerService(Application[uuid.UUID]):
                 time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
                 continue
             position = recordings[-1].notification.id if recordings else None
-            return CommandResult(str(changed.id), ctx.request_id, position)
+            return CommandResult(str(changed.id), ctx.request_id, position,
+                                 details=dict(details or {}))
         raise Conflict("The server was changed by another request at the same time; "
                        "try again.")
 
@@ -262,7 +284,8 @@ class ServerService(Application[uuid.UUID]):
         if record.fingerprint != fingerprint:
             raise IdempotencyConflict(key)
         r = record.result
-        return CommandResult(r["server_id"], r["request_id"], r["position"], accepted=False)
+        return CommandResult(r["server_id"], r["request_id"], r["position"], accepted=False,
+                             details=r.get("details") or {})
 
     # --- user commands ------------------------------------------------------------
     def create_server(self, ctx: Context, *, name: str, flavor: str | int, image: str,
@@ -276,9 +299,7 @@ class ServerService(Application[uuid.UUID]):
         meta = _check_metadata(metadata)
         desc = _check_description(description)
         chosen_flavor = self.catalog.flavor(flavor)
-        chosen_image = self.catalog.image(image)
-        if chosen_image.status != "active":
-            raise BadRequest(f"Image {chosen_image.id} is not active.")
+        chosen_image, image_ref = self.image_for(image, ctx)
         _fits(chosen_flavor, chosen_image)
         if ctx.project_id is None or ctx.user_id is None:
             raise BadRequest("A server is created on behalf of a user and a project")
@@ -291,7 +312,7 @@ class ServerService(Application[uuid.UUID]):
             return Server.request(
                 id=sid, ctx=ctx, at=self.clock.now(), name=name,
                 flavor=chosen_flavor.as_dict(),
-                image={"id": chosen_image.id, "name": chosen_image.name},
+                image=image_ref,
                 host=self.hosts[sid.int % len(self.hosts)], metadata=meta, description=desc,
                 key_name=key_name, availability_zone=availability_zone or "nova",
                 addresses=_addresses(sid), attributes=dict(attributes or {}))
@@ -406,16 +427,13 @@ class ServerService(Application[uuid.UUID]):
             assert server is not None
             lc.check("rebuild", server.subject, is_admin=ctx.is_admin)
             try:
-                image = self.catalog.image(str(ref))
-            except BadRequest:
+                image, image_ref = self.image_for(str(ref), ctx)
+            except ImageNotFound:
                 raise BadRequest("Cannot find image for rebuild") from None
-            if image.status != "active":
-                raise BadRequest(f"Image {image.id} is not active.")
             _fits(Flavor(**server.flavor), image)
             server.request_action("rebuild", ctx, self.clock.now(),
-                                  params={"image": {"id": image.id, "name": image.name}},
-                                  changes={**changes,
-                                           "image": {"id": image.id, "name": image.name}})
+                                  params={"image": image_ref},
+                                  changes={**changes, "image": image_ref})
             return server
         return decide
 
@@ -486,6 +504,106 @@ class ServerService(Application[uuid.UUID]):
         **{name: (lambda action: lambda s, c, p: s._h_simple(c, p, action))(name)
            for name in ("pause", "unpause", "suspend", "resume", "stop", "start")},
     }
+
+    # --- images -------------------------------------------------------------------------
+    def image_for(self, ref: str, ctx: Context) -> tuple[Image, dict[str, Any]]:
+        """A usable image by id or name: pre-built, or a custom image the caller may see.
+
+        Returns the image and the reference a server records (a custom image's reference
+        names the server it is a snapshot of).
+        """
+        try:
+            image = self.catalog.image(ref)
+        except ImageNotFound:
+            try:
+                custom = self.get_image(ref, ctx)
+            except NotFound:
+                raise ImageNotFound(str(ref)) from None
+            image = Image(id=str(custom.id), name=custom.name, min_ram=custom.min_ram,
+                          min_disk=custom.min_disk, size=custom.size, status=custom.status)
+            if image.status != "active":
+                raise BadRequest(f"Image {image.id} is not active.") from None
+            return image, {"id": image.id, "name": image.name,
+                           "snapshot_of": custom.server_id}
+        if image.status != "active":
+            raise BadRequest(f"Image {image.id} is not active.")
+        return image, {"id": image.id, "name": image.name}
+
+    def get_image(self, ref: str | uuid.UUID, ctx: Context | None = None) -> CustomImage:
+        """A custom image (not deleted) its owner project or an admin may see (else 404)."""
+        missing = NotFound(f"Image {ref} could not be found.")
+        try:
+            image_id = uuid.UUID(str(ref))
+            image: object = self.repository.get(image_id)
+        except (ValueError, AggregateNotFoundError):
+            raise missing from None
+        if not isinstance(image, CustomImage) or image.status == image_states.DELETED or (
+                ctx is not None and not ctx.is_admin and image.project_id != ctx.project_id):
+            raise missing
+        return image
+
+    def create_image(self, ctx: Context, server_id: str | uuid.UUID, *, name: str,
+                     metadata: dict[str, str] | None = None,
+                     idempotency_key: str | None = None) -> CommandResult:
+        """Snapshot a server into a new custom image (Nova's ``createImage``).
+
+        The image (queued) and the server's request are saved in one transaction; the
+        host agent takes the snapshot, then activates the image.
+        """
+        _check_name(name)
+        meta = _check_metadata(metadata)
+        extras: list[Aggregate] = []
+        details: dict[str, Any] = {}
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            lc.check("create_image", server.subject, is_admin=ctx.is_admin)
+            image_id = self.id_factory()
+            details["image_id"] = str(image_id)
+            base = server.image
+            extras.append(CustomImage.queue(
+                id=image_id, ctx=ctx, at=self.clock.now(), name=name,
+                server_id=str(server.id), metadata=meta, min_ram=0,
+                min_disk=int(server.flavor.get("disk") or 0), base_image=dict(base)))
+            server.request_action("create_image", ctx, self.clock.now(),
+                                  params={"image_id": str(image_id), "name": name})
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide, idempotency_key=idempotency_key,
+                         operation="createImage", payload={"name": name, "metadata": meta},
+                         extras=extras, details=details)
+
+    def record_image(self, image_id: str, request_id: str,
+                     step: Callable[[CustomImage, Context, datetime], None]) -> bool:
+        """Apply one agent step to a custom image (saving, activated, failed)."""
+        ctx = self.agent_context(request_id)
+        for attempt in range(MAX_ATTEMPTS):
+            image = self.get_image(image_id)
+            step(image, ctx, self.clock.now())
+            if not image.pending_events:
+                return False
+            try:
+                self.save(image)
+                return True
+            except IntegrityError:
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+        raise Conflict(f"Image {image_id} was changed concurrently; try again.")
+
+    def delete_image(self, ctx: Context, image_id: str) -> CommandResult:
+        """Delete a custom image (its owner project or an admin; others: not found)."""
+        for attempt in range(MAX_ATTEMPTS):
+            image = self.get_image(image_id, ctx)
+            image.delete(ctx, self.clock.now())
+            if not image.pending_events:
+                return CommandResult("", ctx.request_id, None, accepted=False)
+            try:
+                recordings = self.save(image)
+            except IntegrityError:
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return CommandResult("", ctx.request_id, recordings[-1].notification.id,
+                                 details={"image_id": str(image.id)})
+        raise Conflict(f"Image {image_id} was changed concurrently; try again.")
 
     # --- the timer ------------------------------------------------------------------
     def auto_confirm(self, server_id: str | uuid.UUID, deadline: datetime) -> CommandResult:

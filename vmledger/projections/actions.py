@@ -35,6 +35,7 @@ NOVA_EVENTS: dict[str, str] = {
     "stop": "compute_stop_instance",
     "start": "compute_start_instance",
     "delete": "compute_terminate_instance",
+    "create_image": "compute_snapshot_instance",
 }
 
 _COLUMNS = ("request_id", "server_id", "action", "user_id", "project_id", "start_time",
@@ -109,8 +110,9 @@ class InstanceActions:
                 " (server_id, start_time)"),
         ]
 
-    def apply(self, curs: Any, sql: Callable[[str], str], events: Sequence[Server.Event],
+    def apply(self, curs: Any, sql: Callable[[str], str], all_events: Sequence[Any],
               notifications: Sequence[Any]) -> None:
+        events = [e for e in all_events if isinstance(e, Server.Event)]
         ids = list(dict.fromkeys(e.request_id for e in events))
         if not ids:
             return

@@ -20,7 +20,7 @@ from typing import Any
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError
 
-from vmledger.projections.servers import ServersView, server_events
+from vmledger.projections.servers import ServersView, decode
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ViewUpdater:
                 if not page:
                     return read
                 try:
-                    self.view.apply_page(server_events(page, self.app.mapper), page[-1].id,
+                    self.view.apply_page(decode(page, self.app.mapper), page[-1].id,
                                          page)
                 except IntegrityError:
                     # another process applied this page first: continue from its position

@@ -102,8 +102,10 @@ class ViewExtension(Protocol):
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]: ...
 
-    def apply(self, curs: Any, sql: Callable[[str], str], events: Sequence[Server.Event],
-              notifications: Sequence[Any]) -> None: ...
+    def apply(self, curs: Any, sql: Callable[[str], str], events: Sequence[Any],
+              notifications: Sequence[Any]) -> None:
+        """Fold a page: ``events`` are all decoded events (servers, images…), in order."""
+        ...
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None: ...
 
@@ -148,13 +150,14 @@ class ServersView:
     def position(self) -> int:
         return self.max_tracking_id(TRACKING_NAME) or 0
 
-    def apply_page(self, events: Sequence[Server.Event], position: int,
+    def apply_page(self, all_events: Sequence[Any], position: int,
                    notifications: Sequence[Any] = ()) -> int:
         """Fold a page of events into rows, with the tracking position, in one transaction.
 
         Returns the number of rows written. A position at or below the recorded one
         raises ``IntegrityError`` and writes nothing (the page was already applied).
         """
+        events = [e for e in all_events if isinstance(e, Server.Event)]
         ids = list(dict.fromkeys(str(e.originator_id) for e in events))
         with self._transaction(commit=True) as curs:
             docs = self._load(curs, ids) if ids else {}
@@ -168,7 +171,7 @@ class ServersView:
             if changed:
                 curs.executemany(self._upsert_sql(), [row_of(d) for d in changed])
             for extension in self.extensions:
-                extension.apply(curs, self._sql, events, notifications)
+                extension.apply(curs, self._sql, all_events, notifications)
             self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
         return len(changed)
 
@@ -315,11 +318,6 @@ class PostgresServersView(ServersView, PostgresTrackingRecorder):
             [TRACKING_NAME])
 
 
-def server_events(notifications: Iterable[Any], mapper: Any) -> list[Server.Event]:
-    """Decode notifications, keeping the server events."""
-    events = []
-    for n in notifications:
-        event = mapper.to_domain_event(n)
-        if isinstance(event, Server.Event):
-            events.append(event)
-    return events
+def decode(notifications: Iterable[Any], mapper: Any) -> list[Any]:
+    """Decode notifications into domain events (every kind: servers, images, records)."""
+    return [mapper.to_domain_event(n) for n in notifications]

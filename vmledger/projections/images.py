@@ -1,0 +1,82 @@
+"""The custom-images read model: one row per image made from a server.
+
+Folded with the image events' own ``apply`` methods, in the servers view's transaction
+(a :class:`~vmledger.projections.servers.ViewExtension`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from vmledger.domain.image import DELETED, CustomImage
+from vmledger.projections.servers import _ts, dumps, loads
+
+TABLE = "vmledger_images"
+_COLUMNS = ("id", "project_id", "server_id", "name", "status", "created_at", "updated_at",
+            "deleted", "doc")
+
+
+def fold_image(doc: dict[str, Any] | None, event: CustomImage.Event) -> dict[str, Any]:
+    target = SimpleNamespace(**(doc or {}))
+    event.apply(target)
+    result = vars(target)
+    result["id"] = str(event.originator_id)
+    result["version"] = event.originator_version
+    result.setdefault("created_at", event.timestamp)
+    result["updated_at"] = event.timestamp
+    return result
+
+
+class Images:
+    """Keeps ``vmledger_images`` up to date."""
+
+    def create_statements(self, sql: Callable[[str], str]) -> list[str]:
+        return [
+            sql(f"CREATE TABLE IF NOT EXISTS {TABLE} (id TEXT PRIMARY KEY, project_id TEXT,"
+                " server_id TEXT, name TEXT, status TEXT, created_at TEXT, updated_at TEXT,"
+                " deleted INTEGER, doc TEXT)"),
+            sql(f"CREATE INDEX IF NOT EXISTS {TABLE}_project ON {TABLE} (project_id, name)"),
+        ]
+
+    def apply(self, curs: Any, sql: Callable[[str], str], all_events: Sequence[Any],
+              notifications: Sequence[Any]) -> None:
+        events = [e for e in all_events if isinstance(e, CustomImage.Event)]
+        if not events:
+            return
+        ids = list(dict.fromkeys(str(e.originator_id) for e in events))
+        marks = ",".join("?" for _ in ids)
+        curs.execute(sql(f"SELECT id, doc FROM {TABLE} WHERE id IN ({marks})"), ids)
+        docs = {row["id"]: loads(row["doc"]) for row in curs.fetchall()}
+        for event in events:
+            current = docs.get(str(event.originator_id))
+            if current is not None and current["version"] >= event.originator_version:
+                continue
+            docs[str(event.originator_id)] = fold_image(current, event)
+        cols = ", ".join(_COLUMNS)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "id")
+        curs.executemany(
+            sql(f"INSERT INTO {TABLE} ({cols}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+                f"ON CONFLICT (id) DO UPDATE SET {updates}"),
+            [(d["id"], d.get("project_id"), d.get("server_id"), d.get("name"), d.get("status"),
+              _ts(d["created_at"]), _ts(d["updated_at"]), 1 if d.get("status") == DELETED
+              else 0, dumps(d)) for d in (docs[i] for i in ids if i in docs)])
+
+    def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
+        curs.execute(sql(f"DELETE FROM {TABLE}"))
+
+
+def list_images(view: Any, project_id: str | None) -> list[dict[str, Any]]:
+    """Custom images (not deleted): one project's, or every project's when None."""
+    sql = f"SELECT doc FROM {TABLE} WHERE deleted = 0"
+    params: list[Any] = []
+    if project_id is not None:
+        sql += " AND project_id = ?"
+        params.append(project_id)
+    return [loads(r["doc"]) for r in view._query(sql + " ORDER BY created_at, id", params)]
+
+
+def get_image(view: Any, image_id: str) -> dict[str, Any] | None:
+    rows = view._query(f"SELECT doc FROM {TABLE} WHERE id = ?", [image_id])
+    return loads(rows[0]["doc"]) if rows else None
