@@ -1,0 +1,17 @@
+"""The libvirt hypervisor driver: vmledger guests as libvirt domains, on any URI.
+
+``LibvirtDriver("qemu:///system")`` drives real QEMU guests through libvirtd;
+``LibvirtDriver("test:///path/node.xml")`` drives libvirt's in-process test driver (no
+daemon, ~40,000 calls/s), which the test suite uses. Needs libvirt-python (built
+against the system libvirt: ``apt-get install libvirt-dev pkg-config`` first).
+See docs/libvirt-hosts.md.
+
+Modules: :mod:`~.driver` (the port's operations), :mod:`~.domain_xml` (definitions and
+vmledger's metadata in them), :mod:`~.connection` (the connection, its events),
+:mod:`~.disks` (qcow2 overlays).
+"""
+
+from vmledger.adapters.libvirt.connection import LibvirtUnavailable, LifecycleEvent
+from vmledger.adapters.libvirt.driver import LibvirtDriver
+
+__all__ = ["LibvirtDriver", "LibvirtUnavailable", "LifecycleEvent"]
