@@ -260,3 +260,111 @@ def test_engine_on_real_qemu(guests: Guests) -> None:
         calls = [e.details for e in engine.history(sid) if e.event == "HypervisorCalled"]
         assert {c["driver"] for c in calls} == {"libvirt"}
         assert [c for c in calls if c["error"]] == []
+
+
+def test_drift_on_real_qemu_becomes_an_audited_stop(guests: Guests) -> None:
+    """A running guest destroyed behind the engine's back: the next power-state sync
+    records the drift and the server shows SHUTOFF, as Nova's sync would make it."""
+    d = guests.driver
+    with Engine("memory", clock=FakeClock(), hypervisor=d) as engine:
+        sid = engine.create_server("drift", flavor="m1.tiny", image=CIRROS).id
+        guests.ids.append(sid)
+        engine.run_until_idle()
+        guests.dom(sid).destroy()  # virsh destroy, out of band
+        assert guests.state(sid)[0] == S
+        assert engine.sync_power_states() == 1
+        server = engine.get_server(sid)
+        assert (server.status, server.power_state) == ("SHUTOFF", 4)
+        drift = [e for e in engine.history(sid) if e.event == "DriftObserved"]
+        assert len(drift) == 1 and drift[0].details["previous_vm_state"] == "active"
+        assert engine.sync_power_states() == 0
+
+
+class _Died(BaseException):
+    """The agent process dying right after libvirt acted."""
+
+
+class _DiesAfter:
+    """The real driver, but the process 'dies' right after one call returns."""
+
+    def __init__(self, driver: LibvirtDriver, op: str) -> None:
+        self._driver = driver
+        self._op = op
+        self.driver = driver.driver
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._driver, name)
+        if name != self._op:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            attr(*args, **kwargs)
+            raise _Died(name)
+        return call
+
+
+def test_agent_killed_between_libvirt_and_its_outcome_recovers(guests: Guests,
+                                                               tmp_path: Path) -> None:
+    d = guests.driver
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    clock = FakeClock()
+    with Engine(url, clock=clock, hypervisor=d) as engine:
+        sid = engine.create_server("crash", flavor="m1.tiny", image=CIRROS).id
+        guests.ids.append(sid)
+        engine.run_until_idle()
+        engine.pause(sid)
+    for op, act, status, state in (("pause", None, "PAUSED", P),
+                                   ("unpause", "unpause", "ACTIVE", R),
+                                   ("power_off", "stop", "SHUTOFF", S)):
+        dying = Engine(url, clock=clock, hypervisor=_DiesAfter(d, op))  # type: ignore[arg-type]
+        if act:
+            getattr(dying, act)(sid)
+        with pytest.raises(_Died):
+            dying.run_until_idle()
+        dying.close()
+        assert guests.state(sid)[0] == state  # libvirt acted; no outcome was recorded
+        with Engine(url, clock=clock, hypervisor=d) as restarted:
+            assert restarted.get_server(sid).task_state is not None
+            restarted.run_until_idle()  # observes libvirt, skips the repeated call
+            server = restarted.get_server(sid)
+            assert (server.status, server.task_state) == (status, None)
+            history = restarted.history(sid)
+            outcomes = [e for e in history if e.event in ("ActionCompleted", "ActionFailed")]
+            assert len(outcomes) == len({e.request_id for e in outcomes})
+            last = [e.details["call"] for e in history if e.event == "HypervisorCalled"][-1]
+            assert last == "observe"  # the restarted agent did not act twice
+
+
+def test_custom_image_carries_the_disk_content(guests: Guests, tmp_path: Path,
+                                               bases: dict[str, str]) -> None:
+    """createImage on real QEMU: a marker written into the source server's disk is on the
+    disk of a new server built from the custom image."""
+    d = guests.driver
+    marker = "write -P 0x5a 1M 64k"
+    with Engine("memory", clock=FakeClock(), hypervisor=d) as engine:
+        sid = engine.create_server("gold", flavor="m1.tiny", image=CIRROS).id
+        guests.ids.append(sid)
+        engine.run_until_idle()
+        engine.stop(sid)
+        engine.run_until_idle()
+        disk = d.observe(sid).details.get("disk") or next(
+            str(p) for p in (tmp_path / "disks").glob(f"*{sid}*.qcow2"))
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", marker, disk], check=True,
+                       capture_output=True)
+        image_id = engine.create_image(sid, "gold-image").details["image_id"]
+        engine.run_until_idle()
+        assert engine.get_image(image_id)["status"] == "active"
+        assert engine.get_server(sid).status == "SHUTOFF"
+        clone = engine.create_server("clone", flavor="m1.tiny", image=image_id).id
+        guests.ids.append(clone)
+        engine.run_until_idle()
+        assert engine.get_server(clone).status == "ACTIVE" and guests.state(clone)[0] == R
+        engine.stop(clone)
+        engine.run_until_idle()
+        clone_disk = next(str(p) for p in (tmp_path / "disks").glob(f"*{clone}*.qcow2"))
+        check = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 1M 64k",
+                                clone_disk], capture_output=True, text=True, check=True)
+        assert "Pattern verification failed" not in check.stdout + check.stderr
+        calls = [e.details["call"] for e in engine.history(sid)
+                 if e.event == "HypervisorCalled"]
+        assert "snapshot" in calls
