@@ -27,6 +27,8 @@ from vmledger.adapters.hypervisor import Hypervisor
 from vmledger.adapters.persistence import DEFAULT_URL, environment, servers_view
 from vmledger.adapters.simulator import Simulator
 from vmledger.adapters.timer import Timer
+from vmledger.audit.ledger import HistoryPage, Ledger, LedgerEntry
+from vmledger.audit.verify import VerifyReport, verify
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import Catalog
 from vmledger.domain.clock import Clock, SystemClock
@@ -149,6 +151,7 @@ class Engine:
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
                                  extensions=[InstanceActions(), Images()])
         self.updater = ViewUpdater(self.service, self.view)
+        self.ledger = Ledger(self.service)
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
         self.host = host
         self.agent = HostAgent(self.service, self.updater, self.hypervisor, host,
@@ -321,6 +324,29 @@ class Engine:
         if action is None:
             raise NotFound(f"Action {request_id} not found")
         return action
+
+    # --- the ledger (audit) ---------------------------------------------------------------
+    def history_page(self, server_id: str, *, after: int = 0, limit: int = 100) -> HistoryPage:
+        """A page of a server's events with their log positions (``after`` = position)."""
+        return self.ledger.history(server_id, after=after, limit=limit)
+
+    def server_as_of(self, server_id: str, *, at: datetime | None = None,
+                     version: int | None = None) -> Server:
+        """A server's full state as of a time or a version, from the log (deleted too)."""
+        return self.ledger.as_of(server_id, at=at, version=version)
+
+    def causal_chain(self, request_id: str) -> list[LedgerEntry]:
+        """Everything one request caused: the call, the agent's steps, the hypervisor's
+        answers and the outcome, in log order."""
+        return self.ledger.causal_chain(request_id)
+
+    def explain(self, server_id: str) -> list[str]:
+        """Why the server is in its current status, in plain words."""
+        return self.ledger.explain(server_id)
+
+    def verify(self, **kwargs: Any) -> VerifyReport:
+        """Check the tamper-evidence chain over the whole log (names the first break)."""
+        return verify(self.service, **kwargs)
 
     def history(self, server_id: str) -> list[HistoryEntry]:
         """Every event of a server (deleted ones too), oldest first."""

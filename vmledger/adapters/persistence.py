@@ -2,9 +2,11 @@
 
 ``sqlite:///path/to/file.db`` (the embedded default), ``memory`` (an in-process SQLite
 database that disappears with the process), ``postgresql://user:pass@host:port/db``
-(psycopg 3; several processes may share it). The library's own recorders are used;
+(psycopg 3; several processes may share it). The application recorder is the
+library's, extended by :mod:`vmledger.audit.chain` to write the tamper-evidence chain and
+the request index in the same transaction as the events (``APPLICATION_RECORDER_TOPIC``);
 ``POSTGRES_ENABLE_DB_FUNCTIONS`` is never set (it drops tracking records and the table
-lock in eventsourcing 9.5).
+lock in eventsourcing 9.5, and the chain relies on that lock).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
+from vmledger.audit.chain import POSTGRES_RECORDER_TOPIC, SQLITE_RECORDER_TOPIC
 from vmledger.projections.servers import (
     PostgresServersView,
     ServersView,
@@ -31,7 +34,8 @@ def environment(url: str) -> dict[str, str]:
     """The eventsourcing environment for a database URL."""
     if url in ("memory", "memory://", "sqlite://", "sqlite:///:memory:"):
         name = f"file:vmledger-{uuid.uuid4().hex}?mode=memory&cache=shared"
-        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": name}
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": name,
+                "APPLICATION_RECORDER_TOPIC": SQLITE_RECORDER_TOPIC}
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
@@ -41,7 +45,7 @@ def environment(url: str) -> dict[str, str]:
         if not path:
             raise ValueError(f"no database file in {url!r}")
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
-                "SQLITE_LOCK_TIMEOUT": "30"}
+                "SQLITE_LOCK_TIMEOUT": "30", "APPLICATION_RECORDER_TOPIC": SQLITE_RECORDER_TOPIC}
     if parts.scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         dbname = unquote(parts.path.lstrip("/")) or "postgres"
@@ -57,6 +61,7 @@ def environment(url: str) -> dict[str, str]:
             "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "10"),
             "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "10"),
             "POSTGRES_PRE_PING": "y",
+            "APPLICATION_RECORDER_TOPIC": POSTGRES_RECORDER_TOPIC,
         }
         if "schema" in query:
             env["POSTGRES_SCHEMA"] = query["schema"]

@@ -1,0 +1,50 @@
+"""Hypervisor drivers by name: what ``--hypervisor`` on the command line selects.
+
+``simulator`` (the embedded default, in memory), ``simulator:///path/state.json`` (the
+simulator's guests kept in a file, so a restarted process finds them), or any libvirt
+URI (``test:///default``, ``qemu:///system``, ``qemu+ssh://host/system``) for the
+libvirt driver. For libvirt, ``image_dir`` holds the base qcow2 files of the catalog's
+images, named ``<image name>.qcow2`` or ``<image id>.qcow2`` (an image without one boots
+diskless); server disks and custom images go to ``disk_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from vmledger.adapters.hypervisor import Hypervisor
+from vmledger.adapters.simulator import Simulator
+from vmledger.domain.catalog import Catalog
+
+LIBVIRT_SCHEMES = ("test", "qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+unix")
+
+
+def open_hypervisor(name: str, *, catalog: Catalog | None = None,
+                    image_dir: str | None = None, disk_dir: str | None = None,
+                    seed: int = 0) -> Hypervisor:
+    """The driver a name or URI selects (ValueError with the choices otherwise)."""
+    if name in ("simulator", "sim"):
+        return Simulator(seed=seed)
+    scheme = urlsplit(name).scheme
+    if scheme == "simulator":
+        path = urlsplit(name).path
+        return Simulator(seed=seed, state_path=path or None)
+    if scheme in LIBVIRT_SCHEMES:
+        from vmledger.adapters.libvirt import LibvirtDriver
+
+        images: dict[str, str] = {}
+        if image_dir:
+            for image in (catalog or Catalog()).images():
+                for candidate in (image.name, image.id):
+                    path = os.path.join(image_dir, f"{candidate}.qcow2")
+                    if os.path.isfile(path):
+                        images[image.id] = path
+                        break
+        if disk_dir is None:
+            disk_dir = os.path.abspath("vmledger-disks")
+        os.makedirs(disk_dir, exist_ok=True)
+        return LibvirtDriver(name, images=images, disk_dir=disk_dir)
+    raise ValueError(f"unknown hypervisor {name!r}: use simulator, simulator:///state.json "
+                     "or a libvirt URI (test:///default, qemu:///system, "
+                     "qemu+ssh://host/system)")
