@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,clients]'
 	@# libvirt-python compiles against the system libvirt (apt: libvirt-dev pkg-config);
 	@# without it the libvirt tests skip with that reason (CI installs it and fails on skips)
 	$(VENV)/bin/pip install --quiet -e '.[libvirt]' || echo "note: libvirt-python not installed (needs libvirt-dev and pkg-config); libvirt tests will be skipped"

@@ -197,6 +197,8 @@ def test_rebuild_body_by_microversion(client: ApiClient, sid: str) -> None:
     assert body["OS-EXT-STS:task_state"] == "rebuilding"
     assert body["server_groups"] == []
     assert body["user_data"] is None
+    assert "OS-EXT-SRV-ATTR:user_data" not in body  # Nova leaves it out of rebuild
+    assert body["OS-EXT-SRV-ATTR:hostname"] == "vm"  # the rest of the admin view is there
     assert len(body["adminPass"]) == 12
     assert body["flavor"]["original_name"] == "m1.small"
 

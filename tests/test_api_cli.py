@@ -70,10 +70,39 @@ def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> 
     assert engine.service.confirm_window.total_seconds() == 0
 
 
+def test_serve_with_token_and_keystone_auth(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+
+    def fake_run(app: Any, *, host: str, port: int, log_level: str) -> None:
+        client = ApiClient(app)
+        seen["anonymous"] = client.get("/v2.1/servers").status_code
+        seen["token"] = client.get("/v2.1/servers", headers={"X-Auth-Token": "t0"}).status_code
+        login = client.post("/identity/v3/auth/tokens", json={"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "alice", "password": "pw", "domain": {"name": "Default"}}}},
+            "scope": {"project": {"name": "p1", "domain": {"name": "Default"}}}}})
+        seen["login"] = login.status_code
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    assert cli.main(["serve", "--db", "memory", "--auth", "token",
+                     "--token", "t0:u:p:admin"]) == 0
+    assert seen == {"anonymous": 401, "token": 200, "login": 404}
+    assert cli.main(["serve", "--db", "memory", "--auth", "keystone",
+                     "--user", "alice:pw:p1:member", "--token", "t0:u:p:"]) == 0
+    assert seen == {"anonymous": 401, "token": 200, "login": 201}
+
+
 @pytest.mark.parametrize("argv", [
     ["serve", "--confirm-window", "-1"],
     ["serve", "--port", "70000"],
+    ["serve", "--auth", "kerberos"],
     ["serve", "--auth", "keystone"],
+    ["serve", "--auth", "token"],
+    ["serve", "--auth", "token", "--token", "no-fields"],
+    ["serve", "--auth", "token", "--token", "t:u:p:", "--user", "u:pw:p:"],
+    ["serve", "--token", "t:u:p:"],
     ["history"],
     [],
 ])
@@ -81,3 +110,9 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2
+
+
+def test_cli_auth_modes_are_the_apis() -> None:
+    from vmledger.api.auth import AUTH_MODES
+
+    assert cli.AUTH_MODES == AUTH_MODES

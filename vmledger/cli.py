@@ -1,8 +1,10 @@
 """The ``vmledger`` command: serve the Compute API, or print a server's history.
 
 ``vmledger serve`` runs the engine (host agent and timer in a background thread) behind
-the OpenStack Compute API v2.1 on ``http://BIND:PORT/v2.1``; ``vmledger history ID``
-prints every event of one server, oldest first.
+the OpenStack Compute API v2.1 on ``http://BIND:PORT/v2.1``, with callers identified by
+``--auth noauth|token|keystone`` (``--token TOKEN:USER:PROJECT:ROLES`` and ``--user
+NAME:PASSWORD:PROJECT:ROLES``, both repeatable); ``vmledger history ID`` prints every
+event of one server, oldest first.
 """
 
 from __future__ import annotations
@@ -13,14 +15,19 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from vmledger.adapters.persistence import DEFAULT_URL, redact
 from vmledger.domain.errors import VmledgerError
 
+if TYPE_CHECKING:
+    from vmledger.api.auth import AuthSettings
+
 log = logging.getLogger("vmledger")
 
-AUTH_MODES = ("noauth",)
+#: the values of ``serve --auth`` (as :data:`vmledger.api.auth.AUTH_MODES`)
+AUTH_MODES = ("noauth", "token", "keystone")
 
 
 def _non_negative_seconds(text: str) -> float:
@@ -65,7 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto-confirm resizes after this long; 0 disables "
                             "(default 86400)")
     serve.add_argument("--auth", choices=AUTH_MODES, default="noauth",
-                       help="how callers are identified (default noauth: anyone, as admin)")
+                       help="how callers are identified: noauth (default: anyone, as "
+                            "admin), token (fixed --token values) or keystone (also a "
+                            "minimal Keystone v3 at /identity/v3 for --user logins)")
+    serve.add_argument("--token", action="append", default=[],
+                       metavar="TOKEN:USER:PROJECT:ROLES",
+                       help="a fixed token and who it stands for (roles comma-separated; "
+                            "'admin' makes an administrator); repeatable")
+    serve.add_argument("--user", action="append", default=[],
+                       metavar="NAME:PASSWORD:PROJECT:ROLES",
+                       help="a user who can log in at /identity/v3 (--auth keystone); "
+                            "repeatable")
     serve.add_argument("--log-level", default="info",
                        choices=("critical", "error", "warning", "info", "debug"),
                        help="log level (default info)")
@@ -77,7 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(args: argparse.Namespace) -> int:
+def _auth_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
+                   ) -> AuthSettings:
+    """The serve command's auth settings; a usage error (exit 2) when they do not fit."""
+    from vmledger.api.auth import AuthSettings
+
+    try:
+        return AuthSettings.build(args.auth, tokens=args.token, users=args.user)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
     import uvicorn
 
     from vmledger.api.app import create_app
@@ -91,9 +119,9 @@ def serve(args: argparse.Namespace) -> int:
                     confirm_window=timedelta(seconds=args.confirm_window))
     try:
         engine.run_in_background(0.2)
-        app = create_app(engine, auth=args.auth)
-        log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s)",
-                 args.bind, args.port, redact(args.db), args.host_name)
+        app = create_app(engine, auth=auth)
+        log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s, "
+                 "auth %s)", args.bind, args.port, redact(args.db), args.host_name, args.auth)
         uvicorn.run(app, host=args.bind, port=args.port, log_level=args.log_level)
     finally:
         engine.close()
@@ -130,9 +158,10 @@ def history(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, _auth_settings(parser, args))
     return history(args)
 
 

@@ -1,5 +1,6 @@
-"""The OpenStack Compute API v2.1 over the engine: ``create_app(engine)``."""
+"""The OpenStack Compute API v2.1 over the engine: ``create_app(engine, auth=...)``."""
 
 from vmledger.api.app import create_app
+from vmledger.api.auth import AUTH_MODES, Account, AuthSettings, Identity
 
-__all__ = ["create_app"]
+__all__ = ["AUTH_MODES", "Account", "AuthSettings", "Identity", "create_app"]

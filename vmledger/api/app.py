@@ -5,8 +5,14 @@
 - ``GET /``: the versions document (no auth, no microversion, no request id);
 - ``GET /v2.1`` and ``/v2.1/``: the v2.1 version document;
 - under both ``/v2.1`` and ``/v2.1/{project_id}``: servers (create, list, detail, show,
-  update, delete, actions), flavors (list, detail, show) and the images proxy (up to
-  microversion 2.35).
+  update, delete, actions, os-instance-actions), flavors (list, detail, show) and the
+  images proxy (up to microversion 2.35);
+- ``/identity``: a minimal Keystone v3 (version documents; tokens with
+  ``auth="keystone"``), see :mod:`vmledger.api.identity`;
+- ``/image``: a read-only Image API v2 shim, see :mod:`vmledger.api.glance`.
+
+Callers are identified as :mod:`vmledger.api.auth` describes (``noauth``, ``token``,
+``keystone``).
 
 Every response under ``/v2.1`` carries the request id and microversion headers (see
 :class:`vmledger.api.http.ComputeMiddleware`), and every error is a Nova fault body.
@@ -14,6 +20,8 @@ Every response under ``/v2.1`` carries the request id and microversion headers (
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,17 +31,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from vmledger.api import catalog, servers
+from vmledger.api import catalog, instance_actions, servers
 from vmledger.api import microversions as mv
+from vmledger.api.auth import (
+    DEFAULT_TOKEN_LIFETIME,
+    Account,
+    Authenticator,
+    AuthSettings,
+    Identity,
+    TokenRegistry,
+    noauth,
+    token_authenticator,
+)
 from vmledger.api.faults import fault_response
+from vmledger.api.glance import glance_routes
 from vmledger.api.http import (
-    AUTHENTICATORS,
     Call,
     ComputeMiddleware,
     Handler,
     base_url,
     endpoint,
 )
+from vmledger.api.identity import identity_routes
 from vmledger.engine import Engine
 
 #: when v2.1 was introduced (Nova's fixed ``updated`` value)
@@ -81,6 +100,10 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/servers/{server_id}", servers.update_server, ["PUT"]),
     ("/servers/{server_id}", servers.delete_server, ["DELETE"]),
     ("/servers/{server_id}/action", servers.server_action, ["POST"]),
+    ("/servers/{server_id}/os-instance-actions", instance_actions.list_instance_actions,
+     ["GET"]),
+    ("/servers/{server_id}/os-instance-actions/{request_id}",
+     instance_actions.show_instance_action, ["GET"]),
     ("/flavors", catalog.list_flavors, ["GET"]),
     ("/flavors/detail", catalog.list_flavors_detail, ["GET"]),
     ("/flavors/{flavor_id}", catalog.show_flavor, ["GET"]),
@@ -90,19 +113,24 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
 ]
 
 
-def _routes(engine: Engine, auth: str) -> list[BaseRoute]:
-    authenticate = AUTHENTICATORS[auth]
+def _routes(engine: Engine, settings: AuthSettings, registry: TokenRegistry
+            ) -> list[BaseRoute]:
+    authenticate: Authenticator = (noauth if settings.mode == "noauth"
+                                   else token_authenticator(registry))
+    # version documents need no token (Nova's are outside its auth pipeline)
     routes: list[BaseRoute] = [
         Route("/", versions, methods=["GET"]),
-        Route("/v2.1", endpoint(engine, authenticate, version_document), methods=["GET"]),
-        Route("/v2.1/", endpoint(engine, authenticate, version_document), methods=["GET"]),
+        Route("/v2.1", endpoint(engine, noauth, version_document), methods=["GET"]),
+        Route("/v2.1/", endpoint(engine, noauth, version_document), methods=["GET"]),
     ]
     for prefix in ("/v2.1", "/v2.1/{project_id}"):
         for path, handler, methods in RESOURCE_ROUTES:
             routes.append(Route(prefix + path, endpoint(engine, authenticate, handler),
                                 methods=methods))
-    routes.append(Route("/v2.1/{project_id}", endpoint(engine, authenticate, version_document),
+    routes.append(Route("/v2.1/{project_id}", endpoint(engine, noauth, version_document),
                         methods=["GET"]))
+    routes += identity_routes(settings, registry)
+    routes += glance_routes(engine, authenticate)
     return routes
 
 
@@ -113,13 +141,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return fault_response(exc.status_code, message, headers=exc.headers)
 
 
-def create_app(engine: Engine, *, auth: str = "noauth") -> Starlette:
-    """The Compute API over ``engine``; ``auth`` picks how callers are identified."""
-    if auth not in AUTHENTICATORS:
-        raise ValueError(f"unsupported auth mode {auth!r}; supported: "
-                         f"{', '.join(sorted(AUTHENTICATORS))}")
-    app = Starlette(routes=_routes(engine, auth),
+def create_app(engine: Engine, *, auth: str | AuthSettings = "noauth",
+               tokens: Mapping[str, Identity] | Iterable[str] | None = None,
+               users: Iterable[Account | str] | None = None,
+               token_lifetime: timedelta = DEFAULT_TOKEN_LIFETIME) -> Starlette:
+    """The Compute API over ``engine``; ``auth`` picks how callers are identified.
+
+    ``auth`` is ``"noauth"`` (anyone, as admin), ``"token"`` (``tokens``: a mapping of
+    token to :class:`~vmledger.api.auth.Identity`, or ``TOKEN:USER:PROJECT:ROLES``
+    specs) or ``"keystone"`` (``users`` log in at ``/identity/v3`` with a password:
+    :class:`~vmledger.api.auth.Account` objects or ``NAME:PASSWORD:PROJECT:ROLES``
+    specs; fixed ``tokens`` work too), or ready-made :class:`AuthSettings`.
+    Raises ValueError for a mode it does not know or settings that do not fit it.
+    """
+    settings = auth if isinstance(auth, AuthSettings) else AuthSettings.build(
+        auth, tokens=tokens, users=users, token_lifetime=token_lifetime)
+    registry = settings.registry()
+    app = Starlette(routes=_routes(engine, settings, registry),
                     middleware=[Middleware(ComputeMiddleware)],
                     exception_handlers={HTTPException: _http_error})
     app.state.engine = engine
+    app.state.auth = settings
+    app.state.tokens = registry
     return app

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmledger.api import microversions as mv
+from vmledger.api.auth import Authenticator, Principal
 from vmledger.api.faults import MALFORMED_BODY, ApiError, fault_response, response_for
 from vmledger.api.views import Links, Viewer
 from vmledger.domain.server import Context
@@ -81,30 +82,6 @@ class ComputeMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the project the request acts in, and the caller's roles."""
-
-    user_id: str
-    project_id: str
-    is_admin: bool
-    #: the project named in the URL (links repeat it), or None
-    url_project_id: str | None
-
-
-Authenticator = Callable[[Request], Principal]
-
-
-def noauth(request: Request) -> Principal:
-    """Accept any request: the URL's project (else ``admin``), user ``admin``, admin role."""
-    url_project = request.path_params.get("project_id")
-    return Principal(user_id="admin", project_id=url_project or "admin", is_admin=True,
-                     url_project_id=url_project)
-
-
-AUTHENTICATORS: dict[str, Authenticator] = {"noauth": noauth}
 
 
 def base_url(request: Request) -> str:

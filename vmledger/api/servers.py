@@ -8,7 +8,6 @@ messages. Engine calls block, so they run in the thread pool.
 
 from __future__ import annotations
 
-import re
 import secrets
 import string
 from collections.abc import Callable
@@ -18,8 +17,8 @@ from urllib.parse import urlencode
 
 from starlette.responses import JSONResponse, Response
 
+from vmledger.api import listing
 from vmledger.api import validation as val
-from vmledger.api.catalog import MAX_LIMIT
 from vmledger.api.faults import MALFORMED_BODY, ApiError
 from vmledger.api.http import EMPTY, Call, read_json
 from vmledger.api.views import (
@@ -218,139 +217,6 @@ async def create_server(call: Call) -> Response:
 
 
 # --- list ------------------------------------------------------------------------------
-_SORT_KEYS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "created_at": lambda d: d.get("created_at"),
-    "updated_at": lambda d: d.get("updated_at"),
-    "launched_at": lambda d: d.get("launched_at"),
-    "terminated_at": lambda d: d.get("terminated_at"),
-    "display_name": lambda d: d.get("name"),
-    "display_description": lambda d: d.get("description"),
-    "uuid": lambda d: d.get("id"),
-    "vm_state": lambda d: d.get("vm_state"),
-    "task_state": lambda d: d.get("task_state"),
-    "power_state": lambda d: d.get("power_state"),
-    "progress": lambda d: d.get("progress"),
-    "host": lambda d: d.get("host"),
-    "node": lambda d: d.get("host"),
-    "project_id": lambda d: d.get("project_id"),
-    "user_id": lambda d: d.get("user_id"),
-    "key_name": lambda d: d.get("key_name"),
-    "availability_zone": lambda d: d.get("availability_zone"),
-    "locked": lambda d: d.get("locked"),
-}
-
-
-def _sort(docs: list[dict[str, Any]], call: Call) -> list[dict[str, Any]]:
-    query = call.request.query_params
-    keys = [k for k in query.getlist("sort_key") if k in _SORT_KEYS
-            and (k != "locked" or call.at_least(2, 73))]
-    dirs = query.getlist("sort_dir")
-    for d in dirs:
-        if d not in ("asc", "desc"):
-            raise val.invalid_query("sort_dir", d, f"{d!r} is not one of ['asc', 'desc']")
-    if not keys:
-        keys, dirs = ["created_at"], dirs[:1] or ["desc"]
-    directions = [dirs[i] if i < len(dirs) else (dirs[0] if dirs else "desc")
-                  for i in range(len(keys))]
-    keys.append("uuid")
-    directions.append(directions[0])
-    ordered = list(docs)
-    for key, direction in reversed(list(zip(keys, directions, strict=True))):
-        getter = _SORT_KEYS[key]
-        present = [d for d in ordered if getter(d) is not None]
-        missing = [d for d in ordered if getter(d) is None]
-        present.sort(key=getter, reverse=direction == "desc")
-        # NULLs sort first ascending and last descending, as in MySQL/SQLite
-        ordered = present + missing if direction == "desc" else missing + present
-    return ordered
-
-
-def _status_pairs(call: Call) -> tuple[set[tuple[str, str | None]] | None, bool]:
-    """The (vm_state, task_state) pairs the ``status`` filter selects; None = no filter.
-
-    Also says whether deleted servers are asked for.
-    """
-    statuses = [s.upper() for s in call.request.query_params.getlist("status")]
-    if not statuses:
-        return None, False
-    pairs: set[tuple[str, str | None]] = set()
-    for status in statuses:
-        pairs.update(lc.states_for_status(status))
-    if not pairs:
-        if call.at_least(2, 38):
-            raise ApiError(400, "Invalid status value")
-        return set(), False
-    wants_deleted = any(vm == lc.DELETED for vm, _ in pairs)
-    if wants_deleted and not call.principal.is_admin:
-        raise ApiError(403, "Only administrators may list deleted instances")
-    return pairs, wants_deleted
-
-
-def _matches_status(doc: dict[str, Any], pairs: set[tuple[str, str | None]]) -> bool:
-    vm_state, task_state = doc.get("vm_state"), doc.get("task_state")
-    return any(vm == vm_state and (task is None or task == task_state) for vm, task in pairs)
-
-
-def _filter(call: Call, pairs: set[tuple[str, str | None]] | None
-            ) -> Callable[[dict[str, Any]], bool]:
-    query = call.request.query_params
-    name = query.get("name")
-    pattern: re.Pattern[str] | None = None
-    if name is not None:
-        try:
-            pattern = re.compile(name)
-        except re.error:
-            pattern = re.compile(re.escape(name))
-    image = query.get("image")
-    flavor = query.get("flavor")
-
-    def keep(doc: dict[str, Any]) -> bool:
-        if pairs is not None and not _matches_status(doc, pairs):
-            return False
-        if pattern is not None and not pattern.search(str(doc.get("name") or "")):
-            return False
-        if image is not None and (doc.get("image") or {}).get("id") != image:
-            return False
-        return flavor is None or str((doc.get("flavor") or {}).get("id")) == flavor
-    return keep
-
-
-def _all_tenants(call: Call) -> bool:
-    raw = call.request.query_params.get("all_tenants")
-    if raw is None or not call.principal.is_admin:
-        return False
-    return raw.strip().lower() not in ("0", "false", "off", "no", "f", "n")
-
-
-def _list(call: Call) -> tuple[list[dict[str, Any]], int]:
-    query = call.request.query_params
-    limit = MAX_LIMIT
-    if query.get("limit") is not None:
-        limit = min(val.non_negative_int(query["limit"], "limit"), MAX_LIMIT)
-    pairs, wants_deleted = _status_pairs(call)
-    keep = _filter(call, pairs)
-    if _all_tenants(call):
-        infos = call.engine.list_servers(include_deleted=wants_deleted)
-    else:
-        scope = call.engine.context(project_id=call.principal.project_id, is_admin=False,
-                                    request_id=call.request_id)
-        infos = call.engine.list_servers(ctx=scope, include_deleted=wants_deleted)
-    ordered = _sort([i.doc for i in infos], call)
-    marker = query.get("marker")
-    if marker is not None:
-        ids = [d["id"] for d in ordered]
-        if marker not in ids:
-            raise ApiError(400, f"marker [{marker}] not found")
-        ordered = ordered[ids.index(marker) + 1:]
-    selected: list[dict[str, Any]] = []
-    for doc in ordered:
-        if len(selected) >= limit:
-            break
-        if keep(doc):
-            selected.append(doc)
-    return selected, limit
-
-
 def _servers_links(call: Call, collection: str, page: list[dict[str, Any]], size: int
                    ) -> list[dict[str, str]]:
     if not size or len(page) != size:
@@ -363,7 +229,7 @@ def _servers_links(call: Call, collection: str, page: list[dict[str, Any]], size
 
 
 async def list_servers(call: Call) -> Response:
-    page, size = await call.run(_list, call)
+    page, size = await call.run(listing.select, call)
     body: dict[str, Any] = {"servers": [server_summary(d, call.viewer) for d in page]}
     links = _servers_links(call, "servers", page, size)
     if links:
@@ -372,7 +238,7 @@ async def list_servers(call: Call) -> Response:
 
 
 async def list_servers_detail(call: Call) -> Response:
-    page, size = await call.run(_list, call)
+    page, size = await call.run(listing.select, call)
     body: dict[str, Any] = {"servers": [server_view(d, call.viewer) for d in page]}
     links = _servers_links(call, "servers/detail", page, size)
     if links:
@@ -381,10 +247,28 @@ async def list_servers_detail(call: Call) -> Response:
 
 
 # --- show, update, delete --------------------------------------------------------------
+def entity_tag(info: ServerInfo, call: Call) -> str:
+    """The ETag of a server's representation: its version, and the microversion it is
+    rendered at (one version looks different at different microversions)."""
+    return f'"{info.version}-{call.version}"'
+
+
+def _none_match(header: str | None, tag: str) -> bool:
+    """Whether ``If-None-Match`` matches ``tag`` (weak comparison, as RFC 9110 says)."""
+    if header is None:
+        return False
+    candidates = [c.strip() for c in header.split(",")]
+    return any(c == "*" or c.removeprefix("W/") == tag for c in candidates)
+
+
 async def show_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
     info = await call.run(_owned, call.engine, call.principal.project_id, server_id)
-    return JSONResponse({"server": server_view(info.doc, call.viewer, server_groups=True)})
+    tag = entity_tag(info, call)
+    if _none_match(call.request.headers.get("if-none-match"), tag):
+        return Response(status_code=304, headers={"ETag": tag})
+    return JSONResponse({"server": server_view(info.doc, call.viewer, server_groups=True)},
+                        headers={"ETag": tag})
 
 
 _UPDATE_FIELDS: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {

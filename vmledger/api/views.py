@@ -177,7 +177,8 @@ def _attributes(doc: dict[str, Any]) -> dict[str, Any]:
     return attributes
 
 
-def _hostname(doc: dict[str, Any]) -> str:
+def server_hostname(doc: dict[str, Any]) -> str:
+    """``OS-EXT-SRV-ATTR:hostname``: the requested hostname, else one from the name."""
     attributes = _attributes(doc)
     if attributes.get("hostname"):
         return str(attributes["hostname"])
@@ -248,7 +249,7 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
             })
             if v >= V(2, 3):
                 server.update({
-                    "OS-EXT-SRV-ATTR:hostname": _hostname(doc),
+                    "OS-EXT-SRV-ATTR:hostname": server_hostname(doc),
                     "OS-EXT-SRV-ATTR:kernel_id": "",
                     "OS-EXT-SRV-ATTR:launch_index": 0,
                     "OS-EXT-SRV-ATTR:ramdisk_id": "",
@@ -257,7 +258,7 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
                     "OS-EXT-SRV-ATTR:user_data": attributes.get("user_data"),
                 })
         if v >= V(2, 90):
-            server["OS-EXT-SRV-ATTR:hostname"] = _hostname(doc)
+            server["OS-EXT-SRV-ATTR:hostname"] = server_hostname(doc)
         if v >= V(2, 16) and viewer.is_admin:
             server["host_status"] = "UP" if host else ""
     if v >= V(2, 9):
@@ -279,8 +280,12 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
 
 def rebuild_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
                  ) -> dict[str, Any]:
-    """The 202 body of a rebuild: reduced before 2.75, then the show body; + user_data."""
+    """The 202 body of a rebuild: reduced before 2.75, then the show body without
+    ``OS-EXT-SRV-ATTR:user_data``; plus ``key_name`` (2.54) and ``user_data`` (2.57)."""
     server = server_view(doc, viewer, reduced=viewer.version < V(2, 75), server_groups=True)
+    # Nova's view builder leaves the admin user_data attribute out of rebuild bodies:
+    # they carry the top-level ``user_data`` (2.57) instead
+    server.pop("OS-EXT-SRV-ATTR:user_data", None)
     if viewer.version >= V(2, 54):
         server["key_name"] = doc.get("key_name")
     if viewer.version >= V(2, 57):

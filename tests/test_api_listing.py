@@ -1,0 +1,241 @@
+"""``GET /servers[/detail]``: changes-since/before, deleted, all_tenants, unknown parameters,
+sorting and filters as Nova; ETag and ``If-None-Match`` on ``GET /servers/{id}``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from vmledger import Engine, FakeClock
+from vmledger.api import create_app
+from vmledger.api.testing import ApiClient
+from vmledger.domain.catalog import image_id_for
+
+IMAGE = image_id_for("cirros-0.6.2-x86_64")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def engine(clock: FakeClock) -> Iterator[Engine]:
+    e = Engine("memory", clock=clock)
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def client(engine: Engine) -> ApiClient:
+    return ApiClient(create_app(engine))
+
+
+def mv(version: str) -> dict[str, str]:
+    return {"OpenStack-API-Version": f"compute {version}"}
+
+
+def create(client: ApiClient, engine: Engine, name: str = "vm", project: str = "p1",
+           **extra: Any) -> str:
+    r = client.post(f"/v2.1/{project}/servers", json={"server": {
+        "name": name, "flavorRef": "1", "imageRef": IMAGE, "networks": "none",
+        **extra}}, headers=mv("2.52"))
+    assert r.status_code == 202, r.text
+    engine.run_until_idle()
+    return str(r.json()["server"]["id"])
+
+
+def listing(client: ApiClient, query: str = "", version: str = "2.1", project: str = "p1",
+            detail: bool = True, status: int = 200) -> list[dict[str, Any]]:
+    path = "servers/detail" if detail else "servers"
+    r = client.get(f"/v2.1/{project}/{path}?{query}", headers=mv(version))
+    assert r.status_code == status, r.text
+    servers: list[dict[str, Any]] = r.json().get("servers", [])
+    return servers
+
+
+def ids(client: ApiClient, query: str = "", version: str = "2.1", project: str = "p1"
+        ) -> list[str]:
+    return [s["id"] for s in listing(client, query, version, project)]
+
+
+def error(client: ApiClient, query: str, version: str = "2.1", code: int = 400) -> str:
+    r = client.get(f"/v2.1/p1/servers/detail?{query}", headers=mv(version))
+    assert r.status_code == code, r.text
+    fault = next(iter(r.json().values()))
+    assert fault["code"] == code
+    return str(fault["message"])
+
+
+def stamp(clock: FakeClock, delta: timedelta = timedelta(0)) -> str:
+    return (clock.now() + delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- changes-since / changes-before / deleted ----------------------------------------------
+def test_changes_since_includes_deleted_servers(client: ApiClient, engine: Engine,
+                                                clock: FakeClock) -> None:
+    old = create(client, engine, "old")
+    clock.advance(hours=1)
+    since = stamp(clock)
+    clock.advance(minutes=1)
+    doomed = create(client, engine, "doomed")
+    fresh = create(client, engine, "fresh")
+    assert client.delete(f"/v2.1/p1/servers/{doomed}").status_code == 204
+    engine.run_until_idle()
+
+    assert set(ids(client)) == {old, fresh}
+    found = listing(client, f"changes-since={since}")
+    assert {s["id"]: s["status"] for s in found} == {doomed: "DELETED", fresh: "ACTIVE"}
+    assert set(ids(client, f"changes-since={since}&deleted=false")) == {fresh}
+    assert ids(client, f"changes-since={stamp(clock, timedelta(days=1))}") == []
+    # with an offset and with fractions
+    assert set(ids(client, "changes-since=2025-12-31T23:00:00.5%2B00:00")) == {
+        old, doomed, fresh}
+
+
+@pytest.mark.parametrize("value", ["yesterday", "2026-13-01T00:00:00Z", "", "12:00"])
+def test_bad_changes_since_is_400(client: ApiClient, value: str) -> None:
+    message = error(client, f"changes-since={value}")
+    assert message == (f"Invalid input for query parameters changes-since. Value: {value}. "
+                       f"'{value}' is not a 'date-time'")
+
+
+def test_changes_before_from_2_66(client: ApiClient, engine: Engine, clock: FakeClock
+                                  ) -> None:
+    early = create(client, engine, "early")
+    clock.advance(hours=1)
+    middle = stamp(clock)
+    clock.advance(hours=1)
+    late = create(client, engine, "late")
+    assert ids(client, f"changes-before={middle}", "2.66") == [early]
+    # unknown before 2.66: dropped (2.1-2.74)
+    assert set(ids(client, f"changes-before={middle}", "2.65")) == {early, late}
+    assert ids(client, f"changes-since={middle}&changes-before={stamp(clock)}", "2.66") == [
+        late]
+    message = error(client, f"changes-since={stamp(clock)}&changes-before={middle}", "2.66")
+    assert message == ("The value of changes-since must be less than or equal to "
+                       "changes-before.")
+    assert "changes-before" in error(client, "changes-before=nope", "2.66")
+
+
+def test_deleted_filter_for_admins(client: ApiClient, engine: Engine) -> None:
+    kept = create(client, engine, "kept")
+    gone = create(client, engine, "gone")
+    client.delete(f"/v2.1/p1/servers/{gone}")
+    engine.run_until_idle()
+    assert ids(client, "deleted=true") == [gone]
+    assert ids(client, "deleted=True&status=DELETED") == [gone]
+    assert ids(client, "status=DELETED") == [gone]
+    assert ids(client, "deleted=false") == [kept]
+    assert ids(client, "deleted=junk") == [kept]  # lenient: unknown means false
+    [server] = listing(client, "deleted=true")
+    assert server["status"] == "DELETED"
+    assert server["OS-EXT-STS:vm_state"] == "deleted"
+    # a deleted server is still not found by id
+    assert client.get(f"/v2.1/p1/servers/{gone}").status_code == 404
+
+
+# --- all_tenants ------------------------------------------------------------------------------
+def test_all_tenants_for_admins(client: ApiClient, engine: Engine) -> None:
+    mine = create(client, engine, "mine", project="p1")
+    theirs = create(client, engine, "theirs", project="p2")
+    assert ids(client) == [mine]
+    assert set(ids(client, "all_tenants=1")) == {mine, theirs}
+    assert set(ids(client, "all_tenants")) == {mine, theirs}  # the empty string is true
+    assert ids(client, "all_tenants=0") == [mine]
+    assert ids(client, "all_tenants=1&tenant_id=p2") == [theirs]
+    assert ids(client, "all_tenants=1&project_id=p2") == [theirs]
+    assert ids(client, "tenant_id=p2") == [mine]  # ignored without all_tenants
+    assert error(client, "all_tenants=maybe").startswith(
+        "Invalid input received: Unrecognized value 'maybe', acceptable values are:")
+
+
+# --- unknown and not-permitted parameters -----------------------------------------------------
+def test_unknown_parameters_dropped_before_2_75_and_400_from_2_75(
+        client: ApiClient, engine: Engine) -> None:
+    sid = create(client, engine)
+    assert ids(client, "bogus=1", "2.74") == [sid]
+    assert ids(client, "bogus=1&name=vm", "2.74") == [sid]
+    assert error(client, "bogus=1", "2.75") == (
+        "Additional properties are not allowed ('bogus' was unexpected)")
+    assert error(client, "b=1&a=2", "2.96") == (
+        "Additional properties are not allowed ('a', 'b' were unexpected)")
+    # known parameters stay accepted at 2.75+
+    assert ids(client, "deleted=False&name=vm&limit=5&sort_key=display_name", "2.96") == [sid]
+
+
+@pytest.mark.parametrize("key", ["metadata", "security_groups", "_internal"])
+def test_joined_table_and_private_filters_are_400_for_admins(client: ApiClient, key: str
+                                                             ) -> None:
+    assert error(client, f"{key}=x") == f"Invalid filter field: {key}."
+    assert error(client, f"{key}=x", "2.96") == f"Invalid filter field: {key}."
+
+
+def test_sort_keys(client: ApiClient, engine: Engine, clock: FakeClock) -> None:
+    b = create(client, engine, "b")
+    clock.tick()
+    a = create(client, engine, "a")
+    assert ids(client) == [a, b]  # created_at desc
+    assert ids(client, "sort_key=display_name&sort_dir=asc") == [a, b]
+    assert ids(client, "sort_key=display_name&sort_dir=desc") == [b, a]
+    assert ids(client, "sort_key=vcpus") == [a, b]  # legacy key, ignored before 2.75
+    assert "sort_key" in error(client, "sort_key=vcpus", "2.75")
+    assert "sort_key" in error(client, "sort_key=bogus")
+    assert "sort_dir" in error(client, "sort_dir=up")
+    assert ids(client, "sort_key=locked&sort_key=display_name&sort_dir=asc", "2.73") == [a, b]
+
+
+# --- filters ------------------------------------------------------------------------------------
+def test_filters(client: ApiClient, engine: Engine) -> None:
+    tagged = create(client, engine, "web", tags=["red", "blue"])
+    plain = create(client, engine, "db")
+    assert client.post(f"/v2.1/p1/servers/{plain}/action",
+                       json={"lock": None}).status_code == 202
+    assert ids(client, "tags=red,blue", "2.26") == [tagged]
+    assert ids(client, "tags=red,green", "2.26") == []
+    assert ids(client, "tags-any=green,blue", "2.26") == [tagged]
+    assert ids(client, "not-tags=red", "2.26") == [plain]
+    assert ids(client, "not-tags-any=blue,x", "2.26") == [plain]
+    assert ids(client, "locked=true", "2.73") == [plain]
+    assert ids(client, "locked=0", "2.73") == [tagged]
+    assert "Unrecognized value 'x'" in error(client, "locked=x", "2.73")
+    assert set(ids(client, "flavor=1")) == {tagged, plain}
+    assert ids(client, "flavor=999") == []
+    assert ids(client, "image=" + IMAGE, "2.1") != []
+    assert ids(client, "uuid=" + plain) == [plain]
+    assert ids(client, "vm_state=active&name=web") == [tagged]
+    assert ids(client, f"host={engine.host}&name=db") == [plain]
+    addr = listing(client, "name=db")[0]["addresses"]
+    first = next(iter(addr.values()))[0]["addr"]
+    assert ids(client, f"ip=^{first}$") == [plain]
+
+
+# --- ETag ---------------------------------------------------------------------------------------
+def test_etag_and_if_none_match(client: ApiClient, engine: Engine, clock: FakeClock) -> None:
+    sid = create(client, engine)
+    r = client.get(f"/v2.1/p1/servers/{sid}")
+    tag = r.headers["etag"]
+    assert tag.startswith('"') and tag.endswith('"')
+    assert client.get(f"/v2.1/p1/servers/{sid}").headers["etag"] == tag  # stable
+    r = client.get(f"/v2.1/p1/servers/{sid}", headers={"If-None-Match": tag})
+    assert r.status_code == 304
+    assert r.content == b""
+    assert r.headers["etag"] == tag
+    assert r.headers["x-openstack-nova-api-version"] == "2.1"
+    assert client.get(f"/v2.1/p1/servers/{sid}",
+                      headers={"If-None-Match": f'"nope", W/{tag}'}).status_code == 304
+    assert client.get(f"/v2.1/p1/servers/{sid}",
+                      headers={"If-None-Match": "*"}).status_code == 304
+    # another microversion is another representation
+    other = client.get(f"/v2.1/p1/servers/{sid}", headers={**mv("2.96"), "If-None-Match": tag})
+    assert other.status_code == 200 and other.headers["etag"] != tag
+    # a change makes a new version
+    clock.tick()
+    assert client.post(f"/v2.1/p1/servers/{sid}/action",
+                       json={"os-stop": None}).status_code == 202
+    r = client.get(f"/v2.1/p1/servers/{sid}", headers={"If-None-Match": tag})
+    assert r.status_code == 200 and r.headers["etag"] != tag
+    assert r.json()["server"]["OS-EXT-STS:task_state"] == "powering-off"

@@ -1,0 +1,158 @@
+"""The ``openstack`` CLI (python-openstackclient 10.5.0) against a real ``vmledger serve``.
+
+Each command runs in a clean environment: no inherited ``OS_*`` variables, ``HOME`` in a
+temporary directory, and ``OS_CLIENT_CONFIG_FILE`` pointing at a clouds.yaml written
+here. No ``--wait`` (it sleeps 5 s between polls): the tests poll ``server show``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.server import (
+    IMAGE,
+    KEYSTONE_PASSWORD,
+    RunningServer,
+    client_skip_reason,
+    clients_marks,
+    vmledger_keystone_server,
+    vmledger_server,
+)
+
+_reason = client_skip_reason("openstackclient", "osc_lib", "openstack")
+OPENSTACK = shutil.which("openstack", path=str(Path(sys.executable).parent)) or shutil.which(
+    "openstack")
+if _reason is None and OPENSTACK is None:
+    _reason = "the openstack command (python-openstackclient) is not on PATH"
+if _reason is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+pytestmark = clients_marks()
+__all__ = ["vmledger_keystone_server", "vmledger_server"]  # fixtures used below
+
+IMAGE_NAME = "cirros-0.6.2-x86_64"
+COMMAND_TIMEOUT = 60
+WAIT = 30.0
+
+Osc = Callable[..., Any]
+
+
+def clouds_yaml(noauth: RunningServer | None, keystone: RunningServer | None) -> str:
+    """clouds.yaml (JSON is YAML) with a noauth and a keystone password cloud."""
+    clouds: dict[str, Any] = {}
+    if noauth is not None:
+        clouds["vmledger-noauth"] = {
+            "auth_type": "none", "auth": {"endpoint": noauth.compute},
+            "identity_api_version": 3}
+    if keystone is not None:
+        clouds["vmledger-keystone"] = {
+            "auth_type": "password",
+            "auth": {"auth_url": keystone.identity, "username": "admin",
+                     "password": KEYSTONE_PASSWORD, "project_name": "admin",
+                     "user_domain_name": "Default", "project_domain_name": "Default"},
+            "identity_api_version": 3, "region_name": "RegionOne"}
+    return json.dumps({"clouds": clouds}, indent=2)
+
+
+def make_osc(tmp: Path, cloud: str, config: str) -> Osc:
+    home = tmp / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    config_file = tmp / "clouds.yaml"
+    config_file.write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
+               OS_CLIENT_CONFIG_FILE=str(config_file), OS_CLOUD=cloud,
+               PYTHONWARNINGS="ignore")
+
+    def osc(*args: str, check: bool = True, output: bool = False) -> Any:
+        argv = [str(OPENSTACK), *args]
+        if output:
+            argv += ["-f", "json"]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"openstack {' '.join(args)} failed ({done.returncode}):\n"
+                                 f"{done.stderr}\n{done.stdout}")
+        if not check:
+            return done
+        return json.loads(done.stdout) if output else done.stdout
+
+    return osc
+
+
+def wait_for(osc: Osc, name: str, status: str) -> dict[str, Any]:
+    """Poll ``server show`` until ``status`` with no task in progress."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        shown: dict[str, Any] = osc("server", "show", name, output=True)
+        if shown["status"] == status and not shown.get("OS-EXT-STS:task_state"):
+            return shown
+        assert time.monotonic() < deadline, f"{name} stuck in {shown['status']}"
+        time.sleep(0.1)
+
+
+def test_lifecycle_without_keystone(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    created = osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME,
+                  "--nic", "none", "cli-vm", output=True)
+    sid = created["id"]
+    shown = wait_for(osc, "cli-vm", "ACTIVE")
+    assert shown["id"] == sid
+    assert "m1.tiny" in json.dumps(shown["flavor"])
+
+    listed = osc("server", "list", output=True)
+    assert [(s["ID"], s["Status"]) for s in listed if s["Name"] == "cli-vm"] == [
+        (sid, "ACTIVE")]
+
+    osc("server", "reboot", "cli-vm")
+    wait_for(osc, "cli-vm", "ACTIVE")
+    osc("server", "resize", "--flavor", "m1.small", "cli-vm")
+    wait_for(osc, "cli-vm", "VERIFY_RESIZE")
+    osc("server", "resize", "confirm", "cli-vm")
+    shown = wait_for(osc, "cli-vm", "ACTIVE")
+    assert "m1.small" in json.dumps(shown["flavor"])
+
+    events = osc("server", "event", "list", "cli-vm", output=True)
+    assert [e["Action"] for e in events] == ["confirmResize", "resize", "reboot", "create"]
+    create = next(e for e in events if e["Action"] == "create")
+    detail = osc("server", "event", "show", "cli-vm", create["Request ID"], output=True)
+    assert detail["action"] == "create" and detail["request_id"] == create["Request ID"]
+    assert "compute__do_build_and_run_instance" in json.dumps(detail["events"])
+
+    osc("server", "delete", "cli-vm")
+    deadline = time.monotonic() + WAIT
+    while osc("server", "show", sid, check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the server was not deleted"
+        time.sleep(0.1)
+    assert sid not in {s["ID"] for s in osc("server", "list", output=True)}
+
+
+def test_keystone_password_login(vmledger_keystone_server: RunningServer, tmp_path: Path
+                                 ) -> None:
+    osc = make_osc(tmp_path, "vmledger-keystone", clouds_yaml(None, vmledger_keystone_server))
+    # the image by name goes through the catalog's image endpoint (the Glance shim)
+    created = osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME,
+                  "--nic", "none", "ks-vm", output=True)
+    shown = wait_for(osc, "ks-vm", "ACTIVE")
+    assert shown["id"] == created["id"]
+    assert shown["project_id"] == "admin" and shown["user_id"] == "admin"
+    assert IMAGE in json.dumps(shown["image"])
+    listed = osc("server", "list", output=True)
+    assert [s["Image"] for s in listed if s["Name"] == "ks-vm"] == [IMAGE_NAME]
+    osc("server", "delete", "ks-vm")
+
+    wrong = make_osc(tmp_path / "wrong", "vmledger-keystone", clouds_yaml(
+        None, vmledger_keystone_server).replace(KEYSTONE_PASSWORD, "not-the-password"))
+    done = wrong("server", "list", check=False)
+    assert done.returncode != 0
+    assert "401" in done.stderr or "authenticat" in done.stderr.lower()

@@ -1,0 +1,367 @@
+"""tempest.lib (47.0.0) as a conformance oracle against a real ``vmledger serve``.
+
+tempest's ``ServersClient``, ``FlavorsClient``, ``ImagesClient`` and ``VersionsClient``
+validate every status code, body and (where tempest has one) header schema of Nova at
+the microversion asked for, and assert that the legacy microversion header is echoed.
+They are driven through a fixed-token ``AuthProvider`` (no Keystone) against
+``vmledger serve --auth token``:
+
+- the whole lifecycle as an administrator at every microversion where tempest's or
+  vmledger's response shapes change (the first version of each tempest schema range and
+  vmledger's own boundaries), up to the advertised maximum;
+- a shorter lifecycle as a non-administrator at the same microversions;
+- the read calls (show, list, detail, flavors, instance actions) at *every* microversion
+  from 2.1 to the maximum, for both roles.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.support.server import (
+    ADMIN_TOKEN,
+    IMAGE,
+    IMAGE2,
+    KEYSTONE_PASSWORD,
+    MEMBER_TOKEN,
+    RunningServer,
+    client_skip_reason,
+    clients_marks,
+    vmledger_keystone_server,
+    vmledger_token_server,
+)
+
+_reason = client_skip_reason("tempest", "jsonschema")
+if _reason is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+from tempest.lib import auth  # noqa: E402
+from tempest.lib import exceptions as lib_exc  # noqa: E402
+from tempest.lib.services.compute import (  # noqa: E402
+    base_compute_client,
+    flavors_client,
+    images_client,
+    servers_client,
+    versions_client,
+)
+
+pytestmark = clients_marks()
+__all__ = ["vmledger_keystone_server", "vmledger_token_server"]  # fixtures used below
+
+WAIT = 30.0
+#: microversions where vmledger's own shapes or rules change (besides tempest's ranges)
+VMLEDGER_BOUNDARIES = ("2.21", "2.35", "2.36", "2.37", "2.38", "2.55", "2.58", "2.61",
+                       "2.62", "2.66", "2.74", "2.75", "2.84", "2.90", "2.96")
+
+
+class FixedTokenAuthProvider(auth.AuthProvider):  # type: ignore[misc]
+    """No Keystone: ``base_url`` and ``X-Auth-Token: <token>`` on every request."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._token = token
+        super().__init__(auth.KeystoneV3Credentials(
+            username="u", password="p", user_domain_name="Default", project_name="p",
+            project_domain_name="Default"))
+
+    def _get_auth(self) -> tuple[str, dict[str, Any]]:
+        return self._token, {}
+
+    def _fill_credentials(self, auth_data_body: Any) -> None:
+        pass
+
+    def get_token(self) -> str:
+        return self._token
+
+    def is_expired(self, auth_data: Any) -> bool:
+        return False
+
+    def base_url(self, filters: Any, auth_data: Any = None) -> str:
+        return self._base_url
+
+    def _decorate_request(self, filters: Any, method: str, url: str,
+                          headers: dict[str, str] | None = None, body: Any = None,
+                          auth_data: Any = None) -> tuple[str, dict[str, str], Any]:
+        merged = dict(headers or {}, **{"X-Auth-Token": self._token})
+        target = f"{self._base_url}/{url.lstrip('/')}" if url else self._base_url
+        return target, merged, body
+
+
+@dataclass
+class Clients:
+    servers: servers_client.ServersClient
+    flavors: flavors_client.FlavorsClient
+    images: images_client.ImagesClient
+    versions: versions_client.VersionsClient
+    is_admin: bool
+
+
+def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
+    provider = FixedTokenAuthProvider(server.compute, token)
+    kwargs: dict[str, Any] = {"build_interval": 0.05, "build_timeout": WAIT}
+    return Clients(
+        servers=servers_client.ServersClient(provider, "compute", "RegionOne", **kwargs),
+        flavors=flavors_client.FlavorsClient(provider, "compute", "RegionOne", **kwargs),
+        images=images_client.ImagesClient(provider, "compute", "RegionOne", **kwargs),
+        versions=versions_client.VersionsClient(provider, "compute", "RegionOne", **kwargs),
+        is_admin=is_admin)
+
+
+def advertised_maximum(server: RunningServer) -> str:
+    with urllib.request.urlopen(server.compute) as response:
+        return str(json.load(response)["version"]["version"])
+
+
+def _parse(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+def boundary_versions(maximum: str) -> list[str]:
+    """The first microversion of every tempest schema range (the schemas are the same up
+    to the range's end) and vmledger's own boundaries, up to ``maximum``."""
+    top = _parse(maximum)
+    found = {"2.1", maximum}
+    for client in (servers_client.ServersClient, flavors_client.FlavorsClient,
+                   images_client.ImagesClient):
+        for entry in getattr(client, "schema_versions_info", []):
+            if entry["min"] is not None:
+                found.add(entry["min"])
+    found.update(VMLEDGER_BOUNDARIES)
+    return sorted((v for v in found if _parse(v) <= top), key=_parse)
+
+
+MAXIMUM = "2.96"  # checked against the server's advertised maximum below
+SWEEP = boundary_versions(MAXIMUM)
+EVERY = [f"2.{n}" for n in range(1, _parse(MAXIMUM)[1] + 1)]
+
+
+@pytest.fixture(scope="module")
+def admin(vmledger_token_server: RunningServer) -> Clients:
+    assert advertised_maximum(vmledger_token_server) == MAXIMUM, (
+        "the advertised maximum changed: update MAXIMUM (and the sweep) here")
+    return make_clients(vmledger_token_server, ADMIN_TOKEN, is_admin=True)
+
+
+@pytest.fixture(scope="module")
+def member(vmledger_token_server: RunningServer) -> Clients:
+    return make_clients(vmledger_token_server, MEMBER_TOKEN, is_admin=False)
+
+
+@pytest.fixture
+def microversion(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Set tempest's module-wide compute microversion for one test."""
+    version: str = request.param
+    previous = base_compute_client.COMPUTE_MICROVERSION
+    base_compute_client.COMPUTE_MICROVERSION = None if version == "2.1" else version
+    try:
+        yield version
+    finally:
+        base_compute_client.COMPUTE_MICROVERSION = previous
+
+
+def at_least(version: str, other: str) -> bool:
+    return _parse(version) >= _parse(other)
+
+
+def wait_for(clients: Clients, server_id: str, status: str) -> dict[str, Any]:
+    """tempest's waiter: ``status`` and no task state (every poll schema-validated)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        server: dict[str, Any] = clients.servers.show_server(server_id)["server"]
+        if server["status"] == status and not server.get("OS-EXT-STS:task_state"):
+            return server
+        if server["status"] == "ERROR" and status != "ERROR":
+            raise AssertionError(f"{server_id} went to ERROR: {server.get('fault')}")
+        assert time.monotonic() < deadline, f"{server_id} stuck in {server['status']}"
+        time.sleep(0.005)
+
+
+def wait_gone(clients: Clients, server_id: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            clients.servers.show_server(server_id)
+        except lib_exc.NotFound:
+            return
+        assert time.monotonic() < deadline, f"{server_id} was not deleted"
+        time.sleep(0.005)
+
+
+def create(clients: Clients, version: str, name: str) -> tuple[str, str]:
+    kwargs: dict[str, Any] = {"name": name, "flavorRef": "1", "imageRef": IMAGE}
+    if at_least(version, "2.37"):
+        kwargs["networks"] = "none"
+    body = clients.servers.create_server(**kwargs)
+    return str(body["server"]["id"]), str(body.response["x-compute-request-id"])
+
+
+def read_everything(clients: Clients, version: str, server_id: str, request_id: str) -> None:
+    """Every read call the clients know, schema-validated."""
+    s = clients.servers
+    assert s.show_server(server_id)["server"]["id"] == server_id
+    assert server_id in {x["id"] for x in s.list_servers()["servers"]}
+    assert server_id in {x["id"] for x in s.list_servers(detail=True)["servers"]}
+    assert s.list_servers(detail=True, name="^tempest-")["servers"]
+    actions = s.list_instance_actions(server_id)["instanceActions"]
+    assert actions[-1]["action"] == "create"
+    shown = s.show_instance_action(server_id, request_id)["instanceAction"]
+    assert (shown["action"], shown["instance_uuid"]) == ("create", server_id)
+    if clients.is_admin or at_least(version, "2.51"):
+        assert shown["events"]
+    flavors = clients.flavors.list_flavors()["flavors"]
+    assert {"1", "2"} <= {f["id"] for f in flavors}
+    clients.flavors.list_flavors(detail=True)
+    assert clients.flavors.show_flavor("1")["flavor"]["name"] == "m1.tiny"
+    if not at_least(version, "2.36"):
+        assert IMAGE in {i["id"] for i in clients.images.list_images()["images"]}
+        clients.images.list_images(detail=True)
+        assert clients.images.show_image(IMAGE)["image"]["id"] == IMAGE
+    else:
+        with pytest.raises(lib_exc.NotFound):
+            clients.images.show_image(IMAGE)
+
+
+def test_versions(admin: Clients, vmledger_token_server: RunningServer) -> None:
+    versions = admin.versions.list_versions()["versions"]
+    assert [v["id"] for v in versions] == ["v2.1"]
+    version = admin.versions.get_version_by_url(vmledger_token_server.compute + "/")
+    assert version["version"]["version"] == MAXIMUM
+
+
+def test_stock_keystone_auth_provider(vmledger_keystone_server: RunningServer) -> None:
+    """tempest's own KeystoneV3AuthProvider logs in at /identity/v3 and uses the catalog."""
+    credentials = auth.KeystoneV3Credentials(
+        username="admin", password=KEYSTONE_PASSWORD, project_name="admin",
+        user_domain_name="Default", project_domain_name="Default")
+    provider = auth.KeystoneV3AuthProvider(credentials, vmledger_keystone_server.identity)
+    client = servers_client.ServersClient(provider, "compute", "RegionOne",
+                                          endpoint_type="publicURL")
+    sid = client.create_server(name="tempest-keystone", flavorRef="1",
+                               imageRef=IMAGE)["server"]["id"]
+    assert sid in {s["id"] for s in client.list_servers()["servers"]}
+    client.delete_server(sid)
+
+
+@pytest.mark.parametrize("microversion", SWEEP, indirect=True)
+def test_admin_lifecycle(admin: Clients, microversion: str) -> None:
+    v = microversion
+    s = admin.servers
+    sid, create_rid = create(admin, v, f"tempest-{v}")
+    wait_for(admin, sid, "ACTIVE")
+    read_everything(admin, v, sid, create_rid)
+
+    updated = s.update_server(sid, name=f"tempest-{v}-renamed")["server"]
+    assert updated["name"] == f"tempest-{v}-renamed"
+    s.reboot_server(sid, type="HARD")
+    wait_for(admin, sid, "ACTIVE")
+    s.resize_server(sid, "2")
+    wait_for(admin, sid, "VERIFY_RESIZE")
+    s.confirm_resize_server(sid)  # 204
+    wait_for(admin, sid, "ACTIVE")
+    s.resize_server(sid, "3")
+    wait_for(admin, sid, "VERIFY_RESIZE")
+    s.revert_resize_server(sid)
+    wait_for(admin, sid, "ACTIVE")
+    s.pause_server(sid)
+    wait_for(admin, sid, "PAUSED")
+    s.unpause_server(sid)
+    wait_for(admin, sid, "ACTIVE")
+    s.suspend_server(sid)
+    wait_for(admin, sid, "SUSPENDED")
+    s.resume_server(sid)
+    wait_for(admin, sid, "ACTIVE")
+    s.stop_server(sid)
+    wait_for(admin, sid, "SHUTOFF")
+    s.start_server(sid)
+    wait_for(admin, sid, "ACTIVE")
+    rebuilt = s.rebuild_server(sid, IMAGE2, name=f"tempest-{v}-rebuilt")["server"]
+    assert rebuilt["image"]["id"] == IMAGE2
+    wait_for(admin, sid, "ACTIVE")
+    if at_least(v, "2.73"):
+        s.lock_server(sid, locked_reason="maintenance")
+    else:
+        s.lock_server(sid)
+    shown = s.show_server(sid)["server"]
+    if at_least(v, "2.9"):
+        assert shown["locked"] is True
+    s.unlock_server(sid)
+    s.reset_state(sid, state="error")
+    wait_for(admin, sid, "ERROR")
+    s.reset_state(sid, state="active")
+    wait_for(admin, sid, "ACTIVE")
+
+    with pytest.raises(lib_exc.Conflict):
+        s.unpause_server(sid)
+    with pytest.raises(lib_exc.NotFound):
+        s.show_instance_action(sid, "req-00000000-0000-0000-0000-000000000000")
+
+    names = [a["action"] for a in s.list_instance_actions(sid)["instanceActions"]]
+    assert names[-1] == "create" and names[0] == "resetState"
+    s.delete_server(sid)
+    wait_gone(admin, sid)
+    if at_least(v, "2.21"):
+        names = [a["action"] for a in s.list_instance_actions(sid)["instanceActions"]]
+        assert (names[0], names[-1]) == ("delete", "create")
+        assert s.show_instance_action(sid, create_rid)["instanceAction"]["action"] == "create"
+    else:
+        with pytest.raises(lib_exc.NotFound):
+            s.list_instance_actions(sid)
+
+
+@pytest.mark.parametrize("microversion", SWEEP, indirect=True)
+def test_member_lifecycle(member: Clients, admin: Clients, microversion: str) -> None:
+    v = microversion
+    s = member.servers
+    sid, create_rid = create(member, v, f"tempest-member-{v}")
+    shown = wait_for(member, sid, "ACTIVE")
+    assert "OS-EXT-SRV-ATTR:host" not in shown
+    read_everything(member, v, sid, create_rid)
+    reboot = s.reboot_server(sid, type="SOFT")
+    wait_for(member, sid, "ACTIVE")
+    action = s.show_instance_action(sid, reboot.response["x-compute-request-id"])
+    assert action["instanceAction"]["action"] == "reboot"
+    for event in action["instanceAction"].get("events", []):
+        assert "traceback" not in event and "host" not in event
+    with pytest.raises(lib_exc.Forbidden):
+        s.reset_state(sid, state="error")
+    with pytest.raises(lib_exc.Forbidden):
+        s.list_servers(all_tenants="1")
+    with pytest.raises(lib_exc.NotFound):  # another project's view: not found
+        admin.servers.show_server(sid)
+    s.delete_server(sid)
+    wait_gone(member, sid)
+
+
+@pytest.fixture(scope="module")
+def readers(admin: Clients, member: Clients) -> Iterator[dict[str, tuple[str, str]]]:
+    """One ACTIVE server per role, kept for the read sweep."""
+    previous = base_compute_client.COMPUTE_MICROVERSION
+    base_compute_client.COMPUTE_MICROVERSION = "2.96"
+    made: dict[str, tuple[str, str]] = {}
+    try:
+        for role, clients in (("admin", admin), ("member", member)):
+            made[role] = create(clients, MAXIMUM, f"tempest-reader-{role}")
+            wait_for(clients, made[role][0], "ACTIVE")
+    finally:
+        base_compute_client.COMPUTE_MICROVERSION = previous
+    yield made
+    base_compute_client.COMPUTE_MICROVERSION = None
+    for role, clients in (("admin", admin), ("member", member)):
+        clients.servers.delete_server(made[role][0])
+
+
+@pytest.mark.parametrize("microversion", EVERY, indirect=True)
+def test_reads_at_every_microversion(admin: Clients, member: Clients,
+                                     readers: dict[str, tuple[str, str]],
+                                     microversion: str) -> None:
+    for role, clients in (("admin", admin), ("member", member)):
+        server_id, request_id = readers[role]
+        read_everything(clients, microversion, server_id, request_id)
