@@ -60,7 +60,9 @@ def environment(url: str) -> dict[str, str]:
             "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
             "POSTGRES_LOCK_TIMEOUT": query.get("lock_timeout", "10"),
             "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "10"),
-            "POSTGRES_PRE_PING": "y",
+            # the pool drops broken connections and the library retries on connection
+            # errors; a ping per checkout costs two round trips per command
+            "POSTGRES_PRE_PING": query.get("pre_ping", "n"),
             "APPLICATION_RECORDER_TOPIC": POSTGRES_RECORDER_TOPIC,
         }
         if "schema" in query:
