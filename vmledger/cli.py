@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from vmledger import cli_ops
 from vmledger.adapters.persistence import DEFAULT_URL, redact
 from vmledger.domain.errors import VmledgerError
 
@@ -87,10 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("critical", "error", "warning", "info", "debug"),
                        help="log level (default info)")
 
+    cli_ops.add_hypervisor_options(serve)
+
     history = sub.add_parser("history", help="print every event of one server")
     history.add_argument("server_id", metavar="SERVER_ID")
     history.add_argument("--db", default=DEFAULT_URL, metavar="URL",
                          help=f"database URL (default {DEFAULT_URL})")
+    cli_ops.add_subcommands(sub)
     return parser
 
 
@@ -116,9 +120,10 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
     if args.log_level != "debug":  # one line per state change otherwise
         logging.getLogger("transitions").setLevel(logging.WARNING)
     engine = Engine(args.db, host=args.host_name,
-                    confirm_window=timedelta(seconds=args.confirm_window))
+                    confirm_window=timedelta(seconds=args.confirm_window),
+                    hypervisor=cli_ops.open_hypervisor_from(args))
     try:
-        engine.run_in_background(0.2)
+        engine.run_in_background(0.2, sync_interval=args.sync_interval)
         app = create_app(engine, auth=auth)
         log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s, "
                  "auth %s)", args.bind, args.port, redact(args.db), args.host_name, args.auth)
@@ -162,8 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args, _auth_settings(parser, args))
-    return history(args)
+    if args.command == "history":
+        return history(args)
+    return cli_ops.run(args)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - python -m vmledger.cli
     sys.exit(main())

@@ -133,13 +133,20 @@ def oid_text(originator_id: UUID | str) -> str:
     return str(originator_id)
 
 
+def _as_bytes(state: object) -> bytes:
+    # a row edited by hand may come back as text rather than a blob: still compare it
+    if isinstance(state, str):
+        return state.encode("utf-8")
+    return bytes(state)  # type: ignore[call-overload,no-any-return]
+
+
 def canonical(notification_id: int, originator_id: UUID | str, version: int, topic: str,
               state: bytes) -> bytes:
     """The unambiguous bytes of one stored event that a link covers: each field
     (decimal notification id, originator id text, decimal version, UTF-8 topic, state
     bytes) preceded by its length as 8 big-endian bytes."""
     parts = (str(int(notification_id)).encode(), oid_text(originator_id).encode(),
-             str(int(version)).encode(), topic.encode("utf-8"), bytes(state))
+             str(int(version)).encode(), topic.encode("utf-8"), _as_bytes(state))
     return b"".join(len(p).to_bytes(8, "big") + p for p in parts)
 
 
@@ -164,7 +171,7 @@ def request_fields(state: bytes) -> tuple[str, datetime] | None:
     configured by vmledger); anything else is not indexed.
     """
     try:
-        data = json.loads(bytes(state))
+        data = json.loads(_as_bytes(state))
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict):

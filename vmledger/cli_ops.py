@@ -1,0 +1,189 @@
+"""Operational subcommands of ``vmledger``: the standalone host agent, rebuilding the
+read models, and the audit commands (verify, history, as-of, request, explain)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from vmledger.adapters.persistence import DEFAULT_URL, redact
+from vmledger.domain.errors import VmledgerError
+
+
+def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hypervisor", default="simulator", metavar="NAME_OR_URI",
+                        help="simulator (default), simulator:///state.json, or a libvirt URI "
+                             "(qemu:///system, qemu+ssh://host/system, test:///default)")
+    parser.add_argument("--image-dir", metavar="DIR",
+                        help="libvirt: base qcow2 files of the catalog's images "
+                             "(<image name>.qcow2)")
+    parser.add_argument("--disk-dir", metavar="DIR",
+                        help="libvirt: where server disks and custom images go "
+                             "(default ./vmledger-disks)")
+    parser.add_argument("--sync-interval", type=float, default=60.0, metavar="SECONDS",
+                        help="how often the power-state sync compares guests with the "
+                             "record (default 60)")
+
+
+def add_subcommands(sub: Any) -> None:
+    agent = sub.add_parser("agent", help="run a host agent (and timer) for one hypervisor host")
+    agent.add_argument("--host", required=True, metavar="NAME",
+                       help="the compute host this agent enacts transitions for")
+    agent.add_argument("--db", default=DEFAULT_URL, metavar="URL",
+                       help="database shared with the API processes (postgresql://...)")
+    agent.add_argument("--confirm-window", type=float, default=86400.0, metavar="SECONDS")
+    add_hypervisor_options(agent)
+
+    projections = sub.add_parser("projections", help="manage the read models")
+    psub = projections.add_subparsers(dest="projections_command", required=True)
+    rebuild = psub.add_parser("rebuild", help="drop the read models and fold the log again")
+    rebuild.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+
+    audit = sub.add_parser("audit", help="read and verify the audit trail")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = asub.add_parser("verify", help="check the tamper-evidence chain (exit 1 if broken)")
+    verify.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+    verify.add_argument("--anchor", metavar="NID:HASH",
+                        help="a head recorded earlier (detects a truncated log)")
+    verify.add_argument("--json", action="store_true")
+    hist = asub.add_parser("history", help="a server's events with their log positions")
+    hist.add_argument("server_id")
+    hist.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+    hist.add_argument("--after", type=int, default=0, metavar="POSITION")
+    hist.add_argument("--limit", type=int, default=100)
+    hist.add_argument("--json", action="store_true")
+    asof = asub.add_parser("as-of", help="a server's state as of a time or a version")
+    asof.add_argument("server_id")
+    asof.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+    when = asof.add_mutually_exclusive_group(required=True)
+    when.add_argument("--at", metavar="ISO_TIME")
+    when.add_argument("--version", type=int)
+    request = asub.add_parser("request", help="the causal chain of one request id")
+    request.add_argument("request_id")
+    request.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+    request.add_argument("--json", action="store_true")
+    explain = asub.add_parser("explain", help="why a server is in its current status")
+    explain.add_argument("server_id")
+    explain.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+
+
+def open_hypervisor_from(args: argparse.Namespace) -> Any:
+    from vmledger.adapters.drivers import open_hypervisor
+
+    return open_hypervisor(args.hypervisor, image_dir=args.image_dir, disk_dir=args.disk_dir)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vmledger.engine import Engine
+
+    if args.command == "agent":
+        return _agent(args)
+    try:
+        engine = Engine(args.db)
+    except ValueError as e:
+        print(f"vmledger: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "projections":
+            return _rebuild(engine)
+        return _audit(engine, args)
+    except VmledgerError as e:
+        print(f"vmledger: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        engine.close()
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from vmledger.engine import Engine
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    engine = Engine(args.db, host=args.host, hypervisor=open_hypervisor_from(args),
+                    confirm_window=timedelta(seconds=args.confirm_window))
+    print(f"vmledger agent for host {args.host} on {args.hypervisor} "
+          f"(database {redact(args.db)})", file=sys.stderr)
+    try:
+        engine.run_in_background(0.2, sync_interval=args.sync_interval)
+        stop.wait()
+    finally:
+        engine.close()
+    return 0
+
+
+def _rebuild(engine: Any) -> int:
+    total = engine.service.recorder.max_notification_id() or 0
+    started = time.perf_counter()
+    width = 40
+
+    def progress(read: int, position: int) -> None:
+        done = min(1.0, position / total) if total else 1.0
+        bar = "#" * int(done * width)
+        rate = read / max(time.perf_counter() - started, 1e-9)
+        print(f"\r[{bar:<{width}}] {position:>10,}/{total:,} events  {rate:,.0f}/s",
+              end="", file=sys.stderr, flush=True)
+
+    read = engine.updater.rebuild(progress)
+    seconds = time.perf_counter() - started
+    print(file=sys.stderr)
+    print(f"rebuilt the read models from {read:,} events in {seconds:.2f} s "
+          f"({read / max(seconds, 1e-9):,.0f} events/s); {engine.view.count():,} servers")
+    return 0
+
+
+def _audit(engine: Any, args: argparse.Namespace) -> int:
+    command = args.audit_command
+    if command == "verify":
+        anchor = None
+        if args.anchor:
+            nid, _, digest = args.anchor.partition(":")
+            if not nid.isdigit() or not digest:
+                print("vmledger: --anchor is NOTIFICATION_ID:HASH", file=sys.stderr)
+                return 2
+            anchor = (int(nid), digest)
+        report = engine.verify(anchor=anchor)
+        if args.json:
+            print(json.dumps({"ok": report.ok, "events_checked": report.events_checked,
+                              "head": [report.head_notification_id, report.head_hash],
+                              "breaks": [vars(b) for b in report.breaks]}, default=str))
+        else:
+            print("\n".join(report.lines()))
+        return 0 if report.ok else 1
+    if command == "history":
+        page = engine.history_page(args.server_id, after=args.after, limit=args.limit)
+        for entry in page.entries:
+            print(json.dumps(entry.as_dict(), default=str) if args.json else entry)
+        if page.next_after is not None and not args.json:
+            print(f"(more: --after {page.next_after})")
+        return 0
+    if command == "as-of":
+        at = None
+        if args.at:
+            try:
+                at = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+            except ValueError:
+                print(f"vmledger: not an ISO 8601 time: {args.at}", file=sys.stderr)
+                return 2
+        server = engine.server_as_of(args.server_id, at=at, version=args.version)
+        state = {k: v for k, v in vars(server).items() if not k.startswith("_")}
+        state.update(id=str(server.id), version=server.version, status=server.status)
+        print(json.dumps(state, default=str, indent=2, sort_keys=True))
+        return 0
+    if command == "request":
+        entries = engine.causal_chain(args.request_id)
+        if not entries:
+            print(f"vmledger: no events for request {args.request_id}", file=sys.stderr)
+            return 1
+        for entry in entries:
+            print(json.dumps(entry.as_dict(), default=str) if args.json else entry)
+        return 0
+    for line in engine.explain(args.server_id):
+        print(line)
+    return 0
