@@ -327,7 +327,7 @@ class Engine:
 
     # --- the ledger (audit) ---------------------------------------------------------------
     def history_page(self, server_id: str, *, after: int = 0, limit: int = 100) -> HistoryPage:
-        """A page of a server's events with their log positions (``after`` = position)."""
+        """A page of a server's events with their log positions (``after`` = a version)."""
         return self.ledger.history(server_id, after=after, limit=limit)
 
     def server_as_of(self, server_id: str, *, at: datetime | None = None,

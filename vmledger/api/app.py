@@ -53,6 +53,7 @@ from vmledger.api.http import (
     endpoint,
 )
 from vmledger.api.identity import identity_routes
+from vmledger.api.ledger import ledger_routes
 from vmledger.engine import Engine
 
 #: when v2.1 was introduced (Nova's fixed ``updated`` value)
@@ -131,6 +132,7 @@ def _routes(engine: Engine, settings: AuthSettings, registry: TokenRegistry
                         methods=["GET"]))
     routes += identity_routes(settings, registry)
     routes += glance_routes(engine, authenticate)
+    routes += ledger_routes(engine, authenticate)
     return routes
 
 
