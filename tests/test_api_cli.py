@@ -44,7 +44,7 @@ def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> 
 
     seen: dict[str, Any] = {}
 
-    def fake_run(app: Any, *, host: str, port: int, log_level: str) -> None:
+    def fake_run(app: Any, *, host: str, port: int, log_level: str, **_: Any) -> None:
         seen.update(host=host, port=port)
         client = ApiClient(app)
         seen["version"] = client.get("/v2.1").json()["version"]["id"]
@@ -75,7 +75,7 @@ def test_serve_with_token_and_keystone_auth(monkeypatch: pytest.MonkeyPatch) -> 
 
     seen: dict[str, Any] = {}
 
-    def fake_run(app: Any, *, host: str, port: int, log_level: str) -> None:
+    def fake_run(app: Any, *, host: str, port: int, log_level: str, **_: Any) -> None:
         client = ApiClient(app)
         seen["anonymous"] = client.get("/v2.1/servers").status_code
         seen["token"] = client.get("/v2.1/servers", headers={"X-Auth-Token": "t0"}).status_code

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from vmledger import cli_ops
+from vmledger import cli_ops, logs
 from vmledger.adapters.persistence import DEFAULT_URL, redact
 from vmledger.domain.errors import VmledgerError
 
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info",
                        choices=("critical", "error", "warning", "info", "debug"),
                        help="log level (default info)")
+    serve.add_argument("--log-format", default="text", choices=("text", "json"),
+                       help="text, or one JSON object per line; both carry the request "
+                            "id of the API call (default text)")
 
     cli_ops.add_hypervisor_options(serve)
 
@@ -115,10 +118,7 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
     from vmledger.api.app import create_app
     from vmledger.engine import Engine
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "debug":  # one line per state change otherwise
-        logging.getLogger("transitions").setLevel(logging.WARNING)
+    logs.configure(args.log_level, args.log_format)
     engine = Engine(args.db, host=args.host_name,
                     confirm_window=timedelta(seconds=args.confirm_window),
                     hypervisor=cli_ops.open_hypervisor_from(args))
@@ -127,7 +127,8 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
         app = create_app(engine, auth=auth)
         log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s, "
                  "auth %s)", args.bind, args.port, redact(args.db), args.host_name, args.auth)
-        uvicorn.run(app, host=args.bind, port=args.port, log_level=args.log_level)
+        uvicorn.run(app, host=args.bind, port=args.port, log_level=args.log_level,
+                    log_config=None, access_log=False)  # our handlers, our access log
     finally:
         engine.close()
     return 0

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -22,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vmledger import logs
 from vmledger.api import microversions as mv
 from vmledger.api.auth import Authenticator, Principal
 from vmledger.api.faults import MALFORMED_BODY, ApiError, fault_response, response_for
@@ -29,6 +32,8 @@ from vmledger.api.views import Links, Viewer
 from vmledger.domain.server import Context
 from vmledger.domain.service import new_request_id
 from vmledger.engine import Engine
+
+access = logging.getLogger("vmledger.api.access")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -60,6 +65,7 @@ class ComputeMiddleware:
             trimmed = path.rstrip("/") or "/"
             scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
         request_id = new_request_id()
+        logs.request_id.set(request_id)  # every log record of this call carries it
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         extra = {name: request_id for name in REQUEST_ID_HEADERS}
@@ -74,11 +80,20 @@ class ComputeMiddleware:
         state["api_version"] = version
         extra.update(mv.response_headers(version))
 
+        started = time.perf_counter()
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in extra.items():
                     headers[name] = value
+                access.info("%s %s %d", scope["method"], scope["path"], message["status"],
+                            extra={"request_id": request_id, "method": scope["method"],
+                                   "path": scope["path"],
+                                   "status": message["status"],
+                                   "duration_ms": round((time.perf_counter() - started)
+                                                        * 1000, 3),
+                                   "microversion": str(version)})
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

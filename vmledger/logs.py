@@ -1,0 +1,63 @@
+"""Structured logs: every record carries the request id of the API call it belongs to.
+
+``configure(level, fmt="json")`` sets up the root logger; with ``json`` each line is one
+JSON object (time, level, logger, message, request_id, and any ``extra`` fields), ready
+for a log shipper; ``text`` is the same with the request id in brackets. The API sets
+:data:`request_id` for each call, and log records made while handling it (also in the
+thread pool, which copies the context) carry it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+#: the request id of the API call being handled (None outside one)
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "vmledger_request_id", default=None)
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message",
+                                                                             "asctime"}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", None),
+        }
+        entry.update({k: v for k, v in vars(record).items()
+                      if k not in _STANDARD and k not in entry})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str = "info", fmt: str = "text") -> None:
+    """Configure the root logger for a vmledger process."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    if level.lower() != "debug":  # transitions logs every state change at info
+        logging.getLogger("transitions").setLevel(logging.WARNING)
