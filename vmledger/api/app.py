@@ -9,7 +9,9 @@
   images proxy (up to microversion 2.35);
 - ``/identity``: a minimal Keystone v3 (version documents; tokens with
   ``auth="keystone"``), see :mod:`vmledger.api.identity`;
-- ``/image``: a read-only Image API v2 shim, see :mod:`vmledger.api.glance`.
+- ``/image``: an Image API v2 shim (list, show, delete), see :mod:`vmledger.api.glance`.
+- ``/ledger/v1``: the ledger (history, as-of, causal chains, feed, timeline), see
+  :mod:`vmledger.api.ledger`.
 
 Callers are identified as :mod:`vmledger.api.auth` describes (``noauth``, ``token``,
 ``keystone``).
@@ -111,6 +113,7 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/images", catalog.list_images, ["GET"]),
     ("/images/detail", catalog.list_images_detail, ["GET"]),
     ("/images/{image_id}", catalog.show_image, ["GET"]),
+    ("/images/{image_id}", catalog.delete_image, ["DELETE"]),
 ]
 
 

@@ -1,8 +1,9 @@
-"""Flavors and the images proxy (``/flavors``, ``/images``, the latter only up to 2.35)."""
+"""Flavors and the images proxy (``/flavors``, ``/images``, the latter only up to 2.35):
+list, detail and show of pre-built and custom images, and delete."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -11,15 +12,21 @@ from starlette.responses import JSONResponse, Response
 
 from vmledger.api.faults import ApiError
 from vmledger.api.http import Call
+from vmledger.api.query import time_param
 from vmledger.api.validation import non_negative_int
 from vmledger.api.views import (
     flavor_summary,
     flavor_view,
+    glance_status,
+    image_properties,
     image_status,
     image_summary,
+    image_updated,
     image_view,
+    newest_first,
 )
-from vmledger.domain.catalog import Flavor, Image
+from vmledger.domain.catalog import Flavor
+from vmledger.domain.errors import NotFound
 
 #: Nova's ``[api] max_limit``
 MAX_LIMIT = 1000
@@ -132,54 +139,122 @@ async def show_flavor(call: Call) -> Response:
 
 
 # --- images (proxy) --------------------------------------------------------------------
+# Nova's ``images.py``: the images the caller may see in Glance, which are the catalog's
+# pre-built images and the custom images (snapshots) of the caller's project, or of every
+# project for an administrator (``Engine.list_images``). Only up to 2.35.
+
+#: Nova's filters, each with the Glance property it reads (``property-*`` reads any)
+_PROPERTY_FILTERS = {"server": "instance_uuid", "type": "image_type"}
+
+#: what Nova answers when Glance refuses a delete (403: the image is protected)
+NOT_ALLOWED_TO_DELETE = "You are not allowed to delete the image."
+IMAGE_NOT_FOUND = "Image not found."
+
+
 def _check_proxy_version(call: Call) -> None:
     if call.version > MAX_PROXY_VERSION:
         raise ApiError(404, "The resource could not be found.")
 
 
-def _images(call: Call) -> list[Image]:
-    query = call.request.query_params
-    images = call.engine.service.catalog.images()
+def _property_filters(query: QueryParams) -> dict[str, str]:
+    wanted: dict[str, str] = {}
+    for key, value in query.multi_items():
+        if key.startswith("property-") and len(key) > len("property-"):
+            wanted[key.removeprefix("property-")] = value
+    for param, prop in _PROPERTY_FILTERS.items():
+        given = query.get(param)
+        if given is not None:
+            # ``server`` may be a server's URL (Nova keeps what follows the last slash)
+            wanted[prop] = given.rsplit("/", 1)[-1] if param == "server" else given
+    return wanted
+
+
+def select_images(images: Sequence[Mapping[str, Any]], query: QueryParams
+                  ) -> list[Mapping[str, Any]]:
+    """Nova's image filters, in Glance's order (newest first).
+
+    ``name`` (exact), ``status`` (a Glance status such as ``active``, or the proxy's
+    ``ACTIVE``/``SAVING``/…), ``changes-since`` (updated at or after), ``server`` and
+    ``type`` (the ``instance_uuid`` and ``image_type`` properties), ``property-<key>``,
+    ``minRam`` and ``minDisk`` (at least).
+    """
+    selected = newest_first(images)
     name = query.get("name")
     if name is not None:
-        images = [i for i in images if i.name == name]
+        selected = [i for i in selected if i.get("name") == name]
     status = query.get("status")
     if status is not None:
-        wanted = status.upper()
-        images = [i for i in images if image_status(i) == wanted or i.status.upper() == wanted]
+        selected = [i for i in selected
+                    if glance_status(str(i.get("status"))) == status.lower()
+                    or image_status(str(i.get("status"))) == status.upper()]
+    since = time_param("changes-since", query.get("changes-since"))
+    if since is not None:
+        selected = [i for i in selected if image_updated(i) >= since]
+    for prop, value in _property_filters(query).items():
+        selected = [i for i in selected if image_properties(i).get(prop) == value]
     min_ram = _int_filter(query, "minRam")
     if min_ram is not None:
-        images = [i for i in images if i.min_ram >= min_ram]
+        selected = [i for i in selected if int(i.get("min_ram") or 0) >= min_ram]
     min_disk = _int_filter(query, "minDisk")
     if min_disk is not None:
-        images = [i for i in images if i.min_disk >= min_disk]
-    return images
+        selected = [i for i in selected if int(i.get("min_disk") or 0) >= min_disk]
+    return selected
+
+
+def _images(call: Call) -> list[Mapping[str, Any]]:
+    return select_images(call.engine.list_images(ctx=call.context()),
+                         call.request.query_params)
 
 
 async def list_images(call: Call) -> Response:
-    return _image_list(call, detail=False)
+    return await _image_list(call, detail=False)
 
 
 async def list_images_detail(call: Call) -> Response:
-    return _image_list(call, detail=True)
+    return await _image_list(call, detail=True)
 
 
-def _image_list(call: Call, *, detail: bool) -> Response:
+async def _image_list(call: Call, *, detail: bool) -> Response:
     _check_proxy_version(call)
-    page, size = paginate(_images(call), call.request.query_params, key=lambda i: i.id)
+    images = await call.run(_images, call)
+    page, size = paginate(images, call.request.query_params, key=lambda i: str(i["id"]))
     render = image_view if detail else image_summary
     body: dict[str, Any] = {"images": [render(i, call.viewer) for i in page]}
     links = next_link(call, "images/detail" if detail else "images", page, size,
-                      page[-1].id if page else "")
+                      str(page[-1]["id"]) if page else "")
     if links:
         body["images_links"] = links
     return JSONResponse(body)
 
 
+def _image(call: Call, image_id: str) -> dict[str, Any]:
+    try:
+        return call.engine.get_image(image_id, ctx=call.context())
+    except NotFound:
+        raise ApiError(404, IMAGE_NOT_FOUND) from None
+
+
 async def show_image(call: Call) -> Response:
     _check_proxy_version(call)
-    image_id = call.request.path_params["image_id"]
-    found = next((i for i in call.engine.service.catalog.images() if i.id == image_id), None)
-    if found is None:
-        raise ApiError(404, "Image not found.")
-    return JSONResponse({"image": image_view(found, call.viewer)})
+    image = await call.run(_image, call, call.request.path_params["image_id"])
+    return JSONResponse({"image": image_view(image, call.viewer)})
+
+
+def _delete_image(call: Call, image_id: str) -> None:
+    if any(i.id == image_id for i in call.engine.service.catalog.images()):
+        # pre-built images are protected: Glance refuses (403) and Nova says so
+        raise ApiError(403, NOT_ALLOWED_TO_DELETE)
+    try:
+        call.engine.delete_image(image_id, ctx=call.context())
+    except NotFound:
+        raise ApiError(404, IMAGE_NOT_FOUND) from None
+
+
+async def delete_image(call: Call) -> Response:
+    """``DELETE /images/{id}`` → 204: the owner project or an administrator. Someone
+    else's image is 404 (Glance hides private images); a pre-built one is 403; a snapshot
+    still being saved is 409."""
+    _check_proxy_version(call)
+    await call.run(_delete_image, call, call.request.path_params["image_id"])
+    return Response(status_code=204)
+

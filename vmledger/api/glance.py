@@ -1,70 +1,97 @@
-"""A read-only Image API v2 shim under ``/image`` over the catalog's images.
+"""An Image API v2 shim under ``/image`` over the engine's images.
 
 Clients that find images through the ``image`` service (the ``openstack`` CLI's
-``server create --image`` and ``server list``, openstacksdk's ``conn.image``) get what
-they need without a Glance:
+``server create --image``, ``server list``, ``server image create``, ``image show``,
+``image list`` and ``image delete``; openstacksdk's ``conn.image`` and
+``conn.compute.create_server_image(..., wait=True)``) get what they need without a
+Glance. The images are the catalog's pre-built ones (``visibility`` public, ``protected``)
+and the custom images made by ``createImage`` (``visibility`` private, ``owner`` = the
+project, status ``queued`` → ``saving`` → ``active``, or ``killed``; properties
+``image_type`` snapshot, ``instance_uuid``, ``base_image_ref`` and the request's metadata).
+A caller sees the pre-built images and its project's custom images (an administrator:
+every project's).
 
 - ``GET /image``, ``/image/``, ``/image/v2``, ``/image/v2/`` → the versions document;
 - ``GET /image/v2/images`` with ``name``, ``id`` (``in:a,b`` or one id), ``status``,
-  ``visibility``, ``limit`` and ``marker`` → ``{"images": [...], "first", "schema",
-  "next"?}``;
-- ``GET /image/v2/images/{id}`` → the image (404 otherwise).
+  ``visibility``, ``owner``, ``limit`` and ``marker`` → ``{"images": [...], "first",
+  "schema", "next"?}``, newest first (Glance's default order);
+- ``GET /image/v2/images/{id}`` → the image (404 for an image the caller may not see);
+- ``DELETE /image/v2/images/{id}`` → 204 for the owner project or an administrator;
+  404 for anyone else (a private image is invisible to them); 403 for a pre-built
+  image (protected, as Glance answers); 409 while a snapshot is still being saved.
 
 Requests are authenticated as the Compute API's (401 without a token in token modes).
+Errors use Glance's JSON body ``{"code": "404 Not Found", "title", "message"}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from vmledger.api.auth import Authenticator
 from vmledger.api.faults import ApiError
-from vmledger.api.views import IMAGE_TIMESTAMP
-from vmledger.domain.catalog import Image
+from vmledger.api.views import (
+    glance_status,
+    image_created,
+    image_properties,
+    image_size,
+    image_updated,
+    is_snapshot,
+    isotime,
+    newest_first,
+)
+from vmledger.domain.errors import Conflict, NotFound
+from vmledger.domain.server import Context
 from vmledger.engine import Engine
 
 IMAGE_API_VERSION = "v2.9"
 MAX_PAGE = 1000
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           409: "Conflict"}
 
 
 def _error(code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    titles = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
-    title = titles.get(code, "Error")
+    title = _TITLES.get(code, "Error")
     return JSONResponse({"code": f"{code} {title}", "title": title, "message": message},
                         status_code=code, headers=headers)
 
 
-def image_document(image: Image) -> dict[str, Any]:
+def image_document(image: Mapping[str, Any]) -> dict[str, Any]:
+    """An image as Glance v2 shows it (core fields, then the properties at top level)."""
+    image_id = str(image["id"])
+    snapshot = is_snapshot(image)
     doc: dict[str, Any] = {
-        "id": image.id,
-        "name": image.name,
-        "status": image.status,
-        "visibility": "public",
-        "protected": False,
+        "id": image_id,
+        "name": image.get("name"),
+        "status": glance_status(str(image.get("status") or "")),
+        "visibility": "private" if snapshot else "public",
+        "protected": not snapshot,
         "os_hidden": False,
         "tags": [],
         "container_format": "bare",
-        "disk_format": image.disk_format,
-        "min_disk": image.min_disk,
-        "min_ram": image.min_ram,
-        "size": image.size,
+        "disk_format": image.get("disk_format") or "qcow2",
+        "min_disk": int(image.get("min_disk") or 0),
+        "min_ram": int(image.get("min_ram") or 0),
+        "size": image_size(image),
         "virtual_size": None,
-        "checksum": None,
+        "checksum": image.get("checksum"),
         "os_hash_algo": None,
         "os_hash_value": None,
-        "owner": None,
-        "created_at": IMAGE_TIMESTAMP,
-        "updated_at": IMAGE_TIMESTAMP,
-        "self": f"/v2/images/{image.id}",
-        "file": f"/v2/images/{image.id}/file",
+        "owner": image.get("owner"),
+        "created_at": isotime(image_created(image)),
+        "updated_at": isotime(image_updated(image)),
+        "self": f"/v2/images/{image_id}",
+        "file": f"/v2/images/{image_id}/file",
         "schema": "/v2/schemas/image",
     }
-    for key, value in image.properties.items():
+    for key, value in image_properties(image).items():
         doc.setdefault(key, value)
     return doc
 
@@ -75,26 +102,34 @@ def _versions(request: Request) -> dict[str, Any]:
                           "links": [{"rel": "self", "href": f"{base}/image/v2/"}]}]}
 
 
-def _select(images: list[Image], request: Request) -> tuple[list[Image], str | None]:
+def _visibility(image: Mapping[str, Any]) -> str:
+    return "private" if is_snapshot(image) else "public"
+
+
+def _select(images: Sequence[Mapping[str, Any]], request: Request
+            ) -> tuple[list[Mapping[str, Any]], str | None]:
     query = request.query_params
+    images = newest_first(images)
     name = query.get("name")
     if name is not None:
-        images = [i for i in images if i.name == name]
+        images = [i for i in images if i.get("name") == name]
     wanted_id = query.get("id")
     if wanted_id is not None:
         ids = set(wanted_id.removeprefix("in:").split(",")) if wanted_id.startswith(
             "in:") else {wanted_id}
-        images = [i for i in images if i.id in ids]
+        images = [i for i in images if str(i["id"]) in ids]
     status = query.get("status")
     if status is not None:
-        images = [i for i in images if i.status == status]
+        images = [i for i in images if glance_status(str(i.get("status"))) == status]
     visibility = query.get("visibility")
-    if visibility not in (None, "public", "all"):
-        images = []
-    images = sorted(images, key=lambda i: i.id)
+    if visibility is not None and visibility != "all":
+        images = [i for i in images if _visibility(i) == visibility]
+    owner = query.get("owner")
+    if owner is not None:
+        images = [i for i in images if i.get("owner") == owner]
     marker = query.get("marker")
     if marker is not None:
-        ids_in_order = [i.id for i in images]
+        ids_in_order = [str(i["id"]) for i in images]
         if marker not in ids_in_order:
             raise ApiError(400, f"marker {marker} not found")
         images = images[ids_in_order.index(marker) + 1:]
@@ -108,7 +143,7 @@ def _select(images: list[Image], request: Request) -> tuple[list[Image], str | N
     next_href = None
     if raw_limit is not None and page and len(page) == limit:
         params = [(k, v) for k, v in query.multi_items() if k != "marker"]
-        params.append(("marker", page[-1].id))
+        params.append(("marker", str(page[-1]["id"])))
         next_href = "/v2/images?" + urlencode(params)
     return page, next_href
 
@@ -116,24 +151,21 @@ def _select(images: list[Image], request: Request) -> tuple[list[Image], str | N
 def glance_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRoute]:
     """The ``/image`` routes, authenticated with ``authenticate``."""
 
-    def refused(request: Request) -> Response | None:
-        try:
-            authenticate(request)
-        except ApiError as exc:
-            return _error(exc.code, exc.message, exc.headers)
-        return None
+    def caller(request: Request) -> Context:
+        principal = authenticate(request)
+        return engine.context(user_id=principal.user_id, project_id=principal.project_id,
+                              is_admin=principal.is_admin)
 
     async def versions(request: Request) -> Response:
         return JSONResponse(_versions(request))
 
     async def list_images(request: Request) -> Response:
-        denied = refused(request)
-        if denied is not None:
-            return denied
         try:
-            page, next_href = _select(engine.service.catalog.images(), request)
+            ctx = caller(request)
+            images = await run_in_threadpool(engine.list_images, ctx=ctx)
+            page, next_href = _select(images, request)
         except ApiError as exc:
-            return _error(exc.code, exc.message)
+            return _error(exc.code, exc.message, exc.headers)
         body: dict[str, Any] = {"images": [image_document(i) for i in page],
                                 "first": "/v2/images", "schema": "/v2/schemas/images"}
         if next_href is not None:
@@ -141,14 +173,33 @@ def glance_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRoute
         return JSONResponse(body)
 
     async def show_image(request: Request) -> Response:
-        denied = refused(request)
-        if denied is not None:
-            return denied
         image_id = request.path_params["image_id"]
-        found = next((i for i in engine.service.catalog.images() if i.id == image_id), None)
-        if found is None:
+        try:
+            ctx = caller(request)
+            image = await run_in_threadpool(engine.get_image, image_id, ctx=ctx)
+        except ApiError as exc:
+            return _error(exc.code, exc.message, exc.headers)
+        except NotFound:
             return _error(404, f"No image found with ID {image_id}")
-        return JSONResponse(image_document(found))
+        return JSONResponse(image_document(image))
+
+    def delete(image_id: str, ctx: Context) -> None:
+        if any(i.id == image_id for i in engine.service.catalog.images()):
+            raise ApiError(403, f"Image {image_id} is protected and cannot be deleted.")
+        engine.delete_image(image_id, ctx=ctx)
+
+    async def delete_image(request: Request) -> Response:
+        image_id = request.path_params["image_id"]
+        try:
+            ctx = caller(request)
+            await run_in_threadpool(delete, image_id, ctx)
+        except ApiError as exc:
+            return _error(exc.code, exc.message, exc.headers)
+        except NotFound:
+            return _error(404, f"Failed to find image {image_id} to delete")
+        except Conflict as exc:
+            return _error(409, exc.message)
+        return Response(status_code=204)
 
     return [
         Route("/image", versions, methods=["GET"]),
@@ -157,4 +208,5 @@ def glance_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRoute
         Route("/image/v2/", versions, methods=["GET"]),
         Route("/image/v2/images", list_images, methods=["GET"]),
         Route("/image/v2/images/{image_id}", show_image, methods=["GET"]),
+        Route("/image/v2/images/{image_id}", delete_image, methods=["DELETE"]),
     ]

@@ -338,6 +338,7 @@ class _Action:
     status: int = 202
     admin_pass: str | None = None
     rebuild: bool = False
+    create_image: bool = False
 
 
 _REBOOT_TYPES = ["HARD", "Hard", "hard", "SOFT", "Soft", "soft"]
@@ -423,6 +424,37 @@ def _parse_reset_state(call: Call, value: Any) -> _Action:
     return _Action("reset_state", {"state": state})
 
 
+#: the last microversion that checks the image metadata quota on createImage (Nova's
+#: ``MAX_IMAGE_META_PROXY_API_VERSION``)
+_IMAGE_META_QUOTA_UNTIL = (2, 38)
+#: Nova's default ``metadata_items`` quota
+IMAGE_METADATA_QUOTA = 128
+
+
+def _parse_create_image(call: Call, value: Any) -> _Action:
+    """``{"createImage": {"name": …, "metadata"?: {…}}}``: Nova's ``create_image`` schema
+    (name 1-255 characters without leading or trailing whitespace; metadata keys of
+    ``[a-zA-Z0-9-_:. ]``, string values up to 255 characters)."""
+    entity = val.require_object(value, "createImage")
+    val.no_other_keys(entity, "createImage", ["name", "metadata"])
+    val.require_keys(entity, "createImage", ["name"])
+    name = val.server_name(entity["name"])
+    metadata = val.metadata(entity.get("metadata", {}))
+    return _Action("create_image", {"name": name, "metadata": metadata}, create_image=True)
+
+
+def _create_image(call: Call, server_id: str, params: dict[str, Any]) -> str:
+    """Snapshot the server; the new image's id. The request id recorded (the instance
+    action ``createImage``) is this call's."""
+    _owned(call.engine, call.principal.project_id, server_id)
+    metadata: dict[str, str] = params["metadata"]
+    if len(metadata) > IMAGE_METADATA_QUOTA and call.version <= _IMAGE_META_QUOTA_UNTIL:
+        raise ApiError(403, "Image metadata limit exceeded")
+    result = call.engine.create_image(server_id, params["name"], metadata=metadata,
+                                      ctx=call.context())
+    return str(result.details["image_id"])
+
+
 def _simple(engine_action: str, status: int = 202) -> Callable[[Call, Any], _Action]:
     def parse(call: Call, value: Any) -> _Action:
         val.null_or_empty(value, engine_action)
@@ -445,6 +477,7 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "lock": _parse_lock,
     "unlock": _simple("unlock"),
     "os-resetState": _parse_reset_state,
+    "createImage": _parse_create_image,
 }
 
 
@@ -462,6 +495,14 @@ async def server_action(call: Call) -> Response:
         info = await call.run(_rebuild, call, server_id, action.params)
         body = {"server": rebuild_view(info.doc, call.viewer, action.admin_pass)}
         return JSONResponse(body, status_code=202, headers=_location(call, server_id))
+    if action.create_image:
+        image_id = await call.run(_create_image, call, server_id, action.params)
+        if call.at_least(2, 45):
+            return JSONResponse({"image_id": image_id}, status_code=202)
+        # before 2.45 the new image is in the Location header (Nova's points at Glance;
+        # here at the compute images proxy, which serves it up to 2.35)
+        return Response(status_code=202,
+                        headers={"Location": call.viewer.links.versioned("images", image_id)})
     await call.run(_act, call, server_id, action.engine_action, action.params)
     return Response(status_code=action.status)
 

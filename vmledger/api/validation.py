@@ -80,6 +80,26 @@ def server_name(value: Any, field: str = "name") -> str:
     return name
 
 
+#: Nova's ``parameter_types.metadata`` key pattern
+METADATA_KEY = r"^[a-zA-Z0-9-_:. ]{1,255}$"
+_METADATA_KEY = re.compile(METADATA_KEY)
+
+
+def metadata(value: Any, field: str = "metadata") -> dict[str, str]:
+    """Nova's ``metadata``: an object whose keys match :data:`METADATA_KEY` and whose
+    values are strings of at most 255 characters."""
+    obj = require_object(value, field)
+    extra = sorted(k for k in obj if not _METADATA_KEY.match(k))
+    if extra:
+        joined = ", ".join(repr(k) for k in extra)
+        verb = "does" if len(extra) == 1 else "do"
+        raise invalid_field(field, obj, f"{joined} {verb} not match any of the regexes: "
+                                        f"{METADATA_KEY!r}")
+    for key, item in obj.items():
+        string(item, key, max_length=NAME_MAX)
+    return {str(k): str(v) for k, v in obj.items()}
+
+
 def description(value: Any, field: str = "description") -> str | None:
     return string(value, field, max_length=NAME_MAX, nullable=True)
 

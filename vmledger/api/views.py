@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from vmledger.api.microversions import APIVersion
 from vmledger.domain import lifecycle as lc
-from vmledger.domain.catalog import Flavor, Image
+from vmledger.domain.catalog import Flavor
 
 #: statuses in which Nova shows ``progress``
 PROGRESS_STATUSES = frozenset({"ACTIVE", "BUILD", "REBUILD", "RESIZE", "VERIFY_RESIZE",
@@ -347,32 +348,118 @@ def flavor_view(flavor: Flavor, viewer: Viewer) -> dict[str, Any]:
     return view
 
 
-# --- images (the proxy, 2.1-2.35) ------------------------------------------------------
-def _image_links(image: Image, viewer: Viewer) -> list[dict[str, str]]:
-    return [*viewer.links.pair("images", image.id),
+# --- images: the proxy (2.1-2.35) and the Glance shim -----------------------------------
+# Images reach the views as the engine's dicts (``Engine.list_images``/``get_image``):
+# pre-built ones (``type`` "image", catalog fields, no owner, no timestamps) and custom
+# ones (``type`` "snapshot": owner ``project_id``, ``server_id``, ``metadata``,
+# ``base_image``, ``created_at``/``updated_at``).
+
+#: the creation time shown for pre-built images, which record none
+IMAGE_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+#: Glance's name for a status of vmledger's images (a failed snapshot is ``killed``)
+_GLANCE_STATUS = {"error": "killed"}
+
+
+def glance_status(status: str) -> str:
+    """The Image API status of an image status (``queued``, ``saving``, ``active``,
+    ``killed``, ``deleted``)."""
+    return _GLANCE_STATUS.get(status, status)
+
+
+def image_status(status: str) -> str:
+    """The compute proxy's status (Nova's ``views/images.py``): active → ACTIVE, queued and
+    saving → SAVING, deleted and pending_delete → DELETED, killed → ERROR, else UNKNOWN."""
+    return _IMAGE_STATUS.get(glance_status(status), "UNKNOWN")
+
+
+def image_progress(status: str) -> int:
+    """queued 25, saving 50, active 100, anything else 0 (as Nova)."""
+    return _IMAGE_PROGRESS.get(glance_status(status), 0)
+
+
+def is_snapshot(image: Mapping[str, Any]) -> bool:
+    return image.get("type") == "snapshot"
+
+
+def image_properties(image: Mapping[str, Any]) -> dict[str, str]:
+    """The image's Glance properties.
+
+    A pre-built image has its catalog properties. A snapshot has what Nova's
+    ``compute_utils.create_image`` writes (``image_type`` snapshot, ``instance_uuid``,
+    ``base_image_ref``) overlaid with the metadata of the ``createImage`` request.
+    """
+    metadata = {str(k): str(v) for k, v in (image.get("metadata") or {}).items()}
+    if not is_snapshot(image):
+        return metadata
+    properties = {"image_type": "snapshot", "instance_uuid": str(image.get("server_id"))}
+    base = (image.get("base_image") or {}).get("id")
+    if base:
+        properties["base_image_ref"] = str(base)
+    properties.update(metadata)
+    return properties
+
+
+def _as_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return _utc(value)
+    if isinstance(value, str) and value:
+        return _utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    return IMAGE_EPOCH
+
+
+def image_created(image: Mapping[str, Any]) -> datetime:
+    return _as_time(image.get("created_at"))
+
+
+def image_updated(image: Mapping[str, Any]) -> datetime:
+    return _as_time(image.get("updated_at") or image.get("created_at"))
+
+
+def image_size(image: Mapping[str, Any]) -> int | None:
+    """The stored size in bytes; None while nothing is stored yet (as Glance)."""
+    size = int(image.get("size") or 0)
+    if size == 0 and glance_status(str(image.get("status"))) != "active":
+        return None
+    return size
+
+
+def newest_first(images: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Glance's default order: ``created_at`` descending, then ``id`` descending."""
+    return sorted(images, key=lambda i: (image_created(i), str(i["id"])), reverse=True)
+
+
+def _image_links(image_id: str, viewer: Viewer) -> list[dict[str, str]]:
+    return [*viewer.links.pair("images", image_id),
             {"rel": "alternate", "type": "application/vnd.openstack.image",
-             "href": viewer.links.root("images", image.id)}]
+             "href": viewer.links.root("images", image_id)}]
 
 
-def image_status(image: Image) -> str:
-    return _IMAGE_STATUS.get(image.status, "UNKNOWN")
+def image_summary(image: Mapping[str, Any], viewer: Viewer) -> dict[str, Any]:
+    """An entry of ``GET /images``."""
+    image_id = str(image["id"])
+    return {"id": image_id, "name": image.get("name"), "links": _image_links(image_id, viewer)}
 
 
-def image_summary(image: Image, viewer: Viewer) -> dict[str, Any]:
-    return {"id": image.id, "name": image.name, "links": _image_links(image, viewer)}
-
-
-def image_view(image: Image, viewer: Viewer) -> dict[str, Any]:
-    return {
-        "id": image.id,
-        "name": image.name,
-        "minRam": image.min_ram,
-        "minDisk": image.min_disk,
-        "metadata": dict(image.properties),
-        "created": IMAGE_TIMESTAMP,
-        "updated": IMAGE_TIMESTAMP,
-        "status": image_status(image),
-        "progress": _IMAGE_PROGRESS.get(image.status, 0),
-        "OS-EXT-IMG-SIZE:size": image.size,
-        "links": _image_links(image, viewer),
+def image_view(image: Mapping[str, Any], viewer: Viewer) -> dict[str, Any]:
+    """``GET /images/{id}`` and ``/images/detail`` (Nova's proxy view of a Glance image);
+    a snapshot also names its server (from its ``instance_uuid`` property, as Nova)."""
+    image_id = str(image["id"])
+    status = str(image.get("status") or "")
+    properties = image_properties(image)
+    view: dict[str, Any] = {
+        "id": image_id,
+        "name": image.get("name"),
+        "minRam": int(image.get("min_ram") or 0),
+        "minDisk": int(image.get("min_disk") or 0),
+        "metadata": properties,
+        "created": isotime(image_created(image)),
+        "updated": isotime(image_updated(image)),
+        "status": image_status(status),
+        "progress": image_progress(status),
+        "OS-EXT-IMG-SIZE:size": image_size(image),
+        "links": _image_links(image_id, viewer),
     }
+    server_id = properties.get("instance_uuid")
+    if server_id:
+        view["server"] = {"id": server_id, "links": viewer.links.pair("servers", server_id)}
+    return view
