@@ -11,11 +11,14 @@ import sys
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.engines import make_engine
 from tests.support.postgres import PostgresCluster, postgres_skip_reason
+from vmledger import Engine, FakeClock
 
 # --------------------------------------------------------------------------------------
 # PostgreSQL: one throwaway cluster per session, one fresh database per test.
@@ -116,3 +119,27 @@ def pytest_terminal_summary(
         terminalreporter.write_sep("=", f"{_REQUIRE_ALL_ENV}: skipped tests", red=True)
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# --------------------------------------------------------------------------------------
+# Backends: tests that take ``url`` run on SQLite and on a real PostgreSQL; ``engine`` is
+# an engine on it with a fake clock (tests may define their own to override these).
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'vmledger.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def engine(url: str, clock: FakeClock) -> Iterator[Engine]:
+    with make_engine(url, clock=clock) as e:
+        yield e

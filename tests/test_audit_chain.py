@@ -36,24 +36,6 @@ IMAGE = "cirros-0.6.2-x86_64"
 IMAGE2 = "debian-12-genericcloud-amd64"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vmledger.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def engine(url: str, clock: FakeClock) -> Iterator[Engine]:
-    with make_engine(url, clock=clock) as e:
-        yield e
-
-
 # --------------------------------------------------------------------------------------
 # A scenario: users, the agent, a hypervisor failure, the timer, an admin, a delete
 # --------------------------------------------------------------------------------------

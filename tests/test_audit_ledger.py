@@ -4,7 +4,6 @@ to what the engine showed then), causal chains of requests, and explanations."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,24 +16,6 @@ from vmledger.audit import Ledger, LedgerEntry, verify
 from vmledger.audit.chain import REQUESTS_TABLE
 from vmledger.domain.errors import ServerNotFound
 from vmledger.domain.server import Server
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vmledger.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def engine(url: str, clock: FakeClock) -> Iterator[Engine]:
-    with make_engine(url, clock=clock) as e:
-        yield e
 
 
 @pytest.fixture

@@ -4,18 +4,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
-import pytest
 
 from vmledger import Engine
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vmledger.db'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def wait_for(predicate: object, timeout: float = 15.0) -> None:

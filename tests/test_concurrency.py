@@ -4,20 +4,12 @@ an unhandled error; the view survives being rebuilt from the log."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
 from tests.engines import make_engine
 from vmledger import Engine, FakeClock, VmledgerError
 from vmledger.domain.errors import InvalidState
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vmledger.db'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def race(engines: list[Engine], server_id: str, action: str) -> list[str]:

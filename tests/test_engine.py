@@ -6,9 +6,7 @@ status, task_state, flavor, image, faults, the history.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -28,24 +26,6 @@ from vmledger.adapters.hypervisor import PowerState
 
 IMAGE = "cirros-0.6.2-x86_64"
 IMAGE2 = "debian-12-genericcloud-amd64"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vmledger.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def engine(url: str, clock: FakeClock) -> Iterator[Engine]:
-    with make_engine(url, clock=clock) as e:
-        yield e
 
 
 def active(engine: Engine, name: str = "web-1", flavor: str = "m1.small") -> str:

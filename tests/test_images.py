@@ -3,8 +3,6 @@ behind them, servers built from a snapshot, failures, isolation and audit."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.engines import make_engine
@@ -12,13 +10,6 @@ from vmledger import BadRequest, FakeClock, InvalidState, NotFound, Simulator
 from vmledger.engine import Engine
 
 IMAGE = "cirros-0.6.2-x86_64"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vmledger.db'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def active(engine: Engine, ctx: object = None) -> str:
