@@ -176,6 +176,7 @@ class LibvirtDriver:
         self._connection = Connection(uri)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.RLock] = {}
+        self._lock_users: dict[str, int] = {}
 
     def close(self) -> None:
         self._connection.close()
@@ -202,10 +203,19 @@ class LibvirtDriver:
     # --- running operations ------------------------------------------------------------
     @contextmanager
     def _guest_lock(self, server_id: str) -> Iterator[None]:
+        # one lock per guest while anyone uses it; dropped after the last user, so the
+        # table does not grow with every server ever handled
         with self._guard:
             lock = self._locks.setdefault(server_id, threading.RLock())
-        with lock:
-            yield
+            self._lock_users[server_id] = self._lock_users.get(server_id, 0) + 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                self._lock_users[server_id] -= 1
+                if not self._lock_users[server_id]:
+                    del self._lock_users[server_id], self._locks[server_id]
 
     def _act(self, server_id: str, body: Callable[[Any, _Progress], Result]) -> Result:
         with self._guest_lock(server_id):
