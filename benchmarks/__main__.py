@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--backend sqlite|postgres|all] [--suite SUITE]``."""
+"""``python -m benchmarks [--suite commands|api|projections|all] [--quick] [--backend ...]``."""
 
 from __future__ import annotations
 
@@ -9,35 +9,35 @@ from collections.abc import Sequence
 
 from benchmarks import commands
 
+SUITES = ("commands", "api", "projections")
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Durable commands per second of vmledger's command service against a "
-                    "raw-driver baseline, on SQLite and PostgreSQL.")
+        description="vmledger's benchmarks: durable commands per second against a raw-driver "
+                    "baseline (commands), the Compute API over HTTP (api), and the read "
+                    "models' rebuild throughput and live lag (projections).")
+    parser.add_argument("--suite", choices=(*SUITES, "all"), default="all",
+                        help="which benchmark to run (default: all)")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer servers: a smoke run of about a minute")
+                        help="smaller sizes: a smoke run")
     parser.add_argument("--backend", choices=("sqlite", "postgres", "all"), default="all",
-                        help="which backend to measure (default: all)")
+                        help="which backend to measure (commands and projections; the api "
+                             "suite runs on SQLite; default: all)")
     parser.add_argument("--servers", type=int, default=None,
-                        help="servers per run (overrides the defaults for every backend)")
+                        help="commands suite: servers per run (overrides the defaults)")
     parser.add_argument("--repetitions", type=int, default=None,
-                        help="interleaved repetitions (default 3; medians are reported)")
+                        help="commands suite: interleaved repetitions (default 3)")
     parser.add_argument("--no-variants", action="store_true",
-                        help="measure only the shipped configuration")
+                        help="commands suite: measure only the shipped configuration")
     parser.add_argument("--no-profile", action="store_true",
-                        help="skip the 'where the time goes' section")
+                        help="skip the 'where the time goes' sections")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument("--suite", choices=("commands", "audit", "hypervisors"),
-                        default="commands",
-                        help="commands (default); audit: verify throughput over a 1M-event "
-                             "log and as-of latency; hypervisors: the engine on libvirt's "
-                             "test driver vs the simulator, and real QEMU per operation")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def _commands_sizes(args: argparse.Namespace) -> commands.Sizes:
     sizes = commands.QUICK if args.quick else commands.FULL
     if args.servers is not None:
         if args.servers < 1:
@@ -52,27 +52,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_profile:
         sizes = commands.Sizes(sizes.sqlite_servers, sizes.postgres_servers,
                                sizes.repetitions, 0)
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    suites = SUITES if args.suite == "all" else (args.suite,)
     backends = ("sqlite", "postgres") if args.backend == "all" else (args.backend,)
 
     def log(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    if args.suite in ("audit", "hypervisors"):
-        from benchmarks import audit, hypervisors
-
-        started = time.perf_counter()
-        if args.suite == "audit":
-            print(audit.run(backends, audit.QUICK if args.quick else audit.FULL, log=log))
-        else:
-            print(hypervisors.run(hypervisors.QUICK if args.quick else hypervisors.FULL,
-                                  log=log))
-        print(f"\ntotal time {time.perf_counter() - started:.0f} s")
-        return 0
-    print(commands.header_line(), flush=True)
+    header = commands.header_line()
+    if suites != ("commands",):
+        header = header.replace("vmledger command benchmark", "vmledger benchmarks ("
+                                + ", ".join(suites) + ")")
+    print(header, flush=True)
     started = time.perf_counter()
-    report = commands.run(backends, sizes, variants=not args.no_variants, log=log)
-    print(report)
+    for suite in suites:
+        began = time.perf_counter()
+        if suite == "commands":
+            report = commands.run(backends, _commands_sizes(args),
+                                  variants=not args.no_variants, log=log)
+        elif suite == "api":
+            from benchmarks import api
+
+            api_sizes = api.QUICK if args.quick else api.FULL
+            if args.no_profile:
+                api_sizes = api.Sizes(**{**vars(api_sizes), "profile": False})
+            report = api.run(api_sizes, log=log)
+        else:
+            from benchmarks import projections
+
+            sizes = projections.QUICK if args.quick else projections.FULL
+            if args.no_profile:
+                sizes = projections.Sizes(**{**vars(sizes), "profile": False})
+            report = projections.run(backends, sizes, log=log)
+        print(f"\n=== {suite} ({time.perf_counter() - began:.0f} s) ===", flush=True)
+        print(report, flush=True)
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")
     return 0
 

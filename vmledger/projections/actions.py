@@ -15,7 +15,7 @@ from typing import Any
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
-from vmledger.projections.servers import _ts, dumps, loads
+from vmledger.projections.servers import Page, _ts, dumps, loads
 
 TABLE = "vmledger_instance_actions"
 
@@ -101,6 +101,9 @@ def fold_action(doc: dict[str, Any] | None, event: Server.Event, host: str | Non
 class InstanceActions:
     """A :class:`~vmledger.projections.servers.ViewExtension` keeping one row per action."""
 
+    #: the events this read model folds (the others need not be decoded for it)
+    event_types: tuple[type, ...] = (Server.Event,)
+
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
         return [
             sql(f"CREATE TABLE IF NOT EXISTS {TABLE} (request_id TEXT PRIMARY KEY,"
@@ -112,8 +115,16 @@ class InstanceActions:
 
     def apply(self, curs: Any, sql: Callable[[str], str], all_events: Sequence[Any],
               notifications: Sequence[Any]) -> None:
-        events = [e for e in all_events if isinstance(e, Server.Event)]
-        ids = list(dict.fromkeys(e.request_id for e in events))
+        self.apply_pages(curs, sql, [(all_events, 0, notifications)])
+
+    def apply_pages(self, curs: Any, sql: Callable[[str], str], pages: Sequence[Page]
+                    ) -> None:
+        """Fold consecutive pages as :meth:`apply` one after the other would (each page
+        with its own hosts), loading and writing each action's row once."""
+        server_event, requested = Server.Event, Server.Requested
+        per_page = [[e for e in all_events if isinstance(e, server_event)]
+                    for all_events, _, _ in pages]
+        ids = list(dict.fromkeys(e.request_id for events in per_page for e in events))
         if not ids:
             return
         docs: dict[str, dict[str, Any]] = {}
@@ -124,15 +135,18 @@ class InstanceActions:
                              f"WHERE request_id IN ({marks})"), chunk)
             for row in curs.fetchall():
                 docs[row["request_id"]] = loads(row["doc"])
-        hosts: dict[str, str | None] = {}
         changed: dict[str, dict[str, Any]] = {}
-        for event in events:
-            if isinstance(event, Server.Requested):
-                hosts[str(event.originator_id)] = event.host
-            doc = fold_action(docs.get(event.request_id), event,
-                              hosts.get(str(event.originator_id)))
-            if doc is not None:
-                docs[event.request_id] = changed[event.request_id] = doc
+        for events in per_page:
+            # keyed by the originator id itself: equal ids are equal texts, and hashing
+            # a UUID is cheaper than formatting it
+            hosts: dict[Any, str | None] = {}
+            for event in events:
+                if isinstance(event, requested):
+                    hosts[event.originator_id] = event.host
+                doc = fold_action(docs.get(event.request_id), event,
+                                  hosts.get(event.originator_id))
+                if doc is not None:
+                    docs[event.request_id] = changed[event.request_id] = doc
         if changed:
             cols = ", ".join(_COLUMNS)
             marks = ", ".join("?" for _ in _COLUMNS)

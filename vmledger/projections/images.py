@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from vmledger.domain.image import DELETED, CustomImage
-from vmledger.projections.servers import _ts, dumps, loads
+from vmledger.projections.servers import Page, _ts, dumps, loads
 
 TABLE = "vmledger_images"
 _COLUMNS = ("id", "project_id", "server_id", "name", "status", "created_at", "updated_at",
@@ -32,6 +32,9 @@ def fold_image(doc: dict[str, Any] | None, event: CustomImage.Event) -> dict[str
 class Images:
     """Keeps ``vmledger_images`` up to date."""
 
+    #: the events this read model folds (the others need not be decoded for it)
+    event_types: tuple[type, ...] = (CustomImage.Event,)
+
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
         return [
             sql(f"CREATE TABLE IF NOT EXISTS {TABLE} (id TEXT PRIMARY KEY, project_id TEXT,"
@@ -42,13 +45,24 @@ class Images:
 
     def apply(self, curs: Any, sql: Callable[[str], str], all_events: Sequence[Any],
               notifications: Sequence[Any]) -> None:
-        events = [e for e in all_events if isinstance(e, CustomImage.Event)]
+        self.apply_pages(curs, sql, [(all_events, 0, notifications)])
+
+    def apply_pages(self, curs: Any, sql: Callable[[str], str], pages: Sequence[Page]
+                    ) -> None:
+        """Fold consecutive pages as :meth:`apply` one after the other would, loading
+        and writing each image's row once."""
+        image_event = CustomImage.Event
+        events = [e for all_events, _, _ in pages for e in all_events
+                  if isinstance(e, image_event)]
         if not events:
             return
         ids = list(dict.fromkeys(str(e.originator_id) for e in events))
-        marks = ",".join("?" for _ in ids)
-        curs.execute(sql(f"SELECT id, doc FROM {TABLE} WHERE id IN ({marks})"), ids)
-        docs = {row["id"]: loads(row["doc"]) for row in curs.fetchall()}
+        docs: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" for _ in chunk)
+            curs.execute(sql(f"SELECT id, doc FROM {TABLE} WHERE id IN ({marks})"), chunk)
+            docs.update((row["id"], loads(row["doc"])) for row in curs.fetchall())
         for event in events:
             current = docs.get(str(event.originator_id))
             if current is not None and current["version"] >= event.originator_version:

@@ -23,6 +23,7 @@ from uuid import UUID
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.utils import resolve_topic
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
@@ -49,18 +50,32 @@ def _decode(obj: dict[str, Any]) -> Any:
     return obj
 
 
+# one encoder and one decoder for every document: json.dumps / json.loads with these
+# options would build a new one per call (a measurable share of a rebuild)
+_ENCODER = json.JSONEncoder(default=_encode, separators=(",", ":"), sort_keys=True)
+_DECODER = json.JSONDecoder(object_hook=_decode)
+
+
 def dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, default=_encode, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(doc)
 
 
 def loads(text: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(text, object_hook=_decode)
-    return result
+    if not isinstance(text, str) or text.startswith("\ufeff"):
+        result: dict[str, Any] = json.loads(text, object_hook=_decode)  # bytes, BOM errors
+        return result
+    decoded: dict[str, Any] = _DECODER.decode(text)
+    return decoded
 
 
 def _ts(value: datetime | None) -> str | None:
     # one fixed-width UTC text form, so text comparison is time comparison on both backends
-    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    if value is None:
+        return None
+    utc = value.astimezone(UTC)
+    if utc.year >= 1000:  # isoformat is strftime("%Y-%m-%dT%H:%M:%S.%f") + "+00:00", faster
+        return utc.isoformat(timespec="microseconds")[:26]
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 def fold(doc: dict[str, Any] | None, event: Server.Event) -> dict[str, Any]:
@@ -104,10 +119,22 @@ class ViewExtension(Protocol):
 
     def apply(self, curs: Any, sql: Callable[[str], str], events: Sequence[Any],
               notifications: Sequence[Any]) -> None:
-        """Fold a page: ``events`` are all decoded events (servers, images…), in order."""
+        """Fold a page: ``events`` are the page's decoded events, in order: every kind
+        (servers, images…) the view and its extensions declare (see
+        :meth:`ServersView.wants`), all of them if an extension declares no
+        ``event_types``.
+
+        An extension may also define ``apply_pages(curs, sql, pages)`` to fold several
+        consecutive pages at once (see :meth:`ServersView.apply_pages`).
+        """
         ...
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None: ...
+
+
+#: a page of the log: its decoded events, the position of its last notification, and
+#: the notifications themselves
+Page = tuple[Sequence[Any], int, Sequence[Any]]
 
 
 class ServersView:
@@ -131,6 +158,31 @@ class ServersView:
 
     def _sql(self, text: str) -> str:
         return text.replace("?", self.placeholder).replace("{t}", self.table)
+
+    def wants(self, topic: str) -> bool:
+        """Whether a page's events of this topic must be decoded: server events, and the
+        event types the extensions declare (``event_types``); everything as soon as one
+        extension declares none. Others (idempotency records...) are skipped unread."""
+        cache: dict[str, bool] | None = self.__dict__.get("_wanted")
+        if cache is None:
+            cache = self.__dict__["_wanted"] = {}
+        found = cache.get(topic)
+        if found is None:
+            types: list[type] = [Server.Event]
+            for extension in self.extensions:
+                declared = getattr(extension, "event_types", None)
+                if declared is None:
+                    types = [object]
+                    break
+                types.extend(declared)
+            try:
+                cls = resolve_topic(topic)
+            except Exception:  # unknown topic: decoding raises the library's error
+                found = True
+            else:  # not a class: decoding raises the library's error too
+                found = not isinstance(cls, type) or issubclass(cls, tuple(types))
+            cache[topic] = found
+        return found
 
     def create_statements(self) -> list[str]:
         own = [self._sql(
@@ -157,22 +209,62 @@ class ServersView:
         Returns the number of rows written. A position at or below the recorded one
         raises ``IntegrityError`` and writes nothing (the page was already applied).
         """
-        events = [e for e in all_events if isinstance(e, Server.Event)]
-        ids = list(dict.fromkeys(str(e.originator_id) for e in events))
+        return self.apply_pages([(all_events, position, notifications)])
+
+    def apply_pages(self, pages: Sequence[Page]) -> int:
+        """Fold consecutive pages in one transaction, exactly as :meth:`apply_page` one
+        page after the other would: each page is folded with its own page-level state and
+        gets its own tracking record (so another process applying one of these pages
+        conflicts as before), but the rows are loaded and written once for all of them.
+
+        Returns the number of server rows written. ``IntegrityError`` (a page already
+        applied) writes nothing.
+        """
+        server_event = Server.Event
+        names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
+        folded: list[tuple[str, Any]] = []
+        for all_events, _, _ in pages:
+            for event in all_events:
+                if isinstance(event, server_event):
+                    oid = event.originator_id
+                    key = names.get(oid)
+                    if key is None:
+                        key = names[oid] = str(oid)
+                    folded.append((key, event))
+        ids = list(dict.fromkeys(key for key, _ in folded))
         with self._transaction(commit=True) as curs:
             docs = self._load(curs, ids) if ids else {}
-            for event in events:
-                key = str(event.originator_id)
+            # each server's document is folded in place: the same result as ``fold`` (a
+            # fresh namespace per event) without copying the document for every event
+            targets: dict[str, SimpleNamespace] = {}
+            for key, event in folded:
                 current = docs.get(key)
-                if current is not None and current["version"] >= event.originator_version:
+                version = event.originator_version
+                if current is not None and current["version"] >= version:
                     continue  # already folded (a rebuild overlapping a live update)
-                docs[key] = fold(current, event)
+                target = targets.get(key)
+                if target is None:
+                    target = targets[key] = SimpleNamespace(**(current or {}))
+                event.apply(target)
+                result = target.__dict__
+                result["id"] = key
+                result["version"] = version
+                if "created_at" not in result:
+                    result["created_at"] = event.timestamp
+                result["updated_at"] = event.timestamp
+                docs[key] = result
             changed = [docs[i] for i in ids if i in docs]
             if changed:
                 curs.executemany(self._upsert_sql(), [row_of(d) for d in changed])
             for extension in self.extensions:
-                extension.apply(curs, self._sql, all_events, notifications)
-            self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
+                apply_pages = getattr(extension, "apply_pages", None)
+                if apply_pages is not None:
+                    apply_pages(curs, self._sql, pages)
+                else:
+                    for all_events, _, notifications in pages:
+                        extension.apply(curs, self._sql, all_events, notifications)
+            for _, position, _ in pages:
+                self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
         return len(changed)
 
     def _load(self, curs: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -318,6 +410,10 @@ class PostgresServersView(ServersView, PostgresTrackingRecorder):
             [TRACKING_NAME])
 
 
-def decode(notifications: Iterable[Any], mapper: Any) -> list[Any]:
-    """Decode notifications into domain events (every kind: servers, images, records)."""
-    return [mapper.to_domain_event(n) for n in notifications]
+def decode(notifications: Iterable[Any], mapper: Any,
+           wanted: Callable[[str], bool] | None = None) -> list[Any]:
+    """Decode notifications into domain events (every kind: servers, images, records),
+    or only those whose topic ``wanted`` accepts (the others are not even parsed)."""
+    if wanted is None:
+        return [mapper.to_domain_event(n) for n in notifications]
+    return [mapper.to_domain_event(n) for n in notifications if wanted(n.topic)]

@@ -1,0 +1,773 @@
+"""The Compute API over HTTP: command round trips and list throughput.
+
+What is measured
+----------------
+The app (``create_app(engine)``, noauth) is served by uvicorn on 127.0.0.1 in a child
+process, as ``vmledger serve`` runs it, with the host agent and the view follower in
+the background (``engine.run_in_background(0.01)``) and the simulator without latency,
+on a SQLite database holding ~500 ACTIVE servers. The client (httpx) runs in this
+process.
+
+*Round trip*: POST a server action (pause and unpause, alternating) and poll
+``GET /v2.1/servers/{id}`` every few milliseconds until the action is done (the status
+it leads to, task_state null). Reference from the same run: the same round trip on the
+embedding facade in one process, without HTTP (``engine.pause`` and
+``engine.get_server``, agent in the background).
+
+*List throughput*: ``GET /v2.1/servers/detail?limit=100`` from a few concurrent
+keep-alive connections, against a bare ASGI callable mounted in the same server that
+SELECTs the 100 newest rows of ``vmledger_servers`` (same project, not deleted) and
+returns their stored JSON documents, and a static response of the same size (the
+ceiling of uvicorn + the client on this machine). Three prototypes of the recommended
+fix (see :class:`ProposedList`: the page selected in SQL, rendered documents cached)
+run behind the same middleware and are checked to return the API's exact body. The
+windows of all of them alternate, in a shuffled order, so outside load hits them
+alike; medians are reported. Then the API's list path is timed stage by stage inside
+the same in-process requests (no HTTP), and the handler's work is profiled, to show
+what costs what. Nothing under ``vmledger/api`` is changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import cProfile
+import json
+import math
+import os
+import pstats
+import random
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+
+from benchmarks import commands
+from benchmarks.projections import percentile, populate
+from vmledger.adapters.hypervisor import GuestSpec
+from vmledger.adapters.persistence import environment
+from vmledger.adapters.simulator import Simulator
+from vmledger.engine import Engine
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TARGET_LIST_RATIO = 0.7
+LIST_PATH = "/v2.1/servers/detail?limit=100"
+BARE_PATH = "/bare/servers/detail?limit=100"
+STATIC_PATH = "/bare/static"
+PROJECT = "admin"  # noauth callers act in the project "admin"
+
+# ---------------------------------------------------------------------------------------
+# The server (child process): the app, plus the bare endpoints, under uvicorn
+# ---------------------------------------------------------------------------------------
+
+BARE_SQL = ("SELECT doc FROM vmledger_servers WHERE project_id = ? AND deleted = 0 "
+            "ORDER BY created_at DESC, id DESC LIMIT ?")
+
+
+class BareList:
+    """A raw ASGI callable: the newest rows' stored documents, straight from SQLite."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA query_only = 1")
+        self.static = self.body(100)
+
+    def body(self, limit: int) -> bytes:
+        docs = [row[0] for row in self.conn.execute(BARE_SQL, (PROJECT, limit))]
+        return ('{"servers":[' + ",".join(docs) + "]}").encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        if scope["path"] == STATIC_PATH:
+            body = self.static
+        else:
+            query = parse_qs(scope.get("query_string", b"").decode())
+            body = self.body(int(query.get("limit", ["1000"])[-1]))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+#: the JSON options of Starlette's JSONResponse, in one reusable encoder
+_RESPONSE_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                                     separators=(",", ":"))
+PAGE_SQL = ("SELECT id, version, doc FROM {t} WHERE project_id = ? AND deleted = 0 "
+            "ORDER BY created_at DESC, id DESC LIMIT ?")
+
+
+class ProposedList:
+    """A prototype of the recommended ``GET /servers/detail`` (benchmark only: the
+    shipped handler is not changed): for the default sort without filters, the page is
+    selected in SQL (``ORDER BY created_at DESC, id DESC LIMIT n`` on the view's
+    columns) instead of loading, decoding and sorting every server in Python, and,
+    with ``cache``, each server's rendered JSON is kept per (id, version, viewer), so a
+    request only renders the servers that changed. It runs behind the same middleware,
+    routing, authentication and thread-pool call as the real handler, and its body is
+    checked to equal the real one."""
+
+    def __init__(self, engine: Engine, *, cache: bool, inline: bool = False) -> None:
+        self.engine = engine
+        self.cache: dict[tuple[Any, ...], str] | None = {} if cache else None
+        self.inline = inline  # run the (sub-millisecond) page query on the event loop
+
+    def fetch(self, project_id: str, limit: int) -> list[Any]:
+        return self.engine.view._query(PAGE_SQL, [project_id, limit])
+
+    def render(self, rows: list[Any], viewer: Any) -> list[str]:
+        from vmledger.api.views import server_view
+        from vmledger.projections.servers import loads
+
+        cache, key = self.cache, (viewer.version, viewer.is_admin, viewer.links)
+        parts = []
+        for row in rows:
+            entry = (row["id"], row["version"], key)
+            text = cache.get(entry) if cache is not None else None
+            if text is None:
+                text = _RESPONSE_ENCODER.encode(server_view(loads(row["doc"]), viewer))
+                if cache is not None:
+                    if len(cache) > 20_000:
+                        cache.clear()
+                    cache[entry] = text
+            parts.append(text)
+        return parts
+
+    async def handler(self, call: Any) -> Any:
+        from starlette.responses import Response
+
+        from vmledger.api import validation as val
+        from vmledger.api.catalog import MAX_LIMIT
+        from vmledger.api.servers import _servers_links
+
+        raw = call.request.query_params.get("limit")
+        limit = MAX_LIMIT if raw is None else min(val.non_negative_int(raw, "limit"),
+                                                  MAX_LIMIT)
+        if self.inline:
+            rows = self.fetch(call.principal.project_id, limit)
+        else:
+            rows = await call.run(self.fetch, call.principal.project_id, limit)
+        parts = self.render(rows, call.viewer)
+        links = _servers_links(call, "servers/detail", [{"id": r["id"]} for r in rows],
+                               limit)
+        tail = f',"servers_links":{_RESPONSE_ENCODER.encode(links)}' if links else ""
+        body = '{"servers":[' + ",".join(parts) + "]" + tail + "}"
+        return Response(body.encode(), media_type="application/json")
+
+
+def dispatcher(engine: Engine, url: str) -> Callable[..., Any]:
+    """The app, the bare endpoints (``/bare/...``) and the prototypes (``/proposed``,
+    ``/proposed-nocache`` and ``/proposed-inline`` + an API path), in one ASGI callable."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+
+    from vmledger.api.app import create_app
+    from vmledger.api.auth import noauth
+    from vmledger.api.http import ComputeMiddleware, endpoint
+
+    app = create_app(engine)
+    bare = BareList(environment(url)["SQLITE_DBNAME"])
+    prototypes = {
+        prefix: Starlette(routes=[Route("/v2.1/servers/detail",
+                                        endpoint(engine, noauth, proposed.handler),
+                                        methods=["GET"])],
+                          middleware=[Middleware(ComputeMiddleware)])
+        for prefix, proposed in (
+            ("/proposed", ProposedList(engine, cache=True)),
+            ("/proposed-nocache", ProposedList(engine, cache=False)),
+            ("/proposed-inline", ProposedList(engine, cache=True, inline=True)))}
+
+    async def dispatch(scope: dict[str, Any], receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/bare/"):
+            await bare(scope, receive, send)
+            return
+        if scope["type"] == "http" and path.startswith("/proposed"):
+            prefix, _, rest = path[1:].partition("/")
+            target = prototypes.get("/" + prefix)
+            if target is not None:
+                await target({**scope, "path": "/" + rest, "raw_path": ("/" + rest).encode()},
+                             receive, send)
+                return
+        await app(scope, receive, send)
+
+    return dispatch
+
+
+def _with_guests(url: str) -> Engine:
+    """An engine whose simulator already runs a guest for every server in the view
+    (the benchmark's servers were written straight into the log)."""
+    simulator = Simulator(seed=0)
+    engine = Engine(url, hypervisor=simulator)
+    for doc in engine.view.servers():
+        flavor = doc["flavor"]
+        simulator.spawn(GuestSpec(server_id=doc["id"], name=doc["name"],
+                                  flavor_id=str(flavor["id"]), vcpus=int(flavor["vcpus"]),
+                                  ram_mb=int(flavor["ram"]), disk_gb=int(flavor["disk"]),
+                                  image_id=str(doc["image"]["id"])))
+    return engine
+
+
+def serve(url: str, port: int) -> None:
+    """The child process: the engine in the background, the app under uvicorn."""
+    import uvicorn
+
+    engine = _with_guests(url)
+    try:
+        engine.run_in_background(0.01)
+        uvicorn.run(dispatcher(engine, url), host="127.0.0.1", port=port,
+                    log_level="warning", log_config=None, access_log=False, lifespan="off")
+    finally:
+        engine.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def server_process(url: str, directory: Path) -> Iterator[str]:
+    """Run :func:`serve` in a child process; yield its base URL."""
+    port = _free_port()
+    log_path = directory / "server.log"
+    with open(log_path, "wb") as output:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.api", "--serve", url, str(port)],
+            cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if child.poll() is not None:
+                raise RuntimeError(f"the server exited: {log_path.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + "/", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not answer within 60 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+# ---------------------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------------------
+
+POLL_INTERVAL = 0.002  # seconds between GETs while waiting for the action to finish
+POLL_TIMEOUT = 30.0
+_ACTIONS = (("pause", "PAUSED"), ("unpause", "ACTIVE"))
+
+
+@dataclass
+class RoundTrips:
+    label: str
+    total_ms: list[float] = field(default_factory=list)
+    request_ms: list[float] = field(default_factory=list)  # the POST (the call) alone
+    polls: list[int] = field(default_factory=list)
+
+
+def http_round_trips(base: str, server_id: str, count: int, warmup: int) -> RoundTrips:
+    result = RoundTrips("HTTP: POST action, poll GET /servers/{id} (httpx, keep-alive)")
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for i in range(warmup + count):
+            action, status = _ACTIONS[i % 2]
+            started = time.perf_counter()
+            response = client.post(f"/v2.1/servers/{server_id}/action", json={action: None})
+            accepted = time.perf_counter()
+            if response.status_code != 202:
+                raise RuntimeError(f"{action}: {response.status_code} {response.text}")
+            polls = 0
+            deadline = started + POLL_TIMEOUT
+            while True:
+                polls += 1
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"{action} of {server_id} not done in {POLL_TIMEOUT} s")
+                server = client.get(f"/v2.1/servers/{server_id}").json()["server"]
+                if server["status"] == status and server["OS-EXT-STS:task_state"] is None:
+                    break
+                time.sleep(POLL_INTERVAL)
+            done = time.perf_counter()
+            if i >= warmup:
+                result.total_ms.append((done - started) * 1000)
+                result.request_ms.append((accepted - started) * 1000)
+                result.polls.append(polls)
+    return result
+
+
+def engine_round_trips(url: str, count: int, warmup: int) -> RoundTrips:
+    """The same round trips on the embedding facade: no HTTP, one process."""
+    result = RoundTrips("in-process: engine.pause/unpause, poll engine.get_server")
+    engine = _with_guests(url)
+    try:
+        engine.run_in_background(0.01)
+        server_id = engine.list_servers()[-2].id  # not the one the HTTP run used
+        for i in range(warmup + count):
+            action, status = _ACTIONS[i % 2]
+            started = time.perf_counter()
+            engine.act(server_id, action)
+            accepted = time.perf_counter()
+            polls = 0
+            deadline = started + POLL_TIMEOUT
+            while True:
+                polls += 1
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"{action} of {server_id} not done in {POLL_TIMEOUT} s")
+                info = engine.get_server(server_id)
+                if info.status == status and info.task_state is None:
+                    break
+                time.sleep(POLL_INTERVAL)
+            done = time.perf_counter()
+            if i >= warmup:
+                result.total_ms.append((done - started) * 1000)
+                result.request_ms.append((accepted - started) * 1000)
+                result.polls.append(polls)
+    finally:
+        engine.close()
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# List throughput
+# ---------------------------------------------------------------------------------------
+
+
+async def _window(client: httpx.AsyncClient, path: str, connections: int, warmup: float,
+                  seconds: float) -> float:
+    """Requests per second over ``seconds``, after ``warmup``, ``connections`` workers."""
+    loop = asyncio.get_running_loop()
+    begin = loop.time() + warmup
+    end = begin + seconds
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        while True:
+            response = await client.get(path)
+            if response.status_code != 200:
+                raise RuntimeError(f"{path}: {response.status_code} {response.text[:200]}")
+            now = loop.time()
+            if now >= end:
+                return
+            if now >= begin:
+                done += 1
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return done / seconds
+
+
+@dataclass
+class ListSeries:
+    label: str
+    path: str
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rates)
+
+
+async def _list_throughput(base: str, series: dict[str, ListSeries], repetitions: int,
+                           connections: int, seconds: float,
+                           log: Callable[[str], None]) -> None:
+    limits = httpx.Limits(max_connections=connections,
+                          max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+        for rep in range(repetitions):
+            order = list(series.values())
+            random.Random(rep).shuffle(order)
+            for s in order:
+                s.rates.append(await _window(client, s.path, connections, 0.3, seconds))
+            log(f"  list repetition {rep + 1}/{repetitions} (req/s): "
+                + ", ".join(f"{name} {s.rates[-1]:,.0f}" for name, s in series.items()))
+
+
+def same_rows(base: str) -> tuple[bool, bool]:
+    """(the bare rows are the API page's servers, in order; the prototypes' bodies equal
+    the API's body)."""
+    api = httpx.get(base + LIST_PATH, timeout=30).json()
+    bare = httpx.get(base + BARE_PATH, timeout=30).json()["servers"]
+    ids = [s["id"] for s in api["servers"]]
+    rows = ids == [d["id"] for d in bare] and len(ids) == 100
+    bodies = all(httpx.get(base + prefix + LIST_PATH, timeout=30).json() == api
+                 for prefix in ("/proposed", "/proposed-nocache", "/proposed-inline"))
+    return rows, bodies
+
+
+# ---------------------------------------------------------------------------------------
+# What the list costs, stage by stage (in process, no HTTP)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    label: str
+    us: float  # µs per request
+    note: str = ""
+
+
+def _per_call(fn: Callable[[], Any], seconds: float = 0.6) -> float:
+    """µs per call of ``fn``: the best of three timed batches (least disturbed)."""
+    fn()
+    n, elapsed = 0, 0.0
+    started = time.perf_counter()
+    while elapsed < seconds / 3:
+        fn()
+        n += 1
+        elapsed = time.perf_counter() - started
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - started) / n)
+    return best * 1e6
+
+
+
+def _asgi_call(app: Any, path: str, query: bytes) -> Callable[[], None]:
+    """A synchronous call of the ASGI app for one GET (one event loop, reused)."""
+    loop = asyncio.new_event_loop()
+    scope_base: dict[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
+        "root_path": "", "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8774)}
+
+    async def once() -> None:
+        status: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app(dict(scope_base), receive, send)
+        if status != [200]:
+            raise RuntimeError(f"{path}: {status}")
+
+    return lambda: loop.run_until_complete(once())
+
+
+def _call_for(engine: Engine) -> Any:
+    """A :class:`vmledger.api.http.Call` for ``GET /v2.1/servers/detail?limit=100``."""
+    from starlette.requests import Request
+
+    from vmledger.api import microversions as mv
+    from vmledger.api.auth import noauth
+    from vmledger.api.http import Call
+
+    scope: dict[str, Any] = {
+        "type": "http", "method": "GET", "path": "/v2.1/servers/detail",
+        "query_string": b"limit=100", "headers": [(b"host", b"127.0.0.1")],
+        "scheme": "http", "server": ("127.0.0.1", 8774), "root_path": "",
+        "path_params": {}, "state": {}}
+    request = Request(scope)
+    return Call(request=request, engine=engine, request_id="req-bench",
+                version=mv.DEFAULT_VERSION, principal=noauth(request))
+
+
+def list_stages(url: str, requests: int = 40
+                ) -> tuple[list[Stage], list[tuple[str, float, float]]]:
+    """What ``GET /servers/detail?limit=100`` costs, stage by stage: the stages are
+    timed inside the same in-process requests (wrapped), so they add up to the total;
+    then the handler's work is profiled (µs/request)."""
+    from starlette.responses import JSONResponse
+
+    from benchmarks.projections import _Split
+    from vmledger.api import listing
+    from vmledger.api import servers as api_servers
+    from vmledger.api.http import Call
+    from vmledger.api.views import server_view
+
+    engine = Engine(url, hypervisor=Simulator(seed=0))
+    try:
+        dispatch = dispatcher(engine, url)
+        calls = {
+            "api": _asgi_call(dispatch, "/v2.1/servers/detail", b"limit=100"),
+            "proposed": _asgi_call(dispatch, "/proposed/v2.1/servers/detail", b"limit=100"),
+            "nocache": _asgi_call(dispatch, "/proposed-nocache/v2.1/servers/detail",
+                                  b"limit=100"),
+            "inline": _asgi_call(dispatch, "/proposed-inline/v2.1/servers/detail",
+                                 b"limit=100"),
+            "bare": _asgi_call(dispatch, "/bare/servers/detail", b"limit=100"),
+        }
+        totals = {name: _per_call(fn) for name, fn in calls.items()}
+        servers = len(engine.view._query("SELECT id FROM {t} WHERE project_id = ? AND "
+                                         "deleted = 0", [PROJECT]))
+
+        split = _Split()
+        view = engine.view
+        split.wrap(listing, "select", "select")
+        split.wrap(engine, "list_servers", "list_servers")
+        split.wrap(view, "servers", "view.servers")
+        split.wrap(view, "_query", "sql")
+        split.wrap(listing, "sort_keys", "options")
+        split.wrap(listing, "build_search", "options")
+        split.wrap(listing, "ordered", "ordered")
+        split.wrap(api_servers, "server_view", "server_view")
+        split.wrap(JSONResponse, "render", "render")
+        viewer = Call.viewer
+        assert isinstance(viewer, property) and viewer.fget is not None
+        fget = viewer.fget
+        sec = split.seconds
+        sec["viewer"] = 0.0
+
+        def timed_viewer(call: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fget(call)
+            finally:
+                sec["viewer"] += time.perf_counter() - started
+
+        Call.viewer = property(timed_viewer)  # type: ignore[method-assign,assignment]
+        try:
+            calls["api"]()
+            for key in sec:
+                sec[key] = 0.0
+            started = time.perf_counter()
+            for _ in range(requests):
+                calls["api"]()
+            total = (time.perf_counter() - started) / requests
+        finally:
+            Call.viewer = viewer  # type: ignore[method-assign]
+            split.restore()
+        us = {k: v / requests * 1e6 for k, v in sec.items()}
+
+        call = _call_for(engine)
+
+        def handler_work() -> None:
+            page, _ = listing.select(call)
+            JSONResponse({"servers": [server_view(d, call.viewer) for d in page]})
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(requests // 2):
+            handler_work()
+        profiler.disable()
+        raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = (
+            pstats.Stats(profiler).stats)  # type: ignore[attr-defined]
+        top = sorted(((tottime, ncalls, commands._short(*key))
+                      for key, (_cc, ncalls, tottime, _ct, _callers) in raw.items()),
+                     reverse=True)[:14]
+        profile = [(name, t / (requests // 2) * 1e6, n / (requests // 2))
+                   for t, n, name in top]
+    finally:
+        engine.close()
+    total_us = total * 1e6
+    inside = us["select"] + us["server_view"] + us["viewer"] + us["render"]
+    stages = [
+        Stage("API, in process (no HTTP): total per request", total_us),
+        Stage("  listing.select (in the thread pool)", us["select"],
+              f"all {servers} of the project's servers"),
+        Stage("    engine.list_servers", us["list_servers"]),
+        Stage("      SQL: SELECT doc ... (every row, no LIMIT)", us["sql"], f"{servers} rows"),
+        Stage("      JSON decode of every doc (object_hook)", us["view.servers"] - us["sql"],
+              f"{servers} docs"),
+        Stage("      ServerInfo.from_doc for every doc", us["list_servers"]
+              - us["view.servers"], f"{servers} objects, docs then used"),
+        Stage("    sort_keys + build_search", us["options"]),
+        Stage("    ordered(): Python sort of every doc", us["ordered"], "created_at, uuid"),
+        Stage("    Search.keep, paging", us["select"] - us["list_servers"] - us["options"]
+              - us["ordered"]),
+        Stage("  server_view for the page", us["server_view"], "100 docs"),
+        Stage("  call.viewer (once per server: a new Viewer + Links)", us["viewer"],
+              "101 calls"),
+        Stage("  JSONResponse.render (json.dumps)", us["render"]),
+        Stage("  rest: Starlette, middleware, auth, thread-pool hop, links", total_us - inside),
+        Stage("prototype: SQL page (LIMIT) + render, no cache: total", totals["nocache"],
+              "same body"),
+        Stage("prototype: SQL page (LIMIT) + rendered-doc cache: total", totals["proposed"],
+              "same body, warm cache"),
+        Stage("prototype: the same, page query not in the thread pool: total",
+              totals["inline"], "same body, warm cache"),
+        Stage("bare ASGI callable: total", totals["bare"]),
+    ]
+    return stages, profile
+
+
+# ---------------------------------------------------------------------------------------
+# The whole benchmark
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    servers: int
+    round_trips: int
+    warmup: int
+    repetitions: int  # list windows per endpoint
+    window: float  # seconds
+    connections: int
+    profile: bool
+
+
+FULL = Sizes(servers=500, round_trips=300, warmup=10, repetitions=3, window=2.0,
+             connections=4, profile=True)
+QUICK = Sizes(servers=500, round_trips=60, warmup=5, repetitions=2, window=0.8,
+              connections=4, profile=True)
+
+
+@dataclass
+class ApiReport:
+    servers: int
+    events: int
+    round_trips: list[RoundTrips]
+    lists: dict[str, ListSeries]
+    connections: int
+    window: float
+    same_rows: bool
+    same_bodies: bool
+    stages: list[Stage]
+    profile: list[tuple[str, float, float]]
+    seconds: float
+    contention: dict[str, float]
+
+    def ratios(self, name: str, baseline: str = "bare") -> list[float]:
+        return [a / b for a, b in zip(self.lists[name].rates, self.lists[baseline].rates,
+                                      strict=True)]
+
+
+def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
+    began = time.perf_counter()
+    stalls = commands.pressure_totals()
+    directory = Path(tempfile.mkdtemp(prefix="vmledger-bench-api-"))
+    try:
+        url = f"sqlite:///{directory / 'api.db'}"
+        engine = Engine(url)
+        try:
+            events = populate(engine.service, sizes.servers, project_id=PROJECT, full=False,
+                              group=250)
+            engine.updater.catch_up()
+            server_id = engine.list_servers()[-1].id
+        finally:
+            engine.close()
+        log(f"api: {sizes.servers} ACTIVE servers ({events:,} events) in {directory}")
+        series = {
+            "api": ListSeries("API: GET /v2.1/servers/detail?limit=100", LIST_PATH),
+            "bare": ListSeries("bare ASGI: SELECT the 100 newest docs, return them",
+                               BARE_PATH),
+            "static": ListSeries("static response of the same size (stack ceiling)",
+                                 STATIC_PATH),
+            "nocache": ListSeries("prototype fix: SQL page + render (no cache)",
+                                  "/proposed-nocache" + LIST_PATH),
+            "proposed": ListSeries("prototype fix: SQL page + rendered-doc cache",
+                                   "/proposed" + LIST_PATH),
+            "inline": ListSeries("prototype fix: the same, page query not in thread pool",
+                                 "/proposed-inline" + LIST_PATH),
+        }
+        with server_process(url, directory) as base:
+            http = http_round_trips(base, server_id, sizes.round_trips, sizes.warmup)
+            log(f"  HTTP round trip p50 {percentile(http.total_ms, 50):.1f} ms, "
+                f"p99 {percentile(http.total_ms, 99):.1f} ms")
+            rows, bodies = same_rows(base)
+            asyncio.run(_list_throughput(base, series, sizes.repetitions,
+                                         sizes.connections, sizes.window, log))
+        local = engine_round_trips(url, sizes.round_trips, sizes.warmup)
+        stages: list[Stage] = []
+        profile: list[tuple[str, float, float]] = []
+        if sizes.profile:
+            stages, profile = list_stages(url)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    seconds = time.perf_counter() - began
+    report = ApiReport(sizes.servers, events, [http, local], series, sizes.connections,
+                       sizes.window, rows, bodies, stages, profile, seconds,
+                       commands.contention(stalls, commands.pressure_totals(), seconds))
+    return format_report(report)
+
+
+def format_report(r: ApiReport) -> str:
+    out: list[str] = []
+    w = out.append
+    stall = ", ".join(f"{k} {v:.0f} %" for k, v in r.contention.items()) or "unknown"
+    w("")
+    w("Compute API over HTTP: uvicorn (h11, asyncio) on 127.0.0.1 in a child process, agent "
+      "and view follower")
+    w(f"in the background (run_in_background(0.01)), simulator without latency, SQLite, "
+      f"{r.servers} ACTIVE servers")
+    w(f"({r.events:,} events). Client: httpx in this process. {r.seconds:.0f} s; stalls "
+      f"(PSI 'some'): {stall}")
+    w("")
+    w(f"Command round trip: POST pause/unpause (alternating), then GET the server every "
+      f"{POLL_INTERVAL * 1000:.0f} ms until done")
+    w("(status PAUSED/ACTIVE and task_state null). Reference from the same run: the same "
+      "round trip on the")
+    w("embedding facade in one process, no HTTP. ms; 'call' = the POST (or engine.act) "
+      "alone.")
+    w(f"  {'':<62} {'n':>4} {'p50':>6} {'p90':>6} {'p99':>6} {'call p50':>8} {'polls':>5}")
+    for rt in r.round_trips:
+        w(f"  {rt.label:<62} {len(rt.total_ms):>4} {percentile(rt.total_ms, 50):>6.1f} "
+          f"{percentile(rt.total_ms, 90):>6.1f} {percentile(rt.total_ms, 99):>6.1f} "
+          f"{percentile(rt.request_ms, 50):>8.1f} {statistics.median(rt.polls):>5.0f}")
+    w("")
+    w(f"List throughput: {r.connections} concurrent keep-alive connections (httpx async), "
+      f"windows of {r.window:.1f} s after 0.3 s")
+    w("of warm-up, interleaved in a shuffled order; requests/s = medians, (min-max). The "
+      "bare rows are the")
+    w(f"API page's 100 servers in the same order: {'yes' if r.same_rows else 'NO'}; the "
+      f"prototypes' bodies equal the API's: {'yes' if r.same_bodies else 'NO'}.")
+    for s in r.lists.values():
+        w(f"  {s.label:<52} {s.rate:>8,.0f} req/s  ({min(s.rates):>5,.0f}-{max(s.rates):>5,.0f})"
+          f" {1e3 / s.rate:>7.2f} ms/req")
+    ratios = r.ratios("api")
+    ratio = statistics.median(ratios)
+    w(f"  ratio API/bare {ratio:.2f} (per window pair {min(ratios):.2f}-{max(ratios):.2f}); "
+      f"target >= {TARGET_LIST_RATIO}: {'met' if ratio >= TARGET_LIST_RATIO else 'NOT met'}")
+    for name in ("nocache", "proposed", "inline"):
+        values = r.ratios(name)
+        w(f"  ratio {r.lists[name].label.split(': ')[1]} / bare: "
+          f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
+    w(f"  bare/static {statistics.median(r.ratios('bare', 'static')):.2f} (near 1: the bare "
+      "endpoint is bound by uvicorn + the client, not by its query)")
+    if r.stages:
+        w("")
+        w("Where the API's list time goes (in process, no HTTP, same database): the stages "
+          "are timed inside")
+        w("the same requests, so indented rows add up to the row above; µs per request.")
+        for stage in r.stages:
+            w(f"  {stage.label:<66} {stage.us:>8,.0f} µs  {stage.note}")
+    if r.profile:
+        w("cProfile of the handler's work (select, server_view, JSONResponse) in this "
+          "thread: top self time")
+        w("(µs/request, inflated by the profiler)")
+        for name, us, calls in r.profile:
+            w(f"  {us:>8,.0f} µs {calls:>7,.0f} calls  {name}")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) == 3 and argv[0] == "--serve":
+        serve(argv[1], int(argv[2]))
+        return 0
+    print("usage: python -m benchmarks --suite api (this module's --serve is internal)",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main(sys.argv[1:]))

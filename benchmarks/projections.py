@@ -1,0 +1,790 @@
+"""Read models: how fast they are rebuilt from the log, and how far live writes trail.
+
+What is measured
+----------------
+*Rebuild*: a deterministic log of >= 100k events (servers driven through realistic
+lifecycles: create, rename, stop, start, hard reboot, pause, unpause, lock, unlock,
+resize and confirm, snapshots, failed reboots and resets, power-state drift, delete) is
+written quickly (many aggregates per ``service.save``), then
+``engine.updater.rebuild()`` drops the read models (servers, instance actions, images)
+and folds the whole log again. Reported: events per second, the median of a few
+rebuilds, next to two floors measured on the same log in the same run: the library's
+own read of the log (``recorder.select_notifications`` in pages) and that read plus
+the library's decoding of every event (``mapper.to_domain_event``). Every rebuild must
+produce the same read models: a digest of every row is compared (and, the log being
+deterministic, is the same from run to run and from one code version to the next).
+
+*Live lag* (PostgreSQL): ``updater.follow()`` runs in a thread (LISTEN/NOTIFY); single
+commands (creates, locks, unlocks) are issued a few milliseconds apart; the lag of one
+command is the time from ``service.save()`` returning to the view's tracking position
+covering it (the commit of the view's transaction). Floors from the same run: the
+database's commit latency and its NOTIFY delivery latency, measured with the raw
+driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import hashlib
+import math
+import pstats
+import random
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from eventsourcing.domain import Aggregate
+from psycopg import sql
+
+from benchmarks import commands
+from vmledger.domain import lifecycle as lc
+from vmledger.domain.catalog import image_id_for
+from vmledger.domain.image import CustomImage
+from vmledger.domain.server import Context, Server
+from vmledger.domain.service import ServerService, _addresses
+from vmledger.engine import Engine
+from vmledger.projections import runner
+from vmledger.projections.servers import ServersView
+
+TARGET_REBUILD = 150_000  # events/s
+TARGET_LAG_P99_MS = 10.0
+
+# ---------------------------------------------------------------------------------------
+# A deterministic log, written fast (also used by benchmarks.api)
+# ---------------------------------------------------------------------------------------
+#
+# Each server's lifecycle is driven on the aggregates themselves with the calls the
+# command service and the host agent make (Server.request, the service's action
+# handlers, advance, record_call, complete, fail, observe_drift, CustomImage.queue...).
+# A group of servers advances in lockstep, one command per server per round, and each
+# round is saved with one service.save(*aggregates): one transaction for hundreds of
+# events, and pages of the log interleave many servers' events as a busy log does.
+
+IMAGE = image_id_for("cirros-0.6.2-x86_64")
+FLAVOR, BIGGER_FLAVOR = "2", "3"
+METADATA = {"role": "web", "team": "benchmarks"}
+CONFIRM_WINDOW = timedelta(hours=24)
+RUNNING, PAUSED, SHUTDOWN, NOSTATE = 1, 3, 4, 0
+#: average events per server of a full lifecycle (47, plus the extras of some servers)
+EVENTS_PER_FULL_SERVER = 49.5
+
+
+class StepClock:
+    """Deterministic time: every reading is one millisecond after the previous one."""
+
+    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
+                 step: timedelta = timedelta(milliseconds=1)) -> None:
+        self._now = start
+        self._step = step
+
+    def now(self) -> datetime:
+        self._now += self._step
+        return self._now
+
+
+class Ids:
+    """Seeded server, image and request ids."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def uuid(self) -> uuid.UUID:
+        return uuid.UUID(int=self._rng.getrandbits(128), version=4)
+
+    def request_id(self) -> str:
+        return f"req-{self.uuid()}"
+
+
+def _observation(power_state: int, *, exists: bool = True) -> dict[str, Any]:
+    return {"exists": exists, "power_state": power_state,
+            "flavor_id": FLAVOR if exists else None, "image_id": IMAGE if exists else None,
+            "resize_pending": False}
+
+
+#: per action: (hypervisor call, its arguments, its answer), the power state at the end
+_CALLS: dict[str, tuple[tuple[str, dict[str, Any], dict[str, Any] | None], int]] = {
+    "create": (("spawn", {"flavor_id": FLAVOR, "vcpus": 1, "ram_mb": 2048, "disk_gb": 20,
+                          "image_id": IMAGE}, {"domain": "instance-bench",
+                                               "method": "define+start"}), RUNNING),
+    "stop": (("power_off", {}, {"clean": True}), SHUTDOWN),
+    "start": (("power_on", {}, None), RUNNING),
+    "reboot_hard": (("reboot", {"hard": True}, {"method": "reset"}), RUNNING),
+    "reboot_soft": (("reboot", {"hard": False}, None), RUNNING),
+    "pause": (("pause", {}, None), PAUSED),
+    "unpause": (("unpause", {}, None), RUNNING),
+    "resize": (("resize", {"flavor_id": BIGGER_FLAVOR, "vcpus": 2, "ram_mb": 4096,
+                           "disk_gb": 40, "image_id": IMAGE}, None), RUNNING),
+    "confirm_resize": (("confirm_resize", {}, None), RUNNING),
+    "create_image": (("snapshot", {}, {"size": 13_000_000, "checksum": "d41d8cd9"}),
+                     RUNNING),
+    "delete": (("destroy", {}, None), NOSTATE),
+}
+_POWER_BEFORE = {"create": NOSTATE, "start": SHUTDOWN, "unpause": PAUSED}
+
+Changed = list[Aggregate]
+
+
+def _agent(service: ServerService, server: Server, *, image: CustomImage | None = None,
+           fail: bool = False) -> Iterator[Changed]:
+    """The host agent's commands for the server's action in flight, one per yield."""
+    action = server.pending_action
+    assert action is not None and server.pending_request_id is not None
+    ctx = service.agent_context(server.pending_request_id)
+    steps = lc.ACTIONS[action].steps
+    while server.task_state in steps and steps.index(server.task_state) + 1 < len(steps):
+        server.advance(ctx, service.clock.now(), steps[steps.index(server.task_state) + 1])
+        yield [server]
+    (call, arguments, result), power = _CALLS[action]
+    before = _POWER_BEFORE.get(action, RUNNING)
+
+    def record(name: str, args: dict[str, Any], answer: dict[str, Any] | None,
+               error: str | None = None) -> None:
+        server.record_call(ctx, service.clock.now(), host=server.host, driver="simulator",
+                           call=name, arguments=args, result=answer, error=error,
+                           duration_ms=0.412)
+
+    record("observe", {}, _observation(before, exists=action != "create"))
+    yield [server]
+    if image is not None:
+        image.saving(ctx, service.clock.now())
+        yield [image]
+        arguments = {"image_id": str(image.id)}
+    if fail:
+        record(call, arguments, None, "libvirtError: injected failure")
+        yield [server]
+        server.fail(ctx, service.clock.now(), power_state=before, rollback=False,
+                    message="injected failure", code=500, details="libvirtError")
+        yield [server]
+        return
+    record(call, arguments, result)
+    yield [server]
+    if image is not None:
+        assert result is not None
+        image.activate(ctx, service.clock.now(), size=int(result["size"]),
+                       checksum=str(result["checksum"]))
+        yield [image]
+    server.complete(ctx, service.clock.now(), power_state=power,
+                    confirm_window=CONFIRM_WINDOW)
+    yield [server]
+
+
+#: the user's actions of a full lifecycle, after the create (service action, params)
+FULL_ACTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("update", {}), ("stop", {}), ("start", {}), ("reboot", {"type": "HARD"}),
+    ("pause", {}), ("unpause", {}), ("lock", {"reason": "maintenance window"}),
+    ("unlock", {}), ("resize", {"flavor": BIGGER_FLAVOR}), ("confirm_resize", {}),
+    ("extras", {}), ("delete", {}),
+)
+
+
+def server_life(service: ServerService, index: int, *, project_id: str, full: bool
+                ) -> Iterator[Changed]:
+    """One server's commands (the user's and the agent's), one per yield.
+
+    Not full: create and build (the server ends ACTIVE). Full: then rename, stop,
+    start, hard reboot, pause, unpause, lock, unlock, resize and confirm, then for some
+    servers a snapshot image (some deleted again), a failed reboot and an
+    administrator's reset, or a power-state drift and a start; then delete.
+    """
+    def user() -> Context:
+        return service.context(user_id=f"user-{index % 7}", project_id=project_id,
+                               is_admin=False)
+
+    ctx = user()
+    sid = service.id_factory()
+    _, image_ref = service.image_for(IMAGE, ctx)
+    server = Server.request(
+        id=sid, ctx=ctx, at=service.clock.now(), name=f"bench-{index}",
+        flavor=service.catalog.flavor(FLAVOR).as_dict(), image=image_ref,
+        host=service.hosts[sid.int % len(service.hosts)], metadata=dict(METADATA),
+        description=None, key_name=None, availability_zone="nova",
+        addresses=_addresses(sid),
+        attributes={"security_groups": ["default"], "disk_config": "MANUAL",
+                    "reservation_id": f"r-{index:08x}", "tags": []})
+    yield [server]
+    yield from _agent(service, server)
+    if not full:
+        return
+    for action, params in FULL_ACTIONS:
+        ctx = user()
+        if action == "update":
+            server.update(ctx, service.clock.now(), {"name": f"renamed-{index}"})
+            yield [server]
+        elif action == "extras":
+            yield from _extras(service, server, index, ctx)
+        else:
+            ServerService._ACTIONS[action](service, ctx, dict(params))(server)
+            yield [server]
+            if server.pending_action is not None:
+                yield from _agent(service, server)
+
+
+def _extras(service: ServerService, server: Server, index: int, ctx: Context
+            ) -> Iterator[Changed]:
+    if index % 10 == 0:  # a snapshot image (every other one deleted again)
+        image = CustomImage.queue(
+            id=service.id_factory(), ctx=ctx, at=service.clock.now(), name=f"snap-{index}",
+            server_id=str(server.id), metadata={"kind": "nightly"}, min_ram=0,
+            min_disk=int(server.flavor.get("disk") or 0), base_image=dict(server.image))
+        server.request_action("create_image", ctx, service.clock.now(),
+                              params={"image_id": str(image.id), "name": f"snap-{index}"})
+        yield [server, image]
+        yield from _agent(service, server, image=image)
+        if index % 20 == 0:
+            image.delete(ctx, service.clock.now())
+            yield [image]
+    if index % 7 == 0:  # a failed reboot, then an administrator's reset
+        ServerService._ACTIONS["reboot"](service, ctx, {"type": "SOFT"})(server)
+        yield [server]
+        yield from _agent(service, server, fail=True)
+        admin = service.admin_context()
+        ServerService._ACTIONS["reset_state"](service, admin, {"state": lc.ACTIVE})(server)
+        yield [server]
+    if index % 11 == 0:  # the guest was found off: Nova's power-state sync stops it
+        agent = service.agent_context(service.request_id_factory())
+        server.observe_drift(agent, service.clock.now(), host=server.host,
+                             observed=SHUTDOWN, power_state=SHUTDOWN, call=None)
+        yield [server]
+        ServerService._ACTIONS["start"](service, ctx, {})(server)
+        yield [server]
+        yield from _agent(service, server)
+
+
+def populate(service: ServerService, servers: int, *, project_id: str = "bench-project",
+             full: bool = True, group: int = 500, first: int = 0,
+             progress: Callable[[int], None] | None = None) -> int:
+    """Write ``servers`` lifecycles, ``group`` servers in lockstep, one
+    ``service.save`` per round; return the number of events written."""
+    written = 0
+    for start in range(first, first + servers, group):
+        lives = [server_life(service, i, project_id=project_id, full=full)
+                 for i in range(start, min(start + group, first + servers))]
+        while lives:
+            changed: dict[int, Aggregate] = {}
+            running = []
+            for life in lives:
+                try:
+                    for aggregate in next(life):
+                        changed[id(aggregate)] = aggregate
+                except StopIteration:
+                    continue
+                running.append(life)
+            lives = running
+            if changed:
+                written += len(service.save(*changed.values()))
+        if progress is not None:
+            progress(written)
+    return written
+
+
+VIEW_TABLES = ("vmledger_servers", "vmledger_instance_actions", "vmledger_images")
+
+
+def view_digest(view: ServersView) -> str:
+    """A digest of every row of the read models and of the view's position."""
+    digest = hashlib.sha256(str(view.position()).encode())
+    with view._transaction(commit=False) as curs:
+        for table in VIEW_TABLES:
+            curs.execute(f"SELECT * FROM {table} ORDER BY 1")
+            for row in curs.fetchall():
+                values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
+                digest.update(repr(values).encode())
+    return digest.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), linear interpolation between closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+# ---------------------------------------------------------------------------------------
+# Rebuild
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RebuildReport:
+    backend: str
+    events: int
+    servers: int
+    generate_seconds: float
+    rebuilds: list[float] = field(default_factory=list)  # events/s
+    read_only: list[float] = field(default_factory=list)
+    read_decode: list[float] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    split: list[tuple[str, float]] = field(default_factory=list)  # (stage, µs/event)
+    top: list[tuple[str, float, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    contention: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return statistics.median(self.rebuilds)
+
+
+def _library_read(engine: Engine, page: int, decode: bool) -> int:
+    """Read (and decode) the whole log as the library offers it, in pages."""
+    recorder, mapper = engine.service.recorder, engine.service.mapper
+    start, read = 0, 0
+    while True:
+        notifications = recorder.select_notifications(start=start, limit=page,
+                                                      inclusive_of_start=False)
+        if not notifications:
+            return read
+        if decode:
+            for n in notifications:
+                mapper.to_domain_event(n)
+        read += len(notifications)
+        start = notifications[-1].id
+
+
+def _timed(fn: Callable[[], int]) -> float:
+    commands.settle()
+    started = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - started)
+
+
+class _Split:
+    """Wall time of the rebuild's stages, by wrapping attributes of one engine."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    def wrap(self, owner: Any, attribute: str, label: str) -> None:
+        if not hasattr(owner, attribute):
+            return
+        had_own = attribute in vars(owner)
+        original = getattr(owner, attribute)
+        seconds = self.seconds
+        seconds.setdefault(label, 0.0)
+        clock = time.perf_counter
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                seconds[label] += clock() - started
+
+        setattr(owner, attribute, timed)
+        self._undo.append((lambda: setattr(owner, attribute, original)) if had_own
+                          else (lambda: delattr(owner, attribute)))
+
+    def restore(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+def _split(engine: Engine) -> list[tuple[str, float]]:
+    """µs per event of the rebuild's stages (one more rebuild, instrumented)."""
+    split = _Split()
+    view = engine.view
+    if hasattr(runner, "read_page"):
+        split.wrap(runner, "read_page", "read (runner.read_page)")
+    else:
+        split.wrap(engine.service.recorder, "select_notifications",
+                   "read (select_notifications)")
+    split.wrap(runner, "decode", "decode (mapper.to_domain_event)")
+    batched = hasattr(view, "apply_pages")
+    split.wrap(view, "apply_pages" if batched else "apply_page",
+               f"fold + write + commit ({'apply_pages' if batched else 'apply_page'})")
+    split.wrap(view, "_load", "  of which: load the servers' rows")
+    for extension in view.extensions:
+        method = "apply_pages" if hasattr(extension, "apply_pages") else "apply"
+        split.wrap(extension, method, f"  of which: {type(extension).__name__}.{method}")
+    try:
+        commands.settle()
+        started = time.perf_counter()
+        events = engine.updater.rebuild()
+        total = time.perf_counter() - started
+    finally:
+        split.restore()
+    rows = [("rebuild (total)", total)]
+    rows += [(label, s) for label, s in split.seconds.items() if s > 0]
+    rows.append(("rest (loop, clear, tracking reads)",
+                 total - sum(s for label, s in split.seconds.items()
+                             if not label.startswith("  "))))
+    return [(label, s / events * 1e6) for label, s in rows]
+
+
+def _profile(engine: Engine, top: int = 12) -> list[tuple[str, float, float]]:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    events = engine.updater.rebuild()
+    profiler.disable()
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = (
+        pstats.Stats(profiler).stats)  # type: ignore[attr-defined]
+    entries = sorted(((tottime, ncalls, commands._short(*key))
+                      for key, (_cc, ncalls, tottime, _ct, _callers) in raw.items()),
+                     reverse=True)[:top]
+    return [(name, t / events * 1e6, n / events) for t, n, name in entries]
+
+
+def bench_rebuild(backend: commands.Backend, sizes: Sizes, log: Callable[[str], None]
+                  ) -> RebuildReport:
+    began = time.perf_counter()
+    stalls = commands.pressure_totals()
+    with backend.database() as url:
+        ids = Ids(seed=20261127)
+        engine = Engine(url, clock=StepClock(), id_factory=ids.uuid,
+                        request_id_factory=ids.request_id)
+        try:
+            backend.ready(engine.service)
+            started = time.perf_counter()
+            events = populate(engine.service, sizes.servers, group=sizes.group)
+            generated = time.perf_counter() - started
+            log(f"  {backend.name}: wrote {events:,} events ({sizes.servers} servers) in "
+                f"{generated:.1f} s")
+            report = RebuildReport(backend.name, events, sizes.servers, generated)
+            for rep in range(sizes.repetitions):
+                jobs: list[tuple[str, Callable[[], int]]] = [
+                    ("rebuild", engine.updater.rebuild),
+                    ("read", lambda: _library_read(engine, runner.PAGE_SIZE, False)),
+                    ("decode", lambda: _library_read(engine, runner.PAGE_SIZE, True))]
+                random.Random(rep).shuffle(jobs)
+                for name, job in jobs:
+                    rate = _timed(job)
+                    {"rebuild": report.rebuilds, "read": report.read_only,
+                     "decode": report.read_decode}[name].append(rate)
+                    if name == "rebuild":
+                        report.digests.append(view_digest(engine.view))
+                log(f"  {backend.name} repetition {rep + 1}/{sizes.repetitions}: rebuild "
+                    f"{report.rebuilds[-1]:,.0f} events/s, library read+decode "
+                    f"{report.read_decode[-1]:,.0f}/s")
+            if sizes.profile:
+                report.split = _split(engine)
+                report.digests.append(view_digest(engine.view))
+                if backend.name == "sqlite":  # the same Python runs on both backends
+                    report.top = _profile(engine)
+        finally:
+            engine.close()
+    report.seconds = time.perf_counter() - began
+    report.contention = commands.contention(stalls, commands.pressure_totals(),
+                                            report.seconds)
+    return report
+
+
+# ---------------------------------------------------------------------------------------
+# Live lag (PostgreSQL)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LagReport:
+    commands: int
+    spacing_ms: float
+    lags_ms: list[float]
+    wake_ms: list[float]  # save returned -> the follower's catch-up started
+    commit_ms: list[float]  # raw driver: one INSERT + COMMIT
+    notify_ms: list[float]  # raw driver: COMMIT with NOTIFY -> a LISTENer has it
+    seconds: float
+    contention: dict[str, float]
+
+
+class _Applied:
+    """Records when the view's transactions commit, and when catch-ups start."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.cond = threading.Condition()
+        self.position = engine.view.position()
+        self.applied_at: list[tuple[int, float]] = []
+        self.catch_up_started: list[float] = []
+        self.saved_at = 0.0
+        view, updater, service = engine.view, engine.updater, engine.service
+        catch_up, save = updater.catch_up, service.save
+        # the view's write: apply_pages (batched pages), or apply_page (one page)
+        method = "apply_pages" if hasattr(view, "apply_pages") else "apply_page"
+        apply: Callable[..., int] = getattr(view, method)
+
+        def timed_apply(*args: Any) -> int:
+            changed = apply(*args)
+            now = time.perf_counter()
+            position = args[0][-1][1] if method == "apply_pages" else args[1]
+            with self.cond:
+                self.position = max(self.position, position)
+                self.applied_at.append((position, now))
+                self.cond.notify_all()
+            return changed
+
+        def timed_catch_up(*args: Any, **kwargs: Any) -> int:
+            self.catch_up_started.append(time.perf_counter())
+            return catch_up(*args, **kwargs)
+
+        def timed_save(*args: Any, **kwargs: Any) -> Any:
+            result = save(*args, **kwargs)
+            self.saved_at = time.perf_counter()
+            return result
+
+        setattr(view, method, timed_apply)
+        updater.catch_up = timed_catch_up  # type: ignore[method-assign]
+        service.save = timed_save  # type: ignore[method-assign]
+
+    def wait(self, position: int, timeout: float = 10.0) -> float:
+        """When the view reached ``position`` (perf_counter)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.position < position:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"the view did not reach {position}")
+                self.cond.wait(left)
+            return next(t for p, t in self.applied_at if p >= position)
+
+
+def _raw_floors(url: str, samples: int) -> tuple[list[float], list[float]]:
+    """Commit latency and NOTIFY delivery latency of the database (raw psycopg)."""
+    commit_ms: list[float] = []
+    notify_ms: list[float] = []
+    with psycopg.connect(url, autocommit=True) as writer, \
+            psycopg.connect(url, autocommit=True) as listener:
+        writer.execute("CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY,"
+                       " payload text)")
+        listener.execute("LISTEN bench_floor")
+        payload = "x" * 400
+        for i in range(samples):
+            started = time.perf_counter()
+            with writer.transaction():
+                writer.execute("INSERT INTO bench_floor (payload) VALUES (%s)", [payload],
+                               prepare=True)
+                if i % 2:
+                    writer.execute("NOTIFY bench_floor")
+            committed = time.perf_counter()
+            if i % 2:
+                for _ in listener.notifies(timeout=5.0, stop_after=1):
+                    pass
+                notify_ms.append((time.perf_counter() - committed) * 1000)
+            else:
+                commit_ms.append((committed - started) * 1000)
+            time.sleep(0.002)
+        writer.execute(sql.SQL("DROP TABLE bench_floor"))
+    return commit_ms, notify_ms
+
+
+def bench_lag(backend: commands.Backend, sizes: Sizes, log: Callable[[str], None]
+              ) -> LagReport:
+    began = time.perf_counter()
+    stalls = commands.pressure_totals()
+    with backend.database() as url:
+        engine = Engine(url)
+        stop = threading.Event()
+        follower: threading.Thread | None = None
+        try:
+            backend.ready(engine.service)
+            service = engine.service
+            populate(service, 20, project_id="lag", full=False, group=20)
+            engine.updater.catch_up()
+            servers = [info.id for info in engine.list_servers()]
+            applied = _Applied(engine)
+            follower = threading.Thread(target=engine.updater.follow, args=(stop, None, 0.5),
+                                        name="bench-follower", daemon=True)
+            follower.start()
+            ctx = service.context(user_id="lag-user", project_id="lag", is_admin=False)
+            locked: set[str] = set()
+            lags: list[float] = []
+            wakes: list[float] = []
+            warmup = 10
+            for i in range(warmup + sizes.lag_commands):
+                if i % 4 == 3:
+                    result = service.create_server(ctx, name=f"lag-{i}", flavor=FLAVOR,
+                                                   image=IMAGE)
+                else:
+                    sid = servers[i % len(servers)]
+                    action = "unlock" if sid in locked else "lock"
+                    result = service.act(ctx, sid, action)
+                    locked.symmetric_difference_update({sid})
+                saved = applied.saved_at
+                assert result.position is not None
+                done = applied.wait(result.position)
+                if i >= warmup:
+                    lags.append(max(0.0, done - saved) * 1000)
+                    started = [t for t in applied.catch_up_started if t >= saved]
+                    if started:
+                        wakes.append((started[0] - saved) * 1000)
+                time.sleep(sizes.lag_spacing)
+            log(f"  postgres live lag: p50 {percentile(lags, 50):.1f} ms, "
+                f"p99 {percentile(lags, 99):.1f} ms")
+        finally:
+            stop.set()
+            if follower is not None:
+                follower.join(timeout=10)
+            engine.close()
+        commit_ms, notify_ms = _raw_floors(url, 2 * sizes.lag_commands)
+    seconds = time.perf_counter() - began
+    return LagReport(sizes.lag_commands, sizes.lag_spacing * 1000, lags, wakes, commit_ms,
+                     notify_ms, seconds,
+                     commands.contention(stalls, commands.pressure_totals(), seconds))
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+
+
+def _stall_text(contention: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f} %" for k, v in contention.items()) or "unknown"
+
+
+def _stalled(contention: dict[str, float]) -> bool:
+    return any(v > 20 for v in contention.values())
+
+
+def format_report(rebuilds: Sequence[RebuildReport], lag: LagReport | None,
+                  skipped: dict[str, str]) -> str:
+    out: list[str] = []
+    w = out.append
+    w("")
+    w("Projection rebuild: engine.updater.rebuild() (drop the servers, instance-actions and")
+    w("images read models, fold the whole log again) on a deterministic log; events/s =")
+    w("medians of the repetitions. Floors on the same log, same run: the library's read of")
+    w("the log (select_notifications, pages of 1000) and read + decode of every event")
+    w("(mapper.to_domain_event): a fold that reads and decodes every event through the")
+    w(f"library cannot beat them. Target >= {TARGET_REBUILD:,} events/s.")
+    if rebuilds:
+        w("")
+        head = (f"{'backend':<9} {'events':>8} {'rebuild/s':>10} {'(range)':>17} "
+                f"{'µs/event':>8} {'read/s':>9} {'read+decode/s':>13}  view digest")
+        w(head)
+        w("-" * len(head))
+    for r in rebuilds:
+        same = ("same in every rebuild" if len(set(r.digests)) == 1
+                else "DIFFERS: " + ",".join(r.digests))
+        w(f"{r.backend:<9} {r.events:>8,} {r.rate:>10,.0f} "
+          f"({min(r.rebuilds):>7,.0f}-{max(r.rebuilds):>7,.0f}) {1e6 / r.rate:>8.1f} "
+          f"{statistics.median(r.read_only):>9,.0f} {statistics.median(r.read_decode):>13,.0f}"
+          f"  {r.digests[0]} ({same})")
+    for backend, reason in skipped.items():
+        w(f"{backend:<9} skipped: {reason}")
+    for r in rebuilds:
+        w("")
+        w(f"[{r.backend}] log: {r.events:,} events of {r.servers:,} servers written in "
+          f"{r.generate_seconds:.1f} s ({r.events / r.generate_seconds:,.0f} events/s, many "
+          f"aggregates per save); benchmark {r.seconds:.0f} s; stalls (PSI 'some'): "
+          f"{_stall_text(r.contention)}")
+        if r.split:
+            w(f"[{r.backend}] where the rebuild's time goes (one instrumented rebuild, µs/event)")
+            total = r.split[0][1]
+            for label, us in r.split:
+                w(f"  {label:<44} {us:>7.2f} µs {100 * us / total:>5.1f} %")
+        if r.top:
+            w(f"[{r.backend}] cProfile of another rebuild: top self time (µs/event, inflated "
+              "by the profiler)")
+            for name, us, calls in r.top:
+                w(f"  {us:>7.2f} µs/event {calls:>6.2f} calls/event  {name}")
+        verdict = "met" if r.rate >= TARGET_REBUILD else "NOT met"
+        w(f"[{r.backend}] target >= {TARGET_REBUILD:,} events/s: {r.rate:,.0f} ({verdict}); "
+          f"the library's read + decode alone: {statistics.median(r.read_decode):,.0f}/s")
+        if _stalled(r.contention):
+            w(f"[{r.backend}] WARNING: tasks stalled this run ({_stall_text(r.contention)}); "
+              "its numbers are noisy")
+    if lag is not None:
+        w("")
+        w("Live projection lag (PostgreSQL): updater.follow() in a thread (LISTEN/NOTIFY);")
+        w(f"{lag.commands} single commands (3 of 4 lock/unlock, 1 of 4 create) "
+          f"{lag.spacing_ms:.0f} ms apart; lag = service.save() returned -> the view's "
+          "transaction")
+        w("covering it committed. Floors (raw psycopg, same database, same run): a commit of")
+        w("one INSERT, and a NOTIFY's delivery to a LISTENing connection after its commit.")
+        w(f"  {'':<44} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+        rows = [("lag: save returned -> view committed", lag.lags_ms),
+                ("  of which: save returned -> catch-up started", lag.wake_ms),
+                ("floor: raw commit (INSERT + COMMIT)", lag.commit_ms),
+                ("floor: raw NOTIFY delivery after COMMIT", lag.notify_ms)]
+        for label, values in rows:
+            w(f"  {label:<44} {percentile(values, 50):>7.2f} {percentile(values, 90):>7.2f} "
+              f"{percentile(values, 99):>7.2f} {max(values, default=math.nan):>7.2f}")
+        p99 = percentile(lag.lags_ms, 99)
+        w(f"[postgres] target lag p99 <= {TARGET_LAG_P99_MS:.0f} ms: {p99:.1f} ms "
+          f"({'met' if p99 <= TARGET_LAG_P99_MS else 'NOT met'}); {lag.seconds:.0f} s; "
+          f"stalls: {_stall_text(lag.contention)}")
+        if _stalled(lag.contention):
+            w("[postgres] WARNING: tasks stalled during the lag run; its tail is noisy")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point used by __main__
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    servers: int  # servers in the rebuild's log
+    group: int  # servers driven in lockstep while writing it
+    repetitions: int  # rebuilds per backend
+    profile: bool  # the split and cProfile sections
+    lag_commands: int
+    lag_spacing: float  # seconds
+
+
+FULL = Sizes(servers=2050, group=550, repetitions=3, profile=True, lag_commands=200,
+             lag_spacing=0.005)
+QUICK = Sizes(servers=300, group=300, repetitions=2, profile=False, lag_commands=60,
+              lag_spacing=0.005)
+
+
+def run(backends: Sequence[str], sizes: Sizes, *, log: Callable[[str], None] = print
+        ) -> str:
+    rebuilds: list[RebuildReport] = []
+    lag: LagReport | None = None
+    skipped: dict[str, str] = {}
+    if "sqlite" in backends:
+        directory = Path(tempfile.mkdtemp(prefix="vmledger-bench-"))
+        try:
+            rebuilds.append(bench_rebuild(commands.SQLiteBackend(directory), sizes, log))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    if "postgres" in backends:
+        with _cluster(skipped, log) as cluster:
+            if cluster is not None:
+                backend = commands.PostgresBackend(cluster)
+                rebuilds.append(bench_rebuild(backend, sizes, log))
+                lag = bench_lag(backend, sizes, log)
+    return format_report(rebuilds, lag, skipped)
+
+
+@contextlib.contextmanager
+def _cluster(skipped: dict[str, str], log: Callable[[str], None]) -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster, or None (the reason is put in ``skipped``)."""
+    cluster_class, reason = commands.postgres_cluster()
+    if cluster_class is None:
+        skipped["postgres"] = reason or "unavailable"
+        log(f"postgres: skipped: {reason}")
+        yield None
+        return
+    from tests.support.postgres import PostgresClusterError
+
+    cluster = cluster_class()
+    try:
+        cluster.__enter__()
+    except PostgresClusterError as e:
+        skipped["postgres"] = str(e).splitlines()[0]
+        log(f"postgres: skipped: {e}")
+        yield None
+        return
+    try:
+        log(f"postgres: throwaway cluster on 127.0.0.1:{cluster.port}")
+        yield cluster
+    finally:
+        cluster.__exit__(None, None, None)
