@@ -302,6 +302,12 @@ class Engine:
         return [ServerInfo.from_doc(d)
                 for d in self.view.servers(project_id=project, include_deleted=include_deleted)]
 
+    def iter_server_docs(self, *, ctx: Context | None = None, include_deleted: bool = False
+                         ) -> Iterator[dict[str, Any]]:
+        """The view's server documents, newest first, decoded lazily (list pages)."""
+        project = None if ctx is None or ctx.is_admin else ctx.project_id
+        return self.view.iter_servers(project_id=project, include_deleted=include_deleted)
+
     def _visible(self, server_id: str, ctx: Context | None, include_deleted: bool
                  ) -> dict[str, Any]:
         doc = self.view.get(str(server_id))

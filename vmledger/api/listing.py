@@ -25,7 +25,7 @@ As ``nova/api/openstack/compute/servers.py`` ``_get_servers`` and its query sche
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -443,23 +443,44 @@ def select(call: Call) -> tuple[list[Doc], int]:
     if search.empty:
         return [], limit
     include_deleted = search.deleted != "exclude"
-    if search.all_tenants:
-        infos = call.engine.list_servers(include_deleted=include_deleted)
-    else:
-        scope = call.engine.context(project_id=call.principal.project_id, is_admin=False,
-                                    request_id=call.request_id)
-        infos = call.engine.list_servers(ctx=scope, include_deleted=include_deleted)
-    docs = ordered((i.doc for i in infos), keys)
+    scope = None if search.all_tenants else call.engine.context(
+        project_id=call.principal.project_id, is_admin=False, request_id=call.request_id)
+    newest_first = call.engine.iter_server_docs(ctx=scope, include_deleted=include_deleted)
     marker = query.get("marker")
-    if marker is not None:
-        ids = [d["id"] for d in docs]
-        if marker not in ids:
-            raise ApiError(400, f"marker [{marker}] not found")
-        docs = docs[ids.index(marker) + 1:]
+    if keys == DEFAULT_ORDER:
+        # the view's own order: decode only what the page needs (and the marker's prefix)
+        docs: Iterable[Doc] = newest_first
+        if marker is not None:
+            docs = _after_marker(docs, marker)
+    else:
+        sorted_docs = ordered(newest_first, keys)
+        if marker is not None:
+            ids = [d["id"] for d in sorted_docs]
+            if marker not in ids:
+                raise ApiError(400, f"marker [{marker}] not found")
+            sorted_docs = sorted_docs[ids.index(marker) + 1:]
+        docs = sorted_docs
     page: list[Doc] = []
+    if limit == 0:
+        return page, limit
     for doc in docs:
-        if len(page) >= limit:
-            break
         if search.keep(doc):
             page.append(doc)
+            if len(page) >= limit:
+                break
     return page, limit
+
+
+#: Nova's default sort, which is also the servers view's index order
+DEFAULT_ORDER = [("created_at", "desc"), ("uuid", "desc")]
+
+
+def _after_marker(docs: Iterable[Doc], marker: str) -> Iterator[Doc]:
+    found = False
+    for doc in docs:
+        if found:
+            yield doc
+        elif doc["id"] == marker:
+            found = True
+    if not found:
+        raise ApiError(400, f"marker [{marker}] not found")

@@ -306,6 +306,13 @@ class ServersView:
 
     def servers(self, *, project_id: str | None = None, include_deleted: bool = False,
              limit: int | None = None) -> list[dict[str, Any]]:
+        return list(self.iter_servers(project_id=project_id, include_deleted=include_deleted,
+                                      limit=limit))
+
+    def iter_servers(self, *, project_id: str | None = None, include_deleted: bool = False,
+                     limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Server documents newest first (created_at, then id, descending), decoded only
+        as they are consumed: a caller that stops after a page decodes only that page."""
         where, params = [], []
         if project_id is not None:
             where.append("project_id = ?")
@@ -316,7 +323,8 @@ class ServersView:
         sql += " ORDER BY created_at DESC, id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [loads(r["doc"]) for r in self._query(sql, params)]
+        for row in self._query(sql, params):
+            yield loads(row["doc"])
 
     def in_flight(self, host: str | None = None) -> list[tuple[str, str]]:
         """(server id, request id) of every action in flight, on one host or all."""
