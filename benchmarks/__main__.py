@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--suite commands|api|projections|all] [--quick] [--backend ...]``."""
+"""``python -m benchmarks [--suite commands|api|projections|audit|hypervisors|all] [--quick]
+[--backend ...]``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Sequence
 
 from benchmarks import commands
 
-SUITES = ("commands", "api", "projections")
+SUITES = ("commands", "api", "projections", "audit", "hypervisors")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -82,6 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.no_profile:
                 api_sizes = api.Sizes(**{**vars(api_sizes), "profile": False})
             report = api.run(api_sizes, log=log)
+        elif suite == "audit":
+            from benchmarks import audit
+
+            report = audit.run(backends, audit.QUICK if args.quick else audit.FULL, log=log)
+        elif suite == "hypervisors":
+            from benchmarks import hypervisors
+
+            report = hypervisors.run(hypervisors.QUICK if args.quick else hypervisors.FULL,
+                                     log=log)
         else:
             from benchmarks import projections
 
