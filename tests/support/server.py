@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -186,15 +185,8 @@ def vmledger_keystone_server(tmp_path_factory: pytest.TempPathFactory
 
 
 def clients_marks() -> list[pytest.MarkDecorator]:
-    """``[pytest.mark.clients]`` if ``pyproject.toml`` registers the marker, else ``[]``."""
-    try:
-        config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return []
-    markers = config.get("tool", {}).get("pytest", {}).get("ini_options", {}).get(
-        "markers", [])
-    registered = any(str(m).split(":", 1)[0].strip() == "clients" for m in markers)
-    return [pytest.mark.clients] if registered else []
+    """The marks of the client acceptance modules (the ``clients`` tier)."""
+    return [pytest.mark.clients]
 
 
 def client_skip_reason(*modules: str) -> str | None:
