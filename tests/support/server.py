@@ -38,7 +38,6 @@ import pytest
 
 from vmledger.domain.catalog import image_id_for
 
-REPO = Path(__file__).resolve().parents[2]
 #: images of the default catalog
 IMAGE = image_id_for("cirros-0.6.2-x86_64")
 IMAGE2 = image_id_for("debian-12-genericcloud-amd64")
