@@ -18,13 +18,12 @@ embedding facade in one process, without HTTP (``engine.pause`` and
 keep-alive connections, against a bare ASGI callable mounted in the same server that
 SELECTs the 100 newest rows of ``vmledger_servers`` (same project, not deleted) and
 returns their stored JSON documents, and a static response of the same size (the
-ceiling of uvicorn + the client on this machine). Three prototypes of the recommended
-fix (see :class:`ProposedList`: the page selected in SQL, rendered documents cached)
-run behind the same middleware and are checked to return the API's exact body. The
-windows of all of them alternate, in a shuffled order, so outside load hits them
-alike; medians are reported. Then the API's list path is timed stage by stage inside
-the same in-process requests (no HTTP), and the handler's work is profiled, to show
-what costs what. Nothing under ``vmledger/api`` is changed.
+ceiling of uvicorn + the client on this machine). The same app without its
+rendered-server cache (every server rendered and encoded on every request) runs too,
+and is checked to return the API's exact body. The windows of all of them alternate,
+in a shuffled order, so outside load hits them alike; medians are reported. Then the
+API's list path is timed stage by stage inside the same in-process requests (no HTTP),
+and the handler's work is profiled, to show what costs what.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
-import json
 import math
 import os
 import pstats
@@ -100,93 +98,20 @@ class BareList:
         await send({"type": "http.response.body", "body": body})
 
 
-#: the JSON options of Starlette's JSONResponse, in one reusable encoder
-_RESPONSE_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
-                                     separators=(",", ":"))
-PAGE_SQL = ("SELECT id, version, doc FROM {t} WHERE project_id = ? AND deleted = 0 "
-            "ORDER BY created_at DESC, id DESC LIMIT ?")
-
-
-class ProposedList:
-    """A prototype of the recommended ``GET /servers/detail`` (benchmark only: the
-    shipped handler is not changed): for the default sort without filters, the page is
-    selected in SQL (``ORDER BY created_at DESC, id DESC LIMIT n`` on the view's
-    columns) instead of loading, decoding and sorting every server in Python, and,
-    with ``cache``, each server's rendered JSON is kept per (id, version, viewer), so a
-    request only renders the servers that changed. It runs behind the same middleware,
-    routing, authentication and thread-pool call as the real handler, and its body is
-    checked to equal the real one."""
-
-    def __init__(self, engine: Engine, *, cache: bool, inline: bool = False) -> None:
-        self.engine = engine
-        self.cache: dict[tuple[Any, ...], str] | None = {} if cache else None
-        self.inline = inline  # run the (sub-millisecond) page query on the event loop
-
-    def fetch(self, project_id: str, limit: int) -> list[Any]:
-        return self.engine.view._query(PAGE_SQL, [project_id, limit])
-
-    def render(self, rows: list[Any], viewer: Any) -> list[str]:
-        from vmledger.api.views import server_view
-        from vmledger.projections.servers import loads
-
-        cache, key = self.cache, (viewer.version, viewer.is_admin, viewer.links)
-        parts = []
-        for row in rows:
-            entry = (row["id"], row["version"], key)
-            text = cache.get(entry) if cache is not None else None
-            if text is None:
-                text = _RESPONSE_ENCODER.encode(server_view(loads(row["doc"]), viewer))
-                if cache is not None:
-                    if len(cache) > 20_000:
-                        cache.clear()
-                    cache[entry] = text
-            parts.append(text)
-        return parts
-
-    async def handler(self, call: Any) -> Any:
-        from starlette.responses import Response
-
-        from vmledger.api import validation as val
-        from vmledger.api.catalog import MAX_LIMIT
-        from vmledger.api.servers import _servers_links
-
-        raw = call.request.query_params.get("limit")
-        limit = MAX_LIMIT if raw is None else min(val.non_negative_int(raw, "limit"),
-                                                  MAX_LIMIT)
-        if self.inline:
-            rows = self.fetch(call.principal.project_id, limit)
-        else:
-            rows = await call.run(self.fetch, call.principal.project_id, limit)
-        parts = self.render(rows, call.viewer)
-        links = _servers_links(call, "servers/detail", [{"id": r["id"]} for r in rows],
-                               limit)
-        tail = f',"servers_links":{_RESPONSE_ENCODER.encode(links)}' if links else ""
-        body = '{"servers":[' + ",".join(parts) + "]" + tail + "}"
-        return Response(body.encode(), media_type="application/json")
+NOCACHE_PREFIX = "/nocache"
 
 
 def dispatcher(engine: Engine, url: str) -> Callable[..., Any]:
-    """The app, the bare endpoints (``/bare/...``) and the prototypes (``/proposed``,
-    ``/proposed-nocache`` and ``/proposed-inline`` + an API path), in one ASGI callable."""
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
-    from starlette.routing import Route
-
+    """The app, a second app over the same engine without the rendered-server cache
+    (under ``/nocache``: every request renders every server) and the bare endpoints
+    (``/bare/...``), in one ASGI callable."""
     from vmledger.api.app import create_app
-    from vmledger.api.auth import noauth
-    from vmledger.api.http import ComputeMiddleware, endpoint
+    from vmledger.api.rendering import RenderCache
 
     app = create_app(engine)
+    uncached = create_app(engine)
+    uncached.state.renders = RenderCache(capacity=0)
     bare = BareList(environment(url)["SQLITE_DBNAME"])
-    prototypes = {
-        prefix: Starlette(routes=[Route("/v2.1/servers/detail",
-                                        endpoint(engine, noauth, proposed.handler),
-                                        methods=["GET"])],
-                          middleware=[Middleware(ComputeMiddleware)])
-        for prefix, proposed in (
-            ("/proposed", ProposedList(engine, cache=True)),
-            ("/proposed-nocache", ProposedList(engine, cache=False)),
-            ("/proposed-inline", ProposedList(engine, cache=True, inline=True)))}
 
     async def dispatch(scope: dict[str, Any], receive: Callable[..., Any],
                        send: Callable[..., Any]) -> None:
@@ -194,13 +119,11 @@ def dispatcher(engine: Engine, url: str) -> Callable[..., Any]:
         if scope["type"] == "http" and path.startswith("/bare/"):
             await bare(scope, receive, send)
             return
-        if scope["type"] == "http" and path.startswith("/proposed"):
-            prefix, _, rest = path[1:].partition("/")
-            target = prototypes.get("/" + prefix)
-            if target is not None:
-                await target({**scope, "path": "/" + rest, "raw_path": ("/" + rest).encode()},
-                             receive, send)
-                return
+        if scope["type"] == "http" and path.startswith(NOCACHE_PREFIX + "/"):
+            rest = path[len(NOCACHE_PREFIX):]
+            await uncached({**scope, "path": rest, "raw_path": rest.encode()},
+                           receive, send)
+            return
         await app(scope, receive, send)
 
     return dispatch
@@ -404,14 +327,13 @@ async def _list_throughput(base: str, series: dict[str, ListSeries], repetitions
 
 
 def same_rows(base: str) -> tuple[bool, bool]:
-    """(the bare rows are the API page's servers, in order; the prototypes' bodies equal
-    the API's body)."""
+    """(the bare rows are the API page's servers, in order; the uncached app's body
+    equals the API's: the cache changes nothing a client sees)."""
     api = httpx.get(base + LIST_PATH, timeout=30).json()
     bare = httpx.get(base + BARE_PATH, timeout=30).json()["servers"]
     ids = [s["id"] for s in api["servers"]]
     rows = ids == [d["id"] for d in bare] and len(ids) == 100
-    bodies = all(httpx.get(base + prefix + LIST_PATH, timeout=30).json() == api
-                 for prefix in ("/proposed", "/proposed-nocache", "/proposed-inline"))
+    bodies = httpx.get(base + NOCACHE_PREFIX + LIST_PATH, timeout=30).json() == api
     return rows, bodies
 
 
@@ -495,55 +417,31 @@ def list_stages(url: str, requests: int = 40
     """What ``GET /servers/detail?limit=100`` costs, stage by stage: the stages are
     timed inside the same in-process requests (wrapped), so they add up to the total;
     then the handler's work is profiled (µs/request)."""
-    from starlette.responses import JSONResponse
-
     from benchmarks.projections import _Split
     from vmledger.api import listing
     from vmledger.api import servers as api_servers
-    from vmledger.api.http import Call
-    from vmledger.api.views import server_view
+    from vmledger.api.rendering import RenderCache
 
     engine = Engine(url, hypervisor=Simulator(seed=0))
     try:
         dispatch = dispatcher(engine, url)
         calls = {
             "api": _asgi_call(dispatch, "/v2.1/servers/detail", b"limit=100"),
-            "proposed": _asgi_call(dispatch, "/proposed/v2.1/servers/detail", b"limit=100"),
-            "nocache": _asgi_call(dispatch, "/proposed-nocache/v2.1/servers/detail",
+            "nocache": _asgi_call(dispatch, NOCACHE_PREFIX + "/v2.1/servers/detail",
                                   b"limit=100"),
-            "inline": _asgi_call(dispatch, "/proposed-inline/v2.1/servers/detail",
-                                 b"limit=100"),
             "bare": _asgi_call(dispatch, "/bare/servers/detail", b"limit=100"),
         }
         totals = {name: _per_call(fn) for name, fn in calls.items()}
-        servers = len(engine.view._query("SELECT id FROM {t} WHERE project_id = ? AND "
-                                         "deleted = 0", [PROJECT]))
 
         split = _Split()
         view = engine.view
         split.wrap(listing, "select", "select")
-        split.wrap(engine, "list_servers", "list_servers")
-        split.wrap(view, "servers", "view.servers")
         split.wrap(view, "_query", "sql")
         split.wrap(listing, "sort_keys", "options")
         split.wrap(listing, "build_search", "options")
-        split.wrap(listing, "ordered", "ordered")
+        split.wrap(api_servers, "render_page", "render")
         split.wrap(api_servers, "server_view", "server_view")
-        split.wrap(JSONResponse, "render", "render")
-        viewer = Call.viewer
-        assert isinstance(viewer, property) and viewer.fget is not None
-        fget = viewer.fget
         sec = split.seconds
-        sec["viewer"] = 0.0
-
-        def timed_viewer(call: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return fget(call)
-            finally:
-                sec["viewer"] += time.perf_counter() - started
-
-        Call.viewer = property(timed_viewer)  # type: ignore[method-assign,assignment]
         try:
             calls["api"]()
             for key in sec:
@@ -553,15 +451,15 @@ def list_stages(url: str, requests: int = 40
                 calls["api"]()
             total = (time.perf_counter() - started) / requests
         finally:
-            Call.viewer = viewer  # type: ignore[method-assign]
             split.restore()
         us = {k: v / requests * 1e6 for k, v in sec.items()}
 
         call = _call_for(engine)
+        cache = RenderCache()
 
         def handler_work() -> None:
             page, _ = listing.select(call)
-            JSONResponse({"servers": [server_view(d, call.viewer) for d in page]})
+            api_servers.render_page(cache, call.viewer, api_servers._detail, page, None)
 
         profiler = cProfile.Profile()
         profiler.enable()
@@ -578,32 +476,19 @@ def list_stages(url: str, requests: int = 40
     finally:
         engine.close()
     total_us = total * 1e6
-    inside = us["select"] + us["server_view"] + us["viewer"] + us["render"]
+    inside = us["select"] + us["render"]
     stages = [
-        Stage("API, in process (no HTTP): total per request", total_us),
-        Stage("  listing.select (in the thread pool)", us["select"],
-              f"all {servers} of the project's servers"),
-        Stage("    engine.list_servers", us["list_servers"]),
-        Stage("      SQL: SELECT doc ... (every row, no LIMIT)", us["sql"], f"{servers} rows"),
-        Stage("      JSON decode of every doc (object_hook)", us["view.servers"] - us["sql"],
-              f"{servers} docs"),
-        Stage("      ServerInfo.from_doc for every doc", us["list_servers"]
-              - us["view.servers"], f"{servers} objects, docs then used"),
+        Stage("API, in process (no HTTP), warm cache: total per request", total_us),
+        Stage("  listing.select (in the thread pool)", us["select"]),
+        Stage("    SQL: the page's rows (LIMIT 100), documents not decoded", us["sql"]),
         Stage("    sort_keys + build_search", us["options"]),
-        Stage("    ordered(): Python sort of every doc", us["ordered"], "created_at, uuid"),
-        Stage("    Search.keep, paging", us["select"] - us["list_servers"] - us["options"]
-              - us["ordered"]),
-        Stage("  server_view for the page", us["server_view"], "100 docs"),
-        Stage("  call.viewer (once per server: a new Viewer + Links)", us["viewer"],
-              "101 calls"),
-        Stage("  JSONResponse.render (json.dumps)", us["render"]),
-        Stage("  rest: Starlette, middleware, auth, thread-pool hop, links", total_us - inside),
-        Stage("prototype: SQL page (LIMIT) + render, no cache: total", totals["nocache"],
+        Stage("  render_page: cache lookups, join into the body", us["render"],
+              "100 hits"),
+        Stage("    of which server_view (cache misses)", us["server_view"]),
+        Stage("  rest: Starlette, middleware, auth, thread-pool hop, links",
+              total_us - inside),
+        Stage("the same app without the cache (render all 100): total", totals["nocache"],
               "same body"),
-        Stage("prototype: SQL page (LIMIT) + rendered-doc cache: total", totals["proposed"],
-              "same body, warm cache"),
-        Stage("prototype: the same, page query not in the thread pool: total",
-              totals["inline"], "same body, warm cache"),
         Stage("bare ASGI callable: total", totals["bare"]),
     ]
     return stages, profile
@@ -672,12 +557,8 @@ def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
                                BARE_PATH),
             "static": ListSeries("static response of the same size (stack ceiling)",
                                  STATIC_PATH),
-            "nocache": ListSeries("prototype fix: SQL page + render (no cache)",
-                                  "/proposed-nocache" + LIST_PATH),
-            "proposed": ListSeries("prototype fix: SQL page + rendered-doc cache",
-                                   "/proposed" + LIST_PATH),
-            "inline": ListSeries("prototype fix: the same, page query not in thread pool",
-                                 "/proposed-inline" + LIST_PATH),
+            "nocache": ListSeries("the API without its rendered-server cache",
+                                  NOCACHE_PREFIX + LIST_PATH),
         }
         with server_process(url, directory) as base:
             http = http_round_trips(base, server_id, sizes.round_trips, sizes.warmup)
@@ -729,7 +610,7 @@ def format_report(r: ApiReport) -> str:
     w("of warm-up, interleaved in a shuffled order; requests/s = medians, (min-max). The "
       "bare rows are the")
     w(f"API page's 100 servers in the same order: {'yes' if r.same_rows else 'NO'}; the "
-      f"prototypes' bodies equal the API's: {'yes' if r.same_bodies else 'NO'}.")
+      f"uncached app's body equals the API's: {'yes' if r.same_bodies else 'NO'}.")
     for s in r.lists.values():
         w(f"  {s.label:<52} {s.rate:>8,.0f} req/s  ({min(s.rates):>5,.0f}-{max(s.rates):>5,.0f})"
           f" {1e3 / s.rate:>7.2f} ms/req")
@@ -737,10 +618,9 @@ def format_report(r: ApiReport) -> str:
     ratio = statistics.median(ratios)
     w(f"  ratio API/bare {ratio:.2f} (per window pair {min(ratios):.2f}-{max(ratios):.2f}); "
       f"target >= {TARGET_LIST_RATIO}: {'met' if ratio >= TARGET_LIST_RATIO else 'NOT met'}")
-    for name in ("nocache", "proposed", "inline"):
-        values = r.ratios(name)
-        w(f"  ratio {r.lists[name].label.split(': ')[1]} / bare: "
-          f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})")
+    values = r.ratios("nocache")
+    w(f"  ratio API without the cache / bare: {statistics.median(values):.2f} "
+      f"({min(values):.2f}-{max(values):.2f}): every server rendered and encoded")
     w(f"  bare/static {statistics.median(r.ratios('bare', 'static')):.2f} (near 1: the bare "
       "endpoint is bound by uvicorn + the client, not by its query)")
     if r.stages:
@@ -751,7 +631,7 @@ def format_report(r: ApiReport) -> str:
         for stage in r.stages:
             w(f"  {stage.label:<66} {stage.us:>8,.0f} µs  {stage.note}")
     if r.profile:
-        w("cProfile of the handler's work (select, server_view, JSONResponse) in this "
+        w("cProfile of the handler's work (select, cached render, join) in this "
           "thread: top self time")
         w("(µs/request, inflated by the profiler)")
         for name, us, calls in r.profile:

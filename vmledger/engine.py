@@ -39,6 +39,7 @@ from vmledger.projections import images as image_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
 from vmledger.projections.images import Images
 from vmledger.projections.runner import ViewUpdater
+from vmledger.projections.servers import StoredServer
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,15 @@ class Engine:
         """The view's server documents, newest first, decoded lazily (list pages)."""
         project = None if ctx is None or ctx.is_admin else ctx.project_id
         return self.view.iter_servers(project_id=project, include_deleted=include_deleted)
+
+    def server_rows(self, *, ctx: Context | None = None, deleted: str = "exclude",
+                    after: str | None = None, limit: int | None = None
+                    ) -> list[StoredServer]:
+        """The view's servers as stored (documents undecoded until used), newest first:
+        a list page. ``deleted``: ``"exclude"``, ``"only"`` or ``"both"``; ``after``: a
+        marker (``KeyError`` when it is not in the same scope)."""
+        project = None if ctx is None or ctx.is_admin else ctx.project_id
+        return self.view.rows(project_id=project, deleted=deleted, after=after, limit=limit)
 
     def _visible(self, server_id: str, ctx: Context | None, include_deleted: bool
                  ) -> dict[str, Any]:

@@ -29,9 +29,18 @@ from vmledger.projections.servers import (
 
 DEFAULT_URL = "sqlite:///vmledger.db"
 
+#: the library's JSON format, decoded with orjson (see :mod:`vmledger.adapters.transcoding`)
+TRANSCODER_TOPIC = "vmledger.adapters.transcoding:FastJSONTranscoder"
+
 
 def environment(url: str) -> dict[str, str]:
     """The eventsourcing environment for a database URL."""
+    env = _environment(url)
+    env["TRANSCODER_TOPIC"] = TRANSCODER_TOPIC
+    return env
+
+
+def _environment(url: str) -> dict[str, str]:
     if url in ("memory", "memory://", "sqlite://", "sqlite:///:memory:"):
         name = f"file:vmledger-{uuid.uuid4().hex}?mode=memory&cache=shared"
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": name,

@@ -56,6 +56,7 @@ from vmledger.api.http import (
 )
 from vmledger.api.identity import identity_routes
 from vmledger.api.ledger import ledger_routes
+from vmledger.api.rendering import RenderCache
 from vmledger.engine import Engine
 
 #: when v2.1 was introduced (Nova's fixed ``updated`` value)
@@ -168,4 +169,5 @@ def create_app(engine: Engine, *, auth: str | AuthSettings = "noauth",
     app.state.engine = engine
     app.state.auth = settings
     app.state.tokens = registry
+    app.state.renders = RenderCache()
     return app

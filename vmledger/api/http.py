@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -113,7 +114,7 @@ class Call:
     version: mv.APIVersion
     principal: Principal
 
-    @property
+    @cached_property
     def viewer(self) -> Viewer:
         return Viewer(self.version, Links(base_url(self.request),
                                           self.principal.url_project_id),

@@ -25,7 +25,7 @@ As ``nova/api/openstack/compute/servers.py`` ``_get_servers`` and its query sche
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,6 +37,7 @@ from vmledger.api.faults import ApiError
 from vmledger.api.http import Call
 from vmledger.api.views import server_hostname, usage_time
 from vmledger.domain import lifecycle as lc
+from vmledger.projections.servers import StoredServer
 
 Doc = dict[str, Any]
 
@@ -212,6 +213,12 @@ class Search:
     status_pairs: set[tuple[str, str | None]] | None = None
     empty: bool = False
     checks: list[Callable[[Doc], bool]] = field(default_factory=list)
+
+    @property
+    def needs_doc(self) -> bool:
+        """Whether :meth:`keep` looks inside documents (the ``deleted`` choice alone is a
+        column of the view)."""
+        return self.status_pairs is not None or bool(self.checks)
 
     def keep(self, doc: Doc) -> bool:
         is_deleted = doc.get("vm_state") == lc.DELETED
@@ -431,8 +438,8 @@ def _comparable(value: Any) -> Any:
 
 
 # --- the page -------------------------------------------------------------------------------
-def select(call: Call) -> tuple[list[Doc], int]:
-    """The page of server documents a list request asks for, and the full page size."""
+def select(call: Call) -> tuple[list[StoredServer], int]:
+    """The page of servers a list request asks for, and the full page size."""
     query = call.request.query_params
     limit = MAX_LIMIT
     raw_limit = query.get("limit")
@@ -440,47 +447,43 @@ def select(call: Call) -> tuple[list[Doc], int]:
         limit = min(val.non_negative_int(raw_limit, "limit"), MAX_LIMIT)
     search = build_search(call)
     keys = sort_keys(call)
-    if search.empty:
+    if search.empty or limit == 0:  # as Nova's database query: nothing, marker unread
         return [], limit
-    include_deleted = search.deleted != "exclude"
     scope = None if search.all_tenants else call.engine.context(
         project_id=call.principal.project_id, is_admin=False, request_id=call.request_id)
-    newest_first = call.engine.iter_server_docs(ctx=scope, include_deleted=include_deleted)
     marker = query.get("marker")
     if keys == DEFAULT_ORDER:
-        # the view's own order: decode only what the page needs (and the marker's prefix)
-        docs: Iterable[Doc] = newest_first
-        if marker is not None:
-            docs = _after_marker(docs, marker)
-    else:
-        sorted_docs = ordered(newest_first, keys)
-        if marker is not None:
-            ids = [d["id"] for d in sorted_docs]
-            if marker not in ids:
-                raise ApiError(400, f"marker [{marker}] not found")
-            sorted_docs = sorted_docs[ids.index(marker) + 1:]
-        docs = sorted_docs
-    page: list[Doc] = []
-    if limit == 0:
-        return page, limit
-    for doc in docs:
+        # the view's own order: the page is read in SQL (only its rows when nothing is
+        # filtered in Python), documents decoded only where a filter looks at them
+        rows = _rows(call, scope, search, marker, None if search.needs_doc else limit)
+        if not search.needs_doc:
+            return rows[:limit], limit
+        return [row for row in rows if search.keep(row.doc)][:limit], limit
+    include_deleted = search.deleted != "exclude"
+    sorted_docs = ordered(call.engine.iter_server_docs(ctx=scope,
+                                                       include_deleted=include_deleted), keys)
+    if marker is not None:
+        ids = [d["id"] for d in sorted_docs]
+        if marker not in ids:
+            raise ApiError(400, f"marker [{marker}] not found")
+        sorted_docs = sorted_docs[ids.index(marker) + 1:]
+    page: list[StoredServer] = []
+    for doc in sorted_docs:
         if search.keep(doc):
-            page.append(doc)
+            page.append(StoredServer.of(doc))
             if len(page) >= limit:
                 break
     return page, limit
 
 
+def _rows(call: Call, scope: Any, search: Search, marker: str | None, limit: int | None
+          ) -> list[StoredServer]:
+    try:
+        return call.engine.server_rows(ctx=scope, deleted=search.deleted, after=marker,
+                                       limit=limit)
+    except KeyError:
+        raise ApiError(400, f"marker [{marker}] not found") from None
+
+
 #: Nova's default sort, which is also the servers view's index order
 DEFAULT_ORDER = [("created_at", "desc"), ("uuid", "desc")]
-
-
-def _after_marker(docs: Iterable[Doc], marker: str) -> Iterator[Doc]:
-    found = False
-    for doc in docs:
-        if found:
-            yield doc
-        elif doc["id"] == marker:
-            found = True
-    if not found:
-        raise ApiError(400, f"marker [{marker}] not found")

@@ -21,7 +21,9 @@ from vmledger.api import listing
 from vmledger.api import validation as val
 from vmledger.api.faults import MALFORMED_BODY, ApiError
 from vmledger.api.http import EMPTY, Call, read_json
+from vmledger.api.rendering import JSONBody, RenderCache, Renderer, join_list
 from vmledger.api.views import (
+    Viewer,
     created_view,
     rebuild_view,
     server_summary,
@@ -32,6 +34,7 @@ from vmledger.domain import lifecycle as lc
 from vmledger.domain.errors import FlavorNotFound, ImageNotFound, ServerNotFound
 from vmledger.domain.server import Context
 from vmledger.engine import Engine, ServerInfo
+from vmledger.projections.servers import StoredServer
 
 PASSWORD_LENGTH = 12
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
@@ -217,33 +220,54 @@ async def create_server(call: Call) -> Response:
 
 
 # --- list ------------------------------------------------------------------------------
-def _servers_links(call: Call, collection: str, page: list[dict[str, Any]], size: int
+def _servers_links(call: Call, collection: str, page: list[StoredServer], size: int
                    ) -> list[dict[str, str]]:
     if not size or len(page) != size:
         return []
     params = [(k, v) for k, v in sorted(call.request.query_params.multi_items())
               if k != "marker"]
-    params.append(("marker", page[-1]["id"]))
+    params.append(("marker", page[-1].id))
     return [{"rel": "next",
              "href": call.viewer.links.versioned(collection) + "?" + urlencode(params)}]
 
 
-async def list_servers(call: Call) -> Response:
+def render_cache(call: Call) -> RenderCache:
+    """The app's cache of rendered servers (none when the app was built without one)."""
+    cache = getattr(call.request.app.state, "renders", None)
+    return cache if isinstance(cache, RenderCache) else _NO_CACHE
+
+
+_NO_CACHE = RenderCache(capacity=0)
+
+
+def _summary(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+    return server_summary(doc, viewer)
+
+
+def _detail(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+    return server_view(doc, viewer)
+
+
+async def _list(call: Call, collection: str, renderer: Renderer) -> Response:
     page, size = await call.run(listing.select, call)
-    body: dict[str, Any] = {"servers": [server_summary(d, call.viewer) for d in page]}
-    links = _servers_links(call, "servers", page, size)
-    if links:
-        body["servers_links"] = links
-    return JSONResponse(body)
+    links = _servers_links(call, collection, page, size)
+    return JSONBody(render_page(render_cache(call), call.viewer, renderer, page,
+                                {"servers_links": links} if links else None))
+
+
+def render_page(cache: RenderCache, viewer: Viewer, renderer: Renderer,
+                page: list[StoredServer], extra: dict[str, Any] | None) -> bytes:
+    """``{"servers": [...], **extra}``, each server rendered once per version."""
+    rendered = cache.renderer(viewer, renderer)
+    return join_list("servers", [rendered(row) for row in page], extra)
+
+
+async def list_servers(call: Call) -> Response:
+    return await _list(call, "servers", _summary)
 
 
 async def list_servers_detail(call: Call) -> Response:
-    page, size = await call.run(listing.select, call)
-    body: dict[str, Any] = {"servers": [server_view(d, call.viewer) for d in page]}
-    links = _servers_links(call, "servers/detail", page, size)
-    if links:
-        body["servers_links"] = links
-    return JSONResponse(body)
+    return await _list(call, "servers/detail", _detail)
 
 
 # --- show, update, delete --------------------------------------------------------------

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property, lru_cache
 from typing import Any
 
 from vmledger.api.microversions import APIVersion
@@ -36,8 +37,23 @@ _IMAGE_STATUS = {"active": "ACTIVE", "queued": "SAVING", "saving": "SAVING",
 _IMAGE_PROGRESS = {"queued": 25, "saving": 50, "active": 100}
 
 
-def V(major: int, minor: int) -> APIVersion:
-    return APIVersion(major, minor)
+#: the microversions the documents change at (built once, compared per field)
+V2_3 = APIVersion(2, 3)
+V2_9 = APIVersion(2, 9)
+V2_16 = APIVersion(2, 16)
+V2_19 = APIVersion(2, 19)
+V2_26 = APIVersion(2, 26)
+V2_47 = APIVersion(2, 47)
+V2_54 = APIVersion(2, 54)
+V2_55 = APIVersion(2, 55)
+V2_57 = APIVersion(2, 57)
+V2_61 = APIVersion(2, 61)
+V2_63 = APIVersion(2, 63)
+V2_71 = APIVersion(2, 71)
+V2_73 = APIVersion(2, 73)
+V2_75 = APIVersion(2, 75)
+V2_90 = APIVersion(2, 90)
+V2_96 = APIVersion(2, 96)
 
 
 # --- time formats ----------------------------------------------------------------------
@@ -51,14 +67,20 @@ def isotime(value: datetime | None) -> str | None:
     """``created``/``updated``: ISO 8601 with ``Z``, no fraction."""
     if value is None:
         return None
-    return _utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = _utc(value)
+    if utc.year < 1000:  # isoformat pads years to four digits only from 1000 on
+        return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc.isoformat(timespec="seconds")[:19] + "Z"
 
 
 def usage_time(value: datetime | None) -> str | None:
     """``OS-SRV-USG:*``: ISO 8601 with microseconds and no zone designator."""
     if value is None:
         return None
-    return _utc(value).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    utc = _utc(value)
+    if utc.year < 1000:
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return utc.isoformat(timespec="microseconds")[:26]
 
 
 # --- links -----------------------------------------------------------------------------
@@ -77,6 +99,10 @@ class Links:
         segments = [p.strip("/") for p in parts if p]
         return "/".join([self.base.rstrip("/"), *segments])
 
+    @cached_property
+    def _prefixes(self) -> tuple[str, str]:
+        return self._join("v2.1", self.project_id or ""), self._join(self.project_id or "")
+
     def versioned(self, *parts: str) -> str:
         return self._join("v2.1", self.project_id or "", *parts)
 
@@ -87,8 +113,10 @@ class Links:
         return self._join(*parts)
 
     def pair(self, collection: str, item_id: str) -> list[dict[str, str]]:
-        return [{"rel": "self", "href": self.versioned(collection, item_id)},
-                {"rel": "bookmark", "href": self.bookmark(collection, item_id)}]
+        versioned, bookmark = self._prefixes
+        tail = "".join("/" + part.strip("/") for part in (collection, item_id) if part)
+        return [{"rel": "self", "href": versioned + tail},
+                {"rel": "bookmark", "href": bookmark + tail}]
 
 
 @dataclass(frozen=True)
@@ -101,12 +129,14 @@ class Viewer:
 
 
 # --- servers ---------------------------------------------------------------------------
+@lru_cache(maxsize=4096)
 def host_id(project_id: str, host: str | None) -> str:
     if not host:
         return ""
     return hashlib.sha224((project_id + host).encode("utf-8")).hexdigest()
 
 
+@lru_cache(maxsize=4096)
 def sanitize_hostname(name: str, default: str) -> str:
     """A hostname from a display name, as Nova derives ``OS-EXT-SRV-ATTR:hostname``."""
     text = name.encode("latin-1", "ignore").decode("latin-1")[:63]
@@ -148,7 +178,7 @@ def _image_ref(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any] | str:
 
 def _flavor_ref(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
     flavor: dict[str, Any] = doc.get("flavor") or {}
-    if viewer.version >= V(2, 47):
+    if viewer.version >= V2_47:
         return {"vcpus": flavor.get("vcpus"), "ram": flavor.get("ram"),
                 "disk": flavor.get("disk"), "ephemeral": flavor.get("ephemeral", 0),
                 "swap": flavor.get("swap", 0), "original_name": flavor.get("name"),
@@ -248,7 +278,7 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
                 "OS-EXT-SRV-ATTR:hypervisor_hostname": host,
                 "OS-EXT-SRV-ATTR:instance_name": f"instance-{doc['id'][:8]}",
             })
-            if v >= V(2, 3):
+            if v >= V2_3:
                 server.update({
                     "OS-EXT-SRV-ATTR:hostname": server_hostname(doc),
                     "OS-EXT-SRV-ATTR:kernel_id": "",
@@ -258,23 +288,23 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
                     "OS-EXT-SRV-ATTR:root_device_name": "/dev/vda",
                     "OS-EXT-SRV-ATTR:user_data": attributes.get("user_data"),
                 })
-        if v >= V(2, 90):
+        if v >= V2_90:
             server["OS-EXT-SRV-ATTR:hostname"] = server_hostname(doc)
-        if v >= V(2, 16) and viewer.is_admin:
+        if v >= V2_16 and viewer.is_admin:
             server["host_status"] = "UP" if host else ""
-    if v >= V(2, 9):
+    if v >= V2_9:
         server["locked"] = bool(doc.get("locked"))
-    if v >= V(2, 19):
+    if v >= V2_19:
         server["description"] = doc.get("description")
-    if v >= V(2, 26):
+    if v >= V2_26:
         server["tags"] = list(attributes.get("tags") or [])
-    if v >= V(2, 63):
+    if v >= V2_63:
         server["trusted_image_certificates"] = None
-    if server_groups and v >= V(2, 71):
+    if server_groups and v >= V2_71:
         server["server_groups"] = []
-    if v >= V(2, 73):
+    if v >= V2_73:
         server["locked_reason"] = doc.get("locked_reason")
-    if not reduced and v >= V(2, 96):
+    if not reduced and v >= V2_96:
         server["pinned_availability_zone"] = attributes.get("pinned_availability_zone")
     return server
 
@@ -283,13 +313,13 @@ def rebuild_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
                  ) -> dict[str, Any]:
     """The 202 body of a rebuild: reduced before 2.75, then the show body without
     ``OS-EXT-SRV-ATTR:user_data``; plus ``key_name`` (2.54) and ``user_data`` (2.57)."""
-    server = server_view(doc, viewer, reduced=viewer.version < V(2, 75), server_groups=True)
+    server = server_view(doc, viewer, reduced=viewer.version < V2_75, server_groups=True)
     # Nova's view builder leaves the admin user_data attribute out of rebuild bodies:
     # they carry the top-level ``user_data`` (2.57) instead
     server.pop("OS-EXT-SRV-ATTR:user_data", None)
-    if viewer.version >= V(2, 54):
+    if viewer.version >= V2_54:
         server["key_name"] = doc.get("key_name")
-    if viewer.version >= V(2, 57):
+    if viewer.version >= V2_57:
         server["user_data"] = _attributes(doc).get("user_data")
     if admin_pass is not None:
         server["adminPass"] = admin_pass
@@ -298,7 +328,7 @@ def rebuild_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
 
 def update_view(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
     """The body of ``PUT /servers/{id}``: reduced before 2.75, then the show body."""
-    return server_view(doc, viewer, reduced=viewer.version < V(2, 75), server_groups=True)
+    return server_view(doc, viewer, reduced=viewer.version < V2_75, server_groups=True)
 
 
 def created_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
@@ -321,7 +351,7 @@ def created_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
 def flavor_summary(flavor: Flavor, viewer: Viewer) -> dict[str, Any]:
     view: dict[str, Any] = {"id": flavor.id, "name": flavor.name,
                             "links": viewer.links.pair("flavors", flavor.id)}
-    if viewer.version >= V(2, 55):
+    if viewer.version >= V2_55:
         view["description"] = flavor.description
     return view
 
@@ -334,16 +364,16 @@ def flavor_view(flavor: Flavor, viewer: Viewer) -> dict[str, Any]:
         "ram": flavor.ram,
         "disk": flavor.disk,
         "vcpus": flavor.vcpus,
-        "swap": flavor.swap if (flavor.swap or v >= V(2, 75)) else "",
+        "swap": flavor.swap if (flavor.swap or v >= V2_75) else "",
         "OS-FLV-EXT-DATA:ephemeral": flavor.ephemeral,
         "os-flavor-access:is_public": flavor.is_public,
         "OS-FLV-DISABLED:disabled": flavor.disabled,
         "rxtx_factor": 1.0,
         "links": viewer.links.pair("flavors", flavor.id),
     }
-    if v >= V(2, 55):
+    if v >= V2_55:
         view["description"] = flavor.description
-    if v >= V(2, 61):
+    if v >= V2_61:
         view["extra_specs"] = dict(flavor.extra_specs)
     return view
 

@@ -313,18 +313,57 @@ class ServersView:
                      limit: int | None = None) -> Iterator[dict[str, Any]]:
         """Server documents newest first (created_at, then id, descending), decoded only
         as they are consumed: a caller that stops after a page decodes only that page."""
-        where, params = [], []
-        if project_id is not None:
-            where.append("project_id = ?")
-            params.append(project_id)
-        if not include_deleted:
-            where.append("deleted = 0")
-        sql = "SELECT doc FROM {t}" + (" WHERE " + " AND ".join(where) if where else "")
+        for row in self.rows(project_id=project_id,
+                             deleted="both" if include_deleted else "exclude", limit=limit):
+            yield row.doc
+
+    def rows(self, *, project_id: str | None = None, deleted: str = "exclude",
+             after: str | None = None, limit: int | None = None) -> list[StoredServer]:
+        """Stored servers newest first (created_at, then id, descending), undecoded.
+
+        ``deleted`` is ``"exclude"``, ``"only"`` or ``"both"``; ``after`` is the id of a
+        server (visible in the same scope) the page starts after, as a list marker:
+        ``KeyError`` when there is none; ``limit`` caps the rows read.
+        """
+        where, params = self._scope(project_id, deleted)
+        if after is not None:
+            # the marker is looked for where the page would be, deleted servers included
+            # unless they are excluded (as Nova's marker lookup)
+            marker_where, marker_params = self._scope(
+                project_id, "exclude" if deleted == "exclude" else "both")
+            found = self._query(
+                "SELECT created_at, id FROM {t} WHERE "
+                + " AND ".join([*marker_where, "id = ?"]), [*marker_params, after])
+            if not found:
+                raise KeyError(after)
+            created = found[0]["created_at"]
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [created, created, after]
+        sql = "SELECT id, version, doc FROM {t}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        for row in self._query(sql, params):
-            yield loads(row["doc"])
+        found = self._query(sql, params)
+        if found and isinstance(found[0], dict):  # PostgreSQL's rows are dicts
+            return [StoredServer(r["id"], r["version"], r["doc"]) for r in found]
+        return [StoredServer(r[0], r[1], r[2]) for r in found]  # sqlite3.Row, by index
+
+    @staticmethod
+    def _scope(project_id: str | None, deleted: str) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if project_id is not None:
+            where.append("project_id = ?")
+            params.append(project_id)
+        if deleted == "exclude":
+            where.append("deleted = 0")
+        elif deleted == "only":
+            where.append("deleted = 1")
+        elif deleted != "both":
+            raise ValueError(f"deleted must be exclude, only or both, not {deleted!r}")
+        return where, params
 
     def in_flight(self, host: str | None = None) -> list[tuple[str, str]]:
         """(server id, request id) of every action in flight, on one host or all."""
@@ -358,6 +397,33 @@ class ServersView:
         return int(self._query("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
 
 
+class StoredServer:
+    """A row of the servers view as stored: id, version and the document's JSON, which
+    is decoded on first use of :attr:`doc` (a page whose rendering is cached per
+    version never decodes it)."""
+
+    __slots__ = ("_doc", "id", "text", "version")
+
+    def __init__(self, server_id: str, version: int, text: str | None,
+                 doc: dict[str, Any] | None = None) -> None:
+        self.id = server_id
+        self.version = version
+        self.text = text
+        self._doc = doc
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> StoredServer:
+        """A decoded document, as a row."""
+        return cls(doc["id"], doc["version"], None, doc)
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        if self._doc is None:
+            assert self.text is not None
+            self._doc = loads(self.text)
+        return self._doc
+
+
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -387,6 +453,13 @@ class SQLiteServersView(ServersView, SQLiteTrackingRecorder):
 
     def _delete_tracking(self, curs: Any) -> None:
         curs.execute("DELETE FROM tracking WHERE application_name = ?", [TRACKING_NAME])
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        # one statement is its own read transaction in autocommit mode: no BEGIN and
+        # ROLLBACK round trips around it (a third of a list page's query time)
+        with self.datastore.get_connection(commit=False) as conn, conn.cursor() as curs:
+            curs.execute(self._sql(sql), list(params))
+            return list(curs.fetchall())
 
 
 class PostgresServersView(ServersView, PostgresTrackingRecorder):
