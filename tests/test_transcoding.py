@@ -1,4 +1,4 @@
-"""The orjson-backed transcoder reads every stored event exactly as the library does."""
+"""The msgspec-backed transcoder reads every stored event exactly as the library does."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from vmledger.projections.servers import (
 
 DEFAULT_URL = "sqlite:///vmledger.db"
 
-#: the library's JSON format, decoded with orjson (see :mod:`vmledger.adapters.transcoding`)
+#: the library's JSON format, decoded with msgspec (see :mod:`vmledger.adapters.transcoding`)
 TRANSCODER_TOPIC = "vmledger.adapters.transcoding:FastJSONTranscoder"
 
 

@@ -5,42 +5,39 @@ standard library's ``json`` and an ``object_hook`` called back into Python for e
 JSON object: about 5-10 µs for a typical event, the largest share of replaying a server
 or rebuilding the views. :class:`FastJSONTranscoder` keeps the library's encoder (so
 the bytes stored — and hashed by the audit chain — are unchanged) and decodes with
-``orjson``, then turns the library's ``{"_type_": name, "_data_": value}`` objects into
-values with the same registered transcodings, innermost first, as the hook would.
+``msgspec`` (integers of any size, as the standard library), then turns the library's
+``{"_type_": name, "_data_": value}`` objects into values with the same registered
+transcodings, innermost first, as the hook would.
 
 Most events hold one such object, their ``timestamp``; the encoded text is scanned once
-for the marker so events without nested ones skip the walk. Texts orjson refuses but
-the standard library accepts (``NaN``, ``1e400``) or reads differently (integers beyond
-64 bits) are decoded by the library's own path: the result is the same for every input.
+for the marker so events without nested ones skip the walk. Texts msgspec refuses but
+the standard library accepts (``NaN``, ``1e400``, lone surrogates) are decoded by the
+library's own path: the result is the same for every input.
 
 Selected with the library's ``TRANSCODER_TOPIC`` (see :mod:`vmledger.adapters.persistence`).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-import orjson
-from eventsourcing.persistence import JSONTranscoder
+import msgspec
+from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder
 
 _MARK = b'"_type_"'
 _ESCAPE = b"\\u"
-#: orjson reads an integer beyond 64 bits as a float; the library keeps it an int. Any
-#: run of 19 digits (in a number or a string) sends the text to the library's path.
-_DIGITS = bytes(0x30 if 0x30 <= i <= 0x39 else 0x2E for i in range(256))
-_LONG_RUN = b"0" * 19
+_DECODER = msgspec.json.Decoder()
 
 
 class FastJSONTranscoder(JSONTranscoder):
-    """The library's JSON transcoder, decoding with orjson."""
+    """The library's JSON transcoder, decoding with msgspec."""
 
     def decode(self, data: bytes) -> Any:
-        if _LONG_RUN in data.translate(_DIGITS):
-            return super().decode(data)
         try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return super().decode(data)  # NaN, Infinity, big integers…: the library's rules
+            obj = _DECODER.decode(data)
+        except msgspec.DecodeError:
+            return super().decode(data)  # NaN, Infinity, lone surrogates: the library's rules
         if _ESCAPE not in data:  # else an escaped key could still spell _type_
             marks = data.count(_MARK)
             if not marks:
@@ -50,7 +47,12 @@ class FastJSONTranscoder(JSONTranscoder):
                 if (type(stamp) is dict and len(stamp) == 2 and "_type_" in stamp
                         and "_data_" in stamp):
                     # the common case: the event's timestamp is the only encoded object
-                    obj["timestamp"] = self._decode_obj(stamp)
+                    data_ = stamp["_data_"]
+                    if (stamp["_type_"] == "datetime_iso" and type(data_) is str
+                            and type(self.names.get("datetime_iso")) is DatetimeAsISO):
+                        obj["timestamp"] = datetime.fromisoformat(data_)  # what it does
+                    else:
+                        obj["timestamp"] = self._decode_obj(stamp)
                     return obj
         return self._walk(obj)
 

@@ -7,7 +7,7 @@ renders and encodes only the servers that changed since it was last served, and 
 the others' bytes. Nothing is ever stale: a new version is a new key; old keys leave
 first-in first-out once the cache is full.
 
-Bodies are encoded with orjson (compact UTF-8, as Starlette's ``JSONResponse``
+Bodies are encoded with msgspec (compact UTF-8, as Starlette's ``JSONResponse``
 writes them, several times faster).
 """
 
@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import orjson
+import msgspec
 from starlette.responses import Response
 
 from vmledger.api.views import Viewer
@@ -26,16 +26,16 @@ from vmledger.projections.servers import StoredServer
 #: rendered servers kept per app (at ~2 KB each: about 40 MB when full)
 DEFAULT_CAPACITY = 20_000
 
-_OPTIONS = orjson.OPT_NON_STR_KEYS
+_ENCODER = msgspec.json.Encoder()
 
 
 def dumps(value: Any) -> bytes:
     """``value`` as compact JSON (UTF-8)."""
-    return orjson.dumps(value, option=_OPTIONS)
+    return _ENCODER.encode(value)
 
 
 class JSONBody(Response):
-    """A JSON response encoded with orjson."""
+    """A JSON response encoded with msgspec."""
 
     media_type = "application/json"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
-from vmledger.projections.servers import Page, _ts, dumps, loads
+from vmledger.projections.servers import dumps_stored, loads, loads_stored, stored_ts
 
 TABLE = "vmledger_instance_actions"
 
@@ -41,54 +41,90 @@ NOVA_EVENTS: dict[str, str] = {
 _COLUMNS = ("request_id", "server_id", "action", "user_id", "project_id", "start_time",
             "updated_at", "message", "doc")
 
+#: an action document as stored: times are kept in the stored form ({"$dt": text}) while
+#: folding, so writing a document needs no conversion (``loads`` gives datetimes back)
+Doc = dict[str, Any]
 
-def _new(event: Server.Event, action: str) -> dict[str, Any]:
-    return {"request_id": event.request_id, "server_id": str(event.originator_id),
+
+def _stored_time(value: datetime) -> dict[str, str]:
+    return {"$dt": value.isoformat()}
+
+
+def _new(event: Server.Event, server_id: str, action: str, at: dict[str, str]) -> Doc:
+    return {"request_id": event.request_id, "server_id": server_id,
             "action": action, "user_id": event.user_id, "project_id": event.project_id,
-            "start_time": event.timestamp, "updated_at": event.timestamp, "message": None,
+            "start_time": at, "updated_at": at, "message": None,
             "events": [], "cause": event.cause}
 
 
-def _agent_event(doc: dict[str, Any], name: str, at: datetime, host: str | None
-                 ) -> dict[str, Any]:
+def _agent_event(doc: Doc, name: str, at: dict[str, str], host: str | None) -> Doc:
     for existing in doc["events"]:
         if existing["event"] == name and existing["finish_time"] is None:
-            found: dict[str, Any] = existing
+            found: Doc = existing
             found["host"] = found["host"] or host
             return found
-    e: dict[str, Any] = {"event": name, "start_time": at, "finish_time": None, "result": None,
-         "traceback": None, "host": host, "details": None}
+    e: Doc = {"event": name, "start_time": at, "finish_time": None, "result": None,
+              "traceback": None, "host": host, "details": None}
     doc["events"].append(e)
     return e
 
 
-def fold_action(doc: dict[str, Any] | None, event: Server.Event, host: str | None
-                ) -> dict[str, Any] | None:
-    """The action document after ``event`` (None when the event starts no action)."""
-    if isinstance(event, Server.Requested):
-        return _new(event, "create")
-    if isinstance(event, Server.ActionRequested):
-        return _new(event, lc.ACTIONS[event.action].instance_action)
-    if isinstance(event, Server.LockChanged):
-        new = _new(event, event.action)
-        new["events"].append({"event": f"api_{event.action}", "start_time": event.timestamp,
-                              "finish_time": event.timestamp, "result": "Success",
+# what each kind of server event does to the actions: starts one, or is a step of one
+_STARTS, _LOCK, _RESET, _STEP, _OUTCOME, _OTHER = range(6)
+_KINDS: dict[type, int] = {}
+
+
+def _kind(cls: type) -> int:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        if issubclass(cls, Server.Requested | Server.ActionRequested):
+            kind = _STARTS
+        elif issubclass(cls, Server.LockChanged):
+            kind = _LOCK
+        elif issubclass(cls, Server.StateReset):
+            kind = _RESET
+        elif issubclass(cls, Server.TaskAdvanced | Server.HypervisorCalled):
+            kind = _STEP
+        elif issubclass(cls, Server.ActionCompleted | Server.ActionFailed):
+            kind = _OUTCOME
+        else:
+            kind = _OTHER
+        _KINDS[cls] = kind
+    return kind
+
+
+def fold_action(doc: Doc | None, event: Any, host: str | None,
+                server_id: str | None = None) -> Doc | None:
+    """The action document (in stored form) after ``event`` (a server event); None when
+    the event starts no action and belongs to none."""
+    kind = _kind(type(event))
+    if kind == _OTHER:
+        return doc
+    at = _stored_time(event.timestamp)
+    sid = server_id if server_id is not None else str(event.originator_id)
+    if kind == _STARTS:
+        if isinstance(event, Server.Requested):
+            return _new(event, sid, "create", at)
+        return _new(event, sid, lc.ACTIONS[event.action].instance_action, at)
+    if kind == _LOCK:
+        new = _new(event, sid, event.action, at)
+        new["events"].append({"event": f"api_{event.action}", "start_time": at,
+                              "finish_time": at, "result": "Success",
                               "traceback": None, "host": None, "details": None})
         return new
-    if isinstance(event, Server.StateReset):
-        return _new(event, "resetState")
+    if kind == _RESET:
+        return _new(event, sid, "resetState", at)
     if doc is None:
         return None
-    action = getattr(event, "action", "")
-    name = NOVA_EVENTS.get(action)
+    name = NOVA_EVENTS.get(getattr(event, "action", ""))
     if name is None:
         return doc
-    doc["updated_at"] = event.timestamp
-    if isinstance(event, Server.TaskAdvanced | Server.HypervisorCalled):
-        _agent_event(doc, name, event.timestamp, getattr(event, "host", None) or host)
-    elif isinstance(event, Server.ActionCompleted | Server.ActionFailed):
-        e = _agent_event(doc, name, event.timestamp, host)
-        e["finish_time"] = event.timestamp
+    doc["updated_at"] = at
+    if kind == _STEP:
+        _agent_event(doc, name, at, getattr(event, "host", None) or host)
+    else:
+        e = _agent_event(doc, name, at, host)
+        e["finish_time"] = at
         if isinstance(event, Server.ActionFailed):
             e["result"] = "Error"
             e["details"] = event.fault.get("message")
@@ -113,53 +149,73 @@ class InstanceActions:
                 " (server_id, start_time)"),
         ]
 
-    def apply(self, curs: Any, sql: Callable[[str], str], all_events: Sequence[Any],
-              notifications: Sequence[Any]) -> None:
-        self.apply_pages(curs, sql, [(all_events, 0, notifications)])
-
-    def apply_pages(self, curs: Any, sql: Callable[[str], str], pages: Sequence[Page]
-                    ) -> None:
-        """Fold consecutive pages as :meth:`apply` one after the other would (each page
-        with its own hosts), loading and writing each action's row once."""
-        server_event, requested = Server.Event, Server.Requested
-        per_page = [[e for e in all_events if isinstance(e, server_event)]
-                    for all_events, _, _ in pages]
-        ids = list(dict.fromkeys(e.request_id for events in per_page for e in events))
-        if not ids:
-            return
-        docs: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            marks = ",".join("?" for _ in chunk)
-            curs.execute(sql(f"SELECT request_id, doc FROM {TABLE} "
-                             f"WHERE request_id IN ({marks})"), chunk)
-            for row in curs.fetchall():
-                docs[row["request_id"]] = loads(row["doc"])
-        changed: dict[str, dict[str, Any]] = {}
-        for events in per_page:
-            # keyed by the originator id itself: equal ids are equal texts, and hashing
-            # a UUID is cheaper than formatting it
-            hosts: dict[Any, str | None] = {}
-            for event in events:
-                if isinstance(event, requested):
-                    hosts[event.originator_id] = event.host
-                doc = fold_action(docs.get(event.request_id), event,
-                                  hosts.get(event.originator_id))
-                if doc is not None:
-                    docs[event.request_id] = changed[event.request_id] = doc
-        if changed:
-            cols = ", ".join(_COLUMNS)
-            marks = ", ".join("?" for _ in _COLUMNS)
-            updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "request_id")
-            curs.executemany(
-                sql(f"INSERT INTO {TABLE} ({cols}) VALUES ({marks}) "
-                    f"ON CONFLICT (request_id) DO UPDATE SET {updates}"),
-                [(d["request_id"], d["server_id"], d["action"], d["user_id"], d["project_id"],
-                  _ts(d["start_time"]), _ts(d["updated_at"]), d["message"], dumps(d))
-                 for d in changed.values()])
+    def batch(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> ActionsBatch:
+        return ActionsBatch(curs, sql, empty=empty)
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
         curs.execute(sql(f"DELETE FROM {TABLE}"))
+
+
+class ActionsBatch:
+    """One transaction's fold of the instance actions: each page folded with its own
+    hosts (as page-by-page application would), each action's row loaded and written
+    once."""
+
+    def __init__(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> None:
+        self.curs = curs
+        self.sql = sql
+        self.empty = empty
+        self.docs: dict[str, Doc | None] = {}
+        self.changed: dict[str, Doc] = {}
+        self.names: dict[Any, str] = {}
+
+    def _load(self, ids: list[str]) -> None:
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" for _ in chunk)
+            self.curs.execute(self.sql(f"SELECT request_id, doc FROM {TABLE} "
+                                       f"WHERE request_id IN ({marks})"), chunk)
+            for row in self.curs.fetchall():
+                self.docs[row["request_id"]] = loads_stored(row["doc"])
+
+    def fold(self, events: Sequence[Any]) -> None:
+        server_event = Server.Event
+        page = [e for e in events if isinstance(e, server_event)]
+        docs, changed, names = self.docs, self.changed, self.names
+        unknown = [i for i in dict.fromkeys(e.request_id for e in page) if i not in docs]
+        for request_id in unknown:
+            docs[request_id] = None
+        if unknown and not self.empty:
+            self._load(unknown)
+        # keyed by the originator id itself: equal ids are equal texts, and hashing
+        # a UUID is cheaper than formatting it
+        hosts: dict[Any, str | None] = {}
+        requested = Server.Requested
+        for event in page:
+            oid = event.originator_id
+            if isinstance(event, requested):
+                hosts[oid] = event.host
+            name = names.get(oid)
+            if name is None:
+                name = names[oid] = str(oid)
+            request_id = event.request_id
+            doc = fold_action(docs[request_id], event, hosts.get(oid), name)
+            if doc is not None:
+                docs[request_id] = changed[request_id] = doc
+
+    def write(self) -> None:
+        if not self.changed:
+            return
+        cols = ", ".join(_COLUMNS)
+        marks = ", ".join("?" for _ in _COLUMNS)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "request_id")
+        self.curs.executemany(
+            self.sql(f"INSERT INTO {TABLE} ({cols}) VALUES ({marks}) "
+                     f"ON CONFLICT (request_id) DO UPDATE SET {updates}"),
+            [(d["request_id"], d["server_id"], d["action"], d["user_id"], d["project_id"],
+              stored_ts(d["start_time"]), stored_ts(d["updated_at"]), d["message"],
+              dumps_stored(d))
+             for d in self.changed.values()])
 
 
 def list_actions(view: Any, server_id: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from vmledger.domain.image import DELETED, CustomImage
-from vmledger.projections.servers import Page, _ts, dumps, loads
+from vmledger.projections.servers import _ts, dumps, loads
 
 TABLE = "vmledger_images"
 _COLUMNS = ("id", "project_id", "server_id", "name", "status", "created_at", "updated_at",
@@ -43,42 +43,63 @@ class Images:
             sql(f"CREATE INDEX IF NOT EXISTS {TABLE}_project ON {TABLE} (project_id, name)"),
         ]
 
-    def apply(self, curs: Any, sql: Callable[[str], str], all_events: Sequence[Any],
-              notifications: Sequence[Any]) -> None:
-        self.apply_pages(curs, sql, [(all_events, 0, notifications)])
-
-    def apply_pages(self, curs: Any, sql: Callable[[str], str], pages: Sequence[Page]
-                    ) -> None:
-        """Fold consecutive pages as :meth:`apply` one after the other would, loading
-        and writing each image's row once."""
-        image_event = CustomImage.Event
-        events = [e for all_events, _, _ in pages for e in all_events
-                  if isinstance(e, image_event)]
-        if not events:
-            return
-        ids = list(dict.fromkeys(str(e.originator_id) for e in events))
-        docs: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            marks = ",".join("?" for _ in chunk)
-            curs.execute(sql(f"SELECT id, doc FROM {TABLE} WHERE id IN ({marks})"), chunk)
-            docs.update((row["id"], loads(row["doc"])) for row in curs.fetchall())
-        for event in events:
-            current = docs.get(str(event.originator_id))
-            if current is not None and current["version"] >= event.originator_version:
-                continue
-            docs[str(event.originator_id)] = fold_image(current, event)
-        cols = ", ".join(_COLUMNS)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "id")
-        curs.executemany(
-            sql(f"INSERT INTO {TABLE} ({cols}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
-                f"ON CONFLICT (id) DO UPDATE SET {updates}"),
-            [(d["id"], d.get("project_id"), d.get("server_id"), d.get("name"), d.get("status"),
-              _ts(d["created_at"]), _ts(d["updated_at"]), 1 if d.get("status") == DELETED
-              else 0, dumps(d)) for d in (docs[i] for i in ids if i in docs)])
+    def batch(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> ImagesBatch:
+        return ImagesBatch(curs, sql, empty=empty)
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
         curs.execute(sql(f"DELETE FROM {TABLE}"))
+
+
+class ImagesBatch:
+    """One transaction's fold of the images: each image's row loaded and written once."""
+
+    def __init__(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> None:
+        self.curs = curs
+        self.sql = sql
+        self.empty = empty
+        self.docs: dict[str, dict[str, Any] | None] = {}
+        self.changed: list[str] = []
+
+    def fold(self, events: Sequence[Any]) -> None:
+        image_event = CustomImage.Event
+        page = [e for e in events if isinstance(e, image_event)]
+        if not page:
+            return
+        docs = self.docs
+        unknown = [i for i in dict.fromkeys(str(e.originator_id) for e in page)
+                   if i not in docs]
+        for image_id in unknown:
+            docs[image_id] = None
+        if unknown and not self.empty:
+            for i in range(0, len(unknown), 500):
+                chunk = unknown[i:i + 500]
+                marks = ",".join("?" for _ in chunk)
+                self.curs.execute(self.sql(f"SELECT id, doc FROM {TABLE} WHERE id IN ({marks})"),
+                                  chunk)
+                docs.update((row["id"], loads(row["doc"])) for row in self.curs.fetchall())
+        for event in page:
+            key = str(event.originator_id)
+            current = docs[key]
+            if current is not None and current["version"] >= event.originator_version:
+                continue
+            docs[key] = fold_image(current, event)
+            self.changed.append(key)
+
+    def write(self) -> None:
+        if not self.changed:
+            return
+        cols = ", ".join(_COLUMNS)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "id")
+        rows = []
+        for key in dict.fromkeys(self.changed):
+            d = self.docs[key]
+            assert d is not None
+            rows.append((d["id"], d.get("project_id"), d.get("server_id"), d.get("name"),
+                         d.get("status"), _ts(d["created_at"]), _ts(d["updated_at"]),
+                         1 if d.get("status") == DELETED else 0, dumps(d)))
+        self.curs.executemany(
+            self.sql(f"INSERT INTO {TABLE} ({cols}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+                     f"ON CONFLICT (id) DO UPDATE SET {updates}"), rows)
 
 
 def list_images(view: Any, project_id: str | None) -> list[dict[str, Any]]:

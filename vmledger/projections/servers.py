@@ -13,13 +13,14 @@ same code rebuilds the view from scratch.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
-from uuid import UUID
 
+import msgspec
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
@@ -36,12 +37,7 @@ _COLUMNS = ("id", "project_id", "host", "name", "vm_state", "task_state", "pendi
             "version", "doc")
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"$dt": value.isoformat()}
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
+_INDEX_NAME = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+) ON ")
 
 
 def _decode(obj: dict[str, Any]) -> Any:
@@ -50,14 +46,51 @@ def _decode(obj: dict[str, Any]) -> Any:
     return obj
 
 
-# one encoder and one decoder for every document: json.dumps / json.loads with these
-# options would build a new one per call (a measurable share of a rebuild)
-_ENCODER = json.JSONEncoder(default=_encode, separators=(",", ":"), sort_keys=True)
+# Documents are stored as compact JSON with sorted keys; a datetime is {"$dt": ISO 8601}.
+# Writing: datetimes are swapped for that form (containers holding none are not copied),
+# then msgspec encodes. Reading: the standard library's decoder with a hook (faster than
+# msgspec plus a walk in Python for these documents).
 _DECODER = json.JSONDecoder(object_hook=_decode)
+_ENCODER = msgspec.json.Encoder(order="sorted")
+_RAW_DECODER = msgspec.json.Decoder()
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _stored(value: Any) -> Any:
+    """``value`` with every datetime in it as ``{"$dt": ...}``; containers holding no
+    datetime are returned as they are, not copied."""
+    pairs: Iterable[tuple[Any, Any]]
+    make: Callable[[Any], Any]
+    if isinstance(value, dict):
+        pairs, make = value.items(), dict
+    elif isinstance(value, list | tuple):
+        pairs, make = enumerate(value), list
+    elif isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    else:
+        return value
+    copy: Any = None
+    for key, item in pairs:
+        if type(item) not in _SCALARS:
+            new = _stored(item)
+            if new is not item:
+                if copy is None:
+                    copy = make(value)
+                copy[key] = new
+    return value if copy is None else copy
 
 
 def dumps(doc: dict[str, Any]) -> str:
-    return _ENCODER.encode(doc)
+    """A document as stored (its datetimes as ``{"$dt": ...}``)."""
+    return _ENCODER.encode(_stored(doc)).decode()
+
+
+def dumps_stored(doc: dict[str, Any]) -> str:
+    """A document already in stored form (no datetime objects in it: they would be
+    written as plain text)."""
+    return _ENCODER.encode(doc).decode()
 
 
 def loads(text: str) -> dict[str, Any]:
@@ -66,6 +99,19 @@ def loads(text: str) -> dict[str, Any]:
         return result
     decoded: dict[str, Any] = _DECODER.decode(text)
     return decoded
+
+
+def loads_stored(text: str | bytes) -> dict[str, Any]:
+    """A document in stored form (times stay ``{"$dt": ...}``): for folding further."""
+    decoded: dict[str, Any] = _RAW_DECODER.decode(text)
+    return decoded
+
+
+def stored_ts(value: Any) -> str | None:
+    """:func:`_ts` of a datetime in stored form (or a datetime, or None)."""
+    if type(value) is dict:
+        return _ts(datetime.fromisoformat(value["$dt"]))
+    return _ts(value)
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -117,24 +163,32 @@ class ViewExtension(Protocol):
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]: ...
 
-    def apply(self, curs: Any, sql: Callable[[str], str], events: Sequence[Any],
-              notifications: Sequence[Any]) -> None:
-        """Fold a page: ``events`` are the page's decoded events, in order: every kind
-        (servers, images…) the view and its extensions declare (see
-        :meth:`ServersView.wants`), all of them if an extension declares no
-        ``event_types``.
-
-        An extension may also define ``apply_pages(curs, sql, pages)`` to fold several
-        consecutive pages at once (see :meth:`ServersView.apply_pages`).
-        """
+    def batch(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> ExtensionBatch:
+        """The state of one transaction's fold: pages are folded into it one after the
+        other, then it writes its rows once. ``empty``: the read model has no rows yet
+        (a rebuild's first transaction), so nothing needs loading."""
         ...
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None: ...
 
 
-#: a page of the log: its decoded events, the position of its last notification, and
-#: the notifications themselves
-Page = tuple[Sequence[Any], int, Sequence[Any]]
+class ExtensionBatch(Protocol):
+    def fold(self, events: Sequence[Any]) -> None:
+        """Fold a page: ``events`` are the page's decoded events, in order: every kind
+        (servers, images…) the view and its extensions declare (see
+        :meth:`ServersView.wants`), all of them if an extension declares no
+        ``event_types``."""
+        ...
+
+    def write(self) -> None:
+        """Write every row the pages changed."""
+        ...
+
+
+#: a page of the log as read: its rows and the position of its last row
+RawPage = tuple[Sequence[Any], int]
+#: decodes a page's rows into the domain events the view wants
+Decode = Callable[[Sequence[Any]], list[Any]]
 
 
 class ServersView:
@@ -202,70 +256,79 @@ class ServersView:
     def position(self) -> int:
         return self.max_tracking_id(TRACKING_NAME) or 0
 
-    def apply_page(self, all_events: Sequence[Any], position: int,
-                   notifications: Sequence[Any] = ()) -> int:
-        """Fold a page of events into rows, with the tracking position, in one transaction.
-
-        Returns the number of rows written. A position at or below the recorded one
-        raises ``IntegrityError`` and writes nothing (the page was already applied).
-        """
-        return self.apply_pages([(all_events, position, notifications)])
-
-    def apply_pages(self, pages: Sequence[Page]) -> int:
-        """Fold consecutive pages in one transaction, exactly as :meth:`apply_page` one
-        page after the other would: each page is folded with its own page-level state and
-        gets its own tracking record (so another process applying one of these pages
-        conflicts as before), but the rows are loaded and written once for all of them.
+    def apply_pages(self, pages: Sequence[RawPage], decode: Decode) -> int:
+        """Fold consecutive pages of the log in one transaction, with a tracking record
+        per page (so another process applying one of these pages conflicts), loading
+        and writing each row once for all of them. Each page is decoded and folded in
+        turn (its events are not kept).
 
         Returns the number of server rows written. ``IntegrityError`` (a page already
         applied) writes nothing.
         """
         server_event = Server.Event
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
-        folded: list[tuple[str, Any]] = []
-        for all_events, _, _ in pages:
-            for event in all_events:
-                if isinstance(event, server_event):
-                    oid = event.originator_id
-                    key = names.get(oid)
-                    if key is None:
-                        key = names[oid] = str(oid)
-                    folded.append((key, event))
-        ids = list(dict.fromkeys(key for key, _ in folded))
         with self._transaction(commit=True) as curs:
-            docs = self._load(curs, ids) if ids else {}
+            empty = self._is_empty(curs)
+            batches = [extension.batch(curs, self._sql, empty=empty)
+                       for extension in self.extensions]
+            docs: dict[str, dict[str, Any] | None] = {}
             # each server's document is folded in place: the same result as ``fold`` (a
             # fresh namespace per event) without copying the document for every event
             targets: dict[str, SimpleNamespace] = {}
-            for key, event in folded:
-                current = docs.get(key)
-                version = event.originator_version
-                if current is not None and current["version"] >= version:
-                    continue  # already folded (a rebuild overlapping a live update)
-                target = targets.get(key)
-                if target is None:
-                    target = targets[key] = SimpleNamespace(**(current or {}))
-                event.apply(target)
-                result = target.__dict__
-                result["id"] = key
-                result["version"] = version
-                if "created_at" not in result:
-                    result["created_at"] = event.timestamp
-                result["updated_at"] = event.timestamp
-                docs[key] = result
-            changed = [docs[i] for i in ids if i in docs]
+            for rows, _ in pages:
+                events = decode(rows)
+                folded: list[tuple[str, Any]] = []
+                for event in events:
+                    if isinstance(event, server_event):
+                        oid = event.originator_id
+                        key = names.get(oid)
+                        if key is None:
+                            key = names[oid] = str(oid)
+                        folded.append((key, event))
+                unknown = [key for key in dict.fromkeys(key for key, _ in folded)
+                           if key not in docs]
+                if unknown:
+                    loaded = {} if empty else self._load(curs, unknown)
+                    for key in unknown:
+                        docs[key] = loaded.get(key)
+                for key, event in folded:
+                    target = targets.get(key)
+                    version = event.originator_version
+                    if target is None:
+                        current = docs[key]
+                        if current is not None and current["version"] >= version:
+                            continue  # already folded (a rebuild overlapping a live update)
+                        target = targets[key] = SimpleNamespace(**(current or {}))
+                    elif target.version >= version:
+                        continue
+                    event.apply(target)
+                    result = target.__dict__
+                    result["id"] = key
+                    result["version"] = version
+                    if "created_at" not in result:
+                        result["created_at"] = event.timestamp
+                    result["updated_at"] = event.timestamp
+                for batch in batches:
+                    batch.fold(events)
+            changed = [target.__dict__ for target in targets.values()]
             if changed:
                 curs.executemany(self._upsert_sql(), [row_of(d) for d in changed])
-            for extension in self.extensions:
-                apply_pages = getattr(extension, "apply_pages", None)
-                if apply_pages is not None:
-                    apply_pages(curs, self._sql, pages)
-                else:
-                    for all_events, _, notifications in pages:
-                        extension.apply(curs, self._sql, all_events, notifications)
-            for _, position, _ in pages:
+            for batch in batches:
+                batch.write()
+            for _, position in pages:
                 self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
         return len(changed)
+
+    def _is_empty(self, curs: Any) -> bool:
+        """Whether the view has no position yet (so no rows: rows are only ever written
+        with a tracking record, and cleared with it); read in the transaction."""
+        curs.execute(self._position_sql(), [TRACKING_NAME])
+        row = curs.fetchone()
+        value = None if row is None else (row["n"] if isinstance(row, dict) else row[0])
+        return not value
+
+    def _position_sql(self) -> Any:  # pragma: no cover - per backend
+        raise NotImplementedError
 
     def _load(self, curs: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -283,13 +346,33 @@ class ServersView:
         return self._sql(f"INSERT INTO {{t}} ({cols}) VALUES ({marks}) "
                          f"ON CONFLICT (id) DO UPDATE SET {updates}")
 
-    def clear(self) -> None:
-        """Forget every row and the position (before a rebuild)."""
+    def clear(self, *, drop_indexes: bool = False) -> None:
+        """Forget every row and the position (before a rebuild); with ``drop_indexes``
+        the secondary indexes go too (filling tables without them and indexing once at
+        the end is cheaper: :meth:`restore_indexes`, which opening the view also does)."""
         with self._transaction(commit=True) as curs:
             curs.execute(self._sql("DELETE FROM {t}"))
             for extension in self.extensions:
                 extension.clear(curs, self._sql)
             self._delete_tracking(curs)
+            if drop_indexes:
+                for name in self._index_names():
+                    curs.execute(f"DROP INDEX IF EXISTS {name}")
+
+    def restore_indexes(self) -> None:
+        """Create the secondary indexes that are missing."""
+        with self._transaction(commit=True) as curs:
+            for statement in self.create_statements():
+                if statement.startswith("CREATE INDEX"):
+                    curs.execute(statement)
+
+    def _index_names(self) -> list[str]:
+        names = []
+        for statement in self.create_statements():
+            match = _INDEX_NAME.match(statement)
+            if match is not None:
+                names.append(match.group(1))
+        return names
 
     def _delete_tracking(self, curs: Any) -> None:  # pragma: no cover - per backend
         raise NotImplementedError
@@ -454,6 +537,9 @@ class SQLiteServersView(ServersView, SQLiteTrackingRecorder):
     def _delete_tracking(self, curs: Any) -> None:
         curs.execute("DELETE FROM tracking WHERE application_name = ?", [TRACKING_NAME])
 
+    def _position_sql(self) -> Any:
+        return "SELECT MAX(notification_id) AS n FROM tracking WHERE application_name = ?"
+
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         # one statement is its own read transaction in autocommit mode: no BEGIN and
         # ROLLBACK round trips around it (a third of a list page's query time)
@@ -490,11 +576,9 @@ class PostgresServersView(ServersView, PostgresTrackingRecorder):
             Identifier(self.datastore.schema), Identifier(self.tracking_table_name)),
             [TRACKING_NAME])
 
+    def _position_sql(self) -> Any:
+        from psycopg.sql import SQL, Identifier
 
-def decode(notifications: Iterable[Any], mapper: Any,
-           wanted: Callable[[str], bool] | None = None) -> list[Any]:
-    """Decode notifications into domain events (every kind: servers, images, records),
-    or only those whose topic ``wanted`` accepts (the others are not even parsed)."""
-    if wanted is None:
-        return [mapper.to_domain_event(n) for n in notifications]
-    return [mapper.to_domain_event(n) for n in notifications if wanted(n.topic)]
+        return SQL("SELECT MAX(notification_id) AS n FROM {0}.{1} "
+                   "WHERE application_name = %s").format(
+            Identifier(self.datastore.schema), Identifier(self.tracking_table_name))

@@ -1,0 +1,90 @@
+"""A rebuild gives exactly the read models that following the log page by page gave.
+
+The log is the projections benchmark's: full server lives (every action, failures and
+rollbacks, drift, resets, locks, renames, custom images, deletes), many servers
+interleaved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.projections import Ids, StepClock, populate
+from vmledger import Engine
+from vmledger.projections import runner
+from vmledger.projections.actions import TABLE as ACTIONS
+from vmledger.projections.images import TABLE as IMAGES
+from vmledger.projections.servers import loads
+
+TABLES = (("vmledger_servers", "id"), (ACTIONS, "request_id"), (IMAGES, "id"))
+
+
+def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every read model, documents decoded (so text forms may differ)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for table, key in TABLES:
+        rows = engine.view._query(f"SELECT * FROM {table} ORDER BY {key}")
+        out[table] = [{k: (loads(v) if k == "doc" else v) for k, v in dict(row).items()}
+                      for row in rows]
+    return out
+
+
+def index_names(engine: Engine) -> set[str]:
+    if engine.view.dialect == "sqlite":
+        rows = engine.view._query("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                  "AND name LIKE ? AND name NOT LIKE ?",
+                                  ["vmledger%", "sqlite_autoindex%"])
+        return {r["name"] for r in rows}
+    rows = engine.view._query("SELECT indexname AS name FROM pg_indexes "
+                              "WHERE indexname LIKE ? AND indexname NOT LIKE ?",
+                              ["vmledger%", "%_pkey"])
+    return {r["name"] for r in rows}
+
+
+@pytest.fixture
+def engine(url: str) -> Any:
+    ids = Ids(seed=7)
+    e = Engine(url, clock=StepClock(), id_factory=ids.uuid, request_id_factory=ids.request_id)
+    yield e
+    e.close()
+
+
+def test_rebuild_equals_following_the_log_in_small_pages(engine: Engine) -> None:
+    populate(engine.service, 24, group=8)
+    # follow the log as a live follower would, in small pages and transactions: rows
+    # are loaded, folded further and written again many times
+    engine.view.clear()
+    follower = runner.ViewUpdater(engine.service, engine.view, page_size=7, batch_events=7)
+    assert follower.catch_up() > 0
+    followed = snapshot(engine)
+    indexes = index_names(engine)
+    assert len(followed[ACTIONS]) > 100 and followed[IMAGES]
+
+    assert engine.updater.rebuild() > 0
+    assert snapshot(engine) == followed
+    assert index_names(engine) == indexes and len(indexes) >= 4
+
+
+def test_a_rebuild_in_several_transactions_equals_one(engine: Engine) -> None:
+    populate(engine.service, 10, group=5)
+    engine.updater.rebuild()
+    whole = snapshot(engine)
+    small = runner.ViewUpdater(engine.service, engine.view, page_size=50, batch_events=100)
+    small.rebuild()
+    assert snapshot(engine) == whole
+
+
+def test_the_decoder_makes_the_events_the_mapper_makes(engine: Engine) -> None:
+    populate(engine.service, 6, group=3)
+    rows = runner.read_page(engine.service.recorder, 0, 100_000)
+    decoded = runner.EventDecoder(engine.service.mapper)(rows)
+    assert len(decoded) == len(rows)
+    for (nid, oid, version, topic, state), event in zip(rows, decoded, strict=True):
+        expected = engine.service.mapper.to_domain_event(runner.Notification(
+            id=nid, originator_id=oid, originator_version=version, topic=topic, state=state))
+        assert type(event) is type(expected)
+        assert event.__dict__ == expected.__dict__
+    wanted = runner.EventDecoder(engine.service.mapper, lambda topic: "Server." in topic)(rows)
+    assert 0 < len(wanted) < len(rows)
