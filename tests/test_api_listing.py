@@ -335,3 +335,22 @@ def test_marker_pages_walk_every_server_once_with_equal_creation_times(
     after = ids(client, f"changes-since=2000-01-01T00:00:00Z&marker={made[3]}", "2.66")
     everything = ids(client, "changes-since=2000-01-01T00:00:00Z", "2.66")
     assert after == everything[everything.index(made[3]) + 1:]
+
+
+def test_rows_read_without_documents_get_them_as_they_are_now(
+        client: ApiClient, engine: Engine) -> None:
+    first, second = create(client, engine, "one"), create(client, engine, "two")
+    rows = engine.server_rows(docs=False)
+    assert {r.id for r in rows} == {first, second} and not any(r.loaded for r in rows)
+    with pytest.raises(LookupError):
+        _ = rows[0].doc
+    before = {r.id: r.version for r in rows}
+    client.put(f"/v2.1/p1/servers/{first}", json={"server": {"name": "renamed"}})
+    engine.view._query("DELETE FROM vmledger_servers WHERE id = ?", [second])  # as a rebuild
+    engine.fill_server_docs(rows)
+    by_id = {r.id: r for r in rows}
+    assert by_id[first].loaded and by_id[first].doc["name"] == "renamed"
+    assert by_id[first].version > before[first]
+    assert not by_id[second].loaded
+    # a list never shows a server that left the view, and renders the others as they are
+    assert [s["name"] for s in listing(client)] == ["renamed"]

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -310,13 +310,19 @@ class Engine:
         return self.view.iter_servers(project_id=project, include_deleted=include_deleted)
 
     def server_rows(self, *, ctx: Context | None = None, deleted: str = "exclude",
-                    after: str | None = None, limit: int | None = None
+                    after: str | None = None, limit: int | None = None, docs: bool = True
                     ) -> list[StoredServer]:
         """The view's servers as stored (documents undecoded until used), newest first:
         a list page. ``deleted``: ``"exclude"``, ``"only"`` or ``"both"``; ``after``: a
-        marker (``KeyError`` when it is not in the same scope)."""
+        marker (``KeyError`` when it is not in the same scope); without ``docs``, ids
+        and versions only (:meth:`fill_server_docs` reads the documents later)."""
         project = None if ctx is None or ctx.is_admin else ctx.project_id
-        return self.view.rows(project_id=project, deleted=deleted, after=after, limit=limit)
+        return self.view.rows(project_id=project, deleted=deleted, after=after, limit=limit,
+                              docs=docs)
+
+    def fill_server_docs(self, rows: Sequence[StoredServer]) -> None:
+        """Read the documents of rows :meth:`server_rows` gave without them."""
+        self.view.fill(rows)
 
     def _visible(self, server_id: str, ctx: Context | None, include_deleted: bool
                  ) -> dict[str, Any]:

@@ -439,7 +439,8 @@ def _comparable(value: Any) -> Any:
 
 # --- the page -------------------------------------------------------------------------------
 def select(call: Call) -> tuple[list[StoredServer], int]:
-    """The page of servers a list request asks for, and the full page size."""
+    """The page of servers a list request asks for, and the full page size. Rows may
+    come without their documents (``loaded`` false): ``engine.fill_server_docs``."""
     query = call.request.query_params
     limit = MAX_LIMIT
     raw_limit = query.get("limit")
@@ -455,9 +456,10 @@ def select(call: Call) -> tuple[list[StoredServer], int]:
     if keys == DEFAULT_ORDER:
         # the view's own order: the page is read in SQL (only its rows when nothing is
         # filtered in Python), documents decoded only where a filter looks at them
-        rows = _rows(call, scope, search, marker, None if search.needs_doc else limit)
         if not search.needs_doc:
-            return rows[:limit], limit
+            # ids and versions only: the caller reads the documents it has not rendered
+            return _rows(call, scope, search, marker, limit, docs=False), limit
+        rows = _rows(call, scope, search, marker, None)
         return [row for row in rows if search.keep(row.doc)][:limit], limit
     include_deleted = search.deleted != "exclude"
     sorted_docs = ordered(call.engine.iter_server_docs(ctx=scope,
@@ -476,11 +478,11 @@ def select(call: Call) -> tuple[list[StoredServer], int]:
     return page, limit
 
 
-def _rows(call: Call, scope: Any, search: Search, marker: str | None, limit: int | None
-          ) -> list[StoredServer]:
+def _rows(call: Call, scope: Any, search: Search, marker: str | None, limit: int | None,
+          *, docs: bool = True) -> list[StoredServer]:
     try:
         return call.engine.server_rows(ctx=scope, deleted=search.deleted, after=marker,
-                                       limit=limit)
+                                       limit=limit, docs=docs)
     except KeyError:
         raise ApiError(400, f"marker [{marker}] not found") from None
 

@@ -61,8 +61,8 @@ class RenderCache:
         self.hits = 0
         self.misses = 0
 
-    def renderer(self, viewer: Viewer, render: Renderer) -> Callable[[StoredServer], bytes]:
-        """A function giving each server's rendered JSON for ``viewer`` (one request)."""
+    def renderer(self, viewer: Viewer, render: Renderer) -> Rendering:
+        """Renders servers for ``viewer`` (one request)."""
         slot = self._slots.get((render, viewer))
         if slot is None:
             with self._lock:
@@ -70,25 +70,7 @@ class RenderCache:
                     self._slots.clear()
                     self._entries.clear()
                 slot = self._slots.setdefault((render, viewer), len(self._slots))
-        entries = self._entries
-
-        def rendered(row: StoredServer) -> bytes:
-            key = (row.id, row.version, slot)
-            found = entries.get(key)
-            if found is not None:
-                self.hits += 1
-                return found
-            self.misses += 1
-            text = dumps(render(row.doc, viewer))
-            if self.capacity > 0:
-                with self._lock:
-                    while len(entries) >= self.capacity:
-                        # the oldest entry first (dicts keep insertion order)
-                        entries.pop(next(iter(entries)), None)
-                    entries[key] = text
-            return text
-
-        return rendered
+        return Rendering(self, slot, viewer, render)
 
     def render(self, row: StoredServer, viewer: Viewer, render: Renderer) -> bytes:
         """One server's rendered JSON."""
@@ -96,6 +78,39 @@ class RenderCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class Rendering:
+    """One request's renderer: each server's JSON from the cache, else rendered (and
+    kept, when the cache has room)."""
+
+    def __init__(self, cache: RenderCache, slot: int, viewer: Viewer, render: Renderer
+                 ) -> None:
+        self.cache = cache
+        self.slot = slot
+        self.viewer = viewer
+        self.render = render
+
+    def cached(self, row: StoredServer) -> bool:
+        return (row.id, row.version, self.slot) in self.cache._entries
+
+    def __call__(self, row: StoredServer) -> bytes:
+        cache = self.cache
+        entries = cache._entries
+        key = (row.id, row.version, self.slot)
+        found = entries.get(key)
+        if found is not None:
+            cache.hits += 1
+            return found
+        cache.misses += 1
+        text = dumps(self.render(row.doc, self.viewer))
+        if cache.capacity > 0:
+            with cache._lock:
+                while len(entries) >= cache.capacity:
+                    # the oldest entry first (dicts keep insertion order)
+                    entries.pop(next(iter(entries)), None)
+                entries[key] = text
+        return text
 
 
 def join_list(name: str, items: list[bytes], extra: dict[str, Any] | None = None) -> bytes:

@@ -21,7 +21,7 @@ from vmledger.api import listing
 from vmledger.api import validation as val
 from vmledger.api.faults import MALFORMED_BODY, ApiError
 from vmledger.api.http import EMPTY, Call, read_json
-from vmledger.api.rendering import JSONBody, RenderCache, Renderer, join_list
+from vmledger.api.rendering import JSONBody, RenderCache, Renderer, Rendering, join_list
 from vmledger.api.views import (
     Viewer,
     created_view,
@@ -250,16 +250,23 @@ def _detail(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
 
 async def _list(call: Call, collection: str, renderer: Renderer) -> Response:
     page, size = await call.run(listing.select, call)
+    rendering = render_cache(call).renderer(call.viewer, renderer)
+    # rows may come without documents: read only those of servers not rendered yet
+    missing = [row for row in page if not row.loaded and not rendering.cached(row)]
+    if missing:
+        await call.run(call.engine.fill_server_docs, missing)
+        gone = {row.id for row in missing if not row.loaded}  # left the view meanwhile
+        if gone:
+            page = [row for row in page if row.id not in gone]
     links = _servers_links(call, collection, page, size)
-    return JSONBody(render_page(render_cache(call), call.viewer, renderer, page,
+    return JSONBody(render_page(rendering, page,
                                 {"servers_links": links} if links else None))
 
 
-def render_page(cache: RenderCache, viewer: Viewer, renderer: Renderer,
-                page: list[StoredServer], extra: dict[str, Any] | None) -> bytes:
+def render_page(rendering: Rendering, page: list[StoredServer],
+                extra: dict[str, Any] | None) -> bytes:
     """``{"servers": [...], **extra}``, each server rendered once per version."""
-    rendered = cache.renderer(viewer, renderer)
-    return join_list("servers", [rendered(row) for row in page], extra)
+    return join_list("servers", [rendering(row) for row in page], extra)
 
 
 async def list_servers(call: Call) -> Response:

@@ -244,7 +244,13 @@ class ServersView:
             " name TEXT, vm_state TEXT, task_state TEXT, pending_action TEXT,"
             " pending_request_id TEXT, confirm_deadline TEXT, created_at TEXT,"
             " updated_at TEXT, deleted INTEGER, version INTEGER, doc TEXT)"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_project ON {t} (project_id, created_at)"),
+            # list pages: index-only scans in the view's order (newest first), per project
+            # and across projects; they replace the older (project_id, created_at) index
+            self._sql("DROP INDEX IF EXISTS {t}_project"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_page ON {t}"
+                      " (project_id, deleted, created_at, id, version)"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_all_page ON {t}"
+                      " (deleted, created_at, id, version)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (host, pending_action)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
         ]
@@ -401,12 +407,14 @@ class ServersView:
             yield row.doc
 
     def rows(self, *, project_id: str | None = None, deleted: str = "exclude",
-             after: str | None = None, limit: int | None = None) -> list[StoredServer]:
+             after: str | None = None, limit: int | None = None, docs: bool = True
+             ) -> list[StoredServer]:
         """Stored servers newest first (created_at, then id, descending), undecoded.
 
         ``deleted`` is ``"exclude"``, ``"only"`` or ``"both"``; ``after`` is the id of a
         server (visible in the same scope) the page starts after, as a list marker:
-        ``KeyError`` when there is none; ``limit`` caps the rows read.
+        ``KeyError`` when there is none; ``limit`` caps the rows read. Without ``docs``
+        only ids and versions are read (see :meth:`fill`).
         """
         where, params = self._scope(project_id, deleted)
         if after is not None:
@@ -422,16 +430,35 @@ class ServersView:
             created = found[0]["created_at"]
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [created, created, after]
-        sql = "SELECT id, version, doc FROM {t}"
+        sql = "SELECT id, version, doc FROM {t}" if docs else "SELECT id, version FROM {t}"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        found = self._query(sql, params)
-        if found and isinstance(found[0], dict):  # PostgreSQL's rows are dicts
-            return [StoredServer(r["id"], r["version"], r["doc"]) for r in found]
-        return [StoredServer(r[0], r[1], r[2]) for r in found]  # sqlite3.Row, by index
+        return self._stored(self._query(sql, params))
+
+    @staticmethod
+    def _stored(found: list[Any]) -> list[StoredServer]:
+        if not found:
+            return []
+        if isinstance(found[0], dict):  # PostgreSQL's rows are dicts
+            return [StoredServer(r["id"], r["version"], r.get("doc")) for r in found]
+        if len(found[0]) == 3:  # sqlite3.Row, by index
+            return [StoredServer(r[0], r[1], r[2]) for r in found]
+        return [StoredServer(r[0], r[1], None) for r in found]
+
+    def fill(self, rows: Sequence[StoredServer]) -> None:
+        """Read the documents of rows read without them, each with the version it has
+        now (which may be newer than the row's). A row whose server is no longer in the
+        view keeps no document (``loaded`` is false)."""
+        by_id = {row.id: row for row in rows}
+        for chunk in _chunks(list(by_id), 500):
+            marks = ",".join("?" for _ in chunk)
+            for found in self._stored(self._query(
+                    f"SELECT id, version, doc FROM {{t}} WHERE id IN ({marks})", chunk)):
+                row = by_id[found.id]
+                row.version, row.text, row._doc = found.version, found.text, None
 
     @staticmethod
     def _scope(project_id: str | None, deleted: str) -> tuple[list[str], list[Any]]:
@@ -500,9 +527,15 @@ class StoredServer:
         return cls(doc["id"], doc["version"], None, doc)
 
     @property
+    def loaded(self) -> bool:
+        """Whether the document was read (see :meth:`ServersView.fill`)."""
+        return self.text is not None or self._doc is not None
+
+    @property
     def doc(self) -> dict[str, Any]:
         if self._doc is None:
-            assert self.text is not None
+            if self.text is None:
+                raise LookupError(f"server {self.id}: read without its document")
             self._doc = loads(self.text)
         return self._doc
 
