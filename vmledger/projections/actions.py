@@ -15,7 +15,13 @@ from typing import Any
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
-from vmledger.projections.servers import dumps_stored, loads, loads_stored, stored_ts
+from vmledger.projections.servers import (
+    RowWriter,
+    dumps_stored,
+    loads,
+    loads_stored,
+    stored_ts,
+)
 
 TABLE = "vmledger_instance_actions"
 
@@ -149,8 +155,8 @@ class InstanceActions:
                 " (server_id, start_time)"),
         ]
 
-    def batch(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> ActionsBatch:
-        return ActionsBatch(curs, sql, empty=empty)
+    def batch(self, writer: RowWriter, *, empty: bool) -> ActionsBatch:
+        return ActionsBatch(writer, empty=empty)
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
         curs.execute(sql(f"DELETE FROM {TABLE}"))
@@ -161,9 +167,10 @@ class ActionsBatch:
     hosts (as page-by-page application would), each action's row loaded and written
     once."""
 
-    def __init__(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> None:
-        self.curs = curs
-        self.sql = sql
+    def __init__(self, writer: RowWriter, *, empty: bool) -> None:
+        self.writer = writer
+        self.curs = writer.curs
+        self.sql = writer.sql
         self.empty = empty
         self.docs: dict[str, Doc | None] = {}
         self.changed: dict[str, Doc] = {}
@@ -204,18 +211,11 @@ class ActionsBatch:
                 docs[request_id] = changed[request_id] = doc
 
     def write(self) -> None:
-        if not self.changed:
-            return
-        cols = ", ".join(_COLUMNS)
-        marks = ", ".join("?" for _ in _COLUMNS)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "request_id")
-        self.curs.executemany(
-            self.sql(f"INSERT INTO {TABLE} ({cols}) VALUES ({marks}) "
-                     f"ON CONFLICT (request_id) DO UPDATE SET {updates}"),
-            [(d["request_id"], d["server_id"], d["action"], d["user_id"], d["project_id"],
-              stored_ts(d["start_time"]), stored_ts(d["updated_at"]), d["message"],
-              dumps_stored(d))
-             for d in self.changed.values()])
+        self.writer.upsert(TABLE, _COLUMNS, "request_id", [
+            (d["request_id"], d["server_id"], d["action"], d["user_id"], d["project_id"],
+             stored_ts(d["start_time"]), stored_ts(d["updated_at"]), d["message"],
+             dumps_stored(d))
+            for d in self.changed.values()])
 
 
 def list_actions(view: Any, server_id: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from vmledger.domain.image import DELETED, CustomImage
-from vmledger.projections.servers import _ts, dumps, loads
+from vmledger.projections.servers import RowWriter, _ts, dumps, loads
 
 TABLE = "vmledger_images"
 _COLUMNS = ("id", "project_id", "server_id", "name", "status", "created_at", "updated_at",
@@ -43,8 +43,8 @@ class Images:
             sql(f"CREATE INDEX IF NOT EXISTS {TABLE}_project ON {TABLE} (project_id, name)"),
         ]
 
-    def batch(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> ImagesBatch:
-        return ImagesBatch(curs, sql, empty=empty)
+    def batch(self, writer: RowWriter, *, empty: bool) -> ImagesBatch:
+        return ImagesBatch(writer, empty=empty)
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
         curs.execute(sql(f"DELETE FROM {TABLE}"))
@@ -53,9 +53,10 @@ class Images:
 class ImagesBatch:
     """One transaction's fold of the images: each image's row loaded and written once."""
 
-    def __init__(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> None:
-        self.curs = curs
-        self.sql = sql
+    def __init__(self, writer: RowWriter, *, empty: bool) -> None:
+        self.writer = writer
+        self.curs = writer.curs
+        self.sql = writer.sql
         self.empty = empty
         self.docs: dict[str, dict[str, Any] | None] = {}
         self.changed: list[str] = []
@@ -86,10 +87,6 @@ class ImagesBatch:
             self.changed.append(key)
 
     def write(self) -> None:
-        if not self.changed:
-            return
-        cols = ", ".join(_COLUMNS)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "id")
         rows = []
         for key in dict.fromkeys(self.changed):
             d = self.docs[key]
@@ -97,9 +94,7 @@ class ImagesBatch:
             rows.append((d["id"], d.get("project_id"), d.get("server_id"), d.get("name"),
                          d.get("status"), _ts(d["created_at"]), _ts(d["updated_at"]),
                          1 if d.get("status") == DELETED else 0, dumps(d)))
-        self.curs.executemany(
-            self.sql(f"INSERT INTO {TABLE} ({cols}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
-                     f"ON CONFLICT (id) DO UPDATE SET {updates}"), rows)
+        self.writer.upsert(TABLE, _COLUMNS, "id", rows)
 
 
 def list_images(view: Any, project_id: str | None) -> list[dict[str, Any]]:

@@ -163,10 +163,11 @@ class ViewExtension(Protocol):
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]: ...
 
-    def batch(self, curs: Any, sql: Callable[[str], str], *, empty: bool) -> ExtensionBatch:
+    def batch(self, writer: RowWriter, *, empty: bool) -> ExtensionBatch:
         """The state of one transaction's fold: pages are folded into it one after the
-        other, then it writes its rows once. ``empty``: the read model has no rows yet
-        (a rebuild's first transaction), so nothing needs loading."""
+        other, then it writes its rows once (``writer``: the transaction's cursor, the
+        dialect, and bulk upserts). ``empty``: the read model has no rows yet (a
+        rebuild's first transaction), so nothing needs loading."""
         ...
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None: ...
@@ -183,6 +184,48 @@ class ExtensionBatch(Protocol):
     def write(self) -> None:
         """Write every row the pages changed."""
         ...
+
+
+class RowWriter:
+    """Writes a read model's rows in the view's transaction."""
+
+    #: from this many rows on, PostgreSQL gets them by COPY into a temporary table and
+    #: one INSERT ... SELECT (several times faster than a statement per row)
+    COPY_ROWS = 200
+
+    def __init__(self, curs: Any, sql: Callable[[str], str], dialect: str) -> None:
+        self.curs = curs
+        self.sql = sql
+        self.dialect = dialect
+
+    def upsert(self, table: str, columns: Sequence[str], key: str,
+               rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` (values in ``columns`` order), replacing rows with the same
+        ``key``."""
+        if not rows:
+            return
+        cols = ", ".join(columns)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c != key)
+        if self.dialect == "postgres" and len(rows) >= self.COPY_ROWS:
+            from psycopg import sql as pg
+
+            stage = pg.Identifier(f"{table}_stage")
+            self.curs.execute(pg.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {0} "
+                                     "(LIKE {1}) ON COMMIT DELETE ROWS").format(
+                stage, pg.Identifier(table)))
+            with self.curs.copy(pg.SQL("COPY {0} ({1}) FROM STDIN").format(
+                    stage, pg.SQL(cols))) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            self.curs.execute(pg.SQL(
+                f"INSERT INTO {{0}} ({cols}) SELECT {cols} FROM {{1}} "
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}").format(
+                pg.Identifier(table), stage))
+            self.curs.execute(pg.SQL("TRUNCATE {0}").format(stage))
+            return
+        marks = ", ".join("?" for _ in columns)
+        self.curs.executemany(self.sql(f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
+                                       f"ON CONFLICT ({key}) DO UPDATE SET {updates}"), rows)
 
 
 #: a page of the log as read: its rows and the position of its last row
@@ -275,8 +318,8 @@ class ServersView:
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         with self._transaction(commit=True) as curs:
             empty = self._is_empty(curs)
-            batches = [extension.batch(curs, self._sql, empty=empty)
-                       for extension in self.extensions]
+            writer = RowWriter(curs, self._sql, self.dialect)
+            batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
             docs: dict[str, dict[str, Any] | None] = {}
             # each server's document is folded in place: the same result as ``fold`` (a
             # fresh namespace per event) without copying the document for every event
@@ -317,8 +360,7 @@ class ServersView:
                 for batch in batches:
                     batch.fold(events)
             changed = [target.__dict__ for target in targets.values()]
-            if changed:
-                curs.executemany(self._upsert_sql(), [row_of(d) for d in changed])
+            writer.upsert(self.table, _COLUMNS, "id", [row_of(d) for d in changed])
             for batch in batches:
                 batch.write()
             for _, position in pages:
@@ -344,13 +386,6 @@ class ServersView:
             for row in curs.fetchall():
                 found[row["id"]] = loads(row["doc"])
         return found
-
-    def _upsert_sql(self) -> str:
-        cols = ", ".join(_COLUMNS)
-        marks = ", ".join("?" for _ in _COLUMNS)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in _COLUMNS if c != "id")
-        return self._sql(f"INSERT INTO {{t}} ({cols}) VALUES ({marks}) "
-                         f"ON CONFLICT (id) DO UPDATE SET {updates}")
 
     def clear(self, *, drop_indexes: bool = False) -> None:
         """Forget every row and the position (before a rebuild); with ``drop_indexes``
