@@ -116,3 +116,36 @@ def test_cli_auth_modes_are_the_apis() -> None:
     from vmledger.api.auth import AUTH_MODES
 
     assert cli.AUTH_MODES == AUTH_MODES
+
+
+def test_secrets_from_files_stay_out_of_the_process_list(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+        ) -> None:
+    import uvicorn
+
+    users = tmp_path / "users"
+    users.write_text("# name:password:project:roles\nalice:s3cr:et:p1:member\n\n")
+    users.chmod(0o600)
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t0:ops:p1:admin\n")
+    tokens.chmod(0o644)
+    seen: dict[str, Any] = {}
+
+    def fake_run(app: Any, **_: Any) -> None:
+        client = ApiClient(app)
+        seen["token"] = client.get("/v2.1/servers", headers={"X-Auth-Token": "t0"}).status_code
+        login = client.post("/identity/v3/auth/tokens", json={"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "alice", "password": "s3cr:et", "domain": {"name": "Default"}}}},
+            "scope": {"project": {"name": "p1", "domain": {"name": "Default"}}}}})
+        seen["login"] = login.status_code
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    assert cli.main(["serve", "--db", "memory", "--auth", "keystone",
+                     "--user-file", str(users), "--token-file", str(tokens)]) == 0
+    assert seen == {"token": 200, "login": 201}
+    err = capsys.readouterr().err
+    assert f"{tokens} holds secrets" in err and str(users) not in err
+    with pytest.raises(SystemExit) as exc:  # a missing file is a usage error
+        cli.main(["serve", "--auth", "token", "--token-file", str(tmp_path / "nope")])
+    assert exc.value.code == 2

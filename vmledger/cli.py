@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="NAME:PASSWORD:PROJECT:ROLES",
                        help="a user who can log in at /identity/v3 (--auth keystone); "
                             "repeatable")
+    serve.add_argument("--token-file", action="append", default=[], metavar="FILE",
+                       help="--token values read from a file, one per line ('#' starts "
+                            "a comment): kept out of the process list; repeatable")
+    serve.add_argument("--user-file", action="append", default=[], metavar="FILE",
+                       help="--user values read from a file, one per line: passwords "
+                            "kept out of the process list; repeatable")
     serve.add_argument("--log-level", default="info",
                        choices=("critical", "error", "warning", "info", "debug"),
                        help="log level (default info)")
@@ -107,9 +114,25 @@ def _auth_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
     from vmledger.api.auth import AuthSettings
 
     try:
-        return AuthSettings.build(args.auth, tokens=args.token, users=args.user)
-    except ValueError as exc:
+        tokens = [*args.token, *_specs_from(args.token_file)]
+        users = [*args.user, *_specs_from(args.user_file)]
+        return AuthSettings.build(args.auth, tokens=tokens, users=users)
+    except (OSError, ValueError) as exc:
         parser.error(str(exc))
+
+
+def _specs_from(paths: list[str]) -> list[str]:
+    """The non-empty, non-comment lines of each file, stripped."""
+    specs: list[str] = []
+    for path in paths:
+        with open(path, encoding="utf-8") as lines:
+            specs += [text for text in (line.strip() for line in lines)
+                      if text and not text.startswith("#")]
+        mode = os.stat(path).st_mode
+        if mode & 0o077:
+            print(f"vmledger: warning: {path} holds secrets and other users may read it "
+                  f"(mode {mode & 0o777:o}; chmod 600 it)", file=sys.stderr)
+    return specs
 
 
 def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
