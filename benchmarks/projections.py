@@ -54,6 +54,7 @@ from vmledger.domain.image import CustomImage
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService, _addresses
 from vmledger.engine import Engine
+from vmledger.projections import actions as actions_view
 from vmledger.projections import runner
 from vmledger.projections.servers import ServersView
 
@@ -288,7 +289,7 @@ def populate(service: ServerService, servers: int, *, project_id: str = "bench-p
     return written
 
 
-VIEW_TABLES = ("vmledger_servers", "vmledger_instance_actions", "vmledger_images")
+VIEW_TABLES = ("vmledger_servers", actions_view.TABLE, "vmledger_images")
 
 
 def view_digest(view: ServersView) -> str:
@@ -296,7 +297,7 @@ def view_digest(view: ServersView) -> str:
     digest = hashlib.sha256(str(view.position()).encode())
     with view._transaction(commit=False) as curs:
         for table in VIEW_TABLES:
-            curs.execute(f"SELECT * FROM {table} ORDER BY 1")
+            curs.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
             for row in curs.fetchall():
                 values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
                 digest.update(repr(values).encode())

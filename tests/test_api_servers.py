@@ -186,7 +186,11 @@ def test_boot_image_from_block_device_mapping(client: ApiClient) -> None:
     ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "description": "d"},
      "'description' was unexpected"),
     ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "metadata": {"k": 1}}, "metadata"),
-    ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "max_count": 3}, "several servers"),
+    ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "min_count": 3, "max_count": 2},
+     "min_count must be <= max_count"),
+    ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "min_count": 0}, "min_count"),
+    ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "max_count": "x"}, "max_count"),
+    ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "max_count": True}, "max_count"),
     ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "accessIPv4": "::1"}, "'ipv4'"),
     ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "accessIPv6": "1.2.3.4"}, "'ipv6'"),
 ])
@@ -452,3 +456,51 @@ def test_list_tolerates_client_query_parameters(client: ApiClient) -> None:
                    headers=mv("2.96"))
     assert r.status_code == 200
     assert len(r.json()["servers"]) == 1
+
+
+def test_one_request_creates_several_servers(client: ApiClient, engine: Engine) -> None:
+    """As Nova: max_count servers named NAME-1..N, one reservation, one request id whose
+    create action each server has; the body is the first server's."""
+    r = client.post("/v2.1/p1/servers", json={"server": {
+        "name": "web", "flavorRef": "1", "imageRef": IMAGE, "min_count": 2,
+        "max_count": 3, "adminPass": "pw"}})
+    assert r.status_code == 202, r.text
+    first = r.json()["server"]
+    request_id = r.headers["x-openstack-request-id"]
+    assert first["adminPass"] == "pw" and r.headers["Location"].endswith(first["id"])
+    engine.run_until_idle()
+    servers = client.get("/v2.1/p1/servers/detail").json()["servers"]
+    assert sorted(s["name"] for s in servers) == ["web-1", "web-2", "web-3"]
+    assert {s["status"] for s in servers} == {"ACTIVE"}
+    by_name = {s["name"]: s for s in servers}
+    assert by_name["web-1"]["id"] == first["id"]
+    reservations = {s["OS-EXT-SRV-ATTR:reservation_id"] for s in client.get(
+        "/v2.1/p1/servers/detail", headers=mv("2.3")).json()["servers"]}
+    assert len(reservations) == 1
+    for server in servers:
+        actions = client.get(f"/v2.1/p1/servers/{server['id']}/os-instance-actions").json()
+        assert [(a["action"], a["request_id"]) for a in actions["instanceActions"]] == [
+            ("create", request_id)]
+    # return_reservation_id: the reservation instead of a server
+    r = client.post("/v2.1/p1/servers", json={"server": {
+        "name": "batch", "flavorRef": "1", "imageRef": IMAGE, "max_count": 2,
+        "return_reservation_id": True}})
+    assert r.status_code == 202 and r.json()["reservation_id"].startswith("r-")
+    engine.run_until_idle()
+    made = client.get(f"/v2.1/p1/servers?reservation_id={r.json()['reservation_id']}")
+    assert sorted(s["name"] for s in made.json()["servers"]) == ["batch-1", "batch-2"]
+
+
+def test_more_servers_than_one_request_may_create(client: ApiClient, engine: Engine) -> None:
+    from vmledger.domain.service import MAX_SERVERS_PER_REQUEST as LIMIT
+
+    r = client.post("/v2.1/p1/servers", json={"server": {
+        "name": "many", "flavorRef": "1", "imageRef": IMAGE, "min_count": LIMIT + 1}})
+    assert r.status_code == 403 and "Quota exceeded" in r.json()["forbidden"]["message"]
+    assert client.get("/v2.1/p1/servers").json()["servers"] == []
+    # between min and max: as many as allowed
+    r = client.post("/v2.1/p1/servers", json={"server": {
+        "name": "many", "flavorRef": "1", "imageRef": IMAGE, "min_count": 2,
+        "max_count": LIMIT + 50}})
+    assert r.status_code == 202
+    assert len(client.get("/v2.1/p1/servers?limit=1000").json()["servers"]) == LIMIT

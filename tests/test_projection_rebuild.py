@@ -18,7 +18,7 @@ from vmledger.projections.actions import TABLE as ACTIONS
 from vmledger.projections.images import TABLE as IMAGES
 from vmledger.projections.servers import loads
 
-TABLES = (("vmledger_servers", "id"), (ACTIONS, "request_id"), (IMAGES, "id"))
+TABLES = (("vmledger_servers", "id"), (ACTIONS, "server_id, request_id"), (IMAGES, "id"))
 
 
 def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
@@ -88,3 +88,29 @@ def test_the_decoder_makes_the_events_the_mapper_makes(engine: Engine) -> None:
         assert event.__dict__ == expected.__dict__
     wanted = runner.EventDecoder(engine.service.mapper, lambda topic: "Server." in topic)(rows)
     assert 0 < len(wanted) < len(rows)
+
+
+def test_an_older_layout_is_folded_again_on_open(tmp_path: Any) -> None:
+    """A database whose read models predate the current layout (the old actions table,
+    the old position) gets them folded again from the log when an engine opens it."""
+    from vmledger.projections.actions import OLD_TABLE
+    from vmledger.projections.servers import TRACKING_NAME
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    ids = Ids(seed=11)
+    with Engine(url, clock=StepClock(), id_factory=ids.uuid,
+                request_id_factory=ids.request_id) as engine:
+        populate(engine.service, 4, group=4)
+        engine.updater.catch_up()
+        current = snapshot(engine)
+        view = engine.view
+        view._query(f"CREATE TABLE {OLD_TABLE} (request_id TEXT PRIMARY KEY, doc TEXT)")
+        view._query(f"DELETE FROM {ACTIONS}")
+        view._query("UPDATE tracking SET application_name = 'vmledger.servers' "
+                    "WHERE application_name = ?", [TRACKING_NAME])
+        assert view.position() == 0
+    with Engine(url) as reopened:
+        reopened.updater.catch_up()
+        assert snapshot(reopened) == current
+        assert not reopened.view._query("SELECT name FROM sqlite_master WHERE name = ?",
+                                        [OLD_TABLE])

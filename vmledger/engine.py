@@ -193,11 +193,20 @@ class Engine:
                       ctx: Context | None = None, idempotency_key: str | None = None,
                       **options: Any) -> ServerInfo:
         """Ask for a server (flavor and image by id or name); it starts in BUILD."""
+        return self.create_servers(name, flavor, image, ctx=ctx,
+                                   idempotency_key=idempotency_key, **options)[0]
+
+    def create_servers(self, name: str, flavor: str | int, image: str, *, count: int = 1,
+                       ctx: Context | None = None, idempotency_key: str | None = None,
+                       **options: Any) -> list[ServerInfo]:
+        """Ask for ``count`` servers in one request (named ``NAME-1`` … when more than
+        one, as Nova names them); all or none are created."""
         ctx = self._ctx(ctx)
         result = self._done(self.service.create_server(
             ctx, name=name, flavor=flavor, image=image, idempotency_key=idempotency_key,
-            **options))
-        return self.get_server(result.server_id, ctx=ctx)
+            count=count, **options))
+        ids = result.details.get("server_ids") or [result.server_id]
+        return [self.get_server(server_id, ctx=ctx) for server_id in ids]
 
     def act(self, server_id: str, action: str, *, ctx: Context | None = None,
             idempotency_key: str | None = None, **params: Any) -> CommandResult:

@@ -33,6 +33,7 @@ from vmledger.api.views import (
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.errors import FlavorNotFound, ImageNotFound, ServerNotFound
 from vmledger.domain.server import Context
+from vmledger.domain.service import MAX_SERVERS_PER_REQUEST
 from vmledger.engine import Engine, ServerInfo
 from vmledger.projections.servers import StoredServer
 
@@ -107,8 +108,8 @@ def _security_groups(value: Any) -> list[str]:
     return names or ["default"]
 
 
-def _count(server: dict[str, Any], key: str) -> int:
-    value = server.get(key, 1)
+def _count(server: dict[str, Any], key: str, default: int) -> int:
+    value = server.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(
             value).isdigit() or int(value) < 1:
         raise val.invalid_field(key, value, f"{value!r} is not a positive integer")
@@ -123,6 +124,8 @@ class _CreateRequest:
     options: dict[str, Any]
     admin_pass: str
     return_reservation_id: bool
+    #: how many servers (Nova's max_count, within what one request may create)
+    count: int = 1
 
 
 def _parse_create(call: Call, body: Any) -> _CreateRequest:
@@ -147,8 +150,13 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
             "auto", "none"):
         raise val.invalid_field("networks", networks,
                                 f"{networks!r} is not valid under any of the given schemas")
-    if _count(server, "min_count") > 1 or _count(server, "max_count") > 1:
-        raise ApiError(400, "Creating several servers in one request is not supported.")
+    min_count = _count(server, "min_count", 1)
+    max_count = _count(server, "max_count", min_count)
+    if min_count > max_count:
+        raise ApiError(400, "min_count must be <= max_count")
+    if min_count > MAX_SERVERS_PER_REQUEST:
+        raise ApiError(403, f"Quota exceeded for instances: Requested {min_count}, but "
+                            f"already used 0 of {MAX_SERVERS_PER_REQUEST} instances")
     admin_pass = server.get("adminPass")
     if admin_pass is None:
         admin_pass = _new_password()
@@ -194,15 +202,16 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
                           admin_pass=admin_pass,
                           return_reservation_id=val.boolean(
                               server.get("return_reservation_id", False),
-                              "return_reservation_id"))
+                              "return_reservation_id"),
+                          count=min(max_count, MAX_SERVERS_PER_REQUEST))
 
 
 def _create(engine: Engine, ctx: Context, req: _CreateRequest) -> ServerInfo:
     if not any(f.id == req.flavor for f in engine.service.catalog.flavors()):
         raise ApiError(400, "Invalid flavorRef provided.")
     try:
-        return engine.create_server(req.name, flavor=req.flavor, image=req.image, ctx=ctx,
-                                    **req.options)
+        return engine.create_servers(req.name, flavor=req.flavor, image=req.image, ctx=ctx,
+                                     count=req.count, **req.options)[0]
     except FlavorNotFound:
         raise ApiError(400, "Invalid flavorRef provided.") from None
     except ImageNotFound:

@@ -42,6 +42,8 @@ from vmledger.domain.server import ADMIN, TIMER, Context, Server
 
 _IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
 MAX_ATTEMPTS = 8
+#: servers one create request may ask for (Nova bounds it by quota)
+MAX_SERVERS_PER_REQUEST = 100
 NAME_MAX = 255
 METADATA_MAX_ITEMS = 128
 
@@ -295,9 +297,20 @@ class ServerService(Application[uuid.UUID]):
                       description: str | None = None, key_name: str | None = None,
                       availability_zone: str | None = None,
                       attributes: dict[str, Any] | None = None,
-                      idempotency_key: str | None = None) -> CommandResult:
-        """Ask for a new server; it starts BUILD and the host agent builds it."""
+                      idempotency_key: str | None = None, count: int = 1) -> CommandResult:
+        """Ask for new servers (``count`` of them, in one transaction and one request);
+        each starts BUILD and the host agent builds it.
+
+        With ``count`` > 1 the servers are named ``NAME-1`` … ``NAME-N`` (and a requested
+        hostname gets the same suffix), as Nova's default
+        ``multi_instance_display_name_template``; the result is the first server's,
+        with every id in ``details["server_ids"]``.
+        """
         _check_name(name)
+        if isinstance(count, bool) or not isinstance(count, int) or not (
+                1 <= count <= MAX_SERVERS_PER_REQUEST):
+            raise BadRequest(f"A request creates 1 to {MAX_SERVERS_PER_REQUEST} servers, "
+                             f"not {count!r}")
         meta = _check_metadata(metadata)
         desc = _check_description(description)
         chosen_flavor = self.catalog.flavor(flavor)
@@ -305,22 +318,40 @@ class ServerService(Application[uuid.UUID]):
         _fits(chosen_flavor, chosen_image)
         if ctx.project_id is None or ctx.user_id is None:
             raise BadRequest("A server is created on behalf of a user and a project")
-        payload = {"name": name, "flavor": chosen_flavor.id, "image": chosen_image.id,
-                   "metadata": meta, "description": desc, "key_name": key_name,
-                   "availability_zone": availability_zone, "attributes": attributes}
+        payload: dict[str, Any] = {
+            "name": name, "flavor": chosen_flavor.id, "image": chosen_image.id,
+            "metadata": meta, "description": desc, "key_name": key_name,
+            "availability_zone": availability_zone, "attributes": attributes}
+        if count > 1:
+            payload["count"] = count
+        extras: list[Aggregate] = []
+        details: dict[str, Any] = {}
 
-        def decide(_: Server | None) -> Server:
+        def one(index: int) -> Server:
             sid = self.id_factory()
+            attrs = dict(attributes or {})
+            own_name = name if count == 1 else f"{name}-{index}"
+            if count > 1 and attrs.get("hostname"):
+                attrs["hostname"] = f"{attrs['hostname']}-{index}"
             return Server.request(
-                id=sid, ctx=ctx, at=self.clock.now(), name=name,
+                id=sid, ctx=ctx, at=self.clock.now(), name=own_name,
                 flavor=chosen_flavor.as_dict(),
                 image=image_ref,
                 host=self.hosts[sid.int % len(self.hosts)], metadata=meta, description=desc,
                 key_name=key_name, availability_zone=availability_zone or "nova",
-                addresses=_addresses(sid), attributes=dict(attributes or {}))
+                addresses=_addresses(sid), attributes=attrs)
+
+        def decide(_: Server | None) -> Server:
+            first = one(1)
+            extras.extend(one(index) for index in range(2, count + 1))
+            details.clear()
+            if count > 1:
+                details["server_ids"] = [str(first.id), *(str(s.id) for s in extras)]
+            return first
 
         return self._run(ctx, None, decide, idempotency_key=idempotency_key,
-                         operation="create", payload=payload)
+                         operation="create", payload=payload,
+                         extras=extras if count > 1 else None, details=details)
 
     def act(self, ctx: Context, server_id: str | uuid.UUID, action: str,
             *, idempotency_key: str | None = None, **params: Any) -> CommandResult:

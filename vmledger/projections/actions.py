@@ -23,7 +23,11 @@ from vmledger.projections.servers import (
     stored_ts,
 )
 
-TABLE = "vmledger_instance_actions"
+#: one row per (server, request): a request that creates several servers starts an
+#: action on each of them (``vmledger_instance_actions``, keyed by the request alone,
+#: is its predecessor: dropped, and the read models rebuilt, on first start)
+TABLE = "vmledger_server_actions"
+OLD_TABLE = "vmledger_instance_actions"
 
 #: Nova's compute event name for the agent's work on each action
 NOVA_EVENTS: dict[str, str] = {
@@ -44,7 +48,7 @@ NOVA_EVENTS: dict[str, str] = {
     "create_image": "compute_snapshot_instance",
 }
 
-_COLUMNS = ("request_id", "server_id", "action", "user_id", "project_id", "start_time",
+_COLUMNS = ("server_id", "request_id", "action", "user_id", "project_id", "start_time",
             "updated_at", "message", "doc")
 
 #: an action document as stored: times are kept in the stored form ({"$dt": text}) while
@@ -148,9 +152,11 @@ class InstanceActions:
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
         return [
-            sql(f"CREATE TABLE IF NOT EXISTS {TABLE} (request_id TEXT PRIMARY KEY,"
-                " server_id TEXT, action TEXT, user_id TEXT, project_id TEXT,"
-                " start_time TEXT, updated_at TEXT, message TEXT, doc TEXT)"),
+            sql(f"DROP TABLE IF EXISTS {OLD_TABLE}"),
+            sql(f"CREATE TABLE IF NOT EXISTS {TABLE} (server_id TEXT NOT NULL,"
+                " request_id TEXT NOT NULL, action TEXT, user_id TEXT, project_id TEXT,"
+                " start_time TEXT, updated_at TEXT, message TEXT, doc TEXT,"
+                " PRIMARY KEY (server_id, request_id))"),
             sql(f"CREATE INDEX IF NOT EXISTS {TABLE}_server ON {TABLE}"
                 " (server_id, start_time)"),
         ]
@@ -172,26 +178,36 @@ class ActionsBatch:
         self.curs = writer.curs
         self.sql = writer.sql
         self.empty = empty
-        self.docs: dict[str, Doc | None] = {}
-        self.changed: dict[str, Doc] = {}
+        # keyed by (server id, request id)
+        self.docs: dict[tuple[str, str], Doc | None] = {}
+        self.changed: dict[tuple[str, str], Doc] = {}
         self.names: dict[Any, str] = {}
 
-    def _load(self, ids: list[str]) -> None:
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+    def _load(self, keys: list[tuple[str, str]]) -> None:
+        wanted = set(keys)
+        request_ids = list(dict.fromkeys(request_id for _, request_id in keys))
+        for i in range(0, len(request_ids), 500):
+            chunk = request_ids[i:i + 500]
             marks = ",".join("?" for _ in chunk)
-            self.curs.execute(self.sql(f"SELECT request_id, doc FROM {TABLE} "
+            self.curs.execute(self.sql(f"SELECT server_id, request_id, doc FROM {TABLE} "
                                        f"WHERE request_id IN ({marks})"), chunk)
             for row in self.curs.fetchall():
-                self.docs[row["request_id"]] = loads_stored(row["doc"])
+                key = (row["server_id"], row["request_id"])
+                if key in wanted:
+                    self.docs[key] = loads_stored(row["doc"])
 
     def fold(self, events: Sequence[Any]) -> None:
         server_event = Server.Event
         page = [e for e in events if isinstance(e, server_event)]
         docs, changed, names = self.docs, self.changed, self.names
-        unknown = [i for i in dict.fromkeys(e.request_id for e in page) if i not in docs]
-        for request_id in unknown:
-            docs[request_id] = None
+        for event in page:
+            oid = event.originator_id
+            if oid not in names:
+                names[oid] = str(oid)
+        unknown = [key for key in dict.fromkeys((names[e.originator_id], e.request_id)
+                                                for e in page) if key not in docs]
+        for key in unknown:
+            docs[key] = None
         if unknown and not self.empty:
             self._load(unknown)
         # keyed by the originator id itself: equal ids are equal texts, and hashing
@@ -202,17 +218,15 @@ class ActionsBatch:
             oid = event.originator_id
             if isinstance(event, requested):
                 hosts[oid] = event.host
-            name = names.get(oid)
-            if name is None:
-                name = names[oid] = str(oid)
-            request_id = event.request_id
-            doc = fold_action(docs[request_id], event, hosts.get(oid), name)
+            name = names[oid]
+            key = (name, event.request_id)
+            doc = fold_action(docs[key], event, hosts.get(oid), name)
             if doc is not None:
-                docs[request_id] = changed[request_id] = doc
+                docs[key] = changed[key] = doc
 
     def write(self) -> None:
-        self.writer.upsert(TABLE, _COLUMNS, "request_id", [
-            (d["request_id"], d["server_id"], d["action"], d["user_id"], d["project_id"],
+        self.writer.upsert(TABLE, _COLUMNS, ("server_id", "request_id"), [
+            (d["server_id"], d["request_id"], d["action"], d["user_id"], d["project_id"],
              stored_ts(d["start_time"]), stored_ts(d["updated_at"]), d["message"],
              dumps_stored(d))
             for d in self.changed.values()])

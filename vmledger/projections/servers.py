@@ -29,8 +29,10 @@ from eventsourcing.utils import resolve_topic
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
 
-#: the key of this view's position in the tracking table
-TRACKING_NAME = "vmledger.servers"
+#: the key of this view's position in the tracking table. A new name when the read
+#: models' layout changes: the log is then folded again from the start on first open,
+#: every row rewritten (the record under the old name, ``vmledger.servers``, stays)
+TRACKING_NAME = "vmledger.views.2"
 
 _COLUMNS = ("id", "project_id", "host", "name", "vm_state", "task_state", "pending_action",
             "pending_request_id", "confirm_deadline", "created_at", "updated_at", "deleted",
@@ -198,14 +200,16 @@ class RowWriter:
         self.sql = sql
         self.dialect = dialect
 
-    def upsert(self, table: str, columns: Sequence[str], key: str,
+    def upsert(self, table: str, columns: Sequence[str], key: str | tuple[str, ...],
                rows: Sequence[Sequence[Any]]) -> None:
         """Insert ``rows`` (values in ``columns`` order), replacing rows with the same
-        ``key``."""
+        ``key`` (a column, or several)."""
         if not rows:
             return
+        keys = (key,) if isinstance(key, str) else key
+        key = ", ".join(keys)
         cols = ", ".join(columns)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c != key)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys)
         if self.dialect == "postgres" and len(rows) >= self.COPY_ROWS:
             from psycopg import sql as pg
 
