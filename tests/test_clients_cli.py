@@ -156,3 +156,19 @@ def test_keystone_password_login(vmledger_keystone_server: RunningServer, tmp_pa
     done = wrong("server", "list", check=False)
     assert done.returncode != 0
     assert "401" in done.stderr or "authenticat" in done.stderr.lower()
+
+
+def test_several_servers_in_one_create(vmledger_server: RunningServer, tmp_path: Path
+                                       ) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME, "--nic", "none",
+        "--min", "2", "--max", "3", "batch-vm", output=True)
+    for name in ("batch-vm-1", "batch-vm-2", "batch-vm-3"):
+        wait_for(osc, name, "ACTIVE")
+    listed = {s["Name"] for s in osc("server", "list", output=True)}
+    assert {"batch-vm-1", "batch-vm-2", "batch-vm-3"} <= listed
+    request_ids = {osc("server", "event", "list", name, output=True)[0]["Request ID"]
+                   for name in ("batch-vm-1", "batch-vm-2", "batch-vm-3")}
+    assert len(request_ids) == 1  # one request created all three
+    for name in ("batch-vm-1", "batch-vm-2", "batch-vm-3"):
+        osc("server", "delete", name)
