@@ -419,7 +419,7 @@ class _Split:
 def _split(engine: Engine) -> list[tuple[str, float]]:
     """µs per event of the rebuild's stages (one more rebuild, instrumented)."""
     from vmledger.projections.actions import ActionsBatch
-    from vmledger.projections.images import ImagesBatch
+    from vmledger.projections.aggregates import AggregateRowsBatch
 
     split = _Split()
     view = engine.view
@@ -429,8 +429,8 @@ def _split(engine: Engine) -> list[tuple[str, float]]:
     split.wrap(type(view), "_load", "  of which: load the servers' rows")
     split.wrap(ActionsBatch, "fold", "  of which: instance actions: fold")
     split.wrap(ActionsBatch, "write", "  of which: instance actions: write")
-    split.wrap(ImagesBatch, "fold", "  of which: images: fold")
-    split.wrap(ImagesBatch, "write", "  of which: images: write")
+    split.wrap(AggregateRowsBatch, "fold", "  of which: images, key pairs: fold")
+    split.wrap(AggregateRowsBatch, "write", "  of which: images, key pairs: write")
     split.wrap(type(view), "restore_indexes", "build the secondary indexes")
     try:
         commands.settle()

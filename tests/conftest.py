@@ -143,3 +143,10 @@ def clock() -> FakeClock:
 def engine(url: str, clock: FakeClock) -> Iterator[Engine]:
     with make_engine(url, clock=clock) as e:
         yield e
+
+
+@pytest.fixture
+def memory_engine(clock: FakeClock) -> Iterator[Engine]:
+    """An engine on an in-process database (the API tests' default)."""
+    with Engine("memory", clock=clock) as e:
+        yield e

@@ -133,6 +133,7 @@ def test_show_without_project_prefix(client: ApiClient) -> None:
 
 
 def test_create_echoes_requested_fields(client: ApiClient, engine: Engine) -> None:
+    engine.generate_keypair("k1")  # the noauth caller's (user admin)
     r = client.post("/v2.1/p1/servers", headers=mv("2.96"), json={"server": {
         "name": "My Web_Server", "flavorRef": "http://x/flavors/1", "imageRef": IMAGE,
         "networks": "auto", "metadata": {"role": "web"}, "security_groups": [{"name": "web"}],

@@ -172,3 +172,25 @@ def test_several_servers_in_one_create(vmledger_server: RunningServer, tmp_path:
     assert len(request_ids) == 1  # one request created all three
     for name in ("batch-vm-1", "batch-vm-2", "batch-vm-3"):
         osc("server", "delete", name)
+
+
+def test_key_pairs(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                   check=True)
+    made = osc("keypair", "create", "--public-key", f"{key}.pub", "cli-key", output=True)
+    listed = osc("keypair", "list", output=True)
+    assert [(k["Name"], k["Fingerprint"]) for k in listed if k["Name"] == "cli-key"] == [
+        ("cli-key", made["fingerprint"])]
+    shown = osc("keypair", "show", "cli-key", output=True)
+    assert shown["type"] == "ssh" and shown["fingerprint"] == made["fingerprint"]
+    osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME, "--nic", "none",
+        "--key-name", "cli-key", "keyed-vm", output=True)
+    assert wait_for(osc, "keyed-vm", "ACTIVE")["key_name"] == "cli-key"
+    refused = osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME,
+                  "--nic", "none", "--key-name", "no-such-key", "bad-vm", check=False)
+    assert refused.returncode != 0 and "Invalid key_name provided" in refused.stderr
+    osc("server", "delete", "keyed-vm")
+    osc("keypair", "delete", "cli-key")
+    assert "cli-key" not in {k["Name"] for k in osc("keypair", "list", output=True)}

@@ -48,6 +48,7 @@ from tempest.lib.services.compute import (  # noqa: E402
     base_compute_client,
     flavors_client,
     images_client,
+    keypairs_client,
     servers_client,
     versions_client,
 )
@@ -57,8 +58,8 @@ __all__ = ["vmledger_keystone_server", "vmledger_token_server"]  # fixtures used
 
 WAIT = 30.0
 #: microversions where vmledger's own shapes or rules change (besides tempest's ranges)
-VMLEDGER_BOUNDARIES = ("2.21", "2.35", "2.36", "2.37", "2.38", "2.55", "2.58", "2.61",
-                       "2.62", "2.66", "2.74", "2.75", "2.84", "2.90", "2.96")
+VMLEDGER_BOUNDARIES = ("2.10", "2.21", "2.35", "2.36", "2.37", "2.38", "2.55", "2.58", "2.61",
+                       "2.62", "2.66", "2.74", "2.75", "2.84", "2.90", "2.92", "2.96")
 
 
 class FixedTokenAuthProvider(auth.AuthProvider):  # type: ignore[misc]
@@ -100,6 +101,7 @@ class Clients:
     flavors: flavors_client.FlavorsClient
     images: images_client.ImagesClient
     versions: versions_client.VersionsClient
+    keypairs: keypairs_client.KeyPairsClient
     is_admin: bool
 
 
@@ -111,6 +113,7 @@ def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
         flavors=flavors_client.FlavorsClient(provider, "compute", "RegionOne", **kwargs),
         images=images_client.ImagesClient(provider, "compute", "RegionOne", **kwargs),
         versions=versions_client.VersionsClient(provider, "compute", "RegionOne", **kwargs),
+        keypairs=keypairs_client.KeyPairsClient(provider, "compute", "RegionOne", **kwargs),
         is_admin=is_admin)
 
 
@@ -130,7 +133,7 @@ def boundary_versions(maximum: str) -> list[str]:
     top = _parse(maximum)
     found = {"2.1", maximum}
     for client in (servers_client.ServersClient, flavors_client.FlavorsClient,
-                   images_client.ImagesClient):
+                   images_client.ImagesClient, keypairs_client.KeyPairsClient):
         for entry in getattr(client, "schema_versions_info", []):
             if entry["min"] is not None:
                 found.add(entry["min"])
@@ -365,3 +368,36 @@ def test_reads_at_every_microversion(admin: Clients, member: Clients,
     for role, clients in (("admin", admin), ("member", member)):
         server_id, request_id = readers[role]
         read_everything(clients, microversion, server_id, request_id)
+
+
+@pytest.mark.parametrize("microversion", SWEEP, indirect=True)
+def test_key_pairs(admin: Clients, member: Clients, microversion: str) -> None:
+    """Import (and, before 2.92, generate), list, show and delete key pairs, every
+    response validated against tempest's schema of that microversion."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    suffix = microversion.replace(".", "-")
+    public = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    imported = member.keypairs.create_keypair(name=f"imported-{suffix}",
+                                              public_key=public)["keypair"]
+    assert imported["public_key"] == public and "private_key" not in imported
+    names = [imported["name"]]
+    if not at_least(microversion, "2.92"):
+        generated = member.keypairs.create_keypair(name=f"generated-{suffix}")["keypair"]
+        assert generated["private_key"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+        names.append(generated["name"])
+    listed = [k["keypair"]["name"] for k in member.keypairs.list_keypairs()["keypairs"]]
+    assert set(names) <= set(listed)
+    shown = member.keypairs.show_keypair(imported["name"])["keypair"]
+    assert shown["fingerprint"] == imported["fingerprint"]
+    if at_least(microversion, "2.10"):
+        for_member = admin.keypairs.list_keypairs(user_id="acceptance-member")["keypairs"]
+        assert set(names) <= {k["keypair"]["name"] for k in for_member}
+        with pytest.raises(lib_exc.Forbidden):
+            member.keypairs.list_keypairs(user_id="acceptance-admin")
+    for name in names:
+        member.keypairs.delete_keypair(name)
+    with pytest.raises(lib_exc.NotFound):
+        member.keypairs.show_keypair(imported["name"])

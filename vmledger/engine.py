@@ -29,15 +29,23 @@ from vmledger.adapters.simulator import Simulator
 from vmledger.adapters.timer import Timer
 from vmledger.audit.ledger import HistoryPage, Ledger, LedgerEntry
 from vmledger.audit.verify import VerifyReport, verify
+from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import Catalog
 from vmledger.domain.clock import Clock, SystemClock
-from vmledger.domain.errors import NotFound, ServerNotFound
+from vmledger.domain.errors import Forbidden, NotFound, ServerNotFound
 from vmledger.domain.server import Context, Server
-from vmledger.domain.service import CommandResult, ServerService, new_request_id
+from vmledger.domain.service import (
+    CommandResult,
+    ServerService,
+    keypair_owner,
+    new_request_id,
+)
 from vmledger.projections import images as image_view
+from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
 from vmledger.projections.images import Images
+from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.runner import ViewUpdater
 from vmledger.projections.servers import StoredServer
 
@@ -150,7 +158,7 @@ class Engine:
             confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
             request_id_factory=request_id_factory or new_request_id, seed=seed)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
-                                 extensions=[InstanceActions(), Images()])
+                                 extensions=[InstanceActions(), Images(), Keypairs()])
         self.updater = ViewUpdater(self.service, self.view)
         self.ledger = Ledger(self.service)
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
@@ -272,6 +280,49 @@ class Engine:
     def delete_image(self, image_id: str, *, ctx: Context | None = None) -> CommandResult:
         """Delete a custom image (owner project or admin; anyone else: not found)."""
         return self._done(self.service.delete_image(self._ctx(ctx), image_id))
+
+    # --- key pairs ------------------------------------------------------------------
+    def import_keypair(self, name: str, public_key: str, *, key_type: str = keypairs.SSH,
+                       user_id: str | None = None, ctx: Context | None = None
+                       ) -> dict[str, Any]:
+        """Record a public key under ``name`` for the caller (or, for an admin,
+        ``user_id``); returns the key pair. At most
+        :data:`~vmledger.domain.keypair.MAX_KEYPAIRS_PER_USER` per user (Forbidden)."""
+        ctx = self._ctx(ctx)
+        owner = user_id or ctx.user_id
+        if owner is not None and len(keypair_view.list_keypairs(self.view, owner)) >= (
+                keypairs.MAX_KEYPAIRS_PER_USER):
+            raise Forbidden("Quota exceeded, too many key pairs.")
+        result = self._done(self.service.import_keypair(
+            ctx, name=name, public_key=public_key, key_type=key_type, user_id=user_id))
+        return self.get_keypair(name, user_id=result.details["user_id"], ctx=ctx)
+
+    def generate_keypair(self, name: str, *, user_id: str | None = None,
+                         ctx: Context | None = None) -> tuple[dict[str, Any], str]:
+        """A new SSH key pair: its public key recorded as :meth:`import_keypair` does,
+        its private key returned (and recorded nowhere)."""
+        public_key, private_key = keypairs.generate_ssh_key(f"Generated-by-vmledger:{name}")
+        return self.import_keypair(name, public_key, user_id=user_id, ctx=ctx), private_key
+
+    def delete_keypair(self, name: str, *, user_id: str | None = None,
+                       ctx: Context | None = None) -> CommandResult:
+        return self._done(self.service.delete_keypair(self._ctx(ctx), name, user_id=user_id))
+
+    def list_keypairs(self, *, user_id: str | None = None, ctx: Context | None = None
+                      ) -> list[dict[str, Any]]:
+        """A user's key pairs by name (the caller's, or for an admin ``user_id``'s)."""
+        return keypair_view.list_keypairs(self.view, self._keypair_owner(ctx, user_id))
+
+    def get_keypair(self, name: str, *, user_id: str | None = None,
+                    ctx: Context | None = None) -> dict[str, Any]:
+        owner = self._keypair_owner(ctx, user_id)
+        found = keypair_view.get_keypair(self.view, owner, name)
+        if found is None:
+            raise NotFound(f"Keypair {name} not found for user {owner}")
+        return found
+
+    def _keypair_owner(self, ctx: Context | None, user_id: str | None) -> str:
+        return keypair_owner(self._ctx(ctx), user_id)
 
     def list_images(self, *, ctx: Context | None = None) -> list[dict[str, Any]]:
         """Pre-built images, then the custom images the caller may see (as dicts)."""

@@ -5,8 +5,8 @@
 - ``GET /``: the versions document (no auth, no microversion, no request id);
 - ``GET /v2.1`` and ``/v2.1/``: the v2.1 version document;
 - under both ``/v2.1`` and ``/v2.1/{project_id}``: servers (create, list, detail, show,
-  update, delete, actions, os-instance-actions), flavors (list, detail, show) and the
-  images proxy (up to microversion 2.35);
+  update, delete, actions, os-instance-actions), key pairs (``os-keypairs``), flavors
+  (list, detail, show) and the images proxy (up to microversion 2.35);
 - ``/identity``: a minimal Keystone v3 (version documents; tokens with
   ``auth="keystone"``), see :mod:`vmledger.api.identity`;
 - ``/image``: an Image API v2 shim (list, show, delete), see :mod:`vmledger.api.glance`.
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from vmledger.api import catalog, instance_actions, servers
+from vmledger.api import catalog, instance_actions, keypairs, servers
 from vmledger.api import microversions as mv
 from vmledger.api.auth import (
     DEFAULT_TOKEN_LIFETIME,
@@ -108,6 +108,10 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
      ["GET"]),
     ("/servers/{server_id}/os-instance-actions/{request_id}",
      instance_actions.show_instance_action, ["GET"]),
+    ("/os-keypairs", keypairs.list_keypairs, ["GET"]),
+    ("/os-keypairs", keypairs.create_keypair, ["POST"]),
+    ("/os-keypairs/{name}", keypairs.show_keypair, ["GET"]),
+    ("/os-keypairs/{name}", keypairs.delete_keypair, ["DELETE"]),
     ("/flavors", catalog.list_flavors, ["GET"]),
     ("/flavors/detail", catalog.list_flavors_detail, ["GET"]),
     ("/flavors/{flavor_id}", catalog.show_flavor, ["GET"]),

@@ -31,7 +31,7 @@ from vmledger.api.views import (
     update_view,
 )
 from vmledger.domain import lifecycle as lc
-from vmledger.domain.errors import FlavorNotFound, ImageNotFound, ServerNotFound
+from vmledger.domain.errors import FlavorNotFound, ImageNotFound, NotFound, ServerNotFound
 from vmledger.domain.server import Context
 from vmledger.domain.service import MAX_SERVERS_PER_REQUEST
 from vmledger.engine import Engine, ServerInfo
@@ -209,6 +209,12 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
 def _create(engine: Engine, ctx: Context, req: _CreateRequest) -> ServerInfo:
     if not any(f.id == req.flavor for f in engine.service.catalog.flavors()):
         raise ApiError(400, "Invalid flavorRef provided.")
+    key_name = req.options.get("key_name")
+    if key_name is not None:
+        try:  # one of the requesting user's key pairs, as Nova checks
+            engine.get_keypair(key_name, ctx=ctx)
+        except NotFound:
+            raise ApiError(400, "Invalid key_name provided.") from None
     try:
         return engine.create_servers(req.name, flavor=req.flavor, image=req.image, ctx=ctx,
                                      count=req.count, **req.options)[0]

@@ -26,12 +26,14 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from vmledger.domain import image as image_states
+from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import Catalog, Flavor, Image
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     IdempotencyConflict,
     ImageNotFound,
     NotFound,
@@ -90,6 +92,24 @@ class CommandResult:
 
 def new_request_id() -> str:
     return f"req-{uuid.uuid4()}"
+
+
+def keypair_owner(ctx: Context, user_id: str | None) -> str:
+    """Whose key pairs a call is about: the caller's, or (admins only) ``user_id``'s."""
+    if user_id is not None and user_id != ctx.user_id:
+        if not ctx.is_admin:
+            raise Forbidden("Only administrators may manage another user's key pairs")
+        return user_id
+    if ctx.user_id is None:
+        raise BadRequest("Key pairs belong to a user")
+    return ctx.user_id
+
+
+def _check_keypair_name(name: object) -> str:
+    if not isinstance(name, str) or not 1 <= len(name) <= 255 or name != name.strip():
+        raise BadRequest("A key pair name is 1 to 255 characters, without leading or "
+                         "trailing spaces")
+    return name
 
 
 def _check_name(name: object, field: str = "name") -> str:
@@ -637,6 +657,63 @@ class ServerService(Application[uuid.UUID]):
             return CommandResult("", ctx.request_id, recordings[-1].notification.id,
                                  details={"image_id": str(image.id)})
         raise Conflict(f"Image {image_id} was changed concurrently; try again.")
+
+    # --- key pairs ------------------------------------------------------------------
+    def import_keypair(self, ctx: Context, *, name: str, public_key: str,
+                       key_type: str = keypairs.SSH, user_id: str | None = None
+                       ) -> CommandResult:
+        """Record a user's public key under ``name`` (the caller's own unless an admin
+        names ``user_id``). A name the user already holds: :class:`Conflict`."""
+        owner = keypair_owner(ctx, user_id)
+        _check_keypair_name(name)
+        if key_type not in keypairs.KEY_TYPES:
+            raise BadRequest(f"Key pair type must be one of {', '.join(keypairs.KEY_TYPES)}")
+        if not isinstance(public_key, str):
+            raise BadRequest(keypairs.INVALID_KEY)
+        key_fingerprint = keypairs.fingerprint(public_key, key_type)
+        kid = keypairs.keypair_id(owner, name)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                found: object = self.repository.get(kid)
+            except AggregateNotFoundError:
+                found = None
+            if found is None:
+                keypair = keypairs.Keypair.import_key(
+                    ctx=ctx, at=self.clock.now(), user_id=owner, name=name,
+                    public_key=public_key, key_type=key_type, key_fingerprint=key_fingerprint)
+            else:
+                assert isinstance(found, keypairs.Keypair)
+                keypair = found
+                keypair.reimport(ctx, self.clock.now(), public_key=public_key,
+                                 key_type=key_type, key_fingerprint=key_fingerprint)
+            try:
+                recordings = self.save(keypair)
+            except IntegrityError:  # imported (or deleted) meanwhile: decide again
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return CommandResult("", ctx.request_id, recordings[-1].notification.id,
+                                 details={"keypair_id": str(kid), "user_id": owner})
+        raise Conflict(f"Key pair '{name}' was changed concurrently; try again.")
+
+    def delete_keypair(self, ctx: Context, name: str, *, user_id: str | None = None
+                       ) -> CommandResult:
+        owner = keypair_owner(ctx, user_id)
+        kid = keypairs.keypair_id(owner, name) if isinstance(name, str) else None
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                found: object = self.repository.get(kid) if kid is not None else None
+            except AggregateNotFoundError:
+                found = None
+            if not isinstance(found, keypairs.Keypair) or found.deleted:
+                raise NotFound(f"Keypair {name} not found for user {owner}")
+            found.delete(ctx, self.clock.now())
+            try:
+                recordings = self.save(found)
+            except IntegrityError:
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
+        raise Conflict(f"Key pair '{name}' was changed concurrently; try again.")
 
     # --- the timer ------------------------------------------------------------------
     def auto_confirm(self, server_id: str | uuid.UUID, deadline: datetime) -> CommandResult:

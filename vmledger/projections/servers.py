@@ -126,8 +126,9 @@ def _ts(value: datetime | None) -> str | None:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-def fold(doc: dict[str, Any] | None, event: Server.Event) -> dict[str, Any]:
-    """The server document after ``event``: the event's own ``apply`` on a plain namespace."""
+def fold(doc: dict[str, Any] | None, event: Any) -> dict[str, Any]:
+    """An aggregate's document after ``event`` (a server's, an image's...): the event's
+    own ``apply`` on a plain namespace, with id, version and times."""
     target = SimpleNamespace(**(doc or {}))
     event.apply(target)
     result = vars(target)
