@@ -194,3 +194,16 @@ def test_key_pairs(vmledger_server: RunningServer, tmp_path: Path) -> None:
     osc("server", "delete", "keyed-vm")
     osc("keypair", "delete", "cli-key")
     assert "cli-key" not in {k["Name"] for k in osc("keypair", "list", output=True)}
+
+
+def test_server_properties(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME, "--nic", "none",
+        "--property", "team=web", "prop-vm", output=True)
+    wait_for(osc, "prop-vm", "ACTIVE")
+    osc("server", "set", "--property", "tier=gold", "--property", "team=db", "prop-vm")
+    assert osc("server", "show", "prop-vm", output=True)["properties"] == {
+        "team": "db", "tier": "gold"}
+    osc("server", "unset", "--property", "team", "prop-vm")
+    assert osc("server", "show", "prop-vm", output=True)["properties"] == {"tier": "gold"}
+    osc("server", "delete", "prop-vm")

@@ -401,3 +401,22 @@ def test_key_pairs(admin: Clients, member: Clients, microversion: str) -> None:
         member.keypairs.delete_keypair(name)
     with pytest.raises(lib_exc.NotFound):
         member.keypairs.show_keypair(imported["name"])
+
+
+@pytest.mark.parametrize("microversion", ["2.1", MAXIMUM], indirect=True)
+def test_server_metadata(member: Clients, microversion: str) -> None:
+    """Every metadata route, each response validated against tempest's schema."""
+    server_id, _ = create(member, microversion, f"meta-{microversion}")
+    wait_for(member, server_id, "ACTIVE")
+    servers = member.servers
+    assert servers.set_server_metadata(server_id, {"a": "1"})["metadata"] == {"a": "1"}
+    assert servers.update_server_metadata(server_id, {"b": "2"})["metadata"] == {
+        "a": "1", "b": "2"}
+    assert servers.set_server_metadata_item(server_id, "c", {"c": "3"})["meta"] == {"c": "3"}
+    assert servers.show_server_metadata_item(server_id, "c")["meta"] == {"c": "3"}
+    servers.delete_server_metadata_item(server_id, "a")
+    assert servers.list_server_metadata(server_id)["metadata"] == {"b": "2", "c": "3"}
+    with pytest.raises(lib_exc.NotFound):
+        servers.show_server_metadata_item(server_id, "a")
+    servers.delete_server(server_id)
+    wait_gone(member, server_id)

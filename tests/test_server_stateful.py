@@ -17,7 +17,8 @@ from vmledger.domain.catalog import DEFAULT_FLAVORS
 from vmledger.domain.errors import Forbidden, VmledgerError
 from vmledger.domain.server import Context, Server
 
-ACTIONS = [n for n in lc.ACTIONS if n not in ("create", "lock", "unlock", "reset_state")]
+#: the actions the host agent enacts (the synchronous ones have their own rules)
+ACTIONS = [n for n, a in lc.ACTIONS.items() if a.asynchronous and n != "create"]
 
 
 class ServerMachine(RuleBasedStateMachine):
@@ -76,6 +77,22 @@ class ServerMachine(RuleBasedStateMachine):
         except VmledgerError as e:
             refused = type(e)
         assert refused is expected or (refused and expected and issubclass(refused, expected))
+
+    @rule(action=st.sampled_from(["update_metadata", "delete_metadata"]),
+          admin=st.booleans(), value=st.sampled_from(["a", "b"]))
+    def metadata(self, action: str, admin: bool, value: str) -> None:
+        s = self.server
+        expected = expected_refusal(lc.ACTIONS[action], s.subject, admin)
+        wanted = {"k": value} if action == "update_metadata" else {}
+        try:
+            s.change_metadata(self.ctx(admin), self.tick(), wanted, action=action)
+            refused: type[Exception] | None = None
+        except VmledgerError as e:
+            refused = type(e)
+        if expected is None:
+            assert refused is None and s.metadata == wanted
+        else:
+            assert refused is not None and issubclass(refused, expected)
 
     @precondition(lambda self: self.server.pending is not None)
     @rule()

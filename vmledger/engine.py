@@ -351,6 +351,17 @@ class Engine:
         self._done(self.service.update_server(ctx, server_id, **changes))
         return self.get_server(server_id, ctx=ctx)
 
+    def set_metadata(self, server_id: str, items: dict[str, str], *, replace: bool = False,
+                     ctx: Context | None = None) -> dict[str, str]:
+        """Merge (or ``replace`` with) metadata items; returns the server's metadata."""
+        ctx = self._ctx(ctx)
+        self._done(self.service.set_metadata(ctx, server_id, items, replace=replace))
+        return dict(self.get_server(server_id, ctx=ctx).doc.get("metadata") or {})
+
+    def delete_metadata(self, server_id: str, key: str, *, ctx: Context | None = None
+                        ) -> None:
+        self._done(self.service.delete_metadata(self._ctx(ctx), server_id, key))
+
     # --- queries --------------------------------------------------------------------------
     def get_server(self, server_id: str, *, ctx: Context | None = None) -> ServerInfo:
         """A server from the view; another project's or a deleted one is not found."""

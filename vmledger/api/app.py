@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from vmledger.api import catalog, instance_actions, keypairs, servers
+from vmledger.api import catalog, instance_actions, keypairs, server_metadata, servers
 from vmledger.api import microversions as mv
 from vmledger.api.auth import (
     DEFAULT_TOKEN_LIFETIME,
@@ -104,6 +104,13 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/servers/{server_id}", servers.update_server, ["PUT"]),
     ("/servers/{server_id}", servers.delete_server, ["DELETE"]),
     ("/servers/{server_id}/action", servers.server_action, ["POST"]),
+    ("/servers/{server_id}/metadata", server_metadata.list_metadata, ["GET"]),
+    ("/servers/{server_id}/metadata", server_metadata.update_metadata, ["POST"]),
+    ("/servers/{server_id}/metadata", server_metadata.replace_metadata, ["PUT"]),
+    ("/servers/{server_id}/metadata/{key}", server_metadata.show_metadata_item, ["GET"]),
+    ("/servers/{server_id}/metadata/{key}", server_metadata.set_metadata_item, ["PUT"]),
+    ("/servers/{server_id}/metadata/{key}", server_metadata.delete_metadata_item,
+     ["DELETE"]),
     ("/servers/{server_id}/os-instance-actions", instance_actions.list_instance_actions,
      ["GET"]),
     ("/servers/{server_id}/os-instance-actions/{request_id}",

@@ -68,7 +68,7 @@ def _new_password() -> str:
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
 
 
-def _owned(engine: Engine, project_id: str, server_id: str) -> ServerInfo:
+def owned_server(engine: Engine, project_id: str, server_id: str) -> ServerInfo:
     """The server, if it exists, is not deleted and belongs to the project; else 404."""
     info = engine.get_server(server_id)
     if info.project_id != project_id:
@@ -309,7 +309,7 @@ def _none_match(header: str | None, tag: str) -> bool:
 
 async def show_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
-    info = await call.run(_owned, call.engine, call.principal.project_id, server_id)
+    info = await call.run(owned_server, call.engine, call.principal.project_id, server_id)
     tag = entity_tag(info, call)
     if _none_match(call.request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
@@ -323,13 +323,13 @@ _UPDATE_FIELDS: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
 
 
 def _update(call: Call, server_id: str, changes: dict[str, Any]) -> ServerInfo:
-    _owned(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal.project_id, server_id)
     return call.engine.update_server(server_id, ctx=call.context(), **changes)
 
 
 async def update_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
-    body = val.require_object(await _body_or_empty(call), None)
+    body = val.require_object(await body_or_empty(call), None)
     if "server" not in body:
         raise val.invalid_field("server", body, "'server' is a required property")
     val.no_other_keys(body, "server", ["server"])
@@ -349,7 +349,7 @@ async def update_server(call: Call) -> Response:
 
 
 def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> None:
-    _owned(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal.project_id, server_id)
     call.engine.act(server_id, action, ctx=call.context(), **params)
 
 
@@ -362,14 +362,14 @@ async def delete_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
 
     def delete() -> None:
-        _owned(call.engine, call.principal.project_id, server_id)
+        owned_server(call.engine, call.principal.project_id, server_id)
         call.engine.act(server_id, "delete", ctx=call.context())
 
     await call.run(delete)
     return Response(status_code=204)
 
 
-async def _body_or_empty(call: Call) -> Any:
+async def body_or_empty(call: Call) -> Any:
     body = await read_json(call.request)
     return {} if body is EMPTY else body
 
@@ -492,7 +492,7 @@ def _parse_create_image(call: Call, value: Any) -> _Action:
 def _create_image(call: Call, server_id: str, params: dict[str, Any]) -> str:
     """Snapshot the server; the new image's id. The request id recorded (the instance
     action ``createImage``) is this call's."""
-    _owned(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal.project_id, server_id)
     metadata: dict[str, str] = params["metadata"]
     if len(metadata) > IMAGE_METADATA_QUOTA and call.version <= _IMAGE_META_QUOTA_UNTIL:
         raise ApiError(403, "Image metadata limit exceeded")

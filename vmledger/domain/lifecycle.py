@@ -123,6 +123,8 @@ def _states(*names: str) -> frozenset[str]:
 
 
 IDLE: frozenset[str | None] = frozenset({None})
+#: where a server's metadata may change (Nova's ``update_instance_metadata`` states)
+_METADATA_STATES = _states(ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED)
 
 ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("create", "create", "create", vm_states=_states(), task_states=IDLE,
@@ -176,6 +178,11 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("delete", "delete", "delete", vm_states=ANY, task_states=ANY, steps=(DELETING,),
            success=DELETED, failure=ERROR, rollback=ERROR, needs_launched=False,
            doc="allowed in any state; a repeated delete while deleting is ignored"),
+    Action("update_metadata", "update_metadata", "", vm_states=_METADATA_STATES,
+           task_states=IDLE, asynchronous=False,
+           doc="set or replace metadata items (no instance action is recorded)"),
+    Action("delete_metadata", "delete_metadata", "", vm_states=_METADATA_STATES,
+           task_states=IDLE, asynchronous=False, doc="delete a metadata item"),
     Action("lock", "lock", "lock", vm_states=ANY, task_states=ANY, asynchronous=False,
            checks_lock=False, needs_launched=False, doc="no state checks at all"),
     Action("unlock", "unlock", "unlock", vm_states=ANY, task_states=ANY, asynchronous=False,

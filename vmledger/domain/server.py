@@ -365,6 +365,15 @@ class Server(Aggregate):
     def update(self, ctx: Context, at: datetime, changes: dict[str, Any]) -> None:
         self.trigger_event(self.Updated, timestamp=at, **ctx.fields(), changes=changes)
 
+    def change_metadata(self, ctx: Context, at: datetime, metadata: dict[str, str], *,
+                        action: str = "update_metadata") -> None:
+        """Set the whole metadata (``action``: ``update_metadata`` or
+        ``delete_metadata``, whose rows in the lifecycle table decide when it may)."""
+        lc.check(action, self.subject, is_admin=ctx.is_admin)
+        if metadata != self.metadata:
+            self.trigger_event(self.Updated, timestamp=at, **ctx.fields(),
+                               changes={"metadata": dict(metadata)})
+
     # --- agent outcomes ---------------------------------------------------------------
     def advance(self, ctx: Context, at: datetime, task_state: str) -> None:
         action = self._in_flight()

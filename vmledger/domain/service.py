@@ -124,14 +124,20 @@ def _check_name(name: object, field: str = "name") -> str:
 _METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")
 
 
-def _check_metadata(metadata: object) -> dict[str, str]:
+def _check_metadata_count(metadata: dict[Any, Any], *, quota: bool = True) -> None:
+    if len(metadata) > METADATA_MAX_ITEMS:
+        message = f"Maximum number of metadata items exceeds {METADATA_MAX_ITEMS}"
+        # a server's: Nova's metadata_items quota (403); an image's: its own limit (400)
+        raise Forbidden(message) if quota else BadRequest(message)
+
+
+def _check_metadata(metadata: object, *, quota: bool = True) -> dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise BadRequest("Invalid input for field/attribute metadata. "
                          "It must be an object of string keys and string values.")
-    if len(metadata) > METADATA_MAX_ITEMS:
-        raise BadRequest(f"Maximum number of metadata items exceeds {METADATA_MAX_ITEMS}")
+    _check_metadata_count(metadata, quota=quota)
     for key, value in metadata.items():
         if not isinstance(key, str) or not _METADATA_KEY.match(key):
             raise BadRequest(f"Invalid input for field/attribute metadata. Key: {key!r}. "
@@ -401,6 +407,37 @@ class ServerService(Application[uuid.UUID]):
 
         return self._run(ctx, self._uuid(server_id), decide)
 
+    def set_metadata(self, ctx: Context, server_id: str | uuid.UUID,
+                     items: dict[str, str], *, replace: bool = False) -> CommandResult:
+        """Merge ``items`` into the server's metadata, or (``replace``) make them all of
+        it. At most 128 items in all (Forbidden, as Nova's metadata quota)."""
+        checked = _check_metadata(items)
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            merged = checked if replace else {**server.metadata, **checked}
+            _check_metadata_count(merged)
+            server.change_metadata(ctx, self.clock.now(), merged)
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide)
+
+    def delete_metadata(self, ctx: Context, server_id: str | uuid.UUID, key: str
+                        ) -> CommandResult:
+        """Remove one metadata item (NotFound when the server has no such key)."""
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            if key not in server.metadata:
+                lc.check("delete_metadata", server.subject, is_admin=ctx.is_admin)
+                raise NotFound("Metadata item was not found")
+            server.change_metadata(ctx, self.clock.now(),
+                                   {k: v for k, v in server.metadata.items() if k != key},
+                                   action="delete_metadata")
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide)
+
     # each handler validates its parameters and returns the decision for _run
     def _h_simple(self, ctx: Context, params: dict[str, Any], action: str
                   ) -> Callable[[Server | None], Server]:
@@ -604,7 +641,7 @@ class ServerService(Application[uuid.UUID]):
         host agent takes the snapshot, then activates the image.
         """
         _check_name(name)
-        meta = _check_metadata(metadata)
+        meta = _check_metadata(metadata, quota=False)
         extras: list[Aggregate] = []
         details: dict[str, Any] = {}
 
