@@ -191,6 +191,10 @@ def test_key_pairs(vmledger_server: RunningServer, tmp_path: Path) -> None:
     refused = osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME,
                   "--nic", "none", "--key-name", "no-such-key", "bad-vm", check=False)
     assert refused.returncode != 0 and "Invalid key_name provided" in refused.stderr
+    shown = osc("limits", "show", "--absolute", output=True)
+    absolute = {row["Name"]: row["Value"] for row in shown}
+    # the SDK's names for Nova's maxTotalKeypairs and totalInstancesUsed
+    assert absolute["keypairs"] == 100 and absolute["instances_used"] >= 1, shown
     osc("server", "delete", "keyed-vm")
     osc("keypair", "delete", "cli-key")
     assert "cli-key" not in {k["Name"] for k in osc("keypair", "list", output=True)}

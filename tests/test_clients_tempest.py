@@ -49,6 +49,7 @@ from tempest.lib.services.compute import (  # noqa: E402
     flavors_client,
     images_client,
     keypairs_client,
+    limits_client,
     servers_client,
     versions_client,
 )
@@ -102,6 +103,7 @@ class Clients:
     images: images_client.ImagesClient
     versions: versions_client.VersionsClient
     keypairs: keypairs_client.KeyPairsClient
+    limits: limits_client.LimitsClient
     is_admin: bool
 
 
@@ -114,6 +116,7 @@ def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
         images=images_client.ImagesClient(provider, "compute", "RegionOne", **kwargs),
         versions=versions_client.VersionsClient(provider, "compute", "RegionOne", **kwargs),
         keypairs=keypairs_client.KeyPairsClient(provider, "compute", "RegionOne", **kwargs),
+        limits=limits_client.LimitsClient(provider, "compute", "RegionOne", **kwargs),
         is_admin=is_admin)
 
 
@@ -133,7 +136,8 @@ def boundary_versions(maximum: str) -> list[str]:
     top = _parse(maximum)
     found = {"2.1", maximum}
     for client in (servers_client.ServersClient, flavors_client.FlavorsClient,
-                   images_client.ImagesClient, keypairs_client.KeyPairsClient):
+                   images_client.ImagesClient, keypairs_client.KeyPairsClient,
+                   limits_client.LimitsClient):
         for entry in getattr(client, "schema_versions_info", []):
             if entry["min"] is not None:
                 found.add(entry["min"])
@@ -420,3 +424,11 @@ def test_server_metadata(member: Clients, microversion: str) -> None:
         servers.show_server_metadata_item(server_id, "a")
     servers.delete_server(server_id)
     wait_gone(member, server_id)
+
+
+@pytest.mark.parametrize("microversion", SWEEP, indirect=True)
+def test_limits(admin: Clients, member: Clients, microversion: str) -> None:
+    """``GET /limits`` against tempest's schema of every range."""
+    for clients in (admin, member):
+        absolute = clients.limits.show_limits()["limits"]["absolute"]
+        assert absolute["maxTotalInstances"] == -1

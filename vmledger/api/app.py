@@ -33,7 +33,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from vmledger.api import catalog, instance_actions, keypairs, server_metadata, servers
+from vmledger.api import (
+    catalog,
+    instance_actions,
+    keypairs,
+    limits,
+    server_metadata,
+    servers,
+)
 from vmledger.api import microversions as mv
 from vmledger.api.auth import (
     DEFAULT_TOKEN_LIFETIME,
@@ -115,6 +122,7 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
      ["GET"]),
     ("/servers/{server_id}/os-instance-actions/{request_id}",
      instance_actions.show_instance_action, ["GET"]),
+    ("/limits", limits.show_limits, ["GET"]),
     ("/os-keypairs", keypairs.list_keypairs, ["GET"]),
     ("/os-keypairs", keypairs.create_keypair, ["POST"]),
     ("/os-keypairs/{name}", keypairs.show_keypair, ["GET"]),
