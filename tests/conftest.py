@@ -19,6 +19,8 @@ import pytest
 from tests.engines import make_engine
 from tests.support.postgres import PostgresCluster, postgres_skip_reason
 from vmledger import Engine, FakeClock
+from vmledger.api import create_app
+from vmledger.api.testing import ApiClient
 
 # --------------------------------------------------------------------------------------
 # PostgreSQL: one throwaway cluster per session, one fresh database per test.
@@ -150,3 +152,9 @@ def memory_engine(clock: FakeClock) -> Iterator[Engine]:
     """An engine on an in-process database (the API tests' default)."""
     with Engine("memory", clock=clock) as e:
         yield e
+
+
+@pytest.fixture
+def noauth_client(memory_engine: Engine) -> ApiClient:
+    """The Compute API over ``memory_engine`` in noauth mode, called in process."""
+    return ApiClient(create_app(memory_engine))

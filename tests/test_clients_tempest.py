@@ -432,3 +432,24 @@ def test_limits(admin: Clients, member: Clients, microversion: str) -> None:
     for clients in (admin, member):
         absolute = clients.limits.show_limits()["limits"]["absolute"]
         assert absolute["maxTotalInstances"] == -1
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.26", MAXIMUM], indirect=True)
+def test_server_tags_and_ips(member: Clients, microversion: str) -> None:
+    """Tags (2.26+) and addresses, each response validated against tempest's schema."""
+    server_id, _ = create(member, microversion, f"tags-{microversion}")
+    wait_for(member, server_id, "ACTIVE")
+    servers = member.servers
+    addresses = servers.list_addresses(server_id)["addresses"]
+    for network, entries in addresses.items():
+        assert servers.list_addresses_by_network(server_id, network)[network] == entries
+    if at_least(microversion, "2.26"):
+        assert servers.update_all_tags(server_id, ["a", "b"])["tags"] == ["a", "b"]
+        servers.update_tag(server_id, "c")
+        servers.check_tag_existence(server_id, "c")
+        servers.delete_tag(server_id, "a")
+        assert servers.list_tags(server_id)["tags"] == ["b", "c"]
+        servers.delete_all_tags(server_id)
+        assert servers.list_tags(server_id)["tags"] == []
+    servers.delete_server(server_id)
+    wait_gone(member, server_id)

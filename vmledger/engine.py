@@ -362,6 +362,18 @@ class Engine:
                         ) -> None:
         self._done(self.service.delete_metadata(self._ctx(ctx), server_id, key))
 
+    def change_tags(self, server_id: str, action: str, *, tag: str | None = None,
+                    tags: list[str] | None = None, ctx: Context | None = None
+                    ) -> tuple[list[str], bool]:
+        """Add (``update_tag``), replace (``update_tags``) or delete (``delete_tag``,
+        ``delete_tags``) tags; returns the tags and whether ``update_tag`` added one."""
+        ctx = self._ctx(ctx)
+        result = self._done(self.service.change_tags(ctx, server_id, action, tag=tag,
+                                                     tags=tags))
+        doc = self.get_server(server_id, ctx=ctx).doc
+        return list((doc.get("attributes") or {}).get("tags") or []), bool(
+            result.details.get("created"))
+
     # --- queries --------------------------------------------------------------------------
     def get_server(self, server_id: str, *, ctx: Context | None = None) -> ServerInfo:
         """A server from the view; another project's or a deleted one is not found."""

@@ -39,6 +39,7 @@ from vmledger.api import (
     keypairs,
     limits,
     server_metadata,
+    server_tags,
     servers,
 )
 from vmledger.api import microversions as mv
@@ -118,6 +119,14 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/servers/{server_id}/metadata/{key}", server_metadata.set_metadata_item, ["PUT"]),
     ("/servers/{server_id}/metadata/{key}", server_metadata.delete_metadata_item,
      ["DELETE"]),
+    ("/servers/{server_id}/tags", server_tags.list_tags, ["GET"]),
+    ("/servers/{server_id}/tags", server_tags.replace_tags, ["PUT"]),
+    ("/servers/{server_id}/tags", server_tags.delete_tags, ["DELETE"]),
+    ("/servers/{server_id}/tags/{tag}", server_tags.check_tag, ["GET"]),
+    ("/servers/{server_id}/tags/{tag}", server_tags.add_tag, ["PUT"]),
+    ("/servers/{server_id}/tags/{tag}", server_tags.delete_tag, ["DELETE"]),
+    ("/servers/{server_id}/ips", server_tags.list_ips, ["GET"]),
+    ("/servers/{server_id}/ips/{network}", server_tags.show_network_ips, ["GET"]),
     ("/servers/{server_id}/os-instance-actions", instance_actions.list_instance_actions,
      ["GET"]),
     ("/servers/{server_id}/os-instance-actions/{request_id}",

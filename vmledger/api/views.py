@@ -167,6 +167,11 @@ def _addresses(doc: dict[str, Any], *, extended: bool) -> dict[str, Any]:
             for net, entries in addresses.items()}
 
 
+def server_addresses(doc: dict[str, Any]) -> dict[str, Any]:
+    """``/servers/{id}/ips``: each network's addresses with version and address only."""
+    return _addresses(doc, extended=False)
+
+
 def _image_ref(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any] | str:
     image = doc.get("image") or {}
     image_id = image.get("id")

@@ -125,6 +125,8 @@ def _states(*names: str) -> frozenset[str]:
 IDLE: frozenset[str | None] = frozenset({None})
 #: where a server's metadata may change (Nova's ``update_instance_metadata`` states)
 _METADATA_STATES = _states(ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED)
+#: where a server's tags may change (Nova's ``server_tags`` states; not RESIZED)
+_TAG_STATES = _states(ACTIVE, PAUSED, SUSPENDED, STOPPED)
 
 ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("create", "create", "create", vm_states=_states(), task_states=IDLE,
@@ -183,6 +185,13 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            doc="set or replace metadata items (no instance action is recorded)"),
     Action("delete_metadata", "delete_metadata", "", vm_states=_METADATA_STATES,
            task_states=IDLE, asynchronous=False, doc="delete a metadata item"),
+    *(Action(name, api_name, "", vm_states=_TAG_STATES, task_states=IDLE,
+             asynchronous=False, checks_lock=False, needs_launched=False, doc=doc)
+      for name, api_name, doc in (
+          ("update_tag", "update tag", "add one tag (no instance action is recorded)"),
+          ("update_tags", "update tags", "replace every tag"),
+          ("delete_tag", "delete tag", "remove one tag"),
+          ("delete_tags", "delete tags", "remove every tag"))),
     Action("lock", "lock", "lock", vm_states=ANY, task_states=ANY, asynchronous=False,
            checks_lock=False, needs_launched=False, doc="no state checks at all"),
     Action("unlock", "unlock", "unlock", vm_states=ANY, task_states=ANY, asynchronous=False,

@@ -374,6 +374,15 @@ class Server(Aggregate):
             self.trigger_event(self.Updated, timestamp=at, **ctx.fields(),
                                changes={"metadata": dict(metadata)})
 
+    def change_tags(self, ctx: Context, at: datetime, tags: list[str], *, action: str
+                    ) -> None:
+        """Set the server's tags (``action``: one of the table's tag rows, which decide
+        when it may)."""
+        lc.check(action, self.subject, is_admin=ctx.is_admin)
+        if tags != list(self.attributes.get("tags") or []):
+            self.trigger_event(self.Updated, timestamp=at, **ctx.fields(),
+                               changes={"attributes": {**self.attributes, "tags": tags}})
+
     # --- agent outcomes ---------------------------------------------------------------
     def advance(self, ctx: Context, at: datetime, task_state: str) -> None:
         action = self._in_flight()

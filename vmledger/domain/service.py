@@ -48,6 +48,8 @@ MAX_ATTEMPTS = 8
 MAX_SERVERS_PER_REQUEST = 100
 NAME_MAX = 255
 METADATA_MAX_ITEMS = 128
+#: tags one server may carry (Nova's ``MAX_TAGS_PER_INSTANCE``)
+MAX_TAGS = 50
 
 
 class IdempotencyRecord(Aggregate):
@@ -122,6 +124,12 @@ def _check_name(name: object, field: str = "name") -> str:
 
 
 _METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")
+
+
+def _check_tag(tag: object) -> str:
+    if not isinstance(tag, str) or not 1 <= len(tag) <= 60 or "/" in tag or "," in tag:
+        raise BadRequest(f"Invalid tag {tag!r}: 1 to 60 characters, without '/' or ','")
+    return tag
 
 
 def _check_metadata_count(metadata: dict[Any, Any], *, quota: bool = True) -> None:
@@ -437,6 +445,40 @@ class ServerService(Application[uuid.UUID]):
             return server
 
         return self._run(ctx, self._uuid(server_id), decide)
+
+    def change_tags(self, ctx: Context, server_id: str | uuid.UUID, action: str, *,
+                    tag: str | None = None, tags: Sequence[str] | None = None
+                    ) -> CommandResult:
+        """``update_tag`` (add ``tag``), ``update_tags`` (replace with ``tags``),
+        ``delete_tag`` (remove ``tag``: NotFound when absent) or ``delete_tags``. The
+        result's ``details["created"]`` says whether ``update_tag`` added the tag."""
+        if action not in ("update_tag", "update_tags", "delete_tag", "delete_tags"):
+            raise BadRequest(f"There is no such tag operation: {action}")
+        wanted = [_check_tag(t) for t in (tags or [])]
+        one = _check_tag(tag) if action in ("update_tag", "delete_tag") else None
+        details: dict[str, Any] = {}
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            current = list(server.attributes.get("tags") or [])
+            if action == "update_tag":
+                new = current if one in current else [*current, str(one)]
+                details["created"] = one not in current
+            elif action == "update_tags":
+                new = list(dict.fromkeys(wanted))
+            elif action == "delete_tag":
+                if one not in current:
+                    lc.check(action, server.subject, is_admin=ctx.is_admin)
+                    raise NotFound(f"Tag {one} could not be found.")
+                new = [t for t in current if t != one]
+            else:
+                new = []
+            if len(new) > MAX_TAGS:
+                raise BadRequest(f"The number of tags exceeded the per-server limit {MAX_TAGS}")
+            server.change_tags(ctx, self.clock.now(), new, action=action)
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide, details=details)
 
     # each handler validates its parameters and returns the decision for _run
     def _h_simple(self, ctx: Context, params: dict[str, Any], action: str
