@@ -232,7 +232,8 @@ def _read_postgres(recorder: PostgresApplicationRecorder, start: int, limit: int
     ).format(cast=SQL("::text" if as_uuid else ""), schema=Identifier(datastore.schema),
              table=Identifier(recorder.events_table_name))
     with datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
-        curs.execute(statement, [start, limit], prepare=True)
+        # binary results: bytea arrives as bytes, not hex text to parse
+        curs.execute(statement, [start, limit], prepare=True, binary=True)
         rows = curs.fetchall()
     page: list[Row] = []
     append = page.append
