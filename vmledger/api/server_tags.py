@@ -16,6 +16,7 @@ specified network`` otherwise.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from starlette.responses import Response
 
@@ -86,7 +87,8 @@ async def add_tag(call: Call) -> Response:
     _, created = await call.run(_change, call, server_id, "update_tag", tag)
     if not created:
         return Response(status_code=204)
-    location = call.viewer.links.versioned("servers", server_id, "tags", tag)
+    # percent-encoded: a header is Latin-1, a tag any text
+    location = call.viewer.links.versioned("servers", server_id, "tags", quote(tag, safe=""))
     return Response(status_code=201, headers={"Location": location})
 
 

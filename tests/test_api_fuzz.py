@@ -1,0 +1,110 @@
+"""Whatever JSON a caller sends to a write route, the answer is never a 5xx: a 2xx, or a
+4xx with a Nova fault body (hypothesis generates the bodies and path segments)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vmledger import Engine
+from vmledger.api import create_app
+from vmledger.api.testing import ApiClient
+from vmledger.domain.catalog import image_id_for
+
+IMAGE = image_id_for("cirros-0.6.2-x86_64")
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20) | st.sampled_from(["1", IMAGE, "HARD", "none", "ssh", "x509"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["name", "flavorRef", "imageRef", "metadata", "meta", "tags",
+                         "keypair", "public_key", "type", "reboot", "resize", "server",
+                         "min_count", "max_count", "k", "lock", "createImage"])
+        | st.text(max_size=8), inner, max_size=4),
+    max_leaves=10)
+
+ROUTES = [
+    ("post", "/v2.1/servers"),
+    ("put", "/v2.1/servers/{sid}"),
+    ("post", "/v2.1/servers/{sid}/action"),
+    ("post", "/v2.1/servers/{sid}/metadata"),
+    ("put", "/v2.1/servers/{sid}/metadata"),
+    ("put", "/v2.1/servers/{sid}/metadata/k"),
+    ("put", "/v2.1/servers/{sid}/tags"),
+    ("post", "/v2.1/os-keypairs"),
+]
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[tuple[ApiClient, str]]:
+    with Engine("memory") as engine:
+        client = ApiClient(create_app(engine))
+        r = client.post("/v2.1/servers", json={"server": {
+            "name": "target", "flavorRef": "1", "imageRef": IMAGE}})
+        engine.run_until_idle()
+        yield client, str(r.json()["server"]["id"])
+
+
+def _check(response: Any) -> None:
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400 and response.content:
+        [(_kind, fault)] = response.json().items()
+        assert fault["code"] == response.status_code and fault["message"], response.text
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=json_values, version=st.sampled_from(["2.1", "2.26", "2.52", "2.92", "latest"]))
+def test_write_routes_never_answer_5xx(world: tuple[ApiClient, str], method: str, path: str,
+                                       body: Any, version: str) -> None:
+    client, sid = world
+    response = getattr(client, method)(
+        path.format(sid=sid), json=body,
+        headers={"OpenStack-API-Version": f"compute {version}"})
+    _check(response)
+
+
+@settings(max_examples=80, deadline=None)
+@given(segment=st.text(min_size=1, max_size=30).filter(lambda t: "/" not in t and t.strip()),
+       method=st.sampled_from(["get", "delete", "put"]),
+       template=st.sampled_from(["/v2.1/servers/{x}", "/v2.1/os-keypairs/{x}",
+                                 "/v2.1/servers/{sid}/tags/{x}",
+                                 "/v2.1/servers/{sid}/metadata/{x}",
+                                 "/v2.1/servers/{sid}/ips/{x}",
+                                 "/v2.1/servers/{x}/os-instance-actions"]))
+def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segment: str,
+                                            method: str, template: str) -> None:
+    from urllib.parse import quote
+
+    client, sid = world
+    path = template.format(sid=sid, x=quote(segment, safe=""))
+    kwargs: dict[str, Any] = {"headers": {"OpenStack-API-Version": "compute 2.96"}}
+    if method == "put":
+        kwargs["json"] = {"meta": {segment: "v"}}
+    _check(getattr(client, method)(path, **kwargs))
+
+
+@settings(max_examples=150, deadline=None)
+@given(params=st.lists(st.tuples(
+    st.sampled_from(["limit", "marker", "sort_key", "sort_dir", "status", "name",
+                     "changes-since", "changes-before", "deleted", "all_tenants", "tags",
+                     "tags-any", "not-tags", "ip", "flavor", "image", "locked", "user_id",
+                     "tenant_id", "reservation_id", "host"]) | st.text(max_size=6),
+    st.text(max_size=12) | st.sampled_from(["1", "0", "-1", "true", "ACTIVE", "name",
+                                            "2026-01-01T00:00:00Z", "asc", "x" * 300])),
+    max_size=4),
+       path=st.sampled_from(["/v2.1/servers", "/v2.1/servers/detail", "/v2.1/os-keypairs",
+                             "/v2.1/limits", "/v2.1/flavors/detail", "/v2.1/images",
+                             "/v2.1/servers/{sid}/os-instance-actions"]),
+       version=st.sampled_from(["2.1", "2.35", "2.66", "2.75", "latest"]))
+def test_odd_queries_never_answer_5xx(world: tuple[ApiClient, str],
+                                      params: list[tuple[str, str]], path: str,
+                                      version: str) -> None:
+    client, sid = world
+    response = client.get(path.format(sid=sid), params=params,
+                          headers={"OpenStack-API-Version": f"compute {version}"})
+    _check(response)
