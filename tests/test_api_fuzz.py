@@ -51,7 +51,9 @@ def world() -> Iterator[tuple[ApiClient, str]]:
 
 def _check(response: Any) -> None:
     assert response.status_code < 500, response.text
-    if response.status_code >= 400 and response.content:
+    # the Compute API answers Nova faults (the Glance shim and the ledger have their own)
+    if (response.status_code >= 400 and response.content
+            and response.request.url.path.startswith("/v2.1")):
         [(_kind, fault)] = response.json().items()
         assert fault["code"] == response.status_code and fault["message"], response.text
 
@@ -75,7 +77,11 @@ def test_write_routes_never_answer_5xx(world: tuple[ApiClient, str], method: str
                                  "/v2.1/servers/{sid}/tags/{x}",
                                  "/v2.1/servers/{sid}/metadata/{x}",
                                  "/v2.1/servers/{sid}/ips/{x}",
-                                 "/v2.1/servers/{x}/os-instance-actions"]))
+                                 "/v2.1/servers/{x}/os-instance-actions",
+                                 "/ledger/v1/servers/{x}/history",
+                                 "/ledger/v1/servers/{x}/state",
+                                 "/ledger/v1/requests/{x}",
+                                 "/image/v2/images/{x}"]))
 def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segment: str,
                                             method: str, template: str) -> None:
     from urllib.parse import quote
@@ -98,6 +104,9 @@ def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segmen
                                             "2026-01-01T00:00:00Z", "asc", "x" * 300])),
     max_size=4),
        path=st.sampled_from(["/v2.1/servers", "/v2.1/servers/detail", "/v2.1/os-keypairs",
+                             "/ledger/v1/servers/{sid}/history",
+                             "/ledger/v1/servers/{sid}/state", "/ledger/v1/events",
+                             "/image/v2/images",
                              "/v2.1/limits", "/v2.1/flavors/detail", "/v2.1/images",
                              "/v2.1/servers/{sid}/os-instance-actions"]),
        version=st.sampled_from(["2.1", "2.35", "2.66", "2.75", "latest"]))
