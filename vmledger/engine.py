@@ -403,6 +403,12 @@ class Engine:
         return self.view.rows(project_id=project, deleted=deleted, after=after, limit=limit,
                               docs=docs)
 
+    def server_sort_columns(self, *, ctx: Context | None = None, deleted: str = "exclude"
+                            ) -> list[dict[str, Any]]:
+        """The servers in scope as their view columns, newest first (list sorting)."""
+        project = None if ctx is None or ctx.is_admin else ctx.project_id
+        return self.view.sort_columns(project_id=project, deleted=deleted)
+
     def fill_server_docs(self, rows: Sequence[StoredServer]) -> None:
         """Read the documents of rows :meth:`server_rows` gave without them."""
         self.view.fill(rows)

@@ -462,6 +462,9 @@ def select(call: Call) -> tuple[list[StoredServer], int]:
         rows = _rows(call, scope, search, marker, None)
         return [row for row in rows if search.keep(row.doc)][:limit], limit
     include_deleted = search.deleted != "exclude"
+    if not search.needs_doc and all(key in COLUMN_SORT_KEYS for key, _ in keys):
+        # sorted on the view's columns: no document decoded but the page's (by the caller)
+        return _sorted_by_columns(call, scope, search, keys, marker, limit), limit
     sorted_docs = ordered(call.engine.iter_server_docs(ctx=scope,
                                                        include_deleted=include_deleted), keys)
     if marker is not None:
@@ -485,6 +488,28 @@ def _rows(call: Call, scope: Any, search: Search, marker: str | None, limit: int
                                        limit=limit, docs=docs)
     except KeyError:
         raise ApiError(400, f"marker [{marker}] not found") from None
+
+
+#: sort keys the view keeps as columns, with the same order as the documents' values
+#: (times as fixed-width UTC text)
+COLUMN_SORT_KEYS = frozenset({"uuid", "display_name", "project_id", "vm_state", "task_state",
+                              "host", "node", "created_at", "updated_at"})
+
+
+def _sorted_by_columns(call: Call, scope: Any, search: Search, keys: list[tuple[str, str]],
+                       marker: str | None, limit: int) -> list[StoredServer]:
+    # the marker is looked for among every server in scope (deleted ones too unless they
+    # are excluded), as on the document path
+    rows = ordered(call.engine.server_sort_columns(
+        ctx=scope, deleted="exclude" if search.deleted == "exclude" else "both"), keys)
+    if marker is not None:
+        ids = [r["id"] for r in rows]
+        if marker not in ids:
+            raise ApiError(400, f"marker [{marker}] not found")
+        rows = rows[ids.index(marker) + 1:]
+    if search.deleted == "only":
+        rows = [r for r in rows if r["deleted"]]
+    return [StoredServer(r["id"], r["version"], None) for r in rows[:limit]]
 
 
 #: Nova's default sort, which is also the servers view's index order

@@ -478,6 +478,19 @@ class ServersView:
             sql += f" LIMIT {int(limit)}"
         return self._stored(self._query(sql, params))
 
+    def sort_columns(self, *, project_id: str | None = None, deleted: str = "exclude"
+                     ) -> list[dict[str, Any]]:
+        """Every server in scope as its indexed columns (id, version, name, project_id,
+        vm_state, task_state, host, created_at and updated_at as fixed-width UTC text,
+        deleted): enough to sort a list page without decoding documents. Newest first."""
+        where, params = self._scope(project_id, deleted)
+        sql = ("SELECT id, version, name, project_id, vm_state, task_state, host, created_at,"
+               " updated_at, deleted FROM {t}")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        return [dict(row) for row in self._query(sql, params)]
+
     @staticmethod
     def _stored(found: list[Any]) -> list[StoredServer]:
         if not found:
