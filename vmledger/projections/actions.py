@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
@@ -197,30 +198,31 @@ class ActionsBatch:
                     self.docs[key] = loads_stored(row["doc"])
 
     def fold(self, events: Sequence[Any]) -> None:
-        server_event = Server.Event
-        page = [e for e in events if isinstance(e, server_event)]
+        server_event, requested = Server.Event, Server.Requested
         docs, changed, names = self.docs, self.changed, self.names
-        for event in page:
-            oid = event.originator_id
-            if oid not in names:
-                names[oid] = str(oid)
-        unknown = [key for key in dict.fromkeys((names[e.originator_id], e.request_id)
-                                                for e in page) if key not in docs]
-        for key in unknown:
-            docs[key] = None
-        if unknown and not self.empty:
-            self._load(unknown)
-        # keyed by the originator id itself: equal ids are equal texts, and hashing
-        # a UUID is cheaper than formatting it
-        hosts: dict[Any, str | None] = {}
-        requested = Server.Requested
-        for event in page:
-            oid = event.originator_id
+        page: list[tuple[Any, tuple[str, str]]] = []
+        for event in events:
+            if isinstance(event, server_event):
+                # an id's text is made once per batch (formatting a UUID is slow), and
+                # looked up by the UUID's integer (hashing a UUID runs Python code)
+                oid = event.originator_id
+                ikey = oid.int if type(oid) is UUID else oid
+                name = names.get(ikey)
+                if name is None:
+                    name = names[ikey] = str(oid)
+                page.append((event, (name, event.request_id)))
+        if not self.empty:  # rows of actions begun in earlier transactions
+            unknown = [key for key in dict.fromkeys(key for _, key in page)
+                       if key not in docs]
+            for key in unknown:
+                docs[key] = None
+            if unknown:
+                self._load(unknown)
+        hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
+        for event, key in page:
             if isinstance(event, requested):
-                hosts[oid] = event.host
-            name = names[oid]
-            key = (name, event.request_id)
-            doc = fold_action(docs[key], event, hosts.get(oid), name)
+                hosts[key[0]] = event.host
+            doc = fold_action(docs.get(key), event, hosts.get(key[0]), key[0])
             if doc is not None:
                 docs[key] = changed[key] = doc
 

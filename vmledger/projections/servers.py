@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 import msgspec
 from eventsourcing.persistence import Tracking
@@ -335,9 +336,10 @@ class ServersView:
                 for event in events:
                     if isinstance(event, server_event):
                         oid = event.originator_id
-                        key = names.get(oid)
+                        ikey = oid.int if type(oid) is UUID else oid  # see ActionsBatch
+                        key = names.get(ikey)
                         if key is None:
-                            key = names[oid] = str(oid)
+                            key = names[ikey] = str(oid)
                         folded.append((key, event))
                 unknown = [key for key in dict.fromkeys(key for key, _ in folded)
                            if key not in docs]
