@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,6 +66,8 @@ def create(client: ApiClient, token: str, version: str, status: int = 200,
     return dict(r.json())
 
 
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None,
+                    reason="ssh-keygen is not installed (Debian: openssh-client)")
 def test_generate_at_2_1_and_its_private_key_is_recorded_nowhere(
         client: ApiClient, engine: Engine, tmp_path: Path) -> None:
     made = create(client, "alice-t", "2.1", name="gen")["keypair"]

@@ -174,6 +174,8 @@ def test_several_servers_in_one_create(vmledger_server: RunningServer, tmp_path:
         osc("server", "delete", name)
 
 
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None,
+                    reason="ssh-keygen is not installed (Debian: openssh-client)")
 def test_key_pairs(vmledger_server: RunningServer, tmp_path: Path) -> None:
     osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
     key = tmp_path / "id_ed25519"
