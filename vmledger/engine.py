@@ -47,7 +47,7 @@ from vmledger.projections.actions import InstanceActions, get_action, list_actio
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.runner import ViewUpdater
-from vmledger.projections.servers import StoredServer
+from vmledger.projections.servers import ColumnFilter, StoredServer
 
 log = logging.getLogger(__name__)
 
@@ -393,15 +393,15 @@ class Engine:
         return self.view.iter_servers(project_id=project, include_deleted=include_deleted)
 
     def server_rows(self, *, ctx: Context | None = None, deleted: str = "exclude",
-                    after: str | None = None, limit: int | None = None, docs: bool = True
-                    ) -> list[StoredServer]:
+                    after: str | None = None, limit: int | None = None, docs: bool = True,
+                    columns: ColumnFilter | None = None) -> list[StoredServer]:
         """The view's servers as stored (documents undecoded until used), newest first:
         a list page. ``deleted``: ``"exclude"``, ``"only"`` or ``"both"``; ``after``: a
         marker (``KeyError`` when it is not in the same scope); without ``docs``, ids
         and versions only (:meth:`fill_server_docs` reads the documents later)."""
         project = None if ctx is None or ctx.is_admin else ctx.project_id
         return self.view.rows(project_id=project, deleted=deleted, after=after, limit=limit,
-                              docs=docs)
+                              docs=docs, columns=columns)
 
     def server_sort_columns(self, *, ctx: Context | None = None, deleted: str = "exclude"
                             ) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ from vmledger.api.faults import ApiError
 from vmledger.api.http import Call
 from vmledger.api.views import server_hostname, usage_time
 from vmledger.domain import lifecycle as lc
-from vmledger.projections.servers import StoredServer
+from vmledger.projections.servers import ColumnFilter, StoredServer
 
 Doc = dict[str, Any]
 
@@ -211,14 +211,20 @@ class Search:
     #: "exclude" (default), "only" or "both"
     deleted: str = "exclude"
     status_pairs: set[tuple[str, str | None]] | None = None
+    #: ``changes-since`` / ``changes-before``: ``updated_at`` at or after / before
+    since: datetime | None = None
+    before: datetime | None = None
     empty: bool = False
     checks: list[Callable[[Doc], bool]] = field(default_factory=list)
 
     @property
     def needs_doc(self) -> bool:
-        """Whether :meth:`keep` looks inside documents (the ``deleted`` choice alone is a
-        column of the view)."""
-        return self.status_pairs is not None or bool(self.checks)
+        """Whether :meth:`keep` must look inside documents (deleted, status and the
+        update times are columns of the view, filtered in SQL)."""
+        return bool(self.checks)
+
+    def columns(self) -> ColumnFilter:
+        return ColumnFilter(states=self.status_pairs, since=self.since, before=self.before)
 
     def keep(self, doc: Doc) -> bool:
         is_deleted = doc.get("vm_state") == lc.DELETED
@@ -227,6 +233,10 @@ class Search:
         if self.deleted == "only" and not is_deleted:
             return False
         if self.status_pairs is not None and not _matches_status(doc, self.status_pairs):
+            return False
+        if self.since is not None and doc["updated_at"] < self.since:
+            return False
+        if self.before is not None and doc["updated_at"] > self.before:
             return False
         return all(check(doc) for check in self.checks)
 
@@ -302,10 +312,7 @@ def build_search(call: Call) -> Search:
     if since is not None and before is not None and before < since:
         raise ApiError(400, "The value of changes-since must be less than or equal to "
                             "changes-before.")
-    if since is not None:
-        search.checks.append(lambda d: d["updated_at"] >= since)
-    if before is not None:
-        search.checks.append(lambda d: d["updated_at"] <= before)
+    search.since, search.before = since, before
 
     deleted = options.pop("deleted", None)
     if deleted is not None:
@@ -458,7 +465,8 @@ def select(call: Call) -> tuple[list[StoredServer], int]:
         # filtered in Python), documents decoded only where a filter looks at them
         if not search.needs_doc:
             # ids and versions only: the caller reads the documents it has not rendered
-            return _rows(call, scope, search, marker, limit, docs=False), limit
+            return _rows(call, scope, search, marker, limit, docs=False,
+                         columns=search.columns()), limit
         rows = _rows(call, scope, search, marker, None)
         return [row for row in rows if search.keep(row.doc)][:limit], limit
     include_deleted = search.deleted != "exclude"
@@ -482,10 +490,10 @@ def select(call: Call) -> tuple[list[StoredServer], int]:
 
 
 def _rows(call: Call, scope: Any, search: Search, marker: str | None, limit: int | None,
-          *, docs: bool = True) -> list[StoredServer]:
+          *, docs: bool = True, columns: ColumnFilter | None = None) -> list[StoredServer]:
     try:
         return call.engine.server_rows(ctx=scope, deleted=search.deleted, after=marker,
-                                       limit=limit, docs=docs)
+                                       limit=limit, docs=docs, columns=columns)
     except KeyError:
         raise ApiError(400, f"marker [{marker}] not found") from None
 
@@ -509,6 +517,8 @@ def _sorted_by_columns(call: Call, scope: Any, search: Search, keys: list[tuple[
         rows = rows[ids.index(marker) + 1:]
     if search.deleted == "only":
         rows = [r for r in rows if r["deleted"]]
+    wanted = search.columns()
+    rows = [r for r in rows if wanted.keeps(r)]
     return [StoredServer(r["id"], r["version"], None) for r in rows[:limit]]
 
 

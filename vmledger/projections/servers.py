@@ -16,6 +16,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -449,16 +450,20 @@ class ServersView:
             yield row.doc
 
     def rows(self, *, project_id: str | None = None, deleted: str = "exclude",
-             after: str | None = None, limit: int | None = None, docs: bool = True
-             ) -> list[StoredServer]:
+             after: str | None = None, limit: int | None = None, docs: bool = True,
+             columns: ColumnFilter | None = None) -> list[StoredServer]:
         """Stored servers newest first (created_at, then id, descending), undecoded.
 
         ``deleted`` is ``"exclude"``, ``"only"`` or ``"both"``; ``after`` is the id of a
         server (visible in the same scope) the page starts after, as a list marker:
         ``KeyError`` when there is none; ``limit`` caps the rows read. Without ``docs``
-        only ids and versions are read (see :meth:`fill`).
+        only ids and versions are read (see :meth:`fill`); ``columns`` filters further.
         """
         where, params = self._scope(project_id, deleted)
+        if columns is not None:
+            more, more_params = columns.sql()
+            where += more
+            params += more_params
         if after is not None:
             # the marker is looked for where the page would be, deleted servers included
             # unless they are excluded (as Nova's marker lookup)
@@ -560,6 +565,48 @@ class ServersView:
 
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
+
+
+@dataclass(frozen=True)
+class ColumnFilter:
+    """List filters the view answers from its columns: (vm_state, task_state) pairs (a
+    None task_state: any), and ``updated_at`` at or after ``since`` / at or before
+    ``before``."""
+
+    states: set[tuple[str, str | None]] | frozenset[tuple[str, str | None]] | None = None
+    since: datetime | None = None
+    before: datetime | None = None
+
+    def sql(self) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.states is not None:
+            alternatives = []
+            for vm_state, task_state in sorted(self.states, key=str):
+                if task_state is None:
+                    alternatives.append("vm_state = ?")
+                    params.append(vm_state)
+                else:
+                    alternatives.append("(vm_state = ? AND task_state = ?)")
+                    params += [vm_state, task_state]
+            where.append("(" + " OR ".join(alternatives or ["1 = 0"]) + ")")
+        if self.since is not None:
+            where.append("updated_at >= ?")
+            params.append(_ts(self.since))
+        if self.before is not None:
+            where.append("updated_at <= ?")
+            params.append(_ts(self.before))
+        return where, params
+
+    def keeps(self, row: dict[str, Any]) -> bool:
+        """The same test on a row of :meth:`ServersView.sort_columns`."""
+        if self.states is not None and not any(
+                vm == row["vm_state"] and (task is None or task == row["task_state"])
+                for vm, task in self.states):
+            return False
+        if self.since is not None and row["updated_at"] < _ts(self.since):
+            return False
+        return not (self.before is not None and row["updated_at"] > _ts(self.before))
 
 
 class StoredServer:
