@@ -47,3 +47,24 @@ def test_power_state_sync_follows_novas_policy(tmp_path: Path) -> None:
         record = next(h for h in e.history(gone) if h.event == "DriftObserved")
         assert record.details["drift_action"] == "record"
         assert e.sync_power_states() == 0  # recorded once, not on every pass
+
+
+def test_drift_is_told_in_plain_english(tmp_path: Path) -> None:
+    """The ledger's story of a drift request and the server's explanation describe the
+    drift (they used to recurse without end on it)."""
+    from vmledger.api import create_app
+    from vmledger.api.testing import ApiClient
+
+    sim = Simulator()
+    with make_engine(f"sqlite:///{tmp_path / 'd.db'}", clock=FakeClock(), hypervisor=sim) as e:
+        sid = _active(e)
+        sim.set_power_state(sid, PowerState.SHUTDOWN)
+        assert e.sync_power_states() == 1
+        drift = next(h for h in e.history(sid) if h.event == "DriftObserved")
+        story = e.ledger.story(drift.request_id)
+        assert any("found the guest shutdown" in line for line in story), story
+        assert any("found the guest shutdown" in line for line in e.ledger.explain(sid))
+        client = ApiClient(create_app(e))
+        assert client.get(f"/ledger/v1/requests/{drift.request_id}").status_code == 200
+        assert client.get(f"/ledger/v1/servers/{sid}/explain").status_code == 200
+        assert client.get(f"/ledger/v1/servers/{sid}/timeline").status_code == 200

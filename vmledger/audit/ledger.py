@@ -392,6 +392,13 @@ def _opening(e: LedgerEntry) -> str:
     if e.event == "Updated":
         changes = ", ".join(f"{k} to {v!r}" for k, v in dict(p.get("changes") or {}).items())
         return f"{at} {_who(e)} changed {changes or 'nothing'}"
+    if e.event == "DriftObserved":
+        text = (f"{at} the host agent found the guest {_power(p.get('observed_power_state'))} "
+                f"on {p.get('host')} while the server was {p.get('previous_vm_state')}: now "
+                f"{p.get('vm_state')}")
+        if p.get("call"):
+            text += " (it powered the guest off, as Nova's power-state sync does)"
+        return text
     return f"{at} {_who(e)}: {_step(e)}"
 
 
@@ -416,7 +423,15 @@ def _step(e: LedgerEntry) -> str:
         fault = dict(p.get("fault") or {})
         text = f"{p.get('action')} failed with fault {fault.get('code')}: {fault.get('message')}"
         return text + (" and was rolled back" if p.get("rollback") else "")
-    return _opening(e)
+    if e.event in _OPENINGS:
+        return _opening(e)
+    # any other event (of this version or a later one): its name and what it says
+    return f"{e.event} {_compact(e.payload, 120)}"
+
+
+#: events :func:`_opening` describes itself (the others go through :func:`_step`)
+_OPENINGS = frozenset(("Requested", "ActionRequested", "LockChanged", "StateReset",
+                       "Updated", "DriftObserved"))
 
 
 def _narrate(entries: list[LedgerEntry], statuses: Sequence[str | None], indent: str
