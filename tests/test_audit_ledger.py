@@ -230,3 +230,31 @@ def test_ledger_and_verify_after_a_view_rebuild_and_a_restart(
         assert snap.info is not None
         same(ledger.as_of(lived.db, at=snap.at), snap.info)
         assert verify(again.service).ok
+
+
+def test_a_requests_chain_includes_its_images_and_key_pairs(tmp_path: Path) -> None:
+    """A createImage request's chain has the server's and the image's events; a key
+    pair import's chain has the key pair's (who imported which key, when)."""
+    from vmledger.api import create_app
+    from vmledger.api.testing import ApiClient
+
+    with make_engine(f"sqlite:///{tmp_path / 'k.db'}") as engine:
+        imported = "req-import-laptop"
+        ctx = engine.context(user_id="alice", project_id="p1", is_admin=False,
+                             request_id=imported)
+        engine.generate_keypair("laptop", ctx=ctx)
+        ctx = engine.context(user_id="alice", project_id="p1", is_admin=False)
+        chain = engine.ledger.causal_chain(imported)
+        assert [(e.aggregate, e.event, e.user_id) for e in chain] == [
+            ("keypair", "Imported", "alice")]
+        story = engine.ledger.story(imported)
+        assert story[0].startswith("Key pair ") and "Imported" in story[1]
+
+        server = engine.create_server("s", flavor="m1.small", image=IMAGE, ctx=ctx)
+        engine.run_until_idle()
+        snap = engine.create_image(server.id, "snap", ctx=ctx)
+        engine.run_until_idle()
+        kinds = {e.aggregate for e in engine.ledger.causal_chain(snap.request_id)}
+        assert kinds == {"server", "image"}
+        body = ApiClient(create_app(engine)).get(f"/ledger/v1/requests/{imported}").json()
+        assert body["entries"][0]["aggregate"] == "keypair"

@@ -41,7 +41,7 @@ ALICE = {"X-Auth-Token": "alice-secret"}
 BOB = {"X-Auth-Token": "bob-secret"}
 MISSING = "6b0e4b3c-0000-4000-8000-000000000000"
 ENTRY_FIELDS = {"position", "server_id", "version", "timestamp", "request_id", "actor",
-                "user_id", "project_id", "cause", "event", "payload"}
+                "user_id", "project_id", "cause", "event", "payload", "aggregate"}
 #: the feeds poll fast and idle streams beat often, so the tests run quickly
 POLL = 0.02
 HEARTBEAT = 0.3

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import StoredEvent
@@ -24,6 +24,8 @@ from vmledger.adapters.hypervisor import PowerState
 from vmledger.audit.chain import AuditedRecorder, request_fields
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.errors import ServerNotFound
+from vmledger.domain.image import CustomImage
+from vmledger.domain.keypair import Keypair
 from vmledger.domain.server import ADMIN, AGENT, TIMER, Server
 from vmledger.domain.service import ServerService
 
@@ -53,15 +55,19 @@ class LedgerEntry:
     cause: str
     event: str
     payload: dict[str, Any]
+    #: what kind of aggregate recorded it: ``server``, ``image`` or ``keypair`` (whose
+    #: id is then in ``server_id``)
+    aggregate: str = "server"
 
     @classmethod
-    def of(cls, event: Server.Event, position: int | None) -> LedgerEntry:
+    def of(cls, event: Any, position: int | None) -> LedgerEntry:
         payload = {k: v for k, v in vars(event).items() if k not in _BASE_FIELDS}
         return cls(position=position, server_id=str(event.originator_id),
                    version=event.originator_version, timestamp=event.timestamp,
                    request_id=event.request_id, actor=event.user_id or event.cause,
                    user_id=event.user_id, project_id=event.project_id, cause=event.cause,
-                   event=type(event).__name__, payload=payload)
+                   event=type(event).__name__, payload=payload,
+                   aggregate=_aggregate_kind(event))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (datetimes as ISO 8601 strings)."""
@@ -69,7 +75,8 @@ class LedgerEntry:
             "position": self.position, "server_id": self.server_id, "version": self.version,
             "timestamp": self.timestamp, "request_id": self.request_id, "actor": self.actor,
             "user_id": self.user_id, "project_id": self.project_id, "cause": self.cause,
-            "event": self.event, "payload": self.payload}, default=_json_default))
+            "event": self.event, "payload": self.payload, "aggregate": self.aggregate},
+            default=_json_default))
         return data
 
     def __str__(self) -> str:
@@ -87,6 +94,19 @@ class HistoryPage:
     entries: list[LedgerEntry]
     #: pass as ``after`` to get the next page; None when this is the last page
     next_after: int | None
+
+
+#: the aggregates whose events a request's causal chain shows, and their names
+_KINDS: tuple[tuple[type, str], ...] = ((Server.Event, "server"), (CustomImage.Event, "image"),
+                                       (Keypair.Event, "keypair"))
+_LABELS = {"server": "Server", "image": "Image", "keypair": "Key pair"}
+
+
+def _aggregate_kind(event: object) -> str:
+    for cls, kind in _KINDS:
+        if isinstance(event, cls):
+            return kind
+    return "server"
 
 
 def _json_default(value: object) -> str:
@@ -145,17 +165,22 @@ class Ledger:
                 limit: int | None = None) -> Sequence[StoredEvent]:
         return self.app.recorder.select_events(sid, gt=gt, lte=lte, limit=limit)
 
-    def _entries(self, stored: Sequence[StoredEvent], sid: uuid.UUID
-                 ) -> list[tuple[Server.Event, LedgerEntry]]:
+    def _entries(self, stored: Sequence[StoredEvent], sid: uuid.UUID, *,
+                 every_kind: bool = False) -> list[tuple[Server.Event, LedgerEntry]]:
+        """Server events as entries (with ``every_kind``, image and key-pair events
+        too: a request's causal chain)."""
         positions: dict[int, int] = {}
         if stored and self._audited is not None:
             positions = self._audited.chain_positions(
                 sid, stored[0].originator_version, stored[-1].originator_version)
+        kinds: tuple[type, ...] = (tuple(cls for cls, _ in _KINDS) if every_kind
+                                   else (Server.Event,))
         out: list[tuple[Server.Event, LedgerEntry]] = []
         for s in stored:
-            event = self.app.mapper.to_domain_event(s)
-            if isinstance(event, Server.Event):
-                out.append((event, LedgerEntry.of(
+            event: Any = self.app.mapper.to_domain_event(s)
+            if isinstance(event, kinds):
+                # a server event, unless every_kind (callers then use the entry only)
+                out.append((cast("Server.Event", event), LedgerEntry.of(
                     event, positions.get(s.originator_version))))
         return out
 
@@ -264,7 +289,7 @@ class Ledger:
             sid = uuid.UUID(oid)
             stored = [s for s in self._stored(sid, gt=min(versions) - 1, lte=max(versions))
                       if s.originator_version in versions]
-            entries += [entry for _, entry in self._entries(stored, sid)
+            entries += [entry for _, entry in self._entries(stored, sid, every_kind=True)
                         if entry.request_id == request_id]
         return sorted(entries, key=lambda e: (e.position or 0, e.server_id, e.version))
 
@@ -280,7 +305,7 @@ class Ledger:
                 fields = request_fields(n.state)
                 if fields is not None and fields[0] == request_id:
                     event = self.app.mapper.to_domain_event(n)
-                    if isinstance(event, Server.Event):
+                    if isinstance(event, tuple(cls for cls, _ in _KINDS)):
                         entries.append(LedgerEntry.of(event, n.id))
             after = page[-1].id
 
@@ -292,7 +317,7 @@ class Ledger:
         lines: list[str] = []
         for server_id in dict.fromkeys(e.server_id for e in entries):
             mine = [e for e in entries if e.server_id == server_id]
-            lines.append(f"Server {server_id}:")
+            lines.append(f"{_LABELS.get(mine[0].aggregate, 'Server')} {server_id}:")
             lines += _narrate(mine, [None] * len(mine), indent="  ")
         return lines
 
