@@ -211,32 +211,46 @@ class RoundTrips:
     polls: list[int] = field(default_factory=list)
 
 
+def _time_round_trips(result: RoundTrips, server_id: str, count: int, warmup: int,
+                      act: Callable[[str], None], done: Callable[[str], bool]) -> RoundTrips:
+    """Alternate pause and unpause: ``act(action)`` asks, ``done(status)`` polls."""
+    for i in range(warmup + count):
+        action, status = _ACTIONS[i % 2]
+        started = time.perf_counter()
+        act(action)
+        accepted = time.perf_counter()
+        polls = 0
+        deadline = started + POLL_TIMEOUT
+        while True:
+            polls += 1
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{action} of {server_id} not done in {POLL_TIMEOUT} s")
+            if done(status):
+                break
+            time.sleep(POLL_INTERVAL)
+        finished = time.perf_counter()
+        if i >= warmup:
+            result.total_ms.append((finished - started) * 1000)
+            result.request_ms.append((accepted - started) * 1000)
+            result.polls.append(polls)
+    return result
+
+
 def http_round_trips(base: str, server_id: str, count: int, warmup: int) -> RoundTrips:
     result = RoundTrips("HTTP: POST action, poll GET /servers/{id} (httpx, keep-alive)")
     with httpx.Client(base_url=base, timeout=30) as client:
-        for i in range(warmup + count):
-            action, status = _ACTIONS[i % 2]
-            started = time.perf_counter()
+
+        def act(action: str) -> None:
             response = client.post(f"/v2.1/servers/{server_id}/action", json={action: None})
-            accepted = time.perf_counter()
             if response.status_code != 202:
                 raise RuntimeError(f"{action}: {response.status_code} {response.text}")
-            polls = 0
-            deadline = started + POLL_TIMEOUT
-            while True:
-                polls += 1
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"{action} of {server_id} not done in {POLL_TIMEOUT} s")
-                server = client.get(f"/v2.1/servers/{server_id}").json()["server"]
-                if server["status"] == status and server["OS-EXT-STS:task_state"] is None:
-                    break
-                time.sleep(POLL_INTERVAL)
-            done = time.perf_counter()
-            if i >= warmup:
-                result.total_ms.append((done - started) * 1000)
-                result.request_ms.append((accepted - started) * 1000)
-                result.polls.append(polls)
-    return result
+
+        def done(status: str) -> bool:
+            server = client.get(f"/v2.1/servers/{server_id}").json()["server"]
+            return bool(server["status"] == status
+                        and server["OS-EXT-STS:task_state"] is None)
+
+        return _time_round_trips(result, server_id, count, warmup, act, done)
 
 
 def engine_round_trips(url: str, count: int, warmup: int) -> RoundTrips:
@@ -246,29 +260,17 @@ def engine_round_trips(url: str, count: int, warmup: int) -> RoundTrips:
     try:
         engine.run_in_background(0.01)
         server_id = engine.list_servers()[-2].id  # not the one the HTTP run used
-        for i in range(warmup + count):
-            action, status = _ACTIONS[i % 2]
-            started = time.perf_counter()
+
+        def act(action: str) -> None:
             engine.act(server_id, action)
-            accepted = time.perf_counter()
-            polls = 0
-            deadline = started + POLL_TIMEOUT
-            while True:
-                polls += 1
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"{action} of {server_id} not done in {POLL_TIMEOUT} s")
-                info = engine.get_server(server_id)
-                if info.status == status and info.task_state is None:
-                    break
-                time.sleep(POLL_INTERVAL)
-            done = time.perf_counter()
-            if i >= warmup:
-                result.total_ms.append((done - started) * 1000)
-                result.request_ms.append((accepted - started) * 1000)
-                result.polls.append(polls)
+
+        def done(status: str) -> bool:
+            info = engine.get_server(server_id)
+            return info.status == status and info.task_state is None
+
+        return _time_round_trips(result, server_id, count, warmup, act, done)
     finally:
         engine.close()
-    return result
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,14 +31,9 @@ from vmledger.api.http import EMPTY, Call, read_json
 from vmledger.api.rendering import JSONBody
 from vmledger.api.views import usage_time
 from vmledger.domain import keypair as keypairs
-from vmledger.domain.server import Context
 
 _NAME = re.compile(r"^(?! )[a-zA-Z0-9. _-]+(?<! )$")
 _NAME_V292 = re.compile(r"^(?! )[a-zA-Z0-9. _@-]+(?<! )$")
-
-
-def _context(call: Call) -> Context:
-    return call.context()
 
 
 def _user_id(call: Call, rule: str) -> str | None:
@@ -110,7 +105,7 @@ def _parse(call: Call, body: Any) -> tuple[str, str | None, str, str | None]:
 
 def _create(call: Call, name: str, public_key: str | None, key_type: str,
             user_id: str | None) -> tuple[dict[str, Any], str | None]:
-    ctx = _context(call)
+    ctx = call.context()
     if public_key is not None:
         return call.engine.import_keypair(name, public_key, key_type=key_type,
                                           user_id=user_id, ctx=ctx), None
@@ -131,7 +126,7 @@ async def create_keypair(call: Call) -> Response:
 
 
 def _list(call: Call) -> tuple[list[dict[str, Any]], int]:
-    found = call.engine.list_keypairs(user_id=_user_id(call, "index"), ctx=_context(call))
+    found = call.engine.list_keypairs(user_id=_user_id(call, "index"), ctx=call.context())
     if not call.at_least(2, 35):
         return found, 0
     query = call.request.query_params
@@ -160,14 +155,14 @@ async def list_keypairs(call: Call) -> Response:
 async def show_keypair(call: Call) -> Response:
     name = call.request.path_params["name"]
     raw = await call.run(lambda: call.engine.get_keypair(
-        name, user_id=_user_id(call, "show"), ctx=_context(call)))
+        name, user_id=_user_id(call, "show"), ctx=call.context()))
     return JSONBody({"keypair": detail(raw, call)})
 
 
 async def delete_keypair(call: Call) -> Response:
     name = call.request.path_params["name"]
     await call.run(lambda: call.engine.delete_keypair(
-        name, user_id=_user_id(call, "delete"), ctx=_context(call)))
+        name, user_id=_user_id(call, "delete"), ctx=call.context()))
     return Response(status_code=204 if call.at_least(2, 2) else 202)
 
 

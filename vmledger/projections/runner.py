@@ -90,7 +90,7 @@ class ViewUpdater:
                 if not pages:
                     return read
                 try:
-                    self.view.apply_pages(pages, decoder)
+                    self.view.apply_pages(pages, decoder, after=start)
                 except IntegrityError:
                     # another process applied a page first: continue from its position
                     start = self.view.position()

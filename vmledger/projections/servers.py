@@ -312,7 +312,8 @@ class ServersView:
     def position(self) -> int:
         return self.max_tracking_id(TRACKING_NAME) or 0
 
-    def apply_pages(self, pages: Sequence[RawPage], decode: Decode) -> int:
+    def apply_pages(self, pages: Sequence[RawPage], decode: Decode, *,
+                    after: int | None = None) -> int:
         """Fold consecutive pages of the log in one transaction, with a tracking record
         per page (so another process applying one of these pages conflicts), loading
         and writing each row once for all of them. Each page is decoded and folded in
@@ -324,7 +325,10 @@ class ServersView:
         server_event = Server.Event
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         with self._transaction(commit=True) as curs:
-            empty = self._is_empty(curs)
+            # ``after``: where the caller read from; past the start, rows may exist (a
+            # view cleared meanwhile only makes the loads find nothing) and the
+            # position need not be read again on this, the live path
+            empty = False if after else self._is_empty(curs)
             writer = RowWriter(curs, self._sql, self.dialect)
             batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
             docs: dict[str, dict[str, Any] | None] = {}
