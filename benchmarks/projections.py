@@ -538,8 +538,8 @@ class _Applied:
         method = "apply_pages"
         apply: Callable[..., int] = getattr(view, method)
 
-        def timed_apply(*args: Any) -> int:
-            changed = apply(*args)
+        def timed_apply(*args: Any, **kwargs: Any) -> int:
+            changed = apply(*args, **kwargs)
             now = time.perf_counter()
             position = args[0][-1][1]
             with self.cond:

@@ -83,6 +83,8 @@ def _agent_event(doc: Doc, name: str, at: dict[str, str], host: str | None) -> D
 # what each kind of server event does to the actions: starts one, or is a step of one
 _STARTS, _LOCK, _RESET, _STEP, _OUTCOME, _OTHER = range(6)
 _KINDS: dict[type, int] = {}
+#: the kinds that begin a new action document whatever was there before
+_BEGINS = frozenset({_STARTS, _LOCK, _RESET})
 
 
 def _kind(cls: type) -> int:
@@ -185,13 +187,18 @@ class ActionsBatch:
         self.names: dict[Any, str] = {}
 
     def _load(self, keys: list[tuple[str, str]]) -> None:
+        # by the primary key (server_id, request_id): the server ids select index ranges
+        # (a query by request id alone would scan the whole table)
         wanted = set(keys)
-        request_ids = list(dict.fromkeys(request_id for _, request_id in keys))
-        for i in range(0, len(request_ids), 500):
-            chunk = request_ids[i:i + 500]
-            marks = ",".join("?" for _ in chunk)
-            self.curs.execute(self.sql(f"SELECT server_id, request_id, doc FROM {TABLE} "
-                                       f"WHERE request_id IN ({marks})"), chunk)
+        for i in range(0, len(keys), 250):
+            chunk = keys[i:i + 250]
+            servers = list(dict.fromkeys(server_id for server_id, _ in chunk))
+            requests = list(dict.fromkeys(request_id for _, request_id in chunk))
+            self.curs.execute(self.sql(
+                f"SELECT server_id, request_id, doc FROM {TABLE} "
+                f"WHERE server_id IN ({','.join('?' for _ in servers)}) "
+                f"AND request_id IN ({','.join('?' for _ in requests)})"),
+                [*servers, *requests])
             for row in self.curs.fetchall():
                 key = (row["server_id"], row["request_id"])
                 if key in wanted:
@@ -212,10 +219,14 @@ class ActionsBatch:
                     name = names[ikey] = str(oid)
                 page.append((event, (name, event.request_id)))
         if not self.empty:  # rows of actions begun in earlier transactions
-            unknown = [key for key in dict.fromkeys(key for _, key in page)
-                       if key not in docs]
-            for key in unknown:
-                docs[key] = None
+            unknown: list[tuple[str, str]] = []
+            for event, key in page:
+                if key not in docs:
+                    docs[key] = None
+                    # an action's first event here starts it: an older row with its key
+                    # would be replaced, so it need not be read
+                    if _kind(type(event)) not in _BEGINS:
+                        unknown.append(key)
             if unknown:
                 self._load(unknown)
         hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
