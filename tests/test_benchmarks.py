@@ -1,0 +1,74 @@
+"""The benchmarks still run: every suite at a tiny size, its report checked for shape.
+
+Nothing here measures speed (targets live in the benchmarks' own reports); these tests
+only make sure ``python -m benchmarks`` cannot break unnoticed when the code it drives
+changes. PostgreSQL parts run when PostgreSQL's binaries are installed (as in CI) and
+are reported as skipped by the benchmark otherwise.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import api, audit, commands, hypervisors, projections
+from tests.support.postgres import postgres_skip_reason
+
+pytestmark = pytest.mark.slow
+
+BACKENDS = ("sqlite", "postgres")
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _backends_line(report: str) -> None:
+    """Both backends appear: measured, or skipped with the reason when PostgreSQL's
+    binaries are missing (never silently left out)."""
+    assert "sqlite" in report
+    if postgres_skip_reason() is None:
+        assert "postgres" in report and "postgres  skipped" not in report
+
+
+def test_projections_benchmark_runs() -> None:
+    sizes = projections.Sizes(servers=12, group=12, repetitions=1, profile=True,
+                              lag_commands=8, lag_spacing=0.002)
+    report = projections.run(BACKENDS, sizes, log=_quiet)
+    assert "Projection rebuild" in report
+    assert "same in every rebuild" in report
+    assert "where the rebuild's time goes" in report
+    if postgres_skip_reason() is None:
+        assert "Live projection lag" in report and "lag: save returned" in report
+    _backends_line(report)
+
+
+def test_commands_benchmark_runs() -> None:
+    sizes = commands.Sizes(sqlite_servers=3, postgres_servers=2, repetitions=1,
+                           profile_servers=2)
+    report = commands.run(BACKENDS, sizes, variants=False, log=_quiet)
+    assert "cmd/s" in report
+    _backends_line(report)
+
+
+def test_api_benchmark_runs() -> None:
+    sizes = api.Sizes(servers=12, round_trips=4, warmup=1, repetitions=1, window=0.1,
+                      connections=2, profile=False)
+    report = api.run(sizes, log=_quiet)
+    assert "servers/detail" in report
+    assert "round trip" in report.lower()
+
+
+def test_audit_benchmark_runs() -> None:
+    sizes = audit.Sizes(sqlite_events=600, postgres_events=300, events_per_server=100,
+                        asof_servers=1, asof_queries=2, sqlite_budget=5.0,
+                        postgres_budget=5.0)
+    report = audit.run(BACKENDS, sizes, log=_quiet)
+    assert "verify" in report.lower()
+    _backends_line(report)
+
+
+def test_hypervisors_benchmark_runs() -> None:
+    sizes = hypervisors.Sizes(engine_servers=2, repetitions=1, driver_guests=3,
+                              qemu_repetitions=0)
+    report = hypervisors.run(sizes, log=_quiet)
+    assert "simulator" in report
