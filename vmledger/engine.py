@@ -148,7 +148,8 @@ class Engine:
                  catalog: Catalog | None = None, seed: int | None = None,
                  id_factory: Callable[[], uuid.UUID] | None = None,
                  request_id_factory: Callable[[], str] | None = None,
-                 stopwatch: Callable[[], float] = time.perf_counter) -> None:
+                 stopwatch: Callable[[], float] = time.perf_counter,
+                 offload_shelved: bool = True) -> None:
         if confirm_window < timedelta(0):
             raise ValueError("the confirm window cannot be negative (0 disables it)")
         self.url = url
@@ -156,7 +157,8 @@ class Engine:
         self.service = ServerService(
             environment(url), clock=self.clock, catalog=catalog, hosts=(host,),
             confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
-            request_id_factory=request_id_factory or new_request_id, seed=seed)
+            request_id_factory=request_id_factory or new_request_id, seed=seed,
+            offload_shelved=offload_shelved)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
                                  extensions=[InstanceActions(), Images(), Keypairs()])
         self.updater = ViewUpdater(self.service, self.view)
@@ -267,6 +269,21 @@ class Engine:
 
     def reset_state(self, server_id: str, state: str = lc.ACTIVE, **kw: Any) -> CommandResult:
         return self.act(server_id, "reset_state", state=state, **kw)
+
+    def shelve(self, server_id: str, **kw: Any) -> CommandResult:
+        """Power off and save the disk as ``<name>-shelved``
+        (``result.details["image_id"]``); the guest is then offloaded unless the engine
+        was made with ``offload_shelved=False``."""
+        return self.act(server_id, "shelve", **kw)
+
+    def shelve_offload(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "shelve_offload", **kw)
+
+    def unshelve(self, server_id: str, *, availability_zone: str | None = None,
+                 host: str | None = None, **kw: Any) -> CommandResult:
+        params: dict[str, Any] = {k: v for k, v in (("availability_zone", availability_zone),
+                                                    ("host", host)) if v is not None}
+        return self.act(server_id, "unshelve", **params, **kw)
 
     def create_image(self, server_id: str, name: str, *, metadata: dict[str, str] | None = None,
                      ctx: Context | None = None, idempotency_key: str | None = None

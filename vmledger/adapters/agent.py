@@ -10,9 +10,11 @@ outcome, following the lifecycle table's success and failure rules.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -149,6 +151,21 @@ class HostAgent:
             c, at, power_state=int(obs.power_state),
             confirm_window=window if window > timedelta(0) else None))
         self._unexpected.pop(request_id, None)
+        if action == "shelve":
+            # Nova's shelved_offload_time = 0: the guest goes at once (its own request)
+            self.service.offload_after_shelve(server_id, request_id)
+        elif action == "unshelve":
+            self._drop_shelved_image(server, request_id)
+
+    def _drop_shelved_image(self, server: Server, request_id: str) -> None:
+        """Delete the image a server was shelved into once it runs again (as Nova)."""
+        assert server.pending is not None
+        image_id = server.pending["params"].get("image_id")
+        if not image_id:
+            return
+        with contextlib.suppress(VmledgerError):  # deleted meanwhile by its owner
+            self.service.record_image(str(image_id), request_id,
+                                      lambda i, c, at: i.delete(c, at))
 
     def _step(self, server_id: str, request_id: str,
               step: Callable[[Server, Context, Any], None]) -> bool:
@@ -303,7 +320,12 @@ def _delete(agent: HostAgent, server: Server) -> None:
 
 def _create_image(agent: HostAgent, server: Server) -> None:
     assert server.pending is not None
-    image_id = str(server.pending["params"]["image_id"])
+    _save_image(agent, server, str(server.pending["params"]["image_id"]))
+
+
+def _save_image(agent: HostAgent, server: Server, image_id: str) -> None:
+    """Snapshot the guest into the queued custom image ``image_id`` and activate it (or
+    mark it failed); nothing when it is already active (a step repeated after a crash)."""
     request_id = str(server.pending_request_id)
     service = agent.service
     try:
@@ -326,6 +348,39 @@ def _create_image(agent: HostAgent, server: Server) -> None:
             c, at, size=int(result.get("size", 0)), checksum=result.get("checksum")))
 
 
+def _shelve(agent: HostAgent, server: Server) -> None:
+    """Power off (gracefully, as a stop), then save the disk as the shelved image."""
+    assert server.pending is not None
+    obs = agent.observe(server)
+    _missing(obs)
+    if obs.power_state != PowerState.SHUTDOWN:
+        agent.call(server, "power_off", {},
+                   lambda: agent.hypervisor.power_off(str(server.id)))
+    _save_image(agent, server, str(server.pending["params"]["image_id"]))
+
+
+def _shelve_offload(agent: HostAgent, server: Server) -> None:
+    _delete(agent, server)
+
+
+def _unshelve(agent: HostAgent, server: Server) -> None:
+    """A guest still defined (shelved, not offloaded) is powered on; an offloaded one is
+    spawned again from its shelved image."""
+    assert server.pending is not None
+    obs = agent.observe(server)
+    hv = agent.hypervisor
+    if obs.exists:
+        if obs.power_state != PowerState.RUNNING:
+            agent.call(server, "power_on", {}, lambda: hv.power_on(str(server.id)))
+        return
+    image_id = server.pending["params"].get("image_id")
+    if not image_id:
+        raise HypervisorError("The server has no shelved image to unshelve from",
+                              rollback=True, code=409)
+    spec = replace(spec_of(server), image_id=str(image_id))
+    agent.call(server, "spawn", _spec_args(spec), lambda: hv.spawn(spec))
+
+
 _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "create": _create,
     "reboot_soft": _reboot(False),
@@ -342,6 +397,9 @@ _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "start": _power("power_on", PowerState.RUNNING),
     "delete": _delete,
     "create_image": _create_image,
+    "shelve": _shelve,
+    "shelve_offload": _shelve_offload,
+    "unshelve": _unshelve,
 }
 
 assert set(_PLANS) == {a.name for a in lc.ACTIONS.values() if a.asynchronous}

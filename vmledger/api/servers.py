@@ -460,6 +460,29 @@ def _parse_lock(call: Call, value: Any) -> _Action:
     return _Action("lock", {"reason": reason} if reason is not None else {})
 
 
+def _parse_unshelve(call: Call, value: Any) -> _Action:
+    """``{"unshelve": null}``; from 2.77 ``{"availability_zone": name}`` (for a server
+    whose guest was offloaded); from 2.91 also ``{"host": name}`` (administrators) and
+    a null availability zone (unpin: there is one zone here, so nothing to do)."""
+    if value is None or not call.at_least(2, 77):
+        return _Action("unshelve", {})
+    unshelve = val.require_object(value, "unshelve")
+    allowed = ["availability_zone", "host"] if call.at_least(2, 91) else ["availability_zone"]
+    val.no_other_keys(unshelve, "unshelve", allowed)
+    params: dict[str, Any] = {}
+    if "availability_zone" in unshelve:
+        zone = val.string(unshelve["availability_zone"], "availability_zone", min_length=1,
+                          max_length=255, nullable=call.at_least(2, 91))
+        if zone is not None:
+            params["availability_zone"] = zone
+    elif not call.at_least(2, 91):
+        raise val.invalid_field("unshelve", value,
+                                "'availability_zone' is a required property")
+    if "host" in unshelve:
+        params["host"] = val.string(unshelve["host"], "host", min_length=1, max_length=255)
+    return _Action("unshelve", params)
+
+
 def _parse_reset_state(call: Call, value: Any) -> _Action:
     reset = val.require_object(value, "os-resetState")
     val.require_keys(reset, "os-resetState", ["state"])
@@ -524,6 +547,9 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "unlock": _simple("unlock"),
     "os-resetState": _parse_reset_state,
     "createImage": _parse_create_image,
+    "shelve": _simple("shelve"),
+    "shelveOffload": _simple("shelve_offload"),
+    "unshelve": _parse_unshelve,
 }
 
 

@@ -150,8 +150,12 @@ def server_status(doc: dict[str, Any]) -> str:
 
 
 def _scheduled_host(doc: dict[str, Any]) -> str | None:
-    """The host, once the server has left scheduling (Nova has none before)."""
-    if doc.get("vm_state") == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING:
+    """The host, once the server has left scheduling (Nova has none before) and while
+    it has a guest (an offloaded shelved server has none, in Nova until unshelved)."""
+    vm_state = doc.get("vm_state")
+    if vm_state == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING:
+        return None
+    if vm_state == lc.SHELVED_OFFLOADED and doc.get("task_state") is None:
         return None
     host = doc.get("host")
     return str(host) if host else None

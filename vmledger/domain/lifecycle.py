@@ -33,9 +33,12 @@ STOPPED = "stopped"
 RESIZED = "resized"
 ERROR = "error"
 DELETED = "deleted"
+SHELVED = "shelved"
+SHELVED_OFFLOADED = "shelved_offloaded"
 
 VM_STATES: tuple[str, ...] = (
-    BUILDING, ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED, ERROR, DELETED,
+    BUILDING, ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED, SHELVED, SHELVED_OFFLOADED, ERROR,
+    DELETED,
 )
 
 # --- task_state (transient; None when idle) ------------------------------------------
@@ -68,6 +71,11 @@ IMAGE_SNAPSHOT = "image_snapshot"
 IMAGE_SNAPSHOT_PENDING = "image_snapshot_pending"
 IMAGE_PENDING_UPLOAD = "image_pending_upload"
 IMAGE_UPLOADING = "image_uploading"
+SHELVING = "shelving"
+SHELVING_IMAGE_PENDING_UPLOAD = "shelving_image_pending_upload"
+SHELVING_IMAGE_UPLOADING = "shelving_image_uploading"
+SHELVING_OFFLOADING = "shelving_offloading"
+UNSHELVING = "unshelving"
 
 #: task states from which a HARD reboot is accepted (Nova's ``ALLOW_REBOOT``)
 ALLOW_REBOOT: frozenset[str | None] = frozenset(
@@ -177,6 +185,21 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
                   IMAGE_UPLOADING),
            success=SAME, failure=SAME, rollback=SAME,
            doc="snapshot the disk into a new image; the status does not change"),
+    Action("shelve", "shelve", "shelve", vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED),
+           task_states=IDLE,
+           steps=(SHELVING, SHELVING_IMAGE_PENDING_UPLOAD, SHELVING_IMAGE_UPLOADING),
+           success=SHELVED, failure=ERROR, rollback=SAME,
+           doc="power off and snapshot the disk into a '<name>-shelved' image; the guest"
+               " stays defined unless offloaded"),
+    Action("shelve_offload", "shelveOffload", "shelveOffload", vm_states=_states(SHELVED),
+           task_states=IDLE, steps=(SHELVING_OFFLOADING,), success=SHELVED_OFFLOADED,
+           failure=ERROR, rollback=SAME,
+           doc="remove the shelved guest from the hypervisor (at once after a shelve unless"
+               " offloading is off)"),
+    Action("unshelve", "unshelve", "unshelve", vm_states=_states(SHELVED, SHELVED_OFFLOADED),
+           task_states=IDLE, steps=(UNSHELVING, SPAWNING), success=ACTIVE, failure=ERROR,
+           rollback=SAME,
+           doc="power the shelved guest on, or spawn it again from its shelved image"),
     Action("delete", "delete", "delete", vm_states=ANY, task_states=ANY, steps=(DELETING,),
            success=DELETED, failure=ERROR, rollback=ERROR, needs_launched=False,
            doc="allowed in any state; a repeated delete while deleting is ignored"),
@@ -229,8 +252,8 @@ STATUS_MAP: dict[str, tuple[str, dict[str, str]]] = {
     ERROR: ("ERROR", dict.fromkeys(_REBUILD_TASKS, "REBUILD")),
     DELETED: ("DELETED", {}),
     "soft-delete": ("SOFT_DELETED", {}),
-    "shelved": ("SHELVED", {}),
-    "shelved_offloaded": ("SHELVED_OFFLOADED", {}),
+    SHELVED: ("SHELVED", {}),
+    SHELVED_OFFLOADED: ("SHELVED_OFFLOADED", {}),
 }
 
 #: the full status enum of Nova's response schema
@@ -417,8 +440,8 @@ DRIFT_STOPS: frozenset[tuple[str, int]] = frozenset({
 
 def drift(vm_state: str, task_state: str | None, observed_power: int) -> str | None:
     """What a power-state sync does: ``"stop"``, ``"record"`` or None (skip the server)."""
-    if task_state is not None or vm_state in (BUILDING, DELETED):
-        return None
+    if task_state is not None or vm_state in (BUILDING, DELETED, SHELVED_OFFLOADED):
+        return None  # an offloaded server has no guest (Nova: no host to sync it)
     return "stop" if (vm_state, observed_power) in DRIFT_STOPS else "record"
 
 

@@ -40,7 +40,7 @@ from vmledger.domain.errors import (
     ServerNotFound,
 )
 from vmledger.domain.image import CustomImage
-from vmledger.domain.server import ADMIN, TIMER, Context, Server
+from vmledger.domain.server import ADMIN, AGENT, TIMER, Context, Server
 
 _IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
 MAX_ATTEMPTS = 8
@@ -201,7 +201,7 @@ class ServerService(Application[uuid.UUID]):
                  confirm_window: timedelta = timedelta(hours=24),
                  id_factory: Callable[[], uuid.UUID] = uuid.uuid4,
                  request_id_factory: Callable[[], str] = new_request_id,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, offload_shelved: bool = True) -> None:
         super().__init__(env=env)
         if not hosts:
             raise ValueError("at least one host is needed")
@@ -209,6 +209,10 @@ class ServerService(Application[uuid.UUID]):
         self.catalog = catalog or Catalog()
         self.hosts = tuple(hosts)
         self.confirm_window = confirm_window
+        #: a shelved server's guest is removed from the hypervisor as soon as the shelve
+        #: is done (Nova's default ``shelved_offload_time = 0``); else only on
+        #: ``shelveOffload``
+        self.offload_shelved = offload_shelved
         self.id_factory = id_factory
         self.request_id_factory = request_id_factory
         self._jitter = random.Random(seed)
@@ -390,6 +394,8 @@ class ServerService(Application[uuid.UUID]):
     def act(self, ctx: Context, server_id: str | uuid.UUID, action: str,
             *, idempotency_key: str | None = None, **params: Any) -> CommandResult:
         """Request a lifecycle action by its table name (``pause``, ``reboot_hard``…)."""
+        if action == "shelve":  # it makes an image too
+            return self.shelve(ctx, server_id, idempotency_key=idempotency_key, **params)
         handler = self._ACTIONS.get(action)
         if handler is None:
             raise BadRequest(f"There is no such action: {action}")
@@ -621,6 +627,85 @@ class ServerService(Application[uuid.UUID]):
             return server
         return decide
 
+    def _h_unshelve(self, ctx: Context, params: dict[str, Any]
+                    ) -> Callable[[Server | None], Server]:
+        """``availability_zone`` (2.77) and ``host`` (2.91, administrators) only for a
+        server whose guest was offloaded; a host must be one of this service's."""
+        params = dict(params)
+        zone = params.pop("availability_zone", None)
+        host = params.pop("host", None)
+        if params:
+            raise BadRequest(f"Action unshelve takes no parameters: {', '.join(sorted(params))}")
+        if host is not None and not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:os-shelve:unshelve_to_host "
+                            "to be performed.")
+        if host is not None and host not in self.hosts:
+            raise BadRequest(f"Compute host {host} could not be found.")
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            if (zone is not None or host is not None) and server.vm_state == lc.SHELVED:
+                lc.check("unshelve", server.subject, is_admin=ctx.is_admin)  # lock first
+                raise Conflict(
+                    "Specifying an availability zone or a host when unshelving server "
+                    f"{server.id} with status SHELVED is not supported. The server status "
+                    "must be SHELVED_OFFLOADED.")
+            if zone is not None and zone != server.availability_zone:
+                raise BadRequest("The requested availability zone is not available")
+            changes = {"host": host} if host is not None else {}
+            server.request_action("unshelve", ctx, self.clock.now(), changes=changes,
+                                  params={"image_id": getattr(server, "shelved_image_id",
+                                                              None)})
+            return server
+        return decide
+
+    def shelve(self, ctx: Context, server_id: str | uuid.UUID, *,
+               idempotency_key: str | None = None, **params: Any) -> CommandResult:
+        """Shelve a server (Nova's ``shelve``): the host agent powers it off and saves
+        its disk as the custom image ``<name>-shelved`` (queued in the same transaction
+        as the request), then offloads the guest unless offloading is off."""
+        if params:
+            raise BadRequest(f"Action shelve takes no parameters: {', '.join(sorted(params))}")
+        extras: list[Aggregate] = []
+        details: dict[str, Any] = {}
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            lc.check("shelve", server.subject, is_admin=ctx.is_admin)
+            image_id = self.id_factory()
+            details["image_id"] = str(image_id)
+            name = f"{server.name}-shelved"[:255]
+            extras.append(CustomImage.queue(
+                id=image_id, ctx=ctx, at=self.clock.now(), name=name,
+                server_id=str(server.id), metadata={}, min_ram=0,
+                min_disk=int(server.flavor.get("disk") or 0), base_image=dict(server.image)))
+            server.request_action("shelve", ctx, self.clock.now(),
+                                  params={"image_id": str(image_id), "name": name})
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide, idempotency_key=idempotency_key,
+                         operation="shelve", payload={}, extras=extras, details=details)
+
+    def offload_after_shelve(self, server_id: str | uuid.UUID, request_id: str
+                             ) -> CommandResult:
+        """Offload a server the shelve ``request_id`` has just shelved (recorded by the
+        host agent as its own request, cause ``agent``); a no-op when offloading is off or
+        the server has moved on (unshelved, deleted, locked by nobody's business)."""
+        ctx = Context(request_id=self.request_id_factory(), user_id=None, project_id=None,
+                      cause=AGENT, is_admin=True)
+        if not self.offload_shelved:
+            return CommandResult(str(server_id), ctx.request_id, None, accepted=False)
+
+        def decide(server: Server | None) -> Server | None:
+            assert server is not None
+            if (server.vm_state != lc.SHELVED or server.task_state is not None
+                    or getattr(server, "shelved_request_id", None) != request_id):
+                return None
+            server.request_action("shelve_offload", ctx, self.clock.now())
+            return server
+
+        return self._run(ctx, self._uuid(server_id), decide)
+
     _ACTIONS: ClassVar[dict[str, Callable[..., Callable[[Server | None], Server | None]]]] = {
         "reboot": _h_reboot,
         "reboot_soft": lambda s, c, p: s._h_reboot(c, {**p, "type": "SOFT"}),
@@ -633,8 +718,10 @@ class ServerService(Application[uuid.UUID]):
         "lock": _h_lock,
         "unlock": _h_unlock,
         "reset_state": _h_reset_state,
+        "unshelve": _h_unshelve,
         **{name: (lambda action: lambda s, c, p: s._h_simple(c, p, action))(name)
-           for name in ("pause", "unpause", "suspend", "resume", "stop", "start")},
+           for name in ("pause", "unpause", "suspend", "resume", "stop", "start",
+                        "shelve_offload")},
     }
 
     # --- images -------------------------------------------------------------------------

@@ -47,6 +47,9 @@ NOVA_EVENTS: dict[str, str] = {
     "start": "compute_start_instance",
     "delete": "compute_terminate_instance",
     "create_image": "compute_snapshot_instance",
+    "shelve": "compute_shelve_instance",
+    "shelve_offload": "compute_shelve_offload_instance",
+    "unshelve": "compute_unshelve_instance",
 }
 
 _COLUMNS = ("server_id", "request_id", "action", "user_id", "project_id", "start_time",
