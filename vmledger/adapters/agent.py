@@ -353,7 +353,8 @@ def _shelve(agent: HostAgent, server: Server) -> None:
     assert server.pending is not None
     obs = agent.observe(server)
     _missing(obs)
-    if obs.power_state != PowerState.SHUTDOWN:
+    # a suspended guest stays as it is: its saved memory goes with the offload
+    if obs.power_state in (PowerState.RUNNING, PowerState.PAUSED, PowerState.CRASHED):
         agent.call(server, "power_off", {},
                    lambda: agent.hypervisor.power_off(str(server.id)))
     _save_image(agent, server, str(server.pending["params"]["image_id"]))
@@ -370,7 +371,9 @@ def _unshelve(agent: HostAgent, server: Server) -> None:
     obs = agent.observe(server)
     hv = agent.hypervisor
     if obs.exists:
-        if obs.power_state != PowerState.RUNNING:
+        if obs.power_state == PowerState.SUSPENDED:
+            agent.call(server, "resume", {}, lambda: hv.resume(str(server.id)))
+        elif obs.power_state != PowerState.RUNNING:
             agent.call(server, "power_on", {}, lambda: hv.power_on(str(server.id)))
         return
     image_id = server.pending["params"].get("image_id")
