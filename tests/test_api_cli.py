@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,10 @@ def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> 
     [engine] = closed
     assert engine.host == "hv-7"
     assert engine.service.confirm_window.total_seconds() == 0
+    assert engine.service.shelved_offload_time == timedelta(0)  # Nova's default
+    for value, expected in (("-1", None), ("3600", timedelta(hours=1))):
+        assert cli.main(["serve", "--db", "memory", "--shelved-offload-time", value]) == 0
+        assert closed[-1].service.shelved_offload_time == expected
 
 
 def test_serve_with_token_and_keystone_auth(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,6 +101,8 @@ def test_serve_with_token_and_keystone_auth(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("argv", [
     ["serve", "--confirm-window", "-1"],
+    ["serve", "--shelved-offload-time", "-2"],
+    ["serve", "--shelved-offload-time", "soon"],
     ["serve", "--port", "70000"],
     ["serve", "--auth", "kerberos"],
     ["serve", "--auth", "keystone"],

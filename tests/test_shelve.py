@@ -5,6 +5,7 @@ API show them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -78,7 +79,7 @@ def test_shelve_offloads_and_unshelve_spawns_from_the_shelved_image(url: str) ->
 def test_without_offloading_the_guest_stays_until_shelve_offload(tmp_path: Any) -> None:
     sim = Simulator()
     with Engine(f"sqlite:///{tmp_path / 'v.db'}", clock=FakeClock(), hypervisor=sim,
-                offload_shelved=False) as engine:
+                shelved_offload_time=None) as engine:
         sid = active(engine)
         engine.shelve(sid)
         engine.run_until_idle()
@@ -118,7 +119,7 @@ def test_shelve_from_paused_suspended_and_stopped(first: str) -> None:
 
 
 def test_refusals_follow_the_table() -> None:
-    with Engine("memory", clock=FakeClock(), offload_shelved=False) as engine:
+    with Engine("memory", clock=FakeClock(), shelved_offload_time=None) as engine:
         sid = active(engine)
         with pytest.raises(Conflict, match=r"unshelve.*vm_state active"):
             engine.unshelve(sid)
@@ -156,6 +157,39 @@ def test_a_failed_snapshot_fails_the_shelve_and_its_image() -> None:
         assert "Injected failure in snapshot" in s.fault["message"]
         assert engine.get_image(image_id)["status"] == "error"
         assert sid in sim.guests()  # never offloaded
+
+
+def test_the_timer_offloads_servers_left_shelved_for_the_offload_time() -> None:
+    clock = FakeClock()
+    sim = Simulator()
+    with Engine("memory", clock=clock, hypervisor=sim,
+                shelved_offload_time=timedelta(hours=1)) as engine:
+        kept, left = active(engine, "kept"), active(engine, "left")
+        engine.shelve(left)
+        engine.run_until_idle()
+        clock.advance(timedelta(minutes=30))
+        engine.shelve(kept)
+        engine.run_until_idle()
+        assert {engine.get_server(s).status for s in (kept, left)} == {"SHELVED"}
+        clock.advance(timedelta(minutes=31))
+        assert engine.timer.run_once() == 1
+        engine.run_until_idle()
+        assert engine.get_server(left).status == "SHELVED_OFFLOADED"
+        assert engine.get_server(kept).status == "SHELVED"
+        assert left not in sim.guests() and kept in sim.guests()
+        offload = [h for h in engine.history(left) if h.event == "ActionRequested"
+                   and h.details.get("action") == "shelve_offload"]
+        assert [h.cause for h in offload] == ["timer"]
+        clock.advance(timedelta(minutes=30))
+        assert engine.timer.run_once() == 1
+        assert engine.timer.run_once() == 0  # once
+        engine.run_until_idle()
+        assert engine.get_server(kept).status == "SHELVED_OFFLOADED"
+
+
+def test_a_negative_offload_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot be negative"):
+        Engine("memory", shelved_offload_time=timedelta(seconds=-1))
 
 
 def test_power_sync_leaves_offloaded_servers_alone() -> None:

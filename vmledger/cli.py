@@ -43,6 +43,17 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
+def _offload_time(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0 and value != -1:
+        raise argparse.ArgumentTypeError("the shelved offload time is -1 (never), 0 (at "
+                                         "once) or a number of seconds")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -73,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SECONDS",
                        help="auto-confirm resizes after this long; 0 disables "
                             "(default 86400)")
+    serve.add_argument("--shelved-offload-time", type=_offload_time, default=0.0,
+                       metavar="SECONDS",
+                       help="remove a shelved server's guest from the hypervisor this long "
+                            "after the shelve; 0 at once (default, as Nova), -1 never "
+                            "(only shelveOffload)")
     serve.add_argument("--auth", choices=AUTH_MODES, default="noauth",
                        help="how callers are identified: noauth (default: anyone, as "
                             "admin), token (fixed --token values) or keystone (also a "
@@ -144,6 +160,8 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
     logs.configure(args.log_level, args.log_format)
     engine = Engine(args.db, host=args.host_name,
                     confirm_window=timedelta(seconds=args.confirm_window),
+                    shelved_offload_time=(None if args.shelved_offload_time == -1 else
+                                          timedelta(seconds=args.shelved_offload_time)),
                     hypervisor=cli_ops.open_hypervisor_from(args))
     try:
         engine.run_in_background(0.2, sync_interval=args.sync_interval)

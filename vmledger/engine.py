@@ -149,7 +149,7 @@ class Engine:
                  id_factory: Callable[[], uuid.UUID] | None = None,
                  request_id_factory: Callable[[], str] | None = None,
                  stopwatch: Callable[[], float] = time.perf_counter,
-                 offload_shelved: bool = True) -> None:
+                 shelved_offload_time: timedelta | None = timedelta(0)) -> None:
         if confirm_window < timedelta(0):
             raise ValueError("the confirm window cannot be negative (0 disables it)")
         self.url = url
@@ -158,7 +158,7 @@ class Engine:
             environment(url), clock=self.clock, catalog=catalog, hosts=(host,),
             confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
             request_id_factory=request_id_factory or new_request_id, seed=seed,
-            offload_shelved=offload_shelved)
+            shelved_offload_time=shelved_offload_time)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
                                  extensions=[InstanceActions(), Images(), Keypairs()])
         self.updater = ViewUpdater(self.service, self.view)
@@ -272,8 +272,8 @@ class Engine:
 
     def shelve(self, server_id: str, **kw: Any) -> CommandResult:
         """Power off and save the disk as ``<name>-shelved``
-        (``result.details["image_id"]``); the guest is then offloaded unless the engine
-        was made with ``offload_shelved=False``."""
+        (``result.details["image_id"]``); the guest is then offloaded as the engine's
+        ``shelved_offload_time`` says (at once by default, as Nova)."""
         return self.act(server_id, "shelve", **kw)
 
     def shelve_offload(self, server_id: str, **kw: Any) -> CommandResult:

@@ -153,7 +153,7 @@ class HostAgent:
         self._unexpected.pop(request_id, None)
         if action == "shelve":
             # Nova's shelved_offload_time = 0: the guest goes at once (its own request)
-            self.service.offload_after_shelve(server_id, request_id)
+            self.service.offload_shelved(server_id, request_id=request_id)
         elif action == "unshelve":
             self._drop_shelved_image(server, request_id)
 

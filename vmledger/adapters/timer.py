@@ -1,4 +1,5 @@
-"""The timer loop: confirms resizes whose confirmation deadline has passed.
+"""The timer loop: confirms resizes whose confirmation deadline has passed, and offloads
+servers left shelved for the shelved offload time (when it is more than 0).
 
 The deadline is data (recorded in the event that put the server into VERIFY_RESIZE),
 indexed by the servers view. This loop only asks the view which deadlines are due by
@@ -10,6 +11,7 @@ resize already settled). A manual confirm or revert before the deadline clears i
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from vmledger.domain.service import ServerService
 from vmledger.projections.runner import ViewUpdater
@@ -34,6 +36,14 @@ class Timer:
                 fired += 1
                 log.info("auto-confirmed the resize of %s (deadline %s, %s)", server_id,
                          deadline.isoformat(), result.request_id)
+        wait = self.service.shelved_offload_time
+        if wait is not None and wait > timedelta(0):
+            for server_id in self.updater.view.shelved_since(now - wait, self.batch):
+                result = self.service.offload_shelved(server_id)
+                if result.accepted:
+                    fired += 1
+                    log.info("offloading %s, shelved for %s (%s)", server_id, wait,
+                             result.request_id)
         if fired:
             self.updater.catch_up()
         return fired

@@ -201,7 +201,8 @@ class ServerService(Application[uuid.UUID]):
                  confirm_window: timedelta = timedelta(hours=24),
                  id_factory: Callable[[], uuid.UUID] = uuid.uuid4,
                  request_id_factory: Callable[[], str] = new_request_id,
-                 seed: int | None = None, offload_shelved: bool = True) -> None:
+                 seed: int | None = None,
+                 shelved_offload_time: timedelta | None = timedelta(0)) -> None:
         super().__init__(env=env)
         if not hosts:
             raise ValueError("at least one host is needed")
@@ -209,10 +210,13 @@ class ServerService(Application[uuid.UUID]):
         self.catalog = catalog or Catalog()
         self.hosts = tuple(hosts)
         self.confirm_window = confirm_window
-        #: a shelved server's guest is removed from the hypervisor as soon as the shelve
-        #: is done (Nova's default ``shelved_offload_time = 0``); else only on
-        #: ``shelveOffload``
-        self.offload_shelved = offload_shelved
+        #: when a shelved server's guest is removed from the hypervisor (Nova's
+        #: ``shelved_offload_time``): 0 (the default) as soon as the shelve is done, a
+        #: longer time by the timer once the server was left shelved that long, None
+        #: never (only ``shelveOffload`` does)
+        if shelved_offload_time is not None and shelved_offload_time < timedelta(0):
+            raise ValueError("the shelved offload time cannot be negative (None: never)")
+        self.shelved_offload_time = shelved_offload_time
         self.id_factory = id_factory
         self.request_id_factory = request_id_factory
         self._jitter = random.Random(seed)
@@ -686,25 +690,37 @@ class ServerService(Application[uuid.UUID]):
         return self._run(ctx, self._uuid(server_id), decide, idempotency_key=idempotency_key,
                          operation="shelve", payload={}, extras=extras, details=details)
 
-    def offload_after_shelve(self, server_id: str | uuid.UUID, request_id: str
-                             ) -> CommandResult:
-        """Offload a server the shelve ``request_id`` has just shelved (recorded by the
-        host agent as its own request, cause ``agent``); a no-op when offloading is off or
-        the server has moved on (unshelved, deleted, locked by nobody's business)."""
+    def offload_shelved(self, server_id: str | uuid.UUID, *, request_id: str | None = None
+                        ) -> CommandResult:
+        """Offload a shelved server's guest as the shelved offload time says.
+
+        ``request_id``: the shelve that has just completed (the host agent asks, cause
+        ``agent``; only with an offload time of 0). Without it: the timer asks (cause
+        ``timer``) for a server left shelved, unchanged, for the offload time. A no-op
+        when the server has moved on (unshelved, offloaded, deleted, shelved again)."""
+        cause = AGENT if request_id is not None else TIMER
         ctx = Context(request_id=self.request_id_factory(), user_id=None, project_id=None,
-                      cause=AGENT, is_admin=True)
-        if not self.offload_shelved:
+                      cause=cause, is_admin=True)
+        wait = self.shelved_offload_time
+        if wait is None or (request_id is not None and wait > timedelta(0)):
             return CommandResult(str(server_id), ctx.request_id, None, accepted=False)
 
+        def load(sid: uuid.UUID) -> Server:
+            return self.get(sid, include_deleted=True)
+
         def decide(server: Server | None) -> Server | None:
-            assert server is not None
-            if (server.vm_state != lc.SHELVED or server.task_state is not None
-                    or getattr(server, "shelved_request_id", None) != request_id):
+            assert server is not None and wait is not None
+            if server.vm_state != lc.SHELVED or server.task_state is not None:
+                return None
+            if request_id is not None:
+                if getattr(server, "shelved_request_id", None) != request_id:
+                    return None
+            elif server.modified_on + wait > self.clock.now():
                 return None
             server.request_action("shelve_offload", ctx, self.clock.now())
             return server
 
-        return self._run(ctx, self._uuid(server_id), decide)
+        return self._run(ctx, self._uuid(server_id), decide, load=load)
 
     _ACTIONS: ClassVar[dict[str, Callable[..., Callable[[Server | None], Server | None]]]] = {
         "reboot": _h_reboot,

@@ -303,6 +303,8 @@ class ServersView:
                       " (deleted, created_at, id, version)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (host, pending_action)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_shelved ON {t} (updated_at)"
+                      f" WHERE vm_state = '{lc.SHELVED}'"),
         ]
         for extension in self.extensions:
             own.extend(extension.create_statements(self._sql))
@@ -566,6 +568,16 @@ class ServersView:
             if deadline is not None:
                 out.append((r["id"], deadline))
         return out
+
+    def shelved_since(self, before: datetime, limit: int = 100) -> list[str]:
+        """Servers shelved (not offloaded), idle and unchanged since ``before``: the
+        timer's offload candidates, longest waiting first."""
+        # the state as a literal, so both databases can use the partial index
+        rows = self._query(
+            f"SELECT id FROM {{t}} WHERE vm_state = '{lc.SHELVED}' AND task_state IS NULL"
+            f" AND updated_at <= ? ORDER BY updated_at, id LIMIT {int(limit)}",
+            [_ts(before)])
+        return [r["id"] for r in rows]
 
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
