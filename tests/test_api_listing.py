@@ -397,11 +397,16 @@ def test_sorting_on_columns_equals_sorting_documents(
     "changes-since={t1}", "changes-before={t1}", "changes-since={t0}&changes-before={t1}",
     "status=ACTIVE&changes-since={t1}", "status=DELETED", "deleted=true&status=ACTIVE",
     "sort_key=display_name&status=ACTIVE", "sort_key=updated_at&changes-since={t1}",
+    "name=vm-[0-3]", "name=^vm-1$&status=ACTIVE", "name=vm&sort_key=display_name",
+    "name=(", "host=compute-1", "host=elsewhere", "node=comp", "vm_state=paused",
+    "task_state=rebooting", "uuid={made2}", "name=vm-&changes-since={t1}",
+    "all_tenants=1&project_id=p1&name=vm-5", "all_tenants=1&name=vm&deleted=true",
 ])
 def test_column_filters_equal_document_filters(client: ApiClient, engine: Engine,
                                                clock: FakeClock, query: str) -> None:
-    """Status and update-time filters answered from the view's columns select what the
-    documents select (a document filter that keeps everything takes the other path)."""
+    """Status, update-time, name, host, state, uuid and project filters answered from
+    the view's columns select what the documents select (a document filter that keeps
+    everything takes the other path)."""
     made = [create(client, engine, f"vm-{i}") for i in range(6)]
     t0 = stamp(clock)
     clock.advance(timedelta(seconds=2))
@@ -418,9 +423,29 @@ def test_column_filters_equal_document_filters(client: ApiClient, engine: Engine
     client.delete(f"/v2.1/p1/servers/{made[5]}")
     engine.run_until_idle()
     client.post(f"/v2.1/p1/servers/{made[4]}/action", json={"reboot": {"type": "SOFT"}})
-    q = query.format(t0=t0, t1=t1)
+    q = query.format(t0=t0, t1=t1, made2=made[2])
     by_columns = ids(client, q, "2.73")
     by_documents = ids(client, q + "&locked=false", "2.73")
     assert by_columns == by_documents
     limited = ids(client, q + "&limit=1", "2.73")
     assert limited == by_columns[:1]
+
+
+def test_name_and_host_filters_on_columns_on_both_backends(url: str) -> None:
+    """The column path of name/host filters (patterns applied to the column in Python,
+    exact values in SQL) selects, pages and limits as the document path, on SQLite and
+    PostgreSQL alike."""
+    with Engine(url, clock=FakeClock()) as engine:
+        client = ApiClient(create_app(engine))
+        made = [create(client, engine, name) for name in
+                ("web-1", "web-2", "db-1", "web-10", "Web-3", "cache")]
+        for query in ("name=web", "name=^web-1", "name=[", "host=compute-1",
+                      "host=compute-1&name=db", "name=web&limit=2", "host="):
+            by_columns = ids(client, query)
+            assert by_columns == ids(client, query + "&locked=false")
+            if "limit" not in query and query not in ("name=[", "host="):
+                assert by_columns, query
+        assert sorted(ids(client, "name=web")) == sorted(made[i] for i in (0, 1, 3))
+        first = ids(client, "name=web&limit=2")
+        rest = ids(client, f"name=web&marker={first[-1]}")
+        assert first + rest == ids(client, "name=web")

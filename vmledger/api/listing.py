@@ -166,6 +166,11 @@ _REGEX = {"name": "display_name", "display_name": "display_name",
           "launched_at": "launched_at", "terminated_at": "terminated_at",
           "created_at": "created_at"}
 _TIME_FIELDS = ("launched_at", "terminated_at", "created_at")
+#: fields the servers view keeps as columns (the same values as the documents'), by
+#: column: filters on them decode no document
+ROW_FIELDS = {"uuid": "id", "display_name": "name", "project_id": "project_id",
+              "vm_state": "vm_state", "task_state": "task_state", "host": "host",
+              "node": "host"}
 
 
 def _pattern(text: str) -> re.Pattern[str]:
@@ -215,16 +220,45 @@ class Search:
     since: datetime | None = None
     before: datetime | None = None
     empty: bool = False
+    #: filters that look inside documents
     checks: list[Callable[[Doc], bool]] = field(default_factory=list)
+    #: filters on fields the view keeps as columns (name, host, states, ids): answered
+    #: from the columns (:meth:`columns`), and by these checks on documents
+    column_checks: list[Callable[[Doc], bool]] = field(default_factory=list)
+    equal: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    patterns: list[tuple[str, re.Pattern[str]]] = field(default_factory=list)
 
     @property
     def needs_doc(self) -> bool:
-        """Whether :meth:`keep` must look inside documents (deleted, status and the
-        update times are columns of the view, filtered in SQL)."""
+        """Whether :meth:`keep` must look inside documents (deleted, status, the update
+        times, and the filters on names, hosts, states and ids are answered from the
+        view's columns)."""
         return bool(self.checks)
 
+    def exact(self, field_name: str, values: list[str]) -> None:
+        """Keep servers whose ``field_name`` (see :data:`FIELDS`), as text, is one of
+        ``values`` (Nova's exact-match filters)."""
+        column = self._add(field_name, _exact_check(field_name, values))
+        if column is not None:
+            self.equal.append((column, frozenset(values)))
+
+    def regex(self, field_name: str, text: str) -> None:
+        """Keep servers whose ``field_name`` as text the regular expression ``text``
+        finds something in (Nova's other filters)."""
+        pattern = _pattern(text)
+        column = self._add(field_name, _regex_check(field_name, pattern))
+        if column is not None:
+            self.patterns.append((column, pattern))
+
+    def _add(self, field_name: str, check: Callable[[Doc], bool]) -> str | None:
+        """Keep ``check``; the view's column for the field, if it has one."""
+        column = ROW_FIELDS.get(field_name)
+        (self.checks if column is None else self.column_checks).append(check)
+        return column
+
     def columns(self) -> ColumnFilter:
-        return ColumnFilter(states=self.status_pairs, since=self.since, before=self.before)
+        return ColumnFilter(states=self.status_pairs, since=self.since, before=self.before,
+                            equal=tuple(self.equal), patterns=tuple(self.patterns))
 
     def keep(self, doc: Doc) -> bool:
         is_deleted = doc.get("vm_state") == lc.DELETED
@@ -238,7 +272,8 @@ class Search:
             return False
         if self.before is not None and doc["updated_at"] > self.before:
             return False
-        return all(check(doc) for check in self.checks)
+        return (all(check(doc) for check in self.column_checks)
+                and all(check(doc) for check in self.checks))
 
 
 def _matches_status(doc: Doc, pairs: set[tuple[str, str | None]]) -> bool:
@@ -285,8 +320,7 @@ def _status(call: Call, options: dict[str, list[str]], search: Search) -> None:
     options.pop("task_state", None)
 
 
-def _regex_check(key: str, field_name: str, text: str) -> Callable[[Doc], bool]:
-    pattern = _pattern(text)
+def _regex_check(field_name: str, pattern: re.Pattern[str]) -> Callable[[Doc], bool]:
     getter = FIELDS[field_name]
     return lambda d: pattern.search(_as_text(getter(d))) is not None
 
@@ -335,7 +369,7 @@ def build_search(call: Call) -> Search:
     tenant = options.pop("tenant_id", None)
     project = options.pop("project_id", None) or tenant
     if search.all_tenants and project:
-        search.checks.append(_exact_check("project_id", project))
+        search.exact("project_id", project)
 
     locked = options.pop("locked", None)
     if locked is not None:
@@ -347,7 +381,7 @@ def build_search(call: Call) -> Search:
         flavor_id = flavor[-1]
         if not any(f.id == flavor_id for f in call.engine.service.catalog.flavors()):
             search.empty = True
-        search.checks.append(_exact_check("instance_type_id", [flavor_id]))
+        search.exact("instance_type_id", [flavor_id])
 
     for key, version in (("ip", 4), ("ip6", 6)):
         raw = options.pop(key, None)
@@ -358,9 +392,9 @@ def build_search(call: Call) -> Search:
     options.pop("soft_deleted", None)  # vmledger has no soft delete
     for key, values in options.items():
         if key in _EXACT:
-            search.checks.append(_exact_check(_EXACT[key], values))
+            search.exact(_EXACT[key], values)
         elif key in _REGEX:
-            search.checks.append(_regex_check(key, _REGEX[key], values[-1]))
+            search.regex(_REGEX[key], values[-1])
     return search
 
 

@@ -484,12 +484,28 @@ class ServersView:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [created, created, after]
         sql = "SELECT id, version, doc FROM {t}" if docs else "SELECT id, version FROM {t}"
+        patterns = columns.patterns if columns is not None else ()
+        if patterns:  # the page is what the patterns keep: no LIMIT in SQL
+            sql = "SELECT id, version{doc}{more} FROM {{t}}".format(
+                doc=", doc" if docs else "",
+                more="".join(f", {c} AS p_{c}" for c in dict.fromkeys(c for c, _ in patterns)))
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None:
+        if limit is not None and not patterns:
             sql += f" LIMIT {int(limit)}"
-        return self._stored(self._query(sql, params))
+        if not patterns:
+            return self._stored(self._query(sql, params))
+        assert columns is not None
+        kept: list[StoredServer] = []
+        for row in self._query(sql, params):
+            if all(pattern.search(row[f"p_{column}"] or "") is not None
+                   for column, pattern in patterns):
+                kept.append(StoredServer(row["id"], row["version"],
+                                         row["doc"] if docs else None))
+                if limit is not None and len(kept) >= limit:
+                    break
+        return kept
 
     def sort_columns(self, *, project_id: str | None = None, deleted: str = "exclude"
                      ) -> list[dict[str, Any]]:
@@ -583,15 +599,28 @@ class ServersView:
         return int(self._query("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
 
 
+#: the columns :class:`ColumnFilter` may compare (by name: they are written into SQL)
+FILTER_COLUMNS = frozenset({"id", "name", "project_id", "vm_state", "task_state", "host"})
+
+
 @dataclass(frozen=True)
 class ColumnFilter:
     """List filters the view answers from its columns: (vm_state, task_state) pairs (a
-    None task_state: any), and ``updated_at`` at or after ``since`` / at or before
-    ``before``."""
+    None task_state: any), ``updated_at`` at or after ``since`` / at or before
+    ``before``, columns whose text is one of some values (``equal``; a null column
+    reads as ``""``) and columns a regular expression finds something in
+    (``patterns``, applied in Python to that column only)."""
 
     states: set[tuple[str, str | None]] | frozenset[tuple[str, str | None]] | None = None
     since: datetime | None = None
     before: datetime | None = None
+    equal: tuple[tuple[str, frozenset[str]], ...] = ()
+    patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
+
+    def __post_init__(self) -> None:
+        for column, _ in (*self.equal, *self.patterns):
+            if column not in FILTER_COLUMNS:
+                raise ValueError(f"not a filterable column: {column!r}")
 
     def sql(self) -> tuple[list[str], list[Any]]:
         where: list[str] = []
@@ -612,7 +641,21 @@ class ColumnFilter:
         if self.before is not None:
             where.append("updated_at <= ?")
             params.append(_ts(self.before))
+        for column, values in self.equal:
+            tests = []
+            if values:
+                tests.append(f"{column} IN ({', '.join('?' for _ in values)})")
+                params += sorted(values)
+            if "" in values:
+                tests.append(f"{column} IS NULL")
+            where.append("(" + " OR ".join(tests or ["1 = 0"]) + ")")
         return where, params
+
+    def finds(self, row: Any) -> bool:
+        """Whether every pattern finds something in ``row`` (a mapping with the
+        pattern columns)."""
+        return all(pattern.search(row[column] or "") is not None
+                   for column, pattern in self.patterns)
 
     def keeps(self, row: dict[str, Any]) -> bool:
         """The same test on a row of :meth:`ServersView.sort_columns`."""
@@ -622,7 +665,11 @@ class ColumnFilter:
             return False
         if self.since is not None and row["updated_at"] < _ts(self.since):
             return False
-        return not (self.before is not None and row["updated_at"] > _ts(self.before))
+        if self.before is not None and row["updated_at"] > _ts(self.before):
+            return False
+        if not all((row[column] or "") in values for column, values in self.equal):
+            return False
+        return self.finds(row)
 
 
 class StoredServer:
