@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from vmledger.adapters.persistence import environment
 from vmledger.adapters.transcoding import FastJSONTranscoder
 from vmledger.domain.service import ServerService
+from vmledger.projections.servers import _stored, stored_ts
 
 
 def _pair() -> tuple[JSONTranscoder, FastJSONTranscoder]:
@@ -109,3 +110,12 @@ def test_the_engine_reads_its_log_with_it() -> None:
              "u": uuid.UUID(int=3), "t": timedelta(0).total_seconds()}
     assert service.mapper.transcoder.encode(state) == LIBRARY.encode(state)
     assert json.loads(LIBRARY.encode(state))["timestamp"]["_type_"] == "datetime_iso"
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(hours=-8))])))
+@settings(max_examples=300, deadline=None)
+def test_stored_times_index_as_their_datetimes(value: datetime) -> None:
+    """The text a stored time is indexed by (a cut of its ISO form when it is UTC) is
+    the text its datetime is indexed by."""
+    assert stored_ts(_stored(value)) == stored_ts(value)
