@@ -28,7 +28,7 @@ from tests.support.libvirtd import LIBVIRT_MISSING_REASON, node_uri
 
 libvirt = pytest.importorskip("libvirt", reason=LIBVIRT_MISSING_REASON, exc_type=ImportError)
 
-from vmledger import Engine, FakeClock  # noqa: E402
+from vmledger import Engine, FakeClock, NotFound  # noqa: E402
 from vmledger.adapters.hypervisor import (  # noqa: E402
     GuestSpec,
     Hypervisor,
@@ -365,18 +365,21 @@ def test_disks_follow_spawn_resize_rebuild_and_destroy(uri: str, tmp_path: Path,
         assert (info["backing-filename"], info["virtual-size"]) == (bases["image-b"],
                                                                     3 * 1024**3)
         assert macs(dom_of(driver, sid)) == mac
-        assert sorted(p.name for p in disk_dir.iterdir()) == [f"vmledger-{sid}.qcow2"]
+        console = f"vmledger-{sid}.console.log"  # the serial console's log stays
+        assert sorted(p.name for p in disk_dir.iterdir()) == [console, f"vmledger-{sid}.qcow2"]
 
         driver.rebuild(spec(sid, image="no-base-file"))  # diskless now: the overlay goes
         assert disk_files(dom_of(driver, sid)) == []
-        assert list(disk_dir.iterdir()) == []
+        assert [p.name for p in disk_dir.iterdir()] == [console]
 
         other = str(uuid.uuid4())
         driver.spawn(spec(other, image="image-b", disk_gb=1))
         assert image_info(str(disk_dir / f"vmledger-{other}.qcow2"))["virtual-size"] == (
             2 * 1024**3)  # the base is larger than the flavor's disk
-        assert driver.destroy(other)["removed"] == [str(disk_dir / f"vmledger-{other}.qcow2")]
-        assert list(disk_dir.iterdir()) == []
+        assert driver.destroy(other)["removed"] == [
+            str(disk_dir / f"vmledger-{other}.qcow2"),
+            str(disk_dir / f"vmledger-{other}.console.log")]
+        assert [p.name for p in disk_dir.iterdir()] == [console]
 
 
 @needs_qemu_img
@@ -593,6 +596,124 @@ def test_engine_records_a_guest_removed_behind_its_back(engine: Engine,
     observed = [e.details for e in engine.history(sid)
                 if e.event == "HypervisorCalled" and e.details["call"] == "observe"]
     assert observed[-1]["result"]["exists"] is False
+
+
+needs_qemu_io = pytest.mark.skipif(shutil.which("qemu-io") is None,
+                                   reason="qemu-io not found: apt-get install qemu-utils")
+
+
+def qemu_io(disk: Path, command: str) -> str:
+    done = subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(disk)],
+                          capture_output=True, text=True, check=True)
+    return done.stdout + done.stderr
+
+
+def calls_of(engine: Engine, server_id: str, request_id: str) -> list[str]:
+    return [e.details["call"] for e in engine.history(server_id)
+            if e.event == "HypervisorCalled" and e.request_id == request_id]
+
+
+@needs_qemu_img
+@needs_qemu_io
+def test_engine_shelves_the_disk_offloads_the_guest_and_unshelves_from_it(
+        uri: str, tmp_path: Path) -> None:
+    """Shelve: the guest is powered off, its disk flattened into the shelved image, and
+    (offloaded at once) the domain and its overlay removed. Unshelve: a new domain on an
+    overlay of the shelved image, with what the guest had written."""
+    disk_dir = tmp_path / "disks"
+    base = tmp_path / "cirros.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    with LibvirtDriver(uri, images={image_id_for(IMAGE): str(base)},
+                       disk_dir=str(disk_dir)) as driver, \
+            Engine("memory", clock=FakeClock(), hypervisor=driver) as engine:
+        sid = engine.create_server("web-1", flavor="m1.tiny", image=IMAGE).id
+        assert settled(engine, sid) == ("ACTIVE", None)
+        disk = disk_dir / f"vmledger-{sid}.qcow2"
+        assert disk_files(dom_of(driver, sid)) == [str(disk)]
+        qemu_io(disk, "write -P 0x5a 1M 64k")  # what the guest wrote
+
+        shelve = engine.shelve(sid)
+        image_id = shelve.details["image_id"]
+        assert settled(engine, sid) == ("SHELVED_OFFLOADED", None)
+        assert engine.get_server(sid).power_state == PowerState.NOSTATE
+        assert driver.observe(sid).exists is False
+        assert driver.connection().listAllDomains() == []
+        saved = disk_dir / f"image-{image_id}.qcow2"
+        assert sorted(p.name for p in disk_dir.iterdir()) == [saved.name]  # overlay gone
+        assert "backing-filename" not in image_info(str(saved))  # standalone
+        image = engine.get_image(image_id)
+        assert (image["name"], image["status"], image["size"]) == (
+            "web-1-shelved", "active", saved.stat().st_size)
+        assert calls_of(engine, sid, shelve.request_id) == [
+            "observe", "power_off", "observe", "snapshot"]
+        [offload] = [e.request_id for e in engine.history(sid) if e.event == "ActionRequested"
+                     and e.details.get("action") == "shelve_offload"]
+        assert calls_of(engine, sid, offload) == ["observe", "destroy"]
+
+        unshelve = engine.unshelve(sid)
+        assert settled(engine, sid) == ("ACTIVE", None)
+        assert calls_of(engine, sid, unshelve.request_id) == ["observe", "spawn"]
+        dom = dom_of(driver, sid)
+        assert (dom.name(), dom.UUIDString()) == (f"vmledger-{sid}", sid)
+        assert_power(driver, sid, RUNNING)
+        assert dom.info()[1:4] == [512 * 1024, 512 * 1024, 1]  # m1.tiny again
+        assert disk_files(dom) == [str(disk)]
+        info = image_info(str(disk))
+        assert (info["backing-filename"], info["virtual-size"]) == (str(saved), 1024**3)
+        assert "Pattern verification failed" not in qemu_io(disk, "read -P 0x5a 1M 64k")
+        s = engine.get_server(sid)
+        assert (s.image["id"], s.flavor["name"]) == (image_id_for(IMAGE), "m1.tiny")
+        with pytest.raises(NotFound):  # the shelved image is deleted once it runs again
+            engine.get_image(image_id)
+        assert saved.exists()  # but its file stays: it backs the guest's disk
+
+        engine.delete(sid)
+        engine.run_until_idle()
+        assert driver.connection().listAllDomains() == []
+        assert sorted(p.name for p in disk_dir.iterdir()) == [saved.name]
+
+
+@pytest.mark.parametrize(("first", "kept", "unshelved_by"), [
+    (None, SHUTDOWN, "power_on"),
+    ("pause", SHUTDOWN, "power_on"),  # a paused guest cannot hear ACPI: destroyed
+    ("stop", SHUTDOWN, "power_on"),
+    ("suspend", SUSPENDED, "resume"),  # its saved memory is kept, and restored
+])
+def test_engine_keeps_a_shelved_guest_until_shelve_offload(
+        driver: LibvirtDriver, first: str | None, kept: PowerState, unshelved_by: str
+        ) -> None:
+    with Engine("memory", clock=FakeClock(), hypervisor=driver,
+                shelved_offload_time=None) as engine:
+        sid = engine.create_server("web-1", flavor="m1.small", image=IMAGE).id
+        engine.run_until_idle()
+        if first is not None:
+            engine.act(sid, first)
+            engine.run_until_idle()
+        mac = macs(dom_of(driver, sid))
+        engine.shelve(sid)
+        assert settled(engine, sid) == ("SHELVED", None)
+        assert engine.get_server(sid).power_state == kept
+        assert_power(driver, sid, kept)  # still defined on the host
+
+        unshelve = engine.unshelve(sid)
+        assert settled(engine, sid) == ("ACTIVE", None)
+        assert calls_of(engine, sid, unshelve.request_id) == ["observe", unshelved_by]
+        assert_power(driver, sid, RUNNING)
+        dom = dom_of(driver, sid)
+        assert dom.UUIDString() == sid and macs(dom) == mac  # the same guest
+        assert engine.get_server(sid).power_state == RUNNING
+
+        engine.shelve(sid)
+        assert settled(engine, sid) == ("SHELVED", None)
+        offload = engine.shelve_offload(sid)
+        assert settled(engine, sid) == ("SHELVED_OFFLOADED", None)
+        assert calls_of(engine, sid, offload.request_id) == ["observe", "destroy"]
+        assert driver.observe(sid).exists is False
+        assert driver.connection().listAllDomains() == []
+        engine.unshelve(sid)
+        assert settled(engine, sid) == ("ACTIVE", None)
+        assert_power(driver, sid, RUNNING)
+        assert dom_of(driver, sid).info()[1:4] == [2048 * 1024, 2048 * 1024, 1]
 
 
 def test_the_example_in_docs_runs(tmp_path: Path) -> None:

@@ -208,8 +208,9 @@ def test_rebuild_and_destroy_on_a_real_guest(guests: Guests, tmp_path: Path,
     d.suspend(sid)
     save = Path(f"/var/lib/libvirt/qemu/save/vmledger-{sid}.save")
     assert save.exists()
-    assert d.destroy(sid) == {"destroyed": True, "removed": [disk]}
-    assert not save.exists() and not Path(disk).exists()
+    console = str(tmp_path / "disks" / f"vmledger-{sid}.console.log")
+    assert d.destroy(sid) == {"destroyed": True, "removed": [disk, console]}
+    assert not save.exists() and not Path(disk).exists() and not Path(console).exists()
     with pytest.raises(libvirt.libvirtError):
         d.connection().lookupByUUIDString(sid)
 
@@ -235,6 +236,8 @@ def test_soft_reboot_and_graceful_stop_of_an_acpi_guest(guests: Guests, acpi_gue
     d.power_on(sid)
     console.wait_for(READY_MARKER, times=3)
     assert guests.state(sid)[0] == R
+    # os-getConsoleOutput reads what the guest wrote to its serial console, all 3 boots
+    assert d.console_output(sid).count(READY_MARKER) == 3
 
 
 def test_engine_on_real_qemu(guests: Guests) -> None:
@@ -368,3 +371,51 @@ def test_custom_image_carries_the_disk_content(guests: Guests, tmp_path: Path,
         calls = [e.details["call"] for e in engine.history(sid)
                  if e.event == "HypervisorCalled"]
         assert "snapshot" in calls
+
+
+def test_shelve_and_unshelve_carry_the_disk_content(guests: Guests, tmp_path: Path) -> None:
+    """shelve on real QEMU: the running guest is powered off, its disk saved as the
+    shelved image and (offloaded at once) the domain and its overlay removed; unshelve
+    boots a new domain on that image, with a marker written before the shelve."""
+    d = guests.driver
+    disks = tmp_path / "disks"
+    with Engine("memory", clock=FakeClock(), hypervisor=d) as engine:
+        sid = engine.create_server("shelf", flavor="m1.tiny", image=CIRROS).id
+        guests.ids.append(sid)
+        engine.run_until_idle()
+        engine.stop(sid)  # qemu-io cannot open the disk of a running guest
+        engine.run_until_idle()
+        disk = disks / f"vmledger-{sid}.qcow2"
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 64k", str(disk)],
+                       check=True, capture_output=True)
+        engine.start(sid)
+        engine.run_until_idle()
+        assert guests.state(sid)[0] == R
+
+        shelve = engine.shelve(sid)
+        image_id = shelve.details["image_id"]
+        engine.run_until_idle()
+        assert engine.get_server(sid).status == "SHELVED_OFFLOADED"
+        assert d.observe(sid).exists is False
+        with pytest.raises(libvirt.libvirtError):
+            d.connection().lookupByUUIDString(sid)
+        assert not disk.exists()
+        saved = disks / f"image-{image_id}.qcow2"
+        assert engine.get_image(image_id)["status"] == "active" and saved.is_file()
+        power_off = [e.details for e in engine.history(sid) if e.event == "HypervisorCalled"
+                     and e.request_id == shelve.request_id
+                     and e.details["call"] == "power_off"]
+        # no OS to answer ACPI: destroyed once acpi_timeout (1 s) has passed
+        assert [c["result"]["method"] for c in power_off] == ["destroy"]
+
+        engine.unshelve(sid)
+        engine.run_until_idle()
+        assert engine.get_server(sid).status == "ACTIVE" and guests.state(sid)[0] == R
+        assert backing_of(str(disk)) == str(saved)
+        engine.stop(sid)
+        engine.run_until_idle()
+        check = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "read -P 0x5a 1M 64k",
+                                str(disk)], capture_output=True, text=True, check=True)
+        assert "Pattern verification failed" not in check.stdout + check.stderr
+        calls = [e.details for e in engine.history(sid) if e.event == "HypervisorCalled"]
+        assert [c for c in calls if c["error"]] == []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vmledger.adapters.agent import HostAgent
-from vmledger.adapters.hypervisor import Hypervisor
+from vmledger.adapters.hypervisor import Hypervisor, HypervisorError
 from vmledger.adapters.persistence import DEFAULT_URL, environment, servers_view
 from vmledger.adapters.simulator import Simulator
 from vmledger.adapters.timer import Timer
@@ -33,7 +34,7 @@ from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import Catalog
 from vmledger.domain.clock import Clock, SystemClock
-from vmledger.domain.errors import Forbidden, NotFound, ServerNotFound
+from vmledger.domain.errors import Conflict, Forbidden, InvalidState, NotFound, ServerNotFound
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import (
     CommandResult,
@@ -50,6 +51,9 @@ from vmledger.projections.runner import ViewUpdater
 from vmledger.projections.servers import ColumnFilter, StoredServer
 
 log = logging.getLogger(__name__)
+
+#: what Nova removes from console output (control characters but tab and newline)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")
 
 
 @dataclass(frozen=True)
@@ -392,6 +396,38 @@ class Engine:
             result.details.get("created"))
 
     # --- queries --------------------------------------------------------------------------
+    def console_output(self, server_id: str, *, length: int | None = None,
+                       ctx: Context | None = None) -> str:
+        """What the server's guest wrote to its serial console (Nova's
+        ``os-getConsoleOutput``): with ``length``, its last lines as Nova cuts them
+        (the text split at newlines, the last ``length`` pieces joined; 0: nothing;
+        -1 or None: all). Control characters but tab and newline are removed.
+
+        A server not on a host (scheduling, offloaded) or on another engine's host is
+        409 ``Instance <id> is not ready``; one being deleted 409; a guest without a
+        console log 404 (``Guest does not have a console available.``)."""
+        doc = self._visible(server_id, ctx, include_deleted=False)
+        sid = str(doc["id"])
+        if doc.get("task_state") == lc.DELETING:
+            raise InvalidState("get_console_output", sid, "task_state", lc.DELETING)
+        placed = doc.get("host") and not (
+            doc.get("vm_state") == lc.SHELVED_OFFLOADED
+            or (doc.get("vm_state") == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING))
+        if not placed or doc.get("host") != self.host:
+            raise Conflict(f"Instance {sid} is not ready")
+        try:
+            text = self.hypervisor.console_output(sid)
+        except HypervisorError as e:
+            if e.code == 404:
+                raise NotFound(e.message) from None
+            raise Conflict(e.message) from None
+        text = _CONTROL.sub("", text)
+        if length is None or length == -1:
+            return text
+        if length == 0:
+            return ""
+        return "\n".join(text.split("\n")[-length:])
+
     def get_server(self, server_id: str, *, ctx: Context | None = None) -> ServerInfo:
         """A server from the view; another project's or a deleted one is not found."""
         return ServerInfo.from_doc(self._visible(server_id, ctx, include_deleted=False))

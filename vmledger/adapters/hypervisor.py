@@ -81,6 +81,9 @@ class HypervisorError(Exception):
 
 Result = Mapping[str, Any]
 
+#: Nova's message when a guest has no console to read
+NO_CONSOLE = "Guest does not have a console available."
+
 
 @runtime_checkable
 class Hypervisor(Protocol):
@@ -124,4 +127,10 @@ class Hypervisor(Protocol):
 
         Answers at least ``{"size": bytes}``; a paused or stopped guest keeps its state.
         """
+        ...
+
+    def console_output(self, server_id: str) -> str:
+        """What the guest wrote to its serial console since it was defined (reading
+        changes nothing). A guest without a console log raises
+        :class:`HypervisorError` with code 404."""
         ...

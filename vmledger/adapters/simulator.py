@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vmledger.adapters.hypervisor import (
+    NO_CONSOLE,
     GuestSpec,
     HypervisorError,
     Observation,
@@ -76,7 +77,7 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
     }
 )
 #: every operation of the port
-OPERATIONS: frozenset[str] = MUTATING_OPERATIONS | {"observe"}
+OPERATIONS: frozenset[str] = MUTATING_OPERATIONS | {"observe", "console_output"}
 
 _STATE_VERSION = 1
 
@@ -135,6 +136,23 @@ class _OldDefinition:
             disk_gb=int(data["disk_gb"]),
             power_state=PowerState(int(data["power_state"])),
         )
+
+
+def _console_text(guest: _Guest) -> str:
+    lines: list[str] = []
+    for boot in range(1, guest.boot_count + 1):
+        lines += [
+            f"[    0.000000] Linux version 6.1.0-vmledger (simulated guest) #{boot}",
+            "[    0.000000] Command line: console=ttyS0 root=/dev/vda1 ro",
+            f"[    0.000000] Memory: {guest.ram_mb * 1024}K, {guest.vcpus} CPU(s)",
+            f"[    1.204512] vda: {guest.disk_gb} GiB, image {guest.image_id}"
+            f" (generation {guest.generation})",
+            "[    2.418090] Run /sbin/init as init process",
+            f"{guest.name} login: ",
+        ]
+    if guest.boot_count and guest.power_state == PowerState.SHUTDOWN:
+        lines.append("[   42.000000] reboot: Power down")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 @dataclass
@@ -346,6 +364,17 @@ class Simulator:
                     "generation": guest.generation,
                 },
             )
+
+    def console_output(self, server_id: str) -> str:
+        """A boot log per boot of the guest (deterministic: the same history gives the
+        same text), and the power-down line of a guest that is off."""
+        self._enter("console_output")
+        with self._lock:
+            self.calls.append(("console_output", server_id))
+            guest = self._guests.get(server_id)
+            if guest is None:
+                raise HypervisorError(NO_CONSOLE, code=404)
+            return _console_text(guest)
 
     def spawn(self, spec: GuestSpec) -> Result:
         """Define and start the guest; a running guest is left alone."""

@@ -8,6 +8,7 @@ messages. Engine calls block, so they run in the thread pool.
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from collections.abc import Callable
@@ -385,6 +386,8 @@ class _Action:
     admin_pass: str | None = None
     rebuild: bool = False
     create_image: bool = False
+    #: a read: the answer is the body (``os-getConsoleOutput``)
+    console: bool = False
 
 
 _REBOOT_TYPES = ["HARD", "Hard", "hard", "SOFT", "Soft", "soft"]
@@ -483,6 +486,35 @@ def _parse_unshelve(call: Call, value: Any) -> _Action:
     return _Action("unshelve", params)
 
 
+_LENGTH = re.compile(r"^-?[0-9]+$")
+
+
+def _parse_console_output(call: Call, value: Any) -> _Action:
+    """``{"os-getConsoleOutput": {"length": lines}}``: ``length`` an integer of at least
+    -1, as a number or a string of digits, or null (everything); nothing else."""
+    body = val.require_object(value, "os-getConsoleOutput")
+    val.no_other_keys(body, "os-getConsoleOutput", ["length"])
+    length = body.get("length")
+    if length is None:
+        return _Action("console_output", {}, console=True)
+    if isinstance(length, bool) or not isinstance(length, int | str):
+        raise val.invalid_field("length", length,
+                                f"{length!r} is not of type 'integer', 'string', 'null'")
+    if isinstance(length, str):
+        if not _LENGTH.match(length):
+            raise val.invalid_field("length", length,
+                                    f"{length!r} does not match '^-?[0-9]+$'")
+        length = int(length)
+    if length < -1:
+        raise val.invalid_field("length", length, f"{length} is less than the minimum of -1")
+    return _Action("console_output", {"length": length}, console=True)
+
+
+def _console_output(call: Call, server_id: str, params: dict[str, Any]) -> str:
+    owned_server(call.engine, call.principal.project_id, server_id)
+    return call.engine.console_output(server_id, ctx=call.context(), **params)
+
+
 def _parse_reset_state(call: Call, value: Any) -> _Action:
     reset = val.require_object(value, "os-resetState")
     val.require_keys(reset, "os-resetState", ["state"])
@@ -550,6 +582,7 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "shelve": _simple("shelve"),
     "shelveOffload": _simple("shelve_offload"),
     "unshelve": _parse_unshelve,
+    "os-getConsoleOutput": _parse_console_output,
 }
 
 
@@ -567,6 +600,9 @@ async def server_action(call: Call) -> Response:
         info = await call.run(_rebuild, call, server_id, action.params)
         body = {"server": rebuild_view(info.doc, call.viewer, action.admin_pass)}
         return JSONResponse(body, status_code=202, headers=_location(call, server_id))
+    if action.console:
+        output = await call.run(_console_output, call, server_id, action.params)
+        return JSONResponse({"output": output}, status_code=200)
     if action.create_image:
         image_id = await call.run(_create_image, call, server_id, action.params)
         if call.at_least(2, 45):

@@ -37,6 +37,36 @@ def overlay_path(disk_dir: str, server_id: str) -> str:
     return os.path.join(os.path.abspath(disk_dir), f"vmledger-{server_id}.qcow2")
 
 
+def console_path(disk_dir: str, server_id: str) -> str:
+    """Where a guest's serial console is written (QEMU appends to it)."""
+    return os.path.join(os.path.abspath(disk_dir), f"vmledger-{server_id}.console.log")
+
+
+def console_log(disk_dir: str, server_id: str) -> str:
+    """:func:`console_path`, created empty if it is not there (libvirt opens it for
+    QEMU and refuses to start a guest whose log file or folder is missing)."""
+    path = console_path(disk_dir, server_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "ab"):
+        pass
+    return path
+
+
+def tail(path: str, limit: int) -> str:
+    """The last ``limit`` bytes of a text file (whole lines: a cut first line is
+    dropped), decoded leniently; ``""`` for a file not written yet."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    if size > limit:
+        data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+    return data.decode("utf-8", errors="replace")
+
+
 def snapshot_path(disk_dir: str, image_id: str) -> str:
     """Where a snapshot taken on this host is kept; it is also the base of that image."""
     return os.path.join(os.path.abspath(disk_dir), f"image-{image_id}.qcow2")

@@ -29,6 +29,7 @@ __all__ = [
     "NAMESPACE",
     "PREFIX",
     "Instance",
+    "console_log",
     "disk_source",
     "domain_name",
     "domain_xml",
@@ -158,8 +159,9 @@ def _disk_element(path: str) -> ET.Element:
 
 
 def domain_xml(spec: GuestSpec, *, domain_type: str, disk: str | None,
-               network: str | None) -> str:
-    """A new definition: a small x86_64 ``pc`` machine, no graphics, one NIC."""
+               network: str | None, console: str | None = None) -> str:
+    """A new definition: a small x86_64 ``pc`` machine, no graphics, one NIC, and with
+    ``console`` a serial console QEMU appends to that file."""
     root = ET.Element("domain", type=domain_type)
     ET.SubElement(root, "name").text = domain_name(spec.server_id)
     ET.SubElement(root, "uuid").text = spec.server_id
@@ -185,9 +187,22 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, disk: str | None,
         ET.SubElement(nic, "source", network=network)
     ET.SubElement(nic, "model", type="virtio")
     ET.SubElement(nic, "rom", enabled="no")  # no PXE attempt by a guest without a disk
+    if console is not None:
+        serial = ET.SubElement(devices, "serial", type="file")
+        ET.SubElement(serial, "source", path=console, append="on")
+        ET.SubElement(serial, "target", port="0")
     ET.SubElement(devices, "controller", type="usb", model="none")
     ET.SubElement(devices, "memballoon", model="virtio")
     return ET.tostring(root, encoding="unicode")
+
+
+def console_log(xml: str) -> str | None:
+    """The file the first file-backed serial port of a definition writes to, if any."""
+    for serial in ET.fromstring(xml).findall("devices/serial"):
+        source = serial.find("source")
+        if serial.get("type") == "file" and source is not None and source.get("path"):
+            return source.get("path")
+    return None
 
 
 def disk_source(xml: str) -> str | None:

@@ -24,6 +24,7 @@ from typing import Any
 import libvirt
 
 from vmledger.adapters.hypervisor import (
+    NO_CONSOLE,
     GuestSpec,
     HypervisorError,
     Observation,
@@ -35,6 +36,7 @@ from vmledger.adapters.libvirt.connection import Connection, LibvirtUnavailable,
 from vmledger.adapters.libvirt.domain_xml import (
     NAMESPACE,
     Instance,
+    console_log,
     disk_source,
     domain_name,
     domain_xml,
@@ -322,8 +324,10 @@ class LibvirtDriver:
             if overlay is not None:
                 disks.create_overlay(*overlay, spec.disk_gb)
             try:
+                console = (None if self.disk_dir is None
+                           else disks.console_log(self.disk_dir, spec.server_id))
                 dom = conn.defineXML(domain_xml(spec, domain_type=self.domain_type, disk=disk,
-                                                network=self.network))
+                                                network=self.network, console=console))
                 try:
                     dom.create()
                 except libvirt.libvirtError:
@@ -604,6 +608,21 @@ class LibvirtDriver:
 
         return self._act(server_id, body)
 
+    #: at most this much of a console log is read (Nova's libvirt driver: 100 KiB)
+    CONSOLE_BYTES = 100 * 1024
+
+    def console_output(self, server_id: str) -> str:
+        """The end of the file the guest's serial console writes to (guests spawned
+        with a ``disk_dir`` have one; others: no console, 404)."""
+
+        def body(conn: Any, do: _Progress) -> Result:
+            path = console_log(self._require(conn, server_id).XMLDesc(0))
+            if path is None:
+                raise HypervisorError(NO_CONSOLE, rollback=True, code=404)
+            return {"output": disks.tail(path, self.CONSOLE_BYTES)}
+
+        return str(self._act(server_id, body)["output"])
+
     def destroy(self, server_id: str) -> Result:
         """Stop and undefine the guest (saved memory image, snapshot metadata and NVRAM
         included) and delete its disk; nothing to do if it does not exist."""
@@ -611,7 +630,9 @@ class LibvirtDriver:
         def body(conn: Any, do: _Progress) -> Result:
             dom = self._lookup(conn, server_id)
             disk = self._disk_path(server_id)
-            files = (disk, disk + ".new") if disk is not None else ()
+            files: tuple[str, ...] = ()
+            if disk is not None and self.disk_dir is not None:
+                files = (disk, disk + ".new", disks.console_path(self.disk_dir, server_id))
             if dom is None:
                 return {"already": True, "removed": disks.remove(*files)}
             if dom.isActive():
