@@ -137,6 +137,40 @@ def test_lifecycle_without_keystone(vmledger_server: RunningServer, tmp_path: Pa
     assert sid not in {s["ID"] for s in osc("server", "list", output=True)}
 
 
+def test_shelve_and_unshelve(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME, "--nic", "none",
+        "shelf-vm", output=True)
+    zone = wait_for(osc, "shelf-vm", "ACTIVE")["OS-EXT-AZ:availability_zone"]
+
+    osc("server", "shelve", "shelf-vm")
+    shown = wait_for(osc, "shelf-vm", "SHELVED_OFFLOADED")  # offloaded at once, as Nova
+    assert shown["OS-EXT-STS:vm_state"] == "shelved_offloaded"
+    assert shown["OS-EXT-SRV-ATTR:host"] is None and shown["hostId"] == ""
+    listed = osc("server", "list", output=True)
+    assert [s["Status"] for s in listed if s["Name"] == "shelf-vm"] == ["SHELVED_OFFLOADED"]
+    osc("server", "unshelve", "shelf-vm")
+    shown = wait_for(osc, "shelf-vm", "ACTIVE")
+    assert shown["OS-EXT-SRV-ATTR:host"] == "compute-1"
+
+    # 2.77: back into a named availability zone
+    osc("server", "shelve", "shelf-vm")
+    wait_for(osc, "shelf-vm", "SHELVED_OFFLOADED")
+    refused = osc("--os-compute-api-version", "2.77", "server", "unshelve",
+                  "--availability-zone", "nowhere", "shelf-vm", check=False)
+    assert refused.returncode != 0
+    assert "availability zone is not available" in refused.stderr
+    assert osc("server", "show", "shelf-vm", output=True)["status"] == "SHELVED_OFFLOADED"
+    osc("--os-compute-api-version", "2.77", "server", "unshelve", "--availability-zone",
+        zone, "shelf-vm")
+    assert wait_for(osc, "shelf-vm", "ACTIVE")["OS-EXT-AZ:availability_zone"] == zone
+
+    events = osc("server", "event", "list", "shelf-vm", output=True)
+    assert [e["Action"] for e in events] == [
+        "unshelve", "shelve", "unshelve", "shelve", "create"]
+    osc("server", "delete", "shelf-vm")
+
+
 def test_keystone_password_login(vmledger_keystone_server: RunningServer, tmp_path: Path
                                  ) -> None:
     osc = make_osc(tmp_path, "vmledger-keystone", clouds_yaml(None, vmledger_keystone_server))

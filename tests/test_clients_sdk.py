@@ -4,6 +4,7 @@ path. See docs/api.md for pointing the SDK at vmledger."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Iterator
@@ -148,6 +149,107 @@ def test_lifecycle(conn: Connection) -> None:
     c.wait_for_delete(doomed, interval=0.05, wait=WAIT)
     with pytest.raises(sdk_exc.NotFoundException):
         c.get_server(sid)
+
+
+def test_shelve_and_unshelve(conn: Connection, vmledger_server: RunningServer) -> None:
+    """Shelve (offloaded at once, as Nova's default), the shelved image in the image
+    service, unshelve, and the instance actions."""
+    c = conn.compute
+    sid = c.create_server(name="sdk-shelf", flavor_id="1", image_id=IMAGE,
+                          networks="none").id
+    active = settle(conn, sid, "ACTIVE")
+    assert active.compute_host == "compute-1"
+
+    c.shelve_server(sid)
+    shelved = settle(conn, sid, "SHELVED_OFFLOADED")
+    assert (shelved.vm_state, shelved.compute_host, shelved.host_id) == (
+        "shelved_offloaded", None, "")  # no guest, so no host
+    with pytest.raises(sdk_exc.ConflictException, match="shelveOffload"):
+        c.shelve_offload_server(sid)  # already offloaded
+    with pytest.raises(sdk_exc.ConflictException):
+        c.start_server(sid)
+
+    images = connect(vmledger_server, image_endpoint_override=vmledger_server.image)
+    try:
+        [image] = [i for i in images.image.images() if i.name == "sdk-shelf-shelved"]
+        assert (image.status, image["instance_uuid"]) == ("active", sid)
+
+        c.unshelve_server(sid)
+        server = settle(conn, sid, "ACTIVE")
+        assert (server.compute_host, server.image.id) == ("compute-1", IMAGE)
+        assert server.host_id == active.host_id
+        # the shelved image is deleted once the server runs again (as Nova does)
+        assert images.image.find_image(image.id) is None
+    finally:
+        images.close()
+
+    # the offload is part of the shelve action (as Nova with shelved_offload_time = 0)
+    actions = list(c.server_actions(sid))
+    assert [a.action for a in actions] == ["unshelve", "shelve", "create"]
+    shelve = c.get_server_action(actions[1].request_id, sid)
+    assert [(e.event, e.result) for e in shelve.events] == [
+        ("compute_shelve_instance", "Success")]
+    c.delete_server(sid)
+
+
+@contextlib.contextmanager
+def active_server_of(tmp_path: Path, args: list[str], name: str
+                     ) -> Iterator[tuple[RunningServer, Connection, str]]:
+    """A ``vmledger serve`` started with ``args``, a connection to it and an ACTIVE
+    server ``name`` on it."""
+    with running_server(tmp_path, args) as server:
+        conn = connect(server)
+        sid = conn.compute.create_server(name=name, flavor_id="1", image_id=IMAGE,
+                                         networks="none").id
+        settle(conn, sid, "ACTIVE")
+        yield server, conn, sid
+
+
+def test_shelve_offload_when_the_server_does_not_offload(tmp_path: Path) -> None:
+    """``--shelved-offload-time -1``: the server stays SHELVED (on its host) until
+    shelveOffload; a kept server is unshelved in place."""
+    with active_server_of(tmp_path, ["--shelved-offload-time", "-1"], "sdk-kept") as (
+            server, conn, sid):
+        try:
+            c = conn.compute
+            c.shelve_server(sid)
+            kept = settle(conn, sid, "SHELVED")
+            assert (kept.vm_state, kept.compute_host) == ("shelved", "compute-1")
+            c.unshelve_server(sid)
+            settle(conn, sid, "ACTIVE")
+
+            c.shelve_server(sid)
+            settle(conn, sid, "SHELVED")
+            c.shelve_offload_server(sid)
+            offloaded = settle(conn, sid, "SHELVED_OFFLOADED")
+            assert (offloaded.compute_host, offloaded.host_id) == (None, "")
+            c.unshelve_server(sid)
+            assert settle(conn, sid, "ACTIVE").compute_host == "compute-1"
+            offload = [a for a in c.server_actions(sid) if a.action == "shelveOffload"]
+            assert [(a.user_id, a.project_id) for a in offload] == [("admin", "admin")]
+        finally:
+            conn.close()
+        assert server.server_errors() == []
+
+
+def test_shelved_servers_are_offloaded_after_the_offload_time(tmp_path: Path) -> None:
+    """``--shelved-offload-time 1``: SHELVED (still on its host) for a second, then the
+    timer offloads it."""
+    with active_server_of(tmp_path, ["--shelved-offload-time", "1"], "sdk-later") as (
+            server, conn, sid):
+        try:
+            c = conn.compute
+            c.shelve_server(sid)
+            shelved_at = time.monotonic()
+            assert settle(conn, sid, "SHELVED").compute_host == "compute-1"
+            offloaded = settle(conn, sid, "SHELVED_OFFLOADED")
+            assert time.monotonic() - shelved_at >= 1.0
+            assert offloaded.compute_host is None
+            assert [a.action for a in c.server_actions(sid)] == [
+                "shelveOffload", "shelve", "create"]
+        finally:
+            conn.close()
+        assert server.server_errors() == []
 
 
 def test_conflicts_are_409_never_500(conn: Connection) -> None:

@@ -11,7 +11,10 @@ They are driven through a fixed-token ``AuthProvider`` (no Keystone) against
   vmledger's own boundaries), up to the advertised maximum;
 - a shorter lifecycle as a non-administrator at the same microversions;
 - the read calls (show, list, detail, flavors, instance actions) at *every* microversion
-  from 2.1 to the maximum, for both roles.
+  from 2.1 to the maximum, for both roles;
+- shelve and unshelve as the owner at the same microversions (2.77 and 2.91 change the
+  unshelve body), an administrator's host view, and shelveOffload against a server
+  started with ``--shelved-offload-time -1``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tests.support.server import (
     RunningServer,
     client_skip_reason,
     clients_marks,
+    running_server,
     vmledger_keystone_server,
     vmledger_token_server,
 )
@@ -60,7 +64,8 @@ __all__ = ["vmledger_keystone_server", "vmledger_token_server"]  # fixtures used
 WAIT = 30.0
 #: microversions where vmledger's own shapes or rules change (besides tempest's ranges)
 VMLEDGER_BOUNDARIES = ("2.10", "2.21", "2.35", "2.36", "2.37", "2.38", "2.55", "2.58", "2.61",
-                       "2.62", "2.66", "2.74", "2.75", "2.84", "2.90", "2.92", "2.96")
+                       "2.62", "2.66", "2.74", "2.75", "2.77", "2.84", "2.90", "2.91", "2.92",
+                       "2.96")
 
 
 class FixedTokenAuthProvider(auth.AuthProvider):  # type: ignore[misc]
@@ -453,3 +458,136 @@ def test_server_tags_and_ips(member: Clients, microversion: str) -> None:
         assert servers.list_tags(server_id)["tags"] == []
     servers.delete_server(server_id)
     wait_gone(member, server_id)
+
+
+@pytest.mark.parametrize("microversion", SWEEP, indirect=True)
+def test_shelve_and_unshelve(member: Clients, microversion: str) -> None:
+    """The owner shelves (offloaded at once, as Nova's default ``shelved_offload_time =
+    0``, so tempest's ``shelve_server`` helper would wait for SHELVED_OFFLOADED) and
+    unshelves: every response, and every read of the shelved server, validated against
+    tempest's schema of that microversion."""
+    v = microversion
+    s = member.servers
+    name = f"tempest-shelve-{v}"
+    sid, _ = create(member, v, name)
+    zone = wait_for(member, sid, "ACTIVE")["OS-EXT-AZ:availability_zone"]
+    shelve = s.shelve_server(sid)
+    assert shelve.response.status == 202
+    shown = wait_for(member, sid, "SHELVED_OFFLOADED")
+    assert (shown["OS-EXT-STS:vm_state"], shown["hostId"]) == ("shelved_offloaded", "")
+    assert {sid: "SHELVED_OFFLOADED"} == {
+        x["id"]: x["status"] for x in s.list_servers(detail=True, name=f"^{name}$")["servers"]}
+    assert sid in {x["id"] for x in s.list_servers()["servers"]}
+    # (the instance actions are not listed here: see the test after this one)
+    if not at_least(v, "2.36"):  # the compute image proxy shows the shelved image
+        images = {i["name"]: i for i in member.images.list_images(detail=True)["images"]}
+        shelved = images[f"{name}-shelved"]
+        assert (shelved["status"], shelved["server"]["id"]) == ("ACTIVE", sid)
+    with pytest.raises(lib_exc.Conflict):
+        s.start_server(sid)
+    with pytest.raises(lib_exc.Conflict):
+        s.shelve_server(sid)
+    if at_least(v, "2.91"):
+        with pytest.raises(lib_exc.Forbidden):  # a host: administrators only
+            s.unshelve_server(sid, host="compute-1")
+    if at_least(v, "2.77"):
+        s.unshelve_server(sid, availability_zone=zone)
+    else:
+        s.unshelve_server(sid)  # {"unshelve": null}
+    wait_for(member, sid, "ACTIVE")
+    if not at_least(v, "2.36"):  # deleted once the server runs again
+        assert f"{name}-shelved" not in {
+            i["name"] for i in member.images.list_images()["images"]}
+    shown_action = s.show_instance_action(sid, shelve.response["x-compute-request-id"])
+    assert shown_action["instanceAction"]["action"] == "shelve"
+    s.delete_server(sid)
+    wait_gone(member, sid)
+
+
+@pytest.mark.parametrize("microversion", ["2.1", MAXIMUM], indirect=True)
+def test_instance_actions_after_an_automatic_offload(member: Clients, microversion: str
+                                                     ) -> None:
+    """The offload that follows a shelve at once is part of the shelve's action (as
+    Nova's): every action is the member's, and the schemas accept them."""
+    s = member.servers
+    sid, _ = create(member, microversion, f"tempest-offloaded-{microversion}")
+    wait_for(member, sid, "ACTIVE")
+    s.shelve_server(sid)
+    wait_for(member, sid, "SHELVED_OFFLOADED")
+    try:
+        actions = s.list_instance_actions(sid)["instanceActions"]
+        assert sorted(a["action"] for a in actions) == ["create", "shelve"]
+        for action in actions:
+            s.show_instance_action(sid, action["request_id"])
+    finally:
+        s.delete_server(sid)
+        wait_gone(member, sid)
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.77", "2.91", MAXIMUM], indirect=True)
+def test_shelve_offload_and_unshelve_to_a_host(admin: Clients, microversion: str) -> None:
+    """An administrator's view: no host while offloaded, and (2.91) the host to unshelve
+    to; shelveOffload of an offloaded server is a conflict."""
+    v = microversion
+    s = admin.servers
+    sid, _ = create(admin, v, f"tempest-shelve-admin-{v}")
+    assert wait_for(admin, sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == "compute-1"
+    s.shelve_server(sid)
+    shown = wait_for(admin, sid, "SHELVED_OFFLOADED")
+    assert shown["OS-EXT-SRV-ATTR:host"] is None
+    with pytest.raises(lib_exc.Conflict):
+        s.shelve_offload_server(sid)
+    if at_least(v, "2.91"):
+        with pytest.raises(lib_exc.BadRequest):
+            s.unshelve_server(sid, host="compute-9")
+        s.unshelve_server(sid, host="compute-1")
+    else:
+        s.unshelve_server(sid)
+    assert wait_for(admin, sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == "compute-1"
+    s.delete_server(sid)
+    wait_gone(admin, sid)
+
+
+@pytest.fixture(scope="module")
+def keeping_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """``vmledger serve --shelved-offload-time -1``: shelved servers keep their guest
+    until shelveOffload (noauth: every caller is an administrator)."""
+    with running_server(tmp_path_factory.mktemp("serve-keep-shelved"),
+                        ["--shelved-offload-time", "-1"]) as server:
+        yield server
+    assert server.server_errors() == [], server.log_tail()
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.77", MAXIMUM], indirect=True)
+def test_shelve_then_shelve_offload(keeping_server: RunningServer, microversion: str
+                                    ) -> None:
+    """tempest's ``shelve_server(..., force_shelve_offload=True)`` path: wait for
+    SHELVED, then shelveOffload, then SHELVED_OFFLOADED; a kept server is unshelved on
+    its host (and, before it is offloaded, with no availability zone from 2.77)."""
+    v = microversion
+    clients = make_clients(keeping_server, "any-token", is_admin=True)
+    s = clients.servers
+    sid, _ = create(clients, v, f"tempest-kept-{v}")
+    zone = wait_for(clients, sid, "ACTIVE")["OS-EXT-AZ:availability_zone"]
+    s.shelve_server(sid)
+    shown = wait_for(clients, sid, "SHELVED")
+    assert (shown["OS-EXT-STS:vm_state"], shown["OS-EXT-SRV-ATTR:host"]) == (
+        "shelved", "compute-1")
+    if at_least(v, "2.77"):
+        with pytest.raises(lib_exc.Conflict):  # only an offloaded server can move
+            s.unshelve_server(sid, availability_zone=zone)
+    s.unshelve_server(sid)
+    wait_for(clients, sid, "ACTIVE")
+
+    s.shelve_server(sid)
+    wait_for(clients, sid, "SHELVED")
+    offload = s.shelve_offload_server(sid)
+    assert offload.response.status == 202
+    shown = wait_for(clients, sid, "SHELVED_OFFLOADED")
+    assert (shown["OS-EXT-SRV-ATTR:host"], shown["hostId"]) == (None, "")
+    s.unshelve_server(sid)
+    wait_for(clients, sid, "ACTIVE")
+    names = [a["action"] for a in s.list_instance_actions(sid)["instanceActions"]]
+    assert names == ["unshelve", "shelveOffload", "shelve", "unshelve", "shelve", "create"]
+    s.delete_server(sid)
+    wait_gone(clients, sid)

@@ -48,21 +48,20 @@ def test_shelve_offloads_and_unshelve_spawns_from_the_shelved_image(url: str) ->
             "web-shelved", "active", sid)
         steps = [h.details.get("task_state") for h in engine.history(sid)
                  if h.event in ("ActionRequested", "TaskAdvanced")
-                 and h.details.get("action") == "shelve"]
+                 and h.details.get("action") == "shelve_and_offload"]
         assert steps == ["shelving", "shelving_image_pending_upload",
-                         "shelving_image_uploading"]
+                         "shelving_image_uploading", "shelving_offloading"]
         calls = [h.details["call"] for h in engine.history(sid)
                  if h.event == "HypervisorCalled" and h.request_id == result.request_id]
-        assert calls == ["observe", "power_off", "observe", "snapshot"]
+        assert calls == ["observe", "power_off", "observe", "snapshot", "observe", "destroy"]
 
-        # the offload is the agent's own request, recorded as such
-        actions = {a["action"]: a for a in engine.instance_actions(sid)}
-        assert {"create", "shelve", "shelveOffload"} <= set(actions)
-        offload = [h for h in engine.history(sid) if h.event == "ActionRequested"
-                   and h.details.get("action") == "shelve_offload"]
-        assert [(h.cause, h.user_id) for h in offload] == [("agent", None)]
-        assert actions["shelve"]["events"][0]["event"] == "compute_shelve_instance"
-        assert actions["shelve"]["events"][0]["result"] == "Success"
+        # one action, as Nova with shelved_offload_time = 0
+        actions = engine.instance_actions(sid)
+        assert [a["action"] for a in actions if a["action"] != "create"] == ["shelve"]
+        [shelve] = [a for a in actions if a["action"] == "shelve"]
+        assert shelve["request_id"] == result.request_id
+        assert [(e["event"], e["result"]) for e in shelve["events"]] == [
+            ("compute_shelve_instance", "Success")]
 
         engine.unshelve(sid, ctx=owner)
         engine.run_until_idle()
@@ -270,7 +269,7 @@ def test_api_shelve_and_unshelve(api: tuple[Engine, ApiClient]) -> None:
     assert (shown["status"], shown["OS-EXT-SRV-ATTR:host"]) == ("ACTIVE", "compute-1")
     names = [a["action"] for a in client.get(
         f"/v2.1/servers/{sid}/os-instance-actions", headers=ADMIN).json()["instanceActions"]]
-    assert {"shelve", "shelveOffload", "unshelve"} <= set(names)
+    assert sorted(names) == ["create", "shelve", "unshelve"]
 
 
 def test_api_unshelve_body_per_microversion(api: tuple[Engine, ApiClient]) -> None:
@@ -313,7 +312,9 @@ def test_api_refusals_are_409(api: tuple[Engine, ApiClient]) -> None:
     assert r.status_code == 409
     assert r.json()["conflictingRequest"]["message"] == (
         f"Cannot 'unshelve' instance {sid} while it is in vm_state active")
-    r = _act(client, sid, {"shelveOffload": None})
+    r = _act(client, sid, {"shelveOffload": None})  # an administrator's action (Nova)
+    assert r.status_code == 403 and "forbidden" in r.json()
+    r = _act(client, _server(api, ADMIN), {"shelveOffload": None}, token=ADMIN)
     assert r.status_code == 409
     assert "Cannot 'shelveOffload'" in r.json()["conflictingRequest"]["message"]
     assert _act(client, sid, {"shelve": {"extra": 1}}).status_code == 400

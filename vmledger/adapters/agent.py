@@ -151,10 +151,7 @@ class HostAgent:
             c, at, power_state=int(obs.power_state),
             confirm_window=window if window > timedelta(0) else None))
         self._unexpected.pop(request_id, None)
-        if action == "shelve":
-            # Nova's shelved_offload_time = 0: the guest goes at once (its own request)
-            self.service.offload_shelved(server_id, request_id=request_id)
-        elif action == "unshelve":
+        if action == "unshelve":
             self._drop_shelved_image(server, request_id)
 
     def _drop_shelved_image(self, server: Server, request_id: str) -> None:
@@ -364,6 +361,11 @@ def _shelve_offload(agent: HostAgent, server: Server) -> None:
     _delete(agent, server)
 
 
+def _shelve_and_offload(agent: HostAgent, server: Server) -> None:
+    _shelve(agent, server)
+    _delete(agent, server)
+
+
 def _unshelve(agent: HostAgent, server: Server) -> None:
     """A guest still defined (shelved, not offloaded) is powered on; an offloaded one is
     spawned again from its shelved image."""
@@ -401,6 +403,7 @@ _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "delete": _delete,
     "create_image": _create_image,
     "shelve": _shelve,
+    "shelve_and_offload": _shelve_and_offload,
     "shelve_offload": _shelve_offload,
     "unshelve": _unshelve,
 }

@@ -190,12 +190,18 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            steps=(SHELVING, SHELVING_IMAGE_PENDING_UPLOAD, SHELVING_IMAGE_UPLOADING),
            success=SHELVED, failure=ERROR, rollback=SAME,
            doc="power off and snapshot the disk into a '<name>-shelved' image; the guest"
-               " stays defined unless offloaded"),
+               " stays defined (a shelved offload time other than 0)"),
+    Action("shelve_and_offload", "shelve", "shelve",
+           vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED), task_states=IDLE,
+           steps=(SHELVING, SHELVING_IMAGE_PENDING_UPLOAD, SHELVING_IMAGE_UPLOADING,
+                  SHELVING_OFFLOADING),
+           success=SHELVED_OFFLOADED, failure=ERROR, rollback=SAME,
+           doc="a shelve when the shelved offload time is 0 (the default, as Nova): the"
+               " guest is removed in the same action"),
     Action("shelve_offload", "shelveOffload", "shelveOffload", vm_states=_states(SHELVED),
            task_states=IDLE, steps=(SHELVING_OFFLOADING,), success=SHELVED_OFFLOADED,
-           failure=ERROR, rollback=SAME,
-           doc="remove the shelved guest from the hypervisor (at once after a shelve unless"
-               " offloading is off)"),
+           failure=ERROR, rollback=SAME, admin_only=True,
+           doc="admin: remove a shelved guest from the hypervisor"),
     Action("unshelve", "unshelve", "unshelve", vm_states=_states(SHELVED, SHELVED_OFFLOADED),
            task_states=IDLE, steps=(UNSHELVING, SPAWNING), success=ACTIVE, failure=ERROR,
            rollback=SAME,

@@ -262,7 +262,6 @@ class Server(Aggregate):
     confirm_deadline: datetime | None
     #: set by a completed shelve, cleared by an unshelve (absent from older histories)
     shelved_image_id: str | None
-    shelved_request_id: str | None
 
     def __init__(self) -> None:
         """Fields are assigned by :meth:`Requested.apply` (so replay builds the same)."""
@@ -426,11 +425,10 @@ class Server(Aggregate):
                 changes["flavor"] = self.old_flavor
         elif action == "delete":
             changes.update(terminated_at=at, migration_status=None, confirm_deadline=None)
-        elif action == "shelve":
-            changes.update(shelved_image_id=self.pending["params"].get("image_id"),
-                           shelved_request_id=self.pending["request_id"])
+        elif action in ("shelve", "shelve_and_offload"):
+            changes["shelved_image_id"] = self.pending["params"].get("image_id")
         elif action == "unshelve":
-            changes.update(launched_at=at, shelved_image_id=None, shelved_request_id=None)
+            changes.update(launched_at=at, shelved_image_id=None)
         self.trigger_event(self.ActionCompleted, timestamp=at, **ctx.fields(), action=action,
                            vm_state=vm_state, power_state=power_state, changes=changes)
 

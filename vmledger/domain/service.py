@@ -40,7 +40,7 @@ from vmledger.domain.errors import (
     ServerNotFound,
 )
 from vmledger.domain.image import CustomImage
-from vmledger.domain.server import ADMIN, AGENT, TIMER, Context, Server
+from vmledger.domain.server import ADMIN, TIMER, Context, Server
 
 _IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
 MAX_ATTEMPTS = 8
@@ -667,15 +667,19 @@ class ServerService(Application[uuid.UUID]):
                idempotency_key: str | None = None, **params: Any) -> CommandResult:
         """Shelve a server (Nova's ``shelve``): the host agent powers it off and saves
         its disk as the custom image ``<name>-shelved`` (queued in the same transaction
-        as the request), then offloads the guest unless offloading is off."""
+        as the request); with a shelved offload time of 0 it then removes the guest in
+        the same action (the table's ``shelve_and_offload`` row), else the guest stays
+        until the timer or a ``shelveOffload`` removes it."""
         if params:
             raise BadRequest(f"Action shelve takes no parameters: {', '.join(sorted(params))}")
+        action = ("shelve_and_offload" if self.shelved_offload_time == timedelta(0)
+                  else "shelve")
         extras: list[Aggregate] = []
         details: dict[str, Any] = {}
 
         def decide(server: Server | None) -> Server:
             assert server is not None
-            lc.check("shelve", server.subject, is_admin=ctx.is_admin)
+            lc.check(action, server.subject, is_admin=ctx.is_admin)
             image_id = self.id_factory()
             details["image_id"] = str(image_id)
             name = f"{server.name}-shelved"[:255]
@@ -683,26 +687,22 @@ class ServerService(Application[uuid.UUID]):
                 id=image_id, ctx=ctx, at=self.clock.now(), name=name,
                 server_id=str(server.id), metadata={}, min_ram=0,
                 min_disk=int(server.flavor.get("disk") or 0), base_image=dict(server.image)))
-            server.request_action("shelve", ctx, self.clock.now(),
+            server.request_action(action, ctx, self.clock.now(),
                                   params={"image_id": str(image_id), "name": name})
             return server
 
         return self._run(ctx, self._uuid(server_id), decide, idempotency_key=idempotency_key,
                          operation="shelve", payload={}, extras=extras, details=details)
 
-    def offload_shelved(self, server_id: str | uuid.UUID, *, request_id: str | None = None
-                        ) -> CommandResult:
-        """Offload a shelved server's guest as the shelved offload time says.
-
-        ``request_id``: the shelve that has just completed (the host agent asks, cause
-        ``agent``; only with an offload time of 0). Without it: the timer asks (cause
-        ``timer``) for a server left shelved, unchanged, for the offload time. A no-op
-        when the server has moved on (unshelved, offloaded, deleted, shelved again)."""
-        cause = AGENT if request_id is not None else TIMER
+    def offload_shelved(self, server_id: str | uuid.UUID) -> CommandResult:
+        """Offload a server left shelved, unchanged, for the shelved offload time (the
+        timer asks, cause ``timer``; Nova's ``_poll_shelved_instances``). A no-op when
+        the time is 0 or None, or the server has moved on (unshelved, offloaded,
+        deleted, changed since)."""
         ctx = Context(request_id=self.request_id_factory(), user_id=None, project_id=None,
-                      cause=cause, is_admin=True)
+                      cause=TIMER, is_admin=True)
         wait = self.shelved_offload_time
-        if wait is None or (request_id is not None and wait > timedelta(0)):
+        if wait is None or wait <= timedelta(0):
             return CommandResult(str(server_id), ctx.request_id, None, accepted=False)
 
         def load(sid: uuid.UUID) -> Server:
@@ -710,12 +710,8 @@ class ServerService(Application[uuid.UUID]):
 
         def decide(server: Server | None) -> Server | None:
             assert server is not None and wait is not None
-            if server.vm_state != lc.SHELVED or server.task_state is not None:
-                return None
-            if request_id is not None:
-                if getattr(server, "shelved_request_id", None) != request_id:
-                    return None
-            elif server.modified_on + wait > self.clock.now():
+            if (server.vm_state != lc.SHELVED or server.task_state is not None
+                    or server.modified_on + wait > self.clock.now()):
                 return None
             server.request_action("shelve_offload", ctx, self.clock.now())
             return server

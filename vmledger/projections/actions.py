@@ -48,6 +48,7 @@ NOVA_EVENTS: dict[str, str] = {
     "delete": "compute_terminate_instance",
     "create_image": "compute_snapshot_instance",
     "shelve": "compute_shelve_instance",
+    "shelve_and_offload": "compute_shelve_instance",
     "shelve_offload": "compute_shelve_offload_instance",
     "unshelve": "compute_unshelve_instance",
 }
