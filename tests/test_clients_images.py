@@ -253,6 +253,32 @@ def test_cli_server_image_create(vmledger_keystone_server: RunningServer, tmp_pa
     osc("server", "delete", "cli-snap-vm")
 
 
+def test_cli_server_backup_create(vmledger_keystone_server: RunningServer, tmp_path: Path
+                                  ) -> None:
+    osc = keystone_osc(vmledger_keystone_server, tmp_path)
+    osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME, "--nic", "none",
+        "cli-backup-vm", output=True)
+    wait_for_server(osc, "cli-backup-vm")
+    for n in (1, 2, 3):
+        created = osc("server", "backup", "create", "--name", f"cli-backup-{n}", "--type",
+                      "daily", "--rotate", "2", "cli-backup-vm", output=True)
+        assert created["name"] == f"cli-backup-{n}"
+        wait_for_image(osc, f"cli-backup-{n}")
+        wait_for_server(osc, "cli-backup-vm")
+    shown = osc("image", "show", "cli-backup-3", output=True)
+    properties = json.dumps(shown["properties"])
+    assert '"backup_type": "daily"' in properties and '"image_type": "backup"' in properties
+    listed = {i["Name"] for i in osc("image", "list", output=True)}
+    assert {"cli-backup-2", "cli-backup-3"} <= listed and "cli-backup-1" not in listed
+    # without --type the CLI sends an empty backup type, which Nova accepts
+    osc("server", "backup", "create", "cli-backup-vm", output=True)  # named after it
+    wait_for_image(osc, "cli-backup-vm")
+    wait_for_server(osc, "cli-backup-vm")
+    events = osc("server", "event", "list", "cli-backup-vm", output=True)
+    assert [e["Action"] for e in events] == ["createBackup"] * 4 + ["create"]
+    osc("server", "delete", "cli-backup-vm")
+
+
 # --- tempest's compute image schemas as an oracle --------------------------------------------
 class _Headers(dict[str, str]):
     """What ``RestClient.validate_response`` expects of a response: a header mapping

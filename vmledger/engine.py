@@ -298,6 +298,16 @@ class Engine:
                                                     metadata=metadata,
                                                     idempotency_key=idempotency_key))
 
+    def create_backup(self, server_id: str, name: str, *, backup_type: str, rotation: int,
+                      metadata: dict[str, str] | None = None, ctx: Context | None = None,
+                      idempotency_key: str | None = None) -> CommandResult:
+        """Back a server up into a custom image (``result.details["image_id"]``) and
+        keep only its newest ``rotation`` backups of ``backup_type``."""
+        ctx = self._ctx(ctx)
+        return self._done(self.service.create_backup(
+            ctx, server_id, name=name, backup_type=backup_type, rotation=rotation,
+            metadata=metadata, idempotency_key=idempotency_key))
+
     def delete_image(self, image_id: str, *, ctx: Context | None = None) -> CommandResult:
         """Delete a custom image (owner project or admin; anyone else: not found)."""
         return self._done(self.service.delete_image(self._ctx(ctx), image_id))

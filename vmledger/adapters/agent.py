@@ -29,6 +29,7 @@ from vmledger.domain import lifecycle as lc
 from vmledger.domain.errors import VmledgerError
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
+from vmledger.projections import images as image_view
 from vmledger.projections.runner import ViewUpdater
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,26 @@ def _create_image(agent: HostAgent, server: Server) -> None:
     _save_image(agent, server, str(server.pending["params"]["image_id"]))
 
 
+def _create_backup(agent: HostAgent, server: Server) -> None:
+    """Save the backup, then delete the server's backups of the same type beyond the
+    newest ``rotation`` (Nova's ``_rotate_backups``; images already deleted are
+    skipped, so a step repeated after a crash deletes nothing twice)."""
+    assert server.pending is not None
+    params = server.pending["params"]
+    _save_image(agent, server, str(params["image_id"]))
+    agent.updater.catch_up()
+    backups = [image for image in image_view.list_images(agent.updater.view, None)
+               if image.get("server_id") == str(server.id)
+               and (image.get("metadata") or {}).get("image_type") == "backup"
+               and (image.get("metadata") or {}).get("backup_type") == params["backup_type"]]
+    backups.sort(key=lambda image: (image["created_at"], image["id"]), reverse=True)
+    request_id = str(server.pending_request_id)
+    for image in backups[int(params["rotation"]):]:
+        with contextlib.suppress(VmledgerError):  # deleted meanwhile by its owner
+            agent.service.record_image(str(image["id"]), request_id,
+                                       lambda i, c, at: i.delete(c, at))
+
+
 def _save_image(agent: HostAgent, server: Server, image_id: str) -> None:
     """Snapshot the guest into the queued custom image ``image_id`` and activate it (or
     mark it failed); nothing when it is already active (a step repeated after a crash)."""
@@ -402,6 +423,7 @@ _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "start": _power("power_on", PowerState.RUNNING),
     "delete": _delete,
     "create_image": _create_image,
+    "create_backup": _create_backup,
     "shelve": _shelve,
     "shelve_and_offload": _shelve_and_offload,
     "shelve_offload": _shelve_offload,

@@ -544,16 +544,49 @@ def _parse_create_image(call: Call, value: Any) -> _Action:
     return _Action("create_image", {"name": name, "metadata": metadata}, create_image=True)
 
 
-def _create_image(call: Call, server_id: str, params: dict[str, Any]) -> str:
-    """Snapshot the server; the new image's id. The request id recorded (the instance
-    action ``createImage``) is this call's."""
+def _create_image(call: Call, server_id: str, engine_action: str, params: dict[str, Any]
+                  ) -> str:
+    """Snapshot (``create_image``) or back up (``create_backup``) the server; the new
+    image's id. The request id recorded (the instance action) is this call's."""
     owned_server(call.engine, call.principal.project_id, server_id)
     metadata: dict[str, str] = params["metadata"]
     if len(metadata) > IMAGE_METADATA_QUOTA and call.version <= _IMAGE_META_QUOTA_UNTIL:
         raise ApiError(403, "Image metadata limit exceeded")
-    result = call.engine.create_image(server_id, params["name"], metadata=metadata,
-                                      ctx=call.context())
+    if engine_action == "create_backup":
+        result = call.engine.create_backup(server_id, params["name"],
+                                           backup_type=params["backup_type"],
+                                           rotation=params["rotation"], metadata=metadata,
+                                           ctx=call.context())
+    else:
+        result = call.engine.create_image(server_id, params["name"], metadata=metadata,
+                                          ctx=call.context())
     return str(result.details["image_id"])
+
+
+_ROTATION = re.compile(r"^[0-9]+$")
+
+
+def _parse_create_backup(call: Call, value: Any) -> _Action:
+    """``{"createBackup": {"name", "backup_type", "rotation", "metadata"?}}``: Nova's
+    ``create_backup`` schema (``rotation`` a non-negative integer, or a string of
+    digits)."""
+    entity = val.require_object(value, "createBackup")
+    val.no_other_keys(entity, "createBackup", ["name", "backup_type", "rotation", "metadata"])
+    val.require_keys(entity, "createBackup", ["name", "backup_type", "rotation"])
+    name = val.server_name(entity["name"])
+    backup_type = val.string(entity["backup_type"], "backup_type")
+    rotation = entity["rotation"]
+    if isinstance(rotation, str) and _ROTATION.match(rotation):
+        rotation = int(rotation)
+    if isinstance(rotation, bool) or not isinstance(rotation, int):
+        raise val.invalid_field("rotation", rotation,
+                                f"{rotation!r} is not of type 'integer', 'string'")
+    if rotation < 0:
+        raise val.invalid_field("rotation", rotation, f"{rotation} is less than the minimum of 0")
+    metadata = val.metadata(entity.get("metadata", {}))
+    return _Action("create_backup", {"name": name, "backup_type": backup_type,
+                                     "rotation": rotation, "metadata": metadata},
+                   create_image=True)
 
 
 def _simple(engine_action: str, status: int = 202) -> Callable[[Call, Any], _Action]:
@@ -579,6 +612,7 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "unlock": _simple("unlock"),
     "os-resetState": _parse_reset_state,
     "createImage": _parse_create_image,
+    "createBackup": _parse_create_backup,
     "shelve": _simple("shelve"),
     "shelveOffload": _simple("shelve_offload"),
     "unshelve": _parse_unshelve,
@@ -604,11 +638,15 @@ async def server_action(call: Call) -> Response:
         output = await call.run(_console_output, call, server_id, action.params)
         return JSONResponse({"output": output}, status_code=200)
     if action.create_image:
-        image_id = await call.run(_create_image, call, server_id, action.params)
+        image_id = await call.run(_create_image, call, server_id, action.engine_action,
+                                  action.params)
         if call.at_least(2, 45):
             return JSONResponse({"image_id": image_id}, status_code=202)
         # before 2.45 the new image is in the Location header (Nova's points at Glance;
-        # here at the compute images proxy, which serves it up to 2.35)
+        # here at the compute images proxy, which serves it up to 2.35); a backup with
+        # a rotation of 0 has none (it is deleted once saved)
+        if action.params.get("rotation") == 0:
+            return Response(status_code=202)
         return Response(status_code=202,
                         headers={"Location": call.viewer.links.versioned("images", image_id)})
     await call.run(_act, call, server_id, action.engine_action, action.params)

@@ -71,6 +71,7 @@ IMAGE_SNAPSHOT = "image_snapshot"
 IMAGE_SNAPSHOT_PENDING = "image_snapshot_pending"
 IMAGE_PENDING_UPLOAD = "image_pending_upload"
 IMAGE_UPLOADING = "image_uploading"
+IMAGE_BACKUP = "image_backup"
 SHELVING = "shelving"
 SHELVING_IMAGE_PENDING_UPLOAD = "shelving_image_pending_upload"
 SHELVING_IMAGE_UPLOADING = "shelving_image_uploading"
@@ -185,6 +186,12 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
                   IMAGE_UPLOADING),
            success=SAME, failure=SAME, rollback=SAME,
            doc="snapshot the disk into a new image; the status does not change"),
+    Action("create_backup", "createBackup", "createBackup",
+           vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED), task_states=IDLE,
+           steps=(IMAGE_BACKUP, IMAGE_PENDING_UPLOAD, IMAGE_UPLOADING),
+           success=SAME, failure=SAME, rollback=SAME,
+           doc="snapshot into a backup image, then keep only the newest `rotation`"
+               " backups of its type"),
     Action("shelve", "shelve", "shelve", vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED),
            task_states=IDLE,
            steps=(SHELVING, SHELVING_IMAGE_PENDING_UPLOAD, SHELVING_IMAGE_UPLOADING),

@@ -674,25 +674,10 @@ class ServerService(Application[uuid.UUID]):
             raise BadRequest(f"Action shelve takes no parameters: {', '.join(sorted(params))}")
         action = ("shelve_and_offload" if self.shelved_offload_time == timedelta(0)
                   else "shelve")
-        extras: list[Aggregate] = []
-        details: dict[str, Any] = {}
-
-        def decide(server: Server | None) -> Server:
-            assert server is not None
-            lc.check(action, server.subject, is_admin=ctx.is_admin)
-            image_id = self.id_factory()
-            details["image_id"] = str(image_id)
-            name = f"{server.name}-shelved"[:255]
-            extras.append(CustomImage.queue(
-                id=image_id, ctx=ctx, at=self.clock.now(), name=name,
-                server_id=str(server.id), metadata={}, min_ram=0,
-                min_disk=int(server.flavor.get("disk") or 0), base_image=dict(server.image)))
-            server.request_action(action, ctx, self.clock.now(),
-                                  params={"image_id": str(image_id), "name": name})
-            return server
-
-        return self._run(ctx, self._uuid(server_id), decide, idempotency_key=idempotency_key,
-                         operation="shelve", payload={}, extras=extras, details=details)
+        server = self.get(server_id, ctx)
+        return self._snapshot(ctx, server_id, action, f"{server.name}-shelved"[:255], {}, {},
+                              idempotency_key=idempotency_key, operation="shelve",
+                              payload={})
 
     def offload_shelved(self, server_id: str | uuid.UUID) -> CommandResult:
         """Offload a server left shelved, unchanged, for the shelved offload time (the
@@ -783,26 +768,57 @@ class ServerService(Application[uuid.UUID]):
         """
         _check_name(name)
         meta = _check_metadata(metadata, quota=False)
+        return self._snapshot(ctx, server_id, "create_image", name, meta, {},
+                              idempotency_key=idempotency_key, operation="createImage",
+                              payload={"name": name, "metadata": meta})
+
+    def create_backup(self, ctx: Context, server_id: str | uuid.UUID, *, name: str,
+                      backup_type: str, rotation: int,
+                      metadata: dict[str, str] | None = None,
+                      idempotency_key: str | None = None) -> CommandResult:
+        """Back a server up (Nova's ``createBackup``): a snapshot image with the
+        properties ``image_type: backup`` and ``backup_type``; once it is saved the host
+        agent deletes this server's older backups of that type beyond the newest
+        ``rotation`` (0: the new one too, as Nova)."""
+        _check_name(name)
+        if not isinstance(backup_type, str):  # "" is one (the openstack CLI's default)
+            raise BadRequest("Invalid input for field/attribute backup_type.")
+        if isinstance(rotation, bool) or not isinstance(rotation, int) or rotation < 0:
+            raise BadRequest("Invalid input for field/attribute rotation.")
+        meta = _check_metadata(metadata, quota=False)
+        properties = {**meta, "image_type": "backup", "backup_type": backup_type}
+        return self._snapshot(
+            ctx, server_id, "create_backup", name, properties,
+            {"backup_type": backup_type, "rotation": rotation},
+            idempotency_key=idempotency_key, operation="createBackup",
+            payload={"name": name, "backup_type": backup_type, "rotation": rotation,
+                     "metadata": meta})
+
+    def _snapshot(self, ctx: Context, server_id: str | uuid.UUID, action: str, name: str,
+                  metadata: dict[str, str], params: dict[str, Any], *,
+                  idempotency_key: str | None, operation: str, payload: dict[str, Any]
+                  ) -> CommandResult:
+        """Queue a custom image of the server and request ``action`` to save it, in
+        one transaction (``result.details["image_id"]``)."""
         extras: list[Aggregate] = []
         details: dict[str, Any] = {}
 
         def decide(server: Server | None) -> Server:
             assert server is not None
-            lc.check("create_image", server.subject, is_admin=ctx.is_admin)
+            lc.check(action, server.subject, is_admin=ctx.is_admin)
             image_id = self.id_factory()
             details["image_id"] = str(image_id)
             base = server.image
             extras.append(CustomImage.queue(
                 id=image_id, ctx=ctx, at=self.clock.now(), name=name,
-                server_id=str(server.id), metadata=meta, min_ram=0,
+                server_id=str(server.id), metadata=metadata, min_ram=0,
                 min_disk=int(server.flavor.get("disk") or 0), base_image=dict(base)))
-            server.request_action("create_image", ctx, self.clock.now(),
-                                  params={"image_id": str(image_id), "name": name})
+            server.request_action(action, ctx, self.clock.now(),
+                                  params={"image_id": str(image_id), "name": name, **params})
             return server
 
         return self._run(ctx, self._uuid(server_id), decide, idempotency_key=idempotency_key,
-                         operation="createImage", payload={"name": name, "metadata": meta},
-                         extras=extras, details=details)
+                         operation=operation, payload=payload, extras=extras, details=details)
 
     def record_image(self, image_id: str, request_id: str,
                      step: Callable[[CustomImage, Context, datetime], None]) -> bool:

@@ -47,6 +47,7 @@ NOVA_EVENTS: dict[str, str] = {
     "start": "compute_start_instance",
     "delete": "compute_terminate_instance",
     "create_image": "compute_snapshot_instance",
+    "create_backup": "compute_backup_instance",
     "shelve": "compute_shelve_instance",
     "shelve_and_offload": "compute_shelve_instance",
     "shelve_offload": "compute_shelve_offload_instance",
