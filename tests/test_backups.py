@@ -3,17 +3,14 @@ rotation that keeps only the newest ones of that type; engine and Compute API.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 
+from tests.support.compute import action, active_server, assert_bad_request
 from vmledger import BadRequest, Conflict, FakeClock, NotFound, Simulator
-from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
-from vmledger.domain.catalog import image_id_for
 from vmledger.engine import Engine
 
 IMAGE = "cirros-0.6.2-x86_64"
@@ -103,34 +100,16 @@ def test_refusals() -> None:
 
 
 # --- the Compute API ---------------------------------------------------------------------
-@pytest.fixture
-def api() -> Iterator[tuple[Engine, ApiClient]]:
-    with Engine("memory", clock=FakeClock()) as engine:
-        yield engine, ApiClient(create_app(engine))
-
-
-def _act(client: ApiClient, sid: str, body: Any, version: str = "2.1") -> httpx.Response:
-    return client.post(f"/v2.1/servers/{sid}/action", json=body,
-                       headers={"X-OpenStack-Nova-API-Version": version})
-
-
-def _server(api: tuple[Engine, ApiClient]) -> str:
-    engine, client = api
-    r = client.post("/v2.1/servers", json={"server": {
-        "name": "vm", "flavorRef": "2", "imageRef": image_id_for(IMAGE)}})
-    engine.run_until_idle()
-    return str(r.json()["server"]["id"])
-
-
-def test_api_create_backup_per_microversion(api: tuple[Engine, ApiClient]) -> None:
-    engine, client = api
-    sid = _server(api)
+def test_api_create_backup_per_microversion(memory_engine: Engine, noauth_client: ApiClient
+                                            ) -> None:
+    engine, client = memory_engine, noauth_client
+    sid = active_server(engine, client)
     body = {"createBackup": {"name": "b1", "backup_type": "daily", "rotation": "2"}}
-    r = _act(client, sid, body, "2.44")
+    r = action(client, sid, body, "2.44")
     assert (r.status_code, r.content) == (202, b"")
     image_id = r.headers["Location"].rsplit("/", 1)[1]
     engine.run_until_idle()
-    r = _act(client, sid, {"createBackup": {"name": "b2", "backup_type": "daily",
+    r = action(client, sid, {"createBackup": {"name": "b2", "backup_type": "daily",
                                             "rotation": 2, "metadata": {"k": "v"}}}, "2.45")
     assert r.status_code == 202 and set(r.json()) == {"image_id"}
     engine.run_until_idle()
@@ -138,7 +117,7 @@ def test_api_create_backup_per_microversion(api: tuple[Engine, ApiClient]) -> No
     assert (glance["image_type"], glance["backup_type"], glance["k"]) == (
         "backup", "daily", "v")
     # rotation 0 before 2.45: no Location (the image will not stay)
-    r = _act(client, sid, {"createBackup": {"name": "b3", "backup_type": "weekly",
+    r = action(client, sid, {"createBackup": {"name": "b3", "backup_type": "weekly",
                                             "rotation": 0}}, "2.44")
     assert r.status_code == 202 and "Location" not in r.headers
     engine.run_until_idle()
@@ -157,12 +136,11 @@ def test_api_create_backup_per_microversion(api: tuple[Engine, ApiClient]) -> No
     {"name": "b", "backup_type": "daily", "rotation": 1, "extra": 1},
     {"name": "b", "backup_type": "daily", "rotation": 1, "metadata": {"k": 1}},
 ])
-def test_api_bad_bodies_are_400_and_write_nothing(api: tuple[Engine, ApiClient],
+def test_api_bad_bodies_are_400_and_write_nothing(memory_engine: Engine, noauth_client: ApiClient,
                                                    body: Any) -> None:
-    engine, client = api
-    sid = _server(api)
-    r = _act(client, sid, {"createBackup": body})
-    assert r.status_code == 400, r.text
-    assert "badRequest" in r.json()
+    engine, client = memory_engine, noauth_client
+    sid = active_server(engine, client)
+    r = action(client, sid, {"createBackup": body})
+    assert_bad_request(r)
     assert custom(engine) == []
     assert engine.get_server(sid).task_state is None

@@ -247,3 +247,24 @@ def test_server_properties(vmledger_server: RunningServer, tmp_path: Path) -> No
     osc("server", "unset", "--property", "team", "prop-vm")
     assert osc("server", "show", "prop-vm", output=True)["properties"] == {"tier": "gold"}
     osc("server", "delete", "prop-vm")
+
+
+def test_rescue_unrescue_and_console_log(vmledger_server: RunningServer, tmp_path: Path
+                                         ) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME, "--nic", "none",
+        "rescue-vm", output=True)
+    wait_for(osc, "rescue-vm", "ACTIVE")
+    log = str(osc("console", "log", "show", "rescue-vm"))
+    assert "Linux version" in log and "rescue-vm login:" in log
+    tail = str(osc("console", "log", "show", "--lines", "2", "rescue-vm"))
+    assert tail.strip() and len(tail.strip().splitlines()) <= 2
+    osc("server", "rescue", "--password", "rescue-pass", "rescue-vm")
+    assert wait_for(osc, "rescue-vm", "RESCUE")["OS-EXT-STS:vm_state"] == "rescued"
+    osc("server", "unrescue", "rescue-vm")
+    wait_for(osc, "rescue-vm", "ACTIVE")
+    log = str(osc("console", "log", "show", "rescue-vm"))
+    assert log.count("Linux version") == 3  # built, rescued, back on its own disk
+    events = osc("server", "event", "list", "rescue-vm", output=True)
+    assert [e["Action"] for e in events] == ["unrescue", "rescue", "create"]
+    osc("server", "delete", "rescue-vm")

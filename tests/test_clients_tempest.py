@@ -591,3 +591,36 @@ def test_shelve_then_shelve_offload(keeping_server: RunningServer, microversion:
     assert names == ["unshelve", "shelveOffload", "shelve", "unshelve", "shelve", "create"]
     s.delete_server(sid)
     wait_gone(clients, sid)
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.45", MAXIMUM], indirect=True)
+def test_rescue_unrescue_and_backup(member: Clients, microversion: str) -> None:
+    """Rescue (200 with the password, tempest's schema), RESCUE status in show and
+    list, unrescue (202), a backup with rotation, and the console output."""
+    v = microversion
+    s = member.servers
+    name = f"tempest-rescue-{v}"
+    sid, _ = create(member, v, name)
+    wait_for(member, sid, "ACTIVE")
+    rescued = s.rescue_server(sid, adminPass="rescue-pass")
+    assert rescued["adminPass"] == "rescue-pass"
+    shown = wait_for(member, sid, "RESCUE")
+    assert shown["OS-EXT-STS:vm_state"] == "rescued"
+    assert {sid: "RESCUE"} == {
+        x["id"]: x["status"] for x in s.list_servers(detail=True, name=f"^{name}$")["servers"]}
+    with pytest.raises(lib_exc.Conflict):
+        s.reboot_server(sid, type="SOFT")
+    assert s.unrescue_server(sid).response.status == 202
+    wait_for(member, sid, "ACTIVE")
+    output = s.get_console_output(sid, length=3)["output"]
+    assert len(output.split("\n")) == 3
+    for n in (1, 2):
+        backup = s.create_backup(sid, name=f"{name}-b{n}", backup_type="daily", rotation=1)
+        assert backup.response.status == 202
+        if at_least(v, "2.45"):
+            assert set(backup) == {"image_id"}
+        wait_for(member, sid, "ACTIVE")
+    actions = [a["action"] for a in s.list_instance_actions(sid)["instanceActions"]]
+    assert actions.count("createBackup") == 2 and {"rescue", "unrescue"} <= set(actions)
+    s.delete_server(sid)
+    wait_gone(member, sid)

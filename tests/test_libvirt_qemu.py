@@ -38,7 +38,7 @@ libvirt = pytest.importorskip("libvirt", reason=LIBVIRT_MISSING_REASON, exc_type
 from vmledger import Engine, FakeClock  # noqa: E402
 from vmledger.adapters.hypervisor import GuestSpec, PowerState  # noqa: E402
 from vmledger.adapters.libvirt import LibvirtDriver  # noqa: E402
-from vmledger.adapters.libvirt.domain_xml import domain_xml  # noqa: E402
+from vmledger.adapters.libvirt.domain_xml import disk_source, domain_xml  # noqa: E402
 from vmledger.domain.catalog import image_id_for  # noqa: E402
 
 pytestmark = pytest.mark.qemu
@@ -213,6 +213,29 @@ def test_rebuild_and_destroy_on_a_real_guest(guests: Guests, tmp_path: Path,
     assert not save.exists() and not Path(disk).exists() and not Path(console).exists()
     with pytest.raises(libvirt.libvirtError):
         d.connection().lookupByUUIDString(sid)
+
+
+def test_rescue_and_unrescue_on_a_real_guest(guests: Guests, tmp_path: Path,
+                                            bases: dict[str, str]) -> None:
+    """QEMU boots the rescue definition (the rescue overlay first, the guest's own disk
+    second) and, after unrescue, the guest's own definition again."""
+    d = guests.driver
+    spec = guests.spec(image="image-a")
+    sid = spec.server_id
+    own = str(tmp_path / "disks" / f"vmledger-{sid}.qcow2")
+    rescue = str(tmp_path / "disks" / f"vmledger-{sid}.rescue.qcow2")
+    d.spawn(spec)
+    mac = macs(guests.dom(sid))
+    assert d.rescue(guests.spec(server_id=sid, image="image-b"))["disk"] == rescue
+    assert guests.state(sid)[0] == R and backing_of(rescue) == bases["image-b"]
+    live = ET.fromstring(guests.dom(sid).XMLDesc(0))  # what QEMU runs
+    assert [(t.get("dev"), src.get("file")) for t, src in zip(
+        live.findall("devices/disk/target"), live.findall("devices/disk/source"),
+        strict=True)] == [("vda", rescue), ("vdb", own)]
+    assert d.observe(sid).rescued and macs(guests.dom(sid)) == mac
+    assert d.unrescue(sid)["removed"] == [rescue]
+    assert guests.state(sid)[0] == R and not d.observe(sid).rescued
+    assert disk_source(guests.dom(sid).XMLDesc(0)) == own and macs(guests.dom(sid)) == mac
 
 
 def test_soft_reboot_and_graceful_stop_of_an_acpi_guest(guests: Guests, acpi_guest: AcpiGuest,

@@ -274,6 +274,15 @@ class Engine:
     def reset_state(self, server_id: str, state: str = lc.ACTIVE, **kw: Any) -> CommandResult:
         return self.act(server_id, "reset_state", state=state, **kw)
 
+    def rescue(self, server_id: str, *, image: str | None = None, **kw: Any) -> CommandResult:
+        """Boot a rescue image (``image``, by default the server's own) with the
+        server's disk attached as the second; ``unrescue`` boots its own disk again."""
+        params: dict[str, Any] = {"image": image} if image else {}
+        return self.act(server_id, "rescue", **params, **kw)
+
+    def unrescue(self, server_id: str, **kw: Any) -> CommandResult:
+        return self.act(server_id, "unrescue", **kw)
+
     def shelve(self, server_id: str, **kw: Any) -> CommandResult:
         """Power off and save the disk as ``<name>-shelved``
         (``result.details["image_id"]``); the guest is then offloaded as the engine's

@@ -378,6 +378,23 @@ def _shelve(agent: HostAgent, server: Server) -> None:
     _save_image(agent, server, str(server.pending["params"]["image_id"]))
 
 
+def _rescue(agent: HostAgent, server: Server) -> None:
+    assert server.pending is not None
+    obs = agent.observe(server)
+    _missing(obs)
+    if obs.rescued:
+        return  # done before a crash
+    spec = replace(spec_of(server), image_id=str(server.pending["params"]["image_id"]))
+    agent.call(server, "rescue", _spec_args(spec), lambda: agent.hypervisor.rescue(spec))
+
+
+def _unrescue(agent: HostAgent, server: Server) -> None:
+    obs = agent.observe(server)
+    _missing(obs)
+    if obs.rescued:
+        agent.call(server, "unrescue", {}, lambda: agent.hypervisor.unrescue(str(server.id)))
+
+
 def _shelve_offload(agent: HostAgent, server: Server) -> None:
     _delete(agent, server)
 
@@ -425,6 +442,8 @@ _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "create_image": _create_image,
     "create_backup": _create_backup,
     "shelve": _shelve,
+    "rescue": _rescue,
+    "unrescue": _unrescue,
     "shelve_and_offload": _shelve_and_offload,
     "shelve_offload": _shelve_offload,
     "unshelve": _unshelve,

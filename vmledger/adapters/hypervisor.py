@@ -52,6 +52,8 @@ class Observation:
     image_id: str | None = None
     #: an old definition is kept for a revert (resized, not yet confirmed/reverted)
     resize_pending: bool = False
+    #: the guest runs a rescue image (its own disk attached as the second)
+    rescued: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +63,7 @@ class Observation:
             "flavor_id": self.flavor_id,
             "image_id": self.image_id,
             "resize_pending": self.resize_pending,
+            "rescued": self.rescued,
         }
 
 
@@ -127,6 +130,16 @@ class Hypervisor(Protocol):
 
         Answers at least ``{"size": bytes}``; a paused or stopped guest keeps its state.
         """
+        ...
+
+    def rescue(self, spec: GuestSpec) -> Result:
+        """Boot the rescue image ``spec.image_id``, the guest's own disk attached as the
+        second, keeping the guest's definition for :meth:`unrescue`; from any power
+        state, ending RUNNING."""
+        ...
+
+    def unrescue(self, server_id: str) -> Result:
+        """Back to the kept definition, booted (RUNNING)."""
         ...
 
     def console_output(self, server_id: str) -> str:

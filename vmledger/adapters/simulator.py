@@ -74,6 +74,8 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
         "power_on",
         "destroy",
         "snapshot",
+        "rescue",
+        "unrescue",
     }
 )
 #: every operation of the port
@@ -170,6 +172,8 @@ class _Guest:
     old_definition: _OldDefinition | None = None
     boot_count: int = 0
     generation: int = 0
+    #: the rescue image the guest runs, its own disk attached as the second
+    rescue_image_id: str | None = None
 
     def boot(self) -> None:
         self.power_state = PowerState.RUNNING
@@ -190,6 +194,7 @@ class _Guest:
             ),
             "boot_count": self.boot_count,
             "generation": self.generation,
+            "rescue_image_id": self.rescue_image_id,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -214,6 +219,7 @@ class _Guest:
             old_definition=None if old is None else _OldDefinition.from_json(old),
             boot_count=int(data["boot_count"]),
             generation=int(data["generation"]),
+            rescue_image_id=data.get("rescue_image_id"),  # absent from older state files
         )
 
 
@@ -355,6 +361,7 @@ class Simulator:
                 flavor_id=guest.flavor_id,
                 image_id=guest.image_id,
                 resize_pending=guest.old_definition is not None,
+                rescued=guest.rescue_image_id is not None,
                 details={
                     "name": guest.name,
                     "vcpus": guest.vcpus,
@@ -364,6 +371,32 @@ class Simulator:
                     "generation": guest.generation,
                 },
             )
+
+    def rescue(self, spec: GuestSpec) -> Result:
+        """Boot the rescue image (any power state; a rescued guest is left alone)."""
+
+        def apply() -> Result:
+            guest = self._require(spec.server_id)
+            if guest.rescue_image_id is not None:
+                return {"rescue_image_id": guest.rescue_image_id, "already": True}
+            guest.rescue_image_id = spec.image_id
+            guest.boot()
+            return {"rescue_image_id": spec.image_id, "boot_count": guest.boot_count}
+
+        return self._mutate("rescue", spec.server_id, apply)
+
+    def unrescue(self, server_id: str) -> Result:
+        """Boot the guest's own disk again."""
+
+        def apply() -> Result:
+            guest = self._require(server_id)
+            if guest.rescue_image_id is None:
+                return {"already": True}
+            guest.rescue_image_id = None
+            guest.boot()
+            return {"boot_count": guest.boot_count}
+
+        return self._mutate("unrescue", server_id, apply)
 
     def console_output(self, server_id: str) -> str:
         """A boot log per boot of the guest (deterministic: the same history gives the

@@ -486,6 +486,22 @@ def _parse_unshelve(call: Call, value: Any) -> _Action:
     return _Action("unshelve", params)
 
 
+def _parse_rescue(call: Call, value: Any) -> _Action:
+    """``{"rescue": null}`` or ``{"rescue": {"adminPass"?, "rescue_image_ref"?}}``: the
+    answer is ``{"adminPass": …}`` (the one given, or a new one: returned, never
+    recorded; the guest is not told it)."""
+    params: dict[str, Any] = {}
+    admin_pass = None
+    if value is not None:
+        rescue = val.require_object(value, "rescue")
+        val.no_other_keys(rescue, "rescue", ["adminPass", "rescue_image_ref"])
+        admin_pass = val.string(rescue.get("adminPass"), "adminPass", nullable=True)
+        if "rescue_image_ref" in rescue:
+            params["image"] = val.uuid_string(rescue["rescue_image_ref"], "rescue_image_ref")
+    return _Action("rescue", params, status=200,
+                   admin_pass=admin_pass if admin_pass is not None else _new_password())
+
+
 _LENGTH = re.compile(r"^-?[0-9]+$")
 
 
@@ -617,6 +633,8 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "shelveOffload": _simple("shelve_offload"),
     "unshelve": _parse_unshelve,
     "os-getConsoleOutput": _parse_console_output,
+    "rescue": _parse_rescue,
+    "unrescue": _simple("unrescue"),
 }
 
 
@@ -650,6 +668,8 @@ async def server_action(call: Call) -> Response:
         return Response(status_code=202,
                         headers={"Location": call.viewer.links.versioned("images", image_id)})
     await call.run(_act, call, server_id, action.engine_action, action.params)
+    if action.engine_action == "rescue":
+        return JSONResponse({"adminPass": action.admin_pass}, status_code=action.status)
     return Response(status_code=action.status)
 
 

@@ -35,10 +35,11 @@ ERROR = "error"
 DELETED = "deleted"
 SHELVED = "shelved"
 SHELVED_OFFLOADED = "shelved_offloaded"
+RESCUED = "rescued"
 
 VM_STATES: tuple[str, ...] = (
-    BUILDING, ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED, SHELVED, SHELVED_OFFLOADED, ERROR,
-    DELETED,
+    BUILDING, ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED, RESCUED, SHELVED, SHELVED_OFFLOADED,
+    ERROR, DELETED,
 )
 
 # --- task_state (transient; None when idle) ------------------------------------------
@@ -77,6 +78,8 @@ SHELVING_IMAGE_PENDING_UPLOAD = "shelving_image_pending_upload"
 SHELVING_IMAGE_UPLOADING = "shelving_image_uploading"
 SHELVING_OFFLOADING = "shelving_offloading"
 UNSHELVING = "unshelving"
+RESCUING = "rescuing"
+UNRESCUING = "unrescuing"
 
 #: task states from which a HARD reboot is accepted (Nova's ``ALLOW_REBOOT``)
 ALLOW_REBOOT: frozenset[str | None] = frozenset(
@@ -186,6 +189,13 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
                   IMAGE_UPLOADING),
            success=SAME, failure=SAME, rollback=SAME,
            doc="snapshot the disk into a new image; the status does not change"),
+    Action("rescue", "rescue", "rescue", vm_states=_states(ACTIVE, STOPPED, ERROR),
+           task_states=IDLE, steps=(RESCUING,), success=RESCUED, failure=ERROR,
+           rollback=SAME,
+           doc="boot a rescue image with the server's own disk attached as the second"),
+    Action("unrescue", "unrescue", "unrescue", vm_states=_states(RESCUED), task_states=IDLE,
+           steps=(UNRESCUING,), success=ACTIVE, failure=ERROR, rollback=SAME,
+           doc="boot the server's own disk again"),
     Action("create_backup", "createBackup", "createBackup",
            vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED), task_states=IDLE,
            steps=(IMAGE_BACKUP, IMAGE_PENDING_UPLOAD, IMAGE_UPLOADING),
@@ -261,7 +271,7 @@ STATUS_MAP: dict[str, tuple[str, dict[str, str]]] = {
     RESIZED: ("VERIFY_RESIZE", {RESIZE_REVERTING: "REVERT_RESIZE"}),
     PAUSED: ("PAUSED", {"migrating": "MIGRATING"}),
     SUSPENDED: ("SUSPENDED", {}),
-    "rescued": ("RESCUE", {}),
+    RESCUED: ("RESCUE", {}),
     ERROR: ("ERROR", dict.fromkeys(_REBUILD_TASKS, "REBUILD")),
     DELETED: ("DELETED", {}),
     "soft-delete": ("SOFT_DELETED", {}),

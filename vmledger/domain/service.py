@@ -631,6 +631,26 @@ class ServerService(Application[uuid.UUID]):
             return server
         return decide
 
+    def _h_rescue(self, ctx: Context, params: dict[str, Any]
+                  ) -> Callable[[Server | None], Server]:
+        """``image``: the rescue image (id or name, one the caller may use); by default
+        the image the server was built from (as Nova without a configured one)."""
+        params = dict(params)
+        ref = params.pop("image", None)
+        if params:
+            raise BadRequest(f"Action rescue takes no parameters: {', '.join(sorted(params))}")
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            lc.check("rescue", server.subject, is_admin=ctx.is_admin)  # before the image
+            image = self.image_for(str(ref if ref is not None else server.image["id"]),
+                                   ctx)[1]
+            server.request_action("rescue", ctx, self.clock.now(),
+                                  params={"image_id": image["id"],
+                                          "image_name": image.get("name")})
+            return server
+        return decide
+
     def _h_unshelve(self, ctx: Context, params: dict[str, Any]
                     ) -> Callable[[Server | None], Server]:
         """``availability_zone`` (2.77) and ``host`` (2.91, administrators) only for a
@@ -716,9 +736,10 @@ class ServerService(Application[uuid.UUID]):
         "unlock": _h_unlock,
         "reset_state": _h_reset_state,
         "unshelve": _h_unshelve,
+        "rescue": _h_rescue,
         **{name: (lambda action: lambda s, c, p: s._h_simple(c, p, action))(name)
            for name in ("pause", "unpause", "suspend", "resume", "stop", "start",
-                        "shelve_offload")},
+                        "shelve_offload", "unrescue")},
     }
 
     # --- images -------------------------------------------------------------------------

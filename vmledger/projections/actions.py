@@ -48,6 +48,8 @@ NOVA_EVENTS: dict[str, str] = {
     "delete": "compute_terminate_instance",
     "create_image": "compute_snapshot_instance",
     "create_backup": "compute_backup_instance",
+    "rescue": "compute_rescue_instance",
+    "unrescue": "compute_unrescue_instance",
     "shelve": "compute_shelve_instance",
     "shelve_and_offload": "compute_shelve_instance",
     "shelve_offload": "compute_shelve_offload_instance",

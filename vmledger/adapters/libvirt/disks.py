@@ -37,6 +37,11 @@ def overlay_path(disk_dir: str, server_id: str) -> str:
     return os.path.join(os.path.abspath(disk_dir), f"vmledger-{server_id}.qcow2")
 
 
+def rescue_path(disk_dir: str, server_id: str) -> str:
+    """The overlay of the rescue image a rescued guest boots."""
+    return os.path.join(os.path.abspath(disk_dir), f"vmledger-{server_id}.rescue.qcow2")
+
+
 def console_path(disk_dir: str, server_id: str) -> str:
     """Where a guest's serial console is written (QEMU appends to it)."""
     return os.path.join(os.path.abspath(disk_dir), f"vmledger-{server_id}.console.log")

@@ -35,6 +35,7 @@ __all__ = [
     "domain_xml",
     "parse_instance",
     "rebuilt",
+    "rescued",
     "resized",
     "without_resize",
 ]
@@ -68,10 +69,16 @@ class Instance:
     #: the definition a pending resize replaced, and the power state it had
     old_xml: str | None = None
     old_power_state: PowerState | None = None
+    #: the guest's own definition while it runs a rescue image
+    rescue_xml: str | None = None
 
     @property
     def resize_pending(self) -> bool:
         return self.old_xml is not None
+
+    @property
+    def rescued(self) -> bool:
+        return self.rescue_xml is not None
 
 
 def _local(tag: str) -> str:
@@ -95,6 +102,7 @@ def _instance_from(element: ET.Element) -> Instance:
     flavor = _child(element, "flavor")
     image = _child(element, "image")
     resize = _child(element, "resize")
+    rescue = _child(element, "rescue")
     fl = flavor.attrib if flavor is not None else {}
     old_state = resize.get("power-state") if resize is not None else None
     return Instance(
@@ -106,6 +114,7 @@ def _instance_from(element: ET.Element) -> Instance:
         image_id=image.get("id") if image is not None else None,
         old_xml=(resize.text or "") if resize is not None else None,
         old_power_state=PowerState(int(old_state)) if old_state is not None else None,
+        rescue_xml=(rescue.text or "") if rescue is not None else None,
     )
 
 
@@ -241,6 +250,31 @@ def resized(xml: str, spec: GuestSpec, power_state: PowerState) -> str:
     resize = _set_child(_instance_element(root), "resize")
     resize.set("power-state", str(int(power_state)))
     resize.text = xml
+    return ET.tostring(root, encoding="unicode")
+
+
+#: where the guest's own root disk is attached while it runs a rescue image
+RESCUED_DISK_TARGET = "vdb"
+
+
+def rescued(xml: str, rescue_disk: str | None) -> str:
+    """``xml`` booting ``rescue_disk`` (none: no rescue disk, a diskless rescue image)
+    with the guest's own root disk moved to the second slot, and ``xml`` itself kept
+    in the metadata for :func:`unrescued` (UUID, MACs and the rest unchanged)."""
+    root = ET.fromstring(xml)
+    devices = root.find("devices")
+    if devices is None:
+        devices = ET.SubElement(root, "devices")
+    own = _root_disk(root)
+    if own is not None:
+        target = own.find("target")
+        assert target is not None
+        target.set("dev", RESCUED_DISK_TARGET)
+        for stale in own.findall("backingStore") + own.findall("address"):
+            own.remove(stale)
+    if rescue_disk is not None:
+        devices.insert(0, _disk_element(rescue_disk))
+    _set_child(_instance_element(root), "rescue").text = xml
     return ET.tostring(root, encoding="unicode")
 
 

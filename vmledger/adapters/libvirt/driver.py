@@ -42,6 +42,7 @@ from vmledger.adapters.libvirt.domain_xml import (
     domain_xml,
     parse_instance,
     rebuilt,
+    rescued,
     resized,
     without_resize,
 )
@@ -300,7 +301,7 @@ class LibvirtDriver:
         inst = _instance(dom)
         return Observation(
             exists=True, power_state=_power(dom, state), flavor_id=inst.flavor_id,
-            image_id=inst.image_id, resize_pending=inst.resize_pending,
+            image_id=inst.image_id, resize_pending=inst.resize_pending, rescued=inst.rescued,
             details={"domain": dom.name(), "state": state, "vcpus": vcpus,
                      "ram_mb": max_kib // 1024, "disk_gb": inst.disk_gb, "name": inst.name})
 
@@ -508,6 +509,59 @@ class LibvirtDriver:
 
         return self._act(server_id, body)
 
+    def rescue(self, spec: GuestSpec) -> Result:
+        """Redefine the guest to boot an overlay of the rescue image (when it has a base
+        file here) with its own root disk as ``vdb``, keeping its definition in the
+        metadata, and (re)start it; a suspended guest's saved memory is dropped."""
+
+        def body(conn: Any, do: _Progress) -> Result:
+            dom = self._require(conn, spec.server_id)
+            if _instance(dom).rescued:
+                return {"already": True}
+            own_xml = dom.XMLDesc(_INACTIVE)
+            base = self._base(spec.image_id)
+            disk = (None if base is None or self.disk_dir is None
+                    else disks.rescue_path(self.disk_dir, spec.server_id))
+            if base is not None and disk is not None:
+                disks.create_overlay(base, disk, spec.disk_gb)
+            try:
+                conn.defineXML(rescued(own_xml, disk))
+                if dom.isActive():
+                    do(dom.destroy)
+                elif dom.hasManagedSaveImage(0):
+                    do(dom.managedSaveRemove, 0)
+            except BaseException:
+                if not do.changed:  # the guest is as it was: so is its definition
+                    conn.defineXML(own_xml)
+                    if disk is not None:
+                        disks.remove(disk)
+                raise
+            do.changed = True
+            do(dom.create)
+            return {"rescue_image_id": spec.image_id, "disk": disk}
+
+        return self._act(spec.server_id, body)
+
+    def unrescue(self, server_id: str) -> Result:
+        """Stop the rescue, redefine the guest's own definition, boot it."""
+
+        def body(conn: Any, do: _Progress) -> Result:
+            dom = self._require(conn, server_id)
+            inst = _instance(dom)
+            if inst.rescue_xml is None:
+                return {"already": True}
+            if dom.isActive():
+                do(dom.destroy)
+            if dom.hasManagedSaveImage(0):
+                do(dom.managedSaveRemove, 0)
+            do(conn.defineXML, inst.rescue_xml)
+            removed = (disks.remove(disks.rescue_path(self.disk_dir, server_id))
+                       if self.disk_dir is not None else [])
+            do(dom.create)
+            return {"power_state": int(PowerState.RUNNING), "removed": removed}
+
+        return self._act(server_id, body)
+
     def _transition(self, op: str, server_id: str, sources: frozenset[PowerState],
                     target: PowerState, act: Callable[[Any, PowerState, _Progress], Result]
                     ) -> Result:
@@ -632,7 +686,8 @@ class LibvirtDriver:
             disk = self._disk_path(server_id)
             files: tuple[str, ...] = ()
             if disk is not None and self.disk_dir is not None:
-                files = (disk, disk + ".new", disks.console_path(self.disk_dir, server_id))
+                files = (disk, disk + ".new", disks.rescue_path(self.disk_dir, server_id),
+                         disks.console_path(self.disk_dir, server_id))
             if dom is None:
                 return {"already": True, "removed": disks.remove(*files)}
             if dom.isActive():
