@@ -605,7 +605,7 @@ def spec_for(server_id: str, flavor: int, image: str) -> GuestSpec:
 def perform(sim: Simulator, item: tuple[str, str, int, str, bool, PowerState]) -> Result | None:
     op, sid, flavor, image, hard, state = item
     spec = spec_for(sid, flavor, image)
-    if op in ("spawn", "rebuild", "resize"):
+    if op in ("spawn", "rebuild", "resize", "rescue"):
         result: Result = getattr(sim, op)(spec)
         return result
     if op == "reboot":
@@ -657,6 +657,13 @@ def check_effect(
         assert not after.resize_pending
         if not before.resize_pending:
             assert after == before
+    elif op in ("rescue", "unrescue"):
+        assert after.rescued == (op == "rescue")
+        assert after.image_id == before.image_id  # the guest's own image stays its own
+        if before.rescued == after.rescued:
+            assert after == before  # already so: nothing changed
+        else:
+            assert after.power_state == P.RUNNING
 
 
 @settings(max_examples=60, deadline=None)
@@ -699,4 +706,5 @@ def observation_from_snapshot(sim: Simulator, server_id: str) -> dict[str, Any]:
         "flavor_id": guest["flavor_id"],
         "image_id": guest["image_id"],
         "resize_pending": guest["old_definition"] is not None,
+        "rescued": guest["rescue_image_id"] is not None,
     }
