@@ -158,10 +158,10 @@ def test_a_failed_snapshot_fails_the_shelve_and_its_image() -> None:
         assert sid in sim.guests()  # never offloaded
 
 
-def test_the_timer_offloads_servers_left_shelved_for_the_offload_time() -> None:
+def test_the_timer_offloads_servers_left_shelved_for_the_offload_time(url: str) -> None:
     clock = FakeClock()
     sim = Simulator()
-    with Engine("memory", clock=clock, hypervisor=sim,
+    with Engine(url, clock=clock, hypervisor=sim,
                 shelved_offload_time=timedelta(hours=1)) as engine:
         kept, left = active(engine, "kept"), active(engine, "left")
         engine.shelve(left)
