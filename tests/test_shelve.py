@@ -322,3 +322,25 @@ def test_api_refusals_are_409(api: tuple[Engine, ApiClient]) -> None:
     assert _act(client, sid, {"shelve": None}).status_code == 409  # in flight
     engine.run_until_idle()
     assert _act(client, sid, {"shelve": None}).status_code == 409  # already shelved
+
+
+def test_the_ledger_tells_shelves_backups_rescues_and_timed_offloads() -> None:
+    clock = FakeClock()
+    with Engine("memory", clock=clock, shelved_offload_time=timedelta(hours=1)) as engine:
+        sid = active(engine)
+        for step in (lambda: engine.create_backup(sid, "nightly", backup_type="daily",
+                                                  rotation=2),
+                     lambda: engine.rescue(sid, image="debian-12-genericcloud-amd64"),
+                     lambda: engine.unrescue(sid), lambda: engine.shelve(sid)):
+            step()
+            engine.run_until_idle()
+        clock.advance(timedelta(hours=2))
+        engine.run_until_idle()
+        told = "\n".join(engine.explain(sid))
+        assert "asked to back it up as 'nightly' (daily type, keeping the newest 2)" in told
+        assert "asked to rescue it with image debian-12-genericcloud-amd64" in told
+        assert "asked to shelve it (saved as 'web-shelved')" in told
+        assert "the timer removed the shelved server from its host" in told
+        assert told.endswith(f"completed at {clock.now().isoformat()} "
+                             f"[{engine.instance_actions(sid)[0]['request_id']}].")
+        assert "Why: the automatic offload of the shelved server by the timer" in told

@@ -385,6 +385,16 @@ def _what(action: str, params: dict[str, Any]) -> str:
         return f"rebuild with image {params['image'].get('name')}"
     if action.startswith("reboot"):
         return f"reboot ({'hard' if action.endswith('hard') else 'soft'})"
+    if action == "rescue" and params.get("image_name"):
+        return f"rescue it with image {params['image_name']}"
+    if action == "create_backup":
+        return (f"back it up as {params.get('name')!r} ({params.get('backup_type') or 'no'}"
+                f" type, keeping the newest {params.get('rotation')})")
+    if action == "create_image":
+        return f"snapshot it as {params.get('name')!r}"
+    if action in ("shelve", "shelve_and_offload"):
+        then = ", then remove it from the host" if action == "shelve_and_offload" else ""
+        return f"shelve it (saved as {params.get('name')!r}{then})"
     return action.replace("_", " ")
 
 
@@ -401,6 +411,9 @@ def _opening(e: LedgerEntry) -> str:
         if e.cause == TIMER and action == "confirm_resize":
             text = (f"{at} the timer confirmed the resize automatically: its confirmation "
                     "deadline had passed")
+        elif e.cause == TIMER and action == "shelve_offload":
+            text = (f"{at} the timer removed the shelved server from its host: it had been "
+                    "shelved for the shelved offload time")
         else:
             text = f"{at} {_who(e)} asked to {_what(action, dict(p.get('params') or {}))}"
         if p.get("supersedes"):
@@ -494,7 +507,9 @@ def _why(server: Server, request_id: str, entries: list[LedgerEntry]) -> str:
     if first.event == "Requested":
         asked = f"the create requested by {_who(first)} at {_ts(first.timestamp)}"
     elif first.cause == TIMER:
-        asked = f"the automatic resize confirmation by the timer at {_ts(first.timestamp)}"
+        what = ("offload of the shelved server"
+                if first.payload.get("action") == "shelve_offload" else "resize confirmation")
+        asked = f"the automatic {what} by the timer at {_ts(first.timestamp)}"
     elif first.event == "ActionRequested":
         action = _what(str(first.payload.get("action")), dict(first.payload.get("params")
                                                                  or {}))
