@@ -233,6 +233,7 @@ def test_rescue_and_unrescue_on_a_real_guest(guests: Guests, tmp_path: Path,
         live.findall("devices/disk/target"), live.findall("devices/disk/source"),
         strict=True)] == [("vda", rescue), ("vdb", own)]
     assert d.observe(sid).rescued and macs(guests.dom(sid)) == mac
+    assert d.inject_nmi(sid) == {"nmi": True}  # QEMU takes it (trigger_crash_dump)
     assert d.unrescue(sid)["removed"] == [rescue]
     assert guests.state(sid)[0] == R and not d.observe(sid).rescued
     assert disk_source(guests.dom(sid).XMLDesc(0)) == own and macs(guests.dom(sid)) == mac

@@ -78,11 +78,16 @@ def test_nova_facts_hold_in_the_table() -> None:
     assert lc.may("stop", lc.ERROR, None)
     assert lc.may("delete", lc.ACTIVE, lc.RESIZE_MIGRATING)
     assert lc.may("lock", lc.BUILDING, lc.SPAWNING)
-    # VERIFY_RESIZE allows confirm, revert and delete only (besides lock, unlock, reset
-    # and metadata changes, which Nova allows in RESIZED)
+    # VERIFY_RESIZE allows confirm, revert and delete only (besides lock, unlock, reset,
+    # a crash dump and metadata changes, which Nova allows in RESIZED)
     allowed = {n for n in lc.ACTIONS if n != "create" and lc.may(n, lc.RESIZED, None)}
     assert allowed == {"confirm_resize", "revert_resize", "delete", "lock", "unlock",
-                       "reset_state", "update_metadata", "delete_metadata"}
+                       "reset_state", "update_metadata", "delete_metadata",
+                       "trigger_crash_dump"}
+    # RESCUE allows unrescue, delete, lock, unlock, reset and a crash dump
+    allowed = {n for n in lc.ACTIONS if n != "create" and lc.may(n, lc.RESCUED, None)}
+    assert allowed == {"unrescue", "delete", "lock", "unlock", "reset_state",
+                       "trigger_crash_dump"}
     # metadata: not while building, in ERROR or with a task in flight
     assert lc.may("update_metadata", lc.STOPPED, None)
     assert not lc.may("update_metadata", lc.ERROR, None)

@@ -280,6 +280,10 @@ class Engine:
         params: dict[str, Any] = {"image": image} if image else {}
         return self.act(server_id, "rescue", **params, **kw)
 
+    def trigger_crash_dump(self, server_id: str, **kw: Any) -> CommandResult:
+        """An NMI to the guest (its kernel dumps and restarts, if it is set up to)."""
+        return self.act(server_id, "trigger_crash_dump", **kw)
+
     def unrescue(self, server_id: str, **kw: Any) -> CommandResult:
         return self.act(server_id, "unrescue", **kw)
 

@@ -378,6 +378,11 @@ def _shelve(agent: HostAgent, server: Server) -> None:
     _save_image(agent, server, str(server.pending["params"]["image_id"]))
 
 
+def _trigger_crash_dump(agent: HostAgent, server: Server) -> None:
+    _missing(agent.observe(server))
+    agent.call(server, "inject_nmi", {}, lambda: agent.hypervisor.inject_nmi(str(server.id)))
+
+
 def _rescue(agent: HostAgent, server: Server) -> None:
     assert server.pending is not None
     obs = agent.observe(server)
@@ -443,6 +448,7 @@ _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "create_backup": _create_backup,
     "shelve": _shelve,
     "rescue": _rescue,
+    "trigger_crash_dump": _trigger_crash_dump,
     "unrescue": _unrescue,
     "shelve_and_offload": _shelve_and_offload,
     "shelve_offload": _shelve_offload,

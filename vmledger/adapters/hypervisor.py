@@ -142,6 +142,11 @@ class Hypervisor(Protocol):
         """Back to the kept definition, booted (RUNNING)."""
         ...
 
+    def inject_nmi(self, server_id: str) -> Result:
+        """A non-maskable interrupt to a running guest (Nova's ``trigger_crash_dump``);
+        a guest that is not running: :class:`HypervisorError` 409."""
+        ...
+
     def console_output(self, server_id: str) -> str:
         """What the guest wrote to its serial console since it was defined (reading
         changes nothing). A guest without a console log raises

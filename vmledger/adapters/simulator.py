@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vmledger.adapters.hypervisor import (
@@ -76,6 +76,7 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
         "snapshot",
         "rescue",
         "unrescue",
+        "inject_nmi",
     }
 )
 #: every operation of the port
@@ -152,6 +153,9 @@ def _console_text(guest: _Guest) -> str:
             "[    2.418090] Run /sbin/init as init process",
             f"{guest.name} login: ",
         ]
+        if boot in guest.panicked_boots:
+            lines += ["[   60.000000] Kernel panic - not syncing: NMI: Not continuing",
+                      "[   60.000001] kdump: saving vmcore, then rebooting"]
     if guest.boot_count and guest.power_state == PowerState.SHUTDOWN:
         lines.append("[   42.000000] reboot: Power down")
     return "\n".join(lines) + ("\n" if lines else "")
@@ -174,6 +178,8 @@ class _Guest:
     generation: int = 0
     #: the rescue image the guest runs, its own disk attached as the second
     rescue_image_id: str | None = None
+    #: the boots an NMI ended (the simulated kernel dumps and restarts)
+    panicked_boots: list[int] = field(default_factory=list)
 
     def boot(self) -> None:
         self.power_state = PowerState.RUNNING
@@ -195,6 +201,7 @@ class _Guest:
             "boot_count": self.boot_count,
             "generation": self.generation,
             "rescue_image_id": self.rescue_image_id,
+            "panicked_boots": list(self.panicked_boots),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -220,6 +227,7 @@ class _Guest:
             boot_count=int(data["boot_count"]),
             generation=int(data["generation"]),
             rescue_image_id=data.get("rescue_image_id"),  # absent from older state files
+            panicked_boots=[int(b) for b in data.get("panicked_boots", [])],
         )
 
 
@@ -397,6 +405,20 @@ class Simulator:
             return {"boot_count": guest.boot_count}
 
         return self._mutate("unrescue", server_id, apply)
+
+    def inject_nmi(self, server_id: str) -> Result:
+        """The simulated kernel panics, dumps and boots again (a running guest only)."""
+
+        def apply() -> Result:
+            guest = self._require(server_id)
+            if guest.power_state != PowerState.RUNNING:
+                raise HypervisorError(f"Instance {server_id} is not running", rollback=True,
+                                      code=409)
+            guest.panicked_boots.append(guest.boot_count)
+            guest.boot()
+            return {"nmi": True, "boot_count": guest.boot_count}
+
+        return self._mutate("inject_nmi", server_id, apply)
 
     def console_output(self, server_id: str) -> str:
         """A boot log per boot of the guest (deterministic: the same history gives the

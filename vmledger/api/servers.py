@@ -502,6 +502,15 @@ def _parse_rescue(call: Call, value: Any) -> _Action:
                    admin_pass=admin_pass if admin_pass is not None else _new_password())
 
 
+def _parse_crash_dump(call: Call, value: Any) -> _Action:
+    """``{"trigger_crash_dump": null}``, from 2.17 (before, as Nova: not found)."""
+    if not call.at_least(2, 17):
+        raise ApiError(404, "The resource could not be found.")
+    if value is not None:
+        raise val.invalid_field("trigger_crash_dump", value, f"{value!r} is not of type 'null'")
+    return _Action("trigger_crash_dump", {})
+
+
 _LENGTH = re.compile(r"^-?[0-9]+$")
 
 
@@ -635,6 +644,7 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "os-getConsoleOutput": _parse_console_output,
     "rescue": _parse_rescue,
     "unrescue": _simple("unrescue"),
+    "trigger_crash_dump": _parse_crash_dump,
 }
 
 

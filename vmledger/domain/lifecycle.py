@@ -196,6 +196,11 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("unrescue", "unrescue", "unrescue", vm_states=_states(RESCUED), task_states=IDLE,
            steps=(UNRESCUING,), success=ACTIVE, failure=ERROR, rollback=SAME,
            doc="boot the server's own disk again"),
+    Action("trigger_crash_dump", "trigger_crash_dump", "trigger_crash_dump",
+           vm_states=_states(ACTIVE, PAUSED, RESCUED, RESIZED, ERROR), task_states=IDLE,
+           steps=(), success=SAME, failure=SAME, rollback=SAME,
+           doc="an NMI to the guest, whose kernel dumps and restarts if it is set to;"
+               " no task_state is shown"),
     Action("create_backup", "createBackup", "createBackup",
            vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED), task_states=IDLE,
            steps=(IMAGE_BACKUP, IMAGE_PENDING_UPLOAD, IMAGE_UPLOADING),

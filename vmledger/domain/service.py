@@ -739,7 +739,7 @@ class ServerService(Application[uuid.UUID]):
         "rescue": _h_rescue,
         **{name: (lambda action: lambda s, c, p: s._h_simple(c, p, action))(name)
            for name in ("pause", "unpause", "suspend", "resume", "stop", "start",
-                        "shelve_offload", "unrescue")},
+                        "shelve_offload", "unrescue", "trigger_crash_dump")},
     }
 
     # --- images -------------------------------------------------------------------------

@@ -49,6 +49,7 @@ NOVA_EVENTS: dict[str, str] = {
     "create_image": "compute_snapshot_instance",
     "create_backup": "compute_backup_instance",
     "rescue": "compute_rescue_instance",
+    "trigger_crash_dump": "compute_trigger_crash_dump",
     "unrescue": "compute_unrescue_instance",
     "shelve": "compute_shelve_instance",
     "shelve_and_offload": "compute_shelve_instance",

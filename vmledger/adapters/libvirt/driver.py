@@ -542,6 +542,19 @@ class LibvirtDriver:
 
         return self._act(spec.server_id, body)
 
+    def inject_nmi(self, server_id: str) -> Result:
+        """``virDomainInjectNMI`` to a running guest."""
+
+        def body(conn: Any, do: _Progress) -> Result:
+            dom = self._require(conn, server_id)
+            if _power(dom) != PowerState.RUNNING:
+                raise HypervisorError(f"Instance {server_id} is not running", rollback=True,
+                                      code=409)
+            do(dom.injectNMI, 0)
+            return {"nmi": True}
+
+        return self._act(server_id, body)
+
     def unrescue(self, server_id: str) -> Result:
         """Stop the rescue, redefine the guest's own definition, boot it."""
 
