@@ -73,6 +73,9 @@ def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> 
     for value, expected in (("-1", None), ("3600", timedelta(hours=1))):
         assert cli.main(["serve", "--db", "memory", "--shelved-offload-time", value]) == 0
         assert closed[-1].service.shelved_offload_time == expected
+    assert engine.service.reclaim_interval == timedelta(0)  # no soft delete, as Nova
+    assert cli.main(["serve", "--db", "memory", "--reclaim-instance-interval", "60"]) == 0
+    assert closed[-1].service.reclaim_interval == timedelta(minutes=1)
 
 
 def test_serve_with_token_and_keystone_auth(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,6 +105,7 @@ def test_serve_with_token_and_keystone_auth(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize("argv", [
     ["serve", "--confirm-window", "-1"],
     ["serve", "--shelved-offload-time", "-2"],
+    ["serve", "--reclaim-instance-interval", "-5"],
     ["serve", "--shelved-offload-time", "soon"],
     ["serve", "--port", "70000"],
     ["serve", "--auth", "kerberos"],

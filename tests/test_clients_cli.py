@@ -25,6 +25,7 @@ from tests.support.server import (
     RunningServer,
     client_skip_reason,
     clients_marks,
+    running_server,
     vmledger_keystone_server,
     vmledger_server,
 )
@@ -268,3 +269,25 @@ def test_rescue_unrescue_and_console_log(vmledger_server: RunningServer, tmp_pat
     events = osc("server", "event", "list", "rescue-vm", output=True)
     assert [e["Action"] for e in events] == ["unrescue", "rescue", "create"]
     osc("server", "delete", "rescue-vm")
+
+
+def test_soft_delete_restore_and_force(tmp_path: Path) -> None:
+    """``serve --reclaim-instance-interval``: ``server delete`` soft-deletes, ``server
+    restore`` brings it back, ``server delete --force`` deletes it for good."""
+    with running_server(tmp_path, ["--reclaim-instance-interval", "3600"]) as server:
+        osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(server, None))
+        osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME, "--nic", "none",
+            "soft-vm", output=True)
+        wait_for(osc, "soft-vm", "ACTIVE")
+        osc("server", "delete", "soft-vm")
+        assert wait_for(osc, "soft-vm", "SOFT_DELETED")["OS-EXT-STS:vm_state"] == "soft-delete"
+        osc("server", "restore", "soft-vm")
+        wait_for(osc, "soft-vm", "ACTIVE")
+        osc("server", "delete", "soft-vm")
+        wait_for(osc, "soft-vm", "SOFT_DELETED")
+        osc("server", "delete", "--force", "soft-vm")
+        deadline = time.monotonic() + WAIT
+        while osc("server", "show", "soft-vm", check=False).returncode == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert server.server_errors() == []

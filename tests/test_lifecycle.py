@@ -81,13 +81,16 @@ def test_nova_facts_hold_in_the_table() -> None:
     # VERIFY_RESIZE allows confirm, revert and delete only (besides lock, unlock, reset,
     # a crash dump and metadata changes, which Nova allows in RESIZED)
     allowed = {n for n in lc.ACTIONS if n != "create" and lc.may(n, lc.RESIZED, None)}
-    assert allowed == {"confirm_resize", "revert_resize", "delete", "lock", "unlock",
-                       "reset_state", "update_metadata", "delete_metadata",
+    assert allowed == {"confirm_resize", "revert_resize", "delete", "soft_delete", "lock",
+                       "unlock", "reset_state", "update_metadata", "delete_metadata",
                        "trigger_crash_dump"}
     # RESCUE allows unrescue, delete, lock, unlock, reset and a crash dump
     allowed = {n for n in lc.ACTIONS if n != "create" and lc.may(n, lc.RESCUED, None)}
-    assert allowed == {"unrescue", "delete", "lock", "unlock", "reset_state",
+    assert allowed == {"unrescue", "delete", "soft_delete", "lock", "unlock", "reset_state",
                        "trigger_crash_dump"}
+    # SOFT_DELETED: restore, or a delete (the service makes it a real one)
+    allowed = {n for n in lc.ACTIONS if n != "create" and lc.may(n, lc.SOFT_DELETED, None)}
+    assert allowed == {"restore", "delete", "soft_delete", "lock", "unlock", "reset_state"}
     # metadata: not while building, in ERROR or with a task in flight
     assert lc.may("update_metadata", lc.STOPPED, None)
     assert not lc.may("update_metadata", lc.ERROR, None)

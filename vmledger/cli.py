@@ -38,8 +38,8 @@ def _non_negative_seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError("the confirm window cannot be negative "
-                                         "(0 disables auto-confirm)")
+        raise argparse.ArgumentTypeError("a number of seconds cannot be negative (0 turns "
+                                         "the feature off)")
     return value
 
 
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="remove a shelved server's guest from the hypervisor this long "
                             "after the shelve; 0 at once (default, as Nova), -1 never "
                             "(only shelveOffload)")
+    serve.add_argument("--reclaim-instance-interval", type=_non_negative_seconds,
+                       default=0.0, metavar="SECONDS",
+                       help="above 0, a delete only powers the server off (SOFT_DELETED: "
+                            "restore or forceDelete) and it is deleted after this long; "
+                            "0 (default, as Nova) deletes at once")
     serve.add_argument("--auth", choices=AUTH_MODES, default="noauth",
                        help="how callers are identified: noauth (default: anyone, as "
                             "admin), token (fixed --token values) or keystone (also a "
@@ -162,6 +167,7 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
                     confirm_window=timedelta(seconds=args.confirm_window),
                     shelved_offload_time=(None if args.shelved_offload_time == -1 else
                                           timedelta(seconds=args.shelved_offload_time)),
+                    reclaim_interval=timedelta(seconds=args.reclaim_instance_interval),
                     hypervisor=cli_ops.open_hypervisor_from(args))
     try:
         engine.run_in_background(0.2, sync_interval=args.sync_interval)

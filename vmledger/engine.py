@@ -153,7 +153,8 @@ class Engine:
                  id_factory: Callable[[], uuid.UUID] | None = None,
                  request_id_factory: Callable[[], str] | None = None,
                  stopwatch: Callable[[], float] = time.perf_counter,
-                 shelved_offload_time: timedelta | None = timedelta(0)) -> None:
+                 shelved_offload_time: timedelta | None = timedelta(0),
+                 reclaim_interval: timedelta = timedelta(0)) -> None:
         if confirm_window < timedelta(0):
             raise ValueError("the confirm window cannot be negative (0 disables it)")
         self.url = url
@@ -162,7 +163,7 @@ class Engine:
             environment(url), clock=self.clock, catalog=catalog, hosts=(host,),
             confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
             request_id_factory=request_id_factory or new_request_id, seed=seed,
-            shelved_offload_time=shelved_offload_time)
+            shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
                                  extensions=[InstanceActions(), Images(), Keypairs()])
         self.updater = ViewUpdater(self.service, self.view)
@@ -279,6 +280,14 @@ class Engine:
         server's disk attached as the second; ``unrescue`` boots its own disk again."""
         params: dict[str, Any] = {"image": image} if image else {}
         return self.act(server_id, "rescue", **params, **kw)
+
+    def restore(self, server_id: str, **kw: Any) -> CommandResult:
+        """Undo a soft delete (``reclaim_interval`` above 0): powered on, ACTIVE."""
+        return self.act(server_id, "restore", **kw)
+
+    def force_delete(self, server_id: str, **kw: Any) -> CommandResult:
+        """Delete now, soft delete or not."""
+        return self.act(server_id, "force_delete", **kw)
 
     def trigger_crash_dump(self, server_id: str, **kw: Any) -> CommandResult:
         """An NMI to the guest (its kernel dumps and restarts, if it is set up to)."""

@@ -378,6 +378,25 @@ def _shelve(agent: HostAgent, server: Server) -> None:
     _save_image(agent, server, str(server.pending["params"]["image_id"]))
 
 
+def _soft_delete(agent: HostAgent, server: Server) -> None:
+    """Power the guest off (a suspended one keeps its saved state); it stays defined."""
+    obs = agent.observe(server)
+    if obs.exists and obs.power_state in (PowerState.RUNNING, PowerState.PAUSED,
+                                          PowerState.CRASHED):
+        agent.call(server, "power_off", {},
+                   lambda: agent.hypervisor.power_off(str(server.id)))
+
+
+def _restore(agent: HostAgent, server: Server) -> None:
+    obs = agent.observe(server)
+    _missing(obs)
+    hv = agent.hypervisor
+    if obs.power_state == PowerState.SUSPENDED:
+        agent.call(server, "resume", {}, lambda: hv.resume(str(server.id)))
+    elif obs.power_state != PowerState.RUNNING:
+        agent.call(server, "power_on", {}, lambda: hv.power_on(str(server.id)))
+
+
 def _trigger_crash_dump(agent: HostAgent, server: Server) -> None:
     _missing(agent.observe(server))
     agent.call(server, "inject_nmi", {}, lambda: agent.hypervisor.inject_nmi(str(server.id)))
@@ -448,6 +467,8 @@ _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "create_backup": _create_backup,
     "shelve": _shelve,
     "rescue": _rescue,
+    "soft_delete": _soft_delete,
+    "restore": _restore,
     "trigger_crash_dump": _trigger_crash_dump,
     "unrescue": _unrescue,
     "shelve_and_offload": _shelve_and_offload,

@@ -1,5 +1,6 @@
-"""The timer loop: confirms resizes whose confirmation deadline has passed, and offloads
-servers left shelved for the shelved offload time (when it is more than 0).
+"""The timer loop: confirms resizes whose confirmation deadline has passed, offloads
+servers left shelved for the shelved offload time and deletes servers left soft-deleted
+for the reclaim interval (each when it is more than 0).
 
 The deadline is data (recorded in the event that put the server into VERIFY_RESIZE),
 indexed by the servers view. This loop only asks the view which deadlines are due by
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from vmledger.domain import lifecycle as lc
 from vmledger.domain.service import ServerService
 from vmledger.projections.runner import ViewUpdater
 
@@ -36,13 +38,19 @@ class Timer:
                 fired += 1
                 log.info("auto-confirmed the resize of %s (deadline %s, %s)", server_id,
                          deadline.isoformat(), result.request_id)
-        wait = self.service.shelved_offload_time
-        if wait is not None and wait > timedelta(0):
-            for server_id in self.updater.view.shelved_since(now - wait, self.batch):
-                result = self.service.offload_shelved(server_id)
+        offload = self.service.shelved_offload_time
+        for vm_state, wait, command, what in (
+                (lc.SHELVED, offload or timedelta(0), self.service.offload_shelved,
+                 "offloading"),
+                (lc.SOFT_DELETED, self.service.reclaim_interval, self.service.reclaim,
+                 "reclaiming")):
+            if wait <= timedelta(0):
+                continue
+            for server_id in self.updater.view.idle_since(vm_state, now - wait, self.batch):
+                result = command(server_id)
                 if result.accepted:
                     fired += 1
-                    log.info("offloading %s, shelved for %s (%s)", server_id, wait,
+                    log.info("%s %s, %s for %s (%s)", what, server_id, vm_state, wait,
                              result.request_id)
         if fired:
             self.updater.catch_up()

@@ -645,6 +645,8 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "rescue": _parse_rescue,
     "unrescue": _simple("unrescue"),
     "trigger_crash_dump": _parse_crash_dump,
+    "restore": _simple("restore"),
+    "forceDelete": _simple("force_delete"),
 }
 
 

@@ -36,10 +36,12 @@ DELETED = "deleted"
 SHELVED = "shelved"
 SHELVED_OFFLOADED = "shelved_offloaded"
 RESCUED = "rescued"
+#: Nova's ``vm_states.SOFT_DELETED``
+SOFT_DELETED = "soft-delete"
 
 VM_STATES: tuple[str, ...] = (
     BUILDING, ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED, RESCUED, SHELVED, SHELVED_OFFLOADED,
-    ERROR, DELETED,
+    ERROR, SOFT_DELETED, DELETED,
 )
 
 # --- task_state (transient; None when idle) ------------------------------------------
@@ -80,6 +82,8 @@ SHELVING_OFFLOADING = "shelving_offloading"
 UNSHELVING = "unshelving"
 RESCUING = "rescuing"
 UNRESCUING = "unrescuing"
+SOFT_DELETING = "soft-deleting"
+RESTORING = "restoring"
 
 #: task states from which a HARD reboot is accepted (Nova's ``ALLOW_REBOOT``)
 ALLOW_REBOOT: frozenset[str | None] = frozenset(
@@ -231,6 +235,14 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("delete", "delete", "delete", vm_states=ANY, task_states=ANY, steps=(DELETING,),
            success=DELETED, failure=ERROR, rollback=ERROR, needs_launched=False,
            doc="allowed in any state; a repeated delete while deleting is ignored"),
+    Action("soft_delete", "delete", "delete", vm_states=ANY, task_states=ANY,
+           steps=(SOFT_DELETING,), success=SOFT_DELETED, failure=ERROR, rollback=ERROR,
+           doc="a delete when the reclaim interval is above 0 (Nova's"
+               " reclaim_instance_interval): the guest is powered off, kept until restored,"
+               " force-deleted or reclaimed"),
+    Action("restore", "restore", "restore", vm_states=_states(SOFT_DELETED),
+           task_states=IDLE, steps=(RESTORING,), success=ACTIVE, failure=ERROR,
+           rollback=SAME, doc="undo a soft delete: the guest is powered on"),
     Action("update_metadata", "update_metadata", "", vm_states=_METADATA_STATES,
            task_states=IDLE, asynchronous=False,
            doc="set or replace metadata items (no instance action is recorded)"),
@@ -279,7 +291,7 @@ STATUS_MAP: dict[str, tuple[str, dict[str, str]]] = {
     RESCUED: ("RESCUE", {}),
     ERROR: ("ERROR", dict.fromkeys(_REBUILD_TASKS, "REBUILD")),
     DELETED: ("DELETED", {}),
-    "soft-delete": ("SOFT_DELETED", {}),
+    SOFT_DELETED: ("SOFT_DELETED", {}),
     SHELVED: ("SHELVED", {}),
     SHELVED_OFFLOADED: ("SHELVED_OFFLOADED", {}),
 }

@@ -202,7 +202,8 @@ class ServerService(Application[uuid.UUID]):
                  id_factory: Callable[[], uuid.UUID] = uuid.uuid4,
                  request_id_factory: Callable[[], str] = new_request_id,
                  seed: int | None = None,
-                 shelved_offload_time: timedelta | None = timedelta(0)) -> None:
+                 shelved_offload_time: timedelta | None = timedelta(0),
+                 reclaim_interval: timedelta = timedelta(0)) -> None:
         super().__init__(env=env)
         if not hosts:
             raise ValueError("at least one host is needed")
@@ -217,6 +218,11 @@ class ServerService(Application[uuid.UUID]):
         if shelved_offload_time is not None and shelved_offload_time < timedelta(0):
             raise ValueError("the shelved offload time cannot be negative (None: never)")
         self.shelved_offload_time = shelved_offload_time
+        #: Nova's ``reclaim_instance_interval``: above 0, a delete only powers the
+        #: server off (SOFT_DELETED) and the timer deletes it after this long
+        if reclaim_interval < timedelta(0):
+            raise ValueError("the reclaim interval cannot be negative (0: no soft delete)")
+        self.reclaim_interval = reclaim_interval
         self.id_factory = id_factory
         self.request_id_factory = request_id_factory
         self._jitter = random.Random(seed)
@@ -579,8 +585,11 @@ class ServerService(Application[uuid.UUID]):
             return server
         return decide
 
-    def _h_delete(self, ctx: Context, params: dict[str, Any]
+    def _h_delete(self, ctx: Context, params: dict[str, Any], *, force: bool = False
                   ) -> Callable[[Server | None], Server | None]:
+        """A delete: soft (the table's ``soft_delete`` row) when the reclaim interval is
+        above 0 and the server was launched and is not soft-deleted already, as Nova;
+        else, and for ``forceDelete`` (``force``), the real one."""
         if params:
             raise BadRequest("Delete takes no parameters")
 
@@ -589,7 +598,10 @@ class ServerService(Application[uuid.UUID]):
             if server.task_state == lc.DELETING:
                 lc.check("delete", server.subject, is_admin=ctx.is_admin)  # lock still 409
                 return None  # Nova ignores a repeated delete
-            server.request_action("delete", ctx, self.clock.now(),
+            soft = (not force and self.reclaim_interval > timedelta(0)
+                    and server.launched_at is not None
+                    and server.vm_state != lc.SOFT_DELETED)
+            server.request_action("soft_delete" if soft else "delete", ctx, self.clock.now(),
                                   changes={"confirm_deadline": None})
             return server
         return decide
@@ -704,21 +716,33 @@ class ServerService(Application[uuid.UUID]):
         timer asks, cause ``timer``; Nova's ``_poll_shelved_instances``). A no-op when
         the time is 0 or None, or the server has moved on (unshelved, offloaded,
         deleted, changed since)."""
+        wait = self.shelved_offload_time
+        return self._after_idle(server_id, lc.SHELVED, "shelve_offload",
+                                wait if wait is not None else timedelta(0))
+
+    def reclaim(self, server_id: str | uuid.UUID) -> CommandResult:
+        """Delete a server left soft-deleted, unchanged, for the reclaim interval (the
+        timer asks, cause ``timer``; Nova's ``_reclaim_queued_deletes``)."""
+        return self._after_idle(server_id, lc.SOFT_DELETED, "delete", self.reclaim_interval)
+
+    def _after_idle(self, server_id: str | uuid.UUID, vm_state: str, action: str,
+                    wait: timedelta) -> CommandResult:
+        """Request ``action`` (cause ``timer``) of a server idle in ``vm_state`` and
+        unchanged for ``wait``; nothing when ``wait`` is 0 or it is not so (any more)."""
         ctx = Context(request_id=self.request_id_factory(), user_id=None, project_id=None,
                       cause=TIMER, is_admin=True)
-        wait = self.shelved_offload_time
-        if wait is None or wait <= timedelta(0):
+        if wait <= timedelta(0):
             return CommandResult(str(server_id), ctx.request_id, None, accepted=False)
 
         def load(sid: uuid.UUID) -> Server:
             return self.get(sid, include_deleted=True)
 
         def decide(server: Server | None) -> Server | None:
-            assert server is not None and wait is not None
-            if (server.vm_state != lc.SHELVED or server.task_state is not None
+            assert server is not None
+            if (server.vm_state != vm_state or server.task_state is not None
                     or server.modified_on + wait > self.clock.now()):
                 return None
-            server.request_action("shelve_offload", ctx, self.clock.now())
+            server.request_action(action, ctx, self.clock.now())
             return server
 
         return self._run(ctx, self._uuid(server_id), decide, load=load)
@@ -732,6 +756,7 @@ class ServerService(Application[uuid.UUID]):
         "confirm_resize": lambda s, c, p: s._h_migration(c, p, "confirm_resize", "confirming"),
         "revert_resize": lambda s, c, p: s._h_migration(c, p, "revert_resize", "reverting"),
         "delete": _h_delete,
+        "force_delete": lambda s, c, p: s._h_delete(c, p, force=True),
         "lock": _h_lock,
         "unlock": _h_unlock,
         "reset_state": _h_reset_state,
@@ -739,7 +764,7 @@ class ServerService(Application[uuid.UUID]):
         "rescue": _h_rescue,
         **{name: (lambda action: lambda s, c, p: s._h_simple(c, p, action))(name)
            for name in ("pause", "unpause", "suspend", "resume", "stop", "start",
-                        "shelve_offload", "unrescue", "trigger_crash_dump")},
+                        "shelve_offload", "unrescue", "trigger_crash_dump", "restore")},
     }
 
     # --- images -------------------------------------------------------------------------

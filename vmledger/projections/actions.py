@@ -49,6 +49,8 @@ NOVA_EVENTS: dict[str, str] = {
     "create_image": "compute_snapshot_instance",
     "create_backup": "compute_backup_instance",
     "rescue": "compute_rescue_instance",
+    "soft_delete": "compute_soft_delete_instance",
+    "restore": "compute_restore_instance",
     "trigger_crash_dump": "compute_trigger_crash_dump",
     "unrescue": "compute_unrescue_instance",
     "shelve": "compute_shelve_instance",

@@ -310,8 +310,9 @@ class ServersView:
                       " (deleted, created_at, id, version)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (host, pending_action)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_shelved ON {t} (updated_at)"
-                      f" WHERE vm_state = '{lc.SHELVED}'"),
+            # the timer's idle shelved and soft-deleted servers (replaces {t}_shelved)
+            self._sql("DROP INDEX IF EXISTS {t}_shelved"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_state_age ON {t} (vm_state, updated_at)"),
         ]
         for extension in self.extensions:
             own.extend(extension.create_statements(self._sql))
@@ -592,14 +593,13 @@ class ServersView:
                 out.append((r["id"], deadline))
         return out
 
-    def shelved_since(self, before: datetime, limit: int = 100) -> list[str]:
-        """Servers shelved (not offloaded), idle and unchanged since ``before``: the
-        timer's offload candidates, longest waiting first."""
-        # the state as a literal, so both databases can use the partial index
+    def idle_since(self, vm_state: str, before: datetime, limit: int = 100) -> list[str]:
+        """Servers in ``vm_state`` with no task, unchanged since ``before``, longest
+        waiting first: the timer's candidates (shelved to offload, soft-deleted to
+        reclaim)."""
         rows = self._query(
-            f"SELECT id FROM {{t}} WHERE vm_state = '{lc.SHELVED}' AND task_state IS NULL"
-            f" AND updated_at <= ? ORDER BY updated_at, id LIMIT {int(limit)}",
-            [_ts(before)])
+            "SELECT id FROM {t} WHERE vm_state = ? AND task_state IS NULL AND updated_at <= ?"
+            f" ORDER BY updated_at, id LIMIT {int(limit)}", [vm_state, _ts(before)])
         return [r["id"] for r in rows]
 
     def count(self) -> int:
