@@ -98,3 +98,20 @@ def test_the_engine_rescues_on_libvirt(tmp_path: Path) -> None:
         engine.delete(sid)
         engine.run_until_idle()
         assert sorted(p.name for p in disk_dir.iterdir()) == []
+
+
+def test_the_guest_has_the_mac_the_api_shows_even_after_an_offloaded_unshelve(
+        tmp_path: Path) -> None:
+    with LibvirtDriver(node_uri(tmp_path)) as driver, \
+            Engine("memory", clock=FakeClock(), hypervisor=driver) as engine:
+        sid = engine.create_server("web-1", flavor="m1.tiny", image=IMAGE).id
+        engine.run_until_idle()
+        [port] = engine.get_server(sid).doc["addresses"]["private"]
+        shown = port["OS-EXT-IPS-MAC:mac_addr"]
+        assert macs(driver.connection().lookupByUUIDString(sid)) == [shown]
+        engine.shelve(sid)  # offloaded at once: the domain is undefined
+        engine.run_until_idle()
+        assert driver.observe(sid).exists is False
+        engine.unshelve(sid)  # a new domain, with the same MAC (as Nova keeps the port)
+        engine.run_until_idle()
+        assert macs(driver.connection().lookupByUUIDString(sid)) == [shown]

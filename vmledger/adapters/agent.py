@@ -227,7 +227,17 @@ def spec_of(server: Server, flavor: dict[str, Any] | None = None) -> GuestSpec:
     f = flavor or server.flavor
     return GuestSpec(server_id=str(server.id), name=server.name, flavor_id=str(f["id"]),
                      vcpus=int(f["vcpus"]), ram_mb=int(f["ram"]), disk_gb=int(f["disk"]),
-                     image_id=str(server.image["id"]))
+                     image_id=str(server.image["id"]), mac=_mac_of(server))
+
+
+def _mac_of(server: Server) -> str | None:
+    """The MAC of the server's first port, as the API shows it."""
+    for ports in (getattr(server, "addresses", None) or {}).values():
+        for port in ports:
+            mac = port.get("OS-EXT-IPS-MAC:mac_addr")
+            if isinstance(mac, str):
+                return mac
+    return None
 
 
 def _missing(obs: Observation) -> None:

@@ -40,6 +40,8 @@ class GuestSpec:
     ram_mb: int
     disk_gb: int
     image_id: str
+    #: the MAC address the API shows for the server's port (None: the driver picks one)
+    mac: str | None = None
 
 
 @dataclass(frozen=True)

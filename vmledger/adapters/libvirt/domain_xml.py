@@ -192,6 +192,8 @@ def domain_xml(spec: GuestSpec, *, domain_type: str, disk: str | None,
         devices.append(_disk_element(disk))
     # user-mode networking needs nothing on the host; the MAC is chosen by libvirt
     nic = ET.SubElement(devices, "interface", type="user" if network is None else "network")
+    if spec.mac is not None:  # the server's, as the API shows it (else libvirt picks one)
+        ET.SubElement(nic, "mac", address=spec.mac)
     if network is not None:
         ET.SubElement(nic, "source", network=network)
     ET.SubElement(nic, "model", type="virtio")
