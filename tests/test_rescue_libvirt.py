@@ -19,7 +19,7 @@ from tests.support.libvirtd import LIBVIRT_MISSING_REASON, node_uri
 libvirt = pytest.importorskip("libvirt", reason=LIBVIRT_MISSING_REASON, exc_type=ImportError)
 
 from vmledger import Engine, FakeClock  # noqa: E402
-from vmledger.adapters.hypervisor import GuestSpec, PowerState  # noqa: E402
+from vmledger.adapters.hypervisor import GuestSpec, HypervisorError, PowerState  # noqa: E402
 from vmledger.adapters.libvirt import LibvirtDriver  # noqa: E402
 from vmledger.domain.catalog import image_id_for  # noqa: E402
 
@@ -75,6 +75,13 @@ def test_the_driver_rescues_and_unrescues(tmp_path: Path) -> None:
         assert driver.observe(sid).rescued is False
         assert driver.unrescue(sid) == {"already": True}
         assert not Path(rescue_disk).exists()
+
+        # a guest with a disk cannot be rescued by an image with no base file here (it
+        # would boot its own disk): refused, nothing changed
+        with pytest.raises(HypervisorError) as refused:
+            driver.rescue(GuestSpec(**{**spec.__dict__, "image_id": "unknown-img"}))
+        assert (refused.value.code, refused.value.rollback) == (400, True)
+        assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
 
 
 def test_the_engine_rescues_on_libvirt(tmp_path: Path) -> None:

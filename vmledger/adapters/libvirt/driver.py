@@ -520,6 +520,10 @@ class LibvirtDriver:
                 return {"already": True}
             own_xml = dom.XMLDesc(_INACTIVE)
             base = self._base(spec.image_id)
+            if base is None and disk_source(own_xml) is not None:
+                # it would boot its own disk again: no rescue at all
+                raise HypervisorError(f"Rescue image {spec.image_id} has no base file on "
+                                      "this host", rollback=True, code=400)
             disk = (None if base is None or self.disk_dir is None
                     else disks.rescue_path(self.disk_dir, spec.server_id))
             if base is not None and disk is not None:
