@@ -291,3 +291,10 @@ def test_soft_delete_restore_and_force(tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert server.server_errors() == []
+
+
+def test_availability_zone_list(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    zones = osc("availability", "zone", "list", "--compute", "--long", output=True)
+    assert {(z["Zone Name"], z["Zone Status"], z["Host Name"]) for z in zones} == {
+        ("nova", "available", "compute-1")}

@@ -49,6 +49,7 @@ if _reason is not None:
 from tempest.lib import auth  # noqa: E402
 from tempest.lib import exceptions as lib_exc  # noqa: E402
 from tempest.lib.services.compute import (  # noqa: E402
+    availability_zone_client,
     base_compute_client,
     flavors_client,
     images_client,
@@ -109,6 +110,7 @@ class Clients:
     versions: versions_client.VersionsClient
     keypairs: keypairs_client.KeyPairsClient
     limits: limits_client.LimitsClient
+    zones: availability_zone_client.AvailabilityZoneClient
     is_admin: bool
 
 
@@ -122,6 +124,8 @@ def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
         versions=versions_client.VersionsClient(provider, "compute", "RegionOne", **kwargs),
         keypairs=keypairs_client.KeyPairsClient(provider, "compute", "RegionOne", **kwargs),
         limits=limits_client.LimitsClient(provider, "compute", "RegionOne", **kwargs),
+        zones=availability_zone_client.AvailabilityZoneClient(provider, "compute",
+                                                               "RegionOne", **kwargs),
         is_admin=is_admin)
 
 
@@ -429,6 +433,17 @@ def test_server_metadata(member: Clients, microversion: str) -> None:
         servers.show_server_metadata_item(server_id, "a")
     servers.delete_server(server_id)
     wait_gone(member, server_id)
+
+
+def test_availability_zones(admin: Clients, member: Clients) -> None:
+    """``/os-availability-zone`` and its detail against tempest's schemas."""
+    for clients in (admin, member):
+        zones = clients.zones.list_availability_zones()["availabilityZoneInfo"]
+        assert [z["zoneName"] for z in zones] == ["nova"]
+    detail = admin.zones.list_availability_zones(detail=True)["availabilityZoneInfo"]
+    assert list(detail[0]["hosts"]) == ["compute-1"]
+    with pytest.raises(lib_exc.Forbidden):
+        member.zones.list_availability_zones(detail=True)
 
 
 @pytest.mark.parametrize("microversion", SWEEP, indirect=True)

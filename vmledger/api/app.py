@@ -41,6 +41,7 @@ from vmledger.api import (
     server_metadata,
     server_tags,
     servers,
+    zones,
 )
 from vmledger.api import microversions as mv
 from vmledger.api.auth import (
@@ -132,6 +133,8 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/servers/{server_id}/os-instance-actions/{request_id}",
      instance_actions.show_instance_action, ["GET"]),
     ("/limits", limits.show_limits, ["GET"]),
+    ("/os-availability-zone", zones.list_zones, ["GET"]),
+    ("/os-availability-zone/detail", zones.list_zones_detail, ["GET"]),
     ("/os-keypairs", keypairs.list_keypairs, ["GET"]),
     ("/os-keypairs", keypairs.create_keypair, ["POST"]),
     ("/os-keypairs/{name}", keypairs.show_keypair, ["GET"]),

@@ -172,6 +172,10 @@ def _fits(flavor: Flavor, image: Image) -> None:
         raise BadRequest("Flavor's disk is too small for requested image.")
 
 
+#: the one availability zone every host is in (Nova's default ``default_availability_zone``)
+ZONE = "nova"
+
+
 def _addresses(server_id: uuid.UUID) -> dict[str, Any]:
     """A stable fixed address and MAC for a server (the simulated network)."""
     b = server_id.bytes
@@ -361,6 +365,8 @@ class ServerService(Application[uuid.UUID]):
                              f"not {count!r}")
         meta = _check_metadata(metadata)
         desc = _check_description(description)
+        if availability_zone is not None and availability_zone != ZONE:
+            raise BadRequest("The requested availability zone is not available")
         chosen_flavor = self.catalog.flavor(flavor)
         chosen_image, image_ref = self.image_for(image, ctx)
         _fits(chosen_flavor, chosen_image)
@@ -386,7 +392,7 @@ class ServerService(Application[uuid.UUID]):
                 flavor=chosen_flavor.as_dict(),
                 image=image_ref,
                 host=self.hosts[sid.int % len(self.hosts)], metadata=meta, description=desc,
-                key_name=key_name, availability_zone=availability_zone or "nova",
+                key_name=key_name, availability_zone=availability_zone or ZONE,
                 addresses=_addresses(sid), attributes=attrs)
 
         def decide(_: Server | None) -> Server:

@@ -1,0 +1,38 @@
+"""``GET /os-availability-zone[/detail]``: the zone the hosts are in.
+
+Every host of the engine is in the one zone ``nova`` (Nova's default zone; vmledger has
+no host aggregates). The detail, for administrators, lists each host's ``nova-compute``
+service as available and active; vmledger records no service heartbeats, so
+``updated_at`` is null. Nova's ``internal`` zone (its control services) has no
+counterpart and is not listed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import Response
+
+from vmledger.api.faults import ApiError
+from vmledger.api.http import Call
+from vmledger.api.rendering import JSONBody
+from vmledger.domain.service import ZONE
+
+
+async def list_zones(call: Call) -> Response:
+    return JSONBody({"availabilityZoneInfo": [
+        {"zoneName": ZONE, "zoneState": {"available": True}, "hosts": None}]})
+
+
+async def list_zones_detail(call: Call) -> Response:
+    if not call.principal.is_admin:
+        raise ApiError(403, "Policy doesn't allow os_compute_api:os-availability-zone:detail "
+                            "to be performed.")
+    hosts: dict[str, Any] = {
+        host: {"nova-compute": {"available": True, "active": True, "updated_at": None}}
+        for host in call.engine.service.hosts}
+    return JSONBody({"availabilityZoneInfo": [
+        {"zoneName": ZONE, "zoneState": {"available": True}, "hosts": hosts}]})
+
+
+__all__ = ["list_zones", "list_zones_detail"]
