@@ -1,5 +1,5 @@
 """``/os-availability-zone``: the one zone, its hosts for administrators, and the zone a
-create may ask for."""
+create may ask for; ``/os-services``: one compute service per host."""
 
 from __future__ import annotations
 
@@ -39,3 +39,28 @@ def test_a_create_in_another_zone_is_400(memory_engine: Engine, noauth_client: A
     assert memory_engine.list_servers() == []
     r = noauth_client.post("/v2.1/servers", json={"server": {**body, "availability_zone": "nova"}})
     assert r.status_code == 202
+
+
+def test_services(memory_engine: Engine) -> None:
+    client = ApiClient(create_app(memory_engine, auth="token", tokens=TOKENS))
+
+    def services(version: str, query: str = "") -> list[dict[str, object]]:
+        r = client.get(f"/v2.1/os-services{query}",
+                       headers={**ADMIN, "X-OpenStack-Nova-API-Version": version})
+        assert r.status_code == 200, r.text
+        found: list[dict[str, object]] = r.json()["services"]
+        return found
+
+    [old] = services("2.1")
+    assert old == {"id": 1, "binary": "nova-compute", "host": "compute-1", "zone": "nova",
+                   "status": "enabled", "state": "up", "updated_at": None,
+                   "disabled_reason": None}
+    assert services("2.11")[0]["forced_down"] is False
+    [new] = services("2.53")
+    assert isinstance(new["id"], str) and len(str(new["id"])) == 36
+    assert services("2.53") == [new]  # stable
+    assert services("2.53", "?host=compute-1") == [new]
+    assert services("2.53", "?host=elsewhere") == []
+    assert services("2.53", "?binary=nova-conductor") == []
+    r = client.get("/v2.1/os-services", headers=ALICE)
+    assert r.status_code == 403 and "forbidden" in r.json()

@@ -298,3 +298,10 @@ def test_availability_zone_list(vmledger_server: RunningServer, tmp_path: Path) 
     zones = osc("availability", "zone", "list", "--compute", "--long", output=True)
     assert {(z["Zone Name"], z["Zone Status"], z["Host Name"]) for z in zones} == {
         ("nova", "available", "compute-1")}
+
+
+def test_compute_service_list(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    services = osc("compute", "service", "list", output=True)
+    assert [(s["Binary"], s["Host"], s["Zone"], s["Status"], s["State"]) for s in services] == [
+        ("nova-compute", "compute-1", "nova", "enabled", "up")]

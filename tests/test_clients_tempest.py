@@ -56,6 +56,7 @@ from tempest.lib.services.compute import (  # noqa: E402
     keypairs_client,
     limits_client,
     servers_client,
+    services_client,
     versions_client,
 )
 
@@ -111,6 +112,7 @@ class Clients:
     keypairs: keypairs_client.KeyPairsClient
     limits: limits_client.LimitsClient
     zones: availability_zone_client.AvailabilityZoneClient
+    services: services_client.ServicesClient
     is_admin: bool
 
 
@@ -126,6 +128,7 @@ def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
         limits=limits_client.LimitsClient(provider, "compute", "RegionOne", **kwargs),
         zones=availability_zone_client.AvailabilityZoneClient(provider, "compute",
                                                                "RegionOne", **kwargs),
+        services=services_client.ServicesClient(provider, "compute", "RegionOne", **kwargs),
         is_admin=is_admin)
 
 
@@ -433,6 +436,17 @@ def test_server_metadata(member: Clients, microversion: str) -> None:
         servers.show_server_metadata_item(server_id, "a")
     servers.delete_server(server_id)
     wait_gone(member, server_id)
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.11", "2.53", MAXIMUM], indirect=True)
+def test_compute_services(admin: Clients, member: Clients, microversion: str) -> None:
+    """``/os-services`` against tempest's schema of each range."""
+    [service] = admin.services.list_services()["services"]
+    assert (service["binary"], service["host"], service["state"]) == (
+        "nova-compute", "compute-1", "up")
+    assert admin.services.list_services(host="compute-1")["services"] == [service]
+    with pytest.raises(lib_exc.Forbidden):
+        member.services.list_services()
 
 
 def test_availability_zones(admin: Clients, member: Clients) -> None:

@@ -41,6 +41,7 @@ from vmledger.api import (
     server_metadata,
     server_tags,
     servers,
+    services,
     zones,
 )
 from vmledger.api import microversions as mv
@@ -135,6 +136,7 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/limits", limits.show_limits, ["GET"]),
     ("/os-availability-zone", zones.list_zones, ["GET"]),
     ("/os-availability-zone/detail", zones.list_zones_detail, ["GET"]),
+    ("/os-services", services.list_services, ["GET"]),
     ("/os-keypairs", keypairs.list_keypairs, ["GET"]),
     ("/os-keypairs", keypairs.create_keypair, ["POST"]),
     ("/os-keypairs/{name}", keypairs.show_keypair, ["GET"]),
