@@ -36,6 +36,35 @@ def test_an_nmi_makes_the_guest_dump_and_boot_again() -> None:
             ("compute_trigger_crash_dump", "Success")]
 
 
+def test_an_nmi_is_not_sent_twice_when_the_agent_dies_before_the_outcome() -> None:
+    sim = Simulator()
+    with Engine("memory", clock=FakeClock(), hypervisor=sim) as engine:
+        sid = engine.create_server("web", flavor="m1.small", image=IMAGE).id
+        engine.run_until_idle()
+        engine.trigger_crash_dump(sid)
+        # the NMI is sent and recorded, then the agent dies before the outcome
+        original = engine.service.record
+        calls = 0
+
+        def dying(server_id: str, request_id: str, step: object) -> object:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # observe recorded, inject_nmi recorded, then the outcome
+                raise RuntimeError("the agent died")
+            return original(server_id, request_id, step)  # type: ignore[arg-type]
+
+        engine.service.record = dying  # type: ignore[method-assign]
+        engine.agent.run_once()  # the failure is logged, the action stays in flight
+        engine.service.record = original  # type: ignore[method-assign]
+        assert engine.get_server(sid).status == "ACTIVE"
+        engine.run_until_idle()  # the next pass finishes it without a second NMI
+        assert sim.guests()[sid]["boot_count"] == 2
+        assert [c for c in sim.calls if c[0] == "inject_nmi"] == [("inject_nmi", sid)]
+        [dump] = [a for a in engine.instance_actions(sid)
+                  if a["action"] == "trigger_crash_dump"]
+        assert dump["events"][0]["result"] == "Success"
+
+
 def test_refusals_and_a_guest_that_is_not_running() -> None:
     with Engine("memory", clock=FakeClock()) as engine:
         sid = engine.create_server("web", flavor="m1.small", image=IMAGE).id
