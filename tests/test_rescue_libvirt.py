@@ -68,6 +68,9 @@ def test_the_driver_rescues_and_unrescues(tmp_path: Path) -> None:
         assert (obs.rescued, obs.power_state, obs.image_id) == (True, PowerState.RUNNING,
                                                                 "image-a")
         assert driver.rescue(rescue) == {"already": True}
+        dom.destroy()  # as if the driver had died between the redefine and the start
+        assert driver.rescue(rescue) == {"already": True, "started": True}
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
 
         assert driver.unrescue(sid)["removed"] == [rescue_disk]
         assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before

@@ -425,8 +425,9 @@ def _rescue(agent: HostAgent, server: Server) -> None:
     assert server.pending is not None
     obs = agent.observe(server)
     _missing(obs)
-    if obs.rescued:
+    if obs.rescued and obs.power_state == PowerState.RUNNING:
         return  # done before a crash
+    # (rescued but not running: the driver starts it)
     spec = replace(spec_of(server), image_id=str(server.pending["params"]["image_id"]))
     agent.call(server, "rescue", _spec_args(spec), lambda: agent.hypervisor.rescue(spec))
 
@@ -434,8 +435,12 @@ def _rescue(agent: HostAgent, server: Server) -> None:
 def _unrescue(agent: HostAgent, server: Server) -> None:
     obs = agent.observe(server)
     _missing(obs)
+    hv = agent.hypervisor
     if obs.rescued:
-        agent.call(server, "unrescue", {}, lambda: agent.hypervisor.unrescue(str(server.id)))
+        agent.call(server, "unrescue", {}, lambda: hv.unrescue(str(server.id)))
+    elif obs.power_state != PowerState.RUNNING:
+        # its own definition is back but not started (a crash in between): boot it
+        agent.call(server, "power_on", {}, lambda: hv.power_on(str(server.id)))
 
 
 def _shelve_offload(agent: HostAgent, server: Server) -> None:

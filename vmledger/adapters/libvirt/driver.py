@@ -517,6 +517,9 @@ class LibvirtDriver:
         def body(conn: Any, do: _Progress) -> Result:
             dom = self._require(conn, spec.server_id)
             if _instance(dom).rescued:
+                if not dom.isActive():  # redefined, then stopped short of starting it
+                    do(dom.create)
+                    return {"already": True, "started": True}
                 return {"already": True}
             own_xml = dom.XMLDesc(_INACTIVE)
             base = self._base(spec.image_id)
