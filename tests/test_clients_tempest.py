@@ -449,6 +449,20 @@ def test_compute_services(admin: Clients, member: Clients, microversion: str) ->
         member.services.list_services()
 
 
+@pytest.mark.parametrize("microversion", ["2.1", "2.48", MAXIMUM], indirect=True)
+def test_server_diagnostics(admin: Clients, member: Clients, microversion: str) -> None:
+    """``GET /servers/{id}/diagnostics`` against tempest's schema (standard from 2.48)."""
+    sid, _ = create(admin, microversion, f"tempest-diag-{microversion}")
+    wait_for(admin, sid, "ACTIVE")
+    found = admin.servers.show_server_diagnostics(sid)
+    if at_least(microversion, "2.48"):
+        assert (found["state"], found["num_cpus"]) == ("running", 1)
+    else:
+        assert "memory" in found
+    admin.servers.delete_server(sid)
+    wait_gone(admin, sid)
+
+
 def test_availability_zones(admin: Clients, member: Clients) -> None:
     """``/os-availability-zone`` and its detail against tempest's schemas."""
     for clients in (admin, member):

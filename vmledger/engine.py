@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from vmledger.adapters.agent import HostAgent
 from vmledger.adapters.hypervisor import Hypervisor, HypervisorError
@@ -51,6 +51,7 @@ from vmledger.projections.runner import ViewUpdater
 from vmledger.projections.servers import ColumnFilter, StoredServer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: what Nova removes from console output (control characters but tab and newline)
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")
@@ -438,27 +439,43 @@ class Engine:
         A server not on a host (scheduling, offloaded) or on another engine's host is
         409 ``Instance <id> is not ready``; one being deleted 409; a guest without a
         console log 404 (``Guest does not have a console available.``)."""
-        doc = self._visible(server_id, ctx, include_deleted=False)
-        sid = str(doc["id"])
-        if doc.get("task_state") == lc.DELETING:
-            raise InvalidState("get_console_output", sid, "task_state", lc.DELETING)
-        placed = doc.get("host") and not (
-            doc.get("vm_state") == lc.SHELVED_OFFLOADED
-            or (doc.get("vm_state") == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING))
-        if not placed or doc.get("host") != self.host:
-            raise Conflict(f"Instance {sid} is not ready")
-        try:
-            text = self.hypervisor.console_output(sid)
-        except HypervisorError as e:
-            if e.code == 404:
-                raise NotFound(e.message) from None
-            raise Conflict(e.message) from None
+        text = self._read_guest(server_id, ctx, "get_console_output",
+                                lambda sid: self.hypervisor.console_output(sid))
         text = _CONTROL.sub("", text)
         if length is None or length == -1:
             return text
         if length == 0:
             return ""
         return "\n".join(text.split("\n")[-length:])
+
+    def diagnostics(self, server_id: str, *, ctx: Context | None = None) -> dict[str, Any]:
+        """What the hypervisor knows of the server's guest, in Nova's standard form (2.48):
+        state, driver, num_cpus, memory_details… (the same conditions as
+        :meth:`console_output`; an unknown guest is 404)."""
+        return dict(self._read_guest(server_id, ctx, "get_diagnostics",
+                                     lambda sid: self.hypervisor.diagnostics(sid)))
+
+    def _read_guest(self, server_id: str, ctx: Context | None, what: str,
+                    read: Callable[[str], T]) -> T:
+        """``read`` the server's guest from this engine's hypervisor: 409 while it is
+        being deleted, or when it has no host (scheduling, offloaded) or another host
+        (``Instance <id> is not ready``); the hypervisor's 404 is not found, any other
+        refusal 409."""
+        doc = self._visible(server_id, ctx, include_deleted=False)
+        sid = str(doc["id"])
+        if doc.get("task_state") == lc.DELETING:
+            raise InvalidState(what, sid, "task_state", lc.DELETING)
+        placed = doc.get("host") and not (
+            doc.get("vm_state") == lc.SHELVED_OFFLOADED
+            or (doc.get("vm_state") == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING))
+        if not placed or doc.get("host") != self.host:
+            raise Conflict(f"Instance {sid} is not ready")
+        try:
+            return read(sid)
+        except HypervisorError as e:
+            if e.code == 404:
+                raise NotFound(e.message) from None
+            raise Conflict(e.message) from None
 
     def get_server(self, server_id: str, *, ctx: Context | None = None) -> ServerInfo:
         """A server from the view; another project's or a deleted one is not found."""

@@ -89,6 +89,17 @@ Result = Mapping[str, Any]
 #: Nova's message when a guest has no console to read
 NO_CONSOLE = "Guest does not have a console available."
 
+#: the diagnostics ``state`` of each power state (Nova's ``power_state.STATE_MAP``)
+DIAGNOSTICS_STATE = {0: "pending", 1: "running", 3: "paused", 4: "shutdown", 6: "crashed",
+                     7: "suspended"}
+
+
+def nic_detail(mac: str | None) -> dict[str, Any]:
+    """A NIC of a diagnostics document whose counters are not known."""
+    return {"mac_address": mac, **dict.fromkeys(
+        ("rx_octets", "rx_errors", "rx_drop", "rx_packets", "rx_rate", "tx_octets",
+         "tx_errors", "tx_drop", "tx_packets", "tx_rate"))}
+
 
 @runtime_checkable
 class Hypervisor(Protocol):
@@ -147,6 +158,13 @@ class Hypervisor(Protocol):
     def inject_nmi(self, server_id: str) -> Result:
         """A non-maskable interrupt to a running guest (Nova's ``trigger_crash_dump``);
         a guest that is not running: :class:`HypervisorError` 409."""
+        ...
+
+    def diagnostics(self, server_id: str) -> Result:
+        """What the hypervisor knows of a guest, in Nova's standard diagnostics form
+        (2.48): state, driver, hypervisor, hypervisor_os, uptime, config_drive,
+        num_cpus/nics/disks, memory_details, cpu_details, nic_details, disk_details.
+        Reading changes nothing; an unknown guest is :class:`HypervisorError` 404."""
         ...
 
     def console_output(self, server_id: str) -> str:

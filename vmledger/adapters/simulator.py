@@ -47,12 +47,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vmledger.adapters.hypervisor import (
+    DIAGNOSTICS_STATE,
     NO_CONSOLE,
     GuestSpec,
     HypervisorError,
     Observation,
     PowerState,
     Result,
+    nic_detail,
 )
 
 __all__ = ["MUTATING_OPERATIONS", "OPERATIONS", "SimulatedCrash", "Simulator"]
@@ -80,7 +82,8 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
     }
 )
 #: every operation of the port
-OPERATIONS: frozenset[str] = MUTATING_OPERATIONS | {"observe", "console_output"}
+OPERATIONS: frozenset[str] = MUTATING_OPERATIONS | {"observe", "console_output",
+                                                    "diagnostics"}
 
 _STATE_VERSION = 1
 
@@ -180,6 +183,8 @@ class _Guest:
     rescue_image_id: str | None = None
     #: the boots an NMI ended (the simulated kernel dumps and restarts)
     panicked_boots: list[int] = field(default_factory=list)
+    #: the MAC of its NIC, as the engine asked (None: not given)
+    mac: str | None = None
 
     def boot(self) -> None:
         self.power_state = PowerState.RUNNING
@@ -202,6 +207,7 @@ class _Guest:
             "generation": self.generation,
             "rescue_image_id": self.rescue_image_id,
             "panicked_boots": list(self.panicked_boots),
+            "mac": self.mac,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -228,6 +234,7 @@ class _Guest:
             generation=int(data["generation"]),
             rescue_image_id=data.get("rescue_image_id"),  # absent from older state files
             panicked_boots=[int(b) for b in data.get("panicked_boots", [])],
+            mac=data.get("mac"),
         )
 
 
@@ -420,6 +427,32 @@ class Simulator:
 
         return self._mutate("inject_nmi", server_id, apply)
 
+    def diagnostics(self, server_id: str) -> Result:
+        """The simulated guest's flavor and state. ``driver`` is ``libvirt``, as Nova's
+        own fake driver says (the field admits only real drivers); ``hypervisor`` says
+        it is the simulator."""
+        self._enter("diagnostics")
+        with self._lock:
+            self.calls.append(("diagnostics", server_id))
+            guest = self._guests.get(server_id)
+            if guest is None:
+                raise _not_found()
+            running = guest.power_state == PowerState.RUNNING
+            return {
+                "state": DIAGNOSTICS_STATE.get(int(guest.power_state), "pending"),
+                "driver": "libvirt", "hypervisor": "simulator", "hypervisor_os": None,
+                "uptime": None, "config_drive": False, "num_cpus": guest.vcpus,
+                "num_nics": 1, "num_disks": 1 if guest.disk_gb else 0,
+                "memory_details": {"maximum": guest.ram_mb,
+                                   "used": guest.ram_mb if running else 0},
+                "cpu_details": [{"id": n, "time": None, "utilisation": None}
+                                for n in range(guest.vcpus)] if running else [],
+                "nic_details": [nic_detail(guest.mac)],
+                "disk_details": [dict.fromkeys(("read_bytes", "read_requests", "write_bytes",
+                                                "write_requests", "errors_count"))]
+                if guest.disk_gb else [],
+            }
+
     def console_output(self, server_id: str) -> str:
         """A boot log per boot of the guest (deterministic: the same history gives the
         same text), and the power-down line of a guest that is off."""
@@ -445,6 +478,7 @@ class Simulator:
                     ram_mb=spec.ram_mb,
                     disk_gb=spec.disk_gb,
                     image_id=spec.image_id,
+                    mac=spec.mac,
                 )
                 self._guests[spec.server_id] = guest
             elif guest.power_state == PowerState.RUNNING:

@@ -35,6 +35,7 @@ from starlette.routing import BaseRoute, Route
 
 from vmledger.api import (
     catalog,
+    diagnostics,
     instance_actions,
     keypairs,
     limits,
@@ -128,6 +129,7 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/servers/{server_id}/tags/{tag}", server_tags.add_tag, ["PUT"]),
     ("/servers/{server_id}/tags/{tag}", server_tags.delete_tag, ["DELETE"]),
     ("/servers/{server_id}/ips", server_tags.list_ips, ["GET"]),
+    ("/servers/{server_id}/diagnostics", diagnostics.show_diagnostics, ["GET"]),
     ("/servers/{server_id}/ips/{network}", server_tags.show_network_ips, ["GET"]),
     ("/servers/{server_id}/os-instance-actions", instance_actions.list_instance_actions,
      ["GET"]),

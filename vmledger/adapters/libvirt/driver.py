@@ -13,10 +13,12 @@ react is reset or destroyed. The test driver completes ``shutdown()`` at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -24,12 +26,14 @@ from typing import Any
 import libvirt
 
 from vmledger.adapters.hypervisor import (
+    DIAGNOSTICS_STATE,
     NO_CONSOLE,
     GuestSpec,
     HypervisorError,
     Observation,
     PowerState,
     Result,
+    nic_detail,
 )
 from vmledger.adapters.libvirt import disks
 from vmledger.adapters.libvirt.connection import Connection, LibvirtUnavailable, LifecycleEvent
@@ -679,6 +683,49 @@ class LibvirtDriver:
                     dom.resume()
             self.images[image_id] = target
             return {"size": size, "checksum": checksum, "disk": target}
+
+        return self._act(server_id, body)
+
+    def diagnostics(self, server_id: str) -> Result:
+        """From ``virDomainGetInfo``, the definition (NICs, disks) and, while the guest
+        runs, its vCPU times and disk statistics (``virDomainBlockStats``)."""
+
+        def body(conn: Any, do: _Progress) -> Result:
+            dom = self._require(conn, server_id)
+            state, max_kib, kib, vcpus, _cpu_time = dom.info()
+            power = _power(dom, state)
+            root = ET.fromstring(dom.XMLDesc(0))
+            targets = [t.get("dev", "") for t in root.findall("devices/disk/target")]
+            running = power == PowerState.RUNNING
+            cpus: list[dict[str, Any]] = []
+            disk_details: list[dict[str, Any]] = []
+            for dev in targets:
+                stats: Any = None
+                if running:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        stats = dom.blockStats(dev)  # rd_req, rd_bytes, wr_req, wr_bytes, errs
+                disk_details.append({
+                    "read_requests": stats[0] if stats else None,
+                    "read_bytes": stats[1] if stats else None,
+                    "write_requests": stats[2] if stats else None,
+                    "write_bytes": stats[3] if stats else None,
+                    "errors_count": stats[4] if stats else None})
+            if running:
+                with contextlib.suppress(libvirt.libvirtError):
+                    cpus = [{"id": number, "time": cpu_time, "utilisation": None}
+                            for number, _state, cpu_time, _cpu in dom.vcpus()[0]]
+            return {
+                "state": DIAGNOSTICS_STATE.get(int(power), "pending"), "driver": "libvirt",
+                "hypervisor": root.get("type"), "hypervisor_os": "linux", "uptime": None,
+                "config_drive": False, "num_cpus": vcpus,
+                "num_nics": len(root.findall("devices/interface")),
+                "num_disks": len(targets),
+                "memory_details": {"maximum": max_kib // 1024,
+                                   "used": kib // 1024 if running else 0},
+                "cpu_details": cpus,
+                "nic_details": [nic_detail(m.get("address"))
+                                for m in root.findall("devices/interface/mac")],
+                "disk_details": disk_details}
 
         return self._act(server_id, body)
 
