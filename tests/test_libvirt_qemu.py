@@ -233,6 +233,10 @@ def test_rescue_and_unrescue_on_a_real_guest(guests: Guests, tmp_path: Path,
         live.findall("devices/disk/target"), live.findall("devices/disk/source"),
         strict=True)] == [("vda", rescue), ("vdb", own)]
     assert d.observe(sid).rescued and macs(guests.dom(sid)) == mac
+    diag = d.diagnostics(sid)  # while it runs: vCPU times and both disks' statistics
+    assert (diag["state"], diag["num_disks"], len(diag["disk_details"])) == ("running", 2, 2)
+    assert diag["cpu_details"][0]["time"] is not None
+    assert diag["disk_details"][0]["read_requests"] is not None
     assert d.inject_nmi(sid) == {"nmi": True}  # QEMU takes it (trigger_crash_dump)
     assert d.unrescue(sid)["removed"] == [rescue]
     assert guests.state(sid)[0] == R and not d.observe(sid).rescued
