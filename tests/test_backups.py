@@ -8,18 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.compute import action, active_server, assert_bad_request
+from tests.support.compute import action, active_server, assert_bad_request, built
 from vmledger import BadRequest, Conflict, FakeClock, NotFound, Simulator
 from vmledger.api.testing import ApiClient
 from vmledger.engine import Engine
 
 IMAGE = "cirros-0.6.2-x86_64"
 
-
-def active(engine: Engine, name: str = "db") -> str:
-    server = engine.create_server(name, flavor="m1.small", image=IMAGE)
-    engine.run_until_idle()
-    return server.id
 
 
 def backup(engine: Engine, clock: FakeClock, sid: str, name: str, kind: str = "daily",
@@ -43,7 +38,7 @@ def test_a_backup_is_a_snapshot_image_marked_as_such() -> None:
     clock = FakeClock()
     sim = Simulator()
     with Engine("memory", clock=clock, hypervisor=sim) as engine:
-        sid = active(engine)
+        sid = built(engine, "db")
         result = engine.create_backup(sid, "db-daily-1", backup_type="daily", rotation=2,
                                       metadata={"owner": "ops"})
         s = engine.get_server(sid)
@@ -66,7 +61,7 @@ def test_a_backup_is_a_snapshot_image_marked_as_such() -> None:
 def test_rotation_keeps_the_newest_of_each_type_and_server() -> None:
     clock = FakeClock()
     with Engine("memory", clock=clock) as engine:
-        sid, other = active(engine), active(engine, "web")
+        sid, other = built(engine, "db"), built(engine, "web")
         engine.create_image(sid, "golden")  # a snapshot, not a backup: never rotated
         backup(engine, clock, other, "web-daily-1")  # another server's: never rotated
         for n in (1, 2, 3):
@@ -85,7 +80,7 @@ def test_rotation_keeps_the_newest_of_each_type_and_server() -> None:
 
 def test_refusals() -> None:
     with Engine("memory", clock=FakeClock()) as engine:
-        sid = active(engine)
+        sid = built(engine, "db")
         with pytest.raises(BadRequest):
             engine.create_backup(sid, "x", backup_type="daily", rotation=-1)
         with pytest.raises(BadRequest):

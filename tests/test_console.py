@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.compute import built
 from vmledger import Conflict, FakeClock, NotFound, Simulator
 from vmledger.adapters.hypervisor import HypervisorError
 from vmledger.api import create_app
@@ -19,16 +20,11 @@ from vmledger.engine import Engine
 IMAGE = "cirros-0.6.2-x86_64"
 
 
-def active(engine: Engine, name: str = "web") -> str:
-    server = engine.create_server(name, flavor="m1.small", image=IMAGE)
-    engine.run_until_idle()
-    return server.id
-
 
 def test_the_console_shows_every_boot_and_the_power_down() -> None:
     sim = Simulator()
     with Engine("memory", clock=FakeClock(), hypervisor=sim) as engine:
-        sid = active(engine)
+        sid = built(engine)
         first = engine.console_output(sid)
         assert first.count("Linux version") == 1 and first.endswith("web login: \n")
         engine.reboot(sid, hard=True)
@@ -44,7 +40,7 @@ def test_the_console_shows_every_boot_and_the_power_down() -> None:
 
 def test_length_cuts_as_nova_does() -> None:
     with Engine("memory", clock=FakeClock()) as engine:
-        sid = active(engine)
+        sid = built(engine)
         text = engine.console_output(sid)
         pieces = text.split("\n")
         assert engine.console_output(sid, length=-1) == text
@@ -59,7 +55,7 @@ def test_control_characters_are_removed() -> None:
             return "a\x00b\x1b[0mc\td\r\ne\x7f"
 
     with Engine("memory", clock=FakeClock(), hypervisor=Noisy()) as engine:
-        sid = active(engine)
+        sid = built(engine)
         assert engine.console_output(sid) == "ab[0mc\td\ne\x7f"
 
 
@@ -69,12 +65,12 @@ def test_not_ready_not_found_and_deleting() -> None:
         building = engine.create_server("new", flavor="m1.small", image=IMAGE).id
         with pytest.raises(Conflict, match=f"Instance {building} is not ready"):
             engine.console_output(building)
-        sid = active(engine)
+        sid = built(engine)
         engine.shelve(sid)
         engine.run_until_idle()
         with pytest.raises(Conflict, match="is not ready"):  # offloaded: no host
             engine.console_output(sid)
-        other = active(engine, "other")
+        other = built(engine, "other")
         sim.destroy(other)  # the guest vanished behind the engine's back
         with pytest.raises(NotFound, match="Guest does not have a console available"):
             engine.console_output(other)
@@ -92,7 +88,7 @@ def test_a_failing_read_is_a_conflict_not_a_crash() -> None:
             raise HypervisorError("the console device is busy", code=500)
 
     with Engine("memory", clock=FakeClock(), hypervisor=Broken()) as engine:
-        sid = active(engine)
+        sid = built(engine)
         with pytest.raises(Conflict, match="busy"):
             engine.console_output(sid)
 

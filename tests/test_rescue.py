@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.compute import action, active_server, assert_bad_request
+from tests.support.compute import action, active_server, assert_bad_request, built
 from vmledger import BadRequest, Conflict, FakeClock, Simulator
 from vmledger.api.testing import ApiClient
 from vmledger.domain.catalog import image_id_for
@@ -17,17 +17,12 @@ IMAGE = "cirros-0.6.2-x86_64"
 OTHER = "debian-12-genericcloud-amd64"
 
 
-def active(engine: Engine, name: str = "web") -> str:
-    server = engine.create_server(name, flavor="m1.small", image=IMAGE)
-    engine.run_until_idle()
-    return server.id
-
 
 @pytest.mark.parametrize("first", [None, "stop"])
 def test_rescue_boots_the_rescue_image_and_unrescue_the_own_disk(first: str | None) -> None:
     sim = Simulator()
     with Engine("memory", clock=FakeClock(), hypervisor=sim) as engine:
-        sid = active(engine)
+        sid = built(engine)
         if first:
             engine.act(sid, first)
             engine.run_until_idle()
@@ -68,7 +63,7 @@ def test_rescue_boots_the_rescue_image_and_unrescue_the_own_disk(first: str | No
 def test_by_default_the_servers_own_image_rescues_it() -> None:
     sim = Simulator()
     with Engine("memory", clock=FakeClock(), hypervisor=sim) as engine:
-        sid = active(engine)
+        sid = built(engine)
         engine.rescue(sid)
         engine.run_until_idle()
         assert sim.guests()[sid]["rescue_image_id"] == image_id_for(IMAGE)
@@ -76,7 +71,7 @@ def test_by_default_the_servers_own_image_rescues_it() -> None:
 
 def test_refusals() -> None:
     with Engine("memory", clock=FakeClock()) as engine:
-        sid = active(engine)
+        sid = built(engine)
         with pytest.raises(Conflict, match=r"unrescue.*vm_state active"):
             engine.unrescue(sid)
         with pytest.raises(BadRequest, match="could not be found"):
@@ -91,7 +86,7 @@ def test_refusals() -> None:
 def test_a_failed_rescue_leaves_the_server_as_it_was() -> None:
     sim = Simulator()
     with Engine("memory", clock=FakeClock(), hypervisor=sim) as engine:
-        sid = active(engine)
+        sid = built(engine)
         sim.inject("rescue", "fail", server_id=sid, rollback=True)
         engine.rescue(sid)
         engine.run_until_idle()

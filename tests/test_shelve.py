@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.engines import make_engine
+from tests.support.compute import built
 from vmledger import Conflict, FakeClock, NotFound, Simulator
 from vmledger.adapters.hypervisor import PowerState
 from vmledger.api import create_app
@@ -23,17 +24,12 @@ IMAGE = "cirros-0.6.2-x86_64"
 IMAGE_ID = image_id_for(IMAGE)
 
 
-def active(engine: Engine, name: str = "web", ctx: Any = None) -> str:
-    server = engine.create_server(name, flavor="m1.small", image=IMAGE, ctx=ctx)
-    engine.run_until_idle()
-    return server.id
-
 
 def test_shelve_offloads_and_unshelve_spawns_from_the_shelved_image(url: str) -> None:
     sim = Simulator()
     with make_engine(url, clock=FakeClock(), hypervisor=sim) as engine:
         owner = engine.context(user_id="alice", project_id="p1", is_admin=False)
-        sid = active(engine, ctx=owner)
+        sid = built(engine, ctx=owner)
         result = engine.shelve(sid, ctx=owner)
         image_id = result.details["image_id"]
         s = engine.get_server(sid)
@@ -79,7 +75,7 @@ def test_without_offloading_the_guest_stays_until_shelve_offload(tmp_path: Any) 
     sim = Simulator()
     with Engine(f"sqlite:///{tmp_path / 'v.db'}", clock=FakeClock(), hypervisor=sim,
                 shelved_offload_time=None) as engine:
-        sid = active(engine)
+        sid = built(engine)
         engine.shelve(sid)
         engine.run_until_idle()
         s = engine.get_server(sid)
@@ -106,7 +102,7 @@ def test_without_offloading_the_guest_stays_until_shelve_offload(tmp_path: Any) 
 @pytest.mark.parametrize("first", ["pause", "suspend", "stop"])
 def test_shelve_from_paused_suspended_and_stopped(first: str) -> None:
     with Engine("memory", clock=FakeClock()) as engine:
-        sid = active(engine)
+        sid = built(engine)
         engine.act(sid, first)
         engine.run_until_idle()
         engine.shelve(sid)
@@ -119,7 +115,7 @@ def test_shelve_from_paused_suspended_and_stopped(first: str) -> None:
 
 def test_refusals_follow_the_table() -> None:
     with Engine("memory", clock=FakeClock(), shelved_offload_time=None) as engine:
-        sid = active(engine)
+        sid = built(engine)
         with pytest.raises(Conflict, match=r"unshelve.*vm_state active"):
             engine.unshelve(sid)
         with pytest.raises(Conflict, match=r"shelveOffload.*vm_state active"):
@@ -147,7 +143,7 @@ def test_refusals_follow_the_table() -> None:
 def test_a_failed_snapshot_fails_the_shelve_and_its_image() -> None:
     sim = Simulator()
     with Engine("memory", clock=FakeClock(), hypervisor=sim) as engine:
-        sid = active(engine)
+        sid = built(engine)
         sim.inject("snapshot", "fail", server_id=sid)
         image_id = engine.shelve(sid).details["image_id"]
         engine.run_until_idle()
@@ -163,7 +159,7 @@ def test_the_timer_offloads_servers_left_shelved_for_the_offload_time(url: str) 
     sim = Simulator()
     with Engine(url, clock=clock, hypervisor=sim,
                 shelved_offload_time=timedelta(hours=1)) as engine:
-        kept, left = active(engine, "kept"), active(engine, "left")
+        kept, left = built(engine, "kept"), built(engine, "left")
         engine.shelve(left)
         engine.run_until_idle()
         clock.advance(timedelta(minutes=30))
@@ -193,7 +189,7 @@ def test_a_negative_offload_time_is_refused() -> None:
 
 def test_power_sync_leaves_offloaded_servers_alone() -> None:
     with Engine("memory", clock=FakeClock()) as engine:
-        sid = active(engine)
+        sid = built(engine)
         engine.shelve(sid)
         engine.run_until_idle()
         assert engine.agent.sync_power_states() == 0
@@ -202,7 +198,7 @@ def test_power_sync_leaves_offloaded_servers_alone() -> None:
 
 def test_the_view_rebuilds_to_the_same_shelved_servers() -> None:
     with Engine("memory", clock=FakeClock()) as engine:
-        sid = active(engine)
+        sid = built(engine)
         engine.shelve(sid)
         engine.run_until_idle()
         before = (engine.get_server(sid), engine.instance_actions(sid))
@@ -327,7 +323,7 @@ def test_api_refusals_are_409(api: tuple[Engine, ApiClient]) -> None:
 def test_the_ledger_tells_shelves_backups_rescues_and_timed_offloads() -> None:
     clock = FakeClock()
     with Engine("memory", clock=clock, shelved_offload_time=timedelta(hours=1)) as engine:
-        sid = active(engine)
+        sid = built(engine)
         for step in (lambda: engine.create_backup(sid, "nightly", backup_type="daily",
                                                   rotation=2),
                      lambda: engine.rescue(sid, image="debian-12-genericcloud-amd64"),

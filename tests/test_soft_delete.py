@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.support.compute import action, active_server
+from tests.support.compute import action, active_server, built
 from vmledger import Conflict, FakeClock, NotFound, Simulator
 from vmledger.adapters.hypervisor import PowerState
 from vmledger.api import create_app
@@ -19,17 +19,12 @@ IMAGE = "cirros-0.6.2-x86_64"
 HOUR = timedelta(hours=1)
 
 
-def active(engine: Engine, name: str = "web") -> str:
-    server = engine.create_server(name, flavor="m1.small", image=IMAGE)
-    engine.run_until_idle()
-    return server.id
-
 
 def test_delete_keeps_the_server_until_the_timer_reclaims_it(url: str) -> None:
     clock = FakeClock()
     sim = Simulator()
     with Engine(url, clock=clock, hypervisor=sim, reclaim_interval=HOUR) as engine:
-        sid = active(engine)
+        sid = built(engine)
         engine.delete(sid)
         assert engine.get_server(sid).task_state == "soft-deleting"
         engine.run_until_idle()
@@ -54,7 +49,7 @@ def test_delete_keeps_the_server_until_the_timer_reclaims_it(url: str) -> None:
 def test_restore_and_force_delete() -> None:
     sim = Simulator()
     with Engine("memory", clock=FakeClock(), hypervisor=sim, reclaim_interval=HOUR) as engine:
-        sid = active(engine)
+        sid = built(engine)
         with pytest.raises(Conflict, match=r"restore.*vm_state active"):
             engine.restore(sid)
         engine.delete(sid)
@@ -87,7 +82,7 @@ def test_hard_deletes_a_never_launched_or_soft_deleted_server_and_without_interv
         engine.run_until_idle()
         with pytest.raises(NotFound):
             engine.get_server(never)
-        sid = active(engine)
+        sid = built(engine)
         engine.delete(sid)
         engine.run_until_idle()
         engine.delete(sid)  # deleting a soft-deleted server deletes it
@@ -95,7 +90,7 @@ def test_hard_deletes_a_never_launched_or_soft_deleted_server_and_without_interv
         with pytest.raises(NotFound):
             engine.get_server(sid)
     with Engine("memory", clock=FakeClock()) as engine:  # the default: no soft delete
-        sid = active(engine)
+        sid = built(engine)
         engine.delete(sid)
         engine.run_until_idle()
         with pytest.raises(NotFound):
@@ -105,7 +100,7 @@ def test_hard_deletes_a_never_launched_or_soft_deleted_server_and_without_interv
 def test_a_suspended_server_keeps_its_memory_and_is_resumed() -> None:
     sim = Simulator()
     with Engine("memory", clock=FakeClock(), hypervisor=sim, reclaim_interval=HOUR) as engine:
-        sid = active(engine)
+        sid = built(engine)
         engine.suspend(sid)
         engine.run_until_idle()
         engine.delete(sid)

@@ -32,11 +32,15 @@ log = logging.getLogger("vmledger")
 AUTH_MODES = ("noauth", "token", "keystone")
 
 
-def _non_negative_seconds(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+
+
+def _non_negative_seconds(text: str) -> float:
+    value = _seconds(text)
     if value < 0:
         raise argparse.ArgumentTypeError("a number of seconds cannot be negative (0 turns "
                                          "the feature off)")
@@ -44,10 +48,7 @@ def _non_negative_seconds(text: str) -> float:
 
 
 def _offload_time(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    value = _seconds(text)
     if value < 0 and value != -1:
         raise argparse.ArgumentTypeError("the shelved offload time is -1 (never), 0 (at "
                                          "once) or a number of seconds")

@@ -13,6 +13,14 @@ from vmledger.engine import Engine
 IMAGE_ID = image_id_for("cirros-0.6.2-x86_64")
 
 
+def built(engine: Engine, name: str = "web", ctx: Any = None) -> str:
+    """A new server (m1.small, cirros) created through the engine and built; its id."""
+    server = engine.create_server(name, flavor="m1.small", image="cirros-0.6.2-x86_64",
+                                  ctx=ctx)
+    engine.run_until_idle()
+    return server.id
+
+
 def action(client: ApiClient, server_id: str, body: Any, version: str = "2.1",
            headers: dict[str, str] | None = None) -> httpx.Response:
     """``POST /v2.1/servers/{id}/action`` at ``version``."""

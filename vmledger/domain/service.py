@@ -712,9 +712,8 @@ class ServerService(Application[uuid.UUID]):
             raise BadRequest(f"Action shelve takes no parameters: {', '.join(sorted(params))}")
         action = ("shelve_and_offload" if self.shelved_offload_time == timedelta(0)
                   else "shelve")
-        server = self.get(server_id, ctx)
-        return self._snapshot(ctx, server_id, action, f"{server.name}-shelved"[:255], {}, {},
-                              idempotency_key=idempotency_key, operation="shelve",
+        return self._snapshot(ctx, server_id, action, lambda s: f"{s.name}-shelved"[:255],
+                              {}, {}, idempotency_key=idempotency_key, operation="shelve",
                               payload={})
 
     def offload_shelved(self, server_id: str | uuid.UUID) -> CommandResult:
@@ -846,12 +845,13 @@ class ServerService(Application[uuid.UUID]):
             payload={"name": name, "backup_type": backup_type, "rotation": rotation,
                      "metadata": meta})
 
-    def _snapshot(self, ctx: Context, server_id: str | uuid.UUID, action: str, name: str,
-                  metadata: dict[str, str], params: dict[str, Any], *,
-                  idempotency_key: str | None, operation: str, payload: dict[str, Any]
-                  ) -> CommandResult:
+    def _snapshot(self, ctx: Context, server_id: str | uuid.UUID, action: str,
+                  name: str | Callable[[Server], str], metadata: dict[str, str],
+                  params: dict[str, Any], *, idempotency_key: str | None, operation: str,
+                  payload: dict[str, Any]) -> CommandResult:
         """Queue a custom image of the server and request ``action`` to save it, in
-        one transaction (``result.details["image_id"]``)."""
+        one transaction (``result.details["image_id"]``); ``name`` may be derived from
+        the server as loaded in that transaction."""
         extras: list[Aggregate] = []
         details: dict[str, Any] = {}
 
@@ -861,12 +861,14 @@ class ServerService(Application[uuid.UUID]):
             image_id = self.id_factory()
             details["image_id"] = str(image_id)
             base = server.image
+            image_name = name(server) if callable(name) else name
             extras.append(CustomImage.queue(
-                id=image_id, ctx=ctx, at=self.clock.now(), name=name,
+                id=image_id, ctx=ctx, at=self.clock.now(), name=image_name,
                 server_id=str(server.id), metadata=metadata, min_ram=0,
                 min_disk=int(server.flavor.get("disk") or 0), base_image=dict(base)))
             server.request_action(action, ctx, self.clock.now(),
-                                  params={"image_id": str(image_id), "name": name, **params})
+                                  params={"image_id": str(image_id), "name": image_name,
+                                          **params})
             return server
 
         return self._run(ctx, self._uuid(server_id), decide, idempotency_key=idempotency_key,
