@@ -94,6 +94,8 @@ def test_every_action_with_any_value_never_answers_5xx(world: tuple[ApiClient, s
                                  "/v2.1/servers/{sid}/metadata/{x}",
                                  "/v2.1/servers/{sid}/ips/{x}",
                                  "/v2.1/servers/{x}/os-instance-actions",
+                                 "/v2.1/servers/{x}/migrations",
+                                 "/v2.1/servers/{sid}/migrations/{x}",
                                  "/ledger/v1/servers/{x}/history",
                                  "/ledger/v1/servers/{x}/state",
                                  "/ledger/v1/requests/{x}",
@@ -115,7 +117,8 @@ def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segmen
     st.sampled_from(["limit", "marker", "sort_key", "sort_dir", "status", "name",
                      "changes-since", "changes-before", "deleted", "all_tenants", "tags",
                      "tags-any", "not-tags", "ip", "flavor", "image", "locked", "user_id",
-                     "tenant_id", "reservation_id", "host"]) | st.text(max_size=6),
+                     "tenant_id", "reservation_id", "host", "hidden", "instance_uuid",
+                     "migration_type", "source_compute", "project_id"]) | st.text(max_size=6),
     st.text(max_size=12) | st.sampled_from(["1", "0", "-1", "true", "ACTIVE", "name",
                                             "2026-01-01T00:00:00Z", "asc", "x" * 300])),
     max_size=4),
@@ -124,8 +127,9 @@ def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segmen
                              "/ledger/v1/servers/{sid}/state", "/ledger/v1/events",
                              "/image/v2/images",
                              "/v2.1/limits", "/v2.1/flavors/detail", "/v2.1/images",
-                             "/v2.1/servers/{sid}/os-instance-actions"]),
-       version=st.sampled_from(["2.1", "2.35", "2.66", "2.75", "latest"]))
+                             "/v2.1/servers/{sid}/os-instance-actions",
+                             "/v2.1/os-migrations"]),
+       version=st.sampled_from(["2.1", "2.35", "2.59", "2.66", "2.75", "2.80", "latest"]))
 def test_odd_queries_never_answer_5xx(world: tuple[ApiClient, str],
                                       params: list[tuple[str, str]], path: str,
                                       version: str) -> None:

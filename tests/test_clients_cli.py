@@ -122,6 +122,9 @@ def test_lifecycle_without_keystone(vmledger_server: RunningServer, tmp_path: Pa
     osc("server", "resize", "confirm", "cli-vm")
     shown = wait_for(osc, "cli-vm", "ACTIVE")
     assert "m1.small" in json.dumps(shown["flavor"])
+    [migration] = osc("server", "migration", "list", "--server", "cli-vm", output=True)
+    assert (migration["Server UUID"], migration["Status"], migration["Type"]) == (
+        sid, "confirmed", "resize")
 
     events = osc("server", "event", "list", "cli-vm", output=True)
     assert [e["Action"] for e in events] == ["confirmResize", "resize", "reboot", "create"]

@@ -114,6 +114,9 @@ def test_lifecycle(conn: Connection) -> None:
     settle(conn, sid, "VERIFY_RESIZE")
     c.revert_server_resize(sid)
     assert settle(conn, sid, "ACTIVE").flavor.original_name == "m1.small"
+    migrations = list(c.migrations(instance_uuid=sid))
+    assert sorted((m.status, m.old_flavor_id, m.new_flavor_id) for m in migrations) == [
+        ("confirmed", 1, 2), ("reverted", 2, 3)]
 
     c.pause_server(sid)
     settle(conn, sid, "PAUSED")
@@ -296,6 +299,8 @@ def test_resize_is_confirmed_automatically(tmp_path: Path) -> None:
             [auto, *_] = list(c.server_actions(sid))
             assert (auto.action, auto.user_id, auto.project_id) == ("confirmResize", None,
                                                                      None)
+            [migration] = list(c.migrations(instance_uuid=sid))
+            assert migration.status == "confirmed"
         finally:
             conn.close()
 

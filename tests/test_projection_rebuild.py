@@ -16,9 +16,11 @@ from vmledger import Engine
 from vmledger.projections import runner
 from vmledger.projections.actions import TABLE as ACTIONS
 from vmledger.projections.images import TABLE as IMAGES
+from vmledger.projections.migrations import TABLE as MIGRATIONS
 from vmledger.projections.servers import loads
 
-TABLES = (("vmledger_servers", "id"), (ACTIONS, "server_id, request_id"), (IMAGES, "id"))
+TABLES = (("vmledger_servers", "id"), (ACTIONS, "server_id, request_id"), (IMAGES, "id"),
+          (MIGRATIONS, "id"))
 
 
 def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:

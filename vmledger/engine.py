@@ -47,6 +47,8 @@ from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
+from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
+from vmledger.projections.migrations import Migrations, list_migrations
 from vmledger.projections.runner import ViewUpdater
 from vmledger.projections.servers import ColumnFilter, StoredServer
 
@@ -166,7 +168,8 @@ class Engine:
             request_id_factory=request_id_factory or new_request_id, seed=seed,
             shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
-                                 extensions=[InstanceActions(), Images(), Keypairs()])
+                                 extensions=[InstanceActions(), Images(), Keypairs(),
+                                             Migrations()])
         self.updater = ViewUpdater(self.service, self.view)
         self.ledger = Ledger(self.service)
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
@@ -537,6 +540,29 @@ class Engine:
         if action is None:
             raise NotFound(f"Action {request_id} not found")
         return action
+
+    def migrations(self, *, server_id: str | None = None, status: str | None = None,
+                   host: str | None = None, since: datetime | None = None,
+                   before: datetime | None = None, newest_first: bool = False,
+                   limit: int | None = None, marker: str | None = None,
+                   where: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Nova's migration records (one per resize), as rows of the migrations view:
+        ``id``, ``uuid``, ``server_id``, ``status``, hosts, flavor numbers, who asked,
+        ``created_at`` / ``updated_at`` (UTC text). Filters: the server, the status, a
+        host (source or destination), ``updated_at`` bounds and ``where``, other
+        columns' values (``migration_type``, ``source_compute``, ``user_id``…). Oldest
+        first, or ``newest_first`` with ``limit`` and ``marker`` (a record's UUID; an
+        unknown one raises :class:`~vmledger.projections.migrations.MarkerNotFound`)."""
+        equal = dict(where or {})
+        if server_id is not None:
+            equal["server_id"] = str(server_id)
+        if status is not None:
+            equal["status"] = status
+        unknown = set(equal) - set(MIGRATION_COLUMNS)
+        if unknown:
+            raise TypeError(f"no migration column {sorted(unknown)[0]!r}")
+        return list_migrations(self.view, equal=equal, host=host, since=since, before=before,
+                               newest_first=newest_first, limit=limit, marker=marker)
 
     # --- the ledger (audit) ---------------------------------------------------------------
     def history_page(self, server_id: str, *, after: int = 0, limit: int = 100) -> HistoryPage:

@@ -269,6 +269,28 @@ TASK_STATES: tuple[str, ...] = tuple(dict.fromkeys(
     itertools.chain.from_iterable(a.steps for a in ACTIONS.values())
 ))
 
+# --- migrations (Nova's migration records of a resize) ------------------------------
+#: a resize's migration status while the host agent walks its steps: recorded as
+#: ``pre-migrating`` with the request, it reads ``migrating`` while the disk is moved and
+#: ``post-migrating`` once it has been (Nova's resize_instance and finish_resize); the
+#: outcome then records ``finished`` (or ``error``), confirm and revert ``confirming`` /
+#: ``confirmed`` and ``reverting`` / ``reverted``
+MIGRATION_STEP_STATUS: dict[str, str] = {
+    RESIZE_MIGRATING: "migrating",
+    RESIZE_MIGRATED: "post-migrating",
+    RESIZE_FINISH: "post-migrating",
+}
+#: migration statuses nothing changes any more
+MIGRATION_SETTLED = frozenset({"confirmed", "reverted", "error"})
+
+
+def migration_status_of(migration_status: str | None, task_state: str | None) -> str | None:
+    """The status a server's current migration shows (see :data:`MIGRATION_STEP_STATUS`)."""
+    if migration_status == "pre-migrating" and task_state in MIGRATION_STEP_STATUS:
+        return MIGRATION_STEP_STATUS[task_state]
+    return migration_status
+
+
 # --- (vm_state, task_state) → API status ------------------------------------------
 _RESIZE_TASKS = (RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH)
 _REBUILD_TASKS = (REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING)

@@ -34,7 +34,7 @@ from vmledger.domain.server import Server
 #: the key of this view's position in the tracking table. A new name when the read
 #: models' layout changes: the log is then folded again from the start on first open,
 #: every row rewritten (the record under the old name, ``vmledger.servers``, stays)
-TRACKING_NAME = "vmledger.views.2"
+TRACKING_NAME = "vmledger.views.3"
 
 _COLUMNS = ("id", "project_id", "host", "name", "vm_state", "task_state", "pending_action",
             "pending_request_id", "confirm_deadline", "created_at", "updated_at", "deleted",
@@ -197,6 +197,10 @@ class ExtensionBatch(Protocol):
         """Write every row the pages changed."""
         ...
 
+    # optional: ``server_folded(server_id, doc, event)``, called after each server event
+    # is folded into its document (``doc``, in the servers view's form), for read models
+    # that follow the servers' documents rather than the events alone
+
 
 class RowWriter:
     """Writes a read model's rows in the view's transaction."""
@@ -341,6 +345,9 @@ class ServersView:
             empty = False if after else self._is_empty(curs)
             writer = RowWriter(curs, self._sql, self.dialect)
             batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
+            # read models that follow the folded server documents (not only the events)
+            followers = [batch.server_folded for batch in batches
+                         if hasattr(batch, "server_folded")]
             docs: dict[str, dict[str, Any] | None] = {}
             # each server's document is folded in place: the same result as ``fold`` (a
             # fresh namespace per event) without copying the document for every event
@@ -379,6 +386,8 @@ class ServersView:
                     if "created_at" not in result:
                         result["created_at"] = event.timestamp
                     result["updated_at"] = event.timestamp
+                    for follow in followers:
+                        follow(key, result, event)
                 for batch in batches:
                     batch.fold(events)
             changed = [target.__dict__ for target in targets.values()]
