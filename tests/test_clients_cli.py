@@ -187,6 +187,9 @@ def test_keystone_password_login(vmledger_keystone_server: RunningServer, tmp_pa
     assert IMAGE in json.dumps(shown["image"])
     listed = osc("server", "list", output=True)
     assert [s["Image"] for s in listed if s["Name"] == "ks-vm"] == [IMAGE_NAME]
+    # the token's project's usage (what "usage show" asks for without --project)
+    usage = osc("usage", "show", "--start", "2000-01-01", output=True)
+    assert created["id"] in json.dumps(usage["Servers"]) or usage["Servers"] >= 1, usage
     osc("server", "delete", "ks-vm")
 
     wrong = make_osc(tmp_path / "wrong", "vmledger-keystone", clouds_yaml(
@@ -308,3 +311,13 @@ def test_compute_service_list(vmledger_server: RunningServer, tmp_path: Path) ->
     services = osc("compute", "service", "list", output=True)
     assert [(s["Binary"], s["Host"], s["Zone"], s["Status"], s["State"]) for s in services] == [
         ("nova-compute", "compute-1", "nova", "enabled", "up")]
+
+def test_usage_list(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    created = osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME,
+                  "--nic", "none", "cli-usage", output=True)
+    wait_for(osc, "cli-usage", "ACTIVE")
+    listed = osc("usage", "list", "--start", "2000-01-01", output=True)
+    # (the JSON formatter gives the "Servers" column as the list; the table, its length)
+    assert listed and all(len(row["Servers"]) >= 1 for row in listed), listed
+    osc("server", "delete", created["id"])

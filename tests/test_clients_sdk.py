@@ -255,6 +255,24 @@ def test_shelved_servers_are_offloaded_after_the_offload_time(tmp_path: Path) ->
         assert server.server_errors() == []
 
 
+def test_usage(conn: Connection) -> None:
+    """openstacksdk's usages() and get_usage() (os-simple-tenant-usage)."""
+    from datetime import datetime
+
+    c = conn.compute
+    sid = c.create_server(name="sdk-usage", flavor_id="1", image_id=IMAGE,
+                          networks="none").id
+    settle(conn, sid, "ACTIVE")
+    start = datetime(2000, 1, 1)
+    [project] = [u for u in c.usages(start=start, detailed=1)
+                 if sid in {s["instance_id"] for s in u.server_usages}]
+    usage = c.get_usage(project.project_id, start=start)
+    assert sid in {s["instance_id"] for s in usage.server_usages}
+    assert usage.total_hours >= 0
+    c.delete_server(sid)
+    c.wait_for_delete(c.get_server(sid), interval=0.05, wait=WAIT)
+
+
 def test_conflicts_are_409_never_500(conn: Connection) -> None:
     c = conn.compute
     sid = c.create_server(name="sdk-conflict", flavor_id="1", image_id=IMAGE,

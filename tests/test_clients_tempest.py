@@ -58,6 +58,7 @@ from tempest.lib.services.compute import (  # noqa: E402
     migrations_client,
     servers_client,
     services_client,
+    tenant_usages_client,
     versions_client,
 )
 
@@ -115,6 +116,7 @@ class Clients:
     zones: availability_zone_client.AvailabilityZoneClient
     services: services_client.ServicesClient
     migrations: migrations_client.MigrationsClient
+    usages: tenant_usages_client.TenantUsagesClient
     is_admin: bool
 
 
@@ -133,6 +135,8 @@ def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
         services=services_client.ServicesClient(provider, "compute", "RegionOne", **kwargs),
         migrations=migrations_client.MigrationsClient(provider, "compute", "RegionOne",
                                                       **kwargs),
+        usages=tenant_usages_client.TenantUsagesClient(provider, "compute", "RegionOne",
+                                                       **kwargs),
         is_admin=is_admin)
 
 
@@ -495,6 +499,25 @@ def test_migrations(admin: Clients, member: Clients, microversion: str) -> None:
         member.migrations.list_migrations()
     admin.servers.delete_server(sid)
     wait_gone(admin, sid)
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.40", MAXIMUM], indirect=True)
+def test_tenant_usage(admin: Clients, member: Clients, microversion: str) -> None:
+    """``/os-simple-tenant-usage`` against tempest's schema: the list (administrators)
+    and a project's usage with its servers."""
+    sid, _ = create(member, microversion, f"tempest-usage-{microversion}")
+    wait_for(member, sid, "ACTIVE")
+    start = "2000-01-01T00:00:00"
+    usages = admin.usages.list_tenant_usages(start=start, detailed=1)["tenant_usages"]
+    [project] = [u for u in usages if any(s["instance_id"] == sid
+                                          for s in u["server_usages"])]
+    own = member.usages.show_tenant_usage(project["tenant_id"], start=start)["tenant_usage"]
+    assert sid in {s["instance_id"] for s in own["server_usages"]}
+    assert own["total_hours"] >= 0
+    with pytest.raises(lib_exc.Forbidden):
+        member.usages.list_tenant_usages()
+    member.servers.delete_server(sid)
+    wait_gone(member, sid)
 
 
 def test_availability_zones(admin: Clients, member: Clients) -> None:

@@ -50,7 +50,8 @@ from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
 from vmledger.projections.migrations import Migrations, list_migrations
 from vmledger.projections.runner import ViewUpdater
-from vmledger.projections.servers import ColumnFilter, StoredServer
+from vmledger.projections.servers import ColumnFilter, MarkerNotFound, StoredServer
+from vmledger.projections.usage import server_usage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -552,7 +553,7 @@ class Engine:
         host (source or destination), ``updated_at`` bounds and ``where``, other
         columns' values (``migration_type``, ``source_compute``, ``user_id``…). Oldest
         first, or ``newest_first`` with ``limit`` and ``marker`` (a record's UUID; an
-        unknown one raises :class:`~vmledger.projections.migrations.MarkerNotFound`)."""
+        unknown one raises :class:`~vmledger.projections.servers.MarkerNotFound`)."""
         equal = dict(where or {})
         if server_id is not None:
             equal["server_id"] = str(server_id)
@@ -563,6 +564,37 @@ class Engine:
             raise TypeError(f"no migration column {sorted(unknown)[0]!r}")
         return list_migrations(self.view, equal=equal, host=host, since=since, before=before,
                                newest_first=newest_first, limit=limit, marker=marker)
+
+    def usage(self, start: datetime, stop: datetime, *, project_id: str | None = None,
+              limit: int | None = None, marker: str | None = None) -> list[dict[str, Any]]:
+        """Nova's simple tenant usage: each server that ran between ``start`` and ``stop``
+        (aware datetimes; see :mod:`vmledger.projections.usage`), deleted ones included,
+        by project then id: ``instance_id``, ``hours``, the flavor's size, ``started_at``,
+        ``ended_at``, ``state``, ``uptime``. ``limit`` and ``marker`` (a server id; an
+        unknown one raises :class:`~vmledger.projections.servers.MarkerNotFound`) page."""
+        after: tuple[str, str] | None = None
+        if marker is not None:
+            found = self.view.get(str(marker))
+            if found is None:
+                raise MarkerNotFound(marker)
+            after = (str(found.get("project_id")), str(found["id"]))
+        now = self.clock.now()
+        out: list[dict[str, Any]] = []
+        chunk = 500
+        while limit is None or len(out) < limit:
+            rows = self.view.alive_between(start, stop, project_id=project_id, after=after,
+                                           limit=chunk)
+            for row in rows:
+                doc = row.doc
+                after = (str(doc.get("project_id")), row.id)
+                info = server_usage(doc, start, stop, now)
+                if info is not None:
+                    out.append(info)
+                    if limit is not None and len(out) >= limit:
+                        break
+            if len(rows) < chunk:
+                break
+        return out
 
     # --- the ledger (audit) ---------------------------------------------------------------
     def history_page(self, server_id: str, *, after: int = 0, limit: int = 100) -> HistoryPage:

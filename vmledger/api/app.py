@@ -44,6 +44,7 @@ from vmledger.api import (
     server_tags,
     servers,
     services,
+    usage,
     zones,
 )
 from vmledger.api import microversions as mv
@@ -140,6 +141,8 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/servers/{server_id}/migrations/{migration_id}", migrations.show_server_migration,
      ["GET"]),
     ("/os-migrations", migrations.list_migrations, ["GET"]),
+    ("/os-simple-tenant-usage", usage.list_usage, ["GET"]),
+    ("/os-simple-tenant-usage/{tenant_id}", usage.show_usage, ["GET"]),
     ("/limits", limits.show_limits, ["GET"]),
     ("/os-availability-zone", zones.list_zones, ["GET"]),
     ("/os-availability-zone/detail", zones.list_zones_detail, ["GET"]),

@@ -24,7 +24,7 @@ from typing import Any
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
-from vmledger.projections.servers import RowWriter, stored_ts
+from vmledger.projections.servers import MarkerNotFound, RowWriter, stored_ts
 
 TABLE = "vmledger_migrations"
 COLUMNS = ("id", "uuid", "server_id", "request_id", "status", "migration_type",
@@ -172,10 +172,6 @@ class MigrationsBatch:
                     row["id"] = number
         self.writer.upsert(TABLE, COLUMNS, "id", [tuple(row[c] for c in COLUMNS)
                                                    for row in rows])
-
-
-class MarkerNotFound(LookupError):
-    pass
 
 
 def list_migrations(view: Any, *, equal: dict[str, str] | None = None,

@@ -157,6 +157,10 @@ def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
             1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc))
 
 
+class MarkerNotFound(LookupError):
+    """A list marker (a record's id) that names nothing."""
+
+
 class _Cursor(Protocol):
     def execute(self, sql: Any, params: Any = ...) -> Any: ...
 
@@ -610,6 +614,25 @@ class ServersView:
             "SELECT id FROM {t} WHERE vm_state = ? AND task_state IS NULL AND updated_at <= ?"
             f" ORDER BY updated_at, id LIMIT {int(limit)}", [vm_state, _ts(before)])
         return [r["id"] for r in rows]
+
+    def alive_between(self, start: datetime, end: datetime, *, project_id: str | None = None,
+                      after: tuple[str, str] | None = None, limit: int = 500
+                      ) -> list[StoredServer]:
+        """Servers that may have run between ``start`` and ``end``, deleted ones included,
+        by project then id (after ``after``, a (project, id) pair): those created before
+        ``end`` and not deleted by ``start``. A superset: a server's own launch and
+        termination times (in its document) decide."""
+        where = ["created_at < ?", "(deleted = 0 OR updated_at > ?)"]
+        params: list[Any] = [_ts(end), _ts(start)]
+        if project_id is not None:
+            where.append("project_id = ?")
+            params.append(project_id)
+        if after is not None:
+            where.append("(project_id > ? OR (project_id = ? AND id > ?))")
+            params.extend([after[0], after[0], after[1]])
+        return self._stored(self._query(
+            f"SELECT id, version, doc FROM {{t}} WHERE {' AND '.join(where)}"
+            f" ORDER BY project_id, id LIMIT {int(limit)}", params))
 
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
