@@ -97,6 +97,11 @@ def test_every_action_with_any_value_never_answers_5xx(world: tuple[ApiClient, s
                                  "/v2.1/servers/{x}/migrations",
                                  "/v2.1/servers/{sid}/migrations/{x}",
                                  "/v2.1/os-simple-tenant-usage/{x}",
+                                 "/v2.1/os-hypervisors/{x}",
+                                 "/v2.1/os-hypervisors/{x}/uptime",
+                                 "/v2.1/os-hypervisors/{x}/search",
+                                 "/v2.1/os-hypervisors/{x}/servers",
+                                 "/v2.1/os-aggregates/{x}",
                                  "/ledger/v1/servers/{x}/history",
                                  "/ledger/v1/servers/{x}/state",
                                  "/ledger/v1/requests/{x}",
@@ -120,7 +125,8 @@ def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segmen
                      "tags-any", "not-tags", "ip", "flavor", "image", "locked", "user_id",
                      "tenant_id", "reservation_id", "host", "hidden", "instance_uuid",
                      "migration_type", "source_compute", "project_id", "start", "end",
-                     "detailed"]) | st.text(max_size=6),
+                     "detailed", "with_servers", "hypervisor_hostname_pattern"])
+    | st.text(max_size=6),
     st.text(max_size=12) | st.sampled_from(["1", "0", "-1", "true", "ACTIVE", "name",
                                             "2026-01-01T00:00:00Z", "asc", "x" * 300,
                                             "2026-01-01T00:00:00",
@@ -133,9 +139,11 @@ def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segmen
                              "/v2.1/limits", "/v2.1/flavors/detail", "/v2.1/images",
                              "/v2.1/servers/{sid}/os-instance-actions",
                              "/v2.1/os-migrations", "/v2.1/os-simple-tenant-usage",
-                             "/v2.1/os-simple-tenant-usage/{sid}"]),
-       version=st.sampled_from(["2.1", "2.35", "2.40", "2.59", "2.66", "2.75", "2.80",
-                                "latest"]))
+                             "/v2.1/os-simple-tenant-usage/{sid}",
+                             "/v2.1/os-hypervisors", "/v2.1/os-hypervisors/detail",
+                             "/v2.1/os-hypervisors/statistics"]),
+       version=st.sampled_from(["2.1", "2.33", "2.35", "2.40", "2.53", "2.59", "2.66",
+                                "2.75", "2.80", "2.88", "latest"]))
 def test_odd_queries_never_answer_5xx(world: tuple[ApiClient, str],
                                       params: list[tuple[str, str]], path: str,
                                       version: str) -> None:

@@ -321,3 +321,11 @@ def test_usage_list(vmledger_server: RunningServer, tmp_path: Path) -> None:
     # (the JSON formatter gives the "Servers" column as the list; the table, its length)
     assert listed and all(len(row["Servers"]) >= 1 for row in listed), listed
     osc("server", "delete", created["id"])
+
+
+def test_hypervisor_list_and_show(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    [listed] = osc("hypervisor", "list", output=True)
+    assert (listed["Hypervisor Hostname"], listed["State"]) == ("compute-1", "up")
+    shown = osc("hypervisor", "show", "compute-1", output=True)
+    assert shown["hypervisor_type"] == "simulator" and shown["state"] == "up"

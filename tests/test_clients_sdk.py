@@ -273,6 +273,16 @@ def test_usage(conn: Connection) -> None:
     c.wait_for_delete(c.get_server(sid), interval=0.05, wait=WAIT)
 
 
+def test_hypervisors(conn: Connection) -> None:
+    """openstacksdk's hypervisors (it negotiates the highest microversion: 2.88 shapes)."""
+    c = conn.compute
+    [node] = list(c.hypervisors(details=True))
+    assert (node.name, node.state, node.status) == ("compute-1", "up", "enabled")
+    shown = c.get_hypervisor(node.id)
+    assert shown.hypervisor_type == "simulator" and " up " in shown.uptime
+    assert [h.id for h in c.hypervisors(hypervisor_hostname_pattern="compute")] == [node.id]
+
+
 def test_conflicts_are_409_never_500(conn: Connection) -> None:
     c = conn.compute
     sid = c.create_server(name="sdk-conflict", flavor_id="1", image_id=IMAGE,

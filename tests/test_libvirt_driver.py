@@ -728,3 +728,20 @@ def test_the_example_in_docs_runs(tmp_path: Path) -> None:
     assert run.stdout.splitlines() == [
         "SHUTOFF", "True True",
         "['observe', 'spawn', 'observe', 'power_off']"]
+
+
+def test_host_info(driver: LibvirtDriver) -> None:
+    """The compute node report: the connection's host, the disk's file system, and this
+    machine's uptime for a local URI."""
+    info = driver.host_info()
+    conn = driver.connection()
+    _arch, memory_mb, cpus, _mhz, nodes, sockets, cores, threads = conn.getInfo()
+    assert (info["hypervisor_type"], info["hypervisor_version"]) == (
+        conn.getType(), conn.getVersion())
+    assert (info["vcpus"], info["memory_mb"]) == (cpus, memory_mb)
+    assert info["cpu_info"]["topology"] == {"cells": nodes, "sockets": sockets,
+                                            "cores": cores, "threads": threads}
+    assert info["cpu_info"]["arch"]
+    assert info["local_gb"] > 0 and 0 <= info["disk_available_least"] <= info["local_gb"]
+    assert info["host_ip"].count(".") == 3
+    assert " up " in info["uptime"] and "load average:" in info["uptime"]

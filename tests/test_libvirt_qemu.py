@@ -275,6 +275,12 @@ def test_engine_on_real_qemu(guests: Guests) -> None:
         guests.ids.append(sid)
         engine.run_until_idle()
         assert engine.get_server(sid).status == "ACTIVE" and guests.state(sid)[0] == R
+        # the compute node: libvirtd's host, this machine's uptime, the guest placed on it
+        [node] = engine.hypervisors()
+        assert (node["hypervisor_type"], node["state"], node["running_vms"]) == (
+            "QEMU", "up", 1)
+        assert node["vcpus"] >= 1 and node["memory_mb"] > 0 and " up " in node["uptime"]
+        assert [s["uuid"] for s in node["servers"]] == [sid]
         for act, status, state in ((engine.pause, "PAUSED", P),
                                    (engine.unpause, "ACTIVE", R),
                                    (engine.suspend, "SUSPENDED", S),

@@ -58,6 +58,11 @@ T = TypeVar("T")
 
 #: what Nova removes from console output (control characters but tab and newline)
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")
+#: a host whose hypervisor never answered (``os-hypervisors`` shows it down)
+_UNKNOWN_HOST: dict[str, Any] = {
+    "hypervisor_type": "unknown", "hypervisor_version": 0, "vcpus": 0, "memory_mb": 0,
+    "local_gb": 0, "disk_available_least": None, "host_ip": "127.0.0.1", "cpu_info": {},
+    "uptime": None}
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class Engine:
         self.ledger = Ledger(self.service)
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
         self.host = host
+        self._last_host_info: dict[str, Any] | None = None
         self.agent = HostAgent(self.service, self.updater, self.hypervisor, host,
                                stopwatch=stopwatch)
         self.timer = Timer(self.service, self.updater)
@@ -541,6 +547,55 @@ class Engine:
         if action is None:
             raise NotFound(f"Action {request_id} not found")
         return action
+
+    def hypervisors(self) -> list[dict[str, Any]]:
+        """This engine's compute node, as Nova's ``os-hypervisors`` shows it: what the
+        hypervisor reports of the host (:meth:`Hypervisor.host_info`: type, version,
+        capacity, address, CPU, uptime) and what the servers view places on it
+        (``servers``: id and name; ``vcpus_used``, ``memory_mb_used``, ``local_gb_used``
+        from their flavors — a resize waiting for confirmation holds both flavors, as
+        Nova's resource tracker does on one host —, ``running_vms``,
+        ``current_workload``). ``state`` is ``down`` when the hypervisor cannot answer
+        (its last answer is shown, or zeros)."""
+        out: list[dict[str, Any]] = []
+        for host in self.service.hosts:
+            info = self._host_info() if host == self.host else None
+            state = "up" if info is not None else "down"
+            info = info or self._last_host_info or _UNKNOWN_HOST
+            servers = self.view.on_host(host)
+            vcpus = memory = disk = workload = 0
+            for doc in servers:
+                flavors = [doc.get("flavor") or {}]
+                if doc.get("vm_state") == lc.RESIZED and doc.get("old_flavor"):
+                    flavors.append(doc["old_flavor"])
+                for flavor in flavors:
+                    vcpus += int(flavor.get("vcpus") or 0)
+                    memory += int(flavor.get("ram") or 0)
+                    disk += int(flavor.get("disk") or 0) + int(flavor.get("ephemeral") or 0)
+                if (doc.get("vm_state") == lc.BUILDING
+                        or doc.get("task_state") in lc.IO_WORKLOAD_TASKS):
+                    workload += 1
+            free_disk = int(info["local_gb"]) - disk
+            least = info.get("disk_available_least")
+            out.append({
+                **info, "host": host, "hypervisor_hostname": host, "state": state,
+                "status": "enabled", "vcpus_used": vcpus, "memory_mb_used": memory,
+                "local_gb_used": disk, "free_ram_mb": int(info["memory_mb"]) - memory,
+                "free_disk_gb": free_disk, "running_vms": len(servers),
+                "current_workload": workload,
+                "disk_available_least": free_disk if least is None else int(least),
+                "servers": [{"uuid": str(d["id"]), "name": d.get("name") or ""}
+                            for d in servers]})
+        return out
+
+    def _host_info(self) -> dict[str, Any] | None:
+        try:
+            info = dict(self.hypervisor.host_info())
+        except Exception:
+            log.warning("the hypervisor did not report its host", exc_info=True)
+            return None
+        self._last_host_info = info
+        return info
 
     def migrations(self, *, server_id: str | None = None, status: str | None = None,
                    host: str | None = None, since: datetime | None = None,

@@ -12,8 +12,10 @@ in the audit trail. A refusal or failure raises :class:`HypervisorError`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import IntEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -101,6 +103,31 @@ def nic_detail(mac: str | None) -> dict[str, Any]:
          "tx_errors", "tx_drop", "tx_packets", "tx_rate"))}
 
 
+def uptime_text(clock: datetime, seconds: float, loads: tuple[float, float, float],
+                users: int = 0) -> str:
+    """A host's uptime as the ``uptime`` command prints it (what Nova's libvirt driver
+    answers for a hypervisor's uptime): `` 10:31:02 up 3 days,  2:04,  0 users,  load
+    average: 0.00, 0.01, 0.05``."""
+    minutes = int(seconds) // 60
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    up = f"{days} day{'' if days == 1 else 's'}, " if days else ""
+    up += f"{hours:2d}:{minutes:02d}, " if hours else f"{minutes} min, "
+    return (f" {clock:%H:%M:%S} up {up}{users:2d} user{'' if users == 1 else 's'},  "
+            f"load average: {loads[0]:.2f}, {loads[1]:.2f}, {loads[2]:.2f}")
+
+
+def local_uptime() -> str | None:
+    """This machine's uptime text (from ``/proc``), or None where there is no ``/proc``."""
+    try:
+        with open("/proc/uptime") as f:
+            seconds = float(f.read().split()[0])
+        one, five, fifteen = os.getloadavg()
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime_text(datetime.now(), seconds, (one, five, fifteen))
+
+
 @runtime_checkable
 class Hypervisor(Protocol):
     """One hypervisor host, as seen by its host agent."""
@@ -171,4 +198,13 @@ class Hypervisor(Protocol):
         """What the guest wrote to its serial console since it was defined (reading
         changes nothing). A guest without a console log raises
         :class:`HypervisorError` with code 404."""
+        ...
+
+    def host_info(self) -> Result:
+        """The host as Nova's compute node reports it: ``hypervisor_type`` (text),
+        ``hypervisor_version`` (integer), ``vcpus``, ``memory_mb``, ``local_gb`` (its
+        capacity), ``disk_available_least`` (free GB on its disk, or None),
+        ``host_ip``, ``cpu_info`` (arch, model, vendor, topology, features) and
+        ``uptime`` (the ``uptime`` command's text, None when it cannot be known).
+        Reading changes nothing."""
         ...

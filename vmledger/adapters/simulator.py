@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from vmledger.adapters.hypervisor import (
@@ -55,6 +56,7 @@ from vmledger.adapters.hypervisor import (
     PowerState,
     Result,
     nic_detail,
+    uptime_text,
 )
 
 __all__ = ["MUTATING_OPERATIONS", "OPERATIONS", "SimulatedCrash", "Simulator"]
@@ -83,7 +85,15 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
 )
 #: every operation of the port
 OPERATIONS: frozenset[str] = MUTATING_OPERATIONS | {"observe", "console_output",
-                                                    "diagnostics"}
+                                                    "diagnostics", "host_info"}
+
+#: the simulated host: a mid-sized compute node (Nova's fake driver reports one too)
+HOST_VCPUS = 16
+HOST_MEMORY_MB = 65536
+HOST_LOCAL_GB = 1024
+HOST_CPU_INFO: dict[str, Any] = {
+    "arch": "x86_64", "model": "simulated", "vendor": "vmledger",
+    "topology": {"cells": 1, "sockets": 1, "cores": 8, "threads": 2}, "features": []}
 
 _STATE_VERSION = 1
 
@@ -310,6 +320,7 @@ class Simulator:
         self._guests: dict[str, _Guest] = {}
         self._snapshots: dict[str, dict[str, Any]] = {}
         self._injections: list[_Injection] = []
+        self._booted = time.monotonic()
         #: every operation called, in order, as ``(op, server_id)`` (observe included)
         self.calls: list[tuple[str, str]] = []
         if state_path is not None:
@@ -452,6 +463,21 @@ class Simulator:
                                                 "write_requests", "errors_count"))]
                 if guest.disk_gb else [],
             }
+
+    def host_info(self) -> Result:
+        """The simulated host: fixed capacity (16 vCPUs, 64 GiB, 1 TiB), hypervisor type
+        ``simulator``, up since the simulator was made, no load."""
+        self._enter("host_info")
+        with self._lock:
+            self.calls.append(("host_info", ""))
+        return {
+            "hypervisor_type": "simulator", "hypervisor_version": 1000,
+            "vcpus": HOST_VCPUS, "memory_mb": HOST_MEMORY_MB, "local_gb": HOST_LOCAL_GB,
+            "disk_available_least": None, "host_ip": "127.0.0.1",
+            "cpu_info": json.loads(json.dumps(HOST_CPU_INFO)),
+            "uptime": uptime_text(datetime.now(), time.monotonic() - self._booted,
+                                  (0.0, 0.0, 0.0)),
+        }
 
     def console_output(self, server_id: str) -> str:
         """A boot log per boot of the guest (deterministic: the same history gives the

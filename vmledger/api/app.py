@@ -34,8 +34,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from vmledger.api import (
+    aggregates,
     catalog,
     diagnostics,
+    hypervisors,
     instance_actions,
     keypairs,
     limits,
@@ -141,6 +143,15 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/servers/{server_id}/migrations/{migration_id}", migrations.show_server_migration,
      ["GET"]),
     ("/os-migrations", migrations.list_migrations, ["GET"]),
+    ("/os-aggregates", aggregates.list_aggregates, ["GET"]),
+    ("/os-aggregates/{aggregate_id}", aggregates.show_aggregate, ["GET"]),
+    ("/os-hypervisors", hypervisors.list_hypervisors, ["GET"]),
+    ("/os-hypervisors/detail", hypervisors.list_hypervisors_detail, ["GET"]),
+    ("/os-hypervisors/statistics", hypervisors.show_statistics, ["GET"]),
+    ("/os-hypervisors/{id}", hypervisors.show_hypervisor, ["GET"]),
+    ("/os-hypervisors/{id}/uptime", hypervisors.show_uptime, ["GET"]),
+    ("/os-hypervisors/{pattern}/search", hypervisors.search_hypervisors, ["GET"]),
+    ("/os-hypervisors/{pattern}/servers", hypervisors.hypervisor_servers, ["GET"]),
     ("/os-simple-tenant-usage", usage.list_usage, ["GET"]),
     ("/os-simple-tenant-usage/{tenant_id}", usage.show_usage, ["GET"]),
     ("/limits", limits.show_limits, ["GET"]),

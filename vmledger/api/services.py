@@ -24,9 +24,14 @@ BINARY = "nova-compute"
 _NAMESPACE = uuid.UUID("6d1f2a3e-5b7c-4e8f-9a0b-1c2d3e4f5a6b")
 
 
+def service_id(call: Call, index: int, host: str) -> int | str:
+    """A host's compute service id: its number before 2.53, a UUID (stable) from 2.53."""
+    return str(uuid.uuid5(_NAMESPACE, host)) if call.at_least(2, 53) else index
+
+
 def _service(call: Call, index: int, host: str) -> dict[str, Any]:
     service: dict[str, Any] = {
-        "id": str(uuid.uuid5(_NAMESPACE, host)) if call.at_least(2, 53) else index,
+        "id": service_id(call, index, host),
         "binary": BINARY, "host": host, "zone": ZONE, "status": "enabled",
         "state": "up", "updated_at": None, "disabled_reason": None}
     if call.at_least(2, 11):
@@ -48,4 +53,4 @@ async def list_services(call: Call) -> Response:
     return JSONBody({"services": services})
 
 
-__all__ = ["list_services"]
+__all__ = ["list_services", "service_id"]

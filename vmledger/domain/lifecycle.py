@@ -291,6 +291,13 @@ def migration_status_of(migration_status: str | None, task_state: str | None) ->
     return migration_status
 
 
+# --- a host's I/O workload (Nova's compute node ``current_workload``) -------------
+#: task states that count as I/O work on a host (Nova's resource tracker's
+#: ``io_workload``), besides servers being built
+IO_WORKLOAD_TASKS = frozenset({RESIZE_MIGRATING, REBUILDING, RESIZE_PREP, IMAGE_SNAPSHOT,
+                               IMAGE_BACKUP, RESCUING, UNSHELVING})
+
+
 # --- (vm_state, task_state) → API status ------------------------------------------
 _RESIZE_TASKS = (RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH)
 _REBUILD_TASKS = (REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING)

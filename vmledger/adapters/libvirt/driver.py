@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -33,6 +35,7 @@ from vmledger.adapters.hypervisor import (
     Observation,
     PowerState,
     Result,
+    local_uptime,
     nic_detail,
 )
 from vmledger.adapters.libvirt import disks
@@ -120,6 +123,14 @@ def _wrong_state(op: str, server_id: str, state: PowerState, *,
                  rollback: bool = True) -> HypervisorError:
     return HypervisorError(f"Cannot {op} guest {server_id} in power state {state.name}",
                            rollback=rollback, code=409)
+
+
+def _local_ip() -> str:
+    """This machine's address on its default route (nothing is sent), else loopback."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # TEST-NET-1
+        return str(s.getsockname()[0])
+    return "127.0.0.1"
 
 
 def _power(dom: Any, state: int | None = None) -> PowerState:
@@ -728,6 +739,44 @@ class LibvirtDriver:
                 "disk_details": disk_details}
 
         return self._act(server_id, body)
+
+    def host_info(self) -> Result:
+        """From ``virConnectGetInfo``, ``virConnectGetType``/``GetVersion`` and the host
+        CPU of the capabilities; the disk capacity and free space of ``disk_dir``'s file
+        system (``/`` without one); this machine's address and, for a local URI, its
+        uptime (None for a remote host)."""
+        conn = self._connection.get()
+        try:
+            arch, memory_mb, cpus, _mhz, nodes, sockets, cores, threads = conn.getInfo()
+            hypervisor_type = conn.getType()
+            version = conn.getVersion()
+            capabilities = ET.fromstring(conn.getCapabilities())
+        except libvirt.libvirtError as e:
+            if self._connection.is_lost(conn, e):
+                raise LibvirtUnavailable(f"lost the connection to {self.uri}: "
+                                         f"{e.get_error_message()}") from e
+            raise _error(e, rollback=True) from e
+        cpu = capabilities.find("host/cpu")
+        features = sorted({str(f.get("name")) for f in cpu.findall("feature")}
+                          if cpu is not None else set())
+        total_gb = free_gb = None
+        with contextlib.suppress(OSError):
+            fs = os.statvfs(self.disk_dir or "/")
+            total_gb = fs.f_frsize * fs.f_blocks // 1024 ** 3
+            free_gb = fs.f_frsize * fs.f_bavail // 1024 ** 3
+        return {
+            "hypervisor_type": hypervisor_type, "hypervisor_version": int(version),
+            "vcpus": int(cpus), "memory_mb": int(memory_mb), "local_gb": total_gb or 0,
+            "disk_available_least": free_gb, "host_ip": _local_ip(),
+            "cpu_info": {
+                "arch": (cpu.findtext("arch") if cpu is not None else None) or arch,
+                "model": cpu.findtext("model") if cpu is not None else None,
+                "vendor": cpu.findtext("vendor") if cpu is not None else None,
+                "topology": {"cells": int(nodes), "sockets": int(sockets),
+                             "cores": int(cores), "threads": int(threads)},
+                "features": features},
+            "uptime": local_uptime() if urlsplit(self.uri).hostname is None else None,
+        }
 
     #: at most this much of a console log is read (Nova's libvirt driver: 100 KiB)
     CONSOLE_BYTES = 100 * 1024
