@@ -334,6 +334,25 @@ def test_admin_login_is_admin(keystone: ApiClient, engine: Engine) -> None:
     assert keystone.get("/v2.1/servers", headers=ADMIN).status_code == 200
 
 
+def test_projects_of_the_configured_users(keystone: ApiClient) -> None:
+    """``openstack quota set PROJECT`` looks the project up in Keystone."""
+    admin = {"X-Auth-Token": login(keystone, "admin", "s3cret", "ops").headers[
+        "x-subject-token"]}
+    carol = {"X-Auth-Token": login(keystone).headers["x-subject-token"]}
+    listed = keystone.get("/identity/v3/projects", headers=admin).json()["projects"]
+    assert [p["id"] for p in listed] == ["ops", "p1"]
+    assert keystone.get("/identity/v3/projects?name=p1", headers=admin).json()[
+        "projects"][0]["name"] == "p1"
+    assert keystone.get("/identity/v3/projects/p1", headers=carol).json()["project"][
+        "domain_id"] == "default"
+    # others see their own project only
+    assert [p["id"] for p in keystone.get("/identity/v3/projects", headers=carol).json()[
+        "projects"]] == ["p1"]
+    assert keystone.get("/identity/v3/projects/ops", headers=carol).status_code == 404
+    assert keystone.get("/identity/v3/projects/nowhere", headers=admin).status_code == 404
+    assert keystone.get("/identity/v3/projects").status_code == 401
+
+
 # --- the Glance shim ---------------------------------------------------------------------------
 def test_glance_shim(client: ApiClient) -> None:
     assert client.get("/image/v2/images").status_code == 401

@@ -15,6 +15,7 @@ from vmledger.api import create_app
 from vmledger.api.servers import ACTION_PARSERS
 from vmledger.api.testing import ApiClient
 from vmledger.domain.catalog import image_id_for
+from vmledger.domain.quota import DEFAULTS
 
 IMAGE = image_id_for("cirros-0.6.2-x86_64")
 
@@ -39,6 +40,7 @@ ROUTES = [
     ("put", "/v2.1/servers/{sid}/metadata/k"),
     ("put", "/v2.1/servers/{sid}/tags"),
     ("post", "/v2.1/os-keypairs"),
+    ("put", "/v2.1/os-quota-sets/fuzz"),
 ]
 
 
@@ -73,6 +75,19 @@ def test_write_routes_never_answer_5xx(world: tuple[ApiClient, str], method: str
     _check(response)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.dictionaries(st.sampled_from([*DEFAULTS, "force", "networks"])
+                              | st.text(max_size=6), json_values, max_size=3),
+       version=st.sampled_from(["2.1", "2.36", "2.57", "latest"]))
+def test_quota_updates_never_answer_5xx(world: tuple[ApiClient, str], values: Any,
+                                        version: str) -> None:
+    client, _ = world
+    response = client.put("/v2.1/os-quota-sets/fuzz", json={"quota_set": values},
+                          headers={"OpenStack-API-Version": f"compute {version}"})
+    _check(response)
+    client.delete("/v2.1/os-quota-sets/fuzz")  # the next example starts from the defaults
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(sorted(ACTION_PARSERS)), value=json_values,
        version=st.sampled_from(["2.1", "2.45", "2.77", "2.91", "latest"]))
@@ -102,6 +117,8 @@ def test_every_action_with_any_value_never_answers_5xx(world: tuple[ApiClient, s
                                  "/v2.1/os-hypervisors/{x}/search",
                                  "/v2.1/os-hypervisors/{x}/servers",
                                  "/v2.1/os-aggregates/{x}",
+                                 "/v2.1/os-quota-sets/{x}",
+                                 "/v2.1/os-quota-sets/{x}/detail",
                                  "/ledger/v1/servers/{x}/history",
                                  "/ledger/v1/servers/{x}/state",
                                  "/ledger/v1/requests/{x}",

@@ -199,11 +199,9 @@ def test_paging_from_2_35(client: ApiClient) -> None:
     assert len(old["keypairs"]) == 3 and "keypairs_links" not in old
 
 
-def test_at_most_100_key_pairs_per_user(client: ApiClient, engine: Engine,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from vmledger.domain import keypair
-
-    monkeypatch.setattr(keypair, "MAX_KEYPAIRS_PER_USER", 2)
+def test_key_pairs_per_user_are_held_to_the_quota(client: ApiClient, engine: Engine) -> None:
+    assert engine.quota_limits("p1")["key_pairs"] == 100  # Nova's default
+    engine.set_quotas("p1", {"key_pairs": 2}, ctx=engine.context(is_admin=True))
     public = ssh_public_key()
     for name in ("a", "b"):
         create(client, "alice-t", "2.2", status=201, name=name, public_key=public)

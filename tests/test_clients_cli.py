@@ -329,3 +329,13 @@ def test_hypervisor_list_and_show(vmledger_server: RunningServer, tmp_path: Path
     assert (listed["Hypervisor Hostname"], listed["State"]) == ("compute-1", "up")
     shown = osc("hypervisor", "show", "compute-1", output=True)
     assert shown["hypervisor_type"] == "simulator" and shown["state"] == "up"
+
+
+def test_quota_set_and_show(vmledger_keystone_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-keystone", clouds_yaml(None, vmledger_keystone_server))
+    osc("quota", "set", "--instances", "12", "--cores", "24", "admin")
+    shown = osc("quota", "show", "--compute", "admin", output=True)
+    found = {row["Resource"]: row["Limit"] for row in shown} if isinstance(
+        shown, list) else shown
+    assert found["instances"] == 12 and found["cores"] == 24, shown
+    osc("quota", "delete", "--compute", "admin")

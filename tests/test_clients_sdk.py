@@ -283,6 +283,19 @@ def test_hypervisors(conn: Connection) -> None:
     assert [h.id for h in c.hypervisors(hypervisor_hostname_pattern="compute")] == [node.id]
 
 
+def test_quota_sets(conn: Connection) -> None:
+    """openstacksdk's quota sets: read, set (the limit is then enforced), revert."""
+    c = conn.compute
+    project = "sdk-quota"
+    assert c.get_quota_set(project).instances == -1
+    c.update_quota_set(project, instances=7, cores=9)
+    quota = c.get_quota_set(project)
+    assert (quota.instances, quota.cores) == (7, 9)
+    assert c.get_quota_set(project, usage=True).usage["instances"] == 0
+    c.revert_quota_set(project)
+    assert c.get_quota_set(project).instances == -1
+
+
 def test_conflicts_are_409_never_500(conn: Connection) -> None:
     c = conn.compute
     sid = c.create_server(name="sdk-conflict", flavor_id="1", image_id=IMAGE,

@@ -57,6 +57,7 @@ from tempest.lib.services.compute import (  # noqa: E402
     keypairs_client,
     limits_client,
     migrations_client,
+    quotas_client,
     servers_client,
     services_client,
     tenant_usages_client,
@@ -119,6 +120,7 @@ class Clients:
     migrations: migrations_client.MigrationsClient
     usages: tenant_usages_client.TenantUsagesClient
     hypervisors: hypervisor_client.HypervisorClient
+    quotas: quotas_client.QuotasClient
     is_admin: bool
 
 
@@ -141,6 +143,7 @@ def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
                                                        **kwargs),
         hypervisors=hypervisor_client.HypervisorClient(provider, "compute", "RegionOne",
                                                        **kwargs),
+        quotas=quotas_client.QuotasClient(provider, "compute", "RegionOne", **kwargs),
         is_admin=is_admin)
 
 
@@ -553,6 +556,30 @@ def test_hypervisors(admin: Clients, member: Clients, microversion: str) -> None
         member.hypervisors.list_hypervisors()
     admin.servers.delete_server(sid)
     wait_gone(admin, sid)
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.36", "2.57", MAXIMUM], indirect=True)
+def test_quota_sets(admin: Clients, member: Clients, microversion: str) -> None:
+    """``/os-quota-sets`` against tempest's schema of each range: a member reads its
+    project's quotas, an administrator sets and deletes them."""
+    sid, _ = create(member, microversion, f"tempest-quota-{microversion}")
+    wait_for(member, sid, "ACTIVE")
+    project_id = member.servers.show_server(sid)["server"]["tenant_id"]
+    shown = member.quotas.show_quota_set(project_id)["quota_set"]
+    assert shown["id"] == project_id
+    detail = member.quotas.show_quota_set(project_id, detail=True)["quota_set"]
+    assert detail["instances"]["in_use"] >= 1
+    defaults = member.quotas.show_default_quota_set(project_id)["quota_set"]
+    assert defaults["instances"] == -1
+    updated = admin.quotas.update_quota_set(project_id, instances=50)["quota_set"]
+    assert updated["instances"] == 50
+    assert member.quotas.show_quota_set(project_id)["quota_set"]["instances"] == 50
+    admin.quotas.delete_quota_set(project_id)
+    assert member.quotas.show_quota_set(project_id)["quota_set"]["instances"] == -1
+    with pytest.raises(lib_exc.Forbidden):
+        member.quotas.update_quota_set(project_id, instances=1)
+    member.servers.delete_server(sid)
+    wait_gone(member, sid)
 
 
 def test_availability_zones(admin: Clients, member: Clients) -> None:

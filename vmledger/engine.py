@@ -32,9 +32,18 @@ from vmledger.audit.ledger import HistoryPage, Ledger, LedgerEntry
 from vmledger.audit.verify import VerifyReport, verify
 from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import quota as quotas
 from vmledger.domain.catalog import Catalog
 from vmledger.domain.clock import Clock, SystemClock
-from vmledger.domain.errors import Conflict, Forbidden, InvalidState, NotFound, ServerNotFound
+from vmledger.domain.errors import (
+    BadRequest,
+    Conflict,
+    FlavorNotFound,
+    Forbidden,
+    InvalidState,
+    NotFound,
+    ServerNotFound,
+)
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import (
     CommandResult,
@@ -49,6 +58,7 @@ from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
 from vmledger.projections.migrations import Migrations, list_migrations
+from vmledger.projections.quotas import QuotaSets, project_limits
 from vmledger.projections.runner import ViewUpdater
 from vmledger.projections.servers import ColumnFilter, MarkerNotFound, StoredServer
 from vmledger.projections.usage import server_usage
@@ -175,8 +185,11 @@ class Engine:
             shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
                                  extensions=[InstanceActions(), Images(), Keypairs(),
-                                             Migrations()])
+                                             Migrations(), QuotaSets()])
         self.updater = ViewUpdater(self.service, self.view)
+        self.service.metadata_limit = lambda project_id: (
+            self.quota_limits(project_id)["metadata_items"] if project_id is not None
+            else quotas.DEFAULTS["metadata_items"])
         self.ledger = Ledger(self.service)
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
         self.host = host
@@ -223,21 +236,62 @@ class Engine:
                                    idempotency_key=idempotency_key, **options)[0]
 
     def create_servers(self, name: str, flavor: str | int, image: str, *, count: int = 1,
-                       ctx: Context | None = None, idempotency_key: str | None = None,
-                       **options: Any) -> list[ServerInfo]:
+                       min_count: int | None = None, ctx: Context | None = None,
+                       idempotency_key: str | None = None, **options: Any
+                       ) -> list[ServerInfo]:
         """Ask for ``count`` servers in one request (named ``NAME-1`` … when more than
-        one, as Nova names them); all or none are created."""
+        one, as Nova names them); all or none are created. Within the project's quotas
+        (instances, cores, RAM): as many as fit when that is at least ``min_count``
+        (default ``count``), else :class:`~vmledger.domain.quota.QuotaExceeded`."""
         ctx = self._ctx(ctx)
+        if ctx.project_id is not None:
+            count = self._fit_quota(ctx.project_id, flavor, count,
+                                    count if min_count is None else min_count)
         result = self._done(self.service.create_server(
             ctx, name=name, flavor=flavor, image=image, idempotency_key=idempotency_key,
             count=count, **options))
         ids = result.details.get("server_ids") or [result.server_id]
         return [self.get_server(server_id, ctx=ctx) for server_id in ids]
 
+    def _fit_quota(self, project_id: str, flavor: str | int, count: int, min_count: int
+                   ) -> int:
+        limits = self.quota_limits(project_id)
+        if all(limits[r] == quotas.UNLIMITED for r in ("instances", "cores", "ram")):
+            return count
+        try:
+            chosen = self.service.catalog.flavor(flavor)
+        except FlavorNotFound:
+            return count  # the command says what is wrong with the flavor
+        each = {"instances": 1, "cores": chosen.vcpus, "ram": chosen.ram}
+        used = self.view.project_usage(project_id)
+        fits = quotas.allowed_count(limits, used, each, count)
+        if fits >= min_count:
+            return min(fits, count)
+        quotas.check_usage(limits, used, {r: n * count for r, n in each.items()})
+        return count  # not reached: something is over
+
+    def _check_resize_quota(self, server_id: str, params: dict[str, Any]) -> None:
+        doc = self.view.get(str(server_id))
+        if doc is None or doc.get("project_id") is None or "flavor" not in params:
+            return  # the command says what is wrong
+        limits = self.quota_limits(doc["project_id"])
+        if limits["cores"] == quotas.UNLIMITED and limits["ram"] == quotas.UNLIMITED:
+            return
+        try:
+            new = self.service.catalog.flavor(params["flavor"])
+        except FlavorNotFound:
+            return
+        old = doc.get("flavor") or {}
+        quotas.check_usage(limits, self.view.project_usage(doc["project_id"]), {
+            "cores": new.vcpus - int(old.get("vcpus") or 0),
+            "ram": new.ram - int(old.get("ram") or 0)})
+
     def act(self, server_id: str, action: str, *, ctx: Context | None = None,
             idempotency_key: str | None = None, **params: Any) -> CommandResult:
         """Request any action of the lifecycle table by name, with its parameters."""
         ctx = self._ctx(ctx)
+        if action == "resize":
+            self._check_resize_quota(server_id, params)
         return self._done(self.service.act(ctx, server_id, action,
                                            idempotency_key=idempotency_key, **params))
 
@@ -350,12 +404,14 @@ class Engine:
                        user_id: str | None = None, ctx: Context | None = None
                        ) -> dict[str, Any]:
         """Record a public key under ``name`` for the caller (or, for an admin,
-        ``user_id``); returns the key pair. At most
-        :data:`~vmledger.domain.keypair.MAX_KEYPAIRS_PER_USER` per user (Forbidden)."""
+        ``user_id``); returns the key pair. At most the project's ``key_pairs`` quota
+        per user (Forbidden)."""
         ctx = self._ctx(ctx)
         owner = user_id or ctx.user_id
-        if owner is not None and len(keypair_view.list_keypairs(self.view, owner)) >= (
-                keypairs.MAX_KEYPAIRS_PER_USER):
+        limit = (self.quota_limits(ctx.project_id)["key_pairs"] if ctx.project_id is not None
+                 else keypairs.MAX_KEYPAIRS_PER_USER)
+        if owner is not None and limit != quotas.UNLIMITED and len(
+                keypair_view.list_keypairs(self.view, owner)) >= limit:
             raise Forbidden("Quota exceeded, too many key pairs.")
         result = self._done(self.service.import_keypair(
             ctx, name=name, public_key=public_key, key_type=key_type, user_id=user_id))
@@ -650,6 +706,38 @@ class Engine:
             if len(rows) < chunk:
                 break
         return out
+
+    # --- quotas ----------------------------------------------------------------------------
+    def quota_limits(self, project_id: str) -> dict[str, int]:
+        """The project's limits: the defaults, overlaid with what an administrator set."""
+        return {**quotas.DEFAULTS, **project_limits(self.view, project_id)}
+
+    def quota_usage(self, project_id: str) -> dict[str, int]:
+        """What the project uses of its counted limits (key pairs are counted per user:
+        0 here, as Nova shows a project's)."""
+        return {**self.view.project_usage(project_id), "key_pairs": 0}
+
+    def set_quotas(self, project_id: str, limits: dict[str, Any], *, force: bool = False,
+                   ctx: Context | None = None) -> dict[str, int]:
+        """Set some of a project's limits (administrators): each an integer from -1
+        (unlimited); below what the project uses → BadRequest unless ``force``. Returns
+        the project's limits."""
+        ctx = self._ctx(ctx)
+        checked = quotas.check_limits(limits, tuple(quotas.DEFAULTS))
+        if not force:
+            used = self.quota_usage(project_id)
+            for resource, limit in checked.items():
+                if limit != quotas.UNLIMITED and limit < used.get(resource, 0):
+                    raise BadRequest(f"Quota limit {limit} for {resource} must be greater "
+                                     "than or equal to already used and reserved "
+                                     f"{used[resource]}.")
+        if checked:
+            self._done(self.service.set_quotas(ctx, project_id, checked))
+        return self.quota_limits(project_id)
+
+    def revert_quotas(self, project_id: str, *, ctx: Context | None = None) -> None:
+        """The project's limits back to the defaults (administrators)."""
+        self._done(self.service.revert_quotas(self._ctx(ctx), project_id))
 
     # --- the ledger (audit) ---------------------------------------------------------------
     def history_page(self, server_id: str, *, after: int = 0, limit: int = 100) -> HistoryPage:

@@ -13,7 +13,11 @@ Only with ``--auth keystone``:
   ``compute`` (``/v2.1``), ``identity`` (``/identity/v3``) and ``image`` (``/image``, the
   Glance shim of :mod:`vmledger.api.glance`); ``?nocatalog`` leaves the catalog out;
 - ``GET``/``HEAD /identity/v3/auth/tokens`` validates ``X-Subject-Token``;
-  ``DELETE`` revokes it.
+  ``DELETE`` revokes it;
+- ``GET /identity/v3/projects[?name=]`` and ``/projects/{id}``: the projects of the
+  configured users and tokens (a project's id is its name), all of them for
+  administrators, their own for others (so ``openstack quota set PROJECT`` can find
+  one).
 
 Errors use Keystone's body: ``{"error": {"code", "title", "message"}}``.
 """
@@ -207,6 +211,44 @@ def identity_routes(settings: AuthSettings, registry: TokenRegistry) -> list[Bas
         registry.revoke(found[0])
         return Response(status_code=204)
 
+    def _projects() -> list[str]:
+        named = {a.project_id for a in settings.accounts.values()}
+        named |= {i.project_id for i in settings.tokens.values() if i.project_id}
+        return sorted(named)
+
+    def _project(request: Request, project_id: str) -> dict[str, Any]:
+        return {"id": project_id, "name": project_id, "domain_id": DOMAIN["id"],
+                "description": "", "enabled": True, "is_domain": False,
+                "parent_id": DOMAIN["id"], "tags": [], "options": {},
+                "links": {"self": f"{_base(request)}/identity/v3/projects/{project_id}"}}
+
+    def _caller(request: Request) -> Identity | Response:
+        caller = registry.lookup(request.headers.get("x-auth-token") or "")
+        return keystone_error(401, UNAUTHORIZED) if caller is None else caller
+
+    async def list_projects(request: Request) -> Response:
+        caller = _caller(request)
+        if isinstance(caller, Response):
+            return caller
+        visible = _projects() if caller.is_admin else [
+            p for p in _projects() if p == caller.project_id]
+        name = request.query_params.get("name")
+        if name is not None:
+            visible = [p for p in visible if p == name]
+        return JSONResponse({"projects": [_project(request, p) for p in visible],
+                             "links": {"self": str(request.url), "previous": None,
+                                       "next": None}})
+
+    async def show_project(request: Request) -> Response:
+        caller = _caller(request)
+        if isinstance(caller, Response):
+            return caller
+        project_id = request.path_params["project_id"]
+        if project_id not in _projects() or not (caller.is_admin
+                                                 or caller.project_id == project_id):
+            return keystone_error(404, f"Could not find project: {project_id}.")
+        return JSONResponse({"project": _project(request, project_id)})
+
     routes: list[BaseRoute] = [
         Route("/identity", versions, methods=["GET"]),
         Route("/identity/", versions, methods=["GET"]),
@@ -218,5 +260,7 @@ def identity_routes(settings: AuthSettings, registry: TokenRegistry) -> list[Bas
             Route("/identity/v3/auth/tokens", issue, methods=["POST"]),
             Route("/identity/v3/auth/tokens", validate, methods=["GET"]),
             Route("/identity/v3/auth/tokens", revoke, methods=["DELETE"]),
+            Route("/identity/v3/projects", list_projects, methods=["GET"]),
+            Route("/identity/v3/projects/{project_id}", show_project, methods=["GET"]),
         ]
     return routes

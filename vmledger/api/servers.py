@@ -127,6 +127,8 @@ class _CreateRequest:
     return_reservation_id: bool
     #: how many servers (Nova's max_count, within what one request may create)
     count: int = 1
+    #: the fewest the request accepts when the quota allows fewer (Nova's min_count)
+    min_count: int = 1
 
 
 def _parse_create(call: Call, body: Any) -> _CreateRequest:
@@ -204,7 +206,8 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
                           return_reservation_id=val.boolean(
                               server.get("return_reservation_id", False),
                               "return_reservation_id"),
-                          count=min(max_count, MAX_SERVERS_PER_REQUEST))
+                          count=min(max_count, MAX_SERVERS_PER_REQUEST),
+                          min_count=min_count)
 
 
 def _create(engine: Engine, ctx: Context, req: _CreateRequest) -> ServerInfo:
@@ -218,7 +221,8 @@ def _create(engine: Engine, ctx: Context, req: _CreateRequest) -> ServerInfo:
             raise ApiError(400, "Invalid key_name provided.") from None
     try:
         return engine.create_servers(req.name, flavor=req.flavor, image=req.image, ctx=ctx,
-                                     count=req.count, **req.options)[0]
+                                     count=req.count, min_count=req.min_count,
+                                     **req.options)[0]
     except FlavorNotFound:
         raise ApiError(400, "Invalid flavorRef provided.") from None
     except ImageNotFound:

@@ -26,6 +26,7 @@ from vmledger.domain import lifecycle as lc
 from vmledger.domain.errors import ServerNotFound
 from vmledger.domain.image import CustomImage
 from vmledger.domain.keypair import Keypair
+from vmledger.domain.quota import QuotaSet
 from vmledger.domain.server import ADMIN, AGENT, TIMER, Server
 from vmledger.domain.service import ServerService
 
@@ -98,8 +99,8 @@ class HistoryPage:
 
 #: the aggregates whose events a request's causal chain shows, and their names
 _KINDS: tuple[tuple[type, str], ...] = ((Server.Event, "server"), (CustomImage.Event, "image"),
-                                       (Keypair.Event, "keypair"))
-_LABELS = {"server": "Server", "image": "Image", "keypair": "Key pair"}
+                                       (Keypair.Event, "keypair"), (QuotaSet.Event, "quota"))
+_LABELS = {"server": "Server", "image": "Image", "keypair": "Key pair", "quota": "Quota set"}
 
 
 def _aggregate_kind(event: object) -> str:

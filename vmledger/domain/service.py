@@ -28,6 +28,7 @@ from eventsourcing.persistence import IntegrityError
 from vmledger.domain import image as image_states
 from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import quota as quotas
 from vmledger.domain.catalog import Catalog, Flavor, Image
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import (
@@ -48,6 +49,8 @@ MAX_ATTEMPTS = 8
 MAX_SERVERS_PER_REQUEST = 100
 NAME_MAX = 255
 METADATA_MAX_ITEMS = 128
+#: no count limit (checked later against the server's project's quota)
+UNLIMITED_ITEMS = -1
 #: tags one server may carry (Nova's ``MAX_TAGS_PER_INSTANCE``)
 MAX_TAGS = 50
 
@@ -132,20 +135,22 @@ def _check_tag(tag: object) -> str:
     return tag
 
 
-def _check_metadata_count(metadata: dict[Any, Any], *, quota: bool = True) -> None:
-    if len(metadata) > METADATA_MAX_ITEMS:
-        message = f"Maximum number of metadata items exceeds {METADATA_MAX_ITEMS}"
+def _check_metadata_count(metadata: dict[Any, Any], *, quota: bool = True,
+                          limit: int = METADATA_MAX_ITEMS) -> None:
+    if limit >= 0 and len(metadata) > limit:
+        message = f"Maximum number of metadata items exceeds {limit}"
         # a server's: Nova's metadata_items quota (403); an image's: its own limit (400)
         raise Forbidden(message) if quota else BadRequest(message)
 
 
-def _check_metadata(metadata: object, *, quota: bool = True) -> dict[str, str]:
+def _check_metadata(metadata: object, *, quota: bool = True,
+                    limit: int = METADATA_MAX_ITEMS) -> dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
         raise BadRequest("Invalid input for field/attribute metadata. "
                          "It must be an object of string keys and string values.")
-    _check_metadata_count(metadata, quota=quota)
+    _check_metadata_count(metadata, quota=quota, limit=limit)
     for key, value in metadata.items():
         if not isinstance(key, str) or not _METADATA_KEY.match(key):
             raise BadRequest(f"Invalid input for field/attribute metadata. Key: {key!r}. "
@@ -230,6 +235,9 @@ class ServerService(Application[uuid.UUID]):
         self.id_factory = id_factory
         self.request_id_factory = request_id_factory
         self._jitter = random.Random(seed)
+        #: a project's ``metadata_items`` quota (-1: unlimited); the engine answers it
+        #: from the quota read model
+        self.metadata_limit: Callable[[str | None], int] = lambda _: METADATA_MAX_ITEMS
 
     # --- context helpers ----------------------------------------------------------
     def context(self, *, user_id: str = "admin", project_id: str = "admin",
@@ -363,7 +371,7 @@ class ServerService(Application[uuid.UUID]):
                 1 <= count <= MAX_SERVERS_PER_REQUEST):
             raise BadRequest(f"A request creates 1 to {MAX_SERVERS_PER_REQUEST} servers, "
                              f"not {count!r}")
-        meta = _check_metadata(metadata)
+        meta = _check_metadata(metadata, limit=self.metadata_limit(ctx.project_id))
         desc = _check_description(description)
         if availability_zone is not None and availability_zone != ZONE:
             raise BadRequest("The requested availability zone is not available")
@@ -441,12 +449,12 @@ class ServerService(Application[uuid.UUID]):
                      items: dict[str, str], *, replace: bool = False) -> CommandResult:
         """Merge ``items`` into the server's metadata, or (``replace``) make them all of
         it. At most 128 items in all (Forbidden, as Nova's metadata quota)."""
-        checked = _check_metadata(items)
+        checked = _check_metadata(items, limit=UNLIMITED_ITEMS)
 
         def decide(server: Server | None) -> Server:
             assert server is not None
             merged = checked if replace else {**server.metadata, **checked}
-            _check_metadata_count(merged)
+            _check_metadata_count(merged, limit=self.metadata_limit(server.project_id))
             server.change_metadata(ctx, self.clock.now(), merged)
             return server
 
@@ -571,7 +579,8 @@ class ServerService(Application[uuid.UUID]):
         if "name" in params:
             changes["name"] = _check_name(params.pop("name"))
         if "metadata" in params:
-            changes["metadata"] = _check_metadata(params.pop("metadata"))
+            changes["metadata"] = _check_metadata(params.pop("metadata"),
+                                                  limit=UNLIMITED_ITEMS)
         if "description" in params:
             changes["description"] = _check_description(params.pop("description"))
         if params:
@@ -580,6 +589,9 @@ class ServerService(Application[uuid.UUID]):
         def decide(server: Server | None) -> Server:
             assert server is not None
             lc.check("rebuild", server.subject, is_admin=ctx.is_admin)
+            if "metadata" in changes:
+                _check_metadata_count(changes["metadata"],
+                                      limit=self.metadata_limit(server.project_id))
             try:
                 image, image_ref = self.image_for(str(ref), ctx)
             except ImageNotFound:
@@ -962,6 +974,45 @@ class ServerService(Application[uuid.UUID]):
                 continue
             return CommandResult("", ctx.request_id, recordings[-1].notification.id)
         raise Conflict(f"Key pair '{name}' was changed concurrently; try again.")
+
+    # --- quotas ---------------------------------------------------------------------
+    def set_quotas(self, ctx: Context, project_id: str, limits: dict[str, int]
+                   ) -> CommandResult:
+        """Record new limits for a project (administrators; checked by the caller)."""
+        return self._change_quotas(ctx, project_id, lambda q: q.set_limits(
+            ctx, self.clock.now(), limits), start=True)
+
+    def revert_quotas(self, ctx: Context, project_id: str) -> CommandResult:
+        """Back to the defaults (nothing is recorded for a project that has them)."""
+        return self._change_quotas(ctx, project_id, lambda q: q.revert(
+            ctx, self.clock.now()), start=False)
+
+    def _change_quotas(self, ctx: Context, project_id: str,
+                       change: Callable[[quotas.QuotaSet], None], *, start: bool
+                       ) -> CommandResult:
+        if not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:os-quota-sets:update to "
+                            "be performed.")
+        qid = quotas.quota_set_id(project_id)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                found: object = self.repository.get(qid)
+            except AggregateNotFoundError:
+                found = None
+            if isinstance(found, quotas.QuotaSet):
+                quota = found
+            elif start:
+                quota = quotas.QuotaSet.start(ctx, self.clock.now(), project_id)
+            else:
+                return CommandResult("", ctx.request_id, None)
+            change(quota)
+            try:
+                recordings = self.save(quota)
+            except IntegrityError:  # changed meanwhile: decide again
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
+        raise Conflict(f"The quotas of {project_id} were changed concurrently; try again.")
 
     # --- the timer ------------------------------------------------------------------
     def auto_confirm(self, server_id: str | uuid.UUID, deadline: datetime) -> CommandResult:

@@ -594,6 +594,22 @@ class ServersView:
             "SELECT doc FROM {t} WHERE host = ? AND pending_action IS NULL AND deleted = 0"
             " ORDER BY id", [host])]
 
+    def project_usage(self, project_id: str) -> dict[str, int]:
+        """A project's servers that are not deleted: how many, and their flavors' vCPUs
+        and RAM (Nova's legacy quota counting), summed by the database."""
+        if self.dialect == "postgres":
+            vcpus = "((doc::jsonb)->'flavor'->>'vcpus')::bigint"
+            ram = "((doc::jsonb)->'flavor'->>'ram')::bigint"
+        else:
+            vcpus = "json_extract(doc, '$.flavor.vcpus')"
+            ram = "json_extract(doc, '$.flavor.ram')"
+        row = self._query(
+            f"SELECT COUNT(*) AS n, COALESCE(SUM({vcpus}), 0) AS vcpus,"
+            f" COALESCE(SUM({ram}), 0) AS ram FROM {{t}}"
+            " WHERE project_id = ? AND deleted = 0", [project_id])[0]
+        return {"instances": int(row["n"]), "cores": int(row["vcpus"]),
+                "ram": int(row["ram"])}
+
     def on_host(self, host: str) -> list[dict[str, Any]]:
         """Documents of the servers placed on ``host`` (not deleted), by id."""
         return [loads(r["doc"]) for r in self._query(
