@@ -41,6 +41,7 @@ ROUTES = [
     ("put", "/v2.1/servers/{sid}/tags"),
     ("post", "/v2.1/os-keypairs"),
     ("put", "/v2.1/os-quota-sets/fuzz"),
+    ("post", "/v2.1/os-server-groups"),
 ]
 
 
@@ -88,6 +89,25 @@ def test_quota_updates_never_answer_5xx(world: tuple[ApiClient, str], values: An
     client.delete("/v2.1/os-quota-sets/fuzz")  # the next example starts from the defaults
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(group=st.fixed_dictionaries({}, optional={
+    "name": json_values, "policy": json_values | st.sampled_from(
+        ["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"]),
+    "policies": json_values, "rules": json_values | st.fixed_dictionaries(
+        {"max_server_per_host": json_values})}),
+       hint=json_values, version=st.sampled_from(["2.1", "2.15", "2.64", "latest"]))
+def test_server_groups_and_hints_never_answer_5xx(world: tuple[ApiClient, str],
+                                                  group: Any, hint: Any,
+                                                  version: str) -> None:
+    client, _ = world
+    headers = {"OpenStack-API-Version": f"compute {version}"}
+    _check(client.post("/v2.1/os-server-groups", json={"server_group": group},
+                       headers=headers))
+    _check(client.post("/v2.1/servers", headers=headers, json={
+        "server": {"name": "hinted", "flavorRef": "1", "imageRef": IMAGE, "networks": "none"},
+        "os:scheduler_hints": {"group": hint}}))
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(sorted(ACTION_PARSERS)), value=json_values,
        version=st.sampled_from(["2.1", "2.45", "2.77", "2.91", "latest"]))
@@ -119,6 +139,7 @@ def test_every_action_with_any_value_never_answers_5xx(world: tuple[ApiClient, s
                                  "/v2.1/os-aggregates/{x}",
                                  "/v2.1/os-quota-sets/{x}",
                                  "/v2.1/os-quota-sets/{x}/detail",
+                                 "/v2.1/os-server-groups/{x}",
                                  "/ledger/v1/servers/{x}/history",
                                  "/ledger/v1/servers/{x}/state",
                                  "/ledger/v1/requests/{x}",
@@ -142,7 +163,8 @@ def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segmen
                      "tags-any", "not-tags", "ip", "flavor", "image", "locked", "user_id",
                      "tenant_id", "reservation_id", "host", "hidden", "instance_uuid",
                      "migration_type", "source_compute", "project_id", "start", "end",
-                     "detailed", "with_servers", "hypervisor_hostname_pattern"])
+                     "detailed", "with_servers", "hypervisor_hostname_pattern",
+                     "all_projects", "offset"])
     | st.text(max_size=6),
     st.text(max_size=12) | st.sampled_from(["1", "0", "-1", "true", "ACTIVE", "name",
                                             "2026-01-01T00:00:00Z", "asc", "x" * 300,
@@ -158,7 +180,8 @@ def test_odd_path_segments_never_answer_5xx(world: tuple[ApiClient, str], segmen
                              "/v2.1/os-migrations", "/v2.1/os-simple-tenant-usage",
                              "/v2.1/os-simple-tenant-usage/{sid}",
                              "/v2.1/os-hypervisors", "/v2.1/os-hypervisors/detail",
-                             "/v2.1/os-hypervisors/statistics"]),
+                             "/v2.1/os-hypervisors/statistics",
+                             "/v2.1/os-server-groups"]),
        version=st.sampled_from(["2.1", "2.33", "2.35", "2.40", "2.53", "2.59", "2.66",
                                 "2.75", "2.80", "2.88", "latest"]))
 def test_odd_queries_never_answer_5xx(world: tuple[ApiClient, str],

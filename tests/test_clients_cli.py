@@ -339,3 +339,18 @@ def test_quota_set_and_show(vmledger_keystone_server: RunningServer, tmp_path: P
         shown, list) else shown
     assert found["instances"] == 12 and found["cores"] == 24, shown
     osc("quota", "delete", "--compute", "admin")
+
+
+def test_server_group_create_and_hint(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    group = osc("server", "group", "create", "--policy", "anti-affinity", "cli-group",
+                output=True)
+    created = osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME,
+                  "--nic", "none", "--hint", f"group={group['id']}", "cli-grouped",
+                  output=True)
+    wait_for(osc, "cli-grouped", "ACTIVE")
+    shown = osc("server", "group", "show", "cli-group", output=True)
+    assert created["id"] in json.dumps(shown["members"])
+    assert "cli-group" in {g["Name"] for g in osc("server", "group", "list", output=True)}
+    osc("server", "group", "delete", "cli-group")
+    osc("server", "delete", "cli-grouped")

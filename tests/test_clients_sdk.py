@@ -269,8 +269,9 @@ def test_usage(conn: Connection) -> None:
     usage = c.get_usage(project.project_id, start=start)
     assert sid in {s["instance_id"] for s in usage.server_usages}
     assert usage.total_hours >= 0
-    c.delete_server(sid)
-    c.wait_for_delete(c.get_server(sid), interval=0.05, wait=WAIT)
+    doomed = c.get_server(sid)
+    c.delete_server(doomed)
+    c.wait_for_delete(doomed, interval=0.05, wait=WAIT)
 
 
 def test_hypervisors(conn: Connection) -> None:
@@ -294,6 +295,22 @@ def test_quota_sets(conn: Connection) -> None:
     assert c.get_quota_set(project, usage=True).usage["instances"] == 0
     c.revert_quota_set(project)
     assert c.get_quota_set(project).instances == -1
+
+
+def test_server_groups(conn: Connection) -> None:
+    """openstacksdk's server groups and the group hint."""
+    c = conn.compute
+    group = c.create_server_group(name="sdk-group", policy="soft-anti-affinity")
+    sid = c.create_server(name="sdk-grouped", flavor_id="1", image_id=IMAGE,
+                          networks="none", scheduler_hints={"group": group.id}).id
+    settle(conn, sid, "ACTIVE")
+    assert c.get_server_group(group.id).member_ids == [sid]
+    assert group.id in {g.id for g in c.server_groups()}
+    assert c.get_server(sid).server_groups == [group.id]
+    c.delete_server_group(group.id)
+    doomed = c.get_server(sid)
+    c.delete_server(doomed)
+    c.wait_for_delete(doomed, interval=0.05, wait=WAIT)
 
 
 def test_conflicts_are_409_never_500(conn: Connection) -> None:

@@ -58,6 +58,7 @@ from tempest.lib.services.compute import (  # noqa: E402
     limits_client,
     migrations_client,
     quotas_client,
+    server_groups_client,
     servers_client,
     services_client,
     tenant_usages_client,
@@ -121,6 +122,7 @@ class Clients:
     usages: tenant_usages_client.TenantUsagesClient
     hypervisors: hypervisor_client.HypervisorClient
     quotas: quotas_client.QuotasClient
+    groups: server_groups_client.ServerGroupsClient
     is_admin: bool
 
 
@@ -144,6 +146,8 @@ def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
         hypervisors=hypervisor_client.HypervisorClient(provider, "compute", "RegionOne",
                                                        **kwargs),
         quotas=quotas_client.QuotasClient(provider, "compute", "RegionOne", **kwargs),
+        groups=server_groups_client.ServerGroupsClient(provider, "compute", "RegionOne",
+                                                       **kwargs),
         is_admin=is_admin)
 
 
@@ -578,6 +582,36 @@ def test_quota_sets(admin: Clients, member: Clients, microversion: str) -> None:
     assert member.quotas.show_quota_set(project_id)["quota_set"]["instances"] == -1
     with pytest.raises(lib_exc.Forbidden):
         member.quotas.update_quota_set(project_id, instances=1)
+    member.servers.delete_server(sid)
+    wait_gone(member, sid)
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.13", "2.15", "2.64", "2.71", MAXIMUM],
+                         indirect=True)
+def test_server_groups(member: Clients, microversion: str) -> None:
+    """``/os-server-groups`` against tempest's schema of each range; a member created
+    with the ``group`` hint, shown in the server's ``server_groups`` (2.71)."""
+    if at_least(microversion, "2.64"):
+        body: dict[str, Any] = {"policy": "affinity"}
+    else:
+        body = {"policies": ["affinity"]}
+    group = member.groups.create_server_group(name=f"tempest-{microversion}",
+                                              **body)["server_group"]
+    kwargs: dict[str, Any] = {"name": f"tempest-grouped-{microversion}", "flavorRef": "1",
+                              "imageRef": IMAGE, "scheduler_hints": {"group": group["id"]}}
+    if at_least(microversion, "2.37"):
+        kwargs["networks"] = "none"
+    sid = member.servers.create_server(**kwargs)["server"]["id"]
+    shown = wait_for(member, sid, "ACTIVE")
+    if at_least(microversion, "2.71"):
+        assert shown["server_groups"] == [group["id"]]
+    found = member.groups.show_server_group(group["id"])["server_group"]
+    assert found["members"] == [sid]
+    listed = member.groups.list_server_groups()["server_groups"]
+    assert group["id"] in {g["id"] for g in listed}
+    member.groups.delete_server_group(group["id"])
+    with pytest.raises(lib_exc.NotFound):
+        member.groups.show_server_group(group["id"])
     member.servers.delete_server(sid)
     wait_gone(member, sid)
 

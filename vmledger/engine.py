@@ -33,6 +33,7 @@ from vmledger.audit.verify import VerifyReport, verify
 from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import quota as quotas
+from vmledger.domain import server_group as groups
 from vmledger.domain.catalog import Catalog
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import (
@@ -60,6 +61,12 @@ from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
 from vmledger.projections.migrations import Migrations, list_migrations
 from vmledger.projections.quotas import QuotaSets, project_limits
 from vmledger.projections.runner import ViewUpdater
+from vmledger.projections.server_groups import (
+    ServerGroups,
+    get_group,
+    list_groups,
+    member_docs,
+)
 from vmledger.projections.servers import ColumnFilter, MarkerNotFound, StoredServer
 from vmledger.projections.usage import server_usage
 
@@ -185,8 +192,9 @@ class Engine:
             shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
                                  extensions=[InstanceActions(), Images(), Keypairs(),
-                                             Migrations(), QuotaSets()])
+                                             Migrations(), QuotaSets(), ServerGroups()])
         self.updater = ViewUpdater(self.service, self.view)
+        self.service.group_member_hosts = self._group_member_hosts
         self.service.metadata_limit = lambda project_id: (
             self.quota_limits(project_id)["metadata_items"] if project_id is not None
             else quotas.DEFAULTS["metadata_items"])
@@ -247,6 +255,13 @@ class Engine:
         if ctx.project_id is not None:
             count = self._fit_quota(ctx.project_id, flavor, count,
                                     count if min_count is None else min_count)
+        group_id = options.get("server_group")
+        if group_id is not None and ctx.project_id is not None:
+            group = get_group(self.view, str(group_id))
+            limit = self.quota_limits(ctx.project_id)["server_group_members"]
+            if group is not None and limit != quotas.UNLIMITED and len(member_docs(
+                    self.view, group["owner_project_id"], group["id"])) + count > limit:
+                raise Forbidden("Quota exceeded, too many servers in group")
         result = self._done(self.service.create_server(
             ctx, name=name, flavor=flavor, image=image, idempotency_key=idempotency_key,
             count=count, **options))
@@ -706,6 +721,53 @@ class Engine:
             if len(rows) < chunk:
                 break
         return out
+
+    # --- server groups -----------------------------------------------------------------------
+    def _group_member_hosts(self, group_id: str) -> list[str]:
+        group = get_group(self.view, group_id)
+        if group is None:
+            return []
+        return [str(d.get("host")) for d in member_docs(self.view, group["owner_project_id"],
+                                                        group_id)
+                if (d.get("fault") or {}).get("message") != groups.NO_VALID_HOST]
+
+    def _group_view(self, group: dict[str, Any]) -> dict[str, Any]:
+        members = member_docs(self.view, group["owner_project_id"], group["id"])
+        return {**group, "members": [str(d["id"]) for d in members]}
+
+    def server_group(self, group_id: str, *, ctx: Context | None = None) -> dict[str, Any]:
+        """A group (``id``, ``name``, ``policy``, ``rules``, ``owner_project_id``,
+        ``owner_user_id``, ``members``): its project's, or any for an admin; else
+        NotFound."""
+        ctx = self._ctx(ctx)
+        group = get_group(self.view, str(group_id))
+        if group is None or not (ctx.is_admin or group["owner_project_id"] == ctx.project_id):
+            raise NotFound(f"Server group {group_id} could not be found.")
+        return self._group_view(group)
+
+    def server_groups(self, *, ctx: Context | None = None, all_projects: bool = False
+                      ) -> list[dict[str, Any]]:
+        """The caller's project's groups (an admin's ``all_projects``: every project's)."""
+        ctx = self._ctx(ctx)
+        project = None if (all_projects and ctx.is_admin) else ctx.project_id
+        return [self._group_view(g) for g in list_groups(self.view, project)]
+
+    def create_server_group(self, name: str, policy: str, rules: dict[str, Any] | None = None,
+                            *, ctx: Context | None = None) -> dict[str, Any]:
+        """A new group in the caller's project, within its ``server_groups`` quota."""
+        ctx = self._ctx(ctx)
+        if ctx.project_id is not None:
+            limit = self.quota_limits(ctx.project_id)["server_groups"]
+            if limit != quotas.UNLIMITED and len(list_groups(self.view, ctx.project_id)) >= (
+                    limit):
+                raise Forbidden("Quota exceeded, too many server groups.")
+        result = self._done(self.service.create_server_group(ctx, name=name, policy=policy,
+                                                             rules=rules))
+        return self.server_group(result.details["group_id"], ctx=ctx)
+
+    def delete_server_group(self, group_id: str, *, ctx: Context | None = None) -> None:
+        """Delete a group (its members stay, without a group)."""
+        self._done(self.service.delete_server_group(self._ctx(ctx), str(group_id)))
 
     # --- quotas ----------------------------------------------------------------------------
     def quota_limits(self, project_id: str) -> dict[str, int]:

@@ -23,6 +23,7 @@ from vmledger.api import validation as val
 from vmledger.api.faults import MALFORMED_BODY, ApiError
 from vmledger.api.http import EMPTY, Call, read_json
 from vmledger.api.rendering import JSONBody, RenderCache, Renderer, Rendering, join_list
+from vmledger.api.server_groups import scheduler_group
 from vmledger.api.views import (
     Viewer,
     created_view,
@@ -36,6 +37,7 @@ from vmledger.domain.errors import FlavorNotFound, ImageNotFound, NotFound, Serv
 from vmledger.domain.server import Context
 from vmledger.domain.service import MAX_SERVERS_PER_REQUEST
 from vmledger.engine import Engine, ServerInfo
+from vmledger.projections.server_groups import get_group
 from vmledger.projections.servers import StoredServer
 
 PASSWORD_LENGTH = 12
@@ -136,6 +138,7 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
     if "server" not in body:
         raise val.invalid_field("server", body, "'server' is a required property")
     val.no_other_keys(body, "server", _CREATE_TOP_LEVEL)
+    group = scheduler_group(body)
     server = val.require_object(body["server"], "server")
     val.no_other_keys(server, "server", _allowed(call, _CREATE_FIELDS))
     required = ["name", "flavorRef"] + (["networks"] if call.at_least(2, 37) else [])
@@ -201,6 +204,8 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
     }
     if "description" in server:
         options["description"] = val.description(server["description"])
+    if group is not None:
+        options["server_group"] = group
     return _CreateRequest(name=name, flavor=flavor, image=image, options=options,
                           admin_pass=admin_pass,
                           return_reservation_id=val.boolean(
@@ -298,10 +303,13 @@ async def list_servers_detail(call: Call) -> Response:
 
 
 # --- show, update, delete --------------------------------------------------------------
-def entity_tag(info: ServerInfo, call: Call) -> str:
+def entity_tag(info: ServerInfo, call: Call, groups: list[str] | None = None) -> str:
     """The ETag of a server's representation: its version, and the microversion it is
-    rendered at (one version looks different at different microversions)."""
-    return f'"{info.version}-{call.version}"'
+    rendered at (one version looks different at different microversions); ``-g`` when
+    the server names a group that was deleted since (2.71 shows no group then)."""
+    gone = "-g" if (call.at_least(2, 71) and groups == []
+                    and (info.doc.get("attributes") or {}).get("server_group")) else ""
+    return f'"{info.version}-{call.version}{gone}"'
 
 
 def _none_match(header: str | None, tag: str) -> bool:
@@ -315,11 +323,20 @@ def _none_match(header: str | None, tag: str) -> bool:
 async def show_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
     info = await call.run(owned_server, call.engine, call.principal.project_id, server_id)
-    tag = entity_tag(info, call)
+    groups = await call.run(server_groups_of, call, info.doc)
+    tag = entity_tag(info, call, groups)
     if _none_match(call.request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
-    return JSONResponse({"server": server_view(info.doc, call.viewer, server_groups=True)},
+    return JSONResponse({"server": server_view(info.doc, call.viewer, server_groups=groups)},
                         headers={"ETag": tag})
+
+
+def server_groups_of(call: Call, doc: dict[str, Any]) -> list[str]:
+    """The server's group, while it exists (2.71's ``server_groups``)."""
+    if not call.at_least(2, 71):
+        return []
+    group = (doc.get("attributes") or {}).get("server_group")
+    return [group] if group and get_group(call.engine.view, str(group)) else []
 
 
 _UPDATE_FIELDS: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
@@ -350,7 +367,8 @@ async def update_server(call: Call) -> Response:
     if "description" in server:
         changes["description"] = val.description(server["description"])
     info = await call.run(_update, call, server_id, changes)
-    return JSONResponse({"server": update_view(info.doc, call.viewer)})
+    groups = await call.run(server_groups_of, call, info.doc)
+    return JSONResponse({"server": update_view(info.doc, call.viewer, groups)})
 
 
 def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> None:
@@ -666,7 +684,8 @@ async def server_action(call: Call) -> Response:
     action = parser(call, value)
     if action.rebuild:
         info = await call.run(_rebuild, call, server_id, action.params)
-        body = {"server": rebuild_view(info.doc, call.viewer, action.admin_pass)}
+        groups = await call.run(server_groups_of, call, info.doc)
+        body = {"server": rebuild_view(info.doc, call.viewer, action.admin_pass, groups)}
         return JSONResponse(body, status_code=202, headers=_location(call, server_id))
     if action.console:
         output = await call.run(_console_output, call, server_id, action.params)

@@ -232,12 +232,12 @@ def server_summary(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
 
 
 def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
-                server_groups: bool = False) -> dict[str, Any]:
+                server_groups: list[str] | None = None) -> dict[str, Any]:
     """The full server document (``GET /servers/{id}``, ``/servers/detail``).
 
     ``reduced`` gives the smaller body Nova returns from rebuild and update before 2.75
-    (no extension fields); ``server_groups`` adds the 2.71 field that show, rebuild and
-    update carry but lists do not.
+    (no extension fields); ``server_groups`` (the ids of the server's live groups) adds
+    the 2.71 field that show, rebuild and update carry but lists do not.
     """
     v = viewer.version
     attributes = _attributes(doc)
@@ -309,8 +309,8 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
         server["tags"] = list(attributes.get("tags") or [])
     if v >= V2_63:
         server["trusted_image_certificates"] = None
-    if server_groups and v >= V2_71:
-        server["server_groups"] = []
+    if server_groups is not None and v >= V2_71:
+        server["server_groups"] = list(server_groups)
     if v >= V2_73:
         server["locked_reason"] = doc.get("locked_reason")
     if not reduced and v >= V2_96:
@@ -318,11 +318,12 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
     return server
 
 
-def rebuild_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
-                 ) -> dict[str, Any]:
+def rebuild_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None,
+                 server_groups: list[str]) -> dict[str, Any]:
     """The 202 body of a rebuild: reduced before 2.75, then the show body without
     ``OS-EXT-SRV-ATTR:user_data``; plus ``key_name`` (2.54) and ``user_data`` (2.57)."""
-    server = server_view(doc, viewer, reduced=viewer.version < V2_75, server_groups=True)
+    server = server_view(doc, viewer, reduced=viewer.version < V2_75,
+                         server_groups=server_groups)
     # Nova's view builder leaves the admin user_data attribute out of rebuild bodies:
     # they carry the top-level ``user_data`` (2.57) instead
     server.pop("OS-EXT-SRV-ATTR:user_data", None)
@@ -335,9 +336,11 @@ def rebuild_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None
     return server
 
 
-def update_view(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+def update_view(doc: dict[str, Any], viewer: Viewer, server_groups: list[str]
+                ) -> dict[str, Any]:
     """The body of ``PUT /servers/{id}``: reduced before 2.75, then the show body."""
-    return server_view(doc, viewer, reduced=viewer.version < V2_75, server_groups=True)
+    return server_view(doc, viewer, reduced=viewer.version < V2_75,
+                       server_groups=server_groups)
 
 
 def created_view(doc: dict[str, Any], viewer: Viewer, admin_pass: str | None

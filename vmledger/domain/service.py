@@ -29,6 +29,7 @@ from vmledger.domain import image as image_states
 from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import quota as quotas
+from vmledger.domain import server_group as groups
 from vmledger.domain.catalog import Catalog, Flavor, Image
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import (
@@ -238,6 +239,9 @@ class ServerService(Application[uuid.UUID]):
         #: a project's ``metadata_items`` quota (-1: unlimited); the engine answers it
         #: from the quota read model
         self.metadata_limit: Callable[[str | None], int] = lambda _: METADATA_MAX_ITEMS
+        #: the hosts of a server group's members (not deleted), one entry per member;
+        #: the engine answers it from the servers view
+        self.group_member_hosts: Callable[[str], list[str]] = lambda _: []
 
     # --- context helpers ----------------------------------------------------------
     def context(self, *, user_id: str = "admin", project_id: str = "admin",
@@ -357,9 +361,14 @@ class ServerService(Application[uuid.UUID]):
                       description: str | None = None, key_name: str | None = None,
                       availability_zone: str | None = None,
                       attributes: dict[str, Any] | None = None,
-                      idempotency_key: str | None = None, count: int = 1) -> CommandResult:
+                      idempotency_key: str | None = None, count: int = 1,
+                      server_group: str | None = None) -> CommandResult:
         """Ask for new servers (``count`` of them, in one transaction and one request);
         each starts BUILD and the host agent builds it.
+
+        With ``server_group`` (a group of the caller's project) each server joins it and
+        is placed by its policy; one that the policy cannot place fails to schedule
+        (ERROR, ``No valid host was found``).
 
         With ``count`` > 1 the servers are named ``NAME-1`` … ``NAME-N`` (and a requested
         hostname gets the same suffix), as Nova's default
@@ -380,14 +389,18 @@ class ServerService(Application[uuid.UUID]):
         _fits(chosen_flavor, chosen_image)
         if ctx.project_id is None or ctx.user_id is None:
             raise BadRequest("A server is created on behalf of a user and a project")
+        group = self._group_for_create(ctx, server_group) if server_group else None
         payload: dict[str, Any] = {
             "name": name, "flavor": chosen_flavor.id, "image": chosen_image.id,
             "metadata": meta, "description": desc, "key_name": key_name,
             "availability_zone": availability_zone, "attributes": attributes}
         if count > 1:
             payload["count"] = count
+        if group is not None:
+            payload["server_group"] = str(group.id)
         extras: list[Aggregate] = []
         details: dict[str, Any] = {}
+        placed: list[str] = []  # hosts of the group's members, this request's included
 
         def one(index: int) -> Server:
             sid = self.id_factory()
@@ -395,15 +408,24 @@ class ServerService(Application[uuid.UUID]):
             own_name = name if count == 1 else f"{name}-{index}"
             if count > 1 and attrs.get("hostname"):
                 attrs["hostname"] = f"{attrs['hostname']}-{index}"
-            return Server.request(
-                id=sid, ctx=ctx, at=self.clock.now(), name=own_name,
-                flavor=chosen_flavor.as_dict(),
-                image=image_ref,
-                host=self.hosts[sid.int % len(self.hosts)], metadata=meta, description=desc,
-                key_name=key_name, availability_zone=availability_zone or ZONE,
-                addresses=_addresses(sid), attributes=attrs)
+            host = self.hosts[sid.int % len(self.hosts)]
+            if group is not None:
+                attrs["server_group"] = str(group.id)
+                chosen = groups.place(group.policy, group.rules, placed, self.hosts, host)
+                placed.append(chosen or "")
+                if chosen is None:  # the scheduler's answer: the server fails in ERROR
+                    server = self._request(sid, ctx, own_name, chosen_flavor, image_ref, host,
+                                           meta, desc, key_name, availability_zone, attrs)
+                    server.fail(ctx, self.clock.now(), power_state=0, rollback=False,
+                                message=groups.NO_VALID_HOST, code=500)
+                    return server
+                host = chosen
+            return self._request(sid, ctx, own_name, chosen_flavor, image_ref, host, meta,
+                                 desc, key_name, availability_zone, attrs)
 
         def decide(_: Server | None) -> Server:
+            placed[:] = (self.group_member_hosts(str(group.id)) if group is not None
+                         else [])
             first = one(1)
             extras.extend(one(index) for index in range(2, count + 1))
             details.clear()
@@ -414,6 +436,64 @@ class ServerService(Application[uuid.UUID]):
         return self._run(ctx, None, decide, idempotency_key=idempotency_key,
                          operation="create", payload=payload,
                          extras=extras if count > 1 else None, details=details)
+
+    def _request(self, sid: uuid.UUID, ctx: Context, name: str, flavor: Flavor,
+                 image: dict[str, Any], host: str, metadata: dict[str, str],
+                 description: str | None, key_name: str | None,
+                 availability_zone: str | None, attributes: dict[str, Any]) -> Server:
+        return Server.request(
+            id=sid, ctx=ctx, at=self.clock.now(), name=name, flavor=flavor.as_dict(),
+            image=image, host=host, metadata=metadata, description=description,
+            key_name=key_name, availability_zone=availability_zone or ZONE,
+            addresses=_addresses(sid), attributes=attributes)
+
+    # --- server groups --------------------------------------------------------------
+    def _group(self, ctx: Context, group_id: object) -> groups.ServerGroup | None:
+        """The live group, if the caller may see it (its project's, or any for admins)."""
+        try:
+            gid = uuid.UUID(str(group_id))
+            found: object = self.repository.get(gid)
+        except (ValueError, AggregateNotFoundError):
+            return None
+        if not isinstance(found, groups.ServerGroup) or found.deleted:
+            return None
+        if not ctx.is_admin and found.owner_project_id != ctx.project_id:
+            return None
+        return found
+
+    def _group_for_create(self, ctx: Context, group_id: str) -> groups.ServerGroup:
+        group = self._group(ctx, group_id)
+        if group is None or group.owner_project_id != ctx.project_id:
+            raise BadRequest(f"Instance group {group_id} could not be found.")
+        return group
+
+    def create_server_group(self, ctx: Context, *, name: object, policy: object,
+                            rules: object = None) -> CommandResult:
+        """A new group in the caller's project; ``details["group_id"]``."""
+        checked_name, checked_policy, checked_rules = groups.check_group(name, policy, rules)
+        if ctx.project_id is None or ctx.user_id is None:
+            raise BadRequest("A server group is created on behalf of a user and a project")
+        group = groups.ServerGroup.create(ctx, self.clock.now(), group_id=self.id_factory(),
+                                          name=checked_name, policy=checked_policy,
+                                          rules=checked_rules)
+        recordings = self.save(group)
+        return CommandResult("", ctx.request_id, recordings[-1].notification.id,
+                             details={"group_id": str(group.id)})
+
+    def delete_server_group(self, ctx: Context, group_id: str) -> CommandResult:
+        """Delete a group (its project's members or an admin); its servers stay."""
+        for attempt in range(MAX_ATTEMPTS):
+            group = self._group(ctx, group_id)
+            if group is None:
+                raise NotFound(f"Server group {group_id} could not be found.")
+            group.delete(ctx, self.clock.now())
+            try:
+                recordings = self.save(group)
+            except IntegrityError:
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
+        raise Conflict(f"Server group {group_id} was changed concurrently; try again.")
 
     def act(self, ctx: Context, server_id: str | uuid.UUID, action: str,
             *, idempotency_key: str | None = None, **params: Any) -> CommandResult:
