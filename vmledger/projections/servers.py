@@ -203,7 +203,9 @@ class ExtensionBatch(Protocol):
 
     # optional: ``server_folded(server_id, doc, event)``, called after each server event
     # is folded into its document (``doc``, in the servers view's form), for read models
-    # that follow the servers' documents rather than the events alone
+    # that follow the servers' documents rather than the events alone; and
+    # ``preload(server_ids)``, called once per page with the servers first seen in the
+    # transaction (when the view is not empty), to load their rows in bulk
 
 
 class RowWriter:
@@ -352,6 +354,7 @@ class ServersView:
             # read models that follow the folded server documents (not only the events)
             followers = [batch.server_folded for batch in batches
                          if hasattr(batch, "server_folded")]
+            preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
             docs: dict[str, dict[str, Any] | None] = {}
             # each server's document is folded in place: the same result as ``fold`` (a
             # fresh namespace per event) without copying the document for every event
@@ -373,6 +376,9 @@ class ServersView:
                     loaded = {} if empty else self._load(curs, unknown)
                     for key in unknown:
                         docs[key] = loaded.get(key)
+                    if not empty:
+                        for preload in preloads:
+                            preload(unknown)
                 for key, event in folded:
                     target = targets.get(key)
                     version = event.originator_version
