@@ -42,6 +42,10 @@ ROUTES = [
     ("post", "/v2.1/os-keypairs"),
     ("put", "/v2.1/os-quota-sets/fuzz"),
     ("post", "/v2.1/os-server-groups"),
+    ("post", "/v2.1/flavors"),
+    ("put", "/v2.1/flavors/1"),
+    ("post", "/v2.1/flavors/1/os-extra_specs"),
+    ("put", "/v2.1/flavors/1/os-extra_specs/k"),
 ]
 
 
@@ -108,6 +112,26 @@ def test_server_groups_and_hints_never_answer_5xx(world: tuple[ApiClient, str],
         "os:scheduler_hints": {"group": hint}}))
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields=st.fixed_dictionaries({"name": st.text(max_size=8) | json_values}, optional={
+    key: json_values for key in ("id", "ram", "vcpus", "disk", "OS-FLV-EXT-DATA:ephemeral",
+                                 "swap", "rxtx_factor", "os-flavor-access:is_public",
+                                 "description")}),
+       specs=st.dictionaries(st.text(max_size=6), json_values, max_size=3),
+       version=st.sampled_from(["2.1", "2.55", "2.61", "latest"]))
+def test_flavor_management_never_answers_5xx(world: tuple[ApiClient, str], fields: Any,
+                                             specs: Any, version: str) -> None:
+    client, _ = world
+    headers = {"OpenStack-API-Version": f"compute {version}"}
+    made = client.post("/v2.1/flavors", json={"flavor": fields}, headers=headers)
+    _check(made)
+    if made.status_code == 200:
+        flavor_id = made.json()["flavor"]["id"]
+        _check(client.post(f"/v2.1/flavors/{flavor_id}/os-extra_specs",
+                           json={"extra_specs": specs}, headers=headers))
+        _check(client.delete(f"/v2.1/flavors/{flavor_id}", headers=headers))
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(sorted(ACTION_PARSERS)), value=json_values,
        version=st.sampled_from(["2.1", "2.45", "2.77", "2.91", "latest"]))
@@ -140,6 +164,8 @@ def test_every_action_with_any_value_never_answers_5xx(world: tuple[ApiClient, s
                                  "/v2.1/os-quota-sets/{x}",
                                  "/v2.1/os-quota-sets/{x}/detail",
                                  "/v2.1/os-server-groups/{x}",
+                                 "/v2.1/flavors/{x}/os-extra_specs",
+                                 "/v2.1/flavors/1/os-extra_specs/{x}",
                                  "/ledger/v1/servers/{x}/history",
                                  "/ledger/v1/servers/{x}/state",
                                  "/ledger/v1/requests/{x}",

@@ -354,3 +354,13 @@ def test_server_group_create_and_hint(vmledger_server: RunningServer, tmp_path: 
     assert "cli-group" in {g["Name"] for g in osc("server", "group", "list", output=True)}
     osc("server", "group", "delete", "cli-group")
     osc("server", "delete", "cli-grouped")
+
+
+def test_flavor_create_and_delete(vmledger_server: RunningServer, tmp_path: Path) -> None:
+    osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
+    made = osc("flavor", "create", "--ram", "256", "--disk", "1", "--vcpus", "1",
+               "--property", "hw:cpu_policy=shared", "cli-flavor", output=True)
+    assert made["name"] == "cli-flavor" and "hw:cpu_policy" in json.dumps(made["properties"])
+    assert "cli-flavor" in {f["Name"] for f in osc("flavor", "list", output=True)}
+    osc("flavor", "delete", "cli-flavor")
+    assert "cli-flavor" not in {f["Name"] for f in osc("flavor", "list", output=True)}

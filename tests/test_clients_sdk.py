@@ -313,6 +313,17 @@ def test_server_groups(conn: Connection) -> None:
     c.wait_for_delete(doomed, interval=0.05, wait=WAIT)
 
 
+def test_flavor_management(conn: Connection) -> None:
+    """openstacksdk's flavor create, extra specs and delete."""
+    c = conn.compute
+    flavor = c.create_flavor(name="sdk-flavor", ram=256, vcpus=1, disk=1, id="sdk-flavor")
+    c.create_flavor_extra_specs(flavor, {"hw:watchdog_action": "reset"})
+    assert c.fetch_flavor_extra_specs(flavor).extra_specs == {"hw:watchdog_action": "reset"}
+    c.delete_flavor_extra_specs_property(flavor, "hw:watchdog_action")
+    c.delete_flavor(flavor)
+    assert c.find_flavor("sdk-flavor") is None
+
+
 def test_conflicts_are_409_never_500(conn: Connection) -> None:
     c = conn.compute
     sid = c.create_server(name="sdk-conflict", flavor_id="1", image_id=IMAGE,

@@ -616,6 +616,28 @@ def test_server_groups(member: Clients, microversion: str) -> None:
     wait_gone(member, sid)
 
 
+@pytest.mark.parametrize("microversion", ["2.1", "2.55", "2.61", MAXIMUM], indirect=True)
+def test_flavor_management(admin: Clients, member: Clients, microversion: str) -> None:
+    """Flavor create, extra specs and delete against tempest's schemas."""
+    flavor_id = f"tempest-{microversion}"
+    made = admin.flavors.create_flavor(name=flavor_id, ram=256, vcpus=1, disk=1,
+                                       id=flavor_id)["flavor"]
+    assert made["id"] == flavor_id
+    admin.flavors.set_flavor_extra_spec(flavor_id, **{"hw:cpu_policy": "shared"})
+    assert member.flavors.list_flavor_extra_specs(flavor_id)["extra_specs"] == {
+        "hw:cpu_policy": "shared"}
+    admin.flavors.update_flavor_extra_spec(flavor_id, "hw:cpu_policy",
+                                           **{"hw:cpu_policy": "dedicated"})
+    assert member.flavors.show_flavor_extra_spec(flavor_id, "hw:cpu_policy") == {
+        "hw:cpu_policy": "dedicated"}
+    admin.flavors.unset_flavor_extra_spec(flavor_id, "hw:cpu_policy")
+    with pytest.raises(lib_exc.Forbidden):
+        member.flavors.create_flavor(name="nope", ram=256, vcpus=1, disk=1)
+    admin.flavors.delete_flavor(flavor_id)
+    with pytest.raises(lib_exc.NotFound):
+        member.flavors.show_flavor(flavor_id)
+
+
 def test_availability_zones(admin: Clients, member: Clients) -> None:
     """``/os-availability-zone`` and its detail against tempest's schemas."""
     for clients in (admin, member):

@@ -30,11 +30,12 @@ from vmledger.adapters.simulator import Simulator
 from vmledger.adapters.timer import Timer
 from vmledger.audit.ledger import HistoryPage, Ledger, LedgerEntry
 from vmledger.audit.verify import VerifyReport, verify
+from vmledger.domain import flavors as flavor_records
 from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import quota as quotas
 from vmledger.domain import server_group as groups
-from vmledger.domain.catalog import Catalog
+from vmledger.domain.catalog import Catalog, Flavor
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import (
     BadRequest,
@@ -55,6 +56,7 @@ from vmledger.domain.service import (
 from vmledger.projections import images as image_view
 from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
+from vmledger.projections.flavors import FlavorRecords, flavor_overrides
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
@@ -192,9 +194,11 @@ class Engine:
             shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval)
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
                                  extensions=[InstanceActions(), Images(), Keypairs(),
-                                             Migrations(), QuotaSets(), ServerGroups()])
+                                             Migrations(), QuotaSets(), ServerGroups(),
+                                             FlavorRecords()])
         self.updater = ViewUpdater(self.service, self.view)
         self.service.group_member_hosts = self._group_member_hosts
+        self.service.catalog.overrides = lambda: flavor_overrides(self.view)
         self.service.metadata_limit = lambda project_id: (
             self.quota_limits(project_id)["metadata_items"] if project_id is not None
             else quotas.DEFAULTS["metadata_items"])
@@ -721,6 +725,57 @@ class Engine:
             if len(rows) < chunk:
                 break
         return out
+
+    # --- flavors (administrators) ------------------------------------------------------------
+    def create_flavor(self, fields: dict[str, Any], *, ctx: Context | None = None) -> Flavor:
+        """A new flavor from Nova's create body (see :mod:`vmledger.domain.flavors`)."""
+        result = self._done(self.service.create_flavor(self._ctx(ctx), dict(fields)))
+        return self.service.catalog.flavor(result.details["flavor_id"])
+
+    def _flavor_change(self, flavor_id: str, rule: str, ctx: Context | None,
+                       change: Callable[[Any], None]) -> None:
+        self._done(self.service.change_flavor(self._ctx(ctx), str(flavor_id), rule, change))
+
+    def delete_flavor(self, flavor_id: str, *, ctx: Context | None = None) -> None:
+        """Delete a flavor (servers built with it keep their copy)."""
+        ctx = self._ctx(ctx)
+        self._flavor_change(flavor_id, "os-flavor-manage:delete", ctx,
+                            lambda r: r.delete(ctx, self.clock.now()))
+
+    def set_flavor_extra_specs(self, flavor_id: str, specs: dict[str, Any], *,
+                               ctx: Context | None = None) -> dict[str, str]:
+        """Add or replace extra specs; returns them as stored (text values)."""
+        checked = flavor_records.check_extra_specs(specs)
+        ctx = self._ctx(ctx)
+        self._flavor_change(flavor_id, "os-flavor-extra-specs:create", ctx,
+                            lambda r: r.set_extra_specs(ctx, self.clock.now(), checked))
+        return checked
+
+    def delete_flavor_extra_spec(self, flavor_id: str, key: str, *,
+                                 ctx: Context | None = None) -> None:
+        ctx = self._ctx(ctx)
+        if not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:os-flavor-extra-specs:delete "
+                            "to be performed.")
+        if key not in self.flavor_for_admin(flavor_id).extra_specs:
+            raise NotFound(f"Flavor {flavor_id} has no extra specs with key {key}.")
+        self._flavor_change(flavor_id, "os-flavor-extra-specs:delete", ctx,
+                            lambda r: r.delete_extra_spec(ctx, self.clock.now(), key))
+
+    def update_flavor_description(self, flavor_id: str, description: str | None, *,
+                                  ctx: Context | None = None) -> Flavor:
+        ctx = self._ctx(ctx)
+        self._flavor_change(flavor_id, "os-flavor-manage:update", ctx,
+                            lambda r: r.change_description(ctx, self.clock.now(),
+                                                           description))
+        return self.flavor_for_admin(flavor_id)
+
+    def flavor_for_admin(self, flavor_id: str) -> Flavor:
+        """A flavor by id, disabled or private ones too; NotFound otherwise."""
+        found = next((f for f in self.service.catalog.flavors() if f.id == flavor_id), None)
+        if found is None:
+            raise NotFound(f"Flavor {flavor_id} could not be found.")
+        return found
 
     # --- server groups -----------------------------------------------------------------------
     def _group_member_hosts(self, group_id: str) -> list[str]:

@@ -133,6 +133,8 @@ async def show_flavor(call: Call) -> Response:
     flavor_id = call.request.path_params["flavor_id"]
     found = next((f for f in call.engine.service.catalog.flavors() if f.id == flavor_id),
                  None)
+    if found is not None and not call.principal.is_admin and not found.is_public:
+        found = None  # a private flavor: only administrators see it (no access lists)
     if found is None:
         raise ApiError(404, f"Flavor {flavor_id} could not be found.")
     return JSONResponse({"flavor": flavor_view(found, call.viewer)})

@@ -380,7 +380,7 @@ def flavor_view(flavor: Flavor, viewer: Viewer) -> dict[str, Any]:
         "OS-FLV-EXT-DATA:ephemeral": flavor.ephemeral,
         "os-flavor-access:is_public": flavor.is_public,
         "OS-FLV-DISABLED:disabled": flavor.disabled,
-        "rxtx_factor": 1.0,
+        "rxtx_factor": flavor.rxtx_factor,
         "links": viewer.links.pair("flavors", flavor.id),
     }
     if v >= V2_55:

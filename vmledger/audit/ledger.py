@@ -24,10 +24,12 @@ from vmledger.adapters.hypervisor import PowerState
 from vmledger.audit.chain import AuditedRecorder, request_fields
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.errors import ServerNotFound
+from vmledger.domain.flavors import FlavorRecord
 from vmledger.domain.image import CustomImage
 from vmledger.domain.keypair import Keypair
 from vmledger.domain.quota import QuotaSet
 from vmledger.domain.server import ADMIN, AGENT, TIMER, Server
+from vmledger.domain.server_group import ServerGroup
 from vmledger.domain.service import ServerService
 
 __all__ = ["HistoryPage", "Ledger", "LedgerEntry"]
@@ -98,9 +100,12 @@ class HistoryPage:
 
 
 #: the aggregates whose events a request's causal chain shows, and their names
-_KINDS: tuple[tuple[type, str], ...] = ((Server.Event, "server"), (CustomImage.Event, "image"),
-                                       (Keypair.Event, "keypair"), (QuotaSet.Event, "quota"))
-_LABELS = {"server": "Server", "image": "Image", "keypair": "Key pair", "quota": "Quota set"}
+_KINDS: tuple[tuple[type, str], ...] = (
+    (Server.Event, "server"), (CustomImage.Event, "image"), (Keypair.Event, "keypair"),
+    (QuotaSet.Event, "quota"), (ServerGroup.Event, "server_group"),
+    (FlavorRecord.Event, "flavor"))
+_LABELS = {"server": "Server", "image": "Image", "keypair": "Key pair", "quota": "Quota set",
+           "server_group": "Server group", "flavor": "Flavor"}
 
 
 def _aggregate_kind(event: object) -> str:

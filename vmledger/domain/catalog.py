@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class Flavor:
     disabled: bool = False
     description: str | None = None
     extra_specs: dict[str, str] = field(default_factory=dict)
+    rxtx_factor: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +85,20 @@ class Catalog:
         self._lock = threading.Lock()
         self._flavors: dict[str, Flavor] = {f.id: f for f in flavors}
         self._images: dict[str, Image] = {i.id: i for i in images}
+        #: flavors administrators made or changed, by id (None: deleted), overriding the
+        #: configured ones; the engine answers it from the flavors read model
+        self.overrides: Callable[[], dict[str, Flavor | None]] = dict
+
+    def _all_flavors(self) -> dict[str, Flavor]:
+        with self._lock:
+            merged: dict[str, Flavor | None] = dict(self._flavors)
+        merged.update(self.overrides())
+        return {key: f for key, f in merged.items() if f is not None}
+
+    def configured_flavor(self, flavor_id: str) -> Flavor | None:
+        """A flavor as configured (before any administrator's change), by id."""
+        with self._lock:
+            return self._flavors.get(flavor_id)
 
     def add_flavor(self, flavor: Flavor) -> Flavor:
         if flavor.vcpus < 1 or flavor.ram < 1 or flavor.disk < 0:
@@ -97,8 +113,7 @@ class Catalog:
         return image
 
     def flavors(self) -> list[Flavor]:
-        with self._lock:
-            return sorted(self._flavors.values(), key=lambda f: f.id)
+        return sorted(self._all_flavors().values(), key=lambda f: f.id)
 
     def images(self) -> list[Image]:
         with self._lock:
@@ -107,9 +122,9 @@ class Catalog:
     def flavor(self, ref: str | int) -> Flavor:
         """The usable flavor with this id (a URL's last segment is accepted), or name."""
         key = str(ref).rstrip("/").rsplit("/", 1)[-1]
-        with self._lock:
-            found = self._flavors.get(key) or next(
-                (f for f in self._flavors.values() if f.name == key), None)
+        flavors = self._all_flavors()
+        found = flavors.get(key) or next((f for f in flavors.values() if f.name == key),
+                                         None)
         if found is None or found.disabled:
             raise FlavorNotFound(key)
         return found

@@ -25,6 +25,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
+from vmledger.domain import flavors as flavor_records
 from vmledger.domain import image as image_states
 from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
@@ -1054,6 +1055,62 @@ class ServerService(Application[uuid.UUID]):
                 continue
             return CommandResult("", ctx.request_id, recordings[-1].notification.id)
         raise Conflict(f"Key pair '{name}' was changed concurrently; try again.")
+
+    # --- flavors --------------------------------------------------------------------
+    def _flavor_admin(self, ctx: Context, rule: str) -> None:
+        if not ctx.is_admin:
+            raise Forbidden(f"Policy doesn't allow os_compute_api:{rule} to be performed.")
+
+    def create_flavor(self, ctx: Context, fields: dict[str, Any]) -> CommandResult:
+        """A new flavor from Nova's create body (administrators); ``details["flavor_id"]``.
+        A taken id or name is a :class:`Conflict`."""
+        self._flavor_admin(ctx, "os-flavor-manage:create")
+        flavor = flavor_records.check_flavor(fields, str(self.id_factory()))
+        taken = self.catalog.flavors()
+        if any(f.id == flavor.id for f in taken):
+            raise Conflict(f"Flavor with ID {flavor.id} already exists.")
+        if any(f.name == flavor.name for f in taken):
+            raise Conflict(f"Flavor with name {flavor.name} already exists.")
+        try:
+            found: object = self.repository.get(flavor_records.flavor_record_id(flavor.id))
+        except AggregateNotFoundError:
+            found = None
+        if found is not None:  # deleted before: Nova's ids are not reused either
+            raise Conflict(f"Flavor with ID {flavor.id} already exists.")
+        record = flavor_records.FlavorRecord.make(ctx, self.clock.now(), flavor)
+        try:
+            recordings = self.save(record)
+        except IntegrityError:
+            raise Conflict(f"Flavor with ID {flavor.id} already exists.") from None
+        return CommandResult("", ctx.request_id, recordings[-1].notification.id,
+                             details={"flavor_id": flavor.id})
+
+    def change_flavor(self, ctx: Context, flavor_id: str, rule: str,
+                      change: Callable[[flavor_records.FlavorRecord], None]) -> CommandResult:
+        """Apply ``change`` to a flavor's record (adopting a configured flavor first)."""
+        self._flavor_admin(ctx, rule)
+        rid = flavor_records.flavor_record_id(flavor_id)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                found: object = self.repository.get(rid)
+            except AggregateNotFoundError:
+                found = None
+            if isinstance(found, flavor_records.FlavorRecord) and not found.deleted:
+                record = found
+            else:
+                configured = self.catalog.configured_flavor(flavor_id)
+                if found is not None or configured is None:
+                    raise NotFound(f"Flavor {flavor_id} could not be found.")
+                record = flavor_records.FlavorRecord.make(ctx, self.clock.now(), configured,
+                                                          adopted=True)
+            change(record)
+            try:
+                recordings = self.save(record)
+            except IntegrityError:
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
+        raise Conflict(f"Flavor {flavor_id} was changed concurrently; try again.")
 
     # --- quotas ---------------------------------------------------------------------
     def set_quotas(self, ctx: Context, project_id: str, limits: dict[str, int]
