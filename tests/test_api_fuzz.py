@@ -46,6 +46,7 @@ ROUTES = [
     ("put", "/v2.1/flavors/1"),
     ("post", "/v2.1/flavors/1/os-extra_specs"),
     ("put", "/v2.1/flavors/1/os-extra_specs/k"),
+    ("post", "/v2.1/flavors/1/action"),
 ]
 
 

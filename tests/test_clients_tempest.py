@@ -636,6 +636,15 @@ def test_flavor_management(admin: Clients, member: Clients, microversion: str) -
     admin.flavors.delete_flavor(flavor_id)
     with pytest.raises(lib_exc.NotFound):
         member.flavors.show_flavor(flavor_id)
+    # a private flavor and its access list
+    private = admin.flavors.create_flavor(name=f"{flavor_id}-private", ram=256, vcpus=1,
+                                          disk=1, is_public="False")["flavor"]
+    project = "p1"
+    added = admin.flavors.add_flavor_access(private["id"], project)["flavor_access"]
+    assert added == [{"flavor_id": private["id"], "tenant_id": project}]
+    assert admin.flavors.list_flavor_access(private["id"])["flavor_access"] == added
+    admin.flavors.remove_flavor_access(private["id"], project)
+    admin.flavors.delete_flavor(private["id"])
 
 
 def test_availability_zones(admin: Clients, member: Clients) -> None:

@@ -7,15 +7,17 @@ from typing import Any
 
 import pytest
 
-from tests.support.compute import assert_bad_request
+from tests.support.compute import IMAGE_ID, assert_bad_request
 from vmledger import Engine
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.domain.errors import BadRequest, Conflict, Forbidden, NotFound
 
-TOKENS = ["admin-secret:root:ops:admin", "alice-secret:alice:p1:member"]
+TOKENS = ["admin-secret:root:ops:admin", "alice-secret:alice:p1:member",
+          "bob-secret:bob:p2:member"]
 ADMIN = {"X-Auth-Token": "admin-secret"}
 ALICE = {"X-Auth-Token": "alice-secret"}
+BOB = {"X-Auth-Token": "bob-secret"}
 BODY = {"name": "c1.big", "ram": 4096, "vcpus": 4, "disk": 40}
 
 
@@ -134,6 +136,52 @@ def test_api(memory_engine: Engine) -> None:
     assert client.delete("/v2.1/flavors/big", headers=_h(ADMIN)).status_code == 202
     assert client.get("/v2.1/flavors/big", headers=_h(ALICE)).status_code == 404
     assert client.delete("/v2.1/flavors/big", headers=_h(ADMIN)).status_code == 404
+
+
+def test_private_flavors_and_access_lists(memory_engine: Engine) -> None:
+    client = _client(memory_engine)
+    client.post("/v2.1/flavors", headers=_h(ADMIN),
+                json={"flavor": {**BODY, "id": "priv", "os-flavor-access:is_public": False}})
+    action = "/v2.1/flavors/priv/action"
+    r = client.post(action, headers=_h(ADMIN), json={"addTenantAccess": {"tenant": "p1"}})
+    assert r.json() == {"flavor_access": [{"flavor_id": "priv", "tenant_id": "p1"}]}
+    assert client.get("/v2.1/flavors/priv/os-flavor-access", headers=_h(ADMIN)).json() == (
+        r.json())
+    # the project given access sees it and boots from it
+    assert "priv" in {f["id"] for f in client.get("/v2.1/flavors", headers=_h(ALICE)).json()[
+        "flavors"]}
+    assert client.get("/v2.1/flavors/priv", headers=_h(ALICE)).status_code == 200
+    made = client.post("/v2.1/servers", headers=_h(ALICE), json={"server": {
+        "name": "vm", "flavorRef": "priv", "imageRef": IMAGE_ID}})
+    assert made.status_code == 202, made.text
+    memory_engine.run_until_idle()
+    # another project cannot resize to it
+    other = client.post("/v2.1/servers", headers=_h(BOB), json={"server": {
+        "name": "vm", "flavorRef": "1", "imageRef": IMAGE_ID}}).json()["server"]["id"]
+    memory_engine.run_until_idle()
+    assert_bad_request(client.post(f"/v2.1/servers/{other}/action", headers=_h(BOB),
+                                   json={"resize": {"flavorRef": "priv"}}))
+    # refusals
+    assert client.post(action, headers=_h(ADMIN), json={
+        "addTenantAccess": {"tenant": "p1"}}).status_code == 409
+    assert client.post("/v2.1/flavors/1/action", headers=_h(ADMIN), json={
+        "addTenantAccess": {"tenant": "p1"}}).status_code == 409
+    assert client.post(action, headers=_h(ADMIN), json={
+        "removeTenantAccess": {"tenant": "p9"}}).status_code == 404
+    assert client.get("/v2.1/flavors/1/os-flavor-access", headers=_h(ADMIN)).status_code == 404
+    assert client.get("/v2.1/flavors/priv/os-flavor-access", headers=_h(ALICE)
+                      ).status_code == 403
+    assert client.post(action, headers=_h(ALICE), json={
+        "addTenantAccess": {"tenant": "p1"}}).status_code == 403
+    for bad in ({"addTenantAccess": {}}, {"addTenantAccess": {"tenant": 5}},
+                {"grantEverything": {}}, {"addTenantAccess": "p1"}):
+        assert_bad_request(client.post(action, headers=_h(ADMIN), json=bad))
+    # access removed: no longer seen, no longer bootable
+    r = client.post(action, headers=_h(ADMIN), json={"removeTenantAccess": {"tenant": "p1"}})
+    assert r.json() == {"flavor_access": []}
+    assert client.get("/v2.1/flavors/priv", headers=_h(ALICE)).status_code == 404
+    assert_bad_request(client.post("/v2.1/servers", headers=_h(ALICE), json={"server": {
+        "name": "vm", "flavorRef": "priv", "imageRef": IMAGE_ID}}))
 
 
 def test_private_flavors_are_for_administrators(memory_engine: Engine) -> None:

@@ -56,7 +56,7 @@ from vmledger.domain.service import (
 from vmledger.projections import images as image_view
 from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
-from vmledger.projections.flavors import FlavorRecords, flavor_overrides
+from vmledger.projections.flavors import FlavorRecords, flavor_access, flavor_overrides
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
@@ -256,6 +256,12 @@ class Engine:
         (instances, cores, RAM): as many as fit when that is at least ``min_count``
         (default ``count``), else :class:`~vmledger.domain.quota.QuotaExceeded`."""
         ctx = self._ctx(ctx)
+        try:
+            chosen = self.service.catalog.flavor(flavor)
+        except FlavorNotFound:
+            chosen = None  # the command says so
+        if chosen is not None and not self.may_use_flavor(chosen, ctx):
+            raise FlavorNotFound(str(flavor))
         if ctx.project_id is not None:
             count = self._fit_quota(ctx.project_id, flavor, count,
                                     count if min_count is None else min_count)
@@ -310,6 +316,12 @@ class Engine:
         """Request any action of the lifecycle table by name, with its parameters."""
         ctx = self._ctx(ctx)
         if action == "resize":
+            try:
+                wanted = self.service.catalog.flavor(params.get("flavor", ""))
+            except FlavorNotFound:
+                wanted = None  # the command says so
+            if wanted is not None and not self.may_use_flavor(wanted, ctx):
+                raise FlavorNotFound(str(params["flavor"]))
             self._check_resize_quota(server_id, params)
         return self._done(self.service.act(ctx, server_id, action,
                                            idempotency_key=idempotency_key, **params))
@@ -769,6 +781,32 @@ class Engine:
                             lambda r: r.change_description(ctx, self.clock.now(),
                                                            description))
         return self.flavor_for_admin(flavor_id)
+
+    def flavor_access(self, flavor_id: str) -> list[str]:
+        """The projects that may use a private flavor; public → BadRequest-like refusal
+        is the caller's (Nova: 404 for public flavors)."""
+        self.flavor_for_admin(flavor_id)
+        return flavor_access(self.view).get(flavor_id, [])
+
+    def add_flavor_access(self, flavor_id: str, project_id: str, *,
+                          ctx: Context | None = None) -> list[str]:
+        ctx = self._ctx(ctx)
+        self._flavor_change(flavor_id, "os-flavor-access:add_tenant_access", ctx,
+                            lambda r: r.add_access(ctx, self.clock.now(), project_id))
+        return self.flavor_access(flavor_id)
+
+    def remove_flavor_access(self, flavor_id: str, project_id: str, *,
+                             ctx: Context | None = None) -> list[str]:
+        ctx = self._ctx(ctx)
+        self._flavor_change(flavor_id, "os-flavor-access:remove_tenant_access", ctx,
+                            lambda r: r.remove_access(ctx, self.clock.now(), project_id))
+        return self.flavor_access(flavor_id)
+
+    def may_use_flavor(self, flavor: Flavor, ctx: Context) -> bool:
+        """Public flavors for everyone; private ones for administrators and the projects
+        given access."""
+        return (flavor.is_public or ctx.is_admin
+                or ctx.project_id in flavor_access(self.view).get(flavor.id, []))
 
     def flavor_for_admin(self, flavor_id: str) -> Flavor:
         """A flavor by id, disabled or private ones too; NotFound otherwise."""

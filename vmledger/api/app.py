@@ -180,6 +180,8 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/flavors", flavor_manage.create_flavor, ["POST"]),
     ("/flavors/{flavor_id}", flavor_manage.update_flavor, ["PUT"]),
     ("/flavors/{flavor_id}", flavor_manage.delete_flavor, ["DELETE"]),
+    ("/flavors/{flavor_id}/action", flavor_manage.flavor_action, ["POST"]),
+    ("/flavors/{flavor_id}/os-flavor-access", flavor_manage.list_flavor_access, ["GET"]),
     ("/flavors/{flavor_id}/os-extra_specs", flavor_manage.list_extra_specs, ["GET"]),
     ("/flavors/{flavor_id}/os-extra_specs", flavor_manage.create_extra_specs, ["POST"]),
     ("/flavors/{flavor_id}/os-extra_specs/{key}", flavor_manage.show_extra_spec, ["GET"]),

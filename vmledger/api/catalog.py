@@ -100,7 +100,8 @@ def _flavors(call: Call) -> list[Flavor]:
         if is_public is not None:
             flavors = [f for f in flavors if f.is_public == is_public]
     else:
-        flavors = [f for f in flavors if f.is_public and not f.disabled]
+        flavors = [f for f in flavors
+                   if not f.disabled and call.engine.may_use_flavor(f, call.context())]
     min_ram = _int_filter(query, "minRam")
     if min_ram is not None:
         flavors = [f for f in flavors if f.ram >= min_ram]
@@ -133,8 +134,8 @@ async def show_flavor(call: Call) -> Response:
     flavor_id = call.request.path_params["flavor_id"]
     found = next((f for f in call.engine.service.catalog.flavors() if f.id == flavor_id),
                  None)
-    if found is not None and not call.principal.is_admin and not found.is_public:
-        found = None  # a private flavor: only administrators see it (no access lists)
+    if found is not None and not call.engine.may_use_flavor(found, call.context()):
+        found = None  # a private flavor: administrators and the projects given access
     if found is None:
         raise ApiError(404, f"Flavor {flavor_id} could not be found.")
     return JSONResponse({"flavor": flavor_view(found, call.viewer)})

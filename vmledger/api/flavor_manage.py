@@ -67,9 +67,48 @@ async def update_flavor(call: Call) -> Response:
 def _visible(call: Call, flavor_id: str) -> Flavor:
     """The flavor as the caller may see it (hidden ones are not found for others)."""
     flavor = call.engine.flavor_for_admin(flavor_id)
-    if not call.principal.is_admin and (not flavor.is_public or flavor.disabled):
+    if not call.principal.is_admin and (
+            flavor.disabled or not call.engine.may_use_flavor(flavor, call.context())):
         raise ApiError(404, f"Flavor {flavor_id} could not be found.")
     return flavor
+
+
+def _access(flavor_id: str, projects: list[str]) -> dict[str, Any]:
+    return {"flavor_access": [{"flavor_id": flavor_id, "tenant_id": p} for p in projects]}
+
+
+def _list_access(call: Call, flavor_id: str) -> dict[str, Any]:
+    if call.engine.flavor_for_admin(flavor_id).is_public:
+        raise ApiError(404, "Access list not available for public flavors.")
+    return _access(flavor_id, call.engine.flavor_access(flavor_id))
+
+
+async def list_flavor_access(call: Call) -> Response:
+    if not call.principal.is_admin:
+        raise ApiError(403, "Policy doesn't allow os_compute_api:os-flavor-access to be "
+                            "performed.")
+    return JSONBody(await call.run(_list_access, call, call.request.path_params["flavor_id"]))
+
+
+async def flavor_action(call: Call) -> Response:
+    """``addTenantAccess`` / ``removeTenantAccess`` ``{"tenant": project}``."""
+    flavor_id = call.request.path_params["flavor_id"]
+    raw = await read_json(call.request)
+    body = require_object({} if raw is EMPTY else raw, None)
+    if len(body) != 1 or next(iter(body)) not in ("addTenantAccess", "removeTenantAccess"):
+        raise ApiError(400, f"There is no such action: {', '.join(map(str, body)) or '{}'}")
+    [(action, value)] = body.items()
+    args = require_object(value, action)
+    require_keys(args, action, ["tenant"])
+    no_other_keys(args, action, ["tenant"])
+    tenant = args["tenant"]
+    if not isinstance(tenant, str) or not 1 <= len(tenant) <= 255:
+        raise invalid_field("tenant", tenant, "a project id of 1 to 255 characters is "
+                                              "required")
+    change = (call.engine.add_flavor_access if action == "addTenantAccess"
+              else call.engine.remove_flavor_access)
+    projects = await call.run(change, flavor_id, tenant, ctx=call.context())
+    return JSONBody(_access(flavor_id, projects))
 
 
 async def list_extra_specs(call: Call) -> Response:
@@ -112,4 +151,5 @@ async def delete_extra_spec(call: Call) -> Response:
 
 
 __all__ = ["create_extra_specs", "create_flavor", "delete_extra_spec", "delete_flavor",
-           "list_extra_specs", "show_extra_spec", "update_extra_spec", "update_flavor"]
+           "flavor_action", "list_extra_specs", "list_flavor_access", "show_extra_spec",
+           "update_extra_spec", "update_flavor"]

@@ -19,7 +19,7 @@ from typing import Any
 from eventsourcing.domain import Aggregate
 
 from vmledger.domain.catalog import Flavor
-from vmledger.domain.errors import BadRequest
+from vmledger.domain.errors import BadRequest, Conflict, NotFound
 from vmledger.domain.server import Context
 
 _NAMESPACE = uuid.UUID("2d7c5b1e-9f3a-4c8d-b6e2-7a1f0c9d8e53")
@@ -130,6 +130,7 @@ class FlavorRecord(Aggregate):
         def apply(self, record: FlavorRecord) -> None:
             record.flavor = dict(self.flavor)
             record.deleted = False
+            record.access = []
 
     class ExtraSpecsSet(Event):
         extra_specs: dict[str, str]
@@ -152,12 +153,28 @@ class FlavorRecord(Aggregate):
         def apply(self, record: FlavorRecord) -> None:
             record.flavor = {**record.flavor, "description": self.description}
 
+    class AccessAdded(Event):
+        """A project may use this private flavor."""
+
+        tenant: str
+
+        def apply(self, record: FlavorRecord) -> None:
+            record.access = [*getattr(record, "access", []), self.tenant]
+
+    class AccessRemoved(Event):
+        tenant: str
+
+        def apply(self, record: FlavorRecord) -> None:
+            record.access = [p for p in getattr(record, "access", []) if p != self.tenant]
+
     class Deleted(Event):
         def apply(self, record: FlavorRecord) -> None:
             record.deleted = True
 
     flavor: dict[str, Any]
     deleted: bool
+    #: the projects that may use the flavor when it is private (Nova's flavor access)
+    access: list[str]
 
     def __init__(self) -> None:
         """Fields are assigned by :meth:`Created.apply`."""
@@ -179,6 +196,20 @@ class FlavorRecord(Aggregate):
                            ) -> None:
         self.trigger_event(self.DescriptionChanged, timestamp=at, **ctx.fields(),
                            description=description)
+
+    def add_access(self, ctx: Context, at: datetime, tenant: str) -> None:
+        if self.flavor.get("is_public", True):
+            raise Conflict("Can not add access to a public flavor.")
+        if tenant in self.access:
+            raise Conflict(f"Flavor access already exists for flavor {self.flavor['id']} "
+                           f"and project {tenant} combination.")
+        self.trigger_event(self.AccessAdded, timestamp=at, **ctx.fields(), tenant=tenant)
+
+    def remove_access(self, ctx: Context, at: datetime, tenant: str) -> None:
+        if tenant not in self.access:
+            raise NotFound(f"Flavor access not found for {self.flavor['id']} / {tenant} "
+                           "combination.")
+        self.trigger_event(self.AccessRemoved, timestamp=at, **ctx.fields(), tenant=tenant)
 
     def delete(self, ctx: Context, at: datetime) -> None:
         self.trigger_event(self.Deleted, timestamp=at, **ctx.fields())

@@ -43,3 +43,9 @@ def flavor_overrides(view: Any) -> dict[str, Flavor | None]:
         fields = loads(r["doc"])["flavor"]
         out[r["flavor_id"]] = Flavor(**{k: v for k, v in fields.items() if k in _FIELDS})
     return out
+
+
+def flavor_access(view: Any) -> dict[str, list[str]]:
+    """The projects given access to each private flavor, by flavor id."""
+    return {r["flavor_id"]: list(loads(r["doc"]).get("access") or [])
+            for r in view._query(f"SELECT flavor_id, doc FROM {TABLE} WHERE deleted = 0")}
