@@ -47,6 +47,7 @@ ROUTES = [
     ("post", "/v2.1/flavors/1/os-extra_specs"),
     ("put", "/v2.1/flavors/1/os-extra_specs/k"),
     ("post", "/v2.1/flavors/1/action"),
+    ("put", "/v2.1/os-services/disable-log-reason"),
 ]
 
 

@@ -311,6 +311,12 @@ def test_compute_service_list(vmledger_server: RunningServer, tmp_path: Path) ->
     services = osc("compute", "service", "list", output=True)
     assert [(s["Binary"], s["Host"], s["Zone"], s["Status"], s["State"]) for s in services] == [
         ("nova-compute", "compute-1", "nova", "enabled", "up")]
+    osc("compute", "service", "set", "--disable", "--disable-reason", "maintenance",
+        "compute-1", "nova-compute")
+    [disabled] = osc("compute", "service", "list", "--long", output=True)
+    assert (disabled["Status"], disabled["Disabled Reason"]) == ("disabled", "maintenance")
+    osc("compute", "service", "set", "--enable", "compute-1", "nova-compute")
+    assert osc("compute", "service", "list", output=True)[0]["Status"] == "enabled"
 
 def test_usage_list(vmledger_server: RunningServer, tmp_path: Path) -> None:
     osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))

@@ -466,6 +466,20 @@ def test_compute_services(admin: Clients, member: Clients, microversion: str) ->
     assert admin.services.list_services(host="compute-1")["services"] == [service]
     with pytest.raises(lib_exc.Forbidden):
         member.services.list_services()
+    # taking the host out of service and back (the form of each range)
+    if at_least(microversion, "2.53"):
+        changed = admin.services.update_service(service["id"], status="disabled",
+                                                disabled_reason="tempest")["service"]
+        assert changed["status"] == "disabled"
+        admin.services.update_service(service["id"], status="enabled")
+    else:
+        admin.services.disable_log_reason(host="compute-1", binary="nova-compute",
+                                          disabled_reason="tempest")
+        admin.services.enable_service(host="compute-1", binary="nova-compute")
+        if at_least(microversion, "2.11"):
+            admin.services.update_forced_down(host="compute-1", binary="nova-compute",
+                                              forced_down=False)
+    assert admin.services.list_services()["services"][0]["status"] == "enabled"
 
 
 @pytest.mark.parametrize("microversion", ["2.1", "2.48", MAXIMUM], indirect=True)

@@ -56,6 +56,7 @@ from vmledger.domain.service import (
 from vmledger.projections import images as image_view
 from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
+from vmledger.projections.compute_services import ComputeServices, service_states
 from vmledger.projections.flavors import FlavorRecords, flavor_access, flavor_overrides
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
@@ -195,10 +196,13 @@ class Engine:
         self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
                                  extensions=[InstanceActions(), Images(), Keypairs(),
                                              Migrations(), QuotaSets(), ServerGroups(),
-                                             FlavorRecords()])
+                                             FlavorRecords(), ComputeServices()])
         self.updater = ViewUpdater(self.service, self.view)
         self.service.group_member_hosts = self._group_member_hosts
         self.service.catalog.overrides = lambda: flavor_overrides(self.view)
+        self.service.usable_hosts = lambda: [
+            s["host"] for s in self.compute_services()
+            if not s["disabled"] and not s["forced_down"]]
         self.service.metadata_limit = lambda project_id: (
             self.quota_limits(project_id)["metadata_items"] if project_id is not None
             else quotas.DEFAULTS["metadata_items"])
@@ -647,7 +651,8 @@ class Engine:
         out: list[dict[str, Any]] = []
         for host in self.service.hosts:
             info = self._host_info() if host == self.host else None
-            state = "up" if info is not None else "down"
+            service = next(s for s in self.compute_services() if s["host"] == host)
+            state = "up" if info is not None and not service["forced_down"] else "down"
             info = info or self._last_host_info or _UNKNOWN_HOST
             servers = self.view.on_host(host)
             vcpus = memory = disk = workload = 0
@@ -666,7 +671,9 @@ class Engine:
             least = info.get("disk_available_least")
             out.append({
                 **info, "host": host, "hypervisor_hostname": host, "state": state,
-                "status": "enabled", "vcpus_used": vcpus, "memory_mb_used": memory,
+                "status": "disabled" if service["disabled"] else "enabled",
+                "disabled_reason": service["disabled_reason"], "vcpus_used": vcpus,
+                "memory_mb_used": memory,
                 "local_gb_used": disk, "free_ram_mb": int(info["memory_mb"]) - memory,
                 "free_disk_gb": free_disk, "running_vms": len(servers),
                 "current_workload": workload,
@@ -737,6 +744,29 @@ class Engine:
             if len(rows) < chunk:
                 break
         return out
+
+    # --- compute services ------------------------------------------------------------------
+    def compute_services(self) -> list[dict[str, Any]]:
+        """Each host's compute service: ``host``, ``disabled``, ``disabled_reason``,
+        ``forced_down``, ``updated_at`` (of the last administrative change, or None)."""
+        states = service_states(self.view)
+        out = []
+        for host in self.service.hosts:
+            state = states.get(host) or {}
+            out.append({"host": host, "disabled": bool(state.get("disabled")),
+                        "disabled_reason": state.get("disabled_reason"),
+                        "forced_down": bool(state.get("forced_down")),
+                        "updated_at": state.get("updated_at")})
+        return out
+
+    def set_compute_service(self, host: str, *, disabled: bool | None = None,
+                            reason: str | None = None, forced_down: bool | None = None,
+                            ctx: Context | None = None) -> dict[str, Any]:
+        """Disable (with a reason) or enable a host's service, or force it down
+        (administrators); a disabled or forced-down host takes no new servers."""
+        self._done(self.service.change_compute_service(
+            self._ctx(ctx), host, disabled=disabled, reason=reason, forced_down=forced_down))
+        return next(s for s in self.compute_services() if s["host"] == host)
 
     # --- flavors (administrators) ------------------------------------------------------------
     def create_flavor(self, fields: dict[str, Any], *, ctx: Context | None = None) -> Flavor:

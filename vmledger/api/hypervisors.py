@@ -74,7 +74,7 @@ def _view(call: Call, node: Node, *, detail: bool, with_servers: bool = False,
         view.update(hypervisor_type=h["hypervisor_type"],
                     hypervisor_version=h["hypervisor_version"], host_ip=h["host_ip"],
                     service={"id": service_id(call, number, h["host"]), "host": h["host"],
-                             "disabled_reason": None})
+                             "disabled_reason": h.get("disabled_reason")})
         if not call.at_least(2, 88):
             view.update({field: h[field] for field in _STATISTICS})
             view["cpu_info"] = (h["cpu_info"] if call.at_least(2, 28)

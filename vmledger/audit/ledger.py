@@ -23,6 +23,7 @@ from eventsourcing.persistence import StoredEvent
 from vmledger.adapters.hypervisor import PowerState
 from vmledger.audit.chain import AuditedRecorder, request_fields
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.compute_service import ComputeService
 from vmledger.domain.errors import ServerNotFound
 from vmledger.domain.flavors import FlavorRecord
 from vmledger.domain.image import CustomImage
@@ -103,9 +104,10 @@ class HistoryPage:
 _KINDS: tuple[tuple[type, str], ...] = (
     (Server.Event, "server"), (CustomImage.Event, "image"), (Keypair.Event, "keypair"),
     (QuotaSet.Event, "quota"), (ServerGroup.Event, "server_group"),
-    (FlavorRecord.Event, "flavor"))
+    (FlavorRecord.Event, "flavor"), (ComputeService.Event, "compute_service"))
 _LABELS = {"server": "Server", "image": "Image", "keypair": "Key pair", "quota": "Quota set",
-           "server_group": "Server group", "flavor": "Flavor"}
+           "server_group": "Server group", "flavor": "Flavor",
+           "compute_service": "Compute service"}
 
 
 def _aggregate_kind(event: object) -> str:

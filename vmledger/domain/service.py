@@ -25,6 +25,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
+from vmledger.domain import compute_service as compute_services
 from vmledger.domain import flavors as flavor_records
 from vmledger.domain import image as image_states
 from vmledger.domain import keypair as keypairs
@@ -243,6 +244,9 @@ class ServerService(Application[uuid.UUID]):
         #: the hosts of a server group's members (not deleted), one entry per member;
         #: the engine answers it from the servers view
         self.group_member_hosts: Callable[[str], list[str]] = lambda _: []
+        #: the hosts whose compute service takes new servers (not disabled or forced
+        #: down); the engine answers it from the services read model
+        self.usable_hosts: Callable[[], Sequence[str]] = lambda: self.hosts
 
     # --- context helpers ----------------------------------------------------------
     def context(self, *, user_id: str = "admin", project_id: str = "admin",
@@ -402,6 +406,7 @@ class ServerService(Application[uuid.UUID]):
         extras: list[Aggregate] = []
         details: dict[str, Any] = {}
         placed: list[str] = []  # hosts of the group's members, this request's included
+        usable: list[str] = []  # hosts whose compute service takes new servers
 
         def one(index: int) -> Server:
             sid = self.id_factory()
@@ -409,22 +414,26 @@ class ServerService(Application[uuid.UUID]):
             own_name = name if count == 1 else f"{name}-{index}"
             if count > 1 and attrs.get("hostname"):
                 attrs["hostname"] = f"{attrs['hostname']}-{index}"
-            host = self.hosts[sid.int % len(self.hosts)]
+            preferred = self.hosts[sid.int % len(self.hosts)]
+            chosen: str | None = preferred if preferred in usable else (
+                usable[sid.int % len(usable)] if usable else None)
             if group is not None:
                 attrs["server_group"] = str(group.id)
-                chosen = groups.place(group.policy, group.rules, placed, self.hosts, host)
+                if chosen is not None:
+                    chosen = groups.place(group.policy, group.rules, placed, usable, chosen)
                 placed.append(chosen or "")
-                if chosen is None:  # the scheduler's answer: the server fails in ERROR
-                    server = self._request(sid, ctx, own_name, chosen_flavor, image_ref, host,
-                                           meta, desc, key_name, availability_zone, attrs)
-                    server.fail(ctx, self.clock.now(), power_state=0, rollback=False,
-                                message=groups.NO_VALID_HOST, code=500)
-                    return server
-                host = chosen
-            return self._request(sid, ctx, own_name, chosen_flavor, image_ref, host, meta,
+            if chosen is None:  # the scheduler's answer: the server fails in ERROR
+                server = self._request(sid, ctx, own_name, chosen_flavor, image_ref,
+                                       preferred, meta, desc, key_name, availability_zone,
+                                       attrs)
+                server.fail(ctx, self.clock.now(), power_state=0, rollback=False,
+                            message=groups.NO_VALID_HOST, code=500)
+                return server
+            return self._request(sid, ctx, own_name, chosen_flavor, image_ref, chosen, meta,
                                  desc, key_name, availability_zone, attrs)
 
         def decide(_: Server | None) -> Server:
+            usable[:] = [h for h in self.usable_hosts() if h in self.hosts]
             placed[:] = (self.group_member_hosts(str(group.id)) if group is not None
                          else [])
             first = one(1)
@@ -1055,6 +1064,37 @@ class ServerService(Application[uuid.UUID]):
                 continue
             return CommandResult("", ctx.request_id, recordings[-1].notification.id)
         raise Conflict(f"Key pair '{name}' was changed concurrently; try again.")
+
+    # --- compute services -----------------------------------------------------------
+    def change_compute_service(self, ctx: Context, host: str, *,
+                               disabled: bool | None = None, reason: str | None = None,
+                               forced_down: bool | None = None) -> CommandResult:
+        """Disable or enable a host's compute service, or force it down (admins)."""
+        if not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:os-services:update to be "
+                            "performed.")
+        if host not in self.hosts:
+            raise NotFound(f"Compute host {host} could not be found.")
+        sid = compute_services.service_record_id(host)
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                found: object = self.repository.get(sid)
+            except AggregateNotFoundError:
+                found = None
+            record = (found if isinstance(found, compute_services.ComputeService)
+                      else compute_services.ComputeService.register(ctx, self.clock.now(),
+                                                                    host))
+            if disabled is not None:
+                record.set_status(ctx, self.clock.now(), disabled=disabled, reason=reason)
+            if forced_down is not None:
+                record.set_forced_down(ctx, self.clock.now(), forced_down)
+            try:
+                recordings = self.save(record)
+            except IntegrityError:
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
+        raise Conflict(f"The service of {host} was changed concurrently; try again.")
 
     # --- flavors --------------------------------------------------------------------
     def _flavor_admin(self, ctx: Context, rule: str) -> None:
