@@ -457,6 +457,32 @@ class ServerService(Application[uuid.UUID]):
             key_name=key_name, availability_zone=availability_zone or ZONE,
             addresses=_addresses(sid), attributes=attributes)
 
+    # --- other aggregates: load, decide, save, retry -------------------------------
+    def _load_decide_save(self, ctx: Context, aggregate_id: uuid.UUID | None,
+                decide: Callable[[object], Aggregate | None], what: str,
+                details: dict[str, Any] | None = None) -> CommandResult:
+        """Load an aggregate (None when there is none), let ``decide`` change it (or make
+        it, or return None: nothing to record), save; a concurrent save makes it decide
+        again, up to :data:`MAX_ATTEMPTS` times (then :class:`Conflict` naming ``what``)."""
+        for attempt in range(MAX_ATTEMPTS):
+            found: object = None
+            if aggregate_id is not None:
+                try:
+                    found = self.repository.get(aggregate_id)
+                except AggregateNotFoundError:
+                    found = None
+            changed = decide(found)
+            if changed is None:
+                return CommandResult("", ctx.request_id, None, details=details or {})
+            try:
+                recordings = self.save(changed)
+            except IntegrityError:  # changed meanwhile: decide again
+                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return CommandResult("", ctx.request_id, recordings[-1].notification.id,
+                                 details=details or {})
+        raise Conflict(f"{what} was changed concurrently; try again.")
+
     # --- server groups --------------------------------------------------------------
     def _group(self, ctx: Context, group_id: object) -> groups.ServerGroup | None:
         """The live group, if the caller may see it (its project's, or any for admins)."""
@@ -492,18 +518,14 @@ class ServerService(Application[uuid.UUID]):
 
     def delete_server_group(self, ctx: Context, group_id: str) -> CommandResult:
         """Delete a group (its project's members or an admin); its servers stay."""
-        for attempt in range(MAX_ATTEMPTS):
+
+        def decide(_: object) -> Aggregate:
             group = self._group(ctx, group_id)
             if group is None:
                 raise NotFound(f"Server group {group_id} could not be found.")
             group.delete(ctx, self.clock.now())
-            try:
-                recordings = self.save(group)
-            except IntegrityError:
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
-        raise Conflict(f"Server group {group_id} was changed concurrently; try again.")
+            return group
+        return self._load_decide_save(ctx, None, decide, f"Server group {group_id}")
 
     def act(self, ctx: Context, server_id: str | uuid.UUID, action: str,
             *, idempotency_key: str | None = None, **params: Any) -> CommandResult:
@@ -1022,48 +1044,30 @@ class ServerService(Application[uuid.UUID]):
             raise BadRequest(keypairs.INVALID_KEY)
         key_fingerprint = keypairs.fingerprint(public_key, key_type)
         kid = keypairs.keypair_id(owner, name)
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                found: object = self.repository.get(kid)
-            except AggregateNotFoundError:
-                found = None
+
+        def decide(found: object) -> Aggregate:
             if found is None:
-                keypair = keypairs.Keypair.import_key(
+                return keypairs.Keypair.import_key(
                     ctx=ctx, at=self.clock.now(), user_id=owner, name=name,
                     public_key=public_key, key_type=key_type, key_fingerprint=key_fingerprint)
-            else:
-                assert isinstance(found, keypairs.Keypair)
-                keypair = found
-                keypair.reimport(ctx, self.clock.now(), public_key=public_key,
-                                 key_type=key_type, key_fingerprint=key_fingerprint)
-            try:
-                recordings = self.save(keypair)
-            except IntegrityError:  # imported (or deleted) meanwhile: decide again
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return CommandResult("", ctx.request_id, recordings[-1].notification.id,
-                                 details={"keypair_id": str(kid), "user_id": owner})
-        raise Conflict(f"Key pair '{name}' was changed concurrently; try again.")
+            assert isinstance(found, keypairs.Keypair)
+            found.reimport(ctx, self.clock.now(), public_key=public_key, key_type=key_type,
+                           key_fingerprint=key_fingerprint)
+            return found
+        return self._load_decide_save(ctx, kid, decide, f"Key pair '{name}'",
+                                      details={"keypair_id": str(kid), "user_id": owner})
 
     def delete_keypair(self, ctx: Context, name: str, *, user_id: str | None = None
                        ) -> CommandResult:
         owner = keypair_owner(ctx, user_id)
         kid = keypairs.keypair_id(owner, name) if isinstance(name, str) else None
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                found: object = self.repository.get(kid) if kid is not None else None
-            except AggregateNotFoundError:
-                found = None
+
+        def decide(found: object) -> Aggregate:
             if not isinstance(found, keypairs.Keypair) or found.deleted:
                 raise NotFound(f"Keypair {name} not found for user {owner}")
             found.delete(ctx, self.clock.now())
-            try:
-                recordings = self.save(found)
-            except IntegrityError:
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
-        raise Conflict(f"Key pair '{name}' was changed concurrently; try again.")
+            return found
+        return self._load_decide_save(ctx, kid, decide, f"Key pair '{name}'")
 
     # --- compute services -----------------------------------------------------------
     def change_compute_service(self, ctx: Context, host: str, *,
@@ -1075,12 +1079,7 @@ class ServerService(Application[uuid.UUID]):
                             "performed.")
         if host not in self.hosts:
             raise NotFound(f"Compute host {host} could not be found.")
-        sid = compute_services.service_record_id(host)
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                found: object = self.repository.get(sid)
-            except AggregateNotFoundError:
-                found = None
+        def decide(found: object) -> Aggregate:
             record = (found if isinstance(found, compute_services.ComputeService)
                       else compute_services.ComputeService.register(ctx, self.clock.now(),
                                                                     host))
@@ -1088,13 +1087,9 @@ class ServerService(Application[uuid.UUID]):
                 record.set_status(ctx, self.clock.now(), disabled=disabled, reason=reason)
             if forced_down is not None:
                 record.set_forced_down(ctx, self.clock.now(), forced_down)
-            try:
-                recordings = self.save(record)
-            except IntegrityError:
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
-        raise Conflict(f"The service of {host} was changed concurrently; try again.")
+            return record
+        return self._load_decide_save(ctx, compute_services.service_record_id(host), decide,
+                            f"The service of {host}")
 
     # --- flavors --------------------------------------------------------------------
     def _flavor_admin(self, ctx: Context, rule: str) -> None:
@@ -1129,12 +1124,7 @@ class ServerService(Application[uuid.UUID]):
                       change: Callable[[flavor_records.FlavorRecord], None]) -> CommandResult:
         """Apply ``change`` to a flavor's record (adopting a configured flavor first)."""
         self._flavor_admin(ctx, rule)
-        rid = flavor_records.flavor_record_id(flavor_id)
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                found: object = self.repository.get(rid)
-            except AggregateNotFoundError:
-                found = None
+        def decide(found: object) -> Aggregate:
             if isinstance(found, flavor_records.FlavorRecord) and not found.deleted:
                 record = found
             else:
@@ -1144,13 +1134,9 @@ class ServerService(Application[uuid.UUID]):
                 record = flavor_records.FlavorRecord.make(ctx, self.clock.now(), configured,
                                                           adopted=True)
             change(record)
-            try:
-                recordings = self.save(record)
-            except IntegrityError:
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
-        raise Conflict(f"Flavor {flavor_id} was changed concurrently; try again.")
+            return record
+        return self._load_decide_save(ctx, flavor_records.flavor_record_id(flavor_id), decide,
+                            f"Flavor {flavor_id}")
 
     # --- quotas ---------------------------------------------------------------------
     def set_quotas(self, ctx: Context, project_id: str, limits: dict[str, int]
@@ -1170,26 +1156,17 @@ class ServerService(Application[uuid.UUID]):
         if not ctx.is_admin:
             raise Forbidden("Policy doesn't allow os_compute_api:os-quota-sets:update to "
                             "be performed.")
-        qid = quotas.quota_set_id(project_id)
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                found: object = self.repository.get(qid)
-            except AggregateNotFoundError:
-                found = None
+        def decide(found: object) -> Aggregate | None:
             if isinstance(found, quotas.QuotaSet):
                 quota = found
             elif start:
                 quota = quotas.QuotaSet.start(ctx, self.clock.now(), project_id)
             else:
-                return CommandResult("", ctx.request_id, None)
+                return None  # the defaults already: nothing to record
             change(quota)
-            try:
-                recordings = self.save(quota)
-            except IntegrityError:  # changed meanwhile: decide again
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
-                continue
-            return CommandResult("", ctx.request_id, recordings[-1].notification.id)
-        raise Conflict(f"The quotas of {project_id} were changed concurrently; try again.")
+            return quota
+        return self._load_decide_save(ctx, quotas.quota_set_id(project_id), decide,
+                            f"The quotas of {project_id}")
 
     # --- the timer ------------------------------------------------------------------
     def auto_confirm(self, server_id: str | uuid.UUID, deadline: datetime) -> CommandResult:
