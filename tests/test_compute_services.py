@@ -111,3 +111,21 @@ def test_api_before_2_53(memory_engine: Engine) -> None:
     assert_bad_request(client.put("/v2.1/os-services/disable", headers=_h("2.1"), json={}))
     assert_bad_request(client.put("/v2.1/os-services/disable-log-reason", headers=_h("2.1"),
                                   json=who))
+
+
+def test_an_offloaded_server_is_not_unshelved_onto_a_disabled_host(engine: Engine) -> None:
+    server = engine.create_server("shelf", flavor="m1.tiny", image="cirros-0.6.2-x86_64")
+    engine.run_until_idle()
+    engine.shelve(server.id)
+    engine.run_until_idle()
+    assert engine.get_server(server.id).status == "SHELVED_OFFLOADED"
+    engine.set_compute_service(engine.host, disabled=True, reason="maintenance")
+    engine.unshelve(server.id)
+    engine.run_until_idle()
+    back = engine.get_server(server.id)
+    assert back.status == "SHELVED_OFFLOADED" and back.task_state is None
+    assert back.doc["fault"]["message"] == NO_VALID_HOST
+    engine.set_compute_service(engine.host, disabled=False)
+    engine.unshelve(server.id)
+    engine.run_until_idle()
+    assert engine.get_server(server.id).status == "ACTIVE"

@@ -819,9 +819,21 @@ class ServerService(Application[uuid.UUID]):
             if zone is not None and zone != server.availability_zone:
                 raise BadRequest("The requested availability zone is not available")
             changes = {"host": host} if host is not None else {}
+            no_host = False
+            if host is None and server.vm_state == lc.SHELVED_OFFLOADED:
+                # scheduled again: its old host if that still takes servers, else another
+                usable = [h for h in self.usable_hosts() if h in self.hosts]
+                if server.host not in usable:
+                    if usable:
+                        changes["host"] = usable[0]
+                    else:
+                        no_host = True
             server.request_action("unshelve", ctx, self.clock.now(), changes=changes,
                                   params={"image_id": getattr(server, "shelved_image_id",
                                                               None)})
+            if no_host:  # Nova's conductor: back to SHELVED_OFFLOADED, with the fault
+                server.fail(ctx, self.clock.now(), power_state=0, rollback=True,
+                            message=groups.NO_VALID_HOST, code=500)
             return server
         return decide
 
