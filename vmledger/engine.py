@@ -266,8 +266,8 @@ class Engine:
             chosen = None  # the command says so
         if chosen is not None and not self.may_use_flavor(chosen, ctx):
             raise FlavorNotFound(str(flavor))
-        if ctx.project_id is not None:
-            count = self._fit_quota(ctx.project_id, flavor, count,
+        if ctx.project_id is not None and chosen is not None:
+            count = self._fit_quota(ctx.project_id, chosen, count,
                                     count if min_count is None else min_count)
         group_id = options.get("server_group")
         if group_id is not None and ctx.project_id is not None:
@@ -282,15 +282,11 @@ class Engine:
         ids = result.details.get("server_ids") or [result.server_id]
         return [self.get_server(server_id, ctx=ctx) for server_id in ids]
 
-    def _fit_quota(self, project_id: str, flavor: str | int, count: int, min_count: int
+    def _fit_quota(self, project_id: str, chosen: Flavor, count: int, min_count: int
                    ) -> int:
         limits = self.quota_limits(project_id)
         if all(limits[r] == quotas.UNLIMITED for r in ("instances", "cores", "ram")):
             return count
-        try:
-            chosen = self.service.catalog.flavor(flavor)
-        except FlavorNotFound:
-            return count  # the command says what is wrong with the flavor
         each = {"instances": 1, "cores": chosen.vcpus, "ram": chosen.ram}
         used = self.view.project_usage(project_id)
         fits = quotas.allowed_count(limits, used, each, count)
@@ -299,16 +295,12 @@ class Engine:
         quotas.check_usage(limits, used, {r: n * count for r, n in each.items()})
         return count  # not reached: something is over
 
-    def _check_resize_quota(self, server_id: str, params: dict[str, Any]) -> None:
+    def _check_resize_quota(self, server_id: str, new: Flavor) -> None:
         doc = self.view.get(str(server_id))
-        if doc is None or doc.get("project_id") is None or "flavor" not in params:
+        if doc is None or doc.get("project_id") is None:
             return  # the command says what is wrong
         limits = self.quota_limits(doc["project_id"])
         if limits["cores"] == quotas.UNLIMITED and limits["ram"] == quotas.UNLIMITED:
-            return
-        try:
-            new = self.service.catalog.flavor(params["flavor"])
-        except FlavorNotFound:
             return
         old = doc.get("flavor") or {}
         quotas.check_usage(limits, self.view.project_usage(doc["project_id"]), {
@@ -324,9 +316,10 @@ class Engine:
                 wanted = self.service.catalog.flavor(params.get("flavor", ""))
             except FlavorNotFound:
                 wanted = None  # the command says so
-            if wanted is not None and not self.may_use_flavor(wanted, ctx):
-                raise FlavorNotFound(str(params["flavor"]))
-            self._check_resize_quota(server_id, params)
+            if wanted is not None:
+                if not self.may_use_flavor(wanted, ctx):
+                    raise FlavorNotFound(str(params["flavor"]))
+                self._check_resize_quota(server_id, wanted)
         return self._done(self.service.act(ctx, server_id, action,
                                            idempotency_key=idempotency_key, **params))
 
@@ -649,9 +642,10 @@ class Engine:
         ``current_workload``). ``state`` is ``down`` when the hypervisor cannot answer
         (its last answer is shown, or zeros)."""
         out: list[dict[str, Any]] = []
+        services = {s["host"]: s for s in self.compute_services()}
         for host in self.service.hosts:
             info = self._host_info() if host == self.host else None
-            service = next(s for s in self.compute_services() if s["host"] == host)
+            service = services[host]
             state = "up" if info is not None and not service["forced_down"] else "down"
             info = info or self._last_host_info or _UNKNOWN_HOST
             servers = self.view.on_host(host)

@@ -118,15 +118,14 @@ def scheduler_group(body: dict[str, Any]) -> str | None:
     group = hints.get("group")
     if group is None:
         return None
-    try:
-        return str(uuid.UUID(str(group))) if isinstance(group, str) else _bad_group(group)
-    except ValueError:
-        return _bad_group(group)
-
-
-def _bad_group(group: Any) -> str:
-    raise ApiError(400, f"Invalid input for field/attribute group. Value: {group}. "
+    bad = ApiError(400, f"Invalid input for field/attribute group. Value: {group}. "
                         f"{group!r} is not a 'uuid'")
+    if not isinstance(group, str):
+        raise bad
+    try:
+        return str(uuid.UUID(group))
+    except ValueError:
+        raise bad from None
 
 
 __all__ = ["create_server_group", "delete_server_group", "group_view", "list_server_groups",

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from eventsourcing.domain import Aggregate
 
-from vmledger.domain.server import Context
+from vmledger.domain.server import Context, RequestEvent
 
 _NAMESPACE = uuid.UUID("7e2f9c4a-1b3d-4e5f-8a6b-0c1d2e3f4a5b")
 
@@ -24,11 +24,8 @@ def service_record_id(host: str) -> uuid.UUID:
 
 
 class ComputeService(Aggregate):
-    class Event(Aggregate.Event):
-        request_id: str
-        user_id: str | None
-        project_id: str | None
-        cause: str
+    class Event(RequestEvent):
+        pass
 
     class Registered(Aggregate.Created, Event):
         """The first administrative change of a host's service."""

@@ -20,7 +20,7 @@ from eventsourcing.domain import Aggregate
 
 from vmledger.domain.catalog import Flavor
 from vmledger.domain.errors import BadRequest, Conflict, NotFound
-from vmledger.domain.server import Context
+from vmledger.domain.server import Context, RequestEvent
 
 _NAMESPACE = uuid.UUID("2d7c5b1e-9f3a-4c8d-b6e2-7a1f0c9d8e53")
 _FLAVOR_ID = re.compile(r"^(?! )[a-zA-Z0-9. _-]+(?<! )$")
@@ -115,11 +115,8 @@ def check_extra_specs(specs: object) -> dict[str, str]:
 
 
 class FlavorRecord(Aggregate):
-    class Event(Aggregate.Event):
-        request_id: str
-        user_id: str | None
-        project_id: str | None
-        cause: str
+    class Event(RequestEvent):
+        pass
 
     class Created(Aggregate.Created, Event):
         """A new flavor, or a configured one adopted before its first change."""

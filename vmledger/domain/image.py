@@ -15,17 +15,14 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from vmledger.domain.errors import Conflict
-from vmledger.domain.server import Context
+from vmledger.domain.server import Context, RequestEvent
 
 QUEUED, SAVING, ACTIVE, ERROR, DELETED = "queued", "saving", "active", "error", "deleted"
 
 
 class CustomImage(Aggregate):
-    class Event(Aggregate.Event):
-        request_id: str
-        user_id: str | None
-        project_id: str | None
-        cause: str
+    class Event(RequestEvent):
+        pass
 
     class Queued(Aggregate.Created, Event):
         name: str

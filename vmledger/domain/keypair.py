@@ -20,7 +20,7 @@ from datetime import datetime
 from eventsourcing.domain import Aggregate
 
 from vmledger.domain.errors import BadRequest, Conflict
-from vmledger.domain.server import Context
+from vmledger.domain.server import Context, RequestEvent
 
 SSH, X509 = "ssh", "x509"
 KEY_TYPES = (SSH, X509)
@@ -81,11 +81,8 @@ def _hold(keypair: Keypair, public_key: str, key_fingerprint: str, key_type: str
 
 
 class Keypair(Aggregate):
-    class Event(Aggregate.Event):
-        request_id: str
-        user_id: str | None
-        project_id: str | None
-        cause: str
+    class Event(RequestEvent):
+        pass
 
     class Imported(Aggregate.Created, Event):
         """The first key under this (user, name)."""

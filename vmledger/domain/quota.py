@@ -23,7 +23,7 @@ from typing import Any
 from eventsourcing.domain import Aggregate
 
 from vmledger.domain.errors import BadRequest, Forbidden
-from vmledger.domain.server import Context
+from vmledger.domain.server import Context, RequestEvent
 
 UNLIMITED = -1
 
@@ -111,11 +111,8 @@ def check_limits(values: Mapping[str, Any], allowed: tuple[str, ...]) -> dict[st
 
 
 class QuotaSet(Aggregate):
-    class Event(Aggregate.Event):
-        request_id: str
-        user_id: str | None
-        project_id: str | None
-        cause: str
+    class Event(RequestEvent):
+        pass
 
     class Started(Aggregate.Created, Event):
         """The first change of a project's limits."""

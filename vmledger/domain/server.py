@@ -46,15 +46,23 @@ class Context:
                 "project_id": self.project_id, "cause": self.cause}
 
 
+class RequestEvent(Aggregate.Event):
+    """What every event of vmledger's aggregates carries: the request that caused it, who
+    asked (user and project; None for the timer) and why (:data:`USER`, ``timer``…), as
+    :meth:`Context.fields` gives them."""
+
+    request_id: str
+    user_id: str | None
+    project_id: str | None
+    cause: str
+
+
 class Server(Aggregate):
     """One virtual machine: its lifecycle state and everything the API shows."""
 
     # --- events -------------------------------------------------------------------
-    class Event(Aggregate.Event):
-        request_id: str
-        user_id: str | None
-        project_id: str | None
-        cause: str
+    class Event(RequestEvent):
+        """A server's events."""
 
     class Requested(Aggregate.Created, Event):
         """A server was asked for (the create action was accepted)."""

@@ -23,7 +23,7 @@ from typing import Any
 from eventsourcing.domain import Aggregate
 
 from vmledger.domain.errors import BadRequest
-from vmledger.domain.server import Context
+from vmledger.domain.server import Context, RequestEvent
 
 AFFINITY = "affinity"
 ANTI_AFFINITY = "anti-affinity"
@@ -80,11 +80,8 @@ def place(policy: str, rules: Mapping[str, int], member_hosts: Sequence[str],
 
 
 class ServerGroup(Aggregate):
-    class Event(Aggregate.Event):
-        request_id: str
-        user_id: str | None
-        project_id: str | None
-        cause: str
+    class Event(RequestEvent):
+        pass
 
     class Created(Aggregate.Created, Event):
         name: str

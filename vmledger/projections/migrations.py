@@ -110,21 +110,12 @@ class MigrationsBatch:
                 self.latest[found["server_id"]] = found
 
     def _latest(self, server_id: str) -> Row | None:
-        if server_id in self.latest:
-            return self.latest[server_id]
-        found: Row | None = None
-        if not self.empty:
-            curs = self.writer.curs
-            curs.execute(self.writer.sql(
-                f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE server_id = ? "
-                "ORDER BY id DESC LIMIT 1"), [server_id])
-            rows = curs.fetchall()
-            if rows:
-                row = rows[0]
-                found = (dict(row) if hasattr(row, "keys")
-                         else dict(zip(COLUMNS, row, strict=True)))
-        self.latest[server_id] = found
-        return found
+        if server_id not in self.latest:
+            if self.empty:
+                self.latest[server_id] = None
+            else:
+                self.preload([server_id])
+        return self.latest[server_id]
 
     def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
         """``event`` was folded into the server's document ``doc``."""
