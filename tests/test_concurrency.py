@@ -3,38 +3,18 @@ an unhandled error; the view survives being rebuilt from the log."""
 
 from __future__ import annotations
 
-import threading
+import functools
 
 import pytest
 
 from tests.engines import make_engine
-from vmledger import Engine, FakeClock, VmledgerError
+from tests.support.racing import racing
+from vmledger import Engine, FakeClock
 from vmledger.domain.errors import InvalidState
 
 
 def race(engines: list[Engine], server_id: str, action: str) -> list[str]:
-    barrier = threading.Barrier(len(engines))
-    results: list[str] = []
-    lock = threading.Lock()
-
-    def go(engine: Engine) -> None:
-        barrier.wait()
-        try:
-            engine.act(server_id, action)
-            outcome = "ok"
-        except VmledgerError as e:
-            outcome = type(e).__name__
-        except Exception as e:  # anything else is a bug
-            outcome = f"BUG {e!r}"
-        with lock:
-            results.append(outcome)
-
-    threads = [threading.Thread(target=go, args=(e,)) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sorted(results)
+    return racing([functools.partial(e.act, server_id, action) for e in engines])
 
 
 def test_racing_commands_one_wins_the_rest_get_409(url: str) -> None:

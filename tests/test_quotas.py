@@ -3,16 +3,20 @@ enforced on create, multi-create, resize, metadata and key pairs, shown in ``/li
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.engines import make_engine
 from tests.support.compute import IMAGE_ID, action, active_server, assert_bad_request, built
-from vmledger import Engine
+from tests.support.racing import racing
+from vmledger import Engine, FakeClock
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.domain.errors import BadRequest, Forbidden
-from vmledger.domain.quota import QuotaExceeded
+from vmledger.domain.quota import QuotaExceeded, QuotaSet
 
 TOKENS = ["admin-secret:root:ops:admin", "alice-secret:alice:p1:member",
           "bob-secret:bob:p2:member"]
@@ -182,3 +186,84 @@ def test_quota_changes_are_in_the_ledger(memory_engine: Engine) -> None:
         start=1, limit=100) if "QuotaSet" in n.topic]
     assert [n.topic.rsplit(".", 1)[-1] for n in events] == [
         "Started", "LimitsSet", "Reverted"]
+
+
+def test_concurrent_creates_never_exceed_the_quota(url: str) -> None:
+    """Creates racing in one project, from several engines on one database (as several
+    API processes) and several threads each, admit exactly what the quota allows: a
+    lost race is decided again against the usage that includes the winner."""
+    clock = FakeClock()
+    engines = [make_engine(url, clock=clock) for _ in range(3)]
+    try:
+        admin = engines[0].context(user_id="root", project_id="ops", is_admin=True)
+        engines[0].set_quotas("p1", {"instances": 3}, ctx=admin)
+
+        def create(engine: Engine, n: int) -> Callable[[], object]:
+            ctx = engine.context(user_id="alice", project_id="p1", is_admin=False)
+            return lambda: engine.create_server(f"raced-{n}", flavor="m1.small",
+                                                image="cirros-0.6.2-x86_64", ctx=ctx)
+
+        outcomes = racing([create(engines[n % 3], n) for n in range(9)])
+        assert outcomes == ["QuotaExceeded"] * 6 + ["ok"] * 3
+        for engine in engines:
+            engine.updater.catch_up()
+            assert engine.quota_usage("p1")["instances"] == 3
+        # each admitted create left its record: what it asked for, against what usage
+        quota = engines[0].service.quota_set("p1")
+        assert quota is not None
+        admitted = [e for e in engines[0].service.repository.event_store.get(quota.id)
+                    if isinstance(e, QuotaSet.Admitted)]
+        assert sorted(e.used["instances"] for e in admitted) == [0, 1, 2]
+        assert all(e.requested == {"instances": 1, "cores": 1, "ram": 2048}
+                   and e.user_id == "alice" for e in admitted)
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def test_concurrent_resizes_never_exceed_the_quota(url: str) -> None:
+    clock = FakeClock()
+    engines = [make_engine(url, clock=clock) for _ in range(2)]
+    try:
+        admin = engines[0].context(user_id="root", project_id="ops", is_admin=True)
+        mine = engines[0].context(user_id="alice", project_id="p1", is_admin=False)
+        servers = [built(engines[0], f"s{n}", ctx=mine) for n in range(2)]
+        # two m1.small (1 vCPU each) fit 3 cores; one of them can grow to m1.medium (2)
+        engines[0].set_quotas("p1", {"cores": 3}, ctx=admin)
+        outcomes = racing([
+            functools.partial(e.resize, s, flavor="m1.medium",
+                              ctx=e.context(user_id="alice", project_id="p1", is_admin=False))
+            for e, s in zip(engines, servers, strict=True)])
+        assert outcomes == ["QuotaExceeded", "ok"]
+        # the resize counts its larger flavor from the request (before the host agent
+        # has done anything) until it is confirmed or reverted
+        assert engines[0].quota_usage("p1")["cores"] == 3
+        engines[0].run_until_idle()
+        resized = next(s for s in servers
+                       if engines[0].get_server(s).status == "VERIFY_RESIZE")
+        assert engines[0].quota_usage("p1")["cores"] == 3
+        engines[0].act(resized, "revert_resize", ctx=mine)
+        assert engines[0].quota_usage("p1")["cores"] == 3
+        engines[0].run_until_idle()
+        assert engines[0].quota_usage("p1")["cores"] == 2
+    finally:
+        for engine in engines:
+            engine.close()
+
+
+def test_multi_create_takes_what_fits_under_concurrency(memory_engine: Engine) -> None:
+    """min_count/max_count creates racing with single creates: together they never go
+    over, and each multi-create gets at least its min_count or nothing."""
+    admin = memory_engine.context(user_id="root", project_id="ops", is_admin=True)
+    memory_engine.set_quotas("p1", {"instances": 5}, ctx=admin)
+    ctx = memory_engine.context(user_id="alice", project_id="p1", is_admin=False)
+    made: list[int] = []
+
+    def multi() -> None:
+        made.append(len(memory_engine.create_servers(
+            "many", flavor="m1.small", image="cirros-0.6.2-x86_64", count=3, min_count=2,
+            ctx=ctx)))
+
+    outcomes = racing([multi, multi, multi])
+    assert memory_engine.quota_usage("p1")["instances"] == sum(made) <= 5
+    assert all(n >= 2 for n in made) and outcomes.count("ok") == len(made) == 2

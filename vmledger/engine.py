@@ -199,6 +199,7 @@ class Engine:
                                              FlavorRecords(), ComputeServices()])
         self.updater = ViewUpdater(self.service, self.view)
         self.service.group_member_hosts = self._group_member_hosts
+        self.service.project_usage = self._project_usage
         self.service.catalog.overrides = lambda: flavor_overrides(self.view)
         self.service.usable_hosts = lambda: [
             s["host"] for s in self.compute_services()
@@ -266,9 +267,6 @@ class Engine:
             chosen = None  # the command says so
         if chosen is not None and not self.may_use_flavor(chosen, ctx):
             raise FlavorNotFound(str(flavor))
-        if ctx.project_id is not None and chosen is not None:
-            count = self._fit_quota(ctx.project_id, chosen, count,
-                                    count if min_count is None else min_count)
         group_id = options.get("server_group")
         if group_id is not None and ctx.project_id is not None:
             group = get_group(self.view, str(group_id))
@@ -278,34 +276,9 @@ class Engine:
                 raise Forbidden("Quota exceeded, too many servers in group")
         result = self._done(self.service.create_server(
             ctx, name=name, flavor=flavor, image=image, idempotency_key=idempotency_key,
-            count=count, **options))
+            count=count, min_count=min_count, **options))
         ids = result.details.get("server_ids") or [result.server_id]
         return [self.get_server(server_id, ctx=ctx) for server_id in ids]
-
-    def _fit_quota(self, project_id: str, chosen: Flavor, count: int, min_count: int
-                   ) -> int:
-        limits = self.quota_limits(project_id)
-        if all(limits[r] == quotas.UNLIMITED for r in ("instances", "cores", "ram")):
-            return count
-        each = {"instances": 1, "cores": chosen.vcpus, "ram": chosen.ram}
-        used = self.view.project_usage(project_id)
-        fits = quotas.allowed_count(limits, used, each, count)
-        if fits >= min_count:
-            return min(fits, count)
-        quotas.check_usage(limits, used, {r: n * count for r, n in each.items()})
-        return count  # not reached: something is over
-
-    def _check_resize_quota(self, server_id: str, new: Flavor) -> None:
-        doc = self.view.get(str(server_id))
-        if doc is None or doc.get("project_id") is None:
-            return  # the command says what is wrong
-        limits = self.quota_limits(doc["project_id"])
-        if limits["cores"] == quotas.UNLIMITED and limits["ram"] == quotas.UNLIMITED:
-            return
-        old = doc.get("flavor") or {}
-        quotas.check_usage(limits, self.view.project_usage(doc["project_id"]), {
-            "cores": new.vcpus - int(old.get("vcpus") or 0),
-            "ram": new.ram - int(old.get("ram") or 0)})
 
     def act(self, server_id: str, action: str, *, ctx: Context | None = None,
             idempotency_key: str | None = None, **params: Any) -> CommandResult:
@@ -316,10 +289,8 @@ class Engine:
                 wanted = self.service.catalog.flavor(params.get("flavor", ""))
             except FlavorNotFound:
                 wanted = None  # the command says so
-            if wanted is not None:
-                if not self.may_use_flavor(wanted, ctx):
-                    raise FlavorNotFound(str(params["flavor"]))
-                self._check_resize_quota(server_id, wanted)
+            if wanted is not None and not self.may_use_flavor(wanted, ctx):
+                raise FlavorNotFound(str(params["flavor"]))
         return self._done(self.service.act(ctx, server_id, action,
                                            idempotency_key=idempotency_key, **params))
 
@@ -890,6 +861,12 @@ class Engine:
     def quota_limits(self, project_id: str) -> dict[str, int]:
         """The project's limits: the defaults, overlaid with what an administrator set."""
         return {**quotas.DEFAULTS, **project_limits(self.view, project_id)}
+
+    def _project_usage(self, project_id: str) -> dict[str, int]:
+        """The project's usage for admitting a request: the view is caught up first,
+        so every request admitted before (by any process) is counted."""
+        self.updater.catch_up()
+        return self.view.project_usage(project_id)
 
     def quota_usage(self, project_id: str) -> dict[str, int]:
         """What the project uses of its counted limits (key pairs are counted per user:

@@ -7,10 +7,12 @@ when.
 
 Enforced: ``instances``, ``cores`` and ``ram`` (MB), counted over the project's servers
 that are not deleted (Nova's legacy counting: shelved and soft-deleted servers count),
-when servers are created and resized; ``metadata_items`` per server; ``key_pairs`` per
-user. The other limits Nova has (server groups, injected files, and until 2.36 the
-network ones) are kept and shown but enforce nothing: vmledger has none of those
-resources. -1 is unlimited.
+when servers are created and resized (each request admitted records
+:class:`QuotaSet.Admitted` with its own events, which serialises a project's concurrent
+requests: see :meth:`~vmledger.domain.service.ServerService.admit`); ``metadata_items``
+per server; ``key_pairs`` per user; ``server_groups`` and ``server_group_members``. The
+other limits Nova has (injected files, and until 2.36 the network ones) are kept and
+shown but enforce nothing: vmledger has none of those resources. -1 is unlimited.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ DEFAULTS: dict[str, int] = {
 }
 #: limits whose usage vmledger counts (the others are never used)
 COUNTED = ("instances", "cores", "ram", "key_pairs")
+#: the limits servers use (checked when servers are created and resized)
+SERVER_RESOURCES = ("instances", "cores", "ram")
 #: shown and settable until microversion 2.35 (Nova's network quotas)
 NETWORK = ("fixed_ips", "floating_ips", "security_groups", "security_group_rules")
 #: shown and settable until microversion 2.56 (personality files)
@@ -75,16 +79,28 @@ def check_usage(limits: Mapping[str, int], used: Mapping[str, int],
 
 def allowed_count(limits: Mapping[str, int], used: Mapping[str, int],
                   per_server: Mapping[str, int], wanted: int) -> int:
-    """How many of ``wanted`` servers, each using ``per_server``, fit the limits (Nova
-    creates as many as fit when that is at least ``min_count``)."""
+    """How many of ``wanted`` servers, each using ``per_server`` (``instances``: 1 for a
+    new server), fit the limits."""
     fits = wanted
-    for resource in ("instances", "cores", "ram"):
+    for resource in SERVER_RESOURCES:
         limit = limits.get(resource, UNLIMITED)
-        each = 1 if resource == "instances" else per_server.get(resource, 0)
+        each = per_server.get(resource, 0)
         if limit == UNLIMITED or each <= 0:
             continue
         fits = min(fits, max(limit - used.get(resource, 0), 0) // each)
     return fits
+
+
+def admissible(limits: Mapping[str, int], used: Mapping[str, int],
+               each: Mapping[str, int], count: int, min_count: int) -> int:
+    """How many of ``count`` requests, each adding ``each``, the limits admit: all that
+    fit when that is at least ``min_count`` (Nova creates as many servers as fit), else
+    :class:`QuotaExceeded` naming the first resource that ``count`` of them exceed."""
+    fits = allowed_count(limits, used, each, count)
+    if fits >= min_count:
+        return min(fits, count)
+    check_usage(limits, used, {resource: n * count for resource, n in each.items()})
+    raise AssertionError("fewer fit than asked, yet nothing is over")  # pragma: no cover
 
 
 def check_limits(values: Mapping[str, Any], allowed: tuple[str, ...]) -> dict[str, int]:
@@ -137,6 +153,22 @@ class QuotaSet(Aggregate):
         def apply(self, quota: QuotaSet) -> None:
             quota.limits = {}
 
+    class Admitted(Event):
+        """A request that adds to the project's counted usage (servers created, a
+        resize to a larger flavor) was checked against the limits and let through:
+        ``requested`` is what it adds, ``used`` the usage it was checked against.
+
+        Recorded in the same transaction as the request's own events, so two requests
+        of one project cannot both be admitted against the same usage: the second's
+        save conflicts on this aggregate's version, and it is decided again against
+        the usage that now includes the first. Changes no limit."""
+
+        requested: dict[str, int]
+        used: dict[str, int]
+
+        def apply(self, quota: QuotaSet) -> None:
+            pass
+
     quota_project_id: str
     limits: dict[str, int]
 
@@ -154,6 +186,16 @@ class QuotaSet(Aggregate):
     def revert(self, ctx: Context, at: datetime) -> None:
         self.trigger_event(self.Reverted, timestamp=at, **ctx.fields())
 
+    def admit(self, ctx: Context, at: datetime, requested: Mapping[str, int],
+              used: Mapping[str, int]) -> None:
+        self.trigger_event(self.Admitted, timestamp=at, **ctx.fields(),
+                           requested=dict(requested), used=dict(used))
 
-__all__ = ["COUNTED", "DEFAULTS", "INJECTED", "NETWORK", "UNLIMITED", "QuotaExceeded",
-           "QuotaSet", "allowed_count", "check_limits", "check_usage", "quota_set_id"]
+    def effective_limits(self) -> dict[str, int]:
+        """Every limit: the ones set here over the defaults."""
+        return {**DEFAULTS, **self.limits}
+
+
+__all__ = ["COUNTED", "DEFAULTS", "INJECTED", "NETWORK", "SERVER_RESOURCES", "UNLIMITED",
+           "QuotaExceeded", "QuotaSet", "admissible", "allowed_count", "check_limits",
+           "check_usage", "quota_set_id"]

@@ -14,9 +14,10 @@ import hashlib
 import json
 import random
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -203,7 +204,8 @@ class ServerService(Application[uuid.UUID]):
 
     name = "vmledger"
     log_section_size = 1000
-    snapshotting_intervals: ClassVar[dict[Any, int]] = {Server: 100}
+    # a project's quota set gets an event per admitted create or resize
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {Server: 100, quotas.QuotaSet: 100}
     # eventsourcing: 0 would be an *unbounded* cache; a bounded LRU keeps the speed-up
     # (loads fast-forward from the cached version) without holding every server forever
     env: ClassVar[dict[str, str]] = {"AGGREGATE_CACHE_MAXSIZE": "10000"}
@@ -247,6 +249,14 @@ class ServerService(Application[uuid.UUID]):
         #: the hosts whose compute service takes new servers (not disabled or forced
         #: down); the engine answers it from the services read model
         self.usable_hosts: Callable[[], Sequence[str]] = lambda: self.hosts
+        #: a project's counted usage (``instances``, ``cores``, ``ram``), including every
+        #: request admitted before; the engine answers it from its servers view, caught
+        #: up first. None: quotas are not enforced (a service used on its own)
+        self.project_usage: Callable[[str], Mapping[str, int]] | None = None
+        # requests of one project admitted one at a time in this process (across
+        # processes the quota set's version serialises them: the loser decides again)
+        self._quota_locks: dict[str, threading.Lock] = {}
+        self._quota_locks_guard = threading.Lock()
 
     # --- context helpers ----------------------------------------------------------
     def context(self, *, user_id: str = "admin", project_id: str = "admin",
@@ -367,6 +377,7 @@ class ServerService(Application[uuid.UUID]):
                       availability_zone: str | None = None,
                       attributes: dict[str, Any] | None = None,
                       idempotency_key: str | None = None, count: int = 1,
+                      min_count: int | None = None,
                       server_group: str | None = None) -> CommandResult:
         """Ask for new servers (``count`` of them, in one transaction and one request);
         each starts BUILD and the host agent builds it.
@@ -378,7 +389,9 @@ class ServerService(Application[uuid.UUID]):
         With ``count`` > 1 the servers are named ``NAME-1`` … ``NAME-N`` (and a requested
         hostname gets the same suffix), as Nova's default
         ``multi_instance_display_name_template``; the result is the first server's,
-        with every id in ``details["server_ids"]``.
+        with every id in ``details["server_ids"]``. Within the project's quotas: as
+        many as fit when that is at least ``min_count`` (default ``count``), else
+        :class:`~vmledger.domain.quota.QuotaExceeded` (see :meth:`admit`).
         """
         _check_name(name)
         if isinstance(count, bool) or not isinstance(count, int) or not (
@@ -394,6 +407,11 @@ class ServerService(Application[uuid.UUID]):
         _fits(chosen_flavor, chosen_image)
         if ctx.project_id is None or ctx.user_id is None:
             raise BadRequest("A server is created on behalf of a user and a project")
+        if min_count is not None and (isinstance(min_count, bool) or not isinstance(
+                min_count, int) or not 1 <= min_count <= count):
+            raise BadRequest(f"min_count must be 1 to {count}, not {min_count!r}")
+        project_id = ctx.project_id
+        each = {"instances": 1, "cores": chosen_flavor.vcpus, "ram": chosen_flavor.ram}
         group = self._group_for_create(ctx, server_group) if server_group else None
         payload: dict[str, Any] = {
             "name": name, "flavor": chosen_flavor.id, "image": chosen_image.id,
@@ -408,11 +426,11 @@ class ServerService(Application[uuid.UUID]):
         placed: list[str] = []  # hosts of the group's members, this request's included
         usable: list[str] = []  # hosts whose compute service takes new servers
 
-        def one(index: int) -> Server:
+        def one(index: int, total: int) -> Server:
             sid = self.id_factory()
             attrs = dict(attributes or {})
-            own_name = name if count == 1 else f"{name}-{index}"
-            if count > 1 and attrs.get("hostname"):
+            own_name = name if total == 1 else f"{name}-{index}"
+            if total > 1 and attrs.get("hostname"):
                 attrs["hostname"] = f"{attrs['hostname']}-{index}"
             preferred = self.hosts[sid.int % len(self.hosts)]
             chosen: str | None = preferred if preferred in usable else (
@@ -433,19 +451,24 @@ class ServerService(Application[uuid.UUID]):
                                  desc, key_name, availability_zone, attrs)
 
         def decide(_: Server | None) -> Server:
+            total, quota = self.admit(ctx, project_id, each, count=count,
+                                      min_count=min_count)
             usable[:] = [h for h in self.usable_hosts() if h in self.hosts]
             placed[:] = (self.group_member_hosts(str(group.id)) if group is not None
                          else [])
-            first = one(1)
-            extras.extend(one(index) for index in range(2, count + 1))
+            first = one(1, total)
+            extras.extend(one(index, total) for index in range(2, total + 1))
             details.clear()
-            if count > 1:
+            if total > 1:
                 details["server_ids"] = [str(first.id), *(str(s.id) for s in extras)]
+            if quota is not None:
+                extras.append(quota)
             return first
 
-        return self._run(ctx, None, decide, idempotency_key=idempotency_key,
-                         operation="create", payload=payload,
-                         extras=extras if count > 1 else None, details=details)
+        with self._quota_lock(project_id):
+            return self._run(ctx, None, decide, idempotency_key=idempotency_key,
+                             operation="create", payload=payload, extras=extras,
+                             details=details)
 
     def _request(self, sid: uuid.UUID, ctx: Context, name: str, flavor: Flavor,
                  image: dict[str, Any], host: str, metadata: dict[str, str],
@@ -456,6 +479,51 @@ class ServerService(Application[uuid.UUID]):
             image=image, host=host, metadata=metadata, description=description,
             key_name=key_name, availability_zone=availability_zone or ZONE,
             addresses=_addresses(sid), attributes=attributes)
+
+    # --- quotas ----------------------------------------------------------------------
+    def quota_set(self, project_id: str) -> quotas.QuotaSet | None:
+        """The project's quota set; None while its limits were never changed."""
+        try:
+            found: object = self.repository.get(quotas.quota_set_id(project_id))
+        except AggregateNotFoundError:
+            return None
+        return found if isinstance(found, quotas.QuotaSet) else None
+
+    def admit(self, ctx: Context, project_id: str, each: Mapping[str, int], *,
+              count: int = 1, min_count: int | None = None
+              ) -> tuple[int, quotas.QuotaSet | None]:
+        """How many of ``count`` requests, each adding ``each`` to the project's usage,
+        its quotas admit (as many as fit when that is at least ``min_count``, default
+        ``count``; else :class:`~vmledger.domain.quota.QuotaExceeded`), and the project's
+        quota set with an ``Admitted`` event recorded, to be saved with the request's
+        own events (None when no limit applies: nothing to serialise).
+
+        Saving it is what makes the check hold under concurrency: a request admitted
+        meanwhile in the same project (in any process) moved the quota set on, so this
+        save conflicts and the command is decided again, against a usage that now
+        includes the other request's servers."""
+        if self.project_usage is None:
+            return count, None
+        quota = self.quota_set(project_id)
+        limits = quota.effective_limits() if quota is not None else dict(quotas.DEFAULTS)
+        if all(limits[r] == quotas.UNLIMITED
+               for r in quotas.SERVER_RESOURCES if each.get(r, 0) > 0):
+            return count, None
+        usage = self.project_usage(project_id)
+        used = {r: int(usage.get(r, 0)) for r in quotas.SERVER_RESOURCES}
+        admitted = quotas.admissible(limits, used, each, count,
+                                     count if min_count is None else min_count)
+        if quota is not None:
+            quota.admit(ctx, self.clock.now(),
+                        {r: n * admitted for r, n in each.items() if n}, used)
+        return admitted, quota
+
+    def _quota_lock(self, project_id: str | None) -> threading.Lock:
+        with self._quota_locks_guard:
+            lock = self._quota_locks.get(project_id or "")
+            if lock is None:
+                lock = self._quota_locks[project_id or ""] = threading.Lock()
+            return lock
 
     # --- other aggregates: load, decide, save, retry -------------------------------
     def _load_decide_save(self, ctx: Context, aggregate_id: uuid.UUID | None,
@@ -536,6 +604,12 @@ class ServerService(Application[uuid.UUID]):
         if handler is None:
             raise BadRequest(f"There is no such action: {action}")
         sid = self._uuid(server_id)
+        if action == "resize":  # a larger flavor is admitted by the project's quotas
+            extras: list[Aggregate] = []
+            resize = self._h_resize(ctx, params, extras)
+            with self._quota_lock(ctx.project_id):
+                return self._run(ctx, sid, resize, idempotency_key=idempotency_key,
+                                 operation=action, payload=params, extras=extras)
         decide = handler(self, ctx, params)
         return self._run(ctx, sid, decide, idempotency_key=idempotency_key,
                          operation=action, payload=params)
@@ -649,7 +723,8 @@ class ServerService(Application[uuid.UUID]):
             return server
         return decide
 
-    def _h_resize(self, ctx: Context, params: dict[str, Any]
+    def _h_resize(self, ctx: Context, params: dict[str, Any],
+                  extras: list[Aggregate] | None = None
                   ) -> Callable[[Server | None], Server]:
         ref = params.pop("flavor", None)
         if ref is None or params:
@@ -661,6 +736,13 @@ class ServerService(Application[uuid.UUID]):
             new = self.catalog.flavor(ref)
             if new.id == server.flavor.get("id"):
                 raise BadRequest("When resizing, instances must change flavor!")
+            growth = {"cores": new.vcpus - int(server.flavor.get("vcpus") or 0),
+                      "ram": new.ram - int(server.flavor.get("ram") or 0)}
+            growth = {r: n for r, n in growth.items() if n > 0}
+            if growth and server.project_id is not None:
+                _, quota = self.admit(ctx, server.project_id, growth)
+                if quota is not None and extras is not None:
+                    extras.append(quota)
             server.request_action("resize", ctx, self.clock.now(),
                                   params={"flavor": new.as_dict()},
                                   changes={"migration_status": "pre-migrating"})

@@ -602,13 +602,20 @@ class ServersView:
 
     def project_usage(self, project_id: str) -> dict[str, int]:
         """A project's servers that are not deleted: how many, and their flavors' vCPUs
-        and RAM (Nova's legacy quota counting), summed by the database."""
+        and RAM (Nova's legacy quota counting), summed by the database. A server being
+        resized (from the request until it is confirmed or reverted) counts the larger
+        of its two flavors: either may be what it ends with."""
+        paths = ("flavor", "old_flavor", "pending.params.flavor")
         if self.dialect == "postgres":
-            vcpus = "((doc::jsonb)->'flavor'->>'vcpus')::bigint"
-            ram = "((doc::jsonb)->'flavor'->>'ram')::bigint"
+            def largest(key: str) -> str:
+                return "GREATEST({})".format(", ".join(
+                    "((doc::jsonb)#>>'{{{}}}')::bigint".format(
+                        ",".join([*path.split("."), key])) for path in paths))
         else:
-            vcpus = "json_extract(doc, '$.flavor.vcpus')"
-            ram = "json_extract(doc, '$.flavor.ram')"
+            def largest(key: str) -> str:
+                return "max({})".format(", ".join(
+                    f"COALESCE(json_extract(doc, '$.{path}.{key}'), 0)" for path in paths))
+        vcpus, ram = largest("vcpus"), largest("ram")
         row = self._query(
             f"SELECT COUNT(*) AS n, COALESCE(SUM({vcpus}), 0) AS vcpus,"
             f" COALESCE(SUM({ram}), 0) AS ram FROM {{t}}"
