@@ -58,6 +58,8 @@ from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
 from vmledger.projections.compute_services import ComputeServices, service_states
 from vmledger.projections.flavors import FlavorRecords, flavor_access, flavor_overrides
+from vmledger.projections.hosts import REPORT_INTERVAL, host_reports, is_up, save_report
+from vmledger.projections.hosts import create_table as create_host_reports
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
@@ -203,7 +205,9 @@ class Engine:
         self.service.catalog.overrides = lambda: flavor_overrides(self.view)
         self.service.usable_hosts = lambda: [
             s["host"] for s in self.compute_services()
-            if not s["disabled"] and not s["forced_down"]]
+            if not s["disabled"] and not s["forced_down"] and s["up"]]
+        self.service.known_hosts = self.known_hosts
+        self.service.host_ram = self._host_ram
         self.service.metadata_limit = lambda project_id: (
             self.quota_limits(project_id)["metadata_items"] if project_id is not None
             else quotas.DEFAULTS["metadata_items"])
@@ -211,6 +215,8 @@ class Engine:
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
         self.host = host
         self._last_host_info: dict[str, Any] | None = None
+        create_host_reports(self.view)
+        self._reported_at: datetime | None = None
         self.agent = HostAgent(self.service, self.updater, self.hypervisor, host,
                                stopwatch=stopwatch)
         self.timer = Timer(self.service, self.updater)
@@ -604,21 +610,29 @@ class Engine:
         return action
 
     def hypervisors(self) -> list[dict[str, Any]]:
-        """This engine's compute node, as Nova's ``os-hypervisors`` shows it: what the
+        """Every host's compute node, as Nova's ``os-hypervisors`` shows it: what the
         hypervisor reports of the host (:meth:`Hypervisor.host_info`: type, version,
-        capacity, address, CPU, uptime) and what the servers view places on it
+        capacity, address, CPU, uptime — asked now for this engine's own host, its
+        agent's last report for the others) and what the servers view places on it
         (``servers``: id and name; ``vcpus_used``, ``memory_mb_used``, ``local_gb_used``
         from their flavors — a resize waiting for confirmation holds both flavors, as
         Nova's resource tracker does on one host —, ``running_vms``,
-        ``current_workload``). ``state`` is ``down`` when the hypervisor cannot answer
-        (its last answer is shown, or zeros)."""
+        ``current_workload``). ``state`` is ``down`` when the hypervisor cannot answer,
+        or another host's agent has not reported within the service down time (its
+        last answer is shown, or zeros)."""
         out: list[dict[str, Any]] = []
-        services = {s["host"]: s for s in self.compute_services()}
-        for host in self.service.hosts:
-            info = self._host_info() if host == self.host else None
-            service = services[host]
-            state = "up" if info is not None and not service["forced_down"] else "down"
-            info = info or self._last_host_info or _UNKNOWN_HOST
+        reports = host_reports(self.view)
+        for service in self.compute_services(reports):
+            host = service["host"]
+            report = reports.get(host)
+            if host == self.host:
+                info = self._host_info()
+                state = "up" if info is not None and not service["forced_down"] else "down"
+                info = info or self._last_host_info or (report or {}).get("info")
+            else:
+                info = (report or {}).get("info")
+                state = "up" if service["up"] and not service["forced_down"] else "down"
+            info = info or _UNKNOWN_HOST
             servers = self.view.on_host(host)
             vcpus = memory = disk = workload = 0
             for doc in servers:
@@ -711,18 +725,62 @@ class Engine:
         return out
 
     # --- compute services ------------------------------------------------------------------
-    def compute_services(self) -> list[dict[str, Any]]:
-        """Each host's compute service: ``host``, ``disabled``, ``disabled_reason``,
-        ``forced_down``, ``updated_at`` (of the last administrative change, or None)."""
+    def known_hosts(self) -> list[str]:
+        """Every compute host, by name: this engine's own, those whose agents have
+        reported (see :mod:`vmledger.projections.hosts`) and those an administrator
+        changed."""
+        return sorted({*self.service.hosts, *host_reports(self.view),
+                       *service_states(self.view)})
+
+    def compute_services(self, reports: dict[str, dict[str, Any]] | None = None
+                         ) -> list[dict[str, Any]]:
+        """Each host's compute service, by host name: ``host``, ``disabled``,
+        ``disabled_reason``, ``forced_down``, ``up`` (this engine's own host always;
+        another while its agent's last report is recent), ``updated_at`` (the later of
+        the last report and the last administrative change, or None)."""
         states = service_states(self.view)
+        reports = host_reports(self.view) if reports is None else reports
+        now = self.clock.now()
         out = []
-        for host in self.service.hosts:
+        for host in sorted({*self.service.hosts, *reports, *states}):
             state = states.get(host) or {}
+            report = reports.get(host)
+            times = [t for t in (state.get("updated_at"),
+                                 report["reported_at"] if report else None) if t is not None]
             out.append({"host": host, "disabled": bool(state.get("disabled")),
                         "disabled_reason": state.get("disabled_reason"),
                         "forced_down": bool(state.get("forced_down")),
-                        "updated_at": state.get("updated_at")})
+                        "up": host in self.service.hosts or is_up(report, now),
+                        "updated_at": max(times) if times else None})
         return out
+
+    def _host_ram(self, hosts: Sequence[str]) -> dict[str, int]:
+        """Free memory (MB) of each of ``hosts``: what its hypervisor last reported
+        less what the servers view places on it."""
+        reports = host_reports(self.view)
+        used = self.view.host_usage()
+        free: dict[str, int] = {}
+        for host in hosts:
+            own = (self._last_host_info or self._host_info()) if host == self.host else None
+            info = own or (reports.get(host) or {}).get("info") or {}
+            free[host] = int(info.get("memory_mb") or 0) - used.get(host, 0)
+        return free
+
+    def report_host(self, *, force: bool = False) -> bool:
+        """Record this host's hypervisor report (its heartbeat), at most every
+        :data:`~vmledger.projections.hosts.REPORT_INTERVAL` of the engine's clock unless
+        ``force``; the agent's passes call it. False when the hypervisor did not answer
+        (the host then goes down for the other processes)."""
+        now = self.clock.now()
+        if (not force and self._reported_at is not None
+                and timedelta(0) <= now - self._reported_at < REPORT_INTERVAL):
+            return True
+        info = self._host_info()
+        if info is None:
+            return False
+        save_report(self.view, self.host, info, now)
+        self._reported_at = now
+        return True
 
     def set_compute_service(self, host: str, *, disabled: bool | None = None,
                             reason: str | None = None, forced_down: bool | None = None,
@@ -925,6 +983,7 @@ class Engine:
     # --- driving the agent and the timer ------------------------------------------------
     def run_once(self) -> int:
         """One pass of the host agent and the timer; return how much they did."""
+        self.report_host()
         return self.agent.run_once() + self.timer.run_once()
 
     def run_until_idle(self, max_passes: int = 1000) -> int:

@@ -1,11 +1,14 @@
 """``/os-services``: the compute services, one per host (administrators).
 
-Each of the engine's hosts has a ``nova-compute`` service in zone ``nova``; vmledger has
-no other Nova services (conductor, scheduler) and records no heartbeats: ``state`` is
-``up`` unless an administrator forced the service down, ``updated_at`` is the time of
-the last administrative change (null before any). Ids are integers before 2.53 and
-UUIDs (stable per host) from 2.53; ``forced_down`` from 2.11. ``?host`` and ``?binary``
-filter.
+Each compute host (this process's own, those whose agents report to the shared
+database, and those an administrator changed) has a ``nova-compute`` service in zone
+``nova``, listed by host name; vmledger has no other Nova services (conductor,
+scheduler). ``state`` is ``up`` for this process's own host and for a host whose agent
+reported within the service down time (60 s; see :mod:`vmledger.projections.hosts`),
+unless an administrator forced the service down; ``updated_at`` is the later of the
+last report and the last administrative change (null before either). Ids are integers
+(positions in that order) before 2.53 and UUIDs (stable per host) from 2.53;
+``forced_down`` from 2.11. ``?host`` and ``?binary`` filter.
 
 Changing a service (administrators; see :mod:`vmledger.domain.compute_service`): before
 2.53 ``PUT /os-services/disable``, ``/enable``, ``/disable-log-reason`` and (2.11)
@@ -46,7 +49,7 @@ def _service(call: Call, index: int, state: dict[str, Any]) -> dict[str, Any]:
         "id": service_id(call, index, host),
         "binary": BINARY, "host": host, "zone": ZONE,
         "status": "disabled" if state["disabled"] else "enabled",
-        "state": "down" if state["forced_down"] else "up",
+        "state": "up" if state["up"] and not state["forced_down"] else "down",
         "updated_at": _time(state["updated_at"]),
         "disabled_reason": state["disabled_reason"]}
     if call.at_least(2, 11):

@@ -1,10 +1,10 @@
 """``GET /os-availability-zone[/detail]``: the zone the hosts are in.
 
-Every host of the engine is in the one zone ``nova`` (Nova's default zone; vmledger has
-no host aggregates). The detail, for administrators, lists each host's ``nova-compute``
-service as available and active; vmledger records no service heartbeats, so
-``updated_at`` is null. Nova's ``internal`` zone (its control services) has no
-counterpart and is not listed.
+Every compute host is in the one zone ``nova`` (Nova's default zone; vmledger has no
+host aggregates). The detail, for administrators, lists each host's ``nova-compute``
+service: ``available`` while it is up (its agent reports) and not forced down, ``active``
+unless disabled, ``updated_at`` its last report or administrative change. Nova's
+``internal`` zone (its control services) has no counterpart and is not listed.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ async def list_zones_detail(call: Call) -> Response:
     states = await call.run(_states, call)
     hosts: dict[str, Any] = {
         s["host"]: {"nova-compute": {
-            "available": not s["forced_down"], "active": not s["disabled"],
+            "available": s["up"] and not s["forced_down"], "active": not s["disabled"],
             "updated_at": usage_time(s["updated_at"]) if s["updated_at"] else None}}
         for s in states}
     available = any(not s["disabled"] for s in states)

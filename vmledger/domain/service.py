@@ -249,6 +249,12 @@ class ServerService(Application[uuid.UUID]):
         #: the hosts whose compute service takes new servers (not disabled or forced
         #: down); the engine answers it from the services read model
         self.usable_hosts: Callable[[], Sequence[str]] = lambda: self.hosts
+        #: every compute host (this service's and those other processes' agents run);
+        #: the engine answers it from the host reports and the services read model
+        self.known_hosts: Callable[[], Sequence[str]] = lambda: self.hosts
+        #: free memory (MB) of each of the given hosts, which the scheduler weighs
+        #: (the most free first, as Nova's RAM weigher spreads servers)
+        self.host_ram: Callable[[Sequence[str]], Mapping[str, int]] = lambda hosts: {}
         #: a project's counted usage (``instances``, ``cores``, ``ram``), including every
         #: request admitted before; the engine answers it from its servers view, caught
         #: up first. None: quotas are not enforced (a service used on its own)
@@ -426,24 +432,26 @@ class ServerService(Application[uuid.UUID]):
         placed: list[str] = []  # hosts of the group's members, this request's included
         usable: list[str] = []  # hosts whose compute service takes new servers
 
+        free: dict[str, int] = {}  # each usable host's free memory, as servers are placed
+
         def one(index: int, total: int) -> Server:
             sid = self.id_factory()
             attrs = dict(attributes or {})
             own_name = name if total == 1 else f"{name}-{index}"
             if total > 1 and attrs.get("hostname"):
                 attrs["hostname"] = f"{attrs['hostname']}-{index}"
-            preferred = self.hosts[sid.int % len(self.hosts)]
-            chosen: str | None = preferred if preferred in usable else (
-                usable[sid.int % len(usable)] if usable else None)
+            chosen = self._weighed(usable, free)
             if group is not None:
                 attrs["server_group"] = str(group.id)
                 if chosen is not None:
                     chosen = groups.place(group.policy, group.rules, placed, usable, chosen)
                 placed.append(chosen or "")
-            if chosen is None:  # the scheduler's answer: the server fails in ERROR
+            if chosen is not None:
+                free[chosen] = free.get(chosen, 0) - chosen_flavor.ram
+            else:  # the scheduler's answer: the server fails in ERROR
                 server = self._request(sid, ctx, own_name, chosen_flavor, image_ref,
-                                       preferred, meta, desc, key_name, availability_zone,
-                                       attrs)
+                                       self.hosts[0], meta, desc, key_name,
+                                       availability_zone, attrs)
                 server.fail(ctx, self.clock.now(), power_state=0, rollback=False,
                             message=groups.NO_VALID_HOST, code=500)
                 return server
@@ -453,7 +461,10 @@ class ServerService(Application[uuid.UUID]):
         def decide(_: Server | None) -> Server:
             total, quota = self.admit(ctx, project_id, each, count=count,
                                       min_count=min_count)
-            usable[:] = [h for h in self.usable_hosts() if h in self.hosts]
+            usable[:] = self.usable_hosts()
+            free.clear()
+            if len(usable) > 1:
+                free.update(self.host_ram(usable))
             placed[:] = (self.group_member_hosts(str(group.id)) if group is not None
                          else [])
             first = one(1, total)
@@ -524,6 +535,15 @@ class ServerService(Application[uuid.UUID]):
             if lock is None:
                 lock = self._quota_locks[project_id or ""] = threading.Lock()
             return lock
+
+    # --- scheduling ---------------------------------------------------------------------
+    def _weighed(self, usable: Sequence[str], free: Mapping[str, int]) -> str | None:
+        """The host a new server goes to: of the ``usable`` ones (enabled, up), the one
+        with the most free memory, then this service's own, then by name; None when
+        none is usable (Nova's ``No valid host was found``)."""
+        if not usable:
+            return None
+        return min(usable, key=lambda h: (-free.get(h, 0), h not in self.hosts, h))
 
     # --- other aggregates: load, decide, save, retry -------------------------------
     def _load_decide_save(self, ctx: Context, aggregate_id: uuid.UUID | None,
@@ -887,7 +907,7 @@ class ServerService(Application[uuid.UUID]):
         if host is not None and not ctx.is_admin:
             raise Forbidden("Policy doesn't allow os_compute_api:os-shelve:unshelve_to_host "
                             "to be performed.")
-        if host is not None and host not in self.hosts:
+        if host is not None and host not in self.known_hosts():
             raise BadRequest(f"Compute host {host} could not be found.")
 
         def decide(server: Server | None) -> Server:
@@ -904,10 +924,12 @@ class ServerService(Application[uuid.UUID]):
             no_host = False
             if host is None and server.vm_state == lc.SHELVED_OFFLOADED:
                 # scheduled again: its old host if that still takes servers, else another
-                usable = [h for h in self.usable_hosts() if h in self.hosts]
+                usable = list(self.usable_hosts())
                 if server.host not in usable:
-                    if usable:
-                        changes["host"] = usable[0]
+                    chosen = self._weighed(
+                        usable, dict(self.host_ram(usable)) if len(usable) > 1 else {})
+                    if chosen is not None:
+                        changes["host"] = chosen
                     else:
                         no_host = True
             server.request_action("unshelve", ctx, self.clock.now(), changes=changes,
@@ -1171,7 +1193,7 @@ class ServerService(Application[uuid.UUID]):
         if not ctx.is_admin:
             raise Forbidden("Policy doesn't allow os_compute_api:os-services:update to be "
                             "performed.")
-        if host not in self.hosts:
+        if host not in self.known_hosts():
             raise NotFound(f"Compute host {host} could not be found.")
         def decide(found: object) -> Aggregate:
             record = (found if isinstance(found, compute_services.ComputeService)

@@ -605,23 +605,31 @@ class ServersView:
         and RAM (Nova's legacy quota counting), summed by the database. A server being
         resized (from the request until it is confirmed or reverted) counts the larger
         of its two flavors: either may be what it ends with."""
-        paths = ("flavor", "old_flavor", "pending.params.flavor")
-        if self.dialect == "postgres":
-            def largest(key: str) -> str:
-                return "GREATEST({})".format(", ".join(
-                    "((doc::jsonb)#>>'{{{}}}')::bigint".format(
-                        ",".join([*path.split("."), key])) for path in paths))
-        else:
-            def largest(key: str) -> str:
-                return "max({})".format(", ".join(
-                    f"COALESCE(json_extract(doc, '$.{path}.{key}'), 0)" for path in paths))
-        vcpus, ram = largest("vcpus"), largest("ram")
+        vcpus, ram = self._largest_flavor("vcpus"), self._largest_flavor("ram")
         row = self._query(
             f"SELECT COUNT(*) AS n, COALESCE(SUM({vcpus}), 0) AS vcpus,"
             f" COALESCE(SUM({ram}), 0) AS ram FROM {{t}}"
             " WHERE project_id = ? AND deleted = 0", [project_id])[0]
         return {"instances": int(row["n"]), "cores": int(row["vcpus"]),
                 "ram": int(row["ram"])}
+
+    def _largest_flavor(self, key: str) -> str:
+        """SQL for a server's ``key`` (``vcpus``, ``ram``…) of the larger of its flavors
+        while a resize is pending or unconfirmed, else of its flavor."""
+        paths = ("flavor", "old_flavor", "pending.params.flavor")
+        if self.dialect == "postgres":
+            return "GREATEST({})".format(", ".join(
+                "((doc::jsonb)#>>'{{{}}}')::bigint".format(",".join([*path.split("."), key]))
+                for path in paths))
+        return "max({})".format(", ".join(
+            f"COALESCE(json_extract(doc, '$.{path}.{key}'), 0)" for path in paths))
+
+    def host_usage(self) -> dict[str, int]:
+        """RAM (MB) of the servers on each host that are not deleted (the larger
+        flavor of a resize), summed by the database: what the scheduler weighs."""
+        rows = self._query(f"SELECT host, COALESCE(SUM({self._largest_flavor('ram')}), 0)"
+                           " AS ram FROM {t} WHERE deleted = 0 GROUP BY host")
+        return {str(r["host"]): int(r["ram"]) for r in rows if r["host"] is not None}
 
     def on_host(self, host: str) -> list[dict[str, Any]]:
         """Documents of the servers placed on ``host`` (not deleted), by id."""

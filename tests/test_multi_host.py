@@ -1,0 +1,154 @@
+"""Several compute hosts sharing one database: each runs a host agent (an engine with
+its own hypervisor), and any engine's creates are scheduled over every host that is up
+and enabled, the one with the most free memory first; the agents build what is theirs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from tests.engines import make_engine
+from tests.support.compute import IMAGE_ID
+from vmledger import Engine, FakeClock
+from vmledger.adapters.simulator import Simulator
+from vmledger.api import create_app
+from vmledger.api.testing import ApiClient
+from vmledger.projections.hosts import SERVICE_DOWN_TIME
+
+IMAGE = "cirros-0.6.2-x86_64"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def hosts(url: str, clock: FakeClock) -> Iterator[tuple[Engine, Engine]]:
+    """compute-1 (the engine the tests call) and compute-2 (another host's agent)."""
+    first = make_engine(url, clock=clock)
+    second = make_engine(url, clock=clock, host="compute-2", seed=2)
+    try:
+        second.run_until_idle()  # its agent starts: it reports its host
+        yield first, second
+    finally:
+        second.close()
+        first.close()
+
+
+def _settle(*engines: Engine) -> None:
+    for _ in range(3):
+        for engine in engines:
+            engine.run_until_idle()
+
+
+def _hosts_of(engine: Engine, ids: list[str]) -> list[str]:
+    return [engine.get_server(sid).host for sid in ids]
+
+
+def test_creates_are_spread_over_the_hosts_and_built_by_their_agents(
+        hosts: tuple[Engine, Engine]) -> None:
+    first, second = hosts
+    made = first.create_servers("web", flavor="m1.small", image=IMAGE, count=4)
+    ids = [s.id for s in made]
+    # both hosts report the same memory: the scheduler alternates, own host first
+    assert _hosts_of(first, ids) == ["compute-1", "compute-2", "compute-1", "compute-2"]
+    first.run_until_idle()  # builds only compute-1's servers
+    assert Counter(first.get_server(s).status for s in ids) == {"ACTIVE": 2, "BUILD": 2}
+    second.run_until_idle()
+    assert {first.get_server(s).status for s in ids} == {"ACTIVE"}
+    # each guest is on its own host's hypervisor
+    assert isinstance(second.hypervisor, Simulator)
+    on_second = {str(sid) for sid in ids if first.get_server(sid).host == "compute-2"}
+    assert {s for s in on_second if second.hypervisor.observe(s).exists} == on_second
+    assert isinstance(first.hypervisor, Simulator)
+    assert not any(first.hypervisor.observe(s).exists for s in on_second)
+    # a single create goes where most memory is free (a bigger flavor on compute-1 now)
+    first.create_server("big", flavor="m1.large", image=IMAGE)
+    assert first.create_server("next", flavor="m1.small", image=IMAGE).host == "compute-2"
+    listed = {h["host"]: h for h in first.hypervisors()}
+    assert set(listed) == {"compute-1", "compute-2"}
+    assert listed["compute-2"]["state"] == "up"
+    assert listed["compute-2"]["running_vms"] == 3
+
+
+def test_disabled_and_silent_hosts_take_no_new_servers(
+        hosts: tuple[Engine, Engine], clock: FakeClock) -> None:
+    first, second = hosts
+    first.set_compute_service("compute-2", disabled=True, reason="maintenance")
+    made = first.create_servers("a", flavor="m1.small", image=IMAGE, count=3)
+    assert set(_hosts_of(first, [s.id for s in made])) == {"compute-1"}
+    first.set_compute_service("compute-2", disabled=False)
+    # compute-2's agent stops reporting: after the service down time it is down
+    clock.advance(seconds=SERVICE_DOWN_TIME.total_seconds() + 1)
+    services = {s["host"]: s for s in first.compute_services()}
+    assert services["compute-2"]["up"] is False and services["compute-1"]["up"] is True
+    made = first.create_servers("b", flavor="m1.small", image=IMAGE, count=2)
+    assert set(_hosts_of(first, [s.id for s in made])) == {"compute-1"}
+    assert {h["host"]: h["state"] for h in first.hypervisors()}["compute-2"] == "down"
+    second.run_once()  # its agent is back: it reports, and takes servers again
+    made = first.create_servers("c", flavor="m1.small", image=IMAGE, count=2)
+    assert "compute-2" in _hosts_of(first, [s.id for s in made])
+
+
+def test_server_group_policies_over_two_hosts(hosts: tuple[Engine, Engine]) -> None:
+    first, second = hosts
+    ctx = first.context(user_id="alice", project_id="p1", is_admin=False)
+    apart = first.create_server_group("apart", "anti-affinity", ctx=ctx)["id"]
+    together = first.create_server_group("together", "affinity", ctx=ctx)["id"]
+    spread = [first.create_server(f"apart-{n}", flavor="m1.small", image=IMAGE, ctx=ctx,
+                                  server_group=apart).id for n in range(3)]
+    close = first.create_servers("together", flavor="m1.small", image=IMAGE, count=3,
+                                 ctx=ctx, server_group=together)
+    _settle(first, second)
+    states = [(first.get_server(s).host, first.get_server(s).status) for s in spread]
+    assert sorted(states[:2]) == [("compute-1", "ACTIVE"), ("compute-2", "ACTIVE")]
+    assert states[2][1] == "ERROR"  # a third member: no host without one
+    assert "No valid host" in str(first.get_server(spread[2]).fault)
+    assert len({first.get_server(s.id).host for s in close}) == 1
+
+
+def test_unshelve_to_another_host(hosts: tuple[Engine, Engine]) -> None:
+    first, second = hosts
+    server = first.create_server("s", flavor="m1.small", image=IMAGE)
+    _settle(first, second)
+    home = first.get_server(server.id).host
+    other = "compute-2" if home == "compute-1" else "compute-1"
+    first.act(server.id, "shelve")
+    _settle(first, second)
+    assert first.get_server(server.id).status == "SHELVED_OFFLOADED"
+    first.act(server.id, "unshelve", host=other)
+    _settle(first, second)
+    after = first.get_server(server.id)
+    assert (after.status, after.host) == ("ACTIVE", other)
+    # the host it is on now is disabled: shelved again, it is scheduled on the other
+    first.set_compute_service(other, disabled=True)
+    first.act(server.id, "shelve")
+    _settle(first, second)
+    first.act(server.id, "unshelve")
+    _settle(first, second)
+    after = first.get_server(server.id)
+    assert (after.status, after.host) == ("ACTIVE", home)
+
+
+def test_the_api_lists_every_host(hosts: tuple[Engine, Engine]) -> None:
+    first, _ = hosts
+    client = ApiClient(create_app(first))
+    services = client.get("/v2.1/os-services",
+                          headers={"OpenStack-API-Version": "compute 2.53"}).json()["services"]
+    assert [(s["host"], s["state"], s["status"]) for s in services] == [
+        ("compute-1", "up", "enabled"), ("compute-2", "up", "enabled")]
+    assert services[1]["updated_at"] is not None  # its last report
+    nodes = client.get("/v2.1/os-hypervisors/detail").json()["hypervisors"]
+    assert [n["hypervisor_hostname"] for n in nodes] == ["compute-1", "compute-2"]
+    assert all(n["memory_mb"] > 0 and n["state"] == "up" for n in nodes)
+    r = client.post("/v2.1/servers", json={"server": {
+        "name": "via-api", "flavorRef": "1", "imageRef": IMAGE_ID, "networks": "none",
+        "min_count": 2, "max_count": 2}},
+        headers={"OpenStack-API-Version": "compute 2.37"})
+    assert r.status_code == 202, r.text
+    hosts_used = {h["hypervisor_hostname"]: h["running_vms"] for h in client.get(
+        "/v2.1/os-hypervisors/detail").json()["hypervisors"]}
+    assert hosts_used == {"compute-1": 1, "compute-2": 1}
