@@ -370,3 +370,42 @@ def test_flavor_create_and_delete(vmledger_server: RunningServer, tmp_path: Path
     assert "cli-flavor" in {f["Name"] for f in osc("flavor", "list", output=True)}
     osc("flavor", "delete", "cli-flavor")
     assert "cli-flavor" not in {f["Name"] for f in osc("flavor", "list", output=True)}
+
+
+@pytest.mark.postgres
+def test_two_hosts_in_two_processes(postgres_url: str, tmp_path: Path) -> None:
+    """The multi-host deployment of the README: an API process (and its host's agent)
+    and another host's ``vmledger agent`` on one PostgreSQL; the CLI sees both hosts,
+    and a multi-create is spread over them and built by each host's own agent."""
+    log = tmp_path / "agent.log"
+    with log.open("ab") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "vmledger.cli", "agent", "--host", "compute-2",
+             "--db", postgres_url],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("OS_")})
+    try:
+        with running_server(tmp_path / "api", ["--db", postgres_url,
+                                               "--host-name", "compute-1"]) as server:
+            osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(server, None))
+            deadline = time.monotonic() + WAIT
+            while True:  # the agent reports its host when it starts
+                services = osc("compute", "service", "list", output=True)
+                if [(s["Host"], s["State"]) for s in services] == [
+                        ("compute-1", "up"), ("compute-2", "up")]:
+                    break
+                assert agent.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, services
+                time.sleep(0.2)
+            osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME,
+                "--nic", "none", "--min", "2", "--max", "2", "spread")
+            shown = [wait_for(osc, name, "ACTIVE") for name in ("spread-1", "spread-2")]
+            assert sorted(s["OS-EXT-SRV-ATTR:host"] for s in shown) == [
+                "compute-1", "compute-2"]
+            nodes = osc("hypervisor", "list", output=True)
+            assert sorted(n["Hypervisor Hostname"] for n in nodes) == [
+                "compute-1", "compute-2"]
+    finally:
+        os.killpg(agent.pid, 15)
+        agent.wait(timeout=10)
+    assert "Traceback" not in log.read_text()
