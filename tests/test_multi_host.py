@@ -4,17 +4,21 @@ and enabled, the one with the most free memory first; the agents build what is t
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 
 from tests.engines import make_engine
-from tests.support.compute import IMAGE_ID
+from tests.support.compute import IMAGE_ID, action
 from vmledger import Engine, FakeClock
 from vmledger.adapters.simulator import Simulator
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
+from vmledger.domain.errors import BadRequest
 from vmledger.projections.hosts import SERVICE_DOWN_TIME
 
 IMAGE = "cirros-0.6.2-x86_64"
@@ -152,3 +156,165 @@ def test_the_api_lists_every_host(hosts: tuple[Engine, Engine]) -> None:
     hosts_used = {h["hypervisor_hostname"]: h["running_vms"] for h in client.get(
         "/v2.1/os-hypervisors/detail").json()["hypervisors"]}
     assert hosts_used == {"compute-1": 1, "compute-2": 1}
+
+
+def _on(first: Engine, second: Engine, host: str, *, stopped: bool = False) -> str:
+    """A new server, built, on ``host``."""
+    other = "compute-1" if host == "compute-2" else "compute-2"
+    first.set_compute_service(other, disabled=True)
+    try:
+        server = first.create_server(f"on-{host}", flavor="m1.small", image=IMAGE)
+    finally:
+        first.set_compute_service(other, disabled=False)
+    _settle(first, second)
+    if stopped:
+        first.stop(server.id)
+        _settle(first, second)
+    assert first.get_server(server.id).host == host
+    return server.id
+
+
+def _silence(clock: FakeClock, *alive: Engine) -> None:
+    """Time passes beyond the service down time; only ``alive`` report meanwhile."""
+    clock.advance(seconds=SERVICE_DOWN_TIME.total_seconds() + 1)
+    for engine in alive:
+        engine.report_host()
+
+
+def test_evacuate_rebuilds_on_another_host_and_the_old_host_cleans_up(
+        hosts: tuple[Engine, Engine], clock: FakeClock, url: str) -> None:
+    first, second = hosts
+    sid = _on(first, second, "compute-2")
+    with pytest.raises(BadRequest, match=r"Compute service of compute-2 is still in use\."):
+        first.evacuate(sid)
+    _silence(clock, first)  # compute-2 is down
+    first.evacuate(sid)
+    shown = first.get_server(sid)
+    assert (shown.status, shown.host) == ("REBUILD", "compute-1")
+    first.run_until_idle()
+    shown = first.get_server(sid)
+    assert (shown.status, shown.host) == ("ACTIVE", "compute-1")
+    assert isinstance(first.hypervisor, Simulator) and first.hypervisor.observe(sid).exists
+    [record] = first.migrations(server_id=sid)
+    assert (record["migration_type"], record["status"], record["source_compute"],
+            record["dest_compute"]) == ("evacuation", "done", "compute-2", "compute-1")
+    [act] = [a for a in first.instance_actions(sid) if a["action"] == "evacuate"]
+    assert [(e["event"], e["result"]) for e in act["events"]] == [
+        ("compute_rebuild_instance", "Success")]
+    # compute-2 comes back (its agent starts again): it removes the old guest
+    assert isinstance(second.hypervisor, Simulator) and second.hypervisor.observe(sid).exists
+    back = make_engine(url, clock=clock, host="compute-2", seed=3,
+                       hypervisor=second.hypervisor)
+    try:
+        back.run_until_idle()
+    finally:
+        back.close()
+    assert not second.hypervisor.observe(sid).exists
+    first.updater.catch_up()
+    assert first.migrations(server_id=sid)[0]["status"] == "completed"
+    assert [e.event for e in first.history(sid)][-1] == "EvacuatedGuestRemoved"
+    assert first.get_server(sid).status == "ACTIVE"
+
+
+def test_evacuate_with_no_host_to_go_to_fails_at_once(
+        hosts: tuple[Engine, Engine], clock: FakeClock) -> None:
+    first, second = hosts
+    sid = _on(first, second, "compute-2")
+    _silence(clock, first)
+    first.set_compute_service("compute-1", disabled=True)
+    first.evacuate(sid)  # accepted, as Nova's API answers, then the scheduler fails it
+    shown = first.get_server(sid)
+    assert (shown.status, shown.host) == ("ERROR", "compute-2")
+    assert "No valid host" in str(shown.fault)
+    [record] = first.migrations(server_id=sid)
+    assert (record["status"], record["dest_compute"]) == ("failed", None)
+
+
+def test_evacuate_over_the_api(hosts: tuple[Engine, Engine], clock: FakeClock) -> None:
+    first, second = hosts
+    client = ApiClient(create_app(first, auth="token", tokens=[
+        "admin-secret:root:admin:admin", "alice-secret:alice:admin:member"]))
+    admin = {"X-Auth-Token": "admin-secret"}
+    left_stopped = _on(first, second, "compute-2")
+    active_one = _on(first, second, "compute-2")
+    paused = _on(first, second, "compute-2")
+    first.pause(paused)
+    _settle(first, second)
+
+    def evacuate(sid: str, body: Any, version: str, headers: dict[str, str] = admin
+                 ) -> httpx.Response:
+        return action(client, sid, {"evacuate": body}, version, headers)
+
+    r = evacuate(active_one, {}, "2.14", {"X-Auth-Token": "alice-secret"})
+    assert r.status_code == 403, r.text
+    r = evacuate(active_one, {}, "2.14")
+    assert r.status_code == 400
+    assert r.json()["badRequest"]["message"] == "Compute service of compute-2 is still in use."
+    _silence(clock, first)
+    for body, version, status, message in [
+            ({"host": "nowhere"}, "2.14", 404, "Compute host nowhere not found."),
+            ({"host": "compute-2"}, "2.14", 400, "The target host can't be the same one."),
+            ({}, "2.1", 400, None),  # onSharedStorage is required before 2.14
+            ({"onSharedStorage": True}, "2.1", 400,
+             "Invalid state of instance files on shared storage"),
+            ({"onSharedStorage": False}, "2.14", 400, None),
+            ({"force": True}, "2.29", 400, "Can't force to a non-provided destination"),
+            ({"host": "compute-1", "force": True}, "2.68", 400, None),
+            ({"bogus": 1}, "2.95", 400, None)]:
+        r = evacuate(active_one, body, version)
+        assert r.status_code == status, (body, version, r.text)
+        if message is not None:
+            assert message in r.text
+    r = evacuate(paused, {}, "2.14")
+    assert r.status_code == 409
+    assert "Cannot 'evacuate' instance" in r.json()["conflictingRequest"]["message"]
+    # before 2.14 the answer is the password; from 2.14 nothing
+    r = evacuate(active_one, {"onSharedStorage": False, "adminPass": "s3cret"}, "2.1")
+    assert (r.status_code, r.json()) == (200, {"adminPass": "s3cret"})
+    r = evacuate(left_stopped, {"host": "compute-1"}, "2.95")
+    assert (r.status_code, r.content) == (200, b"")
+    first.run_until_idle()
+    statuses = {sid: first.get_server(sid) for sid in (active_one, left_stopped)}
+    assert {sid: (s.status, s.host) for sid, s in statuses.items()} == {
+        active_one: ("ACTIVE", "compute-1"), left_stopped: ("SHUTOFF", "compute-1")}
+    listed = client.get("/v2.1/os-migrations?migration_type=evacuation",
+                        headers={**admin, "X-OpenStack-Nova-API-Version": "2.23"})
+    assert listed.status_code == 200, listed.text
+    assert {m["instance_uuid"]: m["status"] for m in listed.json()["migrations"]} == {
+        active_one: "done", left_stopped: "done"}
+
+
+@pytest.mark.postgres
+def test_processes_starting_together_on_a_new_database(postgres_url: str) -> None:
+    """An API process and agents started at the same moment on an empty PostgreSQL
+    database all create their tables (in turn) and come up."""
+    made: list[Engine] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def start(n: int) -> None:
+        barrier.wait()
+        try:
+            engine = make_engine(postgres_url, host=f"compute-{n}", seed=n)
+        except BaseException as e:  # reported below
+            with lock:
+                errors.append(e)
+            return
+        with lock:
+            made.append(engine)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        for engine in made:
+            engine.run_once()
+        assert [s["host"] for s in made[0].compute_services()] == [
+            f"compute-{n}" for n in range(1, 5)]
+    finally:
+        for engine in made:
+            engine.close()

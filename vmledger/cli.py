@@ -169,7 +169,8 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
                     shelved_offload_time=(None if args.shelved_offload_time == -1 else
                                           timedelta(seconds=args.shelved_offload_time)),
                     reclaim_interval=timedelta(seconds=args.reclaim_instance_interval),
-                    hypervisor=cli_ops.open_hypervisor_from(args))
+                    hypervisor=cli_ops.open_hypervisor_from(args),
+                    service_down_time=timedelta(seconds=args.service_down_time))
     try:
         engine.run_in_background(0.2, sync_interval=args.sync_interval)
         app = create_app(engine, auth=auth)

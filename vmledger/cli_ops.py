@@ -16,6 +16,16 @@ from vmledger.adapters.persistence import DEFAULT_URL, redact
 from vmledger.domain.errors import VmledgerError
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
+
+
 def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hypervisor", default="simulator", metavar="NAME_OR_URI",
                         help="simulator (default), simulator:///state.json, or a libvirt URI "
@@ -26,6 +36,12 @@ def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk-dir", metavar="DIR",
                         help="libvirt: where server disks and custom images go "
                              "(default ./vmledger-disks)")
+    parser.add_argument("--service-down-time", type=_positive_seconds, default=60.0,
+                        metavar="SECONDS",
+                        help="a host whose agent has not reported for this long is down: "
+                             "it takes no new servers and its servers may be evacuated; "
+                             "agents report every 10 s or a quarter of it (default 60, as "
+                             "Nova; give every process the same)")
     parser.add_argument("--sync-interval", type=float, default=60.0, metavar="SECONDS",
                         help="how often the power-state sync compares guests with the "
                              "record (default 60)")
@@ -107,7 +123,8 @@ def _agent(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     engine = Engine(args.db, host=args.host, hypervisor=open_hypervisor_from(args),
-                    confirm_window=timedelta(seconds=args.confirm_window))
+                    confirm_window=timedelta(seconds=args.confirm_window),
+                    service_down_time=timedelta(seconds=args.service_down_time))
     print(f"vmledger agent for host {args.host} on {args.hypervisor} "
           f"(database {redact(args.db)})", file=sys.stderr)
     try:

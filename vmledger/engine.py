@@ -25,7 +25,12 @@ from typing import Any, TypeVar
 
 from vmledger.adapters.agent import HostAgent
 from vmledger.adapters.hypervisor import Hypervisor, HypervisorError
-from vmledger.adapters.persistence import DEFAULT_URL, environment, servers_view
+from vmledger.adapters.persistence import (
+    DEFAULT_URL,
+    environment,
+    schema_lock,
+    servers_view,
+)
 from vmledger.adapters.simulator import Simulator
 from vmledger.adapters.timer import Timer
 from vmledger.audit.ledger import HistoryPage, Ledger, LedgerEntry
@@ -58,7 +63,13 @@ from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
 from vmledger.projections.compute_services import ComputeServices, service_states
 from vmledger.projections.flavors import FlavorRecords, flavor_access, flavor_overrides
-from vmledger.projections.hosts import REPORT_INTERVAL, host_reports, is_up, save_report
+from vmledger.projections.hosts import (
+    REPORT_INTERVAL,
+    SERVICE_DOWN_TIME,
+    host_reports,
+    is_up,
+    save_report,
+)
 from vmledger.projections.hosts import create_table as create_host_reports
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
@@ -185,20 +196,25 @@ class Engine:
                  request_id_factory: Callable[[], str] | None = None,
                  stopwatch: Callable[[], float] = time.perf_counter,
                  shelved_offload_time: timedelta | None = timedelta(0),
-                 reclaim_interval: timedelta = timedelta(0)) -> None:
+                 reclaim_interval: timedelta = timedelta(0),
+                 service_down_time: timedelta = SERVICE_DOWN_TIME) -> None:
         if confirm_window < timedelta(0):
             raise ValueError("the confirm window cannot be negative (0 disables it)")
         self.url = url
         self.clock: Clock = clock or SystemClock()
-        self.service = ServerService(
-            environment(url), clock=self.clock, catalog=catalog, hosts=(host,),
-            confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
-            request_id_factory=request_id_factory or new_request_id, seed=seed,
-            shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval)
-        self.view = servers_view(self.service.recorder.datastore,  # type: ignore[attr-defined]
-                                 extensions=[InstanceActions(), Images(), Keypairs(),
-                                             Migrations(), QuotaSets(), ServerGroups(),
-                                             FlavorRecords(), ComputeServices()])
+        env = environment(url)
+        with schema_lock(env):  # processes starting together create the tables in turn
+            self.service = ServerService(
+                env, clock=self.clock, catalog=catalog, hosts=(host,),
+                confirm_window=confirm_window, id_factory=id_factory or uuid.uuid4,
+                request_id_factory=request_id_factory or new_request_id, seed=seed,
+                shelved_offload_time=shelved_offload_time,
+                reclaim_interval=reclaim_interval)
+            self.view = servers_view(
+                self.service.recorder.datastore,  # type: ignore[attr-defined]
+                extensions=[InstanceActions(), Images(), Keypairs(), Migrations(),
+                            QuotaSets(), ServerGroups(), FlavorRecords(), ComputeServices()])
+            create_host_reports(self.view)
         self.updater = ViewUpdater(self.service, self.view)
         self.service.group_member_hosts = self._group_member_hosts
         self.service.project_usage = self._project_usage
@@ -208,6 +224,9 @@ class Engine:
             if not s["disabled"] and not s["forced_down"] and s["up"]]
         self.service.known_hosts = self.known_hosts
         self.service.host_ram = self._host_ram
+        self.service.host_is_up = lambda host: any(
+            s["host"] == host and s["up"] and not s["forced_down"]
+            for s in self.compute_services())
         self.service.metadata_limit = lambda project_id: (
             self.quota_limits(project_id)["metadata_items"] if project_id is not None
             else quotas.DEFAULTS["metadata_items"])
@@ -215,8 +234,14 @@ class Engine:
         self.hypervisor: Hypervisor = hypervisor or Simulator(seed=seed or 0)
         self.host = host
         self._last_host_info: dict[str, Any] | None = None
-        create_host_reports(self.view)
         self._reported_at: datetime | None = None
+        if service_down_time <= timedelta(0):
+            raise ValueError("the service down time must be above 0")
+        #: a host not heard from for longer is down (Nova's ``service_down_time``)
+        self.service_down_time = service_down_time
+        #: how often this engine's agent reports its host (Nova's ``report_interval``),
+        #: often enough for the down time
+        self.report_interval = min(REPORT_INTERVAL, service_down_time / 4)
         self.agent = HostAgent(self.service, self.updater, self.hypervisor, host,
                                stopwatch=stopwatch)
         self.timer = Timer(self.service, self.updater)
@@ -380,6 +405,16 @@ class Engine:
         params: dict[str, Any] = {k: v for k, v in (("availability_zone", availability_zone),
                                                     ("host", host)) if v is not None}
         return self.act(server_id, "unshelve", **params, **kw)
+
+    def evacuate(self, server_id: str, *, host: str | None = None, stop: bool = False,
+                 **kw: Any) -> CommandResult:
+        """Rebuild a server whose host is down on another host (administrators): ``host``
+        or the scheduler's choice; ``stop`` leaves it stopped there (Nova 2.95). The
+        host it left removes the old guest when its agent is back."""
+        params: dict[str, Any] = {"stop": stop}
+        if host is not None:
+            params["host"] = host
+        return self.act(server_id, "evacuate", **params, **kw)
 
     def create_image(self, server_id: str, name: str, *, metadata: dict[str, str] | None = None,
                      ctx: Context | None = None, idempotency_key: str | None = None
@@ -750,7 +785,8 @@ class Engine:
             out.append({"host": host, "disabled": bool(state.get("disabled")),
                         "disabled_reason": state.get("disabled_reason"),
                         "forced_down": bool(state.get("forced_down")),
-                        "up": host in self.service.hosts or is_up(report, now),
+                        "up": host in self.service.hosts or is_up(
+                            report, now, self.service_down_time),
                         "updated_at": max(times) if times else None})
         return out
 
@@ -768,12 +804,12 @@ class Engine:
 
     def report_host(self, *, force: bool = False) -> bool:
         """Record this host's hypervisor report (its heartbeat), at most every
-        :data:`~vmledger.projections.hosts.REPORT_INTERVAL` of the engine's clock unless
+        :attr:`report_interval` of the engine's clock unless
         ``force``; the agent's passes call it. False when the hypervisor did not answer
         (the host then goes down for the other processes)."""
         now = self.clock.now()
         if (not force and self._reported_at is not None
-                and timedelta(0) <= now - self._reported_at < REPORT_INTERVAL):
+                and timedelta(0) <= now - self._reported_at < self.report_interval):
             return True
         info = self._host_info()
         if info is None:

@@ -30,6 +30,7 @@ from vmledger.domain.errors import VmledgerError
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
 from vmledger.projections import images as image_view
+from vmledger.projections.migrations import list_migrations
 from vmledger.projections.runner import ViewUpdater
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class HostAgent:
         self.hypervisor = hypervisor
         self.host = host
         self._unexpected: dict[str, int] = {}
+        self._started = False
 
     # --- the loop ---------------------------------------------------------------------
     def pending(self) -> list[tuple[str, str]]:
@@ -61,8 +63,13 @@ class HostAgent:
         return self.updater.view.in_flight(self.host)
 
     def run_once(self) -> int:
-        """Reconcile every server with an action in flight; return how many were handled."""
+        """Reconcile every server with an action in flight; return how many were handled.
+        The first pass also removes the guests of servers evacuated away from this host
+        while it was down (as Nova's compute does when it starts)."""
         handled = 0
+        if not self._started:
+            self._started = True
+            handled += self.remove_evacuated_guests()
         for server_id, request_id in self.pending():
             try:
                 self.reconcile(server_id, request_id)
@@ -82,11 +89,46 @@ class HostAgent:
             c, at, power_state=int(obs.power_state), rollback=False,
             message="The host agent could not complete the action", code=500))
 
+    # --- evacuated servers ----------------------------------------------------------------
+    def remove_evacuated_guests(self) -> int:
+        """Destroy the guests this host still has of servers evacuated from it (their
+        evacuation ``done``, the server rebuilt elsewhere): the old copy must not run
+        beside the new one. Each is recorded on its server (``EvacuatedGuestRemoved``,
+        the evacuation ``completed``); a guest that cannot be destroyed now is tried
+        again on the next power-state sync. Returns how many were recorded."""
+        self.updater.catch_up()
+        removed = 0
+        for row in list_migrations(self.updater.view, equal={
+                "migration_type": "evacuation", "source_compute": self.host,
+                "status": "done"}):
+            server_id = str(row["server_id"])
+            obs = self.hypervisor.observe(server_id)
+            call: dict[str, Any] | None = None
+            if obs.exists:
+                started = self.stopwatch()
+                try:
+                    result: Any = dict(self.hypervisor.destroy(server_id))
+                except HypervisorError as e:
+                    log.warning("agent %s: the guest %s evacuated from here could not be "
+                                "removed: %s", self.host, server_id, e.message)
+                    continue
+                call = {"call": "destroy", "driver": self.hypervisor.driver,
+                        "result": result, "error": None,
+                        "duration_ms": round((self.stopwatch() - started) * 1000, 3)}
+            if self.service.record_evacuated_guest_removed(server_id, host=self.host,
+                                                           call=call).accepted:
+                removed += 1
+        if removed:
+            self.updater.catch_up()
+        return removed
+
     # --- drift -------------------------------------------------------------------------------
     def sync_power_states(self) -> int:
         """Compare every idle server on this host with the hypervisor (Nova's
         ``_sync_power_states``); record each difference as an event, stopping the server
-        where Nova's policy says so. Returns how many servers drifted."""
+        where Nova's policy says so. Returns how many servers drifted. Guests left behind
+        by evacuated servers are removed first (:meth:`remove_evacuated_guests`)."""
+        self.remove_evacuated_guests()
         self.updater.catch_up()
         drifted = 0
         for doc in self.updater.view.idle_on_host(self.host):
@@ -452,6 +494,21 @@ def _shelve_and_offload(agent: HostAgent, server: Server) -> None:
     _delete(agent, server)
 
 
+def _evacuate(agent: HostAgent, server: Server) -> None:
+    """On the host the server was evacuated to: a new guest from its image (there is no
+    shared storage: the disk is new, as Nova's evacuate without it), powered off again
+    when the server is to end stopped (it was, or the request said so: 2.95)."""
+    obs = agent.observe(server)
+    hv = agent.hypervisor
+    if not obs.exists:
+        spec = spec_of(server)
+        agent.call(server, "spawn", _spec_args(spec), lambda: hv.spawn(spec))
+        obs = agent.observe(server)
+    stop = server.pending_action == "evacuate_stopped" or server.vm_state == lc.STOPPED
+    if stop and obs.power_state != PowerState.SHUTDOWN:
+        agent.call(server, "power_off", {}, lambda: hv.power_off(str(server.id)))
+
+
 def _unshelve(agent: HostAgent, server: Server) -> None:
     """A guest still defined (shelved, not offloaded) is powered on; an offloaded one is
     spawned again from its shelved image."""
@@ -498,6 +555,8 @@ _PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "shelve_and_offload": _shelve_and_offload,
     "shelve_offload": _shelve_offload,
     "unshelve": _unshelve,
+    "evacuate": _evacuate,
+    "evacuate_stopped": _evacuate,
 }
 
 assert set(_PLANS) == {a.name for a in lc.ACTIONS.values() if a.asynchronous}

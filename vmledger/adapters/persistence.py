@@ -12,7 +12,8 @@ lock in eventsourcing 9.5, and the chain relies on that lock).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -79,6 +80,35 @@ def _environment(url: str) -> dict[str, str]:
         return env
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///file.db, memory or "
                      "postgresql://user:password@host:port/dbname")
+
+
+#: the PostgreSQL advisory lock processes take turns on while they create their tables
+_SCHEMA_LOCK = 0x766D6C6564676572  # "vmledger"
+
+
+@contextmanager
+def schema_lock(env: dict[str, str]) -> Iterator[None]:
+    """Held while a process creates the tables it needs. PostgreSQL's ``CREATE TABLE IF
+    NOT EXISTS`` fails (a unique violation in its catalog) when another process creates
+    the same table at that moment, so processes starting together on a new database —
+    an API process and a host agent — take turns, on an advisory lock held by a
+    connection of its own. SQLite serialises its schema changes itself."""
+    if env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+        yield
+        return
+    import psycopg
+
+    with psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"],
+            port=int(env["POSTGRES_PORT"]), user=env["POSTGRES_USER"],
+            password=env.get("POSTGRES_PASSWORD") or None,
+            connect_timeout=int(float(env.get("POSTGRES_CONNECT_TIMEOUT", "10"))),
+            autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", [_SCHEMA_LOCK])
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [_SCHEMA_LOCK])
 
 
 def servers_view(datastore: Any, extensions: Sequence[ViewExtension] = ()) -> ServersView:

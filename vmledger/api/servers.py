@@ -524,6 +524,40 @@ def _parse_rescue(call: Call, value: Any) -> _Action:
                    admin_pass=admin_pass if admin_pass is not None else _new_password())
 
 
+def _parse_evacuate(call: Call, value: Any) -> _Action:
+    """Nova's ``evacuate`` body per microversion: ``host`` (optional), ``adminPass``;
+    before 2.14 ``onSharedStorage`` (required; there is no shared storage here, so true
+    is refused: the disk is always made anew from the image); 2.29 to 2.67 ``force`` (with
+    a host: the host need not take servers). From 2.95 the server is left stopped. The
+    answer is 200, with ``{"adminPass"}`` before 2.14 (the one given or a new one:
+    returned, never recorded; the guest is not told it), else empty."""
+    entity = val.require_object(value, "evacuate")
+    allowed = ["host", "adminPass"]
+    if not call.at_least(2, 14):
+        allowed.append("onSharedStorage")
+    elif call.at_least(2, 29) and not call.at_least(2, 68):
+        allowed.append("force")
+    val.no_other_keys(entity, "evacuate", allowed)
+    params: dict[str, Any] = {"stop": call.at_least(2, 95)}
+    host = val.string(entity.get("host"), "host", min_length=1, max_length=255,
+                      nullable=True)
+    if host is not None:
+        params["host"] = host
+    admin_pass = val.string(entity.get("adminPass"), "adminPass", nullable=True)
+    if not call.at_least(2, 14):
+        val.require_keys(entity, "evacuate", ["onSharedStorage"])
+        if val.boolean(entity["onSharedStorage"], "onSharedStorage"):
+            if admin_pass is not None:
+                raise ApiError(400, "admin password can't be changed on existing disk")
+            raise ApiError(400, "Invalid state of instance files on shared storage")
+    if "force" in entity and val.boolean(entity["force"], "force"):
+        if host is None:
+            raise ApiError(400, "Can't force to a non-provided destination")
+        params["force"] = True
+    return _Action("evacuate", params, status=200,
+                   admin_pass=admin_pass if admin_pass is not None else _new_password())
+
+
 def _parse_crash_dump(call: Call, value: Any) -> _Action:
     """``{"trigger_crash_dump": null}``, from 2.17 (before, as Nova: not found)."""
     if not call.at_least(2, 17):
@@ -669,6 +703,7 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "trigger_crash_dump": _parse_crash_dump,
     "restore": _simple("restore"),
     "forceDelete": _simple("force_delete"),
+    "evacuate": _parse_evacuate,
 }
 
 
@@ -703,7 +738,8 @@ async def server_action(call: Call) -> Response:
         return Response(status_code=202,
                         headers={"Location": call.viewer.links.versioned("images", image_id)})
     await call.run(_act, call, server_id, action.engine_action, action.params)
-    if action.engine_action == "rescue":
+    if action.engine_action == "rescue" or (action.engine_action == "evacuate"
+                                            and not call.at_least(2, 14)):
         return JSONResponse({"adminPass": action.admin_pass}, status_code=action.status)
     return Response(status_code=action.status)
 

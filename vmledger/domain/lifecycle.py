@@ -163,6 +163,16 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            task_states=IDLE, steps=(REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING),
            success={ACTIVE: ACTIVE, STOPPED: STOPPED, ERROR: ACTIVE},
            failure=ERROR, rollback=SAME, doc="new disk from an image; keeps id and addresses"),
+    Action("evacuate", "evacuate", "evacuate", vm_states=_states(ACTIVE, STOPPED, ERROR),
+           task_states=ANY, steps=(REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING),
+           success={ACTIVE: ACTIVE, STOPPED: STOPPED, ERROR: ACTIVE}, failure=ERROR,
+           rollback=ERROR, checks_lock=False, admin_only=True,
+           doc="admin: rebuilt from its image on another host, its own host being down;"
+               " any task in flight there is abandoned"),
+    Action("evacuate_stopped", "evacuate", "evacuate", vm_states=_states(ACTIVE, STOPPED, ERROR),
+           task_states=ANY, steps=(REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING),
+           success=STOPPED, failure=ERROR, rollback=ERROR, checks_lock=False, admin_only=True,
+           doc="an evacuate from microversion 2.95: the server is left stopped"),
     Action("resize", "resize", "resize", vm_states=_states(ACTIVE, STOPPED), task_states=IDLE,
            steps=(RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH),
            success=RESIZED, failure=ERROR, rollback=SAME, stashes_vm_state=True,
@@ -280,8 +290,12 @@ MIGRATION_STEP_STATUS: dict[str, str] = {
     RESIZE_MIGRATED: "post-migrating",
     RESIZE_FINISH: "post-migrating",
 }
-#: migration statuses nothing changes any more
-MIGRATION_SETTLED = frozenset({"confirmed", "reverted", "error"})
+#: an evacuation's migration record: ``accepted`` with the request, then ``done`` or
+#: ``failed``, and ``completed`` once the host it left has removed its old guest
+EVACUATION_STATUSES = ("accepted", "done", "failed", "completed")
+#: migration statuses a delete of the server leaves as they are
+MIGRATION_SETTLED = frozenset({"confirmed", "reverted", "error", "done", "failed",
+                               "completed"})
 
 
 def migration_status_of(migration_status: str | None, task_state: str | None) -> str | None:

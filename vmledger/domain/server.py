@@ -231,6 +231,19 @@ class Server(Aggregate):
             server.vm_state = self.vm_state
             server.power_state = self.power_state
 
+    class EvacuatedGuestRemoved(Event):
+        """The host a server was evacuated from is back, and its agent removed the old
+        guest left there (Nova's ``_destroy_evacuated_instances``): ``call`` is the
+        hypervisor call it made (None when there was no guest left). The evacuation's
+        migration is ``completed``."""
+
+        host: str
+        call: dict[str, Any] | None
+
+        def apply(self, server: Server) -> None:
+            if server.migration_status == "done":
+                server.migration_status = "completed"
+
     class Updated(Event):
         """Name, description or access addresses changed (PUT /servers/{id})."""
 
@@ -357,6 +370,17 @@ class Server(Aggregate):
         self.trigger_event(self.StateReset, timestamp=at, **ctx.fields(), vm_state=vm_state,
                            superseded=self.pending_request_id)
 
+    def evacuated_guest_removed(self, ctx: Context, at: datetime, *, host: str,
+                                call: dict[str, Any] | None) -> bool:
+        """Record that ``host``, which this server was evacuated from, removed the old
+        guest; False (nothing recorded) unless the evacuation is done and ``host`` is
+        not where the server is now."""
+        if self.migration_status != "done" or host == self.host:
+            return False
+        self.trigger_event(self.EvacuatedGuestRemoved, timestamp=at, **ctx.fields(),
+                           host=host, call=call)
+        return True
+
     def observe_drift(self, ctx: Context, at: datetime, *, host: str, observed: int,
                       power_state: int, call: dict[str, Any] | None) -> bool:
         """Record what a power-state sync found; False (nothing recorded) if in sync."""
@@ -437,6 +461,8 @@ class Server(Aggregate):
             changes["shelved_image_id"] = self.pending["params"].get("image_id")
         elif action == "unshelve":
             changes.update(launched_at=at, shelved_image_id=None)
+        elif action in ("evacuate", "evacuate_stopped"):
+            changes.update(launched_at=at, migration_status="done")
         self.trigger_event(self.ActionCompleted, timestamp=at, **ctx.fields(), action=action,
                            vm_state=vm_state, power_state=power_state, changes=changes)
 
@@ -451,6 +477,8 @@ class Server(Aggregate):
             changes.update(migration_status="error", confirm_deadline=None)
             if action == "resize":
                 changes["old_vm_state"] = None
+        elif action in ("evacuate", "evacuate_stopped"):
+            changes["migration_status"] = "failed"
         fault = {"code": code, "message": message, "details": details, "created": at}
         self.trigger_event(self.ActionFailed, timestamp=at, **ctx.fields(), action=action,
                            vm_state=vm_state, power_state=power_state, rollback=rollback,

@@ -255,6 +255,9 @@ class ServerService(Application[uuid.UUID]):
         #: free memory (MB) of each of the given hosts, which the scheduler weighs
         #: (the most free first, as Nova's RAM weigher spreads servers)
         self.host_ram: Callable[[Sequence[str]], Mapping[str, int]] = lambda hosts: {}
+        #: whether a host's compute service is up (its agent reports, not forced down):
+        #: a server is evacuated only from a host that is not
+        self.host_is_up: Callable[[str], bool] = lambda host: host in self.hosts
         #: a project's counted usage (``instances``, ``cores``, ``ram``), including every
         #: request admitted before; the engine answers it from its servers view, caught
         #: up first. None: quotas are not enforced (a service used on its own)
@@ -769,6 +772,54 @@ class ServerService(Application[uuid.UUID]):
             return server
         return decide
 
+    def _h_evacuate(self, ctx: Context, params: dict[str, Any]
+                    ) -> Callable[[Server | None], Server]:
+        """Nova's ``evacuate`` (administrators): the server's host is down, so it is
+        rebuilt from its image on another one — ``host`` if given (it must exist and
+        take servers, unless ``force``), else the one the scheduler picks — by that
+        host's agent; ``stop`` (2.95) leaves it
+        stopped there. With no host to go to it fails at once: ERROR with Nova's
+        ``No valid host was found``. Its migration record (``evacuation``) is
+        ``accepted``, then ``done`` or ``failed``."""
+        params = dict(params)
+        host = params.pop("host", None)
+        stop = bool(params.pop("stop", False))
+        force = bool(params.pop("force", False))
+        if params:
+            raise BadRequest(f"Action evacuate takes no parameters: {', '.join(sorted(params))}")
+        if force and host is None:
+            raise BadRequest("Can't force to a non-provided destination")
+        action = "evacuate_stopped" if stop else "evacuate"
+
+        def decide(server: Server | None) -> Server:
+            assert server is not None
+            # Nova's order: the server (404), the policy, the host, then the state
+            if lc.ACTIONS[action].admin_only and not ctx.is_admin:
+                raise Forbidden("Policy doesn't allow os_compute_api:os-evacuate to be "
+                                "performed.")
+            if host is not None and host not in self.known_hosts():
+                raise NotFound(f"Compute host {host} not found.")
+            if host is not None and host == server.host:
+                raise BadRequest("The target host can't be the same one.")
+            lc.check(action, server.subject, is_admin=ctx.is_admin)
+            if self.host_is_up(server.host):
+                raise BadRequest(f"Compute service of {server.host} is still in use.")
+            usable = ([host] if force else  # forced: the host, whether it takes servers
+                      [h for h in self.usable_hosts()
+                       if h != server.host and (host is None or h == host)])
+            chosen = self._weighed(usable, dict(self.host_ram(usable)) if len(usable) > 1
+                                   else {})
+            changes: dict[str, Any] = {"migration_status": "accepted"}
+            if chosen is not None:
+                changes["host"] = chosen
+            server.request_action(action, ctx, self.clock.now(),
+                                  params={"source_host": server.host}, changes=changes)
+            if chosen is None:  # Nova's conductor: the scheduler found no host
+                server.fail(ctx, self.clock.now(), power_state=0, rollback=False,
+                            message=groups.NO_VALID_HOST, code=500)
+            return server
+        return decide
+
     def _h_migration(self, ctx: Context, params: dict[str, Any], action: str, status: str,
                      ) -> Callable[[Server | None], Server | None]:
         deadline = params.pop("deadline", None)
@@ -998,6 +1049,7 @@ class ServerService(Application[uuid.UUID]):
         "reboot_hard": lambda s, c, p: s._h_reboot(c, {**p, "type": "HARD"}),
         "rebuild": _h_rebuild,
         "resize": _h_resize,
+        "evacuate": _h_evacuate,
         "confirm_resize": lambda s, c, p: s._h_migration(c, p, "confirm_resize", "confirming"),
         "revert_resize": lambda s, c, p: s._h_migration(c, p, "revert_resize", "reverting"),
         "delete": _h_delete,
@@ -1349,6 +1401,21 @@ class ServerService(Application[uuid.UUID]):
             changed = server.observe_drift(ctx, self.clock.now(), host=host,
                                            observed=observed, power_state=power_state,
                                            call=call)
+            return server if changed else None
+
+        return self._run(ctx, self._uuid(server_id), decide,
+                         load=lambda sid: self.get(sid, include_deleted=True))
+
+    def record_evacuated_guest_removed(self, server_id: str | uuid.UUID, *, host: str,
+                                       call: dict[str, Any] | None) -> CommandResult:
+        """Record that ``host``'s agent removed the guest a server left there when it
+        was evacuated (skipped unless that evacuation is done)."""
+        ctx = self.agent_context(self.request_id_factory())
+
+        def decide(server: Server | None) -> Server | None:
+            assert server is not None
+            changed = server.evacuated_guest_removed(ctx, self.clock.now(), host=host,
+                                                     call=call)
             return server if changed else None
 
         return self._run(ctx, self._uuid(server_id), decide,

@@ -36,6 +36,8 @@ NOVA_EVENTS: dict[str, str] = {
     "reboot_soft": "compute_reboot_instance",
     "reboot_hard": "compute_reboot_instance",
     "rebuild": "compute_rebuild_instance",
+    "evacuate": "compute_rebuild_instance",
+    "evacuate_stopped": "compute_rebuild_instance",
     "resize": "compute_resize_instance",
     "confirm_resize": "compute_confirm_resize",
     "revert_resize": "compute_revert_resize",

@@ -49,9 +49,10 @@ def host_reports(view: Any) -> dict[str, dict[str, Any]]:
     return {r["host"]: loads(r["doc"]) for r in view._query(f"SELECT host, doc FROM {TABLE}")}
 
 
-def is_up(report: dict[str, Any] | None, now: datetime) -> bool:
+def is_up(report: dict[str, Any] | None, now: datetime,
+          down_time: timedelta = SERVICE_DOWN_TIME) -> bool:
     """Whether a host with this last report counts as alive at ``now``."""
-    return report is not None and now - report["reported_at"] <= SERVICE_DOWN_TIME
+    return report is not None and now - report["reported_at"] <= down_time
 
 
 __all__ = ["REPORT_INTERVAL", "SERVICE_DOWN_TIME", "TABLE", "create_table", "host_reports",

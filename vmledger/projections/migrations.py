@@ -8,6 +8,11 @@ and a confirm or revert — by a user, an administrator or the timer — settles
 resize waits for confirmation confirms it, as Nova does; deleting one mid-resize leaves
 the record in ``error``.
 
+An evacuation (a server rebuilt on another host, its own being down) is a record of
+type ``evacuation`` from the host it left to the one it went to: ``accepted`` with the
+request, then ``done`` or ``failed``, and ``completed`` once the host it left is back
+and has removed its old guest (Nova's statuses for it).
+
 The statuses are read from the folded server document (its ``migration_status`` and
 task state, through :func:`vmledger.domain.lifecycle.migration_status_of`), so this view
 says what the servers view says. Records are numbered in log order (1, 2, …): a rebuild
@@ -35,6 +40,8 @@ COLUMNS = ("id", "uuid", "server_id", "request_id", "status", "migration_type",
 _NAMESPACE = uuid.UUID("0b9e3c4d-6a7f-4e21-9c58-3f1d2e7a8b60")
 
 Row = dict[str, Any]
+#: the lifecycle actions that evacuate a server
+_EVACUATIONS = ("evacuate", "evacuate_stopped")
 
 
 def migration_uuid(server_id: str, request_id: str) -> str:
@@ -131,8 +138,10 @@ class MigrationsBatch:
         else:
             current = self._latest(server_id)
         pending = doc.get("pending") or {}
-        if status == "pre-migrating" and pending.get("action") == "resize" and (
-                current is None or current["request_id"] != pending.get("request_id")):
+        begins = (status == "pre-migrating" and pending.get("action") == "resize") or (
+            status == "accepted" and pending.get("action") in _EVACUATIONS)
+        if begins and (current is None
+                       or current["request_id"] != pending.get("request_id")):
             self._begin(server_id, doc, pending, event)
             return
         if current is None or current["status"] == status:
@@ -145,12 +154,21 @@ class MigrationsBatch:
                event: Any) -> None:
         host = doc.get("host")
         request_id = str(pending.get("request_id"))
-        new_flavor = (pending.get("params") or {}).get("flavor")
+        params = pending.get("params") or {}
+        new_flavor = params.get("flavor")
+        evacuation = pending.get("action") in _EVACUATIONS
+        source = dest = host
+        if evacuation:  # from the host it left (recorded with the request) to its new one
+            new_flavor = doc.get("flavor")
+            source = params.get("source_host") or host
+            dest = host if host != source else None  # None: no host could take it
         row: Row = {
             "id": None, "uuid": migration_uuid(server_id, request_id),
-            "server_id": server_id, "request_id": request_id, "status": "pre-migrating",
-            "migration_type": "resize", "source_compute": host, "source_node": host,
-            "dest_compute": host, "dest_node": host, "dest_host": None,
+            "server_id": server_id, "request_id": request_id,
+            "status": "accepted" if evacuation else "pre-migrating",
+            "migration_type": "evacuation" if evacuation else "resize",
+            "source_compute": source, "source_node": source,
+            "dest_compute": dest, "dest_node": dest, "dest_host": None,
             "old_flavor_id": flavor_number(doc.get("flavor")),
             "new_flavor_id": flavor_number(new_flavor),
             "user_id": getattr(event, "user_id", None) or doc.get("user_id"),
