@@ -273,10 +273,11 @@ def test_create_image_of_unknown_or_foreign_server_is_404(tokens: ApiClient, eng
     assert r.status_code == 404
     assert r.json()["itemNotFound"]["message"] == f"Instance {missing} could not be found."
     sid = boot(tokens, engine, token=ALICE)
-    for caller in (BOB, ADMIN):  # another project's server, also for an administrator
-        r = snapshot(tokens, sid, {"name": "snap"}, token=caller)
-        assert r.status_code == 404
-        assert r.json()["itemNotFound"]["message"] == f"Instance {sid} could not be found."
+    r = snapshot(tokens, sid, {"name": "snap"}, token=BOB)  # another project's server
+    assert r.status_code == 404
+    assert r.json()["itemNotFound"]["message"] == f"Instance {sid} could not be found."
+    # an administrator of another project may snapshot it (Nova's default policy)
+    assert snapshot(tokens, sid, {"name": "snap"}, token=ADMIN).status_code == 202
     # validation comes before the lookup
     assert snapshot(tokens, missing, {"name": ""}, token=ALICE).status_code == 400
 

@@ -299,14 +299,20 @@ def test_unknown_server_is_404(client: ApiClient, bad: str) -> None:
 def test_another_projects_server_is_not_found(client: ApiClient, engine: Engine) -> None:
     sid = create(client, project="p1")
     engine.run_until_idle()
+    member = ApiClient(create_app(engine, auth="token", tokens=["bob:bob:p2:member"]))
+    bob = {"X-Auth-Token": "bob"}
     message = {"itemNotFound": {"code": 404, "message": f"Instance {sid} could not be found."}}
-    assert client.get(f"/v2.1/p2/servers/{sid}").json() == message
-    assert client.get(f"/v2.1/p2/servers/{sid}").status_code == 404
-    r = client.post(f"/v2.1/p2/servers/{sid}/action", json={"os-stop": None})
+    r = member.get(f"/v2.1/servers/{sid}", headers=bob)
     assert (r.status_code, r.json()) == (404, message)
-    r = client.put(f"/v2.1/p2/servers/{sid}", json={"server": {"name": "stolen"}})
+    r = member.post(f"/v2.1/servers/{sid}/action", json={"os-stop": None}, headers=bob)
+    assert (r.status_code, r.json()) == (404, message)
+    r = member.put(f"/v2.1/servers/{sid}", json={"server": {"name": "stolen"}}, headers=bob)
     assert r.status_code == 404
-    assert client.delete(f"/v2.1/p2/servers/{sid}").status_code == 404
+    assert member.delete(f"/v2.1/servers/{sid}", headers=bob).status_code == 404
+    assert member.get("/v2.1/servers", headers=bob).json() == {"servers": []}
+    # a noauth caller is an administrator: the server is found from any project's URL,
+    # but lists stay the URL project's (other projects' need all_tenants)
+    assert client.get(f"/v2.1/p2/servers/{sid}").status_code == 200
     assert client.get("/v2.1/p2/servers").json() == {"servers": []}
     assert show(client, sid)["name"] == "vm-1"
     assert show(client, sid)["OS-EXT-STS:task_state"] is None

@@ -36,7 +36,7 @@ def _legacy(standard: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read(call: Call, server_id: str) -> dict[str, Any]:
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     return call.engine.diagnostics(server_id, ctx=call.context())
 
 

@@ -38,9 +38,11 @@ _QUERY_V266 = (*_QUERY_V258, "changes-before")
 
 
 def _scope(call: Call) -> Any:
-    """The caller's project as a non-admin engine context: other projects are not found."""
+    """The caller as an engine context: other projects' servers are not found, except
+    by administrators."""
     return call.engine.context(user_id=call.principal.user_id,
-                               project_id=call.principal.project_id, is_admin=False,
+                               project_id=call.principal.project_id,
+                               is_admin=call.principal.is_admin,
                                request_id=call.request_id)
 
 

@@ -142,12 +142,12 @@ def _server(call: Call, rule: str) -> str:
 
 async def list_server_migrations(call: Call) -> Response:
     server_id = _server(call, "os_compute_api:servers:migrations:index")
-    await call.run(owned_server, call.engine, call.principal.project_id, server_id)
+    await call.run(owned_server, call.engine, call.principal, server_id)
     return JSONBody({"migrations": []})  # no live migration is ever in progress
 
 
 def _show(call: Call, server_id: str, migration_id: str) -> None:
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     if not any(str(r["id"]) == migration_id
                for r in call.engine.migrations(server_id=server_id)):
         raise ApiError(404, f"Migration {migration_id} not found for instance {server_id}")

@@ -26,7 +26,7 @@ from vmledger.api.servers import body_or_empty, owned_server
 
 
 def _metadata(call: Call, server_id: str) -> dict[str, str]:
-    info = owned_server(call.engine, call.principal.project_id, server_id)
+    info = owned_server(call.engine, call.principal, server_id)
     return dict(info.doc.get("metadata") or {})
 
 
@@ -49,7 +49,7 @@ async def list_metadata(call: Call) -> Response:
 
 
 def _set(call: Call, server_id: str, items: dict[str, str], replace: bool) -> dict[str, str]:
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     return call.engine.set_metadata(server_id, items, replace=replace, ctx=call.context())
 
 
@@ -87,7 +87,7 @@ async def set_metadata_item(call: Call) -> Response:
 
 
 def _delete(call: Call, server_id: str, key: str) -> None:
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     call.engine.delete_metadata(server_id, key, ctx=call.context())
 
 

@@ -36,13 +36,13 @@ def _require_2_26(call: Call) -> None:
 
 
 def _tags(call: Call, server_id: str) -> list[str]:
-    info = owned_server(call.engine, call.principal.project_id, server_id)
+    info = owned_server(call.engine, call.principal, server_id)
     return list((info.doc.get("attributes") or {}).get("tags") or [])
 
 
 def _change(call: Call, server_id: str, action: str, tag: str | None = None,
             tags: list[str] | None = None) -> tuple[list[str], bool]:
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     return call.engine.change_tags(server_id, action, tag=tag, tags=tags, ctx=call.context())
 
 
@@ -100,7 +100,7 @@ async def delete_tag(call: Call) -> Response:
 
 
 def _addresses(call: Call, server_id: str) -> dict[str, Any]:
-    info = owned_server(call.engine, call.principal.project_id, server_id)
+    info = owned_server(call.engine, call.principal, server_id)
     return server_addresses(info.doc)
 
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from vmledger.api import listing
 from vmledger.api import validation as val
+from vmledger.api.auth import Principal
 from vmledger.api.faults import MALFORMED_BODY, ApiError
 from vmledger.api.http import EMPTY, Call, read_json
 from vmledger.api.rendering import JSONBody, RenderCache, Renderer, Rendering, join_list
@@ -71,10 +72,12 @@ def _new_password() -> str:
     return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
 
 
-def owned_server(engine: Engine, project_id: str, server_id: str) -> ServerInfo:
-    """The server, if it exists, is not deleted and belongs to the project; else 404."""
+def owned_server(engine: Engine, principal: Principal, server_id: str) -> ServerInfo:
+    """The server, if it exists, is not deleted and the caller may see it — a member of
+    its project, or an administrator (Nova's default policies: project member or
+    admin); else 404, as for a server that does not exist."""
     info = engine.get_server(server_id)
-    if info.project_id != project_id:
+    if not principal.is_admin and info.project_id != principal.project_id:
         raise ServerNotFound(server_id)
     return info
 
@@ -322,7 +325,7 @@ def _none_match(header: str | None, tag: str) -> bool:
 
 async def show_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
-    info = await call.run(owned_server, call.engine, call.principal.project_id, server_id)
+    info = await call.run(owned_server, call.engine, call.principal, server_id)
     groups = await call.run(server_groups_of, call, info.doc)
     tag = entity_tag(info, call, groups)
     if _none_match(call.request.headers.get("if-none-match"), tag):
@@ -345,7 +348,7 @@ _UPDATE_FIELDS: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
 
 
 def _update(call: Call, server_id: str, changes: dict[str, Any]) -> ServerInfo:
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     return call.engine.update_server(server_id, ctx=call.context(), **changes)
 
 
@@ -372,7 +375,7 @@ async def update_server(call: Call) -> Response:
 
 
 def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> None:
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     call.engine.act(server_id, action, ctx=call.context(), **params)
 
 
@@ -385,7 +388,7 @@ async def delete_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
 
     def delete() -> None:
-        owned_server(call.engine, call.principal.project_id, server_id)
+        owned_server(call.engine, call.principal, server_id)
         call.engine.act(server_id, "delete", ctx=call.context())
 
     await call.run(delete)
@@ -592,7 +595,7 @@ def _parse_console_output(call: Call, value: Any) -> _Action:
 
 
 def _console_output(call: Call, server_id: str, params: dict[str, Any]) -> str:
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     return call.engine.console_output(server_id, ctx=call.context(), **params)
 
 
@@ -629,7 +632,7 @@ def _create_image(call: Call, server_id: str, engine_action: str, params: dict[s
                   ) -> str:
     """Snapshot (``create_image``) or back up (``create_backup``) the server; the new
     image's id. The request id recorded (the instance action) is this call's."""
-    owned_server(call.engine, call.principal.project_id, server_id)
+    owned_server(call.engine, call.principal, server_id)
     metadata: dict[str, str] = params["metadata"]
     if len(metadata) > IMAGE_METADATA_QUOTA and call.version <= _IMAGE_META_QUOTA_UNTIL:
         raise ApiError(403, "Image metadata limit exceeded")
