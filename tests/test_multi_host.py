@@ -174,6 +174,17 @@ def _on(first: Engine, second: Engine, host: str, *, stopped: bool = False) -> s
     return server.id
 
 
+def _restart(url: str, clock: FakeClock, engine: Engine) -> None:
+    """``engine``'s host agent starts again (a new process, the same hypervisor) and
+    makes its first passes."""
+    back = make_engine(url, clock=clock, host=engine.host, seed=3,
+                       hypervisor=engine.hypervisor)
+    try:
+        back.run_until_idle()
+    finally:
+        back.close()
+
+
 def _silence(clock: FakeClock, *alive: Engine) -> None:
     """Time passes beyond the service down time; only ``alive`` report meanwhile."""
     clock.advance(seconds=SERVICE_DOWN_TIME.total_seconds() + 1)
@@ -203,12 +214,7 @@ def test_evacuate_rebuilds_on_another_host_and_the_old_host_cleans_up(
         ("compute_rebuild_instance", "Success")]
     # compute-2 comes back (its agent starts again): it removes the old guest
     assert isinstance(second.hypervisor, Simulator) and second.hypervisor.observe(sid).exists
-    back = make_engine(url, clock=clock, host="compute-2", seed=3,
-                       hypervisor=second.hypervisor)
-    try:
-        back.run_until_idle()
-    finally:
-        back.close()
+    _restart(url, clock, second)
     assert not second.hypervisor.observe(sid).exists
     first.updater.catch_up()
     assert first.migrations(server_id=sid)[0]["status"] == "completed"
@@ -318,3 +324,53 @@ def test_processes_starting_together_on_a_new_database(postgres_url: str) -> Non
     finally:
         for engine in made:
             engine.close()
+
+
+def test_deleting_a_hosts_service(hosts: tuple[Engine, Engine], clock: FakeClock,
+                                  url: str) -> None:
+    """A host taken out of the cloud: its service is deleted once nothing is on it, and
+    comes back when its agent reports again."""
+    first, second = hosts
+    client = ApiClient(create_app(first, auth="token", tokens=[
+        "admin-secret:root:admin:admin", "alice-secret:alice:admin:member"]))
+    admin = {"X-Auth-Token": "admin-secret", "X-OpenStack-Nova-API-Version": "2.53"}
+
+    def ids() -> dict[str, str]:
+        return {s["host"]: s["id"] for s in client.get(
+            "/v2.1/os-services", headers=admin).json()["services"]}
+
+    sid = _on(first, second, "compute-2")
+    two = ids()["compute-2"]
+    r = client.delete(f"/v2.1/os-services/{two}", headers={
+        "X-Auth-Token": "alice-secret", "X-OpenStack-Nova-API-Version": "2.53"})
+    assert r.status_code == 403
+    r = client.delete(f"/v2.1/os-services/{two}", headers=admin)
+    assert r.status_code == 409
+    assert "hosting instances" in r.json()["conflictingRequest"]["message"]
+    r = client.delete(f"/v2.1/os-services/{ids()['compute-1']}", headers=admin)
+    assert r.status_code == 409  # this process's own host
+    assert client.delete("/v2.1/os-services/nope", headers=admin).status_code == 400
+    missing = "9f1b2c3d-0000-4000-8000-000000000000"
+    r = client.delete(f"/v2.1/os-services/{missing}", headers=admin)
+    assert (r.status_code, r.json()["itemNotFound"]["message"]) == (
+        404, f"Service {missing} not found.")
+    # the host dies, its server is evacuated and the service can go
+    _silence(clock, first)
+    first.evacuate(sid)
+    first.run_until_idle()
+    first.set_compute_service("compute-2", disabled=True, reason="decommissioned")
+    assert client.delete(f"/v2.1/os-services/{two}", headers=admin).status_code == 204
+    assert list(ids()) == ["compute-1"]
+    assert [h["host"] for h in first.hypervisors()] == ["compute-1"]
+    # before 2.53 the ids are numbers
+    legacy = {"X-Auth-Token": "admin-secret"}
+    assert client.delete("/v2.1/os-services/x", headers=legacy).status_code == 400
+    assert client.delete("/v2.1/os-services/7", headers=legacy).status_code == 404
+    # its agent is started again: it reports, and the host is back, enabled
+    _restart(url, clock, second)
+    services = {s["host"]: s for s in first.compute_services()}
+    assert services["compute-2"]["up"] and not services["compute-2"]["disabled"]
+    # who deleted it is in the ledger
+    deleted = [e for e in first.service.recorder.select_notifications(start=1, limit=10_000)
+               if e.topic.endswith("ComputeService.Deleted")]
+    assert len(deleted) == 1

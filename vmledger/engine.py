@@ -66,6 +66,7 @@ from vmledger.projections.flavors import FlavorRecords, flavor_access, flavor_ov
 from vmledger.projections.hosts import (
     REPORT_INTERVAL,
     SERVICE_DOWN_TIME,
+    delete_report,
     host_reports,
     is_up,
     save_report,
@@ -765,7 +766,8 @@ class Engine:
         reported (see :mod:`vmledger.projections.hosts`) and those an administrator
         changed."""
         return sorted({*self.service.hosts, *host_reports(self.view),
-                       *service_states(self.view)})
+                       *(h for h, s in service_states(self.view).items()
+                         if not s.get("deleted"))})
 
     def compute_services(self, reports: dict[str, dict[str, Any]] | None = None
                          ) -> list[dict[str, Any]]:
@@ -777,7 +779,8 @@ class Engine:
         reports = host_reports(self.view) if reports is None else reports
         now = self.clock.now()
         out = []
-        for host in sorted({*self.service.hosts, *reports, *states}):
+        listed = {h for h, s in states.items() if not s.get("deleted")}
+        for host in sorted({*self.service.hosts, *reports, *listed}):
             state = states.get(host) or {}
             report = reports.get(host)
             times = [t for t in (state.get("updated_at"),
@@ -826,6 +829,27 @@ class Engine:
         self._done(self.service.change_compute_service(
             self._ctx(ctx), host, disabled=disabled, reason=reason, forced_down=forced_down))
         return next(s for s in self.compute_services() if s["host"] == host)
+
+    def delete_compute_service(self, host: str, *, ctx: Context | None = None) -> None:
+        """Delete a host's compute service (administrators; Nova's ``DELETE
+        /os-services``): refused (:class:`Conflict`) while servers or migrations in
+        progress are on it, and for this engine's own host; the host is listed no more
+        until its agent reports again."""
+        ctx = self._ctx(ctx)
+        if ctx.is_admin and host in self.known_hosts():
+            if host in self.service.hosts:
+                raise Conflict("Unable to delete the compute service of the host this "
+                               "process runs the agent of.")
+            if self.view.on_host(host):
+                raise Conflict("Unable to delete compute service that is hosting "
+                               "instances. Migrate or delete the instances first.")
+            if any(m["status"] not in lc.MIGRATION_SETTLED
+                   for m in list_migrations(self.view, host=host)):
+                raise Conflict("Unable to delete compute service that has in-progress "
+                               "migrations. Complete the migrations or delete the "
+                               "instances first.")
+        self._done(self.service.delete_compute_service(ctx, host))
+        delete_report(self.view, host)
 
     # --- flavors (administrators) ------------------------------------------------------------
     def create_flavor(self, fields: dict[str, Any], *, ctx: Context | None = None) -> Flavor:

@@ -171,6 +171,7 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/os-availability-zone/detail", zones.list_zones_detail, ["GET"]),
     ("/os-services", services.list_services, ["GET"]),
     ("/os-services/{service_id}", services.update_service, ["PUT"]),
+    ("/os-services/{service_id}", services.delete_service, ["DELETE"]),
     ("/os-keypairs", keypairs.list_keypairs, ["GET"]),
     ("/os-keypairs", keypairs.create_keypair, ["POST"]),
     ("/os-keypairs/{name}", keypairs.show_keypair, ["GET"]),

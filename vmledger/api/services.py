@@ -167,4 +167,30 @@ async def update_service(call: Call) -> Response:
     return JSONBody(await call.run(_legacy, call, ref, body))
 
 
-__all__ = ["list_services", "service_id", "update_service"]
+def _delete(call: Call, ref: str) -> None:
+    """``DELETE /os-services/{id}``: a UUID from 2.53, an integer before (400 otherwise);
+    unknown → 404; a host with servers or migrations in progress, or the one this
+    process runs the agent of → 409."""
+    if call.at_least(2, 53):
+        try:
+            uuid.UUID(ref)
+        except ValueError:
+            raise ApiError(400, f"Invalid uuid {ref}") from None
+    elif not ref.strip().lstrip("+-").isdigit():
+        raise ApiError(400, "Invalid input received: id must be an integer")
+    hosts = {str(service_id(call, i, s["host"])).lower(): s["host"]
+             for i, s in enumerate(call.engine.compute_services(), start=1)}
+    key = ref.strip().lower() if call.at_least(2, 53) else str(int(ref))
+    host = hosts.get(key)
+    if host is None:
+        raise ApiError(404, f"Service {ref} not found.")
+    call.engine.delete_compute_service(host, ctx=call.context())
+
+
+async def delete_service(call: Call) -> Response:
+    _admin(call, "delete")
+    await call.run(_delete, call, str(call.request.path_params["service_id"]))
+    return Response(status_code=204)
+
+
+__all__ = ["delete_service", "list_services", "service_id", "update_service"]

@@ -1242,22 +1242,40 @@ class ServerService(Application[uuid.UUID]):
                                disabled: bool | None = None, reason: str | None = None,
                                forced_down: bool | None = None) -> CommandResult:
         """Disable or enable a host's compute service, or force it down (admins)."""
-        if not ctx.is_admin:
-            raise Forbidden("Policy doesn't allow os_compute_api:os-services:update to be "
-                            "performed.")
-        if host not in self.known_hosts():
-            raise NotFound(f"Compute host {host} could not be found.")
-        def decide(found: object) -> Aggregate:
-            record = (found if isinstance(found, compute_services.ComputeService)
-                      else compute_services.ComputeService.register(ctx, self.clock.now(),
-                                                                    host))
+
+        def change(record: compute_services.ComputeService) -> None:
             if disabled is not None:
                 record.set_status(ctx, self.clock.now(), disabled=disabled, reason=reason)
             if forced_down is not None:
                 record.set_forced_down(ctx, self.clock.now(), forced_down)
+        return self._compute_service(ctx, host, "update", change)
+
+    def delete_compute_service(self, ctx: Context, host: str) -> CommandResult:
+        """Delete a host's compute service (administrators): its settings are dropped
+        and it is listed no more, until its agent reports again. The caller checks that
+        no server and no migration in progress is on the host."""
+        return self._compute_service(ctx, host, "delete",
+                                     lambda record: record.delete(ctx, self.clock.now()))
+
+    def _compute_service(self, ctx: Context, host: str, rule: str,
+                         change: Callable[[compute_services.ComputeService], None]
+                         ) -> CommandResult:
+        """Change a known host's service record (made on its first change), as an
+        administrator allowed by Nova's ``os-services:<rule>`` policy."""
+        if not ctx.is_admin:
+            raise Forbidden(f"Policy doesn't allow os_compute_api:os-services:{rule} to be "
+                            "performed.")
+        if host not in self.known_hosts():
+            raise NotFound(f"Compute host {host} could not be found.")
+
+        def decide(found: object) -> Aggregate:
+            record = (found if isinstance(found, compute_services.ComputeService)
+                      else compute_services.ComputeService.register(ctx, self.clock.now(),
+                                                                    host))
+            change(record)
             return record
         return self._load_decide_save(ctx, compute_services.service_record_id(host), decide,
-                            f"The service of {host}")
+                                      f"The service of {host}")
 
     # --- flavors --------------------------------------------------------------------
     def _flavor_admin(self, ctx: Context, rule: str) -> None:

@@ -44,6 +44,12 @@ def save_report(view: Any, host: str, info: dict[str, Any], at: datetime) -> Non
             [(host, at.isoformat(), dumps(doc))])
 
 
+def delete_report(view: Any, host: str) -> None:
+    """Forget ``host``'s last report (its service was deleted)."""
+    with view._transaction(commit=True) as curs:
+        curs.execute(view._sql(f"DELETE FROM {TABLE} WHERE host = ?"), [host])
+
+
 def host_reports(view: Any) -> dict[str, dict[str, Any]]:
     """By host: ``info`` (what its hypervisor reported) and ``reported_at``."""
     return {r["host"]: loads(r["doc"]) for r in view._query(f"SELECT host, doc FROM {TABLE}")}
@@ -55,5 +61,5 @@ def is_up(report: dict[str, Any] | None, now: datetime,
     return report is not None and now - report["reported_at"] <= down_time
 
 
-__all__ = ["REPORT_INTERVAL", "SERVICE_DOWN_TIME", "TABLE", "create_table", "host_reports",
-           "is_up", "save_report"]
+__all__ = ["REPORT_INTERVAL", "SERVICE_DOWN_TIME", "TABLE", "create_table", "delete_report",
+           "host_reports", "is_up", "save_report"]
