@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ import pytest
 
 from tests.engines import make_engine
 from tests.support.compute import IMAGE_ID, action
+from tests.support.racing import racing
 from vmledger import Engine, FakeClock
 from vmledger.adapters.simulator import Simulator
 from vmledger.api import create_app
@@ -374,3 +375,47 @@ def test_deleting_a_hosts_service(hosts: tuple[Engine, Engine], clock: FakeClock
     deleted = [e for e in first.service.recorder.select_notifications(start=1, limit=10_000)
                if e.topic.endswith("ComputeService.Deleted")]
     assert len(deleted) == 1
+
+
+def test_racing_creates_into_a_group_keep_its_policy(url: str, clock: FakeClock) -> None:
+    """Creates into one anti-affinity group racing from several API processes: each
+    placement is decided against the members placed before it (the group's version
+    serialises them), so no two members share a host and the group's member quota
+    holds."""
+    engines = [make_engine(url, clock=clock, host=f"compute-{n}", seed=n)
+               for n in (1, 2, 3)]
+    try:
+        for engine in engines:
+            engine.run_once()  # every agent reports its host
+        first = engines[0]
+        ctx = first.context(user_id="alice", project_id="p1", is_admin=False)
+        apart = first.create_server_group("apart", "anti-affinity", ctx=ctx)["id"]
+
+        def create(engine: Engine, n: int) -> Callable[[], object]:
+            mine = engine.context(user_id="alice", project_id="p1", is_admin=False)
+            return lambda: engine.create_server(f"m{n}", flavor="m1.small", image=IMAGE,
+                                                ctx=mine, server_group=apart)
+
+        outcomes = racing([create(engines[n % 3], n) for n in range(5)])
+        assert outcomes == ["ok"] * 5
+        first.updater.catch_up()
+        members = [s for s in first.list_servers(ctx=ctx)]
+        placed = sorted(s.host for s in members if s.status != "ERROR")
+        assert placed == ["compute-1", "compute-2", "compute-3"]
+        assert sum(s.status == "ERROR" for s in members) == 2
+
+        admin = first.context(user_id="root", project_id="ops", is_admin=True)
+        first.set_quotas("p2", {"server_group_members": 2}, ctx=admin)
+        ctx2 = first.context(user_id="bob", project_id="p2", is_admin=False)
+        soft = first.create_server_group("soft", "soft-affinity", ctx=ctx2)["id"]
+
+        def join(engine: Engine, n: int) -> Callable[[], object]:
+            mine = engine.context(user_id="bob", project_id="p2", is_admin=False)
+            return lambda: engine.create_server(f"j{n}", flavor="m1.small", image=IMAGE,
+                                                ctx=mine, server_group=soft)
+
+        outcomes = racing([join(engines[n % 3], n) for n in range(5)])
+        assert outcomes == ["Forbidden"] * 3 + ["ok"] * 2
+    finally:
+        for engine in engines:
+            engine.close()

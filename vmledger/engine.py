@@ -299,13 +299,6 @@ class Engine:
             chosen = None  # the command says so
         if chosen is not None and not self.may_use_flavor(chosen, ctx):
             raise FlavorNotFound(str(flavor))
-        group_id = options.get("server_group")
-        if group_id is not None and ctx.project_id is not None:
-            group = get_group(self.view, str(group_id))
-            limit = self.quota_limits(ctx.project_id)["server_group_members"]
-            if group is not None and limit != quotas.UNLIMITED and len(member_docs(
-                    self.view, group["owner_project_id"], group["id"])) + count > limit:
-                raise Forbidden("Quota exceeded, too many servers in group")
         result = self._done(self.service.create_server(
             ctx, name=name, flavor=flavor, image=image, idempotency_key=idempotency_key,
             count=count, min_count=min_count, **options))
@@ -930,6 +923,9 @@ class Engine:
 
     # --- server groups -----------------------------------------------------------------------
     def _group_member_hosts(self, group_id: str) -> list[str]:
+        """The hosts of a group's members, one per member: the view is caught up first,
+        so members placed by any process before are counted."""
+        self.updater.catch_up()
         group = get_group(self.view, group_id)
         if group is None:
             return []

@@ -102,6 +102,19 @@ class ServerGroup(Aggregate):
         def apply(self, group: ServerGroup) -> None:
             group.deleted = True
 
+    class MembersPlaced(Event):
+        """The servers of one create request joined the group, on these hosts (server
+        id → host; None where no host could take it). Each also names the group in its
+        own ``Requested`` event; this one is recorded in the same transaction so that
+        two requests placing members at once cannot both decide against the same
+        members: the second's save conflicts on the group's version, and it is placed
+        again, seeing the first's."""
+
+        members: dict[str, str | None]
+
+        def apply(self, group: ServerGroup) -> None:
+            pass
+
     name: str
     policy: str
     rules: dict[str, Any]
@@ -122,6 +135,11 @@ class ServerGroup(Aggregate):
 
     def delete(self, ctx: Context, at: datetime) -> None:
         self.trigger_event(self.Deleted, timestamp=at, **ctx.fields())
+
+    def place_members(self, ctx: Context, at: datetime, members: dict[str, str | None]
+                      ) -> None:
+        self.trigger_event(self.MembersPlaced, timestamp=at, **ctx.fields(),
+                           members=dict(members))
 
 
 __all__ = ["AFFINITY", "ANTI_AFFINITY", "NO_VALID_HOST", "POLICIES", "SOFT_AFFINITY",

@@ -436,6 +436,8 @@ class ServerService(Application[uuid.UUID]):
         usable: list[str] = []  # hosts whose compute service takes new servers
 
         free: dict[str, int] = {}  # each usable host's free memory, as servers are placed
+        # the group as loaded by the current attempt (its version serialises placements)
+        current: list[groups.ServerGroup] = []
 
         def one(index: int, total: int) -> Server:
             sid = self.id_factory()
@@ -444,10 +446,11 @@ class ServerService(Application[uuid.UUID]):
             if total > 1 and attrs.get("hostname"):
                 attrs["hostname"] = f"{attrs['hostname']}-{index}"
             chosen = self._weighed(usable, free)
-            if group is not None:
-                attrs["server_group"] = str(group.id)
+            if current:
+                attrs["server_group"] = str(current[0].id)
                 if chosen is not None:
-                    chosen = groups.place(group.policy, group.rules, placed, usable, chosen)
+                    chosen = groups.place(current[0].policy, current[0].rules, placed,
+                                          usable, chosen)
                 placed.append(chosen or "")
             if chosen is not None:
                 free[chosen] = free.get(chosen, 0) - chosen_flavor.ram
@@ -468,13 +471,25 @@ class ServerService(Application[uuid.UUID]):
             free.clear()
             if len(usable) > 1:
                 free.update(self.host_ram(usable))
-            placed[:] = (self.group_member_hosts(str(group.id)) if group is not None
-                         else [])
-            first = one(1, total)
-            extras.extend(one(index, total) for index in range(2, total + 1))
+            current.clear()
+            placed.clear()
+            if server_group:
+                current.append(self._group_for_create(ctx, server_group))  # fresh
+                placed.extend(self.group_member_hosts(str(current[0].id)))
+                limit = (quotas.DEFAULTS if (q := self.quota_set(project_id)) is None
+                         else q.effective_limits())["server_group_members"]
+                if limit != quotas.UNLIMITED and len(placed) + total > limit:
+                    raise Forbidden("Quota exceeded, too many servers in group")
+            made = [one(index, total) for index in range(1, total + 1)]
+            first = made[0]
+            extras.extend(made[1:])
             details.clear()
             if total > 1:
-                details["server_ids"] = [str(first.id), *(str(s.id) for s in extras)]
+                details["server_ids"] = [str(s.id) for s in made]
+            if current:  # recorded on the group too: racing placements conflict
+                current[0].place_members(ctx, self.clock.now(), {
+                    str(s.id): (None if s.vm_state == lc.ERROR else s.host) for s in made})
+                extras.append(current[0])
             if quota is not None:
                 extras.append(quota)
             return first
