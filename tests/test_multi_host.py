@@ -377,6 +377,14 @@ def test_deleting_a_hosts_service(hosts: tuple[Engine, Engine], clock: FakeClock
     assert len(deleted) == 1
 
 
+def _joining(engine: Engine, user: str, project: str, group: str, n: int
+             ) -> Callable[[], object]:
+    """A create of one server into ``group``, by ``user`` of ``project``, to run later."""
+    ctx = engine.context(user_id=user, project_id=project, is_admin=False)
+    return lambda: engine.create_server(f"{user}-{n}", flavor="m1.small", image=IMAGE,
+                                        ctx=ctx, server_group=group)
+
+
 def test_racing_creates_into_a_group_keep_its_policy(url: str, clock: FakeClock) -> None:
     """Creates into one anti-affinity group racing from several API processes: each
     placement is decided against the members placed before it (the group's version
@@ -391,12 +399,8 @@ def test_racing_creates_into_a_group_keep_its_policy(url: str, clock: FakeClock)
         ctx = first.context(user_id="alice", project_id="p1", is_admin=False)
         apart = first.create_server_group("apart", "anti-affinity", ctx=ctx)["id"]
 
-        def create(engine: Engine, n: int) -> Callable[[], object]:
-            mine = engine.context(user_id="alice", project_id="p1", is_admin=False)
-            return lambda: engine.create_server(f"m{n}", flavor="m1.small", image=IMAGE,
-                                                ctx=mine, server_group=apart)
-
-        outcomes = racing([create(engines[n % 3], n) for n in range(5)])
+        outcomes = racing([_joining(engines[n % 3], "alice", "p1", apart, n)
+                           for n in range(5)])
         assert outcomes == ["ok"] * 5
         first.updater.catch_up()
         members = [s for s in first.list_servers(ctx=ctx)]
@@ -409,12 +413,8 @@ def test_racing_creates_into_a_group_keep_its_policy(url: str, clock: FakeClock)
         ctx2 = first.context(user_id="bob", project_id="p2", is_admin=False)
         soft = first.create_server_group("soft", "soft-affinity", ctx=ctx2)["id"]
 
-        def join(engine: Engine, n: int) -> Callable[[], object]:
-            mine = engine.context(user_id="bob", project_id="p2", is_admin=False)
-            return lambda: engine.create_server(f"j{n}", flavor="m1.small", image=IMAGE,
-                                                ctx=mine, server_group=soft)
-
-        outcomes = racing([join(engines[n % 3], n) for n in range(5)])
+        outcomes = racing([_joining(engines[n % 3], "bob", "p2", soft, n)
+                           for n in range(5)])
         assert outcomes == ["Forbidden"] * 3 + ["ok"] * 2
     finally:
         for engine in engines:
