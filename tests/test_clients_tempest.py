@@ -57,6 +57,7 @@ from tempest.lib.services.compute import (  # noqa: E402
     keypairs_client,
     limits_client,
     migrations_client,
+    quota_classes_client,
     quotas_client,
     server_groups_client,
     servers_client,
@@ -122,6 +123,7 @@ class Clients:
     usages: tenant_usages_client.TenantUsagesClient
     hypervisors: hypervisor_client.HypervisorClient
     quotas: quotas_client.QuotasClient
+    quota_classes: quota_classes_client.QuotaClassesClient
     groups: server_groups_client.ServerGroupsClient
     is_admin: bool
 
@@ -146,6 +148,8 @@ def make_clients(server: RunningServer, token: str, is_admin: bool) -> Clients:
         hypervisors=hypervisor_client.HypervisorClient(provider, "compute", "RegionOne",
                                                        **kwargs),
         quotas=quotas_client.QuotasClient(provider, "compute", "RegionOne", **kwargs),
+        quota_classes=quota_classes_client.QuotaClassesClient(provider, "compute",
+                                                              "RegionOne", **kwargs),
         groups=server_groups_client.ServerGroupsClient(provider, "compute", "RegionOne",
                                                        **kwargs),
         is_admin=is_admin)
@@ -598,6 +602,21 @@ def test_quota_sets(admin: Clients, member: Clients, microversion: str) -> None:
         member.quotas.update_quota_set(project_id, instances=1)
     member.servers.delete_server(sid)
     wait_gone(member, sid)
+
+
+@pytest.mark.parametrize("microversion", ["2.1", "2.50", "2.57", MAXIMUM], indirect=True)
+def test_quota_classes(admin: Clients, member: Clients, microversion: str) -> None:
+    """``/os-quota-class-sets`` against tempest's schema of each range (a class of its
+    own: the ``default`` class would change every project's defaults)."""
+    name = f"tempest-{microversion}"
+    shown = admin.quota_classes.show_quota_class_set(name)["quota_class_set"]
+    assert shown["id"] == name and shown["instances"] == -1
+    updated = admin.quota_classes.update_quota_class_set(name, instances=7)
+    assert updated["quota_class_set"]["instances"] == 7
+    shown = admin.quota_classes.show_quota_class_set(name)["quota_class_set"]
+    assert shown["instances"] == 7
+    with pytest.raises(lib_exc.Forbidden):
+        member.quota_classes.show_quota_class_set(name)
 
 
 @pytest.mark.parametrize("microversion", ["2.1", "2.13", "2.15", "2.64", "2.71", MAXIMUM],

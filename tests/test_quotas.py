@@ -267,3 +267,55 @@ def test_multi_create_takes_what_fits_under_concurrency(memory_engine: Engine) -
     outcomes = racing([multi, multi, multi])
     assert memory_engine.quota_usage("p1")["instances"] == sum(made) <= 5
     assert all(n >= 2 for n in made) and outcomes.count("ok") == len(made) == 2
+
+
+def test_the_default_quota_class_sets_every_projects_defaults(url: str) -> None:
+    clock = FakeClock()
+    engines = [make_engine(url, clock=clock) for _ in range(2)]
+    try:
+        engine = engines[0]
+        client = _client(engine)
+        v = {"X-OpenStack-Nova-API-Version": "2.1"}
+        r = client.get("/v2.1/os-quota-class-sets/default", headers={**ALICE, **v})
+        assert r.status_code == 403
+        shown = client.get("/v2.1/os-quota-class-sets/default",
+                           headers={**ADMIN, **v}).json()["quota_class_set"]
+        assert shown["id"] == "default" and shown["instances"] == -1
+        assert "server_groups" not in shown and "floating_ips" in shown
+        later = client.get("/v2.1/os-quota-class-sets/default", headers={
+            **ADMIN, "X-OpenStack-Nova-API-Version": "2.57"}).json()["quota_class_set"]
+        assert "server_groups" in later and "floating_ips" not in later
+        assert "injected_files" not in later
+        for body in ({"quota_class_set": {"instances": -2}}, {"quota_class_set": {"x": 1}},
+                     {"quota_class_set": {"server_groups": 1}}, {"instances": 1}):
+            r = client.put("/v2.1/os-quota-class-sets/default", json=body,
+                           headers={**ADMIN, **v})
+            assert r.status_code == 400, body
+        r = client.put("/v2.1/os-quota-class-sets/default", headers={**ADMIN, **v},
+                       json={"quota_class_set": {"instances": 2, "cores": "20"}})
+        assert r.status_code == 200, r.text
+        body = r.json()["quota_class_set"]
+        assert "id" not in body and (body["instances"], body["cores"]) == (2, 20)
+        # every project's defaults now, and its limits unless it has its own
+        defaults = client.get("/v2.1/os-quota-sets/p1/defaults", headers=ALICE).json()
+        assert defaults["quota_set"]["instances"] == 2
+        limits = client.get("/v2.1/limits", headers=ALICE).json()["limits"]["absolute"]
+        assert limits["maxTotalInstances"] == 2
+        # held under racing creates from two processes, though p1 has no limits of its own
+        outcomes = racing([functools.partial(
+            e.create_server, f"r{n}", flavor="m1.small", image="cirros-0.6.2-x86_64",
+            ctx=e.context(user_id="alice", project_id="p1", is_admin=False))
+            for n, e in enumerate(engines * 3)])
+        assert outcomes == ["QuotaExceeded"] * 4 + ["ok"] * 2
+        # a project's own limit wins over the class
+        admin = engine.context(user_id="root", project_id="ops", is_admin=True)
+        engine.set_quotas("p1", {"instances": 3}, ctx=admin)
+        engine.create_server("third", flavor="m1.small", image="cirros-0.6.2-x86_64",
+                             ctx=engine.context(user_id="alice", project_id="p1",
+                                                is_admin=False))
+        engine.updater.rebuild()
+        assert engine.quota_limits("p2")["instances"] == 2
+        assert engine.quota_limits("p1")["instances"] == 3
+    finally:
+        for e in engines:
+            e.close()

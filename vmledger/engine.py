@@ -76,7 +76,7 @@ from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
 from vmledger.projections.migrations import Migrations, list_migrations
-from vmledger.projections.quotas import QuotaSets, project_limits
+from vmledger.projections.quotas import QuotaClasses, QuotaSets, class_limits, project_limits
 from vmledger.projections.runner import ViewUpdater
 from vmledger.projections.server_groups import (
     ServerGroups,
@@ -214,7 +214,8 @@ class Engine:
             self.view = servers_view(
                 self.service.recorder.datastore,  # type: ignore[attr-defined]
                 extensions=[InstanceActions(), Images(), Keypairs(), Migrations(),
-                            QuotaSets(), ServerGroups(), FlavorRecords(), ComputeServices()])
+                            QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
+                            ComputeServices()])
             create_host_reports(self.view)
         self.updater = ViewUpdater(self.service, self.view)
         self.service.group_member_hosts = self._group_member_hosts
@@ -973,8 +974,25 @@ class Engine:
 
     # --- quotas ----------------------------------------------------------------------------
     def quota_limits(self, project_id: str) -> dict[str, int]:
-        """The project's limits: the defaults, overlaid with what an administrator set."""
-        return {**quotas.DEFAULTS, **project_limits(self.view, project_id)}
+        """The project's limits: the defaults (the ``default`` quota class's), overlaid
+        with what an administrator set for the project."""
+        return {**class_limits(self.view), **project_limits(self.view, project_id)}
+
+    def quota_class(self, name: str) -> dict[str, int]:
+        """A quota class's limits (the ``default`` class's are every project's
+        defaults; any other name shows the built-in defaults until it is set)."""
+        return class_limits(self.view, name)
+
+    def set_quota_class(self, name: str, limits: dict[str, Any], *,
+                        ctx: Context | None = None) -> dict[str, int]:
+        """Set some of a quota class's limits (administrators): each an integer from -1
+        (unlimited). Returns the class's limits."""
+        checked = quotas.check_limits(limits, tuple(quotas.DEFAULTS))
+        if not isinstance(name, str) or not 1 <= len(name) <= 255:
+            raise BadRequest("quota_class_name has a minimum character requirement of 1 "
+                             "and a maximum of 255.")
+        self._done(self.service.set_quota_class(self._ctx(ctx), name, checked))
+        return self.quota_class(name)
 
     def _project_usage(self, project_id: str) -> dict[str, int]:
         """The project's usage for admitting a request: the view is caught up first,

@@ -151,6 +151,8 @@ RESOURCE_ROUTES: list[tuple[str, Handler, list[str]]] = [
     ("/os-quota-sets/{quota_project_id}", quotas.delete_quotas, ["DELETE"]),
     ("/os-quota-sets/{quota_project_id}/detail", quotas.show_quota_details, ["GET"]),
     ("/os-quota-sets/{quota_project_id}/defaults", quotas.show_default_quotas, ["GET"]),
+    ("/os-quota-class-sets/{quota_class}", quotas.show_quota_class, ["GET"]),
+    ("/os-quota-class-sets/{quota_class}", quotas.update_quota_class, ["PUT"]),
     ("/os-server-groups", server_groups.list_server_groups, ["GET"]),
     ("/os-server-groups", server_groups.create_server_group, ["POST"]),
     ("/os-server-groups/{group_id}", server_groups.show_server_group, ["GET"]),

@@ -80,8 +80,9 @@ async def show_quota_details(call: Call) -> Response:
 
 async def show_default_quotas(call: Call) -> Response:
     project_id = str(call.request.path_params["quota_project_id"])
+    defaults = await call.run(call.engine.quota_class, quotas.DEFAULT_CLASS)
     return JSONBody({"quota_set": {"id": project_id, **{
-        resource: quotas.DEFAULTS[resource] for resource in _resources(call)}}})
+        resource: defaults[resource] for resource in _resources(call)}}})
 
 
 def _no_user_quotas(call: Call) -> None:
@@ -91,15 +92,20 @@ def _no_user_quotas(call: Call) -> None:
                             "set the project's")
 
 
-def _update(call: Call, project_id: str, body: Any) -> dict[str, Any]:
+def _body(body: Any, key: str) -> dict[str, Any]:
+    """``{key: {...}}`` and nothing else, as Nova's schemas require."""
     body = require_object(body, None)
-    if set(body) != {"quota_set"}:
-        extra = sorted(set(body) - {"quota_set"})
-        raise ApiError(400, "Invalid input for field/attribute quota_set. "
+    if set(body) != {key}:
+        extra = sorted(set(body) - {key})
+        raise ApiError(400, f"Invalid input for field/attribute {key}. "
                             + (f"Additional properties are not allowed ('{extra[0]}' was "
-                               "unexpected)" if extra else "'quota_set' is a required "
-                                                           "property"))
-    values = dict(require_object(body["quota_set"], "quota_set"))
+                               f"unexpected)" if extra else f"'{key}' is a required "
+                                                            "property"))
+    return dict(require_object(body[key], key))
+
+
+def _update(call: Call, project_id: str, body: Any) -> dict[str, Any]:
+    values = _body(body, "quota_set")
     force = values.pop("force", False)
     if not isinstance(force, bool):
         if isinstance(force, str) and force.strip().lower() in q.TRUE_STRINGS + q.FALSE_STRINGS:
@@ -128,5 +134,52 @@ async def delete_quotas(call: Call) -> Response:
     return Response(status_code=202)
 
 
-__all__ = ["delete_quotas", "show_default_quotas", "show_quota_details", "show_quotas",
-           "update_quotas"]
+# --- /os-quota-class-sets ------------------------------------------------------------
+def _class_resources(call: Call) -> tuple[str, ...]:
+    """Nova's quota-class resources per microversion: before 2.50 without the server
+    group limits; from 2.50 without the network ones; from 2.57 without the injected
+    files ones."""
+    if not call.at_least(2, 50):
+        hidden: tuple[str, ...] = ("server_groups", "server_group_members")
+    else:
+        hidden = quotas.NETWORK
+        if call.at_least(2, 57):
+            hidden += quotas.INJECTED
+    return tuple(r for r in quotas.DEFAULTS if r not in hidden)
+
+
+def _class_policy(call: Call, rule: str) -> None:
+    if not call.principal.is_admin:
+        raise ApiError(403, f"Policy doesn't allow os_compute_api:os-quota-class-sets:{rule} "
+                            "to be performed.")
+
+
+async def show_quota_class(call: Call) -> Response:
+    """``GET /os-quota-class-sets/{id}`` (administrators): the class's limits; the
+    ``default`` class's are every project's defaults."""
+    name = str(call.request.path_params["quota_class"])
+    _class_policy(call, "show")
+    limits = await call.run(call.engine.quota_class, name)
+    return JSONBody({"quota_class_set": {"id": name, **{
+        resource: limits[resource] for resource in _class_resources(call)}}})
+
+
+def _update_class(call: Call, name: str, body: Any) -> dict[str, Any]:
+    values = _body(body, "quota_class_set")
+    checked = quotas.check_limits(values, _class_resources(call))
+    limits = call.engine.set_quota_class(name, checked, ctx=call.context())
+    return {"quota_class_set": {resource: limits[resource]
+                                for resource in _class_resources(call)}}
+
+
+async def update_quota_class(call: Call) -> Response:
+    """``PUT /os-quota-class-sets/{id}`` (administrators): ``{"quota_class_set":
+    {resource: integer ≥ -1}}``; answers the class's limits (without its id, as Nova)."""
+    name = str(call.request.path_params["quota_class"])
+    _class_policy(call, "update")
+    body = await read_json(call.request)
+    return JSONBody(await call.run(_update_class, call, name, {} if body is EMPTY else body))
+
+
+__all__ = ["delete_quotas", "show_default_quotas", "show_quota_class", "show_quota_details",
+           "show_quotas", "update_quota_class", "update_quotas"]

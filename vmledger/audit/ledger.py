@@ -28,7 +28,7 @@ from vmledger.domain.errors import ServerNotFound
 from vmledger.domain.flavors import FlavorRecord
 from vmledger.domain.image import CustomImage
 from vmledger.domain.keypair import Keypair
-from vmledger.domain.quota import QuotaSet
+from vmledger.domain.quota import QuotaClass, QuotaSet
 from vmledger.domain.server import ADMIN, AGENT, TIMER, Server
 from vmledger.domain.server_group import ServerGroup
 from vmledger.domain.service import ServerService
@@ -103,9 +103,11 @@ class HistoryPage:
 #: the aggregates whose events a request's causal chain shows, and their names
 _KINDS: tuple[tuple[type, str], ...] = (
     (Server.Event, "server"), (CustomImage.Event, "image"), (Keypair.Event, "keypair"),
-    (QuotaSet.Event, "quota"), (ServerGroup.Event, "server_group"),
+    (QuotaSet.Event, "quota"), (QuotaClass.Event, "quota_class"),
+    (ServerGroup.Event, "server_group"),
     (FlavorRecord.Event, "flavor"), (ComputeService.Event, "compute_service"))
 _LABELS = {"server": "Server", "image": "Image", "keypair": "Key pair", "quota": "Quota set",
+           "quota_class": "Quota class",
            "server_group": "Server group", "flavor": "Flavor",
            "compute_service": "Compute service"}
 

@@ -191,11 +191,66 @@ class QuotaSet(Aggregate):
         self.trigger_event(self.Admitted, timestamp=at, **ctx.fields(),
                            requested=dict(requested), used=dict(used))
 
-    def effective_limits(self) -> dict[str, int]:
-        """Every limit: the ones set here over the defaults."""
+    def effective_limits(self, defaults: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Every limit: the ones set here over ``defaults`` (the built-in ones, unless
+        the ``default`` quota class changed them)."""
+        return {**(DEFAULTS if defaults is None else defaults), **self.limits}
+
+
+#: the quota class whose limits are every project's defaults (Nova's ``default``)
+DEFAULT_CLASS = "default"
+_CLASS_NAMESPACE = uuid.UUID("5d1e7f2a-8c3b-4a6d-9e0f-1b2c3d4e5f70")
+
+
+def quota_class_id(name: str) -> uuid.UUID:
+    return uuid.uuid5(_CLASS_NAMESPACE, name)
+
+
+class QuotaClass(Aggregate):
+    """A named set of limits (Nova's ``os-quota-class-sets``). The ``default`` class's
+    limits replace the built-in defaults for every project; other classes are kept and
+    shown but apply to nothing (as in Nova)."""
+
+    class Event(RequestEvent):
+        pass
+
+    class Started(Aggregate.Created, Event):
+        """The first change of a class's limits."""
+
+        quota_class: str
+
+        def apply(self, quota: QuotaClass) -> None:
+            quota.quota_class = self.quota_class
+            quota.limits = {}
+
+    class LimitsSet(Event):
+        """An administrator set these limits of the class (the others stay as they
+        were)."""
+
+        limits: dict[str, int]
+
+        def apply(self, quota: QuotaClass) -> None:
+            quota.limits = {**quota.limits, **self.limits}
+
+    quota_class: str
+    limits: dict[str, int]
+
+    def __init__(self) -> None:
+        """Fields are assigned by :meth:`Started.apply`."""
+
+    @classmethod
+    def start(cls, ctx: Context, at: datetime, name: str) -> QuotaClass:
+        return cls._create(cls.Started, id=quota_class_id(name), timestamp=at,
+                           **ctx.fields(), quota_class=name)
+
+    def set_limits(self, ctx: Context, at: datetime, limits: dict[str, int]) -> None:
+        self.trigger_event(self.LimitsSet, timestamp=at, **ctx.fields(), limits=limits)
+
+    def values(self) -> dict[str, int]:
+        """Every limit of the class: the ones set over the built-in defaults."""
         return {**DEFAULTS, **self.limits}
 
 
-__all__ = ["COUNTED", "DEFAULTS", "INJECTED", "NETWORK", "SERVER_RESOURCES", "UNLIMITED",
-           "QuotaExceeded", "QuotaSet", "admissible", "allowed_count", "check_limits",
-           "check_usage", "quota_set_id"]
+__all__ = ["COUNTED", "DEFAULTS", "DEFAULT_CLASS", "INJECTED", "NETWORK", "SERVER_RESOURCES",
+           "UNLIMITED", "QuotaClass", "QuotaExceeded", "QuotaSet", "admissible",
+           "allowed_count", "check_limits", "check_usage", "quota_class_id", "quota_set_id"]

@@ -476,8 +476,9 @@ class ServerService(Application[uuid.UUID]):
             if server_group:
                 current.append(self._group_for_create(ctx, server_group))  # fresh
                 placed.extend(self.group_member_hosts(str(current[0].id)))
-                limit = (quotas.DEFAULTS if (q := self.quota_set(project_id)) is None
-                         else q.effective_limits())["server_group_members"]
+                defaults = self.quota_defaults()
+                limit = (defaults if (q := self.quota_set(project_id)) is None
+                         else q.effective_limits(defaults))["server_group_members"]
                 if limit != quotas.UNLIMITED and len(placed) + total > limit:
                     raise Forbidden("Quota exceeded, too many servers in group")
             made = [one(index, total) for index in range(1, total + 1)]
@@ -534,18 +535,45 @@ class ServerService(Application[uuid.UUID]):
         if self.project_usage is None:
             return count, None
         quota = self.quota_set(project_id)
-        limits = quota.effective_limits() if quota is not None else dict(quotas.DEFAULTS)
+        defaults = self.quota_defaults()
+        limits = quota.effective_limits(defaults) if quota is not None else dict(defaults)
         if all(limits[r] == quotas.UNLIMITED
                for r in quotas.SERVER_RESOURCES if each.get(r, 0) > 0):
             return count, None
+        if quota is None:  # limited by the default class: the project's set serialises
+            quota = quotas.QuotaSet.start(ctx, self.clock.now(), project_id)
         usage = self.project_usage(project_id)
         used = {r: int(usage.get(r, 0)) for r in quotas.SERVER_RESOURCES}
         admitted = quotas.admissible(limits, used, each, count,
                                      count if min_count is None else min_count)
-        if quota is not None:
-            quota.admit(ctx, self.clock.now(),
-                        {r: n * admitted for r, n in each.items() if n}, used)
+        quota.admit(ctx, self.clock.now(), {r: n * admitted for r, n in each.items() if n},
+                    used)
         return admitted, quota
+
+    def quota_defaults(self) -> dict[str, int]:
+        """Every project's default limits: the ``default`` quota class's."""
+        try:
+            found: object = self.repository.get(quotas.quota_class_id(quotas.DEFAULT_CLASS))
+        except AggregateNotFoundError:
+            return dict(quotas.DEFAULTS)
+        return found.values() if isinstance(found, quotas.QuotaClass) else dict(
+            quotas.DEFAULTS)
+
+    def set_quota_class(self, ctx: Context, name: str, limits: dict[str, int]
+                        ) -> CommandResult:
+        """Record new limits for a quota class (administrators; checked by the caller);
+        the ``default`` class's are every project's defaults."""
+        if not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:os-quota-class-sets:update "
+                            "to be performed.")
+
+        def decide(found: object) -> Aggregate:
+            quota = (found if isinstance(found, quotas.QuotaClass)
+                     else quotas.QuotaClass.start(ctx, self.clock.now(), name))
+            quota.set_limits(ctx, self.clock.now(), limits)
+            return quota
+        return self._load_decide_save(ctx, quotas.quota_class_id(name), decide,
+                                      f"The quota class {name}")
 
     def _quota_lock(self, project_id: str | None) -> threading.Lock:
         with self._quota_locks_guard:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vmledger.domain.quota import QuotaSet
+from vmledger.domain.quota import DEFAULT_CLASS, DEFAULTS, QuotaClass, QuotaSet
 from vmledger.projections.aggregates import AggregateRows
 from vmledger.projections.servers import _ts, dumps, loads
 
@@ -35,3 +35,30 @@ def project_limits(view: Any, project_id: str) -> dict[str, int]:
     """The limits an administrator set for the project (the others are the defaults)."""
     rows = view._query(f"SELECT doc FROM {TABLE} WHERE project_id = ?", [project_id])
     return dict(loads(rows[0]["doc"]).get("limits") or {}) if rows else {}
+
+
+CLASS_TABLE = "vmledger_quota_classes"
+
+
+class QuotaClasses(AggregateRows):
+    """Keeps ``vmledger_quota_classes`` up to date: one row per quota class an
+    administrator changed."""
+
+    table = CLASS_TABLE
+    columns = ("name", "id", "updated_at", "doc")
+    key = "name"
+    event_types = (QuotaClass.Event,)
+
+    def create_statements(self, sql: Callable[[str], str]) -> list[str]:
+        return [sql(f"CREATE TABLE IF NOT EXISTS {CLASS_TABLE} (name TEXT PRIMARY KEY,"
+                    " id TEXT, updated_at TEXT, doc TEXT)")]
+
+    def row(self, d: dict[str, Any]) -> tuple[Any, ...]:
+        return (d["quota_class"], d["id"], _ts(d["updated_at"]), dumps(d))
+
+
+def class_limits(view: Any, name: str = DEFAULT_CLASS) -> dict[str, int]:
+    """Every limit of a quota class: what an administrator set over the built-in
+    defaults (the ``default`` class's are every project's defaults)."""
+    rows = view._query(f"SELECT doc FROM {CLASS_TABLE} WHERE name = ?", [name])
+    return {**DEFAULTS, **(dict(loads(rows[0]["doc"]).get("limits") or {}) if rows else {})}
