@@ -345,6 +345,14 @@ def test_quota_set_and_show(vmledger_keystone_server: RunningServer, tmp_path: P
         shown, list) else shown
     assert found["instances"] == 12 and found["cores"] == 24, shown
     osc("quota", "delete", "--compute", "admin")
+    # every project's defaults: the default quota class
+    osc("quota", "set", "--default", "--instances", "40")
+    for args in (("--default",), ("admin",)):  # a project without limits of its own too
+        shown = osc("quota", "show", "--compute", *args, output=True)
+        found = {row["Resource"]: row["Limit"] for row in shown} if isinstance(
+            shown, list) else shown
+        assert found["instances"] == 40, (args, shown)
+    osc("quota", "set", "--default", "--instances", "-1")
 
 
 def test_server_group_create_and_hint(vmledger_server: RunningServer, tmp_path: Path) -> None:
