@@ -186,6 +186,11 @@ class HistoryEntry:
                 f"{self.event:<16} {what}  [{self.request_id}]")
 
 
+def _alive(service: dict[str, Any]) -> bool:
+    """Whether a host's compute service counts as up: heard from, not forced down."""
+    return bool(service["up"]) and not service["forced_down"]
+
+
 class Engine:
     """vmledger as a library: servers, their lifecycle and their history."""
 
@@ -220,15 +225,15 @@ class Engine:
         self.updater = ViewUpdater(self.service, self.view)
         self.service.group_member_hosts = self._group_member_hosts
         self.service.project_usage = self._project_usage
+        self.service.project_limits = self.quota_limits
         self.service.catalog.overrides = lambda: flavor_overrides(self.view)
         self.service.usable_hosts = lambda: [
             s["host"] for s in self.compute_services()
-            if not s["disabled"] and not s["forced_down"] and s["up"]]
+            if _alive(s) and not s["disabled"]]
         self.service.known_hosts = self.known_hosts
         self.service.host_ram = self._host_ram
         self.service.host_is_up = lambda host: any(
-            s["host"] == host and s["up"] and not s["forced_down"]
-            for s in self.compute_services())
+            s["host"] == host and _alive(s) for s in self.compute_services())
         self.service.metadata_limit = lambda project_id: (
             self.quota_limits(project_id)["metadata_items"] if project_id is not None
             else quotas.DEFAULTS["metadata_items"])
@@ -661,7 +666,7 @@ class Engine:
                 info = info or self._last_host_info or (report or {}).get("info")
             else:
                 info = (report or {}).get("info")
-                state = "up" if service["up"] and not service["forced_down"] else "down"
+                state = "up" if _alive(service) else "down"
             info = info or _UNKNOWN_HOST
             servers = self.view.on_host(host)
             vcpus = memory = disk = workload = 0
@@ -759,9 +764,7 @@ class Engine:
         """Every compute host, by name: this engine's own, those whose agents have
         reported (see :mod:`vmledger.projections.hosts`) and those an administrator
         changed."""
-        return sorted({*self.service.hosts, *host_reports(self.view),
-                       *(h for h, s in service_states(self.view).items()
-                         if not s.get("deleted"))})
+        return [s["host"] for s in self.compute_services()]
 
     def compute_services(self, reports: dict[str, dict[str, Any]] | None = None
                          ) -> list[dict[str, Any]]:
@@ -799,13 +802,13 @@ class Engine:
             free[host] = int(info.get("memory_mb") or 0) - used.get(host, 0)
         return free
 
-    def report_host(self, *, force: bool = False) -> bool:
+    def report_host(self) -> bool:
         """Record this host's hypervisor report (its heartbeat), at most every
-        :attr:`report_interval` of the engine's clock unless
-        ``force``; the agent's passes call it. False when the hypervisor did not answer
-        (the host then goes down for the other processes)."""
+        :attr:`report_interval` of the engine's clock; the agent's passes call it. False
+        when the hypervisor did not answer (the host then goes down for the other
+        processes)."""
         now = self.clock.now()
-        if (not force and self._reported_at is not None
+        if (self._reported_at is not None
                 and timedelta(0) <= now - self._reported_at < self.report_interval):
             return True
         info = self._host_info()

@@ -191,10 +191,6 @@ class QuotaSet(Aggregate):
         self.trigger_event(self.Admitted, timestamp=at, **ctx.fields(),
                            requested=dict(requested), used=dict(used))
 
-    def effective_limits(self, defaults: Mapping[str, int] | None = None) -> dict[str, int]:
-        """Every limit: the ones set here over ``defaults`` (the built-in ones, unless
-        the ``default`` quota class changed them)."""
-        return {**(DEFAULTS if defaults is None else defaults), **self.limits}
 
 
 #: the quota class whose limits are every project's defaults (Nova's ``default``)
@@ -245,10 +241,6 @@ class QuotaClass(Aggregate):
 
     def set_limits(self, ctx: Context, at: datetime, limits: dict[str, int]) -> None:
         self.trigger_event(self.LimitsSet, timestamp=at, **ctx.fields(), limits=limits)
-
-    def values(self) -> dict[str, int]:
-        """Every limit of the class: the ones set over the built-in defaults."""
-        return {**DEFAULTS, **self.limits}
 
 
 __all__ = ["COUNTED", "DEFAULTS", "DEFAULT_CLASS", "INJECTED", "NETWORK", "SERVER_RESOURCES",

@@ -262,6 +262,10 @@ class ServerService(Application[uuid.UUID]):
         #: request admitted before; the engine answers it from its servers view, caught
         #: up first. None: quotas are not enforced (a service used on its own)
         self.project_usage: Callable[[str], Mapping[str, int]] | None = None
+        #: a project's limits (its own over the ``default`` quota class's over the
+        #: built-in defaults); the engine answers it from the quota read models
+        self.project_limits: Callable[[str], Mapping[str, int]] = (
+            lambda _: dict(quotas.DEFAULTS))
         # requests of one project admitted one at a time in this process (across
         # processes the quota set's version serialises them: the loser decides again)
         self._quota_locks: dict[str, threading.Lock] = {}
@@ -476,9 +480,7 @@ class ServerService(Application[uuid.UUID]):
             if server_group:
                 current.append(self._group_for_create(ctx, server_group))  # fresh
                 placed.extend(self.group_member_hosts(str(current[0].id)))
-                defaults = self.quota_defaults()
-                limit = (defaults if (q := self.quota_set(project_id)) is None
-                         else q.effective_limits(defaults))["server_group_members"]
+                limit = self.project_limits(project_id)["server_group_members"]
                 if limit != quotas.UNLIMITED and len(placed) + total > limit:
                     raise Forbidden("Quota exceeded, too many servers in group")
             made = [one(index, total) for index in range(1, total + 1)]
@@ -534,14 +536,14 @@ class ServerService(Application[uuid.UUID]):
         includes the other request's servers."""
         if self.project_usage is None:
             return count, None
-        quota = self.quota_set(project_id)
-        defaults = self.quota_defaults()
-        limits = quota.effective_limits(defaults) if quota is not None else dict(defaults)
-        if all(limits[r] == quotas.UNLIMITED
+        limits = self.project_limits(project_id)
+        if all(limits.get(r, quotas.UNLIMITED) == quotas.UNLIMITED
                for r in quotas.SERVER_RESOURCES if each.get(r, 0) > 0):
-            return count, None
-        if quota is None:  # limited by the default class: the project's set serialises
-            quota = quotas.QuotaSet.start(ctx, self.clock.now(), project_id)
+            return count, None  # the common case: nothing loaded, nothing recorded
+        # limited by the default class only: the project's quota set starts here, to
+        # serialise its requests all the same
+        quota = self.quota_set(project_id) or quotas.QuotaSet.start(
+            ctx, self.clock.now(), project_id)
         usage = self.project_usage(project_id)
         used = {r: int(usage.get(r, 0)) for r in quotas.SERVER_RESOURCES}
         admitted = quotas.admissible(limits, used, each, count,
@@ -549,15 +551,6 @@ class ServerService(Application[uuid.UUID]):
         quota.admit(ctx, self.clock.now(), {r: n * admitted for r, n in each.items() if n},
                     used)
         return admitted, quota
-
-    def quota_defaults(self) -> dict[str, int]:
-        """Every project's default limits: the ``default`` quota class's."""
-        try:
-            found: object = self.repository.get(quotas.quota_class_id(quotas.DEFAULT_CLASS))
-        except AggregateNotFoundError:
-            return dict(quotas.DEFAULTS)
-        return found.values() if isinstance(found, quotas.QuotaClass) else dict(
-            quotas.DEFAULTS)
 
     def set_quota_class(self, ctx: Context, name: str, limits: dict[str, int]
                         ) -> CommandResult:
@@ -590,6 +583,11 @@ class ServerService(Application[uuid.UUID]):
         if not usable:
             return None
         return min(usable, key=lambda h: (-free.get(h, 0), h not in self.hosts, h))
+
+    def _schedule(self, usable: Sequence[str]) -> str | None:
+        """:meth:`_weighed` with the hosts' free memory (asked only when there is a
+        choice to make)."""
+        return self._weighed(usable, dict(self.host_ram(usable)) if len(usable) > 1 else {})
 
     # --- other aggregates: load, decide, save, retry -------------------------------
     def _load_decide_save(self, ctx: Context, aggregate_id: uuid.UUID | None,
@@ -850,8 +848,7 @@ class ServerService(Application[uuid.UUID]):
             usable = ([host] if force else  # forced: the host, whether it takes servers
                       [h for h in self.usable_hosts()
                        if h != server.host and (host is None or h == host)])
-            chosen = self._weighed(usable, dict(self.host_ram(usable)) if len(usable) > 1
-                                   else {})
+            chosen = self._schedule(usable)
             changes: dict[str, Any] = {"migration_status": "accepted"}
             if chosen is not None:
                 changes["host"] = chosen
@@ -1020,8 +1017,7 @@ class ServerService(Application[uuid.UUID]):
                 # scheduled again: its old host if that still takes servers, else another
                 usable = list(self.usable_hosts())
                 if server.host not in usable:
-                    chosen = self._weighed(
-                        usable, dict(self.host_ram(usable)) if len(usable) > 1 else {})
+                    chosen = self._schedule(usable)
                     if chosen is not None:
                         changes["host"] = chosen
                     else:
