@@ -419,3 +419,75 @@ def test_racing_creates_into_a_group_keep_its_policy(url: str, clock: FakeClock)
     finally:
         for engine in engines:
             engine.close()
+
+
+def test_host_status_follows_the_servers_host(hosts: tuple[Engine, Engine],
+                                              clock: FakeClock) -> None:
+    """2.16's ``host_status`` (administrators): UP, MAINTENANCE when the host's service
+    is disabled, DOWN when forced down, UNKNOWN when its agent went silent, "" when no
+    host took the server; lists, show and its ETag follow the host, not only the
+    server."""
+    first, second = hosts
+    client = ApiClient(create_app(first, auth="token", tokens=[
+        "admin-secret:root:admin:admin", "alice-secret:alice:admin:member"]))
+    admin = {"X-Auth-Token": "admin-secret", "OpenStack-API-Version": "compute 2.16"}
+    sid = _on(first, second, "compute-2")
+    own = _on(first, second, "compute-1")
+
+    def shown(headers: dict[str, str] = admin) -> dict[str, Any]:
+        r = client.get(f"/v2.1/servers/{sid}", headers=headers)
+        assert r.status_code == 200, r.text
+        server: dict[str, Any] = r.json()["server"]
+        return server
+
+    def listed() -> dict[str, str]:
+        servers = client.get("/v2.1/servers/detail", headers=admin).json()["servers"]
+        return {s["id"]: s["host_status"] for s in servers}
+
+    assert shown()["host_status"] == "UP"
+    assert listed() == {sid: "UP", own: "UP"}
+    tag = client.get(f"/v2.1/servers/{sid}", headers=admin).headers["ETag"]
+    assert client.get(f"/v2.1/servers/{sid}", headers={
+        **admin, "If-None-Match": tag}).status_code == 304
+    # not for members, nor before 2.16
+    assert "host_status" not in shown({**admin, "X-Auth-Token": "alice-secret"})
+    assert "host_status" not in shown({**admin, "OpenStack-API-Version": "compute 2.15"})
+
+    first.set_compute_service("compute-2", disabled=True, reason="kernel update")
+    assert shown()["host_status"] == "MAINTENANCE"
+    assert listed() == {sid: "MAINTENANCE", own: "UP"}
+    # the server did not change, its host did: the old tag no longer matches
+    r = client.get(f"/v2.1/servers/{sid}", headers={**admin, "If-None-Match": tag})
+    assert r.status_code == 200 and r.headers["ETag"] != tag
+    first.set_compute_service("compute-2", forced_down=True)
+    assert shown()["host_status"] == "DOWN"  # forced down wins over disabled
+    first.set_compute_service("compute-2", disabled=False, forced_down=False)
+    assert listed()[sid] == "UP"
+
+    _silence(clock, first)  # compute-2's agent stops reporting
+    assert shown()["host_status"] == "UNKNOWN"
+    assert listed() == {sid: "UNKNOWN", own: "UP"}
+    second.report_host()  # it is back
+    assert shown()["host_status"] == "UP"
+
+    # a server no host could take has none (as in Nova), so no host status either
+    first.set_compute_service("compute-1", disabled=True)
+    first.set_compute_service("compute-2", disabled=True)
+    nowhere = str(first.create_server("nowhere", flavor="m1.small", image=IMAGE).id)
+    assert listed()[nowhere] == ""
+    server = client.get(f"/v2.1/servers/{nowhere}", headers=admin).json()["server"]
+    assert (server["status"], server["OS-EXT-SRV-ATTR:host"], server["hostId"]) == (
+        "ERROR", None, "")
+    assert client.delete(f"/v2.1/servers/{nowhere}", headers=admin).status_code == 204
+    _settle(first, second)
+    assert client.get(f"/v2.1/servers/{nowhere}", headers=admin).status_code == 404
+    first.set_compute_service("compute-1", disabled=False)
+    first.set_compute_service("compute-2", disabled=False)
+
+    # evacuated from a silent host: the status is the new host's
+    _silence(clock, first)
+    assert shown()["host_status"] == "UNKNOWN"
+    first.evacuate(sid)
+    _settle(first)
+    assert first.get_server(sid).host == "compute-1"
+    assert shown()["host_status"] == "UP"

@@ -790,6 +790,21 @@ class Engine:
                         "updated_at": max(times) if times else None})
         return out
 
+    def host_statuses(self) -> dict[str, str]:
+        """Each listed host's status as Nova's ``host_status`` (2.16) shows it: ``DOWN``
+        when forced down, else ``MAINTENANCE`` when disabled, else ``UP`` while its
+        agent reports, else ``UNKNOWN``. A host without a compute service (never
+        heard of, or deleted) is not in it: its servers show ``""``."""
+        out = {}
+        for s in self.compute_services():
+            if s["forced_down"]:
+                out[s["host"]] = "DOWN"
+            elif s["disabled"]:
+                out[s["host"]] = "MAINTENANCE"
+            else:
+                out[s["host"]] = "UP" if s["up"] else "UNKNOWN"
+        return out
+
     def _host_ram(self, hosts: Sequence[str]) -> dict[str, int]:
         """Free memory (MB) of each of ``hosts``: what its hypervisor last reported
         less what the servers view places on it."""

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, ParamSpec, TypeVar
 
@@ -104,6 +104,9 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+_HOST_STATUS = mv.APIVersion(2, 16)
+
+
 @dataclass(frozen=True)
 class Call:
     """One API call: the request, the engine, and what the middleware decided."""
@@ -119,6 +122,16 @@ class Call:
         return Viewer(self.version, Links(base_url(self.request),
                                           self.principal.url_project_id),
                       is_admin=self.principal.is_admin)
+
+    def server_viewer(self) -> Viewer:
+        """The viewer servers are rendered for: :attr:`viewer`, plus the hosts' states
+        when the body shows ``host_status`` (administrators, from 2.16). Reads the
+        views when it does: call it in the thread pool."""
+        viewer = self.viewer
+        if not viewer.is_admin or self.version < _HOST_STATUS:
+            return viewer
+        states = self.engine.host_statuses()
+        return replace(viewer, host_states=tuple(sorted(states.items())))
 
     def context(self) -> Context:
         """The engine context: the caller, and this request's id for the events."""

@@ -29,6 +29,7 @@ from vmledger.api.views import (
     Viewer,
     created_view,
     rebuild_view,
+    scheduled_host,
     server_summary,
     server_view,
     update_view,
@@ -276,9 +277,14 @@ def _detail(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
     return server_view(doc, viewer)
 
 
+def _select(call: Call) -> tuple[list[StoredServer], int, Viewer]:
+    page, size = listing.select(call)
+    return page, size, call.server_viewer()
+
+
 async def _list(call: Call, collection: str, renderer: Renderer) -> Response:
-    page, size = await call.run(listing.select, call)
-    rendering = render_cache(call).renderer(call.viewer, renderer)
+    page, size, viewer = await call.run(_select, call)
+    rendering = render_cache(call).renderer(viewer, renderer)
     # rows may come without documents: read only those of servers not rendered yet
     missing = [row for row in page if not row.loaded and not rendering.cached(row)]
     if missing:
@@ -306,13 +312,18 @@ async def list_servers_detail(call: Call) -> Response:
 
 
 # --- show, update, delete --------------------------------------------------------------
-def entity_tag(info: ServerInfo, call: Call, groups: list[str] | None = None) -> str:
+def entity_tag(info: ServerInfo, call: Call, groups: list[str] | None = None,
+               viewer: Viewer | None = None) -> str:
     """The ETag of a server's representation: its version, and the microversion it is
     rendered at (one version looks different at different microversions); ``-g`` when
-    the server names a group that was deleted since (2.71 shows no group then)."""
+    the server names a group that was deleted since (2.71 shows no group then); the
+    host's status when the body shows it (``host_status``, administrators from 2.16)."""
     gone = "-g" if (call.at_least(2, 71) and groups == []
                     and (info.doc.get("attributes") or {}).get("server_group")) else ""
-    return f'"{info.version}-{call.version}{gone}"'
+    host = ""
+    if viewer is not None and viewer.host_states is not None:
+        host = "-" + (viewer.host_status(scheduled_host(info.doc)) or "none").lower()
+    return f'"{info.version}-{call.version}{gone}{host}"'
 
 
 def _none_match(header: str | None, tag: str) -> bool:
@@ -323,14 +334,18 @@ def _none_match(header: str | None, tag: str) -> bool:
     return any(c == "*" or c.removeprefix("W/") == tag for c in candidates)
 
 
+def _shown(call: Call, server_id: str) -> tuple[ServerInfo, list[str], Viewer]:
+    info = owned_server(call.engine, call.principal, server_id)
+    return info, server_groups_of(call, info.doc), call.server_viewer()
+
+
 async def show_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
-    info = await call.run(owned_server, call.engine, call.principal, server_id)
-    groups = await call.run(server_groups_of, call, info.doc)
-    tag = entity_tag(info, call, groups)
+    info, groups, viewer = await call.run(_shown, call, server_id)
+    tag = entity_tag(info, call, groups, viewer)
     if _none_match(call.request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
-    return JSONResponse({"server": server_view(info.doc, call.viewer, server_groups=groups)},
+    return JSONResponse({"server": server_view(info.doc, viewer, server_groups=groups)},
                         headers={"ETag": tag})
 
 
@@ -371,7 +386,8 @@ async def update_server(call: Call) -> Response:
         changes["description"] = val.description(server["description"])
     info = await call.run(_update, call, server_id, changes)
     groups = await call.run(server_groups_of, call, info.doc)
-    return JSONResponse({"server": update_view(info.doc, call.viewer, groups)})
+    viewer = await call.run(call.server_viewer)
+    return JSONResponse({"server": update_view(info.doc, viewer, groups)})
 
 
 def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> None:
@@ -723,7 +739,8 @@ async def server_action(call: Call) -> Response:
     if action.rebuild:
         info = await call.run(_rebuild, call, server_id, action.params)
         groups = await call.run(server_groups_of, call, info.doc)
-        body = {"server": rebuild_view(info.doc, call.viewer, action.admin_pass, groups)}
+        viewer = await call.run(call.server_viewer)
+        body = {"server": rebuild_view(info.doc, viewer, action.admin_pass, groups)}
         return JSONResponse(body, status_code=202, headers=_location(call, server_id))
     if action.console:
         output = await call.run(_console_output, call, server_id, action.params)

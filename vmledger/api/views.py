@@ -126,6 +126,22 @@ class Viewer:
     version: APIVersion
     links: Links
     is_admin: bool = False
+    #: each compute host's status as ``host_status`` shows it (2.16, administrators),
+    #: as ``(host, status)`` pairs; part of the viewer, so a server rendered while its
+    #: host was up is not served again from the render cache once the host is down
+    host_states: tuple[tuple[str, str], ...] | None = None
+
+    def host_status(self, host: str | None) -> str:
+        """Nova's ``host_status`` of a server on ``host``: ``UP``, ``DOWN`` (forced
+        down), ``MAINTENANCE`` (disabled), ``UNKNOWN`` (not heard from lately), or ""
+        when the server has no host or its host has no compute service."""
+        if not host:
+            return ""
+        return self._host_states.get(host, "")
+
+    @cached_property
+    def _host_states(self) -> dict[str, str]:
+        return dict(self.host_states or ())
 
 
 # --- servers ---------------------------------------------------------------------------
@@ -149,11 +165,14 @@ def server_status(doc: dict[str, Any]) -> str:
     return lc.status_of(doc["vm_state"], doc.get("task_state"))
 
 
-def _scheduled_host(doc: dict[str, Any]) -> str | None:
-    """The host, once the server has left scheduling (Nova has none before) and while
-    it has a guest (an offloaded shelved server has none, in Nova until unshelved)."""
+def scheduled_host(doc: dict[str, Any]) -> str | None:
+    """The host, once the server has left scheduling (Nova has none before, nor after
+    no host could take it) and while it has a guest (an offloaded shelved server has
+    none, in Nova until unshelved)."""
     vm_state = doc.get("vm_state")
     if vm_state == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING:
+        return None
+    if doc.get("unplaced"):  # no host could take it
         return None
     if vm_state == lc.SHELVED_OFFLOADED and doc.get("task_state") is None:
         return None
@@ -242,7 +261,7 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
     v = viewer.version
     attributes = _attributes(doc)
     status = server_status(doc)
-    host = _scheduled_host(doc)
+    host = scheduled_host(doc)
     server: dict[str, Any] = {
         "id": doc["id"],
         "name": doc.get("name"),
@@ -300,7 +319,7 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
         if v >= V2_90:
             server["OS-EXT-SRV-ATTR:hostname"] = server_hostname(doc)
         if v >= V2_16 and viewer.is_admin:
-            server["host_status"] = "UP" if host else ""
+            server["host_status"] = viewer.host_status(host)
     if v >= V2_9:
         server["locked"] = bool(doc.get("locked"))
     if v >= V2_19:

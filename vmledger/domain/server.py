@@ -467,12 +467,14 @@ class Server(Aggregate):
                            vm_state=vm_state, power_state=power_state, changes=changes)
 
     def fail(self, ctx: Context, at: datetime, *, power_state: int, rollback: bool,
-             message: str, code: int = 500, details: str | None = None) -> None:
-        """Record failure: ERROR with a fault, or back where it was (rollback)."""
+             message: str, code: int = 500, details: str | None = None,
+             unplaced: bool = False) -> None:
+        """Record failure: ERROR with a fault, or back where it was (rollback).
+        ``unplaced``: a new server no host could take (it shows no host, as in Nova)."""
         action = self._in_flight()
         vm_state, _ = lc.outcome("rollback" if rollback else "fail", action, self.vm_state,
                                  self.task_state)
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {"unplaced": True} if unplaced else {}
         if action in ("resize", "confirm_resize", "revert_resize"):
             changes.update(migration_status="error", confirm_deadline=None)
             if action == "resize":

@@ -463,7 +463,7 @@ class ServerService(Application[uuid.UUID]):
                                        self.hosts[0], meta, desc, key_name,
                                        availability_zone, attrs)
                 server.fail(ctx, self.clock.now(), power_state=0, rollback=False,
-                            message=groups.NO_VALID_HOST, code=500)
+                            message=groups.NO_VALID_HOST, code=500, unplaced=True)
                 return server
             return self._request(sid, ctx, own_name, chosen_flavor, image_ref, chosen, meta,
                                  desc, key_name, availability_zone, attrs)
