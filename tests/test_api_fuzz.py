@@ -48,6 +48,8 @@ ROUTES = [
     ("put", "/v2.1/flavors/1/os-extra_specs/k"),
     ("post", "/v2.1/flavors/1/action"),
     ("put", "/v2.1/os-services/disable-log-reason"),
+    ("put", "/v2.1/os-services/{service}"),
+    ("put", "/v2.1/os-quota-class-sets/fuzz-class"),
 ]
 
 
@@ -59,6 +61,13 @@ def world() -> Iterator[tuple[ApiClient, str]]:
             "name": "target", "flavorRef": "1", "imageRef": IMAGE}})
         engine.run_until_idle()
         yield client, str(r.json()["server"]["id"])
+
+
+def _service_id(client: ApiClient) -> str:
+    """The id of this host's compute service (a UUID from 2.53)."""
+    services = client.get("/v2.1/os-services", headers={
+        "OpenStack-API-Version": "compute 2.53"}).json()["services"]
+    return str(services[0]["id"])
 
 
 def _check(response: Any) -> None:
@@ -77,7 +86,7 @@ def test_write_routes_never_answer_5xx(world: tuple[ApiClient, str], method: str
                                        body: Any, version: str) -> None:
     client, sid = world
     response = getattr(client, method)(
-        path.format(sid=sid), json=body,
+        path.format(sid=sid, service=_service_id(client)), json=body,
         headers={"OpenStack-API-Version": f"compute {version}"})
     _check(response)
 
@@ -165,6 +174,8 @@ def test_every_action_with_any_value_never_answers_5xx(world: tuple[ApiClient, s
                                  "/v2.1/os-aggregates/{x}",
                                  "/v2.1/os-quota-sets/{x}",
                                  "/v2.1/os-quota-sets/{x}/detail",
+                                 "/v2.1/os-quota-class-sets/{x}",
+                                 "/v2.1/os-services/{x}",
                                  "/v2.1/os-server-groups/{x}",
                                  "/v2.1/flavors/{x}/os-extra_specs",
                                  "/v2.1/flavors/1/os-extra_specs/{x}",
