@@ -133,7 +133,7 @@ def _with_guests(url: str) -> Engine:
     """An engine whose simulator already runs a guest for every server in the view
     (the benchmark's servers were written straight into the log)."""
     simulator = Simulator(seed=0)
-    engine = Engine(url, hypervisor=simulator)
+    engine = Engine(url, hypervisor=simulator, allocation_ratios=commands.UNLIMITED)
     for doc in engine.view.servers():
         flavor = doc["flavor"]
         simulator.spawn(GuestSpec(server_id=doc["id"], name=doc["name"],
@@ -424,7 +424,8 @@ def list_stages(url: str, requests: int = 40
     from vmledger.api import servers as api_servers
     from vmledger.api.rendering import RenderCache
 
-    engine = Engine(url, hypervisor=Simulator(seed=0))
+    engine = Engine(url, hypervisor=Simulator(seed=0),
+                    allocation_ratios=commands.UNLIMITED)
     try:
         dispatch = dispatcher(engine, url)
         calls = {
@@ -548,7 +549,7 @@ def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
     directory = Path(tempfile.mkdtemp(prefix="vmledger-bench-api-"))
     try:
         url = f"sqlite:///{directory / 'api.db'}"
-        engine = Engine(url)
+        engine = Engine(url, allocation_ratios=commands.UNLIMITED)
         try:
             events = populate(engine.service, sizes.servers, project_id=PROJECT, full=False,
                               group=250)

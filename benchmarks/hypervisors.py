@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import commands
 from benchmarks.commands import REPO_ROOT, WorkloadError, contention, pressure_totals, settle
 from vmledger.adapters.hypervisor import GuestSpec, Hypervisor
 from vmledger.adapters.simulator import Simulator
@@ -111,7 +112,8 @@ class EngineRun:
 
 def engine_run(hypervisor: Hypervisor, servers: int) -> EngineRun:
     """Drive ``servers`` servers through the lifecycle; time only the operations."""
-    with Engine("memory", hypervisor=hypervisor) as engine:
+    with Engine("memory", hypervisor=hypervisor,
+                allocation_ratios=commands.UNLIMITED) as engine:
         engine.run_until_idle()
         settle()
         began = time.perf_counter()

@@ -467,6 +467,7 @@ def bench_rebuild(backend: commands.Backend, sizes: Sizes, log: Callable[[str], 
     with backend.database() as url:
         ids = Ids(seed=20261127)
         engine = Engine(url, clock=StepClock(), id_factory=ids.uuid,
+                        allocation_ratios=commands.UNLIMITED,
                         request_id_factory=ids.request_id)
         try:
             backend.ready(engine.service)
@@ -607,7 +608,7 @@ def bench_lag(backend: commands.Backend, sizes: Sizes, log: Callable[[str], None
     began = time.perf_counter()
     stalls = commands.pressure_totals()
     with backend.database() as url:
-        engine = Engine(url)
+        engine = Engine(url, allocation_ratios=commands.UNLIMITED)
         stop = threading.Event()
         follower: threading.Thread | None = None
         try:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from vmledger import Engine, FakeClock, Simulator
+from vmledger import AllocationRatios, Engine, FakeClock, Simulator
 
 
 def counter_ids(seed: int = 0) -> Callable[[], uuid.UUID]:
@@ -26,10 +26,12 @@ def make_engine(url: str, *, clock: FakeClock | None = None, seed: int = 0,
                 confirm_window: timedelta = timedelta(hours=24),
                 hypervisor: Any = None, ids: Callable[[], uuid.UUID] | None = None,
                 request_ids: Callable[[], str] | None = None,
-                host: str = "compute-1") -> Engine:
+                host: str = "compute-1",
+                allocation_ratios: AllocationRatios | None = None) -> Engine:
     """An engine with a fake clock and deterministic ids (pass shared id factories to
     keep ids unique across restarts of the same database)."""
     return Engine(url, clock=clock or FakeClock(), hypervisor=hypervisor or Simulator(seed=seed),
                   confirm_window=confirm_window, seed=seed, host=host,
                   id_factory=ids or counter_ids(seed),
-                  request_id_factory=request_ids or counter_request_ids(f"req{seed}"))
+                  request_id_factory=request_ids or counter_request_ids(f"req{seed}"),
+                  allocation_ratios=allocation_ratios)

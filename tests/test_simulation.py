@@ -10,6 +10,7 @@ flight; and the same seed gives the identical event log.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import Counter
 from datetime import timedelta
@@ -20,13 +21,14 @@ import pytest
 
 from tests.engines import counter_ids, counter_request_ids, make_engine
 from tests.oracle import expected_refusal
-from vmledger import Engine, FakeClock, Simulator, VmledgerError
+from vmledger import AllocationRatios, Engine, FakeClock, Simulator, VmledgerError
 from vmledger.adapters.simulator import SimulatedCrash
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.errors import Forbidden
 from vmledger.domain.server import Server
 
 FLAVORS = ["m1.small", "m1.medium", "m1.large"]
+UNLIMITED = AllocationRatios(cpu=math.inf, ram=math.inf, disk=math.inf)
 IMAGES = ["cirros-0.6.2-x86_64", "debian-12-genericcloud-amd64"]
 USER_ACTIONS = ["reboot_soft", "reboot_hard", "rebuild", "resize", "confirm_resize",
                 "revert_resize", "pause", "unpause", "suspend", "resume", "stop", "start",
@@ -50,8 +52,11 @@ class Simulation:
         self.counts: Counter[str] = Counter()
 
     def _open(self) -> Engine:
+        # hosts never fill up here: the run is about the lifecycle (capacity has its own
+        # tests), and a full host would turn most creates and resizes into refusals
         engine = make_engine(self.url, clock=self.clock, seed=self.seed, hypervisor=self.sim,
-                             ids=self.ids, request_ids=self.request_ids)
+                             ids=self.ids, request_ids=self.request_ids,
+                             allocation_ratios=UNLIMITED)
         engine.agent.stopwatch = self.stopwatch
         return engine
 

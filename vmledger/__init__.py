@@ -17,10 +17,11 @@ from vmledger.domain.errors import (
     NotFound,
     VmledgerError,
 )
-from vmledger.engine import Engine, HistoryEntry, ServerInfo
+from vmledger.engine import AllocationRatios, Engine, HistoryEntry, ServerInfo
 
 __all__ = [
-    "BadRequest", "Catalog", "Conflict", "Engine", "FakeClock", "Flavor", "Forbidden",
+    "AllocationRatios", "BadRequest", "Catalog", "Conflict", "Engine", "FakeClock", "Flavor",
+    "Forbidden",
     "GuestSpec", "HistoryEntry", "Hypervisor", "HypervisorError", "Image", "InvalidState",
     "Locked", "NotFound", "PowerState", "ServerInfo", "Simulator", "SystemClock",
     "VmledgerError",

@@ -170,7 +170,8 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
                                           timedelta(seconds=args.shelved_offload_time)),
                     reclaim_interval=timedelta(seconds=args.reclaim_instance_interval),
                     hypervisor=cli_ops.open_hypervisor_from(args),
-                    service_down_time=timedelta(seconds=args.service_down_time))
+                    service_down_time=timedelta(seconds=args.service_down_time),
+                    allocation_ratios=cli_ops.allocation_ratios_from(args))
     try:
         engine.run_in_background(0.2, sync_interval=args.sync_interval)
         app = create_app(engine, auth=auth)

@@ -10,20 +10,50 @@ import sys
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmledger.adapters.persistence import DEFAULT_URL, redact
 from vmledger.domain.errors import VmledgerError
 
+if TYPE_CHECKING:
+    from vmledger.engine import AllocationRatios
 
-def _positive_seconds(text: str) -> float:
+
+def _above_zero(text: str, what: str, *, finite: bool) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not value > 0 or (finite and value == float("inf")):
         raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
     return value
+
+
+def _positive_seconds(text: str) -> float:
+    return _above_zero(text, "a number of seconds", finite=True)
+
+
+def _ratio(text: str) -> float:
+    return _above_zero(text, "a ratio", finite=False)
+
+
+def _megabytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of MB: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def allocation_ratios_from(args: argparse.Namespace) -> AllocationRatios:
+    """The hosts' allocation ratios and reserved memory the command line gives."""
+    from vmledger.engine import AllocationRatios
+
+    return AllocationRatios(cpu=args.cpu_allocation_ratio, ram=args.ram_allocation_ratio,
+                            disk=args.disk_allocation_ratio,
+                            reserved_host_memory_mb=args.reserved_host_memory_mb)
 
 
 def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +72,16 @@ def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
                              "it takes no new servers and its servers may be evacuated; "
                              "agents report every 10 s or a quarter of it (default 60, as "
                              "Nova; give every process the same)")
+    for name, default, what in (("cpu", 4.0, "vCPUs"), ("ram", 1.0, "memory"),
+                                ("disk", 1.0, "disk")):
+        parser.add_argument(f"--{name}-allocation-ratio", type=_ratio, default=default,
+                            metavar="RATIO",
+                            help=f"a host takes new servers while their flavors' {what} "
+                                 f"fit in its capacity times this (default {default}, "
+                                 "Nova's initial value; 'inf': no limit)")
+    parser.add_argument("--reserved-host-memory-mb", type=_megabytes, default=512,
+                        metavar="MB", help="memory of each host kept for itself, not for "
+                                           "servers (default 512, as Nova)")
     parser.add_argument("--sync-interval", type=float, default=60.0, metavar="SECONDS",
                         help="how often the power-state sync compares guests with the "
                              "record (default 60)")
@@ -124,7 +164,8 @@ def _agent(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     engine = Engine(args.db, host=args.host, hypervisor=open_hypervisor_from(args),
                     confirm_window=timedelta(seconds=args.confirm_window),
-                    service_down_time=timedelta(seconds=args.service_down_time))
+                    service_down_time=timedelta(seconds=args.service_down_time),
+                    allocation_ratios=allocation_ratios_from(args))
     print(f"vmledger agent for host {args.host} on {args.hypervisor} "
           f"(database {redact(args.db)})", file=sys.stderr)
     try:

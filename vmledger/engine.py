@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 import threading
 import time
@@ -40,7 +41,7 @@ from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import quota as quotas
 from vmledger.domain import server_group as groups
-from vmledger.domain.catalog import Catalog, Flavor
+from vmledger.domain.catalog import RESOURCES, Catalog, Flavor
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import (
     BadRequest,
@@ -61,6 +62,7 @@ from vmledger.domain.service import (
 from vmledger.projections import images as image_view
 from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
+from vmledger.projections.allocations import Allocations, host_usage
 from vmledger.projections.compute_services import ComputeServices, service_states
 from vmledger.projections.flavors import FlavorRecords, flavor_access, flavor_overrides
 from vmledger.projections.hosts import (
@@ -186,6 +188,59 @@ class HistoryEntry:
                 f"{self.event:<16} {what}  [{self.request_id}]")
 
 
+@dataclass(frozen=True)
+class AllocationRatios:
+    """How much of each host's capacity servers may take, as Nova's
+    ``cpu_allocation_ratio``, ``ram_allocation_ratio``, ``disk_allocation_ratio`` (its
+    initial defaults: 4.0, 1.0, 1.0) and ``reserved_host_memory_mb`` (512): a host takes
+    a server only while its flavor fits in (capacity - reserved) * ratio less what the
+    host's servers hold. ``float("inf")`` lifts a limit."""
+
+    cpu: float = 4.0
+    ram: float = 1.0
+    disk: float = 1.0
+    reserved_host_memory_mb: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("cpu", "ram", "disk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    value > 0):
+                raise ValueError(f"the {name} allocation ratio must be above 0, "
+                                 f"not {value!r}")
+        reserved = self.reserved_host_memory_mb
+        if isinstance(reserved, bool) or not isinstance(reserved, int) or reserved < 0:
+            raise ValueError(f"the reserved host memory must be 0 MB or more, "
+                             f"not {reserved!r}")
+
+    def capacity(self, info: dict[str, Any] | None) -> dict[str, float] | None:
+        """What servers may take of a host reporting ``info`` (its ``vcpus``,
+        ``memory_mb``, ``local_gb``); None when it reported none of them. A resource
+        reported as 0 (not measured: a disk directory the hypervisor could not read)
+        is not limited."""
+        if not info or not any(info.get(k) for k in ("vcpus", "memory_mb", "local_gb")):
+            return None
+        memory = _count(info.get("memory_mb"))
+        if memory:
+            memory = max(memory - self.reserved_host_memory_mb, 0) or -1  # all reserved
+        return {"vcpus": _scaled(_count(info.get("vcpus")), self.cpu),
+                "ram": _scaled(memory, self.ram),
+                "disk": _scaled(_count(info.get("local_gb")), self.disk)}
+
+
+def _scaled(amount: int, ratio: float) -> float:
+    if amount == 0:
+        return math.inf  # not measured
+    return amount * ratio if amount > 0 else 0.0
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _alive(service: dict[str, Any]) -> bool:
     """Whether a host's compute service counts as up: heard from, not forced down."""
     return bool(service["up"]) and not service["forced_down"]
@@ -203,9 +258,12 @@ class Engine:
                  stopwatch: Callable[[], float] = time.perf_counter,
                  shelved_offload_time: timedelta | None = timedelta(0),
                  reclaim_interval: timedelta = timedelta(0),
-                 service_down_time: timedelta = SERVICE_DOWN_TIME) -> None:
+                 service_down_time: timedelta = SERVICE_DOWN_TIME,
+                 allocation_ratios: AllocationRatios | None = None) -> None:
         if confirm_window < timedelta(0):
             raise ValueError("the confirm window cannot be negative (0 disables it)")
+        #: how far each host's capacity is overcommitted, and the memory kept back
+        self.allocation_ratios = allocation_ratios or AllocationRatios()
         self.url = url
         self.clock: Clock = clock or SystemClock()
         env = environment(url)
@@ -220,7 +278,7 @@ class Engine:
                 self.service.recorder.datastore,  # type: ignore[attr-defined]
                 extensions=[InstanceActions(), Images(), Keypairs(), Migrations(),
                             QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
-                            ComputeServices()])
+                            ComputeServices(), Allocations()])
             create_host_reports(self.view)
         self.updater = ViewUpdater(self.service, self.view)
         self.service.group_member_hosts = self._group_member_hosts
@@ -231,7 +289,7 @@ class Engine:
             s["host"] for s in self.compute_services()
             if _alive(s) and not s["disabled"]]
         self.service.known_hosts = self.known_hosts
-        self.service.host_ram = self._host_ram
+        self.service.host_room = self.host_room
         self.service.host_is_up = lambda host: any(
             s["host"] == host and _alive(s) for s in self.compute_services())
         self.service.metadata_limit = lambda project_id: (
@@ -805,17 +863,29 @@ class Engine:
                 out[s["host"]] = "UP" if s["up"] else "UNKNOWN"
         return out
 
-    def _host_ram(self, hosts: Sequence[str]) -> dict[str, int]:
-        """Free memory (MB) of each of ``hosts``: what its hypervisor last reported
-        less what the servers view places on it."""
-        reports = host_reports(self.view)
-        used = self.view.host_usage()
-        free: dict[str, int] = {}
+    def host_room(self, hosts: Sequence[str]) -> dict[str, dict[str, float]]:
+        """The room left on each of ``hosts`` for new servers: ``vcpus``, ``ram`` (MB)
+        and ``disk`` (GB), each its hypervisor's capacity (its last report; asked now
+        for this engine's own host) times its allocation ratio (less the reserved
+        memory, for RAM), less what the servers on it hold (the allocations read
+        model). A host whose capacity is not known is left out (not filtered)."""
+        reports: dict[str, dict[str, Any]] | None = None
+        used = host_usage(self.view, hosts)
+        ratios = self.allocation_ratios
+        room: dict[str, dict[str, float]] = {}
         for host in hosts:
-            own = (self._last_host_info or self._host_info()) if host == self.host else None
-            info = own or (reports.get(host) or {}).get("info") or {}
-            free[host] = int(info.get("memory_mb") or 0) - used.get(host, 0)
-        return free
+            if host == self.host:
+                info = self._last_host_info or self._host_info()
+            else:
+                if reports is None:
+                    reports = host_reports(self.view)
+                info = (reports.get(host) or {}).get("info")
+            capacity = ratios.capacity(info)
+            if capacity is None:
+                continue
+            held = used.get(host) or {}
+            room[host] = {r: capacity[r] - held.get(r, 0) for r in RESOURCES}
+        return room
 
     def report_host(self) -> bool:
         """Record this host's hypervisor report (its heartbeat), at most every

@@ -53,6 +53,27 @@ class Image:
         return asdict(self)
 
 
+#: the resources a server takes of its host (Nova's placement classes VCPU, MEMORY_MB,
+#: DISK_GB)
+RESOURCES = ("vcpus", "ram", "disk")
+
+
+def flavor_resources(flavor: Any) -> dict[str, int]:
+    """What a server of ``flavor`` (a flavor's dict, as recorded) takes of its host:
+    ``vcpus``, ``ram`` (MB) and ``disk`` (GB: root, ephemeral and swap rounded up to
+    whole GB, as Nova's ``DISK_GB``); zeros for what the record lacks."""
+    if not isinstance(flavor, dict):
+        return {"vcpus": 0, "ram": 0, "disk": 0}
+    swap = _count(flavor.get("swap"))
+    return {"vcpus": _count(flavor.get("vcpus")), "ram": _count(flavor.get("ram")),
+            "disk": _count(flavor.get("disk")) + _count(flavor.get("ephemeral"))
+            + -(-swap // 1024)}
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def image_id_for(name: str) -> str:
     """A stable id for a pre-built image named in configuration."""
     return str(uuid.uuid5(_IMAGE_NS, name))

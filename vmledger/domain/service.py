@@ -33,7 +33,7 @@ from vmledger.domain import keypair as keypairs
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import quota as quotas
 from vmledger.domain import server_group as groups
-from vmledger.domain.catalog import Catalog, Flavor, Image
+from vmledger.domain.catalog import Catalog, Flavor, Image, flavor_resources
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import (
     BadRequest,
@@ -174,6 +174,23 @@ def _check_description(description: object) -> str | None:
     return description
 
 
+def flavor_need(flavor: Flavor | Mapping[str, Any]) -> dict[str, int]:
+    """What a server of ``flavor`` asks of a host (see :func:`flavor_resources`)."""
+    return flavor_resources(flavor.as_dict() if isinstance(flavor, Flavor) else dict(flavor))
+
+
+def _fitting(hosts: Sequence[str], room: Mapping[str, Mapping[str, float]],
+             need: Mapping[str, int]) -> list[str]:
+    """The ``hosts`` with room for ``need`` (those of unknown capacity included)."""
+    out = []
+    for host in hosts:
+        left = room.get(host)
+        if left is None or all(amount <= 0 or left.get(r, 0) >= amount
+                               for r, amount in need.items()):
+            out.append(host)
+    return out
+
+
 def _fits(flavor: Flavor, image: Image) -> None:
     if flavor.ram < image.min_ram:
         raise BadRequest("Flavor's memory is too small for requested image.")
@@ -252,9 +269,13 @@ class ServerService(Application[uuid.UUID]):
         #: every compute host (this service's and those other processes' agents run);
         #: the engine answers it from the host reports and the services read model
         self.known_hosts: Callable[[], Sequence[str]] = lambda: self.hosts
-        #: free memory (MB) of each of the given hosts, which the scheduler weighs
-        #: (the most free first, as Nova's RAM weigher spreads servers)
-        self.host_ram: Callable[[Sequence[str]], Mapping[str, int]] = lambda hosts: {}
+        #: the room left on each of the given hosts (``vcpus``, ``ram`` MB, ``disk``
+        #: GB: capacity times allocation ratio, less what its servers hold): a host
+        #: takes a server only if its flavor fits, and the scheduler weighs free memory
+        #: (the most first, as Nova's RAM weigher spreads servers); a host left out has
+        #: no known capacity and is not filtered
+        self.host_room: Callable[[Sequence[str]], Mapping[str, Mapping[str, float]]] = (
+            lambda hosts: {})
         #: whether a host's compute service is up (its agent reports, not forced down):
         #: a server is evacuated only from a host that is not
         self.host_is_up: Callable[[str], bool] = lambda host: host in self.hosts
@@ -439,7 +460,9 @@ class ServerService(Application[uuid.UUID]):
         placed: list[str] = []  # hosts of the group's members, this request's included
         usable: list[str] = []  # hosts whose compute service takes new servers
 
-        free: dict[str, int] = {}  # each usable host's free memory, as servers are placed
+        # the room left on each usable host, as servers are placed
+        room: dict[str, Mapping[str, float]] = {}
+        need = flavor_need(chosen_flavor)
         # the group as loaded by the current attempt (its version serialises placements)
         current: list[groups.ServerGroup] = []
 
@@ -449,15 +472,19 @@ class ServerService(Application[uuid.UUID]):
             own_name = name if total == 1 else f"{name}-{index}"
             if total > 1 and attrs.get("hostname"):
                 attrs["hostname"] = f"{attrs['hostname']}-{index}"
-            chosen = self._weighed(usable, free)
+            fitting = _fitting(usable, room, need)
+            chosen = self._weighed(fitting, room)
             if current:
                 attrs["server_group"] = str(current[0].id)
                 if chosen is not None:
                     chosen = groups.place(current[0].policy, current[0].rules, placed,
-                                          usable, chosen)
+                                          fitting, chosen)
                 placed.append(chosen or "")
             if chosen is not None:
-                free[chosen] = free.get(chosen, 0) - chosen_flavor.ram
+                if chosen in room:  # what this server takes is no longer free
+                    left = room[chosen] = dict(room[chosen])
+                    for resource, amount in need.items():
+                        left[resource] = left.get(resource, 0) - amount
             else:  # the scheduler's answer: the server fails in ERROR
                 server = self._request(sid, ctx, own_name, chosen_flavor, image_ref,
                                        self.hosts[0], meta, desc, key_name,
@@ -472,9 +499,8 @@ class ServerService(Application[uuid.UUID]):
             total, quota = self.admit(ctx, project_id, each, count=count,
                                       min_count=min_count)
             usable[:] = self.usable_hosts()
-            free.clear()
-            if len(usable) > 1:
-                free.update(self.host_ram(usable))
+            room.clear()
+            room.update(self.host_room(usable))
             current.clear()
             placed.clear()
             if server_group:
@@ -576,18 +602,24 @@ class ServerService(Application[uuid.UUID]):
             return lock
 
     # --- scheduling ---------------------------------------------------------------------
-    def _weighed(self, usable: Sequence[str], free: Mapping[str, int]) -> str | None:
-        """The host a new server goes to: of the ``usable`` ones (enabled, up), the one
-        with the most free memory, then this service's own, then by name; None when
-        none is usable (Nova's ``No valid host was found``)."""
-        if not usable:
+    def _weighed(self, candidates: Sequence[str], room: Mapping[str, Mapping[str, float]]
+                 ) -> str | None:
+        """The host a new server goes to: of the ``candidates`` (enabled, up, with room
+        for it), the one with the most free memory, then this service's own, then by
+        name; None when there is none (Nova's ``No valid host was found``)."""
+        if not candidates:
             return None
-        return min(usable, key=lambda h: (-free.get(h, 0), h not in self.hosts, h))
+        return min(candidates, key=lambda h: (-(room.get(h) or {}).get("ram", 0),
+                                              h not in self.hosts, h))
 
-    def _schedule(self, usable: Sequence[str]) -> str | None:
-        """:meth:`_weighed` with the hosts' free memory (asked only when there is a
-        choice to make)."""
-        return self._weighed(usable, dict(self.host_ram(usable)) if len(usable) > 1 else {})
+    def _schedule(self, usable: Sequence[str], flavor: Mapping[str, Any]) -> str | None:
+        """:meth:`_weighed` over the ``usable`` hosts with room for ``flavor``."""
+        room = self.host_room(usable)
+        return self._weighed(_fitting(usable, room, flavor_need(flavor)), room)
+
+    def _has_room(self, host: str, flavor: Mapping[str, Any]) -> bool:
+        """Whether ``host`` has room for one more server of ``flavor``."""
+        return bool(_fitting([host], self.host_room([host]), flavor_need(flavor)))
 
     # --- other aggregates: load, decide, save, retry -------------------------------
     def _load_decide_save(self, ctx: Context, aggregate_id: uuid.UUID | None,
@@ -800,6 +832,15 @@ class ServerService(Application[uuid.UUID]):
             new = self.catalog.flavor(ref)
             if new.id == server.flavor.get("id"):
                 raise BadRequest("When resizing, instances must change flavor!")
+            if not self._has_room(server.host, new.as_dict()):
+                # Nova's scheduler: no host for the new flavor (its own host holds both
+                # while it waits). The server is left as it was, the action failed.
+                server.request_action("resize", ctx, self.clock.now(),
+                                      params={"flavor": new.as_dict()},
+                                      changes={"migration_status": "pre-migrating"})
+                server.fail(ctx, self.clock.now(), power_state=server.power_state,
+                            rollback=True, message=groups.NO_VALID_HOST, code=500)
+                return server
             growth = {"cores": new.vcpus - int(server.flavor.get("vcpus") or 0),
                       "ram": new.ram - int(server.flavor.get("ram") or 0)}
             growth = {r: n for r, n in growth.items() if n > 0}
@@ -848,7 +889,8 @@ class ServerService(Application[uuid.UUID]):
             usable = ([host] if force else  # forced: the host, whether it takes servers
                       [h for h in self.usable_hosts()
                        if h != server.host and (host is None or h == host)])
-            chosen = self._schedule(usable)
+            # forced: that host, with or without room (Nova skips the scheduler)
+            chosen = host if force else self._schedule(usable, server.flavor)
             changes: dict[str, Any] = {"migration_status": "accepted"}
             if chosen is not None:
                 changes["host"] = chosen
@@ -1016,8 +1058,9 @@ class ServerService(Application[uuid.UUID]):
             if host is None and server.vm_state == lc.SHELVED_OFFLOADED:
                 # scheduled again: its old host if that still takes servers, else another
                 usable = list(self.usable_hosts())
-                if server.host not in usable:
-                    chosen = self._schedule(usable)
+                if server.host not in usable or not self._has_room(server.host,
+                                                                   server.flavor):
+                    chosen = self._schedule(usable, server.flavor)
                     if chosen is not None:
                         changes["host"] = chosen
                     else:

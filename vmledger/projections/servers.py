@@ -34,7 +34,7 @@ from vmledger.domain.server import Server
 #: the key of this view's position in the tracking table. A new name when the read
 #: models' layout changes: the log is then folded again from the start on first open,
 #: every row rewritten (the record under the old name, ``vmledger.servers``, stays)
-TRACKING_NAME = "vmledger.views.3"
+TRACKING_NAME = "vmledger.views.4"
 
 _COLUMNS = ("id", "project_id", "host", "name", "vm_state", "task_state", "pending_action",
             "pending_request_id", "confirm_deadline", "created_at", "updated_at", "deleted",
@@ -651,13 +651,6 @@ class ServersView:
                 for path in paths))
         return "max({})".format(", ".join(
             f"COALESCE(json_extract(doc, '$.{path}.{key}'), 0)" for path in paths))
-
-    def host_usage(self) -> dict[str, int]:
-        """RAM (MB) of the servers on each host that are not deleted (the larger
-        flavor of a resize), summed by the database: what the scheduler weighs."""
-        rows = self._query(f"SELECT host, COALESCE(SUM({self._largest_flavor('ram')}), 0)"
-                           " AS ram FROM {t} WHERE deleted = 0 GROUP BY host")
-        return {str(r["host"]): int(r["ram"]) for r in rows if r["host"] is not None}
 
     def on_host(self, host: str) -> list[dict[str, Any]]:
         """Documents of the servers placed on ``host`` (not deleted), by id."""

@@ -761,7 +761,7 @@ class LibvirtDriver:
                           if cpu is not None else set())
         total_gb = free_gb = None
         with contextlib.suppress(OSError):
-            fs = os.statvfs(self.disk_dir or "/")
+            fs = os.statvfs(_existing(self.disk_dir or "/"))
             total_gb = fs.f_frsize * fs.f_blocks // 1024 ** 3
             free_gb = fs.f_frsize * fs.f_bavail // 1024 ** 3
         return {
@@ -812,3 +812,12 @@ class LibvirtDriver:
             return {"destroyed": True, "removed": disks.remove(*files)}
 
         return self._act(server_id, body)
+
+
+def _existing(path: str) -> str:
+    """``path``, or its nearest existing parent (the disk directory is made on first
+    use: its file system is the parent's until then)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
