@@ -54,23 +54,30 @@ def test_usage_follows_the_servers_on_the_host(memory_engine: Engine) -> None:
     assert (empty["vcpus"], empty["memory_mb"], empty["state"]) == (
         HOST_VCPUS, HOST_MEMORY_MB, "up")
     assert (empty["vcpus_used"], empty["running_vms"], empty["servers"]) == (0, 0, [])
+    # as Nova's resource tracker, the memory reserved for the host counts as used
+    assert empty["memory_mb_used"] == 512
     a = built(memory_engine, "a")  # m1.small: 1 vCPU, 2048 MB, 20 GB
     b = built(memory_engine, "b")
     used = node()
     assert (used["vcpus_used"], used["memory_mb_used"], used["local_gb_used"],
-            used["running_vms"]) == (2, 4096, 40, 2)
-    assert used["free_ram_mb"] == HOST_MEMORY_MB - 4096
+            used["running_vms"]) == (2, 512 + 4096, 40, 2)
+    assert used["free_ram_mb"] == HOST_MEMORY_MB - 512 - 4096
     assert {s["uuid"] for s in used["servers"]} == {a, b}
-    # a resize waiting for confirmation holds both flavors (m1.medium: 2 vCPUs, 4096 MB)
+    # a resize holds both flavors until confirmed (m1.medium: 2 vCPUs, 4096 MB)
     memory_engine.resize(a, flavor="m1.medium")
+    assert (node()["vcpus_used"], node()["memory_mb_used"]) == (4, 512 + 8192)
     memory_engine.run_until_idle()
-    assert (node()["vcpus_used"], node()["memory_mb_used"]) == (4, 8192)
+    assert (node()["vcpus_used"], node()["memory_mb_used"]) == (4, 512 + 8192)
     memory_engine.confirm_resize(a)
     memory_engine.run_until_idle()
-    assert (node()["vcpus_used"], node()["memory_mb_used"]) == (3, 6144)
+    assert (node()["vcpus_used"], node()["memory_mb_used"]) == (3, 512 + 6144)
     memory_engine.delete(b)
     memory_engine.run_until_idle()
     assert (node()["vcpus_used"], node()["running_vms"]) == (2, 1)
+    # an offloaded server holds nothing and is not on the host any more (Nova: no host)
+    memory_engine.act(a, "shelve")
+    memory_engine.run_until_idle()
+    assert (node()["vcpus_used"], node()["running_vms"], node()["servers"]) == (0, 0, [])
     # a server being built is I/O work
     memory_engine.create_server("c", flavor="m1.tiny", image="cirros-0.6.2-x86_64")
     assert node()["current_workload"] == 1

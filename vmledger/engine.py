@@ -62,7 +62,7 @@ from vmledger.domain.service import (
 from vmledger.projections import images as image_view
 from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
-from vmledger.projections.allocations import Allocations, host_usage
+from vmledger.projections.allocations import Allocations, allocation_of, host_usage
 from vmledger.projections.compute_services import ComputeServices, service_states
 from vmledger.projections.flavors import FlavorRecords, flavor_access, flavor_overrides
 from vmledger.projections.hosts import (
@@ -706,13 +706,14 @@ class Engine:
         """Every host's compute node, as Nova's ``os-hypervisors`` shows it: what the
         hypervisor reports of the host (:meth:`Hypervisor.host_info`: type, version,
         capacity, address, CPU, uptime — asked now for this engine's own host, its
-        agent's last report for the others) and what the servers view places on it
-        (``servers``: id and name; ``vcpus_used``, ``memory_mb_used``, ``local_gb_used``
-        from their flavors — a resize waiting for confirmation holds both flavors, as
-        Nova's resource tracker does on one host —, ``running_vms``,
-        ``current_workload``). ``state`` is ``down`` when the hypervisor cannot answer,
-        or another host's agent has not reported within the service down time (its
-        last answer is shown, or zeros)."""
+        agent's last report for the others) and what the servers placed on it hold
+        (``servers``: id and name; ``vcpus_used``, ``memory_mb_used`` — with the
+        reserved memory, as Nova's resource tracker counts it —, ``local_gb_used``: the
+        allocations the scheduler counts, so a resize holds both flavors until confirmed
+        or reverted; ``running_vms``, ``current_workload``); offloaded servers and those
+        no host took hold nothing and are not listed. ``state`` is ``down`` when the
+        hypervisor cannot answer, or another host's agent has not reported within the
+        service down time (its last answer is shown, or zeros)."""
         out: list[dict[str, Any]] = []
         reports = host_reports(self.view)
         for service in self.compute_services(reports):
@@ -726,19 +727,15 @@ class Engine:
                 info = (report or {}).get("info")
                 state = "up" if _alive(service) else "down"
             info = info or _UNKNOWN_HOST
-            servers = self.view.on_host(host)
-            vcpus = memory = disk = workload = 0
-            for doc in servers:
-                flavors = [doc.get("flavor") or {}]
-                if doc.get("vm_state") == lc.RESIZED and doc.get("old_flavor"):
-                    flavors.append(doc["old_flavor"])
-                for flavor in flavors:
-                    vcpus += int(flavor.get("vcpus") or 0)
-                    memory += int(flavor.get("ram") or 0)
-                    disk += int(flavor.get("disk") or 0) + int(flavor.get("ephemeral") or 0)
-                if (doc.get("vm_state") == lc.BUILDING
-                        or doc.get("task_state") in lc.IO_WORKLOAD_TASKS):
-                    workload += 1
+            # the servers holding resources here (not offloaded, nor never placed)
+            servers = [d for d in self.view.on_host(host) if allocation_of(d) is not None]
+            held = host_usage(self.view, [host]).get(host) or {}
+            vcpus = held.get("vcpus", 0)
+            # as Nova's resource tracker: the reserved memory counts as used
+            memory = held.get("ram", 0) + self.allocation_ratios.reserved_host_memory_mb
+            disk = held.get("disk", 0)
+            workload = sum(1 for doc in servers if doc.get("vm_state") == lc.BUILDING
+                           or doc.get("task_state") in lc.IO_WORKLOAD_TASKS)
             free_disk = int(info["local_gb"]) - disk
             least = info.get("disk_available_least")
             out.append({
