@@ -11,7 +11,10 @@ and folds the whole log again. Reported: events per second, the median of a few
 rebuilds, next to two floors measured on the same log in the same run: the library's
 own read of the log (``recorder.select_notifications`` in pages) and that read plus
 the library's decoding of every event (``mapper.to_domain_event``), and the rebuild's
-own read and decode (``runner.read_page`` + ``runner.EventDecoder``). Every rebuild must
+own read and decode (``runner.read_page`` + ``runner.EventDecoder``). On SQLite also the
+ceiling of splitting the rebuild over two forked processes: each folds half of the
+aggregates into its own copy of the database (no write lock shared, copies never
+merged), which no split rebuild on this machine could beat. Every rebuild must
 produce the same read models: a digest of every row is compared (and, the log being
 deterministic, is the same from run to run and from one code version to the next).
 
@@ -29,9 +32,11 @@ import contextlib
 import cProfile
 import hashlib
 import math
+import os
 import pstats
 import random
 import shutil
+import sqlite3
 import statistics
 import tempfile
 import threading
@@ -336,6 +341,10 @@ class RebuildReport:
     own_decode: list[float] = field(default_factory=list)  # runner.read_page + EventDecoder
     digests: list[str] = field(default_factory=list)
     split: list[tuple[str, float]] = field(default_factory=list)  # (stage, µs/event)
+    #: events/s of the fold split over forked processes, each into its own copy of the
+    #: database (SQLite; see :func:`_partitioned_ceiling`), and how many processes
+    partitioned: list[float] = field(default_factory=list)
+    processes: int = 0
     top: list[tuple[str, float, float]] = field(default_factory=list)
     seconds: float = 0.0
     contention: dict[str, float] = field(default_factory=dict)
@@ -375,6 +384,80 @@ def _own_read(engine: Engine, page: int) -> int:
         decode(rows)
         read += len(rows)
         start = rows[-1][0]
+
+
+def _fold_share(engine: Engine, share: int, shares: int) -> None:
+    """Fold into ``engine``'s (emptied) read models the events of one share of the
+    aggregates (by originator id), as a rebuild folds them."""
+    view, app = engine.view, engine.service
+    decode_all = runner.EventDecoder(app.mapper, view.wants)
+
+    def decode(rows: Sequence[Any]) -> list[Any]:
+        return decode_all([r for r in rows if (
+            r[1].int if isinstance(r[1], uuid.UUID) else hash(r[1])) % shares == share])
+
+    view.clear(drop_indexes=True)
+    start, ids = 0, {}
+    at_end = False
+    while not at_end:
+        pages: list[tuple[Any, int]] = []
+        size = 0
+        while size < runner.REBUILD_BATCH_EVENTS:
+            page = runner.read_page(app.recorder, start, runner.PAGE_SIZE, ids)
+            if not page:
+                at_end = True
+                break
+            pages.append((page, page[-1][0]))
+            size += len(page)
+            start = page[-1][0]
+        if pages:
+            view.apply_pages(pages, decode)
+    view.restore_indexes()
+
+
+def _partitioned_ceiling(engine: Engine, directory: Path, processes: int,
+                         repetitions: int) -> list[float]:
+    """Events/s of the rebuild's fold split over ``processes`` forked processes, each
+    folding its share of the aggregates into its own copy of the SQLite database: no
+    write lock shared, and the copies never merged into one, so a rebuild split this way
+    cannot be faster on this machine (what two cores can give the fold)."""
+    url = engine.url
+    assert url.startswith("sqlite:///")
+    source = sqlite3.connect(url[len("sqlite:///"):])
+    copies: list[Engine] = []
+    try:
+        for k in range(processes):
+            path = directory / f"share-{k}.db"
+            with contextlib.closing(sqlite3.connect(path)) as target:
+                source.backup(target)
+            copies.append(Engine(f"sqlite:///{path}",
+                                 allocation_ratios=commands.UNLIMITED))
+        events = engine.service.recorder.max_notification_id() or 0
+        rates = []
+        for _ in range(repetitions):
+            commands.settle()
+            started = time.perf_counter()
+            children = []
+            for k in range(1, processes):
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - the child
+                    code = 1
+                    try:
+                        _fold_share(copies[k], k, processes)
+                        code = 0
+                    finally:
+                        os._exit(code)
+                children.append(pid)
+            _fold_share(copies[0], 0, processes)
+            failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+            if failed:
+                raise commands.WorkloadError(f"{len(failed)} share(s) of the fold failed")
+            rates.append(events / (time.perf_counter() - started))
+        return rates
+    finally:
+        source.close()
+        for copy in copies:
+            copy.close()
 
 
 def _timed(fn: Callable[[], int]) -> float:
@@ -494,6 +577,14 @@ def bench_rebuild(backend: commands.Backend, sizes: Sizes, log: Callable[[str], 
                     f"{report.rebuilds[-1]:,.0f} events/s, library read+decode "
                     f"{report.read_decode[-1]:,.0f}/s, the rebuild's own read+decode "
                     f"{report.own_decode[-1]:,.0f}/s")
+            if backend.name == "sqlite" and hasattr(os, "fork"):
+                report.processes = 2
+                with tempfile.TemporaryDirectory(prefix="vmledger-shares-") as shares:
+                    report.partitioned = _partitioned_ceiling(
+                        engine, Path(shares), report.processes, sizes.repetitions)
+                log(f"  {backend.name}: fold split over {report.processes} processes, "
+                    f"each into its own copy: {statistics.median(report.partitioned):,.0f}"
+                    " events/s")
             if sizes.profile:
                 report.split = _split(engine)
                 report.digests.append(view_digest(engine.view))
@@ -715,6 +806,13 @@ def format_report(rebuilds: Sequence[RebuildReport], lag: LagReport | None,
               "by the profiler)")
             for name, us, calls in r.top:
                 w(f"  {us:>7.2f} µs/event {calls:>6.2f} calls/event  {name}")
+        if r.partitioned:
+            w(f"[{r.backend}] ceiling of a rebuild split over {r.processes} processes "
+              f"(forked; each folds 1/{r.processes} of the aggregates into its own copy "
+              "of the database: no shared write lock, copies never merged): "
+              f"{statistics.median(r.partitioned):,.0f} events/s "
+              f"({min(r.partitioned):,.0f}-{max(r.partitioned):,.0f}), "
+              f"{statistics.median(r.partitioned) / r.rate:.2f}x the rebuild")
         verdict = "met" if r.rate >= TARGET_REBUILD else "NOT met"
         w(f"[{r.backend}] target >= {TARGET_REBUILD:,} events/s: {r.rate:,.0f} ({verdict}); "
           f"reading + decoding alone: {statistics.median(r.own_decode):,.0f}/s (the "
