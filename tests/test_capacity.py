@@ -181,3 +181,9 @@ def test_the_api_answers_202_and_the_server_fails_to_schedule(engine: Engine) ->
     assert server["status"] == "ERROR"
     assert server["fault"]["message"] == NO_VALID_HOST and server["fault"]["code"] == 500
     assert server["OS-EXT-SRV-ATTR:host"] is None and server["host_status"] == ""
+    # it has no guest anywhere to read
+    r = client.post(f"/v2.1/servers/{server['id']}/action",
+                    json={"os-getConsoleOutput": {}})
+    assert r.status_code == 409
+    assert r.json()["conflictingRequest"]["message"] == (
+        f"Instance {server['id']} is not ready")

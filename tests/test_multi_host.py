@@ -491,3 +491,48 @@ def test_host_status_follows_the_servers_host(hosts: tuple[Engine, Engine],
     _settle(first)
     assert first.get_server(sid).host == "compute-1"
     assert shown()["host_status"] == "UP"
+
+
+def test_guests_on_other_hosts_are_read_by_their_agents(
+        hosts: tuple[Engine, Engine], clock: FakeClock) -> None:
+    """Console output and diagnostics of a server on another host: that host's agent
+    reads its guest and answers through the database, as Nova's API asks the compute
+    host over RPC. A host that is down cannot be asked; one that does not answer is a
+    409 after the timeout."""
+    first, second = hosts
+    sid = _on(first, second, "compute-2")
+    local = second.console_output(sid)  # the simulator's boot log
+    assert local.count("\n") > 2
+    client = ApiClient(create_app(first))
+    second.run_in_background(0.01)
+    try:
+        assert first.console_output(sid) == local
+        assert first.console_output(sid, length=2) == "\n".join(local.split("\n")[-2:])
+        assert first.diagnostics(sid) == second.diagnostics(sid)
+        r = client.post(f"/v2.1/servers/{sid}/action",
+                        json={"os-getConsoleOutput": {"length": 1}})
+        assert r.status_code == 200 and r.json()["output"] == local.split("\n")[-1]
+        r = client.get(f"/v2.1/servers/{sid}/diagnostics",
+                       headers={"OpenStack-API-Version": "compute 2.48"})
+        assert r.status_code == 200
+        assert r.json()["state"] == "running" and r.json()["num_cpus"] == 1
+        # the hypervisor's refusals come back as they are: no guest is 404
+        assert isinstance(second.hypervisor, Simulator)
+        second.hypervisor.destroy(sid)
+        r = client.post(f"/v2.1/servers/{sid}/action", json={"os-getConsoleOutput": {}})
+        assert r.status_code == 404, r.text
+    finally:
+        second.close()
+    # its agent stopped: asked, it does not answer in time
+    first.guest_read_timeout = 0.2
+    r = client.get(f"/v2.1/servers/{sid}/diagnostics",
+                   headers={"OpenStack-API-Version": "compute 2.48"})
+    assert r.status_code == 409
+    assert "did not answer" in r.json()["conflictingRequest"]["message"]
+    # and once its host is down it is not asked at all
+    _silence(clock, first)
+    r = client.post(f"/v2.1/servers/{sid}/action", json={"os-getConsoleOutput": {}})
+    assert r.status_code == 409
+    assert r.json()["conflictingRequest"]["message"] == f"Instance {sid} is not ready"
+    from vmledger.projections.guest_reads import TABLE
+    assert first.view._query(f"SELECT COUNT(*) AS n FROM {TABLE}")[0]["n"] == 0

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from vmledger.adapters.agent import HostAgent
@@ -59,6 +59,7 @@ from vmledger.domain.service import (
     keypair_owner,
     new_request_id,
 )
+from vmledger.projections import guest_reads
 from vmledger.projections import images as image_view
 from vmledger.projections import keypairs as keypair_view
 from vmledger.projections.actions import InstanceActions, get_action, list_actions
@@ -188,6 +189,11 @@ class HistoryEntry:
                 f"{self.event:<16} {what}  [{self.request_id}]")
 
 
+#: how long a read of a guest on another host (console output, diagnostics) waits for
+#: that host's agent, in seconds (its passes run every fraction of a second)
+GUEST_READ_TIMEOUT = 10.0
+
+
 @dataclass(frozen=True)
 class AllocationRatios:
     """How much of each host's capacity servers may take, as Nova's
@@ -280,6 +286,7 @@ class Engine:
                             QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
                             ComputeServices(), Allocations()])
             create_host_reports(self.view)
+            guest_reads.create_table(self.view)
         self.updater = ViewUpdater(self.service, self.view)
         self.service.group_member_hosts = self._group_member_hosts
         self.service.project_usage = self._project_usage
@@ -304,6 +311,8 @@ class Engine:
             raise ValueError("the service down time must be above 0")
         #: a host not heard from for longer is down (Nova's ``service_down_time``)
         self.service_down_time = service_down_time
+        #: how long a read of a guest on another host waits for that host's agent (s)
+        self.guest_read_timeout = GUEST_READ_TIMEOUT
         #: how often this engine's agent reports its host (Nova's ``report_interval``),
         #: often enough for the down time
         self.report_interval = min(REPORT_INTERVAL, service_down_time / 4)
@@ -600,11 +609,12 @@ class Engine:
         (the text split at newlines, the last ``length`` pieces joined; 0: nothing;
         -1 or None: all). Control characters but tab and newline are removed.
 
-        A server not on a host (scheduling, offloaded) or on another engine's host is
-        409 ``Instance <id> is not ready``; one being deleted 409; a guest without a
-        console log 404 (``Guest does not have a console available.``)."""
-        text = self._read_guest(server_id, ctx, "get_console_output",
-                                lambda sid: self.hypervisor.console_output(sid))
+        A server not on a host (scheduling, offloaded, never placed) or on a host that
+        is down is 409 ``Instance <id> is not ready``; one being deleted 409; a guest
+        without a console log 404 (``Guest does not have a console available.``). A
+        guest on another host is read by that host's agent (see :meth:`_read_guest`)."""
+        text = str(self._read_guest(server_id, ctx, "get_console_output",
+                                    "console_output"))
         text = _CONTROL.sub("", text)
         if length is None or length == -1:
             return text
@@ -616,30 +626,75 @@ class Engine:
         """What the hypervisor knows of the server's guest, in Nova's standard form (2.48):
         state, driver, num_cpus, memory_details… (the same conditions as
         :meth:`console_output`; an unknown guest is 404)."""
-        return dict(self._read_guest(server_id, ctx, "get_diagnostics",
-                                     lambda sid: self.hypervisor.diagnostics(sid)))
+        return dict(self._read_guest(server_id, ctx, "get_diagnostics", "diagnostics"))
 
-    def _read_guest(self, server_id: str, ctx: Context | None, what: str,
-                    read: Callable[[str], T]) -> T:
-        """``read`` the server's guest from this engine's hypervisor: 409 while it is
-        being deleted, or when it has no host (scheduling, offloaded) or another host
-        (``Instance <id> is not ready``); the hypervisor's 404 is not found, any other
-        refusal 409."""
+    def _read_guest(self, server_id: str, ctx: Context | None, what: str, kind: str
+                    ) -> Any:
+        """Read the server's guest (``kind``: ``console_output`` or ``diagnostics``):
+        409 while it is being deleted, or when it has no host (scheduling, offloaded,
+        never placed) or its host is down (``Instance <id> is not ready``); the
+        hypervisor's 404 is not found, any other refusal 409. A guest on this engine's
+        host is read from its hypervisor; one on another host is asked of that host's
+        agent through the database (:mod:`vmledger.projections.guest_reads`, as Nova
+        asks the compute host over RPC), waiting up to :attr:`guest_read_timeout`."""
         doc = self._visible(server_id, ctx, include_deleted=False)
         sid = str(doc["id"])
         if doc.get("task_state") == lc.DELETING:
             raise InvalidState(what, sid, "task_state", lc.DELETING)
-        placed = doc.get("host") and not (
+        host = doc.get("host")
+        placed = host and not doc.get("unplaced") and not (
             doc.get("vm_state") == lc.SHELVED_OFFLOADED
             or (doc.get("vm_state") == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING))
-        if not placed or doc.get("host") != self.host:
+        if not placed:
             raise Conflict(f"Instance {sid} is not ready")
+        if host == self.host:
+            result = self._guest_read(sid, kind)
+        else:
+            if not self.service.host_is_up(str(host)):
+                raise Conflict(f"Instance {sid} is not ready")
+            question = guest_reads.ask(self.view, str(host), sid, kind, datetime.now(UTC))
+            answer = guest_reads.wait(self.view, question, self.guest_read_timeout)
+            if answer is None:
+                raise Conflict(f"The compute host {host} did not answer in time; "
+                               "try again.")
+            result = answer
+        if result["code"] == 200:
+            return result["body"]
+        if result["code"] == 404:
+            raise NotFound(result["message"])
+        raise Conflict(result["message"])
+
+    def _guest_read(self, server_id: str, kind: str) -> dict[str, Any]:
+        """Read a guest of this engine's hypervisor: ``code`` 200 and ``body``, or the
+        refusal's ``code`` (404 or 409) and ``message``."""
         try:
-            return read(sid)
+            body: Any = (self.hypervisor.console_output(server_id) if kind == "console_output"
+                         else dict(self.hypervisor.diagnostics(server_id)))
         except HypervisorError as e:
-            if e.code == 404:
-                raise NotFound(e.message) from None
-            raise Conflict(e.message) from None
+            return {"code": 404 if e.code == 404 else 409, "message": e.message}
+        return {"code": 200, "body": body}
+
+    def answer_guest_reads(self) -> int:
+        """Answer the questions other processes asked of this host's guests (console
+        output, diagnostics); drop those their askers gave up on. Returns how many
+        were answered."""
+        answered = 0
+        now = datetime.now(UTC)
+        for question, server_id, kind, asked_at in guest_reads.questions(self.view,
+                                                                          self.host):
+            if now - datetime.fromisoformat(asked_at) > guest_reads.STALE_AFTER:
+                guest_reads.drop(self.view, question)
+                continue
+            try:
+                result = self._guest_read(server_id, kind)
+            except Exception:  # a bug or a lost connection: the asker gets a refusal
+                log.exception("agent %s: reading %s of %s failed", self.host, kind,
+                              server_id)
+                result = {"code": 409, "message": "The host agent could not read the "
+                                                  "guest; try again."}
+            guest_reads.answer(self.view, question, result)
+            answered += 1
+        return answered
 
     def get_server(self, server_id: str, *, ctx: Context | None = None) -> ServerInfo:
         """A server from the view; another project's or a deleted one is not found."""
@@ -1143,7 +1198,7 @@ class Engine:
     def run_once(self) -> int:
         """One pass of the host agent and the timer; return how much they did."""
         self.report_host()
-        return self.agent.run_once() + self.timer.run_once()
+        return self.answer_guest_reads() + self.agent.run_once() + self.timer.run_once()
 
     def run_until_idle(self, max_passes: int = 1000) -> int:
         """Run passes until nothing is in flight and no deadline is due."""
