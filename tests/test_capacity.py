@@ -46,7 +46,7 @@ def test_a_full_host_takes_no_more_servers(engine: Engine) -> None:
     room = engine.host_room([engine.host])[engine.host]
     assert room == {"vcpus": 64 - 28, "ram": 65536 - 512 - 7 * 8192, "disk": 1024 - 560}
     eighth = engine.create_server("one-too-many", flavor="m1.large", image=IMAGE)
-    assert eighth.status == "ERROR"
+    assert eighth.status == "ERROR" and eighth.host is None
     assert eighth.fault is not None and eighth.fault["message"] == NO_VALID_HOST
     # a smaller one still fits
     assert engine.create_server("small", flavor="m1.small", image=IMAGE).status == "BUILD"

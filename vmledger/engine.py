@@ -114,7 +114,8 @@ class ServerInfo:
     power_state: int
     flavor: dict[str, Any]
     image: dict[str, Any]
-    host: str
+    #: the host it is placed on; None when no host could take it
+    host: str | None
     project_id: str
     user_id: str
     locked: bool
@@ -133,7 +134,8 @@ class ServerInfo:
                                                                 doc["task_state"]),
             vm_state=doc["vm_state"], task_state=doc["task_state"],
             power_state=doc["power_state"], flavor=doc["flavor"], image=doc["image"],
-            host=doc["host"], project_id=doc["project_id"], user_id=doc["user_id"],
+            host=None if doc.get("unplaced") else doc["host"],
+            project_id=doc["project_id"], user_id=doc["user_id"],
             locked=doc["locked"], fault=doc.get("fault"), created_at=doc["created_at"],
             updated_at=doc["updated_at"], launched_at=doc.get("launched_at"),
             confirm_deadline=doc.get("confirm_deadline"), version=doc["version"], doc=doc)
