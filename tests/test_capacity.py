@@ -9,16 +9,21 @@ The simulator's host has 16 vCPUs, 64 GiB and 1 TiB: with Nova's defaults (ratio
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
 from tests.engines import make_engine
 from tests.support.compute import IMAGE_ID
+from tests.support.racing import racing
 from vmledger import AllocationRatios, Engine, FakeClock
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.cli import build_parser
+from vmledger.domain.host_claims import HostClaims, host_claims_id
 from vmledger.domain.server_group import NO_VALID_HOST
 
 IMAGE = "cirros-0.6.2-x86_64"
@@ -187,3 +192,45 @@ def test_the_api_answers_202_and_the_server_fails_to_schedule(engine: Engine) ->
     assert r.status_code == 409
     assert r.json()["conflictingRequest"]["message"] == (
         f"Instance {server['id']} is not ready")
+
+
+def test_racing_creates_never_overfill_a_host(url: str) -> None:
+    """Creates racing for a host's last room — from several engines on one database (as
+    several API processes) and several projects — place exactly what fits: each
+    placement is recorded on the host (HostClaims), so a lost race is decided again
+    against the room the winner left."""
+    clock = FakeClock()
+    # own seeds: distinct server ids, so the creates themselves never collide
+    engines = [make_engine(url, clock=clock, seed=10 + n) for n in range(3)]
+    try:
+        _fill(engines[0], 5)  # room for 2 more m1.large
+        for engine in engines:  # every decision reads the room before any saves
+            def slow(hosts: Sequence[str], read: Any = engine.service.host_room) -> Any:
+                room = read(hosts)
+                time.sleep(0.05)
+                return room
+            engine.service.host_room = slow
+            # as in separate processes: nothing but the database between the engines
+            # (in one process, placements on one database queue for one lock)
+            own = threading.Lock()
+            engine.service._placement_lock = lambda own=own: own  # type: ignore[method-assign]
+
+        def create(engine: Engine, n: int) -> Callable[[], object]:
+            ctx = engine.context(user_id=f"user-{n}", project_id=f"p{n}", is_admin=False)
+            return lambda: engine.create_server(f"raced-{n}", flavor="m1.large",
+                                                image=IMAGE, ctx=ctx)
+
+        assert racing([create(engines[n % 3], n) for n in range(6)]) == ["ok"] * 6
+        engines[0].updater.catch_up()
+        raced = [s for s in engines[0].list_servers() if s.name.startswith("raced-")]
+        assert sorted(s.status for s in raced) == ["BUILD"] * 2 + ["ERROR"] * 4
+        assert engines[0].host_room([engines[0].host])[engines[0].host]["ram"] == (
+            65536 - 512 - 7 * 8192)
+        # the placements are on the host's record, with the room each decision saw
+        claims = [e for e in engines[0].service.repository.event_store.get(
+            host_claims_id(engines[0].host)) if isinstance(e, HostClaims.Claimed)]
+        assert [e.room["ram"] for e in claims] == [
+            65536 - 512 - n * 8192 for n in range(7)]  # one after the other
+    finally:
+        for engine in engines:
+            engine.close()

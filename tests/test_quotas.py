@@ -193,7 +193,8 @@ def test_concurrent_creates_never_exceed_the_quota(url: str) -> None:
     API processes) and several threads each, admit exactly what the quota allows: a
     lost race is decided again against the usage that includes the winner."""
     clock = FakeClock()
-    engines = [make_engine(url, clock=clock) for _ in range(3)]
+    # own seeds: distinct server ids, so the creates themselves never collide
+    engines = [make_engine(url, clock=clock, seed=10 + n) for n in range(3)]
     try:
         admin = engines[0].context(user_id="root", project_id="ops", is_admin=True)
         engines[0].set_quotas("p1", {"instances": 3}, ctx=admin)

@@ -922,7 +922,10 @@ class Engine:
         and ``disk`` (GB), each its hypervisor's capacity (its last report; asked now
         for this engine's own host) times its allocation ratio (less the reserved
         memory, for RAM), less what the servers on it hold (the allocations read
-        model). A host whose capacity is not known is left out (not filtered)."""
+        model, caught up first: a request decided again after losing a race on a host
+        counts what the winner placed there). A host whose capacity is not known is left
+        out (not filtered)."""
+        self.updater.catch_up()
         reports: dict[str, dict[str, Any]] | None = None
         used = host_usage(self.view, hosts)
         ratios = self.allocation_ratios

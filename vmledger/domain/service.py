@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import threading
@@ -44,6 +45,7 @@ from vmledger.domain.errors import (
     NotFound,
     ServerNotFound,
 )
+from vmledger.domain.host_claims import HostClaims, host_claims_id
 from vmledger.domain.image import CustomImage
 from vmledger.domain.server import ADMIN, TIMER, Context, Server
 
@@ -174,6 +176,26 @@ def _check_description(description: object) -> str | None:
     return description
 
 
+#: per database (see :func:`_database_key`): the lock placements in this process take
+_PLACEMENT_LOCKS: dict[str, threading.Lock] = {}
+_PLACEMENT_LOCKS_GUARD = threading.Lock()
+
+
+def _database_key(recorder: Any) -> str:
+    """Which database a recorder writes to (services on one database share it)."""
+    datastore = getattr(recorder, "datastore", None)
+    pool = getattr(datastore, "pool", None)
+    name = getattr(pool, "db_name", None)  # SQLite
+    if name is not None and not getattr(pool, "is_sqlite_memory_mode", False):
+        return f"sqlite:{name}"
+    kwargs = getattr(pool, "kwargs", None)  # PostgreSQL
+    if isinstance(kwargs, dict) and kwargs.get("dbname"):
+        return "postgres:{host}:{port}:{dbname}:".format(**{
+            k: kwargs.get(k) for k in ("host", "port", "dbname")}) + str(
+            getattr(datastore, "schema", ""))
+    return f"process:{id(recorder)}"  # in memory: this service alone
+
+
 def flavor_need(flavor: Flavor | Mapping[str, Any]) -> dict[str, int]:
     """What a server of ``flavor`` asks of a host (see :func:`flavor_resources`)."""
     return flavor_resources(flavor.as_dict() if isinstance(flavor, Flavor) else dict(flavor))
@@ -222,7 +244,8 @@ class ServerService(Application[uuid.UUID]):
     name = "vmledger"
     log_section_size = 1000
     # a project's quota set gets an event per admitted create or resize
-    snapshotting_intervals: ClassVar[dict[Any, int]] = {Server: 100, quotas.QuotaSet: 100}
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {
+        Server: 100, quotas.QuotaSet: 100, HostClaims: 100}
     # eventsourcing: 0 would be an *unbounded* cache; a bounded LRU keeps the speed-up
     # (loads fast-forward from the cached version) without holding every server forever
     env: ClassVar[dict[str, str]] = {"AGGREGATE_CACHE_MAXSIZE": "10000"}
@@ -383,13 +406,23 @@ class ServerService(Application[uuid.UUID]):
                 recordings = self.save(*aggregates)
             except IntegrityError:
                 # another writer won the race: decide again against fresh state
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                self._back_off(attempt)
                 continue
             position = recordings[-1].notification.id if recordings else None
             return CommandResult(str(changed.id), ctx.request_id, position,
                                  details=dict(details or {}))
+        if server_id is None:
+            raise Conflict("Other requests placing servers at the same time kept winning; "
+                           "try again.")
         raise Conflict("The server was changed by another request at the same time; "
                        "try again.")
+
+    def _back_off(self, attempt: int) -> None:
+        """Wait before deciding again after losing a race: a random time up to 2 ms,
+        doubling with each lost attempt (at most 0.2 s), so writers contending for one
+        aggregate (a host's claims, a project's quota set) spread out instead of
+        colliding again."""
+        time.sleep(self._jitter.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
 
     def _replay(self, record_id: uuid.UUID, fingerprint: str, key: str
                 ) -> CommandResult | None:
@@ -499,8 +532,10 @@ class ServerService(Application[uuid.UUID]):
             total, quota = self.admit(ctx, project_id, each, count=count,
                                       min_count=min_count)
             usable[:] = self.usable_hosts()
+            versions = self._claim_versions(usable)  # before the room is read
             room.clear()
             room.update(self.host_room(usable))
+            seen = dict(room)
             current.clear()
             placed.clear()
             if server_group:
@@ -512,6 +547,11 @@ class ServerService(Application[uuid.UUID]):
             made = [one(index, total) for index in range(1, total + 1)]
             first = made[0]
             extras.extend(made[1:])
+            placements: dict[str, dict[str, dict[str, int]]] = {}
+            for s in made:
+                if s.vm_state != lc.ERROR:
+                    placements.setdefault(s.host, {})[str(s.id)] = need
+            extras.extend(self._claims(ctx, placements, seen, versions))
             details.clear()
             if total > 1:
                 details["server_ids"] = [str(s.id) for s in made]
@@ -523,7 +563,7 @@ class ServerService(Application[uuid.UUID]):
                 extras.append(quota)
             return first
 
-        with self._quota_lock(project_id):
+        with self._placement_lock(), self._quota_lock(project_id):
             return self._run(ctx, None, decide, idempotency_key=idempotency_key,
                              operation="create", payload=payload, extras=extras,
                              details=details)
@@ -594,6 +634,18 @@ class ServerService(Application[uuid.UUID]):
         return self._load_decide_save(ctx, quotas.quota_class_id(name), decide,
                                       f"The quota class {name}")
 
+    def _placement_lock(self) -> threading.Lock:
+        """Placements (creates, resizes) on this database are decided one after the other
+        in this process, by every service on it: they contend for the same hosts'
+        claims, and a queue is fairer than losing the race again and again. Other
+        processes are serialised by the claims alone."""
+        key = _database_key(self.recorder)
+        with _PLACEMENT_LOCKS_GUARD:
+            lock = _PLACEMENT_LOCKS.get(key)
+            if lock is None:
+                lock = _PLACEMENT_LOCKS[key] = threading.Lock()
+            return lock
+
     def _quota_lock(self, project_id: str | None) -> threading.Lock:
         with self._quota_locks_guard:
             lock = self._quota_locks.get(project_id or "")
@@ -621,6 +673,40 @@ class ServerService(Application[uuid.UUID]):
         """Whether ``host`` has room for one more server of ``flavor``."""
         return bool(_fitting([host], self.host_room([host]), flavor_need(flavor)))
 
+    def _claim_versions(self, hosts: Sequence[str]) -> dict[str, int | None]:
+        """The version of each host's claims (None: none yet), read *before* the room is
+        (see :meth:`_claims`)."""
+        versions: dict[str, int | None] = {}
+        for host in hosts:
+            last = self.recorder.select_events(host_claims_id(host), desc=True, limit=1)
+            versions[host] = last[0].originator_version if last else None
+        return versions
+
+    def _claims(self, ctx: Context, placements: Mapping[str, Mapping[str, Mapping[str, int]]],
+                room: Mapping[str, Mapping[str, float]],
+                versions: Mapping[str, int | None]) -> list[Aggregate]:
+        """The placements (servers by host, with what each takes) recorded on each host
+        whose room is limited (:class:`~vmledger.domain.host_claims.HostClaims`), to be
+        saved with the request. Each host's claims are taken at the version read before
+        the room (``versions``): a placement that another request recorded after that
+        makes this save conflict, and the request is decided again against a room that
+        counts it; one recorded before is in the room already. Hosts of unknown or
+        unlimited room need none."""
+        out: list[Aggregate] = []
+        for host, servers in placements.items():
+            left = room.get(host)
+            if not servers or left is None or all(math.isinf(v) for v in left.values()):
+                continue
+            version = versions.get(host)
+            found: object = (None if version is None else
+                             self.repository.get(host_claims_id(host), version=version))
+            claims = (found if isinstance(found, HostClaims)
+                      else HostClaims.start(ctx, self.clock.now(), host))
+            claims.claim(ctx, self.clock.now(), servers,
+                         {r: v for r, v in left.items() if not math.isinf(v)})
+            out.append(claims)
+        return out
+
     # --- other aggregates: load, decide, save, retry -------------------------------
     def _load_decide_save(self, ctx: Context, aggregate_id: uuid.UUID | None,
                 decide: Callable[[object], Aggregate | None], what: str,
@@ -641,7 +727,7 @@ class ServerService(Application[uuid.UUID]):
             try:
                 recordings = self.save(changed)
             except IntegrityError:  # changed meanwhile: decide again
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                self._back_off(attempt)
                 continue
             return CommandResult("", ctx.request_id, recordings[-1].notification.id,
                                  details=details or {})
@@ -703,7 +789,7 @@ class ServerService(Application[uuid.UUID]):
         if action == "resize":  # a larger flavor is admitted by the project's quotas
             extras: list[Aggregate] = []
             resize = self._h_resize(ctx, params, extras)
-            with self._quota_lock(ctx.project_id):
+            with self._placement_lock(), self._quota_lock(ctx.project_id):
                 return self._run(ctx, sid, resize, idempotency_key=idempotency_key,
                                  operation=action, payload=params, extras=extras)
         decide = handler(self, ctx, params)
@@ -832,7 +918,9 @@ class ServerService(Application[uuid.UUID]):
             new = self.catalog.flavor(ref)
             if new.id == server.flavor.get("id"):
                 raise BadRequest("When resizing, instances must change flavor!")
-            if not self._has_room(server.host, new.as_dict()):
+            versions = self._claim_versions([server.host])
+            room = self.host_room([server.host])
+            if not _fitting([server.host], room, flavor_need(new)):
                 # Nova's scheduler: no host for the new flavor (its own host holds both
                 # while it waits). The server is left as it was, the action failed.
                 server.request_action("resize", ctx, self.clock.now(),
@@ -851,6 +939,9 @@ class ServerService(Application[uuid.UUID]):
             server.request_action("resize", ctx, self.clock.now(),
                                   params={"flavor": new.as_dict()},
                                   changes={"migration_status": "pre-migrating"})
+            if extras is not None:  # the host holds the new flavor too from now on
+                extras.extend(self._claims(
+                    ctx, {server.host: {str(server.id): flavor_need(new)}}, room, versions))
             return server
         return decide
 
@@ -1261,7 +1352,7 @@ class ServerService(Application[uuid.UUID]):
                 self.save(image)
                 return True
             except IntegrityError:
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                self._back_off(attempt)
         raise Conflict(f"Image {image_id} was changed concurrently; try again.")
 
     def delete_image(self, ctx: Context, image_id: str) -> CommandResult:
@@ -1274,7 +1365,7 @@ class ServerService(Application[uuid.UUID]):
             try:
                 recordings = self.save(image)
             except IntegrityError:
-                time.sleep(self._jitter.uniform(0, 0.002 * (attempt + 1)))
+                self._back_off(attempt)
                 continue
             return CommandResult("", ctx.request_id, recordings[-1].notification.id,
                                  details={"image_id": str(image.id)})
