@@ -106,6 +106,16 @@ def test_offloaded_servers_hold_nothing_and_unshelve_needs_room(engine: Engine) 
     info = engine.get_server(sid)
     assert info.status == "SHELVED_OFFLOADED"
     assert info.fault is not None and info.fault["message"] == NO_VALID_HOST
+    # with room again, it is placed, and the placement claimed on the host
+    engine.delete(str(taker.id))
+    engine.run_until_idle()
+    result = engine.unshelve(sid)
+    engine.run_until_idle()
+    assert engine.get_server(sid).status == "ACTIVE"
+    [claim] = [e for e in engine.service.repository.event_store.get(
+        host_claims_id(engine.host)) if e.request_id == result.request_id]
+    assert isinstance(claim, HostClaims.Claimed)
+    assert claim.servers == {sid: {"vcpus": 4, "ram": 8192, "disk": 80}}
 
 
 def test_requests_for_several_servers_fill_the_host_in_turn(engine: Engine) -> None:

@@ -664,15 +664,6 @@ class ServerService(Application[uuid.UUID]):
         return min(candidates, key=lambda h: (-(room.get(h) or {}).get("ram", 0),
                                               h not in self.hosts, h))
 
-    def _schedule(self, usable: Sequence[str], flavor: Mapping[str, Any]) -> str | None:
-        """:meth:`_weighed` over the ``usable`` hosts with room for ``flavor``."""
-        room = self.host_room(usable)
-        return self._weighed(_fitting(usable, room, flavor_need(flavor)), room)
-
-    def _has_room(self, host: str, flavor: Mapping[str, Any]) -> bool:
-        """Whether ``host`` has room for one more server of ``flavor``."""
-        return bool(_fitting([host], self.host_room([host]), flavor_need(flavor)))
-
     def _claim_versions(self, hosts: Sequence[str]) -> dict[str, int | None]:
         """The version of each host's claims (None: none yet), read *before* the room is
         (see :meth:`_claims`)."""
@@ -792,6 +783,12 @@ class ServerService(Application[uuid.UUID]):
             with self._placement_lock(), self._quota_lock(ctx.project_id):
                 return self._run(ctx, sid, resize, idempotency_key=idempotency_key,
                                  operation=action, payload=params, extras=extras)
+        if action in ("evacuate", "unshelve"):  # placed on a host: claimed there
+            placing: list[Aggregate] = []
+            place = handler(self, ctx, params, placing)
+            with self._placement_lock():
+                return self._run(ctx, sid, place, idempotency_key=idempotency_key,
+                                 operation=action, payload=params, extras=placing)
         decide = handler(self, ctx, params)
         return self._run(ctx, sid, decide, idempotency_key=idempotency_key,
                          operation=action, payload=params)
@@ -945,7 +942,8 @@ class ServerService(Application[uuid.UUID]):
             return server
         return decide
 
-    def _h_evacuate(self, ctx: Context, params: dict[str, Any]
+    def _h_evacuate(self, ctx: Context, params: dict[str, Any],
+                    extras: list[Aggregate] | None = None
                     ) -> Callable[[Server | None], Server]:
         """Nova's ``evacuate`` (administrators): the server's host is down, so it is
         rebuilt from its image on another one — ``host`` if given (it must exist and
@@ -980,11 +978,17 @@ class ServerService(Application[uuid.UUID]):
             usable = ([host] if force else  # forced: the host, whether it takes servers
                       [h for h in self.usable_hosts()
                        if h != server.host and (host is None or h == host)])
+            need = flavor_need(server.flavor)
+            versions = self._claim_versions(usable)  # before the room is read
+            room = self.host_room(usable)
             # forced: that host, with or without room (Nova skips the scheduler)
-            chosen = host if force else self._schedule(usable, server.flavor)
+            chosen = host if force else self._weighed(_fitting(usable, room, need), room)
             changes: dict[str, Any] = {"migration_status": "accepted"}
             if chosen is not None:
                 changes["host"] = chosen
+                if extras is not None:
+                    extras.extend(self._claims(ctx, {chosen: {str(server.id): need}},
+                                               room, versions))
             server.request_action(action, ctx, self.clock.now(),
                                   params={"source_host": server.host}, changes=changes)
             if chosen is None:  # Nova's conductor: the scheduler found no host
@@ -1119,7 +1123,8 @@ class ServerService(Application[uuid.UUID]):
             return server
         return decide
 
-    def _h_unshelve(self, ctx: Context, params: dict[str, Any]
+    def _h_unshelve(self, ctx: Context, params: dict[str, Any],
+                    extras: list[Aggregate] | None = None
                     ) -> Callable[[Server | None], Server]:
         """``availability_zone`` (2.77) and ``host`` (2.91, administrators) only for a
         server whose guest was offloaded; a host must be one of this service's."""
@@ -1146,16 +1151,24 @@ class ServerService(Application[uuid.UUID]):
                 raise BadRequest("The requested availability zone is not available")
             changes = {"host": host} if host is not None else {}
             no_host = False
-            if host is None and server.vm_state == lc.SHELVED_OFFLOADED:
-                # scheduled again: its old host if that still takes servers, else another
-                usable = list(self.usable_hosts())
-                if server.host not in usable or not self._has_room(server.host,
-                                                                   server.flavor):
-                    chosen = self._schedule(usable, server.flavor)
-                    if chosen is not None:
-                        changes["host"] = chosen
-                    else:
-                        no_host = True
+            if server.vm_state == lc.SHELVED_OFFLOADED:
+                # placed again: the host asked for (administrators; it must have room),
+                # else its old host if that still takes servers and has room, else the
+                # scheduler's choice
+                usable = [host] if host is not None else list(self.usable_hosts())
+                need = flavor_need(server.flavor)
+                versions = self._claim_versions(usable)  # before the room is read
+                room = self.host_room(usable)
+                fitting = _fitting(usable, room, need)
+                chosen = (server.host if host is None and server.host in fitting
+                          else self._weighed(fitting, room))
+                if chosen is None:
+                    no_host = True
+                else:
+                    changes["host"] = chosen
+                    if extras is not None:
+                        extras.extend(self._claims(ctx, {chosen: {str(server.id): need}},
+                                                   room, versions))
             server.request_action("unshelve", ctx, self.clock.now(), changes=changes,
                                   params={"image_id": getattr(server, "shelved_image_id",
                                                               None)})
