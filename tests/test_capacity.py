@@ -118,10 +118,15 @@ def test_offloaded_servers_hold_nothing_and_unshelve_needs_room(engine: Engine) 
     assert claim.servers == {sid: {"vcpus": 4, "ram": 8192, "disk": 80}}
 
 
-def test_requests_for_several_servers_fill_the_host_in_turn(engine: Engine) -> None:
-    _fill(engine, 6)
+def test_a_request_for_several_servers_is_placed_whole_or_not_at_all(
+        engine: Engine) -> None:
+    """Each server of a request takes its share before the next is placed; when one
+    does not fit, the whole request fails to schedule (as Nova's scheduler fails it)."""
+    _fill(engine, 5)
+    made = engine.create_servers("trio", flavor="m1.large", image=IMAGE, count=3)
+    assert [(s.status, s.host) for s in made] == [("ERROR", None)] * 3
     made = engine.create_servers("pair", flavor="m1.large", image=IMAGE, count=2)
-    assert [s.status for s in made] == ["BUILD", "ERROR"]
+    assert [s.status for s in made] == ["BUILD", "BUILD"]
 
 
 def test_allocation_ratios_and_reserved_memory(url: str) -> None:

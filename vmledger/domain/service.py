@@ -449,9 +449,11 @@ class ServerService(Application[uuid.UUID]):
         """Ask for new servers (``count`` of them, in one transaction and one request);
         each starts BUILD and the host agent builds it.
 
-        With ``server_group`` (a group of the caller's project) each server joins it and
-        is placed by its policy; one that the policy cannot place fails to schedule
-        (ERROR, ``No valid host was found``).
+        Each server goes to a host that takes servers and has room for its flavor; with
+        ``server_group`` (a group of the caller's project) each joins it and is placed
+        by its policy. When one of the request's servers cannot be placed, they all fail
+        to schedule (ERROR, ``No valid host was found``, no host), as Nova's scheduler
+        fails the whole request.
 
         With ``count`` > 1 the servers are named ``NAME-1`` … ``NAME-N`` (and a requested
         hostname gets the same suffix), as Nova's default
@@ -499,26 +501,37 @@ class ServerService(Application[uuid.UUID]):
         # the group as loaded by the current attempt (its version serialises placements)
         current: list[groups.ServerGroup] = []
 
-        def one(index: int, total: int) -> Server:
+        def choose(total: int) -> list[str | None]:
+            """A host for each server of the request, each taking its share of its
+            host's room before the next is placed; None for all when one cannot be
+            placed (Nova's scheduler: not enough hosts for the request, which fails
+            whole)."""
+            hosts: list[str | None] = []
+            for _ in range(total):
+                fitting = _fitting(usable, room, need)
+                chosen = self._weighed(fitting, room)
+                if current and chosen is not None:
+                    chosen = groups.place(current[0].policy, current[0].rules, placed,
+                                          fitting, chosen)
+                if chosen is None:
+                    return [None] * total
+                placed.append(chosen)
+                if chosen in room:  # what this server takes is no longer free
+                    left = room[chosen] = dict(room[chosen])
+                    for resource, amount in need.items():
+                        left[resource] = left.get(resource, 0) - amount
+                hosts.append(chosen)
+            return hosts
+
+        def one(index: int, total: int, chosen: str | None) -> Server:
             sid = self.id_factory()
             attrs = dict(attributes or {})
             own_name = name if total == 1 else f"{name}-{index}"
             if total > 1 and attrs.get("hostname"):
                 attrs["hostname"] = f"{attrs['hostname']}-{index}"
-            fitting = _fitting(usable, room, need)
-            chosen = self._weighed(fitting, room)
             if current:
                 attrs["server_group"] = str(current[0].id)
-                if chosen is not None:
-                    chosen = groups.place(current[0].policy, current[0].rules, placed,
-                                          fitting, chosen)
-                placed.append(chosen or "")
-            if chosen is not None:
-                if chosen in room:  # what this server takes is no longer free
-                    left = room[chosen] = dict(room[chosen])
-                    for resource, amount in need.items():
-                        left[resource] = left.get(resource, 0) - amount
-            else:  # the scheduler's answer: the server fails in ERROR
+            if chosen is None:  # the scheduler's answer: the server fails in ERROR
                 server = self._request(sid, ctx, own_name, chosen_flavor, image_ref,
                                        self.hosts[0], meta, desc, key_name,
                                        availability_zone, attrs)
@@ -544,7 +557,8 @@ class ServerService(Application[uuid.UUID]):
                 limit = self.project_limits(project_id)["server_group_members"]
                 if limit != quotas.UNLIMITED and len(placed) + total > limit:
                     raise Forbidden("Quota exceeded, too many servers in group")
-            made = [one(index, total) for index in range(1, total + 1)]
+            made = [one(index, total, host)
+                    for index, host in enumerate(choose(total), start=1)]
             first = made[0]
             extras.extend(made[1:])
             placements: dict[str, dict[str, dict[str, int]]] = {}
