@@ -228,18 +228,18 @@ class AllocationRatios:
         is not limited."""
         if not info or not any(info.get(k) for k in ("vcpus", "memory_mb", "local_gb")):
             return None
-        memory = _count(info.get("memory_mb"))
-        if memory:
-            memory = max(memory - self.reserved_host_memory_mb, 0) or -1  # all reserved
-        return {"vcpus": _scaled(_count(info.get("vcpus")), self.cpu),
-                "ram": _scaled(memory, self.ram),
-                "disk": _scaled(_count(info.get("local_gb")), self.disk)}
+        return {"vcpus": _limit(info.get("vcpus"), self.cpu),
+                "ram": _limit(info.get("memory_mb"), self.ram,
+                              self.reserved_host_memory_mb),
+                "disk": _limit(info.get("local_gb"), self.disk)}
 
 
-def _scaled(amount: int, ratio: float) -> float:
+def _limit(reported: Any, ratio: float, reserved: int = 0) -> float:
+    """(reported - reserved) * ratio; unlimited when nothing was reported (0)."""
+    amount = _count(reported)
     if amount == 0:
         return math.inf  # not measured
-    return amount * ratio if amount > 0 else 0.0
+    return (amount - reserved) * ratio if amount > reserved else 0.0
 
 
 def _count(value: Any) -> int:
@@ -643,11 +643,8 @@ class Engine:
         sid = str(doc["id"])
         if doc.get("task_state") == lc.DELETING:
             raise InvalidState(what, sid, "task_state", lc.DELETING)
-        host = doc.get("host")
-        placed = host and not doc.get("unplaced") and not (
-            doc.get("vm_state") == lc.SHELVED_OFFLOADED
-            or (doc.get("vm_state") == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING))
-        if not placed:
+        host = lc.placed_host(doc)
+        if host is None or doc.get("vm_state") == lc.SHELVED_OFFLOADED:  # no guest yet
             raise Conflict(f"Instance {sid} is not ready")
         if host == self.host:
             result = self._guest_read(sid, kind)
@@ -773,6 +770,7 @@ class Engine:
         service down time (its last answer is shown, or zeros)."""
         out: list[dict[str, Any]] = []
         reports = host_reports(self.view)
+        usage = host_usage(self.view)
         for service in self.compute_services(reports):
             host = service["host"]
             report = reports.get(host)
@@ -786,7 +784,7 @@ class Engine:
             info = info or _UNKNOWN_HOST
             # the servers holding resources here (not offloaded, nor never placed)
             servers = [d for d in self.view.on_host(host) if allocation_of(d) is not None]
-            held = host_usage(self.view, [host]).get(host) or {}
+            held = usage.get(host) or {}
             vcpus = held.get("vcpus", 0)
             # as Nova's resource tracker: the reserved memory counts as used
             memory = held.get("ram", 0) + self.allocation_ratios.reserved_host_memory_mb

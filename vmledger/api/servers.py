@@ -29,7 +29,6 @@ from vmledger.api.views import (
     Viewer,
     created_view,
     rebuild_view,
-    scheduled_host,
     server_summary,
     server_view,
     update_view,
@@ -322,7 +321,7 @@ def entity_tag(info: ServerInfo, call: Call, groups: list[str] | None = None,
                     and (info.doc.get("attributes") or {}).get("server_group")) else ""
     host = ""
     if viewer is not None and viewer.host_states is not None:
-        host = "-" + (viewer.host_status(scheduled_host(info.doc)) or "none").lower()
+        host = "-" + (viewer.host_status(lc.placed_host(info.doc)) or "none").lower()
     return f'"{info.version}-{call.version}{gone}{host}"'
 
 

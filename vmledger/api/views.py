@@ -165,21 +165,6 @@ def server_status(doc: dict[str, Any]) -> str:
     return lc.status_of(doc["vm_state"], doc.get("task_state"))
 
 
-def scheduled_host(doc: dict[str, Any]) -> str | None:
-    """The host, once the server has left scheduling (Nova has none before, nor after
-    no host could take it) and while it has a guest (an offloaded shelved server has
-    none, in Nova until unshelved)."""
-    vm_state = doc.get("vm_state")
-    if vm_state == lc.BUILDING and doc.get("task_state") == lc.SCHEDULING:
-        return None
-    if doc.get("unplaced"):  # no host could take it
-        return None
-    if vm_state == lc.SHELVED_OFFLOADED and doc.get("task_state") is None:
-        return None
-    host = doc.get("host")
-    return str(host) if host else None
-
-
 def _addresses(doc: dict[str, Any], *, extended: bool) -> dict[str, Any]:
     if doc.get("vm_state") == lc.BUILDING:
         return {}
@@ -261,7 +246,7 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
     v = viewer.version
     attributes = _attributes(doc)
     status = server_status(doc)
-    host = scheduled_host(doc)
+    host = lc.placed_host(doc)
     server: dict[str, Any] = {
         "id": doc["id"],
         "name": doc.get("name"),

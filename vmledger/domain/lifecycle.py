@@ -355,6 +355,21 @@ def status_of(vm_state: str, task_state: str | None) -> str:
     return overrides.get(task_state, default)
 
 
+def placed_host(doc: Mapping[str, Any]) -> str | None:
+    """The host a server document shows: none before it left scheduling (Nova has
+    none then), none when no host could take it, and none while it is offloaded
+    without a task (its guest is gone; in Nova until unshelved)."""
+    vm_state = doc.get("vm_state")
+    if vm_state == BUILDING and doc.get("task_state") == SCHEDULING:
+        return None
+    if doc.get("unplaced"):  # no host could take it
+        return None
+    if vm_state == SHELVED_OFFLOADED and doc.get("task_state") is None:
+        return None
+    host = doc.get("host")
+    return str(host) if host else None
+
+
 def states_for_status(status: str) -> list[tuple[str, str | None] | tuple[str, None]]:
     """Invert the status map for the ``?status=`` filter: (vm_state, task_state) pairs.
 
