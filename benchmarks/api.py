@@ -54,9 +54,9 @@ import httpx
 from benchmarks import commands
 from benchmarks.projections import percentile, populate
 from vmledger.adapters.hypervisor import GuestSpec
-from vmledger.adapters.persistence import environment
 from vmledger.adapters.simulator import Simulator
 from vmledger.engine import Engine
+from vmledger.persistence import environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_LIST_RATIO = 0.7

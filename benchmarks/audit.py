@@ -73,11 +73,11 @@ from benchmarks.commands import (
     pressure_totals,
     settle,
 )
-from vmledger.adapters.persistence import environment
 from vmledger.audit.ledger import Ledger
 from vmledger.audit.verify import VerifyReport, verify
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
+from vmledger.persistence import environment
 
 USER, PROJECT = "audit-user", "audit-project"
 CREATE = PHASES[0]

@@ -61,12 +61,12 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ApplicationRecorder
 from psycopg import sql
 
-from vmledger.adapters.persistence import environment
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import image_id_for
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import CommandResult, ServerService
 from vmledger.engine import AllocationRatios
+from vmledger.persistence import environment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.8

@@ -14,9 +14,9 @@ from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredEr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmledger.adapters.persistence import environment
 from vmledger.adapters.transcoding import FastJSONTranscoder
 from vmledger.domain.service import ServerService
+from vmledger.persistence import environment
 from vmledger.projections.servers import _stored, stored_ts
 
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from vmledger import cli_ops, logs
-from vmledger.adapters.persistence import DEFAULT_URL, redact
 from vmledger.domain.errors import VmledgerError
+from vmledger.persistence import DEFAULT_URL, redact
 
 if TYPE_CHECKING:
     from vmledger.api.auth import AuthSettings

@@ -12,8 +12,8 @@ import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from vmledger.adapters.persistence import DEFAULT_URL, redact
 from vmledger.domain.errors import VmledgerError
+from vmledger.persistence import DEFAULT_URL, redact
 
 if TYPE_CHECKING:
     from vmledger.engine import AllocationRatios

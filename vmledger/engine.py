@@ -24,16 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from vmledger.adapters.agent import HostAgent
 from vmledger.adapters.hypervisor import Hypervisor, HypervisorError
-from vmledger.adapters.persistence import (
-    DEFAULT_URL,
-    environment,
-    schema_lock,
-    servers_view,
-)
 from vmledger.adapters.simulator import Simulator
-from vmledger.adapters.timer import Timer
 from vmledger.audit.ledger import HistoryPage, Ledger, LedgerEntry
 from vmledger.audit.verify import VerifyReport, verify
 from vmledger.domain import flavors as flavor_records
@@ -58,6 +50,12 @@ from vmledger.domain.service import (
     ServerService,
     keypair_owner,
     new_request_id,
+)
+from vmledger.persistence import (
+    DEFAULT_URL,
+    environment,
+    schema_lock,
+    servers_view,
 )
 from vmledger.projections import guest_reads
 from vmledger.projections import images as image_view
@@ -89,6 +87,8 @@ from vmledger.projections.server_groups import (
 )
 from vmledger.projections.servers import ColumnFilter, MarkerNotFound, StoredServer
 from vmledger.projections.usage import server_usage
+from vmledger.workers.agent import HostAgent
+from vmledger.workers.timer import Timer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -16,19 +16,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import IntEnum
 from typing import Any, Protocol, runtime_checkable
 
-
-class PowerState(IntEnum):
-    """Nova's power_state numbering (2 and 5 are unused slots)."""
-
-    NOSTATE = 0
-    RUNNING = 1
-    PAUSED = 3
-    SHUTDOWN = 4
-    CRASHED = 6
-    SUSPENDED = 7
+from vmledger.domain.power import PowerState as PowerState  # part of the port
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ for the marker so events without nested ones skip the walk. Texts msgspec refuse
 the standard library accepts (``NaN``, ``1e400``, lone surrogates) are decoded by the
 library's own path: the result is the same for every input.
 
-Selected with the library's ``TRANSCODER_TOPIC`` (see :mod:`vmledger.adapters.persistence`).
+Selected with the library's ``TRANSCODER_TOPIC`` (see :mod:`vmledger.persistence`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from typing import Any, cast
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import StoredEvent
 
-from vmledger.adapters.hypervisor import PowerState
 from vmledger.audit.chain import AuditedRecorder, request_fields
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.compute_service import ComputeService
@@ -28,6 +27,7 @@ from vmledger.domain.errors import ServerNotFound
 from vmledger.domain.flavors import FlavorRecord
 from vmledger.domain.image import CustomImage
 from vmledger.domain.keypair import Keypair
+from vmledger.domain.power import PowerState
 from vmledger.domain.quota import QuotaClass, QuotaSet
 from vmledger.domain.server import ADMIN, AGENT, TIMER, Server
 from vmledger.domain.server_group import ServerGroup

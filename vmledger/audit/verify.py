@@ -256,7 +256,7 @@ def verify(app: Application[Any], *, key: AuditKey | bytes | str | None = None,
     recorder = app.recorder
     if not isinstance(recorder, AuditedRecorder):
         raise TypeError(f"{type(recorder).__name__} does not write the audit chain: build "
-                        "the application with vmledger.adapters.persistence.environment()")
+                        "the application with vmledger.persistence.environment()")
     if isinstance(key, AuditKey):
         audit_key = key
     elif key is not None:
