@@ -68,6 +68,7 @@ from benchmarks.commands import (
     NoSnapshotsService,
     Phase,
     WorkloadError,
+    commands_of,
     contention,
     postgres_cluster,
     pressure_totals,
@@ -224,8 +225,8 @@ def generate(bulk: ServerService, shipped: ServerService, *, target: int, per_se
             service = writer.service
             began = time.perf_counter()
             ctx = service.context(user_id=USER, project_id=PROJECT, is_admin=False)
-            result = service.create_server(ctx, name=f"audit-{i}", flavor=FLAVOR, image=IMAGE,
-                                           metadata=METADATA)
+            result = commands_of(service).servers.create(
+                ctx, name=f"audit-{i}", flavor=FLAVOR, image=IMAGE, metadata=METADATA)
             server = service.get(result.server_id, include_deleted=True)
             writer.seconds += time.perf_counter() - began
             writer.events += 1

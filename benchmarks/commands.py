@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ from psycopg import sql
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import image_id_for
+from vmledger.domain.commands import CommandResult, Commands
 from vmledger.domain.server import Context, Server
-from vmledger.domain.service import CommandResult, ServerService
+from vmledger.domain.service import ServerService
 from vmledger.engine import AllocationRatios
 from vmledger.persistence import environment
 
@@ -181,6 +183,18 @@ def _accepted(result: CommandResult, what: str) -> None:
         raise WorkloadError(f"{what} was not accepted: {result}")
 
 
+
+_COMMANDS: weakref.WeakKeyDictionary[ServerService, Commands] = weakref.WeakKeyDictionary()
+
+
+def commands_of(service: ServerService) -> Commands:
+    """The command modules over ``service`` (built once per store)."""
+    found = _COMMANDS.get(service)
+    if found is None:
+        found = _COMMANDS[service] = Commands.build(service)
+    return found
+
+
 def lifecycle(service: ServerService, servers: int) -> Iterator[int]:
     """Drive ``servers`` servers through their lifecycle, yielding after each batch
     (one user command per server, then the agent's pass) the commands it ran."""
@@ -193,12 +207,13 @@ def lifecycle(service: ServerService, servers: int) -> Iterator[int]:
     for phase in PHASES:
         for i in range(servers):  # the users' requests
             if phase.action == "create":
-                result = service.create_server(ctx(), name=f"bench-{i}", flavor=FLAVOR,
-                                               image=IMAGE, metadata=METADATA)
+                result = commands_of(service).servers.create(
+                    ctx(), name=f"bench-{i}", flavor=FLAVOR, image=IMAGE, metadata=METADATA)
                 ids.append(result.server_id)
                 pending.append(result.request_id)
             else:
-                result = service.act(ctx(), ids[i], phase.action, **phase.params)
+                result = commands_of(service).actions.act(ctx(), ids[i], phase.action,
+                                                          **phase.params)
                 pending[i] = result.request_id
             _accepted(result, phase.action)
         yield servers
@@ -206,7 +221,8 @@ def lifecycle(service: ServerService, servers: int) -> Iterator[int]:
             continue
         for i in range(servers):  # the host agent's pass: each action to its outcome
             for step in phase.agent:
-                _accepted(service.record(ids[i], pending[i], step), f"{phase.action} step")
+                _accepted(commands_of(service).outcomes.record(ids[i], pending[i], step),
+                          f"{phase.action} step")
         yield servers * len(phase.agent)
 
 
@@ -739,8 +755,10 @@ REST = "rest: service loop, contexts, clock, guard checks"
 
 def _instrument(service: ServerService, timer: SplitTimer) -> None:
     """Wrap the stages of one service instance (and two module functions) with timers."""
-    for method in ("create_server", "act", "record"):
-        timer.wrap(service, method, TOTAL)
+    modules = commands_of(service)
+    for owner, method in ((modules.servers, "create"), (modules.actions, "act"),
+                          (modules.outcomes, "record")):
+        timer.wrap(owner, method, TOTAL)
     timer.wrap(service.repository, "get", LOAD)
     timer.wrap(service.recorder, "select_events", READ)
     if service.snapshots is not None:

@@ -55,9 +55,12 @@ from psycopg import sql
 from benchmarks import commands
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import image_id_for
+from vmledger.domain.commands.actions import HANDLERS, Request
+from vmledger.domain.commands.pipeline import UnitOfWork
+from vmledger.domain.commands.servers import addresses as _addresses
 from vmledger.domain.image import CustomImage
 from vmledger.domain.server import Context, Server
-from vmledger.domain.service import ServerService, _addresses
+from vmledger.domain.service import ServerService
 from vmledger.engine import Engine
 from vmledger.projections import actions as actions_view
 from vmledger.projections import runner
@@ -209,7 +212,7 @@ def server_life(service: ServerService, index: int, *, project_id: str, full: bo
 
     ctx = user()
     sid = service.id_factory()
-    _, image_ref = service.image_for(IMAGE, ctx)
+    _, image_ref = commands.commands_of(service).images.image_for(IMAGE, ctx)
     server = Server.request(
         id=sid, ctx=ctx, at=service.clock.now(), name=f"bench-{index}",
         flavor=service.catalog.flavor(FLAVOR).as_dict(), image=image_ref,
@@ -230,10 +233,30 @@ def server_life(service: ServerService, index: int, *, project_id: str, full: bo
         elif action == "extras":
             yield from _extras(service, server, index, ctx)
         else:
-            ServerService._ACTIONS[action](service, ctx, dict(params))(server)
+            _decide(service, ctx, action, params, server)
             yield [server]
             if server.pending_action is not None:
                 yield from _agent(service, server)
+
+
+
+class _Holding(UnitOfWork):
+    """A unit of work over aggregates in hand: the bulk writer saves them itself."""
+
+    def __init__(self, service: ServerService, *held: Aggregate) -> None:
+        super().__init__(service)
+        self.held = {a.id: a for a in held}
+
+    def get(self, aggregate_id: uuid.UUID, version: int | None = None) -> object | None:
+        return self.held.get(aggregate_id) or super().get(aggregate_id, version)
+
+
+def _decide(service: ServerService, ctx: Context, action: str, params: dict[str, Any],
+            server: Server) -> None:
+    """Apply the command handler's decision for ``action`` to ``server`` (unsaved)."""
+    request = Request(ctx, str(server.id), dict(params), {})
+    HANDLERS[action].build(commands.commands_of(service).actions, request)(
+        _Holding(service, server))
 
 
 def _extras(service: ServerService, server: Server, index: int, ctx: Context
@@ -251,18 +274,18 @@ def _extras(service: ServerService, server: Server, index: int, ctx: Context
             image.delete(ctx, service.clock.now())
             yield [image]
     if index % 7 == 0:  # a failed reboot, then an administrator's reset
-        ServerService._ACTIONS["reboot"](service, ctx, {"type": "SOFT"})(server)
+        _decide(service, ctx, "reboot", {"type": "SOFT"}, server)
         yield [server]
         yield from _agent(service, server, fail=True)
         admin = service.admin_context()
-        ServerService._ACTIONS["reset_state"](service, admin, {"state": lc.ACTIVE})(server)
+        _decide(service, admin, "reset_state", {"state": lc.ACTIVE}, server)
         yield [server]
     if index % 11 == 0:  # the guest was found off: Nova's power-state sync stops it
         agent = service.agent_context(service.request_id_factory())
         server.observe_drift(agent, service.clock.now(), host=server.host,
                              observed=SHUTDOWN, power_state=SHUTDOWN, call=None)
         yield [server]
-        ServerService._ACTIONS["start"](service, ctx, {})(server)
+        _decide(service, ctx, "start", {}, server)
         yield [server]
         yield from _agent(service, server)
 
@@ -719,12 +742,12 @@ def bench_lag(backend: commands.Backend, sizes: Sizes, log: Callable[[str], None
             warmup = 10
             for i in range(warmup + sizes.lag_commands):
                 if i % 4 == 3:
-                    result = service.create_server(ctx, name=f"lag-{i}", flavor=FLAVOR,
-                                                   image=IMAGE)
+                    result = engine.commands.servers.create(ctx, name=f"lag-{i}",
+                                                            flavor=FLAVOR, image=IMAGE)
                 else:
                     sid = servers[i % len(servers)]
                     action = "unlock" if sid in locked else "lock"
-                    result = service.act(ctx, sid, action)
+                    result = engine.commands.actions.act(ctx, sid, action)
                     locked.symmetric_difference_update({sid})
                 saved = applied.saved_at
                 assert result.position is not None

@@ -499,7 +499,7 @@ def test_one_request_creates_several_servers(client: ApiClient, engine: Engine) 
 
 
 def test_more_servers_than_one_request_may_create(client: ApiClient, engine: Engine) -> None:
-    from vmledger.domain.service import MAX_SERVERS_PER_REQUEST as LIMIT
+    from vmledger.domain.commands.servers import MAX_SERVERS_PER_REQUEST as LIMIT
 
     r = client.post("/v2.1/p1/servers", json={"server": {
         "name": "many", "flavorRef": "1", "imageRef": IMAGE, "min_count": LIMIT + 1}})

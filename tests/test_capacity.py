@@ -220,15 +220,18 @@ def test_racing_creates_never_overfill_a_host(url: str) -> None:
     try:
         _fill(engines[0], 5)  # room for 2 more m1.large
         for engine in engines:  # every decision reads the room before any saves
-            def slow(hosts: Sequence[str], read: Any = engine.service.host_room) -> Any:
+            reads = engine.graph.reads
+
+            def slow(hosts: Sequence[str], read: Any = reads.host_room) -> Any:
                 room = read(hosts)
                 time.sleep(0.05)
                 return room
-            engine.service.host_room = slow
+            reads.host_room = slow  # type: ignore[method-assign]
             # as in separate processes: nothing but the database between the engines
             # (in one process, placements on one database queue for one lock)
             own = threading.Lock()
-            engine.service._placement_lock = lambda own=own: own  # type: ignore[method-assign]
+            engine.commands.deps.scheduler.lock = (  # type: ignore[method-assign]
+                lambda own=own: own)
 
         def create(engine: Engine, n: int) -> Callable[[], object]:
             ctx = engine.context(user_id=f"user-{n}", project_id=f"p{n}", is_admin=False)

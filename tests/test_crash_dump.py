@@ -43,7 +43,7 @@ def test_an_nmi_is_not_sent_twice_when_the_agent_dies_before_the_outcome() -> No
         engine.run_until_idle()
         engine.trigger_crash_dump(sid)
         # the NMI is sent and recorded, then the agent dies before the outcome
-        original = engine.service.record
+        original = engine.commands.outcomes.record
         calls = 0
 
         def dying(server_id: str, request_id: str, step: object) -> object:
@@ -53,9 +53,9 @@ def test_an_nmi_is_not_sent_twice_when_the_agent_dies_before_the_outcome() -> No
                 raise RuntimeError("the agent died")
             return original(server_id, request_id, step)  # type: ignore[arg-type]
 
-        engine.service.record = dying  # type: ignore[method-assign]
+        engine.commands.outcomes.record = dying  # type: ignore[method-assign]
         engine.agent.run_once()  # the failure is logged, the action stays in flight
-        engine.service.record = original  # type: ignore[method-assign]
+        engine.commands.outcomes.record = original  # type: ignore[method-assign]
         assert engine.get_server(sid).status == "ACTIVE"
         engine.run_until_idle()  # the next pass finishes it without a second NMI
         assert sim.guests()[sid]["boot_count"] == 2

@@ -16,7 +16,7 @@ from vmledger import Engine, FakeClock
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.domain.errors import BadRequest, Forbidden
-from vmledger.domain.quota import QuotaExceeded, QuotaSet
+from vmledger.domain.quota import QuotaExceeded, QuotaSet, quota_set_id
 
 TOKENS = ["admin-secret:root:ops:admin", "alice-secret:alice:p1:member",
           "bob-secret:bob:p2:member"]
@@ -210,8 +210,8 @@ def test_concurrent_creates_never_exceed_the_quota(url: str) -> None:
             engine.updater.catch_up()
             assert engine.quota_usage("p1")["instances"] == 3
         # each admitted create left its record: what it asked for, against what usage
-        quota = engines[0].service.quota_set("p1")
-        assert quota is not None
+        quota = engines[0].service.repository.get(quota_set_id("p1"))
+        assert isinstance(quota, QuotaSet)
         admitted = [e for e in engines[0].service.repository.event_store.get(quota.id)
                     if isinstance(e, QuotaSet.Admitted)]
         assert sorted(e.used["instances"] for e in admitted) == [0, 1, 2]

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from vmledger.api.faults import ApiError
 from vmledger.api.http import Call
 from vmledger.api.rendering import JSONBody
-from vmledger.domain.service import METADATA_MAX_ITEMS
+from vmledger.domain.commands.validation import METADATA_MAX_ITEMS
 
 UNLIMITED = -1
 _NETWORK = ("maxSecurityGroupRules", "maxSecurityGroups", "maxTotalFloatingIps",

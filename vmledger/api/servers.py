@@ -34,9 +34,9 @@ from vmledger.api.views import (
     update_view,
 )
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.commands.servers import MAX_SERVERS_PER_REQUEST
 from vmledger.domain.errors import FlavorNotFound, ImageNotFound, NotFound, ServerNotFound
 from vmledger.domain.server import Context
-from vmledger.domain.service import MAX_SERVERS_PER_REQUEST
 from vmledger.engine import Engine, ServerInfo
 from vmledger.projections.server_groups import get_group
 from vmledger.projections.servers import StoredServer

@@ -31,7 +31,7 @@ from vmledger.api.http import EMPTY, Call, read_json
 from vmledger.api.rendering import JSONBody
 from vmledger.api.validation import invalid_field, no_other_keys, require_object
 from vmledger.api.views import usage_time
-from vmledger.domain.service import ZONE
+from vmledger.domain.commands.servers import ZONE
 
 BINARY = "nova-compute"
 #: the namespace of service UUIDs (uuid5 of the host name)

@@ -17,7 +17,7 @@ from vmledger.api.faults import ApiError
 from vmledger.api.http import Call
 from vmledger.api.rendering import JSONBody
 from vmledger.api.views import usage_time
-from vmledger.domain.service import ZONE
+from vmledger.domain.commands.servers import ZONE
 
 
 def _states(call: Call) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from vmledger.adapters.hypervisor import (
     PowerState,
 )
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.commands import Commands
 from vmledger.domain.errors import VmledgerError
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
@@ -47,9 +48,13 @@ _STATE_OF_POWER = {
 class HostAgent:
     """One per hypervisor host; safe to stop and start again at any moment."""
 
-    def __init__(self, service: ServerService, updater: ViewUpdater, hypervisor: Hypervisor,
-                 host: str, *, stopwatch: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, service: ServerService, commands: Commands, updater: ViewUpdater,
+                 hypervisor: Hypervisor, host: str, *,
+                 stopwatch: Callable[[], float] = time.perf_counter) -> None:
         self.service = service
+        #: what the agent records goes through the command pipeline
+        self.outcomes = commands.outcomes
+        self.images = commands.images
         self.stopwatch = stopwatch
         self.updater = updater
         self.hypervisor = hypervisor
@@ -85,7 +90,7 @@ class HostAgent:
 
     def _give_up(self, server_id: str, request_id: str) -> None:
         obs = self.hypervisor.observe(server_id)
-        self.service.record(server_id, request_id, lambda s, c, at: s.fail(
+        self.outcomes.record(server_id, request_id, lambda s, c, at: s.fail(
             c, at, power_state=int(obs.power_state), rollback=False,
             message="The host agent could not complete the action", code=500))
 
@@ -115,7 +120,7 @@ class HostAgent:
                 call = {"call": "destroy", "driver": self.hypervisor.driver,
                         "result": result, "error": None,
                         "duration_ms": round((self.stopwatch() - started) * 1000, 3)}
-            if self.service.record_evacuated_guest_removed(server_id, host=self.host,
+            if self.outcomes.record_evacuated_guest_removed(server_id, host=self.host,
                                                            call=call).accepted:
                 removed += 1
         if removed:
@@ -159,7 +164,7 @@ class HostAgent:
                     "error": error,
                     "duration_ms": round((self.stopwatch() - started) * 1000, 3)}
             power = int(self.hypervisor.observe(server_id).power_state)
-        recorded = self.service.record_drift(server_id, host=self.host, observed=observed,
+        recorded = self.outcomes.record_drift(server_id, host=self.host, observed=observed,
                                              power_state=power, call=call)
         if recorded.accepted:
             log.warning("agent %s: %s drifted (hypervisor says power %d, record said %s/%d):"
@@ -204,12 +209,12 @@ class HostAgent:
         if not image_id:
             return
         with contextlib.suppress(VmledgerError):  # deleted meanwhile by its owner
-            self.service.record_image(str(image_id), request_id,
+            self.images.record_image(str(image_id), request_id,
                                       lambda i, c, at: i.delete(c, at))
 
     def _step(self, server_id: str, request_id: str,
               step: Callable[[Server, Context, Any], None]) -> bool:
-        return self.service.record(server_id, request_id, step).accepted
+        return self.outcomes.record(server_id, request_id, step).accepted
 
     def _failed(self, server: Server, error: HypervisorError) -> None:
         obs = self.hypervisor.observe(str(server.id))
@@ -389,7 +394,7 @@ def _create_backup(agent: HostAgent, server: Server) -> None:
     request_id = str(server.pending_request_id)
     for image in backups[int(params["rotation"]):]:
         with contextlib.suppress(VmledgerError):  # deleted meanwhile by its owner
-            agent.service.record_image(str(image["id"]), request_id,
+            agent.images.record_image(str(image["id"]), request_id,
                                        lambda i, c, at: i.delete(c, at))
 
 
@@ -397,24 +402,24 @@ def _save_image(agent: HostAgent, server: Server, image_id: str) -> None:
     """Snapshot the guest into the queued custom image ``image_id`` and activate it (or
     mark it failed); nothing when it is already active (a step repeated after a crash)."""
     request_id = str(server.pending_request_id)
-    service = agent.service
+    images = agent.images
     try:
-        image = service.get_image(image_id)
+        image = images.get_image(image_id)
     except VmledgerError:
         raise HypervisorError(f"Image {image_id} was deleted before it was saved",
                               rollback=True, code=404) from None
     if image.status != "active":
         _missing(agent.observe(server))
-        service.record_image(image_id, request_id, lambda i, c, at: i.saving(c, at))
+        images.record_image(image_id, request_id, lambda i, c, at: i.saving(c, at))
         try:
             result = agent.call(server, "snapshot", {"image_id": image_id},
                                 lambda: agent.hypervisor.snapshot(str(server.id), image_id))
         except HypervisorError as error:
             message = error.message
-            service.record_image(image_id, request_id,
+            images.record_image(image_id, request_id,
                                  lambda i, c, at: i.fail(c, at, message))
             raise
-        service.record_image(image_id, request_id, lambda i, c, at: i.activate(
+        images.record_image(image_id, request_id, lambda i, c, at: i.activate(
             c, at, size=int(result.get("size", 0)), checksum=result.get("checksum")))
 
 

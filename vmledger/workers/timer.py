@@ -15,6 +15,7 @@ import logging
 from datetime import timedelta
 
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.commands.outcomes import OutcomeCommands
 from vmledger.domain.service import ServerService
 from vmledger.projections.runner import ViewUpdater
 
@@ -22,8 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class Timer:
-    def __init__(self, service: ServerService, updater: ViewUpdater, batch: int = 100) -> None:
+    def __init__(self, service: ServerService, outcomes: OutcomeCommands, updater: ViewUpdater,
+                 batch: int = 100) -> None:
         self.service = service
+        self.outcomes = outcomes
         self.updater = updater
         self.batch = batch
 
@@ -33,16 +36,16 @@ class Timer:
         fired = 0
         now = self.service.clock.now()
         for server_id, deadline in self.updater.view.due_deadlines(now, self.batch):
-            result = self.service.auto_confirm(server_id, deadline)
+            result = self.outcomes.auto_confirm(server_id, deadline)
             if result.accepted:
                 fired += 1
                 log.info("auto-confirmed the resize of %s (deadline %s, %s)", server_id,
                          deadline.isoformat(), result.request_id)
         offload = self.service.shelved_offload_time
         for vm_state, wait, command, what in (
-                (lc.SHELVED, offload or timedelta(0), self.service.offload_shelved,
+                (lc.SHELVED, offload or timedelta(0), self.outcomes.offload_shelved,
                  "offloading"),
-                (lc.SOFT_DELETED, self.service.reclaim_interval, self.service.reclaim,
+                (lc.SOFT_DELETED, self.service.reclaim_interval, self.outcomes.reclaim,
                  "reclaiming")):
             if wait <= timedelta(0):
                 continue

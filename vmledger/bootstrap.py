@@ -1,0 +1,119 @@
+"""The composition root: builds the whole object graph from settings, in one place.
+
+The event store, the read models and their updater, the command modules (reading the
+read models through :class:`~vmledger.fleet.FleetReads`), the hypervisor driver, the
+fleet, the host agent, the timer and the ledger. :class:`vmledger.Engine` is a thin
+façade over what :func:`build` returns.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from vmledger.adapters.hypervisor import Hypervisor
+from vmledger.adapters.simulator import Simulator
+from vmledger.audit.ledger import Ledger
+from vmledger.domain.catalog import Catalog
+from vmledger.domain.clock import Clock, SystemClock
+from vmledger.domain.commands import Commands
+from vmledger.domain.scheduling import AllocationRatios
+from vmledger.domain.service import ServerService, new_request_id
+from vmledger.fleet import Fleet, FleetReads
+from vmledger.guests import Guests
+from vmledger.persistence import environment, schema_lock, servers_view
+from vmledger.projections import guest_reads
+from vmledger.projections.actions import InstanceActions
+from vmledger.projections.allocations import Allocations
+from vmledger.projections.compute_services import ComputeServices
+from vmledger.projections.flavors import FlavorRecords, flavor_overrides
+from vmledger.projections.hosts import SERVICE_DOWN_TIME
+from vmledger.projections.hosts import create_table as create_host_reports
+from vmledger.projections.images import Images
+from vmledger.projections.keypairs import Keypairs
+from vmledger.projections.migrations import Migrations
+from vmledger.projections.quotas import QuotaClasses, QuotaSets
+from vmledger.projections.runner import ViewUpdater
+from vmledger.projections.server_groups import ServerGroups
+from vmledger.projections.servers import ServersView
+from vmledger.workers.agent import HostAgent
+from vmledger.workers.timer import Timer
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything :func:`build` needs besides the database URL (see
+    :class:`vmledger.Engine` for each)."""
+
+    clock: Clock | None = None
+    hypervisor: Hypervisor | None = None
+    host: str = "compute-1"
+    confirm_window: timedelta = timedelta(hours=24)
+    catalog: Catalog | None = None
+    seed: int | None = None
+    id_factory: Callable[[], uuid.UUID] | None = None
+    request_id_factory: Callable[[], str] | None = None
+    stopwatch: Callable[[], float] = time.perf_counter
+    shelved_offload_time: timedelta | None = timedelta(0)
+    reclaim_interval: timedelta = timedelta(0)
+    service_down_time: timedelta = SERVICE_DOWN_TIME
+    allocation_ratios: AllocationRatios | None = None
+
+
+@dataclass
+class Graph:
+    """The built parts."""
+
+    store: ServerService
+    view: ServersView
+    updater: ViewUpdater
+    commands: Commands
+    hypervisor: Hypervisor
+    fleet: Fleet
+    reads: FleetReads
+    guests: Guests
+    agent: HostAgent
+    timer: Timer
+    ledger: Ledger
+
+
+def build(url: str, settings: Settings) -> Graph:
+    """The graph over the database at ``url``; the read models caught up."""
+    if settings.confirm_window < timedelta(0):
+        raise ValueError("the confirm window cannot be negative (0 disables it)")
+    clock = settings.clock or SystemClock()
+    env = environment(url)
+    with schema_lock(env):  # processes starting together create the tables in turn
+        store = ServerService(
+            env, clock=clock, catalog=settings.catalog, hosts=(settings.host,),
+            confirm_window=settings.confirm_window,
+            id_factory=settings.id_factory or uuid.uuid4,
+            request_id_factory=settings.request_id_factory or new_request_id,
+            shelved_offload_time=settings.shelved_offload_time,
+            reclaim_interval=settings.reclaim_interval)
+        view = servers_view(
+            store.recorder.datastore,  # type: ignore[attr-defined]
+            extensions=[InstanceActions(), Images(), Keypairs(), Migrations(),
+                        QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
+                        ComputeServices(), Allocations()])
+        create_host_reports(view)
+        guest_reads.create_table(view)
+    updater = ViewUpdater(store, view)
+    store.catalog.overrides = lambda: flavor_overrides(view)
+    hypervisor = settings.hypervisor or Simulator(seed=settings.seed or 0)
+    fleet = Fleet(view, updater, hypervisor, settings.host, store.hosts, clock,
+                  service_down_time=settings.service_down_time,
+                  allocation_ratios=settings.allocation_ratios or AllocationRatios())
+    reads = FleetReads(fleet)
+    commands = Commands.build(store, reads, seed=settings.seed)
+    agent = HostAgent(store, commands, updater, hypervisor, settings.host,
+                      stopwatch=settings.stopwatch)
+    graph = Graph(store=store, view=view, updater=updater, commands=commands,
+                  hypervisor=hypervisor, fleet=fleet, reads=reads,
+                  guests=Guests(view, hypervisor, settings.host, fleet), agent=agent,
+                  timer=Timer(store, commands.outcomes, updater), ledger=Ledger(store))
+    updater.catch_up()
+    return graph

@@ -1,0 +1,224 @@
+"""The command pipeline: every command of every aggregate is *load → decide → save* in one
+transaction, through :meth:`Pipeline.execute`.
+
+A command's ``decide`` gets a fresh :class:`UnitOfWork` on each attempt: it loads what it
+needs through it, changes or makes aggregates (adding those beside the main one with
+:meth:`UnitOfWork.add`) and returns the main aggregate, or None when there is nothing to
+record. Everything is saved in one transaction, with the command's idempotency record
+when it has a key. When another writer won the race (the library's ``IntegrityError``
+on an aggregate's version: the same server, a project's quota set, a host's claims, a
+server group), the whole command is decided again against fresh state, so the guard
+decides again and the loser gets the table's refusal (409), never an unhandled error.
+That retry policy exists here only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError
+
+from vmledger.domain.clock import Clock
+from vmledger.domain.errors import BadRequest, Conflict, IdempotencyConflict
+from vmledger.domain.server import Context, Server
+
+_IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
+#: attempts of one command before its losing races end in :class:`Conflict`
+MAX_ATTEMPTS = 8
+
+
+class IdempotencyRecord(Aggregate):
+    """The first result of a command sent with an idempotency key."""
+
+    class Recorded(Aggregate.Created):
+        key: str
+        fingerprint: str
+        result: dict[str, Any]
+
+        def apply(self, record: IdempotencyRecord) -> None:
+            record.key = self.key
+            record.fingerprint = self.fingerprint
+            record.result = dict(self.result)
+
+    key: str
+    fingerprint: str
+    result: dict[str, Any]
+
+    def __init__(self) -> None:
+        """Fields are assigned by :meth:`Recorded.apply`."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did: the request it recorded and where in the log it is."""
+
+    server_id: str
+    request_id: str
+    #: the log position of the last event written (read-your-writes waits for it)
+    position: int | None
+    #: False when nothing was written (an ignored repeat, or an idempotent replay)
+    accepted: bool = True
+    #: what else the command made (``{"image_id": …}`` for createImage)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"server_id": self.server_id, "request_id": self.request_id,
+                "position": self.position, "accepted": self.accepted,
+                "details": self.details}
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A command's idempotency key with what it asked for: the same key again with the
+    same ``operation`` and ``payload`` replays the first result, with others it is
+    refused (:class:`~vmledger.domain.errors.IdempotencyConflict`)."""
+
+    key: str
+    operation: str
+    payload: dict[str, Any]
+
+    def record_id(self, ctx: Context) -> uuid.UUID:
+        return uuid.uuid5(_IDEMPOTENCY_NS, f"{ctx.project_id}:{self.key}")
+
+    def fingerprint(self) -> str:
+        body = json.dumps([self.operation, self.payload], sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+def idempotency(key: str | None, operation: str, payload: dict[str, Any]
+                ) -> Idempotency | None:
+    """The checked key (None: none given)."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= 255:
+        raise BadRequest("An idempotency key is a string of 1 to 255 characters")
+    return Idempotency(key, operation, payload)
+
+
+class UnitOfWork:
+    """One attempt of one command: loads from the store, collects what to save."""
+
+    def __init__(self, store: Application[uuid.UUID]) -> None:
+        self.store = store
+        #: aggregates saved beside the command's main one, in the same transaction
+        self.added: list[Aggregate] = []
+
+    def get(self, aggregate_id: uuid.UUID, version: int | None = None) -> object | None:
+        """The aggregate (None when there is none)."""
+        try:
+            found: object = self.store.repository.get(aggregate_id, version=version)
+        except AggregateNotFoundError:
+            return None
+        return found
+
+    def add(self, *aggregates: Aggregate) -> None:
+        self.added.extend(aggregates)
+
+
+Decide = Callable[[UnitOfWork], Aggregate | None]
+
+
+class Pipeline:
+    """Runs commands: one unit of work per attempt, one retry policy, idempotency records
+    and serialising claims saved in the command's own transaction."""
+
+    def __init__(self, store: Application[uuid.UUID], clock: Clock, *,
+                 seed: int | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self._jitter = random.Random(seed)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def execute(self, ctx: Context, decide: Decide, *, what: str,
+                subject: str = "", key: Idempotency | None = None,
+                details: dict[str, Any] | None = None,
+                serialise: Sequence[AbstractContextManager[Any]] = ()) -> CommandResult:
+        """Decide and save; decide again when another writer won, up to
+        :data:`MAX_ATTEMPTS` times (then :class:`Conflict` naming ``what``).
+
+        ``subject`` is the id reported when nothing is written; a written server reports
+        its own id, another aggregate ``""``. ``details`` (which ``decide`` may fill in)
+        are returned with the result. ``serialise``: locks held for the whole command
+        (requests of this process contending for the same aggregates queue instead of
+        losing the race again and again; other processes are serialised by the
+        aggregates' versions alone)."""
+        record_id = key.record_id(ctx) if key is not None else None
+        fingerprint = key.fingerprint() if key is not None else ""
+        with ExitStack() as held:
+            for lock in serialise:
+                held.enter_context(lock)
+            for attempt in range(MAX_ATTEMPTS):
+                uow = UnitOfWork(self.store)
+                if record_id is not None:
+                    replay = self._replay(uow, record_id, fingerprint, key)
+                    if replay is not None:
+                        return replay
+                changed = decide(uow)
+                if changed is None or not changed.pending_events:
+                    return CommandResult(subject, ctx.request_id, None, accepted=False,
+                                         details=dict(details or {}))
+                reported = str(changed.id) if isinstance(changed, Server) else ""
+                aggregates = [changed, *uow.added]
+                if record_id is not None:
+                    first = CommandResult(reported, ctx.request_id, None,
+                                          details=dict(details or {}))
+                    aggregates.append(IdempotencyRecord._create(
+                        IdempotencyRecord.Recorded, id=record_id, timestamp=self.clock.now(),
+                        key=key.key if key else "", fingerprint=fingerprint,
+                        result=first.as_dict()))
+                try:
+                    recordings = self.store.save(*aggregates)
+                except IntegrityError:
+                    self.back_off(attempt)
+                    continue
+                position = recordings[-1].notification.id if recordings else None
+                return CommandResult(reported, ctx.request_id, position,
+                                     details=dict(details or {}))
+        raise Conflict(f"{what} was changed by another request at the same time; "
+                       "try again.")
+
+    def unit_of_work(self) -> UnitOfWork:
+        """A unit of work for reading before a command is decided (its checks that need
+        no retry)."""
+        return UnitOfWork(self.store)
+
+    def back_off(self, attempt: int) -> None:
+        """Wait before deciding again after losing a race: a random time up to 2 ms,
+        doubling with each lost attempt (at most 0.2 s), so writers contending for one
+        aggregate (a host's claims, a project's quota set) spread out instead of
+        colliding again."""
+        time.sleep(self._jitter.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
+
+    def lock(self, name: str) -> threading.Lock:
+        """A lock of this pipeline's, by name (made on first use)."""
+        with self._locks_guard:
+            found = self._locks.get(name)
+            if found is None:
+                found = self._locks[name] = threading.Lock()
+            return found
+
+    @staticmethod
+    def _replay(uow: UnitOfWork, record_id: uuid.UUID, fingerprint: str,
+                key: Idempotency | None) -> CommandResult | None:
+        record = uow.get(record_id)
+        if record is None:
+            return None
+        assert isinstance(record, IdempotencyRecord)
+        if record.fingerprint != fingerprint:
+            raise IdempotencyConflict(key.key if key else "")
+        r = record.result
+        return CommandResult(r["server_id"], r["request_id"], r["position"], accepted=False,
+                             details=r.get("details") or {})
+

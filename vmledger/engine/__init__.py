@@ -1,0 +1,137 @@
+"""The embedding façade: :class:`Engine`.
+
+:class:`Engine` builds the whole graph with :func:`vmledger.bootstrap.build` and offers
+the calls a Python program needs — create and act on servers, read them back (from the
+read models, after the command is reflected in them), resources, hosts, the ledger —
+each delegating to a command module, the read models or the fleet. Its parts are
+written along concepts (:mod:`.servers`, :mod:`.resources`, :mod:`.operations`).
+
+Two ways to drive the agent and the timer: call :meth:`Engine.run_until_idle` (tests,
+scripts, deterministic simulations) or :meth:`Engine.run_in_background` (a
+long-running service).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from vmledger.adapters.hypervisor import Hypervisor
+from vmledger.bootstrap import Settings, build
+from vmledger.domain.catalog import Catalog
+from vmledger.domain.clock import Clock
+from vmledger.domain.scheduling import AllocationRatios
+from vmledger.engine.operations import OperationsFacade
+from vmledger.engine.records import HistoryEntry, ServerInfo
+from vmledger.engine.resources import ResourceFacade
+from vmledger.engine.servers import ServerFacade
+from vmledger.persistence import DEFAULT_URL
+from vmledger.projections.hosts import SERVICE_DOWN_TIME
+
+log = logging.getLogger(__name__)
+
+
+class Engine(ServerFacade, ResourceFacade, OperationsFacade):
+    """vmledger as a library: servers, their lifecycle and their history."""
+
+    def __init__(self, url: str = DEFAULT_URL, *, clock: Clock | None = None,
+                 hypervisor: Hypervisor | None = None, host: str = "compute-1",
+                 confirm_window: timedelta = timedelta(hours=24),
+                 catalog: Catalog | None = None, seed: int | None = None,
+                 id_factory: Callable[[], uuid.UUID] | None = None,
+                 request_id_factory: Callable[[], str] | None = None,
+                 stopwatch: Callable[[], float] = time.perf_counter,
+                 shelved_offload_time: timedelta | None = timedelta(0),
+                 reclaim_interval: timedelta = timedelta(0),
+                 service_down_time: timedelta = SERVICE_DOWN_TIME,
+                 allocation_ratios: AllocationRatios | None = None) -> None:
+        self.url = url
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._follower: threading.Thread | None = None
+        self._attach(build(url, Settings(
+            clock=clock, hypervisor=hypervisor, host=host, confirm_window=confirm_window,
+            catalog=catalog, seed=seed, id_factory=id_factory,
+            request_id_factory=request_id_factory, stopwatch=stopwatch,
+            shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval,
+            service_down_time=service_down_time, allocation_ratios=allocation_ratios)))
+
+    # --- driving the agent and the timer ------------------------------------------------
+    def run_once(self) -> int:
+        """One pass of the host agent and the timer; return how much they did."""
+        self.report_host()
+        return self.graph.guests.answer() + self.agent.run_once() + self.timer.run_once()
+
+    def answer_guest_reads(self) -> int:
+        """Answer the questions other processes asked of this host's guests."""
+        return self.graph.guests.answer()
+
+    def run_until_idle(self, max_passes: int = 1000) -> int:
+        """Run passes until nothing is in flight and no deadline is due."""
+        total = 0
+        for _ in range(max_passes):
+            did = self.run_once()
+            total += did
+            if did == 0:
+                return total
+        raise RuntimeError(f"still busy after {max_passes} passes")
+
+    def sync_power_states(self) -> int:
+        """Compare idle servers with the hypervisor now; return how many drifted."""
+        return self.agent.sync_power_states()
+
+    def run_in_background(self, interval: float = 0.5, sync_interval: float = 60.0) -> None:
+        """Run the agent and the timer in a background thread until :meth:`close`; the
+        power-state sync runs every ``sync_interval`` seconds (Nova: 600)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, args=(interval, sync_interval),
+                                        name=f"vmledger-agent-{self.host}", daemon=True)
+        self._thread.start()
+        # the view follows the log (events from other processes too) and wakes the agent
+        self._follower = threading.Thread(
+            target=self.updater.follow, args=(self._stop, self._wake.set, interval),
+            name="vmledger-view-follower", daemon=True)
+        self._follower.start()
+
+    def _loop(self, interval: float, sync_interval: float) -> None:
+        next_sync = time.monotonic() + sync_interval
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+                if time.monotonic() >= next_sync:
+                    next_sync = time.monotonic() + sync_interval
+                    busy += self.sync_power_states()
+            except Exception:
+                log.exception("agent pass failed; retrying")
+                busy = 0
+            if not busy:
+                self._wake.wait(interval)
+            self._wake.clear()
+
+    def close(self) -> None:
+        """Stop the background thread (if any) and close the database connections."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._follower is not None:
+            self._follower.join(timeout=10)
+            self._follower = None
+        self.service.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["AllocationRatios", "Engine", "HistoryEntry", "ServerInfo"]
