@@ -8,9 +8,12 @@ libvirt-python (built against the system libvirt: ``apt-get install libvirt-dev
 pkg-config`` first).
 See docs/libvirt-hosts.md.
 
-Modules: :mod:`~.driver` (the port's operations), :mod:`~.domain_xml` (definitions and
-vmledger's metadata in them), :mod:`~.connection` (the connection, its events),
-:mod:`~.disks` (qcow2 overlays).
+Modules: :mod:`~.driver` (:class:`LibvirtDriver`, composed of the three that follow),
+:mod:`~.power` (power transitions), :mod:`~.definitions` (spawn, rebuild, resize, rescue,
+snapshot, destroy), :mod:`~.inspection` (observe, diagnostics, console, host facts),
+:mod:`~.base` (what they share: locking, running an operation, errors),
+:mod:`~.domain_xml` (definitions and vmledger's metadata in them), :mod:`~.connection`
+(the connection, its events), :mod:`~.disks` (qcow2 overlays).
 """
 
 from vmledger.adapters.libvirt.connection import LibvirtUnavailable, LifecycleEvent
