@@ -11,8 +11,9 @@ instead of log scans; a log written without it is scanned instead.
 from __future__ import annotations
 
 import json
+import string
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -388,23 +389,45 @@ def _who(e: LedgerEntry) -> str:
     return f"administrator {who}" if e.cause == ADMIN else who
 
 
+class _Blank:
+    """A parameter missing, None or "": the story falls back to the plain name."""
+
+
+class _Fallback(Exception):
+    pass
+
+
+class _StoryFormatter(string.Formatter):
+    """Fills a row's ``story`` template from a request's parameters."""
+
+    def get_value(self, key: int | str, args: Sequence[Any], kwargs: Mapping[str, Any]
+                  ) -> Any:
+        value = kwargs.get(str(key))
+        return _Blank() if value is None or value == "" else value
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        return value if isinstance(value, _Blank) else super().convert_field(value,
+                                                                              conversion)
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        if format_spec.startswith("or "):  # a default for a blank parameter
+            return format_spec[3:] if isinstance(value, _Blank) else str(value)
+        if isinstance(value, _Blank):
+            raise _Fallback
+        return super().format_field(value, format_spec)
+
+
+_STORIES = _StoryFormatter()
+
+
 def _what(action: str, params: dict[str, Any]) -> str:
-    if action == "resize" and isinstance(params.get("flavor"), dict):
-        return f"resize to flavor {params['flavor'].get('name')}"
-    if action == "rebuild" and isinstance(params.get("image"), dict):
-        return f"rebuild with image {params['image'].get('name')}"
-    if action.startswith("reboot"):
-        return f"reboot ({'hard' if action.endswith('hard') else 'soft'})"
-    if action == "rescue" and params.get("image_name"):
-        return f"rescue it with image {params['image_name']}"
-    if action == "create_backup":
-        return (f"back it up as {params.get('name')!r} ({params.get('backup_type') or 'no'}"
-                f" type, keeping the newest {params.get('rotation')})")
-    if action == "create_image":
-        return f"snapshot it as {params.get('name')!r}"
-    if action in ("shelve", "shelve_and_offload"):
-        then = ", then remove it from the host" if action == "shelve_and_offload" else ""
-        return f"shelve it (saved as {params.get('name')!r}{then})"
+    """What a request asked for, as its row's ``story`` tells it."""
+    story = lc.row(action).story
+    if story:
+        try:
+            return _STORIES.format(story, **params)
+        except (_Fallback, LookupError, TypeError):  # a parameter it needs is not there
+            pass
     return action.replace("_", " ")
 
 
@@ -418,12 +441,8 @@ def _opening(e: LedgerEntry) -> str:
                 f"{flavor.get('name')}, image {image.get('name')}) on host {p.get('host')}")
     if e.event == "ActionRequested":
         action = str(p.get("action"))
-        if e.cause == TIMER and action == "confirm_resize":
-            text = (f"{at} the timer confirmed the resize automatically: its confirmation "
-                    "deadline had passed")
-        elif e.cause == TIMER and action == "shelve_offload":
-            text = (f"{at} the timer removed the shelved server from its host: it had been "
-                    "shelved for the shelved offload time")
+        if e.cause == TIMER and lc.row(action).timer_story:
+            text = f"{at} {lc.row(action).timer_story}"
         else:
             text = f"{at} {_who(e)} asked to {_what(action, dict(p.get('params') or {}))}"
         if p.get("supersedes"):
@@ -516,14 +535,14 @@ def _why(server: Server, request_id: str, entries: list[LedgerEntry]) -> str:
                 f"{_ts(first.timestamp)} [request {request_id}].")
     if first.event == "Requested":
         asked = f"the create requested by {_who(first)} at {_ts(first.timestamp)}"
-    elif first.cause == TIMER:
-        what = ("offload of the shelved server"
-                if first.payload.get("action") == "shelve_offload" else "resize confirmation")
-        asked = f"the automatic {what} by the timer at {_ts(first.timestamp)}"
     elif first.event == "ActionRequested":
-        action = _what(str(first.payload.get("action")), dict(first.payload.get("params")
-                                                                 or {}))
-        asked = f"the {action} requested by {_who(first)} at {_ts(first.timestamp)}"
+        action = str(first.payload.get("action"))
+        what = _what(action, dict(first.payload.get("params") or {}))
+        if first.cause == TIMER:
+            what = lc.row(action).timer_reason or what
+            asked = f"the automatic {what} by the timer at {_ts(first.timestamp)}"
+        else:
+            asked = f"the {what} requested by {_who(first)} at {_ts(first.timestamp)}"
     else:
         asked = f"request {request_id} at {_ts(first.timestamp)}"
     if outcome is None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from transitions.extensions import GraphMachine
 
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.changes import Change, ConfirmDeadline, Field, Now, Param
 
 
 def _edges() -> list[tuple[str, str, str]]:
@@ -87,6 +89,17 @@ a test fails when this file no longer matches the table. Do not edit by hand.
 *same* keeps the vm_state the action started from; *stashed* is the vm_state saved
 when the resize was requested (a server resized while stopped ends stopped).
 
+## What each action records
+
+The API key is the key of a `POST /servers/{{id}}/action` body; a *variant* is a row the
+command turns a request into (a `reboot` of type HARD is `reboot_hard`). The instance
+action and its event are what `os-instance-actions` shows. The last two columns are
+what the outcome changes besides the vm_state (a rollback changes what a failure does).
+
+| action | API key | instance action | event | on success also | on failure also |
+|---|---|---|---|---|---|
+{_record_rows()}
+
 ```mermaid
 {mermaid().strip()}
 ```
@@ -100,6 +113,33 @@ recorded power state. Either way the finding is a `DriftObserved` event.
 
 {_drift_rows()}
 """
+
+
+def _record_rows() -> str:
+    def keys(action: lc.Action) -> str:
+        if action.variant_of:
+            return f"variant of `{action.variant_of}`"
+        return ", ".join(f"`{k}`" for k in action.api_keys) or "—"
+
+    return "\n".join(
+        f"| `{a.name}` | {keys(a)} | {a.instance_action or '—'} | {a.event or '—'} | "
+        f"{_changes(a.on_complete)} | {_changes(a.on_fail)} |"
+        for a in lc.ACTIONS.values())
+
+
+def _changes(changes: Mapping[str, Change]) -> str:
+    def value(change: Change) -> str:
+        if isinstance(change, Now):
+            return "now"
+        if isinstance(change, ConfirmDeadline):
+            return "now + confirm window"
+        if isinstance(change, Param):
+            return f"the request's {change.name}"
+        if isinstance(change, Field):
+            return f"its {change.name}" + (" (if any)" if change.skip_empty else "")
+        return "none" if change is None else f"{change}"
+
+    return ", ".join(f"{name} = {value(c)}" for name, c in changes.items()) or "—"
 
 
 def _drift_rows() -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
+from vmledger.domain.changes import CONFIRM_DEADLINE, NOW, Change, Field, Param
 from vmledger.domain.errors import BadRequest, Forbidden, InvalidState, Locked
 
 # --- vm_state (stable) ---------------------------------------------------------------
@@ -131,6 +132,26 @@ class Action:
     needs_finished_resize: bool = False
     #: remember the vm_state at request time for later (resize → confirm/revert)
     stashes_vm_state: bool = False
+    #: Nova's instance-action event for the work (``compute_reboot_instance``, or
+    #: ``api_lock`` for a synchronous lock); "" when none is recorded
+    event: str = ""
+    #: the keys of a ``POST /servers/{id}/action`` body that request it; none when it has
+    #: another route (create, delete, metadata, tags) or is a variant
+    api_keys: tuple[str, ...] = ()
+    #: the row whose request the command turns into this one when it must (a HARD
+    #: reboot, a shelve that offloads at once, a soft delete, an evacuate left stopped)
+    variant_of: str | None = None
+    #: what else a success changes on the server (see :mod:`vmledger.domain.changes`)
+    on_complete: Mapping[str, Change] = field(default_factory=dict)
+    #: what else a failure or a rollback changes on the server
+    on_fail: Mapping[str, Change] = field(default_factory=dict)
+    #: how the audit ledger tells a request for it: a :meth:`str.format` template over
+    #: its parameters; a parameter missing, None or "" tells the plain name instead
+    #: (unless the field gives a default: ``{backup_type:or no}``)
+    story: str = ""
+    #: how the ledger tells the timer's request for it, and the reason it gives
+    timer_story: str = ""
+    timer_reason: str = ""
     doc: str = field(default="", compare=False)
 
 
@@ -144,87 +165,140 @@ _METADATA_STATES = _states(ACTIVE, PAUSED, SUSPENDED, STOPPED, RESIZED)
 #: where a server's tags may change (Nova's ``server_tags`` states; not RESIZED)
 _TAG_STATES = _states(ACTIVE, PAUSED, SUSPENDED, STOPPED)
 
+#: changes shared by several rows (never mutated)
+_LAUNCHED: Mapping[str, Change] = {"launched_at": NOW}
+_EVACUATED: Mapping[str, Change] = {"launched_at": NOW, "migration_status": "done"}
+_EVACUATION_FAILED: Mapping[str, Change] = {"migration_status": "failed"}
+_SHELVED: Mapping[str, Change] = {"shelved_image_id": Param("image_id")}
+_MIGRATION_FAILED: Mapping[str, Change] = {"migration_status": "error",
+                                           "confirm_deadline": None}
+_SETTLED_RESIZE: Mapping[str, Change] = {"old_flavor": None, "old_vm_state": None,
+                                         "confirm_deadline": None}
+
 ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("create", "create", "create", vm_states=_states(), task_states=IDLE,
            steps=(SCHEDULING, NETWORKING, BLOCK_DEVICE_MAPPING, SPAWNING),
            success=ACTIVE, failure=ERROR, rollback=ERROR, needs_launched=False,
+           event="compute__do_build_and_run_instance", on_complete=_LAUNCHED,
            doc="build and boot a new server"),
     Action("reboot_soft", "reboot", "reboot", vm_states=_states(ACTIVE), task_states=IDLE,
            steps=(REBOOTING, REBOOT_PENDING, REBOOT_STARTED),
            success=ACTIVE, failure=ERROR, rollback=ACTIVE,
+           event="compute_reboot_instance", api_keys=("reboot",), story="reboot (soft)",
            doc="ACPI reboot; the guest still running after a failure stays ACTIVE"),
     Action("reboot_hard", "reboot", "reboot",
            vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED, ERROR),
            task_states=ALLOW_REBOOT,
            steps=(REBOOTING_HARD, REBOOT_PENDING_HARD, REBOOT_STARTED_HARD),
            success=ACTIVE, failure=ERROR, rollback=ACTIVE,
+           event="compute_reboot_instance", variant_of="reboot_soft", story="reboot (hard)",
            doc="reset; the standard recovery path, may override a reboot or pause in flight"),
     Action("rebuild", "rebuild", "rebuild", vm_states=_states(ACTIVE, STOPPED, ERROR),
            task_states=IDLE, steps=(REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING),
            success={ACTIVE: ACTIVE, STOPPED: STOPPED, ERROR: ACTIVE},
-           failure=ERROR, rollback=SAME, doc="new disk from an image; keeps id and addresses"),
+           failure=ERROR, rollback=SAME,
+           event="compute_rebuild_instance", api_keys=("rebuild",), on_complete=_LAUNCHED,
+           story="rebuild with image {image[name]}",
+           doc="new disk from an image; keeps id and addresses"),
     Action("evacuate", "evacuate", "evacuate", vm_states=_states(ACTIVE, STOPPED, ERROR),
            task_states=ANY, steps=(REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING),
            success={ACTIVE: ACTIVE, STOPPED: STOPPED, ERROR: ACTIVE}, failure=ERROR,
            rollback=ERROR, checks_lock=False, admin_only=True,
+           event="compute_rebuild_instance", api_keys=("evacuate",),
+           on_complete=_EVACUATED, on_fail=_EVACUATION_FAILED,
            doc="admin: rebuilt from its image on another host, its own host being down;"
                " any task in flight there is abandoned"),
     Action("evacuate_stopped", "evacuate", "evacuate", vm_states=_states(ACTIVE, STOPPED, ERROR),
            task_states=ANY, steps=(REBUILDING, REBUILD_BLOCK_DEVICE_MAPPING, REBUILD_SPAWNING),
            success=STOPPED, failure=ERROR, rollback=ERROR, checks_lock=False, admin_only=True,
+           event="compute_rebuild_instance", variant_of="evacuate",
+           on_complete=_EVACUATED, on_fail=_EVACUATION_FAILED,
            doc="an evacuate from microversion 2.95: the server is left stopped"),
     Action("resize", "resize", "resize", vm_states=_states(ACTIVE, STOPPED), task_states=IDLE,
            steps=(RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH),
            success=RESIZED, failure=ERROR, rollback=SAME, stashes_vm_state=True,
+           event="compute_resize_instance", api_keys=("resize",),
+           on_complete={"old_flavor": Field("flavor"), "flavor": Param("flavor"),
+                        "migration_status": "finished", "launched_at": NOW,
+                        "confirm_deadline": CONFIRM_DEADLINE},
+           on_fail={**_MIGRATION_FAILED, "old_vm_state": None},
+           story="resize to flavor {flavor[name]}",
            doc="new flavor; waits in VERIFY_RESIZE for confirm, revert or the deadline"),
     Action("confirm_resize", "confirmResize", "confirmResize", vm_states=_states(RESIZED),
            task_states=IDLE, steps=(), success=STASHED, failure=ERROR, rollback=ERROR,
            needs_finished_resize=True,
+           event="compute_confirm_resize", api_keys=("confirmResize",),
+           on_complete={"migration_status": "confirmed", **_SETTLED_RESIZE},
+           on_fail=_MIGRATION_FAILED,
+           timer_story="the timer confirmed the resize automatically: its confirmation"
+                       " deadline had passed",
+           timer_reason="resize confirmation",
            doc="drop the old definition; no task_state is shown while it runs"),
     Action("revert_resize", "revertResize", "revertResize", vm_states=_states(RESIZED),
            task_states=IDLE, steps=(RESIZE_REVERTING,), success=STASHED, failure=ERROR,
-           rollback=ERROR, needs_finished_resize=True, doc="restore the old flavor"),
+           rollback=ERROR, needs_finished_resize=True,
+           event="compute_revert_resize", api_keys=("revertResize",),
+           on_complete={"migration_status": "reverted", **_SETTLED_RESIZE,
+                        "flavor": Field("old_flavor", skip_empty=True)},
+           on_fail=_MIGRATION_FAILED, doc="restore the old flavor"),
     Action("pause", "pause", "pause", vm_states=_states(ACTIVE), task_states=IDLE,
-           steps=(PAUSING,), success=PAUSED, failure=SAME, rollback=SAME),
+           steps=(PAUSING,), success=PAUSED, failure=SAME, rollback=SAME,
+           event="compute_pause_instance", api_keys=("pause",)),
     Action("unpause", "unpause", "unpause", vm_states=_states(PAUSED), task_states=IDLE,
-           steps=(UNPAUSING,), success=ACTIVE, failure=SAME, rollback=SAME),
+           steps=(UNPAUSING,), success=ACTIVE, failure=SAME, rollback=SAME,
+           event="compute_unpause_instance", api_keys=("unpause",)),
     Action("suspend", "suspend", "suspend", vm_states=_states(ACTIVE), task_states=IDLE,
-           steps=(SUSPENDING,), success=SUSPENDED, failure=ERROR, rollback=SAME),
+           steps=(SUSPENDING,), success=SUSPENDED, failure=ERROR, rollback=SAME,
+           event="compute_suspend_instance", api_keys=("suspend",)),
     Action("resume", "resume", "resume", vm_states=_states(SUSPENDED), task_states=IDLE,
-           steps=(RESUMING,), success=ACTIVE, failure=ERROR, rollback=SAME),
+           steps=(RESUMING,), success=ACTIVE, failure=ERROR, rollback=SAME,
+           event="compute_resume_instance", api_keys=("resume",)),
     Action("stop", "stop", "stop", vm_states=_states(ACTIVE, ERROR), task_states=IDLE,
            steps=(POWERING_OFF,), success=STOPPED, failure=SAME, rollback=SAME,
+           event="compute_stop_instance", api_keys=("os-stop",),
            doc="graceful shutdown with a timeout, then power off"),
     Action("start", "start", "start", vm_states=_states(STOPPED), task_states=IDLE,
-           steps=(POWERING_ON,), success=ACTIVE, failure=SAME, rollback=SAME),
+           steps=(POWERING_ON,), success=ACTIVE, failure=SAME, rollback=SAME,
+           event="compute_start_instance", api_keys=("os-start",)),
     Action("create_image", "createImage", "createImage",
            vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED), task_states=IDLE,
            steps=(IMAGE_SNAPSHOT, IMAGE_SNAPSHOT_PENDING, IMAGE_PENDING_UPLOAD,
                   IMAGE_UPLOADING),
            success=SAME, failure=SAME, rollback=SAME,
+           event="compute_snapshot_instance", api_keys=("createImage",),
+           story="snapshot it as {name!r}",
            doc="snapshot the disk into a new image; the status does not change"),
     Action("rescue", "rescue", "rescue", vm_states=_states(ACTIVE, STOPPED, ERROR),
            task_states=IDLE, steps=(RESCUING,), success=RESCUED, failure=ERROR,
            rollback=SAME,
+           event="compute_rescue_instance", api_keys=("rescue",),
+           story="rescue it with image {image_name}",
            doc="boot a rescue image with the server's own disk attached as the second"),
     Action("unrescue", "unrescue", "unrescue", vm_states=_states(RESCUED), task_states=IDLE,
            steps=(UNRESCUING,), success=ACTIVE, failure=ERROR, rollback=SAME,
+           event="compute_unrescue_instance", api_keys=("unrescue",),
            doc="boot the server's own disk again"),
     Action("trigger_crash_dump", "trigger_crash_dump", "trigger_crash_dump",
            vm_states=_states(ACTIVE, PAUSED, RESCUED, RESIZED, ERROR), task_states=IDLE,
            steps=(), success=SAME, failure=SAME, rollback=SAME,
+           event="compute_trigger_crash_dump", api_keys=("trigger_crash_dump",),
            doc="an NMI to the guest, whose kernel dumps and restarts if it is set to;"
                " no task_state is shown"),
     Action("create_backup", "createBackup", "createBackup",
            vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED), task_states=IDLE,
            steps=(IMAGE_BACKUP, IMAGE_PENDING_UPLOAD, IMAGE_UPLOADING),
            success=SAME, failure=SAME, rollback=SAME,
+           event="compute_backup_instance", api_keys=("createBackup",),
+           story="back it up as {name!r} ({backup_type:or no} type, keeping the newest"
+                 " {rotation})",
            doc="snapshot into a backup image, then keep only the newest `rotation`"
                " backups of its type"),
     Action("shelve", "shelve", "shelve", vm_states=_states(ACTIVE, STOPPED, PAUSED, SUSPENDED),
            task_states=IDLE,
            steps=(SHELVING, SHELVING_IMAGE_PENDING_UPLOAD, SHELVING_IMAGE_UPLOADING),
            success=SHELVED, failure=ERROR, rollback=SAME,
+           event="compute_shelve_instance", api_keys=("shelve",), on_complete=_SHELVED,
+           story="shelve it (saved as {name!r})",
            doc="power off and snapshot the disk into a '<name>-shelved' image; the guest"
                " stays defined (a shelved offload time other than 0)"),
     Action("shelve_and_offload", "shelve", "shelve",
@@ -232,27 +306,43 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            steps=(SHELVING, SHELVING_IMAGE_PENDING_UPLOAD, SHELVING_IMAGE_UPLOADING,
                   SHELVING_OFFLOADING),
            success=SHELVED_OFFLOADED, failure=ERROR, rollback=SAME,
+           event="compute_shelve_instance", variant_of="shelve", on_complete=_SHELVED,
+           story="shelve it (saved as {name!r}, then remove it from the host)",
            doc="a shelve when the shelved offload time is 0 (the default, as Nova): the"
                " guest is removed in the same action"),
     Action("shelve_offload", "shelveOffload", "shelveOffload", vm_states=_states(SHELVED),
            task_states=IDLE, steps=(SHELVING_OFFLOADING,), success=SHELVED_OFFLOADED,
            failure=ERROR, rollback=SAME, admin_only=True,
+           event="compute_shelve_offload_instance", api_keys=("shelveOffload",),
+           timer_story="the timer removed the shelved server from its host: it had been"
+                       " shelved for the shelved offload time",
+           timer_reason="offload of the shelved server",
            doc="admin: remove a shelved guest from the hypervisor"),
     Action("unshelve", "unshelve", "unshelve", vm_states=_states(SHELVED, SHELVED_OFFLOADED),
            task_states=IDLE, steps=(UNSHELVING, SPAWNING), success=ACTIVE, failure=ERROR,
            rollback=SAME,
+           event="compute_unshelve_instance", api_keys=("unshelve",),
+           on_complete={"launched_at": NOW, "shelved_image_id": None},
            doc="power the shelved guest on, or spawn it again from its shelved image"),
     Action("delete", "delete", "delete", vm_states=ANY, task_states=ANY, steps=(DELETING,),
            success=DELETED, failure=ERROR, rollback=ERROR, needs_launched=False,
+           event="compute_terminate_instance", api_keys=("forceDelete",),
+           on_complete={"terminated_at": NOW, "migration_status": None,
+                        "confirm_deadline": None},
+           timer_story="the timer deleted the soft-deleted server: it had been kept for the"
+                       " reclaim interval",
+           timer_reason="reclaim of the soft-deleted server",
            doc="allowed in any state; a repeated delete while deleting is ignored"),
     Action("soft_delete", "delete", "delete", vm_states=ANY, task_states=ANY,
            steps=(SOFT_DELETING,), success=SOFT_DELETED, failure=ERROR, rollback=ERROR,
+           event="compute_soft_delete_instance", variant_of="delete",
            doc="a delete when the reclaim interval is above 0 (Nova's"
                " reclaim_instance_interval): the guest is powered off, kept until restored,"
                " force-deleted or reclaimed"),
     Action("restore", "restore", "restore", vm_states=_states(SOFT_DELETED),
            task_states=IDLE, steps=(RESTORING,), success=ACTIVE, failure=ERROR,
-           rollback=SAME, doc="undo a soft delete: the guest is powered on"),
+           rollback=SAME, event="compute_restore_instance", api_keys=("restore",),
+           doc="undo a soft delete: the guest is powered on"),
     Action("update_metadata", "update_metadata", "", vm_states=_METADATA_STATES,
            task_states=IDLE, asynchronous=False,
            doc="set or replace metadata items (no instance action is recorded)"),
@@ -266,13 +356,39 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
           ("delete_tag", "delete tag", "remove one tag"),
           ("delete_tags", "delete tags", "remove every tag"))),
     Action("lock", "lock", "lock", vm_states=ANY, task_states=ANY, asynchronous=False,
-           checks_lock=False, needs_launched=False, doc="no state checks at all"),
+           checks_lock=False, needs_launched=False, event="api_lock", api_keys=("lock",),
+           doc="no state checks at all"),
     Action("unlock", "unlock", "unlock", vm_states=ANY, task_states=ANY, asynchronous=False,
-           checks_lock=False, needs_launched=False),
+           checks_lock=False, needs_launched=False, event="api_unlock",
+           api_keys=("unlock",)),
     Action("reset_state", "os-resetState", "resetState", vm_states=ANY, task_states=ANY,
            asynchronous=False, checks_lock=False, needs_launched=False, admin_only=True,
-           success=ACTIVE, doc="admin: set vm_state active or error, clear task_state"),
+           success=ACTIVE, api_keys=("os-resetState",),
+           doc="admin: set vm_state active or error, clear task_state"),
 )}
+
+#: keys of a ``POST /servers/{id}/action`` body that request no lifecycle action (no
+#: row): what each does instead
+NON_LIFECYCLE_KEYS: dict[str, str] = {
+    "os-getConsoleOutput": "reads the guest's console log; the server does not change",
+}
+
+
+class UnknownAction(LookupError):
+    """A name that is no row of the lifecycle table (a bug, or a log from elsewhere)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown action {name!r}: the lifecycle table"
+                         " (vmledger/domain/lifecycle.py) has no row of this name")
+        self.name = name
+
+
+def row(name: str) -> Action:
+    """The table's row for an action name; :class:`UnknownAction` when there is none."""
+    try:
+        return ACTIONS[name]
+    except KeyError:
+        raise UnknownAction(name) from None
 
 #: every task_state the table can set
 TASK_STATES: tuple[str, ...] = tuple(dict.fromkeys(

@@ -22,6 +22,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.changes import resolve
 from vmledger.domain.errors import Forbidden
 
 #: causes of an event
@@ -436,51 +437,30 @@ class Server(Aggregate):
 
     def complete(self, ctx: Context, at: datetime, *, power_state: int,
                  confirm_window: timedelta | None = None) -> None:
-        """Record success; the table says the end state, the action what else changes."""
+        """Record success; the action's row says the end state and what else changes."""
         action = self._in_flight()
         assert self.pending is not None
         vm_state, _ = lc.outcome("complete", action, self.vm_state, self.task_state,
                                  stashed=self.pending["stashed"])
-        changes: dict[str, Any] = {}
-        if action in ("create", "rebuild"):
-            changes["launched_at"] = at
-        elif action == "resize":
-            changes.update(
-                old_flavor=self.flavor, flavor=self.pending["params"]["flavor"],
-                migration_status="finished", launched_at=at,
-                confirm_deadline=(at + confirm_window) if confirm_window else None)
-        elif action in ("confirm_resize", "revert_resize"):
-            changes.update(migration_status="confirmed" if action == "confirm_resize"
-                           else "reverted", old_flavor=None, old_vm_state=None,
-                           confirm_deadline=None)
-            if action == "revert_resize" and self.old_flavor:
-                changes["flavor"] = self.old_flavor
-        elif action == "delete":
-            changes.update(terminated_at=at, migration_status=None, confirm_deadline=None)
-        elif action in ("shelve", "shelve_and_offload"):
-            changes["shelved_image_id"] = self.pending["params"].get("image_id")
-        elif action == "unshelve":
-            changes.update(launched_at=at, shelved_image_id=None)
-        elif action in ("evacuate", "evacuate_stopped"):
-            changes.update(launched_at=at, migration_status="done")
+        changes = resolve(lc.row(action).on_complete, server=self, at=at,
+                          params=self.pending.get("params") or {},
+                          confirm_window=confirm_window)
         self.trigger_event(self.ActionCompleted, timestamp=at, **ctx.fields(), action=action,
                            vm_state=vm_state, power_state=power_state, changes=changes)
 
     def fail(self, ctx: Context, at: datetime, *, power_state: int, rollback: bool,
              message: str, code: int = 500, details: str | None = None,
              unplaced: bool = False) -> None:
-        """Record failure: ERROR with a fault, or back where it was (rollback).
-        ``unplaced``: a new server no host could take (it shows no host, as in Nova)."""
+        """Record failure: ERROR with a fault, or back where it was (rollback); the
+        action's row says what else changes. ``unplaced``: a new server no host could
+        take (it shows no host, as in Nova)."""
         action = self._in_flight()
+        assert self.pending is not None
         vm_state, _ = lc.outcome("rollback" if rollback else "fail", action, self.vm_state,
                                  self.task_state)
         changes: dict[str, Any] = {"unplaced": True} if unplaced else {}
-        if action in ("resize", "confirm_resize", "revert_resize"):
-            changes.update(migration_status="error", confirm_deadline=None)
-            if action == "resize":
-                changes["old_vm_state"] = None
-        elif action in ("evacuate", "evacuate_stopped"):
-            changes["migration_status"] = "failed"
+        changes.update(resolve(lc.row(action).on_fail, server=self, at=at,
+                               params=self.pending.get("params") or {}))
         fault = {"code": code, "message": message, "details": details, "created": at}
         self.trigger_event(self.ActionFailed, timestamp=at, **ctx.fields(), action=action,
                            vm_state=vm_state, power_state=power_state, rollback=rollback,

@@ -5,6 +5,9 @@ or the timer's or an admin's id), with its events: the host agent's work as one 
 named as Nova names it (``compute_reboot_instance``…), started by the agent's first
 step and finished by the outcome (``Success`` or ``Error`` with the fault's message as
 details). Written in the servers view's transaction (a :class:`ViewExtension`).
+
+The names come from the action's lifecycle row (``instance_action`` and ``event``); an
+action name no row has raises :class:`~vmledger.domain.lifecycle.UnknownAction`.
 """
 
 from __future__ import annotations
@@ -29,37 +32,6 @@ from vmledger.projections.servers import (
 #: is its predecessor: dropped, and the read models rebuilt, on first start)
 TABLE = "vmledger_server_actions"
 OLD_TABLE = "vmledger_instance_actions"
-
-#: Nova's compute event name for the agent's work on each action
-NOVA_EVENTS: dict[str, str] = {
-    "create": "compute__do_build_and_run_instance",
-    "reboot_soft": "compute_reboot_instance",
-    "reboot_hard": "compute_reboot_instance",
-    "rebuild": "compute_rebuild_instance",
-    "evacuate": "compute_rebuild_instance",
-    "evacuate_stopped": "compute_rebuild_instance",
-    "resize": "compute_resize_instance",
-    "confirm_resize": "compute_confirm_resize",
-    "revert_resize": "compute_revert_resize",
-    "pause": "compute_pause_instance",
-    "unpause": "compute_unpause_instance",
-    "suspend": "compute_suspend_instance",
-    "resume": "compute_resume_instance",
-    "stop": "compute_stop_instance",
-    "start": "compute_start_instance",
-    "delete": "compute_terminate_instance",
-    "create_image": "compute_snapshot_instance",
-    "create_backup": "compute_backup_instance",
-    "rescue": "compute_rescue_instance",
-    "soft_delete": "compute_soft_delete_instance",
-    "restore": "compute_restore_instance",
-    "trigger_crash_dump": "compute_trigger_crash_dump",
-    "unrescue": "compute_unrescue_instance",
-    "shelve": "compute_shelve_instance",
-    "shelve_and_offload": "compute_shelve_instance",
-    "shelve_offload": "compute_shelve_offload_instance",
-    "unshelve": "compute_unshelve_instance",
-}
 
 _COLUMNS = ("server_id", "request_id", "action", "user_id", "project_id", "start_time",
             "updated_at", "message", "doc")
@@ -128,22 +100,26 @@ def fold_action(doc: Doc | None, event: Any, host: str | None,
     at = _stored_time(event.timestamp)
     sid = server_id if server_id is not None else str(event.originator_id)
     if kind == _STARTS:
-        if isinstance(event, Server.Requested):
-            return _new(event, sid, "create", at)
-        return _new(event, sid, lc.ACTIONS[event.action].instance_action, at)
+        name = "create" if isinstance(event, Server.Requested) else event.action
+        return _new(event, sid, lc.row(name).instance_action, at)
     if kind == _LOCK:
-        new = _new(event, sid, event.action, at)
-        new["events"].append({"event": f"api_{event.action}", "start_time": at,
+        row = lc.row(event.action)
+        new = _new(event, sid, row.instance_action, at)
+        new["events"].append({"event": row.event, "start_time": at,
                               "finish_time": at, "result": "Success",
                               "traceback": None, "host": None, "details": None})
         return new
     if kind == _RESET:
-        return _new(event, sid, "resetState", at)
+        return _new(event, sid, lc.row("reset_state").instance_action, at)
     if doc is None:
         return None
-    name = NOVA_EVENTS.get(getattr(event, "action", ""))
-    if name is None:
+    action = event.action
+    if not action:  # a hypervisor call recorded with no action in flight
         return doc
+    name = lc.row(action).event
+    if not name:
+        raise ValueError(f"action {action!r} declares no instance-action event in the"
+                         " lifecycle table")
     doc["updated_at"] = at
     if kind == _STEP:
         _agent_event(doc, name, at, getattr(event, "host", None) or host)
