@@ -411,24 +411,50 @@ def _shelve(commands: ActionCommands, request: Request) -> Decision:
         lambda s: f"{s.name}-shelved"[:255], {}, {}, request.details)
 
 
-HANDLERS: dict[str, Handler] = {
-    "reboot": _reboot(),
+#: rows whose request another command module makes, not :meth:`ActionCommands.act`
+REQUESTED_ELSEWHERE: dict[str, str] = {
+    "create": "ServerCommands.create",
+    "create_image": "ImageCommands.create_image",
+    "create_backup": "ImageCommands.create_backup",
+    "update_metadata": "ServerCommands.set_metadata",
+    "delete_metadata": "ServerCommands.delete_metadata",
+    **dict.fromkeys(("update_tag", "update_tags", "delete_tag", "delete_tags"),
+                    "ServerCommands.change_tags"),
+}
+
+#: the handlers of actions with parameters or rules beyond the table's, by row name
+_WRITTEN: dict[str, Handler] = {
     "reboot_soft": _reboot("SOFT"),
-    "reboot_hard": _reboot("HARD"),
     "rebuild": Handler(_rebuild),
     "resize": Handler(_resize, places=True, admits=True),
     "evacuate": Handler(_evacuate, places=True),
     "confirm_resize": _migration("confirm_resize", "confirming"),
     "revert_resize": _migration("revert_resize", "reverting"),
     "delete": _delete(force=False),
-    "force_delete": _delete(force=True),
     "lock": Handler(_lock),
     "unlock": Handler(_unlock),
     "reset_state": Handler(_reset_state),
     "unshelve": Handler(_unshelve, places=True),
     "rescue": Handler(_rescue),
     "shelve": Handler(_shelve),
-    **{name: _simple(name) for name in (
-        "pause", "unpause", "suspend", "resume", "stop", "start", "shelve_offload",
-        "unrescue", "trigger_crash_dump", "restore")},
 }
+
+
+def _handlers() -> dict[str, Handler]:
+    """Every name :meth:`ActionCommands.act` takes: each row of the table that is not a
+    variant of another nor requested elsewhere — its written handler, or the one of an
+    action without parameters (the table's guard, its first task state) —, the variants
+    a request names directly, and the request names that choose between rows."""
+    unknown = (set(_WRITTEN) | set(REQUESTED_ELSEWHERE)) - set(lc.ACTIONS)
+    if unknown:
+        raise LookupError(f"handlers for actions the table does not have: {sorted(unknown)}")
+    handlers = {name: _WRITTEN.get(name) or _simple(name)
+                for name, row in lc.ACTIONS.items()
+                if row.variant_of is None and name not in REQUESTED_ELSEWHERE}
+    return {**handlers,
+            "reboot": _reboot(),  # SOFT or HARD by its ``type``
+            "reboot_hard": _reboot("HARD"),
+            "force_delete": _delete(force=True)}  # never soft
+
+
+HANDLERS: dict[str, Handler] = _handlers()
