@@ -8,7 +8,7 @@ import pytest
 
 from vmledger import Engine
 from vmledger.api.app import RESOURCE_ROUTES
-from vmledger.api.servers import ACTION_PARSERS
+from vmledger.api.server_actions import ACTION_PARSERS
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.commands import actions
 from vmledger.domain.commands.actions import HANDLERS, REQUESTED_ELSEWHERE

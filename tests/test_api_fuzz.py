@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from vmledger import Engine
 from vmledger.api import create_app
-from vmledger.api.servers import ACTION_PARSERS
+from vmledger.api.server_actions import ACTION_PARSERS
 from vmledger.api.testing import ApiClient
 from vmledger.domain.catalog import image_id_for
 from vmledger.domain.quota import DEFAULTS

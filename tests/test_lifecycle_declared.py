@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from vmledger import FakeClock, Simulator
-from vmledger.api.servers import ACTION_PARSERS
+from vmledger.api.server_actions import ACTION_PARSERS
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.changes import Field
 from vmledger.domain.server import Context, Server
