@@ -11,6 +11,7 @@ import pytest
 from tests.oracle import expected_refusal
 from vmledger.domain import diagram
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.errors import BadRequest, InvalidState, Locked
 
 TASKS: list[str | None] = [None, *lc.TASK_STATES]
@@ -124,21 +125,21 @@ def test_outcomes_follow_the_table() -> None:
     (lc.SUSPENDED, lc.DELETING, "SUSPENDED"), ("no-such-state", None, "UNKNOWN"),
 ])
 def test_status_map_is_novas(vm: str, task: str | None, status: str) -> None:
-    assert lc.status_of(vm, task) == status
+    assert st.status_of(vm, task) == status
 
 
 def test_every_reachable_pair_has_a_nova_status() -> None:
     for vm, task in itertools.product(lc.VM_STATES, TASKS):
-        assert lc.status_of(vm, task) in lc.STATUSES
+        assert st.status_of(vm, task) in st.STATUSES
 
 
 def test_status_filter_inverts_the_map() -> None:
-    assert (lc.ACTIVE, None) in lc.states_for_status("ACTIVE")
-    assert set(lc.states_for_status("REBOOT")) == {
+    assert (lc.ACTIVE, None) in st.states_for_status("ACTIVE")
+    assert set(st.states_for_status("REBOOT")) == {
         (lc.ACTIVE, lc.REBOOTING), (lc.ACTIVE, lc.REBOOT_PENDING), (lc.ACTIVE, lc.REBOOT_STARTED)}
-    resize = set(lc.states_for_status("RESIZE"))
+    resize = set(st.states_for_status("RESIZE"))
     assert (lc.STOPPED, lc.RESIZE_PREP) in resize and (lc.ACTIVE, lc.RESIZE_FINISH) in resize
-    assert lc.states_for_status("NOT-A-STATUS") == []
+    assert st.states_for_status("NOT-A-STATUS") == []
 
 
 def test_committed_diagram_matches_the_table() -> None:

@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tests.oracle import expected_refusal
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as shown
 from vmledger.domain.catalog import DEFAULT_FLAVORS
 from vmledger.domain.errors import Forbidden, VmledgerError
 from vmledger.domain.server import Context, Server
@@ -128,7 +129,7 @@ class ServerMachine(RuleBasedStateMachine):
 
     @invariant()
     def status_is_novas(self) -> None:
-        assert self.server.status in lc.STATUSES
+        assert self.server.status in shown.STATUSES
         if self.server.pending is None:
             assert self.server.task_state is None
 

@@ -24,6 +24,7 @@ from tests.oracle import expected_refusal
 from vmledger import AllocationRatios, Engine, FakeClock, Simulator, VmledgerError
 from vmledger.adapters.simulator import SimulatedCrash
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.errors import Forbidden
 from vmledger.domain.server import Server
 
@@ -146,7 +147,7 @@ class Simulation:
             assert doc is not None
             assert (doc["vm_state"], doc["task_state"], doc["version"]) == (
                 live.vm_state, live.task_state, live.version)
-            assert live.status in lc.STATUSES
+            assert live.status in st.STATUSES
             outcomes = Counter(e.request_id for e in events
                                if isinstance(e, Server.ActionCompleted | Server.ActionFailed))
             assert all(n == 1 for n in outcomes.values()), outcomes

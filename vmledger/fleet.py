@@ -13,6 +13,7 @@ from typing import Any
 from vmledger.adapters.hypervisor import Hypervisor
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import server_group as groups
+from vmledger.domain import status as st
 from vmledger.domain.catalog import RESOURCES
 from vmledger.domain.clock import Clock
 from vmledger.domain.scheduling import AllocationRatios
@@ -205,7 +206,7 @@ class Fleet:
             memory = held.get("ram", 0) + self.allocation_ratios.reserved_host_memory_mb
             disk = held.get("disk", 0)
             workload = sum(1 for doc in servers if doc.get("vm_state") == lc.BUILDING
-                           or doc.get("task_state") in lc.IO_WORKLOAD_TASKS)
+                           or doc.get("task_state") in st.IO_WORKLOAD_TASKS)
             free_disk = int(info["local_gb"]) - disk
             least = info.get("disk_available_least")
             out.append({
@@ -292,7 +293,7 @@ class FleetReads:
         if self.view.on_host(host):
             return ("Unable to delete compute service that is hosting instances. Migrate "
                     "or delete the instances first.")
-        if any(m["status"] not in lc.MIGRATION_SETTLED
+        if any(m["status"] not in st.MIGRATION_SETTLED
                for m in list_migrations(self.view, host=host)):
             return ("Unable to delete compute service that has in-progress migrations. "
                     "Complete the migrations or delete the instances first.")

@@ -11,6 +11,7 @@ from typing import Any
 
 from vmledger.adapters.hypervisor import Hypervisor, HypervisorError
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.errors import Conflict, InvalidState, NotFound
 from vmledger.fleet import Fleet
 from vmledger.projections import guest_reads
@@ -56,7 +57,7 @@ class Guests:
         sid = str(doc["id"])
         if doc.get("task_state") == lc.DELETING:
             raise InvalidState(what, sid, "task_state", lc.DELETING)
-        host = lc.placed_host(doc)
+        host = st.placed_host(doc)
         if host is None or doc.get("vm_state") == lc.SHELVED_OFFLOADED:  # no guest yet
             raise Conflict(f"Instance {sid} is not ready")
         if host == self.host:

@@ -37,6 +37,7 @@ from vmledger.api.faults import ApiError
 from vmledger.api.http import Call
 from vmledger.api.views import server_hostname, usage_time
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.projections.servers import ColumnFilter, StoredServer
 
 Doc = dict[str, Any]
@@ -309,7 +310,7 @@ def _status(call: Call, options: dict[str, list[str]], search: Search) -> None:
         return
     pairs: set[tuple[str, str | None]] = set()
     for status in statuses:
-        pairs.update(lc.states_for_status(status))
+        pairs.update(st.states_for_status(status))
     if not pairs:
         if call.at_least(2, 38):
             raise ApiError(400, "Invalid status value")

@@ -30,7 +30,7 @@ from vmledger.api.views import (
     server_view,
     update_view,
 )
-from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.commands.servers import MAX_SERVERS_PER_REQUEST
 from vmledger.domain.errors import FlavorNotFound, ImageNotFound, NotFound, ServerNotFound
 from vmledger.domain.server import Context
@@ -318,7 +318,7 @@ def entity_tag(info: ServerInfo, call: Call, groups: list[str] | None = None,
                     and (info.doc.get("attributes") or {}).get("server_group")) else ""
     host = ""
     if viewer is not None and viewer.host_states is not None:
-        host = "-" + (viewer.host_status(lc.placed_host(info.doc)) or "none").lower()
+        host = "-" + (viewer.host_status(st.placed_host(info.doc)) or "none").lower()
     return f'"{info.version}-{call.version}{gone}{host}"'
 
 

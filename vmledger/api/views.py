@@ -21,6 +21,7 @@ from typing import Any
 
 from vmledger.api.microversions import APIVersion
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.catalog import Flavor
 
 #: statuses in which Nova shows ``progress``
@@ -162,7 +163,7 @@ def sanitize_hostname(name: str, default: str) -> str:
 
 
 def server_status(doc: dict[str, Any]) -> str:
-    return lc.status_of(doc["vm_state"], doc.get("task_state"))
+    return st.status_of(doc["vm_state"], doc.get("task_state"))
 
 
 def _addresses(doc: dict[str, Any], *, extended: bool) -> dict[str, Any]:
@@ -246,7 +247,7 @@ def server_view(doc: dict[str, Any], viewer: Viewer, *, reduced: bool = False,
     v = viewer.version
     attributes = _attributes(doc)
     status = server_status(doc)
-    host = lc.placed_host(doc)
+    host = st.placed_host(doc)
     server: dict[str, Any] = {
         "id": doc["id"],
         "name": doc.get("name"),

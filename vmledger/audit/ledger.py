@@ -23,6 +23,7 @@ from eventsourcing.persistence import StoredEvent
 
 from vmledger.audit.chain import AuditedRecorder, request_fields
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.compute_service import ComputeService
 from vmledger.domain.errors import ServerNotFound
 from vmledger.domain.flavors import FlavorRecord
@@ -143,7 +144,7 @@ def _power(value: object) -> str:
 
 
 def _status(server: Server | None) -> str:
-    return "-" if server is None else lc.status_of(server.vm_state, server.task_state)
+    return "-" if server is None else st.status_of(server.vm_state, server.task_state)
 
 
 def _state(server: Server | None) -> str:

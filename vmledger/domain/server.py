@@ -22,6 +22,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.changes import resolve
 from vmledger.domain.errors import Forbidden
 
@@ -303,7 +304,7 @@ class Server(Aggregate):
     # --- reading -------------------------------------------------------------------
     @property
     def status(self) -> str:
-        return lc.status_of(self.vm_state, self.task_state)
+        return st.status_of(self.vm_state, self.task_state)
 
     @property
     def subject(self) -> lc.Subject:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.server import Server
 
 
@@ -39,7 +39,7 @@ class ServerInfo:
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> ServerInfo:
         return cls(
-            id=doc["id"], name=doc["name"], status=lc.status_of(doc["vm_state"],
+            id=doc["id"], name=doc["name"], status=st.status_of(doc["vm_state"],
                                                                 doc["task_state"]),
             vm_state=doc["vm_state"], task_state=doc["task_state"],
             power_state=doc["power_state"], flavor=doc["flavor"], image=doc["image"],

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import status as st
 from vmledger.domain.server import Server
 from vmledger.projections.servers import MarkerNotFound, RowWriter, stored_ts
 
@@ -126,12 +127,12 @@ class MigrationsBatch:
 
     def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
         """``event`` was folded into the server's document ``doc``."""
-        status = lc.migration_status_of(doc.get("migration_status"), doc.get("task_state"))
+        status = st.migration_status_of(doc.get("migration_status"), doc.get("task_state"))
         if status is None:
             if doc.get("vm_state") != lc.DELETED:
                 return
             current = self._latest(server_id)
-            if current is None or current["status"] in lc.MIGRATION_SETTLED:
+            if current is None or current["status"] in st.MIGRATION_SETTLED:
                 return
             # deleting a server confirms the resize waiting for it; one mid-resize fails
             status = "confirmed" if current["status"] == "finished" else "error"
