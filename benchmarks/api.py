@@ -439,7 +439,7 @@ def list_stages(url: str, requests: int = 40
         split = _Split()
         view = engine.view
         split.wrap(listing, "select", "select")
-        split.wrap(view, "_query", "sql")
+        split.wrap(view, "query", "sql")
         split.wrap(listing, "sort_keys", "options")
         split.wrap(listing, "build_search", "options")
         split.wrap(api_servers, "render_page", "render")

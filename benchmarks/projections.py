@@ -323,7 +323,7 @@ VIEW_TABLES = ("vmledger_servers", actions_view.TABLE, "vmledger_images")
 def view_digest(view: ServersView) -> str:
     """A digest of every row of the read models and of the view's position."""
     digest = hashlib.sha256(str(view.position()).encode())
-    with view._transaction(commit=False) as curs:
+    with view.transaction(commit=False) as curs:
         for table in VIEW_TABLES:
             curs.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
             for row in curs.fetchall():

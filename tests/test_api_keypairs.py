@@ -83,7 +83,7 @@ def test_generate_at_2_1_and_its_private_key_is_recorded_nowhere(
                            capture_output=True, text=True, check=True).stdout
     assert f"MD5:{made['fingerprint']}" in shown
     secret = made["private_key"].splitlines()[1]
-    dumped = engine.view._query("SELECT state FROM stored_events")
+    dumped = engine.view.query("SELECT state FROM stored_events")
     assert all(secret.encode() not in bytes(row["state"]) for row in dumped)
 
 
@@ -235,5 +235,5 @@ def test_key_pair_events_are_in_the_ledger(client: ApiClient, engine: Engine) ->
     client.delete("/v2.1/os-keypairs/k", headers=h("alice-t", "2.2"))
     report = engine.verify()
     assert report.ok
-    topics = [r["topic"] for r in engine.view._query("SELECT topic FROM stored_events")]
+    topics = [r["topic"] for r in engine.view.query("SELECT topic FROM stored_events")]
     assert [t.rsplit(".", 1)[-1] for t in topics if "Keypair" in t] == ["Imported", "Deleted"]

@@ -292,7 +292,7 @@ def test_the_cache_is_bounded() -> None:
     from vmledger.api.microversions import APIVersion
     from vmledger.api.rendering import RenderCache
     from vmledger.api.views import Links, Viewer
-    from vmledger.projections.servers import StoredServer
+    from vmledger.projections.server_queries import StoredServer
 
     cache = RenderCache(capacity=3)
     viewer = Viewer(APIVersion(2, 1), Links("http://x"))
@@ -348,7 +348,7 @@ def test_rows_read_without_documents_get_them_as_they_are_now(
         _ = rows[0].doc
     before = {r.id: r.version for r in rows}
     client.put(f"/v2.1/p1/servers/{first}", json={"server": {"name": "renamed"}})
-    engine.view._query("DELETE FROM vmledger_servers WHERE id = ?", [second])  # as a rebuild
+    engine.view.execute("DELETE FROM vmledger_servers WHERE id = ?", [second])  # as a rebuild
     engine.fill_server_docs(rows)
     by_id = {r.id: r for r in rows}
     assert by_id[first].loaded and by_id[first].doc["name"] == "renamed"

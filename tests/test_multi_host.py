@@ -535,4 +535,4 @@ def test_guests_on_other_hosts_are_read_by_their_agents(
     assert r.status_code == 409
     assert r.json()["conflictingRequest"]["message"] == f"Instance {sid} is not ready"
     from vmledger.projections.guest_reads import TABLE
-    assert first.view._query(f"SELECT COUNT(*) AS n FROM {TABLE}")[0]["n"] == 0
+    assert first.view.query(f"SELECT COUNT(*) AS n FROM {TABLE}")[0]["n"] == 0

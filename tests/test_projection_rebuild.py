@@ -17,7 +17,7 @@ from vmledger.projections import runner
 from vmledger.projections.actions import TABLE as ACTIONS
 from vmledger.projections.images import TABLE as IMAGES
 from vmledger.projections.migrations import TABLE as MIGRATIONS
-from vmledger.projections.servers import loads
+from vmledger.projections.store import loads
 
 TABLES = (("vmledger_servers", "id"), (ACTIONS, "server_id, request_id"), (IMAGES, "id"),
           (MIGRATIONS, "id"))
@@ -27,7 +27,7 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
     """Every row of every read model, documents decoded (so text forms may differ)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for table, key in TABLES:
-        rows = engine.view._query(f"SELECT * FROM {table} ORDER BY {key}")
+        rows = engine.view.query(f"SELECT * FROM {table} ORDER BY {key}")
         out[table] = [{k: (loads(v) if k == "doc" else v) for k, v in dict(row).items()}
                       for row in rows]
     return out
@@ -35,13 +35,13 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
 
 def index_names(engine: Engine) -> set[str]:
     if engine.view.dialect == "sqlite":
-        rows = engine.view._query("SELECT name FROM sqlite_master WHERE type = 'index' "
-                                  "AND name LIKE ? AND name NOT LIKE ?",
-                                  ["vmledger%", "sqlite_autoindex%"])
+        rows = engine.view.query("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                 "AND name LIKE ? AND name NOT LIKE ?",
+                                 ["vmledger%", "sqlite_autoindex%"])
         return {r["name"] for r in rows}
-    rows = engine.view._query("SELECT indexname AS name FROM pg_indexes "
-                              "WHERE indexname LIKE ? AND indexname NOT LIKE ?",
-                              ["vmledger%", "%_pkey"])
+    rows = engine.view.query("SELECT indexname AS name FROM pg_indexes "
+                             "WHERE indexname LIKE ? AND indexname NOT LIKE ?",
+                             ["vmledger%", "%_pkey"])
     return {r["name"] for r in rows}
 
 
@@ -96,7 +96,7 @@ def test_an_older_layout_is_folded_again_on_open(tmp_path: Any) -> None:
     """A database whose read models predate the current layout (the old actions table,
     the old position) gets them folded again from the log when an engine opens it."""
     from vmledger.projections.actions import OLD_TABLE
-    from vmledger.projections.servers import TRACKING_NAME
+    from vmledger.projections.store import TRACKING_NAME
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     ids = Ids(seed=11)
@@ -106,13 +106,13 @@ def test_an_older_layout_is_folded_again_on_open(tmp_path: Any) -> None:
         engine.updater.catch_up()
         current = snapshot(engine)
         view = engine.view
-        view._query(f"CREATE TABLE {OLD_TABLE} (request_id TEXT PRIMARY KEY, doc TEXT)")
-        view._query(f"DELETE FROM {ACTIONS}")
-        view._query("UPDATE tracking SET application_name = 'vmledger.servers' "
-                    "WHERE application_name = ?", [TRACKING_NAME])
+        view.execute(f"CREATE TABLE {OLD_TABLE} (request_id TEXT PRIMARY KEY, doc TEXT)")
+        view.execute(f"DELETE FROM {ACTIONS}")
+        view.execute("UPDATE tracking SET application_name = 'vmledger.servers' "
+                     "WHERE application_name = ?", [TRACKING_NAME])
         assert view.position() == 0
     with Engine(url) as reopened:
         reopened.updater.catch_up()
         assert snapshot(reopened) == current
-        assert not reopened.view._query("SELECT name FROM sqlite_master WHERE name = ?",
-                                        [OLD_TABLE])
+        assert not reopened.view.query("SELECT name FROM sqlite_master WHERE name = ?",
+                                       [OLD_TABLE])

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from vmledger.adapters.transcoding import FastJSONTranscoder
 from vmledger.domain.service import ServerService
 from vmledger.persistence import environment
-from vmledger.projections.servers import _stored, stored_ts
+from vmledger.projections.store import stored, stored_ts
 
 
 def _pair() -> tuple[JSONTranscoder, FastJSONTranscoder]:
@@ -118,4 +118,4 @@ def test_the_engine_reads_its_log_with_it() -> None:
 def test_stored_times_index_as_their_datetimes(value: datetime) -> None:
     """The text a stored time is indexed by (a cut of its ISO form when it is UTC) is
     the text its datetime is indexed by."""
-    assert stored_ts(_stored(value)) == stored_ts(value)
+    assert stored_ts(stored(value)) == stored_ts(value)

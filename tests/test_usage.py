@@ -13,7 +13,7 @@ from vmledger import Engine
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.domain.clock import FakeClock
-from vmledger.projections.servers import MarkerNotFound
+from vmledger.projections.store import MarkerNotFound
 
 TOKENS = ["admin-secret:root:ops:admin", "alice-secret:alice:p1:member",
           "bob-secret:bob:p2:member"]

@@ -26,7 +26,8 @@ from vmledger.projections.migrations import list_migrations
 from vmledger.projections.quotas import class_limits, project_limits
 from vmledger.projections.runner import ViewUpdater
 from vmledger.projections.server_groups import get_group, list_groups, member_docs
-from vmledger.projections.servers import MarkerNotFound, ServersView
+from vmledger.projections.servers import ServersView
+from vmledger.projections.store import MarkerNotFound
 from vmledger.projections.usage import server_usage
 
 log = logging.getLogger(__name__)

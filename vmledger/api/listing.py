@@ -38,7 +38,7 @@ from vmledger.api.http import Call
 from vmledger.api.views import server_hostname, usage_time
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import status as st
-from vmledger.projections.servers import ColumnFilter, StoredServer
+from vmledger.projections.server_queries import ColumnFilter, StoredServer
 
 Doc = dict[str, Any]
 

@@ -21,7 +21,7 @@ import msgspec
 from starlette.responses import Response
 
 from vmledger.api.views import Viewer
-from vmledger.projections.servers import StoredServer
+from vmledger.projections.server_queries import StoredServer
 
 #: rendered servers kept per app (at ~2 KB each: about 40 MB when full)
 DEFAULT_CAPACITY = 20_000

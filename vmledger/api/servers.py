@@ -36,7 +36,7 @@ from vmledger.domain.errors import FlavorNotFound, ImageNotFound, NotFound, Serv
 from vmledger.domain.server import Context
 from vmledger.engine import Engine, ServerInfo
 from vmledger.projections.server_groups import get_group
-from vmledger.projections.servers import StoredServer
+from vmledger.projections.server_queries import StoredServer
 
 PASSWORD_LENGTH = 12
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits

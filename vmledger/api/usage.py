@@ -32,7 +32,7 @@ from vmledger.api.faults import ApiError
 from vmledger.api.http import Call
 from vmledger.api.rendering import JSONBody
 from vmledger.api.validation import non_negative_int
-from vmledger.projections.servers import MarkerNotFound
+from vmledger.projections.store import MarkerNotFound
 from vmledger.projections.usage import tenant_usages
 
 COLLECTION = "os-simple-tenant-usage"

@@ -86,7 +86,7 @@ class OperationsFacade(EngineBase):
         ``where``, other columns' values (``migration_type``, ``source_compute``,
         ``user_id``…). Oldest first, or ``newest_first`` with ``limit`` and ``marker`` (a
         record's UUID; an unknown one raises
-        :class:`~vmledger.projections.servers.MarkerNotFound`)."""
+        :class:`~vmledger.projections.store.MarkerNotFound`)."""
         return self.fleet.migrations(server_id=server_id, status=status, host=host,
                                      since=since, before=before, newest_first=newest_first,
                                      limit=limit, marker=marker, where=where)
@@ -97,7 +97,7 @@ class OperationsFacade(EngineBase):
         (aware datetimes; see :mod:`vmledger.projections.usage`), deleted ones included,
         by project then id: ``instance_id``, ``hours``, the flavor's size, ``started_at``,
         ``ended_at``, ``state``, ``uptime``. ``limit`` and ``marker`` (a server id; an
-        unknown one raises :class:`~vmledger.projections.servers.MarkerNotFound`) page."""
+        unknown one raises :class:`~vmledger.projections.store.MarkerNotFound`) page."""
         return self.fleet.usage(start, stop, project_id=project_id, limit=limit,
                                 marker=marker)
 

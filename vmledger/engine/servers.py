@@ -19,7 +19,7 @@ from vmledger.domain.server import Context
 from vmledger.engine.base import EngineBase
 from vmledger.engine.records import ServerInfo
 from vmledger.projections.actions import get_action, list_actions
-from vmledger.projections.servers import ColumnFilter, StoredServer
+from vmledger.projections.server_queries import ColumnFilter, StoredServer
 
 
 class ServerFacade(EngineBase):

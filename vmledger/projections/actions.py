@@ -19,7 +19,8 @@ from uuid import UUID
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
-from vmledger.projections.servers import (
+from vmledger.projections.store import (
+    ReadStore,
     RowWriter,
     dumps_stored,
     loads,
@@ -233,14 +234,14 @@ class ActionsBatch:
             for d in self.changed.values()])
 
 
-def list_actions(view: Any, server_id: str) -> list[dict[str, Any]]:
+def list_actions(store: ReadStore, server_id: str) -> list[dict[str, Any]]:
     """A server's actions, newest first (Nova: created_at desc, id desc)."""
-    rows = view._query(f"SELECT doc FROM {TABLE} WHERE server_id = ? "
+    rows = store.query(f"SELECT doc FROM {TABLE} WHERE server_id = ? "
                        "ORDER BY start_time DESC, request_id DESC", [server_id])
     return [loads(r["doc"]) for r in rows]
 
 
-def get_action(view: Any, server_id: str, request_id: str) -> dict[str, Any] | None:
-    rows = view._query(f"SELECT doc FROM {TABLE} WHERE server_id = ? AND request_id = ?",
+def get_action(store: ReadStore, server_id: str, request_id: str) -> dict[str, Any] | None:
+    rows = store.query(f"SELECT doc FROM {TABLE} WHERE server_id = ? AND request_id = ?",
                        [server_id, request_id])
     return loads(rows[0]["doc"]) if rows else None

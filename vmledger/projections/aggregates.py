@@ -10,11 +10,25 @@ touched row once, skips events a row already has, and writes each changed row on
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
-from vmledger.projections.servers import RowWriter, fold, loads
+from vmledger.projections.store import RowWriter, loads
 
 Doc = dict[str, Any]
+
+
+def fold(doc: Doc | None, event: Any) -> Doc:
+    """An aggregate's document after ``event`` (an image's, a key pair's...): the
+    event's own ``apply`` on a plain namespace, with id, version and times."""
+    target = SimpleNamespace(**(doc or {}))
+    event.apply(target)
+    result = vars(target)
+    result["id"] = str(event.originator_id)
+    result["version"] = event.originator_version
+    result.setdefault("created_at", event.timestamp)
+    result["updated_at"] = event.timestamp
+    return result
 
 
 class AggregateRows:

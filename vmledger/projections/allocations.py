@@ -18,7 +18,7 @@ from typing import Any
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import RESOURCES, flavor_resources
 from vmledger.domain.server import Server
-from vmledger.projections.servers import RowWriter
+from vmledger.projections.store import ReadStore, RowWriter
 
 TABLE = "vmledger_allocations"
 COLUMNS = ("server_id", "host", *RESOURCES)
@@ -100,7 +100,7 @@ class AllocationsBatch:
         self.writer.upsert(TABLE, COLUMNS, "server_id", rows)
 
 
-def host_usage(view: Any, hosts: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+def host_usage(store: ReadStore, hosts: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
     """What the servers on each host hold: ``vcpus``, ``ram`` (MB), ``disk`` (GB); only
     ``hosts`` when given. Hosts nothing is on are left out."""
     sql = (f"SELECT host, SUM(vcpus) AS vcpus, SUM(ram) AS ram, SUM(disk) AS disk "
@@ -111,7 +111,7 @@ def host_usage(view: Any, hosts: Sequence[str] | None = None) -> dict[str, dict[
             return {}
         sql += f" WHERE host IN ({','.join('?' for _ in hosts)})"
         params.extend(hosts)
-    rows = view._query(sql + " GROUP BY host", params)
+    rows = store.query(sql + " GROUP BY host", params)
     return {str(r["host"]): {k: int(r[k] or 0) for k in RESOURCES} for r in rows}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from vmledger.domain.compute_service import ComputeService
 from vmledger.projections.aggregates import AggregateRows
-from vmledger.projections.servers import _ts, dumps, loads
+from vmledger.projections.store import ReadStore, dumps, loads, time_text
 
 TABLE = "vmledger_compute_services"
 _COLUMNS = ("id", "host", "updated_at", "doc")
@@ -26,9 +26,9 @@ class ComputeServices(AggregateRows):
                     " updated_at TEXT, doc TEXT)")]
 
     def row(self, d: dict[str, Any]) -> tuple[Any, ...]:
-        return (d["id"], d["host"], _ts(d["updated_at"]), dumps(d))
+        return (d["id"], d["host"], time_text(d["updated_at"]), dumps(d))
 
 
-def service_states(view: Any) -> dict[str, dict[str, Any]]:
+def service_states(store: ReadStore) -> dict[str, dict[str, Any]]:
     """By host: ``disabled``, ``disabled_reason``, ``forced_down``, ``updated_at``."""
-    return {r["host"]: loads(r["doc"]) for r in view._query(f"SELECT host, doc FROM {TABLE}")}
+    return {r["host"]: loads(r["doc"]) for r in store.query(f"SELECT host, doc FROM {TABLE}")}

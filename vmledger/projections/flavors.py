@@ -10,7 +10,7 @@ from typing import Any
 from vmledger.domain.catalog import Flavor
 from vmledger.domain.flavors import FlavorRecord
 from vmledger.projections.aggregates import AggregateRows
-from vmledger.projections.servers import dumps, loads
+from vmledger.projections.store import ReadStore, dumps, loads
 
 TABLE = "vmledger_flavors"
 _COLUMNS = ("id", "flavor_id", "name", "deleted", "doc")
@@ -33,10 +33,10 @@ class FlavorRecords(AggregateRows):
                 1 if d.get("deleted") else 0, dumps(d))
 
 
-def flavor_overrides(view: Any) -> dict[str, Flavor | None]:
+def flavor_overrides(store: ReadStore) -> dict[str, Flavor | None]:
     """Flavors by id as administrators left them (None: deleted)."""
     out: dict[str, Flavor | None] = {}
-    for r in view._query(f"SELECT flavor_id, deleted, doc FROM {TABLE}"):
+    for r in store.query(f"SELECT flavor_id, deleted, doc FROM {TABLE}"):
         if r["deleted"]:
             out[r["flavor_id"]] = None
             continue
@@ -45,7 +45,7 @@ def flavor_overrides(view: Any) -> dict[str, Flavor | None]:
     return out
 
 
-def flavor_access(view: Any) -> dict[str, list[str]]:
+def flavor_access(store: ReadStore) -> dict[str, list[str]]:
     """The projects given access to each private flavor, by flavor id."""
     return {r["flavor_id"]: list(loads(r["doc"]).get("access") or [])
-            for r in view._query(f"SELECT flavor_id, doc FROM {TABLE} WHERE deleted = 0")}
+            for r in store.query(f"SELECT flavor_id, doc FROM {TABLE} WHERE deleted = 0")}

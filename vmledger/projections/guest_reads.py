@@ -20,7 +20,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from vmledger.projections.servers import dumps, loads
+from vmledger.projections.store import ReadStore, dumps, loads
 
 TABLE = "vmledger_guest_reads"
 #: what may be read: console output and diagnostics
@@ -29,62 +29,62 @@ KINDS = ("console_output", "diagnostics")
 STALE_AFTER = timedelta(minutes=5)
 
 
-def create_table(view: Any) -> None:
-    with view._transaction(commit=True) as curs:
-        curs.execute(view._sql(
+def create_table(store: ReadStore) -> None:
+    with store.transaction() as curs:
+        curs.execute(store.sql(
             f"CREATE TABLE IF NOT EXISTS {TABLE} (id TEXT PRIMARY KEY, host TEXT NOT NULL,"
             " server_id TEXT NOT NULL, kind TEXT NOT NULL, asked_at TEXT NOT NULL,"
             " answered INTEGER NOT NULL, answer TEXT)"))
-        curs.execute(view._sql(
+        curs.execute(store.sql(
             f"CREATE INDEX IF NOT EXISTS {TABLE}_host ON {TABLE} (host, answered)"))
 
 
-def ask(view: Any, host: str, server_id: str, kind: str, at: datetime) -> str:
+def ask(store: ReadStore, host: str, server_id: str, kind: str, at: datetime) -> str:
     """Write a question for ``host``'s agent; return its id."""
     if kind not in KINDS:
         raise ValueError(f"cannot read {kind!r} of a guest")
     question = str(uuid.uuid4())
-    with view._transaction(commit=True) as curs:
-        curs.execute(view._sql(
+    with store.transaction() as curs:
+        curs.execute(store.sql(
             f"INSERT INTO {TABLE} (id, host, server_id, kind, asked_at, answered, answer)"
             " VALUES (?, ?, ?, ?, ?, 0, NULL)"), [question, host, server_id, kind,
                                                   at.isoformat()])
     return question
 
 
-def wait(view: Any, question: str, timeout: float, poll: float = 0.01
+def wait(store: ReadStore, question: str, timeout: float, poll: float = 0.01
          ) -> dict[str, Any] | None:
     """The answer to ``question`` (``code``, and ``body`` or ``message``), taken off the
     table; None when none came within ``timeout`` seconds (the question is withdrawn)."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = view._query(f"SELECT answer FROM {TABLE} WHERE id = ? AND answered = 1",
+        rows = store.query(f"SELECT answer FROM {TABLE} WHERE id = ? AND answered = 1",
                            [question])
         if rows or time.monotonic() >= deadline:
-            with view._transaction(commit=True) as curs:
-                curs.execute(view._sql(f"DELETE FROM {TABLE} WHERE id = ?"), [question])
+            with store.transaction() as curs:
+                curs.execute(store.sql(f"DELETE FROM {TABLE} WHERE id = ?"), [question])
             return loads(rows[0]["answer"]) if rows else None
         time.sleep(poll)
 
 
-def questions(view: Any, host: str) -> list[tuple[str, str, str, str]]:
+def questions(store: ReadStore, host: str) -> list[tuple[str, str, str, str]]:
     """The questions to ``host`` not answered yet: (id, server id, kind, asked at)."""
-    return [(r["id"], r["server_id"], r["kind"], r["asked_at"]) for r in view._query(
+    return [(r["id"], r["server_id"], r["kind"], r["asked_at"]) for r in store.query(
         f"SELECT id, server_id, kind, asked_at FROM {TABLE} WHERE host = ? AND answered = 0"
         " ORDER BY asked_at", [host])]
 
 
-def answer(view: Any, question: str, result: dict[str, Any]) -> None:
+def answer(store: ReadStore, question: str, result: dict[str, Any]) -> None:
     """Give ``question`` its answer (``code`` and ``body`` or ``message``)."""
-    with view._transaction(commit=True) as curs:
-        curs.execute(view._sql(f"UPDATE {TABLE} SET answered = 1, answer = ? WHERE id = ?"),
+    with store.transaction() as curs:
+        curs.execute(store.sql(f"UPDATE {TABLE} SET answered = 1, answer = ? WHERE id = ?"),
                      [dumps(result), question])
 
 
-def drop(view: Any, question: str) -> None:
+def drop(store: ReadStore, question: str) -> None:
     """Delete a question nobody waits for any more."""
-    with view._transaction(commit=True) as curs:
-        curs.execute(view._sql(f"DELETE FROM {TABLE} WHERE id = ?"), [question])
+    with store.transaction() as curs:
+        curs.execute(store.sql(f"DELETE FROM {TABLE} WHERE id = ?"), [question])
 
 
 __all__ = ["KINDS", "STALE_AFTER", "TABLE", "answer", "ask", "create_table", "drop",

@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from vmledger.projections.servers import RowWriter, dumps, loads
+from vmledger.projections.store import ReadStore, dumps, loads
 
 TABLE = "vmledger_host_reports"
 #: how often a running agent reports its host (Nova's ``report_interval``: 10 s)
@@ -29,30 +29,30 @@ REPORT_INTERVAL = timedelta(seconds=10)
 SERVICE_DOWN_TIME = timedelta(seconds=60)
 
 
-def create_table(view: Any) -> None:
-    with view._transaction(commit=True) as curs:
-        curs.execute(view._sql(f"CREATE TABLE IF NOT EXISTS {TABLE} (host TEXT PRIMARY KEY,"
+def create_table(store: ReadStore) -> None:
+    with store.transaction() as curs:
+        curs.execute(store.sql(f"CREATE TABLE IF NOT EXISTS {TABLE} (host TEXT PRIMARY KEY,"
                                " reported_at TEXT, doc TEXT)"))
 
 
-def save_report(view: Any, host: str, info: dict[str, Any], at: datetime) -> None:
+def save_report(store: ReadStore, host: str, info: dict[str, Any], at: datetime) -> None:
     """Record what ``host``'s hypervisor reported at ``at`` (replacing its last report)."""
     doc = {"host": host, "info": info, "reported_at": at}
-    with view._transaction(commit=True) as curs:
-        RowWriter(curs, view._sql, view.dialect).upsert(
+    with store.transaction() as curs:
+        store.writer(curs).upsert(
             TABLE, ("host", "reported_at", "doc"), "host",
             [(host, at.isoformat(), dumps(doc))])
 
 
-def delete_report(view: Any, host: str) -> None:
+def delete_report(store: ReadStore, host: str) -> None:
     """Forget ``host``'s last report (its service was deleted)."""
-    with view._transaction(commit=True) as curs:
-        curs.execute(view._sql(f"DELETE FROM {TABLE} WHERE host = ?"), [host])
+    with store.transaction() as curs:
+        curs.execute(store.sql(f"DELETE FROM {TABLE} WHERE host = ?"), [host])
 
 
-def host_reports(view: Any) -> dict[str, dict[str, Any]]:
+def host_reports(store: ReadStore) -> dict[str, dict[str, Any]]:
     """By host: ``info`` (what its hypervisor reported) and ``reported_at``."""
-    return {r["host"]: loads(r["doc"]) for r in view._query(f"SELECT host, doc FROM {TABLE}")}
+    return {r["host"]: loads(r["doc"]) for r in store.query(f"SELECT host, doc FROM {TABLE}")}
 
 
 def is_up(report: dict[str, Any] | None, now: datetime,

@@ -11,7 +11,7 @@ from typing import Any
 
 from vmledger.domain.image import DELETED, CustomImage
 from vmledger.projections.aggregates import AggregateRows
-from vmledger.projections.servers import _ts, dumps, loads
+from vmledger.projections.store import ReadStore, dumps, loads, time_text
 
 TABLE = "vmledger_images"
 _COLUMNS = ("id", "project_id", "server_id", "name", "status", "created_at", "updated_at",
@@ -35,20 +35,20 @@ class Images(AggregateRows):
 
     def row(self, d: dict[str, Any]) -> tuple[Any, ...]:
         return (d["id"], d.get("project_id"), d.get("server_id"), d.get("name"),
-                d.get("status"), _ts(d["created_at"]), _ts(d["updated_at"]),
+                d.get("status"), time_text(d["created_at"]), time_text(d["updated_at"]),
                 1 if d.get("status") == DELETED else 0, dumps(d))
 
 
-def list_images(view: Any, project_id: str | None) -> list[dict[str, Any]]:
+def list_images(store: ReadStore, project_id: str | None) -> list[dict[str, Any]]:
     """Custom images (not deleted): one project's, or every project's when None."""
     sql = f"SELECT doc FROM {TABLE} WHERE deleted = 0"
     params: list[Any] = []
     if project_id is not None:
         sql += " AND project_id = ?"
         params.append(project_id)
-    return [loads(r["doc"]) for r in view._query(sql + " ORDER BY created_at, id", params)]
+    return [loads(r["doc"]) for r in store.query(sql + " ORDER BY created_at, id", params)]
 
 
-def get_image(view: Any, image_id: str) -> dict[str, Any] | None:
-    rows = view._query(f"SELECT doc FROM {TABLE} WHERE id = ?", [image_id])
+def get_image(store: ReadStore, image_id: str) -> dict[str, Any] | None:
+    rows = store.query(f"SELECT doc FROM {TABLE} WHERE id = ?", [image_id])
     return loads(rows[0]["doc"]) if rows else None

@@ -9,7 +9,7 @@ from typing import Any
 
 from vmledger.domain.keypair import Keypair
 from vmledger.projections.aggregates import AggregateRows
-from vmledger.projections.servers import _ts, dumps, loads
+from vmledger.projections.store import ReadStore, dumps, loads, time_text
 
 TABLE = "vmledger_keypairs"
 _COLUMNS = ("user_id", "name", "id", "key_type", "created_at", "updated_at", "deleted", "doc")
@@ -41,18 +41,18 @@ class Keypairs(AggregateRows):
         return result
 
     def row(self, d: dict[str, Any]) -> tuple[Any, ...]:
-        return (d["owner_user_id"], d["name"], d["id"], d["key_type"], _ts(d["created_at"]),
-                _ts(d["updated_at"]), 1 if d.get("deleted") else 0, dumps(d))
+        return (d["owner_user_id"], d["name"], d["id"], d["key_type"], time_text(d["created_at"]),
+                time_text(d["updated_at"]), 1 if d.get("deleted") else 0, dumps(d))
 
 
-def list_keypairs(view: Any, user_id: str) -> list[dict[str, Any]]:
+def list_keypairs(store: ReadStore, user_id: str) -> list[dict[str, Any]]:
     """A user's key pairs (not deleted), by name."""
-    return [loads(r["doc"]) for r in view._query(
+    return [loads(r["doc"]) for r in store.query(
         f"SELECT doc FROM {TABLE} WHERE user_id = ? AND deleted = 0 ORDER BY name",
         [user_id])]
 
 
-def get_keypair(view: Any, user_id: str, name: str) -> dict[str, Any] | None:
-    rows = view._query(f"SELECT doc FROM {TABLE} WHERE user_id = ? AND name = ? "
+def get_keypair(store: ReadStore, user_id: str, name: str) -> dict[str, Any] | None:
+    rows = store.query(f"SELECT doc FROM {TABLE} WHERE user_id = ? AND name = ? "
                        "AND deleted = 0", [user_id, name])
     return loads(rows[0]["doc"]) if rows else None

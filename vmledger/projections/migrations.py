@@ -30,7 +30,7 @@ from typing import Any
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import status as st
 from vmledger.domain.server import Server
-from vmledger.projections.servers import MarkerNotFound, RowWriter, stored_ts
+from vmledger.projections.store import MarkerNotFound, ReadStore, RowWriter, stored_ts
 
 TABLE = "vmledger_migrations"
 COLUMNS = ("id", "uuid", "server_id", "request_id", "status", "migration_type",
@@ -200,7 +200,7 @@ class MigrationsBatch:
                                                    for row in rows])
 
 
-def list_migrations(view: Any, *, equal: dict[str, str] | None = None,
+def list_migrations(store: ReadStore, *, equal: dict[str, str] | None = None,
                     host: str | None = None, since: datetime | None = None,
                     before: datetime | None = None, newest_first: bool = False,
                     limit: int | None = None, marker: str | None = None) -> list[Row]:
@@ -226,7 +226,7 @@ def list_migrations(view: Any, *, equal: dict[str, str] | None = None,
         where.append("updated_at <= ?")
         params.append(stored_ts(before))
     if marker is not None:
-        found = view._query(f"SELECT created_at, id FROM {TABLE} WHERE uuid = ?", [marker])
+        found = store.query(f"SELECT created_at, id FROM {TABLE} WHERE uuid = ?", [marker])
         if not found:
             raise MarkerNotFound(marker)
         created, number = found[0]["created_at"], found[0]["id"]
@@ -239,7 +239,7 @@ def list_migrations(view: Any, *, equal: dict[str, str] | None = None,
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return [{c: row[c] for c in COLUMNS} for row in view._query(sql, params)]
+    return [{c: row[c] for c in COLUMNS} for row in store.query(sql, params)]
 
 
 __all__ = [

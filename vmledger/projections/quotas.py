@@ -9,7 +9,7 @@ from typing import Any
 
 from vmledger.domain.quota import DEFAULT_CLASS, DEFAULTS, QuotaClass, QuotaSet
 from vmledger.projections.aggregates import AggregateRows
-from vmledger.projections.servers import _ts, dumps, loads
+from vmledger.projections.store import ReadStore, dumps, loads, time_text
 
 TABLE = "vmledger_quota_sets"
 _COLUMNS = ("project_id", "id", "updated_at", "doc")
@@ -28,12 +28,12 @@ class QuotaSets(AggregateRows):
                     " id TEXT, updated_at TEXT, doc TEXT)")]
 
     def row(self, d: dict[str, Any]) -> tuple[Any, ...]:
-        return (d["quota_project_id"], d["id"], _ts(d["updated_at"]), dumps(d))
+        return (d["quota_project_id"], d["id"], time_text(d["updated_at"]), dumps(d))
 
 
-def project_limits(view: Any, project_id: str) -> dict[str, int]:
+def project_limits(store: ReadStore, project_id: str) -> dict[str, int]:
     """The limits an administrator set for the project (the others are the defaults)."""
-    rows = view._query(f"SELECT doc FROM {TABLE} WHERE project_id = ?", [project_id])
+    rows = store.query(f"SELECT doc FROM {TABLE} WHERE project_id = ?", [project_id])
     return dict(loads(rows[0]["doc"]).get("limits") or {}) if rows else {}
 
 
@@ -54,11 +54,11 @@ class QuotaClasses(AggregateRows):
                     " id TEXT, updated_at TEXT, doc TEXT)")]
 
     def row(self, d: dict[str, Any]) -> tuple[Any, ...]:
-        return (d["quota_class"], d["id"], _ts(d["updated_at"]), dumps(d))
+        return (d["quota_class"], d["id"], time_text(d["updated_at"]), dumps(d))
 
 
-def class_limits(view: Any, name: str = DEFAULT_CLASS) -> dict[str, int]:
+def class_limits(store: ReadStore, name: str = DEFAULT_CLASS) -> dict[str, int]:
     """Every limit of a quota class: what an administrator set over the built-in
     defaults (the ``default`` class's are every project's defaults)."""
-    rows = view._query(f"SELECT doc FROM {CLASS_TABLE} WHERE name = ?", [name])
+    rows = store.query(f"SELECT doc FROM {CLASS_TABLE} WHERE name = ?", [name])
     return {**DEFAULTS, **(dict(loads(rows[0]["doc"]).get("limits") or {}) if rows else {})}

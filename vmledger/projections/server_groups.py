@@ -10,7 +10,8 @@ from typing import Any
 
 from vmledger.domain.server_group import ServerGroup
 from vmledger.projections.aggregates import AggregateRows
-from vmledger.projections.servers import _ts, dumps, loads
+from vmledger.projections.server_queries import TABLE as SERVERS_TABLE
+from vmledger.projections.store import ReadStore, dumps, loads, time_text
 
 TABLE = "vmledger_server_groups"
 _COLUMNS = ("id", "project_id", "name", "created_at", "deleted", "doc")
@@ -32,31 +33,31 @@ class ServerGroups(AggregateRows):
         ]
 
     def row(self, d: dict[str, Any]) -> tuple[Any, ...]:
-        return (d["id"], d["owner_project_id"], d["name"], _ts(d["created_at"]),
+        return (d["id"], d["owner_project_id"], d["name"], time_text(d["created_at"]),
                 1 if d.get("deleted") else 0, dumps(d))
 
 
-def get_group(view: Any, group_id: str) -> dict[str, Any] | None:
-    rows = view._query(f"SELECT doc FROM {TABLE} WHERE id = ? AND deleted = 0", [group_id])
+def get_group(store: ReadStore, group_id: str) -> dict[str, Any] | None:
+    rows = store.query(f"SELECT doc FROM {TABLE} WHERE id = ? AND deleted = 0", [group_id])
     return loads(rows[0]["doc"]) if rows else None
 
 
-def list_groups(view: Any, project_id: str | None) -> list[dict[str, Any]]:
+def list_groups(store: ReadStore, project_id: str | None) -> list[dict[str, Any]]:
     """Live groups, oldest first (of one project, or of all)."""
     where, params = "deleted = 0", []
     if project_id is not None:
         where += " AND project_id = ?"
         params.append(project_id)
-    return [loads(r["doc"]) for r in view._query(
+    return [loads(r["doc"]) for r in store.query(
         f"SELECT doc FROM {TABLE} WHERE {where} ORDER BY created_at, id", params)]
 
 
-def member_docs(view: Any, project_id: str, group_id: str) -> list[dict[str, Any]]:
+def member_docs(store: ReadStore, project_id: str, group_id: str) -> list[dict[str, Any]]:
     """The documents of the group's members (its project's servers, not deleted)."""
-    if view.dialect == "postgres":
+    if store.dialect == "postgres":
         named = "((doc::jsonb)->'attributes'->>'server_group')"
     else:
         named = "json_extract(doc, '$.attributes.server_group')"
-    return [loads(r["doc"]) for r in view._query(
-        "SELECT doc FROM {t} WHERE project_id = ? AND deleted = 0 AND "
+    return [loads(r["doc"]) for r in store.query(
+        f"SELECT doc FROM {SERVERS_TABLE} WHERE project_id = ? AND deleted = 0 AND "
         f"{named} = ? ORDER BY created_at, id", [project_id, group_id])]

@@ -1,0 +1,345 @@
+"""Reads of the servers view: a project's servers page by page, a host's work, the
+timer's candidates, a project's usage; and the types they take and return
+(:class:`ColumnFilter`, :class:`StoredServer`).
+
+The queries are answered from the view's indexed columns wherever they can be, and
+documents are decoded only when used. They reach the database through the public
+:class:`~vmledger.projections.store.ReadStore` interface only; the view
+(:mod:`vmledger.projections.servers`) writes the rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from vmledger.projections.store import ReadStore, Row, chunks, loads, time_text
+
+#: the servers view's table
+TABLE = "vmledger_servers"
+
+
+class ServerQueries(ReadStore):
+    """The servers view's queries (its backends are :class:`ReadStore` ones)."""
+
+    table = TABLE
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """:meth:`query` with ``{t}`` naming the view's table."""
+        return self.query(sql.replace("{t}", self.table), params)
+
+    def get(self, server_id: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT doc FROM {t} WHERE id = ?", [server_id])
+        return loads(rows[0]["doc"]) if rows else None
+
+    def servers(self, *, project_id: str | None = None, include_deleted: bool = False,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        return list(self.iter_servers(project_id=project_id, include_deleted=include_deleted,
+                                      limit=limit))
+
+    def iter_servers(self, *, project_id: str | None = None, include_deleted: bool = False,
+                     limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Server documents newest first (created_at, then id, descending), decoded only
+        as they are consumed: a caller that stops after a page decodes only that page."""
+        for row in self.rows(project_id=project_id,
+                             deleted="both" if include_deleted else "exclude", limit=limit):
+            yield row.doc
+
+    def rows(self, *, project_id: str | None = None, deleted: str = "exclude",
+             after: str | None = None, limit: int | None = None, docs: bool = True,
+             columns: ColumnFilter | None = None) -> list[StoredServer]:
+        """Stored servers newest first (created_at, then id, descending), undecoded.
+
+        ``deleted`` is ``"exclude"``, ``"only"`` or ``"both"``; ``after`` is the id of a
+        server (visible in the same scope) the page starts after, as a list marker:
+        ``KeyError`` when there is none; ``limit`` caps the rows read. Without ``docs``
+        only ids and versions are read (see :meth:`fill`); ``columns`` filters further.
+        """
+        where, params = self._scope(project_id, deleted)
+        if columns is not None:
+            more, more_params = columns.sql()
+            where += more
+            params += more_params
+        if after is not None:
+            # the marker is looked for where the page would be, deleted servers included
+            # unless they are excluded (as Nova's marker lookup)
+            marker_where, marker_params = self._scope(
+                project_id, "exclude" if deleted == "exclude" else "both")
+            found = self._read(
+                "SELECT created_at, id FROM {t} WHERE "
+                + " AND ".join([*marker_where, "id = ?"]), [*marker_params, after])
+            if not found:
+                raise KeyError(after)
+            created = found[0]["created_at"]
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [created, created, after]
+        sql = "SELECT id, version, doc FROM {t}" if docs else "SELECT id, version FROM {t}"
+        patterns = columns.patterns if columns is not None else ()
+        if patterns:  # the page is what the patterns keep: no LIMIT in SQL
+            sql = "SELECT id, version{doc}{more} FROM {{t}}".format(
+                doc=", doc" if docs else "",
+                more="".join(f", {c} AS p_{c}" for c in dict.fromkeys(c for c, _ in patterns)))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        if limit is not None and not patterns:
+            sql += f" LIMIT {int(limit)}"
+        if not patterns:
+            return self._stored_rows(self._read(sql, params))
+        assert columns is not None
+        kept: list[StoredServer] = []
+        for row in self._read(sql, params):
+            if all(pattern.search(row[f"p_{column}"] or "") is not None
+                   for column, pattern in patterns):
+                kept.append(StoredServer(row["id"], row["version"],
+                                         row["doc"] if docs else None))
+                if limit is not None and len(kept) >= limit:
+                    break
+        return kept
+
+    def sort_columns(self, *, project_id: str | None = None, deleted: str = "exclude"
+                     ) -> list[dict[str, Any]]:
+        """Every server in scope as its indexed columns (id, version, name, project_id,
+        vm_state, task_state, host, created_at and updated_at as fixed-width UTC text,
+        deleted): enough to sort a list page without decoding documents. Newest first."""
+        where, params = self._scope(project_id, deleted)
+        sql = ("SELECT id, version, name, project_id, vm_state, task_state, host, created_at,"
+               " updated_at, deleted FROM {t}")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC"
+        return [dict(row) for row in self._read(sql, params)]
+
+    @staticmethod
+    def _stored_rows(found: list[Any]) -> list[StoredServer]:
+        if not found:
+            return []
+        if isinstance(found[0], dict):  # PostgreSQL's rows are dicts
+            return [StoredServer(r["id"], r["version"], r.get("doc")) for r in found]
+        if len(found[0]) == 3:  # sqlite3.Row, by index
+            return [StoredServer(r[0], r[1], r[2]) for r in found]
+        return [StoredServer(r[0], r[1], None) for r in found]
+
+    def fill(self, rows: Sequence[StoredServer]) -> None:
+        """Read the documents of rows read without them, each with the version it has
+        now (which may be newer than the row's). A row whose server is no longer in the
+        view keeps no document (``loaded`` is false)."""
+        by_id = {row.id: row for row in rows}
+        for chunk in chunks(list(by_id), 500):
+            marks = ",".join("?" for _ in chunk)
+            for found in self._stored_rows(self._read(
+                    f"SELECT id, version, doc FROM {{t}} WHERE id IN ({marks})", chunk)):
+                row = by_id[found.id]
+                row.version, row.text, row._doc = found.version, found.text, None
+
+    @staticmethod
+    def _scope(project_id: str | None, deleted: str) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if project_id is not None:
+            where.append("project_id = ?")
+            params.append(project_id)
+        if deleted == "exclude":
+            where.append("deleted = 0")
+        elif deleted == "only":
+            where.append("deleted = 1")
+        elif deleted != "both":
+            raise ValueError(f"deleted must be exclude, only or both, not {deleted!r}")
+        return where, params
+
+    def in_flight(self, host: str | None = None) -> list[tuple[str, str]]:
+        """(server id, request id) of every action in flight, on one host or all."""
+        sql = "SELECT id, pending_request_id FROM {t} WHERE pending_action IS NOT NULL"
+        params: list[Any] = []
+        if host is not None:
+            sql += " AND host = ?"
+            params.append(host)
+        sql += " ORDER BY updated_at, id"
+        return [(r["id"], r["pending_request_id"]) for r in self._read(sql, params)]
+
+    def idle_on_host(self, host: str) -> list[dict[str, Any]]:
+        """Documents of the servers on ``host`` with no action in flight (not deleted)."""
+        return [loads(r["doc"]) for r in self._read(
+            "SELECT doc FROM {t} WHERE host = ? AND pending_action IS NULL AND deleted = 0"
+            " ORDER BY id", [host])]
+
+    def project_usage(self, project_id: str) -> dict[str, int]:
+        """A project's servers that are not deleted: how many, and their flavors' vCPUs
+        and RAM (Nova's legacy quota counting), summed by the database. A server being
+        resized (from the request until it is confirmed or reverted) counts the larger
+        of its two flavors: either may be what it ends with."""
+        vcpus, ram = self._largest_flavor("vcpus"), self._largest_flavor("ram")
+        row = self._read(
+            f"SELECT COUNT(*) AS n, COALESCE(SUM({vcpus}), 0) AS vcpus,"
+            f" COALESCE(SUM({ram}), 0) AS ram FROM {{t}}"
+            " WHERE project_id = ? AND deleted = 0", [project_id])[0]
+        return {"instances": int(row["n"]), "cores": int(row["vcpus"]),
+                "ram": int(row["ram"])}
+
+    def _largest_flavor(self, key: str) -> str:
+        """SQL for a server's ``key`` (``vcpus``, ``ram``…) of the larger of its flavors
+        while a resize is pending or unconfirmed, else of its flavor."""
+        paths = ("flavor", "old_flavor", "pending.params.flavor")
+        if self.dialect == "postgres":
+            return "GREATEST({})".format(", ".join(
+                "((doc::jsonb)#>>'{{{}}}')::bigint".format(",".join([*path.split("."), key]))
+                for path in paths))
+        return "max({})".format(", ".join(
+            f"COALESCE(json_extract(doc, '$.{path}.{key}'), 0)" for path in paths))
+
+    def on_host(self, host: str) -> list[dict[str, Any]]:
+        """Documents of the servers placed on ``host`` (not deleted), by id."""
+        return [loads(r["doc"]) for r in self._read(
+            "SELECT doc FROM {t} WHERE host = ? AND deleted = 0 ORDER BY id", [host])]
+
+    def due_deadlines(self, now: datetime, limit: int = 100) -> list[tuple[str, datetime]]:
+        """Open resize confirmations whose deadline is at or before ``now``, oldest first."""
+        rows = self._read(
+            "SELECT id, doc FROM {t} WHERE confirm_deadline IS NOT NULL AND confirm_deadline <= ?"
+            f" ORDER BY confirm_deadline, id LIMIT {int(limit)}", [time_text(now)])
+        out = []
+        for r in rows:
+            deadline = loads(r["doc"]).get("confirm_deadline")
+            if deadline is not None:
+                out.append((r["id"], deadline))
+        return out
+
+    def idle_since(self, vm_state: str, before: datetime, limit: int = 100) -> list[str]:
+        """Servers in ``vm_state`` with no task, unchanged since ``before``, longest
+        waiting first: the timer's candidates (shelved to offload, soft-deleted to
+        reclaim)."""
+        rows = self._read(
+            "SELECT id FROM {t} WHERE vm_state = ? AND task_state IS NULL AND updated_at <= ?"
+            f" ORDER BY updated_at, id LIMIT {int(limit)}", [vm_state, time_text(before)])
+        return [r["id"] for r in rows]
+
+    def alive_between(self, start: datetime, end: datetime, *, project_id: str | None = None,
+                      after: tuple[str, str] | None = None, limit: int = 500
+                      ) -> list[StoredServer]:
+        """Servers that may have run between ``start`` and ``end``, deleted ones included,
+        by project then id (after ``after``, a (project, id) pair): those created before
+        ``end`` and not deleted by ``start``. A superset: a server's own launch and
+        termination times (in its document) decide."""
+        where = ["created_at < ?", "(deleted = 0 OR updated_at > ?)"]
+        params: list[Any] = [time_text(end), time_text(start)]
+        if project_id is not None:
+            where.append("project_id = ?")
+            params.append(project_id)
+        if after is not None:
+            where.append("(project_id > ? OR (project_id = ? AND id > ?))")
+            params.extend([after[0], after[0], after[1]])
+        return self._stored_rows(self._read(
+            f"SELECT id, version, doc FROM {{t}} WHERE {' AND '.join(where)}"
+            f" ORDER BY project_id, id LIMIT {int(limit)}", params))
+
+    def count(self) -> int:
+        return int(self._read("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
+
+
+#: the columns :class:`ColumnFilter` may compare (by name: they are written into SQL)
+FILTER_COLUMNS = frozenset({"id", "name", "project_id", "vm_state", "task_state", "host"})
+
+
+@dataclass(frozen=True)
+class ColumnFilter:
+    """List filters the view answers from its columns: (vm_state, task_state) pairs (a
+    None task_state: any), ``updated_at`` at or after ``since`` / at or before
+    ``before``, columns whose text is one of some values (``equal``; a null column
+    reads as ``""``) and columns a regular expression finds something in
+    (``patterns``, applied in Python to that column only)."""
+
+    states: set[tuple[str, str | None]] | frozenset[tuple[str, str | None]] | None = None
+    since: datetime | None = None
+    before: datetime | None = None
+    equal: tuple[tuple[str, frozenset[str]], ...] = ()
+    patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
+
+    def __post_init__(self) -> None:
+        for column, _ in (*self.equal, *self.patterns):
+            if column not in FILTER_COLUMNS:
+                raise ValueError(f"not a filterable column: {column!r}")
+
+    def sql(self) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.states is not None:
+            alternatives = []
+            for vm_state, task_state in sorted(self.states, key=str):
+                if task_state is None:
+                    alternatives.append("vm_state = ?")
+                    params.append(vm_state)
+                else:
+                    alternatives.append("(vm_state = ? AND task_state = ?)")
+                    params += [vm_state, task_state]
+            where.append("(" + " OR ".join(alternatives or ["1 = 0"]) + ")")
+        if self.since is not None:
+            where.append("updated_at >= ?")
+            params.append(time_text(self.since))
+        if self.before is not None:
+            where.append("updated_at <= ?")
+            params.append(time_text(self.before))
+        for column, values in self.equal:
+            tests = []
+            if values:
+                tests.append(f"{column} IN ({', '.join('?' for _ in values)})")
+                params += sorted(values)
+            if "" in values:
+                tests.append(f"{column} IS NULL")
+            where.append("(" + " OR ".join(tests or ["1 = 0"]) + ")")
+        return where, params
+
+    def finds(self, row: Any) -> bool:
+        """Whether every pattern finds something in ``row`` (a mapping with the
+        pattern columns)."""
+        return all(pattern.search(row[column] or "") is not None
+                   for column, pattern in self.patterns)
+
+    def keeps(self, row: dict[str, Any]) -> bool:
+        """The same test on a row of :meth:`ServersView.sort_columns`."""
+        if self.states is not None and not any(
+                vm == row["vm_state"] and (task is None or task == row["task_state"])
+                for vm, task in self.states):
+            return False
+        if self.since is not None and row["updated_at"] < time_text(self.since):
+            return False
+        if self.before is not None and row["updated_at"] > time_text(self.before):
+            return False
+        if not all((row[column] or "") in values for column, values in self.equal):
+            return False
+        return self.finds(row)
+
+
+class StoredServer:
+    """A row of the servers view as stored: id, version and the document's JSON, which
+    is decoded on first use of :attr:`doc` (a page whose rendering is cached per
+    version never decodes it)."""
+
+    __slots__ = ("_doc", "id", "text", "version")
+
+    def __init__(self, server_id: str, version: int, text: str | None,
+                 doc: dict[str, Any] | None = None) -> None:
+        self.id = server_id
+        self.version = version
+        self.text = text
+        self._doc = doc
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> StoredServer:
+        """A decoded document, as a row."""
+        return cls(doc["id"], doc["version"], None, doc)
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the document was read (see :meth:`ServersView.fill`)."""
+        return self.text is not None or self._doc is not None
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        if self._doc is None:
+            if self.text is None:
+                raise LookupError(f"server {self.id}: read without its document")
+            self._doc = loads(self.text)
+        return self._doc

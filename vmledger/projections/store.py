@@ -1,0 +1,276 @@
+"""The read models' database: one typed way to query and write the tables beside the
+event log, on SQLite and on PostgreSQL, and the one form their documents are stored in.
+
+Every read model lives in the application's own database, next to the events, and is
+reached through a :class:`ReadStore`: :meth:`~ReadStore.query` (one statement, its rows),
+:meth:`~ReadStore.execute` (one statement in its own transaction),
+:meth:`~ReadStore.transaction` (several statements on one cursor) and
+:meth:`~ReadStore.sql` (a statement written with ``?`` placeholders, in the backend's
+dialect). The servers view is the store of every read model (its SQLite and PostgreSQL
+classes are :class:`SQLiteStore` and :class:`PostgresStore`), so the read models' query
+functions take the engine's view.
+
+Documents are stored as compact JSON with sorted keys; a datetime is ``{"$dt": ISO
+8601}`` (:func:`dumps`, :func:`loads`). Times in indexed columns are fixed-width UTC text
+(:func:`time_text`), so text order is time order on both backends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+from eventsourcing.postgres import PostgresDatastore
+from eventsourcing.sqlite import SQLiteDatastore
+
+#: the key of the read models' position in the tracking table (they share one). A new
+#: name when the read models' layout changes: the log is then folded again from the start
+#: on first open, every row rewritten (the record under the old name, ``vmledger.servers``,
+#: stays)
+TRACKING_NAME = "vmledger.views.4"
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$dt" in obj:
+        return datetime.fromisoformat(obj["$dt"])
+    return obj
+
+
+# Documents are stored as compact JSON with sorted keys; a datetime is {"$dt": ISO 8601}.
+# Writing: datetimes are swapped for that form (containers holding none are not copied),
+# then msgspec encodes. Reading: the standard library's decoder with a hook (faster than
+# msgspec plus a walk in Python for these documents).
+_DECODER = json.JSONDecoder(object_hook=_decode)
+_ENCODER = msgspec.json.Encoder(order="sorted")
+_RAW_DECODER = msgspec.json.Decoder()
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def stored(value: Any) -> Any:
+    """``value`` with every datetime in it as ``{"$dt": ...}``; containers holding no
+    datetime are returned as they are, not copied."""
+    pairs: Iterable[tuple[Any, Any]]
+    make: Callable[[Any], Any]
+    if isinstance(value, dict):
+        pairs, make = value.items(), dict
+    elif isinstance(value, list | tuple):
+        pairs, make = enumerate(value), list
+    elif isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    else:
+        return value
+    copy: Any = None
+    for key, item in pairs:
+        if type(item) not in _SCALARS:
+            new = stored(item)
+            if new is not item:
+                if copy is None:
+                    copy = make(value)
+                copy[key] = new
+    return value if copy is None else copy
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """A document as stored (its datetimes as ``{"$dt": ...}``)."""
+    return _ENCODER.encode(stored(doc)).decode()
+
+
+def dumps_stored(doc: dict[str, Any]) -> str:
+    """A document already in stored form (no datetime objects in it: they would be
+    written as plain text)."""
+    return _ENCODER.encode(doc).decode()
+
+
+def loads(text: str) -> dict[str, Any]:
+    """A stored document, its datetimes revived."""
+    if not isinstance(text, str) or text.startswith("\ufeff"):
+        result: dict[str, Any] = json.loads(text, object_hook=_decode)  # bytes, BOM errors
+        return result
+    decoded: dict[str, Any] = _DECODER.decode(text)
+    return decoded
+
+
+def loads_stored(text: str | bytes) -> dict[str, Any]:
+    """A document in stored form (times stay ``{"$dt": ...}``): for folding further."""
+    decoded: dict[str, Any] = _RAW_DECODER.decode(text)
+    return decoded
+
+
+def stored_ts(value: Any) -> str | None:
+    """:func:`time_text` of a datetime in stored form (or a datetime, or None)."""
+    if type(value) is dict:
+        text = value["$dt"]
+        # already UTC, years 1000 on (the form every recorded time has): cut, don't parse
+        if type(text) is str and text.endswith("+00:00") and text[0] != "0":
+            if len(text) == 32 and text[19] == ".":
+                return text[:26]
+            if len(text) == 25:
+                return text[:19] + ".000000"
+        return time_text(datetime.fromisoformat(text))
+    return time_text(value)
+
+
+def time_text(value: datetime | None) -> str | None:
+    """A time as indexed columns hold it: one fixed-width UTC text form, so text
+    comparison is time comparison on both backends."""
+    if value is None:
+        return None
+    utc = value.astimezone(UTC)
+    if utc.year >= 1000:  # isoformat is strftime("%Y-%m-%dT%H:%M:%S.%f") + "+00:00", faster
+        return utc.isoformat(timespec="microseconds")[:26]
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+class MarkerNotFound(LookupError):
+    """A list marker (a record's id) that names nothing."""
+
+
+class Row(Protocol):
+    """A row as a query returns it: its columns by name (``sqlite3.Row`` or a dict)."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+
+class Cursor(Protocol):
+    """A database cursor of either backend, in a transaction."""
+
+    def execute(self, sql: Any, params: Any = ...) -> Any: ...
+
+    def executemany(self, sql: Any, params: Any) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+
+class RowWriter:
+    """Writes a read model's rows in the view's transaction."""
+
+    #: from this many rows on, PostgreSQL gets them by COPY into a temporary table and
+    #: one INSERT ... SELECT (several times faster than a statement per row)
+    COPY_ROWS = 200
+
+    def __init__(self, curs: Any, sql: Callable[[str], str], dialect: str) -> None:
+        self.curs = curs
+        self.sql = sql
+        self.dialect = dialect
+
+    def upsert(self, table: str, columns: Sequence[str], key: str | tuple[str, ...],
+               rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` (values in ``columns`` order), replacing rows with the same
+        ``key`` (a column, or several)."""
+        if not rows:
+            return
+        keys = (key,) if isinstance(key, str) else key
+        key = ", ".join(keys)
+        cols = ", ".join(columns)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys)
+        if self.dialect == "postgres" and len(rows) >= self.COPY_ROWS:
+            from psycopg import sql as pg
+
+            stage = pg.Identifier(f"{table}_stage")
+            self.curs.execute(pg.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {0} "
+                                     "(LIKE {1}) ON COMMIT DELETE ROWS").format(
+                stage, pg.Identifier(table)))
+            with self.curs.copy(pg.SQL("COPY {0} ({1}) FROM STDIN").format(
+                    stage, pg.SQL(cols))) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            self.curs.execute(pg.SQL(
+                f"INSERT INTO {{0}} ({cols}) SELECT {cols} FROM {{1}} "
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}").format(
+                pg.Identifier(table), stage))
+            self.curs.execute(pg.SQL("TRUNCATE {0}").format(stage))
+            return
+        marks = ", ".join("?" for _ in columns)
+        self.curs.executemany(self.sql(f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
+                                       f"ON CONFLICT ({key}) DO UPDATE SET {updates}"), rows)
+
+
+def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    """``items`` in lists of at most ``size`` (for ``IN (...)`` lists of bounded length)."""
+    for i in range(0, len(items), size):
+        yield list(items[i:i + size])
+
+
+class ReadStore:
+    """The read models' database: the public interface every read model's queries use.
+
+    Statements are written with ``?`` placeholders (:meth:`sql` turns them into the
+    backend's). Rows are read by column name (:class:`Row`).
+    """
+
+    placeholder: ClassVar[str] = "?"
+    #: the backend's name ("sqlite" or "postgres"), for SQL that differs between them
+    dialect: ClassVar[str] = "sqlite"
+
+    def sql(self, text: str) -> str:
+        """``text`` (written with ``?`` placeholders) in the backend's dialect."""
+        return text.replace("?", self.placeholder)
+
+    def transaction(self, *, commit: bool = True) -> AbstractContextManager[Cursor]:
+        """A cursor in one transaction, committed on leaving (rolled back instead
+        without ``commit``, or on an error). It takes statements in the backend's
+        dialect: pass them through :meth:`sql`."""
+        raise NotImplementedError  # pragma: no cover - per backend
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of one statement (written with ``?`` placeholders), read in a
+        transaction of its own."""
+        with self.transaction(commit=False) as curs:
+            curs.execute(self.sql(sql), list(params))
+            return list(curs.fetchall())
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run one statement (written with ``?`` placeholders) and commit it."""
+        with self.transaction(commit=True) as curs:
+            curs.execute(self.sql(sql), list(params))
+
+    def writer(self, curs: Cursor) -> RowWriter:
+        """Bulk upserts on ``curs`` (a cursor of :meth:`transaction`)."""
+        return RowWriter(curs, self.sql, self.dialect)
+
+
+class SQLiteStore(ReadStore):
+    """The read models in the application's SQLite database (same writer lock)."""
+
+    datastore: SQLiteDatastore
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Any]:
+        with self.datastore.transaction(commit=commit) as curs:
+            if commit:
+                # Take the write lock before reading: the library begins transactions
+                # DEFERRED, and a read that later upgrades to a write fails at once with
+                # "database is locked" (no busy wait) when another process wrote since.
+                curs.execute("UPDATE tracking SET notification_id = notification_id "
+                             "WHERE application_name = ?", [TRACKING_NAME])
+            yield curs
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        # one statement is its own read transaction in autocommit mode: no BEGIN and
+        # ROLLBACK round trips around it (a third of a list page's query time)
+        with self.datastore.get_connection(commit=False) as conn, conn.cursor() as curs:
+            curs.execute(self.sql(sql), list(params))
+            return list(curs.fetchall())
+
+
+class PostgresStore(ReadStore):
+    """The read models in the application's PostgreSQL database."""
+
+    placeholder = "%s"
+    dialect = "postgres"
+    datastore: PostgresDatastore
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Any]:
+        with self.datastore.transaction(commit=commit) as curs:
+            yield curs
