@@ -125,7 +125,8 @@ def pytest_terminal_summary(
 
 # --------------------------------------------------------------------------------------
 # Backends: tests that take ``url`` run on SQLite and on a real PostgreSQL; ``engine`` is
-# an engine on it with a fake clock (tests may define their own to override these).
+# an engine on it with a fake clock. Engines of other kinds get fixtures of their own
+# names: a test module never redefines one of these (tests/test_fixtures.py checks).
 # --------------------------------------------------------------------------------------
 
 
@@ -151,6 +152,14 @@ def engine(url: str, clock: FakeClock) -> Iterator[Engine]:
 def memory_engine(clock: FakeClock) -> Iterator[Engine]:
     """An engine on an in-process database (the API tests' default)."""
     with Engine("memory", clock=clock) as e:
+        yield e
+
+
+@pytest.fixture
+def system_clock_engine() -> Iterator[Engine]:
+    """An engine on an in-process database and the system clock: servers made one after
+    the other get distinct creation times, which some list-order tests rely on."""
+    with Engine("memory") as e:
         yield e
 
 

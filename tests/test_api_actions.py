@@ -3,7 +3,6 @@ Nova's refusals."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,24 +18,17 @@ IMAGE2 = image_id_for("debian-12-genericcloud-amd64")
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    e = Engine("memory")
-    yield e
-    e.close()
+def client(system_clock_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(system_clock_engine))
 
 
 @pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine))
-
-
-@pytest.fixture
-def sid(client: ApiClient, engine: Engine) -> str:
+def sid(client: ApiClient, system_clock_engine: Engine) -> str:
     """An ACTIVE server of project p1 on flavor 2 (m1.small)."""
     r = client.post("/v2.1/p1/servers", json={"server": {
         "name": "vm", "flavorRef": "2", "imageRef": IMAGE}})
     assert r.status_code == 202
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     return str(r.json()["server"]["id"])
 
 
@@ -71,13 +63,13 @@ def settled(client: ApiClient, engine: Engine, sid: str) -> tuple[str, str | Non
     ({"reboot": {"type": "Hard"}}, ("HARD_REBOOT", "rebooting_hard")),
     ({"reboot": {"type": "HARD"}}, ("HARD_REBOOT", "rebooting_hard")),
 ])
-def test_reboot(client: ApiClient, engine: Engine, sid: str, body: dict[str, Any],
+def test_reboot(client: ApiClient, system_clock_engine: Engine, sid: str, body: dict[str, Any],
                 in_flight: tuple[str, str]) -> None:
     r = act(client, sid, body)
     assert (r.status_code, r.content) == (202, b"")
     assert status(client, sid) == in_flight
-    assert settled(client, engine, sid) == ("ACTIVE", None)
-    requested = [h for h in engine.history(sid) if h.event == "ActionRequested"][-1]
+    assert settled(client, system_clock_engine, sid) == ("ACTIVE", None)
+    requested = [h for h in system_clock_engine.history(sid) if h.event == "ActionRequested"][-1]
     assert requested.request_id == r.headers["x-openstack-request-id"]
 
 
@@ -92,7 +84,7 @@ def test_reboot_type_is_validated(client: ApiClient, sid: str, kind: Any) -> Non
         assert act(client, sid, body).status_code == 400
 
 
-def test_pause_unpause_suspend_resume_stop_start(client: ApiClient, engine: Engine,
+def test_pause_unpause_suspend_resume_stop_start(client: ApiClient, system_clock_engine: Engine,
                                                  sid: str) -> None:
     steps = [("pause", ("ACTIVE", "pausing"), "PAUSED"),
              ("unpause", ("PAUSED", "unpausing"), "ACTIVE"),
@@ -104,22 +96,22 @@ def test_pause_unpause_suspend_resume_stop_start(client: ApiClient, engine: Engi
         r = act(client, sid, {key: None})
         assert (r.status_code, r.content) == (202, b""), (key, r.text)
         assert status(client, sid) == in_flight, key
-        assert settled(client, engine, sid) == (end, None), key
+        assert settled(client, system_clock_engine, sid) == (end, None), key
 
 
-def test_stopped_power_state(client: ApiClient, engine: Engine, sid: str) -> None:
+def test_stopped_power_state(client: ApiClient, system_clock_engine: Engine, sid: str) -> None:
     act(client, sid, {"os-stop": None})
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     s = state(client, sid)
     assert (s["OS-EXT-STS:vm_state"], s["OS-EXT-STS:power_state"]) == ("stopped", 4)
     assert "progress" not in s  # SHUTOFF does not show progress
 
 
-def test_resize_confirm(client: ApiClient, engine: Engine, sid: str) -> None:
+def test_resize_confirm(client: ApiClient, system_clock_engine: Engine, sid: str) -> None:
     r = act(client, sid, {"resize": {"flavorRef": "3"}})
     assert (r.status_code, r.content) == (202, b"")
     assert status(client, sid) == ("RESIZE", "resize_prep")
-    assert settled(client, engine, sid) == ("VERIFY_RESIZE", None)
+    assert settled(client, system_clock_engine, sid) == ("VERIFY_RESIZE", None)
     assert state(client, sid)["flavor"]["id"] == "3"
     r = act(client, sid, {"confirmResize": None})
     assert (r.status_code, r.content) == (204, b"")
@@ -128,29 +120,29 @@ def test_resize_confirm(client: ApiClient, engine: Engine, sid: str) -> None:
     r = act(client, sid, {"confirmResize": None})
     assert r.status_code == 400
     assert r.json()["badRequest"]["message"] == "Instance has not been resized."
-    assert settled(client, engine, sid) == ("ACTIVE", None)
+    assert settled(client, system_clock_engine, sid) == ("ACTIVE", None)
     assert state(client, sid)["flavor"]["id"] == "3"
 
 
-def test_resize_revert(client: ApiClient, engine: Engine, sid: str) -> None:
+def test_resize_revert(client: ApiClient, system_clock_engine: Engine, sid: str) -> None:
     act(client, sid, {"resize": {"flavorRef": 3}})
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     r = act(client, sid, {"revertResize": None})
     assert (r.status_code, r.content) == (202, b"")
     assert status(client, sid) == ("REVERT_RESIZE", "resize_reverting")
-    assert settled(client, engine, sid) == ("ACTIVE", None)
+    assert settled(client, system_clock_engine, sid) == ("ACTIVE", None)
     s = state(client, sid, "2.47")
     assert s["flavor"]["original_name"] == "m1.small"
 
 
-def test_resize_from_stopped_confirms_to_shutoff(client: ApiClient, engine: Engine,
+def test_resize_from_stopped_confirms_to_shutoff(client: ApiClient, system_clock_engine: Engine,
                                                  sid: str) -> None:
     act(client, sid, {"os-stop": None})
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     act(client, sid, {"resize": {"flavorRef": "3"}})
-    assert settled(client, engine, sid) == ("VERIFY_RESIZE", None)
+    assert settled(client, system_clock_engine, sid) == ("VERIFY_RESIZE", None)
     assert act(client, sid, {"confirmResize": None}).status_code == 204
-    assert settled(client, engine, sid) == ("SHUTOFF", None)
+    assert settled(client, system_clock_engine, sid) == ("SHUTOFF", None)
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -167,7 +159,7 @@ def test_resize_refusals(client: ApiClient, sid: str, body: dict[str, Any],
     assert message in r.json()["badRequest"]["message"]
 
 
-def test_rebuild_returns_202_with_the_server(client: ApiClient, engine: Engine,
+def test_rebuild_returns_202_with_the_server(client: ApiClient, system_clock_engine: Engine,
                                              sid: str) -> None:
     before = state(client, sid)
     r = act(client, sid, {"rebuild": {"imageRef": IMAGE2, "name": "rebuilt",
@@ -184,7 +176,7 @@ def test_rebuild_returns_202_with_the_server(client: ApiClient, engine: Engine,
     assert "OS-EXT-STS:vm_state" not in body
     assert "security_groups" not in body
     assert "OS-EXT-IPS:type" not in str(body["addresses"])
-    assert settled(client, engine, sid) == ("ACTIVE", None)
+    assert settled(client, system_clock_engine, sid) == ("ACTIVE", None)
     after = state(client, sid)
     assert after["image"]["id"] == IMAGE2
     assert after["addresses"] == before["addresses"]
@@ -203,13 +195,13 @@ def test_rebuild_body_by_microversion(client: ApiClient, sid: str) -> None:
     assert body["flavor"]["original_name"] == "m1.small"
 
 
-def test_rebuild_of_stopped_server_ends_shutoff(client: ApiClient, engine: Engine,
+def test_rebuild_of_stopped_server_ends_shutoff(client: ApiClient, system_clock_engine: Engine,
                                                 sid: str) -> None:
     act(client, sid, {"os-stop": None})
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     r = act(client, sid, {"rebuild": {"imageRef": IMAGE2}})
     assert r.json()["server"]["image"]["id"] == IMAGE2
-    assert settled(client, engine, sid) == ("SHUTOFF", None)
+    assert settled(client, system_clock_engine, sid) == ("SHUTOFF", None)
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -242,13 +234,13 @@ def test_lock_and_unlock(client: ApiClient, sid: str) -> None:
     assert r.status_code == 400
 
 
-def test_reset_state(client: ApiClient, engine: Engine, sid: str) -> None:
+def test_reset_state(client: ApiClient, system_clock_engine: Engine, sid: str) -> None:
     act(client, sid, {"os-stop": None})  # leaves task_state powering-off until the agent runs
     r = act(client, sid, {"os-resetState": {"state": "error"}})
     assert (r.status_code, r.content) == (202, b"")
     assert status(client, sid) == ("ERROR", None)
     assert act(client, sid, {"os-resetState": {"state": "active"}}).status_code == 202
-    assert settled(client, engine, sid) == ("ACTIVE", None)
+    assert settled(client, system_clock_engine, sid) == ("ACTIVE", None)
     bad_bodies: list[dict[str, Any]] = [{"os-resetState": {"state": "stopped"}},
                                         {"os-resetState": {}}, {"os-resetState": None}]
     for bad in bad_bodies:
@@ -256,10 +248,10 @@ def test_reset_state(client: ApiClient, engine: Engine, sid: str) -> None:
 
 
 # --- refusals ----------------------------------------------------------------------------
-def test_wrong_state_is_409_with_novas_message(client: ApiClient, engine: Engine,
+def test_wrong_state_is_409_with_novas_message(client: ApiClient, system_clock_engine: Engine,
                                                sid: str) -> None:
     act(client, sid, {"pause": None})
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     r = act(client, sid, {"pause": None})
     assert r.status_code == 409
     assert r.json() == {"conflictingRequest": {
@@ -320,11 +312,12 @@ def test_action_body_over_one_mib_is_413(client: ApiClient, sid: str) -> None:
     assert status(client, sid) == ("ACTIVE", None)
 
 
-def test_delete_after_actions_ends_404(client: ApiClient, engine: Engine, sid: str) -> None:
+def test_delete_after_actions_ends_404(client: ApiClient,
+                                       system_clock_engine: Engine, sid: str) -> None:
     act(client, sid, {"resize": {"flavorRef": "3"}})
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     assert client.delete(f"/v2.1/p1/servers/{sid}").status_code == 204
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     r = client.get(f"/v2.1/p1/servers/{sid}")
     assert r.status_code == 404
     assert act(client, sid, {"os-start": None}).status_code == 404

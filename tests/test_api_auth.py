@@ -4,7 +4,6 @@ instance actions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,20 +25,13 @@ USERS = ["admin:s3cret:ops:admin", "carol:pa:ss:p1:member"]
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    e = Engine("memory")
-    yield e
-    e.close()
+def client(system_clock_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(system_clock_engine, auth="token", tokens=TOKENS))
 
 
 @pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine, auth="token", tokens=TOKENS))
-
-
-@pytest.fixture
-def keystone(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine, auth="keystone", users=USERS,
+def keystone(system_clock_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(system_clock_engine, auth="keystone", users=USERS,
                                 tokens=["admin-secret:root:ops:admin"]))
 
 
@@ -79,15 +71,15 @@ def test_specs() -> None:
     ("keystone", {}),
     ("noauth", {"tokens": TOKENS}),
 ])
-def test_settings_that_do_not_fit_are_refused(engine: Engine, mode: str,
+def test_settings_that_do_not_fit_are_refused(system_clock_engine: Engine, mode: str,
                                               kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        create_app(engine, auth=mode, **kwargs)
+        create_app(system_clock_engine, auth=mode, **kwargs)
 
 
-def test_settings_object_and_mapping(engine: Engine) -> None:
+def test_settings_object_and_mapping(system_clock_engine: Engine) -> None:
     settings = AuthSettings.build("token", tokens={"t": Identity("u", "p1", ("admin",))})
-    client = ApiClient(create_app(engine, auth=settings))
+    client = ApiClient(create_app(system_clock_engine, auth=settings))
     assert client.get("/v2.1/servers", headers={"X-Auth-Token": "t"}).status_code == 200
     keystone = AuthSettings.build("keystone", users=[Account("u", "pw", "p1")])
     assert keystone.accounts["u"].check_password("pw")
@@ -117,18 +109,19 @@ def test_version_documents_need_no_token(client: ApiClient) -> None:
     assert client.post("/identity/v3/auth/tokens", json={}).status_code in (404, 405)
 
 
-def test_tokens_map_to_user_project_and_roles(client: ApiClient, engine: Engine) -> None:
-    sid = create(client, engine, ALICE)
+def test_tokens_map_to_user_project_and_roles(client: ApiClient,
+                                              system_clock_engine: Engine) -> None:
+    sid = create(client, system_clock_engine, ALICE)
     server = client.get(f"/v2.1/servers/{sid}", headers=ALICE).json()["server"]
     assert (server["user_id"], server["tenant_id"]) == ("alice", "p1")
     assert "OS-EXT-SRV-ATTR:host" not in server  # not an administrator
     assert client.get(f"/v2.1/p1/servers/{sid}", headers=ALICE).status_code == 200
     admin_view = client.get("/v2.1/servers/detail?all_tenants=1",
                             headers=ADMIN).json()["servers"]
-    assert admin_view[0]["OS-EXT-SRV-ATTR:host"] == engine.host
+    assert admin_view[0]["OS-EXT-SRV-ATTR:host"] == system_clock_engine.host
 
 
-def test_url_project_must_be_the_tokens(client: ApiClient, engine: Engine) -> None:
+def test_url_project_must_be_the_tokens(client: ApiClient, system_clock_engine: Engine) -> None:
     r = client.get("/v2.1/p2/servers", headers=ALICE)
     assert r.status_code == 400
     assert r.json()["badRequest"]["message"] == (
@@ -136,8 +129,9 @@ def test_url_project_must_be_the_tokens(client: ApiClient, engine: Engine) -> No
         "'p1'")
 
 
-def test_another_projects_server_is_404_everywhere(client: ApiClient, engine: Engine) -> None:
-    sid = create(client, engine, ALICE)
+def test_another_projects_server_is_404_everywhere(client: ApiClient,
+                                                   system_clock_engine: Engine) -> None:
+    sid = create(client, system_clock_engine, ALICE)
     rid = client.get(f"/v2.1/servers/{sid}/os-instance-actions",
                      headers=ALICE).json()["instanceActions"][0]["request_id"]
     message = f"Instance {sid} could not be found."
@@ -159,11 +153,11 @@ def test_another_projects_server_is_404_everywhere(client: ApiClient, engine: En
     assert client.get("/v2.1/servers", headers=BOB).json() == {"servers": []}
 
 
-def test_administrators_reach_every_projects_server(client: ApiClient, engine: Engine
+def test_administrators_reach_every_projects_server(client: ApiClient, system_clock_engine: Engine
                                                     ) -> None:
     """Nova's default policies: a server is its project's members' or an
     administrator's, whatever project the administrator's token is for."""
-    sid = create(client, engine, ALICE)
+    sid = create(client, system_clock_engine, ALICE)
     shown = client.get(f"/v2.1/servers/{sid}", headers=ADMIN)
     assert shown.status_code == 200 and shown.json()["server"]["tenant_id"] == "p1"
     r = client.put(f"/v2.1/servers/{sid}", headers=ADMIN, json={"server": {"name": "x"}})
@@ -184,17 +178,17 @@ def test_administrators_reach_every_projects_server(client: ApiClient, engine: E
     assert client.delete(f"/v2.1/servers/{sid}", headers=ADMIN).status_code == 204
 
 
-def test_non_admin_reset_state_is_403(client: ApiClient, engine: Engine) -> None:
-    sid = create(client, engine, ALICE)
+def test_non_admin_reset_state_is_403(client: ApiClient, system_clock_engine: Engine) -> None:
+    sid = create(client, system_clock_engine, ALICE)
     r = client.post(f"/v2.1/servers/{sid}/action", headers=ALICE,
                     json={"os-resetState": {"state": "error"}})
     assert r.status_code == 403
     assert r.json()["forbidden"]["message"].startswith("Policy doesn't allow ")
 
 
-def test_all_tenants(client: ApiClient, engine: Engine) -> None:
-    mine = create(client, engine, ALICE)
-    theirs = create(client, engine, BOB)
+def test_all_tenants(client: ApiClient, system_clock_engine: Engine) -> None:
+    mine = create(client, system_clock_engine, ALICE)
+    theirs = create(client, system_clock_engine, BOB)
     for path, kind in (("servers", "index"), ("servers/detail", "detail")):
         r = client.get(f"/v2.1/{path}?all_tenants=1", headers=ALICE)
         assert r.status_code == 403
@@ -208,12 +202,13 @@ def test_all_tenants(client: ApiClient, engine: Engine) -> None:
     assert client.get("/v2.1/servers", headers=ADMIN).json() == {"servers": []}
 
 
-def test_non_admin_filters_dropped_and_admin_only_rules(client: ApiClient, engine: Engine
+def test_non_admin_filters_dropped_and_admin_only_rules(client: ApiClient,
+                                                        system_clock_engine: Engine
                                                         ) -> None:
-    kept = create(client, engine, ALICE, "kept")
-    gone = create(client, engine, ALICE, "gone")
+    kept = create(client, system_clock_engine, ALICE, "kept")
+    gone = create(client, system_clock_engine, ALICE, "gone")
     assert client.delete(f"/v2.1/servers/{gone}", headers=ALICE).status_code == 204
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
 
     def ids(query: str, version: str = "2.1") -> list[str]:
         r = client.get(f"/v2.1/servers/detail?{query}", headers=mv(version, ALICE))
@@ -239,8 +234,8 @@ def test_non_admin_filters_dropped_and_admin_only_rules(client: ApiClient, engin
     assert r.json()["forbidden"]["message"] == "Only administrators can sort servers by host"
 
 
-def test_instance_actions_for_non_admins(client: ApiClient, engine: Engine) -> None:
-    sid = create(client, engine, ALICE)
+def test_instance_actions_for_non_admins(client: ApiClient, system_clock_engine: Engine) -> None:
+    sid = create(client, system_clock_engine, ALICE)
     [action] = client.get(f"/v2.1/servers/{sid}/os-instance-actions",
                           headers=ALICE).json()["instanceActions"]
     assert (action["user_id"], action["project_id"]) == ("alice", "p1")
@@ -286,7 +281,8 @@ def test_identity_version_documents(keystone: ApiClient) -> None:
         assert keystone.get(path).json() == {"version": v3}
 
 
-def test_password_login_issues_a_token_with_a_catalog(keystone: ApiClient, engine: Engine
+def test_password_login_issues_a_token_with_a_catalog(keystone: ApiClient,
+                                                      system_clock_engine: Engine
                                                       ) -> None:
     r = login(keystone)
     assert r.status_code == 201
@@ -300,7 +296,7 @@ def test_password_login_issues_a_token_with_a_catalog(keystone: ApiClient, engin
     assert urls["compute"]["public"] == "http://testserver/v2.1"
     assert urls["identity"]["public"] == "http://testserver/identity/v3"
     assert urls["image"]["public"] == "http://testserver/image"
-    sid = create(keystone, engine, {"X-Auth-Token": token})
+    sid = create(keystone, system_clock_engine, {"X-Auth-Token": token})
     server = keystone.get(f"/v2.1/servers/{sid}",
                           headers={"X-Auth-Token": token}).json()["server"]
     assert (server["user_id"], server["tenant_id"]) == ("carol", "p1")
@@ -351,7 +347,7 @@ def test_token_method_validate_and_revoke(keystone: ApiClient) -> None:
                         headers={"X-Subject-Token": scoped}).status_code == 401
 
 
-def test_admin_login_is_admin(keystone: ApiClient, engine: Engine) -> None:
+def test_admin_login_is_admin(keystone: ApiClient, system_clock_engine: Engine) -> None:
     token = {"X-Auth-Token": login(keystone, "admin", "s3cret", "ops").headers[
         "x-subject-token"]}
     assert keystone.get("/v2.1/servers?all_tenants=1", headers=token).status_code == 200

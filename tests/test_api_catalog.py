@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from vmledger import Engine
@@ -15,15 +13,8 @@ IMAGE = image_id_for("cirros-0.6.2-x86_64")
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    e = Engine("memory")
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine))
+def client(system_clock_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(system_clock_engine))
 
 
 def mv(version: str) -> dict[str, str]:

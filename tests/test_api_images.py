@@ -5,7 +5,6 @@ delete) and the Glance shim (``/image/v2``), with projects kept apart."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,21 +28,14 @@ TOKENS = ["admin-secret:root:ops:admin,member", "alice-secret:alice:p1:member",
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    e = Engine("memory")
-    yield e
-    e.close()
+def client(system_clock_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(system_clock_engine))
 
 
 @pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine))
-
-
-@pytest.fixture
-def tokens(engine: Engine) -> ApiClient:
+def tokens(system_clock_engine: Engine) -> ApiClient:
     """Token auth: alice in p1, bob in p2 (members), root an administrator in ops."""
-    return ApiClient(create_app(engine, auth="token", tokens=TOKENS))
+    return ApiClient(create_app(system_clock_engine, auth="token", tokens=TOKENS))
 
 
 def mv(version: str, token: dict[str, str] | None = None) -> dict[str, str]:
@@ -90,9 +82,9 @@ def made(client: ApiClient, engine: Engine, sid: str, name: str = "snap",
 
 
 # --- createImage: the action -----------------------------------------------------------
-def test_create_image_before_2_45_answers_a_location(client: ApiClient, engine: Engine
+def test_create_image_before_2_45_answers_a_location(client: ApiClient, system_clock_engine: Engine
                                                      ) -> None:
-    sid = boot(client, engine)
+    sid = boot(client, system_clock_engine)
     r = snapshot(client, sid, {"name": "snap", "metadata": {"purpose": "backup"}})
     assert (r.status_code, r.content) == (202, b"")
     location = r.headers["location"]
@@ -111,7 +103,7 @@ def test_create_image_before_2_45_answers_a_location(client: ApiClient, engine: 
     assert again.json()["conflictingRequest"]["message"] == (
         f"Cannot 'createImage' instance {sid} while it is in task_state image_snapshot")
 
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     shown = server(client, sid)
     assert (shown["status"], shown["OS-EXT-STS:task_state"]) == ("ACTIVE", None)
     done = client.get(location).json()["image"]
@@ -128,24 +120,24 @@ def test_create_image_before_2_45_answers_a_location(client: ApiClient, engine: 
 
 
 @pytest.mark.parametrize("version", ["2.45", "2.96", "latest"])
-def test_create_image_from_2_45_answers_the_id(client: ApiClient, engine: Engine,
+def test_create_image_from_2_45_answers_the_id(client: ApiClient, system_clock_engine: Engine,
                                                version: str) -> None:
-    sid = boot(client, engine)
+    sid = boot(client, system_clock_engine)
     r = snapshot(client, sid, {"name": "snap"}, version=version)
     assert r.status_code == 202
     assert "location" not in r.headers
     body = r.json()
     assert list(body) == ["image_id"]
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     assert image(client, body["image_id"]).json()["image"]["status"] == "ACTIVE"
 
 
-def test_create_image_is_an_instance_action(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
+def test_create_image_is_an_instance_action(client: ApiClient, system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
     r = snapshot(client, sid, {"name": "snap"})
     request_id = r.headers["x-openstack-request-id"]
     assert r.headers["x-compute-request-id"] == request_id
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     actions = client.get(f"/v2.1/p1/servers/{sid}/os-instance-actions").json()
     assert [(a["action"], a["message"]) for a in actions["instanceActions"]] == [
         ("createImage", None), ("create", None)]
@@ -155,47 +147,48 @@ def test_create_image_is_an_instance_action(client: ApiClient, engine: Engine) -
     assert [e["event"] for e in shown["instanceAction"]["events"]] == [
         "compute_snapshot_instance"]
     assert any(h.event == "ActionRequested" and h.request_id == request_id
-               for h in engine.history(sid))
+               for h in system_clock_engine.history(sid))
 
 
-def test_a_server_built_from_the_snapshot(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
-    image_id = made(client, engine, sid)
-    clone = boot(client, engine, image=image_id, name="clone")
+def test_a_server_built_from_the_snapshot(client: ApiClient, system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
+    image_id = made(client, system_clock_engine, sid)
+    clone = boot(client, system_clock_engine, image=image_id, name="clone")
     shown = server(client, clone)
     assert (shown["status"], shown["image"]["id"]) == ("ACTIVE", image_id)
     assert shown["image"]["links"] == [
         {"rel": "bookmark", "href": f"http://testserver/p1/images/{image_id}"}]
     # and a snapshot of the clone names the clone and the snapshot it came from
-    second = made(client, engine, clone, name="snap-of-clone")
+    second = made(client, system_clock_engine, clone, name="snap-of-clone")
     metadata = image(client, second).json()["image"]["metadata"]
     assert (metadata["instance_uuid"], metadata["base_image_ref"]) == (clone, image_id)
     # rebuilding onto it works too
     r = client.post(f"/v2.1/p1/servers/{sid}/action", json={"rebuild": {"imageRef": second}})
     assert r.status_code == 202
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     assert server(client, sid)["image"]["id"] == second
 
 
 @pytest.mark.parametrize("state", ["SHUTOFF", "PAUSED", "SUSPENDED"])
-def test_create_image_in_other_allowed_states(client: ApiClient, engine: Engine,
+def test_create_image_in_other_allowed_states(client: ApiClient, system_clock_engine: Engine,
                                               state: str) -> None:
-    sid = boot(client, engine)
+    sid = boot(client, system_clock_engine)
     action = {"SHUTOFF": "os-stop", "PAUSED": "pause", "SUSPENDED": "suspend"}[state]
     client.post(f"/v2.1/p1/servers/{sid}/action", json={action: None})
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     r = snapshot(client, sid, {"name": "snap"})
     assert r.status_code == 202
     assert server(client, sid)["status"] == state  # the status does not change
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     shown = server(client, sid)
     assert (shown["status"], shown["OS-EXT-STS:task_state"]) == (state, None)
 
 
-def test_create_image_in_verify_resize_is_409(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
+def test_create_image_in_verify_resize_is_409(client: ApiClient,
+                                              system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
     client.post(f"/v2.1/p1/servers/{sid}/action", json={"resize": {"flavorRef": "3"}})
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     assert server(client, sid)["status"] == "VERIFY_RESIZE"
     r = snapshot(client, sid, {"name": "snap"})
     assert r.status_code == 409
@@ -236,9 +229,9 @@ def too_long() -> str:
         "Invalid input for field/attribute metadata. Value: {'bad/key': 'v'}. 'bad/key' does "
         "not match any of the regexes: '^[a-zA-Z0-9-_:. ]{1,255}$'")),
 ])
-def test_create_image_validation_is_400(client: ApiClient, engine: Engine, body: Any,
+def test_create_image_validation_is_400(client: ApiClient, system_clock_engine: Engine, body: Any,
                                         message: str | None) -> None:
-    sid = boot(client, engine)
+    sid = boot(client, system_clock_engine)
     r = snapshot(client, sid, body)
     assert r.status_code == 400
     if message is not None:
@@ -246,15 +239,15 @@ def test_create_image_validation_is_400(client: ApiClient, engine: Engine, body:
     assert server(client, sid)["OS-EXT-STS:task_state"] is None
 
 
-def test_create_image_name_of_255_is_fine(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
+def test_create_image_name_of_255_is_fine(client: ApiClient, system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
     r = snapshot(client, sid, {"name": "x" * 255}, version="2.45")
     assert r.status_code == 202
     assert image(client, r.json()["image_id"]).json()["image"]["name"] == "x" * 255
 
 
-def test_create_image_metadata_quota(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
+def test_create_image_metadata_quota(client: ApiClient, system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
     many = {f"k{i}": "v" for i in range(129)}
     r = snapshot(client, sid, {"name": "snap", "metadata": many}, version="2.38")
     assert r.status_code == 403
@@ -266,13 +259,14 @@ def test_create_image_metadata_quota(client: ApiClient, engine: Engine) -> None:
                     version="2.38").status_code == 202
 
 
-def test_create_image_of_unknown_or_foreign_server_is_404(tokens: ApiClient, engine: Engine
+def test_create_image_of_unknown_or_foreign_server_is_404(tokens: ApiClient,
+                                                          system_clock_engine: Engine
                                                           ) -> None:
     missing = "6b0e4b3c-0000-4000-8000-000000000000"
     r = snapshot(tokens, missing, {"name": "snap"}, token=ALICE)
     assert r.status_code == 404
     assert r.json()["itemNotFound"]["message"] == f"Instance {missing} could not be found."
-    sid = boot(tokens, engine, token=ALICE)
+    sid = boot(tokens, system_clock_engine, token=ALICE)
     r = snapshot(tokens, sid, {"name": "snap"}, token=BOB)  # another project's server
     assert r.status_code == 404
     assert r.json()["itemNotFound"]["message"] == f"Instance {sid} could not be found."
@@ -283,10 +277,11 @@ def test_create_image_of_unknown_or_foreign_server_is_404(tokens: ApiClient, eng
 
 
 # --- the images proxy --------------------------------------------------------------------
-def test_proxy_lists_prebuilt_and_custom_images(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
-    first = made(client, engine, sid, "first")
-    second = made(client, engine, sid, "second")
+def test_proxy_lists_prebuilt_and_custom_images(client: ApiClient,
+                                                system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
+    first = made(client, system_clock_engine, sid, "first")
+    second = made(client, system_clock_engine, sid, "second")
     listed = client.get("/v2.1/p1/images").json()
     assert "images_links" not in listed
     ids = [i["id"] for i in listed["images"]]
@@ -305,11 +300,11 @@ def test_proxy_lists_prebuilt_and_custom_images(client: ApiClient, engine: Engin
     assert abs(created - datetime.now(UTC)) < timedelta(minutes=5)
 
 
-def test_proxy_filters(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
-    other = boot(client, engine, name="other")
+def test_proxy_filters(client: ApiClient, system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
+    other = boot(client, system_clock_engine, name="other")
     before = datetime.now(UTC) - timedelta(seconds=1)
-    snap = made(client, engine, sid, "snap", tier="gold")
+    snap = made(client, system_clock_engine, sid, "snap", tier="gold")
     queued = snapshot(client, other, {"name": "pending"}, version="2.45").json()["image_id"]
 
     def ids(query: str) -> list[str]:
@@ -340,15 +335,15 @@ def test_proxy_filters(client: ApiClient, engine: Engine) -> None:
         assert client.get(f"/v2.1/p1/images?{bad}").status_code == 400
     shown = image(client, queued).json()["image"]
     assert (shown["status"], shown["progress"]) == ("SAVING", 25)
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     assert image(client, queued).json()["image"]["status"] == "ACTIVE"
 
 
 @pytest.mark.parametrize("collection", ["images", "images/detail"])
-def test_proxy_pages(client: ApiClient, engine: Engine, collection: str) -> None:
-    sid = boot(client, engine)
-    made(client, engine, sid, "a")
-    made(client, engine, sid, "b")
+def test_proxy_pages(client: ApiClient, system_clock_engine: Engine, collection: str) -> None:
+    sid = boot(client, system_clock_engine)
+    made(client, system_clock_engine, sid, "a")
+    made(client, system_clock_engine, sid, "b")
     every = [i["id"] for i in client.get(f"/v2.1/p1/{collection}").json()["images"]]
     assert len(every) == 5
     first = client.get(f"/v2.1/p1/{collection}?limit=2&type=snapshot").json()
@@ -371,9 +366,9 @@ def test_proxy_pages(client: ApiClient, engine: Engine, collection: str) -> None
     assert client.get(f"/v2.1/p1/{collection}?limit=-1").status_code == 400
 
 
-def test_proxy_ends_at_2_35_for_delete_too(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
-    image_id = made(client, engine, sid)
+def test_proxy_ends_at_2_35_for_delete_too(client: ApiClient, system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
+    image_id = made(client, system_clock_engine, sid)
     assert image(client, image_id).status_code == 200
     r = client.delete(f"/v2.1/p1/images/{image_id}", headers=mv("2.36"))
     assert r.status_code == 404
@@ -387,10 +382,10 @@ def test_proxy_ends_at_2_35_for_delete_too(client: ApiClient, engine: Engine) ->
     assert image_id not in {i["id"] for i in client.get("/v2.1/p1/images").json()["images"]}
 
 
-def test_projects_see_and_delete_only_their_images(tokens: ApiClient, engine: Engine
+def test_projects_see_and_delete_only_their_images(tokens: ApiClient, system_clock_engine: Engine
                                                    ) -> None:
-    sid = boot(tokens, engine, token=ALICE)
-    image_id = made(tokens, engine, sid, token=ALICE)
+    sid = boot(tokens, system_clock_engine, token=ALICE)
+    image_id = made(tokens, system_clock_engine, sid, token=ALICE)
     listed = {i["id"] for i in tokens.get("/v2.1/images", headers=ALICE).json()["images"]}
     assert listed == PREBUILT | {image_id}
     # another project: invisible, and deleting it is "not found" (Glance hides it)
@@ -415,7 +410,7 @@ def test_projects_see_and_delete_only_their_images(tokens: ApiClient, engine: En
     assert image(tokens, image_id, token=ALICE).status_code == 404
     assert tokens.delete(f"/v2.1/images/{image_id}", headers=ALICE).status_code == 404
     # an administrator may delete another project's image
-    other = made(tokens, engine, sid, "other", token=ALICE)
+    other = made(tokens, system_clock_engine, sid, "other", token=ALICE)
     assert tokens.delete(f"/v2.1/images/{other}", headers=ADMIN).status_code == 204
     assert image(tokens, other, token=ALICE).status_code == 404
     # the server keeps running, and a server built from a deleted image is refused
@@ -424,23 +419,25 @@ def test_projects_see_and_delete_only_their_images(tokens: ApiClient, engine: En
     assert r.status_code == 400
 
 
-def test_deleting_a_snapshot_being_saved_is_409(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
+def test_deleting_a_snapshot_being_saved_is_409(client: ApiClient,
+                                                system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
     image_id = snapshot(client, sid, {"name": "snap"}, version="2.45").json()["image_id"]
     r = client.delete(f"/v2.1/p1/images/{image_id}")
     assert r.status_code == 409
     assert "conflictingRequest" in r.json()
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     assert client.delete(f"/v2.1/p1/images/{image_id}").status_code == 204
 
 
-def test_a_failed_snapshot_is_error_and_killed(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
-    assert isinstance(engine.hypervisor, Simulator)
-    engine.hypervisor.inject("snapshot", "fail", rollback=True)
+def test_a_failed_snapshot_is_error_and_killed(client: ApiClient,
+                                               system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
+    assert isinstance(system_clock_engine.hypervisor, Simulator)
+    system_clock_engine.hypervisor.inject("snapshot", "fail", rollback=True)
     r = snapshot(client, sid, {"name": "snap"}, version="2.45")
     image_id = r.json()["image_id"]
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     shown = server(client, sid)
     assert (shown["status"], shown["OS-EXT-STS:task_state"]) == ("ACTIVE", None)
     actions = client.get(f"/v2.1/p1/servers/{sid}/os-instance-actions").json()
@@ -461,14 +458,14 @@ def test_unknown_image_delete_is_404(client: ApiClient) -> None:
 
 
 # --- the Glance shim ---------------------------------------------------------------------
-def test_glance_shim_shows_custom_images(tokens: ApiClient, engine: Engine) -> None:
-    sid = boot(tokens, engine, token=ALICE)
+def test_glance_shim_shows_custom_images(tokens: ApiClient, system_clock_engine: Engine) -> None:
+    sid = boot(tokens, system_clock_engine, token=ALICE)
     r = snapshot(tokens, sid, {"name": "snap", "metadata": {"tier": "gold"}}, version="2.45",
                  token=ALICE)
     image_id = r.json()["image_id"]
     queued = tokens.get(f"/image/v2/images/{image_id}", headers=ALICE).json()
     assert (queued["status"], queued["size"]) == ("queued", None)
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     doc = tokens.get(f"/image/v2/images/{image_id}", headers=ALICE).json()
     assert {k: doc[k] for k in ("id", "name", "status", "visibility", "owner", "protected",
                                 "min_disk", "image_type", "instance_uuid", "base_image_ref",
@@ -510,10 +507,11 @@ def test_glance_shim_shows_custom_images(tokens: ApiClient, engine: Engine) -> N
     assert tokens.get(f"/image/v2/images/{image_id}", headers=ALICE).status_code == 404
 
 
-def test_glance_shim_pages_through_custom_images(client: ApiClient, engine: Engine) -> None:
-    sid = boot(client, engine)
-    made(client, engine, sid, "a")
-    made(client, engine, sid, "b")
+def test_glance_shim_pages_through_custom_images(client: ApiClient,
+                                                 system_clock_engine: Engine) -> None:
+    sid = boot(client, system_clock_engine)
+    made(client, system_clock_engine, sid, "a")
+    made(client, system_clock_engine, sid, "b")
     seen: list[str] = []
     url: str | None = "/image/v2/images?limit=2"
     while url is not None:

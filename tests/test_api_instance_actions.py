@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -22,20 +21,8 @@ MICRO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$")
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def engine(clock: FakeClock) -> Iterator[Engine]:
-    e = Engine("memory", clock=clock)
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine))
+def client(memory_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(memory_engine))
 
 
 def mv(version: str) -> dict[str, str]:
@@ -74,10 +61,10 @@ BASE_KEYS = {"action", "instance_uuid", "request_id", "user_id", "project_id", "
              "message"}
 
 
-def test_list_newest_first_with_2_1_fields(client: ApiClient, engine: Engine,
+def test_list_newest_first_with_2_1_fields(client: ApiClient, memory_engine: Engine,
                                            clock: FakeClock) -> None:
-    sid, create_rid = create(client, engine)
-    reboot_rid = act(client, engine, clock, sid, {"reboot": {"type": "HARD"}})
+    sid, create_rid = create(client, memory_engine)
+    reboot_rid = act(client, memory_engine, clock, sid, {"reboot": {"type": "HARD"}})
     r = actions(client, sid)
     assert r.status_code == 200
     assert r.headers["x-openstack-nova-api-version"] == "2.1"
@@ -92,8 +79,8 @@ def test_list_newest_first_with_2_1_fields(client: ApiClient, engine: Engine,
     assert set(r.json()) == {"instanceActions"}
 
 
-def test_updated_at_from_2_58(client: ApiClient, engine: Engine) -> None:
-    sid, rid = create(client, engine)
+def test_updated_at_from_2_58(client: ApiClient, memory_engine: Engine) -> None:
+    sid, rid = create(client, memory_engine)
     assert "updated_at" not in actions(client, sid, "2.57").json()["instanceActions"][0]
     [a] = actions(client, sid, "2.58").json()["instanceActions"]
     assert MICRO_TIME.match(a["updated_at"]) and a["updated_at"] >= a["start_time"]
@@ -109,9 +96,9 @@ def test_updated_at_from_2_58(client: ApiClient, engine: Engine) -> None:
     ("2.84", {"event", "start_time", "finish_time", "result", "traceback", "host", "hostId",
               "details"}),
 ])
-def test_show_event_fields_for_admins(client: ApiClient, engine: Engine, version: str,
+def test_show_event_fields_for_admins(client: ApiClient, memory_engine: Engine, version: str,
                                       keys: set[str]) -> None:
-    sid, rid = create(client, engine)
+    sid, rid = create(client, memory_engine)
     r = action(client, sid, rid, version)
     assert r.status_code == 200
     shown = r.json()["instanceAction"]
@@ -122,15 +109,15 @@ def test_show_event_fields_for_admins(client: ApiClient, engine: Engine, version
     assert event["result"] == "Success"
     assert MICRO_TIME.match(event["start_time"]) and MICRO_TIME.match(event["finish_time"])
     if "hostId" in keys:
-        assert event["host"] == engine.host
-        assert event["hostId"] == hashlib.sha224(b"p1" + engine.host.encode()).hexdigest()
+        assert event["host"] == memory_engine.host
+        assert event["hostId"] == hashlib.sha224(b"p1" + memory_engine.host.encode()).hexdigest()
 
 
-def test_events_newest_first_and_failure_details(client: ApiClient, engine: Engine,
+def test_events_newest_first_and_failure_details(client: ApiClient, memory_engine: Engine,
                                                  clock: FakeClock) -> None:
-    sid, _ = create(client, engine)
-    engine.hypervisor.inject("pause", "fail", rollback=True)  # type: ignore[attr-defined]
-    rid = act(client, engine, clock, sid, {"pause": None})
+    sid, _ = create(client, memory_engine)
+    memory_engine.hypervisor.inject("pause", "fail", rollback=True)  # type: ignore[attr-defined]
+    rid = act(client, memory_engine, clock, sid, {"pause": None})
     shown = action(client, sid, rid, "2.84").json()["instanceAction"]
     assert shown["message"] == "Error"
     [event] = shown["events"]
@@ -140,16 +127,17 @@ def test_events_newest_first_and_failure_details(client: ApiClient, engine: Engi
     assert listed[0]["message"] == "Error"
 
 
-def test_lock_events_have_a_host(client: ApiClient, engine: Engine, clock: FakeClock) -> None:
-    sid, _ = create(client, engine)
-    rid = act(client, engine, clock, sid, {"lock": None})
+def test_lock_events_have_a_host(client: ApiClient, memory_engine: Engine,
+                                 clock: FakeClock) -> None:
+    sid, _ = create(client, memory_engine)
+    rid = act(client, memory_engine, clock, sid, {"lock": None})
     [event] = action(client, sid, rid, "2.62").json()["instanceAction"]["events"]
     assert event["event"] == "api_lock"
-    assert event["host"] == engine.host and len(event["hostId"]) == 56
+    assert event["host"] == memory_engine.host and len(event["hostId"]) == 56
 
 
-def test_unknown_request_id_and_server_are_404(client: ApiClient, engine: Engine) -> None:
-    sid, _ = create(client, engine)
+def test_unknown_request_id_and_server_are_404(client: ApiClient, memory_engine: Engine) -> None:
+    sid, _ = create(client, memory_engine)
     r = action(client, sid, "req-nope")
     assert r.status_code == 404
     assert r.json() == {"itemNotFound": {"code": 404, "message": "Action req-nope not found"}}
@@ -158,9 +146,9 @@ def test_unknown_request_id_and_server_are_404(client: ApiClient, engine: Engine
         assert r.json()["itemNotFound"]["message"] == f"Instance {MISSING} could not be found."
 
 
-def test_other_projects_server_is_404(client: ApiClient, engine: Engine) -> None:
-    sid, rid = create(client, engine)
-    member = ApiClient(create_app(engine, auth="token", tokens=["bob:bob:p2:member"]))
+def test_other_projects_server_is_404(client: ApiClient, memory_engine: Engine) -> None:
+    sid, rid = create(client, memory_engine)
+    member = ApiClient(create_app(memory_engine, auth="token", tokens=["bob:bob:p2:member"]))
     bob = {"X-Auth-Token": "bob"}
     assert member.get(f"/v2.1/servers/{sid}/os-instance-actions",
                       headers=bob).status_code == 404
@@ -170,12 +158,12 @@ def test_other_projects_server_is_404(client: ApiClient, engine: Engine) -> None
     assert client.get(f"/v2.1/p2/servers/{sid}/os-instance-actions").status_code == 200
 
 
-def test_deleted_server_readable_from_2_21(client: ApiClient, engine: Engine,
+def test_deleted_server_readable_from_2_21(client: ApiClient, memory_engine: Engine,
                                            clock: FakeClock) -> None:
-    sid, rid = create(client, engine)
+    sid, rid = create(client, memory_engine)
     clock.tick(1)
     assert client.delete(f"/v2.1/p1/servers/{sid}").status_code == 204
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     assert actions(client, sid, "2.20").status_code == 404
     assert action(client, sid, rid, "2.20").status_code == 404
     r = actions(client, sid, "2.21")
@@ -184,16 +172,16 @@ def test_deleted_server_readable_from_2_21(client: ApiClient, engine: Engine,
     assert action(client, sid, rid, "2.21").json()["instanceAction"]["action"] == "create"
 
 
-def test_query_ignored_before_2_58(client: ApiClient, engine: Engine) -> None:
-    sid, _ = create(client, engine)
+def test_query_ignored_before_2_58(client: ApiClient, memory_engine: Engine) -> None:
+    sid, _ = create(client, memory_engine)
     r = actions(client, sid, "2.57", limit="x", marker="nope", bogus="1")
     assert r.status_code == 200 and len(r.json()["instanceActions"]) == 1
 
 
-def test_limit_marker_and_links_from_2_58(client: ApiClient, engine: Engine,
+def test_limit_marker_and_links_from_2_58(client: ApiClient, memory_engine: Engine,
                                           clock: FakeClock) -> None:
-    sid, create_rid = create(client, engine)
-    rids = [act(client, engine, clock, sid, {"reboot": {"type": "SOFT"}}) for _ in range(3)]
+    sid, create_rid = create(client, memory_engine)
+    rids = [act(client, memory_engine, clock, sid, {"reboot": {"type": "SOFT"}}) for _ in range(3)]
     newest_first = [*reversed(rids), create_rid]
     r = actions(client, sid, "2.58", limit="2")
     body = r.json()
@@ -224,21 +212,21 @@ def test_limit_marker_and_links_from_2_58(client: ApiClient, engine: Engine,
               "changes-before": "2026-01-01T00:00:00Z"},
      "The value of changes-since must be less than or equal to changes-before."),
 ])
-def test_query_errors_are_400(client: ApiClient, engine: Engine, version: str,
+def test_query_errors_are_400(client: ApiClient, memory_engine: Engine, version: str,
                               params: dict[str, str], message: str) -> None:
-    sid, _ = create(client, engine)
+    sid, _ = create(client, memory_engine)
     r = actions(client, sid, version, **params)
     assert r.status_code == 400
     assert r.json()["badRequest"]["message"].startswith(message)
 
 
-def test_changes_since_and_before(client: ApiClient, engine: Engine, clock: FakeClock
+def test_changes_since_and_before(client: ApiClient, memory_engine: Engine, clock: FakeClock
                                   ) -> None:
-    sid, create_rid = create(client, engine)
+    sid, create_rid = create(client, memory_engine)
     clock.advance(hours=1)
     middle = clock.now()
     clock.advance(hours=1)
-    reboot_rid = act(client, engine, clock, sid, {"reboot": {"type": "HARD"}})
+    reboot_rid = act(client, memory_engine, clock, sid, {"reboot": {"type": "HARD"}})
     since = middle.strftime("%Y-%m-%dT%H:%M:%SZ")
     r = actions(client, sid, "2.58", **{"changes-since": since})
     assert [a["request_id"] for a in r.json()["instanceActions"]] == [reboot_rid]

@@ -27,11 +27,6 @@ TOKENS = ["admin-t:root:p1:admin", "alice-t:alice:p1:member", "bob-t:bob:p1:memb
 
 
 @pytest.fixture
-def engine(memory_engine: Engine) -> Engine:
-    return memory_engine
-
-
-@pytest.fixture
 def client(memory_engine: Engine) -> ApiClient:
     return ApiClient(create_app(memory_engine, auth="token", tokens=TOKENS))
 
@@ -69,7 +64,7 @@ def create(client: ApiClient, token: str, version: str, status: int = 200,
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None,
                     reason="ssh-keygen is not installed (Debian: openssh-client)")
 def test_generate_at_2_1_and_its_private_key_is_recorded_nowhere(
-        client: ApiClient, engine: Engine, tmp_path: Path) -> None:
+        client: ApiClient, memory_engine: Engine, tmp_path: Path) -> None:
     made = create(client, "alice-t", "2.1", name="gen")["keypair"]
     assert set(made) == {"name", "public_key", "fingerprint", "user_id", "private_key"}
     assert made["user_id"] == "alice" and made["public_key"].startswith("ssh-rsa ")
@@ -83,7 +78,7 @@ def test_generate_at_2_1_and_its_private_key_is_recorded_nowhere(
                            capture_output=True, text=True, check=True).stdout
     assert f"MD5:{made['fingerprint']}" in shown
     secret = made["private_key"].splitlines()[1]
-    dumped = engine.view.query("SELECT state FROM stored_events")
+    dumped = memory_engine.view.query("SELECT state FROM stored_events")
     assert all(secret.encode() not in bytes(row["state"]) for row in dumped)
 
 
@@ -199,9 +194,9 @@ def test_paging_from_2_35(client: ApiClient) -> None:
     assert len(old["keypairs"]) == 3 and "keypairs_links" not in old
 
 
-def test_key_pairs_per_user_are_held_to_the_quota(client: ApiClient, engine: Engine) -> None:
-    assert engine.quota_limits("p1")["key_pairs"] == 100  # Nova's default
-    engine.set_quotas("p1", {"key_pairs": 2}, ctx=engine.context(is_admin=True))
+def test_key_pairs_per_user_are_held_to_the_quota(client: ApiClient, memory_engine: Engine) -> None:
+    assert memory_engine.quota_limits("p1")["key_pairs"] == 100  # Nova's default
+    memory_engine.set_quotas("p1", {"key_pairs": 2}, ctx=memory_engine.context(is_admin=True))
     public = ssh_public_key()
     for name in ("a", "b"):
         create(client, "alice-t", "2.2", status=201, name=name, public_key=public)
@@ -213,12 +208,12 @@ def test_key_pairs_per_user_are_held_to_the_quota(client: ApiClient, engine: Eng
 
 
 def test_a_server_key_name_is_one_of_the_users_key_pairs(client: ApiClient,
-                                                         engine: Engine) -> None:
+                                                         memory_engine: Engine) -> None:
     create(client, "alice-t", "2.2", status=201, name="mine", public_key=ssh_public_key())
     server = {"name": "vm", "flavorRef": "1", "imageRef": IMAGE, "key_name": "mine"}
     r = client.post("/v2.1/servers", json={"server": server}, headers=h("alice-t"))
     assert r.status_code == 202, r.text
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     sid = r.json()["server"]["id"]
     assert client.get(f"/v2.1/servers/{sid}", headers=h("alice-t")).json()[
         "server"]["key_name"] == "mine"
@@ -230,10 +225,10 @@ def test_a_server_key_name_is_one_of_the_users_key_pairs(client: ApiClient,
         assert r.json()["badRequest"]["message"] == "Invalid key_name provided."
 
 
-def test_key_pair_events_are_in_the_ledger(client: ApiClient, engine: Engine) -> None:
+def test_key_pair_events_are_in_the_ledger(client: ApiClient, memory_engine: Engine) -> None:
     create(client, "alice-t", "2.2", status=201, name="k", public_key=ssh_public_key())
     client.delete("/v2.1/os-keypairs/k", headers=h("alice-t", "2.2"))
-    report = engine.verify()
+    report = memory_engine.verify()
     assert report.ok
-    topics = [r["topic"] for r in engine.view.query("SELECT topic FROM stored_events")]
+    topics = [r["topic"] for r in memory_engine.view.query("SELECT topic FROM stored_events")]
     assert [t.rsplit(".", 1)[-1] for t in topics if "Keypair" in t] == ["Imported", "Deleted"]

@@ -3,7 +3,6 @@ sorting and filters as Nova; ETag and ``If-None-Match`` on ``GET /servers/{id}``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,20 +17,8 @@ IMAGE = image_id_for("cirros-0.6.2-x86_64")
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def engine(clock: FakeClock) -> Iterator[Engine]:
-    e = Engine("memory", clock=clock)
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine))
+def client(memory_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(memory_engine))
 
 
 def mv(version: str) -> dict[str, str]:
@@ -75,16 +62,16 @@ def stamp(clock: FakeClock, delta: timedelta = timedelta(0)) -> str:
 
 
 # --- changes-since / changes-before / deleted ----------------------------------------------
-def test_changes_since_includes_deleted_servers(client: ApiClient, engine: Engine,
+def test_changes_since_includes_deleted_servers(client: ApiClient, memory_engine: Engine,
                                                 clock: FakeClock) -> None:
-    old = create(client, engine, "old")
+    old = create(client, memory_engine, "old")
     clock.advance(hours=1)
     since = stamp(clock)
     clock.advance(minutes=1)
-    doomed = create(client, engine, "doomed")
-    fresh = create(client, engine, "fresh")
+    doomed = create(client, memory_engine, "doomed")
+    fresh = create(client, memory_engine, "fresh")
     assert client.delete(f"/v2.1/p1/servers/{doomed}").status_code == 204
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
 
     assert set(ids(client)) == {old, fresh}
     found = listing(client, f"changes-since={since}")
@@ -103,13 +90,13 @@ def test_bad_changes_since_is_400(client: ApiClient, value: str) -> None:
                        f"'{value}' is not a 'date-time'")
 
 
-def test_changes_before_from_2_66(client: ApiClient, engine: Engine, clock: FakeClock
+def test_changes_before_from_2_66(client: ApiClient, memory_engine: Engine, clock: FakeClock
                                   ) -> None:
-    early = create(client, engine, "early")
+    early = create(client, memory_engine, "early")
     clock.advance(hours=1)
     middle = stamp(clock)
     clock.advance(hours=1)
-    late = create(client, engine, "late")
+    late = create(client, memory_engine, "late")
     assert ids(client, f"changes-before={middle}", "2.66") == [early]
     # unknown before 2.66: dropped (2.1-2.74)
     assert set(ids(client, f"changes-before={middle}", "2.65")) == {early, late}
@@ -121,11 +108,11 @@ def test_changes_before_from_2_66(client: ApiClient, engine: Engine, clock: Fake
     assert "changes-before" in error(client, "changes-before=nope", "2.66")
 
 
-def test_deleted_filter_for_admins(client: ApiClient, engine: Engine) -> None:
-    kept = create(client, engine, "kept")
-    gone = create(client, engine, "gone")
+def test_deleted_filter_for_admins(client: ApiClient, memory_engine: Engine) -> None:
+    kept = create(client, memory_engine, "kept")
+    gone = create(client, memory_engine, "gone")
     client.delete(f"/v2.1/p1/servers/{gone}")
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     assert ids(client, "deleted=true") == [gone]
     assert ids(client, "deleted=True&status=DELETED") == [gone]
     assert ids(client, "status=DELETED") == [gone]
@@ -139,9 +126,9 @@ def test_deleted_filter_for_admins(client: ApiClient, engine: Engine) -> None:
 
 
 # --- all_tenants ------------------------------------------------------------------------------
-def test_all_tenants_for_admins(client: ApiClient, engine: Engine) -> None:
-    mine = create(client, engine, "mine", project="p1")
-    theirs = create(client, engine, "theirs", project="p2")
+def test_all_tenants_for_admins(client: ApiClient, memory_engine: Engine) -> None:
+    mine = create(client, memory_engine, "mine", project="p1")
+    theirs = create(client, memory_engine, "theirs", project="p2")
     assert ids(client) == [mine]
     assert set(ids(client, "all_tenants=1")) == {mine, theirs}
     assert set(ids(client, "all_tenants")) == {mine, theirs}  # the empty string is true
@@ -155,8 +142,8 @@ def test_all_tenants_for_admins(client: ApiClient, engine: Engine) -> None:
 
 # --- unknown and not-permitted parameters -----------------------------------------------------
 def test_unknown_parameters_dropped_before_2_75_and_400_from_2_75(
-        client: ApiClient, engine: Engine) -> None:
-    sid = create(client, engine)
+        client: ApiClient, memory_engine: Engine) -> None:
+    sid = create(client, memory_engine)
     assert ids(client, "bogus=1", "2.74") == [sid]
     assert ids(client, "bogus=1&name=vm", "2.74") == [sid]
     assert error(client, "bogus=1", "2.75") == (
@@ -174,10 +161,10 @@ def test_joined_table_and_private_filters_are_400_for_admins(client: ApiClient, 
     assert error(client, f"{key}=x", "2.96") == f"Invalid filter field: {key}."
 
 
-def test_sort_keys(client: ApiClient, engine: Engine, clock: FakeClock) -> None:
-    b = create(client, engine, "b")
+def test_sort_keys(client: ApiClient, memory_engine: Engine, clock: FakeClock) -> None:
+    b = create(client, memory_engine, "b")
     clock.tick()
-    a = create(client, engine, "a")
+    a = create(client, memory_engine, "a")
     assert ids(client) == [a, b]  # created_at desc
     assert ids(client, "sort_key=display_name&sort_dir=asc") == [a, b]
     assert ids(client, "sort_key=display_name&sort_dir=desc") == [b, a]
@@ -189,9 +176,9 @@ def test_sort_keys(client: ApiClient, engine: Engine, clock: FakeClock) -> None:
 
 
 # --- filters ------------------------------------------------------------------------------------
-def test_filters(client: ApiClient, engine: Engine) -> None:
-    tagged = create(client, engine, "web", tags=["red", "blue"])
-    plain = create(client, engine, "db")
+def test_filters(client: ApiClient, memory_engine: Engine) -> None:
+    tagged = create(client, memory_engine, "web", tags=["red", "blue"])
+    plain = create(client, memory_engine, "db")
     assert client.post(f"/v2.1/p1/servers/{plain}/action",
                        json={"lock": None}).status_code == 202
     assert ids(client, "tags=red,blue", "2.26") == [tagged]
@@ -207,15 +194,15 @@ def test_filters(client: ApiClient, engine: Engine) -> None:
     assert ids(client, "image=" + IMAGE, "2.1") != []
     assert ids(client, "uuid=" + plain) == [plain]
     assert ids(client, "vm_state=active&name=web") == [tagged]
-    assert ids(client, f"host={engine.host}&name=db") == [plain]
+    assert ids(client, f"host={memory_engine.host}&name=db") == [plain]
     addr = listing(client, "name=db")[0]["addresses"]
     first = next(iter(addr.values()))[0]["addr"]
     assert ids(client, f"ip=^{first}$") == [plain]
 
 
 # --- ETag ---------------------------------------------------------------------------------------
-def test_etag_and_if_none_match(client: ApiClient, engine: Engine, clock: FakeClock) -> None:
-    sid = create(client, engine)
+def test_etag_and_if_none_match(client: ApiClient, memory_engine: Engine, clock: FakeClock) -> None:
+    sid = create(client, memory_engine)
     r = client.get(f"/v2.1/p1/servers/{sid}")
     tag = r.headers["etag"]
     assert tag.startswith('"') and tag.endswith('"')
@@ -243,33 +230,33 @@ def test_etag_and_if_none_match(client: ApiClient, engine: Engine, clock: FakeCl
 
 # --- the rendered-server cache and paging in SQL -------------------------------------------
 def test_a_list_shows_every_change_although_renders_are_cached(
-        client: ApiClient, engine: Engine) -> None:
-    sid = create(client, engine, "before")
+        client: ApiClient, memory_engine: Engine) -> None:
+    sid = create(client, memory_engine, "before")
     assert [s["name"] for s in listing(client)] == ["before"]
     r = client.put(f"/v2.1/p1/servers/{sid}", json={"server": {"name": "after"}})
     assert r.status_code == 200
     assert [s["name"] for s in listing(client)] == ["after"]
     client.post(f"/v2.1/p1/servers/{sid}/action", json={"pause": None})
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     assert [s["status"] for s in listing(client)] == ["PAUSED"]
     assert [s["name"] for s in listing(client, detail=False)] == ["after"]
 
 
-def test_cached_renders_are_per_microversion_admin_and_link_base(engine: Engine) -> None:
+def test_cached_renders_are_per_microversion_admin_and_link_base(memory_engine: Engine) -> None:
     """One app, one server: each viewer gets its own shape, and the same as uncached."""
     from vmledger.api.microversions import APIVersion
     from vmledger.api.rendering import RenderCache
     from vmledger.api.views import Links, Viewer, server_view
 
-    app = create_app(engine, auth="token", tokens=["admin-t:alice:p1:admin",
+    app = create_app(memory_engine, auth="token", tokens=["admin-t:alice:p1:admin",
                                                    "user-t:bob:p1:member"])
     client = ApiClient(app)
     r = client.post("/v2.1/servers", json={"server": {
         "name": "vm", "flavorRef": "1", "imageRef": IMAGE, "networks": "none"}},
         headers={"X-Auth-Token": "user-t", **mv("2.52")})
     assert r.status_code == 202
-    engine.run_until_idle()
-    doc = engine.view.rows(project_id="p1")[0].doc
+    memory_engine.run_until_idle()
+    doc = memory_engine.view.rows(project_id="p1")[0].doc
     for _ in range(2):  # the second round is served from the cache
         for token, admin in (("admin-t", True), ("user-t", False)):
             for version in ("2.1", "2.47", "2.96"):
@@ -279,7 +266,7 @@ def test_cached_renders_are_per_microversion_admin_and_link_base(engine: Engine)
                         "X-Auth-Token": token, **mv(version)}).json()["servers"]
                     major, minor = version.split(".")
                     links = Links(base, "p1" if prefix.endswith("p1") else None)
-                    states = tuple(sorted(engine.host_statuses().items()))
+                    states = tuple(sorted(memory_engine.host_statuses().items()))
                     want = server_view(doc, Viewer(APIVersion(int(major), int(minor)),
                                                    links, is_admin=admin,
                                                    host_states=states if admin else None))
@@ -312,12 +299,13 @@ def test_the_cache_is_bounded() -> None:
 
 
 def test_marker_pages_walk_every_server_once_with_equal_creation_times(
-        client: ApiClient, engine: Engine) -> None:
+        client: ApiClient, memory_engine: Engine) -> None:
     """Servers created in the same instant are ordered by id; a marker continues after it
     (the page is read in SQL from the marker's place, deleted servers as the query asks)."""
-    made = [create(client, engine, f"vm-{i}") for i in range(7)]  # the fake clock stands still
+    # the fake clock stands still
+    made = [create(client, memory_engine, f"vm-{i}") for i in range(7)]
     client.delete(f"/v2.1/p1/servers/{made[3]}")
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     every = ids(client)
     assert sorted(every) == sorted(set(made) - {made[3]}) and every == sorted(every, reverse=True)
     seen: list[str] = []
@@ -340,16 +328,17 @@ def test_marker_pages_walk_every_server_once_with_equal_creation_times(
 
 
 def test_rows_read_without_documents_get_them_as_they_are_now(
-        client: ApiClient, engine: Engine) -> None:
-    first, second = create(client, engine, "one"), create(client, engine, "two")
-    rows = engine.server_rows(docs=False)
+        client: ApiClient, memory_engine: Engine) -> None:
+    first, second = create(client, memory_engine, "one"), create(client, memory_engine, "two")
+    rows = memory_engine.server_rows(docs=False)
     assert {r.id for r in rows} == {first, second} and not any(r.loaded for r in rows)
     with pytest.raises(LookupError):
         _ = rows[0].doc
     before = {r.id: r.version for r in rows}
     client.put(f"/v2.1/p1/servers/{first}", json={"server": {"name": "renamed"}})
-    engine.view.execute("DELETE FROM vmledger_servers WHERE id = ?", [second])  # as a rebuild
-    engine.fill_server_docs(rows)
+    # as a rebuild
+    memory_engine.view.execute("DELETE FROM vmledger_servers WHERE id = ?", [second])
+    memory_engine.fill_server_docs(rows)
     by_id = {r.id: r for r in rows}
     assert by_id[first].loaded and by_id[first].doc["name"] == "renamed"
     assert by_id[first].version > before[first]
@@ -365,18 +354,18 @@ def test_rows_read_without_documents_get_them_as_they_are_now(
     [("project_id", "desc"), ("display_name", "desc")],
 ])
 def test_sorting_on_columns_equals_sorting_documents(
-        client: ApiClient, engine: Engine, clock: FakeClock,
+        client: ApiClient, memory_engine: Engine, clock: FakeClock,
         keys: list[tuple[str, str]]) -> None:
     """Sorts on the view's columns (no document decoded) give the order the documents
     give: a filter that looks inside documents but keeps everything takes that path."""
     made = []
     for i, name in enumerate(["b", "a", "c", "a", "B", "d"]):
-        made.append(create(client, engine, name))
+        made.append(create(client, memory_engine, name))
         if i % 2:
             clock.tick()
     client.post(f"/v2.1/p1/servers/{made[0]}/action", json={"pause": None})
     client.post(f"/v2.1/p1/servers/{made[2]}/action", json={"os-stop": None})
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     client.post(f"/v2.1/p1/servers/{made[3]}/action", json={"suspend": None})  # in flight
     query = "&".join(f"sort_key={k}&sort_dir={d}" for k, d in keys)
     by_columns = ids(client, query, "2.73")
@@ -404,26 +393,26 @@ def test_sorting_on_columns_equals_sorting_documents(
     "task_state=rebooting", "uuid={made2}", "name=vm-&changes-since={t1}",
     "all_tenants=1&project_id=p1&name=vm-5", "all_tenants=1&name=vm&deleted=true",
 ])
-def test_column_filters_equal_document_filters(client: ApiClient, engine: Engine,
+def test_column_filters_equal_document_filters(client: ApiClient, memory_engine: Engine,
                                                clock: FakeClock, query: str) -> None:
     """Status, update-time, name, host, state, uuid and project filters answered from
     the view's columns select what the documents select (a document filter that keeps
     everything takes the other path)."""
-    made = [create(client, engine, f"vm-{i}") for i in range(6)]
+    made = [create(client, memory_engine, f"vm-{i}") for i in range(6)]
     t0 = stamp(clock)
     clock.advance(timedelta(seconds=2))
     client.post(f"/v2.1/p1/servers/{made[0]}/action", json={"pause": None})
     client.post(f"/v2.1/p1/servers/{made[1]}/action", json={"os-stop": None})
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     clock.advance(timedelta(seconds=2))
     t1 = stamp(clock)
     clock.advance(timedelta(seconds=2))
     client.post(f"/v2.1/p1/servers/{made[2]}/action", json={"reboot": {"type": "SOFT"}})
     client.post(f"/v2.1/p1/servers/{made[3]}/action", json={"suspend": None})
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     client.post(f"/v2.1/p1/servers/{made[4]}/action", json={"reboot": {"type": "HARD"}})
     client.delete(f"/v2.1/p1/servers/{made[5]}")
-    engine.run_until_idle()
+    memory_engine.run_until_idle()
     client.post(f"/v2.1/p1/servers/{made[4]}/action", json={"reboot": {"type": "SOFT"}})
     q = query.format(t0=t0, t1=t1, made2=made[2])
     by_columns = ids(client, q, "2.73")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,15 +22,8 @@ ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    e = Engine("memory")
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine))
+def client(system_clock_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(system_clock_engine))
 
 
 def mv(version: str) -> dict[str, str]:
@@ -56,7 +48,8 @@ def show(client: ApiClient, sid: str, project: str = "p1", version: str = "2.1"
 
 
 # --- create ------------------------------------------------------------------------------
-def test_create_returns_202_then_builds_to_active(client: ApiClient, engine: Engine) -> None:
+def test_create_returns_202_then_builds_to_active(client: ApiClient,
+                                                  system_clock_engine: Engine) -> None:
     r = client.post("/v2.1/p1/servers", json={"server": {
         "name": "web-1", "flavorRef": "2", "imageRef": IMAGE, "networks": "none"}},
         headers=mv("2.96"))
@@ -81,12 +74,12 @@ def test_create_returns_202_then_builds_to_active(client: ApiClient, engine: Eng
     assert building["hostId"] == ""
     assert building["progress"] == 0
 
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     s = show(client, sid)
     assert (s["status"], s["OS-EXT-STS:task_state"], s["OS-EXT-STS:power_state"]) == (
         "ACTIVE", None, 1)
     assert s["addresses"]["private"][0]["OS-EXT-IPS:type"] == "fixed"
-    assert s["hostId"] == hashlib.sha224(b"p1" + engine.host.encode()).hexdigest()
+    assert s["hostId"] == hashlib.sha224(b"p1" + system_clock_engine.host.encode()).hexdigest()
     assert USAGE_TIME.match(s["OS-SRV-USG:launched_at"])
     assert s["OS-SRV-USG:terminated_at"] is None
     assert ISO_Z.match(s["created"]) and ISO_Z.match(s["updated"])
@@ -99,22 +92,23 @@ def test_create_returns_202_then_builds_to_active(client: ApiClient, engine: Eng
     assert "fault" not in s
 
 
-def test_create_request_id_is_the_events_request_id(client: ApiClient, engine: Engine) -> None:
+def test_create_request_id_is_the_events_request_id(client: ApiClient,
+                                                    system_clock_engine: Engine) -> None:
     r = client.post("/v2.1/servers", json={"server": {"name": "a", "flavorRef": 1,
                                                       "imageRef": IMAGE}})
     assert r.status_code == 202
     sid = r.json()["server"]["id"]
     rid = r.headers["x-openstack-request-id"]
     assert r.headers["x-compute-request-id"] == rid
-    engine.run_until_idle()
-    history = engine.history(sid)
+    system_clock_engine.run_until_idle()
+    history = system_clock_engine.history(sid)
     assert history[0].event == "Requested"
     assert history[0].request_id == rid
     # the agent's events for the create carry the same id
     assert {h.request_id for h in history} == {rid}
 
 
-def test_links_without_project_in_url(client: ApiClient, engine: Engine) -> None:
+def test_links_without_project_in_url(client: ApiClient, system_clock_engine: Engine) -> None:
     r = client.post("/v2.1/servers", json={"server": {"name": "a", "flavorRef": "1",
                                                       "imageRef": IMAGE}})
     sid = r.json()["server"]["id"]
@@ -132,8 +126,8 @@ def test_show_without_project_prefix(client: ApiClient) -> None:
     assert r.json()["server"]["links"][0]["href"] == f"http://testserver/v2.1/servers/{sid}"
 
 
-def test_create_echoes_requested_fields(client: ApiClient, engine: Engine) -> None:
-    engine.generate_keypair("k1")  # the noauth caller's (user admin)
+def test_create_echoes_requested_fields(client: ApiClient, system_clock_engine: Engine) -> None:
+    system_clock_engine.generate_keypair("k1")  # the noauth caller's (user admin)
     r = client.post("/v2.1/p1/servers", headers=mv("2.96"), json={"server": {
         "name": "My Web_Server", "flavorRef": "http://x/flavors/1", "imageRef": IMAGE,
         "networks": "auto", "metadata": {"role": "web"}, "security_groups": [{"name": "web"}],
@@ -147,7 +141,7 @@ def test_create_echoes_requested_fields(client: ApiClient, engine: Engine) -> No
     assert body["adminPass"] == "s3cret"
     assert body["security_groups"] == [{"name": "web"}]
     assert body["OS-DCF:diskConfig"] == "AUTO"
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     s = show(client, body["id"], version="2.96")
     assert s["metadata"] == {"role": "web"}
     assert s["security_groups"] == [{"name": "web"}]
@@ -255,15 +249,15 @@ def test_body_over_one_mib_is_413(client: ApiClient) -> None:
 
 
 # --- show: fields by microversion --------------------------------------------------------
-def test_fields_by_microversion(client: ApiClient, engine: Engine) -> None:
+def test_fields_by_microversion(client: ApiClient, system_clock_engine: Engine) -> None:
     sid = create(client, flavor="2")
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     base = show(client, sid, version="2.1")
     for key in ("locked", "description", "tags", "trusted_image_certificates",
                 "locked_reason", "pinned_availability_zone", "server_groups", "host_status"):
         assert key not in base
     assert "OS-EXT-SRV-ATTR:hostname" not in base
-    assert base["OS-EXT-SRV-ATTR:host"] == engine.host  # noauth callers are admins
+    assert base["OS-EXT-SRV-ATTR:host"] == system_clock_engine.host  # noauth callers are admins
     assert show(client, sid, version="2.9")["locked"] is False
     assert show(client, sid, version="2.19")["description"] is None
     assert show(client, sid, version="2.26")["tags"] == []
@@ -296,10 +290,11 @@ def test_unknown_server_is_404(client: ApiClient, bad: str) -> None:
             "code": 404, "message": f"Instance {bad} could not be found."}}
 
 
-def test_another_projects_server_is_not_found(client: ApiClient, engine: Engine) -> None:
+def test_another_projects_server_is_not_found(client: ApiClient,
+                                              system_clock_engine: Engine) -> None:
     sid = create(client, project="p1")
-    engine.run_until_idle()
-    member = ApiClient(create_app(engine, auth="token", tokens=["bob:bob:p2:member"]))
+    system_clock_engine.run_until_idle()
+    member = ApiClient(create_app(system_clock_engine, auth="token", tokens=["bob:bob:p2:member"]))
     bob = {"X-Auth-Token": "bob"}
     message = {"itemNotFound": {"code": 404, "message": f"Instance {sid} could not be found."}}
     r = member.get(f"/v2.1/servers/{sid}", headers=bob)
@@ -318,13 +313,13 @@ def test_another_projects_server_is_not_found(client: ApiClient, engine: Engine)
     assert show(client, sid)["OS-EXT-STS:task_state"] is None
 
 
-def test_unexpected_error_is_500_and_logged(client: ApiClient, engine: Engine,
+def test_unexpected_error_is_500_and_logged(client: ApiClient, system_clock_engine: Engine,
                                             monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
     def broken(*_args: object, **_kw: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine, "get_server", broken)
+    monkeypatch.setattr(system_clock_engine, "get_server", broken)
     with caplog.at_level(logging.ERROR, logger="vmledger.api"):
         r = client.get(f"/v2.1/servers/{MISSING}")
     assert r.status_code == 500
@@ -338,9 +333,9 @@ def test_unexpected_error_is_500_and_logged(client: ApiClient, engine: Engine,
 
 
 # --- update and delete -------------------------------------------------------------------
-def test_update_name_and_description(client: ApiClient, engine: Engine) -> None:
+def test_update_name_and_description(client: ApiClient, system_clock_engine: Engine) -> None:
     sid = create(client)
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     r = client.put(f"/v2.1/p1/servers/{sid}", json={"server": {"name": "renamed"}})
     assert r.status_code == 200
     body = r.json()["server"]
@@ -362,9 +357,9 @@ def test_update_name_and_description(client: ApiClient, engine: Engine) -> None:
     assert r.status_code == 400
 
 
-def test_delete_is_204_then_404(client: ApiClient, engine: Engine) -> None:
+def test_delete_is_204_then_404(client: ApiClient, system_clock_engine: Engine) -> None:
     sid = create(client)
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     r = client.delete(f"/v2.1/p1/servers/{sid}")
     assert r.status_code == 204
     assert r.content == b""
@@ -372,18 +367,18 @@ def test_delete_is_204_then_404(client: ApiClient, engine: Engine) -> None:
     assert s["OS-EXT-STS:task_state"] == "deleting"
     assert s["status"] == "ACTIVE"
     assert client.delete(f"/v2.1/p1/servers/{sid}").status_code == 204  # repeat ignored
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     assert client.get(f"/v2.1/p1/servers/{sid}").status_code == 404
     assert client.get("/v2.1/p1/servers").json()["servers"] == []
-    events = [h for h in engine.history(sid) if h.event == "ActionRequested"]
+    events = [h for h in system_clock_engine.history(sid) if h.event == "ActionRequested"]
     assert events[-1].request_id == r.headers["x-openstack-request-id"]
 
 
 # --- list, pagination, filters -----------------------------------------------------------
-def test_list_and_detail(client: ApiClient, engine: Engine) -> None:
+def test_list_and_detail(client: ApiClient, system_clock_engine: Engine) -> None:
     first = create(client, name="one")
     second = create(client, name="two")
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     r = client.get("/v2.1/p1/servers")
     servers = r.json()["servers"]
     assert [s["id"] for s in servers] == [second, first]  # newest first
@@ -430,13 +425,13 @@ def test_unknown_marker_is_400(client: ApiClient) -> None:
     assert r.json()["badRequest"]["message"] == "marker [junk] not found"
 
 
-def test_status_and_name_filters(client: ApiClient, engine: Engine) -> None:
+def test_status_and_name_filters(client: ApiClient, system_clock_engine: Engine) -> None:
     running = create(client, name="web-1")
     stopped = create(client, name="db-1")
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     assert client.post(f"/v2.1/p1/servers/{stopped}/action",
                        json={"os-stop": None}).status_code == 202
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
 
     def ids(query: str, version: str = "2.1") -> list[str]:
         r = client.get(f"/v2.1/p1/servers?{query}", headers=mv(version))
@@ -465,7 +460,8 @@ def test_list_tolerates_client_query_parameters(client: ApiClient) -> None:
     assert len(r.json()["servers"]) == 1
 
 
-def test_one_request_creates_several_servers(client: ApiClient, engine: Engine) -> None:
+def test_one_request_creates_several_servers(client: ApiClient,
+                                             system_clock_engine: Engine) -> None:
     """As Nova: max_count servers named NAME-1..N, one reservation, one request id whose
     create action each server has; the body is the first server's."""
     r = client.post("/v2.1/p1/servers", json={"server": {
@@ -475,7 +471,7 @@ def test_one_request_creates_several_servers(client: ApiClient, engine: Engine) 
     first = r.json()["server"]
     request_id = r.headers["x-openstack-request-id"]
     assert first["adminPass"] == "pw" and r.headers["Location"].endswith(first["id"])
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     servers = client.get("/v2.1/p1/servers/detail").json()["servers"]
     assert sorted(s["name"] for s in servers) == ["web-1", "web-2", "web-3"]
     assert {s["status"] for s in servers} == {"ACTIVE"}
@@ -493,12 +489,13 @@ def test_one_request_creates_several_servers(client: ApiClient, engine: Engine) 
         "name": "batch", "flavorRef": "1", "imageRef": IMAGE, "max_count": 2,
         "return_reservation_id": True}})
     assert r.status_code == 202 and r.json()["reservation_id"].startswith("r-")
-    engine.run_until_idle()
+    system_clock_engine.run_until_idle()
     made = client.get(f"/v2.1/p1/servers?reservation_id={r.json()['reservation_id']}")
     assert sorted(s["name"] for s in made.json()["servers"]) == ["batch-1", "batch-2"]
 
 
-def test_more_servers_than_one_request_may_create(client: ApiClient, engine: Engine) -> None:
+def test_more_servers_than_one_request_may_create(client: ApiClient,
+                                                  system_clock_engine: Engine) -> None:
     from vmledger.domain.commands.servers import MAX_SERVERS_PER_REQUEST as LIMIT
 
     r = client.post("/v2.1/p1/servers", json={"server": {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,15 +16,8 @@ MAX = str(MAX_VERSION)
 
 
 @pytest.fixture
-def engine() -> Iterator[Engine]:
-    e = Engine("memory")
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine))
+def client(system_clock_engine: Engine) -> ApiClient:
+    return ApiClient(create_app(system_clock_engine))
 
 
 def test_root_lists_v21_without_auth_or_request_id(client: ApiClient) -> None:

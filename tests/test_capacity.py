@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -27,15 +27,6 @@ from vmledger.domain.host_claims import HostClaims, host_claims_id
 from vmledger.domain.server_group import NO_VALID_HOST
 
 IMAGE = "cirros-0.6.2-x86_64"
-
-
-@pytest.fixture
-def engine(url: str) -> Iterator[Engine]:
-    e = make_engine(url)
-    try:
-        yield e
-    finally:
-        e.close()
 
 
 def _fill(engine: Engine, n: int, flavor: str = "m1.large") -> list[str]:

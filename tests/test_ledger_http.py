@@ -147,30 +147,26 @@ def live(engine: Engine, clock: FakeClock, sim: Simulator) -> Lived:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def sim() -> Simulator:
     return Simulator(seed=3)
 
 
 @pytest.fixture
-def engine(clock: FakeClock, sim: Simulator) -> Iterator[Engine]:
+def ledger_engine(clock: FakeClock, sim: Simulator) -> Iterator[Engine]:
+    """An in-memory engine on ``sim`` whose resizes wait an hour for confirmation."""
     e = Engine("memory", clock=clock, hypervisor=sim, confirm_window=timedelta(hours=1))
     yield e
     e.close()
 
 
 @pytest.fixture
-def lived(engine: Engine, clock: FakeClock, sim: Simulator) -> Lived:
-    return live(engine, clock, sim)
+def lived(ledger_engine: Engine, clock: FakeClock, sim: Simulator) -> Lived:
+    return live(ledger_engine, clock, sim)
 
 
 @pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(ledger_app(engine))
+def client(ledger_engine: Engine) -> ApiClient:
+    return ApiClient(ledger_app(ledger_engine))
 
 
 def ok(response: httpx.Response) -> Any:
@@ -196,8 +192,8 @@ def dicts(entries: Any) -> list[dict[str, Any]]:
 # --- history ---------------------------------------------------------------------------
 
 def test_history_pages_follow_next_links_and_equal_the_embedding_api(
-        client: ApiClient, engine: Engine, lived: Lived) -> None:
-    everything = dicts(engine.ledger.iter_history(lived.web))
+        client: ApiClient, ledger_engine: Engine, lived: Lived) -> None:
+    everything = dicts(ledger_engine.ledger.iter_history(lived.web))
     assert len(everything) > 20
     seen: list[dict[str, Any]] = []
     url: str | None = f"{PREFIX}/servers/{lived.web}/history?limit=7"
@@ -205,7 +201,7 @@ def test_history_pages_follow_next_links_and_equal_the_embedding_api(
     while url is not None:
         body = ok(client.get(url, headers=ALICE))
         assert body["server_id"] == lived.web
-        page = engine.history_page(lived.web, after=after, limit=7)
+        page = ledger_engine.history_page(lived.web, after=after, limit=7)
         assert body["entries"] == dicts(page.entries)
         assert body["next_after"] == page.next_after
         for entry in body["entries"]:
@@ -241,7 +237,7 @@ def test_history_pages_follow_next_links_and_equal_the_embedding_api(
 
 
 def test_history_of_a_deleted_server_and_unknown_servers(
-        client: ApiClient, engine: Engine, lived: Lived) -> None:
+        client: ApiClient, ledger_engine: Engine, lived: Lived) -> None:
     assert client.get(f"/v2.1/servers/{lived.tmp}", headers=ALICE).status_code == 404
     body = ok(client.get(f"{PREFIX}/servers/{lived.tmp}/history", headers=ALICE))
     assert body["entries"][-1]["event"] == "ActionCompleted"
@@ -270,13 +266,13 @@ def test_a_limit_above_the_maximum_is_lowered(client: ApiClient, lived: Lived) -
 # --- state -----------------------------------------------------------------------------
 
 def test_state_at_every_version_equals_the_embedding_api(
-        client: ApiClient, engine: Engine, lived: Lived) -> None:
-    latest = engine.get_server(lived.web, ctx=user(engine, "alice", "p1")).version
+        client: ApiClient, ledger_engine: Engine, lived: Lived) -> None:
+    latest = ledger_engine.get_server(lived.web, ctx=user(ledger_engine, "alice", "p1")).version
     statuses = []
     for version in range(1, latest + 1):
         body = ok(client.get(f"{PREFIX}/servers/{lived.web}/state?version={version}",
                              headers=ALICE))
-        assert body["server"] == server_state(engine.server_as_of(lived.web,
+        assert body["server"] == server_state(ledger_engine.server_as_of(lived.web,
                                                                    version=version))
         assert body["server"]["version"] == version and body["version"] == version
         statuses.append(body["server"]["status"])
@@ -285,7 +281,7 @@ def test_state_at_every_version_equals_the_embedding_api(
     # the latest state is what the servers view shows now
     now = ok(client.get(f"{PREFIX}/servers/{lived.web}/state?version={latest}",
                         headers=ALICE))["server"]
-    info = engine.get_server(lived.web)
+    info = ledger_engine.get_server(lived.web)
     assert (now["status"], now["vm_state"], now["flavor"]["name"], now["version"]) == (
         info.status, info.vm_state, info.flavor["name"], info.version)
     assert set(now) >= {"id", "name", "project_id", "user_id", "flavor", "image", "vm_state",
@@ -293,14 +289,14 @@ def test_state_at_every_version_equals_the_embedding_api(
                         "launched_at", "confirm_deadline", "locked"}
 
 
-def test_state_as_of_a_time(client: ApiClient, engine: Engine, lived: Lived) -> None:
+def test_state_as_of_a_time(client: ApiClient, ledger_engine: Engine, lived: Lived) -> None:
     at = lived.verify_resize_at
     for text in (at.isoformat(), at.strftime("%Y-%m-%dT%H:%M:%SZ"),
                  at.replace(tzinfo=None).isoformat(),
                  (at + timedelta(hours=2)).isoformat().replace("+00:00", "+02:00")):
         body = ok(client.get(f"{PREFIX}/servers/{lived.web}/state",
                              params={"as_of": text}, headers=ALICE))
-        assert body["server"] == server_state(engine.server_as_of(lived.web, at=at))
+        assert body["server"] == server_state(ledger_engine.server_as_of(lived.web, at=at))
         assert body["server"]["status"] == "VERIFY_RESIZE"
         assert body["server"]["flavor"]["name"] == "m1.medium"
         assert body["as_of"] == at.isoformat()
@@ -349,11 +345,11 @@ def test_state_of_a_version_that_does_not_exist_is_a_404(client: ApiClient,
 
 # --- requests, explanations -------------------------------------------------------------
 
-def test_causal_chains_equal_the_embedding_api(client: ApiClient, engine: Engine,
+def test_causal_chains_equal_the_embedding_api(client: ApiClient, ledger_engine: Engine,
                                                lived: Lived) -> None:
     for request_id in (lived.create, lived.resize, lived.confirm, lived.pause, lived.reboot):
         body = ok(client.get(f"{PREFIX}/requests/{request_id}", headers=ALICE))
-        assert body["entries"] == dicts(engine.causal_chain(request_id))
+        assert body["entries"] == dicts(ledger_engine.causal_chain(request_id))
         assert body["servers"] == [lived.web] and body["request_id"] == request_id
     chain = ok(client.get(f"{PREFIX}/requests/{lived.pause}", headers=ALICE))["entries"]
     assert chain[0]["event"] == "ActionRequested"
@@ -369,15 +365,15 @@ def test_causal_chains_equal_the_embedding_api(client: ApiClient, engine: Engine
     assert message == "Request req-unknown could not be found."
 
 
-def test_explain_equals_the_embedding_api(client: ApiClient, engine: Engine,
+def test_explain_equals_the_embedding_api(client: ApiClient, ledger_engine: Engine,
                                           lived: Lived) -> None:
     body = ok(client.get(f"{PREFIX}/servers/{lived.web}/explain", headers=ALICE))
-    assert body == {"server_id": lived.web, "lines": engine.explain(lived.web)}
+    assert body == {"server_id": lived.web, "lines": ledger_engine.explain(lived.web)}
     assert any("Injected failure in pause" in line for line in body["lines"])
     assert body["lines"][-2].startswith("Now: ACTIVE")
     short = ok(client.get(f"{PREFIX}/servers/{lived.web}/explain?last_requests=1",
                           headers=ALICE))["lines"]
-    assert short == engine.ledger.explain(lived.web, last_requests=1)
+    assert short == ledger_engine.ledger.explain(lived.web, last_requests=1)
     assert len(short) < len(body["lines"])
     deleted = ok(client.get(f"{PREFIX}/servers/{lived.tmp}/explain", headers=ALICE))
     assert deleted["lines"][-2].startswith("Now: DELETED")
@@ -388,10 +384,10 @@ def test_explain_equals_the_embedding_api(client: ApiClient, engine: Engine,
 
 # --- verify ----------------------------------------------------------------------------
 
-def test_verify_is_for_administrators(client: ApiClient, engine: Engine,
+def test_verify_is_for_administrators(client: ApiClient, ledger_engine: Engine,
                                       lived: Lived) -> None:
     body = ok(client.get(f"{PREFIX}/verify", headers=ADMIN))
-    report = engine.verify()
+    report = ledger_engine.verify()
     assert body["ok"] is True and body["breaks"] == [] and body["first_break"] is None
     assert (body["events_checked"], body["servers"], body["head_notification_id"],
             body["head_hash"], body["key_id"], body["development_key"]) == (
@@ -455,8 +451,8 @@ def test_other_projects_servers_and_requests_are_not_found(client: ApiClient,
     fault(client.get(f"{PREFIX}/events?server_id={lived.web}", headers=BOB), 404)
 
 
-def test_noauth_mode_and_unknown_routes(engine: Engine, lived: Lived) -> None:
-    client = ApiClient(ledger_app(engine, auth="noauth"))
+def test_noauth_mode_and_unknown_routes(ledger_engine: Engine, lived: Lived) -> None:
+    client = ApiClient(ledger_app(ledger_engine, auth="noauth"))
     assert ok(client.get(f"{PREFIX}/verify"))["ok"] is True
     assert ok(client.get(f"{PREFIX}/servers/{lived.other}/history"))["entries"]
     fault(client.get(f"{PREFIX}/servers/{lived.web}/nothing"), 404)
@@ -473,9 +469,9 @@ def log_entries(engine: Engine) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: e["position"])
 
 
-def test_events_long_poll_pages_through_the_whole_log(client: ApiClient, engine: Engine,
+def test_events_long_poll_pages_through_the_whole_log(client: ApiClient, ledger_engine: Engine,
                                                       lived: Lived) -> None:
-    expected = log_entries(engine)
+    expected = log_entries(ledger_engine)
     got: list[dict[str, Any]] = []
     after = 0
     while True:
@@ -483,7 +479,7 @@ def test_events_long_poll_pages_through_the_whole_log(client: ApiClient, engine:
                              headers=ADMIN))
         assert len(body["events"]) <= 9
         got += body["events"]
-        assert body["head"] == engine.service.recorder.max_notification_id()
+        assert body["head"] == ledger_engine.service.recorder.max_notification_id()
         assert f"after={body['next_after']}" in body["links"][0]["href"]
         if not body["events"]:
             assert body["next_after"] == after
@@ -493,9 +489,9 @@ def test_events_long_poll_pages_through_the_whole_log(client: ApiClient, engine:
     assert after == expected[-1]["position"]
 
 
-def test_events_are_filtered_to_the_callers_project(client: ApiClient, engine: Engine,
+def test_events_are_filtered_to_the_callers_project(client: ApiClient, ledger_engine: Engine,
                                                     lived: Lived) -> None:
-    everything = log_entries(engine)
+    everything = log_entries(ledger_engine)
     alice = ok(client.get(f"{PREFIX}/events?limit=1000", headers=ALICE))
     assert alice["events"] == [e for e in everything if e["server_id"] in
                                (lived.web, lived.tmp)]
@@ -509,7 +505,7 @@ def test_events_are_filtered_to_the_callers_project(client: ApiClient, engine: E
     assert one["events"] == [e for e in everything if e["server_id"] == lived.tmp]
 
 
-def test_long_poll_waits_for_new_events_or_times_out(client: ApiClient, engine: Engine,
+def test_long_poll_waits_for_new_events_or_times_out(client: ApiClient, ledger_engine: Engine,
                                                      lived: Lived) -> None:
     head = ok(client.get(f"{PREFIX}/events?limit=1000", headers=ALICE))["next_after"]
     started = time.monotonic()
@@ -520,7 +516,7 @@ def test_long_poll_waits_for_new_events_or_times_out(client: ApiClient, engine: 
 
     def later() -> None:
         time.sleep(0.4)
-        engine.lock(lived.web, ctx=user(engine, "alice", "p1"))
+        ledger_engine.lock(lived.web, ctx=user(ledger_engine, "alice", "p1"))
 
     thread = threading.Thread(target=later)
     thread.start()
@@ -543,13 +539,6 @@ def test_long_poll_waits_for_new_events_or_times_out(client: ApiClient, engine: 
                                    "since=3"])
 def test_events_bad_input_is_a_400(client: ApiClient, lived: Lived, query: str) -> None:
     fault(client.get(f"{PREFIX}/events?{query}", headers=ALICE), 400)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'vmledger.db'}"
-    return str(request.getfixturevalue("postgres_url"))
 
 
 def test_the_ledger_api_on_both_backends(url: str) -> None:
@@ -645,19 +634,19 @@ def stream(http: httpx.Client, headers: dict[str, str], **params: Any
 
 
 def test_stream_sends_the_whole_log_and_resumes_with_last_event_id(
-        engine: Engine, lived: Lived) -> None:
-    expected = log_entries(engine)
-    alice = user(engine, "alice", "p1")
-    with served(ledger_app(engine)) as base, httpx.Client(base_url=base, timeout=10) as http:
+        ledger_engine: Engine, lived: Lived) -> None:
+    expected = log_entries(ledger_engine)
+    alice = user(ledger_engine, "alice", "p1")
+    with served(ledger_app(ledger_engine)) as base, httpx.Client(base_url=base, timeout=10) as http:
         with http.stream("GET", f"{PREFIX}/events/stream", headers=ADMIN) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.headers["cache-control"] == "no-cache"
             first = EventStream(response).events(10)
         assert first == expected[:10]  # from the very beginning: unlimited in age
         # disconnected; more happens meanwhile
-        engine.lock(lived.web, ctx=alice)
-        engine.unlock(lived.web, ctx=alice)
-        expected = log_entries(engine)
+        ledger_engine.lock(lived.web, ctx=alice)
+        ledger_engine.unlock(lived.web, ctx=alice)
+        expected = log_entries(ledger_engine)
         last_id = str(first[-1]["position"])
         with stream(http, {**ADMIN, "Last-Event-ID": last_id}) as events:
             rest = events.events(len(expected) - 10)
@@ -672,23 +661,23 @@ def test_stream_sends_the_whole_log_and_resumes_with_last_event_id(
         # a live client sees new events as they happen
         with stream(http, {**ADMIN, "Last-Event-ID": str(expected[-1]["position"])}
                     ) as events:
-            threading.Timer(0.3, lambda: engine.lock(lived.web, ctx=alice)).start()
+            threading.Timer(0.3, lambda: ledger_engine.lock(lived.web, ctx=alice)).start()
             (live_event,) = events.events(1)
         assert (live_event["event"], live_event["server_id"]) == ("LockChanged", lived.web)
         assert live_event["position"] > expected[-1]["position"]
 
 
 def test_stream_is_filtered_and_moves_a_quiet_clients_position_on(
-        engine: Engine, lived: Lived) -> None:
-    alice = user(engine, "alice", "p1")
-    with served(ledger_app(engine)) as base, httpx.Client(base_url=base, timeout=10) as http:
-        expected = [e for e in log_entries(engine) if e["server_id"] == lived.other]
+        ledger_engine: Engine, lived: Lived) -> None:
+    alice = user(ledger_engine, "alice", "p1")
+    with served(ledger_app(ledger_engine)) as base, httpx.Client(base_url=base, timeout=10) as http:
+        expected = [e for e in log_entries(ledger_engine) if e["server_id"] == lived.other]
         with stream(http, BOB) as events:
             assert events.events(len(expected)) == expected
             # alice's server changes: bob is sent no event, but (once idle) an id-only
             # frame that moves his Last-Event-ID past her events
-            engine.lock(lived.web, ctx=alice)
-            head = engine.service.recorder.max_notification_id()
+            ledger_engine.lock(lived.web, ctx=alice)
+            head = ledger_engine.service.recorder.max_notification_id()
             moved = None
             for frame in events.frames():
                 assert frame.data is None, frame
@@ -698,7 +687,7 @@ def test_stream_is_filtered_and_moves_a_quiet_clients_position_on(
         assert moved == str(head)
         assert moved is not None
         with stream(http, {**BOB, "Last-Event-ID": moved}) as events:
-            engine.lock(lived.other, ctx=user(engine, "bob", "p2"))
+            ledger_engine.lock(lived.other, ctx=user(ledger_engine, "bob", "p2"))
             (event,) = events.events(1)
         assert (event["server_id"], event["event"]) == (lived.other, "LockChanged")
         # one server only
@@ -725,7 +714,7 @@ def test_stream_bad_input_is_refused_before_streaming(
 
 # --- the timeline page (the browser test is tests/test_timeline_browser.py) -------------
 
-def test_timeline_is_one_self_contained_escaped_page(client: ApiClient, engine: Engine,
+def test_timeline_is_one_self_contained_escaped_page(client: ApiClient, ledger_engine: Engine,
                                                      lived: Lived) -> None:
     response = client.get(f"{PREFIX}/servers/{lived.web}/timeline", headers=ALICE)
     assert response.status_code == 200
@@ -740,7 +729,7 @@ def test_timeline_is_one_self_contained_escaped_page(client: ApiClient, engine: 
         assert loader not in page
     assert page.count("http") == page.count('xmlns="http://www.w3.org/2000/svg"')
     # a name is data, not markup
-    engine.update_server(lived.web, ctx=user(engine, "alice", "p1"),
+    ledger_engine.update_server(lived.web, ctx=user(ledger_engine, "alice", "p1"),
                          name="<script>alert(1)</script>")
     page = client.get(f"{PREFIX}/servers/{lived.web}/timeline", headers=ALICE).text
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

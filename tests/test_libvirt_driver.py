@@ -506,7 +506,7 @@ IMAGE2 = "debian-12-genericcloud-amd64"
 
 
 @pytest.fixture
-def engine(driver: LibvirtDriver) -> Iterator[Engine]:
+def libvirt_engine(driver: LibvirtDriver) -> Iterator[Engine]:
     with Engine("memory", clock=FakeClock(), hypervisor=driver) as e:
         yield e
 
@@ -517,43 +517,43 @@ def settled(engine: Engine, server_id: str) -> tuple[str, str | None]:
     return s.status, s.task_state
 
 
-def test_engine_runs_every_action_on_libvirt(engine: Engine, driver: LibvirtDriver) -> None:
-    server = engine.create_server("web-1", flavor="m1.small", image=IMAGE)
+def test_engine_runs_every_action_on_libvirt(libvirt_engine: Engine, driver: LibvirtDriver) -> None:
+    server = libvirt_engine.create_server("web-1", flavor="m1.small", image=IMAGE)
     sid = server.id
-    assert settled(engine, sid) == ("ACTIVE", None)
+    assert settled(libvirt_engine, sid) == ("ACTIVE", None)
     dom = dom_of(driver, sid)
     assert dom.info()[1:4] == [2048 * 1024, 2048 * 1024, 1]
     steps: list[tuple[Callable[[], Any], str, PowerState]] = [
-        (lambda: engine.reboot(sid, hard=True), "ACTIVE", RUNNING),
-        (lambda: engine.reboot(sid), "ACTIVE", RUNNING),
-        (lambda: engine.pause(sid), "PAUSED", PAUSED),
-        (lambda: engine.unpause(sid), "ACTIVE", RUNNING),
-        (lambda: engine.suspend(sid), "SUSPENDED", SUSPENDED),
-        (lambda: engine.resume(sid), "ACTIVE", RUNNING),
-        (lambda: engine.stop(sid), "SHUTOFF", SHUTDOWN),
-        (lambda: engine.start(sid), "ACTIVE", RUNNING),
-        (lambda: engine.rebuild(sid, image=IMAGE2), "ACTIVE", RUNNING),
-        (lambda: engine.resize(sid, flavor="m1.medium"), "VERIFY_RESIZE", RUNNING),
-        (lambda: engine.confirm_resize(sid), "ACTIVE", RUNNING),
-        (lambda: engine.resize(sid, flavor="m1.large"), "VERIFY_RESIZE", RUNNING),
-        (lambda: engine.revert_resize(sid), "ACTIVE", RUNNING),
+        (lambda: libvirt_engine.reboot(sid, hard=True), "ACTIVE", RUNNING),
+        (lambda: libvirt_engine.reboot(sid), "ACTIVE", RUNNING),
+        (lambda: libvirt_engine.pause(sid), "PAUSED", PAUSED),
+        (lambda: libvirt_engine.unpause(sid), "ACTIVE", RUNNING),
+        (lambda: libvirt_engine.suspend(sid), "SUSPENDED", SUSPENDED),
+        (lambda: libvirt_engine.resume(sid), "ACTIVE", RUNNING),
+        (lambda: libvirt_engine.stop(sid), "SHUTOFF", SHUTDOWN),
+        (lambda: libvirt_engine.start(sid), "ACTIVE", RUNNING),
+        (lambda: libvirt_engine.rebuild(sid, image=IMAGE2), "ACTIVE", RUNNING),
+        (lambda: libvirt_engine.resize(sid, flavor="m1.medium"), "VERIFY_RESIZE", RUNNING),
+        (lambda: libvirt_engine.confirm_resize(sid), "ACTIVE", RUNNING),
+        (lambda: libvirt_engine.resize(sid, flavor="m1.large"), "VERIFY_RESIZE", RUNNING),
+        (lambda: libvirt_engine.revert_resize(sid), "ACTIVE", RUNNING),
     ]
     for act, status, power in steps:
         act()
-        assert settled(engine, sid) == (status, None)
-        assert engine.get_server(sid).power_state == power
+        assert settled(libvirt_engine, sid) == (status, None)
+        assert libvirt_engine.get_server(sid).power_state == power
         assert_power(driver, sid, power)
-    s = engine.get_server(sid)
+    s = libvirt_engine.get_server(sid)
     assert (s.flavor["name"], s.image["name"]) == ("m1.medium", IMAGE2)
     assert dom.info()[3] == 2 and dom.UUIDString() == sid
     obs = driver.observe(sid)
     assert (obs.flavor_id, obs.image_id) == (s.flavor["id"], s.image["id"])
     assert obs.image_id == image_id_for(IMAGE2)
 
-    engine.delete(sid)
-    engine.run_until_idle()
+    libvirt_engine.delete(sid)
+    libvirt_engine.run_until_idle()
     assert driver.connection().listAllDomains() == []
-    calls = [e.details for e in engine.history(sid) if e.event == "HypervisorCalled"]
+    calls = [e.details for e in libvirt_engine.history(sid) if e.event == "HypervisorCalled"]
     assert {c["driver"] for c in calls} == {"libvirt"}
     assert [c["error"] for c in calls if c["error"]] == []
     assert {c["call"] for c in calls} == {
@@ -565,35 +565,35 @@ def test_engine_runs_every_action_on_libvirt(engine: Engine, driver: LibvirtDriv
     assert soft[0]["result"] == {"method": "acpi"}
 
 
-def test_engine_resize_of_a_stopped_server_stays_stopped(engine: Engine,
+def test_engine_resize_of_a_stopped_server_stays_stopped(libvirt_engine: Engine,
                                                          driver: LibvirtDriver) -> None:
-    sid = engine.create_server("web-1", flavor="m1.small", image=IMAGE).id
-    engine.run_until_idle()
-    engine.stop(sid)
-    engine.run_until_idle()
-    engine.resize(sid, flavor="m1.medium")
-    assert settled(engine, sid) == ("VERIFY_RESIZE", None)
+    sid = libvirt_engine.create_server("web-1", flavor="m1.small", image=IMAGE).id
+    libvirt_engine.run_until_idle()
+    libvirt_engine.stop(sid)
+    libvirt_engine.run_until_idle()
+    libvirt_engine.resize(sid, flavor="m1.medium")
+    assert settled(libvirt_engine, sid) == ("VERIFY_RESIZE", None)
     assert_power(driver, sid, SHUTDOWN)
-    engine.revert_resize(sid)
-    assert settled(engine, sid) == ("SHUTOFF", None)
+    libvirt_engine.revert_resize(sid)
+    assert settled(libvirt_engine, sid) == ("SHUTOFF", None)
     assert_power(driver, sid, SHUTDOWN)
     assert dom_of(driver, sid).info()[3] == 1
-    engine.start(sid)
-    assert settled(engine, sid) == ("ACTIVE", None)
+    libvirt_engine.start(sid)
+    assert settled(libvirt_engine, sid) == ("ACTIVE", None)
 
 
-def test_engine_records_a_guest_removed_behind_its_back(engine: Engine,
+def test_engine_records_a_guest_removed_behind_its_back(libvirt_engine: Engine,
                                                         driver: LibvirtDriver) -> None:
-    sid = engine.create_server("web-1", flavor="m1.small", image=IMAGE).id
-    engine.run_until_idle()
+    sid = libvirt_engine.create_server("web-1", flavor="m1.small", image=IMAGE).id
+    libvirt_engine.run_until_idle()
     dom = dom_of(driver, sid)
     dom.destroy()
     dom.undefine()  # an operator's `virsh undefine`
-    engine.reboot(sid, hard=True)
-    assert settled(engine, sid) == ("ERROR", None)
-    fault = engine.get_server(sid).fault
+    libvirt_engine.reboot(sid, hard=True)
+    assert settled(libvirt_engine, sid) == ("ERROR", None)
+    fault = libvirt_engine.get_server(sid).fault
     assert fault is not None and "Domain not found" in fault["message"]
-    observed = [e.details for e in engine.history(sid)
+    observed = [e.details for e in libvirt_engine.history(sid)
                 if e.event == "HypervisorCalled" and e.details["call"] == "observe"]
     assert observed[-1]["result"]["exists"] is False
 

@@ -26,11 +26,6 @@ IMAGE = "cirros-0.6.2-x86_64"
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def hosts(url: str, clock: FakeClock) -> Iterator[tuple[Engine, Engine]]:
     """compute-1 (the engine the tests call) and compute-2 (another host's agent)."""
     first = make_engine(url, clock=clock)

@@ -46,49 +46,52 @@ def index_names(engine: Engine) -> set[str]:
 
 
 @pytest.fixture
-def engine(url: str) -> Any:
+def seeded_engine(url: str) -> Any:
     ids = Ids(seed=7)
     e = Engine(url, clock=StepClock(), id_factory=ids.uuid, request_id_factory=ids.request_id)
     yield e
     e.close()
 
 
-def test_rebuild_equals_following_the_log_in_small_pages(engine: Engine) -> None:
-    populate(engine.service, 24, group=8)
+def test_rebuild_equals_following_the_log_in_small_pages(seeded_engine: Engine) -> None:
+    populate(seeded_engine.service, 24, group=8)
     # follow the log as a live follower would, in small pages and transactions: rows
     # are loaded, folded further and written again many times
-    engine.view.clear()
-    follower = runner.ViewUpdater(engine.service, engine.view, page_size=7, batch_events=7)
+    seeded_engine.view.clear()
+    follower = runner.ViewUpdater(seeded_engine.service, seeded_engine.view, page_size=7,
+                                  batch_events=7)
     assert follower.catch_up() > 0
-    followed = snapshot(engine)
-    indexes = index_names(engine)
+    followed = snapshot(seeded_engine)
+    indexes = index_names(seeded_engine)
     assert len(followed[ACTIONS]) > 100 and followed[IMAGES]
 
-    assert engine.updater.rebuild() > 0
-    assert snapshot(engine) == followed
-    assert index_names(engine) == indexes and len(indexes) >= 4
+    assert seeded_engine.updater.rebuild() > 0
+    assert snapshot(seeded_engine) == followed
+    assert index_names(seeded_engine) == indexes and len(indexes) >= 4
 
 
-def test_a_rebuild_in_several_transactions_equals_one(engine: Engine) -> None:
-    populate(engine.service, 10, group=5)
-    engine.updater.rebuild()
-    whole = snapshot(engine)
-    small = runner.ViewUpdater(engine.service, engine.view, page_size=50, batch_events=100)
+def test_a_rebuild_in_several_transactions_equals_one(seeded_engine: Engine) -> None:
+    populate(seeded_engine.service, 10, group=5)
+    seeded_engine.updater.rebuild()
+    whole = snapshot(seeded_engine)
+    small = runner.ViewUpdater(seeded_engine.service, seeded_engine.view, page_size=50,
+                               batch_events=100)
     small.rebuild()
-    assert snapshot(engine) == whole
+    assert snapshot(seeded_engine) == whole
 
 
-def test_the_decoder_makes_the_events_the_mapper_makes(engine: Engine) -> None:
-    populate(engine.service, 6, group=3)
-    rows = runner.read_page(engine.service.recorder, 0, 100_000)
-    decoded = runner.EventDecoder(engine.service.mapper)(rows)
+def test_the_decoder_makes_the_events_the_mapper_makes(seeded_engine: Engine) -> None:
+    populate(seeded_engine.service, 6, group=3)
+    rows = runner.read_page(seeded_engine.service.recorder, 0, 100_000)
+    decoded = runner.EventDecoder(seeded_engine.service.mapper)(rows)
     assert len(decoded) == len(rows)
     for (nid, oid, version, topic, state), event in zip(rows, decoded, strict=True):
-        expected = engine.service.mapper.to_domain_event(runner.Notification(
+        expected = seeded_engine.service.mapper.to_domain_event(runner.Notification(
             id=nid, originator_id=oid, originator_version=version, topic=topic, state=state))
         assert type(event) is type(expected)
         assert event.__dict__ == expected.__dict__
-    wanted = runner.EventDecoder(engine.service.mapper, lambda topic: "Server." in topic)(rows)
+    wanted = runner.EventDecoder(seeded_engine.service.mapper,
+                                 lambda topic: "Server." in topic)(rows)
     assert 0 < len(wanted) < len(rows)
 
 
