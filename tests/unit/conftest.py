@@ -69,11 +69,6 @@ class FakeReads:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def reads() -> FakeReads:
     return FakeReads()
 
