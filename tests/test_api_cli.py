@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from vmledger import Engine, cli
+from vmledger import Engine, cli, cli_support
 from vmledger.api.testing import ApiClient
 from vmledger.domain.catalog import image_id_for
 
@@ -36,13 +36,19 @@ def test_history_of_unknown_server_fails(tmp_path: Path, capsys: pytest.CaptureF
     missing = "6b0e4b3c-0000-4000-8000-000000000000"
     assert cli.main(["history", missing, "--db", url]) == 1
     assert f"Instance {missing} could not be found." in capsys.readouterr().err
-    assert cli.main(["history", missing, "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
+    # a database that is not there is a usage error (2), and is not created
+    assert cli.main(["history", missing, "--db", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert not (tmp_path / "none.db").exists()
 
 
-def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
+def serve_with(monkeypatch: pytest.MonkeyPatch, run: Any) -> None:
+    """``vmledger serve`` with ``run(app, host=, port=, log_level=)`` instead of the HTTP
+    server, on a socket of a free port (not the one asked for, which may be taken)."""
+    monkeypatch.setattr(cli, "listen", lambda address, port: cli_support.bind("127.0.0.1", 0))
+    monkeypatch.setattr(cli, "run_http", lambda app, sock, **kw: run(app, **kw))
 
+
+def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
     def fake_run(app: Any, *, host: str, port: int, log_level: str, **_: Any) -> None:
@@ -60,7 +66,7 @@ def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> 
         closed.append(self)
         original_close(self)
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    serve_with(monkeypatch, fake_run)
     monkeypatch.setattr(Engine, "close", close)
     code = cli.main(["serve", "--db", "memory", "--bind", "0.0.0.0", "--port", "9999",
                      "--confirm-window", "0", "--host-name", "hv-7"])
@@ -79,8 +85,6 @@ def test_serve_builds_the_engine_and_serves(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_serve_with_token_and_keystone_auth(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
-
     seen: dict[str, Any] = {}
 
     def fake_run(app: Any, *, host: str, port: int, log_level: str, **_: Any) -> None:
@@ -93,7 +97,7 @@ def test_serve_with_token_and_keystone_auth(monkeypatch: pytest.MonkeyPatch) -> 
             "scope": {"project": {"name": "p1", "domain": {"name": "Default"}}}}})
         seen["login"] = login.status_code
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    serve_with(monkeypatch, fake_run)
     assert cli.main(["serve", "--db", "memory", "--auth", "token",
                      "--token", "t0:u:p:admin"]) == 0
     assert seen == {"anonymous": 401, "token": 200, "login": 404}
@@ -132,8 +136,6 @@ def test_cli_auth_modes_are_the_apis() -> None:
 def test_secrets_from_files_stay_out_of_the_process_list(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
         ) -> None:
-    import uvicorn
-
     users = tmp_path / "users"
     users.write_text("# name:password:project:roles\nalice:s3cr:et:p1:member\n\n")
     users.chmod(0o600)
@@ -151,7 +153,7 @@ def test_secrets_from_files_stay_out_of_the_process_list(
             "scope": {"project": {"name": "p1", "domain": {"name": "Default"}}}}})
         seen["login"] = login.status_code
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    serve_with(monkeypatch, fake_run)
     assert cli.main(["serve", "--db", "memory", "--auth", "keystone",
                      "--user-file", str(users), "--token-file", str(tokens)]) == 0
     assert seen == {"token": 200, "login": 201}

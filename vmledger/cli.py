@@ -3,8 +3,9 @@
 ``vmledger serve`` runs the engine (host agent and timer in a background thread) behind
 the OpenStack Compute API v2.1 on ``http://BIND:PORT/v2.1``, with callers identified by
 ``--auth noauth|token|keystone`` (``--token TOKEN:USER:PROJECT:ROLES`` and ``--user
-NAME:PASSWORD:PROJECT:ROLES``, both repeatable); ``vmledger history ID`` prints every
-event of one server, oldest first.
+NAME:PASSWORD:PROJECT:ROLES``, both repeatable); ``vmledger history SERVER`` prints every
+event of one server (named by id or name), oldest first. Start-up failures are one line
+on stderr with an exit code (:mod:`vmledger.cli_support`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any
 
-from vmledger import cli_ops, logs
+import vmledger
+from vmledger import cli_ops, cli_support, logs
+from vmledger.cli_support import CliError
 from vmledger.domain.errors import VmledgerError
 from vmledger.persistence import DEFAULT_URL, redact
 
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vmledger",
         description="Event-sourced VM lifecycle engine speaking the OpenStack Compute API.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {vmledger.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve the Compute API v2.1 over HTTP")
@@ -113,17 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--user-file", action="append", default=[], metavar="FILE",
                        help="--user values read from a file, one per line: passwords "
                             "kept out of the process list; repeatable")
-    serve.add_argument("--log-level", default="info",
-                       choices=("critical", "error", "warning", "info", "debug"),
-                       help="log level (default info)")
-    serve.add_argument("--log-format", default="text", choices=("text", "json"),
-                       help="text, or one JSON object per line; both carry the request "
-                            "id of the API call (default text)")
-
+    cli_ops.add_log_options(serve)
     cli_ops.add_hypervisor_options(serve)
 
     history = sub.add_parser("history", help="print every event of one server")
-    history.add_argument("server_id", metavar="SERVER_ID")
+    history.add_argument("server_id", metavar="SERVER",
+                         help="the server's id, or its name when no other has it")
     history.add_argument("--db", default=DEFAULT_URL, metavar="URL",
                          help=f"database URL (default {DEFAULT_URL})")
     cli_ops.add_subcommands(sub)
@@ -157,52 +156,58 @@ def _specs_from(paths: list[str]) -> list[str]:
     return specs
 
 
-def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
+def listen(address: str, port: int) -> socket.socket:
+    """The API's listening socket (a one-line error when the port is taken)."""
+    return cli_support.bind(address, port)
+
+
+def run_http(app: Any, sock: socket.socket, *, host: str, port: int, log_level: str) -> None:
+    """Serve ``app`` on the socket bound already, until SIGINT or SIGTERM."""
     import uvicorn
 
-    from vmledger.api.app import create_app
-    from vmledger.engine import Engine
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            log_config=None, access_log=False)  # our handlers, our access log
+    uvicorn.Server(config).run(sockets=[sock])
 
+
+def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
+    from vmledger.api.app import create_app
+
+    cli_support.check_database_url(args.db)
     logs.configure(args.log_level, args.log_format)
-    engine = Engine(args.db, host=args.host_name,
-                    confirm_window=timedelta(seconds=args.confirm_window),
-                    shelved_offload_time=(None if args.shelved_offload_time == -1 else
-                                          timedelta(seconds=args.shelved_offload_time)),
-                    reclaim_interval=timedelta(seconds=args.reclaim_instance_interval),
-                    hypervisor=cli_ops.open_hypervisor_from(args),
-                    service_down_time=timedelta(seconds=args.service_down_time),
-                    allocation_ratios=cli_ops.allocation_ratios_from(args))
+    hypervisor = cli_ops.open_hypervisor_from(args, host=args.host_name)
+    sock = listen(args.bind, args.port)  # before anything says it serves there
+    try:
+        engine = cli_support.open_engine(
+            args.db, host=args.host_name,
+            confirm_window=timedelta(seconds=args.confirm_window),
+            shelved_offload_time=(None if args.shelved_offload_time == -1 else
+                                  timedelta(seconds=args.shelved_offload_time)),
+            reclaim_interval=timedelta(seconds=args.reclaim_instance_interval),
+            hypervisor=hypervisor,
+            service_down_time=timedelta(seconds=args.service_down_time),
+            allocation_ratios=cli_ops.allocation_ratios_from(args))
+    except BaseException:
+        sock.close()
+        raise
     try:
         engine.run_in_background(0.2, sync_interval=args.sync_interval)
         app = create_app(engine, auth=auth)
         log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s, "
-                 "auth %s)", args.bind, args.port, redact(args.db), args.host_name, args.auth)
-        uvicorn.run(app, host=args.bind, port=args.port, log_level=args.log_level,
-                    log_config=None, access_log=False)  # our handlers, our access log
+                 "hypervisor %s, auth %s)", args.bind, args.port, redact(args.db),
+                 args.host_name, cli_ops.hypervisor_label(args, args.host_name), args.auth)
+        run_http(app, sock, host=args.bind, port=args.port, log_level=args.log_level)
     finally:
+        sock.close()
         engine.close()
     return 0
 
 
-def _missing_sqlite_file(url: str) -> str | None:
-    """The path of a SQLite database named by ``url`` that does not exist, else None."""
-    parts = urlsplit(url)
-    if parts.scheme != "sqlite" or parts.netloc:
-        return None
-    path = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
-    return path if path and not Path(path).exists() else None
-
-
 def history(args: argparse.Namespace) -> int:
-    from vmledger.engine import Engine
-
-    missing = _missing_sqlite_file(args.db)
-    if missing is not None:
-        print(f"vmledger: no database at {missing}", file=sys.stderr)
-        return 1
-    engine = Engine(args.db)
+    cli_support.require_database(args.db)
+    engine = cli_support.open_engine(args.db)
     try:
-        entries = engine.history(args.server_id)
+        entries = engine.history(cli_support.resolve_server(engine, args.server_id))
     except VmledgerError as exc:
         print(f"vmledger: {exc.message}", file=sys.stderr)
         return 1
@@ -215,12 +220,19 @@ def history(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare ``vmledger``: what it can do, not only a usage line
+        parser.print_help(sys.stderr)
+        raise SystemExit(cli_support.USAGE)
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return serve(args, _auth_settings(parser, args))
-    if args.command == "history":
-        return history(args)
-    return cli_ops.run(args)
+    try:
+        if args.command == "serve":
+            return serve(args, _auth_settings(parser, args))
+        if args.command == "history":
+            return history(args)
+        return cli_ops.run(args)
+    except CliError as exc:
+        return cli_support.fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m vmledger.cli

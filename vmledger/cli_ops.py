@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -12,11 +13,14 @@ import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from vmledger import cli_support, logs
 from vmledger.domain.errors import VmledgerError
 from vmledger.persistence import DEFAULT_URL, redact
 
 if TYPE_CHECKING:
     from vmledger.engine import AllocationRatios
+
+log = logging.getLogger("vmledger.agent")
 
 
 def _above_zero(text: str, what: str, *, finite: bool) -> float:
@@ -56,9 +60,21 @@ def allocation_ratios_from(args: argparse.Namespace) -> AllocationRatios:
                             reserved_host_memory_mb=args.reserved_host_memory_mb)
 
 
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"),
+                        help="log level (default info)")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="text, or one JSON object per line; both carry the request "
+                             "id of the API call (default text)")
+
+
 def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hypervisor", default="simulator", metavar="NAME_OR_URI",
-                        help="simulator (default), simulator:///state.json, or a libvirt URI "
+    parser.add_argument("--hypervisor", default=None, metavar="NAME_OR_URI",
+                        help="simulator (default: its guests kept beside the database, in "
+                             "DB.HOST.simulator.json, so a restart finds them), "
+                             "simulator:memory (guests forgotten on exit), "
+                             "simulator:///state.json, or a libvirt URI "
                              "(qemu:///system, qemu+ssh://host/system, test:///default)")
     parser.add_argument("--image-dir", metavar="DIR",
                         help="libvirt: base qcow2 files of the catalog's images "
@@ -87,6 +103,9 @@ def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
                              "record (default 60)")
 
 
+SERVER_HELP = "the server's id, or its name when no other has it"
+
+
 def add_subcommands(sub: Any) -> None:
     agent = sub.add_parser("agent", help="run a host agent (and timer) for one hypervisor host")
     agent.add_argument("--host", required=True, metavar="NAME",
@@ -94,6 +113,7 @@ def add_subcommands(sub: Any) -> None:
     agent.add_argument("--db", default=DEFAULT_URL, metavar="URL",
                        help="database shared with the API processes (postgresql://...)")
     agent.add_argument("--confirm-window", type=float, default=86400.0, metavar="SECONDS")
+    add_log_options(agent)
     add_hypervisor_options(agent)
 
     projections = sub.add_parser("projections", help="manage the read models")
@@ -109,13 +129,13 @@ def add_subcommands(sub: Any) -> None:
                         help="a head recorded earlier (detects a truncated log)")
     verify.add_argument("--json", action="store_true")
     hist = asub.add_parser("history", help="a server's events with their log positions")
-    hist.add_argument("server_id")
+    hist.add_argument("server_id", metavar="SERVER", help=SERVER_HELP)
     hist.add_argument("--db", default=DEFAULT_URL, metavar="URL")
     hist.add_argument("--after", type=int, default=0, metavar="POSITION")
     hist.add_argument("--limit", type=int, default=100)
     hist.add_argument("--json", action="store_true")
     asof = asub.add_parser("as-of", help="a server's state as of a time or a version")
-    asof.add_argument("server_id")
+    asof.add_argument("server_id", metavar="SERVER", help=SERVER_HELP)
     asof.add_argument("--db", default=DEFAULT_URL, metavar="URL")
     when = asof.add_mutually_exclusive_group(required=True)
     when.add_argument("--at", metavar="ISO_TIME")
@@ -125,26 +145,27 @@ def add_subcommands(sub: Any) -> None:
     request.add_argument("--db", default=DEFAULT_URL, metavar="URL")
     request.add_argument("--json", action="store_true")
     explain = asub.add_parser("explain", help="why a server is in its current status")
-    explain.add_argument("server_id")
+    explain.add_argument("server_id", metavar="SERVER", help=SERVER_HELP)
     explain.add_argument("--db", default=DEFAULT_URL, metavar="URL")
 
 
-def open_hypervisor_from(args: argparse.Namespace) -> Any:
-    from vmledger.adapters.drivers import open_hypervisor
+def open_hypervisor_from(args: argparse.Namespace, *, host: str) -> Any:
+    """The driver ``--hypervisor`` selects for ``host`` (a one-line error otherwise)."""
+    return cli_support.open_hypervisor(args.hypervisor, args.db, host,
+                                       image_dir=args.image_dir, disk_dir=args.disk_dir)
 
-    return open_hypervisor(args.hypervisor, image_dir=args.image_dir, disk_dir=args.disk_dir)
+
+def hypervisor_label(args: argparse.Namespace, host: str) -> str:
+    """The hypervisor as the start-up line names it (the simulator with its file)."""
+    return cli_support.hypervisor_uri(args.hypervisor, args.db, host)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmledger.engine import Engine
-
+    """The agent, or a command that reads an existing database (it never creates one)."""
     if args.command == "agent":
         return _agent(args)
-    try:
-        engine = Engine(args.db)
-    except ValueError as e:
-        print(f"vmledger: {e}", file=sys.stderr)
-        return 2
+    cli_support.require_database(args.db)
+    engine = cli_support.open_engine(args.db)
     try:
         if args.command == "projections":
             return _rebuild(engine)
@@ -157,17 +178,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from vmledger.engine import Engine
-
+    cli_support.check_database_url(args.db)
+    logs.configure(args.log_level, args.log_format)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    engine = Engine(args.db, host=args.host, hypervisor=open_hypervisor_from(args),
-                    confirm_window=timedelta(seconds=args.confirm_window),
-                    service_down_time=timedelta(seconds=args.service_down_time),
-                    allocation_ratios=allocation_ratios_from(args))
-    print(f"vmledger agent for host {args.host} on {args.hypervisor} "
-          f"(database {redact(args.db)})", file=sys.stderr)
+    engine = cli_support.open_engine(
+        args.db, host=args.host, hypervisor=open_hypervisor_from(args, host=args.host),
+        confirm_window=timedelta(seconds=args.confirm_window),
+        service_down_time=timedelta(seconds=args.service_down_time),
+        allocation_ratios=allocation_ratios_from(args))
+    log.info("vmledger agent for host %s on %s (database %s)", args.host,
+             hypervisor_label(args, args.host), redact(args.db))
     try:
         engine.run_in_background(0.2, sync_interval=args.sync_interval)
         stop.wait()
@@ -214,8 +236,17 @@ def _audit(engine: Any, args: argparse.Namespace) -> int:
         else:
             print("\n".join(report.lines()))
         return 0 if report.ok else 1
+    if command == "request":
+        entries = engine.causal_chain(args.request_id)
+        if not entries:
+            print(f"vmledger: no events for request {args.request_id}", file=sys.stderr)
+            return 1
+        for entry in entries:
+            print(json.dumps(entry.as_dict(), default=str) if args.json else entry)
+        return 0
+    server_id = cli_support.resolve_server(engine, args.server_id)
     if command == "history":
-        page = engine.history_page(args.server_id, after=args.after, limit=args.limit)
+        page = engine.history_page(server_id, after=args.after, limit=args.limit)
         for entry in page.entries:
             print(json.dumps(entry.as_dict(), default=str) if args.json else entry)
         if page.next_after is not None and not args.json:
@@ -229,19 +260,11 @@ def _audit(engine: Any, args: argparse.Namespace) -> int:
             except ValueError:
                 print(f"vmledger: not an ISO 8601 time: {args.at}", file=sys.stderr)
                 return 2
-        server = engine.server_as_of(args.server_id, at=at, version=args.version)
+        server = engine.server_as_of(server_id, at=at, version=args.version)
         state = {k: v for k, v in vars(server).items() if not k.startswith("_")}
         state.update(id=str(server.id), version=server.version, status=server.status)
         print(json.dumps(state, default=str, indent=2, sort_keys=True))
         return 0
-    if command == "request":
-        entries = engine.causal_chain(args.request_id)
-        if not entries:
-            print(f"vmledger: no events for request {args.request_id}", file=sys.stderr)
-            return 1
-        for entry in entries:
-            print(json.dumps(entry.as_dict(), default=str) if args.json else entry)
-        return 0
-    for line in engine.explain(args.server_id):
+    for line in engine.explain(server_id):
         print(line)
     return 0

@@ -1,7 +1,8 @@
 """Hypervisor drivers by name: what ``--hypervisor`` on the command line selects.
 
-``simulator`` (the embedded default, in memory), ``simulator:///path/state.json`` (the
-simulator's guests kept in a file, so a restarted process finds them), or any libvirt
+``simulator`` or ``simulator:memory`` (in memory: the guests are gone with the process),
+``simulator:///path/state.json`` (the simulator's guests kept in a file, so a restarted
+process finds them; the ``vmledger`` command's default, beside the database), or any libvirt
 URI (``test:///default``, ``qemu:///system``, ``qemu+ssh://host/system``) for the
 libvirt driver. For libvirt, ``image_dir`` holds the base qcow2 files of the catalog's
 images, named ``<image name>.qcow2`` or ``<image id>.qcow2`` (an image without one boots
@@ -24,7 +25,7 @@ def open_hypervisor(name: str, *, catalog: Catalog | None = None,
                     image_dir: str | None = None, disk_dir: str | None = None,
                     seed: int = 0) -> Hypervisor:
     """The driver a name or URI selects (ValueError with the choices otherwise)."""
-    if name in ("simulator", "sim"):
+    if name in ("simulator", "sim", "simulator:memory"):
         return Simulator(seed=seed)
     scheme = urlsplit(name).scheme
     if scheme == "simulator":
@@ -45,6 +46,6 @@ def open_hypervisor(name: str, *, catalog: Catalog | None = None,
             disk_dir = os.path.abspath("vmledger-disks")
         os.makedirs(disk_dir, exist_ok=True)
         return LibvirtDriver(name, images=images, disk_dir=disk_dir)
-    raise ValueError(f"unknown hypervisor {name!r}: use simulator, simulator:///state.json "
-                     "or a libvirt URI (test:///default, qemu:///system, "
+    raise ValueError(f"unknown hypervisor {name!r}: use simulator, simulator:memory, "
+                     "simulator:///state.json or a libvirt URI (test:///default, qemu:///system, "
                      "qemu+ssh://host/system)")

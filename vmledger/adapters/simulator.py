@@ -24,10 +24,10 @@ It is built for testing the host agent under adversity:
 * **drift** -- :meth:`Simulator.set_power_state` and :meth:`Simulator.forget` change a
   guest behind the agent's back, as a guest shutting itself down or an operator running
   ``virsh undefine`` would;
-* **restarts** -- with ``state_path`` the guest table is written to a JSON file after every
-  change and read back at construction, so a new process sees the same guests. Only the
-  guests persist: the random generator, scripted faults and :attr:`Simulator.calls` start
-  afresh.
+* **restarts** -- with ``state_path`` the guest table (and the images captured) is written
+  to a JSON file after every change and read back at construction, so a new process sees
+  the same guests. Only those persist: the random generator, scripted faults and
+  :attr:`Simulator.calls` start afresh.
 
 The boot counter counts every time the guest OS is started: spawn, soft and hard reboot,
 power on, and a rebuild, resize or resize revert that leaves the guest running.
@@ -749,6 +749,8 @@ class Simulator:
         payload = {
             "version": _STATE_VERSION,
             "guests": {sid: guest.to_json() for sid, guest in sorted(self._guests.items())},
+            # a snapshot retried after a restart answers what the first one captured
+            "snapshots": self._snapshots,
         }
         directory = os.path.dirname(os.path.abspath(self._state_path))
         os.makedirs(directory, exist_ok=True)
@@ -775,6 +777,7 @@ class Simulator:
         self._guests = {
             sid: _Guest.from_json(data) for sid, data in payload.get("guests", {}).items()
         }
+        self._snapshots = {k: dict(v) for k, v in payload.get("snapshots", {}).items()}
 
 
 _HARD_REBOOTABLE = frozenset(

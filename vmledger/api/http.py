@@ -82,22 +82,42 @@ class ComputeMiddleware:
         extra.update(mv.response_headers(version))
 
         started = time.perf_counter()
+        status = 0
+        sent = 0
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status, sent
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = MutableHeaders(scope=message)
                 for name, value in extra.items():
                     headers[name] = value
-                access.info("%s %s %d", scope["method"], scope["path"], message["status"],
-                            extra={"request_id": request_id, "method": scope["method"],
-                                   "path": scope["path"],
-                                   "status": message["status"],
-                                   "duration_ms": round((time.perf_counter() - started)
-                                                        * 1000, 3),
-                                   "microversion": str(version)})
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    _log_access(scope, state, status=status, sent=sent, started=started,
+                                version=str(version))
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _log_access(scope: Scope, state: dict[str, Any], *, status: int, sent: int,
+                started: float, version: str) -> None:
+    """One access line per call, once its body is sent: who (user, project, client
+    address), what (method, path, microversion) and how it went (status, bytes sent,
+    duration)."""
+    client = scope.get("client")
+    address = f"{client[0]}:{client[1]}" if client else None
+    duration = round((time.perf_counter() - started) * 1000, 3)
+    user, project = state.get("user_id"), state.get("project_id")
+    access.info("%s %s %s %d %dB %.1fms user=%s project=%s", address or "-",
+                scope["method"], scope["path"], status, sent, duration, user or "-",
+                project or "-",
+                extra={"request_id": state.get("request_id"), "method": scope["method"],
+                       "path": scope["path"], "status": status, "bytes": sent,
+                       "duration_ms": duration, "client": address, "user_id": user,
+                       "project_id": project, "microversion": version})
 
 
 def base_url(request: Request) -> str:
@@ -155,12 +175,15 @@ def endpoint(engine: Engine, authenticate: Authenticator, handler: Handler) -> E
     """A Starlette endpoint running ``handler``, with every exception a Nova fault."""
 
     async def serve(request: Request) -> Response:
-        state = request.scope.get("state") or {}
+        state = request.scope.setdefault("state", {})
         request_id = str(state.get("request_id") or new_request_id())
         try:
+            principal = authenticate(request)
+            # the access line names who called
+            state["user_id"], state["project_id"] = principal.user_id, principal.project_id
             call = Call(request=request, engine=engine, request_id=request_id,
                         version=state.get("api_version", mv.DEFAULT_VERSION),
-                        principal=authenticate(request))
+                        principal=principal)
             return await handler(call)
         except ClientDisconnect:  # the caller left while sending the body: nobody to tell
             return Response(status_code=400)

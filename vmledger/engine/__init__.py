@@ -104,10 +104,15 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
         next_sync = time.monotonic() + sync_interval
         while not self._stop.is_set():
             try:
+                started = time.perf_counter()
                 busy = self.run_once()
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + sync_interval
                     busy += self.sync_power_states()
+                if busy:  # an idle pass says nothing: it runs five times a second
+                    took = round((time.perf_counter() - started) * 1000, 1)
+                    log.info("host %s: %d step(s) in %.1f ms", self.host, busy, took,
+                             extra={"host": self.host, "steps": busy, "duration_ms": took})
             except Exception:
                 log.exception("agent pass failed; retrying")
                 busy = 0

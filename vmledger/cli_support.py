@@ -1,0 +1,205 @@
+"""What the ``vmledger`` commands share at start-up: one-line errors with exit codes,
+opening a database without creating one, the default simulator beside the database,
+binding the API port before anything says it is served, and naming a server by name
+or id.
+
+Exit codes: 2 for what the command line got wrong (a bad ``--db``, a database that
+does not exist for a command that only reads, a server name that is ambiguous), 1 for
+what failed while starting (a database that cannot be opened, a port taken).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from vmledger.domain.lifecycle import DELETED
+from vmledger.persistence import environment, redact
+
+if TYPE_CHECKING:
+    from vmledger.engine import Engine
+
+log = logging.getLogger("vmledger.cli")
+
+T = TypeVar("T")
+
+#: the exit code of a usage error (as argparse's)
+USAGE = 2
+#: the exit code of a failure to start
+FAILED = 1
+
+#: ``--hypervisor`` values meaning the simulator with its guests in a file beside the
+#: database (the default), and the one meaning a simulator that forgets them on exit
+SIMULATOR_NAMES = ("simulator", "sim")
+SIMULATOR_MEMORY = "simulator:memory"
+
+
+class CliError(Exception):
+    """A failure the command reports as one line on stderr, exiting with ``code``."""
+
+    def __init__(self, message: str, code: int = FAILED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def fail(error: CliError) -> int:
+    """Print the error's line and return its exit code."""
+    print(f"vmledger: {error.message}", file=sys.stderr)
+    return error.code
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0].strip()
+
+
+def check_database_url(url: str) -> None:
+    """A usage error (exit 2) unless ``url`` names a database vmledger can use."""
+    try:
+        environment(url)
+    except ValueError as exc:
+        hint = ""
+        if "://" not in url and url not in ("memory",):
+            hint = f" (a file? --db sqlite:///{url})"
+        raise CliError(f"bad --db: {exc}{hint}", USAGE) from None
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite database URL; None for ``memory`` and other databases."""
+    env = environment(url)
+    if env.get("PERSISTENCE_MODULE") != "eventsourcing.sqlite":
+        return None
+    name = env["SQLITE_DBNAME"]
+    return None if name.startswith("file:") else name
+
+
+def require_database(url: str) -> None:
+    """For the commands that only read: a usage error (exit 2) when ``url`` is a SQLite
+    file that does not exist or holds no vmledger event log, so that nothing is created
+    and a verify never passes on an empty log it made itself."""
+    check_database_url(url)
+    path = sqlite_path(url)
+    if path is None:
+        return
+    if not Path(path).is_file():
+        raise CliError(f"no database at {path}", USAGE)
+    try:
+        conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+        try:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                 "name = 'stored_events'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise CliError(f"cannot read {path}: {_first_line(exc)}", USAGE) from None
+    if found is None:
+        raise CliError(f"{path} is not a vmledger database (no event log)", USAGE)
+
+
+def starting(what: str, url: str, action: Callable[[], T]) -> T:
+    """``action()``, any exception from it a one-line :class:`CliError` (the traceback
+    only in the debug log): the start-up failures of a database or a hypervisor."""
+    try:
+        return action()
+    except CliError:
+        raise
+    except Exception as exc:
+        log.debug("%s failed", what, exc_info=True)
+        raise CliError(f"cannot open {what} {redact(url)}: {_first_line(exc)}") from None
+
+
+def open_engine(url: str, **options: Any) -> Engine:
+    """An engine on ``url``; a failure to open the database is one line (exit 1)."""
+    from vmledger.engine import Engine
+
+    check_database_url(url)
+    return starting("the database", url, lambda: Engine(url, **options))
+
+
+def simulator_state_path(db_url: str, host: str) -> str | None:
+    """Where the default simulator keeps the guests of ``host``: beside a SQLite
+    database (``vmledger.db`` → ``vmledger.db.compute-1.simulator.json``), in the working
+    directory for PostgreSQL (``vmledger-compute-1.simulator.json``), and nowhere for a
+    ``memory`` database (which forgets its records too)."""
+    env = environment(db_url)
+    if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
+        path = sqlite_path(db_url)
+        if path is None:
+            return None
+        return os.path.abspath(f"{path}.{host}.simulator.json")
+    return os.path.abspath(f"vmledger-{host}.simulator.json")
+
+
+def hypervisor_uri(name: str | None, db_url: str, host: str) -> str:
+    """What ``--hypervisor`` selects, with the default simulator made explicit: its
+    state file (:func:`simulator_state_path`) or ``simulator:memory``."""
+    if name is not None and name not in SIMULATOR_NAMES:
+        return name
+    path = simulator_state_path(db_url, host)
+    return SIMULATOR_MEMORY if path is None else f"simulator://{path}"
+
+
+def open_hypervisor(name: str | None, db_url: str, host: str, *,
+                    image_dir: str | None = None, disk_dir: str | None = None) -> Any:
+    """The hypervisor driver for ``--hypervisor``; a failure is one line (exit 1, or 2
+    for a name that is not a driver)."""
+    from vmledger.adapters.drivers import open_hypervisor as open_driver
+
+    uri = hypervisor_uri(name, db_url, host)
+    try:
+        return starting("the hypervisor", uri,
+                        lambda: open_driver(uri, image_dir=image_dir, disk_dir=disk_dir))
+    except CliError as exc:
+        if "unknown hypervisor" in exc.message:
+            exc.code = USAGE
+        raise
+
+
+def bind(address: str, port: int) -> socket.socket:
+    """A listening socket on ``address:port`` (as uvicorn would make it), or a one-line
+    error when the port is taken or the address is not this machine's."""
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
+    family, kind, proto, _name, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise CliError(f"cannot listen on {address}:{port}: "
+                       f"{exc.strerror or _first_line(exc)}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def resolve_server(engine: Engine, name_or_id: str) -> str:
+    """The id of the server named ``name_or_id`` (an id, or a unique name), as the
+    openstack CLI finds one: an id first, then the servers of that exact name — the
+    live ones, else the deleted ones. Several of the same name is a usage error."""
+    engine.updater.catch_up()
+    if engine.view.get(name_or_id) is not None:
+        return name_or_id
+    named = [s for s in engine.list_servers(include_deleted=True) if s.name == name_or_id]
+    live = [s for s in named if s.vm_state != DELETED]
+    candidates = live or named
+    if len(candidates) > 1:
+        ids = ", ".join(s.id for s in candidates)
+        raise CliError(f"more than one server is named {name_or_id!r} ({ids}): give an id",
+                       USAGE)
+    # none: the command's own lookup says the server could not be found
+    return candidates[0].id if candidates else name_or_id
