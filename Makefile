@@ -1,5 +1,6 @@
 # Two commands on a fresh machine (see README.md):
-#   make serve   -- run vmledger on the embedded default (SQLite + simulator)
+#   make serve   -- run vmledger on the embedded default (SQLite ./vmledger.db + a simulator
+#                   whose guests are kept beside it: a restart loses nothing)
 #   make test    -- run the test suite (the same command CI runs)
 # Both create the virtual environment on first use.
 

@@ -194,7 +194,7 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
         engine.run_in_background(0.2, sync_interval=args.sync_interval)
         app = create_app(engine, auth=auth)
         log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s, "
-                 "hypervisor %s, auth %s)", args.bind, args.port, redact(args.db),
+                 "hypervisor %s, auth %s)", args.bind, sock.getsockname()[1], redact(args.db),
                  args.host_name, cli_ops.hypervisor_label(args, args.host_name), args.auth)
         run_http(app, sock, host=args.bind, port=args.port, log_level=args.log_level)
     finally:

@@ -194,12 +194,14 @@ def resolve_server(engine: Engine, name_or_id: str) -> str:
     engine.updater.catch_up()
     if engine.view.get(name_or_id) is not None:
         return name_or_id
-    named = [s for s in engine.list_servers(include_deleted=True) if s.name == name_or_id]
-    live = [s for s in named if s.vm_state != DELETED]
+    # the view's columns, not its documents: no server is decoded to find a name
+    named = [row for row in engine.server_sort_columns(deleted="both")
+             if row["name"] == name_or_id]
+    live = [row for row in named if row["vm_state"] != DELETED]
     candidates = live or named
     if len(candidates) > 1:
-        ids = ", ".join(s.id for s in candidates)
+        ids = ", ".join(str(row["id"]) for row in candidates)
         raise CliError(f"more than one server is named {name_or_id!r} ({ids}): give an id",
                        USAGE)
     # none: the command's own lookup says the server could not be found
-    return candidates[0].id if candidates else name_or_id
+    return str(candidates[0]["id"]) if candidates else name_or_id
