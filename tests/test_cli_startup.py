@@ -129,6 +129,20 @@ def test_a_reading_command_never_creates_a_database(
     assert empty.stat().st_size == 0 and sorted(tmp_path.iterdir()) == [empty]
 
 
+@pytest.mark.postgres
+def test_a_reading_command_never_creates_the_tables_of_a_postgresql_database(
+        postgres_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import psycopg
+
+    for argv in READERS:
+        assert main([*argv, "--db", postgres_url]) == 2
+        assert "is not a vmledger database" in capsys.readouterr().err
+    with psycopg.connect(postgres_url) as conn:
+        tables = conn.execute("SELECT count(*) FROM information_schema.tables "
+                              "WHERE table_schema = 'public'").fetchone()
+    assert tables == (0,)
+
+
 def test_audit_verify_of_a_missing_database_fails_as_a_user_sees_it(tmp_path: Path) -> None:
     result = vmledger("audit", "verify", "--db", "sqlite:///nothing-here.db", cwd=tmp_path)
     assert result.returncode == 2

@@ -86,6 +86,10 @@ def require_database(url: str) -> None:
     file that does not exist or holds no vmledger event log, so that nothing is created
     and a verify never passes on an empty log it made itself."""
     check_database_url(url)
+    env = environment(url)
+    if env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
+        _require_postgres_log(url, env)
+        return
     path = sqlite_path(url)
     if path is None:
         return
@@ -102,6 +106,26 @@ def require_database(url: str) -> None:
         raise CliError(f"cannot read {path}: {_first_line(exc)}", USAGE) from None
     if found is None:
         raise CliError(f"{path} is not a vmledger database (no event log)", USAGE)
+
+
+def _require_postgres_log(url: str, env: dict[str, str]) -> None:
+    """A usage error when the PostgreSQL database holds no vmledger event log."""
+    import psycopg
+
+    table = f"{env.get('POSTGRES_SCHEMA') or 'public'}.vmledger_events"
+    try:
+        with psycopg.connect(
+                dbname=env["POSTGRES_DBNAME"], host=env["POSTGRES_HOST"],
+                port=int(env["POSTGRES_PORT"]), user=env["POSTGRES_USER"],
+                password=env.get("POSTGRES_PASSWORD") or None,
+                connect_timeout=int(float(env.get("POSTGRES_CONNECT_TIMEOUT", "10")))
+        ) as conn:
+            row = conn.execute("SELECT to_regclass(%s)", [table]).fetchone()
+    except psycopg.Error as exc:
+        raise CliError(f"cannot open the database {redact(url)}: {_first_line(exc)}"
+                       ) from None
+    if row is None or row[0] is None:
+        raise CliError(f"{redact(url)} is not a vmledger database (no event log)", USAGE)
 
 
 def starting(what: str, url: str, action: Callable[[], T]) -> T:
