@@ -28,3 +28,28 @@ def test_access_log_lines_carry_the_request_id(caplog: pytest.LogCaptureFixture)
     assert (line["method"], line["path"], line["status"]) == ("GET", "/v2.1/servers", 200)
     assert line["microversion"] == "2.96" and line["duration_ms"] >= 0
     engine.close()
+
+
+def test_uvicorn_lines_come_out_plain_and_under_vmledger(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from vmledger import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for fmt in ("text", "json"):
+            logs.configure("info", fmt)
+            logging.getLogger("uvicorn.error").info(
+                "Started server process [%d]", 42,
+                extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
+            logging.getLogger("uvicorn.error").info("\x1b[1mbold\x1b[0m")
+            err = capsys.readouterr().err
+            assert "\x1b" not in err and "color_message" not in err
+            assert "uvicorn" not in err and err.count("vmledger.http") == 2
+            if fmt == "json":
+                first = json.loads(err.splitlines()[0])
+                assert first["logger"] == "vmledger.http"
+                assert first["message"] == "Started server process [42]"
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)

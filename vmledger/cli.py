@@ -175,9 +175,9 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
 
     cli_support.check_database_url(args.db)
     logs.configure(args.log_level, args.log_format)
-    hypervisor = cli_ops.open_hypervisor_from(args, host=args.host_name)
     sock = listen(args.bind, args.port)  # before anything says it serves there
     try:
+        hypervisor = cli_ops.open_hypervisor_from(args, host=args.host_name)
         engine = cli_support.open_engine(
             args.db, host=args.host_name,
             confirm_window=timedelta(seconds=args.confirm_window),
