@@ -17,8 +17,13 @@ def test_simulator_names(tmp_path: Path) -> None:
     with Engine("memory", clock=FakeClock(), hypervisor=first) as engine:
         sid = engine.create_server("kept", flavor="m1.tiny", image="cirros-0.6.2-x86_64").id
         engine.run_until_idle()
+        image = engine.create_image(sid, "kept-image").details["image_id"]
+        engine.run_until_idle()
     again = open_hypervisor(f"simulator://{state}")
     assert again.observe(sid).exists  # a restarted process finds the guest
+    assert isinstance(again, Simulator)
+    assert image in again.snapshots()  # and the images captured from it
+    assert isinstance(open_hypervisor("simulator:memory"), Simulator)
 
 
 def test_unknown_names_are_refused() -> None:

@@ -188,25 +188,18 @@ def open_hypervisor(name: str | None, db_url: str, host: str, *,
 
 
 def bind(address: str, port: int) -> socket.socket:
-    """A listening socket on ``address:port`` (as uvicorn would make it), or a one-line
-    error when the port is taken or the address is not this machine's."""
-    try:
-        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise CliError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
-    family, kind, proto, _name, sockaddr = infos[0]
-    sock = socket.socket(family, kind, proto)
+    """A listening socket on ``address:port``, made as uvicorn makes its own, or a
+    one-line error when the port is taken or the address is not this machine's."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(sockaddr)
+        sock.bind((address, port))
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise CliError(f"cannot listen on {address}:{port}: "
-                       f"{exc.strerror or _first_line(exc)}") from None
+        reason = exc.strerror if isinstance(exc.strerror, str) else _first_line(exc)
+        raise CliError(f"cannot listen on {address}:{port}: {reason}") from None
     sock.set_inheritable(True)
     return sock
 
