@@ -122,6 +122,9 @@ def test_a_reading_command_never_creates_a_database(
     assert err == f"vmledger: no database at {missing}\n"
     assert list(tmp_path.iterdir()) == []
 
+    assert main([*argv, "--db", "memory"]) == 2  # a new, empty log: nothing to read
+    assert "a memory database holds nothing to read" in capsys.readouterr().err
+
     empty = tmp_path / "empty.db"  # a file that holds no event log is not one either
     empty.touch()
     assert main([*argv, "--db", f"sqlite:///{empty}"]) == 2

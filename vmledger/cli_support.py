@@ -3,8 +3,8 @@ opening a database without creating one, the default simulator beside the databa
 binding the API port before anything says it is served, and naming a server by name
 or id.
 
-Exit codes: 2 for what the command line got wrong (a bad ``--db``, a database that
-does not exist for a command that only reads, a server name that is ambiguous), 1 for
+Exit codes: 2 for what the command line got wrong (a bad ``--db``, a database without
+a vmledger log for a command that only reads, a server name that is ambiguous), 1 for
 what failed while starting (a database that cannot be opened, a port taken).
 """
 
@@ -67,7 +67,7 @@ def check_database_url(url: str) -> None:
         environment(url)
     except ValueError as exc:
         hint = ""
-        if "://" not in url and url not in ("memory",):
+        if "://" not in url:
             hint = f" (a file? --db sqlite:///{url})"
         raise CliError(f"bad --db: {exc}{hint}", USAGE) from None
 
@@ -82,17 +82,19 @@ def sqlite_path(url: str) -> str | None:
 
 
 def require_database(url: str) -> None:
-    """For the commands that only read: a usage error (exit 2) when ``url`` is a SQLite
-    file that does not exist or holds no vmledger event log, so that nothing is created
-    and a verify never passes on an empty log it made itself."""
+    """For the commands that only read: a usage error (exit 2) when ``url`` holds no
+    vmledger event log (a SQLite file that does not exist, a PostgreSQL database without
+    the tables, ``memory``), so that nothing is created and a verify never passes on an
+    empty log it made itself."""
     check_database_url(url)
     env = environment(url)
     if env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
         _require_postgres_log(url, env)
         return
     path = sqlite_path(url)
-    if path is None:
-        return
+    if path is None:  # a new, empty in-process database
+        raise CliError("a memory database holds nothing to read: give the --db of a "
+                       "running or stopped vmledger", USAGE)
     if not Path(path).is_file():
         raise CliError(f"no database at {path}", USAGE)
     try:
