@@ -100,6 +100,19 @@ def test_an_in_memory_simulator_is_asked_for_by_name(tmp_path: Path) -> None:
         "vmledger.db", "vmledger.db-wal", "vmledger.db-shm", "serve.log"}
 
 
+def test_where_the_default_simulator_keeps_its_guests() -> None:
+    from vmledger.cli_support import hypervisor_uri
+
+    beside = os.path.abspath("data/v.db.c-1.simulator.json")
+    assert hypervisor_uri(None, "sqlite:///data/v.db", "c-1") == f"simulator://{beside}"
+    named = os.path.abspath("vmledger-prod.c-2.simulator.json")  # one per database
+    assert hypervisor_uri("simulator", "postgresql://u@db/prod", "c-2") == (
+        f"simulator://{named}")
+    assert hypervisor_uri(None, "memory", "c-1") == "simulator:memory"
+    assert hypervisor_uri("simulator:memory", "sqlite:///v.db", "c-1") == "simulator:memory"
+    assert hypervisor_uri("qemu:///system", "sqlite:///v.db", "c-1") == "qemu:///system"
+
+
 # --- reading commands never create a database -----------------------------------------
 
 READERS = [

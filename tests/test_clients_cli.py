@@ -392,7 +392,7 @@ def test_two_hosts_in_two_processes(postgres_url: str, tmp_path: Path) -> None:
         agent = subprocess.Popen(
             [sys.executable, "-m", "vmledger.cli", "agent", "--host", "compute-2",
              "--db", postgres_url, *down_time],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
             env={k: v for k, v in os.environ.items() if not k.startswith("OS_")})
     try:
         with running_server(tmp_path / "api", ["--db", postgres_url, "--host-name",

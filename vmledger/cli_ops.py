@@ -73,7 +73,7 @@ def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hypervisor", default=None, metavar="NAME_OR_URI",
                         help="simulator (default: its guests kept beside the database so "
                              "that a restart finds them, in FILE.db.HOST.simulator.json, or "
-                             "./vmledger-HOST.simulator.json for PostgreSQL), "
+                             "./vmledger-DBNAME.HOST.simulator.json for PostgreSQL), "
                              "simulator:memory (guests forgotten on exit), "
                              "simulator:///state.json, or a libvirt URI "
                              "(qemu:///system, qemu+ssh://host/system, test:///default)")

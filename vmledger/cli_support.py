@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -153,15 +154,22 @@ def open_engine(url: str, **options: Any) -> Engine:
 def simulator_state_path(db_url: str, host: str) -> str | None:
     """Where the default simulator keeps the guests of ``host``: beside a SQLite
     database (``vmledger.db`` → ``vmledger.db.compute-1.simulator.json``), in the working
-    directory for PostgreSQL (``vmledger-compute-1.simulator.json``), and nowhere for a
-    ``memory`` database (which forgets its records too)."""
+    directory for PostgreSQL, named for the database (``vmledger-DBNAME.compute-1
+    .simulator.json``), and nowhere for a ``memory`` database (which forgets its records
+    too)."""
     env = environment(db_url)
     if env.get("PERSISTENCE_MODULE") == "eventsourcing.sqlite":
         path = sqlite_path(db_url)
         if path is None:
             return None
-        return os.path.abspath(f"{path}.{host}.simulator.json")
-    return os.path.abspath(f"vmledger-{host}.simulator.json")
+        return os.path.abspath(f"{path}.{_file_part(host)}.simulator.json")
+    database = _file_part(env["POSTGRES_DBNAME"])
+    return os.path.abspath(f"vmledger-{database}.{_file_part(host)}.simulator.json")
+
+
+def _file_part(name: str) -> str:
+    """``name`` as a piece of a file name (no directory separators)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def hypervisor_uri(name: str | None, db_url: str, host: str) -> str:
