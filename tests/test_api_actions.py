@@ -24,8 +24,8 @@ def client(system_clock_engine: Engine) -> ApiClient:
 
 @pytest.fixture
 def sid(client: ApiClient, system_clock_engine: Engine) -> str:
-    """An ACTIVE server of project p1 on flavor 2 (m1.small)."""
-    r = client.post("/v2.1/p1/servers", json={"server": {
+    """An ACTIVE server of project a1 on flavor 2 (m1.small)."""
+    r = client.post("/v2.1/a1/servers", json={"server": {
         "name": "vm", "flavorRef": "2", "imageRef": IMAGE}})
     assert r.status_code == 202
     system_clock_engine.run_until_idle()
@@ -37,11 +37,11 @@ def mv(version: str) -> dict[str, str]:
 
 
 def act(client: ApiClient, sid: str, body: Any, version: str = "2.1") -> httpx.Response:
-    return client.post(f"/v2.1/p1/servers/{sid}/action", json=body, headers=mv(version))
+    return client.post(f"/v2.1/a1/servers/{sid}/action", json=body, headers=mv(version))
 
 
 def state(client: ApiClient, sid: str, version: str = "2.1") -> dict[str, Any]:
-    server: dict[str, Any] = client.get(f"/v2.1/p1/servers/{sid}",
+    server: dict[str, Any] = client.get(f"/v2.1/a1/servers/{sid}",
                                         headers=mv(version)).json()["server"]
     return server
 
@@ -165,7 +165,7 @@ def test_rebuild_returns_202_with_the_server(client: ApiClient, system_clock_eng
     r = act(client, sid, {"rebuild": {"imageRef": IMAGE2, "name": "rebuilt",
                                       "metadata": {"k": "v"}, "adminPass": "pw"}})
     assert r.status_code == 202
-    assert r.headers["location"] == f"http://testserver/v2.1/p1/servers/{sid}"
+    assert r.headers["location"] == f"http://testserver/v2.1/a1/servers/{sid}"
     body = r.json()["server"]
     assert body["id"] == sid
     assert body["status"] == "REBUILD"
@@ -277,7 +277,7 @@ def test_action_during_a_transition_is_409(client: ApiClient, sid: str) -> None:
 @pytest.mark.parametrize("content", [b"{", b"not json", b"", b"[]", b'"pause"',
                                      b'{"pause": null, "unpause": null}', b"{}"])
 def test_malformed_action_body_is_400(client: ApiClient, sid: str, content: bytes) -> None:
-    r = client.post(f"/v2.1/p1/servers/{sid}/action", content=content,
+    r = client.post(f"/v2.1/a1/servers/{sid}/action", content=content,
                     headers={"Content-Type": "application/json"})
     assert r.status_code == 400
     assert r.json() == {"badRequest": {"code": 400, "message": "Malformed request body"}}
@@ -304,7 +304,7 @@ def test_action_params_must_be_null(client: ApiClient, sid: str) -> None:
 
 
 def test_action_body_over_one_mib_is_413(client: ApiClient, sid: str) -> None:
-    r = client.post(f"/v2.1/p1/servers/{sid}/action",
+    r = client.post(f"/v2.1/a1/servers/{sid}/action",
                     content=b'{"pause": "' + b"x" * (1024 * 1024 + 1) + b'"}',
                     headers={"Content-Type": "application/json"})
     assert r.status_code == 413
@@ -316,8 +316,8 @@ def test_delete_after_actions_ends_404(client: ApiClient,
                                        system_clock_engine: Engine, sid: str) -> None:
     act(client, sid, {"resize": {"flavorRef": "3"}})
     system_clock_engine.run_until_idle()
-    assert client.delete(f"/v2.1/p1/servers/{sid}").status_code == 204
+    assert client.delete(f"/v2.1/a1/servers/{sid}").status_code == 204
     system_clock_engine.run_until_idle()
-    r = client.get(f"/v2.1/p1/servers/{sid}")
+    r = client.get(f"/v2.1/a1/servers/{sid}")
     assert r.status_code == 404
     assert act(client, sid, {"os-start": None}).status_code == 404

@@ -19,9 +19,9 @@ IMAGE = image_id_for("cirros-0.6.2-x86_64")
 ADMIN = {"X-Auth-Token": "admin-secret"}
 ALICE = {"X-Auth-Token": "alice-secret"}
 BOB = {"X-Auth-Token": "bob-secret"}
-TOKENS = ["admin-secret:root:ops:admin,member", "alice-secret:alice:p1:member",
-          "bob-secret:bob:p2:"]
-USERS = ["admin:s3cret:ops:admin", "carol:pa:ss:p1:member"]
+TOKENS = ["admin-secret:root:ops:admin,member", "alice-secret:alice:a1:member",
+          "bob-secret:bob:a2:"]
+USERS = ["admin:s3cret:ops:admin", "carol:pa:ss:a1:member"]
 
 
 @pytest.fixture
@@ -52,9 +52,9 @@ def test_specs() -> None:
     assert parse_token_spec("t:u:p:admin,member") == (
         "t", Identity("u", "p", ("admin", "member")))
     assert parse_token_spec("a:b:u:p:") == ("a:b", Identity("u", "p", ()))
-    account = parse_user_spec("carol:pa:ss:p1:member")
+    account = parse_user_spec("carol:pa:ss:a1:member")
     assert (account.name, account.password, account.project_id, account.roles) == (
-        "carol", "pa:ss", "p1", ("member",))
+        "carol", "pa:ss", "a1", ("member",))
     assert "pa:ss" not in repr(account)
     for bad in ("t:u:p", "t::p:r", ":u:p:r"):
         with pytest.raises(ValueError):
@@ -78,10 +78,10 @@ def test_settings_that_do_not_fit_are_refused(system_clock_engine: Engine, mode:
 
 
 def test_settings_object_and_mapping(system_clock_engine: Engine) -> None:
-    settings = AuthSettings.build("token", tokens={"t": Identity("u", "p1", ("admin",))})
+    settings = AuthSettings.build("token", tokens={"t": Identity("u", "a1", ("admin",))})
     client = ApiClient(create_app(system_clock_engine, auth=settings))
     assert client.get("/v2.1/servers", headers={"X-Auth-Token": "t"}).status_code == 200
-    keystone = AuthSettings.build("keystone", users=[Account("u", "pw", "p1")])
+    keystone = AuthSettings.build("keystone", users=[Account("u", "pw", "a1")])
     assert keystone.accounts["u"].check_password("pw")
 
 
@@ -90,7 +90,7 @@ def test_settings_object_and_mapping(system_clock_engine: Engine) -> None:
 def test_missing_or_unknown_token_is_401(client: ApiClient, headers: dict[str, str]) -> None:
     for method, path in [("GET", "/v2.1/servers"), ("GET", "/v2.1/servers/detail"),
                          ("POST", "/v2.1/servers"), ("GET", "/v2.1/flavors"),
-                         ("GET", "/v2.1/p1/servers/x/os-instance-actions"),
+                         ("GET", "/v2.1/a1/servers/x/os-instance-actions"),
                          ("DELETE", "/v2.1/servers/x")]:
         r = client.request(method, path, headers={**headers, **mv("2.60", {})})
         assert r.status_code == 401, (method, path)
@@ -113,20 +113,20 @@ def test_tokens_map_to_user_project_and_roles(client: ApiClient,
                                               system_clock_engine: Engine) -> None:
     sid = create(client, system_clock_engine, ALICE)
     server = client.get(f"/v2.1/servers/{sid}", headers=ALICE).json()["server"]
-    assert (server["user_id"], server["tenant_id"]) == ("alice", "p1")
+    assert (server["user_id"], server["tenant_id"]) == ("alice", "a1")
     assert "OS-EXT-SRV-ATTR:host" not in server  # not an administrator
-    assert client.get(f"/v2.1/p1/servers/{sid}", headers=ALICE).status_code == 200
+    assert client.get(f"/v2.1/a1/servers/{sid}", headers=ALICE).status_code == 200
     admin_view = client.get("/v2.1/servers/detail?all_tenants=1",
                             headers=ADMIN).json()["servers"]
     assert admin_view[0]["OS-EXT-SRV-ATTR:host"] == system_clock_engine.host
 
 
 def test_url_project_must_be_the_tokens(client: ApiClient, system_clock_engine: Engine) -> None:
-    r = client.get("/v2.1/p2/servers", headers=ALICE)
+    r = client.get("/v2.1/a2/servers", headers=ALICE)
     assert r.status_code == 400
     assert r.json()["badRequest"]["message"] == (
-        "Malformed request URL: URL's project_id 'p2' doesn't match Context's project_id "
-        "'p1'")
+        "Malformed request URL: URL's project_id 'a2' doesn't match Context's project_id "
+        "'a1'")
 
 
 def test_another_projects_server_is_404_everywhere(client: ApiClient,
@@ -159,7 +159,7 @@ def test_administrators_reach_every_projects_server(client: ApiClient, system_cl
     administrator's, whatever project the administrator's token is for."""
     sid = create(client, system_clock_engine, ALICE)
     shown = client.get(f"/v2.1/servers/{sid}", headers=ADMIN)
-    assert shown.status_code == 200 and shown.json()["server"]["tenant_id"] == "p1"
+    assert shown.status_code == 200 and shown.json()["server"]["tenant_id"] == "a1"
     r = client.put(f"/v2.1/servers/{sid}", headers=ADMIN, json={"server": {"name": "x"}})
     assert r.status_code == 200 and r.json()["server"]["name"] == "x"
     r = client.post(f"/v2.1/servers/{sid}/action", headers=ADMIN,
@@ -238,7 +238,7 @@ def test_instance_actions_for_non_admins(client: ApiClient, system_clock_engine:
     sid = create(client, system_clock_engine, ALICE)
     [action] = client.get(f"/v2.1/servers/{sid}/os-instance-actions",
                           headers=ALICE).json()["instanceActions"]
-    assert (action["user_id"], action["project_id"]) == ("alice", "p1")
+    assert (action["user_id"], action["project_id"]) == ("alice", "a1")
     path = f"/v2.1/servers/{sid}/os-instance-actions/{action['request_id']}"
 
     def shown(version: str) -> dict[str, Any]:
@@ -266,7 +266,7 @@ def password_body(user: str, password: str, project: str | None) -> dict[str, An
 
 
 def login(client: ApiClient, user: str = "carol", password: str = "pa:ss",
-          project: str | None = "p1", query: str = "") -> httpx.Response:
+          project: str | None = "a1", query: str = "") -> httpx.Response:
     return client.post(f"/identity/v3/auth/tokens{query}",
                        json=password_body(user, password, project))
 
@@ -288,7 +288,7 @@ def test_password_login_issues_a_token_with_a_catalog(keystone: ApiClient,
     assert r.status_code == 201
     token = r.headers["x-subject-token"]
     body = r.json()["token"]
-    assert body["user"]["name"] == "carol" and body["project"]["id"] == "p1"
+    assert body["user"]["name"] == "carol" and body["project"]["id"] == "a1"
     assert [role["name"] for role in body["roles"]] == ["member"]
     assert body["expires_at"].endswith("Z")
     urls = {s["type"]: {e["interface"]: e["url"] for e in s["endpoints"]}
@@ -299,14 +299,14 @@ def test_password_login_issues_a_token_with_a_catalog(keystone: ApiClient,
     sid = create(keystone, system_clock_engine, {"X-Auth-Token": token})
     server = keystone.get(f"/v2.1/servers/{sid}",
                           headers={"X-Auth-Token": token}).json()["server"]
-    assert (server["user_id"], server["tenant_id"]) == ("carol", "p1")
+    assert (server["user_id"], server["tenant_id"]) == ("carol", "a1")
     assert "catalog" not in login(keystone, query="?nocatalog").json()["token"]
 
 
 @pytest.mark.parametrize(("user", "password", "project", "code"), [
-    ("carol", "wrong", "p1", 401),
-    ("nobody", "pa:ss", "p1", 401),
-    ("carol", "pa:ss", "p2", 401),
+    ("carol", "wrong", "a1", 401),
+    ("nobody", "pa:ss", "a1", 401),
+    ("carol", "pa:ss", "a2", 401),
 ])
 def test_failed_logins(keystone: ApiClient, user: str, password: str, project: str,
                        code: int) -> None:
@@ -333,13 +333,13 @@ def test_token_method_validate_and_revoke(keystone: ApiClient) -> None:
     assert keystone.get("/v2.1/servers", headers=plain).status_code == 401
     r = keystone.post("/identity/v3/auth/tokens", json={"auth": {
         "identity": {"methods": ["token"], "token": {"id": plain["X-Auth-Token"]}},
-        "scope": {"project": {"id": "p1"}}}})
+        "scope": {"project": {"id": "a1"}}}})
     assert r.status_code == 201
     scoped = r.headers["x-subject-token"]
     assert keystone.get("/v2.1/servers", headers={"X-Auth-Token": scoped}).status_code == 200
     check = {"X-Auth-Token": "admin-secret", "X-Subject-Token": scoped}
     r = keystone.get("/identity/v3/auth/tokens", headers=check)
-    assert r.status_code == 200 and r.json()["token"]["project"]["id"] == "p1"
+    assert r.status_code == 200 and r.json()["token"]["project"]["id"] == "a1"
     assert keystone.delete("/identity/v3/auth/tokens", headers=check).status_code == 204
     assert keystone.get("/identity/v3/auth/tokens", headers=check).status_code == 404
     assert keystone.get("/v2.1/servers", headers={"X-Auth-Token": scoped}).status_code == 401
@@ -361,14 +361,14 @@ def test_projects_of_the_configured_users(keystone: ApiClient) -> None:
         "x-subject-token"]}
     carol = {"X-Auth-Token": login(keystone).headers["x-subject-token"]}
     listed = keystone.get("/identity/v3/projects", headers=admin).json()["projects"]
-    assert [p["id"] for p in listed] == ["ops", "p1"]
-    assert keystone.get("/identity/v3/projects?name=p1", headers=admin).json()[
-        "projects"][0]["name"] == "p1"
-    assert keystone.get("/identity/v3/projects/p1", headers=carol).json()["project"][
+    assert [p["id"] for p in listed] == ["a1", "ops"]
+    assert keystone.get("/identity/v3/projects?name=a1", headers=admin).json()[
+        "projects"][0]["name"] == "a1"
+    assert keystone.get("/identity/v3/projects/a1", headers=carol).json()["project"][
         "domain_id"] == "default"
     # others see their own project only
     assert [p["id"] for p in keystone.get("/identity/v3/projects", headers=carol).json()[
-        "projects"]] == ["p1"]
+        "projects"]] == ["a1"]
     assert keystone.get("/identity/v3/projects/ops", headers=carol).status_code == 404
     assert keystone.get("/identity/v3/projects/nowhere", headers=admin).status_code == 404
     assert keystone.get("/identity/v3/projects").status_code == 401

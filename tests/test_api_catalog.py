@@ -35,15 +35,15 @@ def test_flavor_list(client: ApiClient) -> None:
 
 
 def test_flavor_detail_and_show(client: ApiClient) -> None:
-    detail = client.get("/v2.1/p1/flavors/detail").json()["flavors"]
+    detail = client.get("/v2.1/a1/flavors/detail").json()["flavors"]
     tiny = detail[0]
     assert tiny == {
         "id": "1", "name": "m1.tiny", "ram": 512, "disk": 1, "vcpus": 1, "swap": "",
         "OS-FLV-EXT-DATA:ephemeral": 0, "os-flavor-access:is_public": True,
         "OS-FLV-DISABLED:disabled": False, "rxtx_factor": 1.0,
-        "links": [{"rel": "self", "href": "http://testserver/v2.1/p1/flavors/1"},
-                  {"rel": "bookmark", "href": "http://testserver/p1/flavors/1"}]}
-    r = client.get("/v2.1/p1/flavors/1", headers=mv("2.75"))
+        "links": [{"rel": "self", "href": "http://testserver/v2.1/a1/flavors/1"},
+                  {"rel": "bookmark", "href": "http://testserver/a1/flavors/1"}]}
+    r = client.get("/v2.1/a1/flavors/1", headers=mv("2.75"))
     assert r.json()["flavor"]["swap"] == 0
     shown = client.get("/v2.1/flavors/2", headers=mv("2.61")).json()["flavor"]
     assert (shown["name"], shown["extra_specs"], shown["description"]) == ("m1.small", {},
@@ -100,9 +100,9 @@ def test_image_proxy(client: ApiClient) -> None:
     assert cirros["minDisk"] == 1 and cirros["minRam"] == 0
     assert cirros["OS-EXT-IMG-SIZE:size"] > 0
     assert cirros["metadata"] == {"os_distro": "cirros"}
-    shown = client.get(f"/v2.1/p1/images/{IMAGE}").json()["image"]
+    shown = client.get(f"/v2.1/a1/images/{IMAGE}").json()["image"]
     assert shown == {**cirros, "links": shown["links"]}
-    assert shown["links"][0]["href"] == f"http://testserver/v2.1/p1/images/{IMAGE}"
+    assert shown["links"][0]["href"] == f"http://testserver/v2.1/a1/images/{IMAGE}"
     named = client.get("/v2.1/images?name=cirros-0.6.2-x86_64").json()["images"]
     assert [i["id"] for i in named] == [IMAGE]
     assert client.get("/v2.1/images?name=nothing").json()["images"] == []

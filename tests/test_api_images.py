@@ -23,8 +23,8 @@ PREBUILT = {IMAGE, image_id_for("debian-12-genericcloud-amd64"),
 ADMIN = {"X-Auth-Token": "admin-secret"}
 ALICE = {"X-Auth-Token": "alice-secret"}
 BOB = {"X-Auth-Token": "bob-secret"}
-TOKENS = ["admin-secret:root:ops:admin,member", "alice-secret:alice:p1:member",
-          "bob-secret:bob:p2:member"]
+TOKENS = ["admin-secret:root:ops:admin,member", "alice-secret:alice:a1:member",
+          "bob-secret:bob:a2:member"]
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def client(system_clock_engine: Engine) -> ApiClient:
 
 @pytest.fixture
 def tokens(system_clock_engine: Engine) -> ApiClient:
-    """Token auth: alice in p1, bob in p2 (members), root an administrator in ops."""
+    """Token auth: alice in a1, bob in a2 (members), root an administrator in ops."""
     return ApiClient(create_app(system_clock_engine, auth="token", tokens=TOKENS))
 
 
@@ -42,7 +42,7 @@ def mv(version: str, token: dict[str, str] | None = None) -> dict[str, str]:
     return {"X-OpenStack-Nova-API-Version": version, **(token or {})}
 
 
-def boot(client: ApiClient, engine: Engine, *, image: str = IMAGE, project: str = "p1",
+def boot(client: ApiClient, engine: Engine, *, image: str = IMAGE, project: str = "a1",
          token: dict[str, str] | None = None, name: str = "vm") -> str:
     """An ACTIVE server (flavor 2, m1.small); ``project`` is in the URL unless a token
     says who is calling."""
@@ -55,13 +55,13 @@ def boot(client: ApiClient, engine: Engine, *, image: str = IMAGE, project: str 
 
 
 def snapshot(client: ApiClient, sid: str, body: Any, *, version: str = "2.1",
-             project: str = "p1", token: dict[str, str] | None = None) -> httpx.Response:
+             project: str = "a1", token: dict[str, str] | None = None) -> httpx.Response:
     prefix = "/v2.1" if token else f"/v2.1/{project}"
     return client.post(f"{prefix}/servers/{sid}/action", json={"createImage": body},
                        headers=mv(version, token))
 
 
-def server(client: ApiClient, sid: str, project: str = "p1") -> dict[str, Any]:
+def server(client: ApiClient, sid: str, project: str = "a1") -> dict[str, Any]:
     found: dict[str, Any] = client.get(f"/v2.1/{project}/servers/{sid}").json()["server"]
     return found
 
@@ -88,7 +88,7 @@ def test_create_image_before_2_45_answers_a_location(client: ApiClient, system_c
     r = snapshot(client, sid, {"name": "snap", "metadata": {"purpose": "backup"}})
     assert (r.status_code, r.content) == (202, b"")
     location = r.headers["location"]
-    assert location.startswith("http://testserver/v2.1/p1/images/")
+    assert location.startswith("http://testserver/v2.1/a1/images/")
     image_id = location.rsplit("/", 1)[1]
     uuid.UUID(image_id)
     # the snapshot is in progress: the status stays ACTIVE, the task is image_snapshot
@@ -114,8 +114,8 @@ def test_create_image_before_2_45_answers_a_location(client: ApiClient, system_c
     assert done["metadata"] == {"purpose": "backup", "image_type": "snapshot",
                                 "instance_uuid": sid, "base_image_ref": IMAGE}
     assert done["server"] == {"id": sid, "links": [
-        {"rel": "self", "href": f"http://testserver/v2.1/p1/servers/{sid}"},
-        {"rel": "bookmark", "href": f"http://testserver/p1/servers/{sid}"}]}
+        {"rel": "self", "href": f"http://testserver/v2.1/a1/servers/{sid}"},
+        {"rel": "bookmark", "href": f"http://testserver/a1/servers/{sid}"}]}
     assert [link["rel"] for link in done["links"]] == ["self", "bookmark", "alternate"]
 
 
@@ -138,11 +138,11 @@ def test_create_image_is_an_instance_action(client: ApiClient, system_clock_engi
     request_id = r.headers["x-openstack-request-id"]
     assert r.headers["x-compute-request-id"] == request_id
     system_clock_engine.run_until_idle()
-    actions = client.get(f"/v2.1/p1/servers/{sid}/os-instance-actions").json()
+    actions = client.get(f"/v2.1/a1/servers/{sid}/os-instance-actions").json()
     assert [(a["action"], a["message"]) for a in actions["instanceActions"]] == [
         ("createImage", None), ("create", None)]
     assert actions["instanceActions"][0]["request_id"] == request_id
-    shown = client.get(f"/v2.1/p1/servers/{sid}/os-instance-actions/{request_id}").json()
+    shown = client.get(f"/v2.1/a1/servers/{sid}/os-instance-actions/{request_id}").json()
     assert shown["instanceAction"]["action"] == "createImage"
     assert [e["event"] for e in shown["instanceAction"]["events"]] == [
         "compute_snapshot_instance"]
@@ -157,13 +157,13 @@ def test_a_server_built_from_the_snapshot(client: ApiClient, system_clock_engine
     shown = server(client, clone)
     assert (shown["status"], shown["image"]["id"]) == ("ACTIVE", image_id)
     assert shown["image"]["links"] == [
-        {"rel": "bookmark", "href": f"http://testserver/p1/images/{image_id}"}]
+        {"rel": "bookmark", "href": f"http://testserver/a1/images/{image_id}"}]
     # and a snapshot of the clone names the clone and the snapshot it came from
     second = made(client, system_clock_engine, clone, name="snap-of-clone")
     metadata = image(client, second).json()["image"]["metadata"]
     assert (metadata["instance_uuid"], metadata["base_image_ref"]) == (clone, image_id)
     # rebuilding onto it works too
-    r = client.post(f"/v2.1/p1/servers/{sid}/action", json={"rebuild": {"imageRef": second}})
+    r = client.post(f"/v2.1/a1/servers/{sid}/action", json={"rebuild": {"imageRef": second}})
     assert r.status_code == 202
     system_clock_engine.run_until_idle()
     assert server(client, sid)["image"]["id"] == second
@@ -174,7 +174,7 @@ def test_create_image_in_other_allowed_states(client: ApiClient, system_clock_en
                                               state: str) -> None:
     sid = boot(client, system_clock_engine)
     action = {"SHUTOFF": "os-stop", "PAUSED": "pause", "SUSPENDED": "suspend"}[state]
-    client.post(f"/v2.1/p1/servers/{sid}/action", json={action: None})
+    client.post(f"/v2.1/a1/servers/{sid}/action", json={action: None})
     system_clock_engine.run_until_idle()
     r = snapshot(client, sid, {"name": "snap"})
     assert r.status_code == 202
@@ -187,7 +187,7 @@ def test_create_image_in_other_allowed_states(client: ApiClient, system_clock_en
 def test_create_image_in_verify_resize_is_409(client: ApiClient,
                                               system_clock_engine: Engine) -> None:
     sid = boot(client, system_clock_engine)
-    client.post(f"/v2.1/p1/servers/{sid}/action", json={"resize": {"flavorRef": "3"}})
+    client.post(f"/v2.1/a1/servers/{sid}/action", json={"resize": {"flavorRef": "3"}})
     system_clock_engine.run_until_idle()
     assert server(client, sid)["status"] == "VERIFY_RESIZE"
     r = snapshot(client, sid, {"name": "snap"})
@@ -195,7 +195,7 @@ def test_create_image_in_verify_resize_is_409(client: ApiClient,
     assert r.json() == {"conflictingRequest": {"code": 409, "message": (
         f"Cannot 'createImage' instance {sid} while it is in vm_state resized")}}
     # nothing was made
-    listed = client.get("/v2.1/p1/images?type=snapshot").json()["images"]
+    listed = client.get("/v2.1/a1/images?type=snapshot").json()["images"]
     assert listed == []
 
 
@@ -282,7 +282,7 @@ def test_proxy_lists_prebuilt_and_custom_images(client: ApiClient,
     sid = boot(client, system_clock_engine)
     first = made(client, system_clock_engine, sid, "first")
     second = made(client, system_clock_engine, sid, "second")
-    listed = client.get("/v2.1/p1/images").json()
+    listed = client.get("/v2.1/a1/images").json()
     assert "images_links" not in listed
     ids = [i["id"] for i in listed["images"]]
     # Glance's order: newest first
@@ -290,10 +290,10 @@ def test_proxy_lists_prebuilt_and_custom_images(client: ApiClient,
     summary = listed["images"][0]
     assert set(summary) == {"id", "name", "links"}
     assert summary["links"][0] == {"rel": "self",
-                                   "href": f"http://testserver/v2.1/p1/images/{second}"}
-    detail = {i["id"]: i for i in client.get("/v2.1/p1/images/detail").json()["images"]}
+                                   "href": f"http://testserver/v2.1/a1/images/{second}"}
+    detail = {i["id"]: i for i in client.get("/v2.1/a1/images/detail").json()["images"]}
     assert set(detail) == set(ids)
-    assert detail[first] == image(client, first, path="/v2.1/p1").json()["image"]
+    assert detail[first] == image(client, first, path="/v2.1/a1").json()["image"]
     assert "server" not in detail[IMAGE]
     assert detail[IMAGE]["metadata"] == {"os_distro": "cirros"}
     created = datetime.fromisoformat(detail[first]["created"].replace("Z", "+00:00"))
@@ -308,7 +308,7 @@ def test_proxy_filters(client: ApiClient, system_clock_engine: Engine) -> None:
     queued = snapshot(client, other, {"name": "pending"}, version="2.45").json()["image_id"]
 
     def ids(query: str) -> list[str]:
-        r = client.get(f"/v2.1/p1/images/detail?{query}")
+        r = client.get(f"/v2.1/a1/images/detail?{query}")
         assert r.status_code == 200, r.text
         return [i["id"] for i in r.json()["images"]]
 
@@ -318,7 +318,7 @@ def test_proxy_filters(client: ApiClient, system_clock_engine: Engine) -> None:
     assert ids("type=snapshot") == [queued, snap]
     assert ids("type=backup") == []
     assert ids(f"server={sid}") == [snap]
-    assert ids(f"server=http://testserver/v2.1/p1/servers/{other}") == [queued]
+    assert ids(f"server=http://testserver/v2.1/a1/servers/{other}") == [queued]
     assert ids("status=SAVING") == [queued]
     assert ids("status=queued") == [queued]
     assert set(ids("status=ACTIVE")) == PREBUILT | {snap}
@@ -332,7 +332,7 @@ def test_proxy_filters(client: ApiClient, system_clock_engine: Engine) -> None:
     assert ids(f"changes-since={future}") == []
     assert ids("type=snapshot&name=snap&status=ACTIVE") == [snap]
     for bad in ("changes-since=yesterday", "minRam=x", "minDisk=1.5"):
-        assert client.get(f"/v2.1/p1/images?{bad}").status_code == 400
+        assert client.get(f"/v2.1/a1/images?{bad}").status_code == 400
     shown = image(client, queued).json()["image"]
     assert (shown["status"], shown["progress"]) == ("SAVING", 25)
     system_clock_engine.run_until_idle()
@@ -344,42 +344,42 @@ def test_proxy_pages(client: ApiClient, system_clock_engine: Engine, collection:
     sid = boot(client, system_clock_engine)
     made(client, system_clock_engine, sid, "a")
     made(client, system_clock_engine, sid, "b")
-    every = [i["id"] for i in client.get(f"/v2.1/p1/{collection}").json()["images"]]
+    every = [i["id"] for i in client.get(f"/v2.1/a1/{collection}").json()["images"]]
     assert len(every) == 5
-    first = client.get(f"/v2.1/p1/{collection}?limit=2&type=snapshot").json()
+    first = client.get(f"/v2.1/a1/{collection}?limit=2&type=snapshot").json()
     assert first["images_links"] == [{"rel": "next", "href": (
-        f"http://testserver/v2.1/p1/{collection}?limit=2&type=snapshot"
+        f"http://testserver/v2.1/a1/{collection}?limit=2&type=snapshot"
         f"&marker={first['images'][-1]['id']}")}]
     seen: list[str] = []
-    url: str | None = f"/v2.1/p1/{collection}?limit=2"
+    url: str | None = f"/v2.1/a1/{collection}?limit=2"
     while url is not None:
         page = client.get(url).json()
         seen += [i["id"] for i in page["images"]]
         links = page.get("images_links")
         url = links[0]["href"].removeprefix("http://testserver") if links else None
     assert seen == every
-    after = client.get(f"/v2.1/p1/{collection}?marker={every[1]}").json()["images"]
+    after = client.get(f"/v2.1/a1/{collection}?marker={every[1]}").json()["images"]
     assert [i["id"] for i in after] == every[2:]
-    r = client.get(f"/v2.1/p1/{collection}?marker=nope")
+    r = client.get(f"/v2.1/a1/{collection}?marker=nope")
     assert r.status_code == 400
     assert r.json()["badRequest"]["message"] == "marker [nope] not found"
-    assert client.get(f"/v2.1/p1/{collection}?limit=-1").status_code == 400
+    assert client.get(f"/v2.1/a1/{collection}?limit=-1").status_code == 400
 
 
 def test_proxy_ends_at_2_35_for_delete_too(client: ApiClient, system_clock_engine: Engine) -> None:
     sid = boot(client, system_clock_engine)
     image_id = made(client, system_clock_engine, sid)
     assert image(client, image_id).status_code == 200
-    r = client.delete(f"/v2.1/p1/images/{image_id}", headers=mv("2.36"))
+    r = client.delete(f"/v2.1/a1/images/{image_id}", headers=mv("2.36"))
     assert r.status_code == 404
     assert r.headers["x-openstack-nova-api-version"] == "2.36"
-    r = client.delete(f"/v2.1/p1/images/{image_id}", headers=mv("2.35"))
+    r = client.delete(f"/v2.1/a1/images/{image_id}", headers=mv("2.35"))
     assert (r.status_code, r.content) == (204, b"")
     assert "x-openstack-request-id" in r.headers
     r = image(client, image_id)
     assert r.status_code == 404
     assert r.json() == {"itemNotFound": {"code": 404, "message": "Image not found."}}
-    assert image_id not in {i["id"] for i in client.get("/v2.1/p1/images").json()["images"]}
+    assert image_id not in {i["id"] for i in client.get("/v2.1/a1/images").json()["images"]}
 
 
 def test_projects_see_and_delete_only_their_images(tokens: ApiClient, system_clock_engine: Engine
@@ -423,11 +423,11 @@ def test_deleting_a_snapshot_being_saved_is_409(client: ApiClient,
                                                 system_clock_engine: Engine) -> None:
     sid = boot(client, system_clock_engine)
     image_id = snapshot(client, sid, {"name": "snap"}, version="2.45").json()["image_id"]
-    r = client.delete(f"/v2.1/p1/images/{image_id}")
+    r = client.delete(f"/v2.1/a1/images/{image_id}")
     assert r.status_code == 409
     assert "conflictingRequest" in r.json()
     system_clock_engine.run_until_idle()
-    assert client.delete(f"/v2.1/p1/images/{image_id}").status_code == 204
+    assert client.delete(f"/v2.1/a1/images/{image_id}").status_code == 204
 
 
 def test_a_failed_snapshot_is_error_and_killed(client: ApiClient,
@@ -440,14 +440,14 @@ def test_a_failed_snapshot_is_error_and_killed(client: ApiClient,
     system_clock_engine.run_until_idle()
     shown = server(client, sid)
     assert (shown["status"], shown["OS-EXT-STS:task_state"]) == ("ACTIVE", None)
-    actions = client.get(f"/v2.1/p1/servers/{sid}/os-instance-actions").json()
+    actions = client.get(f"/v2.1/a1/servers/{sid}/os-instance-actions").json()
     assert actions["instanceActions"][0]["action"] == "createImage"
     assert actions["instanceActions"][0]["message"] == "Error"
     proxied = image(client, image_id).json()["image"]
     assert (proxied["status"], proxied["progress"]) == ("ERROR", 0)
-    assert client.get("/v2.1/p1/images?status=ERROR").json()["images"][0]["id"] == image_id
+    assert client.get("/v2.1/a1/images?status=ERROR").json()["images"][0]["id"] == image_id
     assert client.get(f"/image/v2/images/{image_id}").json()["status"] == "killed"
-    assert client.delete(f"/v2.1/p1/images/{image_id}").status_code == 204
+    assert client.delete(f"/v2.1/a1/images/{image_id}").status_code == 204
 
 
 def test_unknown_image_delete_is_404(client: ApiClient) -> None:
@@ -471,7 +471,7 @@ def test_glance_shim_shows_custom_images(tokens: ApiClient, system_clock_engine:
                                 "min_disk", "image_type", "instance_uuid", "base_image_ref",
                                 "tier")} == {
         "id": image_id, "name": "snap", "status": "active", "visibility": "private",
-        "owner": "p1", "protected": False, "min_disk": 20, "image_type": "snapshot",
+        "owner": "a1", "protected": False, "min_disk": 20, "image_type": "snapshot",
         "instance_uuid": sid, "base_image_ref": IMAGE, "tier": "gold"}
     assert doc["size"] > 0 and doc["checksum"]
     prebuilt = tokens.get(f"/image/v2/images/{IMAGE}", headers=ALICE).json()
@@ -485,7 +485,7 @@ def test_glance_shim_shows_custom_images(tokens: ApiClient, system_clock_engine:
     assert [i["id"] for i in private["images"]] == [image_id]
     public = tokens.get("/image/v2/images?visibility=public", headers=ALICE).json()
     assert {i["id"] for i in public["images"]} == PREBUILT
-    by_owner = tokens.get("/image/v2/images?owner=p1", headers=ALICE).json()
+    by_owner = tokens.get("/image/v2/images?owner=a1", headers=ALICE).json()
     assert [i["id"] for i in by_owner["images"]] == [image_id]
     by_name = tokens.get("/image/v2/images?name=snap", headers=ALICE).json()
     assert [i["id"] for i in by_name["images"]] == [image_id]

@@ -30,8 +30,8 @@ def mv(version: str) -> dict[str, str]:
 
 
 def create(client: ApiClient, engine: Engine) -> tuple[str, str]:
-    """An ACTIVE server of project p1 and the request id of its create."""
-    r = client.post("/v2.1/p1/servers", json={"server": {
+    """An ACTIVE server of project a1 and the request id of its create."""
+    r = client.post("/v2.1/a1/servers", json={"server": {
         "name": "vm", "flavorRef": "1", "imageRef": IMAGE}})
     assert r.status_code == 202, r.text
     engine.run_until_idle()
@@ -40,7 +40,7 @@ def create(client: ApiClient, engine: Engine) -> tuple[str, str]:
 
 def act(client: ApiClient, engine: Engine, clock: FakeClock, sid: str, body: Any) -> str:
     clock.tick(1)
-    r = client.post(f"/v2.1/p1/servers/{sid}/action", json=body)
+    r = client.post(f"/v2.1/a1/servers/{sid}/action", json=body)
     assert r.status_code in (202, 204), r.text
     engine.run_until_idle()
     return r.headers["x-compute-request-id"]
@@ -48,12 +48,12 @@ def act(client: ApiClient, engine: Engine, clock: FakeClock, sid: str, body: Any
 
 def actions(client: ApiClient, sid: str, version: str = "2.1", **params: str
             ) -> httpx.Response:
-    return client.get(f"/v2.1/p1/servers/{sid}/os-instance-actions", headers=mv(version),
+    return client.get(f"/v2.1/a1/servers/{sid}/os-instance-actions", headers=mv(version),
                       params=params)
 
 
 def action(client: ApiClient, sid: str, rid: str, version: str = "2.1") -> httpx.Response:
-    return client.get(f"/v2.1/p1/servers/{sid}/os-instance-actions/{rid}",
+    return client.get(f"/v2.1/a1/servers/{sid}/os-instance-actions/{rid}",
                       headers=mv(version))
 
 
@@ -74,7 +74,7 @@ def test_list_newest_first_with_2_1_fields(client: ApiClient, memory_engine: Eng
     for a in listed:
         assert set(a) == BASE_KEYS
         assert a["instance_uuid"] == sid
-        assert (a["user_id"], a["project_id"], a["message"]) == ("admin", "p1", None)
+        assert (a["user_id"], a["project_id"], a["message"]) == ("admin", "a1", None)
         assert MICRO_TIME.match(a["start_time"])
     assert set(r.json()) == {"instanceActions"}
 
@@ -110,7 +110,7 @@ def test_show_event_fields_for_admins(client: ApiClient, memory_engine: Engine, 
     assert MICRO_TIME.match(event["start_time"]) and MICRO_TIME.match(event["finish_time"])
     if "hostId" in keys:
         assert event["host"] == memory_engine.host
-        assert event["hostId"] == hashlib.sha224(b"p1" + memory_engine.host.encode()).hexdigest()
+        assert event["hostId"] == hashlib.sha224(b"a1" + memory_engine.host.encode()).hexdigest()
 
 
 def test_events_newest_first_and_failure_details(client: ApiClient, memory_engine: Engine,
@@ -148,21 +148,21 @@ def test_unknown_request_id_and_server_are_404(client: ApiClient, memory_engine:
 
 def test_other_projects_server_is_404(client: ApiClient, memory_engine: Engine) -> None:
     sid, rid = create(client, memory_engine)
-    member = ApiClient(create_app(memory_engine, auth="token", tokens=["bob:bob:p2:member"]))
+    member = ApiClient(create_app(memory_engine, auth="token", tokens=["bob:bob:a2:member"]))
     bob = {"X-Auth-Token": "bob"}
     assert member.get(f"/v2.1/servers/{sid}/os-instance-actions",
                       headers=bob).status_code == 404
     assert member.get(f"/v2.1/servers/{sid}/os-instance-actions/{rid}",
                       headers=bob).status_code == 404
     # noauth callers are administrators: every project's servers are theirs to read
-    assert client.get(f"/v2.1/p2/servers/{sid}/os-instance-actions").status_code == 200
+    assert client.get(f"/v2.1/a2/servers/{sid}/os-instance-actions").status_code == 200
 
 
 def test_deleted_server_readable_from_2_21(client: ApiClient, memory_engine: Engine,
                                            clock: FakeClock) -> None:
     sid, rid = create(client, memory_engine)
     clock.tick(1)
-    assert client.delete(f"/v2.1/p1/servers/{sid}").status_code == 204
+    assert client.delete(f"/v2.1/a1/servers/{sid}").status_code == 204
     memory_engine.run_until_idle()
     assert actions(client, sid, "2.20").status_code == 404
     assert action(client, sid, rid, "2.20").status_code == 404
@@ -188,7 +188,7 @@ def test_limit_marker_and_links_from_2_58(client: ApiClient, memory_engine: Engi
     assert [a["request_id"] for a in body["instanceActions"]] == newest_first[:2]
     [link] = body["links"]
     assert link["rel"] == "next"
-    assert link["href"] == (f"http://testserver/v2.1/p1/servers/{sid}/os-instance-actions"
+    assert link["href"] == (f"http://testserver/v2.1/a1/servers/{sid}/os-instance-actions"
                             f"?limit=2&marker={newest_first[1]}")
     r = actions(client, sid, "2.58", limit="2", marker=newest_first[1])
     assert [a["request_id"] for a in r.json()["instanceActions"]] == newest_first[2:]

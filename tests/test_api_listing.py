@@ -25,7 +25,7 @@ def mv(version: str) -> dict[str, str]:
     return {"OpenStack-API-Version": f"compute {version}"}
 
 
-def create(client: ApiClient, engine: Engine, name: str = "vm", project: str = "p1",
+def create(client: ApiClient, engine: Engine, name: str = "vm", project: str = "a1",
            **extra: Any) -> str:
     r = client.post(f"/v2.1/{project}/servers", json={"server": {
         "name": name, "flavorRef": "1", "imageRef": IMAGE, "networks": "none",
@@ -35,7 +35,7 @@ def create(client: ApiClient, engine: Engine, name: str = "vm", project: str = "
     return str(r.json()["server"]["id"])
 
 
-def listing(client: ApiClient, query: str = "", version: str = "2.1", project: str = "p1",
+def listing(client: ApiClient, query: str = "", version: str = "2.1", project: str = "a1",
             detail: bool = True, status: int = 200) -> list[dict[str, Any]]:
     path = "servers/detail" if detail else "servers"
     r = client.get(f"/v2.1/{project}/{path}?{query}", headers=mv(version))
@@ -44,13 +44,13 @@ def listing(client: ApiClient, query: str = "", version: str = "2.1", project: s
     return servers
 
 
-def ids(client: ApiClient, query: str = "", version: str = "2.1", project: str = "p1"
+def ids(client: ApiClient, query: str = "", version: str = "2.1", project: str = "a1"
         ) -> list[str]:
     return [s["id"] for s in listing(client, query, version, project)]
 
 
 def error(client: ApiClient, query: str, version: str = "2.1", code: int = 400) -> str:
-    r = client.get(f"/v2.1/p1/servers/detail?{query}", headers=mv(version))
+    r = client.get(f"/v2.1/a1/servers/detail?{query}", headers=mv(version))
     assert r.status_code == code, r.text
     fault = next(iter(r.json().values()))
     assert fault["code"] == code
@@ -70,7 +70,7 @@ def test_changes_since_includes_deleted_servers(client: ApiClient, memory_engine
     clock.advance(minutes=1)
     doomed = create(client, memory_engine, "doomed")
     fresh = create(client, memory_engine, "fresh")
-    assert client.delete(f"/v2.1/p1/servers/{doomed}").status_code == 204
+    assert client.delete(f"/v2.1/a1/servers/{doomed}").status_code == 204
     memory_engine.run_until_idle()
 
     assert set(ids(client)) == {old, fresh}
@@ -111,7 +111,7 @@ def test_changes_before_from_2_66(client: ApiClient, memory_engine: Engine, cloc
 def test_deleted_filter_for_admins(client: ApiClient, memory_engine: Engine) -> None:
     kept = create(client, memory_engine, "kept")
     gone = create(client, memory_engine, "gone")
-    client.delete(f"/v2.1/p1/servers/{gone}")
+    client.delete(f"/v2.1/a1/servers/{gone}")
     memory_engine.run_until_idle()
     assert ids(client, "deleted=true") == [gone]
     assert ids(client, "deleted=True&status=DELETED") == [gone]
@@ -122,20 +122,20 @@ def test_deleted_filter_for_admins(client: ApiClient, memory_engine: Engine) -> 
     assert server["status"] == "DELETED"
     assert server["OS-EXT-STS:vm_state"] == "deleted"
     # a deleted server is still not found by id
-    assert client.get(f"/v2.1/p1/servers/{gone}").status_code == 404
+    assert client.get(f"/v2.1/a1/servers/{gone}").status_code == 404
 
 
 # --- all_tenants ------------------------------------------------------------------------------
 def test_all_tenants_for_admins(client: ApiClient, memory_engine: Engine) -> None:
-    mine = create(client, memory_engine, "mine", project="p1")
-    theirs = create(client, memory_engine, "theirs", project="p2")
+    mine = create(client, memory_engine, "mine", project="a1")
+    theirs = create(client, memory_engine, "theirs", project="a2")
     assert ids(client) == [mine]
     assert set(ids(client, "all_tenants=1")) == {mine, theirs}
     assert set(ids(client, "all_tenants")) == {mine, theirs}  # the empty string is true
     assert ids(client, "all_tenants=0") == [mine]
-    assert ids(client, "all_tenants=1&tenant_id=p2") == [theirs]
-    assert ids(client, "all_tenants=1&project_id=p2") == [theirs]
-    assert ids(client, "tenant_id=p2") == [mine]  # ignored without all_tenants
+    assert ids(client, "all_tenants=1&tenant_id=a2") == [theirs]
+    assert ids(client, "all_tenants=1&project_id=a2") == [theirs]
+    assert ids(client, "tenant_id=a2") == [mine]  # ignored without all_tenants
     assert error(client, "all_tenants=maybe").startswith(
         "Invalid input received: Unrecognized value 'maybe', acceptable values are:")
 
@@ -179,7 +179,7 @@ def test_sort_keys(client: ApiClient, memory_engine: Engine, clock: FakeClock) -
 def test_filters(client: ApiClient, memory_engine: Engine) -> None:
     tagged = create(client, memory_engine, "web", tags=["red", "blue"])
     plain = create(client, memory_engine, "db")
-    assert client.post(f"/v2.1/p1/servers/{plain}/action",
+    assert client.post(f"/v2.1/a1/servers/{plain}/action",
                        json={"lock": None}).status_code == 202
     assert ids(client, "tags=red,blue", "2.26") == [tagged]
     assert ids(client, "tags=red,green", "2.26") == []
@@ -203,27 +203,27 @@ def test_filters(client: ApiClient, memory_engine: Engine) -> None:
 # --- ETag ---------------------------------------------------------------------------------------
 def test_etag_and_if_none_match(client: ApiClient, memory_engine: Engine, clock: FakeClock) -> None:
     sid = create(client, memory_engine)
-    r = client.get(f"/v2.1/p1/servers/{sid}")
+    r = client.get(f"/v2.1/a1/servers/{sid}")
     tag = r.headers["etag"]
     assert tag.startswith('"') and tag.endswith('"')
-    assert client.get(f"/v2.1/p1/servers/{sid}").headers["etag"] == tag  # stable
-    r = client.get(f"/v2.1/p1/servers/{sid}", headers={"If-None-Match": tag})
+    assert client.get(f"/v2.1/a1/servers/{sid}").headers["etag"] == tag  # stable
+    r = client.get(f"/v2.1/a1/servers/{sid}", headers={"If-None-Match": tag})
     assert r.status_code == 304
     assert r.content == b""
     assert r.headers["etag"] == tag
     assert r.headers["x-openstack-nova-api-version"] == "2.1"
-    assert client.get(f"/v2.1/p1/servers/{sid}",
+    assert client.get(f"/v2.1/a1/servers/{sid}",
                       headers={"If-None-Match": f'"nope", W/{tag}'}).status_code == 304
-    assert client.get(f"/v2.1/p1/servers/{sid}",
+    assert client.get(f"/v2.1/a1/servers/{sid}",
                       headers={"If-None-Match": "*"}).status_code == 304
     # another microversion is another representation
-    other = client.get(f"/v2.1/p1/servers/{sid}", headers={**mv("2.96"), "If-None-Match": tag})
+    other = client.get(f"/v2.1/a1/servers/{sid}", headers={**mv("2.96"), "If-None-Match": tag})
     assert other.status_code == 200 and other.headers["etag"] != tag
     # a change makes a new version
     clock.tick()
-    assert client.post(f"/v2.1/p1/servers/{sid}/action",
+    assert client.post(f"/v2.1/a1/servers/{sid}/action",
                        json={"os-stop": None}).status_code == 202
-    r = client.get(f"/v2.1/p1/servers/{sid}", headers={"If-None-Match": tag})
+    r = client.get(f"/v2.1/a1/servers/{sid}", headers={"If-None-Match": tag})
     assert r.status_code == 200 and r.headers["etag"] != tag
     assert r.json()["server"]["OS-EXT-STS:task_state"] == "powering-off"
 
@@ -233,10 +233,10 @@ def test_a_list_shows_every_change_although_renders_are_cached(
         client: ApiClient, memory_engine: Engine) -> None:
     sid = create(client, memory_engine, "before")
     assert [s["name"] for s in listing(client)] == ["before"]
-    r = client.put(f"/v2.1/p1/servers/{sid}", json={"server": {"name": "after"}})
+    r = client.put(f"/v2.1/a1/servers/{sid}", json={"server": {"name": "after"}})
     assert r.status_code == 200
     assert [s["name"] for s in listing(client)] == ["after"]
-    client.post(f"/v2.1/p1/servers/{sid}/action", json={"pause": None})
+    client.post(f"/v2.1/a1/servers/{sid}/action", json={"pause": None})
     memory_engine.run_until_idle()
     assert [s["status"] for s in listing(client)] == ["PAUSED"]
     assert [s["name"] for s in listing(client, detail=False)] == ["after"]
@@ -248,24 +248,24 @@ def test_cached_renders_are_per_microversion_admin_and_link_base(memory_engine: 
     from vmledger.api.rendering import RenderCache
     from vmledger.api.views import Links, Viewer, server_view
 
-    app = create_app(memory_engine, auth="token", tokens=["admin-t:alice:p1:admin",
-                                                   "user-t:bob:p1:member"])
+    app = create_app(memory_engine, auth="token", tokens=["admin-t:alice:a1:admin",
+                                                   "user-t:bob:a1:member"])
     client = ApiClient(app)
     r = client.post("/v2.1/servers", json={"server": {
         "name": "vm", "flavorRef": "1", "imageRef": IMAGE, "networks": "none"}},
         headers={"X-Auth-Token": "user-t", **mv("2.52")})
     assert r.status_code == 202
     memory_engine.run_until_idle()
-    doc = memory_engine.view.rows(project_id="p1")[0].doc
+    doc = memory_engine.view.rows(project_id="a1")[0].doc
     for _ in range(2):  # the second round is served from the cache
         for token, admin in (("admin-t", True), ("user-t", False)):
             for version in ("2.1", "2.47", "2.96"):
                 for base, prefix in (("http://testserver", "/v2.1"),
-                                     ("http://testserver", "/v2.1/p1")):
+                                     ("http://testserver", "/v2.1/a1")):
                     got = client.get(f"{prefix}/servers/detail", headers={
                         "X-Auth-Token": token, **mv(version)}).json()["servers"]
                     major, minor = version.split(".")
-                    links = Links(base, "p1" if prefix.endswith("p1") else None)
+                    links = Links(base, "a1" if prefix.endswith("a1") else None)
                     states = tuple(sorted(memory_engine.host_statuses().items()))
                     want = server_view(doc, Viewer(APIVersion(int(major), int(minor)),
                                                    links, is_admin=admin,
@@ -304,7 +304,7 @@ def test_marker_pages_walk_every_server_once_with_equal_creation_times(
     (the page is read in SQL from the marker's place, deleted servers as the query asks)."""
     # the fake clock stands still
     made = [create(client, memory_engine, f"vm-{i}") for i in range(7)]
-    client.delete(f"/v2.1/p1/servers/{made[3]}")
+    client.delete(f"/v2.1/a1/servers/{made[3]}")
     memory_engine.run_until_idle()
     every = ids(client)
     assert sorted(every) == sorted(set(made) - {made[3]}) and every == sorted(every, reverse=True)
@@ -335,7 +335,7 @@ def test_rows_read_without_documents_get_them_as_they_are_now(
     with pytest.raises(LookupError):
         _ = rows[0].doc
     before = {r.id: r.version for r in rows}
-    client.put(f"/v2.1/p1/servers/{first}", json={"server": {"name": "renamed"}})
+    client.put(f"/v2.1/a1/servers/{first}", json={"server": {"name": "renamed"}})
     # as a rebuild
     memory_engine.view.execute("DELETE FROM vmledger_servers WHERE id = ?", [second])
     memory_engine.fill_server_docs(rows)
@@ -363,10 +363,10 @@ def test_sorting_on_columns_equals_sorting_documents(
         made.append(create(client, memory_engine, name))
         if i % 2:
             clock.tick()
-    client.post(f"/v2.1/p1/servers/{made[0]}/action", json={"pause": None})
-    client.post(f"/v2.1/p1/servers/{made[2]}/action", json={"os-stop": None})
+    client.post(f"/v2.1/a1/servers/{made[0]}/action", json={"pause": None})
+    client.post(f"/v2.1/a1/servers/{made[2]}/action", json={"os-stop": None})
     memory_engine.run_until_idle()
-    client.post(f"/v2.1/p1/servers/{made[3]}/action", json={"suspend": None})  # in flight
+    client.post(f"/v2.1/a1/servers/{made[3]}/action", json={"suspend": None})  # in flight
     query = "&".join(f"sort_key={k}&sort_dir={d}" for k, d in keys)
     by_columns = ids(client, query, "2.73")
     by_documents = ids(client, query + "&locked=false", "2.73")
@@ -391,7 +391,7 @@ def test_sorting_on_columns_equals_sorting_documents(
     "name=vm-[0-3]", "name=^vm-1$&status=ACTIVE", "name=vm&sort_key=display_name",
     "name=(", "host=compute-1", "host=elsewhere", "node=comp", "vm_state=paused",
     "task_state=rebooting", "uuid={made2}", "name=vm-&changes-since={t1}",
-    "all_tenants=1&project_id=p1&name=vm-5", "all_tenants=1&name=vm&deleted=true",
+    "all_tenants=1&project_id=a1&name=vm-5", "all_tenants=1&name=vm&deleted=true",
 ])
 def test_column_filters_equal_document_filters(client: ApiClient, memory_engine: Engine,
                                                clock: FakeClock, query: str) -> None:
@@ -401,19 +401,19 @@ def test_column_filters_equal_document_filters(client: ApiClient, memory_engine:
     made = [create(client, memory_engine, f"vm-{i}") for i in range(6)]
     t0 = stamp(clock)
     clock.advance(timedelta(seconds=2))
-    client.post(f"/v2.1/p1/servers/{made[0]}/action", json={"pause": None})
-    client.post(f"/v2.1/p1/servers/{made[1]}/action", json={"os-stop": None})
+    client.post(f"/v2.1/a1/servers/{made[0]}/action", json={"pause": None})
+    client.post(f"/v2.1/a1/servers/{made[1]}/action", json={"os-stop": None})
     memory_engine.run_until_idle()
     clock.advance(timedelta(seconds=2))
     t1 = stamp(clock)
     clock.advance(timedelta(seconds=2))
-    client.post(f"/v2.1/p1/servers/{made[2]}/action", json={"reboot": {"type": "SOFT"}})
-    client.post(f"/v2.1/p1/servers/{made[3]}/action", json={"suspend": None})
+    client.post(f"/v2.1/a1/servers/{made[2]}/action", json={"reboot": {"type": "SOFT"}})
+    client.post(f"/v2.1/a1/servers/{made[3]}/action", json={"suspend": None})
     memory_engine.run_until_idle()
-    client.post(f"/v2.1/p1/servers/{made[4]}/action", json={"reboot": {"type": "HARD"}})
-    client.delete(f"/v2.1/p1/servers/{made[5]}")
+    client.post(f"/v2.1/a1/servers/{made[4]}/action", json={"reboot": {"type": "HARD"}})
+    client.delete(f"/v2.1/a1/servers/{made[5]}")
     memory_engine.run_until_idle()
-    client.post(f"/v2.1/p1/servers/{made[4]}/action", json={"reboot": {"type": "SOFT"}})
+    client.post(f"/v2.1/a1/servers/{made[4]}/action", json={"reboot": {"type": "SOFT"}})
     q = query.format(t0=t0, t1=t1, made2=made[2])
     by_columns = ids(client, q, "2.73")
     by_documents = ids(client, q + "&locked=false", "2.73")

@@ -30,16 +30,18 @@ def mv(version: str) -> dict[str, str]:
     return {"OpenStack-API-Version": f"compute {version}"}
 
 
-def create(client: ApiClient, name: str = "vm-1", project: str = "p1", flavor: str = "1",
-           **extra: Any) -> str:
-    r = client.post(f"/v2.1/{project}/servers",
+def create(client: ApiClient, name: str = "vm-1", project: str | None = "a1",
+           flavor: str = "1", **extra: Any) -> str:
+    """A server of ``project`` (None: no project in the URL, so ``admin`` in noauth)."""
+    prefix = "/v2.1" if project is None else f"/v2.1/{project}"
+    r = client.post(f"{prefix}/servers",
                     json={"server": {"name": name, "flavorRef": flavor, "imageRef": IMAGE,
                                      **extra}})
     assert r.status_code == 202, r.text
     return str(r.json()["server"]["id"])
 
 
-def show(client: ApiClient, sid: str, project: str = "p1", version: str = "2.1"
+def show(client: ApiClient, sid: str, project: str = "a1", version: str = "2.1"
          ) -> dict[str, Any]:
     r = client.get(f"/v2.1/{project}/servers/{sid}", headers=mv(version))
     assert r.status_code == 200, r.text
@@ -50,7 +52,7 @@ def show(client: ApiClient, sid: str, project: str = "p1", version: str = "2.1"
 # --- create ------------------------------------------------------------------------------
 def test_create_returns_202_then_builds_to_active(client: ApiClient,
                                                   system_clock_engine: Engine) -> None:
-    r = client.post("/v2.1/p1/servers", json={"server": {
+    r = client.post("/v2.1/a1/servers", json={"server": {
         "name": "web-1", "flavorRef": "2", "imageRef": IMAGE, "networks": "none"}},
         headers=mv("2.96"))
     assert r.status_code == 202
@@ -60,9 +62,9 @@ def test_create_returns_202_then_builds_to_active(client: ApiClient,
     assert body["security_groups"] == [{"name": "default"}]
     assert body["OS-DCF:diskConfig"] == "MANUAL"
     assert len(body["adminPass"]) == 12
-    self_link = f"http://testserver/v2.1/p1/servers/{sid}"
+    self_link = f"http://testserver/v2.1/a1/servers/{sid}"
     assert body["links"] == [{"rel": "self", "href": self_link},
-                             {"rel": "bookmark", "href": f"http://testserver/p1/servers/{sid}"}]
+                             {"rel": "bookmark", "href": f"http://testserver/a1/servers/{sid}"}]
     assert r.headers["location"] == self_link
 
     building = show(client, sid)
@@ -79,15 +81,15 @@ def test_create_returns_202_then_builds_to_active(client: ApiClient,
     assert (s["status"], s["OS-EXT-STS:task_state"], s["OS-EXT-STS:power_state"]) == (
         "ACTIVE", None, 1)
     assert s["addresses"]["private"][0]["OS-EXT-IPS:type"] == "fixed"
-    assert s["hostId"] == hashlib.sha224(b"p1" + system_clock_engine.host.encode()).hexdigest()
+    assert s["hostId"] == hashlib.sha224(b"a1" + system_clock_engine.host.encode()).hexdigest()
     assert USAGE_TIME.match(s["OS-SRV-USG:launched_at"])
     assert s["OS-SRV-USG:terminated_at"] is None
     assert ISO_Z.match(s["created"]) and ISO_Z.match(s["updated"])
-    assert (s["tenant_id"], s["user_id"], s["name"]) == ("p1", "admin", "web-1")
+    assert (s["tenant_id"], s["user_id"], s["name"]) == ("a1", "admin", "web-1")
     assert s["image"] == {"id": IMAGE, "links": [
-        {"rel": "bookmark", "href": f"http://testserver/p1/images/{IMAGE}"}]}
+        {"rel": "bookmark", "href": f"http://testserver/a1/images/{IMAGE}"}]}
     assert s["flavor"] == {"id": "2", "links": [
-        {"rel": "bookmark", "href": "http://testserver/p1/flavors/2"}]}
+        {"rel": "bookmark", "href": "http://testserver/a1/flavors/2"}]}
     assert s["security_groups"] == [{"name": "default"}]
     assert "fault" not in s
 
@@ -116,11 +118,14 @@ def test_links_without_project_in_url(client: ApiClient, system_clock_engine: En
     s = client.get(f"/v2.1/servers/{sid}").json()["server"]
     assert s["tenant_id"] == "admin"  # no project in the URL: the project "admin"
     assert s["links"][1]["href"] == f"http://testserver/servers/{sid}"
-    assert client.get(f"/v2.1/admin/servers/{sid}").status_code == 200
+    # a project id in a URL is hex digits and dashes (Nova's pattern): "admin" is none
+    r = client.get(f"/v2.1/admin/servers/{sid}")
+    assert r.status_code == 404
+    assert r.json()["itemNotFound"]["code"] == 404
 
 
 def test_show_without_project_prefix(client: ApiClient) -> None:
-    sid = create(client, project="admin")
+    sid = create(client, project=None)
     r = client.get(f"/v2.1/servers/{sid}")
     assert r.status_code == 200
     assert r.json()["server"]["links"][0]["href"] == f"http://testserver/v2.1/servers/{sid}"
@@ -128,7 +133,7 @@ def test_show_without_project_prefix(client: ApiClient) -> None:
 
 def test_create_echoes_requested_fields(client: ApiClient, system_clock_engine: Engine) -> None:
     system_clock_engine.generate_keypair("k1")  # the noauth caller's (user admin)
-    r = client.post("/v2.1/p1/servers", headers=mv("2.96"), json={"server": {
+    r = client.post("/v2.1/a1/servers", headers=mv("2.96"), json={"server": {
         "name": "My Web_Server", "flavorRef": "http://x/flavors/1", "imageRef": IMAGE,
         "networks": "auto", "metadata": {"role": "web"}, "security_groups": [{"name": "web"}],
         "OS-DCF:diskConfig": "AUTO", "accessIPv4": "192.0.2.1", "description": "front",
@@ -155,7 +160,7 @@ def test_create_echoes_requested_fields(client: ApiClient, system_clock_engine: 
 
 
 def test_boot_image_from_block_device_mapping(client: ApiClient) -> None:
-    r = client.post("/v2.1/p1/servers", json={"server": {
+    r = client.post("/v2.1/a1/servers", json={"server": {
         "name": "bdm", "flavorRef": "1", "block_device_mapping_v2": [
             {"uuid": IMAGE, "boot_index": 0, "source_type": "image",
              "destination_type": "local"}]}})
@@ -190,7 +195,7 @@ def test_boot_image_from_block_device_mapping(client: ApiClient) -> None:
     ({"name": "a", "flavorRef": "1", "imageRef": IMAGE, "accessIPv6": "1.2.3.4"}, "'ipv6'"),
 ])
 def test_create_validation(client: ApiClient, server: dict[str, Any], message: str) -> None:
-    r = client.post("/v2.1/p1/servers", json={"server": server})
+    r = client.post("/v2.1/a1/servers", json={"server": server})
     assert r.status_code == 400, r.text
     fault = r.json()["badRequest"]
     assert fault["code"] == 400
@@ -271,7 +276,7 @@ def test_fields_by_microversion(client: ApiClient, system_clock_engine: Engine) 
     assert latest["pinned_availability_zone"] is None
     assert latest["OS-EXT-SRV-ATTR:hostname"] == "vm-1"
     assert latest["host_status"] == "UP"
-    detail = client.get("/v2.1/p1/servers/detail", headers=mv("2.96")).json()["servers"][0]
+    detail = client.get("/v2.1/a1/servers/detail", headers=mv("2.96")).json()["servers"][0]
     assert "server_groups" not in detail
     assert detail["pinned_availability_zone"] is None
 
@@ -292,9 +297,9 @@ def test_unknown_server_is_404(client: ApiClient, bad: str) -> None:
 
 def test_another_projects_server_is_not_found(client: ApiClient,
                                               system_clock_engine: Engine) -> None:
-    sid = create(client, project="p1")
+    sid = create(client, project="a1")
     system_clock_engine.run_until_idle()
-    member = ApiClient(create_app(system_clock_engine, auth="token", tokens=["bob:bob:p2:member"]))
+    member = ApiClient(create_app(system_clock_engine, auth="token", tokens=["bob:bob:a2:member"]))
     bob = {"X-Auth-Token": "bob"}
     message = {"itemNotFound": {"code": 404, "message": f"Instance {sid} could not be found."}}
     r = member.get(f"/v2.1/servers/{sid}", headers=bob)
@@ -307,8 +312,8 @@ def test_another_projects_server_is_not_found(client: ApiClient,
     assert member.get("/v2.1/servers", headers=bob).json() == {"servers": []}
     # a noauth caller is an administrator: the server is found from any project's URL,
     # but lists stay the URL project's (other projects' need all_tenants)
-    assert client.get(f"/v2.1/p2/servers/{sid}").status_code == 200
-    assert client.get("/v2.1/p2/servers").json() == {"servers": []}
+    assert client.get(f"/v2.1/a2/servers/{sid}").status_code == 200
+    assert client.get("/v2.1/a2/servers").json() == {"servers": []}
     assert show(client, sid)["name"] == "vm-1"
     assert show(client, sid)["OS-EXT-STS:task_state"] is None
 
@@ -336,40 +341,40 @@ def test_unexpected_error_is_500_and_logged(client: ApiClient, system_clock_engi
 def test_update_name_and_description(client: ApiClient, system_clock_engine: Engine) -> None:
     sid = create(client)
     system_clock_engine.run_until_idle()
-    r = client.put(f"/v2.1/p1/servers/{sid}", json={"server": {"name": "renamed"}})
+    r = client.put(f"/v2.1/a1/servers/{sid}", json={"server": {"name": "renamed"}})
     assert r.status_code == 200
     body = r.json()["server"]
     assert body["name"] == "renamed"
     assert "OS-EXT-STS:vm_state" not in body  # reduced view before 2.75
-    r = client.put(f"/v2.1/p1/servers/{sid}", headers=mv("2.19"),
+    r = client.put(f"/v2.1/a1/servers/{sid}", headers=mv("2.19"),
                    json={"server": {"description": "new"}})
     assert r.status_code == 200
     assert r.json()["server"]["description"] == "new"
-    r = client.put(f"/v2.1/p1/servers/{sid}", headers=mv("2.75"),
+    r = client.put(f"/v2.1/a1/servers/{sid}", headers=mv("2.75"),
                    json={"server": {"name": "again"}})
     assert r.json()["server"]["OS-EXT-STS:vm_state"] == "active"
     assert show(client, sid, version="2.19")["description"] == "new"
-    r = client.put(f"/v2.1/p1/servers/{sid}", json={"server": {"description": "x"}})
+    r = client.put(f"/v2.1/a1/servers/{sid}", json={"server": {"description": "x"}})
     assert r.status_code == 400  # description is 2.19+
-    r = client.put(f"/v2.1/p1/servers/{sid}", json={"server": {"name": ""}})
+    r = client.put(f"/v2.1/a1/servers/{sid}", json={"server": {"name": ""}})
     assert r.status_code == 400
-    r = client.put(f"/v2.1/p1/servers/{sid}", json={"name": "x"})
+    r = client.put(f"/v2.1/a1/servers/{sid}", json={"name": "x"})
     assert r.status_code == 400
 
 
 def test_delete_is_204_then_404(client: ApiClient, system_clock_engine: Engine) -> None:
     sid = create(client)
     system_clock_engine.run_until_idle()
-    r = client.delete(f"/v2.1/p1/servers/{sid}")
+    r = client.delete(f"/v2.1/a1/servers/{sid}")
     assert r.status_code == 204
     assert r.content == b""
     s = show(client, sid)
     assert s["OS-EXT-STS:task_state"] == "deleting"
     assert s["status"] == "ACTIVE"
-    assert client.delete(f"/v2.1/p1/servers/{sid}").status_code == 204  # repeat ignored
+    assert client.delete(f"/v2.1/a1/servers/{sid}").status_code == 204  # repeat ignored
     system_clock_engine.run_until_idle()
-    assert client.get(f"/v2.1/p1/servers/{sid}").status_code == 404
-    assert client.get("/v2.1/p1/servers").json()["servers"] == []
+    assert client.get(f"/v2.1/a1/servers/{sid}").status_code == 404
+    assert client.get("/v2.1/a1/servers").json()["servers"] == []
     events = [h for h in system_clock_engine.history(sid) if h.event == "ActionRequested"]
     assert events[-1].request_id == r.headers["x-openstack-request-id"]
 
@@ -379,12 +384,12 @@ def test_list_and_detail(client: ApiClient, system_clock_engine: Engine) -> None
     first = create(client, name="one")
     second = create(client, name="two")
     system_clock_engine.run_until_idle()
-    r = client.get("/v2.1/p1/servers")
+    r = client.get("/v2.1/a1/servers")
     servers = r.json()["servers"]
     assert [s["id"] for s in servers] == [second, first]  # newest first
     assert set(servers[0]) == {"id", "name", "links"}
     assert "servers_links" not in r.json()
-    detail = client.get("/v2.1/p1/servers/detail").json()["servers"]
+    detail = client.get("/v2.1/a1/servers/detail").json()["servers"]
     assert [s["status"] for s in detail] == ["ACTIVE", "ACTIVE"]
     assert detail[0]["name"] == "two"
 
@@ -392,21 +397,21 @@ def test_list_and_detail(client: ApiClient, system_clock_engine: Engine) -> None
 def test_pagination_with_limit_and_marker(client: ApiClient) -> None:
     ids = [create(client, name=f"vm-{i}") for i in range(3)]
     newest_first = ids[::-1]
-    r = client.get("/v2.1/p1/servers?limit=2&name=vm")
+    r = client.get("/v2.1/a1/servers?limit=2&name=vm")
     page = r.json()
     assert [s["id"] for s in page["servers"]] == newest_first[:2]
     [link] = page["servers_links"]
     assert link["rel"] == "next"
-    assert link["href"] == (f"http://testserver/v2.1/p1/servers?limit=2&name=vm"
+    assert link["href"] == (f"http://testserver/v2.1/a1/servers?limit=2&name=vm"
                             f"&marker={newest_first[1]}")
     r = client.get(link["href"].removeprefix("http://testserver"))
     page = r.json()
     assert [s["id"] for s in page["servers"]] == newest_first[2:]
     assert "servers_links" not in page
-    detail = client.get("/v2.1/p1/servers/detail?limit=1").json()
+    detail = client.get("/v2.1/a1/servers/detail?limit=1").json()
     assert detail["servers_links"][0]["href"].startswith(
-        "http://testserver/v2.1/p1/servers/detail?limit=1&marker=")
-    assert client.get("/v2.1/p1/servers?limit=0").json() == {"servers": []}
+        "http://testserver/v2.1/a1/servers/detail?limit=1&marker=")
+    assert client.get("/v2.1/a1/servers?limit=0").json() == {"servers": []}
 
 
 @pytest.mark.parametrize("limit", ["-1", "abc", "1.5", ""])
@@ -418,10 +423,10 @@ def test_bad_limit_is_400(client: ApiClient, limit: str) -> None:
 
 def test_unknown_marker_is_400(client: ApiClient) -> None:
     create(client)
-    r = client.get(f"/v2.1/p1/servers?marker={MISSING}")
+    r = client.get(f"/v2.1/a1/servers?marker={MISSING}")
     assert r.status_code == 400
     assert r.json()["badRequest"]["message"] == f"marker [{MISSING}] not found"
-    r = client.get("/v2.1/p1/servers/detail?marker=junk")
+    r = client.get("/v2.1/a1/servers/detail?marker=junk")
     assert r.json()["badRequest"]["message"] == "marker [junk] not found"
 
 
@@ -429,12 +434,12 @@ def test_status_and_name_filters(client: ApiClient, system_clock_engine: Engine)
     running = create(client, name="web-1")
     stopped = create(client, name="db-1")
     system_clock_engine.run_until_idle()
-    assert client.post(f"/v2.1/p1/servers/{stopped}/action",
+    assert client.post(f"/v2.1/a1/servers/{stopped}/action",
                        json={"os-stop": None}).status_code == 202
     system_clock_engine.run_until_idle()
 
     def ids(query: str, version: str = "2.1") -> list[str]:
-        r = client.get(f"/v2.1/p1/servers?{query}", headers=mv(version))
+        r = client.get(f"/v2.1/a1/servers?{query}", headers=mv(version))
         assert r.status_code == 200, r.text
         return [s["id"] for s in r.json()["servers"]]
 
@@ -447,14 +452,14 @@ def test_status_and_name_filters(client: ApiClient, system_clock_engine: Engine)
     assert ids("name=nomatch") == []
     assert ids("status=BOGUS") == []
     assert ids("status=BOGUS", version="2.37") == []
-    r = client.get("/v2.1/p1/servers?status=BOGUS", headers=mv("2.38"))
+    r = client.get("/v2.1/a1/servers?status=BOGUS", headers=mv("2.38"))
     assert r.status_code == 400
     assert r.json()["badRequest"]["message"] == "Invalid status value"
 
 
 def test_list_tolerates_client_query_parameters(client: ApiClient) -> None:
     create(client)
-    r = client.get("/v2.1/p1/servers/detail?deleted=False&all_tenants=0",
+    r = client.get("/v2.1/a1/servers/detail?deleted=False&all_tenants=0",
                    headers=mv("2.96"))
     assert r.status_code == 200
     assert len(r.json()["servers"]) == 1
@@ -464,7 +469,7 @@ def test_one_request_creates_several_servers(client: ApiClient,
                                              system_clock_engine: Engine) -> None:
     """As Nova: max_count servers named NAME-1..N, one reservation, one request id whose
     create action each server has; the body is the first server's."""
-    r = client.post("/v2.1/p1/servers", json={"server": {
+    r = client.post("/v2.1/a1/servers", json={"server": {
         "name": "web", "flavorRef": "1", "imageRef": IMAGE, "min_count": 2,
         "max_count": 3, "adminPass": "pw"}})
     assert r.status_code == 202, r.text
@@ -472,25 +477,25 @@ def test_one_request_creates_several_servers(client: ApiClient,
     request_id = r.headers["x-openstack-request-id"]
     assert first["adminPass"] == "pw" and r.headers["Location"].endswith(first["id"])
     system_clock_engine.run_until_idle()
-    servers = client.get("/v2.1/p1/servers/detail").json()["servers"]
+    servers = client.get("/v2.1/a1/servers/detail").json()["servers"]
     assert sorted(s["name"] for s in servers) == ["web-1", "web-2", "web-3"]
     assert {s["status"] for s in servers} == {"ACTIVE"}
     by_name = {s["name"]: s for s in servers}
     assert by_name["web-1"]["id"] == first["id"]
     reservations = {s["OS-EXT-SRV-ATTR:reservation_id"] for s in client.get(
-        "/v2.1/p1/servers/detail", headers=mv("2.3")).json()["servers"]}
+        "/v2.1/a1/servers/detail", headers=mv("2.3")).json()["servers"]}
     assert len(reservations) == 1
     for server in servers:
-        actions = client.get(f"/v2.1/p1/servers/{server['id']}/os-instance-actions").json()
+        actions = client.get(f"/v2.1/a1/servers/{server['id']}/os-instance-actions").json()
         assert [(a["action"], a["request_id"]) for a in actions["instanceActions"]] == [
             ("create", request_id)]
     # return_reservation_id: the reservation instead of a server
-    r = client.post("/v2.1/p1/servers", json={"server": {
+    r = client.post("/v2.1/a1/servers", json={"server": {
         "name": "batch", "flavorRef": "1", "imageRef": IMAGE, "max_count": 2,
         "return_reservation_id": True}})
     assert r.status_code == 202 and r.json()["reservation_id"].startswith("r-")
     system_clock_engine.run_until_idle()
-    made = client.get(f"/v2.1/p1/servers?reservation_id={r.json()['reservation_id']}")
+    made = client.get(f"/v2.1/a1/servers?reservation_id={r.json()['reservation_id']}")
     assert sorted(s["name"] for s in made.json()["servers"]) == ["batch-1", "batch-2"]
 
 
@@ -498,13 +503,13 @@ def test_more_servers_than_one_request_may_create(client: ApiClient,
                                                   system_clock_engine: Engine) -> None:
     from vmledger.domain.commands.servers import MAX_SERVERS_PER_REQUEST as LIMIT
 
-    r = client.post("/v2.1/p1/servers", json={"server": {
+    r = client.post("/v2.1/a1/servers", json={"server": {
         "name": "many", "flavorRef": "1", "imageRef": IMAGE, "min_count": LIMIT + 1}})
     assert r.status_code == 403 and "Quota exceeded" in r.json()["forbidden"]["message"]
-    assert client.get("/v2.1/p1/servers").json()["servers"] == []
+    assert client.get("/v2.1/a1/servers").json()["servers"] == []
     # between min and max: as many as allowed
-    r = client.post("/v2.1/p1/servers", json={"server": {
+    r = client.post("/v2.1/a1/servers", json={"server": {
         "name": "many", "flavorRef": "1", "imageRef": IMAGE, "min_count": 2,
         "max_count": LIMIT + 50}})
     assert r.status_code == 202
-    assert len(client.get("/v2.1/p1/servers?limit=1000").json()["servers"]) == LIMIT
+    assert len(client.get("/v2.1/a1/servers?limit=1000").json()["servers"]) == LIMIT

@@ -2,8 +2,8 @@
 
 ``create_app(engine)`` serves:
 
-- ``GET /``: the versions document (no auth, no microversion, no request id);
-- ``GET /v2.1`` and ``/v2.1/``: the v2.1 version document;
+- ``GET /``: the versions document (no auth, no microversion);
+- ``GET /v2.1`` and ``/v2.1/`` (and ``/v2.1/{project_id}``): the v2.1 version document;
 - under both ``/v2.1`` and ``/v2.1/{project_id}``: servers (create, list, detail, show,
   update, delete, actions, os-instance-actions), key pairs (``os-keypairs``), flavors
   (list, detail, show) and the images proxy (up to microversion 2.35);
@@ -16,8 +16,10 @@
 Callers are identified as :mod:`vmledger.api.auth` describes (``noauth``, ``token``,
 ``keystone``).
 
-Every response under ``/v2.1`` carries the request id and microversion headers (see
-:class:`vmledger.api.http.ComputeMiddleware`), and every error is a Nova fault body.
+A project id in a URL follows Nova's pattern (:data:`PROJECT_ID_PATTERN`); any other path
+is a 404 fault. Every response carries the request id headers, those under ``/v2.1`` the
+microversion headers too (see :class:`vmledger.api.http.ComputeMiddleware`), and every
+error is a Nova fault body (the Keystone and Glance shims answer in their own shapes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -80,6 +83,27 @@ from vmledger.engine import Engine
 
 #: when v2.1 was introduced (Nova's fixed ``updated`` value)
 V21_UPDATED = "2013-07-23T11:33:21Z"
+
+#: Nova's pattern for a project id in a URL (``[osapi_v21] project_id_regex``): hex
+#: digits and dashes, as Keystone's ids are. Anything else under ``/v2.1`` that is no
+#: resource (``/v2.1/ports``, ``/v2.1/projects``) is a 404, not a project.
+PROJECT_ID_PATTERN = r"[0-9a-f\-]+"
+
+
+class ProjectIdConvertor(Convertor[str]):
+    """The ``{project_id:nova_project_id}`` path parameter: Nova's project id pattern."""
+
+    regex = PROJECT_ID_PATTERN
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("nova_project_id", ProjectIdConvertor())
+PROJECT_PREFIX = "/v2.1/{project_id:nova_project_id}"
 
 _HTTP_MESSAGES = {
     404: "The resource could not be found.",
@@ -210,11 +234,11 @@ def _routes(engine: Engine, settings: AuthSettings, registry: TokenRegistry
         Route("/v2.1", endpoint(engine, noauth, version_document), methods=["GET"]),
         Route("/v2.1/", endpoint(engine, noauth, version_document), methods=["GET"]),
     ]
-    for prefix in ("/v2.1", "/v2.1/{project_id}"):
+    for prefix in ("/v2.1", PROJECT_PREFIX):
         for path, handler, methods in RESOURCE_ROUTES:
             routes.append(Route(prefix + path, endpoint(engine, authenticate, handler),
                                 methods=methods))
-    routes.append(Route("/v2.1/{project_id}", endpoint(engine, noauth, version_document),
+    routes.append(Route(PROJECT_PREFIX, endpoint(engine, noauth, version_document),
                         methods=["GET"]))
     routes += identity_routes(settings, registry)
     routes += glance_routes(engine, authenticate)

@@ -61,8 +61,18 @@ def fault_name(code: int) -> str:
     return FAULT_NAMES.get(code, "computeFault")
 
 
+def printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (a lone surrogate) written as a
+    backslash escape, so a message that echoes the caller's input always encodes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def fault_body(code: int, message: str) -> dict[str, Any]:
-    return {fault_name(code): {"code": code, "message": message}}
+    return {fault_name(code): {"code": code, "message": printable(message)}}
 
 
 def fault_response(code: int, message: str, headers: Mapping[str, str] | None = None

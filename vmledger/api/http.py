@@ -1,17 +1,18 @@
 """The plumbing every Compute API endpoint shares.
 
-- :class:`ComputeMiddleware` (pure ASGI, for every path under ``/v2.1``): makes the
-  request id, negotiates the microversion, and puts ``x-openstack-request-id``,
-  ``x-compute-request-id`` and the microversion headers on every response, faults too.
+- :class:`ComputeMiddleware` (pure ASGI): makes the request id and puts
+  ``x-openstack-request-id`` and ``x-compute-request-id`` on every response, faults
+  too; refuses URLs whose percent-decoded path or query is not UTF-8 (400); under
+  ``/v2.1`` it also negotiates the microversion and adds the microversion headers.
 - :func:`endpoint` turns a handler of a :class:`Call` into a Starlette endpoint that
   authenticates the caller and turns any exception into a Nova fault (an unexpected one
   is logged: a 500 is a bug).
-- :func:`read_json` reads a request body with Nova's content-type, size and JSON rules.
+- :func:`read_json` reads a request body with Nova's content-type, size and JSON rules,
+  and :mod:`vmledger.api.jsontext`'s depth and Unicode checks.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vmledger import logs
 from vmledger.api import microversions as mv
 from vmledger.api.auth import Authenticator, Principal
-from vmledger.api.faults import MALFORMED_BODY, ApiError, fault_response, response_for
+from vmledger.api.faults import ApiError, fault_response, response_for
+from vmledger.api.jsontext import BodyError, decode_json, url_problem
 from vmledger.api.views import Links, Viewer
 from vmledger.domain.server import Context
 from vmledger.domain.service import new_request_id
@@ -51,25 +53,34 @@ def is_versioned(path: str) -> bool:
 
 
 class ComputeMiddleware:
-    """Request ids and microversions for everything under ``/v2.1``."""
+    """Request ids on every response; URLs that are not UTF-8 refused; microversions
+    (and an access log line) for everything under ``/v2.1``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_versioned(scope["path"]):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        logs.request_id.set(request_id)  # every log record of this call carries it
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        extra = {name: request_id for name in REQUEST_ID_HEADERS}
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogatepass")
+        problem = url_problem(raw_path, scope.get("query_string", b""))
+        if problem is not None:
+            await fault_response(400, problem, headers=extra)(scope, receive, send)
+            return
+        if not is_versioned(scope["path"]):
+            await self.app(scope, receive, _with_headers(send, extra))
             return
         path: str = scope["path"]
         if path.endswith("/") and path != VERSIONED_PREFIX + "/":
             # /v2.1/servers/ is /v2.1/servers (only /v2.1/ keeps its slash)
             trimmed = path.rstrip("/") or "/"
             scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
-        request_id = new_request_id()
-        logs.request_id.set(request_id)  # every log record of this call carries it
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        extra = {name: request_id for name in REQUEST_ID_HEADERS}
         try:
             version = mv.negotiate(Headers(scope=scope))
         except mv.VersionError as exc:
@@ -100,6 +111,19 @@ class ComputeMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _with_headers(send: Send, extra: dict[str, str]) -> Send:
+    """``send``, adding ``extra`` to the response's headers."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = MutableHeaders(scope=message)
+            for name, value in extra.items():
+                headers[name] = value
+        await send(message)
+
+    return sending
 
 
 def _log_access(scope: Scope, state: dict[str, Any], *, status: int, sent: int,
@@ -199,7 +223,9 @@ EMPTY: Any = object()
 
 
 async def read_json(request: Request) -> Any:
-    """The JSON body, :data:`EMPTY` when there is none; 415, 413 or 400 as Nova."""
+    """The JSON body, :data:`EMPTY` when there is none; 415, 413 or 400 as Nova (400 too
+    for nesting too deep or strings that are not valid Unicode text, see
+    :mod:`vmledger.api.jsontext`)."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type and media_type != "text/plain" and media_type not in _JSON_TYPES:
@@ -215,6 +241,6 @@ async def read_json(request: Request) -> Any:
     if not body:
         return EMPTY
     try:
-        return json.loads(bytes(body))
-    except ValueError:  # includes UnicodeDecodeError
-        raise ApiError(400, MALFORMED_BODY) from None
+        return decode_json(bytes(body))
+    except BodyError as exc:
+        raise ApiError(400, exc.message) from None

@@ -19,12 +19,12 @@ Only with ``--auth keystone``:
   administrators, their own for others (so ``openstack quota set PROJECT`` can find
   one).
 
-Errors use Keystone's body: ``{"error": {"code", "title", "message"}}``.
+Errors use Keystone's body: ``{"error": {"code", "title", "message"}}``; a body that is
+not JSON, nests too deep or holds a string that is not valid Unicode text is a 400.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from vmledger.api.auth import UNAUTHORIZED, AuthSettings, Identity, TokenRegistry
+from vmledger.api.faults import printable
+from vmledger.api.jsontext import BodyError, decode_json
 
 V3_ID = "v3.14"
 V3_UPDATED = "2020-04-07T00:00:00Z"
@@ -46,7 +48,7 @@ def _base(request: Request) -> str:
 
 def keystone_error(code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "title": _TITLES.get(code, "Error"),
-                                   "message": message}}, status_code=code)
+                                   "message": printable(message)}}, status_code=code)
 
 
 def _v3(request: Request) -> dict[str, Any]:
@@ -165,9 +167,9 @@ def identity_routes(settings: AuthSettings, registry: TokenRegistry) -> list[Bas
 
     async def issue(request: Request) -> Response:
         try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError:
-            return keystone_error(400, "Malformed request body")
+            body = decode_json(await request.body() or b"null")
+        except BodyError as exc:
+            return keystone_error(400, exc.message)
         try:
             identity, methods = authenticate(body, settings, registry)
         except _Refused as exc:
