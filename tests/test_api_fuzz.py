@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from vmledger import Engine
 from vmledger.api import create_app
+from vmledger.api.jsontext import MAX_DEPTH
 from vmledger.api.server_actions import ACTION_PARSERS
 from vmledger.api.testing import ApiClient
 from vmledger.domain.catalog import image_id_for
@@ -230,3 +232,342 @@ def test_odd_queries_never_answer_5xx(world: tuple[ApiClient, str],
     response = client.get(path.format(sid=sid), params=params,
                           headers={"OpenStack-API-Version": f"compute {version}"})
     _check(response)
+
+
+# --- deep nesting and text that is not Unicode, in every string of every route ---------------
+#: a valid body for every route that reads one: (method, path, body, microversion)
+TEMPLATES: list[tuple[str, str, Any, str]] = [
+    ("POST", "/v2.1/servers", {
+        "server": {"name": "t", "flavorRef": "1", "imageRef": IMAGE, "description": "d",
+                   "metadata": {"k": "v"}, "tags": ["a"], "availability_zone": "nova",
+                   "networks": "none", "key_name": "kp"},
+        "os:scheduler_hints": {"group": "g", "same_host": ["h"]}}, "2.96"),
+    ("POST", "/v2.1/servers", {"server": {
+        "name": "t", "flavorRef": "1", "imageRef": IMAGE, "adminPass": "p",
+        "networks": [{"uuid": "n", "fixed_ip": "10.0.0.9"}], "user_data": "dXNlcg==",
+        "security_groups": [{"name": "default"}], "config_drive": True,
+        "block_device_mapping_v2": [{"boot_index": 0, "uuid": IMAGE, "source_type": "image",
+                                     "destination_type": "local"}]}}, "2.1"),
+    ("PUT", "/v2.1/servers/{sid}", {"server": {"name": "n", "description": "d"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"reboot": {"type": "HARD"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"resize": {"flavorRef": "2"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"rebuild": {
+        "imageRef": IMAGE, "name": "n", "metadata": {"k": "v"}, "description": "d",
+        "adminPass": "p"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"createImage": {"name": "i",
+                                                             "metadata": {"k": "v"}}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"createBackup": {
+        "name": "b", "backup_type": "daily", "rotation": 1}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"lock": {"locked_reason": "r"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"rescue": {"adminPass": "p",
+                                                        "rescue_image_ref": IMAGE}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"os-getConsoleOutput": {"length": 5}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"evacuate": {"host": "compute-1"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"os-resetState": {"state": "active"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/metadata", {"metadata": {"k": "v", "k2": "v2"}}, "2.96"),
+    ("PUT", "/v2.1/servers/{sid}/metadata", {"metadata": {"k": "v"}}, "2.96"),
+    ("PUT", "/v2.1/servers/{sid}/metadata/k", {"meta": {"k": "v"}}, "2.96"),
+    ("PUT", "/v2.1/servers/{sid}/tags", {"tags": ["a", "b"]}, "2.96"),
+    ("POST", "/v2.1/os-keypairs", {"keypair": {"name": "kp", "type": "ssh"}}, "2.2"),
+    ("POST", "/v2.1/os-keypairs", {"keypair": {"name": "kp", "user_id": "u",
+                                               "public_key": "ssh-ed25519 AAAA x"}}, "2.92"),
+    ("PUT", "/v2.1/os-quota-sets/fuzz", {"quota_set": {"instances": 5, "cores": 9,
+                                                       "force": True}}, "2.96"),
+    ("PUT", "/v2.1/os-quota-class-sets/default", {"quota_class_set": {"instances": 5}},
+     "2.96"),
+    ("POST", "/v2.1/os-server-groups", {"server_group": {"name": "g",
+                                                         "policies": ["affinity"]}}, "2.1"),
+    ("POST", "/v2.1/os-server-groups", {"server_group": {
+        "name": "g", "policy": "anti-affinity", "rules": {"max_server_per_host": 2}}},
+     "2.96"),
+    ("PUT", "/v2.1/os-services/{service}", {"status": "disabled",
+                                            "disabled_reason": "r"}, "2.53"),
+    ("PUT", "/v2.1/os-services/disable-log-reason", {
+        "host": "compute-1", "binary": "nova-compute", "disabled_reason": "r"}, "2.1"),
+    ("POST", "/v2.1/flavors", {"flavor": {
+        "name": "f", "ram": 64, "vcpus": 1, "disk": 1, "id": "fz", "description": "d",
+        "OS-FLV-EXT-DATA:ephemeral": 0, "swap": 0, "rxtx_factor": 1.0,
+        "os-flavor-access:is_public": False}}, "2.55"),
+    ("PUT", "/v2.1/flavors/1", {"flavor": {"description": "d"}}, "2.55"),
+    ("POST", "/v2.1/flavors/1/action", {"addTenantAccess": {"tenant": "t"}}, "2.96"),
+    ("POST", "/v2.1/flavors/1/action", {"removeTenantAccess": {"tenant": "t"}}, "2.96"),
+    ("POST", "/v2.1/flavors/1/os-extra_specs", {"extra_specs": {
+        "hw:watchdog_action": "reset", "k": "v"}}, "2.96"),
+    ("PUT", "/v2.1/flavors/1/os-extra_specs/k", {"k": "v"}, "2.96"),
+    ("POST", "/identity/v3/auth/tokens", {"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": "admin", "password": "s3cret", "domain": {"name": "Default"}}}},
+        "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}, "2.1"),
+]
+
+Slot = tuple[tuple[Any, ...], bool]  # (path to a string, whether it is a dict key)
+
+
+def string_slots(value: Any, path: tuple[Any, ...] = ()) -> list[Slot]:
+    """Where ``value`` holds a string: every dict key and every string value."""
+    if isinstance(value, str):
+        return [(path, False)]
+    if isinstance(value, dict):
+        slots: list[Slot] = []
+        for key, member in value.items():
+            slots.append(((*path, key), True))
+            slots += string_slots(member, (*path, key))
+        return slots
+    if isinstance(value, list):
+        return [slot for i, member in enumerate(value)
+                for slot in string_slots(member, (*path, i))]
+    return []
+
+
+def value_slots(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every value in ``value``, the whole of it first."""
+    slots = [path]
+    if isinstance(value, dict):
+        for key, member in value.items():
+            slots += value_slots(member, (*path, key))
+    elif isinstance(value, list):
+        for i, member in enumerate(value):
+            slots += value_slots(member, (*path, i))
+    return slots
+
+
+def replaced(value: Any, path: tuple[Any, ...], new: Any, *, key: bool = False) -> Any:
+    """A copy of ``value`` with what ``path`` names replaced by ``new`` (with ``key``, the
+    dict key at the end of ``path`` renamed to ``new``, keeping its value)."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        if key and not rest:
+            return {(new if k == head else k): v for k, v in value.items()}
+        return {k: (replaced(v, rest, new, key=key) if k == head else v)
+                for k, v in value.items()}
+    return [replaced(v, rest, new, key=key) if i == head else v
+            for i, v in enumerate(value)]
+
+
+#: a string holding at least one lone surrogate, anywhere in it
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+invalid_text = st.builds(lambda before, bad, after: before + bad + after,
+                         st.text(max_size=6), surrogates, st.text(max_size=6))
+
+
+def encode(body: Any) -> bytes:
+    """JSON with every non-ASCII character escaped, as a client may send a lone surrogate
+    (``"\\ud800"``; httpx's own encoder cannot encode one)."""
+    return json.dumps(body, ensure_ascii=True).encode()
+
+
+@pytest.fixture(scope="module")
+def keystone() -> Iterator[ApiClient]:
+    with Engine("memory") as engine:
+        yield ApiClient(create_app(engine, auth="keystone", users=["admin:s3cret:admin:admin"]))
+
+
+def _head(client: ApiClient) -> int:
+    """The ledger's last event position: unchanged when a request stored nothing."""
+    position: int = client.get("/ledger/v1/events", params={"limit": 1}).json()["head"]
+    return position
+
+
+def _send_template(world: tuple[ApiClient, str], keystone: ApiClient, index: int,
+                   body: bytes) -> Any:
+    client, sid = world
+    method, path, _, version = TEMPLATES[index]
+    target = keystone if path.startswith("/identity") else client
+    return target.request(method, path.format(sid=sid, service=_service_id(client)),
+                          content=body, headers={
+                              "Content-Type": "application/json",
+                              "OpenStack-API-Version": f"compute {version}"})
+
+
+def _assert_refused(response: Any, message: str) -> None:
+    assert response.status_code == 400, response.text
+    [(name, fault)] = response.json().items()
+    if response.request.url.path.startswith("/identity"):  # Keystone's error body
+        assert (name, fault["code"], fault["message"]) == ("error", 400, message)
+    else:
+        assert (name, fault["code"], fault["message"]) == ("badRequest", 400, message)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_invalid_unicode_in_any_string_or_key_of_any_route_is_a_400(
+        world: tuple[ApiClient, str], keystone: ApiClient, data: st.DataObject) -> None:
+    """One key or string value of a valid body replaced by text with a lone surrogate:
+    400 with the fault body, and nothing stored."""
+    index = data.draw(st.integers(0, len(TEMPLATES) - 1), label="route")
+    template = TEMPLATES[index][2]
+    path, is_key = data.draw(st.sampled_from(string_slots(template)), label="slot")
+    body = replaced(template, path, data.draw(invalid_text, label="text"), key=is_key)
+    before = _head(world[0])
+    _assert_refused(_send_template(world, keystone, index, encode(body)),
+                    "Malformed request body: a string is not valid Unicode text.")
+    assert _head(world[0]) == before
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_nesting_too_deep_anywhere_in_any_route_is_a_400(
+        world: tuple[ApiClient, str], keystone: ApiClient, data: st.DataObject) -> None:
+    """Any value of a valid body replaced by arrays or objects nested past the limit
+    (up to well past the parser's own): 400 with the fault body, and nothing stored."""
+    index = data.draw(st.integers(0, len(TEMPLATES) - 1), label="route")
+    template = TEMPLATES[index][2]
+    path = data.draw(st.sampled_from(value_slots(template)), label="slot")
+    depth = data.draw(st.integers(MAX_DEPTH + 1, 3000), label="depth")
+    leaf = data.draw(st.sampled_from([None, 1, "x", [], {}]), label="leaf")
+    as_objects = data.draw(st.booleans(), label="objects")
+    # written out by hand: json.dumps recurses too, and would stop near the parser's limit
+    opening, closing = (b'{"n":', b"}") if as_objects else (b"[", b"]")
+    raw = opening * depth + encode(leaf) + closing * depth
+    body = encode(replaced(template, path, "@@")).replace(b'"@@"', raw)
+    before = _head(world[0])
+    _assert_refused(_send_template(world, keystone, index, body),
+                    f"Malformed request body: nested deeper than {MAX_DEPTH} levels.")
+    assert _head(world[0]) == before
+
+
+# --- a real server, one connection, thousands of hostile requests ----------------------------
+FUZZ_REQUESTS = 5000
+FUZZ_SEED = 16
+#: the SSE stream never ends; every other route of the app is fuzzed
+UNENDING = {"/ledger/v1/events/stream"}
+HOSTILE_SEGMENTS = ["%ED%A0%80", "%FF", "%C3", "..", "%2e%2e", "x" * 300, "%C3%BC", "%00",
+                    "-1", "0", "null", "%20", "a%2Fb", "%F0%9F%98%80", "1e400", "' OR 1=1"]
+QUERY_KEYS = ["limit", "marker", "name", "status", "all_tenants", "after", "sort_key",
+              "changes-since", "x", "%FF", "%ED%A0%80"]  # never "wait": it long-polls
+QUERY_VALUES = [*HOSTILE_SEGMENTS, "1", "", "ACTIVE", "true"]
+HOSTILE_BODIES = [b"[" * 1000, b'{"a":' * 1000, b"", b"{", b"null", b'"\\ud800"',
+                  b'{"\\udfff": 1}', b'{"a": "\xff"}', b"\xed\xa0\x80", b"NaN",
+                  b"1" * 5000, b'{"server": ' + b"9" * 5000 + b"}", b"\x00", b"[]", b"{}"]
+
+
+def _all_routes() -> list[tuple[str, str]]:
+    """(method, path template) of every route of the app, as ``vmledger serve`` has it."""
+    from starlette.routing import Route
+
+    with Engine("memory") as engine:
+        app = create_app(engine, auth="keystone", users=["admin:s3cret:admin:admin"])
+    routes = [(method, route.path) for route in app.routes if isinstance(route, Route)
+              for method in sorted(route.methods or ()) if method != "HEAD"]
+    return [(m, p) for m, p in routes if p not in UNENDING]
+
+
+def _hostile_body(rng: Any, template: Any) -> bytes:
+    """A body for a route: its valid template mutated, random JSON, or raw hostile bytes."""
+    choice = rng.random()
+    if template is None or choice < 0.2:
+        return rng.choice(HOSTILE_BODIES)
+    if choice < 0.5:
+        path, is_key = rng.choice(string_slots(template))
+        bad = rng.choice(["\ud800", "a\udfffb", "\udc00\ud800"])
+        return encode(replaced(template, path, bad, key=is_key))
+    if choice < 0.65:
+        path = rng.choice(value_slots(template))
+        depth = rng.choice([MAX_DEPTH + 1, 200, 1000, 5000])
+        opening, closing = rng.choice([(b"[", b"]"), (b'{"n":', b"}")])
+        return encode(replaced(template, path, "@@")).replace(
+            b'"@@"', opening * depth + b"1" + closing * depth)
+    if choice < 0.85:
+        path = rng.choice(value_slots(template))
+        odd = rng.choice([None, True, -1, 2**70, 1.5e308, "", " ", "x" * 5000, [], {},
+                          ["x"], {"x": "y"}, "\u202e\u0000", "2.96", IMAGE, "1"])
+        return encode(replaced(template, path, odd))
+    return encode(template)
+
+
+def _fill(rng: Any, template: str, known: dict[str, list[str]]) -> str:
+    """The template's path with every parameter a known value or a hostile segment."""
+    import re
+
+    def value(match: Any) -> str:
+        name = match.group(1)
+        if name in known and rng.random() < 0.7:
+            return str(rng.choice(known[name]))
+        return str(rng.choice(HOSTILE_SEGMENTS))
+
+    return re.sub(r"\{([a-z_]+)(?::[a-z_]+)?\}", value, template)
+
+
+@pytest.mark.clients
+def test_a_real_server_answers_thousands_of_hostile_requests_on_one_connection(
+        tmp_path: Any) -> None:
+    """``vmledger serve`` (keystone mode) over one keep-alive connection: every route, with
+    hostile path segments, queries, headers and bodies. No 5xx, a request id and a fault
+    body on every error, and the same connection answers to the end."""
+    import random
+    import time
+
+    import httpx
+
+    from tests.support.server import running_server
+
+    rng = random.Random(FUZZ_SEED)
+    routes = _all_routes()
+    templates = {(m, p.replace("{sid}", "{server_id}").replace("{service}", "{service_id}")):
+                 body for m, p, body, _ in TEMPLATES}
+    with running_server(tmp_path, ["--auth", "keystone",
+                                   "--user", "admin:s3cret:admin:admin"]) as server, \
+            httpx.Client(base_url=server.base, timeout=30) as http:
+        login = http.post("/identity/v3/auth/tokens", json=TEMPLATES[-1][2])
+        token = {"X-Auth-Token": login.headers["x-subject-token"]}
+        sids = [http.post("/v2.1/servers", headers=token, json={"server": {
+            "name": f"fuzz-{i}", "flavorRef": "1", "imageRef": IMAGE}}).json()["server"]["id"]
+            for i in range(3)]
+        services = http.get("/v2.1/os-services", headers={
+            **token, "OpenStack-API-Version": "compute 2.53"}).json()["services"]
+        known = {"server_id": sids, "project_id": ["0abc", "6f70656e737461636b"],
+                 "flavor_id": ["1", "2", "fz"], "key": ["k", "hw:watchdog_action"],
+                 "tag": ["a", "t"], "quota_project_id": ["admin", "fuzz"],
+                 "quota_class": ["default"], "service_id": [services[0]["id"]],
+                 "name": ["kp"], "image_id": [IMAGE], "group_id": ["g"],
+                 "aggregate_id": ["1"], "id": ["1", "compute-1"], "pattern": ["compute"],
+                 "tenant_id": ["admin"], "network": ["private"], "request_id": ["req-x"],
+                 "migration_id": ["1"]}
+        first = http.get("/v2.1", headers=token)
+        connection = first.extensions["network_stream"].get_extra_info("client_addr")
+        fives: list[str] = []
+        statuses: dict[int, int] = {}
+        hit: set[tuple[str, str]] = set()
+        started = time.monotonic()
+        for _ in range(FUZZ_REQUESTS):
+            method, template = rng.choice(routes)
+            if rng.random() < 0.05:
+                method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH"])
+            hit.add((method, template))
+            path = _fill(rng, template, known)
+            headers: dict[str, str | bytes] = dict(
+                token if rng.random() < 0.95 else {"X-Auth-Token": "wrong"})
+            version = rng.choice(["2.1", "2.2", "2.53", "2.55", "2.64", "2.96", "latest"]
+                                 if rng.random() < 0.9 else ["2.97", "3.0", "2.\xff", "x y"])
+            headers["OpenStack-API-Version"] = f"compute {version}".encode("latin-1")
+            query = ""
+            if rng.random() < 0.3:
+                query = "?" + "&".join(
+                    f"{rng.choice(QUERY_KEYS)}={rng.choice(QUERY_VALUES)}"
+                    for _ in range(rng.randint(1, 3)))
+            content = None
+            if method in ("POST", "PUT", "PATCH"):
+                content = _hostile_body(rng, templates.get((method, template)))
+                headers["Content-Type"] = rng.choice(
+                    ["application/json"] * 8 + ["text/plain", "application/xml"])
+            r = http.request(method, path + query, content=content, headers=headers)
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if r.status_code >= 500:
+                fives.append(f"{method} {path}{query} {content!r:.200} -> {r.status_code} "
+                             f"{r.text:.300}")
+            assert r.headers.get("x-openstack-request-id", "").startswith("req-"), (
+                method, path, r.status_code)
+            if r.status_code >= 400 and r.url.path.startswith("/v2.1") and r.content:
+                [(_name, fault)] = r.json().items()
+                assert fault["code"] == r.status_code, (method, path, r.text)
+        elapsed = time.monotonic() - started
+        last = http.get("/v2.1/servers", headers=token)
+        assert last.status_code == 200
+        assert last.extensions["network_stream"].get_extra_info("client_addr") == connection
+        print(f"fuzz: {FUZZ_REQUESTS} requests over {len(hit)} (method, route) pairs of "
+              f"{len(routes)} routes in {elapsed:.1f} s, 5xx: {len(fives)}; by status: "
+              f"{dict(sorted(statuses.items()))}")
+    assert fives == []
+    assert server.server_errors() == []
