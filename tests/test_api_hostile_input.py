@@ -256,3 +256,42 @@ def test_valid_non_ascii_text_is_still_accepted(world: tuple[Engine, ApiClient, 
     r = raw_post(client, "POST", f"/v2.1/servers/{sid}/metadata", nested)
     assert_fault(r, 400)  # 30 levels pass the depth check; the schema refuses "x"
     assert "nested" not in r.json()["badRequest"]["message"]
+
+
+# --- NUL characters (PostgreSQL's text cannot hold one) ------------------------------------
+NUL_BODIES: list[tuple[str, str, str]] = [
+    ("POST", "/v2.1/servers", '{"server": {"name": "a\\u0000b", "flavorRef": "1", '
+                              f'"imageRef": "{IMAGE}", "networks": "none"}}}}'),
+    ("POST", "/v2.1/flavors", '{"flavor": {"name": "f\\u0000", "ram": 64, "vcpus": 1, '
+                              '"disk": 1}}'),
+    ("PUT", "/v2.1/os-quota-sets/hostile", '{"quota_set": {"\\u0000": 1}}'),
+    ("POST", "/v2.1/os-keypairs", '{"keypair": {"name": "k\\u0000", "public_key": '
+                                  '"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ x"}}'),
+    ("POST", "/v2.1/os-server-groups", '{"server_group": {"name": "\\u0000", "policy": '
+                                       '"affinity"}}'),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), NUL_BODIES)
+def test_a_nul_character_in_a_body_is_a_400_fault_on_every_backend(
+        engine: Engine, method: str, path: str, body: str) -> None:
+    client = ApiClient(create_app(engine))
+    before = head(client)
+    r = raw_post(client, method, path, body.encode())
+    assert (assert_fault(r, 400)
+            == "Malformed request body: a string holds a NUL character.")
+    assert head(client) == before
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("PUT", "/v2.1/os-quota-sets/p%00"), ("GET", "/v2.1/os-keypairs/k%00"),
+    ("GET", "/v2.1/servers?marker=%00"), ("GET", "/v2.1/servers/detail?name=a%00"),
+    ("GET", "/v2.1/flavors/%00"), ("GET", "/ledger/v1/servers/%00/history")])
+def test_a_nul_character_in_a_url_is_a_400_fault_on_every_backend(
+        engine: Engine, method: str, path: str) -> None:
+    client = ApiClient(create_app(engine))
+    body = b'{"quota_set": {"instances": 3}}' if method == "PUT" else None
+    r = client.request(method, path, content=body,
+                       headers={"Content-Type": "application/json"})
+    assert (assert_fault(r, 400)
+            == "Malformed request URL: it holds a NUL character.")
