@@ -346,10 +346,11 @@ def replaced(value: Any, path: tuple[Any, ...], new: Any, *, key: bool = False) 
             for i, v in enumerate(value)]
 
 
-#: a string holding at least one lone surrogate, anywhere in it
+#: a string holding at least one lone surrogate or NUL, anywhere in it
 surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
 invalid_text = st.builds(lambda before, bad, after: before + bad + after,
-                         st.text(max_size=6), surrogates, st.text(max_size=6))
+                         st.text(max_size=6), surrogates | st.just("\x00"),
+                         st.text(max_size=6))
 
 
 def encode(body: Any) -> bytes:
@@ -392,17 +393,19 @@ def _assert_refused(response: Any, message: str) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_invalid_unicode_in_any_string_or_key_of_any_route_is_a_400(
+def test_invalid_text_in_any_string_or_key_of_any_route_is_a_400(
         world: tuple[ApiClient, str], keystone: ApiClient, data: st.DataObject) -> None:
-    """One key or string value of a valid body replaced by text with a lone surrogate:
-    400 with the fault body, and nothing stored."""
+    """One key or string value of a valid body replaced by text with a lone surrogate
+    or a NUL: 400 with the fault body, and nothing stored."""
     index = data.draw(st.integers(0, len(TEMPLATES) - 1), label="route")
     template = TEMPLATES[index][2]
     path, is_key = data.draw(st.sampled_from(string_slots(template)), label="slot")
-    body = replaced(template, path, data.draw(invalid_text, label="text"), key=is_key)
+    text = data.draw(invalid_text, label="text")
+    body = replaced(template, path, text, key=is_key)
     before = _head(world[0])
     _assert_refused(_send_template(world, keystone, index, encode(body)),
-                    "Malformed request body: a string is not valid Unicode text.")
+                    "Malformed request body: a string holds a NUL character." if "\x00" in text
+                    else "Malformed request body: a string is not valid Unicode text.")
     assert _head(world[0]) == before
 
 
@@ -461,7 +464,7 @@ def _hostile_body(rng: Any, template: Any) -> bytes:
         return rng.choice(HOSTILE_BODIES)
     if choice < 0.5:
         path, is_key = rng.choice(string_slots(template))
-        bad = rng.choice(["\ud800", "a\udfffb", "\udc00\ud800"])
+        bad = rng.choice(["\ud800", "a\udfffb", "\udc00\ud800", "\x00", "a\x00"])
         return encode(replaced(template, path, bad, key=is_key))
     if choice < 0.65:
         path = rng.choice(value_slots(template))
