@@ -2,7 +2,8 @@
 
 - :class:`ComputeMiddleware` (pure ASGI): makes the request id and puts
   ``x-openstack-request-id`` and ``x-compute-request-id`` on every response, faults
-  too; refuses URLs whose percent-decoded path or query is not UTF-8 (400); under
+  too; refuses URLs whose percent-decoded path or query is not UTF-8 or holds a NUL
+  (400); under
   ``/v2.1`` it also negotiates the microversion and adds the microversion headers.
 - :func:`endpoint` turns a handler of a :class:`Call` into a Starlette endpoint that
   authenticates the caller and turns any exception into a Nova fault (an unexpected one
@@ -53,8 +54,8 @@ def is_versioned(path: str) -> bool:
 
 
 class ComputeMiddleware:
-    """Request ids on every response; URLs that are not UTF-8 refused; microversions
-    (and an access log line) for everything under ``/v2.1``."""
+    """Request ids on every response; URLs that are not UTF-8, or hold a NUL, refused;
+    microversions (and an access log line) for everything under ``/v2.1``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -224,7 +225,7 @@ EMPTY: Any = object()
 
 async def read_json(request: Request) -> Any:
     """The JSON body, :data:`EMPTY` when there is none; 415, 413 or 400 as Nova (400 too
-    for nesting too deep or strings that are not valid Unicode text, see
+    for nesting too deep or strings that are not valid Unicode text or hold a NUL, see
     :mod:`vmledger.api.jsontext`)."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()

@@ -20,7 +20,8 @@ Only with ``--auth keystone``:
   one).
 
 Errors use Keystone's body: ``{"error": {"code", "title", "message"}}``; a body that is
-not JSON, nests too deep or holds a string that is not valid Unicode text is a 400.
+not JSON, nests too deep or holds a string that is not valid Unicode text (or holds a
+NUL) is a 400.
 """
 
 from __future__ import annotations
