@@ -3,8 +3,8 @@
 - :class:`ComputeMiddleware` (pure ASGI): makes the request id and puts
   ``x-openstack-request-id`` and ``x-compute-request-id`` on every response, faults
   too; refuses URLs whose percent-decoded path or query is not UTF-8 or holds a NUL
-  (400); under
-  ``/v2.1`` it also negotiates the microversion and adds the microversion headers.
+  (400); under ``/v2.1`` it also negotiates the microversion and adds the microversion
+  headers.
 - :func:`endpoint` turns a handler of a :class:`Call` into a Starlette endpoint that
   authenticates the caller and turns any exception into a Nova fault (an unexpected one
   is logged: a 500 is a bug).
