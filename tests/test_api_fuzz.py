@@ -1,5 +1,9 @@
 """Whatever JSON a caller sends to a write route, the answer is never a 5xx: a 2xx, or a
-4xx with a Nova fault body (hypothesis generates the bodies and path segments)."""
+4xx with a Nova fault body (hypothesis generates the bodies and path segments). Text that
+is not valid Unicode (a lone surrogate) or holds a NUL, in any key or string value of any
+route's body, and nesting past the limit at any value, are 400s that store nothing. And a
+real ``vmledger serve`` answers thousands of hostile requests over every route on one
+keep-alive connection without a 5xx."""
 
 from __future__ import annotations
 
