@@ -264,3 +264,12 @@ def test_the_agent_metrics_port_taken_is_a_one_line_error(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert f"vmledger: cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_made_up_methods_and_paths_do_not_grow_the_labels(client: ApiClient) -> None:
+    for i in range(5):
+        assert client.request(f"BREW{i}", f"/v2.1/pot-{i}/a/b/c").status_code in (404, 405)
+    m = scrape(client)
+    assert value(m, "vmledger_http_requests_total", method="other", route="unmatched",
+                 status="404") == 5
+    assert not any("BREW" in dict(labels).get("method", "") for _, labels in m)

@@ -61,6 +61,9 @@ HYPERVISOR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 3
 PASS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 #: the methods of requests that are commands
 COMMAND_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: methods counted by name; any other is ``other`` (a label per made-up method would
+#: let a caller grow the registry without bound)
+KNOWN_METHODS = COMMAND_METHODS | {"GET", "HEAD", "OPTIONS"}
 #: the route prefixes under which such requests are commands (not the Keystone logins)
 COMMAND_PREFIXES = ("/v2.1", "/image")
 #: the key in the request's state a handler names its command under (see :func:`note_command`)
@@ -232,6 +235,8 @@ class MetricsMiddleware:
         finally:
             route = str(state.get(_ROUTE_KEY) or "unmatched")
             method = str(scope["method"])
+            if method not in KNOWN_METHODS:
+                method = "other"
             command = None
             if method in COMMAND_METHODS and route.startswith(COMMAND_PREFIXES):
                 command = str(state.get(COMMAND_KEY) or state.get("vmledger_handler")
