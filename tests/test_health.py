@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.engines import make_engine
 from tests.support.postgres import PostgresCluster, postgres_skip_reason
 from vmledger import Engine, FakeClock
 from vmledger.api import create_app
@@ -19,32 +15,22 @@ IMAGE = image_id_for("cirros-0.6.2-x86_64")
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def engine(tmp_path: Path, clock: FakeClock) -> Iterator[Engine]:
-    with make_engine(f"sqlite:///{tmp_path / 'h.db'}", clock=clock) as e:
-        yield e
-
-
-@pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    # no token: the health check is outside the auth pipeline, as oslo's
+def token_client(engine: Engine) -> ApiClient:
+    """The API in token mode over the shared ``engine`` (SQLite and PostgreSQL, a fake
+    clock): the health check answers without a token, as oslo's."""
     return ApiClient(create_app(engine, auth="token", tokens=["t:u:p:admin"]))
 
 
-def test_healthy_answers_ok_in_every_form(client: ApiClient, engine: Engine) -> None:
+def test_healthy_answers_ok_in_every_form(token_client: ApiClient, engine: Engine) -> None:
     engine.run_once()  # the agent reports its host
-    r = client.get("/healthcheck")
+    r = token_client.get("/healthcheck")
     assert (r.status_code, r.text) == (200, "OK")
     assert r.headers["content-type"].startswith("text/plain")
-    assert client.request("HEAD", "/healthcheck").status_code == 204
-    r = client.get("/healthcheck", headers={"Accept": "application/json"})
+    assert token_client.request("HEAD", "/healthcheck").status_code == 204
+    r = token_client.get("/healthcheck", headers={"Accept": "application/json"})
     assert r.status_code == 200
     assert r.json() == {"detailed": False, "reasons": ["OK"]}
-    r = client.get("/healthcheck?detailed")
+    r = token_client.get("/healthcheck?detailed")
     assert r.status_code == 200
     body = r.json()
     assert body["detailed"] is True
@@ -53,40 +39,41 @@ def test_healthy_answers_ok_in_every_form(client: ApiClient, engine: Engine) -> 
         "DatabaseCheck", "ReadModelLagCheck", "HostAgentCheck"]
     assert all(x["reason"] == "OK" for x in body["reasons"])
     assert "compute-1" in body["reasons"][2]["details"]
-    assert client.get("/v2.1/servers").status_code == 401  # the API itself still asks
+    assert token_client.get("/v2.1/servers").status_code == 401  # the API itself still asks
 
 
-def test_no_host_agent_heard_from_is_503(client: ApiClient, engine: Engine,
+def test_no_host_agent_heard_from_is_503(token_client: ApiClient, engine: Engine,
                                          clock: FakeClock) -> None:
-    r = client.get("/healthcheck")
+    r = token_client.get("/healthcheck")
     assert (r.status_code, r.text) == (503, "no host agent has reported within 60 s")
-    assert client.request("HEAD", "/healthcheck").status_code == 503
+    assert token_client.request("HEAD", "/healthcheck").status_code == 503
     engine.run_once()
-    assert client.get("/healthcheck").status_code == 200
+    assert token_client.get("/healthcheck").status_code == 200
     clock.advance(seconds=61)  # the agent stopped reporting
-    r = client.get("/healthcheck", headers={"Accept": "application/json"})
+    r = token_client.get("/healthcheck", headers={"Accept": "application/json"})
     assert r.status_code == 503
     assert r.json() == {"detailed": False,
                         "reasons": ["no host agent has reported within 60 s"]}
-    detail = client.get("/healthcheck?detailed").json()["reasons"][2]
+    detail = token_client.get("/healthcheck?detailed").json()["reasons"][2]
     assert detail["class"] == "HostAgentCheck"
     assert "compute-1 at 2026-01-01T00:00:00" in detail["details"]
     engine.run_once()  # it reports again
-    assert client.get("/healthcheck").status_code == 200
+    assert token_client.get("/healthcheck").status_code == 200
 
 
-def test_read_models_lagging_behind_the_log_is_503(client: ApiClient, engine: Engine) -> None:
+def test_read_models_lagging_behind_the_log_is_503(token_client: ApiClient,
+                                                   engine: Engine) -> None:
     engine.run_once()
-    app_health = client.app.state.health  # type: ignore[attr-defined]
+    app_health = token_client.app.state.health  # type: ignore[attr-defined]
     app_health.max_lag = 1
     # written, but the read models' follower is stuck
     engine.commands.servers.create(engine.context(), name="behind", flavor="1", image=IMAGE)
-    r = client.get("/healthcheck")
+    r = token_client.get("/healthcheck")
     assert r.status_code == 503
     assert r.text.startswith("read models lag behind the log by ")
     assert int(r.text.split()[-2]) > 1
     engine.updater.catch_up()
-    assert client.get("/healthcheck").status_code == 200
+    assert token_client.get("/healthcheck").status_code == 200
 
 
 @pytest.mark.postgres

@@ -9,11 +9,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -45,23 +43,6 @@ def scrape(client: ApiClient) -> Samples:
     return parse(r.text)
 
 
-@pytest.fixture
-def simulator() -> Simulator:
-    return Simulator()
-
-
-@pytest.fixture
-def engine(simulator: Simulator) -> Iterator[Engine]:
-    e = Engine("memory", hypervisor=simulator)
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def client(engine: Engine) -> ApiClient:
-    return ApiClient(create_app(engine))
-
-
 def create(client: ApiClient, name: str = "web-1") -> str:
     r = client.post("/v2.1/servers", json={"server": {"name": name, "flavorRef": "1",
                                                       "imageRef": IMAGE}})
@@ -70,7 +51,10 @@ def create(client: ApiClient, name: str = "web-1") -> str:
 
 
 def test_requests_commands_and_hypervisor_calls_are_counted(
-        client: ApiClient, engine: Engine, simulator: Simulator) -> None:
+        noauth_client: ApiClient, memory_engine: Engine) -> None:
+    client, engine = noauth_client, memory_engine
+    simulator = engine.hypervisor
+    assert isinstance(simulator, Simulator)
     sid = create(client)
     engine.run_until_idle()
     action = f"/v2.1/servers/{sid}/action"
@@ -206,8 +190,9 @@ def test_each_app_has_its_own_registry() -> None:
     assert not any(name.startswith("vmledger_") for name in REGISTRY._names_to_collectors)
 
 
-def test_a_scrape_answers_when_the_database_does_not(client: ApiClient,
-                                                     engine: Engine) -> None:
+def test_a_scrape_answers_when_the_database_does_not(noauth_client: ApiClient,
+                                                     memory_engine: Engine) -> None:
+    client, engine = noauth_client, memory_engine
     engine.service.recorder.max_notification_id = _broken  # type: ignore[method-assign]
     m = scrape(client)
     assert value(m, "vmledger_read_models_up") == 0
@@ -266,7 +251,8 @@ def test_the_agent_metrics_port_taken_is_a_one_line_error(tmp_path: Path) -> Non
     assert "Traceback" not in done.stderr
 
 
-def test_made_up_methods_and_paths_do_not_grow_the_labels(client: ApiClient) -> None:
+def test_made_up_methods_and_paths_do_not_grow_the_labels(noauth_client: ApiClient) -> None:
+    client = noauth_client
     for i in range(5):
         assert client.request(f"BREW{i}", f"/v2.1/pot-{i}/a/b/c").status_code in (404, 405)
     m = scrape(client)
