@@ -2,24 +2,30 @@
 #   make serve   -- run vmledger on the embedded default (SQLite ./vmledger.db + a simulator
 #                   whose guests are kept beside it: a restart loses nothing)
 #   make test    -- run the test suite (the same command CI runs)
-# Both create the virtual environment on first use.
+# Both create the virtual environment on first use: `make serve` installs only what the
+# runtime needs, `make test` adds the test tooling and the OpenStack clients.
 
 PYTHON ?= python3
 VENV := .venv
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 
 .PHONY: serve test lint bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(VENV)/bin/pip install --quiet -e '.[dev,clients]'
 	@# libvirt-python compiles against the system libvirt (apt: libvirt-dev pkg-config);
 	@# without it the libvirt tests skip with that reason (CI installs it and fails on skips)
 	$(VENV)/bin/pip install --quiet -e '.[libvirt]' || echo "note: libvirt-python not installed (needs libvirt-dev and pkg-config); libvirt tests will be skipped"
 	touch $(STAMP)
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(VENV)/bin/vmledger serve
 
 test: $(STAMP)

@@ -1,7 +1,8 @@
 """The timeline page in a real browser: headless Chromium loads
 ``/ledger/v1/servers/{id}/timeline`` from the app served by uvicorn on 127.0.0.1, takes a
 screenshot (which must show a picture, not a blank page) and dumps the DOM (which must
-name every action of the server's life).
+name every action of the server's life). At 600 px wide the page is measured in the
+browser: nothing wider than the window, no text cut off, the chart at full size.
 
 Needs Debian's ``chromium`` package (``apt-get install -y chromium``); skipped, with that
 reason, without it. The screenshot in the documentation comes from the same scenario:
@@ -11,7 +12,10 @@ reason, without it. The screenshot in the documentation comes from the same scen
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -26,11 +30,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
 from tests.engines import counter_ids, counter_request_ids
 from tests.test_ledger_http import ledger_app, served
 from vmledger import Engine, FakeClock, Simulator
 from vmledger.api.ledger import PREFIX
+from vmledger.api.testing import ApiClient
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 CHROMIUM_TIMEOUT = 120.0
@@ -239,6 +247,96 @@ def test_the_timeline_renders_in_headless_chromium(tmp_path: Path) -> None:
                  "Injected failure in pause", "spawn 8.2 s", "resize 21.5 s",
                  "VERIFY_RESIZE", "REBOOT"):
         assert text in dom, text
+
+
+#: the narrow window the page must stay legible in
+NARROW = 600
+#: appended to the timeline page (served without its CSP, which forbids scripts and
+#: frames) to write what the browser measured into the DOM (``--dump-dom`` prints it)
+MEASURE_SCRIPT = """<script>
+function measure() {
+  const width = document.documentElement.clientWidth;
+  const scrolls = (el) => ["auto", "scroll"].includes(getComputedStyle(el).overflowX);
+  const inScroller = (el) => {
+    for (let p = el.parentElement; p && p !== document.body; p = p.parentElement)
+      if (scrolls(p)) return true;
+    return false;
+  };
+  const out = {width, scrollWidth: document.documentElement.scrollWidth, outside: [],
+               clipped: [], chartScale: null, chartScrolls: false};
+  const svg = document.querySelector("svg");
+  if (svg) {
+    out.chartScale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+    out.chartScrolls = inScroller(svg);
+  }
+  for (const el of document.body.querySelectorAll("*")) {
+    if (el.closest("svg") || el.tagName === "SCRIPT" || inScroller(el)) continue;
+    const style = getComputedStyle(el);
+    const box = el.getBoundingClientRect();
+    const text = (el.textContent || "").trim().slice(0, 50);
+    if (box.width > 0 && (box.right > width + 0.5 || box.left < -0.5))
+      out.outside.push(el.tagName + " " + Math.round(box.right) + ": " + text);
+    if (style.overflowX !== "visible" && !scrolls(el) && el.scrollWidth > el.clientWidth + 1)
+      out.clipped.push(el.tagName + ": " + text);
+  }
+  return out;
+}
+window.addEventListener("load", () => {
+  let result;
+  try { result = JSON.stringify(measure()); } catch (e) { result = "error: " + e; }
+  const pre = document.createElement("pre");
+  pre.id = "measured";
+  pre.textContent = result;
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def measure_page(url: str, workdir: Path, width: int = NARROW) -> dict[str, object]:
+    """What Chromium measures of the page at ``url`` (ending with MEASURE_SCRIPT) in a
+    ``width``-pixel-wide window."""
+    done = run_chromium(["--virtual-time-budget=10000", f"--window-size={width},900",
+                         "--dump-dom", url], workdir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="measured">(.*?)</pre>', done.stdout.decode(), re.S)
+    assert found is not None, done.stdout[-2000:]
+    text = html.unescape(found.group(1))
+    assert not text.startswith("error"), text
+    measured: dict[str, object] = json.loads(text)
+    return measured
+
+
+@pytest.mark.skipif(chromium_skip_reason() is not None, reason=str(chromium_skip_reason()))
+def test_the_timeline_is_legible_600_px_wide(tmp_path: Path) -> None:
+    pictured = realistic_server()
+    try:
+        app = ledger_app(pictured.engine, auth="noauth")
+        path = f"{PREFIX}/servers/{pictured.server_id}/timeline"
+        page = ApiClient(app).get(path).text
+        assert "</body>" in page
+
+        async def measured_page(request: Request) -> HTMLResponse:
+            return HTMLResponse(page.replace("</body>", MEASURE_SCRIPT + "</body>"))
+
+        app.router.routes.insert(0, Route("/measure", measured_page))
+        with served(app) as base:
+            measured = measure_page(f"{base}/measure", tmp_path)
+            shot = tmp_path / "narrow.png"
+            screenshot(f"{base}{path}", shot, (NARROW, 900))
+    finally:
+        pictured.engine.close()
+    assert measured["width"] == NARROW, measured
+    # nothing wider than the window: no sideways scrolling of the page
+    assert measured["scrollWidth"] == NARROW, measured
+    assert measured["outside"] == [], measured["outside"]
+    # no text cut off by a box too narrow for it
+    assert measured["clipped"] == [], measured["clipped"]
+    # the chart keeps its size (its 11 px labels stay 11 px), scrolling within its box
+    assert measured["chartScale"] == 1, measured
+    assert measured["chartScrolls"] is True, measured
+    stats = pixel_stats(shot)
+    assert (stats.width, stats.colors > 100, stats.dominant < 0.95) == (NARROW, True, True), (
+        stats)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -69,6 +69,16 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
                              "id of the API call (default text)")
 
 
+def _metrics_port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return value
+
+
 def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hypervisor", default=None, metavar="NAME_OR_URI",
                         help="simulator (default: its guests kept beside the database so "
@@ -115,6 +125,11 @@ def add_subcommands(sub: Any) -> None:
                        help="database shared with the API processes (postgresql://...)")
     agent.add_argument("--confirm-window", type=float, default=86400.0, metavar="SECONDS")
     add_log_options(agent)
+    agent.add_argument("--metrics-port", type=_metrics_port, default=None, metavar="PORT",
+                       help="serve the agent's Prometheus metrics on http://BIND:PORT/metrics "
+                            "(default: none)")
+    agent.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDRESS",
+                       help="address the metrics port listens on (default 127.0.0.1)")
     add_hypervisor_options(agent)
 
     projections = sub.add_parser("projections", help="manage the read models")
@@ -191,12 +206,35 @@ def _agent(args: argparse.Namespace) -> int:
         allocation_ratios=allocation_ratios_from(args))
     log.info("vmledger agent for host %s on %s (database %s)", args.host,
              hypervisor_label(args, args.host), redact(args.db))
+    metrics_server = None
     try:
+        if args.metrics_port is not None:
+            metrics_server = _serve_metrics(engine, args.metrics_bind, args.metrics_port)
         engine.run_in_background(0.2, sync_interval=args.sync_interval)
         stop.wait()
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         engine.close()
     return 0
+
+
+def _serve_metrics(engine: Any, bind: str, port: int) -> Any:
+    """The agent's metrics (:class:`vmledger.api.metrics.EngineMetrics`) served on
+    ``http://BIND:PORT/metrics`` from a thread (its server, to shut down); a one-line
+    error when the port cannot be bound."""
+    from prometheus_client import start_http_server
+
+    from vmledger.api.metrics import EngineMetrics
+
+    metrics = EngineMetrics(engine)
+    try:
+        server, _ = start_http_server(port, addr=bind, registry=metrics.registry)
+    except OSError as e:
+        reason = e.strerror if isinstance(e.strerror, str) else str(e)
+        raise cli_support.CliError(f"cannot serve metrics on {bind}:{port}: {reason}") from None
+    log.info("metrics on http://%s:%d/metrics", bind, port)
+    return server
 
 
 def _rebuild(engine: Any) -> int:

@@ -11,7 +11,9 @@
   ``auth="keystone"``), see :mod:`vmledger.api.identity`;
 - ``/image``: an Image API v2 shim (list, show, delete), see :mod:`vmledger.api.glance`.
 - ``/ledger/v1``: the ledger (history, as-of, causal chains, feed, timeline), see
-  :mod:`vmledger.api.ledger`.
+  :mod:`vmledger.api.ledger`;
+- ``/healthcheck`` (oslo.middleware's semantics, see :mod:`vmledger.api.health`) and
+  ``/metrics`` (Prometheus, see :mod:`vmledger.api.metrics`), without auth.
 
 Callers are identified as :mod:`vmledger.api.auth` describes (``noauth``, ``token``,
 ``keystone``).
@@ -69,6 +71,7 @@ from vmledger.api.auth import (
 )
 from vmledger.api.faults import fault_response
 from vmledger.api.glance import glance_routes
+from vmledger.api.health import HealthCheck, health_routes
 from vmledger.api.http import (
     Call,
     ComputeMiddleware,
@@ -78,6 +81,7 @@ from vmledger.api.http import (
 )
 from vmledger.api.identity import identity_routes
 from vmledger.api.ledger import ledger_routes
+from vmledger.api.metrics import ApiMetrics, MetricsMiddleware, RouteProbe
 from vmledger.api.rendering import RenderCache
 from vmledger.engine import Engine
 
@@ -269,11 +273,17 @@ def create_app(engine: Engine, *, auth: str | AuthSettings = "noauth",
     settings = auth if isinstance(auth, AuthSettings) else AuthSettings.build(
         auth, tokens=tokens, users=users, token_lifetime=token_lifetime)
     registry = settings.registry()
-    app = Starlette(routes=_routes(engine, settings, registry),
-                    middleware=[Middleware(ComputeMiddleware)],
+    metrics, health = ApiMetrics(engine), HealthCheck(engine)
+    operations: list[BaseRoute] = [*health_routes(health),
+                                   Route("/metrics", metrics.endpoint, methods=["GET"])]
+    app = Starlette(routes=operations + _routes(engine, settings, registry),
+                    middleware=[Middleware(MetricsMiddleware, metrics=metrics),
+                                Middleware(ComputeMiddleware), Middleware(RouteProbe)],
                     exception_handlers={HTTPException: _http_error})
     app.state.engine = engine
     app.state.auth = settings
     app.state.tokens = registry
     app.state.renders = RenderCache()
+    app.state.metrics = metrics
+    app.state.health = health
     return app

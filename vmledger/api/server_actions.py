@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from vmledger.api import validation as val
 from vmledger.api.faults import MALFORMED_BODY, ApiError
 from vmledger.api.http import EMPTY, Call, read_json
+from vmledger.api.metrics import note_command
 from vmledger.api.servers import (
     _allowed,
     _location,
@@ -357,6 +358,7 @@ async def server_action(call: Call) -> Response:
     parser = ACTION_PARSERS.get(key)
     if parser is None:
         raise ApiError(400, f"There is no such action: {key}")
+    note_command(call.request, key)  # the command's name in the metrics
     action = parser(call, value)
     if action.rebuild:
         info = await call.run(_rebuild, call, server_id, action.params)

@@ -519,6 +519,25 @@ td:nth-child(1), td:nth-child(3), td:nth-child(4), td.mono { white-space: nowrap
 code, .mono { font-family: "DejaVu Sans Mono", monospace; font-size: 12px; }
 details pre { white-space: pre-wrap; font-size: 12px; background: #f8fafc; padding: 8px; }
 footer { margin-top: 14px; color: #64748b; font-size: 12px; }
+h1, .meta, .why, footer, td, pre { overflow-wrap: anywhere; }
+/* the chart keeps its size (its labels stay legible) and scrolls sideways in its box
+   when the window is narrower */
+.chart-scroll { overflow-x: auto; }
+@media (max-width: 1199px) { .chart-scroll svg { max-width: none; } }
+/* narrow windows: each request a card of labelled lines instead of a wide table */
+@media (max-width: 760px) {
+  body { margin: 12px; }
+  .legend { margin-left: 0; }
+  .legend span:first-child { margin-left: 0; }
+  table, tbody, tr, td { display: block; width: auto; }
+  thead { display: none; }
+  tr { border: 1px solid #e2e8f0; border-radius: 4px; margin: 0 0 8px; padding: 4px 0; }
+  td { border: 0; padding: 2px 8px; white-space: normal !important; }
+  td::before { content: attr(data-label); display: inline-block; min-width: 9em;
+               color: #64748b; font-size: 12px; }
+  td ul { display: inline-block; vertical-align: top; padding-left: 0;
+          list-style-position: inside; }
+}
 """
 
 
@@ -532,16 +551,21 @@ def _table(steps: Sequence[Step], actions: Sequence[Action]) -> str:
             for c in a.calls)
         result = a.outcome + (f": {a.fault}" if a.fault else "")
         css = ' class="failed"' if a.failed else ""
+        # data-label: each cell's heading, shown beside it where the table becomes cards
         rows.append(
-            f"<tr{css}><td>{escape(_when(steps[a.first].entry.timestamp))}</td>"
-            f"<td><code>{escape(a.name)}</code> {escape(a.detail)}</td>"
-            f"<td>{escape(a.who)}</td><td>{escape(a.cause)}</td>"
-            f'<td class="result{" failed" if a.outcome == "failed" else ""}">'
-            f"{escape(result)}</td>"
-            f'<td><span class="badge" style="background:{status_color(a.status_after)}">'
+            f'<tr{css}><td data-label="When (UTC)">'
+            f"{escape(_when(steps[a.first].entry.timestamp))}</td>"
+            f'<td data-label="Action"><code>{escape(a.name)}</code> {escape(a.detail)}</td>'
+            f'<td data-label="Who">{escape(a.who)}</td>'
+            f'<td data-label="Cause">{escape(a.cause)}</td>'
+            f'<td data-label="Result" class="result'
+            f'{" failed" if a.outcome == "failed" else ""}">{escape(result)}</td>'
+            f'<td data-label="Status after"><span class="badge" '
+            f'style="background:{status_color(a.status_after)}">'
             f"{escape(a.status_after)}</span></td>"
-            f"<td>{'<ul>' + calls + '</ul>' if calls else '—'}</td>"
-            f'<td class="mono" title="{escape(a.request_id)}">'
+            f'<td data-label="Hypervisor calls">'
+            f"{'<ul>' + calls + '</ul>' if calls else '—'}</td>"
+            f'<td data-label="Request" class="mono" title="{escape(a.request_id)}">'
             f"{escape(_short(a.request_id))}</td></tr>")
     return ("<table><thead><tr><th>When (UTC)</th><th>Action</th><th>Who</th><th>Cause</th>"
             "<th>Result</th><th>Status after</th><th>Hypervisor calls</th><th>Request</th>"
@@ -596,7 +620,7 @@ def render_timeline(server: Server, steps: Sequence[Step], *, generated_at: date
 </header>
 <main>
 <section class="chart">
-{chart}
+<div class="chart-scroll">{chart}</div>
 <p class="legend">{legend}</p>
 </section>
 <section>

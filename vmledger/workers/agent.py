@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from vmledger.adapters.hypervisor import (
     GuestSpec,
@@ -45,6 +45,16 @@ _STATE_OF_POWER = {
 }
 
 
+class AgentObserver(Protocol):
+    """Told what the agent did and how long it took (the metrics listen)."""
+
+    def hypervisor_call(self, call: str, error: str | None, seconds: float) -> None:
+        """One hypervisor call made (``error``: None when it succeeded)."""
+
+    def agent_pass(self, kind: str, seconds: float, handled: int) -> None:
+        """One pass done: ``reconcile`` (actions in flight) or ``power_sync``."""
+
+
 class HostAgent:
     """One per hypervisor host; safe to stop and start again at any moment."""
 
@@ -61,6 +71,16 @@ class HostAgent:
         self.host = host
         self._unexpected: dict[str, int] = {}
         self._started = False
+        self.observers: list[AgentObserver] = []
+
+    def _observe_call(self, call: str, error: str | None, seconds: float) -> None:
+        for observer in self.observers:
+            observer.hypervisor_call(call, error, seconds)
+
+    def _observe_pass(self, kind: str, started: float, handled: int) -> None:
+        seconds = time.perf_counter() - started  # wall time, whatever the stopwatch
+        for observer in self.observers:
+            observer.agent_pass(kind, seconds, handled)
 
     # --- the loop ---------------------------------------------------------------------
     def pending(self) -> list[tuple[str, str]]:
@@ -71,6 +91,7 @@ class HostAgent:
         """Reconcile every server with an action in flight; return how many were handled.
         The first pass also removes the guests of servers evacuated away from this host
         while it was down (as Nova's compute does when it starts)."""
+        started = time.perf_counter()
         handled = 0
         if not self._started:
             self._started = True
@@ -86,6 +107,7 @@ class HostAgent:
                 if count >= MAX_UNEXPECTED:
                     self._give_up(server_id, request_id)
             handled += 1
+        self._observe_pass("reconcile", started, handled)
         return handled
 
     def _give_up(self, server_id: str, request_id: str) -> None:
@@ -114,9 +136,11 @@ class HostAgent:
                 try:
                     result: Any = dict(self.hypervisor.destroy(server_id))
                 except HypervisorError as e:
+                    self._observe_call("destroy", e.message, self.stopwatch() - started)
                     log.warning("agent %s: the guest %s evacuated from here could not be "
                                 "removed: %s", self.host, server_id, e.message)
                     continue
+                self._observe_call("destroy", None, self.stopwatch() - started)
                 call = {"call": "destroy", "driver": self.hypervisor.driver,
                         "result": result, "error": None,
                         "duration_ms": round((self.stopwatch() - started) * 1000, 3)}
@@ -133,6 +157,7 @@ class HostAgent:
         ``_sync_power_states``); record each difference as an event, stopping the server
         where Nova's policy says so. Returns how many servers drifted. Guests left behind
         by evacuated servers are removed first (:meth:`remove_evacuated_guests`)."""
+        started = time.perf_counter()
         self.remove_evacuated_guests()
         self.updater.catch_up()
         drifted = 0
@@ -142,6 +167,7 @@ class HostAgent:
                 drifted += 1
         if drifted:
             self.updater.catch_up()
+        self._observe_pass("power_sync", started, drifted)
         return drifted
 
     def sync_one(self, server_id: str, vm_state: str, task_state: str | None,
@@ -160,6 +186,7 @@ class HostAgent:
                 error = None
             except HypervisorError as e:
                 result, error = None, e.message
+            self._observe_call("power_off", error, self.stopwatch() - started)
             call = {"call": "power_off", "driver": self.hypervisor.driver, "result": result,
                     "error": error,
                     "duration_ms": round((self.stopwatch() - started) * 1000, 3)}
@@ -252,6 +279,7 @@ class HostAgent:
                      result: dict[str, Any] | None, error: str | None, started: float
                      ) -> None:
         elapsed = (self.stopwatch() - started) * 1000
+        self._observe_call(name, error, elapsed / 1000)
         self._step(str(server.id), str(server.pending_request_id),
                    lambda s, c, at: s.record_call(
                        c, at, host=self.host, driver=self.hypervisor.driver, call=name,

@@ -138,6 +138,8 @@ class Pipeline:
         self.store = store
         self.clock = clock
         self._jitter = random.Random(seed)
+        #: called on every lost race, before deciding again (the metrics count retries)
+        self.retry_observers: list[Callable[[], None]] = []
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -199,6 +201,8 @@ class Pipeline:
         doubling with each lost attempt (at most 0.2 s), so writers contending for one
         aggregate (a host's claims, a project's quota set) spread out instead of
         colliding again."""
+        for observe in self.retry_observers:
+            observe()
         time.sleep(self._jitter.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
 
     def lock(self, name: str) -> threading.Lock:

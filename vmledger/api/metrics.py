@@ -1,0 +1,263 @@
+"""Prometheus metrics of an engine and of the HTTP API over it (``GET /metrics``).
+
+Each :class:`EngineMetrics` has a registry of its own (several engines and apps may live
+in one process; the library's global registry is never used):
+
+- ``vmledger_command_retries_total``: lost optimistic-concurrency races decided again
+  (the command pipeline calls :meth:`EngineMetrics.command_retried` through
+  ``Pipeline.retry_observers``, from ``Pipeline.back_off``:
+  :mod:`vmledger.domain.commands.pipeline`);
+- ``vmledger_hypervisor_calls_total{call,result}`` and
+  ``vmledger_hypervisor_call_duration_seconds{call}``: every hypervisor call the host
+  agent makes (``result`` ``ok`` or ``error``);
+- ``vmledger_agent_pass_duration_seconds{kind}``: the agent's passes (``reconcile``,
+  ``power_sync``);
+- read at scrape time from the read models, one query each:
+  ``vmledger_read_model_position``, ``vmledger_log_head``,
+  ``vmledger_read_model_lag_events``, ``vmledger_hosts{state}``,
+  ``vmledger_host_up{host}``, ``vmledger_servers{status}`` and
+  ``vmledger_read_models_up`` (0 when the database did not answer).
+
+:class:`ApiMetrics` adds the HTTP API's, measured by :class:`MetricsMiddleware`:
+
+- ``vmledger_http_requests_total{method,route,status}`` and
+  ``vmledger_http_request_duration_seconds{method,route}`` (``route`` is the route
+  template, ``/v2.1/servers/{server_id}``; ``unmatched`` for unknown paths);
+- ``vmledger_commands_total{action,result}``: the requests that change something
+  (``POST``, ``PUT``, ``PATCH``, ``DELETE`` under ``/v2.1`` and ``/image``) by action
+  (the server action's name, ``reboot``, ``os-start``…, or the handler's,
+  ``create_server``, ``delete_server``…) and result: ``accepted`` (2xx), ``conflict``
+  (409), ``refused`` (any other 4xx) or ``error`` (5xx).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vmledger.api.health import DEFAULT_TIMEOUT, BoundedRead
+from vmledger.engine import Engine
+from vmledger.projections.stats import servers_by_status
+
+log = logging.getLogger(__name__)
+
+#: the exposition format's content type (text, version 0.0.4)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: seconds: API calls answer in milliseconds, commands wait for the read models
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0)
+#: seconds: a simulator answers at once, libvirt's spawns and snapshots take a while
+HYPERVISOR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+PASS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+#: the methods of requests that are commands
+COMMAND_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: methods counted by name; any other is ``other`` (a label per made-up method would
+#: let a caller grow the registry without bound)
+KNOWN_METHODS = COMMAND_METHODS | {"GET", "HEAD", "OPTIONS"}
+#: the route prefixes under which such requests are commands (not the Keystone logins)
+COMMAND_PREFIXES = ("/v2.1", "/image")
+#: the key in the request's state a handler names its command under (see :func:`note_command`)
+COMMAND_KEY = "vmledger_command"
+_ROUTE_KEY = "vmledger_route"
+
+
+def note_command(request: Request, action: str) -> None:
+    """Name the command this request is (a server action's name), for the metrics."""
+    request.scope.setdefault("state", {})[COMMAND_KEY] = action
+
+
+class _ReadModelCollector(Collector):
+    """What the read models say at scrape time (read within :attr:`timeout` seconds:
+    a scrape answers even when the database does not)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.timeout = DEFAULT_TIMEOUT
+        self._read = BoundedRead(lambda: list(self._families()), "vmledger-metrics")
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # nothing is read when the collector is registered
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("vmledger_read_models_up",
+                               "1 when the read models could be read for this scrape")
+        try:
+            families = self._read(self.timeout)
+        except Exception:  # the scrape still answers, saying the database did not
+            log.warning("metrics: the read models could not be read", exc_info=True)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
+        engine = self.engine
+        head = int(engine.service.recorder.max_notification_id() or 0)
+        position = engine.view.position()
+        yield GaugeMetricFamily("vmledger_log_head",
+                                "The position of the last event in the log", value=head)
+        yield GaugeMetricFamily("vmledger_read_model_position",
+                                "The log position the read models reflect", value=position)
+        yield GaugeMetricFamily("vmledger_read_model_lag_events",
+                                "Events in the log the read models do not reflect yet",
+                                value=max(head - position, 0))
+        services = engine.compute_services()
+        hosts = GaugeMetricFamily("vmledger_hosts", "Compute hosts by state (as os-services)",
+                                  labels=["state"])
+        host_up = GaugeMetricFamily("vmledger_host_up",
+                                    "1 while a compute host is up (heard from, not forced "
+                                    "down)", labels=["host"])
+        alive = {s["host"]: bool(s["up"]) and not s["forced_down"] for s in services}
+        hosts.add_metric(["up"], sum(alive.values()))
+        hosts.add_metric(["down"], len(alive) - sum(alive.values()))
+        for host, is_up in sorted(alive.items()):
+            host_up.add_metric([host], int(is_up))
+        yield hosts
+        yield host_up
+        servers = GaugeMetricFamily("vmledger_servers", "Servers (not deleted) by status",
+                                    labels=["status"])
+        for status, count in sorted(servers_by_status(engine.view).items()):
+            servers.add_metric([status], count)
+        yield servers
+
+
+class EngineMetrics:
+    """An engine's metrics, in a registry of their own (see the module's description).
+
+    Created over an engine, it listens to its host agent and its command pipeline."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.registry = CollectorRegistry()
+        self.retries = Counter(
+            "vmledger_command_retries", "Commands decided again after losing an "
+            "optimistic-concurrency race", registry=self.registry)
+        self.hypervisor_calls = Counter(
+            "vmledger_hypervisor_calls", "Hypervisor calls by call and result",
+            ["call", "result"], registry=self.registry)
+        self.hypervisor_seconds = Histogram(
+            "vmledger_hypervisor_call_duration_seconds", "How long hypervisor calls took",
+            ["call"], buckets=HYPERVISOR_BUCKETS, registry=self.registry)
+        self.agent_passes = Histogram(
+            "vmledger_agent_pass_duration_seconds", "How long the host agent's passes took",
+            ["kind"], buckets=PASS_BUCKETS, registry=self.registry)
+        self.read_models = _ReadModelCollector(engine)
+        self.registry.register(self.read_models)
+        engine.agent.observers.append(self)
+        engine.commands.deps.pipeline.retry_observers.append(self.command_retried)
+
+    def command_retried(self) -> None:
+        self.retries.inc()
+
+    def hypervisor_call(self, call: str, error: str | None, seconds: float) -> None:
+        self.hypervisor_calls.labels(call, "ok" if error is None else "error").inc()
+        self.hypervisor_seconds.labels(call).observe(max(seconds, 0.0))
+
+    def agent_pass(self, kind: str, seconds: float, handled: int) -> None:
+        self.agent_passes.labels(kind).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class ApiMetrics(EngineMetrics):
+    """:class:`EngineMetrics` and the HTTP API's requests and commands."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.requests = Counter(
+            "vmledger_http_requests", "HTTP requests by route template, method and status",
+            ["method", "route", "status"], registry=self.registry)
+        self.request_seconds = Histogram(
+            "vmledger_http_request_duration_seconds", "How long HTTP requests took",
+            ["method", "route"], buckets=HTTP_BUCKETS, registry=self.registry)
+        self.commands = Counter(
+            "vmledger_commands", "Commands by action and result (accepted, conflict, "
+            "refused, error)", ["action", "result"], registry=self.registry)
+
+    def request_done(self, method: str, route: str, status: int, seconds: float,
+                     command: str | None) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.request_seconds.labels(method, route).observe(seconds)
+        if command is not None:
+            self.commands.labels(command, command_result(status)).inc()
+
+    async def endpoint(self, request: Request) -> Response:
+        """``GET /metrics``: the registry (no auth, as Prometheus scrapes)."""
+        return Response(await run_in_threadpool(self.exposition), media_type=CONTENT_TYPE)
+
+
+def command_result(status: int) -> str:
+    if status < 400:
+        return "accepted"
+    if status == 409:
+        return "conflict"
+    return "refused" if status < 500 else "error"
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request (outermost: the version-negotiation faults
+    too). :class:`RouteProbe`, innermost, tells it the route template matched."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # shared with the inner middleware even where they copy the scope
+        state: dict[str, Any] = scope.setdefault("state", {})
+        started = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = str(state.get(_ROUTE_KEY) or "unmatched")
+            method = str(scope["method"])
+            if method not in KNOWN_METHODS:
+                method = "other"
+            command = None
+            if method in COMMAND_METHODS and route.startswith(COMMAND_PREFIXES):
+                command = str(state.get(COMMAND_KEY) or state.get("vmledger_handler")
+                              or route)
+            self.metrics.request_done(method, route, status,
+                                      time.perf_counter() - started, command)
+
+
+class RouteProbe:
+    """Innermost: notes the route template (and its handler's name) the router matched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            state = scope.get("state")
+            if route is not None and isinstance(state, dict):
+                state[_ROUTE_KEY] = getattr(route, "path", None)
+                state["vmledger_handler"] = getattr(getattr(route, "endpoint", None),
+                                                    "__name__", None)
