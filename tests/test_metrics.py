@@ -67,7 +67,7 @@ def test_requests_commands_and_hypervisor_calls_are_counted(
     engine.run_until_idle()
     assert client.get("/v2.1/servers/nothing-here").status_code == 404
     assert client.get("/v2.1/no/such/path/at/all").status_code == 404
-    assert client.get(f"/v2.1/p1/servers/{sid}").status_code == 200
+    assert client.get(f"/v2.1/a1/servers/{sid}").status_code == 200
 
     m = scrape(client)
     route = "/v2.1/servers/{server_id}/action"
