@@ -67,7 +67,7 @@ def test_requests_commands_and_hypervisor_calls_are_counted(
     engine.run_until_idle()
     assert client.get("/v2.1/servers/nothing-here").status_code == 404
     assert client.get("/v2.1/no/such/path/at/all").status_code == 404
-    assert client.get(f"/v2.1/p1/servers/{sid}").status_code == 200
+    assert client.get(f"/v2.1/a1/servers/{sid}").status_code == 200
 
     m = scrape(client)
     route = "/v2.1/servers/{server_id}/action"
@@ -259,3 +259,11 @@ def test_made_up_methods_and_paths_do_not_grow_the_labels(noauth_client: ApiClie
     assert value(m, "vmledger_http_requests_total", method="other", route="unmatched",
                  status="404") == 5
     assert not any("BREW" in dict(labels).get("method", "") for _, labels in m)
+
+
+def test_route_labels_name_parameters_without_their_convertors() -> None:
+    from vmledger.api.metrics import route_template
+
+    assert route_template("/v2.1/{project_id:nova_project_id}/servers/{server_id}") == (
+        "/v2.1/{project_id}/servers/{server_id}")
+    assert route_template("/image/v2/images/{image_id}") == "/image/v2/images/{image_id}"

@@ -32,7 +32,9 @@ in one process; the library's global registry is never used):
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -245,6 +247,16 @@ class MetricsMiddleware:
                                       time.perf_counter() - started, command)
 
 
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+
+
+@functools.lru_cache(maxsize=1024)
+def route_template(path: str) -> str:
+    """A route's path as a label: its parameters without their convertors
+    (``/v2.1/{project_id}/servers``, not ``{project_id:nova_project_id}``)."""
+    return _CONVERTOR.sub(r"{\1}", path)
+
+
 class RouteProbe:
     """Innermost: notes the route template (and its handler's name) the router matched."""
 
@@ -257,7 +269,8 @@ class RouteProbe:
         finally:
             route = scope.get("route")
             state = scope.get("state")
-            if route is not None and isinstance(state, dict):
-                state[_ROUTE_KEY] = getattr(route, "path", None)
+            path = getattr(route, "path", None)
+            if isinstance(path, str) and isinstance(state, dict):
+                state[_ROUTE_KEY] = route_template(path)
                 state["vmledger_handler"] = getattr(getattr(route, "endpoint", None),
                                                     "__name__", None)
