@@ -92,5 +92,13 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # uvicorn's own logging configuration (when one ran before in this process) gives its
+    # loggers handlers of their own and stops them propagating: they go through ours
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.disabled = False
+        logger.setLevel(logging.NOTSET)
     if level.lower() != "debug":  # transitions logs every state change at info
         logging.getLogger("transitions").setLevel(logging.WARNING)
