@@ -102,7 +102,8 @@ class ComputeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
+                # a handler may override them (a repeat answers with its first request id)
+                for name, value in {**extra, **state.get("response_headers", {})}.items():
                     headers[name] = value
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))

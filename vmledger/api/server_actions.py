@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
+from vmledger.api import idempotency
 from vmledger.api import validation as val
 from vmledger.api.faults import MALFORMED_BODY, ApiError
 from vmledger.api.http import EMPTY, Call, read_json
@@ -25,17 +26,20 @@ from vmledger.api.servers import (
 )
 from vmledger.api.views import rebuild_view
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.commands import CommandResult
 from vmledger.engine import ServerInfo
 
 
-def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> None:
+def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> CommandResult:
     owned_server(call.engine, call.principal, server_id)
-    call.engine.act(server_id, action, ctx=call.context(), **params)
+    return call.engine.act(server_id, action, ctx=call.context(),
+                           idempotency_key=idempotency.key_of(call), **params)
 
 
-def _rebuild(call: Call, server_id: str, params: dict[str, Any]) -> ServerInfo:
-    _act(call, server_id, "rebuild", params)
-    return call.engine.get_server(server_id)
+def _rebuild(call: Call, server_id: str, params: dict[str, Any]
+             ) -> tuple[CommandResult, ServerInfo]:
+    result = _act(call, server_id, "rebuild", params)
+    return result, call.engine.get_server(server_id)
 
 
 
@@ -52,6 +56,9 @@ class _Action:
     create_image: bool = False
     #: a read: the answer is the body (``os-getConsoleOutput``)
     console: bool = False
+    #: ``admin_pass`` was made here, not given: a repeat cannot tell it again (it was
+    #: never recorded), so its answer leaves it out
+    generated_pass: bool = False
 
 
 _REBOOT_TYPES = ["HARD", "Hard", "hard", "SOFT", "Soft", "soft"]
@@ -100,12 +107,12 @@ def _parse_rebuild(call: Call, value: Any) -> _Action:
         raise val.invalid_field("OS-DCF:diskConfig", disk_config,
                                 f"{disk_config!r} is not one of ['AUTO', 'MANUAL']")
     admin_pass = rebuild.get("adminPass")
-    if admin_pass is None:
-        admin_pass = _new_password()
-    elif not isinstance(admin_pass, str):
+    if admin_pass is not None and not isinstance(admin_pass, str):
         raise val.invalid_field("adminPass", admin_pass,
                                 f"{admin_pass!r} is not of type 'string'")
-    return _Action("rebuild", params, admin_pass=admin_pass, rebuild=True)
+    return _Action("rebuild", params,
+                   admin_pass=admin_pass if admin_pass is not None else _new_password(),
+                   rebuild=True, generated_pass=admin_pass is None)
 
 
 def _parse_resize(call: Call, value: Any) -> _Action:
@@ -163,7 +170,8 @@ def _parse_rescue(call: Call, value: Any) -> _Action:
         if "rescue_image_ref" in rescue:
             params["image"] = val.uuid_string(rescue["rescue_image_ref"], "rescue_image_ref")
     return _Action("rescue", params, status=200,
-                   admin_pass=admin_pass if admin_pass is not None else _new_password())
+                   admin_pass=admin_pass if admin_pass is not None else _new_password(),
+                   generated_pass=admin_pass is None)
 
 
 def _parse_evacuate(call: Call, value: Any) -> _Action:
@@ -197,7 +205,8 @@ def _parse_evacuate(call: Call, value: Any) -> _Action:
             raise ApiError(400, "Can't force to a non-provided destination")
         params["force"] = True
     return _Action("evacuate", params, status=200,
-                   admin_pass=admin_pass if admin_pass is not None else _new_password())
+                   admin_pass=admin_pass if admin_pass is not None else _new_password(),
+                   generated_pass=admin_pass is None)
 
 
 def _parse_crash_dump(call: Call, value: Any) -> _Action:
@@ -268,22 +277,23 @@ def _parse_create_image(call: Call, value: Any) -> _Action:
 
 
 def _create_image(call: Call, server_id: str, engine_action: str, params: dict[str, Any]
-                  ) -> str:
+                  ) -> CommandResult:
     """Snapshot (``create_image``) or back up (``create_backup``) the server; the new
-    image's id. The request id recorded (the instance action) is this call's."""
+    image's id (in the result's details). The request id recorded (the instance
+    action) is this call's, or with a repeated Idempotency-Key the first call's."""
     owned_server(call.engine, call.principal, server_id)
     metadata: dict[str, str] = params["metadata"]
     if len(metadata) > IMAGE_METADATA_QUOTA and call.version <= _IMAGE_META_QUOTA_UNTIL:
         raise ApiError(403, "Image metadata limit exceeded")
     if engine_action == "create_backup":
-        result = call.engine.create_backup(server_id, params["name"],
-                                           backup_type=params["backup_type"],
-                                           rotation=params["rotation"], metadata=metadata,
-                                           ctx=call.context())
-    else:
-        result = call.engine.create_image(server_id, params["name"], metadata=metadata,
-                                          ctx=call.context())
-    return str(result.details["image_id"])
+        return call.engine.create_backup(server_id, params["name"],
+                                         backup_type=params["backup_type"],
+                                         rotation=params["rotation"], metadata=metadata,
+                                         ctx=call.context(),
+                                         idempotency_key=idempotency.key_of(call))
+    return call.engine.create_image(server_id, params["name"], metadata=metadata,
+                                    ctx=call.context(),
+                                    idempotency_key=idempotency.key_of(call))
 
 
 _ROTATION = re.compile(r"^[0-9]+$")
@@ -361,17 +371,20 @@ async def server_action(call: Call) -> Response:
     note_command(call.request, key)  # the command's name in the metrics
     action = parser(call, value)
     if action.rebuild:
-        info = await call.run(_rebuild, call, server_id, action.params)
+        result, info = await call.run(_rebuild, call, server_id, action.params)
+        admin_pass = _told_pass(call, action, result)
         groups = await call.run(server_groups_of, call, info.doc)
         viewer = await call.run(call.server_viewer)
-        body = {"server": rebuild_view(info.doc, viewer, action.admin_pass, groups)}
+        body = {"server": rebuild_view(info.doc, viewer, admin_pass, groups)}
         return JSONResponse(body, status_code=202, headers=_location(call, server_id))
     if action.console:
         output = await call.run(_console_output, call, server_id, action.params)
         return JSONResponse({"output": output}, status_code=200)
     if action.create_image:
-        image_id = await call.run(_create_image, call, server_id, action.engine_action,
-                                  action.params)
+        result = await call.run(_create_image, call, server_id, action.engine_action,
+                                action.params)
+        idempotency.answered(call, result)
+        image_id = str(result.details["image_id"])
         if call.at_least(2, 45):
             return JSONResponse({"image_id": image_id}, status_code=202)
         # before 2.45 the new image is in the Location header (Nova's points at Glance;
@@ -381,11 +394,20 @@ async def server_action(call: Call) -> Response:
             return Response(status_code=202)
         return Response(status_code=202,
                         headers={"Location": call.viewer.links.versioned("images", image_id)})
-    await call.run(_act, call, server_id, action.engine_action, action.params)
+    result = await call.run(_act, call, server_id, action.engine_action, action.params)
+    admin_pass = _told_pass(call, action, result)
     if action.engine_action == "rescue" or (action.engine_action == "evacuate"
                                             and not call.at_least(2, 14)):
-        return JSONResponse({"adminPass": action.admin_pass}, status_code=action.status)
+        return JSONResponse({"adminPass": admin_pass} if admin_pass is not None else {},
+                            status_code=action.status)
     return Response(status_code=action.status)
+
+
+def _told_pass(call: Call, action: _Action, result: CommandResult) -> str | None:
+    """The password the answer tells: none on a repeat when it was made for the first
+    request (as Nova answers without ``enable_instance_password``)."""
+    repeat = idempotency.answered(call, result)
+    return None if repeat and action.generated_pass else action.admin_pass
 
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from starlette.responses import JSONResponse, Response
 
-from vmledger.api import listing
+from vmledger.api import idempotency, listing
 from vmledger.api import validation as val
 from vmledger.api.auth import Principal
 from vmledger.api.faults import ApiError
@@ -31,6 +31,7 @@ from vmledger.api.views import (
     update_view,
 )
 from vmledger.domain import status as st
+from vmledger.domain.commands import CommandResult
 from vmledger.domain.commands.servers import MAX_SERVERS_PER_REQUEST
 from vmledger.domain.errors import FlavorNotFound, ImageNotFound, NotFound, ServerNotFound
 from vmledger.domain.server import Context
@@ -131,9 +132,15 @@ class _CreateRequest:
     count: int = 1
     #: the fewest the request accepts when the quota allows fewer (Nova's min_count)
     min_count: int = 1
+    #: the request's Idempotency-Key
+    key: str | None = None
+    #: whether ``admin_pass`` was made here (a repeat cannot tell it again: it was
+    #: never recorded)
+    generated_pass: bool = False
 
 
 def _parse_create(call: Call, body: Any) -> _CreateRequest:
+    key = idempotency.key_of(call)
     body = val.require_object({} if body is EMPTY else body, None)
     if "server" not in body:
         raise val.invalid_field("server", body, "'server' is a required property")
@@ -164,11 +171,15 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
         raise ApiError(403, f"Quota exceeded for instances: Requested {min_count}, but "
                             f"already used 0 of {MAX_SERVERS_PER_REQUEST} instances")
     admin_pass = server.get("adminPass")
+    generated_pass = admin_pass is None
     if admin_pass is None:
         admin_pass = _new_password()
     elif not isinstance(admin_pass, str):
         raise val.invalid_field("adminPass", admin_pass,
                                 f"{admin_pass!r} is not of type 'string'")
+    # with a key, a repeat must ask for the same reservation as the first request
+    reservation = (secrets.token_hex(4) if key is None
+                   else idempotency.derived(call, key, "reservation_id")[:8])
     disk_config = server.get("OS-DCF:diskConfig", "MANUAL")
     if disk_config not in ("AUTO", "MANUAL"):
         raise val.invalid_field("OS-DCF:diskConfig", disk_config,
@@ -191,7 +202,7 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
         "access_ip_v6": val.ip_address(server.get("accessIPv6"), "accessIPv6", 6),
         "config_drive": val.boolean(server.get("config_drive", False), "config_drive"),
         "pinned_availability_zone": availability_zone,
-        "reservation_id": "r-" + secrets.token_hex(4),
+        "reservation_id": "r-" + reservation,
         "user_data": user_data,
         "tags": list(dict.fromkeys(tags)),
         "hostname": hostname,
@@ -212,10 +223,11 @@ def _parse_create(call: Call, body: Any) -> _CreateRequest:
                               server.get("return_reservation_id", False),
                               "return_reservation_id"),
                           count=min(max_count, MAX_SERVERS_PER_REQUEST),
-                          min_count=min_count)
+                          min_count=min_count, key=key, generated_pass=generated_pass)
 
 
-def _create(engine: Engine, ctx: Context, req: _CreateRequest) -> ServerInfo:
+def _create(engine: Engine, ctx: Context, req: _CreateRequest
+            ) -> tuple[CommandResult, ServerInfo]:
     if not any(f.id == req.flavor for f in engine.service.catalog.flavors()):
         raise ApiError(400, "Invalid flavorRef provided.")
     key_name = req.options.get("key_name")
@@ -225,9 +237,10 @@ def _create(engine: Engine, ctx: Context, req: _CreateRequest) -> ServerInfo:
         except NotFound:
             raise ApiError(400, "Invalid key_name provided.") from None
     try:
-        return engine.create_servers(req.name, flavor=req.flavor, image=req.image, ctx=ctx,
-                                     count=req.count, min_count=req.min_count,
-                                     **req.options)[0]
+        result, infos = engine.request_servers(
+            req.name, flavor=req.flavor, image=req.image, ctx=ctx, count=req.count,
+            min_count=req.min_count, idempotency_key=req.key, **req.options)
+        return result, infos[0]
     except FlavorNotFound:
         raise ApiError(400, "Invalid flavorRef provided.") from None
     except ImageNotFound:
@@ -236,11 +249,15 @@ def _create(engine: Engine, ctx: Context, req: _CreateRequest) -> ServerInfo:
 
 async def create_server(call: Call) -> Response:
     req = _parse_create(call, await read_json(call.request))
-    info = await call.run(_create, call.engine, call.context(), req)
+    result, info = await call.run(_create, call.engine, call.context(), req)
+    repeat = idempotency.answered(call, result)
     if req.return_reservation_id:
         reservation = (info.doc.get("attributes") or {}).get("reservation_id")
         return JSONResponse({"reservation_id": reservation}, status_code=202)
-    body = {"server": created_view(info.doc, call.viewer, req.admin_pass)}
+    # a password made for the first request was never recorded: a repeat omits it (as
+    # Nova does without enable_instance_password); one the caller chose is echoed
+    admin_pass = None if repeat and req.generated_pass else req.admin_pass
+    body = {"server": created_view(info.doc, call.viewer, admin_pass)}
     return JSONResponse(body, status_code=202, headers=_location(call, info.id))
 
 

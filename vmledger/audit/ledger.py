@@ -24,6 +24,7 @@ from eventsourcing.persistence import StoredEvent
 from vmledger.audit.chain import AuditedRecorder, request_fields
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import status as st
+from vmledger.domain.commands.pipeline import IdempotencyRecord
 from vmledger.domain.compute_service import ComputeService
 from vmledger.domain.errors import ServerNotFound
 from vmledger.domain.flavors import FlavorRecord
@@ -107,11 +108,12 @@ _KINDS: tuple[tuple[type, str], ...] = (
     (Server.Event, "server"), (CustomImage.Event, "image"), (Keypair.Event, "keypair"),
     (QuotaSet.Event, "quota"), (QuotaClass.Event, "quota_class"),
     (ServerGroup.Event, "server_group"),
-    (FlavorRecord.Event, "flavor"), (ComputeService.Event, "compute_service"))
+    (FlavorRecord.Event, "flavor"), (ComputeService.Event, "compute_service"),
+    (IdempotencyRecord.Recorded, "idempotency"))
 _LABELS = {"server": "Server", "image": "Image", "keypair": "Key pair", "quota": "Quota set",
            "quota_class": "Quota class",
            "server_group": "Server group", "flavor": "Flavor",
-           "compute_service": "Compute service"}
+           "compute_service": "Compute service", "idempotency": "Idempotency key"}
 
 
 def _aggregate_kind(event: object) -> str:
@@ -467,6 +469,9 @@ def _opening(e: LedgerEntry) -> str:
         if p.get("call"):
             text += " (it powered the guest off, as Nova's power-state sync does)"
         return text
+    if e.aggregate == "idempotency":
+        return (f"{at} {_who(e)} sent it with idempotency key {p.get('key')!r}: a repeat "
+                "with that key is answered with this request's result")
     return f"{at} {_who(e)}: {_step(e)}"
 
 

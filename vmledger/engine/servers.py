@@ -39,13 +39,22 @@ class ServerFacade(EngineBase):
         one, as Nova names them); all or none are created. Within the project's quotas
         (instances, cores, RAM): as many as fit when that is at least ``min_count``
         (default ``count``), else :class:`~vmledger.domain.quota.QuotaExceeded`."""
+        return self.request_servers(name, flavor, image, count=count, min_count=min_count,
+                                    ctx=ctx, idempotency_key=idempotency_key, **options)[1]
+
+    def request_servers(self, name: str, flavor: str | int, image: str, *, count: int = 1,
+                        min_count: int | None = None, ctx: Context | None = None,
+                        idempotency_key: str | None = None, **options: Any
+                        ) -> tuple[CommandResult, list[ServerInfo]]:
+        """:meth:`create_servers`, with the command's result (whose ``request_id`` is
+        the first request's when an ``idempotency_key`` repeats one)."""
         ctx = self._ctx(ctx)
         self._check_flavor_access(flavor, ctx)
         result = self._done(self.commands.servers.create(
             ctx, name=name, flavor=flavor, image=image, idempotency_key=idempotency_key,
             count=count, min_count=min_count, **options))
         ids = result.details.get("server_ids") or [result.server_id]
-        return [self.get_server(server_id, ctx=ctx) for server_id in ids]
+        return result, [self.get_server(server_id, ctx=ctx) for server_id in ids]
 
     def _check_flavor_access(self, flavor: Any, ctx: Context) -> None:
         """A private flavor the caller may not use is not found (as Nova)."""

@@ -31,7 +31,7 @@ from eventsourcing.persistence import IntegrityError
 
 from vmledger.domain.clock import Clock
 from vmledger.domain.errors import BadRequest, Conflict, IdempotencyConflict
-from vmledger.domain.server import Context, Server
+from vmledger.domain.server import Context, RequestEvent, Server
 
 _IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
 #: attempts of one command before its losing races end in :class:`Conflict`
@@ -39,9 +39,11 @@ MAX_ATTEMPTS = 8
 
 
 class IdempotencyRecord(Aggregate):
-    """The first result of a command sent with an idempotency key."""
+    """The first result of a command sent with an idempotency key (with the first
+    request's id, so the key is in that request's causal chain; records made before
+    they carried it have none)."""
 
-    class Recorded(Aggregate.Created):
+    class Recorded(Aggregate.Created, RequestEvent):
         key: str
         fingerprint: str
         result: dict[str, Any]
@@ -179,7 +181,7 @@ class Pipeline:
                     aggregates.append(IdempotencyRecord._create(
                         IdempotencyRecord.Recorded, id=record_id, timestamp=self.clock.now(),
                         key=key.key if key else "", fingerprint=fingerprint,
-                        result=first.as_dict()))
+                        result=first.as_dict(), **ctx.fields()))
                 try:
                     recordings = self.store.save(*aggregates)
                 except IntegrityError:
