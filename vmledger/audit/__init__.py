@@ -7,9 +7,9 @@
   version, the causal chain of a request, and a plain-English explanation of a server.
 """
 
-from vmledger.audit.chain import KEY_ENV, AuditKey
+from vmledger.audit.chain import KEY_ENV, KEY_FILE_ENV, AuditKey
 from vmledger.audit.ledger import HistoryPage, Ledger, LedgerEntry
 from vmledger.audit.verify import Break, VerifyReport, verify
 
-__all__ = ["KEY_ENV", "AuditKey", "Break", "HistoryPage", "Ledger", "LedgerEntry",
+__all__ = ["KEY_ENV", "KEY_FILE_ENV", "AuditKey", "Break", "HistoryPage", "Ledger", "LedgerEntry",
            "VerifyReport", "verify"]

@@ -77,6 +77,8 @@ __all__ = [
 
 #: the environment variable holding the secret HMAC key
 KEY_ENV = "VMLEDGER_AUDIT_KEY"
+#: the environment variable naming a file that holds it (when ``KEY_ENV`` is unset)
+KEY_FILE_ENV = "VMLEDGER_AUDIT_KEY_FILE"
 #: used when ``VMLEDGER_AUDIT_KEY`` is unset: public, so it proves nothing to an attacker
 DEVELOPMENT_KEY = b"vmledger-development-audit-key/not-a-secret/set-VMLEDGER_AUDIT_KEY"
 #: the "previous hash" of the first link of every chain
@@ -106,9 +108,20 @@ class AuditKey:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> AuditKey:
-        value = (os.environ if environ is None else environ).get(KEY_ENV, "")
+        """``VMLEDGER_AUDIT_KEY``, else the first line of the file
+        ``VMLEDGER_AUDIT_KEY_FILE`` names (so the key itself is in no process's
+        environment), else the development key."""
+        env = os.environ if environ is None else environ
+        value = env.get(KEY_ENV, "")
         if value:
             return cls(value.encode("utf-8"), "environment")
+        path = env.get(KEY_FILE_ENV, "")
+        if path:
+            with open(path, encoding="utf-8") as f:
+                secret = f.readline().rstrip("\r\n")
+            if not secret:
+                raise ValueError(f"the audit key file {path} is empty")
+            return cls(secret.encode("utf-8"), "file")
         return cls(DEVELOPMENT_KEY, "development")
 
     @classmethod
