@@ -213,3 +213,16 @@ def test_the_key_is_in_the_first_requests_causal_chain(client: ApiClient) -> Non
     assert recorded[0]["payload"]["key"] == "ledgered"
     assert recorded[0]["payload"]["result"]["server_id"] == first.json()["server"]["id"]
     assert recorded[0]["request_id"] == rid(first)
+
+
+def test_identical_requests_racing_act_once(client: ApiClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(
+            lambda _: client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("race")),
+            range(6)))
+    assert {r.status_code for r in answers} == {202}
+    assert len({r.json()["server"]["id"] for r in answers}) == 1
+    assert len({rid(r) for r in answers}) == 1
+    assert len(servers(client)) == 1

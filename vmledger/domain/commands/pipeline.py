@@ -215,8 +215,7 @@ class Pipeline:
                 found = self._locks[name] = threading.Lock()
             return found
 
-    @staticmethod
-    def _replay(uow: UnitOfWork, record_id: uuid.UUID, fingerprint: str,
+    def _replay(self, uow: UnitOfWork, record_id: uuid.UUID, fingerprint: str,
                 key: Idempotency | None) -> CommandResult | None:
         record = uow.get(record_id)
         if record is None:
@@ -225,6 +224,10 @@ class Pipeline:
         if record.fingerprint != fingerprint:
             raise IdempotencyConflict(key.key if key else "")
         r = record.result
-        return CommandResult(r["server_id"], r["request_id"], r["position"], accepted=False,
+        # the first result was recorded before its position was known: the head of the
+        # log is at or after it (the record was saved with its events), so a reader
+        # waiting for the head sees what the first request wrote
+        position = r["position"] or self.store.recorder.max_notification_id()
+        return CommandResult(r["server_id"], r["request_id"], position, accepted=False,
                              details=r.get("details") or {})
 
