@@ -33,7 +33,7 @@ def rid(r: httpx.Response) -> str:
 
 
 def servers(client: ApiClient) -> list[dict[str, Any]]:
-    listed: list[dict[str, Any]] = client.get("/v2.1/p1/servers").json()["servers"]
+    listed: list[dict[str, Any]] = client.get("/v2.1/a1/servers").json()["servers"]
     return listed
 
 
@@ -43,7 +43,7 @@ def events(engine: Engine, sid: str, name: str) -> list[Any]:
 
 @pytest.fixture
 def sid(client: ApiClient, memory_engine: Engine) -> str:
-    r = client.post("/v2.1/p1/servers", json=SERVER)
+    r = client.post("/v2.1/a1/servers", json=SERVER)
     assert r.status_code == 202
     memory_engine.run_until_idle()
     return str(r.json()["server"]["id"])
@@ -52,8 +52,8 @@ def sid(client: ApiClient, memory_engine: Engine) -> str:
 # --- create ----------------------------------------------------------------------------
 def test_a_retried_create_makes_one_server_and_answers_as_the_first(
         client: ApiClient) -> None:
-    first = client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("boot-1"))
-    again = client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("boot-1"))
+    first = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("boot-1"))
+    again = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("boot-1"))
     assert first.status_code == again.status_code == 202
     assert again.json()["server"]["id"] == first.json()["server"]["id"]
     assert again.headers["location"] == first.headers["location"]
@@ -65,15 +65,15 @@ def test_a_retried_create_makes_one_server_and_answers_as_the_first(
     assert "adminPass" not in again.json()["server"]
     assert [s["id"] for s in servers(client)] == [first.json()["server"]["id"]]
     # another key makes another server
-    other = client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("boot-2"))
+    other = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("boot-2"))
     assert other.json()["server"]["id"] != first.json()["server"]["id"]
     assert len(servers(client)) == 2
 
 
 def test_a_chosen_password_is_echoed_by_a_repeat(client: ApiClient) -> None:
     body = {"server": {**SERVER["server"], "adminPass": "s3cret!"}}
-    first = client.post("/v2.1/p1/servers", json=body, headers=keyed("pw"))
-    again = client.post("/v2.1/p1/servers", json=body, headers=keyed("pw"))
+    first = client.post("/v2.1/a1/servers", json=body, headers=keyed("pw"))
+    again = client.post("/v2.1/a1/servers", json=body, headers=keyed("pw"))
     assert first.json() == again.json()
     assert again.json()["server"]["adminPass"] == "s3cret!"
 
@@ -81,8 +81,8 @@ def test_a_chosen_password_is_echoed_by_a_repeat(client: ApiClient) -> None:
 def test_a_repeated_multi_create_answers_with_the_same_reservation(
         client: ApiClient) -> None:
     body = {"server": {**SERVER["server"], "max_count": 3, "return_reservation_id": True}}
-    first = client.post("/v2.1/p1/servers", json=body, headers=keyed("three"))
-    again = client.post("/v2.1/p1/servers", json=body, headers=keyed("three"))
+    first = client.post("/v2.1/a1/servers", json=body, headers=keyed("three"))
+    again = client.post("/v2.1/a1/servers", json=body, headers=keyed("three"))
     assert first.status_code == again.status_code == 202
     assert first.json() == again.json()
     assert first.json()["reservation_id"].startswith("r-")
@@ -91,9 +91,9 @@ def test_a_repeated_multi_create_answers_with_the_same_reservation(
 
 
 def test_the_key_with_another_body_is_refused(client: ApiClient) -> None:
-    first = client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("k"))
+    first = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("k"))
     other = {"server": {**SERVER["server"], "name": "another"}}
-    r = client.post("/v2.1/p1/servers", json=other, headers=keyed("k"))
+    r = client.post("/v2.1/a1/servers", json=other, headers=keyed("k"))
     assert r.status_code == 409
     assert r.json()["conflictingRequest"]["message"] == (
         "Idempotency key 'k' was already used for a different request")
@@ -102,8 +102,8 @@ def test_the_key_with_another_body_is_refused(client: ApiClient) -> None:
 
 
 def test_keys_are_per_project(client: ApiClient) -> None:
-    first = client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("shared"))
-    second = client.post("/v2.1/p2/servers", json=SERVER, headers=keyed("shared"))
+    first = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("shared"))
+    second = client.post("/v2.1/a2/servers", json=SERVER, headers=keyed("shared"))
     assert second.status_code == 202
     assert second.json()["server"]["id"] != first.json()["server"]["id"]
     assert rid(second) != rid(first)
@@ -111,15 +111,15 @@ def test_keys_are_per_project(client: ApiClient) -> None:
 
 @pytest.mark.parametrize("key", ["", "x" * 256])
 def test_a_key_of_bad_length_is_a_bad_request(client: ApiClient, key: str) -> None:
-    r = client.post("/v2.1/p1/servers", json=SERVER, headers=keyed(key))
+    r = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed(key))
     assert r.status_code == 400
     assert "idempotency key" in r.json()["badRequest"]["message"]
     assert servers(client) == []
 
 
 def test_without_a_key_each_post_acts(client: ApiClient) -> None:
-    a = client.post("/v2.1/p1/servers", json=SERVER)
-    b = client.post("/v2.1/p1/servers", json=SERVER)
+    a = client.post("/v2.1/a1/servers", json=SERVER)
+    b = client.post("/v2.1/a1/servers", json=SERVER)
     assert a.json()["server"]["id"] != b.json()["server"]["id"]
     assert "idempotency-replayed" not in b.headers
 
@@ -127,7 +127,7 @@ def test_without_a_key_each_post_acts(client: ApiClient) -> None:
 # --- server actions --------------------------------------------------------------------
 def test_a_retried_action_acts_once(client: ApiClient, memory_engine: Engine,
                                     sid: str) -> None:
-    url = f"/v2.1/p1/servers/{sid}/action"
+    url = f"/v2.1/a1/servers/{sid}/action"
     first = client.post(url, json={"os-stop": None}, headers=keyed("stop-1"))
     memory_engine.run_until_idle()
     # stopped now: without the key a second stop is refused; with it, answered as before
@@ -146,7 +146,7 @@ def test_a_retried_action_acts_once(client: ApiClient, memory_engine: Engine,
 
 def test_a_retried_reboot_with_another_type_is_refused(
         client: ApiClient, memory_engine: Engine, sid: str) -> None:
-    url = f"/v2.1/p1/servers/{sid}/action"
+    url = f"/v2.1/a1/servers/{sid}/action"
     first = client.post(url, json={"reboot": {"type": "SOFT"}}, headers=keyed("rb"))
     again = client.post(url, json={"reboot": {"type": "SOFT"}}, headers=keyed("rb"))
     assert (first.status_code, again.status_code) == (202, 202)
@@ -158,7 +158,7 @@ def test_a_retried_reboot_with_another_type_is_refused(
 
 def test_a_retried_rescue_does_not_repeat_a_made_up_password(
         client: ApiClient, memory_engine: Engine, sid: str) -> None:
-    url = f"/v2.1/p1/servers/{sid}/action"
+    url = f"/v2.1/a1/servers/{sid}/action"
     first = client.post(url, json={"rescue": None}, headers=keyed("rescue"))
     again = client.post(url, json={"rescue": None}, headers=keyed("rescue"))
     assert (first.status_code, again.status_code) == (200, 200)
@@ -169,7 +169,7 @@ def test_a_retried_rescue_does_not_repeat_a_made_up_password(
 
 def test_a_retried_rebuild_answers_with_the_server(
         client: ApiClient, memory_engine: Engine, sid: str) -> None:
-    url = f"/v2.1/p1/servers/{sid}/action"
+    url = f"/v2.1/a1/servers/{sid}/action"
     body = {"rebuild": {"imageRef": IMAGE2, "adminPass": "chosen"}}
     first = client.post(url, json=body, headers=keyed("rebuild"))
     again = client.post(url, json=body, headers=keyed("rebuild"))
@@ -187,14 +187,14 @@ def test_a_retried_rebuild_answers_with_the_server(
 ])
 def test_a_retried_image_request_makes_one_image(
         client: ApiClient, memory_engine: Engine, sid: str, body: dict[str, Any]) -> None:
-    url = f"/v2.1/p1/servers/{sid}/action"
+    url = f"/v2.1/a1/servers/{sid}/action"
     first = client.post(url, json=body, headers=keyed("img", "2.45"))
     again = client.post(url, json=body, headers=keyed("img", "2.45"))
     assert (first.status_code, again.status_code) == (202, 202)
     assert again.json() == first.json()
     assert rid(again) == rid(first)
     memory_engine.run_until_idle()
-    images = client.get("/v2.1/p1/images").json()["images"]
+    images = client.get("/v2.1/a1/images").json()["images"]
     assert [i["id"] for i in images if i["name"] in ("snap", "bak")] == [
         first.json()["image_id"]]
     # before 2.45 the image is named by the Location header, the same on a repeat
@@ -205,8 +205,8 @@ def test_a_retried_image_request_makes_one_image(
 
 # --- the ledger ------------------------------------------------------------------------
 def test_the_key_is_in_the_first_requests_causal_chain(client: ApiClient) -> None:
-    first = client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("ledgered"))
-    client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("ledgered"))
+    first = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("ledgered"))
+    client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("ledgered"))
     chain = client.get(f"/ledger/v1/requests/{rid(first)}").json()
     recorded = [e for e in chain["entries"] if e["aggregate"] == "idempotency"]
     assert len(recorded) == 1
@@ -220,7 +220,7 @@ def test_identical_requests_racing_act_once(client: ApiClient) -> None:
 
     with ThreadPoolExecutor(max_workers=6) as pool:
         answers = list(pool.map(
-            lambda _: client.post("/v2.1/p1/servers", json=SERVER, headers=keyed("race")),
+            lambda _: client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("race")),
             range(6)))
     assert {r.status_code for r in answers} == {202}
     assert len({r.json()["server"]["id"] for r in answers}) == 1
