@@ -5,7 +5,9 @@ the OpenStack Compute API v2.1 on ``http://BIND:PORT/v2.1``, with callers identi
 ``--auth noauth|token|keystone`` (``--token TOKEN:USER:PROJECT:ROLES`` and ``--user
 NAME:PASSWORD:PROJECT:ROLES``, both repeatable); ``vmledger history SERVER`` prints every
 event of one server (named by id or name), oldest first. Start-up failures are one line
-on stderr with an exit code (:mod:`vmledger.cli_support`).
+on stderr with an exit code (:mod:`vmledger.cli_support`). Every flag of ``serve`` and
+``agent`` may also come from a ``VMLEDGER_*`` variable or a TOML file, and ``vmledger
+config show`` prints what is in effect (:mod:`vmledger.cli_config`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import vmledger
-from vmledger import cli_ops, cli_support, logs
+from vmledger import cli_config, cli_ops, cli_support, logs
 from vmledger.cli_support import CliError
 from vmledger.domain.errors import VmledgerError
 from vmledger.persistence import DEFAULT_URL, redact
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--db", default=DEFAULT_URL, metavar="URL",
                          help=f"database URL (default {DEFAULT_URL})")
     cli_ops.add_subcommands(sub)
+    cli_config.install(parser)  # settings from the environment and a file too
     return parser
 
 
@@ -226,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(cli_support.USAGE)
     args = parser.parse_args(argv)
     try:
+        cli_config.apply(parser, args)
+        if args.command == "config":
+            return cli_config.show(parser, args)
         if args.command == "serve":
             return serve(args, _auth_settings(parser, args))
         if args.command == "history":
