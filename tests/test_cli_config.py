@@ -296,3 +296,35 @@ token_file = ["{tokens}"]
         os.killpg(process.pid, signal.SIGTERM)
         _out, err = process.communicate(timeout=20)
     assert "serving the Compute API" not in err  # log_level warning, from the file
+
+
+def test_the_agent_runs_as_the_environment_and_the_file_say(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    cfg = write(tmp_path / "vmledger.toml", f"""
+log_format = "json"
+[agent]
+host = "compute-7"
+hypervisor = "simulator://{tmp_path / 'guests.json'}"
+""")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("VMLEDGER_")},
+           "VMLEDGER_CONFIG": str(cfg), "VMLEDGER_DB": url}
+    with Engine(url, host="compute-7") as api:
+        sid = api.create_server("remote", flavor="m1.small", image=IMAGE).id
+        agent = subprocess.Popen([sys.executable, "-m", "vmledger.cli", "agent"],
+                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and agent.poll() is None:
+                api.updater.catch_up()
+                if api.get_server(sid).status == "ACTIVE":
+                    break
+                time.sleep(0.1)
+            assert api.get_server(sid).status == "ACTIVE"
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            _out, err = agent.communicate(timeout=20)
+    assert agent.returncode == 0, err
+    assert "agent for host compute-7" in err
+    assert err.lstrip().startswith("{")  # log_format json, from the file
+    assert (tmp_path / "guests.json").is_file()
