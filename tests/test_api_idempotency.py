@@ -226,3 +226,16 @@ def test_identical_requests_racing_act_once(client: ApiClient) -> None:
     assert len({r.json()["server"]["id"] for r in answers}) == 1
     assert len({rid(r) for r in answers}) == 1
     assert len(servers(client)) == 1
+
+
+def test_a_repeated_create_of_a_deleted_server_is_not_found(
+        client: ApiClient, memory_engine: Engine) -> None:
+    first = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("gone"))
+    memory_engine.run_until_idle()
+    assert client.delete(f"/v2.1/a1/servers/{first.json()['server']['id']}"
+                         ).status_code == 204
+    memory_engine.run_until_idle()
+    again = client.post("/v2.1/a1/servers", json=SERVER, headers=keyed("gone"))
+    assert again.status_code == 404
+    assert "itemNotFound" in again.json()
+    assert servers(client) == []
