@@ -9,7 +9,10 @@
   (list, detail, show) and the images proxy (up to microversion 2.35);
 - ``/identity``: a minimal Keystone v3 (version documents; tokens with
   ``auth="keystone"``), see :mod:`vmledger.api.identity`;
-- ``/image``: an Image API v2 shim (list, show, delete), see :mod:`vmledger.api.glance`.
+- ``/image``: an Image API v2 shim (list, show, delete), see :mod:`vmledger.api.glance`;
+- ``/network``: a read-only Networking API v2.0 shim (the simulated network, its subnet,
+  the servers' ports, default security groups, no floating IPs), see
+  :mod:`vmledger.api.neutron`.
 - ``/ledger/v1``: the ledger (history, as-of, causal chains, feed, timeline), see
   :mod:`vmledger.api.ledger`;
 - ``/healthcheck`` (oslo.middleware's semantics, see :mod:`vmledger.api.health`) and
@@ -82,6 +85,7 @@ from vmledger.api.http import (
 from vmledger.api.identity import identity_routes
 from vmledger.api.ledger import ledger_routes
 from vmledger.api.metrics import ApiMetrics, MetricsMiddleware, RouteProbe
+from vmledger.api.neutron import neutron_routes
 from vmledger.api.rendering import RenderCache
 from vmledger.engine import Engine
 
@@ -246,6 +250,7 @@ def _routes(engine: Engine, settings: AuthSettings, registry: TokenRegistry
                         methods=["GET"]))
     routes += identity_routes(settings, registry)
     routes += glance_routes(engine, authenticate)
+    routes += neutron_routes(engine, authenticate)
     routes += ledger_routes(engine, authenticate)
     return routes
 

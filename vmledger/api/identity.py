@@ -10,8 +10,9 @@ Only with ``--auth keystone``:
 - ``POST /identity/v3/auth/tokens`` with the ``password`` method (user by name or id;
   domains are accepted and ignored) or the ``token`` method, scoped to the user's
   project (or unscoped) → 201, ``X-Subject-Token`` and a token body whose catalog lists
-  ``compute`` (``/v2.1``), ``identity`` (``/identity/v3``) and ``image`` (``/image``, the
-  Glance shim of :mod:`vmledger.api.glance`); ``?nocatalog`` leaves the catalog out;
+  ``compute`` (``/v2.1``), ``identity`` (``/identity/v3``), ``image`` (``/image``, the
+  Glance shim of :mod:`vmledger.api.glance`) and ``network`` (``/network``, the Neutron
+  shim of :mod:`vmledger.api.neutron`); ``?nocatalog`` leaves the catalog out;
 - ``GET``/``HEAD /identity/v3/auth/tokens`` validates ``X-Subject-Token``;
   ``DELETE`` revokes it;
 - ``GET /identity/v3/projects[?name=]`` and ``/projects/{id}``: the projects of the
@@ -68,10 +69,12 @@ async def version_v3(request: Request) -> Response:
 
 
 def catalog(base: str, region: str) -> list[dict[str, Any]]:
-    """The service catalog: compute, identity and image, each public/internal/admin."""
+    """The service catalog: compute, identity, image and network, each
+    public/internal/admin."""
     services = (("compute", "nova", f"{base}/v2.1"),
                 ("identity", "keystone", f"{base}/identity/v3"),
-                ("image", "glance", f"{base}/image"))
+                ("image", "glance", f"{base}/image"),
+                ("network", "neutron", f"{base}/network"))
     return [{"type": kind, "name": name, "id": f"vmledger-{name}",
              "endpoints": [{"id": f"vmledger-{name}-{iface}", "interface": iface,
                             "region": region, "region_id": region, "url": url}

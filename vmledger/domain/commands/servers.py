@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import network
 from vmledger.domain import quota as quotas
 from vmledger.domain import server_group as groups
 from vmledger.domain.catalog import Flavor, Image
@@ -37,11 +38,9 @@ ZONE = "nova"
 
 def addresses(server_id: uuid.UUID) -> dict[str, Any]:
     """A stable fixed address and MAC for a server (the simulated network)."""
-    b = server_id.bytes
-    ip = f"10.0.{b[0] % 250 + 1}.{b[1] % 250 + 2}"
-    mac = "fa:16:3e:" + ":".join(f"{x:02x}" for x in b[2:5])
-    return {"private": [{"addr": ip, "version": 4, "OS-EXT-IPS:type": "fixed",
-                         "OS-EXT-IPS-MAC:mac_addr": mac}]}
+    return {network.NETWORK_NAME: [{"addr": network.fixed_ip(server_id), "version": 4,
+                                    "OS-EXT-IPS:type": "fixed",
+                                    "OS-EXT-IPS-MAC:mac_addr": network.mac_address(server_id)}]}
 
 
 def image_fits(flavor: Flavor, image: Image) -> None:
