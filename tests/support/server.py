@@ -69,6 +69,10 @@ class RunningServer:
     def image(self) -> str:
         return f"{self.base}/image"
 
+    @property
+    def network(self) -> str:
+        return f"{self.base}/network"
+
     def server_errors(self) -> list[str]:
         """Lines of the log reporting a 500 (an unexpected error) or a traceback."""
         try:
