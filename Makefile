@@ -3,7 +3,7 @@
 #                   whose guests are kept beside it: a restart loses nothing)
 #   make test    -- run the test suite (the same command CI runs)
 # Both create the virtual environment on first use: `make serve` installs only what the
-# runtime needs, `make test` adds the test tooling and the OpenStack clients.
+# runtime needs, `make test` adds the test tooling, the OpenStack clients and Ansible.
 
 PYTHON ?= python3
 VENV := .venv
@@ -19,7 +19,7 @@ $(RUNTIME): pyproject.toml
 	touch $(RUNTIME)
 
 $(STAMP): $(RUNTIME)
-	$(VENV)/bin/pip install --quiet -e '.[dev,clients]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,clients,ansible]'
 	@# libvirt-python compiles against the system libvirt (apt: libvirt-dev pkg-config);
 	@# without it the libvirt tests skip with that reason (CI installs it and fails on skips)
 	$(VENV)/bin/pip install --quiet -e '.[libvirt]' || echo "note: libvirt-python not installed (needs libvirt-dev and pkg-config); libvirt tests will be skipped"

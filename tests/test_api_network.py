@@ -8,6 +8,8 @@ import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vmledger import Engine
 from vmledger.api import create_app
@@ -238,3 +240,58 @@ def test_the_keystone_catalog_lists_the_network_service(system_clock_engine: Eng
         iface: "http://testserver/network" for iface in ("public", "internal", "admin")}
     token = {"X-Auth-Token": r.headers["x-subject-token"]}
     assert client.get(f"{NET}/networks", headers=token).status_code == 200
+
+
+def test_a_servers_security_groups_as_nova_shows_them(client: ApiClient,
+                                                      system_clock_engine: Engine) -> None:
+    server = boot(client, system_clock_engine)
+    r = client.get(f"/v2.1/servers/{server['id']}/os-security-groups")
+    assert r.status_code == 200, r.text
+    [group] = r.json()["security_groups"]
+    [neutron] = client.get(f"{NET}/security-groups").json()["security_groups"]
+    assert (group["id"], group["name"], group["tenant_id"], group["description"]) == (
+        neutron["id"], "default", "admin", "Default security group")
+    # Nova shows the ingress rules only
+    assert sorted(group["rules"], key=lambda r: r["id"]) == sorted((
+        {"id": rule["id"], "parent_group_id": neutron["id"], "ip_protocol": None,
+         "from_port": None, "to_port": None, "ip_range": {},
+         "group": {"name": "default", "tenant_id": "admin"}}
+        for rule in neutron["security_group_rules"] if rule["direction"] == "ingress"),
+        key=lambda r: r["id"])
+    r = client.get("/v2.1/servers/00000000-0000-0000-0000-000000000000/os-security-groups")
+    assert r.status_code == 404 and "itemNotFound" in r.json()
+
+
+@settings(max_examples=150, deadline=None)
+@given(params=st.lists(st.tuples(
+    st.sampled_from(["fields", "limit", "marker", "name", "device_id", "network_id",
+                     "fixed_ips", "status", "shared", "router:external", "project_id",
+                     "admin_state_up", "security_group_rules", "tags"]) | st.text(max_size=6),
+    st.text(max_size=12) | st.sampled_from(["1", "0", "-1", "true", "ip_address=10.0.1.2",
+                                            "subnet_id=", "=", "x" * 300])), max_size=4),
+       path=st.sampled_from(["networks", "subnets", "ports", "security-groups",
+                             "security-group-rules", "floatingips", "extensions"]))
+def test_odd_queries_never_answer_5xx(params: list[tuple[str, str]], path: str) -> None:
+    with Engine("memory") as engine:
+        response = ApiClient(create_app(engine)).get(f"{NET}/{path}", params=params)
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert response.json()["NeutronError"]["type"] == "HTTPBadRequest"
+
+
+@settings(max_examples=80, deadline=None)
+@given(segment=st.text(min_size=1, max_size=30).filter(lambda t: "/" not in t and t.strip()),
+       method=st.sampled_from(["get", "delete", "put", "post"]),
+       template=st.sampled_from(["/network/{x}", "/network/v2.0/{x}",
+                                 "/network/v2.0/ports/{x}", "/network/v2.0/networks/{x}",
+                                 "/network/v2.0/extensions/{x}"]))
+def test_odd_path_segments_never_answer_5xx(segment: str, method: str,
+                                            template: str) -> None:
+    from urllib.parse import quote
+
+    with Engine("memory") as engine:
+        client = ApiClient(create_app(engine))
+        response = getattr(client, method)(template.format(x=quote(segment, safe="")))
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json()) == {"NeutronError"}, response.text

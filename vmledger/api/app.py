@@ -12,7 +12,7 @@
 - ``/image``: an Image API v2 shim (list, show, delete), see :mod:`vmledger.api.glance`;
 - ``/network``: a read-only Networking API v2.0 shim (the simulated network, its subnet,
   the servers' ports, default security groups, no floating IPs), see
-  :mod:`vmledger.api.neutron`.
+  :mod:`vmledger.api.neutron`;
 - ``/ledger/v1``: the ledger (history, as-of, causal chains, feed, timeline), see
   :mod:`vmledger.api.ledger`;
 - ``/healthcheck`` (oslo.middleware's semantics, see :mod:`vmledger.api.health`) and
@@ -86,7 +86,7 @@ from vmledger.api.http import (
 from vmledger.api.identity import identity_routes
 from vmledger.api.ledger import ledger_routes
 from vmledger.api.metrics import ApiMetrics, MetricsMiddleware, RouteProbe
-from vmledger.api.neutron import neutron_routes
+from vmledger.api.neutron import is_network_path, neutron_routes, routing_error
 from vmledger.api.rendering import RenderCache
 from vmledger.engine import Engine
 
@@ -259,8 +259,11 @@ def _routes(engine: Engine, settings: AuthSettings, registry: TokenRegistry
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Unknown paths (404) and methods (405) as Nova faults."""
+    """Unknown paths (404) and methods (405) as Nova faults (Neutron's under
+    ``/network``)."""
     assert isinstance(exc, HTTPException)
+    if is_network_path(request.scope["path"]):
+        return routing_error(exc.status_code)
     message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail))
     return fault_response(exc.status_code, message, headers=exc.headers)
 

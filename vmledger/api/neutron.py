@@ -393,9 +393,6 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
                              f"The Networking API of vmledger is read-only: "
                              f"{request.method} is not supported here.")
 
-    async def unknown(request: Request) -> Response:
-        return neutron_error(404, "HTTPNotFound", "The resource could not be found.")
-
     async def versions(request: Request) -> Response:
         base = str(request.base_url).rstrip("/")
         return JSONResponse({"versions": [{
@@ -445,6 +442,16 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
             Route(f"{v2}/{collection}/{{id}}", read_only,
                   methods=["POST", "PUT", "DELETE"]),
         ]
-    routes.append(Route(f"{PREFIX}/{{rest:path}}", unknown,
-                        methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]))
     return routes
+
+
+def is_network_path(path: str) -> bool:
+    return path == PREFIX or path.startswith(PREFIX + "/")
+
+
+def routing_error(code: int) -> JSONResponse:
+    """An unknown path (404) or method (405) under ``/network``, as Neutron answers."""
+    if code == 405:
+        return neutron_error(405, "HTTPMethodNotAllowed",
+                             "The method specified is not allowed for this resource.")
+    return neutron_error(code, "HTTPNotFound", "The resource could not be found.")
