@@ -208,7 +208,8 @@ def test_errors_have_neutron_bodies(client: ApiClient, tokens: ApiClient) -> Non
     neutron_error(client.get(f"{NET}/subnets/nope"), 404, "SubnetNotFound")
     message = neutron_error(client.get(f"{NET}/ports", params={"colour": "red"}), 400,
                             "HTTPBadRequest")
-    assert message == "colour is invalid attribute for filtering"
+    assert message == "['colour'] is invalid attribute for filtering"
+    assert len(client.get(f"{NET}/networks", params={"name": ""}).json()["networks"]) == 1
     neutron_error(client.get(f"{NET}/networks", params={"device_id": "x"}), 400,
                   "HTTPBadRequest")
     neutron_error(client.get(f"{NET}/ports", params={"limit": "many"}), 400,

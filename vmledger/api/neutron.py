@@ -21,7 +21,8 @@ every server it creates or shows. This shim shows what the simulated network is
 Lists take Neutron's filters: any attribute by value (repeat a parameter for "any of"),
 ``fixed_ips=ip_address=...`` / ``subnet_id=...`` on ports, ``fields`` (repeatable) to
 choose the attributes, ``limit`` and ``marker`` (with a ``<collection>_links`` next link);
-an unknown filter is a 400, as Neutron's strict filter validation answers. A caller sees
+an unknown filter is a 400, as Neutron's strict filter validation answers; an empty value
+filters nothing, as in Neutron. A caller sees
 its own project's ports and security groups (an administrator: every project's); the
 network and subnet are shared.
 
@@ -231,13 +232,15 @@ def select(docs: Iterable[dict[str, Any]], request: Request, collection: str
     query = request.query_params
     kept = list(docs)
     attributes = _ATTRIBUTES[collection]
+    invalid = [key for key in dict.fromkeys(query.keys())
+               if key not in _CONTROLS and key not in attributes]
+    if invalid:  # Neutron's message names them as a Python list
+        raise NeutronError(400, "HTTPBadRequest", f"{invalid} is invalid attribute for "
+                                                  f"filtering")
     for key in dict.fromkeys(query.keys()):
-        if key in _CONTROLS:
+        wanted = [v for v in query.getlist(key) if v]  # empty values filter nothing
+        if key in _CONTROLS or not wanted:
             continue
-        if key not in attributes:
-            raise NeutronError(400, "HTTPBadRequest",
-                               f"{key} is invalid attribute for filtering")
-        wanted = query.getlist(key)
         if key == "fixed_ips":
             conditions = _fixed_ips_conditions(wanted)
             kept = [d for d in kept if _fixed_ips_match(d, conditions)]
