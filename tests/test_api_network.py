@@ -189,6 +189,8 @@ def test_default_security_group_per_project(tokens: ApiClient,
     # a project sees its own ports only, without the binding
     [port] = tokens.get(f"{NET}/ports", headers=ALICE).json()["ports"]
     assert port["device_id"] == alice_vm["id"] and "binding:host_id" not in port
+    assert tokens.get(f"{NET}/ports", headers=BOB,
+                      params={"device_id": alice_vm["id"]}).json() == {"ports": []}
     neutron_error(tokens.get(f"{NET}/security-groups/{bobs['id']}", headers=ALICE), 404,
                   "SecurityGroupNotFound")
     assert len(tokens.get(f"{NET}/ports", headers=ADMIN).json()["ports"]) == 2

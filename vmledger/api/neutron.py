@@ -47,6 +47,8 @@ from vmledger.api.faults import ApiError
 from vmledger.api.identity import keystone_error
 from vmledger.api.views import isotime
 from vmledger.domain import network as net
+from vmledger.domain.errors import NotFound
+from vmledger.domain.server import Context
 from vmledger.domain.service import new_request_id
 from vmledger.engine import Engine
 
@@ -315,14 +317,29 @@ _COLLECTIONS = {
 def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRoute]:
     """The ``/network`` routes, authenticated with ``authenticate``."""
 
-    def servers(caller: Principal) -> list[tuple[dict[str, Any], str]]:
-        ctx = engine.context(user_id=caller.user_id, project_id=caller.project_id,
-                             is_admin=caller.is_admin)
-        return [(info.doc, info.status) for info in engine.list_servers(ctx=ctx)]
+    def context(caller: Principal) -> Context:
+        return engine.context(user_id=caller.user_id, project_id=caller.project_id,
+                              is_admin=caller.is_admin)
 
-    def ports(caller: Principal) -> list[dict[str, Any]]:
-        found = (port_doc(doc, status, admin=caller.is_admin)
-                 for doc, status in servers(caller))
+    def servers(caller: Principal) -> list[tuple[dict[str, Any], str]]:
+        return [(info.doc, info.status) for info in engine.list_servers(ctx=context(caller))]
+
+    def these_servers(caller: Principal, ids: Iterable[str]
+                      ) -> list[tuple[dict[str, Any], str]]:
+        found = []
+        for server_id in dict.fromkeys(ids):
+            try:
+                info = engine.get_server(server_id, ctx=context(caller))
+            except NotFound:
+                continue
+            found.append((info.doc, info.status))
+        return found
+
+    def ports(caller: Principal, request: Request) -> list[dict[str, Any]]:
+        # the cloud layer asks for each server's ports by device_id: read those only
+        device_ids = [v for v in request.query_params.getlist("device_id") if v]
+        chosen = these_servers(caller, device_ids) if device_ids else servers(caller)
+        found = (port_doc(doc, status, admin=caller.is_admin) for doc, status in chosen)
         return [p for p in found if p is not None]
 
     def projects(caller: Principal) -> list[str]:
@@ -331,19 +348,20 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
             seen |= {str(doc["project_id"]) for doc, _ in servers(caller)}
         return sorted(seen)
 
-    def security_groups(caller: Principal) -> list[dict[str, Any]]:
+    def security_groups(caller: Principal, _: Request) -> list[dict[str, Any]]:
         return [security_group_doc(p) for p in projects(caller)]
 
-    def rules(caller: Principal) -> list[dict[str, Any]]:
-        return [r for g in security_groups(caller) for r in g["security_group_rules"]]
+    def rules(caller: Principal, request: Request) -> list[dict[str, Any]]:
+        return [r for g in security_groups(caller, request)
+                for r in g["security_group_rules"]]
 
-    sources: dict[str, Callable[[Principal], list[dict[str, Any]]]] = {
-        "networks": lambda _: [network_doc()],
-        "subnets": lambda _: [subnet_doc()],
+    sources: dict[str, Callable[[Principal, Request], list[dict[str, Any]]]] = {
+        "networks": lambda *_: [network_doc()],
+        "subnets": lambda *_: [subnet_doc()],
         "ports": ports,
         "security-groups": security_groups,
         "security-group-rules": rules,
-        "floatingips": lambda _: [],
+        "floatingips": lambda *_: [],
     }
 
     def caller_of(request: Request) -> Principal:
@@ -368,7 +386,7 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
     def list_endpoint(collection: str) -> Callable[[Request], Any]:
         async def handler(request: Request) -> Response:
             def produce() -> dict[str, Any]:
-                docs, links = select(sources[collection](caller_of(request)), request,
+                docs, links = select(sources[collection](caller_of(request), request), request,
                                      collection)
                 body: dict[str, Any] = {collection.replace("-", "_"): docs}
                 if links:
@@ -384,7 +402,7 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
             wanted = request.path_params["id"]
 
             def produce() -> dict[str, Any]:
-                for doc in sources[collection](caller_of(request)):
+                for doc in sources[collection](caller_of(request), request):
                     if doc["id"] == wanted:
                         return {member: _only_fields(doc, request)}
                 raise not_found(kind, message.format(wanted))
