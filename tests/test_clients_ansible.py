@@ -112,6 +112,7 @@ def playbooks(vmledger_server: RunningServer, vmledger_keystone_server: RunningS
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_LOCALHOST_WARNING": "False",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "LC_ALL": "C.UTF-8",  # ansible refuses any locale but a UTF-8 one
     })
     servers = {"noauth": vmledger_server, "keystone": vmledger_keystone_server}
     runs: dict[str, Run] = {}
