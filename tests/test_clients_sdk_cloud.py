@@ -4,10 +4,9 @@
 With ``auth_type="none"`` or ``admin_token`` and an endpoint, the SDK sends every service's
 requests to that endpoint: it asks ``/v2.1/networks``, ``/v2.1/routers`` and
 ``/v2.1/ports?device_id=`` as if it were a Networking API. Those are 404 faults (as in
-Nova), so the cloud layer concludes there is no floating-IP network and goes on. With a
-Keystone catalog that lists no network service it falls back to nova-network floating
-IPs (``os-floating-ip-pools``, gone from Nova), so ``create_server`` needs
-``auto_ip=False`` there (docs/api.md).
+Nova), so the cloud layer concludes there is no floating-IP network and goes on. After a
+Keystone login the catalog lists the ``network`` service (the Networking shim), which shows
+no external network, so the defaults (``auto_ip=True``) work there too (docs/api.md).
 """
 
 from __future__ import annotations
@@ -89,15 +88,16 @@ def test_cloud_layer_lifecycle_with_a_token(vmledger_token_server: RunningServer
         conn.close()
 
 
-def test_cloud_layer_lifecycle_with_a_compute_only_catalog(
+def test_cloud_layer_lifecycle_with_a_keystone_login(
         vmledger_keystone_server: RunningServer) -> None:
-    """A Keystone login: the catalog has compute, identity and image, no network."""
+    """A Keystone login: the catalog has compute, identity, image and network."""
     conn = _connect(auth_type="password", region_name="RegionOne", auth={
         "auth_url": vmledger_keystone_server.identity, "username": "admin",
         "password": KEYSTONE_PASSWORD, "project_name": "admin",
         "user_domain_name": "Default", "project_domain_name": "Default"})
     try:
-        assert not conn.has_service("network")
-        lifecycle(conn, vmledger_keystone_server, "cloud-keystone", auto_ip=False)
+        assert conn.has_service("network")
+        # with the catalog's network service the default auto_ip=True needs nothing more
+        lifecycle(conn, vmledger_keystone_server, "cloud-keystone")
     finally:
         conn.close()

@@ -32,6 +32,7 @@ from vmledger.api import microversions as mv
 from vmledger.api.auth import Authenticator, Principal
 from vmledger.api.faults import ApiError, fault_response, response_for
 from vmledger.api.jsontext import BodyError, decode_json, url_problem
+from vmledger.api.neutron import is_network_path, neutron_error
 from vmledger.api.views import Links, Viewer
 from vmledger.domain.server import Context
 from vmledger.domain.service import new_request_id
@@ -72,7 +73,10 @@ class ComputeMiddleware:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogatepass")
         problem = url_problem(raw_path, scope.get("query_string", b""))
         if problem is not None:
-            await fault_response(400, problem, headers=extra)(scope, receive, send)
+            refusal = (neutron_error(400, "HTTPBadRequest", problem, headers=extra)
+                       if is_network_path(scope["path"])
+                       else fault_response(400, problem, headers=extra))
+            await refusal(scope, receive, send)
             return
         if not is_versioned(scope["path"]):
             await self.app(scope, receive, _with_headers(send, extra))

@@ -28,7 +28,9 @@ network and subnet are shared.
 
 Requests are authenticated as the Compute API's (401 in Keystone's body without a
 token). Anything that would change a resource answers 405: nothing here can be created or
-changed. Errors use Neutron's body ``{"NeutronError": {"type", "message", "detail"}}``.
+changed. Errors use Neutron's body ``{"NeutronError": {"type", "message", "detail"}}``, URLs
+refused before any handler (not UTF-8, a NUL) too; every response carries
+``X-Openstack-Request-Id`` (:class:`vmledger.api.http.ComputeMiddleware`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ from vmledger.api.views import isotime
 from vmledger.domain import network as net
 from vmledger.domain.errors import NotFound
 from vmledger.domain.server import Context
-from vmledger.domain.service import new_request_id
 from vmledger.engine import Engine
 
 PREFIX = "/network"
@@ -99,14 +100,11 @@ class NeutronError(Exception):
         self.message = message
 
 
-def _headers() -> dict[str, str]:
-    return {"X-Openstack-Request-Id": new_request_id()}
-
-
-def neutron_error(code: int, kind: str, message: str) -> JSONResponse:
+def neutron_error(code: int, kind: str, message: str,
+                  headers: Mapping[str, str] | None = None) -> JSONResponse:
     """Neutron's error body."""
     return JSONResponse({"NeutronError": {"type": kind, "message": message, "detail": ""}},
-                        status_code=code, headers=_headers())
+                        status_code=code, headers=headers)
 
 
 def not_found(kind: str, message: str) -> NeutronError:
@@ -381,7 +379,7 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
             response = keystone_error(exc.code, exc.message)
             response.headers.update(exc.headers)
             return response
-        return JSONResponse(body, headers=_headers())
+        return JSONResponse(body)
 
     def list_endpoint(collection: str) -> Callable[[Request], Any]:
         async def handler(request: Request) -> Response:
@@ -418,8 +416,7 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
         base = str(request.base_url).rstrip("/")
         return JSONResponse({"versions": [{
             "id": API_VERSION, "status": "CURRENT",
-            "links": [{"rel": "self", "href": f"{base}{PREFIX}/{API_VERSION}/"}]}]},
-            headers=_headers())
+            "links": [{"rel": "self", "href": f"{base}{PREFIX}/{API_VERSION}/"}]}]})
 
     async def resources(request: Request) -> Response:
         base = str(request.base_url).rstrip("/")
@@ -427,7 +424,7 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
             {"name": member, "collection": collection.replace("-", "_"),
              "links": [{"rel": "self",
                         "href": f"{base}{PREFIX}/{API_VERSION}/{collection}"}]}
-            for collection, (member, _, _) in _COLLECTIONS.items()]}, headers=_headers())
+            for collection, (member, _, _) in _COLLECTIONS.items()]})
 
     async def extensions(request: Request) -> Response:
         def produce() -> dict[str, Any]:
