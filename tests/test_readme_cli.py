@@ -1,5 +1,5 @@
 """The README's ``openstack`` tour runs as written against a real ``vmledger serve``: its
-noauth environment (image endpoint included) and every command of its block, with
+noauth environment (image and network endpoints included) and every command of its block, with
 ``image list`` showing the images active and ``server image create --wait`` ending with
 an active snapshot. Only the port differs (a free one instead of 8774)."""
 
@@ -46,6 +46,7 @@ def test_the_readme_noauth_tour_runs_as_written(vmledger_server: RunningServer,
                                                 tmp_path: Path) -> None:
     script = tour()
     assert "OS_IMAGE_ENDPOINT_OVERRIDE=http://127.0.0.1:8774/image" in script
+    assert "OS_NETWORK_ENDPOINT_OVERRIDE=http://127.0.0.1:8774/network" in script
     for command in ("openstack image list", "--wait app-1",
                     "openstack server image create --wait"):
         assert command in script
@@ -72,3 +73,6 @@ def test_the_readme_noauth_tour_runs_as_written(vmledger_server: RunningServer,
     status = re.search(r"\|\s*status\s*\|\s*(\w+)\s*\|", out[snapshot.start():])
     assert status is not None and status.group(1) == "active", out[snapshot.start():]
     assert "'NoneType' object has no attribute 'lower'" not in done.stderr
+    # web-1's port, on the Networking shim (its fixed address in the simulated subnet)
+    ports = [line for line in out.splitlines() if "ip_address='10.0." in line]
+    assert len(ports) == 1 and "| ACTIVE" in ports[0], out
