@@ -132,6 +132,11 @@ def test_one_port_per_server_from_its_address(client: ApiClient,
     slim = client.get(f"{NET}/ports", params=[("device_id", web["id"]), ("fields", "id"),
                                               ("fields", "status")]).json()
     assert slim == {"ports": [{"id": port["id"], "status": "ACTIVE"}]}
+    assert [p["id"] for p in client.get(f"{NET}/ports", params=[
+        ("device_id", web["id"]), ("security_groups", group["id"])]).json()["ports"]] == [
+        port["id"]]
+    assert client.get(f"{NET}/networks", params={"subnets": subnet_id}).json()[
+        "networks"][0]["id"] == network_id
     named = client.get(f"{NET}/networks", params={"name": "private", "fields": "id"}).json()
     assert named == {"networks": [{"id": network_id}]}
     assert client.get(f"{NET}/networks", params={"name": "public"}).json() == {

@@ -22,9 +22,8 @@ Lists take Neutron's filters: any attribute by value (repeat a parameter for "an
 ``fixed_ips=ip_address=...`` / ``subnet_id=...`` on ports, ``fields`` (repeatable) to
 choose the attributes, ``limit`` and ``marker`` (with a ``<collection>_links`` next link);
 an unknown filter is a 400, as Neutron's strict filter validation answers; an empty value
-filters nothing, as in Neutron. A caller sees
-its own project's ports and security groups (an administrator: every project's); the
-network and subnet are shared.
+filters nothing, as in Neutron. A caller sees its own project's ports and security groups
+(an administrator: every project's); the network and subnet are shared.
 
 Requests are authenticated as the Compute API's (401 in Keystone's body without a
 token). Anything that would change a resource answers 405: nothing here can be created or
@@ -200,7 +199,9 @@ def _matches(value: Any, wanted: Sequence[str]) -> bool:
     if isinstance(value, bool):
         return any(w.lower() == str(value).lower() for w in wanted)
     if value is None:
-        return any(w in ("", "None", "null") for w in wanted)
+        return any(w in ("None", "null") for w in wanted)
+    if isinstance(value, list):  # a port's security_groups, a network's subnets
+        return any(str(item) in wanted for item in value)
     return str(value) in wanted
 
 
