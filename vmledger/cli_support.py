@@ -201,7 +201,9 @@ def bind(address: str, port: int) -> socket.socket:
     """A listening socket on ``address:port``, made as uvicorn makes its own, or a
     one-line error when the port is taken or the address is not this machine's."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without
+    # it every answer on a keep-alive connection waits 40 ms for a delayed ACK (Nagle)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
