@@ -445,6 +445,8 @@ HOSTILE_SEGMENTS = ["%ED%A0%80", "%FF", "%C3", "..", "%2e%2e", "x" * 300, "%C3%B
 QUERY_KEYS = ["limit", "marker", "name", "status", "all_tenants", "after", "sort_key",
               "changes-since", "x", "%FF", "%ED%A0%80"]  # never "wait": it long-polls
 QUERY_VALUES = [*HOSTILE_SEGMENTS, "1", "", "ACTIVE", "true"]
+IDEMPOTENCY_KEYS = ["k1", "k2", "x" * 300, "x" * 5000, "\xff\xfe", "a b", "k1,k2", "%00",
+                    "\\ud800"]
 HOSTILE_BODIES = [b"[" * 1000, b'{"a":' * 1000, b"", b"{", b"null", b'"\\ud800"',
                   b'{"\\udfff": 1}', b'{"a": "\xff"}', b"\xed\xa0\x80", b"NaN",
                   b"1" * 5000, b'{"server": ' + b"9" * 5000 + b"}", b"\x00", b"[]", b"{}"]
@@ -549,6 +551,8 @@ def test_a_real_server_answers_thousands_of_hostile_requests_on_one_connection(
             version = rng.choice(["2.1", "2.2", "2.53", "2.55", "2.64", "2.96", "latest"]
                                  if rng.random() < 0.9 else ["2.97", "3.0", "2.\xff", "x y"])
             headers["OpenStack-API-Version"] = f"compute {version}".encode("latin-1")
+            if method == "POST" and rng.random() < 0.3:
+                headers["Idempotency-Key"] = rng.choice(IDEMPOTENCY_KEYS).encode("latin-1")
             query = ""
             if rng.random() < 0.3:
                 query = "?" + "&".join(
