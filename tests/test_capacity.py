@@ -138,11 +138,13 @@ def test_allocation_ratios_and_reserved_memory(url: str) -> None:
 
 
 def test_the_command_line_sets_the_ratios() -> None:
+    from vmledger.cli_config import parse_args
     from vmledger.cli_ops import allocation_ratios_from
 
-    args = build_parser().parse_args(["serve", "--ram-allocation-ratio", "1.5",
-                                      "--cpu-allocation-ratio", "inf",
-                                      "--reserved-host-memory-mb", "0"])
+    # as the command does: the flags given, then the environment, a file, the defaults
+    args = parse_args(build_parser(), ["serve", "--ram-allocation-ratio", "1.5",
+                                       "--cpu-allocation-ratio", "inf",
+                                       "--reserved-host-memory-mb", "0"])
     assert allocation_ratios_from(args) == AllocationRatios(
         cpu=math.inf, ram=1.5, disk=1.0, reserved_host_memory_mb=0)
     for bad in (["--ram-allocation-ratio", "0"], ["--cpu-allocation-ratio", "x"],
