@@ -374,6 +374,32 @@ def test_projects_of_the_configured_users(keystone: ApiClient) -> None:
     assert keystone.get("/identity/v3/projects").status_code == 401
 
 
+def test_noauth_project_lookups_answer_any_project(system_clock_engine: Engine,
+                                                   client: ApiClient) -> None:
+    """noauth trusts the caller: ``openstack quota set|show P`` and ``usage show --project
+    P`` find any project P at the Keystone shim (its id is its name)."""
+    noauth = ApiClient(create_app(system_clock_engine))
+    shown = noauth.get("/identity/v3/projects/team-x")
+    assert shown.status_code == 200, shown.text
+    project = shown.json()["project"]
+    assert (project["id"], project["name"], project["domain_id"], project["enabled"]) == (
+        "team-x", "team-x", "default", True)
+    assert project["links"]["self"] == "http://testserver/identity/v3/projects/team-x"
+    named = noauth.get("/identity/v3/projects", params={"name": "team-x"}).json()
+    assert [p["id"] for p in named["projects"]] == ["team-x"]
+    everyone = noauth.get("/identity/v3/projects").json()["projects"]
+    assert [p["id"] for p in everyone] == ["admin"]  # the noauth caller's project
+    # a name Keystone could not hold is not found, in Keystone's body
+    missing = noauth.get("/identity/v3/projects/" + "x" * 65)
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"code": 404, "title": "Not Found",
+                                        "message": f"Could not find project: {'x' * 65}."}}
+    assert noauth.get("/identity/v3/projects", params={"name": "\t"}).json()[
+        "projects"] == []
+    # with fixed tokens there is no project lookup at all
+    assert client.get("/identity/v3/projects/team-x", headers=ALICE).status_code == 404
+
+
 # --- the Glance shim ---------------------------------------------------------------------------
 def test_glance_shim(client: ApiClient) -> None:
     assert client.get("/image/v2/images").status_code == 401

@@ -209,6 +209,29 @@ def test_no_floating_ips(client: ApiClient, system_clock_engine: Engine) -> None
     neutron_error(client.get(f"{NET}/floatingips/x"), 404, "FloatingIPNotFound")
 
 
+def test_quotas_are_neutrons_defaults(client: ApiClient, tokens: ApiClient,
+                                      system_clock_engine: Engine) -> None:
+    """``openstack quota show P`` reads the network quotas too when the network service is
+    there: Neutron's defaults, and with ``/details`` what the project uses."""
+    boot(tokens, system_clock_engine, ALICE)
+    quota = tokens.get(f"{NET}/quotas/p1", headers=ALICE).json()["quota"]
+    assert (quota["network"], quota["port"], quota["security_group"],
+            quota["subnetpool"]) == (100, 500, 10, -1)
+    assert tokens.get(f"{NET}/quotas/p1/default", headers=ALICE).json() == {"quota": quota}
+    details = tokens.get(f"{NET}/quotas/p1/details", headers=ADMIN).json()["quota"]
+    assert details["port"] == {"limit": 500, "used": 1, "reserved": 0}
+    assert details["security_group"]["used"] == 1
+    assert details["security_group_rule"]["used"] == 4
+    assert tokens.get(f"{NET}/quotas/p2/details", headers=BOB).json()["quota"][
+        "port"]["used"] == 0
+    neutron_error(tokens.get(f"{NET}/quotas/p1", headers=BOB), 403, "HTTPForbidden")
+    assert tokens.get(f"{NET}/quotas", headers=ADMIN).json() == {"quotas": []}
+    assert tokens.get(f"{NET}/quotas/p1").status_code == 401
+    neutron_error(client.put(f"{NET}/quotas/admin", json={"quota": {"port": 1}}), 405,
+                  "HTTPMethodNotAllowed")
+    assert client.get(f"{NET}/quotas/anyone").json()["quota"]["router"] == 10
+
+
 def test_errors_have_neutron_bodies(client: ApiClient, tokens: ApiClient) -> None:
     message = neutron_error(client.get(f"{NET}/networks/nope"), 404, "NetworkNotFound")
     assert message == "Network nope could not be found."

@@ -329,6 +329,32 @@ def test_usage_list(vmledger_server: RunningServer, tmp_path: Path) -> None:
     osc("server", "delete", created["id"])
 
 
+def test_project_commands_without_keystone(vmledger_server: RunningServer, tmp_path: Path
+                                          ) -> None:
+    """``quota set|show PROJECT`` and ``usage show --project PROJECT`` look the project up
+    in the Identity API first: with noauth and the README's endpoint overrides, at the
+    Keystone shim, which answers for any project named."""
+    config = json.loads(clouds_yaml(vmledger_server, None))
+    config["clouds"]["vmledger-noauth"].update(
+        identity_endpoint_override=vmledger_server.identity,
+        image_endpoint_override=vmledger_server.image,
+        network_endpoint_override=vmledger_server.network)
+    osc = make_osc(tmp_path, "vmledger-noauth", json.dumps(config))
+    # a project with nothing yet: an administrator may set its quotas first
+    osc("quota", "set", "--instances", "7", "team-quota")
+    shown = osc("quota", "show", "team-quota", output=True)
+    found = {row["Resource"]: row["Limit"] for row in shown} if isinstance(
+        shown, list) else shown
+    assert found["instances"] == 7, shown
+    assert found["ports"] == 500 and found["security_groups"] == 10, shown  # Neutron's
+    created = osc("server", "create", "--flavor", "m1.tiny", "--image", IMAGE_NAME,
+                  "--nic", "none", "cli-project-usage", output=True)
+    wait_for(osc, "cli-project-usage", "ACTIVE")
+    usage = osc("usage", "show", "--project", "admin", "--start", "2000-01-01", output=True)
+    assert usage["Project"] == "admin" and len(usage["Servers"]) >= 1, usage
+    osc("server", "delete", created["id"])
+
+
 def test_hypervisor_list_and_show(vmledger_server: RunningServer, tmp_path: Path) -> None:
     osc = make_osc(tmp_path, "vmledger-noauth", clouds_yaml(vmledger_server, None))
     [listed] = osc("hypervisor", "list", output=True)

@@ -1,7 +1,8 @@
 """The README's ``openstack`` tour runs as written against a real ``vmledger serve``: its
-noauth environment (image and network endpoints included) and every command of its block, with
-``image list`` showing the images active and ``server image create --wait`` ending with
-an active snapshot. Only the port differs (a free one instead of 8774)."""
+noauth environment (image, network and identity endpoints included) and every command of its
+block, with ``image list`` showing the images active, ``server image create --wait`` ending
+with an active snapshot and ``quota show``/``usage show`` finding the project ``admin``.
+Only the port differs (a free one instead of 8774)."""
 
 from __future__ import annotations
 
@@ -47,8 +48,11 @@ def test_the_readme_noauth_tour_runs_as_written(vmledger_server: RunningServer,
     script = tour()
     assert "OS_IMAGE_ENDPOINT_OVERRIDE=http://127.0.0.1:8774/image" in script
     assert "OS_NETWORK_ENDPOINT_OVERRIDE=http://127.0.0.1:8774/network" in script
+    assert "OS_IDENTITY_ENDPOINT_OVERRIDE=http://127.0.0.1:8774/identity/v3" in script
     for command in ("openstack image list", "--wait app-1",
-                    "openstack server image create --wait"):
+                    "openstack server image create --wait",
+                    "openstack quota set --instances 20 admin", "openstack quota show admin",
+                    "openstack usage show --project admin"):
         assert command in script
     port = vmledger_server.base.rsplit(":", 1)[1]
     home = tmp_path / "home"
@@ -76,3 +80,8 @@ def test_the_readme_noauth_tour_runs_as_written(vmledger_server: RunningServer,
     # web-1's port, on the Networking shim (its fixed address in the simulated subnet)
     ports = [line for line in out.splitlines() if "ip_address='10.0." in line]
     assert len(ports) == 1 and "| ACTIVE" in ports[0], out
+    # the project commands, looked up at the Keystone shim: admin's quota as set, its usage
+    assert re.search(r"\|\s*instances\s*\|\s*20\s*\|", out), out
+    assert "on project admin" in out, out
+    servers = re.search(r"\|\s*Servers\s*\|\s*(\d+)\s*\|", out)
+    assert servers is not None and int(servers.group(1)) >= 4, out  # web-1, batch-1 … 3

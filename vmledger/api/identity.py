@@ -20,6 +20,14 @@ Only with ``--auth keystone``:
   administrators, their own for others (so ``openstack quota set PROJECT`` can find
   one).
 
+With ``--auth noauth`` (which trusts the caller) the same two project lookups answer
+for any project a client names, so ``openstack quota show|set PROJECT`` and ``usage show
+--project PROJECT`` work with ``OS_IDENTITY_ENDPOINT_OVERRIDE`` pointing here:
+``/projects/{id}`` echoes a project whose id and name are ``{id}``, ``/projects?name=X``
+lists that one project, and ``/projects`` alone lists the noauth caller's ``admin``. A
+name that Keystone could not hold (empty, over 64 characters, or not printable) is not
+found: 404 with Keystone's error body, or an empty list.
+
 Errors use Keystone's body: ``{"error": {"code", "title", "message"}}``; a body that is
 not JSON, nests too deep or holds a string that is not valid Unicode text (or holds a
 NUL) is a 400.
@@ -42,6 +50,13 @@ V3_ID = "v3.14"
 V3_UPDATED = "2020-04-07T00:00:00Z"
 DOMAIN = {"id": "default", "name": "Default"}
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
+NOAUTH_PROJECT = "admin"  # the project of every noauth caller (vmledger.api.auth.noauth)
+PROJECT_NAME_MAX = 64  # Keystone's limit on a project's name and id
+
+
+def _project_name(value: str) -> bool:
+    """Whether ``value`` could name a Keystone project: 1-64 printable characters."""
+    return 0 < len(value) <= PROJECT_NAME_MAX and value.isprintable()
 
 
 def _base(request: Request) -> str:
@@ -255,6 +270,21 @@ def identity_routes(settings: AuthSettings, registry: TokenRegistry) -> list[Bas
             return keystone_error(404, f"Could not find project: {project_id}.")
         return JSONResponse({"project": _project(request, project_id)})
 
+    # noauth trusts the caller as Nova's noauth does: any project a client names exists
+    # (a quota may be set before the project has anything), and its id is its name
+    async def echo_projects(request: Request) -> Response:
+        name = request.query_params.get("name")
+        named = [NOAUTH_PROJECT] if name is None else [n for n in [name] if _project_name(n)]
+        return JSONResponse({"projects": [_project(request, p) for p in named],
+                             "links": {"self": str(request.url), "previous": None,
+                                       "next": None}})
+
+    async def echo_project(request: Request) -> Response:
+        project_id = request.path_params["project_id"]
+        if not _project_name(project_id):
+            return keystone_error(404, f"Could not find project: {project_id}.")
+        return JSONResponse({"project": _project(request, project_id)})
+
     routes: list[BaseRoute] = [
         Route("/identity", versions, methods=["GET"]),
         Route("/identity/", versions, methods=["GET"]),
@@ -268,5 +298,10 @@ def identity_routes(settings: AuthSettings, registry: TokenRegistry) -> list[Bas
             Route("/identity/v3/auth/tokens", revoke, methods=["DELETE"]),
             Route("/identity/v3/projects", list_projects, methods=["GET"]),
             Route("/identity/v3/projects/{project_id}", show_project, methods=["GET"]),
+        ]
+    elif settings.mode == "noauth":
+        routes += [
+            Route("/identity/v3/projects", echo_projects, methods=["GET"]),
+            Route("/identity/v3/projects/{project_id}", echo_project, methods=["GET"]),
         ]
     return routes

@@ -16,7 +16,12 @@ every server it creates or shows. This shim shows what the simulated network is
 - ``GET /network/v2.0/security-groups[/{id}]`` and ``/security-group-rules[/{id}]`` →
   each project's ``default`` group with Neutron's default rules (egress to anywhere,
   ingress from the group's members, IPv4 and IPv6);
-- ``GET /network/v2.0/floatingips`` → none: there is no external network.
+- ``GET /network/v2.0/floatingips`` → none: there is no external network;
+- ``GET /network/v2.0/quotas/{project_id}`` (and ``/default``) → Neutron's default
+  quotas, which nothing here can change, ``/details`` with what the project uses (its
+  ports and its ``default`` group); ``GET /network/v2.0/quotas`` → none set (so
+  ``openstack quota show PROJECT`` shows network quotas too). Another project's quotas
+  are an administrator's to read (403 otherwise, as Neutron's policy answers).
 
 Lists take Neutron's filters: any attribute by value (repeat a parameter for "any of"),
 ``fixed_ips=ip_address=...`` / ``subnet_id=...`` on ports, ``fields`` (repeatable) to
@@ -111,6 +116,18 @@ def not_found(kind: str, message: str) -> NeutronError:
 
 
 # --- the documents ---------------------------------------------------------------------
+# Neutron's configured defaults ([quotas] in neutron.conf); -1 is unlimited
+QUOTA_DEFAULTS = {"network": 100, "subnet": 100, "port": 500, "router": 10,
+                  "floatingip": 50, "security_group": 10, "security_group_rule": 100,
+                  "rbac_policy": 10, "subnetpool": -1}
+
+
+def quota_details(used: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Neutron's ``/details`` body: each resource's limit, use and reservation."""
+    return {name: {"limit": limit, "used": used.get(name, 0), "reserved": 0}
+            for name, limit in QUOTA_DEFAULTS.items()}
+
+
 def _standard(project_id: str, created: str | None, updated: str | None,
               revision: int = 0) -> dict[str, Any]:
     """Attributes every Neutron resource with standard attributes has."""
@@ -444,6 +461,38 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
             raise not_found("HTTPNotFound", f"Extension with alias {alias} does not exist")
         return await guarded(request, produce)
 
+    def quota_caller(request: Request) -> tuple[Principal, str]:
+        caller = caller_of(request)
+        # not "project_id": the authenticators take that one for Nova's URL project
+        project_id = request.path_params["project"]
+        if project_id != caller.project_id and not caller.is_admin:
+            raise NeutronError(403, "HTTPForbidden", "Non-admin is not authorized to "
+                                                     "access quotas for another tenant")
+        return caller, project_id
+
+    async def list_quotas(request: Request) -> Response:
+        def produce() -> dict[str, Any]:
+            caller_of(request)
+            return {"quotas": []}  # no project's differ from the defaults
+        return await guarded(request, produce)
+
+    async def show_quota(request: Request) -> Response:
+        def produce() -> dict[str, Any]:
+            quota_caller(request)
+            return {"quota": dict(QUOTA_DEFAULTS)}
+        return await guarded(request, produce)
+
+    async def quota_usage(request: Request) -> Response:
+        def produce() -> dict[str, Any]:
+            caller, project_id = quota_caller(request)
+            owned = [port_doc(doc, status, admin=True) for doc, status in servers(caller)
+                     if doc.get("project_id") == project_id]
+            group = security_group_doc(project_id)
+            used = {"port": sum(1 for p in owned if p is not None), "security_group": 1,
+                    "security_group_rule": len(group["security_group_rules"])}
+            return {"quota": quota_details(used)}
+        return await guarded(request, produce)
+
     v2 = f"{PREFIX}/{API_VERSION}"
     routes: list[BaseRoute] = [
         Route(PREFIX, versions, methods=["GET"]),
@@ -452,6 +501,13 @@ def neutron_routes(engine: Engine, authenticate: Authenticator) -> list[BaseRout
         Route(f"{v2}/", resources, methods=["GET"]),
         Route(f"{v2}/extensions", extensions, methods=["GET"]),
         Route(f"{v2}/extensions/{{alias}}", extension, methods=["GET"]),
+    ]
+    routes += [
+        Route(f"{v2}/quotas", list_quotas, methods=["GET"]),
+        Route(f"{v2}/quotas/{{project}}", show_quota, methods=["GET"]),
+        Route(f"{v2}/quotas/{{project}}", read_only, methods=["PUT", "DELETE"]),
+        Route(f"{v2}/quotas/{{project}}/default", show_quota, methods=["GET"]),
+        Route(f"{v2}/quotas/{{project}}/details", quota_usage, methods=["GET"]),
     ]
     for collection in _COLLECTIONS:
         routes += [
