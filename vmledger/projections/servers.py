@@ -158,11 +158,22 @@ class ServersView(ServerQueries):
                       " (project_id, deleted, created_at, id, version)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_all_page ON {t}"
                       " (deleted, created_at, id, version)"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (host, pending_action)"),
+            # a host's actions in flight, and its idle servers by id (the power-state
+            # sync's batches); replaces {t}_pending (host, pending_action)
+            self._sql("DROP INDEX IF EXISTS {t}_pending"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_host_pending ON {t}"
+                      " (host, pending_action, deleted, id)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
             # the timer's idle shelved and soft-deleted servers (replaces {t}_shelved)
             self._sql("DROP INDEX IF EXISTS {t}_shelved"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_state_age ON {t} (vm_state, updated_at)"),
+            # os-hypervisors' current workload: a host's servers building or busy
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_host_state ON {t}"
+                      " (host, vm_state, task_state)"),
+            # the name filter's literal prefix (in code point order, see
+            # server_queries.pattern_conditions)
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_name ON {t} ("
+                      + ('name COLLATE "C"' if self.dialect == "postgres" else "name") + ")"),
         ]
         for extension in self.extensions:
             own.extend(extension.create_statements(self._sql))
