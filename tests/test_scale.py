@@ -75,7 +75,7 @@ def _plans(engine: Engine, run: Any) -> list[str]:
 def test_the_name_filter_finds_what_the_regex_finds(
         fleet: tuple[Engine, ApiClient, list[str]], regex: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    engine, client, _ = fleet
+    _, client, _ = fleet
     pattern = re.compile(regex) if regex != "[" else re.compile(re.escape(regex))
     expected = [n for n in reversed(NAMES) if pattern.search(n)]
     assert _names(client, name=regex) == expected
@@ -133,7 +133,7 @@ def test_a_deep_marker_seeks_the_page_index(
 
 def test_os_hypervisors_decodes_no_server(fleet: tuple[Engine, ApiClient, list[str]],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    engine, client, ids = fleet
+    _, client, ids = fleet
     decoded: list[str] = []
     loads = server_queries.loads
 
