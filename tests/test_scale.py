@@ -211,3 +211,50 @@ def test_a_sync_pass_in_batches_compares_every_server(tmp_path: Path,
         assert {s: engine.get_server(s).status for s in servers} == {
             s: "SHUTOFF" if s in (servers[0], servers[3], servers[4]) else "ACTIVE"
             for s in servers}
+
+
+def test_a_projects_usage_follows_every_change_and_a_rebuild(url: str, clock: FakeClock
+                                                             ) -> None:
+    with Engine(url, clock=clock) as engine:
+        project = engine.service.admin_context().project_id
+
+        def usage() -> tuple[int, int, int]:
+            found = engine.quota_usage(project)
+            return found["instances"], found["cores"], found["ram"]
+
+        a, b = built(engine, "a"), built(engine, "b")
+        assert usage() == (2, 2, 2 * 2048)
+        engine.act(a, "resize", flavor="m1.medium")  # the larger flavor counts meanwhile
+        engine.run_until_idle()
+        assert usage() == (2, 2 + 1, 4096 + 2048)
+        engine.act(a, "revert_resize")
+        engine.run_until_idle()
+        assert usage() == (2, 2, 2 * 2048)
+        engine.act(b, "delete")
+        engine.run_until_idle()
+        assert usage() == (1, 1, 2048)
+        engine.updater.rebuild()
+        assert usage() == (1, 1, 2048)
+
+
+def test_a_database_folded_before_the_sums_were_kept(tmp_path: Path, clock: FakeClock
+                                                     ) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with Engine(url, clock=clock) as engine:
+        project = engine.service.admin_context().project_id
+        built(engine, "a"), built(engine, "b")
+        # as a database written before the sums were kept: no sums, no marker
+        with engine.view.transaction() as curs:
+            for table in ("vmledger_project_usage", "vmledger_project_usage_kept",
+                          "vmledger_host_usage"):
+                curs.execute(f"DROP TABLE {table}")
+    with Engine(url, clock=clock) as engine:
+        assert engine.quota_usage(project)["instances"] == 2  # summed from the servers
+        [node] = engine.hypervisors()
+        assert (node["running_vms"], node["vcpus_used"]) == (2, 2)
+        built(engine, "c")  # the first write sums them once, then keeps them
+        assert engine.quota_usage(project)["instances"] == 3
+        assert [r["instances"] for r in engine.view.query(
+            "SELECT instances FROM vmledger_project_usage")] == [3]
+        [node] = engine.hypervisors()
+        assert (node["running_vms"], node["vcpus_used"]) == (3, 3)

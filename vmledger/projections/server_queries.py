@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from vmledger.projections.project_usage import project_usage
 from vmledger.projections.store import ReadStore, Row, chunks, loads, time_text
 
 #: the servers view's table
@@ -245,27 +246,11 @@ class ServerQueries(ReadStore):
 
     def project_usage(self, project_id: str) -> dict[str, int]:
         """A project's servers that are not deleted: how many, and their flavors' vCPUs
-        and RAM (Nova's legacy quota counting), summed by the database. A server being
-        resized (from the request until it is confirmed or reverted) counts the larger
-        of its two flavors: either may be what it ends with."""
-        vcpus, ram = self._largest_flavor("vcpus"), self._largest_flavor("ram")
-        row = self._read(
-            f"SELECT COUNT(*) AS n, COALESCE(SUM({vcpus}), 0) AS vcpus,"
-            f" COALESCE(SUM({ram}), 0) AS ram FROM {{t}}"
-            " WHERE project_id = ? AND deleted = 0", [project_id])[0]
-        return {"instances": int(row["n"]), "cores": int(row["vcpus"]),
-                "ram": int(row["ram"])}
-
-    def _largest_flavor(self, key: str) -> str:
-        """SQL for a server's ``key`` (``vcpus``, ``ram``…) of the larger of its flavors
-        while a resize is pending or unconfirmed, else of its flavor."""
-        paths = ("flavor", "old_flavor", "pending.params.flavor")
-        if self.dialect == "postgres":
-            return "GREATEST({})".format(", ".join(
-                "((doc::jsonb)#>>'{{{}}}')::bigint".format(",".join([*path.split("."), key]))
-                for path in paths))
-        return "max({})".format(", ".join(
-            f"COALESCE(json_extract(doc, '$.{path}.{key}'), 0)" for path in paths))
+        and RAM (Nova's legacy quota counting), from the sums the read models keep per
+        project (:mod:`vmledger.projections.project_usage`). A server being resized
+        (from the request until it is confirmed or reverted) counts the larger of its
+        two flavors: either may be what it ends with."""
+        return project_usage(self, project_id)
 
     def on_host(self, host: str) -> list[dict[str, Any]]:
         """Documents of the servers placed on ``host`` (not deleted), by id."""
