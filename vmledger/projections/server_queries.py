@@ -208,19 +208,24 @@ class ServerQueries(ReadStore):
         sql += " ORDER BY updated_at, id"
         return [(r["id"], r["pending_request_id"]) for r in self._read(sql, params)]
 
-    def idle_on_host(self, host: str, *, after: str | None = None, limit: int | None = None
-                     ) -> list[dict[str, Any]]:
-        """Documents of the servers on ``host`` with no action in flight (not deleted), by
-        id: those after the id ``after``, at most ``limit`` of them (a batch)."""
-        sql = "SELECT doc FROM {t} WHERE host = ? AND pending_action IS NULL AND deleted = 0"
+
+    def idle_states(self, host: str, *, after: str | None = None, limit: int = 500
+                    ) -> list[tuple[str, str, str | None, int]]:
+        """(id, vm_state, task_state, power_state) of the servers on ``host`` with no
+        action in flight (not deleted), by id, after the id ``after``, at most ``limit``
+        of them: what the power-state sync compares, read from the columns and the
+        document's power state in SQL (no document decoded)."""
+        power = ("((doc::jsonb)->>'power_state')::bigint" if self.dialect == "postgres"
+                 else "json_extract(doc, '$.power_state')")
+        sql = (f"SELECT id, vm_state, task_state, {power} AS power_state FROM {{t}}"
+               " WHERE host = ? AND pending_action IS NULL AND deleted = 0")
         params: list[Any] = [host]
         if after is not None:
             sql += " AND id > ?"
             params.append(after)
-        sql += " ORDER BY id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [loads(r["doc"]) for r in self._read(sql, params)]
+        rows = self._read(sql + f" ORDER BY id LIMIT {int(limit)}", params)
+        return [(str(r["id"]), str(r["vm_state"]), r["task_state"], int(r["power_state"] or 0))
+                for r in rows]
 
     def any_on_host(self, host: str) -> bool:
         """Whether a server (not deleted) is placed on ``host``."""

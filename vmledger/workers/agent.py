@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 MAX_UNEXPECTED = 5
 #: servers read and compared per batch of a power-state sync pass, and the pause
 #: between batches (seconds) that lets the API's threads run
-SYNC_BATCH = 500
+SYNC_BATCH = 100
 SYNC_PAUSE = 0.001
 
 _STATE_OF_POWER = {
@@ -167,14 +167,13 @@ class HostAgent:
         drifted = 0
         after: str | None = None
         while True:  # in batches by id: bounded reads, and the API runs in between
-            batch = self.updater.view.idle_on_host(self.host, after=after, limit=SYNC_BATCH)
-            for doc in batch:
-                if self.sync_one(doc["id"], doc["vm_state"], doc["task_state"],
-                                 doc["power_state"]):
+            batch = self.updater.view.idle_states(self.host, after=after, limit=SYNC_BATCH)
+            for server_id, vm_state, task_state, power_state in batch:
+                if self.sync_one(server_id, vm_state, task_state, power_state):
                     drifted += 1
             if len(batch) < SYNC_BATCH:
                 break
-            after = batch[-1]["id"]
+            after = batch[-1][0]
             time.sleep(SYNC_PAUSE)
         if drifted:
             self.updater.catch_up()
