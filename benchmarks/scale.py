@@ -14,8 +14,10 @@ no sockets):
 
 * ``GET /servers/detail?limit=100``: the first page, and a page deep in the list
   (``marker`` = the 150th oldest server);
-* ``GET /servers?name=^bench-N$`` (an anchored regex: one server), and
-  ``GET /servers?name=ench-12&limit=100`` (unanchored, many matches: a page);
+* ``GET /servers?name=^bench-N$`` (an anchored regex: one server),
+  ``GET /servers?name=ench-12&limit=100`` (unanchored, its matches sparse and, for
+  most of them, old: the scan reads far down the list) and
+  ``GET /servers?name=ench-&limit=100`` (unanchored, every server matches);
 * ``GET /os-hypervisors/detail``;
 * a create and its build, end to end (``commands.servers.create`` and the agent's
   passes until ACTIVE);
@@ -56,7 +58,8 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("list_first", "GET /servers/detail?limit=100, first page", "ms"),
     ("list_deep", "the same, a page deep in the list (marker)", "ms"),
     ("name_anchored", "GET /servers?name=^bench-N$ (one match)", "ms"),
-    ("name_page", "GET /servers?name=ench-12&limit=100", "ms"),
+    ("name_page", "GET /servers?name=ench-12&limit=100 (sparse)", "ms"),
+    ("name_dense", "GET /servers?name=ench-&limit=100 (every one)", "ms"),
     ("hypervisors", "GET /os-hypervisors/detail", "ms"),
     ("create_build", "create one server + build, end to end", "ms"),
     ("sync_pass", "one power-state sync pass of the host", "ms"),
@@ -145,6 +148,7 @@ def probe(url: str, servers: int, sizes: Sizes) -> dict[str, float]:
         out["name_anchored"] = _median_ms(get(f"/servers?name=^bench-{servers // 2}$"),
                                           reps)
         out["name_page"] = _median_ms(get("/servers?name=ench-12&limit=100"), reps)
+        out["name_dense"] = _median_ms(get("/servers?name=ench-&limit=100"), reps)
         out["hypervisors"] = _median_ms(get("/os-hypervisors/detail"), max(3, reps // 3),
                                         warmup=1)
         ctx = engine.service.context(user_id="scale", project_id=PROJECT, is_admin=False)
