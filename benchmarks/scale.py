@@ -130,7 +130,8 @@ def probe(url: str, servers: int, sizes: Sizes) -> dict[str, float]:
         client = ApiClient(create_app(engine))
         base = f"/v2.1/{PROJECT}"
         deep = engine.view.query(
-            "SELECT id FROM vmledger_servers ORDER BY created_at, id LIMIT 1 OFFSET 150")
+            "SELECT id FROM vmledger_servers ORDER BY created_at, id LIMIT 1 OFFSET ?",
+            [min(150, servers // 2)])
         marker = str(deep[0]["id"])
 
         def get(path: str) -> Callable[[], None]:
@@ -228,7 +229,7 @@ def format_report(backend: str, results: dict[int, dict[str, float]]) -> str:
     out = [f"\n[{backend}] fleet scale: median of each figure per fleet size; the ratio is "
            f"to the {fleets[0]:,} value (target: <= 1.5x)"]
     head = f"{'figure':<48}" + "".join(f"{f:>10,}" for f in fleets) + "".join(
-        f"{'x' + format(f // 1000, ',') + 'k':>8}" for f in fleets[1:])
+        f"{'x' + (f'{f // 1000:,}k' if f % 1000 == 0 else str(f)):>8}" for f in fleets[1:])
     out += [head, "-" * len(head)]
     for key, label, unit in FIGURES:
         values = [results[f].get(key) for f in fleets]
