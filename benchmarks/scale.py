@@ -119,12 +119,22 @@ def probe(url: str, servers: int, sizes: Sizes) -> dict[str, float]:
     simulator = Simulator(seed=0)
     engine = Engine(url, hypervisor=simulator, allocation_ratios=commands.UNLIMITED)
     try:
-        for doc in engine.view.iter_servers():
-            flavor = doc["flavor"]
-            simulator.spawn(GuestSpec(
-                server_id=doc["id"], name=doc["name"], flavor_id=str(flavor["id"]),
-                vcpus=int(flavor["vcpus"]), ram_mb=int(flavor["ram"]),
-                disk_gb=int(flavor["disk"]), image_id=str(doc["image"]["id"])))
+        # a guest per server, as a restarted simulator reads them from its state file:
+        # from the view's columns in pages (decoding every document would weigh on the
+        # memory measured, and no serving process does it)
+        flavor = engine.service.catalog.flavor(commands.FLAVOR)
+        last = ""
+        while True:
+            page = engine.view.query("SELECT id, name FROM vmledger_servers WHERE id > ?"
+                                     " ORDER BY id LIMIT 1000", [last])
+            for row in page:
+                simulator.spawn(GuestSpec(
+                    server_id=str(row["id"]), name=str(row["name"]), flavor_id=flavor.id,
+                    vcpus=flavor.vcpus, ram_mb=flavor.ram, disk_gb=flavor.disk,
+                    image_id=commands.IMAGE))
+            if len(page) < 1000:
+                break
+            last = str(page[-1]["id"])
         out: dict[str, float] = {}
         out["rss_open"] = _memory_mb()[0]
         client = ApiClient(create_app(engine))
