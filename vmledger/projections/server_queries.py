@@ -257,11 +257,6 @@ class ServerQueries(ReadStore):
         two flavors: either may be what it ends with."""
         return project_usage(self, project_id)
 
-    def on_host(self, host: str) -> list[dict[str, Any]]:
-        """Documents of the servers placed on ``host`` (not deleted), by id."""
-        return [loads(r["doc"]) for r in self._read(
-            "SELECT doc FROM {t} WHERE host = ? AND deleted = 0 ORDER BY id", [host])]
-
     def due_deadlines(self, now: datetime, limit: int = 100) -> list[tuple[str, datetime]]:
         """Open resize confirmations whose deadline is at or before ``now``, oldest first."""
         rows = self._read(
