@@ -50,7 +50,8 @@ from typing import Any
 from benchmarks import commands
 from benchmarks.projections import _cluster, populate
 
-PROJECT = "bench-project"
+#: a project id of Nova's pattern (hexadecimal digits and dashes), as URLs take them
+PROJECT = "5ca1e"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: (key, label, unit) of each figure, in the report's order
