@@ -208,7 +208,6 @@ class ServerQueries(ReadStore):
         sql += " ORDER BY updated_at, id"
         return [(r["id"], r["pending_request_id"]) for r in self._read(sql, params)]
 
-
     def idle_states(self, host: str, *, after: str | None = None, limit: int = 500
                     ) -> list[tuple[str, str, str | None, int]]:
         """(id, vm_state, task_state, power_state) of the servers on ``host`` with no
