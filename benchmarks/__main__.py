@@ -1,5 +1,5 @@
-"""``python -m benchmarks [--suite commands|api|projections|audit|hypervisors|all] [--quick]
-[--backend ...]``."""
+"""``python -m benchmarks [--suite commands|api|projections|audit|hypervisors|scale|all]
+[--quick] [--large] [--backend ...]``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from benchmarks import commands
 
-SUITES = ("commands", "api", "projections", "audit", "hypervisors")
+SUITES = ("commands", "api", "projections", "audit", "hypervisors", "scale")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -18,7 +18,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="vmledger's benchmarks: durable commands per second against a raw-driver "
                     "baseline (commands), the Compute API over HTTP (api), and the read "
-                    "models' rebuild throughput and live lag (projections).")
+                    "models' rebuild throughput and live lag (projections), costs per fleet "
+                    "size (scale).")
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="all",
                         help="which benchmark to run (default: all)")
     parser.add_argument("--quick", action="store_true",
@@ -34,6 +35,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="commands suite: measure only the shipped configuration")
     parser.add_argument("--no-profile", action="store_true",
                         help="skip the 'where the time goes' sections")
+    parser.add_argument("--large", action="store_true",
+                        help="scale suite: a 100,000-server fleet too (minutes more)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
 
@@ -87,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from benchmarks import audit
 
             report = audit.run(backends, audit.QUICK if args.quick else audit.FULL, log=log)
+        elif suite == "scale":
+            from benchmarks import scale
+
+            scale_sizes = (scale.QUICK if args.quick else scale.LARGE if args.large
+                           else scale.FULL)
+            report = scale.run(backends if args.backend != "all" else ("sqlite",),
+                               scale_sizes, log=log)
         elif suite == "hypervisors":
             from benchmarks import hypervisors
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import api, audit, commands, hypervisors, projections
+from benchmarks import api, audit, commands, hypervisors, projections, scale
 from tests.support.postgres import postgres_skip_reason
 
 pytestmark = pytest.mark.slow
@@ -72,3 +72,12 @@ def test_hypervisors_benchmark_runs() -> None:
                               qemu_repetitions=0)
     report = hypervisors.run(sizes, log=_quiet)
     assert "simulator" in report
+
+
+def test_scale_benchmark_runs() -> None:
+    sizes = scale.Sizes(fleets=(30, 60), repetitions=1, sync_passes=1)
+    report = scale.run(("sqlite",), sizes, log=_quiet)
+    assert "fleet scale" in report
+    for _, label, _ in scale.FIGURES:
+        assert label in report
+    assert "x0k" not in report

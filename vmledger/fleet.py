@@ -18,7 +18,8 @@ from vmledger.domain.catalog import RESOURCES
 from vmledger.domain.clock import Clock
 from vmledger.domain.scheduling import AllocationRatios
 from vmledger.projections import keypairs as keypair_view
-from vmledger.projections.allocations import allocation_of, host_usage
+from vmledger.projections.allocations import TABLE as ALLOCATIONS
+from vmledger.projections.allocations import host_servers, host_usage
 from vmledger.projections.compute_services import service_states
 from vmledger.projections.hosts import REPORT_INTERVAL, host_reports, is_up, save_report
 from vmledger.projections.migrations import COLUMNS as MIGRATION_COLUMNS
@@ -174,19 +175,22 @@ class Fleet:
             room[host] = {r: capacity[r] - held.get(r, 0) for r in RESOURCES}
         return room
 
-    def hypervisors(self) -> list[dict[str, Any]]:
+    def hypervisors(self, *, with_servers: bool = True) -> list[dict[str, Any]]:
         """Every host's compute node, as Nova's ``os-hypervisors`` shows it: what the
         hypervisor reports of the host (asked now for this process's own host, its
         agent's last report for the others) and what the servers placed on it hold
-        (``servers``; ``vcpus_used``, ``memory_mb_used`` — with the reserved memory, as
-        Nova's resource tracker counts it —, ``local_gb_used``: the allocations the
-        scheduler counts, so a resize holds both flavors until confirmed or reverted;
+        (``vcpus_used``, ``memory_mb_used`` — with the reserved memory, as Nova's
+        resource tracker counts it —, ``local_gb_used``: the allocations the scheduler
+        counts, so a resize holds both flavors until confirmed or reverted;
         ``running_vms``, ``current_workload``); offloaded servers and those no host took
-        hold nothing and are not listed. ``state`` is ``down`` when the hypervisor
-        cannot answer, or another host's agent has not reported within the service
-        down time (its last answer is shown, or zeros)."""
+        hold nothing and are not counted. With ``with_servers`` also ``servers``, those
+        servers' ids and names (else None): the only part whose cost grows with the
+        host's servers. ``state`` is ``down`` when the hypervisor cannot answer, or
+        another host's agent has not reported within the service down time (its last
+        answer is shown, or zeros)."""
         out: list[dict[str, Any]] = []
         reports = host_reports(self.view)
+        # the per-host sums the read models keep: no server is read
         usage = host_usage(self.view)
         for service in self.compute_services(reports):
             host = service["host"]
@@ -199,15 +203,14 @@ class Fleet:
                 info = (report or {}).get("info")
                 state = "up" if _alive(service) else "down"
             info = info or _UNKNOWN_HOST
-            # the servers holding resources here (not offloaded, nor never placed)
-            servers = [d for d in self.view.on_host(host) if allocation_of(d) is not None]
             held = usage.get(host) or {}
             vcpus = held.get("vcpus", 0)
             # as Nova's resource tracker: the reserved memory counts as used
             memory = held.get("ram", 0) + self.allocation_ratios.reserved_host_memory_mb
             disk = held.get("disk", 0)
-            workload = sum(1 for doc in servers if doc.get("vm_state") == lc.BUILDING
-                           or doc.get("task_state") in st.IO_WORKLOAD_TASKS)
+            workload = self.view.workload_on_host(host, lc.BUILDING,
+                                                  sorted(st.IO_WORKLOAD_TASKS), lc.VM_STATES,
+                                                  ALLOCATIONS)
             free_disk = int(info["local_gb"]) - disk
             least = info.get("disk_available_least")
             out.append({
@@ -216,11 +219,11 @@ class Fleet:
                 "disabled_reason": service["disabled_reason"], "vcpus_used": vcpus,
                 "memory_mb_used": memory,
                 "local_gb_used": disk, "free_ram_mb": int(info["memory_mb"]) - memory,
-                "free_disk_gb": free_disk, "running_vms": len(servers),
+                "free_disk_gb": free_disk, "running_vms": held.get("servers", 0),
                 "current_workload": workload,
                 "disk_available_least": free_disk if least is None else int(least),
-                "servers": [{"uuid": str(d["id"]), "name": d.get("name") or ""}
-                            for d in servers]})
+                "servers": host_servers(self.view, host, self.view.table)
+                if with_servers else None})
         return out
 
     def migrations(self, *, server_id: str | None = None, status: str | None = None,
@@ -291,7 +294,7 @@ class FleetReads:
         return self.fleet.host_room(hosts)
 
     def host_in_use(self, host: str) -> str | None:
-        if self.view.on_host(host):
+        if self.view.any_on_host(host):
             return ("Unable to delete compute service that is hosting instances. Migrate "
                     "or delete the instances first.")
         if any(m["status"] not in st.MIGRATION_SETTLED

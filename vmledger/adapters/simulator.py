@@ -29,6 +29,10 @@ It is built for testing the host agent under adversity:
   the same guests. Only those persist: the random generator, scripted faults and
   :attr:`Simulator.calls` start afresh.
 
+:attr:`Simulator.calls` keeps the most recent operations only (``calls_kept``, 10,000 by
+default): a long-running process's power-state sync asks about every guest every
+pass, and a record of every call would grow without bound.
+
 The boot counter counts every time the guest OS is started: spawn, soft and hard reboot,
 power on, and a rebuild, resize or resize revert that leaves the guest running.
 """
@@ -42,6 +46,7 @@ import random
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -292,7 +297,10 @@ class Simulator:
         crash_rate: float = 0.0,
         state_path: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        calls_kept: int = 10_000,
     ) -> None:
+        if calls_kept < 0:
+            raise ValueError("calls_kept must not be negative")
         for label, rate in (("fail_rate", fail_rate), ("crash_rate", crash_rate)):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{label} must be between 0 and 1, got {rate!r}")
@@ -321,8 +329,9 @@ class Simulator:
         self._snapshots: dict[str, dict[str, Any]] = {}
         self._injections: list[_Injection] = []
         self._booted = time.monotonic()
-        #: every operation called, in order, as ``(op, server_id)`` (observe included)
-        self.calls: list[tuple[str, str]] = []
+        #: the last ``calls_kept`` operations called, in order, as ``(op, server_id)``
+        #: (observe included); older ones are dropped so the record stays bounded
+        self.calls: deque[tuple[str, str]] = deque(maxlen=calls_kept)
         if state_path is not None:
             self._load(state_path)
 

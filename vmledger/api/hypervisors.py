@@ -60,8 +60,10 @@ def _id(call: Call, number: int, host: str) -> int | str:
     return str(uuid.uuid5(_NAMESPACE, host)) if call.at_least(2, 53) else number
 
 
-def _nodes(call: Call) -> list[Node]:
-    return list(enumerate(call.engine.hypervisors(), start=1))
+def _nodes(call: Call, *, servers: bool = False) -> list[Node]:
+    """Every node; each one's servers listed only with ``servers`` (their cost grows
+    with the host's servers, the rest of a node's figures do not)."""
+    return list(enumerate(call.engine.hypervisors(with_servers=servers), start=1))
 
 
 def _view(call: Call, node: Node, *, detail: bool, with_servers: bool = False,
@@ -116,7 +118,7 @@ def _list(call: Call, detail: bool) -> dict[str, Any]:
         raw_limit = None
     if raw_limit is not None:
         limit = min(non_negative_int(raw_limit, "limit"), MAX_LIMIT)
-    nodes = _nodes(call)
+    nodes = _nodes(call, servers=with_servers)
     if pattern is not None:
         if raw_limit is not None or marker:
             raise ApiError(400, "Paging over hypervisors with the "
@@ -151,7 +153,7 @@ async def list_hypervisors_detail(call: Call) -> Response:
     return JSONBody(await call.run(_list, call, True))
 
 
-def _find(call: Call, hypervisor_id: str) -> Node:
+def _find(call: Call, hypervisor_id: str, *, servers: bool = False) -> Node:
     """The node with this id, validated as Nova does for the microversion."""
     missing = ApiError(404, f"Hypervisor with ID '{hypervisor_id}' could not be found.")
     if call.at_least(2, 53):
@@ -161,7 +163,7 @@ def _find(call: Call, hypervisor_id: str) -> Node:
             raise ApiError(400, f"Invalid uuid {hypervisor_id}") from None
     elif not hypervisor_id.strip().lstrip("+-").isdigit():
         raise missing
-    for node in _nodes(call):
+    for node in _nodes(call, servers=servers):
         if str(_id(call, node[0], node[1]["host"])).lower() == hypervisor_id.strip().lower():
             return node
     raise missing
@@ -174,7 +176,7 @@ def _show(call: Call, hypervisor_id: str) -> dict[str, Any]:
         q.reject_unknown(query, ("with_servers",))
         raw = q.single(query, "with_servers")
         with_servers = raw is not None and q.bool_strict(raw)
-    node = _find(call, hypervisor_id)
+    node = _find(call, hypervisor_id, servers=with_servers)
     return {"hypervisor": _view(call, node, detail=True, with_servers=with_servers)}
 
 
@@ -210,7 +212,7 @@ async def show_statistics(call: Call) -> Response:
 
 
 def _search(call: Call, pattern: str, servers: bool) -> dict[str, Any]:
-    nodes = _matching(_nodes(call), pattern)
+    nodes = _matching(_nodes(call, servers=servers), pattern)
     return {"hypervisors": [_view(call, n, detail=False, servers=servers) for n in nodes]}
 
 

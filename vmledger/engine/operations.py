@@ -17,10 +17,10 @@ from vmledger.projections.hosts import delete_report
 
 class OperationsFacade(EngineBase):
     # --- hosts --------------------------------------------------------------------------
-    def hypervisors(self) -> list[dict[str, Any]]:
+    def hypervisors(self, *, with_servers: bool = True) -> list[dict[str, Any]]:
         """Every host's compute node, as Nova's ``os-hypervisors`` shows it (see
-        :meth:`vmledger.fleet.Fleet.hypervisors`)."""
-        return self.fleet.hypervisors()
+        :meth:`vmledger.fleet.Fleet.hypervisors`; ``servers`` only ``with_servers``)."""
+        return self.fleet.hypervisors(with_servers=with_servers)
 
     def known_hosts(self) -> list[str]:
         """Every compute host, by name."""

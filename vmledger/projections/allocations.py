@@ -6,8 +6,12 @@ disk (GB; see :func:`vmledger.domain.catalog.flavor_resources`). A
 server being resized holds both flavors, from the request until it is confirmed or
 reverted (Nova holds the old flavor for the migration and the new one for the server,
 on the same host). A server holds nothing once deleted, while shelved and offloaded, or
-when no host could take it. The scheduler sums the rows by host (:func:`host_usage`)
-to know which hosts still have room (see :meth:`vmledger.engine.Engine.host_room`).
+when no host could take it.
+
+Beside the rows, one row per host keeps their sums (``vmledger_host_usage``: servers,
+vCPUs, RAM, disk), changed by each transaction by the difference it makes: the
+scheduler (:meth:`vmledger.fleet.Fleet.host_room`) and ``os-hypervisors`` read a host's
+sums (:func:`host_usage`) in the same time however many servers it holds.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from vmledger.projections.store import ReadStore, RowWriter
 
 TABLE = "vmledger_allocations"
 COLUMNS = ("server_id", "host", *RESOURCES)
+#: the per-host sums of :data:`TABLE`
+HOSTS_TABLE = "vmledger_host_usage"
+_SUMS = ("servers", *RESOURCES)
 
 
 def allocation_of(doc: dict[str, Any]) -> tuple[Any, ...] | None:
@@ -56,6 +63,16 @@ class Allocations:
                 " disk INTEGER NOT NULL)"),
             sql(f"CREATE INDEX IF NOT EXISTS {TABLE}_host ON {TABLE}"
                 " (host, vcpus, ram, disk)"),
+            sql(f"CREATE TABLE IF NOT EXISTS {HOSTS_TABLE} (host TEXT PRIMARY KEY,"
+                " servers INTEGER NOT NULL, vcpus INTEGER NOT NULL, ram INTEGER NOT NULL,"
+                " disk INTEGER NOT NULL)"),
+            # a database whose allocations were written before the sums were kept: sum
+            # them once (the sums are never empty while allocations exist, so this
+            # reads nothing on any later start)
+            sql(f"INSERT INTO {HOSTS_TABLE} (host, servers, vcpus, ram, disk)"
+                f" SELECT host, COUNT(*), SUM(vcpus), SUM(ram), SUM(disk) FROM {TABLE}"
+                f" WHERE NOT EXISTS (SELECT 1 FROM {HOSTS_TABLE}) GROUP BY host"
+                " ON CONFLICT (host) DO NOTHING"),
         ]
 
     def batch(self, writer: RowWriter, *, empty: bool) -> AllocationsBatch:
@@ -63,6 +80,7 @@ class Allocations:
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
         curs.execute(sql(f"DELETE FROM {TABLE}"))
+        curs.execute(sql(f"DELETE FROM {HOSTS_TABLE}"))
 
 
 class AllocationsBatch:
@@ -85,34 +103,77 @@ class AllocationsBatch:
     def write(self) -> None:
         rows: list[tuple[Any, ...]] = []
         freed: list[str] = []
+        # each host's sums change by what its changed servers held before and hold now
+        before = {} if self.empty else self._held(list(self.docs))
+        change: dict[str, list[int]] = {}
         for server_id, doc in self.docs.items():
             held = allocation_of(doc)
+            old = before.get(server_id)
+            if old is not None:
+                sums = change.setdefault(old[0], [0] * len(_SUMS))
+                sums[0] -= 1
+                for i, value in enumerate(old[1:], start=1):
+                    sums[i] -= value
             if held is None:
                 freed.append(server_id)
             else:
                 rows.append((server_id, *held))
+                sums = change.setdefault(held[0], [0] * len(_SUMS))
+                sums[0] += 1
+                for i, value in enumerate(held[1:], start=1):
+                    sums[i] += value
+        curs, sql = self.writer.curs, self.writer.sql
         if freed and not self.empty:
-            curs, sql = self.writer.curs, self.writer.sql
             for i in range(0, len(freed), 500):
                 chunk = freed[i:i + 500]
                 curs.execute(sql(f"DELETE FROM {TABLE} WHERE server_id IN "
                                  f"({','.join('?' for _ in chunk)})"), chunk)
         self.writer.upsert(TABLE, COLUMNS, "server_id", rows)
+        changed = [(host, *sums) for host, sums in sorted(change.items()) if any(sums)]
+        if changed:
+            updates = ", ".join(f"{c} = {HOSTS_TABLE}.{c} + excluded.{c}" for c in _SUMS)
+            curs.executemany(sql(
+                f"INSERT INTO {HOSTS_TABLE} (host, {', '.join(_SUMS)}) VALUES (?, ?, ?, ?, ?)"
+                f" ON CONFLICT (host) DO UPDATE SET {updates}"), changed)
+
+    def _held(self, server_ids: list[str]) -> dict[str, tuple[Any, ...]]:
+        """What the servers held before this transaction: (host, vCPUs, RAM, disk)."""
+        found: dict[str, tuple[Any, ...]] = {}
+        curs, sql = self.writer.curs, self.writer.sql
+        for i in range(0, len(server_ids), 500):
+            chunk = server_ids[i:i + 500]
+            curs.execute(sql(f"SELECT server_id, host, {', '.join(RESOURCES)} FROM {TABLE}"
+                             f" WHERE server_id IN ({','.join('?' for _ in chunk)})"), chunk)
+            for row in curs.fetchall():
+                values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
+                found[str(values[0])] = (str(values[1]), *(int(v) for v in values[2:]))
+        return found
 
 
 def host_usage(store: ReadStore, hosts: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
-    """What the servers on each host hold: ``vcpus``, ``ram`` (MB), ``disk`` (GB); only
-    ``hosts`` when given. Hosts nothing is on are left out."""
-    sql = (f"SELECT host, SUM(vcpus) AS vcpus, SUM(ram) AS ram, SUM(disk) AS disk "
-           f"FROM {TABLE}")
+    """What the servers on each host hold: ``servers`` (how many), ``vcpus``, ``ram``
+    (MB), ``disk`` (GB); only ``hosts`` when given. Hosts nothing is on are left out.
+    Read from the per-host sums: one row per host, however many servers it holds."""
+    sql = f"SELECT host, {', '.join(_SUMS)} FROM {HOSTS_TABLE} WHERE servers > 0"
     params: list[Any] = []
     if hosts is not None:
         if not hosts:
             return {}
-        sql += f" WHERE host IN ({','.join('?' for _ in hosts)})"
+        sql += f" AND host IN ({','.join('?' for _ in hosts)})"
         params.extend(hosts)
-    rows = store.query(sql + " GROUP BY host", params)
-    return {str(r["host"]): {k: int(r[k] or 0) for k in RESOURCES} for r in rows}
+    rows = store.query(sql + " ORDER BY host", params)
+    return {str(r["host"]): {k: int(r[k] or 0) for k in _SUMS} for r in rows}
 
 
-__all__ = ["COLUMNS", "TABLE", "Allocations", "allocation_of", "host_usage"]
+def host_servers(store: ReadStore, host: str, servers_table: str
+                 ) -> list[dict[str, str]]:
+    """The servers holding resources on ``host``, by id: ``uuid`` and ``name`` (from the
+    servers view's columns, ``servers_table``; no document read)."""
+    rows = store.query(
+        f"SELECT s.id AS id, s.name AS name FROM {TABLE} a JOIN {servers_table} s"
+        " ON s.id = a.server_id WHERE a.host = ? ORDER BY s.id", [host])
+    return [{"uuid": str(r["id"]), "name": str(r["name"] or "")} for r in rows]
+
+
+__all__ = ["COLUMNS", "HOSTS_TABLE", "TABLE", "Allocations", "allocation_of", "host_servers",
+           "host_usage"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from vmledger.projections.project_usage import project_usage
 from vmledger.projections.store import ReadStore, Row, chunks, loads, time_text
 
 #: the servers view's table
@@ -57,10 +58,17 @@ class ServerQueries(ReadStore):
         server (visible in the same scope) the page starts after, as a list marker:
         ``KeyError`` when there is none; ``limit`` caps the rows read. Without ``docs``
         only ids and versions are read (see :meth:`fill`); ``columns`` filters further.
+
+        The marker is a keyset condition (a row-value comparison the page index seeks
+        to), so a page deep in the list costs what the first one does. Regular
+        expressions (``columns.patterns``) are narrowed in SQL where they can be (a
+        literal prefix after ``^``: an index range; a pattern without metacharacters:
+        a substring test), then applied in Python to chunks of rows read in the page's
+        order, the scan stopping as soon as the page is full.
         """
         where, params = self._scope(project_id, deleted)
         if columns is not None:
-            more, more_params = columns.sql()
+            more, more_params = columns.sql(self.dialect)
             where += more
             params += more_params
         if after is not None:
@@ -73,32 +81,72 @@ class ServerQueries(ReadStore):
                 + " AND ".join([*marker_where, "id = ?"]), [*marker_params, after])
             if not found:
                 raise KeyError(after)
-            created = found[0]["created_at"]
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params += [created, created, after]
-        sql = "SELECT id, version, doc FROM {t}" if docs else "SELECT id, version FROM {t}"
+            where.append("(created_at, id) < (?, ?)")
+            params += [found[0]["created_at"], after]
         patterns = columns.patterns if columns is not None else ()
-        if patterns:  # the page is what the patterns keep: no LIMIT in SQL
-            sql = "SELECT id, version{doc}{more} FROM {{t}}".format(
-                doc=", doc" if docs else "",
-                more="".join(f", {c} AS p_{c}" for c in dict.fromkeys(c for c, _ in patterns)))
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC"
-        if limit is not None and not patterns:
-            sql += f" LIMIT {int(limit)}"
         if not patterns:
+            sql = "SELECT id, version, doc FROM {t}" if docs else "SELECT id, version FROM {t}"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY created_at DESC, id DESC"
+            if limit is not None:
+                sql += f" LIMIT {int(limit)}"
             return self._stored_rows(self._read(sql, params))
         assert columns is not None
-        kept: list[StoredServer] = []
-        for row in self._read(sql, params):
-            if all(pattern.search(row[f"p_{column}"] or "") is not None
-                   for column, pattern in patterns):
-                kept.append(StoredServer(row["id"], row["version"],
-                                         row["doc"] if docs else None))
-                if limit is not None and len(kept) >= limit:
-                    break
+        kept = self._scan(where, params, columns, limit)
+        if docs:
+            self.fill(kept)
         return kept
+
+    #: rows a filtered scan reads per query (at least a page)
+    SCAN_CHUNK = 500
+
+    def _scan(self, where: list[str], params: list[Any], columns: ColumnFilter,
+              limit: int | None) -> list[StoredServer]:
+        """The rows ``where`` selects that every pattern of ``columns`` finds something
+        in, newest first, up to ``limit``: read in chunks in the page's order, each
+        after the last row of the one before, until the page is full."""
+        chunk = max(int(limit or 0), self.SCAN_CHUNK)
+        names = dict.fromkeys(c for c, _ in columns.patterns)
+        sql = ("SELECT id, version, created_at" + "".join(f", {c} AS p_{c}" for c in names)
+               + " FROM {t}" + self._name_index_hint(columns))
+        kept: list[StoredServer] = []
+        last: list[Any] = []
+        while True:
+            conditions = [*where, *(["(created_at, id) < (?, ?)"] if last else [])]
+            query = sql + (" WHERE " + " AND ".join(conditions) if conditions else "")
+            found = self._read(query + f" ORDER BY created_at DESC, id DESC LIMIT {chunk}",
+                               [*params, *last])
+            for row in found:
+                if all(pattern.search(row[f"p_{column}"] or "") is not None
+                       for column, pattern in columns.patterns):
+                    kept.append(StoredServer(row["id"], row["version"], None))
+                    if limit is not None and len(kept) >= limit:
+                        return kept
+            if len(found) < chunk:
+                return kept
+            last = [found[-1]["created_at"], found[-1]["id"]]
+
+    #: a name prefix shared by at most this many servers is read through the name
+    #: index (then sorted); a wider one by the page's order, until the page is full
+    NARROW_PREFIX = 2000
+
+    def _name_index_hint(self, columns: ColumnFilter) -> str:
+        """SQLite's planner, without statistics, prefers the page's index to the name
+        index for a prefix range; told to use the latter when the prefix is narrow
+        (counted on the name index, at most :attr:`NARROW_PREFIX` entries read).
+        PostgreSQL's planner has statistics: no hint."""
+        if self.dialect != "sqlite":
+            return ""
+        for column, pattern in columns.patterns:
+            bounds = prefix_range(pattern) if column == "name" else None
+            if bounds is not None:
+                found = self._read(
+                    "SELECT COUNT(*) AS n FROM (SELECT 1 FROM {t} WHERE name >= ? AND name < ?"
+                    f" LIMIT {self.NARROW_PREFIX + 1})", list(bounds))
+                if int(found[0]["n"]) <= self.NARROW_PREFIX:
+                    return " INDEXED BY {t}_name"
+        return ""
 
     def sort_columns(self, *, project_id: str | None = None, deleted: str = "exclude"
                      ) -> list[dict[str, Any]]:
@@ -160,40 +208,53 @@ class ServerQueries(ReadStore):
         sql += " ORDER BY updated_at, id"
         return [(r["id"], r["pending_request_id"]) for r in self._read(sql, params)]
 
-    def idle_on_host(self, host: str) -> list[dict[str, Any]]:
-        """Documents of the servers on ``host`` with no action in flight (not deleted)."""
-        return [loads(r["doc"]) for r in self._read(
-            "SELECT doc FROM {t} WHERE host = ? AND pending_action IS NULL AND deleted = 0"
-            " ORDER BY id", [host])]
+    def idle_states(self, host: str, *, after: str | None = None, limit: int = 500
+                    ) -> list[tuple[str, str, str | None, int]]:
+        """(id, vm_state, task_state, power_state) of the servers on ``host`` with no
+        action in flight (not deleted), by id, after the id ``after``, at most ``limit``
+        of them: what the power-state sync compares, read from the columns and the
+        document's power state in SQL (no document decoded)."""
+        power = ("((doc::jsonb)->>'power_state')::bigint" if self.dialect == "postgres"
+                 else "json_extract(doc, '$.power_state')")
+        sql = (f"SELECT id, vm_state, task_state, {power} AS power_state FROM {{t}}"
+               " WHERE host = ? AND pending_action IS NULL AND deleted = 0")
+        params: list[Any] = [host]
+        if after is not None:
+            sql += " AND id > ?"
+            params.append(after)
+        rows = self._read(sql + f" ORDER BY id LIMIT {int(limit)}", params)
+        return [(str(r["id"]), str(r["vm_state"]), r["task_state"], int(r["power_state"] or 0))
+                for r in rows]
+
+    def any_on_host(self, host: str) -> bool:
+        """Whether a server (not deleted) is placed on ``host``."""
+        return bool(self._read(
+            "SELECT 1 AS one FROM {t} WHERE host = ? AND deleted = 0 LIMIT 1", [host]))
+
+    def workload_on_host(self, host: str, vm_state: str, tasks: Sequence[str],
+                         states: Sequence[str], allocations: str) -> int:
+        """How many servers holding resources on ``host`` (a row in the ``allocations``
+        table) are in ``vm_state`` or, in another of ``states`` (every vm_state), busy
+        with one of ``tasks``. Both counts seek the (host, vm_state, task_state) index,
+        so they cost what the busy servers number, not the host's servers."""
+        join = f"SELECT COUNT(*) AS n FROM {{t}} s JOIN {allocations} a ON a.server_id = s.id"
+        building = self._read(join + " WHERE s.host = ? AND s.vm_state = ?", [host, vm_state])
+        others = [state for state in states if state != vm_state]
+        if not tasks or not others:
+            return int(building[0]["n"])
+        busy = self._read(
+            join + f" WHERE s.host = ? AND s.vm_state IN ({', '.join('?' for _ in others)})"
+            f" AND s.task_state IN ({', '.join('?' for _ in tasks)})",
+            [host, *others, *sorted(tasks)])
+        return int(building[0]["n"]) + int(busy[0]["n"])
 
     def project_usage(self, project_id: str) -> dict[str, int]:
         """A project's servers that are not deleted: how many, and their flavors' vCPUs
-        and RAM (Nova's legacy quota counting), summed by the database. A server being
-        resized (from the request until it is confirmed or reverted) counts the larger
-        of its two flavors: either may be what it ends with."""
-        vcpus, ram = self._largest_flavor("vcpus"), self._largest_flavor("ram")
-        row = self._read(
-            f"SELECT COUNT(*) AS n, COALESCE(SUM({vcpus}), 0) AS vcpus,"
-            f" COALESCE(SUM({ram}), 0) AS ram FROM {{t}}"
-            " WHERE project_id = ? AND deleted = 0", [project_id])[0]
-        return {"instances": int(row["n"]), "cores": int(row["vcpus"]),
-                "ram": int(row["ram"])}
-
-    def _largest_flavor(self, key: str) -> str:
-        """SQL for a server's ``key`` (``vcpus``, ``ram``…) of the larger of its flavors
-        while a resize is pending or unconfirmed, else of its flavor."""
-        paths = ("flavor", "old_flavor", "pending.params.flavor")
-        if self.dialect == "postgres":
-            return "GREATEST({})".format(", ".join(
-                "((doc::jsonb)#>>'{{{}}}')::bigint".format(",".join([*path.split("."), key]))
-                for path in paths))
-        return "max({})".format(", ".join(
-            f"COALESCE(json_extract(doc, '$.{path}.{key}'), 0)" for path in paths))
-
-    def on_host(self, host: str) -> list[dict[str, Any]]:
-        """Documents of the servers placed on ``host`` (not deleted), by id."""
-        return [loads(r["doc"]) for r in self._read(
-            "SELECT doc FROM {t} WHERE host = ? AND deleted = 0 ORDER BY id", [host])]
+        and RAM (Nova's legacy quota counting), from the sums the read models keep per
+        project (:mod:`vmledger.projections.project_usage`). A server being resized
+        (from the request until it is confirmed or reverted) counts the larger of its
+        two flavors: either may be what it ends with."""
+        return project_usage(self, project_id)
 
     def due_deadlines(self, now: datetime, limit: int = 100) -> list[tuple[str, datetime]]:
         """Open resize confirmations whose deadline is at or before ``now``, oldest first."""
@@ -239,6 +300,61 @@ class ServerQueries(ReadStore):
         return int(self._read("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
 
 
+#: characters with a meaning in a regular expression
+_METACHARACTERS = frozenset(".^$*+?{}[]\\|()")
+#: characters that make the one before them optional or repeated
+_QUANTIFIERS = frozenset("*?{")
+
+
+def literal_prefix(pattern: re.Pattern[str]) -> str:
+    """The text every string ``pattern`` finds something in starts with: the literal
+    characters after a leading ``^`` (``"^web-1"`` → ``"web-1"``; ``"^ab*"`` → ``"a"``);
+    ``""`` when there is none (no anchor, an alternation, flags)."""
+    text = pattern.pattern
+    if pattern.flags & (re.IGNORECASE | re.MULTILINE | re.VERBOSE) or not text.startswith(
+            "^") or "|" in text:
+        return ""
+    prefix = []
+    for index, char in enumerate(text[1:], start=1):
+        following = text[index + 1:index + 2]
+        if char in _METACHARACTERS or (following and following in _QUANTIFIERS):
+            break  # the character is not literal, or may be left out
+        prefix.append(char)
+    return "".join(prefix)
+
+
+def prefix_range(pattern: re.Pattern[str]) -> tuple[str, str] | None:
+    """[start, end) of the strings ``pattern`` can find something in, in code point
+    order (SQLite's binary collation, PostgreSQL's "C"), from its literal prefix: from
+    the prefix to the prefix with its last character's code point raised by one (past
+    the surrogates UTF-8 cannot hold). None without a prefix."""
+    prefix = literal_prefix(pattern)
+    if not prefix:
+        return None
+    following = ord(prefix[-1]) + 1
+    following = 0xE000 if 0xD800 <= following < 0xE000 else following
+    if following > 0x10FFFF:
+        return None
+    return prefix, prefix[:-1] + chr(following)
+
+
+def pattern_conditions(column: str, pattern: re.Pattern[str], dialect: str = "sqlite"
+                       ) -> tuple[list[str], list[Any]]:
+    """SQL conditions every row whose ``column`` ``pattern`` finds something in meets
+    (the pattern itself is applied afterwards): an index range on a literal prefix,
+    else a substring test for a pattern without metacharacters, else none."""
+    bounds = prefix_range(pattern)
+    if bounds is not None:
+        target = f'{column} COLLATE "C"' if dialect == "postgres" else column
+        return [f"{target} >= ? AND {target} < ?"], list(bounds)
+    text = pattern.pattern
+    if text and not pattern.flags & (re.IGNORECASE | re.VERBOSE) and not (
+            set(text) & _METACHARACTERS):
+        test = "strpos" if dialect == "postgres" else "instr"
+        return [f"{test}({column}, ?) > 0"], [text]
+    return [], []
+
+
 #: the columns :class:`ColumnFilter` may compare (by name: they are written into SQL)
 FILTER_COLUMNS = frozenset({"id", "name", "project_id", "vm_state", "task_state", "host"})
 
@@ -262,9 +378,16 @@ class ColumnFilter:
             if column not in FILTER_COLUMNS:
                 raise ValueError(f"not a filterable column: {column!r}")
 
-    def sql(self) -> tuple[list[str], list[Any]]:
+    def sql(self, dialect: str = "sqlite") -> tuple[list[str], list[Any]]:
+        """Conditions (``?`` placeholders) every row kept meets; for ``patterns`` only a
+        superset of the rows the expressions find something in (see
+        :func:`pattern_conditions`)."""
         where: list[str] = []
         params: list[Any] = []
+        for column, pattern in self.patterns:
+            more, more_params = pattern_conditions(column, pattern, dialect)
+            where += more
+            params += more_params
         if self.states is not None:
             alternatives = []
             for vm_state, task_state in sorted(self.states, key=str):

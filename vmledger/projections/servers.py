@@ -152,17 +152,32 @@ class ServersView(ServerQueries):
             " pending_request_id TEXT, confirm_deadline TEXT, created_at TEXT,"
             " updated_at TEXT, deleted INTEGER, version INTEGER, doc TEXT)"),
             # list pages: index-only scans in the view's order (newest first), per project
-            # and across projects; they replace the older (project_id, created_at) index
+            # and across projects, the name included so that a name pattern's scan
+            # reads no table row; they replace the older (project_id, created_at) and
+            # name-less page indexes
             self._sql("DROP INDEX IF EXISTS {t}_project"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_page ON {t}"
-                      " (project_id, deleted, created_at, id, version)"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_all_page ON {t}"
-                      " (deleted, created_at, id, version)"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (host, pending_action)"),
+            self._sql("DROP INDEX IF EXISTS {t}_page"),
+            self._sql("DROP INDEX IF EXISTS {t}_all_page"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_list ON {t}"
+                      " (project_id, deleted, created_at, id, version, name)"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_all_list ON {t}"
+                      " (deleted, created_at, id, version, name)"),
+            # a host's actions in flight, and its idle servers by id (the power-state
+            # sync's batches); replaces {t}_pending (host, pending_action)
+            self._sql("DROP INDEX IF EXISTS {t}_pending"),
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_host_pending ON {t}"
+                      " (host, pending_action, deleted, id)"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
             # the timer's idle shelved and soft-deleted servers (replaces {t}_shelved)
             self._sql("DROP INDEX IF EXISTS {t}_shelved"),
             self._sql("CREATE INDEX IF NOT EXISTS {t}_state_age ON {t} (vm_state, updated_at)"),
+            # os-hypervisors' current workload: a host's servers building or busy
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_host_state ON {t}"
+                      " (host, vm_state, task_state)"),
+            # the name filter's literal prefix (in code point order, see
+            # server_queries.pattern_conditions)
+            self._sql("CREATE INDEX IF NOT EXISTS {t}_name ON {t} ("
+                      + ('name COLLATE "C"' if self.dialect == "postgres" else "name") + ")"),
         ]
         for extension in self.extensions:
             own.extend(extension.create_statements(self._sql))

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 #: unexpected errors (not hypervisor refusals) tolerated per action before it fails
 MAX_UNEXPECTED = 5
+#: servers read and compared per batch of a power-state sync pass, and the pause
+#: between batches (seconds) that lets the API's threads run
+SYNC_BATCH = 100
+SYNC_PAUSE = 0.001
 
 _STATE_OF_POWER = {
     PowerState.RUNNING: "running", PowerState.PAUSED: "paused",
@@ -161,10 +165,16 @@ class HostAgent:
         self.remove_evacuated_guests()
         self.updater.catch_up()
         drifted = 0
-        for doc in self.updater.view.idle_on_host(self.host):
-            if self.sync_one(doc["id"], doc["vm_state"], doc["task_state"],
-                             doc["power_state"]):
-                drifted += 1
+        after: str | None = None
+        while True:  # in batches by id: bounded reads, and the API runs in between
+            batch = self.updater.view.idle_states(self.host, after=after, limit=SYNC_BATCH)
+            for server_id, vm_state, task_state, power_state in batch:
+                if self.sync_one(server_id, vm_state, task_state, power_state):
+                    drifted += 1
+            if len(batch) < SYNC_BATCH:
+                break
+            after = batch[-1][0]
+            time.sleep(SYNC_PAUSE)
         if drifted:
             self.updater.catch_up()
         self._observe_pass("power_sync", started, drifted)
