@@ -185,10 +185,37 @@ def test_a_command_wakes_the_background_agent_at_once(host: Host) -> None:
     time.sleep(0.3)  # the first pass is done: the thread now waits
     # straight through the command modules (no façade call to nudge the agent)
     engine.commands.actions.act(engine.context(), sid, "stop")
-    deadline = time.monotonic() + 10
+    assert _wait_until_stopped(engine, sid) == "stopped"
+
+
+def _wait_until_stopped(engine: Engine, sid: str, seconds: float = 10.0) -> str:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         server = engine.service.get(sid)
         if server.vm_state == "stopped" and server.task_state is None:
             break
         time.sleep(0.02)
-    assert engine.service.get(sid).vm_state == "stopped"
+    return engine.service.get(sid).vm_state
+
+
+@pytest.mark.postgres
+def test_another_process_wakes_the_agent_through_postgres(postgres_url: str) -> None:
+    """An API process without an agent saves the command; the agent's process (here an
+    engine of its own on the same database) is woken by PostgreSQL's LISTEN/NOTIFY, not
+    by its idle poll (here a minute)."""
+    sim = Simulator(seed=2)
+    worker = make_engine(postgres_url, hypervisor=sim, ids=counter_ids(2),
+                         request_ids=counter_request_ids("w"))
+    api = make_engine(postgres_url, hypervisor=sim, ids=counter_ids(3),
+                      request_ids=counter_request_ids("a"))
+    try:
+        sid = api.create_server("vm", flavor="m1.small", image="cirros-0.6.2-x86_64").id
+        worker.run_until_idle()
+        worker.run_in_background(interval=60.0)
+        time.sleep(0.5)  # the first pass is done: the thread now waits
+        api.act(sid, "stop")
+        assert _wait_until_stopped(worker, sid) == "stopped"
+        assert worker.verify().ok
+    finally:
+        api.close()
+        worker.close()
