@@ -3,6 +3,9 @@ commits and SQL statements, against Nova's own row pattern on the same database.
 
 What is measured
 ----------------
+Both run on fresh databases, taking turns round by round (every server once), so outside
+load on a shared machine hits both alike; medians of the repetitions are reported.
+
 *Engine*: N servers on one simulated host (no latency, no faults). One complete action
 is ``engine.reboot(sid, hard=True)`` (the request: decided, saved, the read models
 caught up) then ``engine.run_until_idle()`` (the host agent enacts it on the simulator
@@ -99,35 +102,44 @@ def traced_sqlite(counts: Counts) -> Iterator[None]:
 
 
 # --- the engine ----------------------------------------------------------------------------
-def engine_run(url: str, sizes: Sizes, counts: Counts,
-               xact: Callable[[], int] | None) -> Measured:
-    """Complete hard reboots through the embedding API; the counts taken over the timed
-    actions only."""
-    engine = Engine(url, hypervisor=Simulator(seed=0), allocation_ratios=UNLIMITED)
-    try:
-        ids = [engine.create_server(f"bench-{i}", flavor="m1.small",
-                                    image="cirros-0.6.2-x86_64").id
-               for i in range(sizes.servers)]
-        engine.run_until_idle()
-        actions = sizes.servers * sizes.rounds
-        before = Counts(counts.statements, counts.commits)
-        xid = xact() if xact is not None else 0
+class EngineActions:
+    """Complete hard reboots through the embedding API, a round (every server once) at a
+    time; the counts taken over the timed rounds only."""
+
+    def __init__(self, url: str, sizes: Sizes, counts: Counts,
+                 xact: Callable[[], int] | None) -> None:
+        self.sizes, self.counts, self.xact = sizes, counts, xact
+        self.engine = Engine(url, hypervisor=Simulator(seed=0), allocation_ratios=UNLIMITED)
+        self.ids = [self.engine.create_server(f"bench-{i}", flavor="m1.small",
+                                              image="cirros-0.6.2-x86_64").id
+                    for i in range(sizes.servers)]
+        self.engine.run_until_idle()
+        self.statements = self.commits = 0
+        self.elapsed = 0.0
+
+    def round(self) -> None:
+        engine = self.engine
+        before = Counts(self.counts.statements, self.counts.commits)
+        xid = self.xact() if self.xact is not None else 0
         started = time.perf_counter()
-        for _ in range(sizes.rounds):
-            for sid in ids:
-                engine.reboot(sid, hard=True)
-                engine.run_until_idle()
-        elapsed = time.perf_counter() - started
-        # the reading of the transaction id takes one itself
-        commits = ((xact() - xid - 1) / actions if xact is not None
-                   else (counts.commits - before.commits) / actions)
-        statements = (None if xact is not None
-                      else (counts.statements - before.statements) / actions)
-        for sid in ids:
-            assert engine.get_server(sid).status == "ACTIVE"
-        return Measured(actions / elapsed, commits, statements)
-    finally:
-        engine.close()
+        for sid in self.ids:
+            engine.reboot(sid, hard=True)
+            engine.run_until_idle()
+        self.elapsed += time.perf_counter() - started
+        # (reading the transaction id takes one itself)
+        self.commits += (self.xact() - xid - 1 if self.xact is not None
+                         else self.counts.commits - before.commits)
+        self.statements += self.counts.statements - before.statements
+
+    def close(self) -> Measured:
+        try:
+            for sid in self.ids:
+                assert self.engine.get_server(sid).status == "ACTIVE"
+        finally:
+            self.engine.close()
+        actions = self.sizes.servers * self.sizes.rounds
+        return Measured(actions / self.elapsed, self.commits / actions,
+                        None if self.xact is not None else self.statements / actions)
 
 
 # --- Nova's six transactions -----------------------------------------------------------------
@@ -195,27 +207,44 @@ class Nova:
         self._txn(self.finish, (now, event_id))
 
 
-def nova_run(conn: Any, mark: str, serial: str, id_type: str, ts: str,
-             sizes: Sizes) -> float:
-    cur = conn.cursor()
-    for table in NOVA_TABLES:
-        cur.execute(table.format(id=id_type, serial=serial, ts=ts))
-    hv = Simulator(seed=0)
-    ids = [str(uuid.uuid4()) for _ in range(sizes.servers)]
-    for sid in ids:
-        hv.spawn(GuestSpec(server_id=sid, name=sid, flavor_id="1", vcpus=1, ram_mb=512,
-                           disk_gb=1, image_id="cirros"))
-        cur.execute("BEGIN")
-        cur.execute(f"INSERT INTO instances VALUES ({', '.join([mark] * 5)})",
-                    (sid, "active", None, int(PowerState.RUNNING), time.time()))
-        cur.execute("COMMIT")
-    nova = Nova(conn, mark, hv)
-    actions = sizes.servers * sizes.rounds
-    started = time.perf_counter()
-    for _ in range(sizes.rounds):
-        for sid in ids:
-            nova.reboot(sid)
-    return actions / (time.perf_counter() - started)
+class NovaActions:
+    """The same hard reboots in Nova's six transactions, a round at a time."""
+
+    def __init__(self, conn: Any, mark: str, serial: str, id_type: str, ts: str,
+                 sizes: Sizes) -> None:
+        self.sizes = sizes
+        cur = conn.cursor()
+        for table in NOVA_TABLES:
+            cur.execute(table.format(id=id_type, serial=serial, ts=ts))
+        hv = Simulator(seed=0)
+        self.ids = [str(uuid.uuid4()) for _ in range(sizes.servers)]
+        for sid in self.ids:
+            hv.spawn(GuestSpec(server_id=sid, name=sid, flavor_id="1", vcpus=1, ram_mb=512,
+                               disk_gb=1, image_id="cirros"))
+            cur.execute("BEGIN")
+            cur.execute(f"INSERT INTO instances VALUES ({', '.join([mark] * 5)})",
+                        (sid, "active", None, int(PowerState.RUNNING), time.time()))
+            cur.execute("COMMIT")
+        self.nova = Nova(conn, mark, hv)
+        self.elapsed = 0.0
+
+    def round(self) -> None:
+        started = time.perf_counter()
+        for sid in self.ids:
+            self.nova.reboot(sid)
+        self.elapsed += time.perf_counter() - started
+
+    def rate(self) -> float:
+        return self.sizes.servers * self.sizes.rounds / self.elapsed
+
+
+def alternate(sizes: Sizes, engine: EngineActions, nova: NovaActions) -> None:
+    """The rounds of both, taking turns, so a burst of outside load (the machine is
+    shared) hits both alike."""
+    for n in range(sizes.rounds):
+        first, second = (engine, nova) if n % 2 == 0 else (nova, engine)
+        first.round()
+        second.round()
 
 
 # --- backends ----------------------------------------------------------------------------
@@ -233,18 +262,22 @@ def bench_sqlite(sizes: Sizes, log: Callable[[str], None]) -> Result:
     try:
         for rep in range(sizes.repetitions):
             counts = Counts()
-            with traced_sqlite(counts):
-                measured = engine_run(f"sqlite:///{directory / f'e{rep}.db'}", sizes,
-                                      counts, None)
-            result.engine.append(measured)
             conn = sqlite3.connect(directory / f"n{rep}.db", isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
-                result.nova.append(nova_run(conn, "?", "INTEGER PRIMARY KEY", "TEXT",
-                                            "REAL", sizes))
+                nova = NovaActions(conn, "?", "INTEGER PRIMARY KEY", "TEXT", "REAL", sizes)
+                with traced_sqlite(counts):
+                    engine = EngineActions(f"sqlite:///{directory / f'e{rep}.db'}", sizes,
+                                           counts, None)
+                    try:
+                        alternate(sizes, engine, nova)
+                    finally:
+                        measured = engine.close()
             finally:
                 conn.close()
+            result.engine.append(measured)
+            result.nova.append(nova.rate())
             log(f"sqlite: repetition {rep + 1}: engine {measured.actions_per_s:.0f}/s, "
                 f"nova {result.nova[-1]:.0f}/s")
     finally:
@@ -272,11 +305,16 @@ def bench_postgres(cluster: Any, sizes: Sizes, log: Callable[[str], None]) -> Re
                     row = probe.execute(f"SHOW {setting}").fetchone()
                     settings.append(f"{setting}={row[0] if row else '?'}")
                 result.durability = " ".join(settings)
-                measured = engine_run(url, sizes, Counts(), xact)
+                with psycopg.connect(nova_url, autocommit=True) as conn:
+                    nova = NovaActions(conn, "%s", "BIGSERIAL PRIMARY KEY", "TEXT",
+                                       "DOUBLE PRECISION", sizes)
+                    engine = EngineActions(url, sizes, Counts(), xact)
+                    try:
+                        alternate(sizes, engine, nova)
+                    finally:
+                        measured = engine.close()
             result.engine.append(measured)
-            with psycopg.connect(nova_url, autocommit=True) as conn:
-                result.nova.append(nova_run(conn, "%s", "BIGSERIAL PRIMARY KEY", "TEXT",
-                                            "DOUBLE PRECISION", sizes))
+            result.nova.append(nova.rate())
             log(f"postgres: repetition {rep + 1}: engine {measured.actions_per_s:.0f}/s, "
                 f"nova {result.nova[-1]:.0f}/s")
         finally:
