@@ -124,33 +124,47 @@ class ViewUpdater:
 
         PostgreSQL: LISTEN on the log's channel, so events written by any process are
         folded within milliseconds (``poll`` is only the fallback). SQLite: poll.
-        ``on_change`` is called after each catch-up that read something (to wake the
-        host agent early).
+        ``on_change`` is called after each catch-up that finds the view moved on (to
+        wake the host agent early), whichever process folded the events: the view is
+        shared, and another process's command is often folded by that process first.
         """
         channel = getattr(self.app.recorder, "channel_name", None)
         datastore = getattr(self.app.recorder, "datastore", None)
+        changed = self._changes(on_change)
         while not stop.is_set():
             try:
                 if channel is not None and datastore is not None:
-                    self._listen(datastore, channel, stop, on_change, poll)
+                    self._listen(datastore, channel, stop, changed, poll)
                 else:
-                    if self.catch_up() and on_change is not None:
-                        on_change()
+                    changed()
                     stop.wait(poll)
             except Exception:
                 log.exception("following the log failed; retrying")
                 stop.wait(1.0)
 
+    def _changes(self, on_change: Callable[[], None] | None) -> Callable[[], None]:
+        """Catch up, then call ``on_change`` if the view's position moved since the
+        last time."""
+        seen = [self.view.position()]
+
+        def check() -> None:
+            self.catch_up()
+            position = self.view.position()
+            if position != seen[0]:
+                seen[0] = position
+                if on_change is not None:
+                    on_change()
+        return check
+
     def _listen(self, datastore: Any, channel: str, stop: threading.Event,
-                on_change: Callable[[], None] | None, poll: float) -> None:
+                changed: Callable[[], None], poll: float) -> None:
         import psycopg
         from psycopg import sql
 
         with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
             conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
             while not stop.is_set():
-                if self.catch_up() and on_change is not None:
-                    on_change()
+                changed()
                 for _ in conn.notifies(timeout=poll, stop_after=1):
                     pass
 
