@@ -68,6 +68,9 @@ class ViewUpdater:
         self.batch_events = max(batch_events, page_size)
         self._lock = threading.Lock()
         self._decoder: EventDecoder | None = None
+        #: per thread: where the last fold in a command's transaction ended (None when
+        #: that transaction's fold was skipped or failed)
+        self._folded = threading.local()
 
     # --- this process's own events, in their transaction ------------------------------
     def attach(self, recorder: Any) -> bool:
@@ -90,9 +93,12 @@ class ViewUpdater:
         if decoder is None:
             decoder = self._decoder = EventDecoder(self.app.mapper, self.view.wants)
         recorder = self.app.recorder
+        self._folded.to = None
         try:
             with _savepoint(curs):
-                self.view.fold_written(curs, rows, decoder, partial(read_missed, recorder))
+                if self.view.fold_written(curs, rows, decoder,
+                                          partial(read_missed, recorder)):
+                    self._folded.to = rows[-1][0]
         except Exception:
             log.exception("folding the command's events in its transaction failed; "
                           "catch-up will fold them")
@@ -147,8 +153,12 @@ class ViewUpdater:
                     originators.clear()
 
     def ensure(self, position: int | None, timeout: float = 10.0) -> None:
-        """Return once the view reflects the log up to ``position`` (read-your-writes)."""
-        if position is None:
+        """Return once the view reflects the log up to ``position`` (read-your-writes).
+
+        Nothing to read when the caller's own command, the last this thread recorded,
+        ended at ``position`` and was folded in its transaction (its save returned: that
+        transaction committed)."""
+        if position is None or getattr(self._folded, "to", None) == position:
             return
         deadline = time.monotonic() + timeout
         while self.view.position() < position:
