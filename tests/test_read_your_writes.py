@@ -168,8 +168,12 @@ def test_a_failing_fold_does_not_lose_the_command(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     server = engine.create_server("web", "m1.small", IMAGE)
 
-    def broken(*_: Any, **__: Any) -> bool:
-        raise RuntimeError("a bug in a read model")
+    def broken(curs: Any, *_: Any) -> bool:
+        # a statement the database refuses, in the command's transaction (on
+        # PostgreSQL it leaves the insert's pipeline aborted until it is synced)
+        curs.execute("SELECT no_such_column FROM vmledger_servers")
+        curs.fetchone()
+        raise AssertionError("the statement was refused")
 
     monkeypatch.setattr(engine.view, "fold_written", broken)
     engine.lock(server.id)  # recorded; the read models catch up as before

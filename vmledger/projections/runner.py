@@ -18,11 +18,13 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -84,6 +86,19 @@ class ViewUpdater:
             hooks.append(self.fold_written)
         return True
 
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within: the commands this thread records are not folded in their transaction
+        but by the next catch-up (for a batch worker — the host agent's and the timer's
+        pass — that does not read its own writes from the read models: one catch-up
+        transaction folds a whole pass more cheaply than a fold in every command)."""
+        previous = getattr(self._folded, "deferred", False)
+        self._folded.deferred = True
+        try:
+            yield
+        finally:
+            self._folded.deferred = previous
+
     def fold_written(self, curs: Any, rows: list[Row]) -> None:
         """Called by the recorder inside an insert's transaction, after the events (and
         their audit links) are written. The fold runs in a savepoint: if it fails, the
@@ -94,6 +109,8 @@ class ViewUpdater:
             decoder = self._decoder = EventDecoder(self.app.mapper, self.view.wants)
         recorder = self.app.recorder
         self._folded.to = None
+        if getattr(self._folded, "deferred", False):
+            return
         try:
             with _savepoint(curs):
                 if self.view.fold_written(curs, rows, decoder,
@@ -225,28 +242,27 @@ class ViewUpdater:
 
 
 class _savepoint:
-    """A savepoint on ``curs`` (SQLite's cursor, or psycopg's: its nested transaction)."""
+    """A savepoint on ``curs`` (plain SQL: on PostgreSQL it is queued in the insert's
+    pipeline, no round trip of its own; psycopg's nested transaction would sync)."""
 
     def __init__(self, curs: Any) -> None:
         self.curs = curs
-        self._nested: Any = None
 
     def __enter__(self) -> None:
-        connection = getattr(self.curs, "connection", None)
-        if connection is not None and hasattr(connection, "pipeline"):  # psycopg
-            self._nested = connection.transaction()
-            self._nested.__enter__()
-        else:
-            self.curs.execute("SAVEPOINT vmledger_fold")
+        self.curs.execute("SAVEPOINT vmledger_fold")
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        if self._nested is not None:
-            self._nested.__exit__(kind, error, trace)
-        elif kind is None:
-            self.curs.execute("RELEASE vmledger_fold")
-        else:
-            self.curs.execute("ROLLBACK TO vmledger_fold")
-            self.curs.execute("RELEASE vmledger_fold")
+        if kind is None:
+            self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
+            return
+        connection = getattr(self.curs, "connection", None)
+        if connection is not None and hasattr(connection, "pipeline"):
+            # psycopg: a failed statement leaves the pipeline aborted until a sync (as
+            # psycopg's own nested transaction does before rolling back)
+            with contextlib.suppress(Exception), connection.pipeline() as pipeline:
+                pipeline.sync()
+        self.curs.execute("ROLLBACK TO SAVEPOINT vmledger_fold")
+        self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
 
 
 def read_missed(recorder: Any, curs: Any, after: int, before: int) -> list[Row] | None:
