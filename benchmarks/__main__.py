@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--suite commands|actions|api|projections|audit|hypervisors|all] [--quick]
+"""``python -m benchmarks [--suite commands|actions|api|projections|audit|hypervisors|all]
+[--quick]
 [--backend ...]``."""
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def test_commands_benchmark_runs() -> None:
 def test_actions_benchmark_runs() -> None:
     report = actions.run(BACKENDS, actions.Sizes(servers=3, rounds=1, repetitions=1),
                          log=_quiet)
-    assert "commits/action" in report
+    assert "act/s" in report and "Nova/s" in report
+    assert "commits/action" in report and "statements/action" in report
     _backends_line(report)
 
 

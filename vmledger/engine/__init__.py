@@ -65,9 +65,12 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
 
     # --- driving the agent and the timer ------------------------------------------------
     def run_once(self) -> int:
-        """One pass of the host agent and the timer; return how much they did."""
+        """One pass of the host agent and the timer; return how much they did. What they
+        record reaches the read models by the next catch-up (one transaction for a pass),
+        not in each of their commands' transactions."""
         self.report_host()
-        return self.graph.guests.answer() + self.agent.run_once() + self.timer.run_once()
+        with self.updater.deferred():
+            return self.graph.guests.answer() + self.agent.run_once() + self.timer.run_once()
 
     def answer_guest_reads(self) -> int:
         """Answer the questions other processes asked of this host's guests."""
