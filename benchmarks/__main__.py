@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--suite commands|api|projections|audit|hypervisors|scale|all]
+"""``python -m benchmarks [--suite commands|actions|api|projections|audit|hypervisors|scale|all]
 [--quick] [--large] [--backend ...]``."""
 
 from __future__ import annotations
@@ -10,22 +10,22 @@ from collections.abc import Sequence
 
 from benchmarks import commands
 
-SUITES = ("commands", "api", "projections", "audit", "hypervisors", "scale")
+SUITES = ("commands", "actions", "api", "projections", "audit", "hypervisors", "scale")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="vmledger's benchmarks: durable commands per second against a raw-driver "
-                    "baseline (commands), the Compute API over HTTP (api), and the read "
-                    "models' rebuild throughput and live lag (projections), costs per fleet "
-                    "size (scale).")
+                    "baseline (commands), complete lifecycle actions against Nova's row pattern "
+                    "(actions), the Compute API over HTTP (api), the read models' rebuild "
+                    "throughput and live lag (projections), costs per fleet size (scale).")
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="all",
                         help="which benchmark to run (default: all)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller sizes: a smoke run")
     parser.add_argument("--backend", choices=("sqlite", "postgres", "all"), default="all",
-                        help="which backend to measure (commands and projections; the api "
+                        help="which backend to measure (commands, actions and projections; the api "
                              "suite runs on SQLite; default: all)")
     parser.add_argument("--servers", type=int, default=None,
                         help="commands suite: servers per run (overrides the defaults)")
@@ -79,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if suite == "commands":
             report = commands.run(backends, _commands_sizes(args),
                                   variants=not args.no_variants, log=log)
+        elif suite == "actions":
+            from benchmarks import actions
+
+            report = actions.run(backends, actions.QUICK if args.quick else actions.FULL,
+                                 log=log)
         elif suite == "api":
             from benchmarks import api
 

@@ -1115,6 +1115,30 @@ def postgres_cluster() -> tuple[Any, str | None]:
     return PostgresCluster, None
 
 
+@contextlib.contextmanager
+def throwaway_postgres(log: Callable[[str], None]
+                       ) -> Iterator[tuple[PostgresBackend | None, str | None]]:
+    """A suite's PostgreSQL: (a backend on a throwaway cluster, None) for as long as the
+    block runs, or (None, why PostgreSQL is skipped)."""
+    cluster_class, reason = postgres_cluster()
+    if cluster_class is None:
+        yield None, reason or "unavailable"
+        return
+    from tests.support.postgres import PostgresClusterError
+
+    cluster = cluster_class()
+    try:
+        cluster.__enter__()
+    except PostgresClusterError as e:
+        yield None, str(e).splitlines()[0]
+        return
+    try:
+        log(f"postgres: throwaway cluster on 127.0.0.1:{cluster.port}")
+        yield PostgresBackend(cluster), None
+    finally:
+        cluster.__exit__(None, None, None)
+
+
 def run(backends: Sequence[str], sizes: Sizes, *, variants: bool = True,
         log: Callable[[str], None] = print) -> str:
     """Run the benchmark on ``backends``; return the report to print."""
@@ -1131,25 +1155,12 @@ def run(backends: Sequence[str], sizes: Sizes, *, variants: bool = True,
         finally:
             shutil.rmtree(directory, ignore_errors=True)
     if "postgres" in backends:
-        cluster_class, reason = postgres_cluster()
-        if cluster_class is None:
-            skipped["postgres"] = reason or "unavailable"
-            log(f"postgres: skipped: {reason}")
-        else:
-            from tests.support.postgres import PostgresClusterError
-
-            cluster = cluster_class()
-            try:
-                cluster.__enter__()
-            except PostgresClusterError as e:
-                skipped["postgres"] = str(e).splitlines()[0]
-                log(f"postgres: skipped: {e}")
+        with throwaway_postgres(log) as (backend, reason):
+            if backend is None:
+                skipped["postgres"] = reason or "unavailable"
+                log(f"postgres: skipped: {reason}")
             else:
-                try:
-                    log(f"postgres: throwaway cluster on 127.0.0.1:{cluster.port}")
-                    reports.append(bench_backend(
-                        PostgresBackend(cluster), sizes.postgres_servers, sizes.repetitions,
-                        variants=chosen, profile_servers=sizes.profile_servers, log=log))
-                finally:
-                    cluster.__exit__(None, None, None)
+                reports.append(bench_backend(
+                    backend, sizes.postgres_servers, sizes.repetitions,
+                    variants=chosen, profile_servers=sizes.profile_servers, log=log))
     return format_report(reports, skipped)

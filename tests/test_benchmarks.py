@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import api, audit, commands, hypervisors, projections, scale
+from benchmarks import actions, api, audit, commands, hypervisors, projections, scale
 from tests.support.postgres import postgres_skip_reason
 
 pytestmark = pytest.mark.slow
@@ -47,6 +47,14 @@ def test_commands_benchmark_runs() -> None:
                            profile_servers=2)
     report = commands.run(BACKENDS, sizes, variants=False, log=_quiet)
     assert "cmd/s" in report
+    _backends_line(report)
+
+
+def test_actions_benchmark_runs() -> None:
+    report = actions.run(BACKENDS, actions.Sizes(servers=3, rounds=1, repetitions=1),
+                         log=_quiet)
+    assert "act/s" in report and "Nova/s" in report
+    assert "commits/action" in report and "statements/action" in report
     _backends_line(report)
 
 

@@ -70,6 +70,19 @@ def test_rebuild_equals_following_the_log_in_small_pages(seeded_engine: Engine) 
     assert index_names(seeded_engine) == indexes and len(indexes) >= 4
 
 
+def test_folding_each_command_in_its_transaction_equals_a_rebuild(
+        seeded_engine: Engine) -> None:
+    # every command of the populated log folds its events in its own transaction
+    populate(seeded_engine.service, 24, group=8)
+    rows = runner.read_page(seeded_engine.service.recorder, 0, 1_000_000)
+    assert seeded_engine.view.position() == rows[-1][0]
+    folded = snapshot(seeded_engine)
+    assert len(folded[ACTIONS]) > 100 and folded[IMAGES]
+
+    assert seeded_engine.updater.rebuild() > 0
+    assert snapshot(seeded_engine) == folded
+
+
 def test_a_rebuild_in_several_transactions_equals_one(seeded_engine: Engine) -> None:
     populate(seeded_engine.service, 10, group=5)
     seeded_engine.updater.rebuild()

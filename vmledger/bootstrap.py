@@ -103,6 +103,8 @@ def build(url: str, settings: Settings) -> Graph:
         create_host_reports(view)
         guest_reads.create_table(view)
     updater = ViewUpdater(store, view)
+    # this process's commands fold their events in their own transaction
+    updater.attach(store.recorder)
     store.catalog.overrides = lambda: flavor_overrides(view)
     hypervisor = settings.hypervisor or Simulator(seed=settings.seed or 0)
     fleet = Fleet(view, updater, hypervisor, settings.host, store.hosts, clock,

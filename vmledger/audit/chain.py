@@ -22,6 +22,11 @@ is read under that lock (queued in the same pipeline right after it); on SQLite 
 read after the insert, which holds the database's single write lock. So the head read
 by one transaction is always the head written by the previous one.
 
+Both recorders also run their ``in_transaction`` callbacks (:data:`InTransaction`) inside
+the same transaction, after the links are written, with the new rows: this is how the
+process's own read models are folded in the command's transaction (see
+:meth:`vmledger.projections.runner.ViewUpdater.attach`).
+
 The key is read from the environment variable ``VMLEDGER_AUDIT_KEY``. Without it a
 fixed, public development key is used, and :func:`vmledger.audit.verify.verify` says
 so: a chain made with a public key only detects accidents and careless edits, not an
@@ -35,7 +40,7 @@ import hmac
 import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -67,7 +72,9 @@ __all__ = [
     "AuditedSQLiteApplicationRecorder",
     "ChainError",
     "ChainRow",
+    "InTransaction",
     "IndexRow",
+    "WrittenRow",
     "canonical",
     "global_link",
     "oid_text",
@@ -97,6 +104,19 @@ class ChainError(RuntimeError):
     head is at or beyond the notification id just issued — which only happens when
     events were deleted from the end of a SQLite log and their ids issued again.
     """
+
+
+#: a stored event as the insert wrote it: (notification id, originator id, originator
+#: version, topic, state), the form the read models' updater reads the log in
+WrittenRow = tuple[int, Any, int, str, bytes]
+#: called inside the insert's transaction with its cursor and the new rows (in
+#: notification-id order); an exception rolls the whole insert back
+InTransaction = Callable[[Any, list[WrittenRow]], None]
+
+
+def _written(events: Sequence[StoredEvent], ids: Sequence[int]) -> list[WrittenRow]:
+    return sorted(((nid, e.originator_id, e.originator_version, e.topic, e.state)
+                   for nid, e in zip(ids, events, strict=True)), key=lambda row: row[0])
 
 
 @dataclass(frozen=True)
@@ -320,6 +340,7 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"
                  ) -> None:
         self.audit_key = AuditKey.from_environment()
+        self.in_transaction: list[InTransaction] = []
         super().__init__(datastore, events_table_name)
 
     def construct_create_table_statements(self) -> list[str]:
@@ -364,6 +385,10 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
                     _sqlite_time(x.indexed[1])) for x in links if x.indexed is not None]
         if indexed:
             c.executemany(f"INSERT INTO {REQUESTS_TABLE} VALUES (?,?,?,?,?)", indexed)
+        if self.in_transaction:
+            rows = _written(stored_events, ids)
+            for callback in self.in_transaction:
+                callback(c, rows)
         return ids
 
     # --- reading ---------------------------------------------------------------------
@@ -445,6 +470,7 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
             raise ValueError("the audit chain needs the table-locking insert: do not set "
                              "POSTGRES_ENABLE_DB_FUNCTIONS")
         self.audit_key = AuditKey.from_environment()
+        self.in_transaction: list[InTransaction] = []
         self._local = threading.local()
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(datastore.schema)
@@ -555,6 +581,10 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                     x.version, x.indexed[1]) for x in links if x.indexed is not None]
         if indexed:
             curs.executemany(self._sql_insert_request, indexed)
+        if self.in_transaction:
+            written = _written(stored_events, ids)
+            for callback in self.in_transaction:
+                callback(curs, written)
         return ids
 
     # --- reading ---------------------------------------------------------------------

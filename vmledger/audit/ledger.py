@@ -486,6 +486,9 @@ def _step(e: LedgerEntry) -> str:
         if p.get("error"):
             return f"{call}: it failed {took}: {p['error']}"
         return f"{call}: it answered {_compact(p.get('result'), 120)} {took}"
+    if e.event == "HypervisorCallStarted":
+        return (f"the host agent is about to call {p.get('driver')}.{p.get('call')}"
+                f"({_compact(p.get('arguments') or {}, 80)}) on {p.get('host')}")
     if e.event == "ActionCompleted":
         text = f"{p.get('action')} completed (power {_power(p.get('power_state'))})"
         deadline = dict(p.get("changes") or {}).get("confirm_deadline")

@@ -7,7 +7,8 @@ forever even after the rules change. Every event carries its causal context
 
 Two-phase actions, as in Nova: the *request* event (:class:`Server.ActionRequested`)
 is recorded when the guard accepts a command; the host agent then records progress
-(:class:`Server.TaskAdvanced`), the hypervisor calls it made
+(:class:`Server.TaskAdvanced`), each hypervisor call it is about to make, ahead of it
+(:class:`Server.HypervisorCallStarted`), the calls it made
 (:class:`Server.HypervisorCalled`) and the outcome (:class:`Server.ActionCompleted` or
 :class:`Server.ActionFailed`).
 """
@@ -152,7 +153,27 @@ class Server(Aggregate):
         duration_ms: float
 
         def apply(self, server: Server) -> None:
-            pass
+            pending = server.pending
+            if pending and (pending.get("calling") or {}).get("call") == self.call:
+                server.pending = {k: v for k, v in pending.items() if k != "calling"}
+
+    class HypervisorCallStarted(Event):
+        """The host agent is about to make a hypervisor call (written ahead of it, with
+        the guest as last seen): until the call is recorded, a crash leaves it in doubt,
+        and the agent restarted compares the guest with ``observed`` before calling."""
+
+        action: str
+        host: str
+        driver: str
+        call: str
+        arguments: dict[str, Any]
+        observed: dict[str, Any] | None
+
+        def apply(self, server: Server) -> None:
+            if server.pending is not None:
+                server.pending = {**server.pending, "calling": {
+                    "call": self.call, "arguments": self.arguments,
+                    "observed": self.observed}}
 
     class ActionCompleted(Event):
         """The host agent finished an action successfully."""
@@ -435,6 +456,20 @@ class Server(Aggregate):
                            action=self.pending_action or "", host=host, driver=driver,
                            call=call, arguments=arguments, result=result, error=error,
                            duration_ms=round(duration_ms, 3))
+
+    def start_call(self, ctx: Context, at: datetime, *, host: str, driver: str, call: str,
+                   arguments: dict[str, Any], observed: dict[str, Any] | None) -> None:
+        """Write a hypervisor call ahead of making it (see :class:`HypervisorCallStarted`)."""
+        self.trigger_event(self.HypervisorCallStarted, timestamp=at, **ctx.fields(),
+                           action=self._in_flight(), host=host, driver=driver, call=call,
+                           arguments=arguments, observed=observed)
+
+    @property
+    def call_in_doubt(self) -> dict[str, Any] | None:
+        """The hypervisor call written ahead and not recorded (``call``, ``arguments``,
+        ``observed``): the agent died between the two, before or after making it."""
+        calling: dict[str, Any] | None = (self.pending or {}).get("calling")
+        return calling
 
     def complete(self, ctx: Context, at: datetime, *, power_state: int,
                  confirm_window: timedelta | None = None) -> None:

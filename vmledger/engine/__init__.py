@@ -60,12 +60,17 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
             request_id_factory=request_id_factory, stopwatch=stopwatch,
             shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval,
             service_down_time=service_down_time, allocation_ratios=allocation_ratios)))
+        # every command saved in this process wakes the agent and the timer at once
+        self.commands.deps.pipeline.on_saved(lambda _result: self._wake.set())
 
     # --- driving the agent and the timer ------------------------------------------------
     def run_once(self) -> int:
-        """One pass of the host agent and the timer; return how much they did."""
+        """One pass of the host agent and the timer; return how much they did. What they
+        record reaches the read models by the next catch-up (one transaction for a pass),
+        not in each of their commands' transactions."""
         self.report_host()
-        return self.graph.guests.answer() + self.agent.run_once() + self.timer.run_once()
+        with self.updater.deferred():
+            return self.graph.guests.answer() + self.agent.run_once() + self.timer.run_once()
 
     def answer_guest_reads(self) -> int:
         """Answer the questions other processes asked of this host's guests."""
@@ -87,7 +92,13 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
 
     def run_in_background(self, interval: float = 0.5, sync_interval: float = 60.0) -> None:
         """Run the agent and the timer in a background thread until :meth:`close`; the
-        power-state sync runs every ``sync_interval`` seconds (Nova: 600)."""
+        power-state sync runs every ``sync_interval`` seconds (Nova: 600).
+
+        New work wakes the thread at once: a command saved in this process (the command
+        pipeline's signal), or one saved by another process (PostgreSQL: the log's
+        LISTEN/NOTIFY channel; SQLite: the log polled every ``interval``). Idle, a pass
+        runs every ``interval`` seconds for what no event announces: deadlines coming
+        due and other processes' questions about this host's guests."""
         if self._thread is not None:
             return
         self._stop.clear()
@@ -103,6 +114,8 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
     def _loop(self, interval: float, sync_interval: float) -> None:
         next_sync = time.monotonic() + sync_interval
         while not self._stop.is_set():
+            # cleared before the pass: work saved during it wakes the next one
+            self._wake.clear()
             try:
                 started = time.perf_counter()
                 busy = self.run_once()
@@ -118,7 +131,6 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
                 busy = 0
             if not busy:
                 self._wake.wait(interval)
-            self._wake.clear()
 
     def close(self) -> None:
         """Stop the background thread (if any) and close the database connections."""

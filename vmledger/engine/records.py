@@ -85,6 +85,8 @@ class HistoryEntry:
                 f"{d.get('driver')}.{d.get('call')} "
                 f"{'failed: ' + str(d['error']) if d.get('error') else 'ok'}"
                 f" ({d.get('duration_ms')} ms)"),
+            "HypervisorCallStarted": lambda: (
+                f"{d.get('driver')}.{d.get('call')} about to be called"),
             "ActionCompleted": lambda: f"{d.get('action')} done → {d.get('vm_state')}",
             "ActionFailed": lambda: (f"{d.get('action')} failed → {d.get('vm_state')}: "
                                      f"{d.get('fault', {}).get('message')}"),

@@ -5,17 +5,27 @@ the view in one transaction with its tracking position. The same loop serves cat
 at start-up, live following (called after every local command, and by a poller for
 events written by other processes) and a full rebuild.
 
-Read-your-writes: :meth:`ViewUpdater.ensure` makes sure the view has reached a command's
-log position before the caller reads it.
+Read-your-writes: the events this process writes are folded in their own transaction
+(:meth:`ViewUpdater.attach`: the recorder calls :meth:`ViewUpdater.fold_written` inside
+the insert's transaction), so the read models show a command the moment it commits;
+:meth:`ViewUpdater.ensure` then only checks the position. Events written by other
+processes arrive through the log: the next command folds the few it finds before its own
+(in order, in its transaction), and catch-up or :meth:`ViewUpdater.follow` folds the
+rest. The tracking position is the guard everywhere: it is read locked in the
+transaction that folds, and a fold that does not start where the position is writes
+nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -46,6 +56,10 @@ REBUILD_BATCH_EVENTS = 50_000
 #: topic, stored state)
 Row = tuple[int, Any, int, str, bytes]
 
+#: at most this many events written by other processes are folded in a command's own
+#: transaction (before its events); a longer gap is left to catch-up
+MISSED_LIMIT = 100
+
 
 class ViewUpdater:
     def __init__(self, app: Application[Any], view: ServersView, *, page_size: int = PAGE_SIZE,
@@ -55,6 +69,56 @@ class ViewUpdater:
         self.page_size = page_size
         self.batch_events = max(batch_events, page_size)
         self._lock = threading.Lock()
+        self._decoder: EventDecoder | None = None
+        #: per thread: where the last fold in a command's transaction ended (None when
+        #: that transaction's fold was skipped or failed)
+        self._folded = threading.local()
+
+    # --- this process's own events, in their transaction ------------------------------
+    def attach(self, recorder: Any) -> bool:
+        """Fold the events ``recorder`` writes in the transaction that writes them (when
+        the recorder offers ``in_transaction``, as vmledger's audited recorders do).
+        Returns whether it does."""
+        hooks = getattr(recorder, "in_transaction", None)
+        if not isinstance(hooks, list):
+            return False
+        if self.fold_written not in hooks:
+            hooks.append(self.fold_written)
+        return True
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within: the commands this thread records are not folded in their transaction
+        but by the next catch-up (for a batch worker — the host agent's and the timer's
+        pass — that does not read its own writes from the read models: one catch-up
+        transaction folds a whole pass more cheaply than a fold in every command)."""
+        previous = getattr(self._folded, "deferred", False)
+        self._folded.deferred = True
+        try:
+            yield
+        finally:
+            self._folded.deferred = previous
+
+    def fold_written(self, curs: Any, rows: list[Row]) -> None:
+        """Called by the recorder inside an insert's transaction, after the events (and
+        their audit links) are written. The fold runs in a savepoint: if it fails, the
+        command is still recorded (its events are the truth) and catch-up folds them
+        later (raising the same error, loudly, there)."""
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = EventDecoder(self.app.mapper, self.view.wants)
+        recorder = self.app.recorder
+        self._folded.to = None
+        if getattr(self._folded, "deferred", False):
+            return
+        try:
+            with _savepoint(curs):
+                if self.view.fold_written(curs, rows, decoder,
+                                          partial(read_missed, recorder)):
+                    self._folded.to = rows[-1][0]
+        except Exception:
+            log.exception("folding the command's events in its transaction failed; "
+                          "catch-up will fold them")
 
     def catch_up(self, progress: Callable[[int, int], None] | None = None,
                  batch_events: int | None = None) -> int:
@@ -106,8 +170,12 @@ class ViewUpdater:
                     originators.clear()
 
     def ensure(self, position: int | None, timeout: float = 10.0) -> None:
-        """Return once the view reflects the log up to ``position`` (read-your-writes)."""
-        if position is None:
+        """Return once the view reflects the log up to ``position`` (read-your-writes).
+
+        Nothing to read when the caller's own command, the last this thread recorded,
+        ended at ``position`` and was folded in its transaction (its save returned: that
+        transaction committed)."""
+        if position is None or getattr(self._folded, "to", None) == position:
             return
         deadline = time.monotonic() + timeout
         while self.view.position() < position:
@@ -124,33 +192,47 @@ class ViewUpdater:
 
         PostgreSQL: LISTEN on the log's channel, so events written by any process are
         folded within milliseconds (``poll`` is only the fallback). SQLite: poll.
-        ``on_change`` is called after each catch-up that read something (to wake the
-        host agent early).
+        ``on_change`` is called after each catch-up that finds the view moved on (to
+        wake the host agent early), whichever process folded the events: the view is
+        shared, and another process's command is often folded by that process first.
         """
         channel = getattr(self.app.recorder, "channel_name", None)
         datastore = getattr(self.app.recorder, "datastore", None)
+        changed = self._changes(on_change)
         while not stop.is_set():
             try:
                 if channel is not None and datastore is not None:
-                    self._listen(datastore, channel, stop, on_change, poll)
+                    self._listen(datastore, channel, stop, changed, poll)
                 else:
-                    if self.catch_up() and on_change is not None:
-                        on_change()
+                    changed()
                     stop.wait(poll)
             except Exception:
                 log.exception("following the log failed; retrying")
                 stop.wait(1.0)
 
+    def _changes(self, on_change: Callable[[], None] | None) -> Callable[[], None]:
+        """Catch up, then call ``on_change`` if the view's position moved since the
+        last time."""
+        seen = [self.view.position()]
+
+        def check() -> None:
+            self.catch_up()
+            position = self.view.position()
+            if position != seen[0]:
+                seen[0] = position
+                if on_change is not None:
+                    on_change()
+        return check
+
     def _listen(self, datastore: Any, channel: str, stop: threading.Event,
-                on_change: Callable[[], None] | None, poll: float) -> None:
+                changed: Callable[[], None], poll: float) -> None:
         import psycopg
         from psycopg import sql
 
         with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
             conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
             while not stop.is_set():
-                if self.catch_up() and on_change is not None:
-                    on_change()
+                changed()
                 for _ in conn.notifies(timeout=poll, stop_after=1):
                     pass
 
@@ -171,6 +253,59 @@ class ViewUpdater:
             if paused:
                 gc.enable()
             self.view.restore_indexes()
+
+
+class _savepoint:
+    """A savepoint on ``curs`` (plain SQL: on PostgreSQL it is queued in the insert's
+    pipeline, no round trip of its own; psycopg's nested transaction would sync)."""
+
+    def __init__(self, curs: Any) -> None:
+        self.curs = curs
+
+    def __enter__(self) -> None:
+        self.curs.execute("SAVEPOINT vmledger_fold")
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if kind is None:
+            self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
+            return
+        connection = getattr(self.curs, "connection", None)
+        if connection is not None and hasattr(connection, "pipeline"):
+            # psycopg: a failed statement leaves the pipeline aborted until a sync (as
+            # psycopg's own nested transaction does before rolling back)
+            with contextlib.suppress(Exception), connection.pipeline() as pipeline:
+                pipeline.sync()
+        self.curs.execute("ROLLBACK TO SAVEPOINT vmledger_fold")
+        self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
+
+
+def read_missed(recorder: Any, curs: Any, after: int, before: int) -> list[Row] | None:
+    """The log's rows with ``after`` < notification id < ``before``, read on ``curs`` (in
+    the insert's transaction, which holds the log's write lock: every such row is
+    committed and no other can appear), or None when there are more than
+    :data:`MISSED_LIMIT`."""
+    limit = MISSED_LIMIT + 1
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        curs.execute(f"SELECT rowid, originator_id, originator_version, topic, state "
+                     f"FROM {recorder.events_table_name} WHERE rowid>? AND rowid<? "
+                     f"ORDER BY rowid LIMIT ?", [after, before, limit])
+        rows = [(int(r[0]), recorder.convert_originator_id(r[1]), int(r[2]), str(r[3]),
+                 bytes(r[4])) for r in curs.fetchall()]
+    elif isinstance(recorder, PostgresApplicationRecorder):
+        from psycopg.sql import SQL, Identifier
+
+        datastore = recorder.datastore
+        curs.execute(SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            "FROM {0}.{1} WHERE notification_id>%s AND notification_id<%s "
+            "ORDER BY notification_id LIMIT %s").format(
+                Identifier(datastore.schema), Identifier(recorder.events_table_name)),
+            [after, before, limit], prepare=True)
+        rows = [(int(r["notification_id"]), r["originator_id"], int(r["originator_version"]),
+                 str(r["topic"]), bytes(r["state"])) for r in curs.fetchall()]
+    else:
+        return None
+    return None if len(rows) > MISSED_LIMIT else rows
 
 
 def read_page(recorder: Any, start: int, limit: int,

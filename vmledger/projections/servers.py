@@ -22,7 +22,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
-from eventsourcing.persistence import Tracking
+from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import resolve_topic
@@ -190,85 +190,126 @@ class ServersView(ServerQueries):
     def apply_pages(self, pages: Sequence[RawPage], decode: Decode, *,
                     after: int | None = None) -> int:
         """Fold consecutive pages of the log in one transaction, with a tracking record
-        per page (so another process applying one of these pages conflicts), loading
-        and writing each row once for all of them. Each page is decoded and folded in
-        turn (its events are not kept).
+        per page, loading and writing each row once for all of them. Each page is
+        decoded and folded in turn (its events are not kept).
 
-        Returns the number of server rows written. ``IntegrityError`` (a page already
-        applied) writes nothing.
+        ``after``: where the caller read the pages from. The position is read again in
+        the transaction (locked): when another writer (a catch-up of another process,
+        or a command folding its own events) moved it meanwhile, ``IntegrityError`` is
+        raised and nothing is written, so no event is ever folded twice.
+
+        Returns the number of server rows written.
         """
-        names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         with self.transaction(commit=True) as curs:
-            # ``after``: where the caller read from; past the start, rows may exist (a
-            # view cleared meanwhile only makes the loads find nothing) and the
-            # position need not be read again on this, the live path
-            empty = False if after else self._is_empty(curs)
-            writer = RowWriter(curs, self._sql, self.dialect)
-            batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
-            # read models that follow the folded server documents (not only the events)
-            followers = [batch.server_folded for batch in batches
-                         if hasattr(batch, "server_folded")]
-            preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
-            docs: dict[str, dict[str, Any] | None] = {}
-            # each server's document is folded in place: the same result as ``fold`` (a
-            # fresh namespace per event) without copying the document for every event
-            targets: dict[str, SimpleNamespace] = {}
-            routes = self._routes()
-            for rows, _ in pages:
-                events = decode(rows)
-                folded: list[tuple[str, Any]] = []
-                shares: list[list[Any]] = [[] for _ in batches]
-                for event in events:
-                    cls = type(event)
-                    route = routes.get(cls)
-                    if route is None:
-                        route = self._route(cls)
-                    for index in route[1]:
-                        shares[index].append(event)
-                    if route[0]:
-                        oid = event.originator_id
-                        ikey = oid.int if type(oid) is UUID else oid  # see ActionsBatch
-                        key = names.get(ikey)
-                        if key is None:
-                            key = names[ikey] = str(oid)
-                        folded.append((key, event))
-                unknown = [key for key in dict.fromkeys(key for key, _ in folded)
-                           if key not in docs]
-                if unknown:
-                    loaded = {} if empty else self._load(curs, unknown)
-                    for key in unknown:
-                        docs[key] = loaded.get(key)
-                    if not empty:
-                        for preload in preloads:
-                            preload(unknown)
-                for key, event in folded:
-                    target = targets.get(key)
-                    version = event.originator_version
-                    if target is None:
-                        current = docs[key]
-                        if current is not None and current["version"] >= version:
-                            continue  # already folded (a rebuild overlapping a live update)
-                        target = targets[key] = SimpleNamespace(**(current or {}))
-                    elif target.version >= version:
-                        continue
-                    event.apply(target)
-                    result = target.__dict__
-                    result["id"] = key
-                    result["version"] = version
-                    if "created_at" not in result:
-                        result["created_at"] = event.timestamp
-                    result["updated_at"] = event.timestamp
-                    for follow in followers:
-                        follow(key, result, event)
-                for batch, share in zip(batches, shares, strict=True):
-                    if share:
-                        batch.fold(share)
-            changed = [target.__dict__ for target in targets.values()]
-            writer.upsert(self.table, _COLUMNS, "id", [row_of(d) for d in changed])
-            for batch in batches:
-                batch.write()
-            for _, position in pages:
-                self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
+            current = self._locked_position(curs)
+            if after is not None and current != after:
+                raise IntegrityError(f"the read models are at {current}, not {after}")
+            return self._fold(curs, pages, decode, empty=not current, bulk=True)
+
+    def fold_written(self, curs: Any, rows: Sequence[Any], decode: Decode,
+                     missed: Callable[[Any, int, int], Sequence[Any] | None]) -> bool:
+        """Fold the rows a command is writing, inside its own transaction (``curs``),
+        with the tracking position, so the read models show the command when it commits.
+
+        The events between the position and the first new row (written by other
+        processes, not yet followed here) are folded first, in order: ``missed(curs,
+        position, first)`` reads them from the log in this transaction (which holds the
+        log's write lock), or returns None when there are too many for a command to
+        carry: then nothing is folded here (the caller's catch-up does it, as before).
+        Returns whether the rows were folded.
+        """
+        if not rows:
+            return False
+        current = self._locked_position(curs)
+        first = rows[0][0]
+        if current >= first:
+            return False  # cannot happen while the log is append-only: leave it to catch-up
+        if current < first - 1:
+            before = missed(curs, current, first)
+            if before is None:
+                return False
+            rows = [*before, *rows]
+        self._fold(curs, [(rows, rows[-1][0])], decode, empty=not current, bulk=False)
+        return True
+
+    def _locked_position(self, curs: Any) -> int:
+        """The position, read in the transaction of ``curs`` so that no other writer can
+        move it before the transaction ends (SQLite: the transaction holds the write
+        lock; PostgreSQL: the tracking row is locked)."""
+        curs.execute(self._position_sql(), [TRACKING_NAME])
+        row = curs.fetchone()
+        value = None if row is None else (row["n"] if isinstance(row, dict) else row[0])
+        return int(value or 0)
+
+    def _fold(self, curs: Any, pages: Sequence[RawPage], decode: Decode, *, empty: bool,
+              bulk: bool) -> int:
+        names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
+        writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk)
+        batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
+        # read models that follow the folded server documents (not only the events)
+        followers = [batch.server_folded for batch in batches
+                     if hasattr(batch, "server_folded")]
+        preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
+        docs: dict[str, dict[str, Any] | None] = {}
+        # each server's document is folded in place: the same result as ``fold`` (a
+        # fresh namespace per event) without copying the document for every event
+        targets: dict[str, SimpleNamespace] = {}
+        routes = self._routes()
+        for rows, _ in pages:
+            events = decode(rows)
+            folded: list[tuple[str, Any]] = []
+            shares: list[list[Any]] = [[] for _ in batches]
+            for event in events:
+                cls = type(event)
+                route = routes.get(cls)
+                if route is None:
+                    route = self._route(cls)
+                for index in route[1]:
+                    shares[index].append(event)
+                if route[0]:
+                    oid = event.originator_id
+                    ikey = oid.int if type(oid) is UUID else oid  # see ActionsBatch
+                    key = names.get(ikey)
+                    if key is None:
+                        key = names[ikey] = str(oid)
+                    folded.append((key, event))
+            unknown = [key for key in dict.fromkeys(key for key, _ in folded)
+                       if key not in docs]
+            if unknown:
+                loaded = {} if empty else self._load(curs, unknown)
+                for key in unknown:
+                    docs[key] = loaded.get(key)
+                if not empty:
+                    for preload in preloads:
+                        preload(unknown)
+            for key, event in folded:
+                target = targets.get(key)
+                version = event.originator_version
+                if target is None:
+                    current = docs[key]
+                    if current is not None and current["version"] >= version:
+                        continue  # already folded (a rebuild overlapping a live update)
+                    target = targets[key] = SimpleNamespace(**(current or {}))
+                elif target.version >= version:
+                    continue
+                event.apply(target)
+                result = target.__dict__
+                result["id"] = key
+                result["version"] = version
+                if "created_at" not in result:
+                    result["created_at"] = event.timestamp
+                result["updated_at"] = event.timestamp
+                for follow in followers:
+                    follow(key, result, event)
+            for batch, share in zip(batches, shares, strict=True):
+                if share:
+                    batch.fold(share)
+        changed = [target.__dict__ for target in targets.values()]
+        writer.upsert(self.table, _COLUMNS, "id", [row_of(d) for d in changed])
+        for batch in batches:
+            batch.write()
+        for _, position in pages:
+            self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
         return len(changed)
 
     def _routes(self) -> dict[type, tuple[bool, tuple[int, ...]]]:
@@ -290,14 +331,6 @@ class ServersView(ServerQueries):
         route = (issubclass(cls, Server.Event), tuple(takers))
         self._routes()[cls] = route
         return route
-
-    def _is_empty(self, curs: Any) -> bool:
-        """Whether the view has no position yet (so no rows: rows are only ever written
-        with a tracking record, and cleared with it); read in the transaction."""
-        curs.execute(self._position_sql(), [TRACKING_NAME])
-        row = curs.fetchone()
-        value = None if row is None else (row["n"] if isinstance(row, dict) else row[0])
-        return not value
 
     def _position_sql(self) -> Any:  # pragma: no cover - per backend
         raise NotImplementedError
@@ -389,3 +422,22 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
         return SQL("SELECT MAX(notification_id) AS n FROM {0}.{1} "
                    "WHERE application_name = %s").format(
             Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+
+    def _locked_position(self, curs: Any) -> int:
+        # the tracking row is locked until the transaction ends: a catch-up and a
+        # command folding its own events take turns on it (a missing row is made first,
+        # at 0, so that there is always one to lock)
+        from psycopg.sql import SQL, Identifier
+
+        table = (Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+        select = SQL("SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
+                     "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(*table)
+        for _ in range(2):
+            curs.execute(select, [TRACKING_NAME], prepare=True)
+            row = curs.fetchone()
+            if row is not None:
+                return int(row["n"] or 0)
+            curs.execute(SQL("INSERT INTO {0}.{1} (application_name, notification_id) "
+                             "VALUES (%s, 0) ON CONFLICT DO NOTHING").format(*table),
+                         [TRACKING_NAME])
+        return 0

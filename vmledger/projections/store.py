@@ -158,10 +158,14 @@ class RowWriter:
     #: one INSERT ... SELECT (several times faster than a statement per row)
     COPY_ROWS = 200
 
-    def __init__(self, curs: Any, sql: Callable[[str], str], dialect: str) -> None:
+    def __init__(self, curs: Any, sql: Callable[[str], str], dialect: str, *,
+                 bulk: bool = True) -> None:
         self.curs = curs
         self.sql = sql
         self.dialect = dialect
+        #: whether COPY may be used (not in a command's pipelined transaction: psycopg's
+        #: pipeline mode has no COPY)
+        self.bulk = bulk
 
     def upsert(self, table: str, columns: Sequence[str], key: str | tuple[str, ...],
                rows: Sequence[Sequence[Any]]) -> None:
@@ -173,7 +177,7 @@ class RowWriter:
         key = ", ".join(keys)
         cols = ", ".join(columns)
         updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys)
-        if self.dialect == "postgres" and len(rows) >= self.COPY_ROWS:
+        if self.dialect == "postgres" and self.bulk and len(rows) >= self.COPY_ROWS:
             from psycopg import sql as pg
 
             stage = pg.Identifier(f"{table}_stage")

@@ -6,6 +6,16 @@ it asks the hypervisor where the guest really is and skips a call whose effect i
 already there, so a step repeated after a crash is harmless. Every hypervisor call is
 recorded as an event (what was asked, what was answered, how long it took), then the
 outcome, following the lifecycle table's success and failure rules.
+
+What an action costs: the agent gathers its steps and records them together, in one
+command (one commit) at each point where it must: *about to call* — the remaining task
+states, the observations made and the call written ahead (``HypervisorCallStarted``),
+before every call that changes the guest — and *outcome* — the call's record with the
+completion or failure. A hard reboot is three commits in all with the request. A call
+written ahead and never recorded is *in doubt* after a crash: the agent restarted
+compares the guest with what it saw before the call (power state, definition, and the
+boot counter and disk generation when the driver reports them); if it changed, the
+call acted and is recorded as found, not made again; if not, it is made (exactly once).
 """
 
 from __future__ import annotations
@@ -42,6 +52,15 @@ MAX_UNEXPECTED = 5
 #: between batches (seconds) that lets the API's threads run
 SYNC_BATCH = 100
 SYNC_PAUSE = 0.001
+#: calls never made twice: in doubt after a crash, they count as made (an NMI leaves
+#: nothing to observe, and a second one would dump the guest twice)
+AT_MOST_ONCE = frozenset({"inject_nmi"})
+
+Step = Callable[[Server, Context, Any], None]
+
+
+class _Superseded(Exception):
+    """The action moved on (superseded, finished): the agent stops enacting it."""
 
 _STATE_OF_POWER = {
     PowerState.RUNNING: "running", PowerState.PAUSED: "paused",
@@ -76,6 +95,14 @@ class HostAgent:
         self._unexpected: dict[str, int] = {}
         self._started = False
         self.observers: list[AgentObserver] = []
+        #: the action being reconciled (server id, request id) and its steps not yet
+        #: recorded: they are recorded together at the next commit (see the module)
+        self._action: tuple[str, str] | None = None
+        self._steps: list[Step] = []
+        #: the guest as last seen (see :func:`seen`), written ahead with a call
+        self._seen: dict[str, Any] | None = None
+        #: a call in doubt found to have acted before a crash: not made again
+        self._found: tuple[str, dict[str, Any]] | None = None
 
     def _observe_call(self, call: str, error: str | None, seconds: float) -> None:
         for observer in self.observers:
@@ -217,27 +244,75 @@ class HostAgent:
             return
         action = server.pending_action
         assert action is not None
-        # walk the remaining task states (each a recorded event)
-        steps = lc.ACTIONS[action].steps
-        while server.task_state in steps and steps.index(server.task_state) + 1 < len(steps):
-            if not self._step(server_id, request_id,
-                              _advance_to(steps[steps.index(server.task_state) + 1])):
-                return
-            server = self.service.get(server_id, include_deleted=True)
-        enact = _PLANS[action]
+        self._action, self._steps, self._seen, self._found = (
+            (server_id, request_id), [], None, None)
         try:
-            enact(self, server)
-        except HypervisorError as error:
-            self._failed(server, error)
+            # the remaining task states, recorded with the first commit
+            steps = lc.ACTIONS[action].steps
+            if server.task_state in steps:
+                self._steps.extend(_advance_to(task_state) for task_state
+                                   in steps[steps.index(server.task_state) + 1:])
+            self._resolve_doubt(server)
+            try:
+                _PLANS[action](self, server)
+            except HypervisorError as error:
+                self._failed(server, error)
+                return
+            obs = self.hypervisor.observe(server_id)
+            window = self.service.confirm_window
+            self._steps.append(lambda s, c, at: s.complete(
+                c, at, power_state=int(obs.power_state),
+                confirm_window=window if window > timedelta(0) else None))
+            self._commit()
+        except _Superseded:
             return
-        obs = self.hypervisor.observe(server_id)
-        window = self.service.confirm_window
-        self._step(server_id, request_id, lambda s, c, at: s.complete(
-            c, at, power_state=int(obs.power_state),
-            confirm_window=window if window > timedelta(0) else None))
+        except Exception:
+            # what was seen and done so far is recorded before the error is handled
+            with contextlib.suppress(Exception):
+                self._commit()
+            raise
+        finally:
+            self._action, self._steps, self._found = None, [], None
         self._unexpected.pop(request_id, None)
         if action == "unshelve":
             self._drop_shelved_image(server, request_id)
+
+    def _commit(self) -> None:
+        """Record the gathered steps in one command; :class:`_Superseded` when the
+        action has moved on meanwhile (nothing is recorded, nothing more is done)."""
+        if not self._steps:
+            return
+        assert self._action is not None
+        steps, self._steps = self._steps, []
+        server_id, request_id = self._action
+
+        def apply(server: Server, ctx: Context, at: Any) -> None:
+            for step in steps:
+                step(server, ctx, at)
+        if not self.outcomes.record(server_id, request_id, apply).accepted:
+            raise _Superseded
+
+    def _resolve_doubt(self, server: Server) -> None:
+        """A call written ahead and not recorded (the agent died in between): if the
+        guest changed since it was written ahead, the call acted (or it is one never made
+        twice): it is recorded as found and not made again; otherwise the plan makes it."""
+        doubt = server.call_in_doubt
+        if doubt is None:
+            return
+        name, arguments = str(doubt["call"]), dict(doubt.get("arguments") or {})
+        found = seen(self.hypervisor.observe(str(server.id)))
+        if name not in AT_MOST_ONCE and found == doubt.get("observed"):
+            log.info("agent %s: %s of %s was not made before the restart: making it",
+                     self.host, name, server.id)
+            return
+        log.warning("agent %s: %s of %s was made before the restart: not repeated",
+                    self.host, name, server.id)
+        self._found = (name, arguments)
+        self._seen = found
+        self._steps.append(lambda s, c, at: s.record_call(
+            c, at, host=self.host, driver=self.hypervisor.driver, call=name,
+            arguments=arguments, result={"found_after_restart": found}, error=None,
+            duration_ms=0.0))
 
     def _drop_shelved_image(self, server: Server, request_id: str) -> None:
         """Delete the image a server was shelved into once it runs again (as Nova)."""
@@ -249,52 +324,64 @@ class HostAgent:
             self.images.record_image(str(image_id), request_id,
                                       lambda i, c, at: i.delete(c, at))
 
-    def _step(self, server_id: str, request_id: str,
-              step: Callable[[Server, Context, Any], None]) -> bool:
-        return self.outcomes.record(server_id, request_id, step).accepted
-
     def _failed(self, server: Server, error: HypervisorError) -> None:
         obs = self.hypervisor.observe(str(server.id))
         rollback = error.rollback
         if server.pending_action in ("reboot_soft", "reboot_hard"):
             # Nova: a guest still running after a failed reboot stays ACTIVE
             rollback = obs.power_state == PowerState.RUNNING
-        self._step(str(server.id), str(server.pending_request_id), lambda s, c, at: s.fail(
+        self._steps.append(lambda s, c, at: s.fail(
             c, at, power_state=int(obs.power_state), rollback=rollback,
             message=error.message, code=error.code))
+        self._commit()
 
     # --- recorded hypervisor calls ----------------------------------------------------------
     def call(self, server: Server, name: str, arguments: dict[str, Any],
              fn: Callable[[], Any]) -> Any:
         """Make one hypervisor call and record it, with its answer or its error.
 
-        If the process dies during the call nothing is recorded: on restart the agent
-        observes the hypervisor again and carries on from what it finds.
+        A call that changes the guest (any but ``observe``) is written ahead first, with
+        the steps gathered so far, in one commit; its record waits for the next commit
+        (the next call's, or the outcome's). If the process dies during the call, the
+        call is in doubt: the agent restarted settles it (see :meth:`_resolve_doubt`).
         """
+        if name != "observe":
+            if self._found == (name, arguments):
+                self._found = None
+                return {"already": True}
+            if self._seen is None:
+                self._seen = seen(self.hypervisor.observe(str(server.id)))
+            observed, host, driver = self._seen, self.host, self.hypervisor.driver
+            self._steps.append(lambda s, c, at: s.start_call(
+                c, at, host=host, driver=driver, call=name, arguments=arguments,
+                observed=observed))
+            self._commit()
+            self._seen = None  # the call may change the guest
         started = self.stopwatch()
         try:
             result = fn()
         except HypervisorError as e:
-            self._record_call(server, name, arguments, None, e.message, started)
+            self._record_call(name, arguments, None, e.message, started)
             raise
         except Exception as e:
-            self._record_call(server, name, arguments, None, repr(e), started)
+            self._record_call(name, arguments, None, repr(e), started)
             raise
+        if isinstance(result, Observation):
+            self._seen = seen(result)
         recorded = (result.as_dict() if isinstance(result, Observation)
                     else dict(result) if result is not None else None)
-        self._record_call(server, name, arguments, recorded, None, started)
+        self._record_call(name, arguments, recorded, None, started)
         return result
 
-    def _record_call(self, server: Server, name: str, arguments: dict[str, Any],
+    def _record_call(self, name: str, arguments: dict[str, Any],
                      result: dict[str, Any] | None, error: str | None, started: float
                      ) -> None:
         elapsed = (self.stopwatch() - started) * 1000
         self._observe_call(name, error, elapsed / 1000)
-        self._step(str(server.id), str(server.pending_request_id),
-                   lambda s, c, at: s.record_call(
-                       c, at, host=self.host, driver=self.hypervisor.driver, call=name,
-                       arguments=arguments, result=result, error=error,
-                       duration_ms=elapsed))
+        host, driver = self.host, self.hypervisor.driver
+        self._steps.append(lambda s, c, at: s.record_call(
+            c, at, host=host, driver=driver, call=name, arguments=arguments, result=result,
+            error=error, duration_ms=elapsed))
 
     def observe(self, server: Server) -> Observation:
         obs: Observation = self.call(server, "observe", {},
@@ -302,7 +389,15 @@ class HostAgent:
         return obs
 
 
-def _advance_to(task_state: str) -> Callable[[Server, Context, Any], None]:
+def seen(obs: Observation) -> dict[str, Any]:
+    """What a call written ahead is compared with after a crash: the observation, and
+    the boot counter and disk generation when the driver reports them (a reboot or a
+    rebuild shows only there)."""
+    return {**obs.as_dict(), **{key: obs.details[key] for key in ("boot_count", "generation")
+                                if key in obs.details}}
+
+
+def _advance_to(task_state: str) -> Step:
     def step(server: Server, ctx: Context, at: Any) -> None:
         server.advance(ctx, at, task_state)
     return step
@@ -494,8 +589,8 @@ def _restore(agent: HostAgent, server: Server) -> None:
 
 def _trigger_crash_dump(agent: HostAgent, server: Server) -> None:
     """An NMI leaves nothing to observe: a step repeated after a crash looks in the
-    server's history for an NMI this request already sent, so none is sent twice (a
-    crash between the call and its record can still repeat it)."""
+    server's history for an NMI this request already sent, so none is sent twice; one
+    written ahead and never recorded counts as sent (:data:`AT_MOST_ONCE`)."""
     request_id = server.pending_request_id
     sent = any(isinstance(e, Server.HypervisorCalled) and e.request_id == request_id
                and e.call == "inject_nmi" and e.error is None

@@ -24,6 +24,10 @@ class OutcomeCommands:
                step: Callable[[Server, Context, datetime], None]) -> CommandResult:
         """Apply one agent step to the action ``request_id``; a no-op when it is stale.
 
+        A step may record several events (the agent gathers the task states, the calls
+        written ahead and made, and the outcome of one stretch of work): they are saved
+        together, in one transaction.
+
         Stale means the server has no action in flight any more, or another one (for
         instance a delete or a hard reboot superseded it): the agent's step is then
         dropped, so an outcome is never recorded twice.

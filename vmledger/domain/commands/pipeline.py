@@ -144,6 +144,13 @@ class Pipeline:
         self.retry_observers: list[Callable[[], None]] = []
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._on_saved: list[Callable[[CommandResult], None]] = []
+
+    def on_saved(self, callback: Callable[[CommandResult], None]) -> None:
+        """Call ``callback`` with the result of every command that saved something, once
+        it is committed (the workers of this process are woken so, not by polling). It
+        must be quick and must not raise."""
+        self._on_saved.append(callback)
 
     def execute(self, ctx: Context, decide: Decide, *, what: str,
                 subject: str = "", key: Idempotency | None = None,
@@ -188,8 +195,11 @@ class Pipeline:
                     self.back_off(attempt)
                     continue
                 position = recordings[-1].notification.id if recordings else None
-                return CommandResult(reported, ctx.request_id, position,
-                                     details=dict(details or {}))
+                result = CommandResult(reported, ctx.request_id, position,
+                                       details=dict(details or {}))
+                for callback in self._on_saved:
+                    callback(result)
+                return result
         raise Conflict(f"{what} was changed by another request at the same time; "
                        "try again.")
 
