@@ -13,7 +13,7 @@ from vmledger.domain import lifecycle as lc
 from vmledger.domain.commands import actions
 from vmledger.domain.commands.actions import HANDLERS, REQUESTED_ELSEWHERE
 from vmledger.domain.errors import BadRequest
-from vmledger.workers import agent
+from vmledger.workers import plans
 
 ROWS = list(lc.ACTIONS.values())
 #: the route of each command another module serves (not POST /servers/{id}/action)
@@ -54,7 +54,7 @@ def test_every_row_has_a_command_handler(row: lc.Action) -> None:
 
 @pytest.mark.parametrize("row", [r for r in ROWS if r.asynchronous], ids=lambda r: r.name)
 def test_every_row_the_agent_enacts_has_a_plan(row: lc.Action) -> None:
-    assert row.name in agent._PLANS
+    assert row.name in plans.PLANS
 
 
 @pytest.mark.parametrize("name", sorted(HANDLERS))

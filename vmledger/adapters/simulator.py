@@ -41,16 +41,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
-import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
 
 from vmledger.adapters.hypervisor import (
     DIAGNOSTICS_STATE,
@@ -63,223 +55,28 @@ from vmledger.adapters.hypervisor import (
     nic_detail,
     uptime_text,
 )
-
-__all__ = ["MUTATING_OPERATIONS", "OPERATIONS", "SimulatedCrash", "Simulator"]
-
-#: every operation of the port that changes a guest (and so may fail or crash)
-MUTATING_OPERATIONS: frozenset[str] = frozenset(
-    {
-        "spawn",
-        "reboot",
-        "rebuild",
-        "resize",
-        "confirm_resize",
-        "revert_resize",
-        "pause",
-        "unpause",
-        "suspend",
-        "resume",
-        "power_off",
-        "power_on",
-        "destroy",
-        "snapshot",
-        "rescue",
-        "unrescue",
-        "inject_nmi",
-    }
+from vmledger.adapters.simulated_guests import (
+    _HARD_REBOOTABLE,
+    HOST_CPU_INFO,
+    HOST_LOCAL_GB,
+    HOST_MEMORY_MB,
+    HOST_VCPUS,
+    MUTATING_OPERATIONS,
+    OPERATIONS,
+    SimulatedCrash,
+    _console_text,
+    _Guest,
+    _not_found,
+    _OldDefinition,
+    _wrong_state,
 )
-#: every operation of the port
-OPERATIONS: frozenset[str] = MUTATING_OPERATIONS | {"observe", "console_output",
-                                                    "diagnostics", "host_info"}
+from vmledger.adapters.simulator_harness import SimulatorHarness
 
-#: the simulated host: a mid-sized compute node (Nova's fake driver reports one too)
-HOST_VCPUS = 16
-HOST_MEMORY_MB = 65536
-HOST_LOCAL_GB = 1024
-HOST_CPU_INFO: dict[str, Any] = {
-    "arch": "x86_64", "model": "simulated", "vendor": "vmledger",
-    "topology": {"cells": 1, "sockets": 1, "cores": 8, "threads": 2}, "features": []}
-
-_STATE_VERSION = 1
-
-FaultKind = Literal["fail", "crash"]
+__all__ = ["HOST_CPU_INFO", "HOST_LOCAL_GB", "HOST_MEMORY_MB", "HOST_VCPUS",
+           "MUTATING_OPERATIONS", "OPERATIONS", "SimulatedCrash", "Simulator"]
 
 
-class SimulatedCrash(BaseException):
-    """The agent process "died" right after the hypervisor carried out an operation.
-
-    It derives from :class:`BaseException` so an agent's ordinary ``except Exception``
-    does not swallow it. The hypervisor's answer is in :attr:`result`; if the operation
-    itself was refused, :attr:`error` holds that refusal instead (the crash then comes
-    after a call that changed nothing).
-    """
-
-    def __init__(
-        self,
-        op: str,
-        server_id: str,
-        *,
-        result: Result | None = None,
-        error: HypervisorError | None = None,
-    ) -> None:
-        super().__init__(f"Simulated agent crash after {op} of {server_id}")
-        self.op = op
-        self.server_id = server_id
-        self.result = result
-        self.error = error
-
-
-@dataclass(frozen=True)
-class _OldDefinition:
-    """What a resize replaced, kept until it is confirmed or reverted."""
-
-    flavor_id: str
-    vcpus: int
-    ram_mb: int
-    disk_gb: int
-    power_state: PowerState
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "flavor_id": self.flavor_id,
-            "vcpus": self.vcpus,
-            "ram_mb": self.ram_mb,
-            "disk_gb": self.disk_gb,
-            "power_state": int(self.power_state),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> _OldDefinition:
-        return cls(
-            flavor_id=str(data["flavor_id"]),
-            vcpus=int(data["vcpus"]),
-            ram_mb=int(data["ram_mb"]),
-            disk_gb=int(data["disk_gb"]),
-            power_state=PowerState(int(data["power_state"])),
-        )
-
-
-def _console_text(guest: _Guest) -> str:
-    lines: list[str] = []
-    for boot in range(1, guest.boot_count + 1):
-        lines += [
-            f"[    0.000000] Linux version 6.1.0-vmledger (simulated guest) #{boot}",
-            "[    0.000000] Command line: console=ttyS0 root=/dev/vda1 ro",
-            f"[    0.000000] Memory: {guest.ram_mb * 1024}K, {guest.vcpus} CPU(s)",
-            f"[    1.204512] vda: {guest.disk_gb} GiB, image {guest.image_id}"
-            f" (generation {guest.generation})",
-            "[    2.418090] Run /sbin/init as init process",
-            f"{guest.name} login: ",
-        ]
-        if boot in guest.panicked_boots:
-            lines += ["[   60.000000] Kernel panic - not syncing: NMI: Not continuing",
-                      "[   60.000001] kdump: saving vmcore, then rebooting"]
-    if guest.boot_count and guest.power_state == PowerState.SHUTDOWN:
-        lines.append("[   42.000000] reboot: Power down")
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-@dataclass
-class _Guest:
-    """One defined guest."""
-
-    server_id: str
-    name: str
-    flavor_id: str
-    vcpus: int
-    ram_mb: int
-    disk_gb: int
-    image_id: str
-    power_state: PowerState = PowerState.SHUTDOWN
-    old_definition: _OldDefinition | None = None
-    boot_count: int = 0
-    generation: int = 0
-    #: the rescue image the guest runs, its own disk attached as the second
-    rescue_image_id: str | None = None
-    #: the boots an NMI ended (the simulated kernel dumps and restarts)
-    panicked_boots: list[int] = field(default_factory=list)
-    #: the MAC of its NIC, as the engine asked (None: not given)
-    mac: str | None = None
-
-    def boot(self) -> None:
-        self.power_state = PowerState.RUNNING
-        self.boot_count += 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "server_id": self.server_id,
-            "name": self.name,
-            "flavor_id": self.flavor_id,
-            "vcpus": self.vcpus,
-            "ram_mb": self.ram_mb,
-            "disk_gb": self.disk_gb,
-            "image_id": self.image_id,
-            "power_state": int(self.power_state),
-            "old_definition": (
-                None if self.old_definition is None else self.old_definition.to_json()
-            ),
-            "boot_count": self.boot_count,
-            "generation": self.generation,
-            "rescue_image_id": self.rescue_image_id,
-            "panicked_boots": list(self.panicked_boots),
-            "mac": self.mac,
-        }
-
-    def snapshot(self) -> dict[str, Any]:
-        data = self.to_json()
-        data["power_state"] = self.power_state
-        if self.old_definition is not None:
-            data["old_definition"]["power_state"] = self.old_definition.power_state
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> _Guest:
-        old = data.get("old_definition")
-        return cls(
-            server_id=str(data["server_id"]),
-            name=str(data["name"]),
-            flavor_id=str(data["flavor_id"]),
-            vcpus=int(data["vcpus"]),
-            ram_mb=int(data["ram_mb"]),
-            disk_gb=int(data["disk_gb"]),
-            image_id=str(data["image_id"]),
-            power_state=PowerState(int(data["power_state"])),
-            old_definition=None if old is None else _OldDefinition.from_json(old),
-            boot_count=int(data["boot_count"]),
-            generation=int(data["generation"]),
-            rescue_image_id=data.get("rescue_image_id"),  # absent from older state files
-            panicked_boots=[int(b) for b in data.get("panicked_boots", [])],
-            mac=data.get("mac"),
-        )
-
-
-@dataclass
-class _Injection:
-    """A scripted fault waiting for a matching call."""
-
-    op: str
-    kind: FaultKind
-    server_id: str | None
-    remaining: int
-    rollback: bool
-
-    def matches(self, op: str, server_id: str) -> bool:
-        return self.op == op and (self.server_id is None or self.server_id == server_id)
-
-
-def _not_found() -> HypervisorError:
-    return HypervisorError("Domain not found", rollback=True, code=404)
-
-
-def _wrong_state(op: str, guest: _Guest, *, rollback: bool = True) -> HypervisorError:
-    return HypervisorError(
-        f"Cannot {op} guest {guest.server_id} in power state {guest.power_state.name}",
-        rollback=rollback,
-        code=409,
-    )
-
-
-class Simulator:
+class Simulator(SimulatorHarness):
     """A deterministic in-memory hypervisor implementing the ``Hypervisor`` port.
 
     Thread-safe: one lock guards the guest table, the random generator, the scripted
@@ -287,99 +84,6 @@ class Simulator:
     """
 
     driver = "simulator"
-
-    def __init__(
-        self,
-        *,
-        seed: int = 0,
-        latency: float | Mapping[str, float] = 0.0,
-        fail_rate: float = 0.0,
-        crash_rate: float = 0.0,
-        state_path: str | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        calls_kept: int = 10_000,
-    ) -> None:
-        if calls_kept < 0:
-            raise ValueError("calls_kept must not be negative")
-        for label, rate in (("fail_rate", fail_rate), ("crash_rate", crash_rate)):
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"{label} must be between 0 and 1, got {rate!r}")
-        if fail_rate + crash_rate > 1.0:
-            raise ValueError("fail_rate + crash_rate must not exceed 1")
-        if isinstance(latency, Mapping):
-            unknown = set(latency) - OPERATIONS
-            if unknown:
-                raise ValueError(f"latency for unknown operations: {sorted(unknown)}")
-            if any(value < 0 for value in latency.values()):
-                raise ValueError("latency must not be negative")
-            self._latency: dict[str, float] = dict(latency)
-            self._default_latency = 0.0
-        else:
-            if latency < 0:
-                raise ValueError("latency must not be negative")
-            self._latency = {}
-            self._default_latency = float(latency)
-        self._fail_rate = fail_rate
-        self._crash_rate = crash_rate
-        self._rng = random.Random(seed)
-        self._sleep = sleep
-        self._state_path = state_path
-        self._lock = threading.RLock()
-        self._guests: dict[str, _Guest] = {}
-        self._snapshots: dict[str, dict[str, Any]] = {}
-        self._injections: list[_Injection] = []
-        self._booted = time.monotonic()
-        #: the last ``calls_kept`` operations called, in order, as ``(op, server_id)``
-        #: (observe included); older ones are dropped so the record stays bounded
-        self.calls: deque[tuple[str, str]] = deque(maxlen=calls_kept)
-        if state_path is not None:
-            self._load(state_path)
-
-    # ------------------------------------------------------------------ test helpers
-
-    def inject(
-        self,
-        op: str,
-        kind: FaultKind,
-        *,
-        server_id: str | None = None,
-        times: int = 1,
-        rollback: bool = False,
-    ) -> None:
-        """Make the next ``times`` calls of ``op`` (for ``server_id``, or any) fail or crash.
-
-        ``"fail"`` raises ``HypervisorError("Injected failure in <op>", rollback=rollback)``
-        and changes nothing; ``"crash"`` carries the operation out, then raises
-        :class:`SimulatedCrash`. Scripts are consumed in the order they were added.
-        """
-        if op not in MUTATING_OPERATIONS:
-            raise ValueError(f"cannot inject a fault into {op!r}")
-        if kind not in ("fail", "crash"):
-            raise ValueError(f"unknown fault kind {kind!r}")
-        if times < 1:
-            raise ValueError("times must be at least 1")
-        with self._lock:
-            self._injections.append(_Injection(op, kind, server_id, times, rollback))
-
-    def set_power_state(self, server_id: str, power_state: PowerState) -> None:
-        """Change a guest's power state out of band (it shut down or crashed by itself)."""
-        with self._lock:
-            guest = self._guests.get(server_id)
-            if guest is None:
-                raise KeyError(server_id)
-            guest.power_state = PowerState(power_state)
-            self._persist()
-
-    def forget(self, server_id: str) -> None:
-        """Remove a guest out of band (destroyed behind the agent's back); idempotent."""
-        with self._lock:
-            if self._guests.pop(server_id, None) is not None:
-                self._persist()
-
-    def guests(self) -> dict[str, dict[str, Any]]:
-        """A deep snapshot of the guest table, keyed by server id."""
-        with self._lock:
-            return {sid: guest.snapshot() for sid, guest in sorted(self._guests.items())}
 
     # ------------------------------------------------------------------ the port
 
@@ -669,11 +373,6 @@ class Simulator:
 
         return self._mutate("snapshot", server_id, apply)
 
-    def snapshots(self) -> dict[str, dict[str, Any]]:
-        """The images captured so far (a copy, for tests)."""
-        with self._lock:
-            return {k: dict(v) for k, v in self._snapshots.items()}
-
     def destroy(self, server_id: str) -> Result:
         """Remove the guest; nothing to do if it does not exist."""
 
@@ -683,118 +382,3 @@ class Simulator:
             return {"destroyed": True}
 
         return self._mutate("destroy", server_id, apply)
-
-    # ------------------------------------------------------------------ internals
-
-    def _require(self, server_id: str) -> _Guest:
-        guest = self._guests.get(server_id)
-        if guest is None:
-            raise _not_found()
-        return guest
-
-    def _transition(
-        self,
-        op: str,
-        server_id: str,
-        sources: set[PowerState],
-        target: PowerState,
-        *,
-        boots: bool = False,
-    ) -> Result:
-        def apply() -> Result:
-            guest = self._require(server_id)
-            if guest.power_state == target:
-                return {"already": True}
-            if guest.power_state not in sources:
-                raise _wrong_state(op.replace("_", " "), guest)
-            if boots:
-                guest.boot()
-            else:
-                guest.power_state = target
-            return {"power_state": int(target)}
-
-        return self._mutate(op, server_id, apply)
-
-    def _enter(self, op: str) -> None:
-        delay = self._latency.get(op, self._default_latency)
-        if delay > 0:
-            self._sleep(delay)
-
-    def _mutate(self, op: str, server_id: str, apply: Callable[[], Result]) -> Result:
-        self._enter(op)
-        with self._lock:
-            self.calls.append((op, server_id))
-            fault, rollback = self._draw_fault(op, server_id)
-            if fault == "fail":
-                raise HypervisorError(f"Injected failure in {op}", rollback=rollback)
-            try:
-                result = apply()
-            except HypervisorError as error:
-                if fault == "crash":
-                    raise SimulatedCrash(op, server_id, error=error) from error
-                raise
-            self._persist()
-            if fault == "crash":
-                raise SimulatedCrash(op, server_id, result=result)
-            return result
-
-    def _draw_fault(self, op: str, server_id: str) -> tuple[FaultKind | None, bool]:
-        for injection in self._injections:
-            if injection.matches(op, server_id):
-                injection.remaining -= 1
-                if injection.remaining == 0:
-                    self._injections.remove(injection)
-                return injection.kind, injection.rollback
-        draw = self._rng.random()
-        if draw < self._fail_rate:
-            return "fail", self._rng.random() < 0.5
-        if draw < self._fail_rate + self._crash_rate:
-            return "crash", False
-        return None, False
-
-    def _persist(self) -> None:
-        if self._state_path is None:
-            return
-        payload = {
-            "version": _STATE_VERSION,
-            "guests": {sid: guest.to_json() for sid, guest in sorted(self._guests.items())},
-            # a snapshot retried after a restart answers what the first one captured
-            "snapshots": self._snapshots,
-        }
-        directory = os.path.dirname(os.path.abspath(self._state_path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".simulator-", suffix=".json", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self._state_path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-    def _load(self, path: str) -> None:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                payload = json.load(handle)
-        except FileNotFoundError:
-            return
-        if payload.get("version") != _STATE_VERSION:
-            raise ValueError(f"{path}: unsupported simulator state version")
-        self._guests = {
-            sid: _Guest.from_json(data) for sid, data in payload.get("guests", {}).items()
-        }
-        self._snapshots = {k: dict(v) for k, v in payload.get("snapshots", {}).items()}
-
-
-_HARD_REBOOTABLE = frozenset(
-    {
-        PowerState.RUNNING,
-        PowerState.PAUSED,
-        PowerState.SHUTDOWN,
-        PowerState.SUSPENDED,
-        PowerState.CRASHED,
-    }
-)
