@@ -35,3 +35,20 @@ def make_engine(url: str, *, clock: FakeClock | None = None, seed: int = 0,
                   id_factory=ids or counter_ids(seed),
                   request_id_factory=request_ids or counter_request_ids(f"req{seed}"),
                   allocation_ratios=allocation_ratios)
+
+
+def create_elsewhere(url: str, name: str, *, flavor: str = "1",
+                     image: str = "cirros-0.6.2-x86_64") -> str:
+    """Create a server as another process would: its own event store on the same
+    database, with no read models of its own (this process's read models learn of it
+    only by catching up with the log). Returns its id."""
+    from vmledger.domain.commands import Commands
+    from vmledger.domain.service import ServerService
+    from vmledger.persistence import environment
+
+    store = ServerService(environment(url))
+    try:
+        return Commands.build(store).servers.create(
+            store.context(), name=name, flavor=flavor, image=image).server_id
+    finally:
+        store.close()

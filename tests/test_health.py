@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.engines import create_elsewhere
 from tests.support.postgres import PostgresCluster, postgres_skip_reason
 from vmledger import Engine, FakeClock
 from vmledger.api import create_app
@@ -66,8 +67,9 @@ def test_read_models_lagging_behind_the_log_is_503(token_client: ApiClient,
     engine.run_once()
     app_health = token_client.app.state.health  # type: ignore[attr-defined]
     app_health.max_lag = 1
-    # written, but the read models' follower is stuck
-    engine.commands.servers.create(engine.context(), name="behind", flavor="1", image=IMAGE)
+    # written by another process, and this one's follower is stuck
+    for name in ("behind-1", "behind-2"):
+        create_elsewhere(engine.url, name, image=IMAGE)
     r = token_client.get("/healthcheck")
     assert r.status_code == 503
     assert r.text.startswith("read models lag behind the log by ")

@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.engines import make_engine
+from tests.engines import create_elsewhere, make_engine
 from tests.support.server import free_port
 from vmledger import Engine, FakeClock, Simulator
 from vmledger.api import create_app
@@ -130,8 +130,7 @@ def test_servers_by_status_lag_and_hosts_are_read_at_scrape_time(tmp_path: Path)
         assert value(m, "vmledger_servers", status="DELETED") is None  # not counted
 
         # another writer's events the read models have not folded yet
-        engine.commands.servers.create(engine.context(), name="behind", flavor="1",
-                                     image=IMAGE)
+        create_elsewhere(engine.url, "behind", image=IMAGE)
         m = scrape(client)
         assert (value(m, "vmledger_read_model_lag_events") or 0) >= 1
         assert value(m, "vmledger_log_head") == (value(m, "vmledger_read_model_position")
