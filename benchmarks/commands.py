@@ -770,10 +770,9 @@ def _instrument(service: ServerService, timer: SplitTimer) -> None:
     timer.wrap(service.recorder, "insert_events", WRITE)
     timer.wrap(lc, "fire", FIRE)
     timer.wrap(Server, "trigger_event", TRIGGER)
-    chain = sys.modules.get("vmledger.audit.chain")
-    if chain is not None and hasattr(chain, "_links") and type(service.recorder).__module__ \
-            == chain.__name__:
-        timer.wrap(chain, "_links", AUDIT)
+    recorders = sys.modules.get(type(service.recorder).__module__)
+    if recorders is not None and hasattr(recorders, "_links"):  # the audited recorders
+        timer.wrap(recorders, "_links", AUDIT)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from vmledger.audit.chain import POSTGRES_RECORDER_TOPIC, SQLITE_RECORDER_TOPIC
+from vmledger.audit.recorders import POSTGRES_RECORDER_TOPIC, SQLITE_RECORDER_TOPIC
 from vmledger.projections.servers import (
     PostgresServersView,
     ServersView,

@@ -1,0 +1,350 @@
+"""The application recorders of both backends, extended to write the tamper-evidence
+chain (:mod:`vmledger.audit.chain`) and the request index in the same transaction as the
+events, and to run the read models' fold there too (``in_transaction``). Selected with
+the library's ``APPLICATION_RECORDER_TOPIC`` (see :mod:`vmledger.persistence`)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import (
+    PostgresAggregateRecorder,
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+)
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.utils import get_topic
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+
+from vmledger.audit.chain import (
+    CHAIN_TABLE,
+    REQUESTS_TABLE,
+    AuditKey,
+    ChainRow,
+    IndexRow,
+    InTransaction,
+    _links,
+    _utc,
+    _written,
+    oid_text,
+)
+
+# --------------------------------------------------------------------------------------
+# SQLite
+# --------------------------------------------------------------------------------------
+
+def _sqlite_time(value: datetime) -> str:
+    """Fixed-width UTC ISO 8601 text, so that text order is time order."""
+    return _utc(value).isoformat(timespec="microseconds")
+
+
+def _from_sqlite_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
+    """The SQLite application recorder, writing the chain and the request index too."""
+
+    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"
+                 ) -> None:
+        self.audit_key = AuditKey.from_environment()
+        self.in_transaction: list[InTransaction] = []
+        super().__init__(datastore, events_table_name)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {CHAIN_TABLE} ("
+            "notification_id INTEGER PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, server_hash BLOB NOT NULL, "
+            "global_hash BLOB NOT NULL, UNIQUE (originator_id, originator_version))",
+            f"CREATE TABLE IF NOT EXISTS {REQUESTS_TABLE} ("
+            "notification_id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, "
+            "originator_id TEXT NOT NULL, originator_version INTEGER NOT NULL, "
+            "event_time TEXT NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS {REQUESTS_TABLE}_request_idx "
+            f"ON {REQUESTS_TABLE} (request_id, notification_id)",
+            f"CREATE INDEX IF NOT EXISTS {REQUESTS_TABLE}_time_idx "
+            f"ON {REQUESTS_TABLE} (originator_id, event_time)",
+        ]
+
+    def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
+                       **kwargs: Any) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        if ids is None or not stored_events:
+            return ids
+        # after the insert: this transaction holds SQLite's write lock
+        c.execute(f"SELECT notification_id, global_hash FROM {CHAIN_TABLE} "
+                  "ORDER BY notification_id DESC LIMIT 1")
+        row = c.fetchone()
+        head = (int(row[0]), bytes(row[1])) if row is not None else None
+        previous: dict[str, bytes] = {}
+        for oid in {oid_text(e.originator_id) for e in stored_events}:
+            c.execute(f"SELECT server_hash FROM {CHAIN_TABLE} WHERE originator_id=? "
+                      "ORDER BY originator_version DESC LIMIT 1", (oid,))
+            found = c.fetchone()
+            if found is not None:
+                previous[oid] = bytes(found[0])
+        links = _links(self.audit_key.secret, stored_events, ids, head, previous)
+        c.executemany(f"INSERT INTO {CHAIN_TABLE} VALUES (?,?,?,?,?)",
+                      [(x.notification_id, x.originator_id, x.version, x.server_hash,
+                        x.global_hash) for x in links])
+        indexed = [(x.notification_id, x.indexed[0], x.originator_id, x.version,
+                    _sqlite_time(x.indexed[1])) for x in links if x.indexed is not None]
+        if indexed:
+            c.executemany(f"INSERT INTO {REQUESTS_TABLE} VALUES (?,?,?,?,?)", indexed)
+        if self.in_transaction:
+            rows = _written(stored_events, ids)
+            for callback in self.in_transaction:
+                callback(c, rows)
+        return ids
+
+    # --- reading ---------------------------------------------------------------------
+    def _rows(self, statement: str, params: Sequence[Any]) -> list[Any]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(statement, list(params))
+            return list(c.fetchall())
+
+    def select_chain(self, gt: int, limit: int) -> list[ChainRow]:
+        rows = self._rows(
+            f"SELECT c.notification_id, c.originator_id, c.originator_version, "
+            f"c.server_hash, c.global_hash, r.request_id, r.originator_id AS r_oid, "
+            f"r.originator_version AS r_version, r.event_time "
+            f"FROM {CHAIN_TABLE} c LEFT JOIN {REQUESTS_TABLE} r "
+            f"ON r.notification_id = c.notification_id "
+            f"WHERE c.notification_id > ? ORDER BY c.notification_id LIMIT ?", (gt, limit))
+        return [ChainRow(
+            int(r[0]), str(r[1]), int(r[2]), bytes(r[3]), bytes(r[4]), r[5],
+            None if r[6] is None else str(r[6]), r[7],
+            None if r[8] is None else _from_sqlite_time(r[8])) for r in rows]
+
+    def max_chain_id(self) -> int | None:
+        rows = self._rows(f"SELECT MAX(notification_id) FROM {CHAIN_TABLE}", ())
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    def orphan_index_rows(self) -> list[IndexRow]:
+        rows = self._rows(
+            f"SELECT r.* FROM {REQUESTS_TABLE} r WHERE NOT EXISTS (SELECT 1 FROM "
+            f"{CHAIN_TABLE} c WHERE c.notification_id = r.notification_id) "
+            "ORDER BY r.notification_id LIMIT 1000", ())
+        return [self._index_row(r) for r in rows]
+
+    @staticmethod
+    def _index_row(r: Any) -> IndexRow:
+        return IndexRow(int(r["notification_id"]), str(r["request_id"]),
+                        str(r["originator_id"]), int(r["originator_version"]),
+                        _from_sqlite_time(r["event_time"]))
+
+    def chain_positions(self, originator_id: UUID | str, low: int, high: int
+                        ) -> dict[int, int]:
+        rows = self._rows(
+            f"SELECT originator_version, notification_id FROM {CHAIN_TABLE} "
+            "WHERE originator_id=? AND originator_version BETWEEN ? AND ?",
+            (oid_text(originator_id), low, high))
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def request_rows(self, request_id: str) -> list[IndexRow]:
+        rows = self._rows(f"SELECT * FROM {REQUESTS_TABLE} WHERE request_id=? "
+                          "ORDER BY notification_id", (request_id,))
+        return [self._index_row(r) for r in rows]
+
+    def version_at(self, originator_id: UUID | str, at: datetime) -> int | None:
+        rows = self._rows(f"SELECT MAX(originator_version) FROM {REQUESTS_TABLE} "
+                          "WHERE originator_id=? AND event_time<=?",
+                          (oid_text(originator_id), _sqlite_time(at)))
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
+    def indexed_versions(self, originator_id: UUID | str) -> int:
+        rows = self._rows(f"SELECT COUNT(*) FROM {REQUESTS_TABLE} WHERE originator_id=?",
+                          (oid_text(originator_id),))
+        return int(rows[0][0])
+
+
+# --------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------
+
+class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
+    """The PostgreSQL application recorder, writing the chain and the request index too.
+
+    The chain's head is read right after the ``EXCLUSIVE`` table lock is taken (in the
+    same pipeline, so without an extra round trip); the links are computed once the
+    insert has returned its notification ids, and written in the same transaction.
+    """
+
+    def __init__(self, datastore: PostgresDatastore, *,
+                 events_table_name: str = "stored_events") -> None:
+        if datastore.enable_db_functions:
+            raise ValueError("the audit chain needs the table-locking insert: do not set "
+                             "POSTGRES_ENABLE_DB_FUNCTIONS")
+        self.audit_key = AuditKey.from_environment()
+        self.in_transaction: list[InTransaction] = []
+        self._local = threading.local()
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(datastore.schema)
+        id_type = Identifier(datastore.originator_id_type)
+        chain, requests = Identifier(CHAIN_TABLE), Identifier(REQUESTS_TABLE)
+        fmt = {"schema": schema, "chain": chain, "requests": requests, "id_type": id_type}
+        self.sql_create_statements += [
+            SQL("CREATE TABLE IF NOT EXISTS {schema}.{chain} ("
+                "notification_id bigint PRIMARY KEY, originator_id {id_type} NOT NULL, "
+                "originator_version bigint NOT NULL, server_hash bytea NOT NULL, "
+                "global_hash bytea NOT NULL, UNIQUE (originator_id, originator_version))"
+                ).format(**fmt),
+            SQL("CREATE TABLE IF NOT EXISTS {schema}.{requests} ("
+                "notification_id bigint PRIMARY KEY, request_id text NOT NULL, "
+                "originator_id {id_type} NOT NULL, originator_version bigint NOT NULL, "
+                "event_time timestamptz NOT NULL)").format(**fmt),
+            SQL("CREATE INDEX IF NOT EXISTS {index} ON {schema}.{requests} "
+                "(request_id, notification_id)").format(
+                    index=Identifier(f"{REQUESTS_TABLE}_request_idx"), **fmt),
+            SQL("CREATE INDEX IF NOT EXISTS {index} ON {schema}.{requests} "
+                "(originator_id, event_time)").format(
+                    index=Identifier(f"{REQUESTS_TABLE}_time_idx"), **fmt),
+        ]
+        # the chain's head and each aggregate's last link: index scans, one round trip
+        self._sql_previous: Composed = SQL(
+            "(SELECT 'g' AS kind, NULL::text AS originator_id, notification_id, "
+            "global_hash AS hash FROM {schema}.{chain} ORDER BY notification_id DESC "
+            "LIMIT 1) UNION ALL (SELECT 's', o::text, c.notification_id, c.server_hash "
+            "FROM unnest(%s::{id_type}[]) AS o CROSS JOIN LATERAL (SELECT notification_id, "
+            "server_hash FROM {schema}.{chain} WHERE originator_id = o "
+            "ORDER BY originator_version DESC LIMIT 1) AS c)"
+        ).format(**fmt)
+        self._sql_insert_chain: Composed = SQL(
+            "INSERT INTO {schema}.{chain} (notification_id, originator_id, "
+            "originator_version, server_hash, global_hash) VALUES (%s, %s, %s, %s, %s)"
+        ).format(**fmt)
+        self._sql_insert_request: Composed = SQL(
+            "INSERT INTO {schema}.{requests} (notification_id, request_id, originator_id, "
+            "originator_version, event_time) VALUES (%s, %s, %s, %s, %s)").format(**fmt)
+        self._sql_select_chain: Composed = SQL(
+            "SELECT c.notification_id, c.originator_id::text AS originator_id, "
+            "c.originator_version, c.server_hash, c.global_hash, r.request_id, "
+            "r.originator_id::text AS r_oid, r.originator_version AS r_version, "
+            "r.event_time FROM {schema}.{chain} c LEFT JOIN {schema}.{requests} r "
+            "ON r.notification_id = c.notification_id WHERE c.notification_id > %s "
+            "ORDER BY c.notification_id LIMIT %s").format(**fmt)
+        self._sql_orphans: Composed = SQL(
+            "SELECT r.notification_id, r.request_id, r.originator_id::text AS originator_id,"
+            " r.originator_version, r.event_time FROM {schema}.{requests} r WHERE NOT EXISTS"
+            " (SELECT 1 FROM {schema}.{chain} c WHERE c.notification_id = r.notification_id)"
+            " ORDER BY r.notification_id LIMIT 1000").format(**fmt)
+        self._sql_positions: Composed = SQL(
+            "SELECT originator_version, notification_id FROM {schema}.{chain} "
+            "WHERE originator_id = %s AND originator_version BETWEEN %s AND %s").format(**fmt)
+        self._sql_request_rows: Composed = SQL(
+            "SELECT notification_id, request_id, originator_id::text AS originator_id, "
+            "originator_version, event_time FROM {schema}.{requests} WHERE request_id = %s "
+            "ORDER BY notification_id").format(**fmt)
+        self._sql_version_at: Composed = SQL(
+            "SELECT MAX(originator_version) AS v FROM {schema}.{requests} "
+            "WHERE originator_id = %s AND event_time <= %s").format(**fmt)
+        self._sql_max_chain: Composed = SQL(
+            "SELECT MAX(notification_id) AS m FROM {schema}.{chain}").format(**fmt)
+        self._sql_indexed: Composed = SQL(
+            "SELECT COUNT(*) AS n FROM {schema}.{requests} WHERE originator_id = %s"
+        ).format(**fmt)
+
+    def _db_oid(self, originator_id: UUID | str) -> UUID | str:
+        if self.datastore.originator_id_type == "uuid" and not isinstance(originator_id, UUID):
+            return UUID(str(originator_id))
+        return originator_id
+
+    def _insert_stored_events(self, curs: Cursor[DictRow],
+                              stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        # As the library's (lock, notify, insert), with the read of the chain's head
+        # queued in the same pipeline right after the EXCLUSIVE lock: no extra round trip.
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        previous = curs.connection.cursor()
+        oids = sorted({oid_text(e.originator_id) for e in stored_events})
+        previous.execute(self._sql_previous, ([self._db_oid(o) for o in oids],),
+                         prepare=True)
+        self._local.previous = previous
+        PostgresAggregateRecorder._insert_stored_events(self, curs, stored_events, **kwargs)
+
+    def _fetch_ids_after_insert_events(self, curs: Cursor[DictRow],
+                                       stored_events: Sequence[StoredEvent], **kwargs: Any
+                                       ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        reader: Cursor[DictRow] | None = self._local.__dict__.pop("previous", None)
+        if ids is None or not stored_events or reader is None:
+            return ids
+        # still in the insert's transaction, holding its EXCLUSIVE lock on the events
+        head: tuple[int, bytes] | None = None
+        previous: dict[str, bytes] = {}
+        rows = reader.fetchall()
+        reader.close()
+        for row in rows:
+            if row["kind"] == "g":
+                head = (int(row["notification_id"]), bytes(row["hash"]))
+            else:
+                previous[oid_text(row["originator_id"])] = bytes(row["hash"])
+        links = _links(self.audit_key.secret, stored_events, ids, head, previous)
+        curs.executemany(self._sql_insert_chain, [
+            (x.notification_id, self._db_oid(x.originator_id), x.version, x.server_hash,
+             x.global_hash) for x in links])
+        indexed = [(x.notification_id, x.indexed[0], self._db_oid(x.originator_id),
+                    x.version, x.indexed[1]) for x in links if x.indexed is not None]
+        if indexed:
+            curs.executemany(self._sql_insert_request, indexed)
+        if self.in_transaction:
+            written = _written(stored_events, ids)
+            for callback in self.in_transaction:
+                callback(curs, written)
+        return ids
+
+    # --- reading ---------------------------------------------------------------------
+    def _rows(self, statement: Composed, params: Sequence[Any]) -> list[DictRow]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, list(params), prepare=True)
+            return list(curs.fetchall())
+
+    def select_chain(self, gt: int, limit: int) -> list[ChainRow]:
+        return [ChainRow(
+            int(r["notification_id"]), str(r["originator_id"]), int(r["originator_version"]),
+            bytes(r["server_hash"]), bytes(r["global_hash"]), r["request_id"], r["r_oid"],
+            r["r_version"], None if r["event_time"] is None else _utc(r["event_time"]))
+            for r in self._rows(self._sql_select_chain, (gt, limit))]
+
+    @staticmethod
+    def _index_row(r: DictRow) -> IndexRow:
+        return IndexRow(int(r["notification_id"]), str(r["request_id"]),
+                        str(r["originator_id"]), int(r["originator_version"]),
+                        _utc(r["event_time"]))
+
+    def orphan_index_rows(self) -> list[IndexRow]:
+        return [self._index_row(r) for r in self._rows(self._sql_orphans, ())]
+
+    def max_chain_id(self) -> int | None:
+        rows = self._rows(self._sql_max_chain, ())
+        return None if not rows or rows[0]["m"] is None else int(rows[0]["m"])
+
+    def chain_positions(self, originator_id: UUID | str, low: int, high: int
+                        ) -> dict[int, int]:
+        rows = self._rows(self._sql_positions, (self._db_oid(originator_id), low, high))
+        return {int(r["originator_version"]): int(r["notification_id"]) for r in rows}
+
+    def request_rows(self, request_id: str) -> list[IndexRow]:
+        return [self._index_row(r) for r in self._rows(self._sql_request_rows, (request_id,))]
+
+    def version_at(self, originator_id: UUID | str, at: datetime) -> int | None:
+        rows = self._rows(self._sql_version_at, (self._db_oid(originator_id), _utc(at)))
+        return None if not rows or rows[0]["v"] is None else int(rows[0]["v"])
+
+    def indexed_versions(self, originator_id: UUID | str) -> int:
+        rows = self._rows(self._sql_indexed, (self._db_oid(originator_id),))
+        return int(rows[0]["n"])
+
+
+#: eventsourcing topics for ``APPLICATION_RECORDER_TOPIC``
+SQLITE_RECORDER_TOPIC = get_topic(AuditedSQLiteApplicationRecorder)
+POSTGRES_RECORDER_TOPIC = get_topic(AuditedPostgresApplicationRecorder)
