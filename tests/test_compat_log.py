@@ -78,7 +78,7 @@ def copy(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def engine(copy: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
+def old_log_engine(copy: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engine]:
     monkeypatch.setenv(KEY_ENV, AUDIT_KEY)  # the deployment's key, which wrote the log
     # ids and request ids far from the fixture's, so new ones cannot collide
     hypervisor = Simulator(seed=9, state_path=str(guests_file(copy)))
@@ -101,35 +101,35 @@ def test_the_fixture_holds_only_the_log(copy: Path) -> None:
     assert not any(t in tables for t in ("vmledger_servers", "tracking"))
 
 
-def test_an_old_log_folds_verifies_and_reads_back(engine: Engine) -> None:
-    servers = {s.name: s for s in engine.list_servers()}
+def test_an_old_log_folds_verifies_and_reads_back(old_log_engine: Engine) -> None:
+    servers = {s.name: s for s in old_log_engine.list_servers()}
     assert {name: s.status for name, s in servers.items()} == EXPECTED
-    report = engine.verify(key=AUDIT_KEY)
+    report = old_log_engine.verify(key=AUDIT_KEY)
     assert report.ok, report
     assert not report.development_key
     # the wrong key does not verify: the chain really is the fixture's
-    assert not engine.verify(key="another-key-" + "x" * 30).ok
-    everyone = {s.name: s for s in engine.list_servers(include_deleted=True)}
+    assert not old_log_engine.verify(key="another-key-" + "x" * 30).ok
+    everyone = {s.name: s for s in old_log_engine.list_servers(include_deleted=True)}
     assert set(everyone) == set(EXPECTED) | {"spare"}
     for info in everyone.values():
-        history = engine.history(info.id)
+        history = old_log_engine.history(info.id)
         assert history and history[0].event == "Requested"
-        last = engine.server_as_of(info.id, version=history[-1].version)
+        last = old_log_engine.server_as_of(info.id, version=history[-1].version)
         assert last.name == info.name
         # the snapshot the old release took (of "main") agrees with a replay of the events
-        replayed = engine.ledger.as_of(info.id, version=history[-1].version,
+        replayed = old_log_engine.ledger.as_of(info.id, version=history[-1].version,
                                        use_snapshots=False)
         assert (replayed.name, replayed.vm_state) == (last.name, last.vm_state)
-        first = engine.server_as_of(info.id, version=1)
+        first = old_log_engine.server_as_of(info.id, version=1)
         assert first.vm_state == "building"
     main = servers["main-renamed"]
-    events = {e.event for e in engine.history(main.id)}
+    events = {e.event for e in old_log_engine.history(main.id)}
     assert {"ActionFailed", "StateReset", "LockChanged", "Updated"} <= events
-    assert engine.get_server(main.id).doc["metadata"] == {"role": "web"}
+    assert old_log_engine.get_server(main.id).doc["metadata"] == {"role": "web"}
 
 
-def test_an_old_log_answers_over_the_api(engine: Engine) -> None:
-    client = ApiClient(create_app(engine))
+def test_an_old_log_answers_over_the_api(old_log_engine: Engine) -> None:
+    client = ApiClient(create_app(old_log_engine))
     listed = client.get("/v2.1/servers/detail")
     assert listed.status_code == 200, listed.text
     shown: dict[str, Any] = {s["name"]: s for s in listed.json()["servers"]}
@@ -145,16 +145,16 @@ def test_an_old_log_answers_over_the_api(engine: Engine) -> None:
         assert r.status_code == 200, (path, r.text)
 
 
-def test_a_new_action_on_an_old_server(engine: Engine) -> None:
-    main = next(s for s in engine.list_servers() if s.name == "main-renamed")
-    assert main.host == engine.host  # this engine's agent is compute-1's, as before
-    engine.run_until_idle()
-    engine.reboot(main.id, hard=True)
-    engine.run_until_idle()
-    assert engine.get_server(main.id).status == "ACTIVE"
-    last = engine.history(main.id)[-1]
+def test_a_new_action_on_an_old_server(old_log_engine: Engine) -> None:
+    main = next(s for s in old_log_engine.list_servers() if s.name == "main-renamed")
+    assert main.host == old_log_engine.host  # this engine's agent is compute-1's, as before
+    old_log_engine.run_until_idle()
+    old_log_engine.reboot(main.id, hard=True)
+    old_log_engine.run_until_idle()
+    assert old_log_engine.get_server(main.id).status == "ACTIVE"
+    last = old_log_engine.history(main.id)[-1]
     assert (last.event, last.details.get("action")) == ("ActionCompleted", "reboot_hard")
-    assert engine.verify(key=AUDIT_KEY).ok  # the new events extend the old chain
+    assert old_log_engine.verify(key=AUDIT_KEY).ok  # the new events extend the old chain
 
 
 class UpdatedV2(Server.Updated):
@@ -169,9 +169,9 @@ class UpdatedV2(Server.Updated):
         state["source"] = "api"
 
 
-def test_an_upcaster_reads_the_fixtures_events_into_a_changed_class(engine: Engine) -> None:
-    main = next(s for s in engine.list_servers() if s.name == "main-renamed")
-    app = engine.service
+def test_an_upcaster_reads_the_fixtures_events_into_a_changed_class(old_log_engine: Engine) -> None:
+    main = next(s for s in old_log_engine.list_servers() if s.name == "main-renamed")
+    app = old_log_engine.service
     stored_updates = [e for e in app.recorder.select_events(uuid.UUID(main.id))
                       if e.topic == get_topic(Server.Updated)]
     assert stored_updates
