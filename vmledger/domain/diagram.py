@@ -17,6 +17,8 @@ from transitions.extensions import GraphMachine
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.changes import Change, ConfirmDeadline, Field, Now, Param
+from vmledger.domain.drift import DRIFT_STOPS
+from vmledger.domain.power import PowerState
 
 
 def _edges() -> list[tuple[str, str, str]]:
@@ -143,10 +145,9 @@ def _changes(changes: Mapping[str, Change]) -> str:
 
 
 def _drift_rows() -> str:
-    names = {lc.POWER_RUNNING: "RUNNING", lc.POWER_SHUTDOWN: "SHUTDOWN",
-             lc.POWER_CRASHED: "CRASHED", lc.POWER_SUSPENDED: "SUSPENDED"}
+    names = {int(p): p.name for p in PowerState}
     lines = ["| vm_state | hypervisor reports | sync does |", "|---|---|---|"]
-    lines += [f"| {vm} | {names[power]} | stop |" for vm, power in sorted(lc.DRIFT_STOPS)]
+    lines += [f"| {vm} | {names[power]} | stop |" for vm, power in sorted(DRIFT_STOPS)]
     return "\n".join(lines)
 
 

@@ -530,29 +530,6 @@ def fire(trigger: str, vm_state: str, task_state: str | None, **kwargs: Any
     return split_state(stand_in.state)
 
 
-# --- drift: the hypervisor disagrees with the record ------------------------------------
-# power states as Nova numbers them (the hypervisor port uses the same numbers)
-POWER_NOSTATE, POWER_RUNNING, POWER_PAUSED, POWER_SHUTDOWN, POWER_CRASHED, POWER_SUSPENDED = (
-    0, 1, 3, 4, 6, 7)
-
-#: Nova's ``_sync_instance_power_state`` for a server with no task in flight: the
-#: (vm_state, power state the hypervisor reports) pairs on which the server is stopped
-#: (the vm_state becomes ``stopped`` and a guest still running is powered off). Any other
-#: difference only updates the recorded power state. Servers in building, resized,
-#: suspended, error or deleted are never changed (Nova: "nothing").
-DRIFT_STOPS: frozenset[tuple[str, int]] = frozenset({
-    (ACTIVE, POWER_SHUTDOWN), (ACTIVE, POWER_CRASHED), (ACTIVE, POWER_SUSPENDED),
-    (STOPPED, POWER_RUNNING), (PAUSED, POWER_SHUTDOWN), (PAUSED, POWER_CRASHED),
-})
-
-
-def drift(vm_state: str, task_state: str | None, observed_power: int) -> str | None:
-    """What a power-state sync does: ``"stop"``, ``"record"`` or None (skip the server)."""
-    if task_state is not None or vm_state in (BUILDING, DELETED, SHELVED_OFFLOADED):
-        return None  # an offloaded server has no guest (Nova: no host to sync it)
-    return "stop" if (vm_state, observed_power) in DRIFT_STOPS else "record"
-
-
 # --- the guard ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Subject:

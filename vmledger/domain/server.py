@@ -25,6 +25,7 @@ from eventsourcing.domain import Aggregate
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import status as st
 from vmledger.domain.changes import resolve
+from vmledger.domain.drift import drift
 from vmledger.domain.errors import Forbidden
 
 #: causes of an event
@@ -407,7 +408,7 @@ class Server(Aggregate):
     def observe_drift(self, ctx: Context, at: datetime, *, host: str, observed: int,
                       power_state: int, call: dict[str, Any] | None) -> bool:
         """Record what a power-state sync found; False (nothing recorded) if in sync."""
-        decision = lc.drift(self.vm_state, self.task_state, observed)
+        decision = drift(self.vm_state, self.task_state, observed)
         if decision is None or (observed == self.power_state and decision != "stop"):
             return False
         vm_state = lc.STOPPED if decision == "stop" else self.vm_state

@@ -35,6 +35,7 @@ from vmledger.adapters.hypervisor import (
 )
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.commands import Commands
+from vmledger.domain.drift import drift
 from vmledger.domain.errors import VmledgerError
 from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
@@ -209,7 +210,7 @@ class HostAgent:
                  recorded_power: int) -> bool:
         obs = self.hypervisor.observe(server_id)
         observed = int(obs.power_state) if obs.exists else int(PowerState.NOSTATE)
-        decision = lc.drift(vm_state, task_state, observed)
+        decision = drift(vm_state, task_state, observed)
         if decision is None or (decision == "record" and observed == recorded_power):
             return False
         power, call = observed, None
