@@ -621,8 +621,26 @@ def perform(sim: Simulator, item: tuple[str, str, int, str, bool, PowerState]) -
         return None
     if op == "snapshot":
         return sim.snapshot(sid, f"snap-{image}")
+    if op == "prepare_migration":
+        return sim.prepare_migration(spec, live=hard)
+    if op == "migrate_disk":
+        return sim.migrate_disk(sid, {"driver": "simulator"})
+    if op == "finish_migration":
+        return sim.finish_migration(spec, moved_guest(spec), power_on=hard)
+    if op == "live_migrate":
+        return sim.live_migrate(sid, {"driver": "simulator"}, block_migration=hard)
+    if op == "finish_live_migration":
+        return sim.finish_live_migration(spec, {"guest": moved_guest(spec)})
     result = getattr(sim, op)(sid)
     return result
+
+
+def moved_guest(spec: GuestSpec) -> dict[str, Any]:
+    """A guest as another host's simulator sends it (its disk, or itself live)."""
+    return {"server_id": spec.server_id, "name": spec.name, "flavor_id": spec.flavor_id,
+            "vcpus": spec.vcpus, "ram_mb": spec.ram_mb, "disk_gb": spec.disk_gb,
+            "image_id": spec.image_id, "power_state": int(P.RUNNING), "boot_count": 3,
+            "generation": 2}
 
 
 def check_effect(
@@ -634,9 +652,26 @@ def check_effect(
     if op == "destroy" or op == "forget":
         assert not after.exists
         return
-    if op in ("observe", "drift"):
+    if op in ("observe", "drift", "prepare_migration", "abort_migration",
+              "force_complete_migration"):
+        if op != "observe" and op != "drift":
+            assert after == before  # nothing of the guest shown here changes
+        return
+    if op == "live_migrate":
+        assert not after.exists  # it runs elsewhere now
         return
     assert after.exists
+    if op == "migrate_disk":
+        assert after.power_state == P.SHUTDOWN
+        return
+    if op == "finish_migration":
+        if item[4]:
+            assert after.power_state == P.RUNNING
+        elif before.exists:
+            assert after.power_state == before.power_state
+        return
+    if op == "finish_live_migration":
+        return
     if op == "snapshot":  # capturing the disk changes nothing in the guest
         assert after == before
         return

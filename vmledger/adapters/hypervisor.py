@@ -172,6 +172,59 @@ class Hypervisor(Protocol):
         """Back to the kept definition, booted (RUNNING)."""
         ...
 
+    # --- moving a guest to another host (cold and live migration) ---------------------
+    # Each host's agent makes the calls of its own half: the destination prepares and
+    # finishes, the source sends. What one half answers reaches the other through the log
+    # (the recorded result), so the two agents may run in different processes.
+    def prepare_migration(self, spec: GuestSpec, *, live: bool) -> Result:
+        """On the destination: get ready to take the guest ``spec`` from another host.
+        Answers ``{"target": {...}}``, what the source needs to send it here (driver
+        specific: the simulator's host name; libvirt's connection URI, migration URI and
+        disk directory). A live migration may define an incoming, not yet running copy
+        (as QEMU's ``-incoming``). Repeatable; a guest already running here is refused
+        (:class:`HypervisorError` 409, rollback): never two running copies."""
+        ...
+
+    def migrate_disk(self, server_id: str, target: Mapping[str, Any]) -> Result:
+        """On the source, cold: the guest powered off (when it is not) and its disk sent
+        where ``target`` says. The guest stays defined here, off, for a revert; answers
+        ``{"disk": {...}}``, what :meth:`finish_migration` needs. Repeatable."""
+        ...
+
+    def finish_migration(self, spec: GuestSpec, disk: Mapping[str, Any], *,
+                         power_on: bool) -> Result:
+        """On the destination, cold: the guest ``spec`` (its flavor may be new) defined
+        on the disk :meth:`migrate_disk` sent, and started when ``power_on``. A guest
+        already defined here is kept (started when ``power_on``)."""
+        ...
+
+    def live_migrate(self, server_id: str, target: Mapping[str, Any], *,
+                     block_migration: bool) -> Result:
+        """On the source: move the guest (running or paused) to the destination
+        ``target`` while it runs. Blocks until it runs there and is gone from here, and
+        answers what the destination's :meth:`finish_live_migration` needs; raises
+        :class:`HypervisorError` with ``rollback`` when the move failed or was aborted
+        (the guest still here, as it was). Repeated after it moved: ``{"already":
+        True, ...}`` with the same answer."""
+        ...
+
+    def abort_migration(self, server_id: str) -> Result:
+        """Cancel the live migration of the guest in progress here (from another
+        thread); ``{"already": True}`` when none is in progress."""
+        ...
+
+    def force_complete_migration(self, server_id: str) -> Result:
+        """Make the live migration in progress converge (the guest is paused for the
+        rest of the copy, as Nova's libvirt driver does, and runs again on the
+        destination); ``{"already": True}`` when none is in progress."""
+        ...
+
+    def finish_live_migration(self, spec: GuestSpec, moved: Mapping[str, Any]) -> Result:
+        """On the destination: the guest :meth:`live_migrate` moved here (``moved``: its
+        answer) is checked and settled as this host's own; its power state is as it was
+        on the source."""
+        ...
+
     def inject_nmi(self, server_id: str) -> Result:
         """A non-maskable interrupt to a running guest (Nova's ``trigger_crash_dump``);
         a guest that is not running: :class:`HypervisorError` 409."""

@@ -30,6 +30,13 @@ MUTATING_OPERATIONS: frozenset[str] = frozenset(
         "rescue",
         "unrescue",
         "inject_nmi",
+        "prepare_migration",
+        "migrate_disk",
+        "finish_migration",
+        "live_migrate",
+        "abort_migration",
+        "force_complete_migration",
+        "finish_live_migration",
     }
 )
 #: every operation of the port
@@ -144,6 +151,8 @@ class _Guest:
     panicked_boots: list[int] = field(default_factory=list)
     #: the MAC of its NIC, as the engine asked (None: not given)
     mac: str | None = None
+    #: a copy defined to receive a live migration, not yet running (QEMU's -incoming)
+    incoming: bool = False
 
     def boot(self) -> None:
         self.power_state = PowerState.RUNNING
@@ -167,6 +176,7 @@ class _Guest:
             "rescue_image_id": self.rescue_image_id,
             "panicked_boots": list(self.panicked_boots),
             "mac": self.mac,
+            "incoming": self.incoming,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -194,6 +204,7 @@ class _Guest:
             rescue_image_id=data.get("rescue_image_id"),  # absent from older state files
             panicked_boots=[int(b) for b in data.get("panicked_boots", [])],
             mac=data.get("mac"),
+            incoming=bool(data.get("incoming", False)),
         )
 
 

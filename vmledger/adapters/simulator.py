@@ -42,7 +42,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from vmledger.adapters.hypervisor import (
     DIAGNOSTICS_STATE,
@@ -70,7 +72,7 @@ from vmledger.adapters.simulated_guests import (
     _OldDefinition,
     _wrong_state,
 )
-from vmledger.adapters.simulator_harness import SimulatorHarness
+from vmledger.adapters.simulator_harness import DEPARTED_KEPT, SimulatorHarness
 
 __all__ = ["HOST_CPU_INFO", "HOST_LOCAL_GB", "HOST_MEMORY_MB", "HOST_VCPUS",
            "MUTATING_OPERATIONS", "OPERATIONS", "SimulatedCrash", "Simulator"]
@@ -94,6 +96,8 @@ class Simulator(SimulatorHarness):
             guest = self._guests.get(server_id)
             if guest is None:
                 return Observation(exists=False)
+            if guest.incoming:  # waiting for a live migration: no guest runs here yet
+                return Observation(exists=False, details={"incoming": True})
             return Observation(
                 exists=True,
                 power_state=guest.power_state,
@@ -382,3 +386,141 @@ class Simulator(SimulatorHarness):
             return {"destroyed": True}
 
         return self._mutate("destroy", server_id, apply)
+
+    # ------------------------------------------------------------------ migrations
+
+    def prepare_migration(self, spec: GuestSpec, *, live: bool) -> Result:
+        """Ready to take the guest: for a live migration an incoming copy is defined
+        (paused, not shown by :meth:`observe` until the guest moves). A guest of this
+        server already here and not incoming is refused."""
+
+        def apply() -> Result:
+            guest = self._guests.get(spec.server_id)
+            if guest is not None and not guest.incoming:
+                raise HypervisorError(
+                    f"Guest {spec.server_id} is already defined on the destination",
+                    rollback=True, code=409)
+            if live and guest is None:
+                self._guests[spec.server_id] = _Guest(
+                    server_id=spec.server_id, name=spec.name, flavor_id=spec.flavor_id,
+                    vcpus=spec.vcpus, ram_mb=spec.ram_mb, disk_gb=spec.disk_gb,
+                    image_id=spec.image_id, mac=spec.mac, power_state=PowerState.PAUSED,
+                    incoming=True)
+            return {"target": {"driver": self.driver}}
+
+        return self._mutate("prepare_migration", spec.server_id, apply)
+
+    def migrate_disk(self, server_id: str, target: Mapping[str, Any]) -> Result:
+        """Power the guest off (when it is not) and answer its disk; it stays here."""
+
+        def apply() -> Result:
+            guest = self._require(server_id)
+            if guest.power_state != PowerState.SHUTDOWN:
+                guest.power_state = PowerState.SHUTDOWN
+            disk = guest.to_json()
+            disk["old_definition"] = None
+            return {"disk": disk}
+
+        return self._mutate("migrate_disk", server_id, apply)
+
+    def finish_migration(self, spec: GuestSpec, disk: Mapping[str, Any], *,
+                         power_on: bool) -> Result:
+        """Define the guest on the disk received, with the flavor of ``spec``."""
+
+        def apply() -> Result:
+            guest = self._guests.get(spec.server_id)
+            already = guest is not None and not guest.incoming
+            if guest is None or guest.incoming:
+                guest = _Guest.from_json({**disk, "power_state": int(PowerState.SHUTDOWN),
+                                          "old_definition": None, "incoming": False})
+                guest.name, guest.mac = spec.name, spec.mac
+                guest.flavor_id, guest.vcpus = spec.flavor_id, spec.vcpus
+                guest.ram_mb, guest.disk_gb = spec.ram_mb, spec.disk_gb
+                self._guests[spec.server_id] = guest
+            if power_on and guest.power_state != PowerState.RUNNING:
+                guest.boot()
+            return {"power_state": int(guest.power_state), "boot_count": guest.boot_count,
+                    **({"already": True} if already else {})}
+
+        return self._mutate("finish_migration", spec.server_id, apply)
+
+    def live_migrate(self, server_id: str, target: Mapping[str, Any], *,
+                     block_migration: bool) -> Result:
+        """Copy for :attr:`live_migration_seconds` (an abort or a force-complete may
+        arrive meanwhile), then move the guest: it is gone from here, and the answer
+        carries it (its power state, boot counter and console unchanged)."""
+        with self._lock:
+            departed = self._departed.get(server_id)
+            if departed is not None and server_id not in self._guests:
+                self.calls.append(("live_migrate", server_id))
+                return {**departed, "already": True}
+            guest = self._require(server_id)
+            if guest.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
+                raise _wrong_state("live migrate", guest)
+            self._migrating[server_id] = "running"
+        forced = False
+        try:
+            deadline = time.monotonic() + self.live_migration_seconds
+            while time.monotonic() < deadline:
+                with self._lock:
+                    wish = self._migrating.get(server_id)
+                if wish == "abort":
+                    raise HypervisorError("Migration was cancelled by a request to abort it",
+                                          rollback=True, code=409)
+                if wish == "force":
+                    forced = True
+                    break
+                self._sleep(min(0.01, max(deadline - time.monotonic(), 0.0)))
+            with self._lock:
+                if self._migrating.get(server_id) == "abort":
+                    raise HypervisorError("Migration was cancelled by a request to abort it",
+                                          rollback=True, code=409)
+
+            def apply() -> Result:
+                moving = self._require(server_id)
+                moved = {"guest": moving.to_json(), "forced": forced,
+                         "block_migration": block_migration}
+                del self._guests[server_id]
+                self._departed[server_id] = moved
+                self._departed.move_to_end(server_id)
+                while len(self._departed) > DEPARTED_KEPT:
+                    self._departed.popitem(last=False)
+                return dict(moved)
+
+            return self._mutate("live_migrate", server_id, apply)
+        finally:
+            with self._lock:
+                self._migrating.pop(server_id, None)
+
+    def _wish(self, op: str, server_id: str, wish: str) -> Result:
+        def apply() -> Result:
+            if server_id not in self._migrating:
+                return {"already": True}
+            self._migrating[server_id] = wish
+            return {wish: True}
+
+        return self._mutate(op, server_id, apply)
+
+    def abort_migration(self, server_id: str) -> Result:
+        return self._wish("abort_migration", server_id, "abort")
+
+    def force_complete_migration(self, server_id: str) -> Result:
+        return self._wish("force_complete_migration", server_id, "force")
+
+    def finish_live_migration(self, spec: GuestSpec, moved: Mapping[str, Any]) -> Result:
+        """The guest moved here takes the place of the incoming copy, as it ran there."""
+
+        def apply() -> Result:
+            guest = self._guests.get(spec.server_id)
+            if guest is not None and not guest.incoming:
+                return {"power_state": int(guest.power_state), "already": True}
+            data = moved.get("guest")
+            if not isinstance(data, Mapping):
+                raise HypervisorError(
+                    f"No guest {spec.server_id} was moved here", rollback=True, code=404)
+            guest = _Guest.from_json({**data, "incoming": False})
+            guest.name = spec.name
+            self._guests[spec.server_id] = guest
+            return {"power_state": int(guest.power_state), "boot_count": guest.boot_count}
+
+        return self._mutate("finish_live_migration", spec.server_id, apply)

@@ -10,7 +10,7 @@ import random
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -30,6 +30,9 @@ from vmledger.adapters.simulated_guests import (
     _not_found,
     _wrong_state,
 )
+
+#: live migrations away from a host whose answers it keeps (for a repeated call)
+DEPARTED_KEPT = 1000
 
 
 class SimulatorHarness:
@@ -51,6 +54,7 @@ class SimulatorHarness:
         state_path: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         calls_kept: int = 10_000,
+        live_migration_seconds: float = 0.0,
     ) -> None:
         if calls_kept < 0:
             raise ValueError("calls_kept must not be negative")
@@ -81,6 +85,13 @@ class SimulatorHarness:
         self._guests: dict[str, _Guest] = {}
         self._snapshots: dict[str, dict[str, Any]] = {}
         self._injections: list[_Injection] = []
+        #: how long a live migration copies before the guest moves (0: at once)
+        self.live_migration_seconds = live_migration_seconds
+        #: live migrations in progress here: server id -> "running", "abort" or "force"
+        self._migrating: dict[str, str] = {}
+        #: what the last live migrations away from here answered (a repeated call
+        #: answers the same), the most recent ``DEPARTED_KEPT`` only
+        self._departed: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._booted = time.monotonic()
         #: the last ``calls_kept`` operations called, in order, as ``(op, server_id)``
         #: (observe included); older ones are dropped so the record stays bounded
@@ -216,6 +227,7 @@ class SimulatorHarness:
             "guests": {sid: guest.to_json() for sid, guest in sorted(self._guests.items())},
             # a snapshot retried after a restart answers what the first one captured
             "snapshots": self._snapshots,
+            "departed": dict(self._departed),
         }
         directory = os.path.dirname(os.path.abspath(self._state_path))
         os.makedirs(directory, exist_ok=True)
@@ -243,3 +255,5 @@ class SimulatorHarness:
             sid: _Guest.from_json(data) for sid, data in payload.get("guests", {}).items()
         }
         self._snapshots = {k: dict(v) for k, v in payload.get("snapshots", {}).items()}
+        self._departed = OrderedDict(
+            (k, dict(v)) for k, v in payload.get("departed", {}).items())

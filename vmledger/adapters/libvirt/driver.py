@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from vmledger.adapters.libvirt.definitions import DefinitionsMixin
 from vmledger.adapters.libvirt.inspection import InspectionMixin
+from vmledger.adapters.libvirt.migration import MigrationMixin
 from vmledger.adapters.libvirt.power import PowerMixin
 
 __all__ = ["LibvirtDriver"]
 
 
-class LibvirtDriver(PowerMixin, DefinitionsMixin, InspectionMixin):
+class LibvirtDriver(PowerMixin, DefinitionsMixin, InspectionMixin, MigrationMixin):
     """The :class:`~vmledger.adapters.hypervisor.Hypervisor` port over one libvirt URI.
 
     ``images`` maps image ids to base qcow2 files: a guest of such an image gets a qcow2
