@@ -35,6 +35,7 @@ from vmledger.projections.hosts import create_table as create_host_reports
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import Migrations
+from vmledger.projections.moves import MovingServers
 from vmledger.projections.project_usage import ProjectUsage
 from vmledger.projections.quotas import QuotaClasses, QuotaSets
 from vmledger.projections.runner import ViewUpdater
@@ -62,6 +63,7 @@ class Settings:
     reclaim_interval: timedelta = timedelta(0)
     service_down_time: timedelta = SERVICE_DOWN_TIME
     allocation_ratios: AllocationRatios | None = None
+    allow_resize_to_same_host: bool = True
 
 
 @dataclass
@@ -94,12 +96,13 @@ def build(url: str, settings: Settings) -> Graph:
             id_factory=settings.id_factory or uuid.uuid4,
             request_id_factory=settings.request_id_factory or new_request_id,
             shelved_offload_time=settings.shelved_offload_time,
-            reclaim_interval=settings.reclaim_interval)
+            reclaim_interval=settings.reclaim_interval,
+            allow_resize_to_same_host=settings.allow_resize_to_same_host)
         view = servers_view(
             store.recorder.datastore,  # type: ignore[attr-defined]
             extensions=[InstanceActions(), Images(), Keypairs(), Migrations(),
                         QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
-                        ComputeServices(), Allocations(), ProjectUsage()])
+                        ComputeServices(), Allocations(), ProjectUsage(), MovingServers()])
         create_host_reports(view)
         guest_reads.create_table(view)
     updater = ViewUpdater(store, view)

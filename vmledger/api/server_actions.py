@@ -209,6 +209,49 @@ def _parse_evacuate(call: Call, value: Any) -> _Action:
                    generated_pass=admin_pass is None)
 
 
+def _parse_migrate(call: Call, value: Any) -> _Action:
+    """Nova's ``migrate`` (cold migration, administrators): ``null`` or, from 2.56,
+    ``{"host": ...}`` (null: the scheduler picks)."""
+    if not call.at_least(2, 56) or value is None:
+        val.null_or_empty(value, "migrate")
+        return _Action("migrate", {})
+    entity = val.require_object(value, "migrate")
+    val.no_other_keys(entity, "migrate", ["host"])
+    host = val.string(entity.get("host"), "host", min_length=1, max_length=255,
+                      nullable=True)
+    return _Action("migrate", {} if host is None else {"host": host})
+
+
+def _parse_live_migrate(call: Call, value: Any) -> _Action:
+    """Nova's ``os-migrateLive`` (administrators) per microversion: ``host`` (required,
+    nullable: the scheduler picks) and ``block_migration`` (required; a boolean, or
+    ``auto`` from 2.25); before 2.25 ``disk_over_commit`` (required, ignored); from 2.30
+    to 2.67 ``force`` (with a host: the scheduler is skipped)."""
+    entity = val.require_object(value, "os-migrateLive")
+    allowed = ["host", "block_migration"]
+    if not call.at_least(2, 25):
+        allowed.append("disk_over_commit")
+    if call.at_least(2, 30) and not call.at_least(2, 68):
+        allowed.append("force")
+    val.no_other_keys(entity, "os-migrateLive", allowed)
+    val.require_keys(entity, "os-migrateLive",
+                     ["host", "block_migration"] + (
+                         [] if call.at_least(2, 25) else ["disk_over_commit"]))
+    host = val.string(entity.get("host"), "host", min_length=1, max_length=255,
+                      nullable=True)
+    block = entity["block_migration"]
+    if not (call.at_least(2, 25) and block == "auto"):
+        block = val.boolean(block, "block_migration")
+    if "disk_over_commit" in entity:
+        val.boolean(entity["disk_over_commit"], "disk_over_commit")
+    params: dict[str, Any] = {"block_migration": block}
+    if host is not None:
+        params["host"] = host
+    if "force" in entity and val.boolean(entity["force"], "force"):
+        params["force"] = True
+    return _Action("live_migrate", params)
+
+
 def _parse_crash_dump(call: Call, value: Any) -> _Action:
     """``{"trigger_crash_dump": null}``, from 2.17 (before, as Nova: not found)."""
     if not call.at_least(2, 17):
@@ -356,6 +399,8 @@ ACTION_PARSERS: dict[str, Callable[[Call, Any], _Action]] = {
     "restore": _simple("restore"),
     "forceDelete": _simple("force_delete"),
     "evacuate": _parse_evacuate,
+    "migrate": _parse_migrate,
+    "os-migrateLive": _parse_live_migrate,
 }
 
 

@@ -26,9 +26,19 @@ class ConfirmDeadline:
 
 @dataclass(frozen=True)
 class Param:
-    """A parameter of the action's request (None when it was not given)."""
+    """A parameter of the action's request (None when it was not given).
+
+    ``skip_empty``: change nothing when it was not given (a resize that stays on its
+    host has no ``source_host``)."""
 
     name: str
+    skip_empty: bool = False
+
+
+@dataclass(frozen=True)
+class Clear:
+    """None, when the field has a value; else nothing is changed (so the outcomes of
+    servers that never had one record no change)."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +55,10 @@ class Field:
 
 NOW = Now()
 CONFIRM_DEADLINE = ConfirmDeadline()
+CLEAR = Clear()
 
 #: what a field of a row's ``on_complete`` / ``on_fail`` may be set to
-Change = Now | ConfirmDeadline | Param | Field | str | bool | None
+Change = Now | ConfirmDeadline | Param | Field | Clear | str | bool | None
 
 
 def resolve(changes: Mapping[str, Change], *, server: object, at: datetime,
@@ -61,7 +72,11 @@ def resolve(changes: Mapping[str, Change], *, server: object, at: datetime,
         elif isinstance(change, ConfirmDeadline):
             resolved[name] = (at + confirm_window) if confirm_window else None
         elif isinstance(change, Param):
-            resolved[name] = params.get(change.name)
+            if params.get(change.name) or not change.skip_empty:
+                resolved[name] = params.get(change.name)
+        elif isinstance(change, Clear):
+            if getattr(server, name, None):  # absent from older histories
+                resolved[name] = None
         elif isinstance(change, Field):
             # getattr with a default: a field added later is absent from older histories
             value = getattr(server, change.name, None)

@@ -16,7 +16,7 @@ from typing import Any
 from transitions.extensions import GraphMachine
 
 from vmledger.domain import lifecycle as lc
-from vmledger.domain.changes import Change, ConfirmDeadline, Field, Now, Param
+from vmledger.domain.changes import Change, Clear, ConfirmDeadline, Field, Now, Param
 from vmledger.domain.drift import DRIFT_STOPS
 from vmledger.domain.power import PowerState
 
@@ -136,7 +136,9 @@ def _changes(changes: Mapping[str, Change]) -> str:
         if isinstance(change, ConfirmDeadline):
             return "now + confirm window"
         if isinstance(change, Param):
-            return f"the request's {change.name}"
+            return f"the request's {change.name}" + (" (if any)" if change.skip_empty else "")
+        if isinstance(change, Clear):
+            return "none (if set)"
         if isinstance(change, Field):
             return f"its {change.name}" + (" (if any)" if change.skip_empty else "")
         return "none" if change is None else f"{change}"

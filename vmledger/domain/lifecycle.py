@@ -22,7 +22,7 @@ from typing import Any
 
 from transitions import Machine, MachineError
 
-from vmledger.domain.changes import CONFIRM_DEADLINE, NOW, Change, Field, Param
+from vmledger.domain.changes import CLEAR, CONFIRM_DEADLINE, NOW, Change, Field, Param
 from vmledger.domain.errors import BadRequest, Forbidden, InvalidState, Locked
 
 # --- vm_state (stable) ---------------------------------------------------------------
@@ -64,6 +64,7 @@ RESIZE_MIGRATING = "resize_migrating"
 RESIZE_MIGRATED = "resize_migrated"
 RESIZE_FINISH = "resize_finish"
 RESIZE_REVERTING = "resize_reverting"
+MIGRATING = "migrating"
 PAUSING = "pausing"
 UNPAUSING = "unpausing"
 SUSPENDING = "suspending"
@@ -152,6 +153,11 @@ class Action:
     #: how the ledger tells the timer's request for it, and the reason it gives
     timer_story: str = ""
     timer_reason: str = ""
+    #: whose host agent enacts it first: the server's own host (``host``), the host a
+    #: move goes to (``destination``: the request's ``dest_host``), or the host that
+    #: keeps the old copy of a moved server (``source``: its ``migration_source``);
+    #: each falls back on the server's own host when there is no other
+    acts_on: str = "host"
     doc: str = field(default="", compare=False)
 
 
@@ -173,7 +179,17 @@ _SHELVED: Mapping[str, Change] = {"shelved_image_id": Param("image_id")}
 _MIGRATION_FAILED: Mapping[str, Change] = {"migration_status": "error",
                                            "confirm_deadline": None}
 _SETTLED_RESIZE: Mapping[str, Change] = {"old_flavor": None, "old_vm_state": None,
-                                         "confirm_deadline": None}
+                                         "confirm_deadline": None, "migration_source": CLEAR}
+#: a move that ended: the host it went to is no longer held
+_MOVE_ENDED: Mapping[str, Change] = {"migration_dest": CLEAR}
+#: a resize or cold migration that finished: on its destination (its own host when it
+#: stayed), the old copy kept on the host it left until confirmed or reverted
+_RESIZE_FINISHED: Mapping[str, Change] = {
+    "old_flavor": Field("flavor"), "flavor": Param("flavor"),
+    "migration_status": "finished", "launched_at": NOW,
+    "confirm_deadline": CONFIRM_DEADLINE,
+    "host": Field("migration_dest", skip_empty=True),
+    "migration_source": Param("source_host", skip_empty=True), **_MOVE_ENDED}
 
 ACTIONS: dict[str, Action] = {a.name: a for a in (
     Action("create", "create", "create", vm_states=_states(), task_states=IDLE,
@@ -218,15 +234,35 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            steps=(RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH),
            success=RESIZED, failure=ERROR, rollback=SAME, stashes_vm_state=True,
            event="compute_resize_instance", api_keys=("resize",),
-           on_complete={"old_flavor": Field("flavor"), "flavor": Param("flavor"),
-                        "migration_status": "finished", "launched_at": NOW,
-                        "confirm_deadline": CONFIRM_DEADLINE},
-           on_fail={**_MIGRATION_FAILED, "old_vm_state": None},
-           story="resize to flavor {flavor[name]}",
-           doc="new flavor; waits in VERIFY_RESIZE for confirm, revert or the deadline"),
+           on_complete=_RESIZE_FINISHED,
+           on_fail={**_MIGRATION_FAILED, "old_vm_state": None, **_MOVE_ENDED},
+           story="resize to flavor {flavor[name]}", acts_on="destination",
+           doc="new flavor, on its own host or another the scheduler picks; waits in"
+               " VERIFY_RESIZE for confirm, revert or the deadline"),
+    Action("migrate", "migrate", "migrate", vm_states=_states(ACTIVE, STOPPED),
+           task_states=IDLE,
+           steps=(RESIZE_PREP, RESIZE_MIGRATING, RESIZE_MIGRATED, RESIZE_FINISH),
+           success=RESIZED, failure=ERROR, rollback=SAME, stashes_vm_state=True,
+           admin_only=True, event="compute_resize_instance", api_keys=("migrate",),
+           on_complete=_RESIZE_FINISHED,
+           on_fail={**_MIGRATION_FAILED, "old_vm_state": None, **_MOVE_ENDED},
+           story="migrate it to {dest_host}", acts_on="destination",
+           doc="admin: cold migration, a resize to the same flavor on another host: the"
+               " destination prepares, the source powers the guest off and sends its"
+               " disk, the destination defines it; VERIFY_RESIZE as a resize"),
+    Action("live_migrate", "os-migrateLive", "live-migration",
+           vm_states=_states(ACTIVE, PAUSED), task_states=IDLE, steps=(MIGRATING,),
+           success=SAME, failure=ERROR, rollback=SAME, admin_only=True,
+           event="compute_live_migration", api_keys=("os-migrateLive",),
+           on_complete={"host": Field("migration_dest", skip_empty=True),
+                        "migration_status": "completed", **_MOVE_ENDED},
+           on_fail={"migration_status": "failed", **_MOVE_ENDED},
+           story="live-migrate it to {dest_host}", acts_on="destination",
+           doc="admin: the running guest moves to another host and keeps running: the"
+               " destination prepares, the source sends, the destination takes it over"),
     Action("confirm_resize", "confirmResize", "confirmResize", vm_states=_states(RESIZED),
            task_states=IDLE, steps=(), success=STASHED, failure=ERROR, rollback=ERROR,
-           needs_finished_resize=True,
+           needs_finished_resize=True, acts_on="source",
            event="compute_confirm_resize", api_keys=("confirmResize",),
            on_complete={"migration_status": "confirmed", **_SETTLED_RESIZE},
            on_fail=_MIGRATION_FAILED,
@@ -238,8 +274,9 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            task_states=IDLE, steps=(RESIZE_REVERTING,), success=STASHED, failure=ERROR,
            rollback=ERROR, needs_finished_resize=True,
            event="compute_revert_resize", api_keys=("revertResize",),
-           on_complete={"migration_status": "reverted", **_SETTLED_RESIZE,
-                        "flavor": Field("old_flavor", skip_empty=True)},
+           on_complete={"migration_status": "reverted",
+                        "host": Field("migration_source", skip_empty=True),
+                        **_SETTLED_RESIZE, "flavor": Field("old_flavor", skip_empty=True)},
            on_fail=_MIGRATION_FAILED, doc="restore the old flavor"),
     Action("pause", "pause", "pause", vm_states=_states(ACTIVE), task_states=IDLE,
            steps=(PAUSING,), success=PAUSED, failure=SAME, rollback=SAME,
@@ -328,7 +365,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            success=DELETED, failure=ERROR, rollback=ERROR, needs_launched=False,
            event="compute_terminate_instance", api_keys=("forceDelete",),
            on_complete={"terminated_at": NOW, "migration_status": None,
-                        "confirm_deadline": None},
+                        "confirm_deadline": None, "migration_source": CLEAR,
+                        **_MOVE_ENDED},
            timer_story="the timer deleted the soft-deleted server: it had been kept for the"
                        " reclaim interval",
            timer_reason="reclaim of the soft-deleted server",
@@ -389,6 +427,21 @@ def row(name: str) -> Action:
         return ACTIONS[name]
     except KeyError:
         raise UnknownAction(name) from None
+
+def acting_host(action: str | None, host: str | None, params: Mapping[str, Any] | None,
+                migration_source: str | None, handed_to: str | None = None) -> str | None:
+    """Whose host agent enacts the action in flight now: the host it was handed to by
+    the last step (``handed_to``), else the host its row's ``acts_on`` names, else the
+    server's own ``host``."""
+    if handed_to:
+        return handed_to
+    row_ = ACTIONS.get(action or "")
+    if row_ is not None and row_.acts_on == "destination":
+        return str((params or {}).get("dest_host") or host or "") or None
+    if row_ is not None and row_.acts_on == "source":
+        return migration_source or host
+    return host
+
 
 #: every task_state the table can set
 TASK_STATES: tuple[str, ...] = tuple(dict.fromkeys(

@@ -176,6 +176,40 @@ class Server(Aggregate):
                     "call": self.call, "arguments": self.arguments,
                     "observed": self.observed}}
 
+    class StepReached(Event):
+        """An action that moves a server reached a step of its own: the host whose agent
+        acts next (``host``: the other one, or the same), its task state, what the step
+        learned for the next (``data``: what the destination answered, the disk the
+        source sent…) and what else it changed (the migration status)."""
+
+        action: str
+        host: str
+        task_state: str | None
+        data: dict[str, Any]
+        changes: dict[str, Any]
+
+        def apply(self, server: Server) -> None:
+            server.task_state = self.task_state
+            for key, value in self.changes.items():
+                setattr(server, key, value)
+            if server.pending is not None:
+                # a call in doubt was this host's own: the next host starts afresh
+                pending = {k: v for k, v in server.pending.items() if k != "calling"}
+                pending["host"] = self.host
+                pending["handover"] = {**(pending.get("handover") or {}), **self.data}
+                server.pending = pending
+
+    class MigrationSteered(Event):
+        """An administrator asked a live migration in progress to stop (``abort``) or to
+        finish now (``force_complete``); the source host's agent acts on it."""
+
+        action: str
+        steer: str
+
+        def apply(self, server: Server) -> None:
+            if server.pending is not None:
+                server.pending = {**server.pending, "steer": self.steer}
+
     class ActionCompleted(Event):
         """The host agent finished an action successfully."""
 
@@ -307,6 +341,11 @@ class Server(Aggregate):
     confirm_deadline: datetime | None
     #: set by a completed shelve, cleared by an unshelve (absent from older histories)
     shelved_image_id: str | None
+    #: the host a move in progress goes to (set by its request, cleared by its outcome)
+    migration_dest: str | None
+    #: the host keeping the old copy of a server moved by a resize or a cold migration,
+    #: until it is confirmed or reverted
+    migration_source: str | None
 
     def __init__(self) -> None:
         """Fields are assigned by :meth:`Requested.apply` (so replay builds the same)."""
@@ -341,6 +380,14 @@ class Server(Aggregate):
     @property
     def pending_request_id(self) -> str | None:
         return self.pending["request_id"] if self.pending else None
+
+    @property
+    def acting_host(self) -> str | None:
+        """Whose host agent enacts the action in flight now (see
+        :func:`~vmledger.domain.lifecycle.acting_host`)."""
+        pending = self.pending or {}
+        return lc.acting_host(pending.get("action"), self.host, pending.get("params"),
+                              getattr(self, "migration_source", None), pending.get("host"))
 
     # --- commands (guard, then record) ---------------------------------------------
     @classmethod
@@ -465,6 +512,27 @@ class Server(Aggregate):
                            action=self._in_flight(), host=host, driver=driver, call=call,
                            arguments=arguments, observed=observed)
 
+    def reach_step(self, ctx: Context, at: datetime, *, host: str,
+                   task_state: str | None = None, data: dict[str, Any] | None = None,
+                   changes: dict[str, Any] | None = None) -> None:
+        """Record that the action in flight reached a step: ``host`` acts next, in
+        ``task_state`` (the current one when None, else the next of its row's steps)."""
+        action = self._in_flight()
+        if task_state is not None and task_state != self.task_state:
+            steps = lc.row(action).steps
+            if (task_state not in steps or self.task_state not in steps
+                    or steps.index(task_state) < steps.index(self.task_state)):
+                raise lc.NotAllowed(f"{action}: no step {task_state} after "
+                                    f"{self.task_state}")
+        self.trigger_event(self.StepReached, timestamp=at, **ctx.fields(), action=action,
+                           host=host, task_state=task_state or self.task_state,
+                           data=dict(data or {}), changes=dict(changes or {}))
+
+    def steer_migration(self, ctx: Context, at: datetime, steer: str) -> None:
+        """Ask the live migration in flight to ``abort`` or ``force_complete``."""
+        self.trigger_event(self.MigrationSteered, timestamp=at, **ctx.fields(),
+                           action=self._in_flight(), steer=steer)
+
     @property
     def call_in_doubt(self) -> dict[str, Any] | None:
         """The hypervisor call written ahead and not recorded (``call``, ``arguments``,
@@ -487,21 +555,23 @@ class Server(Aggregate):
 
     def fail(self, ctx: Context, at: datetime, *, power_state: int, rollback: bool,
              message: str, code: int = 500, details: str | None = None,
-             unplaced: bool = False) -> None:
+             unplaced: bool = False, changes: dict[str, Any] | None = None) -> None:
         """Record failure: ERROR with a fault, or back where it was (rollback); the
         action's row says what else changes. ``unplaced``: a new server no host could
-        take (it shows no host, as in Nova)."""
+        take (it shows no host, as in Nova). ``changes``: what else changes beyond the
+        row's rule (an aborted live migration is ``cancelled``, not ``failed``)."""
         action = self._in_flight()
         assert self.pending is not None
         vm_state, _ = lc.outcome("rollback" if rollback else "fail", action, self.vm_state,
                                  self.task_state)
-        changes: dict[str, Any] = {"unplaced": True} if unplaced else {}
-        changes.update(resolve(lc.row(action).on_fail, server=self, at=at,
-                               params=self.pending.get("params") or {}))
+        recorded: dict[str, Any] = {"unplaced": True} if unplaced else {}
+        recorded.update(resolve(lc.row(action).on_fail, server=self, at=at,
+                                params=self.pending.get("params") or {}))
+        recorded.update(changes or {})
         fault = {"code": code, "message": message, "details": details, "created": at}
         self.trigger_event(self.ActionFailed, timestamp=at, **ctx.fields(), action=action,
                            vm_state=vm_state, power_state=power_state, rollback=rollback,
-                           fault=fault, changes=changes)
+                           fault=fault, changes=recorded)
 
     def _in_flight(self) -> str:
         if not self.pending:

@@ -58,7 +58,8 @@ class ServerService(Application[uuid.UUID]):
                  id_factory: Callable[[], uuid.UUID] = uuid.uuid4,
                  request_id_factory: Callable[[], str] = new_request_id,
                  shelved_offload_time: timedelta | None = timedelta(0),
-                 reclaim_interval: timedelta = timedelta(0)) -> None:
+                 reclaim_interval: timedelta = timedelta(0),
+                 allow_resize_to_same_host: bool = True) -> None:
         super().__init__(env=env)
         if not hosts:
             raise ValueError("at least one host is needed")
@@ -80,6 +81,9 @@ class ServerService(Application[uuid.UUID]):
         if reclaim_interval < timedelta(0):
             raise ValueError("the reclaim interval cannot be negative (0: no soft delete)")
         self.reclaim_interval = reclaim_interval
+        #: Nova's ``allow_resize_to_same_host``: a resize may stay on the server's own
+        #: host (preferred when it has room); False: it always goes to another
+        self.allow_resize_to_same_host = allow_resize_to_same_host
         self.id_factory = id_factory
         self.request_id_factory = request_id_factory
 

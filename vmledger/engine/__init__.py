@@ -48,7 +48,8 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
                  shelved_offload_time: timedelta | None = timedelta(0),
                  reclaim_interval: timedelta = timedelta(0),
                  service_down_time: timedelta = SERVICE_DOWN_TIME,
-                 allocation_ratios: AllocationRatios | None = None) -> None:
+                 allocation_ratios: AllocationRatios | None = None,
+                 allow_resize_to_same_host: bool = True) -> None:
         self.url = url
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -59,7 +60,8 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
             catalog=catalog, seed=seed, id_factory=id_factory,
             request_id_factory=request_id_factory, stopwatch=stopwatch,
             shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval,
-            service_down_time=service_down_time, allocation_ratios=allocation_ratios)))
+            service_down_time=service_down_time, allocation_ratios=allocation_ratios,
+            allow_resize_to_same_host=allow_resize_to_same_host)))
         # every command saved in this process wakes the agent and the timer at once
         self.commands.deps.pipeline.on_saved(lambda _result: self._wake.set())
 

@@ -96,6 +96,10 @@ class HistoryEntry:
                 f"drift: hypervisor power {d.get('observed_power_state')}, "
                 f"{d.get('previous_vm_state')} → {d.get('vm_state')} ({d.get('drift_action')})"),
             "Updated": lambda: f"updated {sorted(d.get('changes', {}))}",
+            "StepReached": lambda: (
+                f"{d.get('action')} → host {d.get('host')}, task {d.get('task_state')}"
+                + "".join(f", {k} {v}" for k, v in sorted(d.get("changes", {}).items()))),
+            "MigrationSteered": lambda: f"{d.get('action')}: {d.get('steer')} asked",
         }.get(self.event, lambda: self.event)()
         who = self.user_id or "-"
         return (f"v{self.version:<3} {self.timestamp.isoformat()}  {self.cause:<5} {who:<8} "

@@ -5,8 +5,11 @@ One row per server that holds resources on a host: its flavor's vCPUs, RAM (MB) 
 disk (GB; see :func:`vmledger.domain.catalog.flavor_resources`). A
 server being resized holds both flavors, from the request until it is confirmed or
 reverted (Nova holds the old flavor for the migration and the new one for the server,
-on the same host). A server holds nothing once deleted, while shelved and offloaded, or
-when no host could take it.
+on the same host). A server moving to another host (a resize there, a cold or live
+migration) holds its new flavor there too while it moves (a second row, consumer
+``<server id>/move``), and a moved server holds its old flavor on the host it left
+until confirmed or reverted (the same row). A server holds nothing once deleted,
+while shelved and offloaded, or when no host could take it.
 
 Beside the rows, one row per host keeps their sums (``vmledger_host_usage``: servers,
 vCPUs, RAM, disk), changed by each transaction by the difference it makes: the
@@ -31,22 +34,46 @@ HOSTS_TABLE = "vmledger_host_usage"
 _SUMS = ("servers", *RESOURCES)
 
 
-def allocation_of(doc: dict[str, Any]) -> tuple[Any, ...] | None:
-    """(host, vCPUs, RAM MB, disk GB) a server document holds; None when it holds
-    nothing."""
+#: the consumer holding, on the other host, what a server moving between two hosts
+#: holds there (``<server id>/move``): the new flavor on the destination while it moves,
+#: the old one on the host it left until its resize or migration is confirmed or reverted
+MOVE_SUFFIX = "/move"
+_MOVES = ("resize", "migrate", "live_migrate")
+
+
+def allocations_of(server_id: str, doc: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """What a server document holds: (consumer, host, vCPUs, RAM MB, disk GB) rows, one
+    on its own host and, while it moves or its old copy is kept on another host, one
+    there (consumer ``<server id>/move``); none when it holds nothing."""
     host = doc.get("host")
     vm_state = doc.get("vm_state")
     if (not host or vm_state == lc.DELETED or doc.get("unplaced")
             or (vm_state == lc.SHELVED_OFFLOADED and doc.get("task_state") is None)):
-        return None
-    flavors = [doc.get("flavor"), doc.get("old_flavor")]
+        return []
+    own = [doc.get("flavor"), doc.get("old_flavor")]
+    other: tuple[str, Any] | None = None
     pending = doc.get("pending")
-    if isinstance(pending, dict) and pending.get("action") == "resize":
-        params = pending.get("params")
-        if isinstance(params, dict):
-            flavors.append(params.get("flavor"))
+    params = pending.get("params") if isinstance(pending, dict) else None
+    params = params if isinstance(params, dict) else {}
+    moving_to = doc.get("migration_dest")
+    kept_at = doc.get("migration_source")
+    if (isinstance(pending, dict) and pending.get("action") in _MOVES and moving_to
+            and moving_to != host):
+        other = (str(moving_to), params.get("flavor") or doc.get("flavor"))
+    elif kept_at and kept_at != host:
+        own = [doc.get("flavor")]
+        other = (str(kept_at), doc.get("old_flavor"))
+    elif isinstance(pending, dict) and pending.get("action") == "resize":
+        own.append(params.get("flavor"))  # on its own host: both flavors
+    rows = [(server_id, str(host), *_sums(own))]
+    if other is not None:
+        rows.append((server_id + MOVE_SUFFIX, other[0], *_sums([other[1]])))
+    return rows
+
+
+def _sums(flavors: list[Any]) -> tuple[int, ...]:
     held = [flavor_resources(flavor) for flavor in flavors]
-    return (str(host), *(sum(h[resource] for h in held) for resource in RESOURCES))
+    return tuple(sum(h[resource] for h in held) for resource in RESOURCES)
 
 
 class Allocations:
@@ -104,26 +131,30 @@ class AllocationsBatch:
         rows: list[tuple[Any, ...]] = []
         freed: list[str] = []
         # each host's sums change by what its changed servers held before and hold now
-        before = {} if self.empty else self._held(list(self.docs))
+        consumers = [c for sid in self.docs for c in (sid, sid + MOVE_SUFFIX)]
+        before = {} if self.empty else self._held(consumers)
         change: dict[str, list[int]] = {}
         for server_id, doc in self.docs.items():
-            held = allocation_of(doc)
-            old = before.get(server_id)
-            if old is not None:
-                sums = change.setdefault(old[0], [0] * len(_SUMS))
-                sums[0] -= 1
-                for i, value in enumerate(old[1:], start=1):
-                    sums[i] -= value
-            if held is None:
-                freed.append(server_id)
-            else:
-                rows.append((server_id, *held))
-                sums = change.setdefault(held[0], [0] * len(_SUMS))
-                sums[0] += 1
-                for i, value in enumerate(held[1:], start=1):
-                    sums[i] += value
+            now = {row[0]: row[1:] for row in allocations_of(server_id, doc)}
+            for consumer in (server_id, server_id + MOVE_SUFFIX):
+                old, held = before.get(consumer), now.get(consumer)
+                counted = 1 if consumer == server_id else 0  # a server counts on its host
+                if old is not None:
+                    sums = change.setdefault(old[0], [0] * len(_SUMS))
+                    sums[0] -= counted
+                    for i, value in enumerate(old[1:], start=1):
+                        sums[i] -= value
+                if held is None:
+                    if old is not None:
+                        freed.append(consumer)
+                else:
+                    rows.append((consumer, *held))
+                    sums = change.setdefault(held[0], [0] * len(_SUMS))
+                    sums[0] += counted
+                    for i, value in enumerate(held[1:], start=1):
+                        sums[i] += value
         curs, sql = self.writer.curs, self.writer.sql
-        if freed and not self.empty:
+        if freed:
             for i in range(0, len(freed), 500):
                 chunk = freed[i:i + 500]
                 curs.execute(sql(f"DELETE FROM {TABLE} WHERE server_id IN "
@@ -175,5 +206,5 @@ def host_servers(store: ReadStore, host: str, servers_table: str
     return [{"uuid": str(r["id"]), "name": str(r["name"] or "")} for r in rows]
 
 
-__all__ = ["COLUMNS", "HOSTS_TABLE", "TABLE", "Allocations", "allocation_of", "host_servers",
-           "host_usage"]
+__all__ = ["COLUMNS", "HOSTS_TABLE", "MOVE_SUFFIX", "TABLE", "Allocations", "allocations_of",
+           "host_servers", "host_usage"]

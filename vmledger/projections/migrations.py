@@ -43,6 +43,8 @@ _NAMESPACE = uuid.UUID("0b9e3c4d-6a7f-4e21-9c58-3f1d2e7a8b60")
 Row = dict[str, Any]
 #: the lifecycle actions that evacuate a server
 _EVACUATIONS = ("evacuate", "evacuate_stopped")
+#: the lifecycle actions whose record begins ``pre-migrating``, and their record type
+_COLD = {"resize": "resize", "migrate": "migration"}
 
 
 def migration_uuid(server_id: str, request_id: str) -> str:
@@ -139,8 +141,9 @@ class MigrationsBatch:
         else:
             current = self._latest(server_id)
         pending = doc.get("pending") or {}
-        begins = (status == "pre-migrating" and pending.get("action") == "resize") or (
-            status == "accepted" and pending.get("action") in _EVACUATIONS)
+        begins = (status == "pre-migrating" and pending.get("action") in _COLD) or (
+            status == "accepted" and pending.get("action") in _EVACUATIONS) or (
+            status == "queued" and pending.get("action") == "live_migrate")
         if begins and (current is None
                        or current["request_id"] != pending.get("request_id")):
             self._begin(server_id, doc, pending, event)
@@ -156,18 +159,24 @@ class MigrationsBatch:
         host = doc.get("host")
         request_id = str(pending.get("request_id"))
         params = pending.get("params") or {}
-        new_flavor = params.get("flavor")
-        evacuation = pending.get("action") in _EVACUATIONS
+        new_flavor = params.get("flavor") or doc.get("flavor")
+        action = pending.get("action")
+        evacuation = action in _EVACUATIONS
         source = dest = host
         if evacuation:  # from the host it left (recorded with the request) to its new one
             new_flavor = doc.get("flavor")
             source = params.get("source_host") or host
             dest = host if host != source else None  # None: no host could take it
+        elif params.get("dest_host"):  # a move to another host (the request chose it)
+            source, dest = params.get("source_host") or host, params["dest_host"]
+        kind = ("evacuation" if evacuation else "live-migration" if action == "live_migrate"
+                else _COLD.get(str(action), "resize"))
         row: Row = {
             "id": None, "uuid": migration_uuid(server_id, request_id),
             "server_id": server_id, "request_id": request_id,
-            "status": "accepted" if evacuation else "pre-migrating",
-            "migration_type": "evacuation" if evacuation else "resize",
+            "status": ("accepted" if evacuation else "queued" if kind == "live-migration"
+                       else "pre-migrating"),
+            "migration_type": kind,
             "source_compute": source, "source_node": source,
             "dest_compute": dest, "dest_node": dest, "dest_host": None,
             "old_flavor_id": flavor_number(doc.get("flavor")),

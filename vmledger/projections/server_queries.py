@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from vmledger.projections.moves import TABLE as MOVES_TABLE
 from vmledger.projections.project_usage import project_usage
 from vmledger.projections.store import ReadStore, Row, chunks, loads, time_text
 
@@ -199,12 +200,20 @@ class ServerQueries(ReadStore):
         return where, params
 
     def in_flight(self, host: str | None = None) -> list[tuple[str, str]]:
-        """(server id, request id) of every action in flight, on one host or all."""
+        """(server id, request id) of every action in flight, or of those ``host``'s
+        agent enacts: its own servers' but those another host enacts now, and the
+        servers moving between hosts whose step is its own (see
+        :mod:`vmledger.projections.moves`)."""
         sql = "SELECT id, pending_request_id FROM {t} WHERE pending_action IS NOT NULL"
         params: list[Any] = []
         if host is not None:
-            sql += " AND host = ?"
-            params.append(host)
+            sql = (f"SELECT id, pending_request_id, updated_at FROM {{t}}"
+                   f" WHERE pending_action IS NOT NULL AND host = ? AND id NOT IN"
+                   f" (SELECT server_id FROM {MOVES_TABLE})"
+                   f" UNION ALL SELECT s.id, s.pending_request_id, s.updated_at"
+                   f" FROM {MOVES_TABLE} m JOIN {{t}} s ON s.id = m.server_id"
+                   f" WHERE m.host = ? AND s.pending_action IS NOT NULL")
+            params.extend([host, host])
         sql += " ORDER BY updated_at, id"
         return [(r["id"], r["pending_request_id"]) for r in self._read(sql, params)]
 

@@ -21,7 +21,9 @@ call acted and is recorded as found, not made again; if not, it is made (exactly
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -41,6 +43,7 @@ from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
 from vmledger.projections.migrations import list_migrations
 from vmledger.projections.runner import ViewUpdater
+from vmledger.workers.moves import REPEATABLE, MigrationCancelled, ends_on, moving
 from vmledger.workers.plans import PLANS
 
 log = logging.getLogger(__name__)
@@ -54,12 +57,18 @@ SYNC_PAUSE = 0.001
 #: calls never made twice: in doubt after a crash, they count as made (an NMI leaves
 #: nothing to observe, and a second one would dump the guest twice)
 AT_MOST_ONCE = frozenset({"inject_nmi"})
+#: how often (seconds) a live migration in progress looks for an abort or force-complete
+STEER_POLL = 0.02
 
 Step = Callable[[Server, Context, Any], None]
 
 
 class _Superseded(Exception):
     """The action moved on (superseded, finished): the agent stops enacting it."""
+
+
+class _HandedOver(Exception):
+    """The action was handed over to another host's agent: this one stops here."""
 
 _STATE_OF_POWER = {
     PowerState.RUNNING: "running", PowerState.PAUSED: "paused",
@@ -102,6 +111,8 @@ class HostAgent:
         self._seen: dict[str, Any] | None = None
         #: a call in doubt found to have acted before a crash: not made again
         self._found: tuple[str, dict[str, Any]] | None = None
+        #: the task state the action is in, with the steps gathered
+        self._task: str | None = None
 
     def _observe_call(self, call: str, error: str | None, seconds: float) -> None:
         for observer in self.observers:
@@ -239,16 +250,18 @@ class HostAgent:
     def reconcile(self, server_id: str, request_id: str) -> None:
         """Drive the action ``request_id`` of one server to its outcome."""
         server = self.service.get(server_id, include_deleted=True)
-        if server.pending_request_id != request_id or server.host != self.host:
+        if server.pending_request_id != request_id or server.acting_host != self.host:
             return
         action = server.pending_action
         assert action is not None
         self._action, self._steps, self._seen, self._found = (
             (server_id, request_id), [], None, None)
+        self._task = server.task_state
         try:
-            # the remaining task states, recorded with the first commit
+            # the remaining task states, recorded with the first commit (an action
+            # moving between hosts sets its own as each host hands it over)
             steps = lc.ACTIONS[action].steps
-            if server.task_state in steps:
+            if server.task_state in steps and not moving(server):
                 self._steps.extend(_advance_to(task_state) for task_state
                                    in steps[steps.index(server.task_state) + 1:])
             self._resolve_doubt(server)
@@ -258,12 +271,15 @@ class HostAgent:
                 self._failed(server, error)
                 return
             obs = self.hypervisor.observe(server_id)
+            # a server that ends on another host keeps the power state it has there
+            power = (int(obs.power_state) if ends_on(server) == self.host
+                     else server.power_state)
             window = self.service.confirm_window
             self._steps.append(lambda s, c, at: s.complete(
-                c, at, power_state=int(obs.power_state),
+                c, at, power_state=power,
                 confirm_window=window if window > timedelta(0) else None))
             self._commit()
-        except _Superseded:
+        except (_Superseded, _HandedOver):
             return
         except Exception:
             # what was seen and done so far is recorded before the error is handled
@@ -329,10 +345,74 @@ class HostAgent:
         if server.pending_action in ("reboot_soft", "reboot_hard"):
             # Nova: a guest still running after a failed reboot stays ACTIVE
             rollback = obs.power_state == PowerState.RUNNING
+        # a server failing on another host than its own keeps its power state
+        power = int(obs.power_state) if server.host == self.host else server.power_state
+        changes = ({"migration_status": "cancelled"} if isinstance(error, MigrationCancelled)
+                   else None)
         self._steps.append(lambda s, c, at: s.fail(
-            c, at, power_state=int(obs.power_state), rollback=rollback,
-            message=error.message, code=error.code))
+            c, at, power_state=power, rollback=rollback, message=error.message,
+            code=error.code, changes=changes))
         self._commit()
+
+    # --- actions moving between hosts (see :mod:`vmledger.workers.moves`) ----------------
+    def hand_over(self, server: Server, host: str, task_state: str | None = None, *,
+                  data: dict[str, Any] | None = None,
+                  changes: dict[str, Any] | None = None) -> None:
+        """Record, with the steps gathered, that ``host``'s agent acts next (in
+        ``task_state``, with ``data``); when that is another host, this agent stops
+        enacting the action (:class:`_HandedOver`)."""
+        step_data, step_changes = dict(data or {}), dict(changes or {})
+        task = task_state if task_state is not None and task_state != self._task else None
+        self._steps.append(lambda s, c, at: s.reach_step(
+            c, at, host=host, task_state=task, data=step_data, changes=step_changes))
+        if task is not None:
+            self._task = task
+        self._commit()
+        if host != self.host:
+            raise _HandedOver
+
+    def note(self, changes: dict[str, Any]) -> None:
+        """A step of this host's that changes the server (a migration status), recorded
+        with the next commit."""
+        host, step_changes = self.host, dict(changes)
+        self._steps.append(lambda s, c, at: s.reach_step(c, at, host=host,
+                                                         changes=step_changes))
+
+    def advance(self, task_state: str) -> None:
+        """Move to ``task_state`` (recorded with the next commit), unless already there."""
+        if task_state != self._task:
+            self._steps.append(_advance_to(task_state))
+            self._task = task_state
+
+    def watching(self, server: Server, fn: Callable[[], Any]) -> Any:
+        """Run a long hypervisor call (a live migration) in a thread while looking, every
+        :data:`STEER_POLL` seconds, for an administrator's ``abort`` or
+        ``force_complete`` of it, each passed on to the hypervisor once (recorded)."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                box["result"] = fn()
+            except BaseException as error:  # re-raised in the agent's thread
+                box["error"] = error
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"migrate-{server.id}", daemon=True).start()
+        passed: set[str] = set()
+        sid = str(server.id)
+        while not done.wait(STEER_POLL):
+            steer = (self.service.get(server.id).pending or {}).get("steer")
+            if steer in ("abort", "force_complete") and steer not in passed:
+                passed.add(steer)
+                op = "abort_migration" if steer == "abort" else "force_complete_migration"
+                steer_call: Callable[[str], Any] = getattr(self.hypervisor, op)
+                with contextlib.suppress(HypervisorError):
+                    self.call(server, op, {}, functools.partial(steer_call, sid))
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
 
     # --- recorded hypervisor calls ----------------------------------------------------------
     def call(self, server: Server, name: str, arguments: dict[str, Any],
@@ -347,7 +427,8 @@ class HostAgent:
         if name != "observe":
             if self._found == (name, arguments):
                 self._found = None
-                return {"already": True}
+                if name not in REPEATABLE:  # else the driver answers what it did
+                    return {"already": True}
             if self._seen is None:
                 self._seen = seen(self.hypervisor.observe(str(server.id)))
             observed, host, driver = self._seen, self.host, self.hypervisor.driver

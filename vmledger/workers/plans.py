@@ -20,6 +20,7 @@ from vmledger.domain import lifecycle as lc
 from vmledger.domain.errors import VmledgerError
 from vmledger.domain.server import Server
 from vmledger.projections import images as image_view
+from vmledger.workers import moves
 
 if TYPE_CHECKING:
     from vmledger.workers.agent import HostAgent
@@ -289,21 +290,33 @@ def _unshelve(agent: HostAgent, server: Server) -> None:
     agent.call(server, "spawn", _spec_args(spec), lambda: hv.spawn(spec))
 
 
+def _or_moving(plan: Callable[[HostAgent, Server], None],
+               moved: Callable[[HostAgent, Server], None]
+               ) -> Callable[[HostAgent, Server], None]:
+    """``plan`` for a server on one host, ``moved`` when the action involves another
+    (see :func:`vmledger.workers.moves.moving`)."""
+    def enact(agent: HostAgent, server: Server) -> None:
+        (moved if moves.moving(server) else plan)(agent, server)
+    return enact
+
+
 PLANS: dict[str, Callable[[HostAgent, Server], None]] = {
     "create": _create,
     "reboot_soft": _reboot(False),
     "reboot_hard": _reboot(True),
     "rebuild": _rebuild,
-    "resize": _resize,
-    "confirm_resize": _confirm,
-    "revert_resize": _revert,
+    "resize": _or_moving(_resize, moves.cold_move),
+    "migrate": moves.cold_move,
+    "live_migrate": moves.live_move,
+    "confirm_resize": _or_moving(_confirm, moves.confirm_moved),
+    "revert_resize": _or_moving(_revert, moves.revert_moved),
     "pause": _power("pause", PowerState.PAUSED),
     "unpause": _power("unpause", PowerState.RUNNING),
     "suspend": _power("suspend", PowerState.SUSPENDED),
     "resume": _power("resume", PowerState.RUNNING),
     "stop": _power("power_off", PowerState.SHUTDOWN),
     "start": _power("power_on", PowerState.RUNNING),
-    "delete": _delete,
+    "delete": _or_moving(_delete, moves.delete_everywhere),
     "create_image": _create_image,
     "create_backup": _create_backup,
     "shelve": _shelve,

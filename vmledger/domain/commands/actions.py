@@ -84,6 +84,38 @@ class ActionCommands:
                                           subject=str(server_id), key=key,
                                           details=request.details, serialise=serialise)
 
+    def steer_migration(self, ctx: Context, server_id: str | uuid.UUID, request_id: str,
+                        steer: str, *, statuses: frozenset[str]) -> CommandResult:
+        """Ask the live migration ``request_id`` of a server to ``abort`` or to
+        ``force_complete`` (administrators): it must be the server's live migration in
+        flight, in one of ``statuses`` (the microversion says which), else a 400 as
+        Nova's; asked again, nothing more is recorded."""
+        if steer not in ("abort", "force_complete"):
+            raise BadRequest(f"Unknown migration action {steer}")
+
+        def decide(uow: UnitOfWork) -> Server | None:
+            server = load_server(uow, server_id, ctx)
+            if not ctx.is_admin:
+                raise Forbidden("Policy doesn't allow os_compute_api:servers:migrations:"
+                                f"{'delete' if steer == 'abort' else 'force_complete'}"
+                                " to be performed.")
+            pending = server.pending or {}
+            if (server.pending_action != "live_migrate"
+                    or server.pending_request_id != request_id):
+                raise BadRequest(f"The migration of instance {server.id} is not in"
+                                 " progress: it cannot be "
+                                 f"{'aborted' if steer == 'abort' else 'forced to complete'}.")
+            status = server.migration_status
+            if status not in statuses:
+                raise BadRequest(f"Migration state of instance {server.id} is {status}."
+                                 f" Cannot {steer} while the migration is in this state.")
+            if pending.get("steer") == steer:
+                return None
+            server.steer_migration(ctx, self.now(), steer)
+            return server
+        return self.deps.pipeline.execute(ctx, decide, what="The server",
+                                          subject=str(server_id), key=None, details={})
+
     def now(self) -> datetime:
         return self.deps.clock.now()
 
@@ -124,6 +156,9 @@ def _reboot(kind: str | None = None) -> Handler:
 
 
 def _resize(commands: ActionCommands, request: Request) -> Decision:
+    """A new flavor: on the server's own host when it has room for both flavors (and
+    ``allow_resize_to_same_host``, the default), else on another host the scheduler
+    picks, where the server then moves as in a cold migration."""
     params = dict(request.params)
     ref = params.pop("flavor", None)
     if ref is None or params:
@@ -136,9 +171,13 @@ def _resize(commands: ActionCommands, request: Request) -> Decision:
         new = deps.catalog.flavor(ref)
         if new.id == server.flavor.get("id"):
             raise BadRequest("When resizing, instances must change flavor!")
+        same = deps.store.allow_resize_to_same_host
+        others = [h for h in deps.reads.usable_hosts() if h != server.host]
         # its own host holds both flavors while it waits for confirm or revert
-        placement = deps.scheduler.place(ctx, uow, [str(server.id)], flavor_need(new),
-                                         [server.host])
+        placement = deps.scheduler.place(
+            ctx, uow, [str(server.id)], flavor_need(new),
+            [server.host, *others] if same else others,
+            prefer=server.host if same else None)
         if not placement.placed:
             # Nova's scheduler: no host for the new flavor. The server is left as it
             # was, the action failed.
@@ -155,10 +194,114 @@ def _resize(commands: ActionCommands, request: Request) -> Decision:
             _, quota = commands.quotas.admit(ctx, uow, server.project_id, growth)
             if quota is not None:
                 uow.add(quota)
+        dest = placement.hosts[0]
+        moving: dict[str, Any] = {} if dest == server.host else {
+            "source_host": server.host, "dest_host": dest}
         server.request_action("resize", ctx, commands.now(),
-                              params={"flavor": new.as_dict()},
-                              changes={"migration_status": "pre-migrating"})
+                              params={"flavor": new.as_dict(), **moving},
+                              changes={"migration_status": "pre-migrating",
+                                       **({"migration_dest": dest} if moving else {})})
         uow.add(*placement.claims)
+        return server
+    return decide
+
+
+def _destination(commands: ActionCommands, request: Request, uow: UnitOfWork,
+                 server: Server, host: str | None, *, force: bool, live: bool
+                 ) -> tuple[str, list[Any]]:
+    """Where a migration of ``server`` goes, as Nova's API and conductor check it: the
+    ``host`` asked for (it must exist and be up; not the server's own) or, without one
+    or unless ``force``, the host the scheduler picks among those taking servers; and the
+    claims that make the choice hold. Refusals are 400s with Nova's messages."""
+    deps, ctx = commands.deps, request.ctx
+    if host is not None:
+        if host not in deps.reads.known_hosts():
+            raise BadRequest(f"Compute host {host} could not be found.")
+        if host == server.host:
+            raise BadRequest(
+                f"Unable to migrate instance ({server.id}) to current host ({host})."
+                if live else "Cannot migrate to the host where the server exists.")
+        if not deps.reads.host_is_up(host):
+            raise BadRequest(f"Compute service of {host} is unavailable at this time.")
+    if not deps.reads.host_is_up(server.host):
+        raise BadRequest(f"Compute service of {server.host} is unavailable at this time.")
+    candidates = ([host] if force and host is not None else
+                  [h for h in deps.reads.usable_hosts()
+                   if h != server.host and (host is None or h == host)])
+    placement = deps.scheduler.place(ctx, uow, [str(server.id)], flavor_need(server.flavor),
+                                     candidates, force=host if force else None)
+    chosen = placement.hosts[0]
+    if chosen is None:
+        raise BadRequest(f"{groups.NO_VALID_HOST}. There are not enough hosts available"
+                         f" for the {'live' if live else 'cold'} migration of"
+                         f" {server.id}.")
+    return chosen, placement.claims
+
+
+def _migrate(commands: ActionCommands, request: Request) -> Decision:
+    """Nova's cold migration (administrators): a resize to the same flavor on another
+    host — ``host`` (2.56) or the scheduler's pick —, confirmed or reverted as one."""
+    params = dict(request.params)
+    host = params.pop("host", None)
+    if params:
+        raise BadRequest(f"Action migrate takes no parameters: {', '.join(sorted(params))}")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise BadRequest("Invalid input for field/attribute host.")
+    ctx = request.ctx
+
+    def decide(uow: UnitOfWork) -> Server:
+        server = commands.load(uow, request)
+        if not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:os-migrate-server:migrate"
+                            " to be performed.")
+        lc.check("migrate", server.subject, is_admin=ctx.is_admin)
+        dest, claims = _destination(commands, request, uow, server, host, force=False,
+                                    live=False)
+        server.request_action("migrate", ctx, commands.now(),
+                              params={"flavor": server.flavor, "source_host": server.host,
+                                      "dest_host": dest},
+                              changes={"migration_status": "pre-migrating",
+                                       "migration_dest": dest})
+        uow.add(*claims)
+        return server
+    return decide
+
+
+def _live_migrate(commands: ActionCommands, request: Request) -> Decision:
+    """Nova's live migration (administrators): ``host`` or the scheduler's pick,
+    ``block_migration`` (true, false or ``auto``), ``force`` (skip the scheduler for the
+    host given). The server stays ACTIVE (or PAUSED), status MIGRATING, until it runs on
+    its new host; its migration record (``live-migration``) goes ``queued``,
+    ``preparing``, ``running``, then ``completed``, ``failed`` or ``cancelled``."""
+    params = dict(request.params)
+    host = params.pop("host", None)
+    block = params.pop("block_migration", "auto")
+    force = params.pop("force", False)
+    params.pop("disk_over_commit", None)  # accepted before 2.25, ignored (as Nova)
+    if params:
+        raise BadRequest("Action os-migrateLive takes no parameters: "
+                         f"{', '.join(sorted(params))}")
+    if block not in (True, False, "auto"):
+        raise BadRequest(f"Invalid input for field/attribute block_migration. Value: {block}.")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise BadRequest("Invalid input for field/attribute host.")
+    if not isinstance(force, bool):
+        raise BadRequest(f"Invalid input for field/attribute force. Value: {force}.")
+    ctx = request.ctx
+
+    def decide(uow: UnitOfWork) -> Server:
+        server = commands.load(uow, request)
+        if not ctx.is_admin:
+            raise Forbidden("Policy doesn't allow os_compute_api:os-migrate-server:"
+                            "migrate_live to be performed.")
+        lc.check("live_migrate", server.subject, is_admin=ctx.is_admin)
+        dest, claims = _destination(commands, request, uow, server, host,
+                                    force=force and host is not None, live=True)
+        server.request_action("live_migrate", ctx, commands.now(),
+                              params={"source_host": server.host, "dest_host": dest,
+                                      "block_migration": block, "force": force},
+                              changes={"migration_status": "queued", "migration_dest": dest})
+        uow.add(*claims)
         return server
     return decide
 
@@ -427,6 +570,8 @@ _WRITTEN: dict[str, Handler] = {
     "reboot_soft": _reboot("SOFT"),
     "rebuild": Handler(_rebuild),
     "resize": Handler(_resize, places=True, admits=True),
+    "migrate": Handler(_migrate, places=True),
+    "live_migrate": Handler(_live_migrate, places=True),
     "evacuate": Handler(_evacuate, places=True),
     "confirm_resize": _migration("confirm_resize", "confirming"),
     "revert_resize": _migration("revert_resize", "reverting"),
