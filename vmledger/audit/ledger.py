@@ -486,6 +486,17 @@ def _step(e: LedgerEntry) -> str:
         if p.get("error"):
             return f"{call}: it failed {took}: {p['error']}"
         return f"{call}: it answered {_compact(p.get('result'), 120)} {took}"
+    if e.event == "StepReached":
+        changes = dict(p.get("changes") or {})
+        learned = sorted(dict(p.get("data") or {}))
+        text = (f"{p.get('action')} reached a step: {p.get('host')}'s agent acts next, task"
+                f" {p.get('task_state')}")
+        if "migration_status" in changes:
+            text += f", migration {changes['migration_status']}"
+        return text + (f" (passing on: {', '.join(learned)})" if learned else "")
+    if e.event == "MigrationSteered":
+        what = "abort" if p.get("steer") == "abort" else "force to complete"
+        return f"{_who(e)} asked to {what} the live migration in progress"
     if e.event == "HypervisorCallStarted":
         return (f"the host agent is about to call {p.get('driver')}.{p.get('call')}"
                 f"({_compact(p.get('arguments') or {}, 80)}) on {p.get('host')}")
