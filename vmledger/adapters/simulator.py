@@ -42,6 +42,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
+import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -78,14 +80,32 @@ __all__ = ["HOST_CPU_INFO", "HOST_LOCAL_GB", "HOST_MEMORY_MB", "HOST_VCPUS",
            "MUTATING_OPERATIONS", "OPERATIONS", "SimulatedCrash", "Simulator"]
 
 
+#: the simulators of this process, by the token their ``prepare_migration`` answers: a
+#: live migration between two of them moves the guest at once, as a hypervisor does
+_HERE: weakref.WeakValueDictionary[str, Simulator] = weakref.WeakValueDictionary()
+
+
 class Simulator(SimulatorHarness):
     """A deterministic in-memory hypervisor implementing the ``Hypervisor`` port.
 
     Thread-safe: one lock guards the guest table, the random generator, the scripted
     faults and :attr:`calls`; latency is slept outside the lock.
+
+    Live migration: between two simulators of one process the guest moves from one
+    table to the other in one step (it runs on the destination as it is gone from the
+    source); between processes the guest travels in the source's answer, recorded in
+    the log, and the destination takes it over from there
+    (:meth:`finish_live_migration`), its incoming copy standing in meanwhile.
     """
 
     driver = "simulator"
+
+    def _token(self) -> str:
+        token = self.__dict__.get("_migration_token")
+        if token is None:
+            token = self.__dict__["_migration_token"] = str(uuid.uuid4())
+            _HERE[token] = self
+        return str(token)
 
     # ------------------------------------------------------------------ the port
 
@@ -406,7 +426,7 @@ class Simulator(SimulatorHarness):
                     vcpus=spec.vcpus, ram_mb=spec.ram_mb, disk_gb=spec.disk_gb,
                     image_id=spec.image_id, mac=spec.mac, power_state=PowerState.PAUSED,
                     incoming=True)
-            return {"target": {"driver": self.driver}}
+            return {"target": {"driver": self.driver, "simulator": self._token()}}
 
         return self._mutate("prepare_migration", spec.server_id, apply)
 
@@ -480,6 +500,9 @@ class Simulator(SimulatorHarness):
                 moving = self._require(server_id)
                 moved = {"guest": moving.to_json(), "forced": forced,
                          "block_migration": block_migration}
+                there = _HERE.get(str(target.get("simulator", "")))
+                if there is not None and there is not self:
+                    there.receive(moving)  # it runs there as it leaves here
                 del self._guests[server_id]
                 self._departed[server_id] = moved
                 self._departed.move_to_end(server_id)
@@ -506,6 +529,14 @@ class Simulator(SimulatorHarness):
 
     def force_complete_migration(self, server_id: str) -> Result:
         return self._wish("force_complete_migration", server_id, "force")
+
+    def receive(self, guest: _Guest) -> None:
+        """A guest live-migrated here by a simulator of this process: it takes the place
+        of the incoming copy, running (or paused) as it was."""
+        with self._lock:
+            self._guests[guest.server_id] = _Guest.from_json(
+                {**guest.to_json(), "incoming": False})
+            self._persist()
 
     def finish_live_migration(self, spec: GuestSpec, moved: Mapping[str, Any]) -> Result:
         """The guest moved here takes the place of the incoming copy, as it ran there."""

@@ -185,7 +185,8 @@ def host_usage(store: ReadStore, hosts: Sequence[str] | None = None) -> dict[str
     """What the servers on each host hold: ``servers`` (how many), ``vcpus``, ``ram``
     (MB), ``disk`` (GB); only ``hosts`` when given. Hosts nothing is on are left out.
     Read from the per-host sums: one row per host, however many servers it holds."""
-    sql = f"SELECT host, {', '.join(_SUMS)} FROM {HOSTS_TABLE} WHERE servers > 0"
+    sql = (f"SELECT host, {', '.join(_SUMS)} FROM {HOSTS_TABLE}"
+           " WHERE (servers > 0 OR vcpus > 0 OR ram > 0 OR disk > 0)")
     params: list[Any] = []
     if hosts is not None:
         if not hosts:

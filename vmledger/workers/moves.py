@@ -147,7 +147,9 @@ def delete_everywhere(agent: HostAgent, server: Server) -> None:
     move in progress): each host destroys its own, the server's own host first."""
     hv, sid = agent.hypervisor, str(server.id)
     done = list(_handover(server).get("deleted_on") or [])
-    if agent.observe(server).exists:
+    # on another host than its own the copy may not show (an incoming one, mid-move):
+    # destroy is asked anyway (it answers "already" when there is nothing)
+    if agent.host != server.host or agent.observe(server).exists:
         agent.call(server, "destroy", {}, lambda: hv.destroy(sid))
     done.append(agent.host)
     left = [h for h in [str(server.host), *_elsewhere(server)] if h not in done]
