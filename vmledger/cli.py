@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="above 0, a delete only powers the server off (SOFT_DELETED: "
                             "restore or forceDelete) and it is deleted after this long; "
                             "0 (default, as Nova) deletes at once")
+    serve.add_argument("--no-resize-to-same-host", dest="allow_resize_to_same_host",
+                       action="store_false", default=True,
+                       help="a resize always goes to another host (Nova's"
+                            " allow_resize_to_same_host = false); by default it stays on"
+                            " the server's own host when that host has room")
     serve.add_argument("--auth", choices=AUTH_MODES, default="noauth",
                        help="how callers are identified: noauth (default: anyone, as "
                             "admin), token (fixed --token values) or keystone (also a "
@@ -187,6 +192,7 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
             shelved_offload_time=(None if args.shelved_offload_time == -1 else
                                   timedelta(seconds=args.shelved_offload_time)),
             reclaim_interval=timedelta(seconds=args.reclaim_instance_interval),
+            allow_resize_to_same_host=args.allow_resize_to_same_host,
             hypervisor=hypervisor,
             service_down_time=timedelta(seconds=args.service_down_time),
             allocation_ratios=cli_ops.allocation_ratios_from(args))
