@@ -399,6 +399,19 @@ def test_an_abort_asked_before_the_source_starts_cancels_the_move(cloud: Cloud) 
     assert cloud.guest("compute-2", sid) is None
 
 
+def test_an_abort_that_races_the_completion_loses_to_it(cloud: Cloud) -> None:
+    sid = cloud.server()
+    cloud.api.live_migrate(sid, host="compute-2", block_migration="auto")
+    cloud.engines["compute-2"].run_until_idle()  # prepared
+    cloud.engines["compute-1"].run_until_idle()  # sent: the guest runs on compute-2
+    _steer(cloud, sid, "abort", frozenset({"running"}))  # too late
+    cloud.settle()
+    info = cloud.api.get_server(sid)
+    assert (info.status, info.host) == ("ACTIVE", "compute-2")
+    assert _record(cloud, sid)["status"] == "completed"
+    assert cloud.running_copies(sid) == 1 and cloud.guest("compute-1", sid) is None
+
+
 def test_force_complete_is_refused_unless_the_migration_runs(cloud: Cloud) -> None:
     sid = cloud.server()
     cloud.api.live_migrate(sid, host="compute-2", block_migration="auto")

@@ -19,6 +19,10 @@ from vmledger.domain.server import Server
 from vmledger.projections.store import RowWriter
 
 TABLE = "vmledger_acting_hosts"
+#: the actions that may give a server a row, or end the one it has: a command of any
+#: other touches this table not at all
+_MOVE_RELATED = frozenset({"resize", "migrate", "live_migrate", "confirm_resize",
+                           "revert_resize", "delete", "soft_delete"})
 
 
 def acting_host_of(doc: dict[str, Any]) -> str | None:
@@ -65,7 +69,9 @@ class MovingBatch:
         """Nothing: rows follow the folded server documents."""
 
     def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
-        self.docs[server_id] = doc
+        if (getattr(event, "action", None) in _MOVE_RELATED
+                or isinstance(event, Server.StateReset)):
+            self.docs[server_id] = doc
 
     def write(self) -> None:
         rows: list[tuple[str, str]] = []
