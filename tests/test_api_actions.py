@@ -283,7 +283,7 @@ def test_malformed_action_body_is_400(client: ApiClient, sid: str, content: byte
     assert r.json() == {"badRequest": {"code": 400, "message": "Malformed request body"}}
 
 
-@pytest.mark.parametrize("key", ["os-migrateLive", "changePassword", "migrate", "Pause"])
+@pytest.mark.parametrize("key", ["changePassword", "os-migrate", "migrateLive", "Pause"])
 def test_unknown_action_is_400(client: ApiClient, sid: str, key: str) -> None:
     r = act(client, sid, {key: None})
     assert r.status_code == 400

@@ -621,8 +621,9 @@ def perform(sim: Simulator, item: tuple[str, str, int, str, bool, PowerState]) -
         return None
     if op == "snapshot":
         return sim.snapshot(sid, f"snap-{image}")
-    if op == "prepare_migration":
-        return sim.prepare_migration(spec, live=hard)
+    if op == "prepare_migration":  # where to send the guest: this simulator's own token
+        prepared = dict(sim.prepare_migration(spec, live=hard))
+        return {**prepared, "target": {**prepared["target"], "simulator": "<token>"}}
     if op == "migrate_disk":
         return sim.migrate_disk(sid, {"driver": "simulator"})
     if op == "finish_migration":

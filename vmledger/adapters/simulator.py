@@ -40,9 +40,9 @@ power on, and a rebuild, resize or resize revert that leaves the guest running.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
-import uuid
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -83,6 +83,8 @@ __all__ = ["HOST_CPU_INFO", "HOST_LOCAL_GB", "HOST_MEMORY_MB", "HOST_VCPUS",
 #: the simulators of this process, by the token their ``prepare_migration`` answers: a
 #: live migration between two of them moves the guest at once, as a hypervisor does
 _HERE: weakref.WeakValueDictionary[str, Simulator] = weakref.WeakValueDictionary()
+#: tokens in the order simulators are first asked to prepare (the same run, the same)
+_TOKENS = itertools.count(1)
 
 
 class Simulator(SimulatorHarness):
@@ -103,7 +105,7 @@ class Simulator(SimulatorHarness):
     def _token(self) -> str:
         token = self.__dict__.get("_migration_token")
         if token is None:
-            token = self.__dict__["_migration_token"] = str(uuid.uuid4())
+            token = self.__dict__["_migration_token"] = f"simulator-{next(_TOKENS)}"
             _HERE[token] = self
         return str(token)
 
@@ -117,7 +119,7 @@ class Simulator(SimulatorHarness):
             if guest is None:
                 return Observation(exists=False)
             if guest.incoming:  # waiting for a live migration: no guest runs here yet
-                return Observation(exists=False, details={"incoming": True})
+                return Observation(exists=False)
             return Observation(
                 exists=True,
                 power_state=guest.power_state,
