@@ -734,7 +734,7 @@ def test_property_same_seed_same_story_and_observe_is_consistent(
 
 def observation_from_snapshot(sim: Simulator, server_id: str) -> dict[str, Any]:
     guest = sim.guests().get(server_id)
-    if guest is None:
+    if guest is None or guest.get("incoming"):  # an incoming copy shows nothing yet
         return Observation(exists=False).as_dict()
     return {
         "exists": True,
