@@ -185,7 +185,7 @@ class Simulator(SimulatorHarness):
         with self._lock:
             self.calls.append(("diagnostics", server_id))
             guest = self._guests.get(server_id)
-            if guest is None:
+            if guest is None or guest.incoming:
                 raise _not_found()
             running = guest.power_state == PowerState.RUNNING
             return {
@@ -225,7 +225,7 @@ class Simulator(SimulatorHarness):
         with self._lock:
             self.calls.append(("console_output", server_id))
             guest = self._guests.get(server_id)
-            if guest is None:
+            if guest is None or guest.incoming:
                 raise HypervisorError(NO_CONSOLE, code=404)
             return _console_text(guest)
 
@@ -234,7 +234,7 @@ class Simulator(SimulatorHarness):
 
         def apply() -> Result:
             guest = self._guests.get(spec.server_id)
-            if guest is None:
+            if guest is None or guest.incoming:
                 guest = _Guest(
                     server_id=spec.server_id,
                     name=spec.name,

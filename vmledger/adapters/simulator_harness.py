@@ -155,7 +155,7 @@ class SimulatorHarness:
 
     def _require(self, server_id: str) -> _Guest:
         guest = self._guests.get(server_id)
-        if guest is None:
+        if guest is None or guest.incoming:  # an incoming copy is no guest yet
             raise _not_found()
         return guest
 
