@@ -388,8 +388,8 @@ def _send_template(world: tuple[ApiClient, str], keystone: ApiClient, index: int
     client, sid = world
     method, path, _, version = TEMPLATES[index]
     target = keystone if path.startswith("/identity") else client
-    return target.request(method, path.format(sid=sid, service=_service_id(client),
-                                                      migration_id="1"),
+    path = path.format(sid=sid, service=_service_id(client), migration_id="1")
+    return target.request(method, path,
                           content=body, headers={
                               "Content-Type": "application/json",
                               "OpenStack-API-Version": f"compute {version}"})
