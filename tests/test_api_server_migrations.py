@@ -116,12 +116,14 @@ def _migrations(hosts: Hosts, sid: str, version: str = "2.96",
 
 def _abort(hosts: Hosts, sid: str, mid: int | str, version: str = "2.96",
            who: dict[str, str] = ADMIN) -> httpx.Response:
+    hosts.clock.advance(seconds=1)
     return hosts.client.delete(f"/v2.1/servers/{sid}/migrations/{mid}",
                                headers=_v(version, who))
 
 
 def _force(hosts: Hosts, sid: str, mid: int | str, version: str = "2.96",
            body: Any = None, who: dict[str, str] = ADMIN) -> httpx.Response:
+    hosts.clock.advance(seconds=1)
     return hosts.client.post(f"/v2.1/servers/{sid}/migrations/{mid}/action",
                              json={"force_complete": None} if body is None else body,
                              headers=_v(version, who))
@@ -131,6 +133,12 @@ def _fault(r: httpx.Response, code: int, message: str) -> None:
     assert r.status_code == code, r.text
     [(_name, fault)] = r.json().items()
     assert (fault["code"], fault["message"]) == (code, message)
+
+
+def _actions(hosts: Hosts, sid: str) -> list[str]:
+    listed = hosts.client.get(f"/v2.1/servers/{sid}/os-instance-actions",
+                              headers=ADMIN).json()["instanceActions"]
+    return [a["action"] for a in listed]
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -323,6 +331,9 @@ def test_refusals_are_nova_s(hosts: Hosts) -> None:
     # from 2.65 a queued migration is aborted: it never starts
     r = _abort(hosts, sid, 2, "2.65")
     assert r.status_code == 202 and r.content == b""
+    head = len(hosts.first.history(sid))
+    assert _abort(hosts, sid, 2, "2.65").status_code == 202  # asked again: nothing more
+    assert len(hosts.first.history(sid)) == head
     hosts.settle()
     server = _shown(hosts, sid)
     assert (server["status"], server["OS-EXT-SRV-ATTR:host"]) == ("ACTIVE", "compute-2")
@@ -332,6 +343,8 @@ def test_refusals_are_nova_s(hosts: Hosts) -> None:
     assert isinstance(hosts.second.hypervisor, Simulator)
     assert hosts.second.hypervisor.observe(sid).exists
     assert not hosts.first.hypervisor.observe(sid).exists
+    # the abort is an action of its own, as Nova records it
+    assert _actions(hosts, sid)[:2] == ["live_migration_cancel", "live-migration"]
 
 
 def test_a_paused_server_s_migration_is_not_forced(hosts: Hosts) -> None:
@@ -381,6 +394,7 @@ def test_aborting_a_slow_live_migration(slow_hosts: Hosts) -> None:
     assert hosts.first.hypervisor.observe(sid).exists
     assert not hosts.second.hypervisor.observe(sid).exists
     assert ("abort_migration", sid) in hosts.first.hypervisor.calls  # type: ignore[attr-defined]
+    assert _actions(hosts, sid) == ["live_migration_cancel", "live-migration", "create"]
 
 
 def test_forcing_a_slow_live_migration_to_complete(slow_hosts: Hosts) -> None:
@@ -402,3 +416,5 @@ def test_forcing_a_slow_live_migration_to_complete(slow_hosts: Hosts) -> None:
     assert not hosts.first.hypervisor.observe(sid).exists
     assert ("force_complete_migration", sid) in (
         hosts.first.hypervisor.calls)  # type: ignore[attr-defined]
+    assert _actions(hosts, sid) == ["live_migration_force_complete", "live-migration",
+                                    "create"]

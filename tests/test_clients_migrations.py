@@ -183,8 +183,9 @@ def test_the_cli_moves_a_server_between_two_agent_processes(
         ("migration", "reverted")]
     events = osc("server", "event", "list", "mover", output=True)
     assert [e["Action"] for e in events] == [
-        "live-migration", "live-migration", "live-migration", "revertResize", "migrate",
-        "confirmResize", "migrate", "create"]
+        "live_migration_force_complete", "live-migration", "live_migration_cancel",
+        "live-migration", "live-migration", "revertResize", "migrate", "confirmResize",
+        "migrate", "create"]
 
 
 # --- openstacksdk ----------------------------------------------------------------------
