@@ -1,14 +1,15 @@
 """``GET /os-migrations`` and ``/servers/{id}/migrations``: Nova's migration records.
 
-Every resize is a migration record (``migration_type`` ``resize``, from the server's
-host to itself), kept by the migrations read model. As
-``nova/api/openstack/compute/migrations.py`` (administrators only):
+Every resize, cold migration, live migration and evacuation is a migration record
+(``migration_type`` ``resize``, ``migration``, ``live-migration``, ``evacuation``), kept
+by the migrations read model. As ``nova/api/openstack/compute/migrations.py``
+(administrators only):
 
 - fields: ``id``, ``status``, ``instance_uuid``, ``source_compute``/``source_node``,
   ``dest_compute``/``dest_node``, ``dest_host`` (null: hosts have no recorded address),
   ``old_instance_type_id``/``new_instance_type_id``, ``created_at``, ``updated_at``;
   ``migration_type`` from 2.23, ``uuid`` from 2.59, ``user_id`` and ``project_id`` (who
-  asked for the resize) from 2.80.
+  asked for the move) from 2.80.
 - filters: ``status``, ``host`` (source or destination), ``source_compute``,
   ``instance_uuid``, ``migration_type``, ``hidden`` (no record is hidden); before 2.59
   any other parameter is ignored, oldest first.
@@ -231,7 +232,6 @@ async def show_server_migration(call: Call) -> Response:
 
 
 def _abort(call: Call, server_id: str, migration_id: str) -> None:
-    owned_server(call.engine, call.principal, server_id)
     call.engine.abort_migration(server_id, migration_id, queued=call.at_least(2, 65),
                                 ctx=call.context())
 
@@ -244,7 +244,6 @@ async def abort_server_migration(call: Call) -> Response:
 
 
 def _force_complete(call: Call, server_id: str, migration_id: str) -> None:
-    owned_server(call.engine, call.principal, server_id)
     call.engine.force_complete_migration(server_id, migration_id, ctx=call.context())
 
 

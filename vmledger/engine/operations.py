@@ -91,7 +91,8 @@ class OperationsFacade(EngineBase):
                    before: datetime | None = None, newest_first: bool = False,
                    limit: int | None = None, marker: str | None = None,
                    where: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Nova's migration records (one per resize or evacuation), as rows of the
+        """Nova's migration records (one per resize, cold or live migration and
+        evacuation), as rows of the
         migrations view: ``id``, ``uuid``, ``server_id``, ``status``, hosts, flavor
         numbers, who asked, ``created_at`` / ``updated_at`` (UTC text). Filters: the
         server, the status, a host (source or destination), ``updated_at`` bounds and
