@@ -141,6 +141,29 @@ def _actions(hosts: Hosts, sid: str) -> list[str]:
     return [a["action"] for a in listed]
 
 
+def _tempest_valid(client: type, schema_name: str, version: str, r: httpx.Response
+                   ) -> None:
+    """The response as tempest's client of that microversion validates it (its schema
+    of the range, ``additionalProperties`` false)."""
+    from tempest.lib.common.rest_client import RestClient
+
+    wanted = tuple(int(n) for n in version.split("."))
+
+    def within(entry: dict[str, Any]) -> bool:
+        low, high = entry["min"], entry["max"]
+        return ((low is None or wanted >= tuple(int(n) for n in low.split(".")))
+                and (high is None or wanted <= tuple(int(n) for n in high.split("."))))
+
+    [entry] = [e for e in client.schema_versions_info  # type: ignore[attr-defined]
+               if within(e)]
+
+    class Response(dict[str, str]):
+        status = r.status_code
+
+    RestClient.validate_response(getattr(entry["schema"], schema_name), Response(),
+                                 r.json())
+
+
 def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -178,6 +201,16 @@ def test_a_live_migration_in_progress_per_microversion(hosts: Hosts) -> None:
     [at80] = _migrations(hosts, sid, "2.80").json()["migrations"]
     assert set(at80) == FIELDS | {"uuid", "user_id", "project_id"}
     assert (at80["user_id"], at80["project_id"]) == ("root", "ops")
+    # as tempest's clients validate them, at each of their schemas' ranges
+    pytest.importorskip("tempest.lib")
+    from tempest.lib.services.compute.migrations_client import MigrationsClient
+    from tempest.lib.services.compute.servers_client import ServersClient
+    for version in ("2.23", "2.59", "2.62", "2.80", "2.96"):
+        _tempest_valid(MigrationsClient, "list_migrations", version, hosts.client.get(
+            "/v2.1/os-migrations", headers=_v(version)))
+        if version != "2.59":  # tempest's client uses its 2.58 schema to 2.61: no uuid
+            _tempest_valid(ServersClient, "list_live_migrations", version,
+                           _migrations(hosts, sid, version))
     shown = hosts.client.get(f"/v2.1/servers/{sid}/migrations/1", headers=_v("2.80"))
     assert shown.json() == {"migration": at80}
     # before 2.23 neither route exists
