@@ -33,7 +33,8 @@ json_values = st.recursive(
                          "keypair", "public_key", "type", "reboot", "resize", "server",
                          "min_count", "max_count", "k", "lock", "createImage", "adminPass",
                          "rescue_image_ref", "length", "backup_type", "rotation",
-                         "availability_zone", "host"])
+                         "availability_zone", "host", "force_complete",
+                         "block_migration"])
         | st.text(max_size=8), inner, max_size=4),
     max_leaves=10)
 
@@ -41,6 +42,7 @@ ROUTES = [
     ("post", "/v2.1/servers"),
     ("put", "/v2.1/servers/{sid}"),
     ("post", "/v2.1/servers/{sid}/action"),
+    ("post", "/v2.1/servers/{sid}/migrations/1/action"),
     ("post", "/v2.1/servers/{sid}/metadata"),
     ("put", "/v2.1/servers/{sid}/metadata"),
     ("put", "/v2.1/servers/{sid}/metadata/k"),
@@ -172,6 +174,7 @@ def test_every_action_with_any_value_never_answers_5xx(world: tuple[ApiClient, s
                                  "/v2.1/servers/{x}/os-instance-actions",
                                  "/v2.1/servers/{x}/migrations",
                                  "/v2.1/servers/{sid}/migrations/{x}",
+                                 "/v2.1/servers/{x}/migrations/1",
                                  "/v2.1/os-simple-tenant-usage/{x}",
                                  "/v2.1/os-hypervisors/{x}",
                                  "/v2.1/os-hypervisors/{x}/uptime",
@@ -268,6 +271,11 @@ TEMPLATES: list[tuple[str, str, Any, str]] = [
     ("POST", "/v2.1/servers/{sid}/action", {"os-getConsoleOutput": {"length": 5}}, "2.96"),
     ("POST", "/v2.1/servers/{sid}/action", {"evacuate": {"host": "compute-1"}}, "2.96"),
     ("POST", "/v2.1/servers/{sid}/action", {"os-resetState": {"state": "active"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"migrate": {"host": "compute-2"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/action", {"os-migrateLive": {
+        "host": "compute-2", "block_migration": "auto"}}, "2.96"),
+    ("POST", "/v2.1/servers/{sid}/migrations/{migration_id}/action", {"force_complete": None},
+     "2.96"),
     ("POST", "/v2.1/servers/{sid}/metadata", {"metadata": {"k": "v", "k2": "v2"}}, "2.96"),
     ("PUT", "/v2.1/servers/{sid}/metadata", {"metadata": {"k": "v"}}, "2.96"),
     ("PUT", "/v2.1/servers/{sid}/metadata/k", {"meta": {"k": "v"}}, "2.96"),
@@ -380,7 +388,8 @@ def _send_template(world: tuple[ApiClient, str], keystone: ApiClient, index: int
     client, sid = world
     method, path, _, version = TEMPLATES[index]
     target = keystone if path.startswith("/identity") else client
-    return target.request(method, path.format(sid=sid, service=_service_id(client)),
+    path = path.format(sid=sid, service=_service_id(client), migration_id="1")
+    return target.request(method, path,
                           content=body, headers={
                               "Content-Type": "application/json",
                               "OpenStack-API-Version": f"compute {version}"})

@@ -26,6 +26,22 @@ def test_simulator_names(tmp_path: Path) -> None:
     assert isinstance(open_hypervisor("simulator:memory"), Simulator)
 
 
+def test_a_simulator_s_live_migrations_may_be_slow(tmp_path: Path) -> None:
+    """``?live_migration_seconds=N``: a live migration leaving that host copies for N
+    seconds (time to abort it or force it); any other option, or not a number, refused."""
+    slow = open_hypervisor("simulator:memory?live_migration_seconds=2.5")
+    assert isinstance(slow, Simulator) and slow.live_migration_seconds == 2.5
+    kept = open_hypervisor(f"simulator://{tmp_path / 'g.json'}?live_migration_seconds=1")
+    assert isinstance(kept, Simulator) and kept.live_migration_seconds == 1.0
+    plain = open_hypervisor("simulator:memory")
+    assert isinstance(plain, Simulator) and plain.live_migration_seconds == 0.0
+    with pytest.raises(ValueError, match="unknown simulator option 'speed'"):
+        open_hypervisor("simulator:memory?speed=1")
+    for bad in ("-1", "x", "inf", "nan", ""):
+        with pytest.raises(ValueError, match="live_migration_seconds is a number of seconds"):
+            open_hypervisor(f"simulator:memory?live_migration_seconds={bad}")
+
+
 def test_unknown_names_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown hypervisor 'vmware://x'"):
         open_hypervisor("vmware://x")

@@ -256,13 +256,14 @@ def test_server_migrations(memory_engine: Engine, clock: FakeClock) -> None:
     memory_engine.run_until_idle()
     h = {**ADMIN, "X-OpenStack-Nova-API-Version": "2.23"}
     r = client.get(f"/v2.1/servers/{sid}/migrations", headers=h)
-    assert r.status_code == 200 and r.json() == {"migrations": []}  # no live migrations
+    assert r.status_code == 200 and r.json() == {"migrations": []}  # a resize is not live
     r = client.get(f"/v2.1/servers/{sid}/migrations/1", headers=h)
     assert r.status_code == 404
     assert r.json()["itemNotFound"]["message"] == (
         f"Migration 1 for server {sid} is not live-migration.")
     r = client.get(f"/v2.1/servers/{sid}/migrations/9", headers=h)
-    assert r.json()["itemNotFound"]["message"] == f"Migration 9 not found for instance {sid}"
+    assert r.json()["itemNotFound"]["message"] == (  # Nova's show says "in-progress"
+        f"In-progress live migration 9 is not found for server {sid}.")
     r = client.get("/v2.1/servers/00000000-0000-0000-0000-000000000000/migrations",
                    headers=h)
     assert r.status_code == 404

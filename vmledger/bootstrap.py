@@ -64,6 +64,9 @@ class Settings:
     service_down_time: timedelta = SERVICE_DOWN_TIME
     allocation_ratios: AllocationRatios | None = None
     allow_resize_to_same_host: bool = True
+    #: False: this process runs no host agent (an API process alone), so it has no
+    #: compute host of its own — every host is one whose agent reports
+    agent: bool = True
 
 
 @dataclass
@@ -110,7 +113,8 @@ def build(url: str, settings: Settings) -> Graph:
     updater.attach(store.recorder)
     store.catalog.overrides = lambda: flavor_overrides(view)
     hypervisor = settings.hypervisor or Simulator(seed=settings.seed or 0)
-    fleet = Fleet(view, updater, hypervisor, settings.host, store.hosts, clock,
+    own_hosts = store.hosts if settings.agent else ()
+    fleet = Fleet(view, updater, hypervisor, settings.host, own_hosts, clock,
                   service_down_time=settings.service_down_time,
                   allocation_ratios=settings.allocation_ratios or AllocationRatios())
     reads = FleetReads(fleet)
@@ -119,7 +123,8 @@ def build(url: str, settings: Settings) -> Graph:
                       stopwatch=settings.stopwatch)
     graph = Graph(store=store, view=view, updater=updater, commands=commands,
                   hypervisor=hypervisor, fleet=fleet, reads=reads,
-                  guests=Guests(view, hypervisor, settings.host, fleet), agent=agent,
+                  guests=Guests(view, hypervisor, settings.host if settings.agent else None,
+                                fleet), agent=agent,
                   timer=Timer(store, commands.outcomes, updater), ledger=Ledger(store))
     updater.catch_up()
     return graph

@@ -1,13 +1,14 @@
 """The ``vmledger`` command: serve the Compute API, or print a server's history.
 
-``vmledger serve`` runs the engine (host agent and timer in a background thread) behind
-the OpenStack Compute API v2.1 on ``http://BIND:PORT/v2.1``, with callers identified by
-``--auth noauth|token|keystone`` (``--token TOKEN:USER:PROJECT:ROLES`` and ``--user
-NAME:PASSWORD:PROJECT:ROLES``, both repeatable); ``vmledger history SERVER`` prints every
-event of one server (named by id or name), oldest first. Start-up failures are one line
-on stderr with an exit code (:mod:`vmledger.cli_support`). Every flag of ``serve`` and
-``agent`` may also come from a ``VMLEDGER_*`` variable or a TOML file, and ``vmledger
-config show`` prints what is in effect (:mod:`vmledger.cli_config`).
+``vmledger serve`` runs the engine (host agent and timer in a background thread, unless
+``--no-agent``) behind the OpenStack Compute API v2.1 on ``http://BIND:PORT/v2.1``, with
+callers identified by ``--auth noauth|token|keystone`` (``--token
+TOKEN:USER:PROJECT:ROLES`` and ``--user NAME:PASSWORD:PROJECT:ROLES``, both repeatable);
+``vmledger history SERVER`` prints every event of one server (named by id or name),
+oldest first. Start-up failures are one line on stderr with an exit code
+(:mod:`vmledger.cli_support`). Every flag of ``serve`` and ``agent`` may also come from a
+``VMLEDGER_*`` variable or a TOML file, and ``vmledger config show`` prints what is in
+effect (:mod:`vmledger.cli_config`).
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {DEFAULT_URL})")
     serve.add_argument("--host-name", default="compute-1", metavar="NAME",
                        help="the compute host servers run on (default compute-1)")
+    serve.add_argument("--no-agent", action="store_true",
+                       help="serve the API only: no host agent or timer in this process "
+                            "(run a `vmledger agent --host NAME` for each host); "
+                            "--host-name and the hypervisor flags are then unused")
     serve.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
                        help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8774,
@@ -185,7 +190,8 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
     logs.configure(args.log_level, args.log_format)
     sock = listen(args.bind, args.port)  # before anything says it serves there
     try:
-        hypervisor = cli_ops.open_hypervisor_from(args, host=args.host_name)
+        hypervisor = (None if args.no_agent  # no guest of its own: none is opened
+                      else cli_ops.open_hypervisor_from(args, host=args.host_name))
         engine = cli_support.open_engine(
             args.db, host=args.host_name,
             confirm_window=timedelta(seconds=args.confirm_window),
@@ -195,16 +201,23 @@ def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:
             allow_resize_to_same_host=args.allow_resize_to_same_host,
             hypervisor=hypervisor,
             service_down_time=timedelta(seconds=args.service_down_time),
-            allocation_ratios=cli_ops.allocation_ratios_from(args))
+            allocation_ratios=cli_ops.allocation_ratios_from(args),
+            agent=not args.no_agent)
     except BaseException:
         sock.close()
         raise
     try:
         engine.run_in_background(0.2, sync_interval=args.sync_interval)
         app = create_app(engine, auth=auth)
-        log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s, "
-                 "hypervisor %s, auth %s)", args.bind, sock.getsockname()[1], redact(args.db),
-                 args.host_name, cli_ops.hypervisor_label(args, args.host_name), args.auth)
+        if args.no_agent:
+            log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, no host "
+                     "agent, auth %s)", args.bind, sock.getsockname()[1], redact(args.db),
+                     args.auth)
+        else:
+            log.info("serving the Compute API on http://%s:%d/v2.1 (database %s, host %s, "
+                     "hypervisor %s, auth %s)", args.bind, sock.getsockname()[1],
+                     redact(args.db), args.host_name,
+                     cli_ops.hypervisor_label(args, args.host_name), args.auth)
         run_http(app, sock, host=args.bind, port=args.port, log_level=args.log_level)
     finally:
         sock.close()

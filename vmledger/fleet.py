@@ -162,7 +162,7 @@ class Fleet:
         used = host_usage(self.view, hosts)
         room: dict[str, dict[str, float]] = {}
         for host in hosts:
-            if host == self.host:
+            if host in self.own_hosts:
                 info = self._last_host_info or self.host_info()
             else:
                 if reports is None:
@@ -195,7 +195,7 @@ class Fleet:
         for service in self.compute_services(reports):
             host = service["host"]
             report = reports.get(host)
-            if host == self.host:
+            if host in self.own_hosts:
                 info = self.host_info()
                 state = "up" if info is not None and not service["forced_down"] else "down"
                 info = info or self._last_host_info or (report or {}).get("info")

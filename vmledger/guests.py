@@ -27,7 +27,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")
 
 
 class Guests:
-    def __init__(self, view: ServersView, hypervisor: Hypervisor, host: str,
+    def __init__(self, view: ServersView, hypervisor: Hypervisor, host: str | None,
                  fleet: Fleet) -> None:
         self.view = view
         self.hypervisor = hypervisor
@@ -91,6 +91,8 @@ class Guests:
         """Answer the questions other processes asked of this host's guests; drop those
         their askers gave up on. Returns how many were answered."""
         answered = 0
+        if self.host is None:  # no host of its own (a process without an agent)
+            return answered
         now = datetime.now(UTC)
         for question, server_id, kind, asked_at in guest_reads.questions(self.view,
                                                                           self.host):

@@ -2,7 +2,9 @@
 
 ``simulator`` or ``simulator:memory`` (in memory: the guests are gone with the process),
 ``simulator:///path/state.json`` (the simulator's guests kept in a file, so a restarted
-process finds them; the ``vmledger`` command's default, beside the database), or any libvirt
+process finds them; the ``vmledger`` command's default, beside the database) — either
+with ``?live_migration_seconds=N`` to make a live migration copy for N seconds (time to
+abort it or force it to complete) —, or any libvirt
 URI (``test:///default``, ``qemu:///system``, ``qemu+ssh://host/system``) for the
 libvirt driver. For libvirt, ``image_dir`` holds the base qcow2 files of the catalog's
 images, named ``<image name>.qcow2`` or ``<image id>.qcow2`` (an image without one boots
@@ -12,7 +14,7 @@ diskless); server disks and custom images go to ``disk_dir``.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from vmledger.adapters.hypervisor import Hypervisor
 from vmledger.adapters.simulator import Simulator
@@ -27,10 +29,12 @@ def open_hypervisor(name: str, *, catalog: Catalog | None = None,
     """The driver a name or URI selects (ValueError with the choices otherwise)."""
     if name in ("simulator", "sim", "simulator:memory"):
         return Simulator(seed=seed)
-    scheme = urlsplit(name).scheme
-    if scheme == "simulator":
-        path = urlsplit(name).path
-        return Simulator(seed=seed, state_path=path or None)
+    parts = urlsplit(name)
+    if parts.scheme == "simulator":
+        path = None if parts.path in ("", "memory") else parts.path
+        return Simulator(seed=seed, state_path=path,
+                         live_migration_seconds=_live_migration_seconds(parts.query))
+    scheme = parts.scheme
     if scheme in LIBVIRT_SCHEMES:
         from vmledger.adapters.libvirt import LibvirtDriver
 
@@ -49,3 +53,18 @@ def open_hypervisor(name: str, *, catalog: Catalog | None = None,
     raise ValueError(f"unknown hypervisor {name!r}: use simulator, simulator:memory, "
                      "simulator:///state.json or a libvirt URI (test:///default, qemu:///system, "
                      "qemu+ssh://host/system)")
+
+
+def _live_migration_seconds(query: str) -> float:
+    """The simulator's one option a URI's query may give (ValueError for any other)."""
+    seconds = 0.0
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key != "live_migration_seconds":
+            raise ValueError(f"unknown simulator option {key!r}: use live_migration_seconds")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(f"live_migration_seconds is a number of seconds, not {value!r}")
+    return seconds

@@ -8,7 +8,9 @@ written along concepts (:mod:`.servers`, :mod:`.resources`, :mod:`.operations`).
 
 Two ways to drive the agent and the timer: call :meth:`Engine.run_until_idle` (tests,
 scripts, deterministic simulations) or :meth:`Engine.run_in_background` (a
-long-running service).
+long-running service). An engine made with ``agent=False`` runs neither (an API process
+beside separate ``vmledger agent`` processes): it has no host of its own, and in the
+background only follows the log.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
                  reclaim_interval: timedelta = timedelta(0),
                  service_down_time: timedelta = SERVICE_DOWN_TIME,
                  allocation_ratios: AllocationRatios | None = None,
-                 allow_resize_to_same_host: bool = True) -> None:
+                 allow_resize_to_same_host: bool = True, agent: bool = True) -> None:
         self.url = url
+        #: whether this engine runs a host agent and the timer (for its ``host``)
+        self.runs_agent = agent
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,7 +65,7 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
             request_id_factory=request_id_factory, stopwatch=stopwatch,
             shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval,
             service_down_time=service_down_time, allocation_ratios=allocation_ratios,
-            allow_resize_to_same_host=allow_resize_to_same_host)))
+            allow_resize_to_same_host=allow_resize_to_same_host, agent=agent)))
         # every command saved in this process wakes the agent and the timer at once
         self.commands.deps.pipeline.on_saved(lambda _result: self._wake.set())
 
@@ -69,7 +73,9 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
     def run_once(self) -> int:
         """One pass of the host agent and the timer; return how much they did. What they
         record reaches the read models by the next catch-up (one transaction for a pass),
-        not in each of their commands' transactions."""
+        not in each of their commands' transactions. Nothing, without an agent."""
+        if not self.runs_agent:
+            return 0
         self.report_host()
         with self.updater.deferred():
             return self.graph.guests.answer() + self.agent.run_once() + self.timer.run_once()
@@ -100,18 +106,23 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
         pipeline's signal), or one saved by another process (PostgreSQL: the log's
         LISTEN/NOTIFY channel; SQLite: the log polled every ``interval``). Idle, a pass
         runs every ``interval`` seconds for what no event announces: deadlines coming
-        due and other processes' questions about this host's guests."""
-        if self._thread is not None:
+        due and other processes' questions about this host's guests. Without an agent,
+        only the view follows the log."""
+        if self._thread is not None or self._follower is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, args=(interval, sync_interval),
-                                        name=f"vmledger-agent-{self.host}", daemon=True)
-        self._thread.start()
+        if self.runs_agent:
+            self._start_agent(interval, sync_interval)
         # the view follows the log (events from other processes too) and wakes the agent
         self._follower = threading.Thread(
             target=self.updater.follow, args=(self._stop, self._wake.set, interval),
             name="vmledger-view-follower", daemon=True)
         self._follower.start()
+
+    def _start_agent(self, interval: float, sync_interval: float) -> None:
+        self._thread = threading.Thread(target=self._loop, args=(interval, sync_interval),
+                                        name=f"vmledger-agent-{self.host}", daemon=True)
+        self._thread.start()
 
     def _loop(self, interval: float, sync_interval: float) -> None:
         next_sync = time.monotonic() + sync_interval

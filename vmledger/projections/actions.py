@@ -7,7 +7,10 @@ step and finished by the outcome (``Success`` or ``Error`` with the fault's mess
 details). Written in the servers view's transaction (a :class:`ViewExtension`).
 
 The names come from the action's lifecycle row (``instance_action`` and ``event``); an
-action name no row has raises :class:`~vmledger.domain.lifecycle.UnknownAction`.
+action name no row has raises :class:`~vmledger.domain.lifecycle.UnknownAction`. An
+administrator's abort or force-complete of a live migration is an action of its own, as
+Nova records it (``live_migration_cancel``, ``live_migration_force_complete``), with no
+events: the source host's agent passes it on within the live migration's own action.
 """
 
 from __future__ import annotations
@@ -66,10 +69,12 @@ def _agent_event(doc: Doc, name: str, at: dict[str, str], host: str | None) -> D
 
 
 # what each kind of server event does to the actions: starts one, or is a step of one
-_STARTS, _LOCK, _RESET, _STEP, _OUTCOME, _OTHER = range(6)
+_STARTS, _LOCK, _RESET, _STEER, _STEP, _OUTCOME, _OTHER = range(7)
 _KINDS: dict[type, int] = {}
 #: the kinds that begin a new action document whatever was there before
-_BEGINS = frozenset({_STARTS, _LOCK, _RESET})
+_BEGINS = frozenset({_STARTS, _LOCK, _RESET, _STEER})
+#: Nova's instance-action names of a live migration's steering
+_STEERS = {"abort": "live_migration_cancel", "force_complete": "live_migration_force_complete"}
 
 
 def _kind(cls: type) -> int:
@@ -81,6 +86,8 @@ def _kind(cls: type) -> int:
             kind = _LOCK
         elif issubclass(cls, Server.StateReset):
             kind = _RESET
+        elif issubclass(cls, Server.MigrationSteered):
+            kind = _STEER
         elif issubclass(cls, Server.TaskAdvanced | Server.HypervisorCalled):
             kind = _STEP
         elif issubclass(cls, Server.ActionCompleted | Server.ActionFailed):
@@ -112,6 +119,8 @@ def fold_action(doc: Doc | None, event: Any, host: str | None,
         return new
     if kind == _RESET:
         return _new(event, sid, lc.row("reset_state").instance_action, at)
+    if kind == _STEER:
+        return _new(event, sid, _STEERS.get(event.steer, str(event.steer)), at)
     if doc is None:
         return None
     action = event.action
