@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import actions, api, audit, commands, hypervisors, projections, scale
+from benchmarks import actions, api, audit, commands, hypervisors, moves, projections, scale
 from tests.support.postgres import postgres_skip_reason
 
 pytestmark = pytest.mark.slow
@@ -89,3 +89,11 @@ def test_scale_benchmark_runs() -> None:
     for _, label, _ in scale.FIGURES:
         assert label in report
     assert "x0k" not in report
+
+
+def test_moves_benchmark_runs() -> None:
+    report = moves.run(moves.Sizes(servers=2, repetitions=1), log=_quiet)
+    for label in ("resize + confirm on its own host", "cold migration + confirm",
+                  "live migration"):
+        assert label in report
+    assert "1.00x" in report  # the baseline against itself
