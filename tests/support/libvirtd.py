@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "HOST2_URI_ENV",
     "LIBVIRT_MISSING_REASON",
     "QEMU_URI",
-    "HOST2_URI_ENV",
     "READY_MARKER",
     "UPTIME_MARKER",
     "AcpiGuest",
