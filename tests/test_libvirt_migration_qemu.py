@@ -301,11 +301,20 @@ def test_abort_and_force_complete_of_a_slow_live_migration(hosts: Hosts,
     mover = threading.Thread(target=migrate)
     mover.start()
     wait_until(copying)
+    # an agent restarted meanwhile (another driver, knowing nothing of the move) asks
+    # again: it waits for the move libvirtd carries on with, then answers "already"
+    restarted = LibvirtDriver(QEMU_URI, disk_dir=str(hosts.dirs[0]), poll=0.05)
+    repeat = threading.Thread(target=lambda: outcome.setdefault(
+        "again", restarted.live_migrate(sid, target, block_migration=False)))
+    repeat.start()
     assert one.force_complete_migration(sid) == {"force": True, "method": "pause"}
     dom.migrateSetMaxSpeed(8192, 0)  # paused, the copy converges; let it finish quickly
     mover.join(60)
+    repeat.join(60)
+    restarted.close()
     moved = outcome["moved"]
     assert moved["forced"] is True and moved["power_state"] == PowerState.RUNNING
+    assert outcome["again"]["already"] is True and outcome["again"]["uri"] == target["uri"]
     assert state(one, sid) is None and state(two, sid) in (R, P)
     assert two.finish_live_migration(spec, moved)["power_state"] == PowerState.RUNNING
     assert state(two, sid) == R

@@ -228,60 +228,80 @@ class MigrationMixin(DriverBase):
         the destination's disk directory — hard links of the same files (shared storage)
         or, with ``block_migration``, blank files QEMU copies the disk into. Blocks until
         done; the files' names here are then removed. Repeated after the guest left:
-        the same answer with ``"already": True``."""
+        the same answer with ``"already": True``; repeated while a migration started
+        earlier (by a process since restarted) still runs: waits for it first."""
         uri = target.get("uri")
         if not isinstance(uri, str) or not uri:
             raise _refused("The migration target names no libvirt URI", 400)
 
         def body(conn: Any, do: _Progress) -> Result:
             dom = self._lookup(conn, server_id)
-            if dom is None:
-                return self._departed_answer(server_id, uri)
-            host = target.get("host_uuid")
-            if host is not None and host == _host_uuid(conn):
-                raise _refused(f"Cannot live migrate guest {server_id} to the host it is on")
-            inst = _instance(dom)
-            if inst.resize_pending or inst.rescued:
-                raise _refused(f"Cannot live migrate guest {server_id} now: it is "
-                               f"{'resized' if inst.resize_pending else 'rescued'}")
-            power = _power(dom)
-            if power not in (PowerState.RUNNING, PowerState.PAUSED):
-                raise _wrong_state("live migrate", server_id, power)
-            live, persistent = dom.XMLDesc(_MIGRATABLE), dom.XMLDesc(_INACTIVE | _MIGRATABLE)
-            dest_dir = self._target_dir(server_id, target, persistent)
-            made: list[str] = []
+            while dom is not None and _migrating_out(dom):
+                # started before this process (re)started: libvirtd carries on with it,
+                # so wait for its end rather than fail to start a second one
+                self._sleep(self.poll)
+                dom = self._lookup(conn, server_id)
             try:
-                disk, console, flags = self._place_files(
-                    server_id, persistent, dest_dir, target, block_migration, made)
-                params: dict[str, Any] = {
-                    libvirt.VIR_MIGRATE_PARAM_DEST_XML: relocated(live, disk=disk,
-                                                                  console=console),
-                    libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: relocated(
-                        persistent, disk=disk, console=console)}
-                migrate_uri = target.get("migrate_uri")
-                if isinstance(migrate_uri, str) and migrate_uri:
-                    params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
-                forced = self._migrate(dom, server_id, uri, params, flags, power)
-            except BaseException:
-                disks.remove(*made)
-                raise
-            do.changed = True
-            ours = self._disk_path(server_id)
-            left = [f for f in (disk_source(persistent), console_log(persistent))
-                    if f is not None and self.disk_dir is not None
-                    and os.path.dirname(f) == os.path.abspath(self.disk_dir)]
-            removed = disks.remove(*left, *([ours + ".new"] if ours else []))
-            moved = {"domain": domain_name(server_id), "uri": uri, "disk": disk,
-                     "console": console, "power_state": int(power), "forced": forced,
-                     "block_migration": block_migration}
-            with self._guard:
-                self._departed[server_id] = moved
-                self._departed.move_to_end(server_id)
-                while len(self._departed) > DEPARTED_KEPT:
-                    self._departed.popitem(last=False)
-            return {**moved, "removed": removed}
+                if dom is not None:
+                    return self._send(conn, dom, server_id, target, uri, block_migration,
+                                      do)
+            except libvirt.libvirtError as e:
+                # it left meanwhile (that earlier migration ended just now)
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN \
+                        or self._lookup(conn, server_id) is not None:
+                    raise
+            return self._departed_answer(server_id, uri)
 
         return self._act(server_id, body)
+
+    def _send(self, conn: Any, dom: Any, server_id: str, target: Mapping[str, Any],
+              uri: str, block_migration: bool, do: _Progress) -> Result:
+        host = target.get("host_uuid")
+        if host is not None and host == _host_uuid(conn):
+            raise _refused(f"Cannot live migrate guest {server_id} to the host it is on")
+        inst = _instance(dom)
+        if inst.resize_pending or inst.rescued:
+            raise _refused(f"Cannot live migrate guest {server_id} now: it is "
+                           f"{'resized' if inst.resize_pending else 'rescued'}")
+        power = _power(dom)
+        if power not in (PowerState.RUNNING, PowerState.PAUSED):
+            raise _wrong_state("live migrate", server_id, power)
+        live, persistent = dom.XMLDesc(_MIGRATABLE), dom.XMLDesc(_INACTIVE | _MIGRATABLE)
+        dest_dir = self._target_dir(server_id, target, persistent)
+        made: list[str] = []
+        try:
+            disk, console, flags = self._place_files(
+                server_id, persistent, dest_dir, target, block_migration, made)
+            params: dict[str, Any] = {
+                libvirt.VIR_MIGRATE_PARAM_DEST_XML: relocated(live, disk=disk,
+                                                              console=console),
+                libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: relocated(
+                    persistent, disk=disk, console=console)}
+            migrate_uri = target.get("migrate_uri")
+            if isinstance(migrate_uri, str) and migrate_uri:
+                params[libvirt.VIR_MIGRATE_PARAM_URI] = migrate_uri
+            forced = self._migrate(dom, server_id, uri, params, flags, power)
+        except BaseException:
+            disks.remove(*made)
+            raise
+        do.changed = True
+        moved = {"domain": domain_name(server_id), "uri": uri, "disk": disk,
+                 "console": console, "power_state": int(power), "forced": forced,
+                 "block_migration": block_migration}
+        with self._guard:
+            self._departed[server_id] = moved
+            self._departed.move_to_end(server_id)
+            while len(self._departed) > DEPARTED_KEPT:
+                self._departed.popitem(last=False)
+        return {**moved, "removed": self._remove_left(server_id)}
+
+    def _remove_left(self, server_id: str) -> list[str]:
+        """This host's names of the files of a guest that left (the destination has its
+        own: links, or copies)."""
+        if self.disk_dir is None:
+            return []
+        path = disks.overlay_path(self.disk_dir, server_id)
+        return disks.remove(path, path + ".new", disks.console_path(self.disk_dir, server_id))
 
     def _place_files(self, server_id: str, xml: str, dest_dir: str | None,
                      target: Mapping[str, Any], block: bool, made: list[str]
@@ -305,7 +325,8 @@ class MigrationMixin(DriverBase):
         if os.path.exists(disk) and not os.path.samefile(disk, source):
             raise _refused(f"A disk of guest {server_id} is already on the destination")
         if not block:
-            made.append(disk)
+            if not os.path.exists(disk):  # else: placed by an earlier attempt
+                made.append(disk)
             if disks.link_or_copy(source, disk) != "link":
                 disks.remove(disk)
                 raise _refused("The two hosts' disk directories are on different "
@@ -344,6 +365,8 @@ class MigrationMixin(DriverBase):
                         dom.resume()
             if aborted or e.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
                 raise _refused(CANCELLED) from e
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise  # gone before this move began: live_migrate looks where it went
             raise _error(e, rollback=True) from e
         finally:
             with self._guard:
@@ -364,7 +387,7 @@ class MigrationMixin(DriverBase):
                 if dom is not None:
                     return {"domain": domain_name(server_id), "uri": uri,
                             "power_state": int(_power(dom)), "forced": False,
-                            "already": True}
+                            "already": True, "removed": self._remove_left(server_id)}
             finally:
                 other.close()
         raise _not_found()
