@@ -5,9 +5,12 @@
   ``open()`` of such a URI is its own in-process hypervisor);
 * :func:`qemu_skip_reason` -- why the ``qemu`` tier cannot run (no libvirtd socket:
   ``.ci/libvirt-setup`` starts one);
+* :func:`second_host` -- the second libvirtd ``.ci/libvirt-setup`` starts (another host
+  on the same machine, for the migration tests), or why there is none;
 * :func:`build_acpi_guest` -- a Linux kernel + busybox initramfs, from Debian packages,
   whose init runs ``acpid`` and powers off on the ACPI power button, so soft reboot and
-  graceful shutdown have a guest that reacts (a diskless guest ignores both);
+  graceful shutdown have a guest that reacts (a diskless guest ignores both), and then
+  prints its uptime twice a second (a live-migrated guest keeps counting);
 * :func:`boot_from_kernel` -- turn a domain definition into one booting that guest,
   with its serial console in a file (:class:`ConsoleLog` waits for lines in it).
 """
@@ -26,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "HOST2_URI_ENV",
     "LIBVIRT_MISSING_REASON",
     "QEMU_URI",
     "READY_MARKER",
+    "UPTIME_MARKER",
     "AcpiGuest",
     "ConsoleLog",
     "boot_from_kernel",
@@ -36,6 +41,7 @@ __all__ = [
     "libvirt_skip_reason",
     "node_uri",
     "qemu_skip_reason",
+    "second_host",
 ]
 
 LIBVIRT_MISSING_REASON = (
@@ -46,6 +52,10 @@ QEMU_URI = "qemu:///system"
 LIBVIRTD_SOCKETS = (Path("/run/libvirt/libvirt-sock"), Path("/var/run/libvirt/libvirt-sock"))
 #: printed on the serial console by the ACPI guest's init once acpid runs
 READY_MARKER = "VMLEDGER-GUEST-READY"
+#: then, twice a second, followed by the guest's uptime in seconds (/proc/uptime)
+UPTIME_MARKER = "VMLEDGER-GUEST-UPTIME"
+#: where .ci/libvirt-setup writes the second host's URI (and host 1's, as host 2 sees it)
+HOST2_URI_ENV = "VMLEDGER_LIBVIRT_HOST2_URI"
 
 _NODE_XML = """<node>
   <cpu><mhz>2000</mhz><model>x86_64</model><active>8</active><nodes>1</nodes>
@@ -95,6 +105,36 @@ def qemu_skip_reason(uri: str = QEMU_URI) -> str | None:
     return None
 
 
+def _state_dir() -> Path:
+    return Path(os.environ.get("VMLEDGER_LIBVIRT_STATE", "/run/vmledger-libvirt"))
+
+
+def second_host() -> tuple[str, str] | str:
+    """(host 2's URI, host 1's URI as any libvirtd on this machine reaches it): the
+    second libvirtd ``.ci/libvirt-setup`` starts; or why there is none, and how to fix it.
+
+    ``$VMLEDGER_LIBVIRT_HOST2_URI`` (and ``$VMLEDGER_LIBVIRT_HOST1_URI``) name other
+    daemons; by default the URIs the setup wrote to ``$VMLEDGER_LIBVIRT_STATE``.
+    """
+    reason = qemu_skip_reason(QEMU_URI)
+    if reason is not None:
+        return reason
+    state = _state_dir()
+    host2 = os.environ.get(HOST2_URI_ENV)
+    host1 = os.environ.get("VMLEDGER_LIBVIRT_HOST1_URI")
+    try:
+        host2 = host2 or (state / "host2.uri").read_text().strip()
+        host1 = host1 or (state / "host1.uri").read_text().strip()
+    except FileNotFoundError:
+        return (f"no second libvirtd ({state}/host2.uri not found): run .ci/libvirt-setup "
+                f"as root to start one, or set {HOST2_URI_ENV}")
+    for uri in (host2, host1):
+        reason = qemu_skip_reason(uri)
+        if reason is not None:
+            return f"the second libvirt host does not answer: {reason}"
+    return host2, host1
+
+
 # --------------------------------------------------------------------------------------
 # The ACPI guest: Debian's cloud kernel + a busybox initramfs.
 # --------------------------------------------------------------------------------------
@@ -120,7 +160,9 @@ for i in $(seq 200); do
   usleep 50000
 done
 echo {READY_MARKER}
-while true; do sleep 3600; done
+# the guest's own clock, twice a second: a guest that keeps running (live migration)
+# shows it growing without a new boot
+while true; do echo "{UPTIME_MARKER} $(cut -d' ' -f1 /proc/uptime)"; usleep 500000; done
 """
 _POWER_BUTTON = "#!/bin/sh\npoweroff -f\n"
 
@@ -176,7 +218,7 @@ def build_acpi_guest(cache: Path | None = None) -> AcpiGuest:
     Downloads ``linux-image-<version>-cloud-amd64`` (≈27 MB) and ``busybox-static`` with
     ``apt-get download`` (nothing is installed). Raises RuntimeError when that fails.
     """
-    target = (cache or _default_cache()) / "acpi-guest"
+    target = (cache or _default_cache()) / "acpi-guest-2"  # -2: the init prints its uptime
     guest = AcpiGuest(kernel=target / "vmlinuz", initrd=target / "initrd.gz")
     if guest.kernel.is_file() and guest.initrd.is_file():
         return guest

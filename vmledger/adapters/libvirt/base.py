@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Self
@@ -120,12 +121,23 @@ def _undefine_flags(dom: Any) -> None:
                 raise
 
 
+def _peer_uri(uri: str) -> str:
+    """``uri`` as another libvirtd reaches it: a local URI (``qemu:///system``) names the
+    daemon's own driver from inside a daemon, so the UNIX transport is made explicit."""
+    scheme, sep, rest = uri.partition(":")
+    if sep and "+" not in scheme and scheme != "test" and rest.startswith("///"):
+        return f"{scheme}+unix:{rest}"
+    return uri
+
+
 class DriverBase:
     """The state and low-level helpers of :class:`~.driver.LibvirtDriver`."""
 
     def __init__(self, uri: str, *, images: Mapping[str, str] | None = None,
                  disk_dir: str | None = None, domain_type: str = "qemu",
                  network: str | None = None, acpi_timeout: float = 30.0, poll: float = 0.2,
+                 peer_uri: str | None = None, migrate_uri: str | None = None,
+                 post_copy: bool = False,
                  sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         if images and disk_dir is None:
@@ -139,12 +151,22 @@ class DriverBase:
         self.network = network
         self.acpi_timeout = acpi_timeout
         self.poll = poll
+        #: this host's libvirtd as the other hosts' libvirtd reach it (migrations)
+        self.peer_uri = peer_uri or _peer_uri(uri)
+        #: where QEMU's migration stream comes in (None: libvirt uses this host's name)
+        self.migrate_uri = migrate_uri
+        #: force-complete switches a live migration to post-copy instead of pausing it
+        self.post_copy = post_copy
         self._sleep = sleep
         self._monotonic = monotonic
         self._connection = Connection(uri)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.RLock] = {}
         self._lock_users: dict[str, int] = {}
+        # live migrations leaving this host (what abort/force asked), and the answers of
+        # the last ones that left (a repeated live_migrate answers the same), by guest
+        self._outgoing: dict[str, dict[str, Any]] = {}
+        self._departed: OrderedDict[str, Result] = OrderedDict()
 
     def close(self) -> None:
         self._connection.close()
@@ -244,6 +266,21 @@ class DriverBase:
         """(base file, overlay path) when the image of ``spec`` has a base file."""
         base, path = self._base(spec.image_id), self._disk_path(spec.server_id)
         return None if base is None or path is None else (base, path)
+
+    def _power_off(self, dom: Any, power: PowerState, do: _Progress) -> Result:
+        """ACPI power button to a running guest, ``destroy()`` after ``acpi_timeout``
+        (or at once for a guest that cannot react); say how (power-off, cold migration)."""
+        if power == PowerState.RUNNING:
+            do(dom.shutdown)
+            if self._wait(lambda: not dom.isActive()):
+                return {"method": "acpi"}
+        try:
+            do(dom.destroy)
+        except libvirt.libvirtError as e:  # it went off by itself in the meantime
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
+                raise
+            return {"method": "acpi"}
+        return {"method": "destroy"}
 
     def _start(self, dom: Any, power: PowerState, do: _Progress) -> str:
         """Bring a guest that is not running to RUNNING; say how."""

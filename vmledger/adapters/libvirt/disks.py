@@ -1,4 +1,5 @@
-"""Root disks of libvirt guests: qcow2 overlays on an image's base file, made with qemu-img.
+"""Root disks of libvirt guests: qcow2 overlays on an image's base file, made with qemu-img;
+and the copies and links that move them to another host's disk directory.
 
 A guest's disk is ``<disk_dir>/vmledger-<server id>.qcow2``, a copy-on-write overlay of
 the image's base qcow2 file (which is never written). Its virtual size is the flavor's
@@ -10,14 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 
 __all__ = [
     "GIB",
     "DiskError",
+    "backing_file",
+    "copy",
+    "create_blank",
     "create_overlay",
     "flatten",
     "grow",
+    "link_or_copy",
     "md5",
     "overlay_path",
     "remove",
@@ -126,6 +132,52 @@ def flatten(source: str, target: str) -> tuple[int, str]:
     finally:
         remove(tmp)
     return os.path.getsize(target), checksum
+
+
+def backing_file(path: str) -> str | None:
+    """The absolute path of the file ``path`` is an overlay of (None: standalone)."""
+    info = json.loads(_qemu_img("info", "-U", "--output=json", path))
+    backing = info.get("full-backing-filename") or info.get("backing-filename")
+    if not backing:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(path)), str(backing))
+
+
+def create_blank(path: str, size: int, backing: str | None = None) -> None:
+    """An empty qcow2 ``path`` of ``size`` bytes, on ``backing`` if given (the target of
+    a block migration, which QEMU fills)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    args = ["-F", "qcow2", "-b", backing] if backing is not None else []
+    _qemu_img("create", "-q", "-f", "qcow2", *args, path, str(size))
+
+
+def copy(source: str, target: str) -> None:
+    """Copy a file, atomically (via ``target.tmp``): a ``target`` that exists is whole."""
+    tmp = target + ".tmp"
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as e:
+        raise DiskError(f"cannot copy {source} to {target}: {e.strerror or e}") from e
+    finally:
+        remove(tmp)
+
+
+def link_or_copy(source: str, target: str) -> str:
+    """Make ``target`` the same file as ``source`` (a hard link: both names open the
+    one file, as on shared storage) or, across filesystems, a copy; say which."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.exists(target):
+        if os.path.samefile(source, target):
+            return "link"
+        remove(target)
+    try:
+        os.link(source, target)
+    except OSError:
+        copy(source, target)
+        return "copy"
+    return "link"
 
 
 def md5(path: str) -> str:

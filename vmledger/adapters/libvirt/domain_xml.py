@@ -33,8 +33,10 @@ __all__ = [
     "disk_source",
     "domain_name",
     "domain_xml",
+    "mac_address",
     "parse_instance",
     "rebuilt",
+    "relocated",
     "rescued",
     "resized",
     "without_resize",
@@ -311,4 +313,34 @@ def rebuilt(xml: str, spec: GuestSpec, *, disk: str | None) -> str:
             source = ET.SubElement(old, "source")
         source.attrib.clear()
         source.set("file", disk)
+    return ET.tostring(root, encoding="unicode")
+
+
+def mac_address(xml: str) -> str | None:
+    """The MAC address of a definition's first NIC, if it has one."""
+    mac = ET.fromstring(xml).find("devices/interface/mac")
+    return None if mac is None else mac.get("address")
+
+
+def relocated(xml: str, *, disk: str | None, console: str | None) -> str:
+    """``xml`` with its root disk on ``disk`` and its file-backed serial console writing
+    to ``console`` (where they are on the destination of a migration); the rest, UUID
+    and MACs included, unchanged."""
+    root = ET.fromstring(xml)
+    own = _root_disk(root)
+    if own is not None and disk is not None:
+        for stale in own.findall("backingStore"):  # libvirt reads the new file's chain
+            own.remove(stale)
+        source = own.find("source")
+        if source is None:
+            source = ET.SubElement(own, "source")
+        source.set("file", disk)
+    old = console_log(xml)
+    if console is not None and old is not None:
+        # the live definition repeats the first serial port as <console>: move both
+        for device in root.findall("devices/serial") + root.findall("devices/console"):
+            source = device.find("source")
+            if device.get("type") == "file" and source is not None \
+                    and source.get("path") == old:
+                source.set("path", console)
     return ET.tostring(root, encoding="unicode")

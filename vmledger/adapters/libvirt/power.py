@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import libvirt
-
 from vmledger.adapters.hypervisor import HypervisorError, PowerState, Result
 from vmledger.adapters.libvirt.base import DriverBase, _power, _Progress, _wrong_state
 
@@ -78,19 +76,6 @@ class PowerMixin(DriverBase):
             "power_off", server_id,
             frozenset({PowerState.RUNNING, PowerState.PAUSED, PowerState.CRASHED}),
             PowerState.SHUTDOWN, self._power_off)
-
-    def _power_off(self, dom: Any, power: PowerState, do: _Progress) -> Result:
-        if power == PowerState.RUNNING:
-            do(dom.shutdown)
-            if self._wait(lambda: not dom.isActive()):
-                return {"method": "acpi"}
-        try:
-            do(dom.destroy)
-        except libvirt.libvirtError as e:  # it went off by itself in the meantime
-            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
-                raise
-            return {"method": "acpi"}
-        return {"method": "destroy"}
 
     def reboot(self, server_id: str, *, hard: bool) -> Result:
         """Soft: ACPI power-off then start, or ``reset()`` if the guest does not power off
