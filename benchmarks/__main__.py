@@ -1,5 +1,5 @@
-"""``python -m benchmarks [--suite commands|actions|api|projections|audit|hypervisors|scale|all]
-[--quick] [--large] [--backend ...]``."""
+"""``python -m benchmarks [--suite commands|actions|api|projections|audit|hypervisors|scale|
+writers|all] [--quick] [--large] [--backend ...]``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from benchmarks import commands
 
-SUITES = ("commands", "actions", "api", "projections", "audit", "hypervisors", "scale")
+SUITES = ("commands", "actions", "api", "projections", "audit", "hypervisors", "scale",
+          "writers")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -19,7 +20,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="vmledger's benchmarks: durable commands per second against a raw-driver "
                     "baseline (commands), complete lifecycle actions against Nova's row pattern "
                     "(actions), the Compute API over HTTP (api), the read models' rebuild "
-                    "throughput and live lag (projections), costs per fleet size (scale).")
+                    "throughput and live lag (projections), costs per fleet size (scale), "
+                    "concurrent writers on PostgreSQL in process and over HTTP (writers).")
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="all",
                         help="which benchmark to run (default: all)")
     parser.add_argument("--quick", action="store_true",
@@ -102,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            else scale.FULL)
             report = scale.run(backends if args.backend != "all" else ("sqlite",),
                                scale_sizes, log=log)
+        elif suite == "writers":
+            from benchmarks import writers
+
+            report = writers.run(writers.QUICK if args.quick else writers.FULL, log=log)
         elif suite == "hypervisors":
             from benchmarks import hypervisors
 
