@@ -17,7 +17,8 @@ table laid out like eventsourcing's stored events, the same cluster and durabili
 Its figure is the database's own ceiling for this concurrency on this machine.
 
 *HTTP*: ``vmledger serve`` twice (two API processes on one database, each with its
-host agent and view follower, the simulator), C clients sending ``POST
+host agent — hosts compute-1 and compute-2 — and view follower, the simulator); C
+servers created through the API and built by the agents; then C clients sending ``POST
 /servers/{id}/action`` lock / unlock (202 once durable), client k on process k mod 2
 and on its own server, keep-alive. The client is a small asyncio HTTP/1.1 loop (no
 client library), so that it takes little of the machine's two CPUs from the servers.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import subprocess
@@ -255,13 +257,17 @@ def api_processes(url: str, count: int, directory: Path) -> Iterator[list[int]]:
     from benchmarks.api import _free_port
 
     children: list[tuple[subprocess.Popen[bytes], int, Path]] = []
+    # this checkout's code, whatever is installed; the simulators' state files in
+    # ``directory``
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     try:
         for k in range(count):
             port = _free_port()
             log_path = directory / f"serve-{k}.log"
             with open(log_path, "wb") as output:
-                child = subprocess.Popen(_serve_command(url, port, "compute-1"),
-                                         cwd=REPO_ROOT, stdout=output,
+                child = subprocess.Popen(_serve_command(url, port, f"compute-{k + 1}"),
+                                         cwd=directory, env=env, stdout=output,
                                          stderr=subprocess.STDOUT)
             children.append((child, port, log_path))
         for child, port, log_path in children:
@@ -370,6 +376,34 @@ def _events(url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def create_servers(ports: Sequence[int], count: int, timeout: float = 120.0) -> list[str]:
+    """``count`` servers created through the API (each process's agent builds those
+    scheduled on its host, on its own simulator); their ids once all are ACTIVE."""
+    import httpx
+
+    from vmledger.domain.catalog import image_id_for
+
+    ids: list[str] = []
+    for k in range(count):
+        response = httpx.post(
+            f"http://127.0.0.1:{ports[k % len(ports)]}/v2.1/servers", timeout=30,
+            json={"server": {"name": f"http-{k}", "flavorRef": "1",
+                             "imageRef": image_id_for(IMAGE), "networks": "none"}})
+        if response.status_code != 202:
+            raise WorkloadError(f"create: {response.status_code} {response.text[:300]}")
+        ids.append(response.json()["server"]["id"])
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = httpx.get(f"http://127.0.0.1:{ports[0]}/v2.1/servers/detail",
+                           timeout=30).json()["servers"]
+        states = {s["id"]: s["status"] for s in listed}
+        if all(states.get(i) == "ACTIVE" for i in ids):
+            return ids
+        if any(states.get(i) == "ERROR" for i in ids) or time.monotonic() > deadline:
+            raise WorkloadError(f"servers not ACTIVE: {sorted(set(states.values()))}")
+        time.sleep(0.2)
+
+
 @dataclass
 class HttpReport:
     clients: int
@@ -384,8 +418,6 @@ def over_http(backend: commands.PostgresBackend, sizes: Sizes,
               log: Callable[[str], None]) -> HttpReport:
     import tempfile
 
-    from vmledger.engine import Engine
-
     labels = {"all": f"{sizes.http_processes} API processes",
               "one": "1 API process (the other idle)"}
     rates: dict[str, list[float]] = {k: [] for k in labels}
@@ -394,30 +426,24 @@ def over_http(backend: commands.PostgresBackend, sizes: Sizes,
     directory = Path(tempfile.mkdtemp(prefix="vmledger-bench-writers-"))
     durable = True
     try:
-        with backend.database() as url:
-            engine = Engine(url, allocation_ratios=commands.UNLIMITED)
-            try:  # noauth callers act in the project "admin"
-                ids = [engine.create_server(f"http-{k}", FLAVOR, IMAGE).id
-                       for k in range(sizes.http_clients)]
-                engine.run_until_idle()
-            finally:
-                engine.close()
-            with api_processes(url, sizes.http_processes, directory) as ports:
-                for rep in range(sizes.repetitions):
-                    order = list(labels)
-                    random.Random(rep).shuffle(order)
-                    for key in order:
-                        before = _events(url)
-                        chosen = ports if key == "all" else ports[:1]
-                        window = asyncio.run(_http_window(chosen, ids, 0.5,
-                                                          sizes.http_seconds))
-                        # every 202 is durable: its event is in the log
-                        durable = durable and _events(url) - before >= window.accepted
-                        rates[key].append(window.rate)
-                        p50[key].append(window.p50_ms)
-                        p99[key].append(window.p99_ms)
-                    log(f"  HTTP repetition {rep + 1}/{sizes.repetitions}: "
-                        + ", ".join(f"{labels[k]} {rates[k][-1]:,.0f}/s" for k in labels))
+        with (backend.database() as url,
+              api_processes(url, sizes.http_processes, directory) as ports):
+            ids = create_servers(ports, sizes.http_clients)
+            for rep in range(sizes.repetitions):
+                order = list(labels)
+                random.Random(rep).shuffle(order)
+                for key in order:
+                    before = _events(url)
+                    chosen = ports if key == "all" else ports[:1]
+                    window = asyncio.run(_http_window(chosen, ids, 0.5,
+                                                      sizes.http_seconds))
+                    # every 202 is durable: its event is in the log
+                    durable = durable and _events(url) - before >= window.accepted
+                    rates[key].append(window.rate)
+                    p50[key].append(window.p50_ms)
+                    p99[key].append(window.p99_ms)
+                log(f"  HTTP repetition {rep + 1}/{sizes.repetitions}: "
+                    + ", ".join(f"{labels[k]} {rates[k][-1]:,.0f}/s" for k in labels))
     finally:
         import shutil
 
