@@ -1,5 +1,5 @@
 """``python -m benchmarks [--suite commands|actions|api|projections|audit|hypervisors|scale|
-moves|all] [--quick] [--large] [--backend ...]``."""
+moves|writers|all] [--quick] [--large] [--backend ...]``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from benchmarks import commands
 
 SUITES = ("commands", "actions", "api", "projections", "audit", "hypervisors", "scale",
-          "moves")
+          "moves", "writers")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -21,7 +21,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "baseline (commands), complete lifecycle actions against Nova's row pattern "
                     "(actions), the Compute API over HTTP (api), the read models' rebuild "
                     "throughput and live lag (projections), costs per fleet size (scale), "
-                    "servers moving between hosts against a same-host resize (moves).")
+                    "servers moving between hosts against a same-host resize (moves), "
+                    "concurrent writers on PostgreSQL in process and over HTTP (writers).")
     parser.add_argument("--suite", choices=(*SUITES, "all"), default="all",
                         help="which benchmark to run (default: all)")
     parser.add_argument("--quick", action="store_true",
@@ -108,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from benchmarks import moves
 
             report = moves.run(moves.QUICK if args.quick else moves.FULL, log=log)
+        elif suite == "writers":
+            from benchmarks import writers
+
+            report = writers.run(writers.QUICK if args.quick else writers.FULL, log=log)
         elif suite == "hypervisors":
             from benchmarks import hypervisors
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import actions, api, audit, commands, hypervisors, moves, projections, scale
+from benchmarks import (
+    actions,
+    api,
+    audit,
+    commands,
+    hypervisors,
+    moves,
+    projections,
+    scale,
+    writers,
+)
 from tests.support.postgres import postgres_skip_reason
 
 pytestmark = pytest.mark.slow
@@ -97,3 +107,15 @@ def test_moves_benchmark_runs() -> None:
                   "live migration"):
         assert label in report
     assert "1.00x" in report  # the baseline against itself
+
+
+def test_writers_benchmark_runs() -> None:
+    sizes = writers.Sizes(writers=(2,), seconds=0.3, repetitions=1, http_clients=2,
+                          http_processes=2, http_seconds=0.3)
+    report = writers.run(sizes, log=_quiet)
+    if postgres_skip_reason() is not None:
+        assert "postgres  skipped" in report
+        return
+    assert "command service" in report and "raw driver" in report
+    assert "2 API processes" in report
+    assert "every acknowledged command's event is in the log: yes" in report

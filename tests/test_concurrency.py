@@ -55,3 +55,50 @@ def test_view_rebuilds_from_the_log(url: str) -> None:
         after = {s.id: s.doc for s in engine.list_servers(include_deleted=True)}
         assert after == before
         assert engine.get_server(ids[0]).status == "PAUSED"
+
+
+@pytest.mark.postgres
+def test_commands_saved_at_once_share_a_commit_and_a_lost_race_is_decided_again(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: the commands one process saves while a write is under way go in one
+    transaction (group commit); a command of the group that lost its race is refused
+    alone (409), the others are recorded, and the audit chain verifies."""
+    import time
+
+    import psycopg
+
+    from vmledger.audit import verify
+
+    with make_engine(postgres_url) as engine:
+        raced = engine.create_server("raced", flavor="m1.small", image="cirros-0.6.2-x86_64")
+        others = [engine.create_server(f"vm-{i}", flavor="m1.small",
+                                       image="cirros-0.6.2-x86_64") for i in range(4)]
+        engine.run_until_idle()
+        recorder = engine.service.recorder
+        write = recorder._insert_once  # type: ignore[attr-defined]
+        first = [True]
+
+        def slow_first(events: object) -> object:
+            if first[0]:  # the others queue up meanwhile
+                first[0] = False
+                time.sleep(0.5)
+            return write(events)
+
+        monkeypatch.setattr(recorder, "_insert_once", slow_first)
+        calls = [functools.partial(engine.act, raced.id, "stop") for _ in range(3)]
+        calls += [functools.partial(engine.lock, s.id) for s in others]
+        assert racing(calls) == ["InvalidState", "InvalidState", "ok", "ok", "ok", "ok",
+                                 "ok"]
+        monkeypatch.undo()
+        stops = [e for e in engine.history(raced.id)
+                 if e.details.get("action") == "stop" and e.event == "ActionRequested"]
+        assert len(stops) == 1
+        assert all(engine.get_server(s.id).locked for s in others)
+        with psycopg.connect(postgres_url) as conn:
+            row = conn.execute(
+                "SELECT count(DISTINCT xmin::text) FROM vmledger_events WHERE topic LIKE "
+                "'%Server.LockChanged'").fetchone()
+        assert row is not None and row[0] < len(others)  # fewer commits than commands
+        assert verify(engine.service).ok
+        engine.run_until_idle()
+        assert engine.get_server(raced.id).status == "SHUTOFF"

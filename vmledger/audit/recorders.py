@@ -6,19 +6,24 @@ the library's ``APPLICATION_RECORDER_TOPIC`` (see :mod:`vmledger.persistence`)."
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.postgres import (
     PostgresAggregateRecorder,
     PostgresApplicationRecorder,
     PostgresDatastore,
 )
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, retry
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
@@ -171,6 +176,43 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
 # PostgreSQL
 # --------------------------------------------------------------------------------------
 
+#: at most this many commands are written in one group (one transaction)
+GROUP_LIMIT = 64
+
+
+class _Pending:
+    """One command's events waiting to be written with a group, and the outcome."""
+
+    __slots__ = ("error", "events", "finished", "ids")
+
+    def __init__(self, events: Sequence[StoredEvent]) -> None:
+        self.events = events
+        self.ids: Sequence[int] = ()
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def done(self, ids: Sequence[int]) -> None:
+        self.ids, self.finished = ids, True
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.finished = error, True
+
+    def result(self) -> Sequence[int]:
+        if self.error is not None:
+            raise self.error
+        return self.ids
+
+
+class _Group:
+    """The commands of this process waiting to be written, and whether a group is being
+    written now (by one of the waiting threads)."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Condition()
+        self.queue: list[_Pending] = []
+        self.busy = False
+
+
 class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
     """The PostgreSQL application recorder, writing the chain and the request index too.
 
@@ -187,6 +229,10 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         self.audit_key = AuditKey.from_environment()
         self.in_transaction: list[InTransaction] = []
         self._local = threading.local()
+        self._group = _Group()
+        #: called after a group's transaction committed, in the thread that wrote it
+        #: (the one that ran the ``in_transaction`` callbacks)
+        self.after_commit: list[Callable[[], None]] = []
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(datastore.schema)
         id_type = Identifier(datastore.originator_id_type)
@@ -247,11 +293,126 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         self._sql_version_at: Composed = SQL(
             "SELECT MAX(originator_version) AS v FROM {schema}.{requests} "
             "WHERE originator_id = %s AND event_time <= %s").format(**fmt)
+        self._sql_taken: Composed = SQL(
+            "SELECT e.originator_id::text AS originator_id, e.originator_version "
+            "FROM unnest(%s::{id_type}[], %s::bigint[]) AS k (oid, version) "
+            "JOIN {schema}.{events} e ON e.originator_id = k.oid "
+            "AND e.originator_version = k.version").format(
+                events=Identifier(events_table_name), **fmt)
         self._sql_max_chain: Composed = SQL(
             "SELECT MAX(notification_id) AS m FROM {schema}.{chain}").format(**fmt)
         self._sql_indexed: Composed = SQL(
             "SELECT COUNT(*) AS n FROM {schema}.{requests} WHERE originator_id = %s"
         ).format(**fmt)
+
+    # --- group commit ------------------------------------------------------------------
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
+                      ) -> Sequence[int] | None:
+        """The library's insert, shared by the commands of this process that save at the
+        same moment: one transaction, one table lock and one WAL flush for all of them
+        (group commit). A command arriving while a group is being written waits for it
+        and goes in the next; alone, a command is written at once, as before.
+
+        Every command of a group gets its own notification ids and the events keep the
+        library's guarantee (commit order = notification id order, under the table
+        lock), the chain is linked over the group in id order, and the read models'
+        fold (``in_transaction``) runs once over the group's rows. A group that fails
+        on a unique key (a command that lost a race) is written again command by
+        command, so only the loser gets the ``IntegrityError``."""
+        if not stored_events or any(v is not None for v in kwargs.values()):
+            # nothing to write, or a tracking record (a process application's): as
+            # the library does it
+            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            return ids
+        request = _Pending(stored_events)
+        group = self._group
+        with group.ready:
+            group.queue.append(request)
+        while True:  # until a group (this thread's or another's) wrote the request
+            with group.ready:
+                while group.busy and not request.finished:
+                    group.ready.wait()
+                if request.finished:
+                    return request.result()
+                group.busy = True
+                batch = group.queue[:GROUP_LIMIT]
+                del group.queue[:GROUP_LIMIT]
+            try:
+                self._write_group(batch)
+            finally:
+                with group.ready:
+                    group.busy = False
+                    group.ready.notify_all()
+
+    def _write_group(self, batch: list[_Pending], *, retried: bool = False) -> None:
+        """Write ``batch`` in one transaction. When it fails on a unique key, the
+        commands that lost their race (a version already in the log, or taken by an
+        earlier command of the group) are refused and the others written again as a
+        group; should that fail too, each alone. Every waiting command is told its
+        outcome, whatever happens."""
+        events = [e for pending in batch for e in pending.events]
+        try:
+            ids = list(self._insert_once(events) or ())
+        except IntegrityError as error:
+            if len(batch) == 1:
+                batch[0].fail(error)
+                return
+            if retried:
+                for pending in batch:
+                    self._write_group([pending], retried=True)
+                return
+            taken = self._taken(events)
+            rest: list[_Pending] = []
+            for pending in batch:
+                keys = [(oid_text(e.originator_id), e.originator_version)
+                        for e in pending.events]
+                if any(key in taken for key in keys):
+                    pending.fail(IntegrityError(f"{error} (lost a race in a group)"))
+                else:
+                    taken.update(keys)
+                    rest.append(pending)
+            if rest:
+                self._write_group(rest, retried=True)
+            return
+        except BaseException as error:
+            for pending in batch:
+                pending.fail(error)
+            raise
+        for callback in self.after_commit:
+            callback()
+        start = 0
+        for pending in batch:
+            pending.done(ids[start:start + len(pending.events)])
+            start += len(pending.events)
+
+    def _taken(self, events: Sequence[StoredEvent]) -> set[tuple[str, int]]:
+        """Which of the events' (originator id, version) keys the log already has."""
+        oids = [self._db_oid(e.originator_id) for e in events]
+        versions = [e.originator_version for e in events]
+        return {(oid_text(r["originator_id"]), int(r["originator_version"]))
+                for r in self._rows(self._sql_taken, (oids, versions))}
+
+    def _insert_once(self, stored_events: Sequence[StoredEvent]) -> Sequence[int] | None:
+        """The library's write transaction for ``stored_events`` (no retry here: the
+        group's caller retries on connection errors)."""
+        exc: Exception | None = None
+        notification_ids: Sequence[int] | None = None
+        with self.datastore.get_connection() as conn:
+            with conn.pipeline() as pipeline, conn.transaction():
+                if stored_events:
+                    with conn.cursor() as curs:
+                        try:
+                            self._insert_stored_events(curs, stored_events)
+                            # sync now: a unique violation is an IntegrityError here
+                            pipeline.sync()
+                            notification_ids = self._fetch_ids_after_insert_events(
+                                curs, stored_events)
+                        except Exception as e:
+                            exc = e  # re-raised once the pipeline is closed
+            if exc:
+                raise exc
+        return notification_ids
 
     def _db_oid(self, originator_id: UUID | str) -> UUID | str:
         if self.datastore.originator_id_type == "uuid" and not isinstance(originator_id, UUID):

@@ -73,6 +73,9 @@ class ViewUpdater:
         #: per thread: where the last fold in a command's transaction ended (None when
         #: that transaction's fold was skipped or failed)
         self._folded = threading.local()
+        #: the view reached this position in a committed transaction (a group's fold)
+        self._known = 0
+        self._known_lock = threading.Lock()
 
     # --- this process's own events, in their transaction ------------------------------
     def attach(self, recorder: Any) -> bool:
@@ -84,7 +87,20 @@ class ViewUpdater:
             return False
         if self.fold_written not in hooks:
             hooks.append(self.fold_written)
+        committed = getattr(recorder, "after_commit", None)
+        if isinstance(committed, list) and self._committed not in committed:
+            committed.append(self._committed)
         return True
+
+    def _committed(self) -> None:
+        """The recorder committed a group of commands (PostgreSQL's group commit) whose
+        fold this thread ran: every command of the group is in the view now, also
+        those of the threads that waited for the group (:meth:`ensure` reads no
+        position for them)."""
+        folded = getattr(self._folded, "to", None)
+        if folded is not None:
+            with self._known_lock:
+                self._known = max(self._known, folded)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -175,7 +191,8 @@ class ViewUpdater:
         Nothing to read when the caller's own command, the last this thread recorded,
         ended at ``position`` and was folded in its transaction (its save returned: that
         transaction committed)."""
-        if position is None or getattr(self._folded, "to", None) == position:
+        if (position is None or getattr(self._folded, "to", None) == position
+                or position <= self._known):
             return
         deadline = time.monotonic() + timeout
         while self.view.position() < position:
@@ -242,6 +259,8 @@ class ViewUpdater:
         indexes dropped meanwhile and built once at the end)."""
         with self._lock:
             self.view.clear(drop_indexes=True)
+            with self._known_lock:
+                self._known = 0
         # A fold allocates a few dicts per event and keeps a batch of rows and documents
         # alive: the cyclic collector's full passes over them cost 15-25 % of a rebuild.
         # Nothing a fold makes is cyclic garbage, so it is paused meanwhile.
