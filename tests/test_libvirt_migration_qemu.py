@@ -266,6 +266,21 @@ def test_block_migration_copies_the_disk_while_the_guest_runs(hosts: Hosts) -> N
     assert "Pattern verification failed" not in qemu_io(moved["disk"], MARKER_READ)
 
 
+def test_a_paused_guest_arrives_paused(hosts: Hosts) -> None:
+    one, two = hosts.one, hosts.two
+    spec = hosts.spec()
+    sid = spec.server_id
+    one.spawn(spec)
+    one.pause(sid)
+    target = two.prepare_migration(spec, live=True)["target"]
+    moved = one.live_migrate(sid, target, block_migration=False)
+    assert moved["power_state"] == PowerState.PAUSED
+    assert two.finish_live_migration(spec, moved)["power_state"] == PowerState.PAUSED
+    assert (state(one, sid), state(two, sid)) == (None, P)
+    two.unpause(sid)
+    assert state(two, sid) == R
+
+
 def test_abort_and_force_complete_of_a_slow_live_migration(hosts: Hosts,
                                                          acpi_guest: AcpiGuest) -> None:
     """Copying at 1 MiB/s: an abort leaves the guest on host 1, running, and nothing on
