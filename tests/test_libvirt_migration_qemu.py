@@ -94,6 +94,7 @@ class Hosts:
     def close(self) -> None:
         for sid in self.ids:
             for driver in (self.one, self.two):
+                driver.abort_migration(sid)  # a move left hanging holds the guest's lock
                 driver.destroy(sid)
         self.one.close()
         self.two.close()
@@ -265,6 +266,21 @@ def test_block_migration_copies_the_disk_while_the_guest_runs(hosts: Hosts) -> N
     assert "Pattern verification failed" not in qemu_io(moved["disk"], MARKER_READ)
 
 
+def test_a_paused_guest_arrives_paused(hosts: Hosts) -> None:
+    one, two = hosts.one, hosts.two
+    spec = hosts.spec()
+    sid = spec.server_id
+    one.spawn(spec)
+    one.pause(sid)
+    target = two.prepare_migration(spec, live=True)["target"]
+    moved = one.live_migrate(sid, target, block_migration=False)
+    assert moved["power_state"] == PowerState.PAUSED
+    assert two.finish_live_migration(spec, moved)["power_state"] == PowerState.PAUSED
+    assert (state(one, sid), state(two, sid)) == (None, P)
+    two.unpause(sid)
+    assert state(two, sid) == R
+
+
 def test_abort_and_force_complete_of_a_slow_live_migration(hosts: Hosts,
                                                          acpi_guest: AcpiGuest) -> None:
     """Copying at 1 MiB/s: an abort leaves the guest on host 1, running, and nothing on
@@ -287,7 +303,7 @@ def test_abort_and_force_complete_of_a_slow_live_migration(hosts: Hosts,
 
     assert one.abort_migration(sid) == {"already": True}  # nothing in progress
     dom.migrateSetMaxSpeed(1, 0)
-    mover = threading.Thread(target=migrate)
+    mover = threading.Thread(target=migrate, daemon=True)
     mover.start()
     wait_until(copying)
     assert one.abort_migration(sid) == {"abort": True}
@@ -298,14 +314,14 @@ def test_abort_and_force_complete_of_a_slow_live_migration(hosts: Hosts,
     assert not Path(disk_files.overlay_path(str(hosts.dirs[1]), sid)).exists()
     assert one.force_complete_migration(sid) == {"already": True}
 
-    mover = threading.Thread(target=migrate)
+    mover = threading.Thread(target=migrate, daemon=True)
     mover.start()
     wait_until(copying)
     # an agent restarted meanwhile (another driver, knowing nothing of the move) asks
     # again: it waits for the move libvirtd carries on with, then answers "already"
     restarted = LibvirtDriver(QEMU_URI, disk_dir=str(hosts.dirs[0]), poll=0.05)
     repeat = threading.Thread(target=lambda: outcome.setdefault(
-        "again", restarted.live_migrate(sid, target, block_migration=False)))
+        "again", restarted.live_migrate(sid, target, block_migration=False)), daemon=True)
     repeat.start()
     assert one.force_complete_migration(sid) == {"force": True, "method": "pause"}
     dom.migrateSetMaxSpeed(8192, 0)  # paused, the copy converges; let it finish quickly
@@ -318,3 +334,4 @@ def test_abort_and_force_complete_of_a_slow_live_migration(hosts: Hosts,
     assert state(one, sid) is None and state(two, sid) in (R, P)
     assert two.finish_live_migration(spec, moved)["power_state"] == PowerState.RUNNING
     assert state(two, sid) == R
+

@@ -8,9 +8,10 @@ libvirt-python (built against the system libvirt: ``apt-get install libvirt-dev
 pkg-config`` first).
 See docs/libvirt-hosts.md.
 
-Modules: :mod:`~.driver` (:class:`LibvirtDriver`, composed of the three that follow),
+Modules: :mod:`~.driver` (:class:`LibvirtDriver`, composed of the four that follow),
 :mod:`~.power` (power transitions), :mod:`~.definitions` (spawn, rebuild, resize, rescue,
 snapshot, destroy), :mod:`~.inspection` (observe, diagnostics, console, host facts),
+:mod:`~.migration` (cold and live migration between hosts),
 :mod:`~.base` (what they share: locking, running an operation, errors),
 :mod:`~.domain_xml` (definitions and vmledger's metadata in them), :mod:`~.connection`
 (the connection, its events), :mod:`~.disks` (qcow2 overlays).

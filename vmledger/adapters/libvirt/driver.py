@@ -7,8 +7,8 @@ maps onto libvirt calls is in docs/libvirt-hosts.md.
 
 :class:`LibvirtDriver` is composed of one mixin per concept: :mod:`~.power` (power
 transitions), :mod:`~.definitions` (defining, changing and removing guests),
-:mod:`~.inspection` (reading guests and the host), over :mod:`~.base` (connection,
-locking, errors).
+:mod:`~.inspection` (reading guests and the host), :mod:`~.migration` (moving guests to
+another host), over :mod:`~.base` (connection, locking, errors).
 """
 
 from __future__ import annotations

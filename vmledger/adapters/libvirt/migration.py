@@ -314,18 +314,18 @@ class MigrationMixin(DriverBase):
         disk = console = None
         if log is not None:
             console = disks.console_path(dest_dir, server_id)
-            if not os.path.exists(log):
-                disks.console_log(os.path.dirname(log), server_id)
+            with open(log, "ab"):  # QEMU made it when it started; be sure it is there
+                pass
             if not os.path.exists(console):
                 made.append(console)
             disks.link_or_copy(log, console)
         if source is None:
             return None, console, flags
+        # a file already there was placed by an earlier attempt (the destination has
+        # no guest of this server: prepare_migration refused one): replaced or reused
         disk = disks.overlay_path(dest_dir, server_id)
-        if os.path.exists(disk) and not os.path.samefile(disk, source):
-            raise _refused(f"A disk of guest {server_id} is already on the destination")
         if not block:
-            if not os.path.exists(disk):  # else: placed by an earlier attempt
+            if not os.path.exists(disk):
                 made.append(disk)
             if disks.link_or_copy(source, disk) != "link":
                 disks.remove(disk)
