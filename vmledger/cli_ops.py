@@ -92,7 +92,16 @@ def add_hypervisor_options(parser: argparse.ArgumentParser) -> None:
                              "(<image name>.qcow2)")
     parser.add_argument("--disk-dir", metavar="DIR",
                         help="libvirt: where server disks and custom images go "
-                             "(default ./vmledger-disks)")
+                             "(default ./vmledger-disks; another host's agent must reach "
+                             "it at the same path for a cold migration here)")
+    parser.add_argument("--migration-peer-uri", metavar="URI",
+                        help="libvirt: how other hosts' libvirtd reach this host's for a"
+                             " migration (e.g. qemu+tcp://compute-2/system; default: the"
+                             " hypervisor URI, over its unix socket when local)")
+    parser.add_argument("--migration-uri", metavar="URI",
+                        help="libvirt: where the guest's memory is sent in a live"
+                             " migration (e.g. tcp://10.0.0.2; default: libvirt's choice"
+                             " from the host name)")
     parser.add_argument("--service-down-time", type=_positive_seconds, default=60.0,
                         metavar="SECONDS",
                         help="a host whose agent has not reported for this long is down: "
@@ -168,7 +177,9 @@ def add_subcommands(sub: Any) -> None:
 def open_hypervisor_from(args: argparse.Namespace, *, host: str) -> Any:
     """The driver ``--hypervisor`` selects for ``host`` (a one-line error otherwise)."""
     return cli_support.open_hypervisor(args.hypervisor, args.db, host,
-                                       image_dir=args.image_dir, disk_dir=args.disk_dir)
+                                       image_dir=args.image_dir, disk_dir=args.disk_dir,
+                                       peer_uri=getattr(args, "migration_peer_uri", None),
+                                       migrate_uri=getattr(args, "migration_uri", None))
 
 
 def hypervisor_label(args: argparse.Namespace, host: str) -> str:

@@ -182,7 +182,8 @@ def hypervisor_uri(name: str | None, db_url: str, host: str) -> str:
 
 
 def open_hypervisor(name: str | None, db_url: str, host: str, *,
-                    image_dir: str | None = None, disk_dir: str | None = None) -> Any:
+                    image_dir: str | None = None, disk_dir: str | None = None,
+                    peer_uri: str | None = None, migrate_uri: str | None = None) -> Any:
     """The hypervisor driver for ``--hypervisor``; a failure is one line (exit 1, or 2
     for a name that is not a driver)."""
     from vmledger.adapters.drivers import open_hypervisor as open_driver
@@ -190,7 +191,8 @@ def open_hypervisor(name: str | None, db_url: str, host: str, *,
     uri = hypervisor_uri(name, db_url, host)
     try:
         return starting("the hypervisor", uri,
-                        lambda: open_driver(uri, image_dir=image_dir, disk_dir=disk_dir))
+                        lambda: open_driver(uri, image_dir=image_dir, disk_dir=disk_dir,
+                                            peer_uri=peer_uri, migrate_uri=migrate_uri))
     except CliError as exc:
         if "unknown hypervisor" in exc.message:
             exc.code = USAGE

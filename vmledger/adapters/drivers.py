@@ -8,7 +8,9 @@ abort it or force it to complete) —, or any libvirt
 URI (``test:///default``, ``qemu:///system``, ``qemu+ssh://host/system``) for the
 libvirt driver. For libvirt, ``image_dir`` holds the base qcow2 files of the catalog's
 images, named ``<image name>.qcow2`` or ``<image id>.qcow2`` (an image without one boots
-diskless); server disks and custom images go to ``disk_dir``.
+diskless); server disks and custom images go to ``disk_dir``; ``peer_uri`` and
+``migrate_uri`` say how other hosts reach this one in a migration (see
+:class:`~vmledger.adapters.libvirt.LibvirtDriver`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ LIBVIRT_SCHEMES = ("test", "qemu", "qemu+ssh", "qemu+tcp", "qemu+tls", "qemu+uni
 
 def open_hypervisor(name: str, *, catalog: Catalog | None = None,
                     image_dir: str | None = None, disk_dir: str | None = None,
-                    seed: int = 0) -> Hypervisor:
+                    seed: int = 0, peer_uri: str | None = None,
+                    migrate_uri: str | None = None) -> Hypervisor:
     """The driver a name or URI selects (ValueError with the choices otherwise)."""
     if name in ("simulator", "sim", "simulator:memory"):
         return Simulator(seed=seed)
@@ -49,7 +52,8 @@ def open_hypervisor(name: str, *, catalog: Catalog | None = None,
         if disk_dir is None:
             disk_dir = os.path.abspath("vmledger-disks")
         os.makedirs(disk_dir, exist_ok=True)
-        return LibvirtDriver(name, images=images, disk_dir=disk_dir)
+        return LibvirtDriver(name, images=images, disk_dir=disk_dir, peer_uri=peer_uri,
+                             migrate_uri=migrate_uri)
     raise ValueError(f"unknown hypervisor {name!r}: use simulator, simulator:memory, "
                      "simulator:///state.json or a libvirt URI (test:///default, qemu:///system, "
                      "qemu+ssh://host/system)")
