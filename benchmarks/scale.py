@@ -251,6 +251,20 @@ def format_report(backend: str, results: dict[int, dict[str, float]]) -> str:
             f"{v:>10.1f}" for v in values if v is not None)
         row += "".join(f"{(v or 0) / first:>8.2f}" for v in values[1:])
         out.append(row)
+    # what issue 18 asks of the background work and of memory, per size
+    busy = []
+    for f in fleets:
+        quiet, during = results[f].get("list_first"), results[f].get("list_during_sync")
+        if quiet and during is not None:
+            busy.append(f"{f:,}: {during:.1f} / {quiet:.1f} ms = {during / quiet:.2f}x")
+    if busy:
+        out.append("first page during a sync pass / quiet (target <= 1.5x): "
+                   + "; ".join(busy))
+    rss = [(f, results[f]["rss"]) for f in fleets if results[f].get("rss")]
+    if rss:
+        out.append(f"API process RSS after the requests, ratio to {fleets[0]:,} (target <= "
+                   "1.5x): " + "; ".join(f"{f:,}: {v:.1f} MB = {v / rss[0][1]:.2f}x"
+                                         for f, v in rss))
     calls = [int(results[f].get("simulator_calls", 0)) for f in fleets]
     out.append(f"simulator call record after the probe: {', '.join(map(str, calls))} entries")
     return "\n".join(out)
