@@ -35,6 +35,7 @@ from vmledger.projections.hosts import create_table as create_host_reports
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import Migrations
+from vmledger.projections.name_grams import NameGrams
 from vmledger.projections.project_usage import ProjectUsage
 from vmledger.projections.quotas import QuotaClasses, QuotaSets
 from vmledger.projections.runner import ViewUpdater
@@ -99,7 +100,7 @@ def build(url: str, settings: Settings) -> Graph:
             store.recorder.datastore,  # type: ignore[attr-defined]
             extensions=[InstanceActions(), Images(), Keypairs(), Migrations(),
                         QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
-                        ComputeServices(), Allocations(), ProjectUsage()])
+                        ComputeServices(), Allocations(), ProjectUsage(), NameGrams()])
         create_host_reports(view)
         guest_reads.create_table(view)
     updater = ViewUpdater(store, view)

@@ -1,0 +1,87 @@
+"""Every three-character piece of every server's name, in the list's order: the index
+a ``name`` regular expression without a literal prefix is narrowed by (SQLite).
+
+``vmledger_name_grams`` holds a row (gram, the server's ``created_at``, its id) for
+each trigram of each name a server had, written by triggers on the servers view (an
+insert, or an update that changes the name), so a command that does not rename
+writes nothing here. A gram's rows are in the list's order (newest first, read
+backwards), so a scan driven by a rare gram reads the page's candidates only and stops
+when the page is full (:meth:`~vmledger.projections.server_queries.ServerQueries.rows`).
+A name's older grams stay after a rename: a candidate is only a candidate (the
+expression decides), so they cost a row read, never a wrong answer; a rebuild clears
+them. A database folded before the table existed is indexed once, when it is first
+opened (``vmledger_name_grams_ready`` says it was).
+
+PostgreSQL gets none of it (its statements are empty): its lists scan as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+TABLE = "vmledger_name_grams"
+#: a row once every server of the view has its grams (the index is usable)
+READY = "vmledger_name_grams_ready"
+#: the character offsets 1..MAX_OFFSET, which the triggers cut names at
+OFFSETS = "vmledger_name_gram_offsets"
+#: names are at most 255 characters (Nova's limit, which every command enforces); a
+#: longer one (which only a log written otherwise could hold) has grams up to this
+#: offset only, so the index is then marked unusable (the lists scan as before)
+MAX_OFFSET = 1024
+_LONG = f"length({{n}}.name) > {MAX_OFFSET + 2}"
+
+_GRAMS = (f"INSERT OR IGNORE INTO {TABLE} (gram, at, sid)"
+          " SELECT substr({n}.name, o.n, 3), coalesce({n}.created_at, ''), {n}.id"
+          f" FROM {OFFSETS} o WHERE o.n <= length({{n}}.name) - 2")
+
+
+class NameGrams:
+    """Creates the name grams' table and triggers beside the servers view (SQLite only);
+    they need no fold of their own."""
+
+    #: no event is folded here (the triggers follow the view's rows)
+    event_types: tuple[type, ...] = ()
+
+    def create_statements(self, sql: Callable[[str], str]) -> list[str]:
+        if sql("?") != "?":  # PostgreSQL: no trigram index (lists scan the page index)
+            return []
+        return [
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (gram TEXT NOT NULL, at TEXT NOT NULL,"
+            " sid TEXT NOT NULL, PRIMARY KEY (gram, at, sid)) WITHOUT ROWID",
+            f"CREATE TABLE IF NOT EXISTS {OFFSETS} (n INTEGER PRIMARY KEY)",
+            f"INSERT OR IGNORE INTO {OFFSETS} (n) WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL"
+            f" SELECT n + 1 FROM k WHERE n < {MAX_OFFSET}) SELECT n FROM k",
+            f"CREATE TABLE IF NOT EXISTS {READY} (ready INTEGER PRIMARY KEY)",
+            f"CREATE TRIGGER IF NOT EXISTS {TABLE}_insert AFTER INSERT ON vmledger_servers"
+            f" WHEN new.name IS NOT NULL BEGIN {_GRAMS.format(n='new')};"
+            f" DELETE FROM {READY} WHERE {_LONG.format(n='new')}; END",
+            f"CREATE TRIGGER IF NOT EXISTS {TABLE}_rename AFTER UPDATE OF name ON"
+            " vmledger_servers WHEN new.name IS NOT NULL AND new.name IS NOT old.name"
+            f" BEGIN {_GRAMS.format(n='new')};"
+            f" DELETE FROM {READY} WHERE {_LONG.format(n='new')}; END",
+            # a database folded before the grams were kept: every name, once
+            f"INSERT OR IGNORE INTO {TABLE} (gram, at, sid)"
+            " SELECT substr(s.name, o.n, 3), coalesce(s.created_at, ''), s.id"
+            f" FROM vmledger_servers s JOIN {OFFSETS} o ON o.n <= length(s.name) - 2"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {READY})",
+            f"INSERT OR IGNORE INTO {READY} (ready) SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM"
+            f" {READY}) AND NOT EXISTS (SELECT 1 FROM vmledger_servers s"
+            f" WHERE {_LONG.format(n='s')})",
+        ]
+
+    def batch(self, writer: Any, *, empty: bool) -> _NoBatch:
+        return _NoBatch()
+
+    def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
+        if sql("?") == "?":
+            curs.execute(f"DELETE FROM {TABLE}")
+
+
+class _NoBatch:
+    def fold(self, events: Sequence[Any]) -> None:
+        """Nothing: the triggers write the grams with the servers' rows."""
+
+    def write(self) -> None:
+        """Nothing to write."""
+
