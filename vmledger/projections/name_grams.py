@@ -31,9 +31,13 @@ OFFSETS = "vmledger_name_gram_offsets"
 MAX_OFFSET = 1024
 _LONG = f"length({{n}}.name) > {MAX_OFFSET + 2}"
 
-_GRAMS = (f"INSERT OR IGNORE INTO {TABLE} (gram, at, sid)"
-          " SELECT substr({n}.name, o.n, 3), coalesce({n}.created_at, ''), {n}.id"
-          f" FROM {OFFSETS} o WHERE o.n <= length({{n}}.name) - 2")
+# (a trigger's OR IGNORE would yield to the outer statement's conflict policy: the
+# view's upsert aborts on a conflict, so the rows already there are left out instead)
+_GRAMS = (f"INSERT INTO {TABLE} (gram, at, sid) SELECT DISTINCT substr({{n}}.name, o.n, 3),"
+          " coalesce({n}.created_at, ''), {n}.id"
+          f" FROM {OFFSETS} o WHERE o.n <= length({{n}}.name) - 2 AND NOT EXISTS (SELECT 1"
+          f" FROM {TABLE} x WHERE x.gram = substr({{n}}.name, o.n, 3)"
+          " AND x.at = coalesce({n}.created_at, '') AND x.sid = {n}.id)")
 
 
 class NameGrams:
