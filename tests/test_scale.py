@@ -327,3 +327,22 @@ def test_the_name_grams_follow_renames_and_index_an_older_database(
         assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams")[0]["n"] > 0
         assert _names(client, name="ta-tw") == ["beta-two"]
         assert _names(client, name="mma-3") == ["gamma-3"]
+
+
+def test_the_name_grams_answer_as_a_scan_on_both_backends(url: str, clock: FakeClock,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    with Engine(url, clock=clock) as engine:
+        for name in NAMES:
+            built(engine, name)
+            clock.advance(seconds=1)
+        client = ApiClient(create_app(engine))
+        assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams")[0]["n"] > 0
+        # each gram counted from its newest rows, counted in full, or too common
+        for rounds in ((64, 4096), (1, 4096), (1, 2)):
+            monkeypatch.setattr(ServerQueries, "GRAM_ROUNDS", rounds)
+            for regex in ("eb-1", "eb-1$", "we.-1", "(web)-1", "ébé", "che-w", "web-1|db"):
+                expected = [n for n in reversed(NAMES) if re.search(regex, n)]
+                assert _names(client, name=regex) == expected, (regex, rounds)
+                first = client.get("/v2.1/servers", params={"name": regex, "limit": 1})
+                assert [s["name"] for s in first.json()["servers"]] == expected[:1], regex

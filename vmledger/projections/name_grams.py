@@ -12,7 +12,9 @@ expression decides), so they cost a row read, never a wrong answer; a rebuild cl
 them. A database folded before the table existed is indexed once, when it is first
 opened (``vmledger_name_grams_ready`` says it was).
 
-PostgreSQL gets none of it (its statements are empty): its lists scan as before.
+PostgreSQL gets the same table, written by a trigger function (names of any length);
+no extension is needed (``pg_trgm``'s GIN index answers a bitmap of every candidate,
+to be sorted, where this table's rows come in the page's order).
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class NameGrams:
     event_types: tuple[type, ...] = ()
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
-        if sql("?") != "?":  # PostgreSQL: no trigram index (lists scan the page index)
-            return []
+        if sql("?") != "?":
+            return _postgres_statements()
         return [
             f"CREATE TABLE IF NOT EXISTS {TABLE} (gram TEXT NOT NULL, at TEXT NOT NULL,"
             " sid TEXT NOT NULL, PRIMARY KEY (gram, at, sid)) WITHOUT ROWID",
@@ -78,8 +80,7 @@ class NameGrams:
         return _NoBatch()
 
     def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
-        if sql("?") == "?":
-            curs.execute(f"DELETE FROM {TABLE}")
+        curs.execute(f"DELETE FROM {TABLE}")
 
 
 class _NoBatch:
@@ -89,3 +90,28 @@ class _NoBatch:
     def write(self) -> None:
         """Nothing to write."""
 
+
+
+def _postgres_statements() -> list[str]:
+    """The same on PostgreSQL: a trigger function cutting the name with
+    ``generate_series`` (any length), run on an insert and on a rename only."""
+    cut = ("SELECT DISTINCT substr({n}.name, k, 3), coalesce({n}.created_at, ''), {n}.id"
+           " FROM generate_series(1, length({n}.name) - 2) k")
+    return [
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (gram TEXT NOT NULL, at TEXT NOT NULL,"
+        " sid TEXT NOT NULL, PRIMARY KEY (gram, at, sid))",
+        f"CREATE TABLE IF NOT EXISTS {READY} (ready INTEGER PRIMARY KEY)",
+        f"CREATE OR REPLACE FUNCTION {TABLE}_write() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN INSERT INTO {TABLE} (gram, at, sid) {cut.format(n='NEW')}"
+        " ON CONFLICT DO NOTHING; RETURN NULL; END $$",
+        f"CREATE OR REPLACE TRIGGER {TABLE}_insert AFTER INSERT ON vmledger_servers"
+        f" FOR EACH ROW WHEN (NEW.name IS NOT NULL) EXECUTE FUNCTION {TABLE}_write()",
+        f"CREATE OR REPLACE TRIGGER {TABLE}_rename AFTER UPDATE OF name ON vmledger_servers"
+        " FOR EACH ROW WHEN (NEW.name IS NOT NULL AND NEW.name IS DISTINCT FROM OLD.name)"
+        f" EXECUTE FUNCTION {TABLE}_write()",
+        f"INSERT INTO {TABLE} (gram, at, sid) SELECT DISTINCT substr(s.name, k, 3),"
+        " coalesce(s.created_at, ''), s.id FROM vmledger_servers s,"
+        " generate_series(1, length(s.name) - 2) k"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {READY}) ON CONFLICT DO NOTHING",
+        f"INSERT INTO {READY} (ready) VALUES (1) ON CONFLICT DO NOTHING",
+    ]

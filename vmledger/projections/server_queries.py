@@ -120,7 +120,7 @@ class ServerQueries(ReadStore):
             # driven by the rarest gram's rows, in the page's order: only candidates read
             sql = ("SELECT s.id AS id, s.version AS version, g.at AS k_at, g.sid AS k_id"
                    + "".join(f", s.{c} AS p_{c}" for c in names)
-                   + f" FROM {name_grams.TABLE} g CROSS JOIN {{t}} s ON s.id = g.sid")
+                   + f" FROM {name_grams.TABLE} g {self._gram_join} {{t}} s ON s.id = g.sid")
             where, params = ["g.gram = ?", *where], [picked, *params]
             keyset, order = "(g.at, g.sid) < (?, ?)", "g.at DESC, g.sid DESC"
             # each candidate is a row lookup: read about a page first, more if needed
@@ -151,11 +151,9 @@ class ServerQueries(ReadStore):
     def _name_gram(self, columns: ColumnFilter) -> str | None:
         """The rarest of the grams every name a ``name`` pattern of ``columns`` finds
         something in holds (see :func:`required_literals`), when it has few enough rows
-        (:attr:`GRAM_ROUNDS`) and the grams are kept (SQLite, :mod:`name_grams`); else
+        (:attr:`GRAM_ROUNDS`) and the grams are kept (:mod:`name_grams`); else
         None (the scan follows the page's order). A pattern with a literal prefix takes
         the name index instead."""
-        if self.dialect != "sqlite":
-            return None
         grams: dict[str, None] = {}
         for column, pattern in columns.patterns:
             if column == "name" and prefix_range(pattern) is None:
@@ -174,7 +172,7 @@ class ServerQueries(ReadStore):
             row = self._read(
                 f"SELECT COUNT(*) AS n, MIN(at) AS oldest FROM (SELECT at FROM"
                 f" {name_grams.TABLE} WHERE gram = ? ORDER BY at DESC, sid DESC"
-                f" LIMIT {first})", [gram])[0]
+                f" LIMIT {first}) AS newest", [gram])[0]
             if int(row["n"]) < first:
                 if best is None or int(row["n"]) < best[0]:
                     best = (int(row["n"]), gram)
@@ -186,10 +184,16 @@ class ServerQueries(ReadStore):
             cap = most if best is None else best[0]
             found = int(self._read(
                 f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM {name_grams.TABLE}"
-                f" WHERE gram = ? LIMIT {cap})", [gram])[0]["n"])
+                f" WHERE gram = ? LIMIT {cap}) AS counted", [gram])[0]["n"])
             if found < cap:
                 best = (found, gram)
         return None if best is None else best[1]
+
+    @property
+    def _gram_join(self) -> str:
+        # SQLite's planner is told to walk the gram's rows first (the page's order);
+        # PostgreSQL's has statistics
+        return "CROSS JOIN" if self.dialect == "sqlite" else "JOIN"
 
     def _grams_ready(self) -> bool:
         """Whether every server's name has its grams (once true, it stays so here
