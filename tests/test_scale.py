@@ -346,3 +346,15 @@ def test_the_name_grams_answer_as_a_scan_on_both_backends(url: str, clock: FakeC
                 assert _names(client, name=regex) == expected, (regex, rounds)
                 first = client.get("/v2.1/servers", params={"name": regex, "limit": 1})
                 assert [s["name"] for s in first.json()["servers"]] == expected[:1], regex
+
+
+def test_a_long_literal_weighs_a_few_of_its_grams(fleet: tuple[Engine, ApiClient, list[str]]
+                                                  ) -> None:
+    engine, client, _ = fleet
+    long_name = "a-rather-long-server-name-" * 8
+    built(engine, long_name)
+    regex = long_name[5:150]  # no metacharacter: a literal of 145 characters
+    plans = _plans(engine, lambda: _names(client, name=regex))
+    weighed = [p for p in plans if "vmledger_name_grams WHERE gram = ?" in p]
+    assert len(weighed) <= ServerQueries.GRAMS_WEIGHED + 1, plans
+    assert _names(client, name=regex) == [long_name]

@@ -147,6 +147,8 @@ class ServerQueries(ReadStore):
     #: wider one is no cheaper than the page's order); the first: the newest rows of
     #: each gram read before any is counted in full
     GRAM_ROUNDS = (64, 4096)
+    #: the required grams weighed at most (spread over the pattern's literals)
+    GRAMS_WEIGHED = 12
 
     def _name_gram(self, columns: ColumnFilter) -> str | None:
         """The rarest of the grams every name a ``name`` pattern of ``columns`` finds
@@ -161,6 +163,10 @@ class ServerQueries(ReadStore):
                     grams.update(dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2)))
         if not grams or not self._grams_ready():
             return None
+        if len(grams) > self.GRAMS_WEIGHED:  # any required gram is a right driver
+            pieces = list(grams)
+            step = len(pieces) / self.GRAMS_WEIGHED
+            grams = dict.fromkeys(pieces[int(i * step)] for i in range(self.GRAMS_WEIGHED))
         # the newest rows of each gram: a gram with fewer is counted exactly (the
         # fewest wins); the others are counted in the order their rows reach back
         # (furthest first: likely the rarest), each count bounded by the best so far.
