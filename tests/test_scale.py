@@ -358,3 +358,21 @@ def test_a_long_literal_weighs_a_few_of_its_grams(fleet: tuple[Engine, ApiClient
     weighed = [p for p in plans if "vmledger_name_grams WHERE gram = ?" in p]
     assert len(weighed) <= ServerQueries.GRAMS_WEIGHED + 1, plans
     assert _names(client, name=regex) == [long_name]
+
+
+def test_a_rebuild_keeps_the_name_grams(url: str, clock: FakeClock) -> None:
+    with Engine(url, clock=clock) as engine:
+        client = ApiClient(create_app(engine))
+        built(engine, "alpha-one")
+        before = engine.view.query("SELECT gram, at, sid FROM vmledger_name_grams"
+                                   " ORDER BY gram, at, sid")
+        engine.updater.rebuild()
+        after = engine.view.query("SELECT gram, at, sid FROM vmledger_name_grams"
+                                  " ORDER BY gram, at, sid")
+        assert [tuple(r[k] for k in ("gram", "at", "sid")) for r in after] == [
+            tuple(r[k] for k in ("gram", "at", "sid")) for r in before]
+        assert engine.view.query("SELECT ready FROM vmledger_name_grams_ready")
+        built(engine, "beta-two")  # the triggers are back
+        assert _names(client, name="ta-tw") == ["beta-two"]
+        assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams"
+                                 " WHERE gram = 'ta-'")[0]["n"] == 1
