@@ -134,14 +134,22 @@ def _postgres_upkeep() -> list[str]:
         f"CREATE OR REPLACE FUNCTION {TABLE}_write() RETURNS trigger LANGUAGE plpgsql AS $$"
         f" BEGIN INSERT INTO {TABLE} (gram, at, sid) {cut.format(n='NEW')}"
         " ON CONFLICT DO NOTHING; RETURN NULL; END $$",
-        f"CREATE OR REPLACE TRIGGER {TABLE}_insert AFTER INSERT ON vmledger_servers"
-        f" FOR EACH ROW WHEN (NEW.name IS NOT NULL) EXECUTE FUNCTION {TABLE}_write()",
-        f"CREATE OR REPLACE TRIGGER {TABLE}_rename AFTER UPDATE OF name ON vmledger_servers"
-        " FOR EACH ROW WHEN (NEW.name IS NOT NULL AND NEW.name IS DISTINCT FROM OLD.name)"
-        f" EXECUTE FUNCTION {TABLE}_write()",
+        _pg_trigger(f"{TABLE}_insert", "AFTER INSERT ON vmledger_servers FOR EACH ROW"
+                    f" WHEN (NEW.name IS NOT NULL) EXECUTE FUNCTION {TABLE}_write()"),
+        _pg_trigger(f"{TABLE}_rename", "AFTER UPDATE OF name ON vmledger_servers FOR EACH"
+                    " ROW WHEN (NEW.name IS NOT NULL AND NEW.name IS DISTINCT FROM OLD.name)"
+                    f" EXECUTE FUNCTION {TABLE}_write()"),
         f"INSERT INTO {TABLE} (gram, at, sid) SELECT DISTINCT substr(s.name, k, 3),"
         " coalesce(s.created_at, ''), s.id FROM vmledger_servers s,"
         " generate_series(1, length(s.name) - 2) k"
         f" WHERE NOT EXISTS (SELECT 1 FROM {READY}) ON CONFLICT DO NOTHING",
         f"INSERT INTO {READY} (ready) VALUES (1) ON CONFLICT DO NOTHING",
     ]
+
+
+def _pg_trigger(name: str, definition: str) -> str:
+    """``CREATE TRIGGER`` unless it exists (``CREATE OR REPLACE TRIGGER`` is
+    PostgreSQL 14's; dropping and creating it on every start would lock the table)."""
+    return (f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '{name}'"
+            " AND tgrelid = 'vmledger_servers'::regclass) THEN"
+            f" CREATE TRIGGER {name} {definition}; END IF; END $$")
