@@ -1,5 +1,5 @@
 """Every three-character piece of every server's name, in the list's order: the index
-a ``name`` regular expression without a literal prefix is narrowed by.
+that narrows a ``name`` regular expression without a literal prefix (both backends).
 
 ``vmledger_name_grams`` holds a row (gram, the server's ``created_at``, its id) for
 each trigram of each name a server had, written by triggers on the servers view (an
