@@ -22,7 +22,9 @@ no sockets):
 * a create and its build, end to end (``commands.servers.create`` and the agent's
   passes until ACTIVE);
 * one power-state sync pass of the host (every server compared with the hypervisor);
-* the first page again while a sync pass runs in another thread;
+* the first page in blocks alternating between quiet and while sync passes run in
+  another thread (the median of each side's block medians; their ratio is issue 18's
+  target for background work);
 * the process's resident memory once opened, its simulator holding a guest per server
   (``VmRSS``), after all that, and its peak (``VmHWM``).
 
@@ -64,7 +66,8 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("hypervisors", "GET /os-hypervisors/detail", "ms"),
     ("create_build", "create one server + build, end to end", "ms"),
     ("sync_pass", "one power-state sync pass of the host", "ms"),
-    ("list_during_sync", "first page while a sync pass runs", "ms"),
+    ("list_quiet", "first page, quiet (blocks alternating with the next)", "ms"),
+    ("list_during_sync", "first page while sync passes run", "ms"),
     ("rss_open", "API process memory, opened, guests spawned (RSS)", "MB"),
     ("rss", "API process memory after the requests (RSS)", "MB"),
     ("peak", "API process peak memory (VmHWM)", "MB"),
@@ -77,6 +80,9 @@ class Sizes:
     repetitions: int  # calls per latency figure (median)
     sync_passes: int
 
+
+#: blocks of the first page, quiet and while sync passes run, alternating
+BLOCKS = 3
 
 FULL = Sizes(fleets=(1_000, 10_000), repetitions=21, sync_passes=3)
 LARGE = Sizes(fleets=(1_000, 10_000, 100_000), repetitions=21, sync_passes=3)
@@ -176,19 +182,29 @@ def probe(url: str, servers: int, sizes: Sizes) -> dict[str, float]:
                 raise RuntimeError(f"the created server did not build: {doc}")
         out["create_build"] = _median_ms(create_build, reps)
         out["sync_pass"] = _median_ms(engine.sync_power_states, sizes.sync_passes, warmup=1)
-        stop = threading.Event()
+        # the first page quiet and while sync passes run, in alternating blocks (the
+        # machine's load changes over seconds: both sides see the same)
+        first_page = get("/servers/detail?limit=100")
+        quiet: list[float] = []
+        during: list[float] = []
+        per_block = max(3, reps // BLOCKS)
+        for _ in range(BLOCKS):
+            quiet.append(_median_ms(first_page, per_block, warmup=1))
+            stop = threading.Event()
 
-        def syncing() -> None:
-            while not stop.is_set():
-                engine.sync_power_states()
+            def syncing(stop: threading.Event = stop) -> None:
+                while not stop.is_set():
+                    engine.sync_power_states()
 
-        thread = threading.Thread(target=syncing, daemon=True)
-        thread.start()
-        try:
-            out["list_during_sync"] = _median_ms(get("/servers/detail?limit=100"), reps)
-        finally:
-            stop.set()
-            thread.join()
+            thread = threading.Thread(target=syncing, daemon=True)
+            thread.start()
+            try:
+                during.append(_median_ms(first_page, per_block, warmup=1))
+            finally:
+                stop.set()
+                thread.join()
+        out["list_quiet"] = statistics.median(quiet)
+        out["list_during_sync"] = statistics.median(during)
         out["rss"], out["peak"] = _memory_mb()
         out["simulator_calls"] = float(len(simulator.calls))
         return out
@@ -251,6 +267,21 @@ def format_report(backend: str, results: dict[int, dict[str, float]]) -> str:
             f"{v:>10.1f}" for v in values if v is not None)
         row += "".join(f"{(v or 0) / first:>8.2f}" for v in values[1:])
         out.append(row)
+    # what issue 18 asks of the background work and of memory, per size
+    busy = []
+    for f in fleets:
+        quiet = results[f].get("list_quiet", results[f].get("list_first"))
+        during = results[f].get("list_during_sync")
+        if quiet and during is not None:
+            busy.append(f"{f:,}: {during:.1f} / {quiet:.1f} ms = {during / quiet:.2f}x")
+    if busy:
+        out.append("first page during a sync pass / quiet (target <= 1.5x): "
+                   + "; ".join(busy))
+    rss = [(f, results[f]["rss"]) for f in fleets if results[f].get("rss")]
+    if rss:
+        out.append(f"API process RSS after the requests, ratio to {fleets[0]:,} (target <= "
+                   "1.5x): " + "; ".join(f"{f:,}: {v:.1f} MB = {v / rss[0][1]:.2f}x"
+                                         for f, v in rss))
     calls = [int(results[f].get("simulator_calls", 0)) for f in fleets]
     out.append(f"simulator call record after the probe: {', '.join(map(str, calls))} entries")
     return "\n".join(out)

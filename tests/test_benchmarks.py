@@ -99,6 +99,8 @@ def test_scale_benchmark_runs() -> None:
     for _, label, _ in scale.FIGURES:
         assert label in report
     assert "x0k" not in report
+    assert "first page during a sync pass / quiet" in report
+    assert "RSS after the requests, ratio to 30" in report
 
 
 def test_moves_benchmark_runs() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.compute import built
 from vmledger import Engine
@@ -71,6 +73,10 @@ def _plans(engine: Engine, run: Any) -> list[str]:
 @pytest.mark.parametrize("regex", [
     "^web-1$", "^web-1", "^web", "^we", "^wé", "^Web", "^web-1[0-9]", "^web-1*$", "^web-1+",
     "^web-1?$", "^(web)-1", "^web|^db", "web-1", "eb-1", "^$", "é", "^x-web", "1$", "[",
+    # no literal prefix: narrowed by the name grams (SQLite), the same answers
+    "eb-1$", "(?i)WEB-1", "(?i:W)eb-1", "web-1|db", "we.-1", r"\bweb-1\b", "ébé",
+    "(?:we)b-", "(web){1,2}-1", "(?x) w e b - 1", "web(?=-1)", "web-1?", "a{0}web",
+    "che-w", "eb-1+ ", "web-[12]", "(web)-1\\1", "web-1*x", "[w]eb-1", "eb-1{2}",
 ])
 def test_the_name_filter_finds_what_the_regex_finds(
         fleet: tuple[Engine, ApiClient, list[str]], regex: str,
@@ -258,3 +264,115 @@ def test_a_database_folded_before_the_sums_were_kept(tmp_path: Path, clock: Fake
             "SELECT instances FROM vmledger_project_usage")] == [3]
         [node] = engine.hypervisors()
         assert (node["running_vms"], node["vcpus_used"]) == (3, 3)
+
+
+def test_required_literals_of_regular_expressions() -> None:
+    literals = server_queries.required_literals
+    assert literals(re.compile("ench-12")) == ["ench-12"]
+    assert literals(re.compile("web-\\d+x")) == ["web-", "x"]
+    assert literals(re.compile("(web)-1")) == ["web", "-1"]
+    assert literals(re.compile("web(-1)+z")) == ["web", "-1", "z"]
+    assert literals(re.compile("web(-1)*z")) == ["web", "z"]  # the group may be absent
+    assert literals(re.compile("web-1?")) == ["web-"]
+    assert literals(re.compile("web|db")) == []
+    assert literals(re.compile("(?i)web")) == []
+    assert literals(re.compile("(?i:w)eb")) == ["eb"]
+    assert literals(re.compile("web(?=x)")) == ["web"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(parts=st.lists(st.sampled_from([
+    "a", "b", "c", "ab", "abc", "-", ".", "\\d", "[ab]", "a?", "b*", "c+", "(ab)", "(a|bc)",
+    "(?:abc)?", "(?i:b)", "x{0,2}", "(bc){2}", "^", "$", "\\b", "(?=a)", "(?!c)"]),
+    min_size=1, max_size=6),
+    texts=st.lists(st.text(alphabet="abcxAB-1 ", max_size=12), min_size=1, max_size=30))
+def test_every_match_holds_the_required_literals(parts: list[str], texts: list[str]) -> None:
+    # never a wrong exclusion: whatever the expression finds something in holds every
+    # literal said to be required
+    pattern = re.compile("".join(parts))
+    required = server_queries.required_literals(pattern)
+    for text in texts:
+        if pattern.search(text):
+            assert all(literal in text for literal in required), (pattern, text, required)
+
+
+def test_a_pattern_without_a_prefix_is_read_through_the_name_grams(
+        fleet: tuple[Engine, ApiClient, list[str]]) -> None:
+    engine, client, _ = fleet
+    plans = _plans(engine, lambda: _names(client, name="eb-1$"))
+    scans = [p for p in plans if "p_name" in p]
+    assert scans and all("SEARCH g USING PRIMARY KEY (gram=?)" in p for p in scans), plans
+    assert _names(client, name="eb-1$") == [
+        n for n in reversed(NAMES) if re.search("eb-1$", n)]
+
+
+def test_the_name_grams_follow_renames_and_index_an_older_database(
+        tmp_path: Path, clock: FakeClock) -> None:
+    url = f"sqlite:///{tmp_path / 'grams.db'}"
+    with Engine(url, clock=clock) as engine:
+        client = ApiClient(create_app(engine))
+        first = built(engine, "alpha-one")
+        built(engine, "beta-two")
+        assert _names(client, name="pha-on") == ["alpha-one"]
+        renamed = client.put(f"/v2.1/servers/{first}", json={"server": {"name": "gamma-3"}})
+        assert renamed.status_code == 200, renamed.text
+        assert _names(client, name="pha-on") == []
+        assert _names(client, name="mma-3") == ["gamma-3"]
+        # a database folded before the grams were kept
+        engine.view.execute("DROP TABLE vmledger_name_grams")
+        engine.view.execute("DROP TABLE vmledger_name_grams_ready")
+        assert _names(client, name="ta-tw") == ["beta-two"]  # scanned, as before
+    with Engine(url, clock=clock) as engine:
+        client = ApiClient(create_app(engine))
+        assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams")[0]["n"] > 0
+        assert _names(client, name="ta-tw") == ["beta-two"]
+        assert _names(client, name="mma-3") == ["gamma-3"]
+
+
+def test_the_name_grams_answer_as_a_scan_on_both_backends(url: str, clock: FakeClock,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    with Engine(url, clock=clock) as engine:
+        for name in NAMES:
+            built(engine, name)
+            clock.advance(seconds=1)
+        client = ApiClient(create_app(engine))
+        assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams")[0]["n"] > 0
+        # each gram counted from its newest rows, counted in full, or too common
+        for rounds in ((64, 4096), (1, 4096), (1, 2)):
+            monkeypatch.setattr(ServerQueries, "GRAM_ROUNDS", rounds)
+            for regex in ("eb-1", "eb-1$", "we.-1", "(web)-1", "ébé", "che-w", "web-1|db"):
+                expected = [n for n in reversed(NAMES) if re.search(regex, n)]
+                assert _names(client, name=regex) == expected, (regex, rounds)
+                first = client.get("/v2.1/servers", params={"name": regex, "limit": 1})
+                assert [s["name"] for s in first.json()["servers"]] == expected[:1], regex
+
+
+def test_a_long_literal_weighs_a_few_of_its_grams(fleet: tuple[Engine, ApiClient, list[str]]
+                                                  ) -> None:
+    engine, client, _ = fleet
+    long_name = "a-rather-long-server-name-" * 8
+    built(engine, long_name)
+    regex = long_name[5:150]  # no metacharacter: a literal of 145 characters
+    plans = _plans(engine, lambda: _names(client, name=regex))
+    weighed = [p for p in plans if "vmledger_name_grams WHERE gram = ?" in p]
+    assert len(weighed) <= ServerQueries.GRAMS_WEIGHED + 1, plans
+    assert _names(client, name=regex) == [long_name]
+
+
+def test_a_rebuild_keeps_the_name_grams(url: str, clock: FakeClock) -> None:
+    with Engine(url, clock=clock) as engine:
+        client = ApiClient(create_app(engine))
+        built(engine, "alpha-one")
+        before = engine.view.query("SELECT gram, at, sid FROM vmledger_name_grams"
+                                   " ORDER BY gram, at, sid")
+        engine.updater.rebuild()
+        after = engine.view.query("SELECT gram, at, sid FROM vmledger_name_grams"
+                                  " ORDER BY gram, at, sid")
+        assert [tuple(r[k] for k in ("gram", "at", "sid")) for r in after] == [
+            tuple(r[k] for k in ("gram", "at", "sid")) for r in before]
+        assert engine.view.query("SELECT ready FROM vmledger_name_grams_ready")
+        built(engine, "beta-two")  # the triggers are back
+        assert _names(client, name="ta-tw") == ["beta-two"]
+        assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams"
+                                 " WHERE gram = 'ta-'")[0]["n"] == 1

@@ -36,6 +36,7 @@ from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
 from vmledger.projections.migrations import Migrations
 from vmledger.projections.moves import MovingServers
+from vmledger.projections.name_grams import NameGrams
 from vmledger.projections.project_usage import ProjectUsage
 from vmledger.projections.quotas import QuotaClasses, QuotaSets
 from vmledger.projections.runner import ViewUpdater
@@ -105,7 +106,8 @@ def build(url: str, settings: Settings) -> Graph:
             store.recorder.datastore,  # type: ignore[attr-defined]
             extensions=[InstanceActions(), Images(), Keypairs(), Migrations(),
                         QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
-                        ComputeServices(), Allocations(), ProjectUsage(), MovingServers()])
+                        ComputeServices(), Allocations(), ProjectUsage(), MovingServers(),
+                        NameGrams()])
         create_host_reports(view)
         guest_reads.create_table(view)
     updater = ViewUpdater(store, view)

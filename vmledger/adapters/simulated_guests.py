@@ -4,8 +4,9 @@ generation), its operations' names, the simulated host's size, and its scripted 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from vmledger.adapters.hypervisor import HypervisorError, PowerState, Result
@@ -130,29 +131,158 @@ def _console_text(guest: _Guest) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-@dataclass
-class _Guest:
-    """One defined guest."""
+@dataclass(frozen=True)
+class _Definition:
+    """A guest's flavor and image: shared by the guests defined alike."""
 
-    server_id: str
-    name: str
     flavor_id: str
     vcpus: int
     ram_mb: int
     disk_gb: int
     image_id: str
-    power_state: PowerState = PowerState.SHUTDOWN
-    old_definition: _OldDefinition | None = None
-    boot_count: int = 0
-    generation: int = 0
-    #: the rescue image the guest runs, its own disk attached as the second
-    rescue_image_id: str | None = None
-    #: the boots an NMI ended (the simulated kernel dumps and restarts)
-    panicked_boots: list[int] = field(default_factory=list)
-    #: the MAC of its NIC, as the engine asked (None: not given)
-    mac: str | None = None
-    #: a copy defined to receive a live migration, not yet running (QEMU's -incoming)
-    incoming: bool = False
+
+
+@functools.lru_cache(maxsize=256)
+def _definition(flavor_id: str, vcpus: int, ram_mb: int, disk_gb: int, image_id: str
+                ) -> _Definition:
+    """The one shared :class:`_Definition` of these values (kept for the 256 most
+    recently asked: sharing saves memory, it is never needed for correctness)."""
+    return _Definition(flavor_id, vcpus, ram_mb, disk_gb, image_id)
+
+
+class _Rare:
+    """The fields of a guest that are usually empty (a pending resize, a rescue, NMI
+    panics): kept apart, so that a guest without any holds one empty slot for them."""
+
+    __slots__ = ("old_definition", "panicked_boots", "rescue_image_id")
+
+    def __init__(self) -> None:
+        self.old_definition: _OldDefinition | None = None
+        self.rescue_image_id: str | None = None
+        self.panicked_boots: tuple[int, ...] = ()
+
+
+class _Guest:
+    """One defined guest.
+
+    The embedded hypervisor keeps one per server, so a guest's size is the process's
+    size per server: its fields are slots, its flavor and image one definition shared
+    with the guests defined alike, and its usually empty fields (a pending resize's old
+    definition, a rescue image, NMI panics) one slot that stays None until one is set.
+    About 120 bytes, its id and name apart.
+    """
+
+    __slots__ = ("_definition", "_rare", "boot_count", "generation", "incoming", "mac",
+                 "name", "power_state", "server_id")
+
+    def __init__(self, *, server_id: str, name: str, flavor_id: str, vcpus: int,
+                 ram_mb: int, disk_gb: int, image_id: str,
+                 power_state: PowerState = PowerState.SHUTDOWN,
+                 old_definition: _OldDefinition | None = None, boot_count: int = 0,
+                 generation: int = 0, rescue_image_id: str | None = None,
+                 panicked_boots: tuple[int, ...] = (), mac: str | None = None,
+                 incoming: bool = False) -> None:
+        self.server_id = server_id
+        self.name = name
+        self._definition = _definition(flavor_id, vcpus, ram_mb, disk_gb, image_id)
+        self._rare: _Rare | None = None
+        self.power_state = power_state
+        self.boot_count = boot_count
+        self.generation = generation
+        #: the MAC of its NIC, as the engine asked (None: not given)
+        self.mac = mac
+        self.old_definition = old_definition
+        self.rescue_image_id = rescue_image_id
+        self.panicked_boots = panicked_boots
+        #: a copy defined to receive a live migration, not yet running (QEMU's -incoming)
+        self.incoming = incoming
+
+    def _rare_fields(self) -> _Rare:
+        if self._rare is None:
+            self._rare = _Rare()
+        return self._rare
+
+    @property
+    def old_definition(self) -> _OldDefinition | None:
+        """What a resize awaiting confirmation replaced."""
+        return None if self._rare is None else self._rare.old_definition
+
+    @old_definition.setter
+    def old_definition(self, value: _OldDefinition | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().old_definition = value
+
+    @property
+    def rescue_image_id(self) -> str | None:
+        """The rescue image the guest runs, its own disk attached as the second."""
+        return None if self._rare is None else self._rare.rescue_image_id
+
+    @rescue_image_id.setter
+    def rescue_image_id(self, value: str | None) -> None:
+        if value is not None or self._rare is not None:
+            self._rare_fields().rescue_image_id = value
+
+    @property
+    def panicked_boots(self) -> tuple[int, ...]:
+        """The boots an NMI ended (the simulated kernel dumps and restarts)."""
+        return () if self._rare is None else self._rare.panicked_boots
+
+    @panicked_boots.setter
+    def panicked_boots(self, value: tuple[int, ...]) -> None:
+        if value or self._rare is not None:
+            self._rare_fields().panicked_boots = tuple(value)
+
+    def _redefine(self, **changes: Any) -> None:
+        fields = {**self._definition.__dict__, **changes}
+        self._definition = _definition(**fields)
+
+    @property
+    def flavor_id(self) -> str:
+        return self._definition.flavor_id
+
+    @flavor_id.setter
+    def flavor_id(self, value: str) -> None:
+        self._redefine(flavor_id=value)
+
+    @property
+    def vcpus(self) -> int:
+        return self._definition.vcpus
+
+    @vcpus.setter
+    def vcpus(self, value: int) -> None:
+        self._redefine(vcpus=value)
+
+    @property
+    def ram_mb(self) -> int:
+        return self._definition.ram_mb
+
+    @ram_mb.setter
+    def ram_mb(self, value: int) -> None:
+        self._redefine(ram_mb=value)
+
+    @property
+    def disk_gb(self) -> int:
+        return self._definition.disk_gb
+
+    @disk_gb.setter
+    def disk_gb(self, value: int) -> None:
+        self._redefine(disk_gb=value)
+
+    @property
+    def image_id(self) -> str:
+        return self._definition.image_id
+
+    @image_id.setter
+    def image_id(self, value: str) -> None:
+        self._redefine(image_id=value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Guest) and self.snapshot() == other.snapshot()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"_Guest({self.snapshot()!r})"
 
     def boot(self) -> None:
         self.power_state = PowerState.RUNNING
@@ -202,7 +332,7 @@ class _Guest:
             boot_count=int(data["boot_count"]),
             generation=int(data["generation"]),
             rescue_image_id=data.get("rescue_image_id"),  # absent from older state files
-            panicked_boots=[int(b) for b in data.get("panicked_boots", [])],
+            panicked_boots=tuple(int(b) for b in data.get("panicked_boots", [])),
             mac=data.get("mac"),
             incoming=bool(data.get("incoming", False)),
         )

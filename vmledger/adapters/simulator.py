@@ -171,7 +171,7 @@ class Simulator(SimulatorHarness):
             if guest.power_state != PowerState.RUNNING:
                 raise HypervisorError(f"Instance {server_id} is not running", rollback=True,
                                       code=409)
-            guest.panicked_boots.append(guest.boot_count)
+            guest.panicked_boots += (guest.boot_count,)
             guest.boot()
             return {"nmi": True, "boot_count": guest.boot_count}
 

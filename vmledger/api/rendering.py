@@ -5,7 +5,9 @@ and version) and of who it is rendered for (microversion, admin-ness, link base 
 project): :class:`RenderCache` keeps the rendered bytes under that key, so a list page
 renders and encodes only the servers that changed since it was last served, and joins
 the others' bytes. Nothing is ever stale: a new version is a new key; old keys leave
-first-in first-out once the cache is full.
+first-in first-out once the cache is full: of entries (``capacity``) or of bytes
+(``max_bytes``, the rendered bytes and about :data:`ENTRY_OVERHEAD` for each entry's
+key and bookkeeping), whichever comes first.
 
 Bodies are encoded with msgspec (compact UTF-8, as Starlette's ``JSONResponse``
 writes them, several times faster).
@@ -23,8 +25,14 @@ from starlette.responses import Response
 from vmledger.api.views import Viewer
 from vmledger.projections.server_queries import StoredServer
 
-#: rendered servers kept per app (at ~2 KB each: about 40 MB when full)
+#: rendered servers kept per app at most
 DEFAULT_CAPACITY = 20_000
+#: and their bytes at most (servers render to about 2 kB each: some 4,000 of them, four
+#: full pages of the largest list; a fleet of 1,000 servers never fills it)
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+#: what an entry costs beside its rendered bytes: the key (a tuple of the id, a version
+#: and a number), the dictionary's slot and the bytes object's header
+ENTRY_OVERHEAD = 200
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -51,8 +59,12 @@ Renderer = Callable[[dict[str, Any], Viewer], dict[str, Any]]
 class RenderCache:
     """Rendered server JSON by (id, version, renderer and viewer); bounded, thread-safe."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        #: the bytes the entries take (rendered bytes plus :data:`ENTRY_OVERHEAD` each)
+        self.bytes = 0
         self._entries: dict[tuple[str, int, int], bytes] = {}
         #: each distinct (renderer, viewer) gets a small number, so an entry's key is a
         #: cheap (id, version, number) to hash and compare
@@ -69,6 +81,7 @@ class RenderCache:
                 if len(self._slots) > 4 * max(self.capacity, 1):
                     self._slots.clear()
                     self._entries.clear()
+                    self.bytes = 0
                 slot = self._slots.setdefault((render, viewer), len(self._slots))
         return Rendering(self, slot, viewer, render)
 
@@ -104,11 +117,16 @@ class Rendering:
             return found
         cache.misses += 1
         text = dumps(self.render(row.doc, self.viewer))
-        if cache.capacity > 0:
+        size = len(text) + ENTRY_OVERHEAD
+        if cache.capacity > 0 and size <= cache.max_bytes:
             with cache._lock:
-                while len(entries) >= cache.capacity:
+                while entries and (len(entries) >= cache.capacity
+                                   or cache.bytes + size > cache.max_bytes):
                     # the oldest entry first (dicts keep insertion order)
-                    entries.pop(next(iter(entries)), None)
+                    old = entries.pop(next(iter(entries)))
+                    cache.bytes -= len(old) + ENTRY_OVERHEAD
+                if key not in entries:
+                    cache.bytes += size
                 entries[key] = text
         return text
 

@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, LRUCache, Repository
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import quota as quotas
+from vmledger.domain.aggregate_cache import DEFAULT_MAX_BYTES, SizedLRUCache
 from vmledger.domain.catalog import Catalog
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.errors import ServerNotFound
@@ -51,6 +52,10 @@ class ServerService(Application[uuid.UUID]):
     # eventsourcing: 0 would be an *unbounded* cache; a bounded LRU keeps the speed-up
     # (loads fast-forward from the cached version) without holding every server forever
     env: ClassVar[dict[str, str]] = {"AGGREGATE_CACHE_MAXSIZE": "10000"}
+    #: the aggregate cache's bound in bytes besides its entries (see
+    #: :mod:`vmledger.domain.aggregate_cache`); ``VMLEDGER_AGGREGATE_CACHE_BYTES``
+    #: in the environment overrides it
+    aggregate_cache_bytes: ClassVar[int] = DEFAULT_MAX_BYTES
 
     def __init__(self, env: dict[str, str] | None = None, *, clock: Clock | None = None,
                  catalog: Catalog | None = None, hosts: Sequence[str] = ("compute-1",),
@@ -88,6 +93,16 @@ class ServerService(Application[uuid.UUID]):
         self.request_id_factory = request_id_factory
 
     # --- contexts -------------------------------------------------------------------
+    def construct_repository(self) -> Repository[uuid.UUID]:
+        """The library's repository, its LRU cache bounded in bytes as well."""
+        repository = super().construct_repository()
+        if isinstance(repository.cache, LRUCache):
+            limit = self.env.get("VMLEDGER_AGGREGATE_CACHE_BYTES")
+            repository.cache = SizedLRUCache(
+                repository.cache.maxsize,
+                int(limit) if limit else self.aggregate_cache_bytes)
+        return repository
+
     def context(self, *, user_id: str = "admin", project_id: str = "admin",
                 is_admin: bool = True, request_id: str | None = None,
                 cause: str = "user") -> Context:

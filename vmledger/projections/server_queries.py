@@ -10,12 +10,14 @@ documents are decoded only when used. They reach the database through the public
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from vmledger.projections import name_grams
 from vmledger.projections.moves import TABLE as MOVES_TABLE
 from vmledger.projections.project_usage import project_usage
 from vmledger.projections.store import ReadStore, Row, chunks, loads, time_text
@@ -109,14 +111,27 @@ class ServerQueries(ReadStore):
         after the last row of the one before, until the page is full."""
         chunk = max(int(limit or 0), self.SCAN_CHUNK)
         names = dict.fromkeys(c for c, _ in columns.patterns)
-        sql = ("SELECT id, version, created_at" + "".join(f", {c} AS p_{c}" for c in names)
-               + " FROM {t}" + self._name_index_hint(columns))
+        picked = self._name_gram(columns)
+        if picked is None:
+            sql = ("SELECT id, version, created_at AS k_at, id AS k_id"
+                   + "".join(f", {c} AS p_{c}" for c in names)
+                   + " FROM {t}" + self._name_index_hint(columns))
+            keyset, order = "(created_at, id) < (?, ?)", "created_at DESC, id DESC"
+        else:
+            # driven by the rarest gram's rows, in the page's order: only candidates read
+            sql = ("SELECT s.id AS id, s.version AS version, g.at AS k_at, g.sid AS k_id"
+                   + "".join(f", s.{c} AS p_{c}" for c in names)
+                   + f" FROM {name_grams.TABLE} g {self._gram_join} {{t}} s ON s.id = g.sid")
+            where, params = ["g.gram = ?", *where], [picked, *params]
+            keyset, order = "(g.at, g.sid) < (?, ?)", "g.at DESC, g.sid DESC"
+            # each candidate is a row lookup: read about a page first, more if needed
+            chunk = min(chunk, max(int(limit or 0), 16))
         kept: list[StoredServer] = []
         last: list[Any] = []
         while True:
-            conditions = [*where, *(["(created_at, id) < (?, ?)"] if last else [])]
+            conditions = [*where, *([keyset] if last else [])]
             query = sql + (" WHERE " + " AND ".join(conditions) if conditions else "")
-            found = self._read(query + f" ORDER BY created_at DESC, id DESC LIMIT {chunk}",
+            found = self._read(query + f" ORDER BY {order} LIMIT {chunk}",
                                [*params, *last])
             for row in found:
                 if all(pattern.search(row[f"p_{column}"] or "") is not None
@@ -126,7 +141,74 @@ class ServerQueries(ReadStore):
                         return kept
             if len(found) < chunk:
                 return kept
-            last = [found[-1]["created_at"], found[-1]["id"]]
+            last = [found[-1]["k_at"], found[-1]["k_id"]]
+            chunk = max(chunk, min(chunk * 2, self.SCAN_CHUNK))
+
+    #: a gram with fewer rows than the second number drives a name pattern's scan (a
+    #: wider one is no cheaper than the page's order); the first: the newest rows of
+    #: each gram read before any is counted in full
+    GRAM_ROUNDS = (64, 4096)
+    #: the required grams weighed at most (spread over the pattern's literals)
+    GRAMS_WEIGHED = 12
+
+    def _name_gram(self, columns: ColumnFilter) -> str | None:
+        """The rarest of the grams every name a ``name`` pattern of ``columns`` finds
+        something in holds (see :func:`required_literals`), when it has few enough rows
+        (:attr:`GRAM_ROUNDS`) and the grams are kept (:mod:`name_grams`); else
+        None (the scan follows the page's order). A pattern with a literal prefix takes
+        the name index instead."""
+        grams: dict[str, None] = {}
+        for column, pattern in columns.patterns:
+            if column == "name" and prefix_range(pattern) is None:
+                for text in required_literals(pattern):
+                    grams.update(dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2)))
+        if not grams or not self._grams_ready():
+            return None
+        if len(grams) > self.GRAMS_WEIGHED:  # any required gram is a right driver
+            pieces = list(grams)
+            step = len(pieces) / self.GRAMS_WEIGHED
+            grams = dict.fromkeys(pieces[int(i * step)] for i in range(self.GRAMS_WEIGHED))
+        # the newest rows of each gram: a gram with fewer is counted exactly (the
+        # fewest wins); the others are counted in the order their rows reach back
+        # (furthest first: likely the rarest), each count bounded by the best so far.
+        # Counting reads an index entry a row, a candidate a table row: counts pay.
+        first, most = self.GRAM_ROUNDS
+        ages: list[tuple[str, str]] = []
+        best: tuple[int, str] | None = None
+        for gram in grams:
+            row = self._read(
+                f"SELECT COUNT(*) AS n, MIN(at) AS oldest FROM (SELECT at FROM"
+                f" {name_grams.TABLE} WHERE gram = ? ORDER BY at DESC, sid DESC"
+                f" LIMIT {first}) AS newest", [gram])[0]
+            if int(row["n"]) < first:
+                if best is None or int(row["n"]) < best[0]:
+                    best = (int(row["n"]), gram)
+            else:
+                ages.append((str(row["oldest"]), gram))
+        if best is not None:
+            return best[1]
+        for _, gram in sorted(ages):
+            cap = most if best is None else best[0]
+            found = int(self._read(
+                f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM {name_grams.TABLE}"
+                f" WHERE gram = ? LIMIT {cap}) AS counted", [gram])[0]["n"])
+            if found < cap:
+                best = (found, gram)
+        return None if best is None else best[1]
+
+    @property
+    def _gram_join(self) -> str:
+        # SQLite's planner is told to walk the gram's rows first (the page's order);
+        # PostgreSQL's has statistics
+        return "CROSS JOIN" if self.dialect == "sqlite" else "JOIN"
+
+    def _grams_ready(self) -> bool:
+        """Whether every server's name has its grams (once true, it stays so here
+        unless a name too long for them is written: checked again each time)."""
+        try:
+            return bool(self._read(f"SELECT 1 AS one FROM {name_grams.READY}"))
+        except Exception:  # an older database opened without the grams' tables
+            return False
 
     #: a name prefix shared by at most this many servers is read through the name
     #: index (then sorted); a wider one by the page's order, until the page is full
@@ -309,6 +391,13 @@ class ServerQueries(ReadStore):
         return int(self._read("SELECT COUNT(*) AS n FROM {t}")[0]["n"])
 
 
+#: the standard library's parser of regular expressions (private, stable in 3.11+)
+_parser: Any = importlib.import_module("re._parser")
+_constants: Any = importlib.import_module("re._constants")
+_REPEATS = tuple(getattr(_constants, name) for name in (
+    "MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(_constants, name))
+_ATOMIC = getattr(_constants, "ATOMIC_GROUP", object())
+
 #: characters with a meaning in a regular expression
 _METACHARACTERS = frozenset(".^$*+?{}[]\\|()")
 #: characters that make the one before them optional or repeated
@@ -330,6 +419,47 @@ def literal_prefix(pattern: re.Pattern[str]) -> str:
             break  # the character is not literal, or may be left out
         prefix.append(char)
     return "".join(prefix)
+
+
+def required_literals(pattern: re.Pattern[str]) -> list[str]:
+    """Texts every string ``pattern`` finds something in contains (``"ench-12"`` →
+    ``["ench-12"]``; ``"web-\\d+x"`` → ``["web-", "x"]``), read from the parsed
+    expression conservatively: runs of literal characters in its top-level sequence (in
+    a group too, and in a repeat that must happen at least once); nothing from an
+    alternation, an optional part, a lookaround or a case-insensitive part, and nothing
+    at all under a global ``IGNORECASE``."""
+    if pattern.flags & re.IGNORECASE:
+        return []
+    try:
+        parsed = _parser.parse(pattern.pattern, pattern.flags & ~re.DEBUG)
+    except Exception:  # what compiled parses; never narrow on a surprise
+        return []
+    found: list[str] = []
+    _literal_runs(list(parsed), found)
+    return [text for text in found if text]
+
+
+def _literal_runs(items: list[Any], found: list[str]) -> None:
+    run: list[str] = []
+    for op, arg in items:
+        if op is _constants.LITERAL:
+            run.append(chr(arg))
+            continue
+        found.append("".join(run))
+        run = []
+        if op is _constants.SUBPATTERN:
+            _group, add_flags, _del_flags, sub = arg
+            if not add_flags & (re.IGNORECASE | _constants.SRE_FLAG_IGNORECASE):
+                _literal_runs(list(sub), found)
+        elif op in _REPEATS:
+            low, _high, sub = arg
+            if low >= 1:
+                _literal_runs(list(sub), found)
+        elif op is _ATOMIC and arg is not None:
+            _literal_runs(list(arg), found)
+        # anything else (a class, any character, an alternation, an anchor, a
+        # lookaround, a backreference) ends a run and adds nothing
+    found.append("".join(run))
 
 
 def prefix_range(pattern: re.Pattern[str]) -> tuple[str, str] | None:

@@ -358,11 +358,16 @@ class ServersView(ServerQueries):
                     curs.execute(f"DROP INDEX IF EXISTS {name}")
 
     def restore_indexes(self) -> None:
-        """Create the secondary indexes that are missing."""
+        """Create the secondary indexes that are missing (and what extensions keep
+        beside them: their optional ``restore(curs, sql)``)."""
         with self.transaction(commit=True) as curs:
             for statement in self.create_statements():
                 if statement.startswith("CREATE INDEX"):
                     curs.execute(statement)
+            for extension in self.extensions:
+                restore = getattr(extension, "restore", None)
+                if restore is not None:
+                    restore(curs, self._sql)
 
     def _index_names(self) -> list[str]:
         names = []
