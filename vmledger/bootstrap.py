@@ -34,6 +34,7 @@ from vmledger.projections.hosts import SERVICE_DOWN_TIME
 from vmledger.projections.hosts import create_table as create_host_reports
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
+from vmledger.projections.layouts import open_layouts
 from vmledger.projections.migrations import Migrations
 from vmledger.projections.project_usage import ProjectUsage
 from vmledger.projections.quotas import QuotaClasses, QuotaSets
@@ -100,6 +101,9 @@ def build(url: str, settings: Settings) -> Graph:
             extensions=[InstanceActions(), Images(), Keypairs(), Migrations(),
                         QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
                         ComputeServices(), Allocations(), ProjectUsage()])
+        # which layout of the read models serves (an older one while this release's is
+        # folded beside it)
+        open_layouts(view)
         create_host_reports(view)
         guest_reads.create_table(view)
     updater = ViewUpdater(store, view)

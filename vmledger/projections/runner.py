@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -40,7 +41,9 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import resolve_topic
 
+from vmledger.projections import layouts
 from vmledger.projections.servers import RawPage, ServersView
+from vmledger.projections.store import Layout
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,33 @@ Row = tuple[int, Any, int, str, bytes]
 #: transaction (before its events); a longer gap is left to catch-up
 MISSED_LIMIT = 100
 
+#: an upgrade switches to the new layout once it is this close to the log's head: the
+#: switch folds the rest in a transaction that holds the log's write lock
+SWITCH_LIMIT = 100
+#: after a switch, the old layout's tables are dropped once no request of this process
+#: reads them and this many seconds have passed (other processes notice the switch
+#: within a second: :meth:`ViewUpdater.refresh`)
+DROP_GRACE = 5.0
+#: how often a process checks which layout serves (on a request, and while following)
+REFRESH_EVERY = 1.0
+
+
+class _Stopped(Exception):
+    """An upgrade asked to stop (the process is closing)."""
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    """What :meth:`ViewUpdater.upgrade` did."""
+
+    layout: str
+    #: events folded into the new layout
+    folded: int
+    #: seconds from the start to the switch (None: no switch made by this call)
+    to_switch: float | None
+    #: the layouts whose tables were dropped
+    dropped: tuple[str, ...]
+
 
 class ViewUpdater:
     def __init__(self, app: Application[Any], view: ServersView, *, page_size: int = PAGE_SIZE,
@@ -73,6 +103,15 @@ class ViewUpdater:
         #: per thread: where the last fold in a command's transaction ended (None when
         #: that transaction's fold was skipped or failed)
         self._folded = threading.local()
+        self._checked = time.monotonic()
+        self._refreshing = threading.Lock()
+        #: per layout: the furthest position a command of this process folded into it,
+        #: and per layout the furthest of the others' it is known to have reached (a
+        #: request after a switch reads the new layout only once it has what this
+        #: process's commands folded into the old one meanwhile)
+        self._written: dict[str, int] = {}
+        self._settled: dict[str, int] = {}
+        self._written_lock = threading.Lock()
 
     # --- this process's own events, in their transaction ------------------------------
     def attach(self, recorder: Any) -> bool:
@@ -112,10 +151,13 @@ class ViewUpdater:
         if getattr(self._folded, "deferred", False):
             return
         try:
-            with _savepoint(curs):
+            with self.view.pinned() as layout, _savepoint(curs):
                 if self.view.fold_written(curs, rows, decoder,
                                           partial(read_missed, recorder)):
-                    self._folded.to = rows[-1][0]
+                    self._folded.to = (layout.name, rows[-1][0])
+                    with self._written_lock:
+                        if self._written.get(layout.name, 0) < rows[-1][0]:
+                            self._written[layout.name] = rows[-1][0]
         except Exception:
             log.exception("folding the command's events in its transaction failed; "
                           "catch-up will fold them")
@@ -130,7 +172,7 @@ class ViewUpdater:
         """
         read = 0
         limit = max(batch_events or self.batch_events, self.page_size)
-        with self._lock:
+        with self._lock, self.view.pinned():
             start = self.view.position()
             # originator ids converted once per catch-up, not once per event
             originators: dict[Any, UUID | str] = {}
@@ -175,7 +217,9 @@ class ViewUpdater:
         Nothing to read when the caller's own command, the last this thread recorded,
         ended at ``position`` and was folded in its transaction (its save returned: that
         transaction committed)."""
-        if position is None or getattr(self._folded, "to", None) == position:
+        if position is None:
+            return
+        if getattr(self._folded, "to", None) == (self.view.layout.name, position):
             return
         deadline = time.monotonic() + timeout
         while self.view.position() < position:
@@ -200,6 +244,8 @@ class ViewUpdater:
         datastore = getattr(self.app.recorder, "datastore", None)
         changed = self._changes(on_change)
         while not stop.is_set():
+            with contextlib.suppress(Exception):
+                self.refresh()
             try:
                 if channel is not None and datastore is not None:
                     self._listen(datastore, channel, stop, changed, poll)
@@ -240,7 +286,7 @@ class ViewUpdater:
         """Drop the view's rows and position, then fold the whole log again (in larger
         transactions than live catch-up: fewer loads and writes of each row; secondary
         indexes dropped meanwhile and built once at the end)."""
-        with self._lock:
+        with self._lock, self.view.pinned():
             self.view.clear(drop_indexes=True)
         # A fold allocates a few dicts per event and keeps a batch of rows and documents
         # alive: the cyclic collector's full passes over them cost 15-25 % of a rebuild.
@@ -253,6 +299,152 @@ class ViewUpdater:
             if paused:
                 gc.enable()
             self.view.restore_indexes()
+
+    # --- layouts: the serving one, and upgrades beside it -----------------------------
+    @contextmanager
+    def request(self) -> Iterator[Layout]:
+        """Around one API request: every read and fold in it goes to the layout serving
+        when it starts (see :meth:`ServersView.pinned`), checked against the registry at
+        most every :data:`REFRESH_EVERY` seconds."""
+        try:
+            self.refresh()
+        except Exception:
+            log.exception("checking which read-model layout serves failed")
+        with self.view.pinned() as layout:
+            written = self._written
+            if len(written) > 1 or (written and layout.name not in written):
+                self._settle(layout)
+            yield layout
+
+    def _settle(self, layout: Layout) -> None:
+        """Fold into ``layout`` (pinned) what this process's commands folded into
+        another one, up to where they did (after a switch: the commands whose requests
+        had pinned the old layout)."""
+        with self._written_lock:
+            behind = max((p for n, p in self._written.items() if n != layout.name),
+                         default=0)
+        if behind <= self._settled.get(layout.name, 0):
+            return
+        deadline = time.monotonic() + 10.0
+        while self.view.position() < behind and time.monotonic() < deadline:
+            self.catch_up()
+        self._settled[layout.name] = max(self._settled.get(layout.name, 0), behind)
+
+    def refresh(self, every: float | None = None) -> bool:
+        """Follow a switch made by another process (or thread): when another layout
+        serves now, fold into it what this process has not folded yet, then read from
+        it. Checks the registry at most every ``every`` seconds (default
+        :data:`REFRESH_EVERY`). Returns whether the serving layout changed."""
+        now = time.monotonic()
+        if every is None:
+            every = REFRESH_EVERY
+        if now - self._checked < every or not self._refreshing.acquire(blocking=False):
+            return False
+        try:
+            self._checked = now
+            name = layouts.serving_name(self.view)
+            if name is None or name == self.view.serving.name:
+                return False
+            new = Layout(name)
+            ViewUpdater(self.app, self.view.at(new), page_size=self.page_size,
+                        batch_events=self.batch_events).catch_up()
+            log.info("the read models' layout %s serves (was %s)", name,
+                     self.view.serving.name)
+            self.view.serving = new
+            return True
+        finally:
+            self._refreshing.release()
+
+    def upgrade_needed(self) -> bool:
+        """Whether this release's layout is still being folded, or an old one's tables
+        wait to be dropped."""
+        return layouts.upgrade_pending(self.view) or bool(layouts.retired(self.view))
+
+    def upgrade(self, progress: Callable[[int, int], None] | None = None,
+                stop: threading.Event | None = None,
+                grace: float | None = None, drop: bool = True) -> UpgradeReport:
+        """Fold this release's layout beside the serving one (from where an earlier,
+        interrupted upgrade stopped), switch to it atomically once it has caught up with
+        the log, then drop the old layout's tables (once no request of this process
+        reads them and ``grace`` seconds have passed, :data:`DROP_GRACE` by default;
+        not with ``drop`` false). Meanwhile the serving layout keeps
+        answering and keeps being folded by commands and catch-up. Returns early, having
+        switched nothing, when ``stop`` is set."""
+        target = self.view.target
+        started = time.perf_counter()
+        folded = 0
+        to_switch: float | None = None
+        if layouts.upgrade_pending(self.view):
+            beside = self.view.at(target)
+            builder = ViewUpdater(self.app, beside, page_size=self.page_size,
+                                  batch_events=REBUILD_BATCH_EVENTS)
+            if beside.position() == 0:
+                # a fresh fold: fill the tables without their secondary indexes, which
+                # are built once at the end (as a rebuild does)
+                beside.clear(drop_indexes=True)
+
+            def step(read: int, position: int) -> None:
+                if stop is not None and stop.is_set():
+                    raise _Stopped
+                if progress is not None:
+                    progress(folded + read, position)
+
+            try:
+                while layouts.serving_name(self.view) != target.name:
+                    folded += builder.catch_up(step, batch_events=REBUILD_BATCH_EVENTS)
+                    head = self.app.recorder.max_notification_id() or 0
+                    if head - beside.position() > SWITCH_LIMIT:
+                        continue
+                    beside.restore_indexes()
+                    if self._switch(beside):
+                        to_switch = time.perf_counter() - started
+                        log.info("the read models' layout %s serves, folded beside %s "
+                                 "in %.2f s", target.name, self.view.serving.name,
+                                 to_switch)
+                        break
+            except _Stopped:
+                return UpgradeReport(target.name, folded, None, ())
+            self.refresh(every=0.0)
+            self.view.serving = target
+        dropped = self._drop_retired(DROP_GRACE if grace is None else grace,
+                                     stop) if drop else ()
+        return UpgradeReport(target.name, folded, to_switch, dropped)
+
+    def _switch(self, beside: ServersView) -> bool:
+        """In one transaction holding the log's write lock: fold the events the new
+        layout lacks and make it the serving one. False when too many are left (more
+        catch-up first)."""
+        new = beside.layout
+        decoder = EventDecoder(self.app.mapper, beside.wants)
+        recorder = self.app.recorder
+        with beside.transaction(commit=True) as curs:
+            lock_log(recorder, curs)
+            current = beside._locked_position(curs)
+            rows = read_missed(recorder, curs, current, 2**62, most=SWITCH_LIMIT)
+            if rows is None:
+                return False
+            if rows:
+                beside._fold(curs, [(rows, rows[-1][0])], decoder, empty=not current,
+                             bulk=False)
+            switched = layouts.switch(curs, self.view, new)
+        return switched or layouts.serving_name(self.view) == new.name
+
+    def _drop_retired(self, grace: float, stop: threading.Event | None) -> tuple[str, ...]:
+        self.refresh(every=0.0)
+        dropped: list[str] = []
+        for old in layouts.retired(self.view):
+            deadline = time.monotonic() + grace
+            while (self.view.readers(old) or time.monotonic() < deadline):
+                if stop is not None and stop.wait(0.05):
+                    return tuple(dropped)
+                if stop is None:
+                    time.sleep(0.05)
+            layouts.drop(self.view, old)
+            with self._written_lock:
+                self._written.pop(old.name, None)
+            log.info("dropped the tables of the read models' layout %s", old.name)
+            dropped.append(old.name)
+        return tuple(dropped)
 
 
 class _savepoint:
@@ -279,12 +471,12 @@ class _savepoint:
         self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
 
 
-def read_missed(recorder: Any, curs: Any, after: int, before: int) -> list[Row] | None:
+def read_missed(recorder: Any, curs: Any, after: int, before: int,
+                most: int = MISSED_LIMIT) -> list[Row] | None:
     """The log's rows with ``after`` < notification id < ``before``, read on ``curs`` (in
     the insert's transaction, which holds the log's write lock: every such row is
-    committed and no other can appear), or None when there are more than
-    :data:`MISSED_LIMIT`."""
-    limit = MISSED_LIMIT + 1
+    committed and no other can appear), or None when there are more than ``most``."""
+    limit = most + 1
     if isinstance(recorder, SQLiteApplicationRecorder):
         curs.execute(f"SELECT rowid, originator_id, originator_version, topic, state "
                      f"FROM {recorder.events_table_name} WHERE rowid>? AND rowid<? "
@@ -305,7 +497,17 @@ def read_missed(recorder: Any, curs: Any, after: int, before: int) -> list[Row] 
                  str(r["topic"]), bytes(r["state"])) for r in curs.fetchall()]
     else:
         return None
-    return None if len(rows) > MISSED_LIMIT else rows
+    return None if len(rows) > most else rows
+
+
+def lock_log(recorder: Any, curs: Any) -> None:
+    """Hold the log's write lock in the transaction of ``curs`` (SQLite: a writing
+    transaction holds it already; PostgreSQL: the lock the library's inserts take)."""
+    if isinstance(recorder, PostgresApplicationRecorder):
+        from psycopg.sql import SQL, Identifier
+
+        curs.execute(SQL("LOCK TABLE {0}.{1} IN EXCLUSIVE MODE").format(
+            Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)))
 
 
 def read_page(recorder: Any, start: int, limit: int,
