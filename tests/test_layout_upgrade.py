@@ -11,19 +11,23 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
 from tests.test_projection_rebuild import snapshot
-from vmledger import Engine, Simulator
+from vmledger import Engine, Simulator, bootstrap
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.cli import main
 from vmledger.domain.catalog import image_id_for
+from vmledger.domain.server import Server
+from vmledger.persistence import servers_view as open_view
 from vmledger.projections import layouts, runner, store
+from vmledger.projections import servers as view_module
 from vmledger.projections.servers import ServersView
-from vmledger.projections.store import LEGACY_LAYOUT, Layout
+from vmledger.projections.store import LEGACY_LAYOUT, Layout, RowWriter
 
 IMAGE = image_id_for("cirros-0.6.2-x86_64")
 OLD = LEGACY_LAYOUT
@@ -31,17 +35,77 @@ NEW = "vmledger.views.99"
 ADMIN = {"OpenStack-API-Version": "compute 2.1"}
 
 
+class EventTally:
+    """A read model the new release adds: how many events each server has had."""
+
+    table = "vmledger_event_tally"
+    event_types = (Server.Event,)
+
+    def create_statements(self, sql: Callable[[str], str]) -> list[str]:
+        return [sql(f"CREATE TABLE IF NOT EXISTS {self.table} (server_id TEXT PRIMARY KEY,"
+                    " events INTEGER NOT NULL, version INTEGER NOT NULL)")]
+
+    def batch(self, writer: RowWriter, *, empty: bool) -> EventTally.Batch:
+        return EventTally.Batch(self, writer, empty)
+
+    def clear(self, curs: Any, sql: Callable[[str], str]) -> None:
+        curs.execute(sql(f"DELETE FROM {self.table}"))
+
+    class Batch:
+        def __init__(self, model: EventTally, writer: RowWriter, empty: bool) -> None:
+            self.model, self.writer, self.empty = model, writer, empty
+            self.rows: dict[str, list[int]] = {}
+
+        def fold(self, events: Sequence[Any]) -> None:
+            for event in events:
+                key = str(event.originator_id)
+                row = self.rows.get(key)
+                if row is None:
+                    row = self.rows[key] = self.load(key)
+                if event.originator_version > row[1]:
+                    row[0] += 1
+                    row[1] = event.originator_version
+
+        def load(self, key: str) -> list[int]:
+            if not self.empty:
+                self.writer.curs.execute(self.writer.sql(
+                    f"SELECT events, version FROM {self.model.table} WHERE server_id = ?"),
+                    [key])
+                found = self.writer.curs.fetchone()
+                if found is not None:
+                    return [int(found["events"]), int(found["version"])]
+            return [0, 0]
+
+        def write(self) -> None:
+            self.writer.upsert(self.model.table, ("server_id", "events", "version"),
+                               "server_id", [(k, *v) for k, v in self.rows.items()])
+
+
 def new_release(monkeypatch: pytest.MonkeyPatch) -> None:
     """From here on, engines run a release whose read models have another layout: a new
-    name and one index more."""
+    name, a column more in the servers view (and an index on it), and a new read model
+    (:class:`EventTally`)."""
     monkeypatch.setattr(store, "TRACKING_NAME", NEW)
     original = ServersView._statements
 
-    def with_index(self: ServersView, sql: Any) -> list[str]:
-        return [*original(self, sql),
-                sql("CREATE INDEX IF NOT EXISTS {t}_upgrade_probe ON {t} (host, name)")]
+    def more(self: ServersView, sql: Any) -> list[str]:
+        statements = [s.replace(" version INTEGER, doc TEXT)",
+                                " version INTEGER, doc TEXT, label TEXT)")
+                      for s in original(self, sql)]
+        return [*statements, sql("CREATE INDEX IF NOT EXISTS {t}_label ON {t} (label)")]
 
-    monkeypatch.setattr(ServersView, "_statements", with_index)
+    monkeypatch.setattr(ServersView, "_statements", more)
+    monkeypatch.setattr(view_module, "_COLUMNS", (*view_module._COLUMNS, "label"))
+    row_of = view_module.row_of
+    monkeypatch.setattr(view_module, "row_of", lambda doc: (
+        *row_of(doc), f"{doc.get('host') or ''}/{doc.get('name')}"))
+    monkeypatch.setattr(bootstrap, "servers_view", lambda datastore, extensions: open_view(
+        datastore, [*extensions, EventTally()]))  # what bootstrap opens the view with
+
+
+def tally(engine: Engine) -> dict[str, int]:
+    return {r["server_id"]: r["events"]
+            for r in engine.view.query("SELECT server_id, events FROM vmledger_event_tally")}
 
 
 def tables(engine: Engine) -> set[str]:
@@ -195,15 +259,19 @@ def test_an_upgrade_under_http_load_fails_no_request_and_leaves_nothing_stale(
         assert [(s.name, s.state) for s in layouts.states(engine.view)] == [(NEW, "serving")]
         assert not engine.updater.upgrade_needed()
         present = tables(engine)
-        assert {"vmledger_servers_v99", "vmledger_servers_upgrade_probe_v99",
-                "vmledger_server_actions_v99"} <= present
-        assert "vmledger_servers" not in present and "vmledger_server_actions" not in present
+        assert {"vmledger_servers_v99", "vmledger_servers_label_v99",
+                "vmledger_server_actions_v99", "vmledger_event_tally_v99"} <= present
+        assert not {"vmledger_servers", "vmledger_server_actions",
+                    "vmledger_event_tally"} & present
+        # the new layout's column and read model are complete
+        assert not engine.view.query("SELECT id FROM vmledger_servers WHERE label IS NULL")
         # nothing stale: what the API answers is what a fold of the whole log gives
         client = ApiClient(create_app(engine))
-        answered, rows = listing(client), snapshot(engine)
-        assert len(answered) > 16
+        answered, rows, counts = listing(client), snapshot(engine), tally(engine)
+        assert len(answered) > 16 and len(counts) == len(answered)
         engine.updater.rebuild()
         assert listing(client) == answered and snapshot(engine) == rows
+        assert tally(engine) == counts
 
 
 def test_an_interrupted_upgrade_resumes_and_never_serves_a_partial_layout(
@@ -213,7 +281,7 @@ def test_an_interrupted_upgrade_resumes_and_never_serves_a_partial_layout(
     monkeypatch.setattr(runner, "REBUILD_BATCH_EVENTS", 10)
     with Engine(url, hypervisor=sim) as first:
         served = listing(ApiClient(create_app(first)))
-        head = first.service.recorder.max_notification_id()
+        head = first.service.recorder.max_notification_id() or 0
         stop = threading.Event()
         first.updater.page_size = 10
         report = first.updater.upgrade(lambda *_: stop.set(), stop=stop)  # killed

@@ -21,12 +21,15 @@ missed into the new version, and read from it from their next request on.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from vmledger.projections.servers import ServersView
 from vmledger.projections.store import LEGACY_LAYOUT, Layout, time_text
+
+log = logging.getLogger(__name__)
 
 #: the registry of layouts (not versioned itself)
 REGISTRY = "vmledger_views_layouts"
@@ -116,6 +119,56 @@ def open_layouts(view: ServersView) -> None:
             curs.execute(_raw(view, f"UPDATE {REGISTRY} SET state = '{BUILDING}' "
                                     f"WHERE name = ? AND state = '{RETIRED}'"), [target.name])
     view.serving = Layout(serving)
+    if serving != target.name:
+        expand(view, view.serving)
+
+
+def expand(view: ServersView, serving: Layout) -> None:
+    """Give the serving layout's tables what this release's layout adds, so that this
+    release can write and read them until its own layout has caught up: the tables
+    they lack (created empty: the new read model fills from now on), the columns they
+    lack (nullable: filled in the rows written from now on) and the indexes. A change
+    that is not an addition (a column's type, a key) is not made: the new layout has it
+    from the switch on."""
+    old = view.at(serving)
+    target = view.target
+    statements = old.create_statements()
+    for statement in statements:
+        if statement.startswith("CREATE TABLE"):
+            _try(view, [statement])
+    existing = _existing_tables(view)
+    for name in view.defined_tables():
+        new_table, old_table = name + target.suffix, name + serving.suffix
+        if new_table == old_table or not {new_table, old_table} <= existing:
+            continue
+        have = _columns(view, old_table)
+        _try(view, [f"ALTER TABLE {old_table} ADD COLUMN {column} {kind}"
+                    for column, kind in _columns(view, new_table).items()
+                    if column not in have])
+    for statement in statements:
+        if statement.startswith(("CREATE INDEX", "CREATE UNIQUE INDEX")):
+            _try(view, [statement])
+
+
+def _try(view: ServersView, statements: list[str]) -> None:
+    for statement in statements:
+        try:
+            with view.transaction() as curs:
+                curs.execute(statement)
+        except Exception as e:  # the new layout has it from the switch on
+            log.warning("the serving read-model layout could not take %r: %s", statement, e)
+
+
+def _columns(view: ServersView, table: str) -> dict[str, str]:
+    """A table's columns and their declared types."""
+    with view.transaction(commit=False) as curs:
+        if view.dialect == "sqlite":
+            curs.execute(f"PRAGMA table_info({table})")
+            return {str(r["name"]): str(r["type"]) for r in curs.fetchall()}
+        curs.execute("SELECT column_name AS name, data_type AS type FROM "
+                     "information_schema.columns WHERE table_name = %s "
+                     "AND table_schema = ANY (current_schemas(false))", [table])
+        return {str(r["name"]): str(r["type"]) for r in curs.fetchall()}
 
 
 def upgrade_pending(view: ServersView) -> bool:
@@ -175,5 +228,5 @@ def drop(view: ServersView, layout: Layout) -> None:
 
 
 __all__ = ["BUILDING", "REGISTRY", "RETIRED", "SERVING", "LayoutState", "create_registry",
-           "drop", "open_layouts", "retired", "serving_name", "states", "switch",
+           "drop", "expand", "open_layouts", "retired", "serving_name", "states", "switch",
            "upgrade_pending"]

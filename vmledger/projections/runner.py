@@ -217,6 +217,11 @@ class ViewUpdater:
         Nothing to read when the caller's own command, the last this thread recorded,
         ended at ``position`` and was folded in its transaction (its save returned: that
         transaction committed)."""
+        if time.monotonic() - self._checked >= REFRESH_EVERY:
+            try:
+                self.refresh()  # a switch made by another process
+            except Exception:
+                log.exception("checking which read-model layout serves failed")
         if position is None:
             return
         if getattr(self._folded, "to", None) == (self.view.layout.name, position):
