@@ -323,6 +323,26 @@ def test_another_process_follows_the_switch(
         assert len(listing(client)) == 3
 
 
+def test_a_layout_the_old_tables_cannot_take_is_folded_before_serving(
+        url: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A column whose type changes: the new release cannot write the old tables, so it
+    folds its layout at start-up (beside them) and serves it from the start."""
+    fleet(url, sim, 4)
+    monkeypatch.setattr(store, "TRACKING_NAME", NEW)
+    original = ServersView._statements
+    monkeypatch.setattr(ServersView, "_statements", lambda self, sql: [
+        s.replace(" deleted INTEGER,", " deleted SMALLINT,") for s in original(self, sql)])
+    with Engine(url, hypervisor=sim) as engine:
+        assert engine.view.serving.name == NEW
+        assert [(s.name, s.state) for s in layouts.states(engine.view)] == [
+            (NEW, "serving"), (OLD, "retired")]
+        client = ApiClient(create_app(engine))
+        assert len(listing(client)) == 4
+        assert engine.updater.upgrade(grace=0).dropped == (OLD,)
+        assert "vmledger_servers" not in tables(engine)
+        assert len(listing(client)) == 4
+
+
 def test_a_database_without_read_models_folds_the_new_layout_at_once(
         url: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     new_release(monkeypatch)

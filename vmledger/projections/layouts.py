@@ -150,6 +150,74 @@ def expand(view: ServersView, serving: Layout) -> None:
             _try(view, [statement])
 
 
+def conflicts(view: ServersView, serving: Layout) -> list[str]:
+    """What keeps this release from writing the serving layout's tables (after
+    :func:`expand`): a table it could not add, a column whose type changed, a column it
+    no longer writes that may not be null, a different set of unique keys (an upsert's
+    conflict target). Empty when the serving layout can serve this release meanwhile."""
+    target = view.target
+    existing = _existing_tables(view)
+    found = []
+    for name in view.defined_tables():
+        new_table, old_table = name + target.suffix, name + serving.suffix
+        if new_table == old_table or new_table not in existing:
+            continue
+        if old_table not in existing:
+            found.append(f"{old_table} is missing")
+            continue
+        new, old = _columns_detail(view, new_table), _columns_detail(view, old_table)
+        for column, (kind, required) in old.items():
+            if column not in new:
+                if required:
+                    found.append(f"{old_table}.{column} may not be null")
+            elif new[column][0].lower() != kind.lower():
+                found.append(f"{old_table}.{column} is {kind}, not {new[column][0]}")
+        if _unique_keys(view, new_table) != _unique_keys(view, old_table):
+            found.append(f"{old_table} has other unique keys")
+    return found
+
+
+def _columns_detail(view: ServersView, table: str) -> dict[str, tuple[str, bool]]:
+    """A table's columns: their declared type, and whether a row must give them (not
+    null without a default)."""
+    with view.transaction(commit=False) as curs:
+        if view.dialect == "sqlite":
+            curs.execute(f"PRAGMA table_info({table})")
+            return {str(r["name"]): (str(r["type"]), bool(r["notnull"]) and
+                                     r["dflt_value"] is None and not r["pk"])
+                    for r in curs.fetchall()}
+        curs.execute("SELECT column_name AS name, data_type AS type, is_nullable, "
+                     "column_default FROM information_schema.columns WHERE table_name = %s "
+                     "AND table_schema = ANY (current_schemas(false))", [table])
+        return {str(r["name"]): (str(r["type"]), r["is_nullable"] == "NO"
+                                 and r["column_default"] is None)
+                for r in curs.fetchall()}
+
+
+def _unique_keys(view: ServersView, table: str) -> set[frozenset[str]]:
+    """The column sets a table's primary key and unique indexes make unique."""
+    keys: set[frozenset[str]] = set()
+    with view.transaction(commit=False) as curs:
+        if view.dialect == "sqlite":
+            curs.execute(f"PRAGMA table_info({table})")
+            primary = frozenset(str(r["name"]) for r in curs.fetchall() if r["pk"])
+            if primary:
+                keys.add(primary)
+            curs.execute(f"PRAGMA index_list({table})")
+            for index in [str(r["name"]) for r in curs.fetchall() if r["unique"]]:
+                curs.execute(f"PRAGMA index_info({index})")
+                keys.add(frozenset(str(r["name"]) for r in curs.fetchall()))
+            return keys
+        curs.execute(
+            "SELECT array_agg(a.attname::text) AS columns FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey) "
+            "WHERE c.relname = %s AND n.nspname = ANY (current_schemas(false)) "
+            "AND i.indisunique GROUP BY i.indexrelid", [table])
+        return {frozenset(r["columns"]) for r in curs.fetchall()}
+
+
 def _try(view: ServersView, statements: list[str]) -> None:
     for statement in statements:
         try:
@@ -227,6 +295,6 @@ def drop(view: ServersView, layout: Layout) -> None:
         curs.execute(_raw(view, f"DELETE FROM {REGISTRY} WHERE name = ?"), [layout.name])
 
 
-__all__ = ["BUILDING", "REGISTRY", "RETIRED", "SERVING", "LayoutState", "create_registry",
-           "drop", "expand", "open_layouts", "retired", "serving_name", "states", "switch",
-           "upgrade_pending"]
+__all__ = ["BUILDING", "REGISTRY", "RETIRED", "SERVING", "LayoutState", "conflicts",
+           "create_registry", "drop", "expand", "open_layouts", "retired", "serving_name",
+           "states", "switch", "upgrade_pending"]

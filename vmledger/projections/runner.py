@@ -14,6 +14,11 @@ processes arrive through the log: the next command folds the few it finds before
 rest. The tracking position is the guard everywhere: it is read locked in the
 transaction that folds, and a fold that does not start where the position is writes
 nothing.
+
+Layout upgrades (:mod:`vmledger.projections.layouts`): :meth:`ViewUpdater.upgrade` folds
+this release's layout beside the serving one and switches to it once caught up;
+:meth:`ViewUpdater.request` pins one layout for a request, and
+:meth:`ViewUpdater.refresh` follows a switch another process made.
 """
 
 from __future__ import annotations
@@ -249,8 +254,6 @@ class ViewUpdater:
         datastore = getattr(self.app.recorder, "datastore", None)
         changed = self._changes(on_change)
         while not stop.is_set():
-            with contextlib.suppress(Exception):
-                self.refresh()
             try:
                 if channel is not None and datastore is not None:
                     self._listen(datastore, channel, stop, changed, poll)
@@ -267,6 +270,7 @@ class ViewUpdater:
         seen = [self.view.position()]
 
         def check() -> None:
+            self.refresh()  # a switch of the serving layout made by another process
             self.catch_up()
             position = self.view.position()
             if position != seen[0]:
@@ -337,8 +341,9 @@ class ViewUpdater:
 
     def refresh(self, every: float | None = None) -> bool:
         """Follow a switch made by another process (or thread): when another layout
-        serves now, fold into it what this process has not folded yet, then read from
-        it. Checks the registry at most every ``every`` seconds (default
+        serves now, and this process was serving an older one while its own was folded,
+        fold into the new one what this process has not folded yet, then read from it.
+        Checks the registry at most every ``every`` seconds (default
         :data:`REFRESH_EVERY`). Returns whether the serving layout changed."""
         now = time.monotonic()
         if every is None:
@@ -349,6 +354,11 @@ class ViewUpdater:
             self._checked = now
             name = layouts.serving_name(self.view)
             if name is None or name == self.view.serving.name:
+                return False
+            if self.view.serving == self.view.target:
+                # another release switched away from this release's layout: this process
+                # keeps it (its own commands and follower keep folding it) until it is
+                # restarted on that release, within the grace before the tables go
                 return False
             new = Layout(name)
             ViewUpdater(self.app, self.view.at(new), page_size=self.page_size,

@@ -9,6 +9,10 @@ never disagree with the aggregate about what an event means. A page of events is
 written in one transaction together with the tracking position (exactly once); the
 same code rebuilds the view from scratch.
 
+Every statement goes to the tables of one layout (:attr:`ServersView.layout`: the read
+models' table and index names take its suffix), so a new layout can be folded beside the
+serving one (:mod:`vmledger.projections.layouts`).
+
 The other read models are written in the same transaction (:class:`ViewExtension`). The
 view's reads are :mod:`vmledger.projections.server_queries`; the database they all share,
 and the form documents are stored in, :mod:`vmledger.projections.store`.
