@@ -30,6 +30,7 @@ from vmledger.engine.records import HistoryEntry, ServerInfo
 from vmledger.engine.resources import ResourceFacade
 from vmledger.engine.servers import ServerFacade
 from vmledger.persistence import DEFAULT_URL
+from vmledger.projections import runner
 from vmledger.projections.hosts import SERVICE_DOWN_TIME
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
 
     def _upgrade(self) -> None:
         try:
-            self.updater.upgrade(stop=self._stop)
+            self.updater.upgrade(stop=self._stop, pace=runner.BACKGROUND_PACE)
         except Exception:
             log.exception("upgrading the read models' layout failed; the next start "
                           "resumes it")

@@ -68,6 +68,12 @@ Row = tuple[int, Any, int, str, bytes]
 #: transaction (before its events); a longer gap is left to catch-up
 MISSED_LIMIT = 100
 
+#: an upgrade folds the new layout in transactions of up to this many events: on SQLite
+#: each holds the database's one write lock, which the commands of the serving processes
+#: wait for meanwhile, so they stay short (about a tenth of a second); on PostgreSQL the
+#: new layout's tables and position are nobody else's, so they are as large as a
+#: rebuild's
+UPGRADE_BATCH_EVENTS = {"sqlite": 1_000, "postgres": REBUILD_BATCH_EVENTS}
 #: an upgrade switches to the new layout once it is this close to the log's head: the
 #: switch folds the rest in a transaction that holds the log's write lock
 SWITCH_LIMIT = 100
@@ -75,6 +81,9 @@ SWITCH_LIMIT = 100
 #: reads them and this many seconds have passed (other processes notice the switch
 #: within a second: :meth:`ViewUpdater.refresh`)
 DROP_GRACE = 5.0
+#: in the background of a serving process, an upgrade rests this many times as long as
+#: each of its transactions took (the API's requests share the interpreter with it)
+BACKGROUND_PACE = 1.0
 #: how often a process checks which layout serves (on a request, and while following)
 REFRESH_EVERY = 1.0
 
@@ -377,40 +386,65 @@ class ViewUpdater:
 
     def upgrade(self, progress: Callable[[int, int], None] | None = None,
                 stop: threading.Event | None = None,
-                grace: float | None = None, drop: bool = True) -> UpgradeReport:
+                grace: float | None = None, drop: bool = True,
+                pace: float = 0.0) -> UpgradeReport:
         """Fold this release's layout beside the serving one (from where an earlier,
         interrupted upgrade stopped), switch to it atomically once it has caught up with
         the log, then drop the old layout's tables (once no request of this process
         reads them and ``grace`` seconds have passed, :data:`DROP_GRACE` by default;
-        not with ``drop`` false). Meanwhile the serving layout keeps
-        answering and keeps being folded by commands and catch-up. Returns early, having
-        switched nothing, when ``stop`` is set."""
+        not with ``drop`` false). With ``pace``, it rests after each transaction for
+        that many times as long as the transaction took (in the background of a serving
+        process: its requests get the interpreter and the database more often).
+        Meanwhile the serving layout keeps answering and keeps being folded by commands
+        and catch-up. Returns early, having switched nothing, when ``stop`` is set."""
         target = self.view.target
         started = time.perf_counter()
         folded = 0
         to_switch: float | None = None
         if layouts.upgrade_pending(self.view):
             beside = self.view.at(target)
+            batch = UPGRADE_BATCH_EVENTS.get(self.view.dialect, BATCH_EVENTS)
             builder = ViewUpdater(self.app, beside, page_size=self.page_size,
-                                  batch_events=REBUILD_BATCH_EVENTS)
+                                  batch_events=batch)
             if beside.position() == 0:
                 # a fresh fold: fill the tables without their secondary indexes, which
                 # are built once at the end (as a rebuild does)
                 beside.clear(drop_indexes=True)
+
+            last = [time.perf_counter(), 0, 2**62]
 
             def step(read: int, position: int) -> None:
                 if stop is not None and stop.is_set():
                     raise _Stopped
                 if progress is not None:
                     progress(folded + read, position)
+                page, last[1] = read - last[1], read
+                if pace > 0 and page >= builder.page_size:  # not at the log's end
+                    # rest only while gaining on the log: under a heavier load than a
+                    # paced fold keeps up with, it goes at full speed
+                    gap = (self.app.recorder.max_notification_id() or 0) - position
+                    gaining, last[2] = gap < last[2], gap
+                    if not gaining:
+                        last[0] = time.perf_counter()
+                        return
+                    rest = (time.perf_counter() - last[0]) * pace
+                    if stop is not None:
+                        stop.wait(rest)
+                    else:
+                        time.sleep(rest)
+                    last[0] = time.perf_counter()
 
             try:
                 while layouts.serving_name(self.view) != target.name:
-                    folded += builder.catch_up(step, batch_events=REBUILD_BATCH_EVENTS)
+                    folded += builder.catch_up(step)
                     head = self.app.recorder.max_notification_id() or 0
                     if head - beside.position() > SWITCH_LIMIT:
                         continue
-                    beside.restore_indexes()
+                    for statement in beside.create_statements():
+                        if statement.startswith("CREATE INDEX"):
+                            # one at a time: on SQLite each holds the write lock
+                            with beside.transaction() as curs:
+                                curs.execute(statement)
                     if self._switch(beside):
                         to_switch = time.perf_counter() - started
                         log.info("the read models' layout %s serves, folded beside %s "
