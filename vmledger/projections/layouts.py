@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 REGISTRY = "vmledger_views_layouts"
 
 SERVING, BUILDING, RETIRED = "serving", "building", "retired"
+#: rows deleted per transaction before an old layout's table is dropped (SQLite)
+DROP_CHUNK = 5_000
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,17 @@ def drop(view: ServersView, layout: Layout) -> None:
     if layout.name == view.serving.name or layout.name == serving_name(view):
         raise ValueError(f"{layout.name} serves: it cannot be dropped")
     tables = _tables_of(view, layout)
+    if view.dialect == "sqlite":
+        # a large table's drop frees every page in one transaction, holding the
+        # database's write lock (seconds at 100,000 servers): emptied in chunks first
+        for table in tables:
+            while True:
+                with view.transaction() as curs:
+                    curs.execute(f"DELETE FROM {table} WHERE rowid IN "
+                                 f"(SELECT rowid FROM {table} LIMIT {DROP_CHUNK})")
+                    curs.execute(f"SELECT rowid FROM {table} LIMIT 1")
+                    if curs.fetchone() is None:
+                        break
     with view.transaction() as curs:
         for table in tables:
             curs.execute(f"DROP TABLE IF EXISTS {table}")
