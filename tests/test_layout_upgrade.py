@@ -151,7 +151,7 @@ def sim() -> Simulator:
 def slow_fold(monkeypatch: pytest.MonkeyPatch) -> None:
     """The layout folded beside is folded in small, slowed transactions, so that the
     load meets the upgrade half-way."""
-    monkeypatch.setattr(runner, "UPGRADE_BATCH_EVENTS", {"sqlite": 20, "postgres": 20})
+    monkeypatch.setattr(runner, "UPGRADE_BATCH_EVENTS", {"sqlite": 50, "postgres": 50})
     monkeypatch.setattr(runner, "DROP_GRACE", 0.5)
     apply_pages = ServersView.apply_pages
 
@@ -205,7 +205,7 @@ class Load:
 
     def run(self, index: int, sid: str) -> None:
         n = 0
-        while not self.stop.is_set():
+        while not self.stop.wait(0.01):
             n += 1
             self.call("GET", "/v2.1/servers/detail?limit=5")
             name = f"c{index}-{n}"
@@ -247,7 +247,7 @@ def test_an_upgrade_under_http_load_fails_no_request_and_leaves_nothing_stale(
         assert len(before) == 16
         with Load(engine, servers[:4]) as load:
             time.sleep(0.3)  # the load runs before the upgrade starts
-            engine.updater.page_size = 20
+            engine.updater.page_size = 50
             engine.run_in_background(0.05)
             deadline = time.monotonic() + 120
             while engine.view.serving.name != NEW and time.monotonic() < deadline:
