@@ -26,7 +26,12 @@ no sockets):
   another thread (the median of each side's block medians; their ratio is issue 18's
   target for background work);
 * the process's resident memory once opened, its simulator holding a guest per server
-  (``VmRSS``), after all that, and its peak (``VmHWM``).
+  (``VmRSS``), after all that, and its peak (``VmHWM``);
+* in another child, a read-model layout upgrade (:func:`upgrade_probe`: a new layout
+  name, so every read model is folded again beside the serving one): the time from its
+  start to the switch, while a client lists servers and renames one throughout (their
+  latencies, a rename's without an upgrade, the requests made, and how many failed:
+  the target is none).
 
 Each latency is the median of several calls after a warm-up. Target (issue 18): every
 latency and the memory within 1.5x of the 1k value at 100k.
@@ -71,6 +76,13 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("rss_open", "API process memory, opened, guests spawned (RSS)", "MB"),
     ("rss", "API process memory after the requests (RSS)", "MB"),
     ("peak", "API process peak memory (VmHWM)", "MB"),
+    ("upgrade_to_switch", "read-model layout upgrade, start to switch", "s"),
+    ("upgrade_list", "first page during the upgrade", "ms"),
+    ("quiet_update", "PUT /servers/{id} (rename), no upgrade", "ms"),
+    ("upgrade_update", "the same during the upgrade (median)", "ms"),
+    ("upgrade_update_max", "the same during the upgrade (slowest)", "ms"),
+    ("upgrade_requests", "requests answered during the upgrade", "n"),
+    ("upgrade_failed", "... of which failed (target: 0)", "n"),
 )
 
 
@@ -212,6 +224,81 @@ def probe(url: str, servers: int, sizes: Sizes) -> dict[str, float]:
         engine.close()
 
 
+def upgrade_probe(url: str, layout: str) -> dict[str, float]:
+    """Upgrade the read models at ``url`` to a layout called ``layout`` (this process
+    stands for a release that defines it), as ``vmledger serve`` does in the background,
+    while a client lists servers and renames one, in turns: the seconds from the start
+    to the switch, and the client's latencies then and before."""
+    from vmledger.api.app import create_app
+    from vmledger.api.testing import ApiClient
+    from vmledger.engine import Engine
+    from vmledger.projections import store
+    from vmledger.projections.runner import BACKGROUND_PACE
+
+    store.TRACKING_NAME = layout
+    engine = Engine(url, allocation_ratios=commands.UNLIMITED)
+    try:
+        client = ApiClient(create_app(engine))
+        server = str(engine.view.query("SELECT id FROM vmledger_servers LIMIT 1")[0]["id"])
+        timings: dict[str, list[float]] = {"list": [], "update": []}
+        failed = [0]
+
+        def turn(n: int) -> None:
+            for kind, call in (
+                    ("list", lambda: client.get(f"/v2.1/{PROJECT}/servers/detail?limit=100")),
+                    ("update", lambda: client.put(f"/v2.1/{PROJECT}/servers/{server}",
+                                                  json={"server": {"name": f"up-{n}"}}))):
+                began = time.perf_counter()
+                response = call()
+                timings[kind].append((time.perf_counter() - began) * 1000)
+                failed[0] += response.status_code != 200
+
+        for n in range(15):
+            turn(n)
+        quiet = {k: statistics.median(v) for k, v in timings.items()}
+        timings = {"list": [], "update": []}
+        stop = threading.Event()
+
+        def load() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                turn(n)
+
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        try:
+            # paced as in the background of ``vmledger serve``
+            report = engine.updater.upgrade(grace=0, pace=BACKGROUND_PACE)
+        finally:
+            stop.set()
+            thread.join()
+        if report.to_switch is None or engine.view.serving.name != layout:
+            raise RuntimeError(f"the upgrade to {layout} did not switch: {report}")
+        return {"upgrade_to_switch": report.to_switch,
+                "upgrade_list": statistics.median(timings["list"] or [0.0]),
+                "upgrade_update": statistics.median(timings["update"] or [0.0]),
+                "upgrade_update_max": max(timings["update"] or [0.0]),
+                "quiet_update": quiet["update"],
+                "upgrade_requests": len(timings["list"]) + len(timings["update"]),
+                "upgrade_failed": failed[0]}
+    finally:
+        engine.close()
+
+
+def _measure_upgrade(url: str, servers: int) -> dict[str, float]:
+    """Run :func:`upgrade_probe` in a child process, to a layout named for the size (the
+    database then serves it: the next sizes are measured on it, the same code)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--upgrade", url,
+         f"vmledger.views.scale{servers}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the upgrade of {servers} servers failed:\n{done.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 # ---------------------------------------------------------------------------------------
 # The parent: build the fleets, run a child per size, report
 # ---------------------------------------------------------------------------------------
@@ -247,6 +334,7 @@ def bench(url: str, sizes: Sizes, log: Callable[[str], None]) -> dict[int, dict[
             engine.close()
         written = fleet
         results[fleet] = _measure(url, fleet, sizes)
+        results[fleet].update(_measure_upgrade(url, fleet))
         log("  " + ", ".join(f"{k} {v:.1f}" for k, v in results[fleet].items()))
     return results
 
@@ -318,7 +406,10 @@ def _database(cluster: Any) -> Iterator[str]:
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale")
     parser.add_argument("--probe", nargs=3, metavar=("URL", "SERVERS", "SIZES"))
+    parser.add_argument("--upgrade", nargs=2, metavar=("URL", "LAYOUT"))
     args = parser.parse_args(argv)
+    if args.upgrade:
+        print(json.dumps(upgrade_probe(*args.upgrade)), flush=True)
     if args.probe:
         url, servers, raw = args.probe
         repetitions, passes = json.loads(raw)

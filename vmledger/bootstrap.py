@@ -8,6 +8,7 @@ façade over what :func:`build` returns.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from vmledger.projections.hosts import SERVICE_DOWN_TIME
 from vmledger.projections.hosts import create_table as create_host_reports
 from vmledger.projections.images import Images
 from vmledger.projections.keypairs import Keypairs
+from vmledger.projections.layouts import conflicts, open_layouts
 from vmledger.projections.migrations import Migrations
 from vmledger.projections.moves import MovingServers
 from vmledger.projections.name_grams import NameGrams
@@ -44,6 +46,8 @@ from vmledger.projections.server_groups import ServerGroups
 from vmledger.projections.servers import ServersView
 from vmledger.workers.agent import HostAgent
 from vmledger.workers.timer import Timer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,23 @@ def build(url: str, settings: Settings) -> Graph:
                         QuotaSets(), QuotaClasses(), ServerGroups(), FlavorRecords(),
                         ComputeServices(), Allocations(), ProjectUsage(), MovingServers(),
                         NameGrams()])
+        # which layout of the read models serves (an older one while this release's is
+        # folded beside it)
+        open_layouts(view)
         create_host_reports(view)
         guest_reads.create_table(view)
     updater = ViewUpdater(store, view)
     # this process's commands fold their events in their own transaction
     updater.attach(store.recorder)
+    if view.serving != view.target:
+        problems = conflicts(view, view.serving)
+        if problems:
+            # this release cannot write the serving layout's tables meanwhile: its own
+            # layout is folded (beside them) before it serves, as a new database's is
+            log.warning("the read models' layout %s cannot serve this release (%s); "
+                        "folding %s before serving", view.serving.name,
+                        "; ".join(problems), view.target.name)
+            updater.upgrade(drop=False)
     store.catalog.overrides = lambda: flavor_overrides(view)
     hypervisor = settings.hypervisor or Simulator(seed=settings.seed or 0)
     own_hosts = store.hosts if settings.agent else ()

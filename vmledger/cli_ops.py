@@ -1,5 +1,6 @@
-"""Operational subcommands of ``vmledger``: the standalone host agent, rebuilding the
-read models, and the audit commands (verify, history, as-of, request, explain)."""
+"""Operational subcommands of ``vmledger``: the standalone host agent, rebuilding,
+upgrading and inspecting the read models, and the audit commands (verify, history, as-of,
+request, explain)."""
 
 from __future__ import annotations
 
@@ -145,6 +146,17 @@ def add_subcommands(sub: Any) -> None:
     psub = projections.add_subparsers(dest="projections_command", required=True)
     rebuild = psub.add_parser("rebuild", help="drop the read models and fold the log again")
     rebuild.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+    upgrade = psub.add_parser(
+        "upgrade", help="fold this release's read-model layout beside the serving one, "
+                        "switch to it once caught up and drop the old tables")
+    upgrade.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+    upgrade.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+                         help="wait this long after the switch before dropping the old "
+                              "tables, for other processes to move (default 5)")
+    status = psub.add_parser("status", help="the read-model layouts present, which one "
+                                            "serves, their positions and lag")
+    status.add_argument("--db", default=DEFAULT_URL, metavar="URL")
+    status.add_argument("--json", action="store_true")
 
     audit = sub.add_parser("audit", help="read and verify the audit trail")
     asub = audit.add_subparsers(dest="audit_command", required=True)
@@ -195,6 +207,10 @@ def run(args: argparse.Namespace) -> int:
     engine = cli_support.open_engine(args.db)
     try:
         if args.command == "projections":
+            if args.projections_command == "upgrade":
+                return _upgrade(engine, args.grace)
+            if args.projections_command == "status":
+                return _status(engine, args.json)
             return _rebuild(engine)
         return _audit(engine, args)
     except VmledgerError as e:
@@ -265,6 +281,49 @@ def _rebuild(engine: Any) -> int:
     print(file=sys.stderr)
     print(f"rebuilt the read models from {read:,} events in {seconds:.2f} s "
           f"({read / max(seconds, 1e-9):,.0f} events/s); {engine.view.count():,} servers")
+    return 0
+
+
+def _upgrade(engine: Any, grace: float) -> int:
+    target = engine.view.target.name
+    serving = engine.view.serving.name
+    if serving == target and not engine.updater.upgrade_needed():
+        print(f"the read models' layout {target} serves already; nothing to do")
+        return 0
+    total = engine.service.recorder.max_notification_id() or 0
+    started = time.perf_counter()
+
+    def progress(read: int, position: int) -> None:
+        print(f"\r{target}: {position:>10,}/{total:,} events "
+              f"({read / max(time.perf_counter() - started, 1e-9):,.0f}/s)",
+              end="", file=sys.stderr, flush=True)
+
+    report = engine.updater.upgrade(progress, grace=grace)
+    print(file=sys.stderr)
+    if report.to_switch is not None:
+        print(f"folded {report.folded:,} events into {target} beside {serving}; switched "
+              f"after {report.to_switch:.2f} s")
+    for name in report.dropped:
+        print(f"dropped the tables of {name}")
+    return 0
+
+
+def _status(engine: Any, as_json: bool) -> int:
+    from vmledger.projections import layouts
+
+    head = engine.service.recorder.max_notification_id() or 0
+    found = [{"name": s.name, "state": s.state, "serving": s.state == layouts.SERVING,
+              "position": s.position, "lag": max(head - s.position, 0),
+              "started_at": s.started_at, "switched_at": s.switched_at}
+             for s in layouts.states(engine.view)]
+    if as_json:
+        print(json.dumps({"release": engine.view.target.name, "head": head,
+                          "layouts": found}))
+        return 0
+    print(f"log head: {head:,}; this release's layout: {engine.view.target.name}")
+    for item in found:
+        print(f"{item['name']:<24} {item['state']:<9} position {item['position']:>12,}"
+              f"  lag {item['lag']:>10,}")
     return 0
 
 

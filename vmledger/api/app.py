@@ -40,6 +40,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmledger.api import (
     aggregates,
@@ -272,6 +273,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return fault_response(exc.status_code, message, headers=exc.headers)
 
 
+class OneLayout:
+    """Every read of one request from the same version of the read models' layout,
+    even when an upgrade switches to a new one meanwhile."""
+
+    def __init__(self, app: ASGIApp, engine: Engine) -> None:
+        self.app = app
+        self.updater = engine.updater
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with self.updater.request():
+            await self.app(scope, receive, send)
+
+
 def create_app(engine: Engine, *, auth: str | AuthSettings = "noauth",
                tokens: Mapping[str, Identity] | Iterable[str] | None = None,
                users: Iterable[Account | str] | None = None,
@@ -293,7 +310,8 @@ def create_app(engine: Engine, *, auth: str | AuthSettings = "noauth",
                                    Route("/metrics", metrics.endpoint, methods=["GET"])]
     app = Starlette(routes=operations + _routes(engine, settings, registry),
                     middleware=[Middleware(MetricsMiddleware, metrics=metrics),
-                                Middleware(ComputeMiddleware), Middleware(RouteProbe)],
+                                Middleware(ComputeMiddleware), Middleware(RouteProbe),
+                                Middleware(OneLayout, engine=engine)],
                     exception_handlers={HTTPException: _http_error})
     app.state.engine = engine
     app.state.auth = settings

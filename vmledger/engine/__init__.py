@@ -32,6 +32,7 @@ from vmledger.engine.records import HistoryEntry, ServerInfo
 from vmledger.engine.resources import ResourceFacade
 from vmledger.engine.servers import ServerFacade
 from vmledger.persistence import DEFAULT_URL
+from vmledger.projections import runner
 from vmledger.projections.hosts import SERVICE_DOWN_TIME
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._follower: threading.Thread | None = None
+        self._upgrader: threading.Thread | None = None
         self._attach(build(url, Settings(
             clock=clock, hypervisor=hypervisor, host=host, confirm_window=confirm_window,
             catalog=catalog, seed=seed, id_factory=id_factory,
@@ -118,6 +120,19 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
             target=self.updater.follow, args=(self._stop, self._wake.set, interval),
             name="vmledger-view-follower", daemon=True)
         self._follower.start()
+        if self.updater.upgrade_needed():
+            # this release's read-model layout is folded beside the serving one, which
+            # answers until the new one has caught up
+            self._upgrader = threading.Thread(
+                target=self._upgrade, name="vmledger-view-upgrade", daemon=True)
+            self._upgrader.start()
+
+    def _upgrade(self) -> None:
+        try:
+            self.updater.upgrade(stop=self._stop, pace=runner.BACKGROUND_PACE)
+        except Exception:
+            log.exception("upgrading the read models' layout failed; the next start "
+                          "resumes it")
 
     def _start_agent(self, interval: float, sync_interval: float) -> None:
         self._thread = threading.Thread(target=self._loop, args=(interval, sync_interval),
@@ -155,6 +170,9 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
         if self._follower is not None:
             self._follower.join(timeout=10)
             self._follower = None
+        if self._upgrader is not None:
+            self._upgrader.join(timeout=30)
+            self._upgrader = None
         self.service.close()
 
     def __enter__(self) -> Engine:

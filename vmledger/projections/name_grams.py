@@ -53,9 +53,11 @@ class NameGrams:
     event_types: tuple[type, ...] = ()
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
+        # through ``sql``: a layout's suffix goes on every name they define (tables,
+        # triggers, the trigger function) and on the servers table they follow
         if _postgres(sql):
-            return [*_postgres_tables(), *_postgres_upkeep()]
-        return [
+            return [sql(s) for s in (*_postgres_tables(), *_postgres_upkeep())]
+        return [sql(s) for s in (
             f"CREATE TABLE IF NOT EXISTS {TABLE} (gram TEXT NOT NULL, at TEXT NOT NULL,"
             " sid TEXT NOT NULL, PRIMARY KEY (gram, at, sid)) WITHOUT ROWID",
             f"CREATE TABLE IF NOT EXISTS {OFFSETS} (n INTEGER PRIMARY KEY)",
@@ -63,7 +65,7 @@ class NameGrams:
             f" SELECT n + 1 FROM k WHERE n < {MAX_OFFSET}) SELECT n FROM k",
             f"CREATE TABLE IF NOT EXISTS {READY} (ready INTEGER PRIMARY KEY)",
             *_sqlite_upkeep(),
-        ]
+        )]
 
     def batch(self, writer: Any, *, empty: bool) -> _NoBatch:
         return _NoBatch()
@@ -73,14 +75,14 @@ class NameGrams:
         :meth:`restore`); the lists scan the page index meanwhile."""
         on = " ON vmledger_servers" if _postgres(sql) else ""
         for trigger in (f"{TABLE}_insert", f"{TABLE}_rename"):
-            curs.execute(f"DROP TRIGGER IF EXISTS {trigger}{on}")
-        curs.execute(f"DELETE FROM {READY}")
-        curs.execute(f"DELETE FROM {TABLE}")
+            curs.execute(sql(f"DROP TRIGGER IF EXISTS {trigger}{on}"))
+        curs.execute(sql(f"DELETE FROM {READY}"))
+        curs.execute(sql(f"DELETE FROM {TABLE}"))
 
     def restore(self, curs: Any, sql: Callable[[str], str]) -> None:
         """The triggers again, and every name's grams (after a rebuild)."""
         for statement in _postgres_upkeep() if _postgres(sql) else _sqlite_upkeep():
-            curs.execute(statement)
+            curs.execute(sql(statement))
 
 
 def _postgres(sql: Callable[[str], str]) -> bool:

@@ -14,6 +14,11 @@ processes arrive through the log: the next command folds the few it finds before
 rest. The tracking position is the guard everywhere: it is read locked in the
 transaction that folds, and a fold that does not start where the position is writes
 nothing.
+
+Layout upgrades (:mod:`vmledger.projections.layouts`): :meth:`ViewUpdater.upgrade` folds
+this release's layout beside the serving one and switches to it once caught up;
+:meth:`ViewUpdater.request` pins one layout for a request, and
+:meth:`ViewUpdater.refresh` follows a switch another process made.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -40,7 +46,9 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import resolve_topic
 
+from vmledger.projections import layouts
 from vmledger.projections.servers import RawPage, ServersView
+from vmledger.projections.store import Layout
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,43 @@ Row = tuple[int, Any, int, str, bytes]
 #: transaction (before its events); a longer gap is left to catch-up
 MISSED_LIMIT = 100
 
+#: an upgrade folds the new layout in transactions of up to this many events: on SQLite
+#: each holds the database's one write lock, which the commands of the serving processes
+#: wait for meanwhile, so they are a live catch-up's (a few tenths of a second; smaller
+#: ones load and write each row many more times: five times slower at 1,000); on
+#: PostgreSQL the new layout's tables and position are nobody else's, so they are as
+#: large as a rebuild's
+UPGRADE_BATCH_EVENTS = {"sqlite": BATCH_EVENTS, "postgres": REBUILD_BATCH_EVENTS}
+#: an upgrade switches to the new layout once it is this close to the log's head: the
+#: switch folds the rest in a transaction that holds the log's write lock
+SWITCH_LIMIT = 100
+#: after a switch, the old layout's tables are dropped once no request of this process
+#: reads them and this many seconds have passed (other processes notice the switch
+#: within a second: :meth:`ViewUpdater.refresh`)
+DROP_GRACE = 5.0
+#: in the background of a serving process, an upgrade rests this many times as long as
+#: each of its transactions took (the API's requests share the interpreter with it)
+BACKGROUND_PACE = 1.0
+#: how often a process checks which layout serves (on a request, and while following)
+REFRESH_EVERY = 1.0
+
+
+class _Stopped(Exception):
+    """An upgrade asked to stop (the process is closing)."""
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    """What :meth:`ViewUpdater.upgrade` did."""
+
+    layout: str
+    #: events folded into the new layout
+    folded: int
+    #: seconds from the start to the switch (None: no switch made by this call)
+    to_switch: float | None
+    #: the layouts whose tables were dropped
+    dropped: tuple[str, ...]
+
 
 class ViewUpdater:
     def __init__(self, app: Application[Any], view: ServersView, *, page_size: int = PAGE_SIZE,
@@ -73,9 +118,19 @@ class ViewUpdater:
         #: per thread: where the last fold in a command's transaction ended (None when
         #: that transaction's fold was skipped or failed)
         self._folded = threading.local()
-        #: the view reached this position in a committed transaction (a group's fold)
-        self._known = 0
+        #: per layout: the position the view reached in a committed transaction (a
+        #: group's fold, PostgreSQL's group commit)
+        self._known: dict[str, int] = {}
         self._known_lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._refreshing = threading.Lock()
+        #: per layout: the furthest position a command of this process folded into it,
+        #: and per layout the furthest of the others' it is known to have reached (a
+        #: request after a switch reads the new layout only once it has what this
+        #: process's commands folded into the old one meanwhile)
+        self._written: dict[str, int] = {}
+        self._settled: dict[str, int] = {}
+        self._written_lock = threading.Lock()
 
     # --- this process's own events, in their transaction ------------------------------
     def attach(self, recorder: Any) -> bool:
@@ -99,8 +154,9 @@ class ViewUpdater:
         position for them)."""
         folded = getattr(self._folded, "to", None)
         if folded is not None:
+            layout, position = folded
             with self._known_lock:
-                self._known = max(self._known, folded)
+                self._known[layout] = max(self._known.get(layout, 0), position)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
@@ -128,10 +184,13 @@ class ViewUpdater:
         if getattr(self._folded, "deferred", False):
             return
         try:
-            with _savepoint(curs):
+            with self.view.pinned() as layout, _savepoint(curs):
                 if self.view.fold_written(curs, rows, decoder,
                                           partial(read_missed, recorder)):
-                    self._folded.to = rows[-1][0]
+                    self._folded.to = (layout.name, rows[-1][0])
+                    with self._written_lock:
+                        if self._written.get(layout.name, 0) < rows[-1][0]:
+                            self._written[layout.name] = rows[-1][0]
         except Exception:
             log.exception("folding the command's events in its transaction failed; "
                           "catch-up will fold them")
@@ -146,7 +205,7 @@ class ViewUpdater:
         """
         read = 0
         limit = max(batch_events or self.batch_events, self.page_size)
-        with self._lock:
+        with self._lock, self.view.pinned():
             start = self.view.position()
             # originator ids converted once per catch-up, not once per event
             originators: dict[Any, UUID | str] = {}
@@ -191,8 +250,15 @@ class ViewUpdater:
         Nothing to read when the caller's own command, the last this thread recorded,
         ended at ``position`` and was folded in its transaction (its save returned: that
         transaction committed)."""
-        if (position is None or getattr(self._folded, "to", None) == position
-                or position <= self._known):
+        if time.monotonic() - self._checked >= REFRESH_EVERY:
+            try:
+                self.refresh()  # a switch made by another process
+            except Exception:
+                log.exception("checking which read-model layout serves failed")
+        if position is None:
+            return
+        if (getattr(self._folded, "to", None) == (self.view.layout.name, position)
+                or position <= self._known.get(self.view.layout.name, 0)):
             return
         deadline = time.monotonic() + timeout
         while self.view.position() < position:
@@ -233,6 +299,7 @@ class ViewUpdater:
         seen = [self.view.position()]
 
         def check() -> None:
+            self.refresh()  # a switch of the serving layout made by another process
             self.catch_up()
             position = self.view.position()
             if position != seen[0]:
@@ -257,10 +324,10 @@ class ViewUpdater:
         """Drop the view's rows and position, then fold the whole log again (in larger
         transactions than live catch-up: fewer loads and writes of each row; secondary
         indexes dropped meanwhile and built once at the end)."""
-        with self._lock:
+        with self._lock, self.view.pinned():
             self.view.clear(drop_indexes=True)
             with self._known_lock:
-                self._known = 0
+                self._known.clear()
         # A fold allocates a few dicts per event and keeps a batch of rows and documents
         # alive: the cyclic collector's full passes over them cost 15-25 % of a rebuild.
         # Nothing a fold makes is cyclic garbage, so it is paused meanwhile.
@@ -272,6 +339,183 @@ class ViewUpdater:
             if paused:
                 gc.enable()
             self.view.restore_indexes()
+
+    # --- layouts: the serving one, and upgrades beside it -----------------------------
+    @contextmanager
+    def request(self) -> Iterator[Layout]:
+        """Around one API request: every read and fold in it goes to the layout serving
+        when it starts (see :meth:`ServersView.pinned`), checked against the registry at
+        most every :data:`REFRESH_EVERY` seconds."""
+        try:
+            self.refresh()
+        except Exception:
+            log.exception("checking which read-model layout serves failed")
+        with self.view.pinned() as layout:
+            written = self._written
+            if len(written) > 1 or (written and layout.name not in written):
+                self._settle(layout)
+            yield layout
+
+    def _settle(self, layout: Layout) -> None:
+        """Fold into ``layout`` (pinned) what this process's commands folded into
+        another one, up to where they did (after a switch: the commands whose requests
+        had pinned the old layout)."""
+        with self._written_lock:
+            behind = max((p for n, p in self._written.items() if n != layout.name),
+                         default=0)
+        if behind <= self._settled.get(layout.name, 0):
+            return
+        deadline = time.monotonic() + 10.0
+        while self.view.position() < behind and time.monotonic() < deadline:
+            self.catch_up()
+        self._settled[layout.name] = max(self._settled.get(layout.name, 0), behind)
+
+    def refresh(self, every: float | None = None) -> bool:
+        """Follow a switch made by another process (or thread): when another layout
+        serves now, and this process was serving an older one while its own was folded,
+        fold into the new one what this process has not folded yet, then read from it.
+        Checks the registry at most every ``every`` seconds (default
+        :data:`REFRESH_EVERY`). Returns whether the serving layout changed."""
+        now = time.monotonic()
+        if every is None:
+            every = REFRESH_EVERY
+        if now - self._checked < every or not self._refreshing.acquire(blocking=False):
+            return False
+        try:
+            self._checked = now
+            name = layouts.serving_name(self.view)
+            if name is None or name == self.view.serving.name:
+                return False
+            if self.view.serving == self.view.target:
+                # another release switched away from this release's layout: this process
+                # keeps it (its own commands and follower keep folding it) until it is
+                # restarted on that release, within the grace before the tables go
+                return False
+            new = Layout(name)
+            ViewUpdater(self.app, self.view.at(new), page_size=self.page_size,
+                        batch_events=self.batch_events).catch_up()
+            log.info("the read models' layout %s serves (was %s)", name,
+                     self.view.serving.name)
+            self.view.serving = new
+            return True
+        finally:
+            self._refreshing.release()
+
+    def upgrade_needed(self) -> bool:
+        """Whether this release's layout is still being folded, or an old one's tables
+        wait to be dropped."""
+        return layouts.upgrade_pending(self.view) or bool(layouts.retired(self.view))
+
+    def upgrade(self, progress: Callable[[int, int], None] | None = None,
+                stop: threading.Event | None = None,
+                grace: float | None = None, drop: bool = True,
+                pace: float = 0.0) -> UpgradeReport:
+        """Fold this release's layout beside the serving one (from where an earlier,
+        interrupted upgrade stopped), switch to it atomically once it has caught up with
+        the log, then drop the old layout's tables (once no request of this process
+        reads them and ``grace`` seconds have passed, :data:`DROP_GRACE` by default;
+        not with ``drop`` false). With ``pace``, it rests after each transaction for
+        that many times as long as the transaction took (in the background of a serving
+        process: its requests get the interpreter and the database more often).
+        Meanwhile the serving layout keeps answering and keeps being folded by commands
+        and catch-up. Returns early, having switched nothing, when ``stop`` is set."""
+        target = self.view.target
+        started = time.perf_counter()
+        folded = 0
+        to_switch: float | None = None
+        if layouts.upgrade_pending(self.view):
+            beside = self.view.at(target)
+            batch = UPGRADE_BATCH_EVENTS.get(self.view.dialect, BATCH_EVENTS)
+            builder = ViewUpdater(self.app, beside, page_size=self.page_size,
+                                  batch_events=batch)
+            if beside.position() == 0:
+                # a fresh fold: fill the tables without their secondary indexes, which
+                # are built once at the end (as a rebuild does)
+                beside.clear(drop_indexes=True)
+
+            last = [time.perf_counter(), 0, 2**62]
+
+            def step(read: int, position: int) -> None:
+                if stop is not None and stop.is_set():
+                    raise _Stopped
+                if progress is not None:
+                    progress(folded + read, position)
+                page, last[1] = read - last[1], read
+                if pace > 0 and page >= builder.page_size:  # not at the log's end
+                    # rest only while gaining on the log: under a heavier load than a
+                    # paced fold keeps up with, it goes at full speed
+                    gap = (self.app.recorder.max_notification_id() or 0) - position
+                    gaining, last[2] = gap < last[2], gap
+                    if not gaining:
+                        last[0] = time.perf_counter()
+                        return
+                    rest = (time.perf_counter() - last[0]) * pace
+                    if stop is not None:
+                        stop.wait(rest)
+                    else:
+                        time.sleep(rest)
+                    last[0] = time.perf_counter()
+
+            try:
+                while layouts.serving_name(self.view) != target.name:
+                    folded += builder.catch_up(step)
+                    head = self.app.recorder.max_notification_id() or 0
+                    if head - beside.position() > SWITCH_LIMIT:
+                        continue
+                    for statement in beside.create_statements():
+                        if statement.startswith("CREATE INDEX"):
+                            # one at a time: on SQLite each holds the write lock
+                            with beside.transaction() as curs:
+                                curs.execute(statement)
+                    if self._switch(beside):
+                        to_switch = time.perf_counter() - started
+                        log.info("the read models' layout %s serves, folded beside %s "
+                                 "in %.2f s", target.name, self.view.serving.name,
+                                 to_switch)
+                        break
+            except _Stopped:
+                return UpgradeReport(target.name, folded, None, ())
+            self.refresh(every=0.0)
+            self.view.serving = target
+        dropped = self._drop_retired(DROP_GRACE if grace is None else grace,
+                                     stop) if drop else ()
+        return UpgradeReport(target.name, folded, to_switch, dropped)
+
+    def _switch(self, beside: ServersView) -> bool:
+        """In one transaction holding the log's write lock: fold the events the new
+        layout lacks and make it the serving one. False when too many are left (more
+        catch-up first)."""
+        new = beside.layout
+        decoder = EventDecoder(self.app.mapper, beside.wants)
+        recorder = self.app.recorder
+        with beside.transaction(commit=True) as curs:
+            lock_log(recorder, curs)
+            current = beside._locked_position(curs)
+            rows = read_missed(recorder, curs, current, 2**62, most=SWITCH_LIMIT)
+            if rows is None:
+                return False
+            if rows:
+                beside._fold(curs, [(rows, rows[-1][0])], decoder, empty=not current,
+                             bulk=False)
+            switched = layouts.switch(curs, self.view, new)
+        return switched or layouts.serving_name(self.view) == new.name
+
+    def _drop_retired(self, grace: float, stop: threading.Event | None) -> tuple[str, ...]:
+        self.refresh(every=0.0)
+        dropped: list[str] = []
+        for old in layouts.retired(self.view):
+            deadline = time.monotonic() + grace
+            while (self.view.readers(old) or time.monotonic() < deadline):
+                if stop is not None and stop.wait(0.05):
+                    return tuple(dropped)
+                if stop is None:
+                    time.sleep(0.05)
+            layouts.drop(self.view, old)
+            with self._written_lock:
+                self._written.pop(old.name, None)
+            log.info("dropped the tables of the read models' layout %s", old.name)
+            dropped.append(old.name)
+        return tuple(dropped)
 
 
 class _savepoint:
@@ -298,12 +542,12 @@ class _savepoint:
         self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
 
 
-def read_missed(recorder: Any, curs: Any, after: int, before: int) -> list[Row] | None:
+def read_missed(recorder: Any, curs: Any, after: int, before: int,
+                most: int = MISSED_LIMIT) -> list[Row] | None:
     """The log's rows with ``after`` < notification id < ``before``, read on ``curs`` (in
     the insert's transaction, which holds the log's write lock: every such row is
-    committed and no other can appear), or None when there are more than
-    :data:`MISSED_LIMIT`."""
-    limit = MISSED_LIMIT + 1
+    committed and no other can appear), or None when there are more than ``most``."""
+    limit = most + 1
     if isinstance(recorder, SQLiteApplicationRecorder):
         curs.execute(f"SELECT rowid, originator_id, originator_version, topic, state "
                      f"FROM {recorder.events_table_name} WHERE rowid>? AND rowid<? "
@@ -324,7 +568,17 @@ def read_missed(recorder: Any, curs: Any, after: int, before: int) -> list[Row] 
                  str(r["topic"]), bytes(r["state"])) for r in curs.fetchall()]
     else:
         return None
-    return None if len(rows) > MISSED_LIMIT else rows
+    return None if len(rows) > most else rows
+
+
+def lock_log(recorder: Any, curs: Any) -> None:
+    """Hold the log's write lock in the transaction of ``curs`` (SQLite: a writing
+    transaction holds it already; PostgreSQL: the lock the library's inserts take)."""
+    if isinstance(recorder, PostgresApplicationRecorder):
+        from psycopg.sql import SQL, Identifier
+
+        curs.execute(SQL("LOCK TABLE {0}.{1} IN EXCLUSIVE MODE").format(
+            Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)))
 
 
 def read_page(recorder: Any, start: int, limit: int,

@@ -9,6 +9,10 @@ never disagree with the aggregate about what an event means. A page of events is
 written in one transaction together with the tracking position (exactly once); the
 same code rebuilds the view from scratch.
 
+Every statement goes to the tables of one layout (:attr:`ServersView.layout`: the read
+models' table and index names take its suffix), so a new layout can be folded beside the
+serving one (:mod:`vmledger.projections.layouts`).
+
 The other read models are written in the same transaction (:class:`ViewExtension`). The
 view's reads are :mod:`vmledger.projections.server_queries`; the database they all share,
 and the form documents are stored in, :mod:`vmledger.projections.store`.
@@ -16,8 +20,12 @@ and the form documents are stored in, :mod:`vmledger.projections.store`.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
@@ -31,7 +39,7 @@ from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
 from vmledger.projections.server_queries import ServerQueries
 from vmledger.projections.store import (
-    TRACKING_NAME,
+    Layout,
     PostgresStore,
     RowWriter,
     SQLiteStore,
@@ -47,6 +55,17 @@ _COLUMNS = ("id", "project_id", "host", "name", "vm_state", "task_state", "pendi
 
 
 _INDEX_NAME = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+) ON ")
+#: the names a layout's statements define (its tables, indexes, triggers and trigger
+#: functions): the names that take the layout's suffix
+_DEFINED = re.compile(r"(?:CREATE (?:UNIQUE )?(?:TABLE|INDEX) IF NOT EXISTS|"
+                      r"DROP INDEX IF EXISTS|CREATE TRIGGER(?: IF NOT EXISTS)?|"
+                      r"CREATE OR REPLACE FUNCTION) (\w+)")
+
+_TABLE_NAME = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
+
+#: the layout a request (or a fold) reads and writes throughout, whatever the view
+#: switches to meanwhile: (the view, its layout)
+_PINNED: ContextVar[tuple[Any, Layout] | None] = ContextVar("vmledger_layout", default=None)
 
 
 def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
@@ -109,6 +128,13 @@ class ServersView(ServerQueries):
     :class:`~vmledger.projections.server_queries.ServerQueries`)."""
 
     extensions: tuple[ViewExtension, ...] = ()
+    #: the layout this process reads and folds (the serving version, as last seen; see
+    #: :mod:`vmledger.projections.layouts`)
+    serving: Layout
+    #: this release's layout (the one its code defines)
+    target: Layout
+    #: a view of one layout only (:meth:`at`): the one an upgrade folds
+    _fixed: Layout | None = None
 
     if TYPE_CHECKING:  # provided by the backend's tracking recorder
         def _insert_tracking(self, curs: Any, tracking: Tracking) -> None: ...
@@ -117,8 +143,93 @@ class ServersView(ServerQueries):
 
         def create_table(self) -> None: ...
 
+    def _init_layouts(self) -> None:
+        self.target = self.serving = Layout.current()
+        self._readers: dict[str, int] = {}
+        self._readers_lock = threading.Lock()
+        self._renames: dict[str, tuple[re.Pattern[str], dict[str, str]]] = {}
+
+    # --- layouts ------------------------------------------------------------------
+    @property
+    def layout(self) -> Layout:
+        """The layout statements go to now: the view's own when it is fixed to one,
+        else the one pinned for this request (:meth:`pinned`), else the serving one."""
+        if self._fixed is not None:
+            return self._fixed
+        pinned = _PINNED.get()
+        if pinned is not None and pinned[0] is self:
+            return pinned[1]
+        return self.serving
+
+    def at(self, layout: Layout) -> ServersView:
+        """This view fixed to ``layout`` (its tables and position), for folding a new
+        version beside the serving one."""
+        other = copy.copy(self)
+        other._fixed = layout
+        return other
+
+    @contextmanager
+    def pinned(self) -> Iterator[Layout]:
+        """Within: this thread's (or task's) statements go to the layout serving on entry,
+        even if the view switches meanwhile (a request never reads a mix of versions);
+        the old version's tables are not dropped while it is pinned."""
+        pinned = _PINNED.get()
+        if self._fixed is not None or (pinned is not None and pinned[0] is self):
+            yield self.layout
+            return
+        layout = self.serving
+        with self._readers_lock:
+            self._readers[layout.name] = self._readers.get(layout.name, 0) + 1
+        token = _PINNED.set((self, layout))
+        try:
+            yield layout
+        finally:
+            _PINNED.reset(token)
+            with self._readers_lock:
+                self._readers[layout.name] -= 1
+
+    def readers(self, layout: Layout) -> int:
+        """How many requests (or folds) of this process have ``layout`` pinned."""
+        with self._readers_lock:
+            return self._readers.get(layout.name, 0)
+
+    def defined_names(self) -> list[str]:
+        """The tables and indexes the layout's statements define (every read model's):
+        the names a layout's suffix is added to."""
+        names = []
+        for statement in self._statements(lambda text: text.replace("{t}", self.table)):
+            names.extend(_DEFINED.findall(statement))
+        return list(dict.fromkeys(names))
+
+    def defined_tables(self) -> list[str]:
+        """The tables among :meth:`defined_names`."""
+        names = []
+        for statement in self._statements(lambda text: text.replace("{t}", self.table)):
+            names.extend(_TABLE_NAME.findall(statement))
+        return list(dict.fromkeys(names))
+
+    def sql(self, text: str) -> str:
+        suffix = self.layout.suffix
+        if suffix:
+            text = self._rename(text, suffix)
+        return text.replace("?", self.placeholder)
+
+    def _rename(self, text: str, suffix: str) -> str:
+        found = self._renames.get(suffix)
+        if found is None:
+            names = sorted(self.defined_names(), key=len, reverse=True)
+            pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+            found = self._renames[suffix] = (pattern, {})
+        pattern, done = found
+        renamed = done.get(text)
+        if renamed is None:
+            if len(done) > 4096:  # statements with IN lists of many lengths: bounded
+                done.clear()
+            renamed = done[text] = pattern.sub(lambda m: m.group(1) + suffix, text)
+        return renamed
+
     def _sql(self, text: str) -> str:
-        return self.sql(text).replace("{t}", self.table)
+        return self.sql(text.replace("{t}", self.table))
 
     def wants(self, topic: str) -> bool:
         """Whether a page's events of this topic must be decoded: server events, and the
@@ -146,7 +257,11 @@ class ServersView(ServerQueries):
         return found
 
     def create_statements(self) -> list[str]:
-        own = [self._sql(
+        """The statements that create the tables and indexes of the view's layout."""
+        return self._statements(self._sql)
+
+    def _statements(self, sql: Callable[[str], str]) -> list[str]:
+        own = [sql(
             "CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, project_id TEXT, host TEXT,"
             " name TEXT, vm_state TEXT, task_state TEXT, pending_action TEXT,"
             " pending_request_id TEXT, confirm_deadline TEXT, created_at TEXT,"
@@ -155,37 +270,37 @@ class ServersView(ServerQueries):
             # and across projects, the name included so that a name pattern's scan
             # reads no table row; they replace the older (project_id, created_at) and
             # name-less page indexes
-            self._sql("DROP INDEX IF EXISTS {t}_project"),
-            self._sql("DROP INDEX IF EXISTS {t}_page"),
-            self._sql("DROP INDEX IF EXISTS {t}_all_page"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_list ON {t}"
+            sql("DROP INDEX IF EXISTS {t}_project"),
+            sql("DROP INDEX IF EXISTS {t}_page"),
+            sql("DROP INDEX IF EXISTS {t}_all_page"),
+            sql("CREATE INDEX IF NOT EXISTS {t}_list ON {t}"
                       " (project_id, deleted, created_at, id, version, name)"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_all_list ON {t}"
+            sql("CREATE INDEX IF NOT EXISTS {t}_all_list ON {t}"
                       " (deleted, created_at, id, version, name)"),
             # a host's actions in flight, and its idle servers by id (the power-state
             # sync's batches); replaces {t}_pending (host, pending_action)
-            self._sql("DROP INDEX IF EXISTS {t}_pending"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_host_pending ON {t}"
+            sql("DROP INDEX IF EXISTS {t}_pending"),
+            sql("CREATE INDEX IF NOT EXISTS {t}_host_pending ON {t}"
                       " (host, pending_action, deleted, id)"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
+            sql("CREATE INDEX IF NOT EXISTS {t}_deadline ON {t} (confirm_deadline)"),
             # the timer's idle shelved and soft-deleted servers (replaces {t}_shelved)
-            self._sql("DROP INDEX IF EXISTS {t}_shelved"),
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_state_age ON {t} (vm_state, updated_at)"),
+            sql("DROP INDEX IF EXISTS {t}_shelved"),
+            sql("CREATE INDEX IF NOT EXISTS {t}_state_age ON {t} (vm_state, updated_at)"),
             # os-hypervisors' current workload: a host's servers building or busy
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_host_state ON {t}"
+            sql("CREATE INDEX IF NOT EXISTS {t}_host_state ON {t}"
                       " (host, vm_state, task_state)"),
             # the name filter's literal prefix (in code point order, see
             # server_queries.pattern_conditions)
-            self._sql("CREATE INDEX IF NOT EXISTS {t}_name ON {t} ("
+            sql("CREATE INDEX IF NOT EXISTS {t}_name ON {t} ("
                       + ('name COLLATE "C"' if self.dialect == "postgres" else "name") + ")"),
         ]
         for extension in self.extensions:
-            own.extend(extension.create_statements(self._sql))
+            own.extend(extension.create_statements(sql))
         return own
 
     # --- writing ------------------------------------------------------------------
     def position(self) -> int:
-        return self.max_tracking_id(TRACKING_NAME) or 0
+        return self.max_tracking_id(self.layout.name) or 0
 
     def apply_pages(self, pages: Sequence[RawPage], decode: Decode, *,
                     after: int | None = None) -> int:
@@ -236,13 +351,14 @@ class ServersView(ServerQueries):
         """The position, read in the transaction of ``curs`` so that no other writer can
         move it before the transaction ends (SQLite: the transaction holds the write
         lock; PostgreSQL: the tracking row is locked)."""
-        curs.execute(self._position_sql(), [TRACKING_NAME])
+        curs.execute(self._position_sql(), [self.layout.name])
         row = curs.fetchone()
         value = None if row is None else (row["n"] if isinstance(row, dict) else row[0])
         return int(value or 0)
 
     def _fold(self, curs: Any, pages: Sequence[RawPage], decode: Decode, *, empty: bool,
               bulk: bool) -> int:
+        name = self.layout.name
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk)
         batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
@@ -309,7 +425,7 @@ class ServersView(ServerQueries):
         for batch in batches:
             batch.write()
         for _, position in pages:
-            self._insert_tracking(curs, Tracking(TRACKING_NAME, position))
+            self._insert_tracking(curs, Tracking(name, position))
         return len(changed)
 
     def _routes(self) -> dict[type, tuple[bool, tuple[int, ...]]]:
@@ -388,13 +504,15 @@ class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
     def __init__(self, datastore: SQLiteDatastore,
                  extensions: Sequence[ViewExtension] = ()) -> None:
         self.extensions = tuple(extensions)
+        self._init_layouts()
         SQLiteTrackingRecorder.__init__(self, datastore)
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *self.create_statements()]
 
     def _delete_tracking(self, curs: Any) -> None:
-        curs.execute("DELETE FROM tracking WHERE application_name = ?", [TRACKING_NAME])
+        curs.execute("DELETE FROM tracking WHERE application_name = ?",
+                     [self.layout.name])
 
     def _position_sql(self) -> Any:
         return "SELECT MAX(notification_id) AS n FROM tracking WHERE application_name = ?"
@@ -407,6 +525,7 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
     def __init__(self, datastore: PostgresDatastore,
                  extensions: Sequence[ViewExtension] = ()) -> None:
         self.extensions = tuple(extensions)
+        self._init_layouts()
         PostgresTrackingRecorder.__init__(self, datastore,
                                           tracking_table_name="vmledger_views_tracking")
         from psycopg.sql import SQL
@@ -419,7 +538,7 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
 
         curs.execute(SQL("DELETE FROM {0}.{1} WHERE application_name = %s").format(
             Identifier(self.datastore.schema), Identifier(self.tracking_table_name)),
-            [TRACKING_NAME])
+            [self.layout.name])
 
     def _position_sql(self) -> Any:
         from psycopg.sql import SQL, Identifier
@@ -435,14 +554,15 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
         from psycopg.sql import SQL, Identifier
 
         table = (Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+        name = self.layout.name
         select = SQL("SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
                      "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(*table)
         for _ in range(2):
-            curs.execute(select, [TRACKING_NAME], prepare=True)
+            curs.execute(select, [name], prepare=True)
             row = curs.fetchone()
             if row is not None:
                 return int(row["n"] or 0)
             curs.execute(SQL("INSERT INTO {0}.{1} (application_name, notification_id) "
                              "VALUES (%s, 0) ON CONFLICT DO NOTHING").format(*table),
-                         [TRACKING_NAME])
+                         [self.layout.name])
         return 0

@@ -18,8 +18,10 @@ Documents are stored as compact JSON with sorted keys; a datetime is ``{"$dt": I
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
@@ -27,11 +29,43 @@ import msgspec
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-#: the key of the read models' position in the tracking table (they share one). A new
-#: name when the read models' layout changes: the log is then folded again from the start
-#: on first open, every row rewritten (the record under the old name, ``vmledger.servers``,
-#: stays)
+#: the name of the read models' layout: the key of their position in the tracking table
+#: (they share one) and, through :func:`layout_suffix`, the suffix of their tables. A new
+#: name when the layout changes (``vmledger.views.N+1``): the new version is then folded
+#: beside the serving one and replaces it once caught up (see
+#: :mod:`vmledger.projections.layouts`)
 TRACKING_NAME = "vmledger.views.4"
+
+#: the last layout whose tables have no suffix (the earlier ones were folded again in
+#: place); every later layout's tables are named with :func:`layout_suffix`
+LEGACY_LAYOUT = "vmledger.views.4"
+_LEGACY_NUMBER = 4
+
+
+def layout_suffix(name: str) -> str:
+    """The suffix of the tables (and indexes) of the layout called ``name``:
+    ``vmledger.views.5`` → ``_v5``; none for the layouts up to :data:`LEGACY_LAYOUT`."""
+    prefix, _, last = name.rpartition(".")
+    if name == "vmledger.servers" or (prefix == "vmledger.views" and last.isdigit()
+                                      and int(last) <= _LEGACY_NUMBER):
+        return ""
+    return "_v" + re.sub(r"\W", "_", last or name).lower()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A version of the read models' layout: its tracking name and its tables' suffix."""
+
+    name: str
+    suffix: str = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "suffix", layout_suffix(self.name))
+
+    @classmethod
+    def current(cls) -> Layout:
+        """This release's layout (:data:`TRACKING_NAME`, read when called)."""
+        return cls(TRACKING_NAME)
 
 
 def _decode(obj: dict[str, Any]) -> Any:
@@ -179,6 +213,8 @@ class RowWriter:
         updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys)
         if self.dialect == "postgres" and self.bulk and len(rows) >= self.COPY_ROWS:
             from psycopg import sql as pg
+
+            table = self.sql(table)  # the table of the layout written (a bare name)
 
             stage = pg.Identifier(f"{table}_stage")
             self.curs.execute(pg.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {0} "
