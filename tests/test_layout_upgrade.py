@@ -86,7 +86,7 @@ def new_release(monkeypatch: pytest.MonkeyPatch) -> None:
     name, a column more in the servers view (and an index on it), and a new read model
     (:class:`EventTally`)."""
     monkeypatch.setattr(store, "TRACKING_NAME", NEW)
-    original = ServersView._statements
+    original = ServersView.layout_statements
 
     def more(self: ServersView, sql: Any) -> list[str]:
         statements = [s.replace(" version INTEGER, doc TEXT)",
@@ -94,8 +94,8 @@ def new_release(monkeypatch: pytest.MonkeyPatch) -> None:
                       for s in original(self, sql)]
         return [*statements, sql("CREATE INDEX IF NOT EXISTS {t}_label ON {t} (label)")]
 
-    monkeypatch.setattr(ServersView, "_statements", more)
-    monkeypatch.setattr(view_module, "_COLUMNS", (*view_module._COLUMNS, "label"))
+    monkeypatch.setattr(ServersView, "layout_statements", more)
+    monkeypatch.setattr(view_module, "COLUMNS", (*view_module.COLUMNS, "label"))
     row_of = view_module.row_of
     monkeypatch.setattr(view_module, "row_of", lambda doc: (
         *row_of(doc), f"{doc.get('host') or ''}/{doc.get('name')}"))
@@ -337,8 +337,8 @@ def test_a_layout_the_old_tables_cannot_take_is_folded_before_serving(
     folds its layout at start-up (beside them) and serves it from the start."""
     fleet(url, sim, 4)
     monkeypatch.setattr(store, "TRACKING_NAME", NEW)
-    original = ServersView._statements
-    monkeypatch.setattr(ServersView, "_statements", lambda self, sql: [
+    original = ServersView.layout_statements
+    monkeypatch.setattr(ServersView, "layout_statements", lambda self, sql: [
         s.replace(" deleted INTEGER,", " deleted SMALLINT,") for s in original(self, sql)])
     with Engine(url, hypervisor=sim) as engine:
         assert engine.view.serving.name == NEW

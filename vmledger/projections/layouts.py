@@ -321,7 +321,7 @@ def drop(view: ServersView, layout: Layout) -> None:
     with view.transaction() as curs:
         for table in tables:
             curs.execute(f"DROP TABLE IF EXISTS {table}")
-        view.at(layout)._delete_tracking(curs)
+        view.at(layout).delete_tracking(curs)
         curs.execute(_raw(view, f"DELETE FROM {REGISTRY} WHERE name = ?"), [layout.name])
 
 

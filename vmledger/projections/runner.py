@@ -490,12 +490,12 @@ class ViewUpdater:
         recorder = self.app.recorder
         with beside.transaction(commit=True) as curs:
             lock_log(recorder, curs)
-            current = beside._locked_position(curs)
+            current = beside.locked_position(curs)
             rows = read_missed(recorder, curs, current, 2**62, most=SWITCH_LIMIT)
             if rows is None:
                 return False
             if rows:
-                beside._fold(curs, [(rows, rows[-1][0])], decoder, empty=not current,
+                beside.fold_pages(curs, [(rows, rows[-1][0])], decoder, empty=not current,
                              bulk=False)
             switched = layouts.switch(curs, self.view, new)
         return switched or layouts.serving_name(self.view) == new.name

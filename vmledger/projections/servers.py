@@ -49,7 +49,8 @@ from vmledger.projections.store import (
     time_text,
 )
 
-_COLUMNS = ("id", "project_id", "host", "name", "vm_state", "task_state", "pending_action",
+#: the servers view's columns, in the order :func:`row_of` gives them
+COLUMNS = ("id", "project_id", "host", "name", "vm_state", "task_state", "pending_action",
             "pending_request_id", "confirm_deadline", "created_at", "updated_at", "deleted",
             "version", "doc")
 
@@ -197,14 +198,14 @@ class ServersView(ServerQueries):
         """The tables and indexes the layout's statements define (every read model's):
         the names a layout's suffix is added to."""
         names = []
-        for statement in self._statements(lambda text: text.replace("{t}", self.table)):
+        for statement in self.layout_statements(lambda text: text.replace("{t}", self.table)):
             names.extend(_DEFINED.findall(statement))
         return list(dict.fromkeys(names))
 
     def defined_tables(self) -> list[str]:
         """The tables among :meth:`defined_names`."""
         names = []
-        for statement in self._statements(lambda text: text.replace("{t}", self.table)):
+        for statement in self.layout_statements(lambda text: text.replace("{t}", self.table)):
             names.extend(_TABLE_NAME.findall(statement))
         return list(dict.fromkeys(names))
 
@@ -258,9 +259,9 @@ class ServersView(ServerQueries):
 
     def create_statements(self) -> list[str]:
         """The statements that create the tables and indexes of the view's layout."""
-        return self._statements(self._sql)
+        return self.layout_statements(self._sql)
 
-    def _statements(self, sql: Callable[[str], str]) -> list[str]:
+    def layout_statements(self, sql: Callable[[str], str]) -> list[str]:
         own = [sql(
             "CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, project_id TEXT, host TEXT,"
             " name TEXT, vm_state TEXT, task_state TEXT, pending_action TEXT,"
@@ -347,6 +348,21 @@ class ServersView(ServerQueries):
         self._fold(curs, [(rows, rows[-1][0])], decode, empty=not current, bulk=False)
         return True
 
+    def locked_position(self, curs: Any) -> int:
+        """The position, read in ``curs``'s transaction and held until it ends (see
+        :meth:`_locked_position`)."""
+        return self._locked_position(curs)
+
+    def fold_pages(self, curs: Any, pages: Sequence[RawPage], decode: Decode, *,
+                   empty: bool, bulk: bool) -> int:
+        """Fold ``pages`` in ``curs``'s transaction, with their tracking records."""
+        return self._fold(curs, pages, decode, empty=empty, bulk=bulk)
+
+    def delete_tracking(self, curs: Any) -> None:
+        """Forget the layout's position (its tracking records), in ``curs``'s
+        transaction."""
+        self._delete_tracking(curs)
+
     def _locked_position(self, curs: Any) -> int:
         """The position, read in the transaction of ``curs`` so that no other writer can
         move it before the transaction ends (SQLite: the transaction holds the write
@@ -421,7 +437,7 @@ class ServersView(ServerQueries):
                 if share:
                     batch.fold(share)
         changed = [target.__dict__ for target in targets.values()]
-        writer.upsert(self.table, _COLUMNS, "id", [row_of(d) for d in changed])
+        writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
         for batch in batches:
             batch.write()
         for _, position in pages:
