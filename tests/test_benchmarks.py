@@ -121,3 +121,19 @@ def test_writers_benchmark_runs() -> None:
     assert "command service" in report and "raw driver" in report
     assert "2 API processes" in report
     assert "every acknowledged command's event is in the log: yes" in report
+
+
+def test_the_scale_benchmark_on_postgres_folds_every_command_in_its_transaction(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The fold in a command's own transaction runs inside the recorder's pipeline on
+    PostgreSQL: none may fail (a failed one falls back to a catch-up, silently slower),
+    whatever the statements before it queued."""
+    reason = postgres_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    sizes = scale.QUICK
+    with caplog.at_level("ERROR", logger="vmledger.projections.runner"):
+        report = scale.run(("postgres",), sizes, log=_quiet)
+    assert "fleet scale" in report
+    failed = [r.getMessage() for r in caplog.records if "folding" in r.getMessage()]
+    assert failed == []

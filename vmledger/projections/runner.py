@@ -184,8 +184,9 @@ class ViewUpdater:
         if getattr(self._folded, "deferred", False):
             return
         try:
-            with self.view.pinned() as layout, _savepoint(curs):
-                if self.view.fold_written(curs, rows, decoder,
+            with self.view.pinned() as layout, _own_cursor(curs) as mine, \
+                    _savepoint(mine):
+                if self.view.fold_written(mine, rows, decoder,
                                           partial(read_missed, recorder)):
                     self._folded.to = (layout.name, rows[-1][0])
                     with self._written_lock:
@@ -516,6 +517,57 @@ class ViewUpdater:
             log.info("dropped the tables of the read models' layout %s", old.name)
             dropped.append(old.name)
         return tuple(dropped)
+
+
+@contextmanager
+def _own_cursor(curs: Any) -> Iterator[Any]:
+    """What the fold in a command's transaction writes and reads through: ``curs`` on
+    SQLite; on PostgreSQL cursors of their own on its connection, in the same
+    transaction (:class:`_PipelineCursor`)."""
+    connection = getattr(curs, "connection", None)
+    if connection is None or not hasattr(connection, "pipeline"):
+        yield curs
+        return
+    mine = _PipelineCursor(connection)
+    try:
+        yield mine
+    finally:
+        mine.close()
+
+
+class _PipelineCursor:
+    """A cursor for statements run inside the recorder's pipeline (PostgreSQL): after an
+    ``executemany`` the next statement goes through a new cursor. In pipeline mode a
+    cursor that ran an ``executemany`` keeps that result, and a fetch after its next
+    ``execute`` reads it instead of the new one (``the last operation didn't produce
+    records``: psycopg 3.3); a fresh cursor costs no round trip."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._cursors = [connection.cursor()]
+        self._stale = False
+
+    @property
+    def _current(self) -> Any:
+        if self._stale:
+            self._cursors.append(self._connection.cursor())
+            self._stale = False
+        return self._cursors[-1]
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self._current.execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._current.executemany(*args, **kwargs)
+        self._stale = True
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursors[-1], name)
+
+    def close(self) -> None:
+        for cursor in self._cursors:
+            cursor.close()
 
 
 class _savepoint:
