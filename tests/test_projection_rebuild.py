@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import Notification
 
 from benchmarks.projections import Ids, StepClock, populate
 from vmledger import Engine
@@ -99,7 +100,7 @@ def test_the_decoder_makes_the_events_the_mapper_makes(seeded_engine: Engine) ->
     decoded = runner.EventDecoder(seeded_engine.service.mapper)(rows)
     assert len(decoded) == len(rows)
     for (nid, oid, version, topic, state), event in zip(rows, decoded, strict=True):
-        expected = seeded_engine.service.mapper.to_domain_event(runner.Notification(
+        expected = seeded_engine.service.mapper.to_domain_event(Notification(
             id=nid, originator_id=oid, originator_version=version, topic=topic, state=state))
         assert type(event) is type(expected)
         assert event.__dict__ == expected.__dict__

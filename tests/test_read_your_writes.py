@@ -18,8 +18,8 @@ from tests.engines import counter_ids, counter_request_ids, make_engine
 from tests.test_projection_rebuild import snapshot
 from vmledger import Engine
 from vmledger.domain.catalog import image_id_for
-from vmledger.projections import runner
-from vmledger.projections.runner import read_page
+from vmledger.projections import log_reading
+from vmledger.projections.log_reading import read_page
 
 IMAGE = image_id_for("cirros-0.6.2-x86_64")
 
@@ -155,10 +155,10 @@ def test_a_long_gap_is_left_to_catch_up(two_engines: tuple[Engine, Engine]) -> N
     one = a.create_server("one", "m1.small", IMAGE)
     two = b.create_server("two", "m1.small", IMAGE)
     _unfolded_writer(a)
-    for n in range(runner.MISSED_LIMIT + 1):
+    for n in range(log_reading.MISSED_LIMIT + 1):
         a.commands.servers.update(a.context(), one.id, name=f"one-{n}")
     b.lock(two.id)  # too many to carry: its read-your-writes catches up, as before
-    assert b.get_server(one.id).name == f"one-{runner.MISSED_LIMIT}"
+    assert b.get_server(one.id).name == f"one-{log_reading.MISSED_LIMIT}"
     assert b.get_server(two.id).locked
     assert b.view.position() == log_end(b)
     assert snapshot(b) == rebuilt(b)
