@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
+import msgspec
 from eventsourcing.persistence import StoredEvent
 
 __all__ = [
@@ -182,20 +183,41 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class _Indexed(msgspec.Struct):
+    """The two fields of a stored event's state the request index needs (the others
+    are checked to be JSON but not built)."""
+
+    request_id: Any = None
+    timestamp: Any = None
+
+
+_INDEXED = msgspec.json.Decoder(_Indexed)
+
+
 def request_fields(state: bytes) -> tuple[str, datetime] | None:
     """The ``request_id`` and timestamp of a stored event's state, if it has them.
 
     The state is the eventsourcing JSON transcoding (no compression or cipher is
-    configured by vmledger); anything else is not indexed.
+    configured by vmledger); anything else is not indexed. Read with msgspec, which
+    builds only these two fields; what it refuses (not an object, not UTF-8, ``NaN``,
+    lone surrogates…) is read as the standard library reads it, so the answer is the
+    same for every input (a repeated key: the last one, in both).
     """
+    data = _as_bytes(state)
     try:
-        data = json.loads(_as_bytes(state))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    request_id = data.get("request_id")
-    stamp = data.get("timestamp")
+        found = _INDEXED.decode(data)
+    except msgspec.DecodeError:
+        try:
+            parsed = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(parsed, dict):
+            return None
+        return _request_fields(parsed.get("request_id"), parsed.get("timestamp"))
+    return _request_fields(found.request_id, found.timestamp)
+
+
+def _request_fields(request_id: Any, stamp: Any) -> tuple[str, datetime] | None:
     if not isinstance(request_id, str) or not isinstance(stamp, dict):
         return None
     raw = stamp.get("_data_")

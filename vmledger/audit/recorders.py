@@ -5,6 +5,7 @@ the library's ``APPLICATION_RECORDER_TOPIC`` (see :mod:`vmledger.persistence`)."
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -12,9 +13,15 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import (
+    DatabaseError,
+    DataError,
     IntegrityError,
     InterfaceError,
+    InternalError,
+    NotSupportedError,
     OperationalError,
+    PersistenceError,
+    ProgrammingError,
     StoredEvent,
 )
 from eventsourcing.postgres import (
@@ -45,6 +52,15 @@ from vmledger.audit.chain import (
 # SQLite
 # --------------------------------------------------------------------------------------
 
+#: sqlite3's errors and the library's, in the order its transaction tests them
+_SQLITE_ERRORS: tuple[tuple[type[sqlite3.Error], type[PersistenceError]], ...] = (
+    (sqlite3.InterfaceError, InterfaceError), (sqlite3.DataError, DataError),
+    (sqlite3.OperationalError, OperationalError), (sqlite3.IntegrityError, IntegrityError),
+    (sqlite3.InternalError, InternalError), (sqlite3.ProgrammingError, ProgrammingError),
+    (sqlite3.NotSupportedError, NotSupportedError), (sqlite3.DatabaseError, DatabaseError),
+    (sqlite3.Error, PersistenceError))
+
+
 def _sqlite_time(value: datetime) -> str:
     """Fixed-width UTC ISO 8601 text, so that text order is time order."""
     return _utc(value).isoformat(timespec="microseconds")
@@ -61,6 +77,7 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
                  ) -> None:
         self.audit_key = AuditKey.from_environment()
         self.in_transaction: list[InTransaction] = []
+        self._previous_statements: dict[int, str] = {}
         super().__init__(datastore, events_table_name)
 
     def construct_create_table_statements(self) -> list[str]:
@@ -85,18 +102,17 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
         ids = super()._insert_events(c, stored_events, **kwargs)
         if ids is None or not stored_events:
             return ids
-        # after the insert: this transaction holds SQLite's write lock
-        c.execute(f"SELECT notification_id, global_hash FROM {CHAIN_TABLE} "
-                  "ORDER BY notification_id DESC LIMIT 1")
-        row = c.fetchone()
-        head = (int(row[0]), bytes(row[1])) if row is not None else None
+        # after the insert: this transaction holds SQLite's write lock. The chain's
+        # head and each aggregate's last link, in one statement.
+        oids = list(dict.fromkeys(oid_text(e.originator_id) for e in stored_events))
+        c.execute(self._previous_statement(len(oids)), oids)
+        head: tuple[int, bytes] | None = None
         previous: dict[str, bytes] = {}
-        for oid in {oid_text(e.originator_id) for e in stored_events}:
-            c.execute(f"SELECT server_hash FROM {CHAIN_TABLE} WHERE originator_id=? "
-                      "ORDER BY originator_version DESC LIMIT 1", (oid,))
-            found = c.fetchone()
-            if found is not None:
-                previous[oid] = bytes(found[0])
+        for kind, oid, nid, digest in c.fetchall():
+            if kind == "g":
+                head = (int(nid), bytes(digest))
+            else:
+                previous[str(oid)] = bytes(digest)
         links = _links(self.audit_key.secret, stored_events, ids, head, previous)
         c.executemany(f"INSERT INTO {CHAIN_TABLE} VALUES (?,?,?,?,?)",
                       [(x.notification_id, x.originator_id, x.version, x.server_hash,
@@ -110,6 +126,56 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
             for callback in self.in_transaction:
                 callback(c, rows)
         return ids
+
+    def _previous_statement(self, originators: int) -> str:
+        """The chain's head (kind ``g``) and the last link of each of ``originators``
+        aggregates (kind ``s``, by id): index scans, one statement (made once per
+        count)."""
+        found = self._previous_statements.get(originators)
+        if found is None:
+            head = (f"SELECT * FROM (SELECT 'g', NULL, notification_id, global_hash "
+                    f"FROM {CHAIN_TABLE} ORDER BY notification_id DESC LIMIT 1)")
+            last = (f"SELECT * FROM (SELECT 's', originator_id, notification_id, "
+                    f"server_hash FROM {CHAIN_TABLE} WHERE originator_id=? "
+                    "ORDER BY originator_version DESC LIMIT 1)")
+            found = " UNION ALL ".join([head, *[last] * originators])
+            self._previous_statements[originators] = found
+        return found
+
+    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
+                      lte: int | None = None, desc: bool = False, limit: int | None = None
+                      ) -> list[StoredEvent]:
+        """The library's query, run as one statement outside an explicit transaction: a
+        single SELECT reads one consistent snapshot on its own, so the BEGIN and
+        ROLLBACK the library wraps it in (two more statements on every load) add
+        nothing."""
+        statement = self.select_events_statement
+        params: list[Any] = [
+            originator_id.hex if isinstance(originator_id, UUID) else originator_id]
+        if gt is not None:
+            statement += "AND originator_version>? "
+            params.append(gt)
+        if lte is not None:
+            statement += "AND originator_version<=? "
+            params.append(lte)
+        statement += "ORDER BY originator_version " + ("DESC " if desc else "ASC ")
+        if limit is not None:
+            statement += "LIMIT ? "
+            params.append(limit)
+        # every row has the id asked for: the caller's UUID, not one parsed per row
+        same = (isinstance(originator_id, UUID)
+                and self.datastore.originator_id_type == "uuid")
+        convert = self.convert_originator_id
+        try:
+            with self.datastore.get_connection(commit=False) as conn, conn.cursor() as c:
+                c.execute(statement, params)
+                return [StoredEvent(
+                    originator_id=originator_id if same else convert(row["originator_id"]),
+                    originator_version=row["originator_version"], topic=row["topic"],
+                    state=row["state"]) for row in c.fetchall()]
+        except sqlite3.Error as error:  # as the library's transaction reports them
+            raise next(ours for raw, ours in _SQLITE_ERRORS if isinstance(error, raw)
+                       )(error) from error
 
     # --- reading ---------------------------------------------------------------------
     def _rows(self, statement: str, params: Sequence[Any]) -> list[Any]:

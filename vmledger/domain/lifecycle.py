@@ -567,9 +567,36 @@ class NotAllowed(Exception):
     """The machine has no such transition (used for outcomes, not user refusals)."""
 
 
+#: what :func:`fire` answered, by its arguments: the machine and its conditions (pure
+#: functions of the arguments) never change, and a command fires it once or twice
+_FIRED: dict[tuple[Any, ...], tuple[str, str | None] | NotAllowed] = {}
+#: the questions are few (triggers x states x targets); a bound all the same
+_FIRED_MAX = 20_000
+
+
 def fire(trigger: str, vm_state: str, task_state: str | None, **kwargs: Any
          ) -> tuple[str, str | None]:
-    """Run ``trigger`` on the machine from (vm_state, task_state); return the new pair."""
+    """Run ``trigger`` on the machine from (vm_state, task_state); return the new pair
+    (worked out by the machine once per distinct question, then remembered)."""
+    key = (trigger, vm_state, task_state, *sorted(kwargs.items()))
+    try:
+        found = _FIRED.get(key)
+    except TypeError:  # an unhashable argument: ask the machine every time
+        return _fire(trigger, vm_state, task_state, **kwargs)
+    if found is None:
+        try:
+            found = _fire(trigger, vm_state, task_state, **kwargs)
+        except NotAllowed as refused:
+            found = refused
+        if len(_FIRED) < _FIRED_MAX:
+            _FIRED[key] = found
+    if isinstance(found, NotAllowed):
+        raise NotAllowed(*found.args) from None
+    return found
+
+
+def _fire(trigger: str, vm_state: str, task_state: str | None, **kwargs: Any
+          ) -> tuple[str, str | None]:
     stand_in = _StandIn(NEW if vm_state == NEW else state_name(vm_state, task_state))
     event = MACHINE.events.get(trigger)
     if event is None:

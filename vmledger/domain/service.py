@@ -10,11 +10,20 @@ pipeline (:mod:`vmledger.domain.commands.pipeline`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from eventsourcing.application import AggregateNotFoundError, Application, LRUCache, Repository
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    LRUCache,
+    ProcessingEvent,
+    ProjectorFunction,
+    Repository,
+)
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import Recording
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import quota as quotas
@@ -38,6 +47,26 @@ def server_uuid(server_id: str | uuid.UUID) -> uuid.UUID:
         return uuid.UUID(str(server_id))
     except ValueError:
         raise ServerNotFound(str(server_id)) from None
+
+
+def project(aggregate: Any, events: Iterable[Any]) -> Any:
+    """The library's ``project_aggregate`` without its per-event ``isinstance`` check
+    against a runtime protocol (about 10 µs each on Python 3.11, more than decoding
+    the event): every event of vmledger's aggregates, and their snapshots, mutate."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
+class StoreRepository(Repository[uuid.UUID]):
+    """The library's repository, loading with :func:`project` unless told otherwise."""
+
+    def get(self, aggregate_id: uuid.UUID, *, version: int | None = None,
+            projector_func: ProjectorFunction[Any, Any] = project,
+            fastforward_skipping: bool = False, deepcopy_from_cache: bool = True) -> Any:
+        return super().get(aggregate_id, version=version, projector_func=projector_func,
+                           fastforward_skipping=fastforward_skipping,
+                           deepcopy_from_cache=deepcopy_from_cache)
 
 
 class ServerService(Application[uuid.UUID]):
@@ -92,10 +121,34 @@ class ServerService(Application[uuid.UUID]):
         self.id_factory = id_factory
         self.request_id_factory = request_id_factory
 
+    # --- saving ---------------------------------------------------------------------
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[uuid.UUID]]:
+        """The library's ``save``, collecting an aggregate's events without its
+        ``isinstance`` checks against runtime protocols (about 10 µs each on Python
+        3.11); what is recorded is the same."""
+        processing_event: ProcessingEvent[uuid.UUID] = ProcessingEvent()
+        for obj in objs:
+            if isinstance(obj, Aggregate):
+                processing_event.events.extend(obj.collect_events())
+                processing_event.aggregates[obj.id] = obj
+            else:
+                processing_event.collect_events(obj)
+        processing_event.saved_kwargs.update(kwargs)
+        recordings = self._record(processing_event)
+        self._take_snapshots(processing_event)
+        self._notify(recordings)
+        self.notify(processing_event.events)  # the library's deprecated hook
+        return recordings
+
     # --- contexts -------------------------------------------------------------------
     def construct_repository(self) -> Repository[uuid.UUID]:
         """The library's repository, its LRU cache bounded in bytes as well."""
-        repository = super().construct_repository()
+        built = super().construct_repository()
+        repository = StoreRepository(
+            built.event_store, snapshot_store=built.snapshot_store,
+            fastforward=built.fastforward, fastforward_skipping=built.fastforward_skipping,
+            deepcopy_from_cache=built.deepcopy_from_cache)
+        repository.cache = built.cache
         if isinstance(repository.cache, LRUCache):
             limit = self.env.get("VMLEDGER_AGGREGATE_CACHE_BYTES")
             repository.cache = SizedLRUCache(
