@@ -36,8 +36,11 @@ Counted per action, over the timed rounds only: commits (SQLite: ``COMMIT`` stat
 traced on every connection of the run, :func:`traced_sqlite`; PostgreSQL: transaction
 ids assigned, ``pg_current_xact_id()`` read before and after each round, so a read-only
 transaction is not counted there and a savepoint that writes — the fold's — takes an id
-of its own) and SQL statements (SQLite only: every statement traced). Nova's connections
-are traced alike, so every figure has its ratio to Nova's.
+of its own), SQL statements (SQLite only: every statement traced) and the CPU time of
+this process (user + system, ``time.process_time``: what a command costs in Python and
+in the SQLite library, which the disk's fsync hides in the wall time; the PostgreSQL
+server's work is not in it). Nova's connections are traced alike, so every figure has
+its ratio to Nova's.
 
 How it is timed
 ---------------
@@ -141,6 +144,8 @@ class Meter:
         self.seen = Counts()
         self.taken = Counts()
         self.actions = 0
+        #: CPU seconds of this process (user + system) over the timed rounds
+        self.cpu = 0.0
         self._probe = None if url.startswith("sqlite") else psycopg.connect(url,
                                                                             autocommit=True)
 
@@ -157,8 +162,10 @@ class Meter:
     def round(self, actions: int) -> Iterator[None]:
         before = Counts(self.seen.statements, self.seen.commits)
         xid = self._xact() if self._probe is not None else 0
+        cpu = time.process_time()
         with self.tracing():
             yield
+        self.cpu += time.process_time() - cpu
         self.actions += actions
         if self._probe is not None:
             # (reading the transaction id takes one itself)
@@ -167,11 +174,13 @@ class Meter:
             self.taken.commits += self.seen.commits - before.commits
             self.taken.statements += self.seen.statements - before.statements
 
-    def per_action(self) -> tuple[float, float | None]:
-        """(commits, statements or None on PostgreSQL) per action."""
+    def per_action(self) -> tuple[float, float | None, float]:
+        """(commits, statements or None on PostgreSQL, CPU milliseconds of this process)
+        per action."""
         actions = max(self.actions, 1)
         return (self.taken.commits / actions,
-                None if self._probe is not None else self.taken.statements / actions)
+                None if self._probe is not None else self.taken.statements / actions,
+                1000 * self.cpu / actions)
 
     def close(self) -> None:
         if self._probe is not None:
@@ -463,11 +472,13 @@ class Measured:
     run: commands.Run
     commits: float | None = None
     statements: float | None = None
+    #: CPU milliseconds of this process per action (the database server's not counted)
+    cpu_ms: float | None = None
 
     @classmethod
     def of(cls, run: commands.Run, info: dict[str, Any]) -> Measured:
-        commits, statements = info["meter"].per_action()
-        return cls(run, commits, statements)
+        commits, statements, cpu_ms = info["meter"].per_action()
+        return cls(run, commits, statements, cpu_ms)
 
 
 @dataclass
@@ -525,13 +536,14 @@ def bench(backend: str, database: Callable[[], contextlib.AbstractContextManager
     return report
 
 
-def _cost(ours: Sequence[Measured], nova: Sequence[Measured], what: str) -> str:
+def _cost(ours: Sequence[Measured], nova: Sequence[Measured], what: str,
+          digits: int = 1) -> str:
     """``what`` per action (median) and its ratio to Nova's, or n/a."""
     mine = _median([getattr(m, what) for m in ours])
     theirs = _median([getattr(m, what) for m in nova])
     if mine is None or theirs is None:
         return f"{'n/a':>6} {'':>6}"
-    return f"{mine:>6.1f} {mine / theirs if theirs else float('nan'):>5.2f}x"
+    return f"{mine:>6.{digits}f} {mine / theirs if theirs else float('nan'):>5.2f}x"
 
 
 def format_report(reports: Sequence[BackendReport], skipped: dict[str, str]) -> str:
@@ -568,17 +580,20 @@ def format_report(reports: Sequence[BackendReport], skipped: dict[str, str]) -> 
         w("")
         w("Cost per action, with its ratio to Nova's (commits: SQLite COMMIT statements,")
         w("PostgreSQL transaction ids assigned, the fold's savepoint taking one too;")
-        w("statements: SQLite only):")
+        w("statements: SQLite only; CPU: this process's user + system time, so without")
+        w("the PostgreSQL server's, and with the simulator's calls on both sides):")
         w(f"{'backend':<9} {'vmledger':<34} {'commits/action':>14} {'Nova':>6} "
-          f"{'statements/action':>17} {'Nova':>6}")
+          f"{'statements/action':>17} {'Nova':>6} {'CPU ms/action':>14} {'Nova':>6}")
         for rep in reports:
             nova_commits = _median([m.commits for m in rep.nova])
             nova_statements = _median([m.statements for m in rep.nova])
+            nova_cpu = _median([m.cpu_ms for m in rep.nova])
             for label, runs in (("read models folded in the command", rep.engine),
                                 ("(old path: caught up after)", rep.unfolded)):
                 w(f"{rep.backend:<9} {label:<34} {_cost(runs, rep.nova, 'commits'):>14} "
                   f"{_figure(nova_commits):>6} {_cost(runs, rep.nova, 'statements'):>17} "
-                  f"{_figure(nova_statements):>6}")
+                  f"{_figure(nova_statements):>6} {_cost(runs, rep.nova, 'cpu_ms', 2):>14} "
+                  f"{_figure(nova_cpu, 2):>6}")
         w("")
         w("One command decided in the request (lock, then unlock; it returns once the read")
         w("models show it), through the embedding API, same repetitions, ms per command:")
@@ -596,8 +611,8 @@ def format_report(reports: Sequence[BackendReport], skipped: dict[str, str]) -> 
     return "\n".join(out)
 
 
-def _figure(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def _figure(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 @contextlib.contextmanager

@@ -65,6 +65,7 @@ def test_actions_benchmark_runs() -> None:
                          log=_quiet)
     assert "act/s" in report and "Nova/s" in report
     assert "commits/action" in report and "statements/action" in report
+    assert "CPU ms/action" in report
     _backends_line(report)
 
 

@@ -138,6 +138,8 @@ class AllocationsBatch:
             now = {row[0]: row[1:] for row in allocations_of(server_id, doc)}
             for consumer in (server_id, server_id + MOVE_SUFFIX):
                 old, held = before.get(consumer), now.get(consumer)
+                if old is not None and held is not None and tuple(old) == tuple(held):
+                    continue  # held as before (most actions): no sums move, no row to write
                 counted = 1 if consumer == server_id else 0  # a server counts on its host
                 if old is not None:
                     sums = change.setdefault(old[0], [0] * len(_SUMS))

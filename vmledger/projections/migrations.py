@@ -104,7 +104,14 @@ class MigrationsBatch:
         """Nothing: records follow the folded server documents."""
 
     def preload(self, server_ids: list[str]) -> None:
-        """The newest record of each of these servers, in a few queries."""
+        """The newest record of each of these servers, in a few queries. Not in a
+        command's own fold (a few servers, most with no move in flight): there a
+        server's record is read when it is needed (:meth:`_latest`), which is rarely."""
+        if not self.writer.bulk:
+            return
+        self._read(server_ids)
+
+    def _read(self, server_ids: list[str]) -> None:
         wanted = [sid for sid in server_ids if sid not in self.latest]
         curs = self.writer.curs
         for i in range(0, len(wanted), 500):
@@ -124,7 +131,7 @@ class MigrationsBatch:
             if self.empty:
                 self.latest[server_id] = None
             else:
-                self.preload([server_id])
+                self._read([server_id])
         return self.latest[server_id]
 
     def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
