@@ -1,0 +1,155 @@
+"""What a command costs on SQLite, as a caller of the engine pays it: the statements a
+hard reboot and a lock run, and the statements compiled for them.
+
+Budgets, not targets: a change that makes a command run more statements fails here and
+says what it costs (``python -m benchmarks --suite actions`` prints the same figures per
+action, beside Nova's row pattern).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.engines import make_engine
+from vmledger import Engine
+from vmledger.audit.chain import request_fields
+
+#: a hard reboot through the embedding API, request to outcome, read models caught up
+REBOOT_STATEMENTS = 52
+#: a lock decided in the request, folded into the read models in its transaction
+LOCK_STATEMENTS = 17
+
+
+@contextlib.contextmanager
+def traced(statements: list[str], opened: list[dict[str, Any]]) -> Iterator[None]:
+    """Every SQLite connection opened meanwhile reports its statements to
+    ``statements``; the keyword arguments it was opened with go to ``opened``."""
+    real = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        opened.append(kwargs)
+        conn = real(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    sqlite3.connect = connect  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sqlite3.connect = real
+
+
+@pytest.fixture
+def engine_traced(tmp_path: Path) -> Iterator[tuple[Engine, list[str], list[dict[str, Any]]]]:
+    statements: list[str] = []
+    opened: list[dict[str, Any]] = []
+    with traced(statements, opened):
+        engine = make_engine(f"sqlite:///{tmp_path / 'cost.db'}")
+    try:
+        yield engine, statements, opened
+    finally:
+        engine.close()
+
+
+def _servers(engine: Engine, count: int) -> list[str]:
+    ids = [engine.create_server(f"cost-{i}", "1", "cirros-0.6.2-x86_64").id
+           for i in range(count)]
+    engine.run_until_idle()
+    for server_id in ids:  # the first reboot warms what a first use prepares
+        engine.reboot(server_id, hard=True)
+    engine.run_until_idle()
+    return ids
+
+
+def test_a_hard_reboot_runs_within_its_statement_budget(
+        engine_traced: tuple[Engine, list[str], list[dict[str, Any]]]) -> None:
+    engine, statements, _ = engine_traced
+    ids = _servers(engine, 10)
+    statements.clear()
+    for server_id in ids:
+        engine.reboot(server_id, hard=True)
+    engine.run_until_idle()
+    per_action = len(statements) / len(ids)
+    assert per_action <= REBOOT_STATEMENTS, per_action
+    # a load is one statement: no transaction is begun and rolled back around it
+    loads = [i for i, s in enumerate(statements)
+             if s.startswith("SELECT * FROM stored_events WHERE originator_id")]
+    assert loads
+    assert all(statements[i - 1] != "BEGIN" for i in loads)
+    for server_id in ids:
+        assert engine.get_server(server_id).status == "ACTIVE"
+
+
+def test_a_lock_runs_within_its_statement_budget(
+        engine_traced: tuple[Engine, list[str], list[dict[str, Any]]]) -> None:
+    engine, statements, _ = engine_traced
+    ids = _servers(engine, 3)
+    engine.lock(ids[0])
+    engine.act(ids[0], "unlock")
+    statements.clear()
+    for server_id in ids:
+        engine.lock(server_id)
+    assert len(statements) / len(ids) <= LOCK_STATEMENTS, statements
+    assert all(engine.get_server(server_id).locked for server_id in ids)
+
+
+def test_sqlite_connections_keep_their_prepared_statements(
+        engine_traced: tuple[Engine, list[str], list[dict[str, Any]]]) -> None:
+    """eventsourcing opens its connections with ``cached_statements=True``: a cache of
+    one statement, every other one compiled again each time it runs."""
+    engine, _, opened = engine_traced
+    _servers(engine, 2)
+    assert opened
+    for kwargs in opened:
+        assert kwargs.get("cached_statements", 128) >= 128, kwargs
+
+
+def _json_request_fields(state: bytes) -> tuple[str, datetime] | None:
+    """The request index's fields read with the standard library alone."""
+    try:
+        data = json.loads(state)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    request_id, stamp = data.get("request_id"), data.get("timestamp")
+    if not isinstance(request_id, str) or not isinstance(stamp, dict):
+        return None
+    raw = stamp.get("_data_")
+    if not isinstance(raw, str):
+        return None
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return request_id, at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+STAMP = '{"_type_":"datetime_iso","_data_":"2026-01-01T00:00:00+00:00"}'
+
+
+@pytest.mark.parametrize("state", [
+    f'{{"timestamp":{STAMP},"request_id":"req-1","n":1}}'.encode(),
+    f'{{"request_id":"a","request_id":"b","timestamp":{STAMP}}}'.encode(),  # last wins
+    f'\ufeff{{"request_id":"a","timestamp":{STAMP}}}'.encode(),  # a byte order mark
+    f'{{"request_id":"a","timestamp":{STAMP},"x":NaN}}'.encode(),
+    f'{{"request_id":"\\ud800","timestamp":{STAMP}}}'.encode(),  # a lone surrogate
+    f'{{"request_id":"a","timestamp":{STAMP},"big":1e400,"n":{10**30}}}'.encode(),
+    b'{"request_id":"a","timestamp":{"_data_":"2026-01-01T00:00:00"}}',
+    b'{"request_id":"a","timestamp":{"_data_":"yesterday"}}',
+    b'{"request_id":7,"timestamp":{"_data_":"2026-01-01T00:00:00"}}',
+    b'["request_id"]', b'{"request_id":"a"', b"\xff\xfe{}", b"",
+    "{\"request_id\":\"é\",\"timestamp\":{\"_data_\":\"2026-01-01T00:00:00Z\"}}".encode(),
+])
+def test_the_request_index_reads_a_state_as_the_standard_library_does(state: bytes) -> None:
+    assert request_fields(state) == _json_request_fields(state)
+    assert request_fields(state.decode("utf-8", "replace")) == _json_request_fields(
+        state.decode("utf-8", "replace").encode())
