@@ -116,6 +116,9 @@ class HostAgent:
         self._found: tuple[str, dict[str, Any]] | None = None
         #: the task state the action is in, with the steps gathered
         self._task: str | None = None
+        #: the server as :meth:`reconcile` loaded it, until the first commit starts from
+        #: it (not read again); later commits read it
+        self._loaded: Server | None = None
 
     def _observe_call(self, call: str, error: str | None, seconds: float) -> None:
         for observer in self.observers:
@@ -259,6 +262,7 @@ class HostAgent:
         assert action is not None
         self._action, self._steps, self._seen, self._found = (
             (server_id, request_id), [], None, None)
+        self._loaded = server
         self._task = server.task_state
         try:
             # the remaining task states, recorded with the first commit (an action
@@ -290,7 +294,7 @@ class HostAgent:
                 self._commit()
             raise
         finally:
-            self._action, self._steps, self._found = None, [], None
+            self._action, self._steps, self._found, self._loaded = None, [], None, None
         self._unexpected.pop(request_id, None)
         if action == "unshelve":
             self._drop_shelved_image(server, request_id)
@@ -307,7 +311,8 @@ class HostAgent:
         def apply(server: Server, ctx: Context, at: Any) -> None:
             for step in steps:
                 step(server, ctx, at)
-        if not self.outcomes.record(server_id, request_id, apply).accepted:
+        loaded, self._loaded = self._loaded, None
+        if not self.outcomes.record(server_id, request_id, apply, loaded=loaded).accepted:
             raise _Superseded
 
     def _resolve_doubt(self, server: Server) -> None:

@@ -21,7 +21,8 @@ class OutcomeCommands:
 
     # --- the host agent ---------------------------------------------------------------
     def record(self, server_id: str | uuid.UUID, request_id: str,
-               step: Callable[[Server, Context, datetime], None]) -> CommandResult:
+               step: Callable[[Server, Context, datetime], None], *,
+               loaded: Server | None = None) -> CommandResult:
         """Apply one agent step to the action ``request_id``; a no-op when it is stale.
 
         A step may record several events (the agent gathers the task states, the calls
@@ -31,6 +32,9 @@ class OutcomeCommands:
         Stale means the server has no action in flight any more, or another one (for
         instance a delete or a hard reboot superseded it): the agent's step is then
         dropped, so an outcome is never recorded twice.
+
+        ``loaded``: the server as the agent has just loaded it, unchanged (the first
+        attempt starts from a copy instead of reading it again).
         """
         ctx = self.deps.store.agent_context(request_id)
 
@@ -39,7 +43,7 @@ class OutcomeCommands:
                 return None
             step(server, ctx, self.deps.clock.now())
             return server
-        return self._run(ctx, server_id, decide)
+        return self._run(ctx, server_id, decide, primed=(loaded,) if loaded else ())
 
     def record_drift(self, server_id: str | uuid.UUID, *, host: str, observed: int,
                      power_state: int, call: dict[str, Any] | None) -> CommandResult:
@@ -122,8 +126,9 @@ class OutcomeCommands:
                        project_id=None, cause=TIMER, is_admin=True)
 
     def _run(self, ctx: Context, server_id: str | uuid.UUID,
-             decide: Callable[[Server], Server | None]) -> CommandResult:
+             decide: Callable[[Server], Server | None],
+             primed: tuple[Server, ...] = ()) -> CommandResult:
         """Run ``decide`` on the server (deleted ones too) through the pipeline."""
         return self.deps.pipeline.execute(
             ctx, lambda uow: decide(load_server(uow, server_id, include_deleted=True)),
-            what="The server", subject=str(server_id))
+            what="The server", subject=str(server_id), primed=primed)

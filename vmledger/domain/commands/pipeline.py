@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
+from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,13 +112,21 @@ def idempotency(key: str | None, operation: str, payload: dict[str, Any]
 class UnitOfWork:
     """One attempt of one command: loads from the store, collects what to save."""
 
-    def __init__(self, store: Application[uuid.UUID]) -> None:
+    def __init__(self, store: Application[uuid.UUID],
+                 primed: Sequence[Aggregate] = ()) -> None:
         self.store = store
         #: aggregates saved beside the command's main one, in the same transaction
         self.added: list[Aggregate] = []
+        #: aggregates the caller loaded just before, by id: the first load of each is a
+        #: copy of it instead of a read (see :meth:`Pipeline.execute`)
+        self._primed = {aggregate.id: aggregate for aggregate in primed}
 
     def get(self, aggregate_id: uuid.UUID, version: int | None = None) -> object | None:
         """The aggregate (None when there is none)."""
+        if version is None and self._primed:
+            found_primed = self._primed.pop(aggregate_id, None)
+            if found_primed is not None:
+                return deepcopy(found_primed)
         try:
             found: object = self.store.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
@@ -155,7 +164,8 @@ class Pipeline:
     def execute(self, ctx: Context, decide: Decide, *, what: str,
                 subject: str = "", key: Idempotency | None = None,
                 details: dict[str, Any] | None = None,
-                serialise: Sequence[AbstractContextManager[Any]] = ()) -> CommandResult:
+                serialise: Sequence[AbstractContextManager[Any]] = (),
+                primed: Sequence[Aggregate] = ()) -> CommandResult:
         """Decide and save; decide again when another writer won, up to
         :data:`MAX_ATTEMPTS` times (then :class:`Conflict` naming ``what``).
 
@@ -164,14 +174,17 @@ class Pipeline:
         are returned with the result. ``serialise``: locks held for the whole command
         (requests of this process contending for the same aggregates queue instead of
         losing the race again and again; other processes are serialised by the
-        aggregates' versions alone)."""
+        aggregates' versions alone). ``primed``: aggregates the caller has just loaded
+        (not changed): the first attempt decides on copies of them instead of reading
+        them again; if one is stale meanwhile, its save loses on the version and the
+        next attempt reads it afresh, as after any lost race."""
         record_id = key.record_id(ctx) if key is not None else None
         fingerprint = key.fingerprint() if key is not None else ""
         with ExitStack() as held:
             for lock in serialise:
                 held.enter_context(lock)
             for attempt in range(MAX_ATTEMPTS):
-                uow = UnitOfWork(self.store)
+                uow = UnitOfWork(self.store, primed if attempt == 0 else ())
                 if record_id is not None:
                     replay = self._replay(uow, record_id, fingerprint, key)
                     if replay is not None:
