@@ -14,6 +14,14 @@ it leads to, task_state null). Reference from the same run: the same round trip 
 embedding facade in one process, without HTTP (``engine.pause`` and
 ``engine.get_server``, agent in the background).
 
+*What a round trip must wait for*: the commits on its path, counted on a second
+engine of the same database whose connections are traced (apart from the timed round
+trips: tracing every statement costs time), by whether each waited for the disk
+(``synchronous=FULL``) or not, per round trip, all threads; and what one flushed commit
+costs alone on the same disk in the same run (raw ``sqlite3``, WAL, ``synchronous=FULL``,
+one-row insert). The flushed commits times that figure is the round trip's floor before
+any CPU is spent.
+
 *List throughput*: ``GET /v2.1/servers/detail?limit=100`` from a few concurrent
 keep-alive connections, against a bare ASGI callable mounted in the same server that
 SELECTs the 100 newest rows of ``vmledger_servers`` (same project, not deleted) and
@@ -271,6 +279,104 @@ def engine_round_trips(url: str, count: int, warmup: int) -> RoundTrips:
         return _time_round_trips(result, server_id, count, warmup, act, done)
     finally:
         engine.close()
+
+
+@dataclass
+class Commits:
+    """The commits of a run of round trips, by whether they waited for the disk."""
+
+    round_trips: int = 0
+    flushed: int = 0
+    unflushed: int = 0
+
+
+_SYNC_LEVELS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
+
+
+@contextlib.contextmanager
+def traced_commits(commits: Commits) -> Iterator[None]:
+    """Every sqlite3 connection made meanwhile counts its commits into ``commits``, as
+    flushed (``synchronous`` FULL or above, SQLite's default) or not."""
+    real = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = real(*args, **kwargs)
+        level = [2]
+
+        def trace(statement: str) -> None:
+            text = statement.lstrip().upper()
+            if text.startswith("PRAGMA SYNCHRONOUS") and "=" in text:
+                value = text.split("=", 1)[1].strip().rstrip(";")
+                level[0] = int(value) if value.isdigit() else _SYNC_LEVELS.get(value, 2)
+            elif text.startswith("COMMIT"):
+                if level[0] >= 2:
+                    commits.flushed += 1
+                else:
+                    commits.unflushed += 1
+
+        conn.set_trace_callback(trace)
+        return conn
+
+    sqlite3.connect = connect  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sqlite3.connect = real
+
+
+def commits_per_round_trip(url: str, count: int) -> Commits:
+    """The commits of ``count`` round trips on the embedding facade (agent in the
+    background, as the timed ones), every connection traced."""
+    counted = Commits()
+    with traced_commits(counted):  # connections are made on demand: traced throughout
+        _count_commits(url, count, counted)
+    counted.round_trips = count
+    return counted
+
+
+def _count_commits(url: str, count: int, counted: Commits) -> None:
+    engine = _with_guests(url)
+    try:
+        engine.run_in_background(0.01)
+        server_id = engine.list_servers()[-3].id  # one no other run used
+        for i in range(count + 1):
+            if i == 1:  # the first round trip (and the first passes) warm up
+                counted.flushed = counted.unflushed = 0
+            action, status = _ACTIONS[i % 2]
+            engine.act(server_id, action)
+            deadline = time.perf_counter() + POLL_TIMEOUT
+            while True:
+                info = engine.get_server(server_id)
+                if info.status == status and info.task_state is None:
+                    break
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"{action} of {server_id} not done in "
+                                       f"{POLL_TIMEOUT} s")
+                time.sleep(POLL_INTERVAL)
+            time.sleep(0.05)  # the pass after the outcome is done, and counted
+    finally:
+        engine.close()
+
+
+def flushed_commit_ms(directory: Path, count: int = 200) -> list[float]:
+    """ms per commit of a one-row insert with the raw driver, WAL, ``synchronous=FULL``
+    (what vmledger's commands use), in ``directory``."""
+    path = directory / "flush-probe.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE probe (n INTEGER)")
+        times = []
+        for n in range(count):
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO probe VALUES (?)", (n,))
+            conn.execute("COMMIT")
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+    finally:
+        conn.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -537,6 +643,8 @@ class ApiReport:
     profile: list[tuple[str, float, float]]
     seconds: float
     contention: dict[str, float]
+    commits: Commits = field(default_factory=Commits)
+    flush_ms: list[float] = field(default_factory=list)
 
     def ratios(self, name: str, baseline: str = "bare") -> list[float]:
         return [a / b for a, b in zip(self.lists[name].rates, self.lists[baseline].rates,
@@ -575,6 +683,8 @@ def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
             asyncio.run(_list_throughput(base, series, sizes.repetitions,
                                          sizes.connections, sizes.window, log))
         local = engine_round_trips(url, sizes.round_trips, sizes.warmup)
+        commits = commits_per_round_trip(url, max(2, min(10, sizes.round_trips)))
+        flush_ms = flushed_commit_ms(directory)
         stages: list[Stage] = []
         profile: list[tuple[str, float, float]] = []
         if sizes.profile:
@@ -584,7 +694,8 @@ def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
     seconds = time.perf_counter() - began
     report = ApiReport(sizes.servers, events, [http, local], series, sizes.connections,
                        sizes.window, rows, bodies, stages, profile, seconds,
-                       commands.contention(stalls, commands.pressure_totals(), seconds))
+                       commands.contention(stalls, commands.pressure_totals(), seconds),
+                       commits, flush_ms)
     return format_report(report)
 
 
@@ -611,6 +722,16 @@ def format_report(r: ApiReport) -> str:
         w(f"  {rt.label:<62} {len(rt.total_ms):>4} {percentile(rt.total_ms, 50):>6.1f} "
           f"{percentile(rt.total_ms, 90):>6.1f} {percentile(rt.total_ms, 99):>6.1f} "
           f"{percentile(rt.request_ms, 50):>8.1f} {statistics.median(rt.polls):>5.0f}")
+    if r.commits.round_trips and r.flush_ms:
+        c = r.commits
+        flushed, unflushed = c.flushed / c.round_trips, c.unflushed / c.round_trips
+        p50 = percentile(r.flush_ms, 50)
+        w(f"  commits per round trip (in process, all threads, {c.round_trips} traced apart): "
+          f"{flushed:.1f} flushed, {unflushed:.1f} not")
+        w(f"  one flushed commit alone (raw sqlite3, WAL, synchronous=FULL, same disk, this "
+          f"run): p50 {p50:.2f} ms, p90 {percentile(r.flush_ms, 90):.2f} ms")
+        w(f"  floor of a round trip before any CPU: {flushed:.1f} x {p50:.2f} = "
+          f"{flushed * p50:.1f} ms (p50)")
     w("")
     w(f"List throughput: {r.connections} concurrent keep-alive connections (httpx async), "
       f"windows of {r.window:.1f} s after 0.3 s")

@@ -8,6 +8,8 @@ are reported as skipped by the benchmark otherwise.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from benchmarks import (
@@ -75,6 +77,13 @@ def test_api_benchmark_runs() -> None:
     report = api.run(sizes, log=_quiet)
     assert "servers/detail" in report
     assert "round trip" in report.lower()
+    # the request, the agent's "about to call" and its outcome, flushed; the read models'
+    # fold rides in the outcome's transaction (a heartbeat, or the follower folding the
+    # agent's first commit before the outcome does, may add a fraction)
+    found = re.search(r"commits per round trip .*: ([0-9.]+) flushed, ([0-9.]+) not", report)
+    assert found, report
+    assert 3.0 <= float(found[1]) < 3.5 and float(found[2]) < 0.5, found[0]
+    assert "floor of a round trip" in report
 
 
 def test_audit_benchmark_runs() -> None:

@@ -75,7 +75,8 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
     def run_once(self) -> int:
         """One pass of the host agent and the timer; return how much they did. What they
         record reaches the read models by the next catch-up (one transaction for a pass),
-        not in each of their commands' transactions. Nothing, without an agent."""
+        not in each of their commands' transactions, except the outcome of the pass's
+        last action, folded in its own. Nothing, without an agent."""
         if not self.runs_agent:
             return 0
         self.report_host()

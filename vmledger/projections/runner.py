@@ -153,13 +153,15 @@ class ViewUpdater:
                 self._known[layout] = max(self._known.get(layout, 0), position)
 
     @contextmanager
-    def deferred(self) -> Iterator[None]:
+    def deferred(self, defer: bool = True) -> Iterator[None]:
         """Within: the commands this thread records are not folded in their transaction
         but by the next catch-up (for a batch worker — the host agent's and the timer's
         pass — that does not read its own writes from the read models: one catch-up
-        transaction folds a whole pass more cheaply than a fold in every command)."""
+        transaction folds a whole pass more cheaply than a fold in every command).
+        ``defer=False`` inside it: folded in their transaction again (the pass's last
+        outcome, which someone may be waiting for)."""
         previous = getattr(self._folded, "deferred", False)
-        self._folded.deferred = True
+        self._folded.deferred = defer
         try:
             yield
         finally:

@@ -316,7 +316,8 @@ class ServersView(ServerQueries):
 
         Returns the number of server rows written.
         """
-        with self.transaction(commit=True) as curs:
+        # nothing but what the log can give again: the commit need not wait for the disk
+        with self.transaction(commit=True, flushed=False) as curs:
             current = self._locked_position(curs)
             if after is not None and current != after:
                 raise IntegrityError(f"the read models are at {current}, not {after}")

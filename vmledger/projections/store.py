@@ -256,10 +256,20 @@ class ReadStore:
         """``text`` (written with ``?`` placeholders) in the backend's dialect."""
         return text.replace("?", self.placeholder)
 
-    def transaction(self, *, commit: bool = True) -> AbstractContextManager[Cursor]:
+    def transaction(self, *, commit: bool = True, flushed: bool = True
+                    ) -> AbstractContextManager[Cursor]:
         """A cursor in one transaction, committed on leaving (rolled back instead
         without ``commit``, or on an error). It takes statements in the backend's
-        dialect: pass them through :meth:`sql`."""
+        dialect: pass them through :meth:`sql`.
+
+        ``flushed=False``: the commit does not wait for the database's log to reach the
+        disk (SQLite in WAL mode: ``synchronous=NORMAL`` for this transaction alone;
+        PostgreSQL: ``synchronous_commit`` off). Only for a transaction that writes
+        nothing but what can be folded again from the event log (a catch-up): both
+        databases write their log in order, so a power loss can only take the last such
+        transactions with it, never one without those before it, and the next flushed
+        commit (any command's) makes it durable too; a fold lost so is folded again,
+        its tracking position going back with it."""
         raise NotImplementedError  # pragma: no cover - per backend
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
@@ -285,15 +295,28 @@ class SQLiteStore(ReadStore):
     datastore: SQLiteDatastore
 
     @contextmanager
-    def transaction(self, *, commit: bool = True) -> Iterator[Any]:
-        with self.datastore.transaction(commit=commit) as curs:
-            if commit:
-                # Take the write lock before reading: the library begins transactions
-                # DEFERRED, and a read that later upgrades to a write fails at once with
-                # "database is locked" (no busy wait) when another process wrote since.
-                curs.execute("UPDATE tracking SET notification_id = notification_id "
-                             "WHERE application_name = ?", [TRACKING_NAME])
-            yield curs
+    def transaction(self, *, commit: bool = True, flushed: bool = True) -> Iterator[Any]:
+        if not commit or flushed or not self.datastore.pool.is_journal_mode_wal:
+            # (out of WAL mode NORMAL is not safe from corruption: always flushed)
+            with self.datastore.transaction(commit=commit) as curs:
+                if commit:
+                    _lock_for_writing(curs)
+                yield curs
+            return
+        with self.datastore.get_connection(commit=True) as conn:
+            # the level is the connection's, and the connection goes back to the pool
+            # for the next command: it is set outside the transaction (SQLite refuses
+            # a change inside one) and restored after it
+            with conn.cursor() as setting:
+                level = int(setting.execute("PRAGMA synchronous").fetchone()[0])
+                setting.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with conn.transaction(commit=True) as curs:
+                    _lock_for_writing(curs)
+                    yield curs
+            finally:
+                with conn.cursor() as setting:
+                    setting.execute(f"PRAGMA synchronous = {level}")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         # one statement is its own read transaction in autocommit mode: no BEGIN and
@@ -301,6 +324,14 @@ class SQLiteStore(ReadStore):
         with self.datastore.get_connection(commit=False) as conn, conn.cursor() as curs:
             curs.execute(self.sql(sql), list(params))
             return list(curs.fetchall())
+
+
+def _lock_for_writing(curs: Any) -> None:
+    """Take SQLite's write lock before reading: the library begins transactions
+    DEFERRED, and a read that later upgrades to a write fails at once with "database is
+    locked" (no busy wait) when another process wrote since."""
+    curs.execute("UPDATE tracking SET notification_id = notification_id "
+                 "WHERE application_name = ?", [TRACKING_NAME])
 
 
 class PostgresStore(ReadStore):
@@ -311,6 +342,8 @@ class PostgresStore(ReadStore):
     datastore: PostgresDatastore
 
     @contextmanager
-    def transaction(self, *, commit: bool = True) -> Iterator[Any]:
+    def transaction(self, *, commit: bool = True, flushed: bool = True) -> Iterator[Any]:
         with self.datastore.transaction(commit=commit) as curs:
+            if commit and not flushed:
+                curs.execute("SET LOCAL synchronous_commit = off")
             yield curs

@@ -119,6 +119,10 @@ class HostAgent:
         #: the server as :meth:`reconcile` loaded it, until the first commit starts from
         #: it (not read again); later commits read it
         self._loaded: Server | None = None
+        #: whether the outcome of the action being reconciled is folded into the read
+        #: models in its own transaction, also within a pass that defers its commands'
+        #: folds (:meth:`ViewUpdater.deferred`)
+        self._fold_outcome = False
 
     def _observe_call(self, call: str, error: str | None, seconds: float) -> None:
         for observer in self.observers:
@@ -143,7 +147,12 @@ class HostAgent:
         if not self._started:
             self._started = True
             handled += self.remove_evacuated_guests()
-        for server_id, request_id in self.pending():
+        pending = self.pending()
+        for index, (server_id, request_id) in enumerate(pending):
+            # the last action's outcome is folded into the read models in its own
+            # transaction (the pass's catch-up then has nothing left to fold): a client
+            # waiting for it sees it one transaction sooner
+            self._fold_outcome = index == len(pending) - 1
             try:
                 self.reconcile(server_id, request_id)
             except Exception:  # a bug or a lost connection: retried on the next pass
@@ -153,6 +162,8 @@ class HostAgent:
                               self.host, server_id, request_id, count)
                 if count >= MAX_UNEXPECTED:
                     self._give_up(server_id, request_id)
+            finally:
+                self._fold_outcome = False
             handled += 1
         self._observe_pass("reconcile", started, handled)
         return handled
@@ -285,7 +296,7 @@ class HostAgent:
             self._steps.append(lambda s, c, at: s.complete(
                 c, at, power_state=power,
                 confirm_window=window if window > timedelta(0) else None))
-            self._commit()
+            self._commit(outcome=True)
         except (_Superseded, _HandedOver):
             return
         except Exception:
@@ -299,9 +310,10 @@ class HostAgent:
         if action == "unshelve":
             self._drop_shelved_image(server, request_id)
 
-    def _commit(self) -> None:
+    def _commit(self, *, outcome: bool = False) -> None:
         """Record the gathered steps in one command; :class:`_Superseded` when the
-        action has moved on meanwhile (nothing is recorded, nothing more is done)."""
+        action has moved on meanwhile (nothing is recorded, nothing more is done).
+        ``outcome``: the commit that ends the action."""
         if not self._steps:
             return
         assert self._action is not None
@@ -312,7 +324,12 @@ class HostAgent:
             for step in steps:
                 step(server, ctx, at)
         loaded, self._loaded = self._loaded, None
-        if not self.outcomes.record(server_id, request_id, apply, loaded=loaded).accepted:
+        if outcome and self._fold_outcome:
+            with self.updater.deferred(False):
+                recorded = self.outcomes.record(server_id, request_id, apply, loaded=loaded)
+        else:
+            recorded = self.outcomes.record(server_id, request_id, apply, loaded=loaded)
+        if not recorded.accepted:
             raise _Superseded
 
     def _resolve_doubt(self, server: Server) -> None:
@@ -360,7 +377,7 @@ class HostAgent:
         self._steps.append(lambda s, c, at: s.fail(
             c, at, power_state=power, rollback=rollback, message=error.message,
             code=error.code, changes=changes))
-        self._commit()
+        self._commit(outcome=True)
 
     # --- actions moving between hosts (see :mod:`vmledger.workers.moves`) ----------------
     def hand_over(self, server: Server, host: str, task_state: str | None = None, *,
