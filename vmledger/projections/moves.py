@@ -41,7 +41,7 @@ class MovingServers:
     """A :class:`~vmledger.projections.servers.ViewExtension`: a row per server whose
     action in flight another host enacts."""
 
-    event_types: tuple[type, ...] = (Server.Event,)
+    event_types: tuple[type, ...] = ()
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
         return [
