@@ -26,6 +26,7 @@ from vmledger.projections.store import (
     ReadStore,
     RowWriter,
     dumps_stored,
+    isoformat,
     loads,
     loads_stored,
     stored_ts,
@@ -46,7 +47,7 @@ Doc = dict[str, Any]
 
 
 def _stored_time(value: datetime) -> dict[str, str]:
-    return {"$dt": value.isoformat()}
+    return {"$dt": isoformat(value)}
 
 
 def _new(event: Server.Event, server_id: str, action: str, at: dict[str, str]) -> Doc:
@@ -132,7 +133,7 @@ def fold_action(doc: Doc | None, event: Any, host: str | None,
         if not action:  # a hypervisor call recorded with no action in flight
             return doc
         name = _EVENT_NAMES.get(action) or _event_name(action)
-        at = {"$dt": event.timestamp.isoformat()}
+        at = {"$dt": isoformat(event.timestamp)}
         doc["updated_at"] = at
         if kind == _STEP:
             _agent_event(doc, name, at, getattr(event, "host", None) or host)
@@ -220,49 +221,65 @@ class ActionsBatch:
                 if key in wanted:
                     self.docs[key] = loads_stored(row["doc"])
 
-    def fold(self, events: Sequence[Any]) -> None:
-        docs, changed, names, kinds = self.docs, self.changed, self.names, _KINDS
-        # per event: its kind, its key (server id text, request id); an id's text is made
-        # once per batch (formatting a UUID is slow), looked up by the UUID's integer
-        # (hashing a UUID runs Python code)
-        page: list[tuple[Any, int, tuple[str, str]]] = []
-        append = page.append
-        for event in events:  # server events only (``event_types``)
-            cls = type(event)
-            kind = kinds.get(cls)
+    def _key(self, event: Any) -> tuple[str, str]:
+        """(server id text, request id): an id's text is made once per batch (formatting
+        a UUID is slow), looked up by the UUID's integer (hashing a UUID runs Python
+        code)."""
+        oid = event.originator_id
+        ikey = oid.int if type(oid) is UUID else oid
+        name = self.names.get(ikey)
+        if name is None:
+            name = self.names[ikey] = str(oid)
+        return name, event.request_id
+
+    def _load_begun(self, events: Sequence[Any]) -> None:
+        """Load the rows of the actions these events continue that earlier
+        transactions began."""
+        docs, kinds = self.docs, _KINDS
+        unknown: list[tuple[str, str]] = []
+        for event in events:
+            kind = kinds.get(type(event))
             if kind is None:
-                kind = _kind(cls)
+                kind = _kind(type(event))
+            if kind == _OTHER:
+                continue
+            key = self._key(event)
+            if key not in docs:
+                docs[key] = None
+                # an action's first event here starts it: an older row with its key
+                # would be replaced, so it need not be read
+                if kind not in _BEGINS:
+                    unknown.append(key)
+        if unknown:
+            self._load(unknown)
+
+    def fold(self, events: Sequence[Any]) -> None:
+        if not self.empty:
+            self._load_begun(events)
+        docs, changed, names, kinds = self.docs, self.changed, self.names, _KINDS
+        requested = Server.Requested
+        hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
+        for event in events:  # server events only (``event_types``)
+            kind = kinds.get(type(event))
+            if kind is None:
+                kind = _kind(type(event))
             if kind == _OTHER:
                 continue  # neither starts an action nor belongs to one
-            oid = event.originator_id
+            oid = event.originator_id  # (as ``_key``, inline: once per event)
             ikey = oid.int if type(oid) is UUID else oid
-            name = names.get(ikey)
-            if name is None:
-                name = names[ikey] = str(oid)
-            append((event, kind, (name, event.request_id)))
-        if not self.empty:  # rows of actions begun in earlier transactions
-            unknown: list[tuple[str, str]] = []
-            for _, kind, key in page:
-                if key not in docs:
-                    docs[key] = None
-                    # an action's first event here starts it: an older row with its key
-                    # would be replaced, so it need not be read
-                    if kind not in _BEGINS:
-                        unknown.append(key)
-            if unknown:
-                self._load(unknown)
-        hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
-        requested = Server.Requested
-        for event, kind, key in page:
+            sid = names.get(ikey)
+            if sid is None:
+                sid = names[ikey] = str(oid)
+            key = (sid, event.request_id)
             if kind >= _STEP:  # a step or the outcome of an action in flight
                 doc = docs.get(key)
                 if doc is None:
                     continue
-                doc = fold_action(doc, event, hosts.get(key[0]), key[0], kind)
+                doc = fold_action(doc, event, hosts.get(sid), sid, kind)
             else:
-                if isinstance(event, requested):
-                    hosts[key[0]] = event.host
-                doc = fold_action(None, event, None, key[0], kind)
+                if kind == _STARTS and isinstance(event, requested):
+                    hosts[sid] = event.host
+                doc = fold_action(None, event, None, sid, kind)
             if doc is not None:
                 docs[key] = changed[key] = doc
 
