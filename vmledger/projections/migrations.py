@@ -29,6 +29,7 @@ from typing import Any
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import status as st
+from vmledger.domain.server import Server
 from vmledger.projections.store import MarkerNotFound, ReadStore, RowWriter, stored_ts
 
 TABLE = "vmledger_migrations"
@@ -93,6 +94,12 @@ class Migrations:
 class MigrationsBatch:
     """One transaction's fold: each server's newest record loaded once, each changed
     record written once."""
+
+    #: events that change none of the document's fields a record follows (the
+    #: migration status, task and vm state, the action in flight, host and flavor): a
+    #: record is as it was before them
+    unchanged_by: tuple[type, ...] = (Server.HypervisorCalled, Server.HypervisorCallStarted,
+                                      Server.LockChanged)
 
     def __init__(self, writer: RowWriter, *, empty: bool) -> None:
         self.writer = writer

@@ -67,6 +67,9 @@ _TABLE_NAME = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
 #: the layout a request (or a fold) reads and writes throughout, whatever the view
 #: switches to meanwhile: (the view, its layout)
 _PINNED: ContextVar[tuple[Any, Layout] | None] = ContextVar("vmledger_layout", default=None)
+#: whether this thread's (or task's) writing transactions are a bulk load (see
+#: :meth:`ServersView.bulk`)
+_BULK: ContextVar[bool] = ContextVar("vmledger_bulk", default=False)
 
 
 def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
@@ -113,6 +116,8 @@ class ExtensionBatch(Protocol):
     # optional: ``server_folded(server_id, doc, event)``, called after each server event
     # is folded into its document (``doc``, in the servers view's form), for read models
     # that follow the servers' documents rather than the events alone;
+    # ``unchanged_by``, the server event classes after which ``server_folded`` is not
+    # called (they never change what it reads from the document);
     # ``server_changed(server_id, doc)``, called once per server the transaction
     # changes, before its first event is folded: ``doc`` is the document the fold keeps
     # changing in place, final when ``write`` is called (for read models that only need
@@ -192,6 +197,18 @@ class ServersView(ServerQueries):
             _PINNED.reset(token)
             with self._readers_lock:
                 self._readers[layout.name] -= 1
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Within: this thread's (or task's) writing transactions are a bulk load (a
+        rebuild): on SQLite, the rows they delete or replace are not overwritten with
+        zeros first (``secure_delete``, which Debian's SQLite turns on: it doubles what
+        a rebuild writes, and the read models hold nothing the log does not keep)."""
+        token = _BULK.set(True)
+        try:
+            yield
+        finally:
+            _BULK.reset(token)
 
     def readers(self, layout: Layout) -> int:
         """How many requests (or folds) of this process have ``layout`` pinned."""
@@ -383,8 +400,10 @@ class ServersView(ServerQueries):
         writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk)
         batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
         # read models that follow the folded server documents (not only the events)
-        followers = tuple(batch.server_folded for batch in batches
-                          if hasattr(batch, "server_folded"))
+        followers = tuple((batch.server_folded, getattr(batch, "unchanged_by", ()))
+                          for batch in batches if hasattr(batch, "server_folded"))
+        # per event class: the followers it is passed to
+        following: dict[type, tuple[Callable[[str, dict[str, Any], Any], None], ...]] = {}
         changing = tuple(batch.server_changed for batch in batches
                          if hasattr(batch, "server_changed"))
         preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
@@ -439,7 +458,12 @@ class ServersView(ServerQueries):
                 if "created_at" not in result:
                     result["created_at"] = event.timestamp
                 result["updated_at"] = event.timestamp
-                for follow in followers:
+                follows = following.get(type(event))
+                if follows is None:
+                    follows = following[type(event)] = tuple(
+                        follow for follow, unchanged in followers
+                        if not issubclass(type(event), unchanged))
+                for follow in follows:
                     follow(key, result, event)
             for batch, share in zip(batches, shares, strict=True):
                 if share:
@@ -533,6 +557,23 @@ class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *self.create_statements()]
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Any]:
+        with super().transaction(commit=commit) as curs:
+            if not (commit and _BULK.get()):
+                yield curs
+                return
+            # a connection setting (of the pool's connection this transaction holds):
+            # restored before the connection goes back
+            curs.execute("PRAGMA secure_delete")
+            row = curs.fetchone()
+            previous = int(row[0]) if row is not None else 1
+            curs.execute("PRAGMA secure_delete = 0")
+            try:
+                yield curs
+            finally:
+                curs.execute(f"PRAGMA secure_delete = {previous}")
 
     def _delete_tracking(self, curs: Any) -> None:
         curs.execute("DELETE FROM tracking WHERE application_name = ?",
