@@ -60,6 +60,11 @@ class MovingServers:
 class MovingBatch:
     """One transaction's rows, from each changed server's final document."""
 
+    #: events that change nothing the acting host is worked out from (the action in
+    #: flight, its parameters and host, the server's host): a row is as it was
+    unchanged_by: tuple[type, ...] = (Server.HypervisorCalled, Server.HypervisorCallStarted,
+                                      Server.TaskAdvanced, Server.LockChanged)
+
     def __init__(self, writer: RowWriter, *, empty: bool) -> None:
         self.writer = writer
         self.empty = empty
