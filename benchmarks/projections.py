@@ -11,7 +11,8 @@ and folds the whole log again. Reported: events per second, the median of a few
 rebuilds, next to two floors measured on the same log in the same run: the library's
 own read of the log (``recorder.select_notifications`` in pages) and that read plus
 the library's decoding of every event (``mapper.to_domain_event``), and the rebuild's
-own read and decode (``runner.read_page`` + ``runner.EventDecoder``). On SQLite also the
+own read and decode (``runner.read_page`` + ``runner.EventDecoder``), and the rebuild's
+rate as a share of that last floor (the target). On SQLite also the
 ceiling of splitting the rebuild over two forked processes: each folds half of the
 aggregates into its own copy of the database (no write lock shared, copies never
 merged), which no split rebuild on this machine could beat. Every rebuild must
@@ -66,7 +67,10 @@ from vmledger.projections import actions as actions_view
 from vmledger.projections import runner
 from vmledger.projections.servers import ServersView
 
-TARGET_REBUILD = 150_000  # events/s
+#: the rebuild's events/s as a share of its own read + decode's, measured in the same
+#: run (an absolute figure depends on the machine and its load; the earlier 150,000
+#: events/s target is retired)
+TARGET_RATIO = 0.6
 TARGET_LAG_P99_MS = 10.0
 
 # ---------------------------------------------------------------------------------------
@@ -376,6 +380,11 @@ class RebuildReport:
     def rate(self) -> float:
         return statistics.median(self.rebuilds)
 
+    @property
+    def ratio(self) -> float:
+        """The rebuild's events/s over its own read + decode's (medians)."""
+        return self.rate / statistics.median(self.own_decode)
+
 
 def _library_read(engine: Engine, page: int, decode: bool) -> int:
     """Read (and decode) the whole log as the library offers it, in pages."""
@@ -419,22 +428,23 @@ def _fold_share(engine: Engine, share: int, shares: int) -> None:
         return decode_all([r for r in rows if (
             r[1].int if isinstance(r[1], uuid.UUID) else hash(r[1])) % shares == share])
 
-    view.clear(drop_indexes=True)
-    start, ids = 0, {}
-    at_end = False
-    while not at_end:
-        pages: list[tuple[Any, int]] = []
-        size = 0
-        while size < runner.REBUILD_BATCH_EVENTS:
-            page = runner.read_page(app.recorder, start, runner.PAGE_SIZE, ids)
-            if not page:
-                at_end = True
-                break
-            pages.append((page, page[-1][0]))
-            size += len(page)
-            start = page[-1][0]
-        if pages:
-            view.apply_pages(pages, decode)
+    with view.bulk():  # as a rebuild's transactions
+        view.clear(drop_indexes=True)
+        start, ids = 0, {}
+        at_end = False
+        while not at_end:
+            pages: list[tuple[Any, int]] = []
+            size = 0
+            while size < runner.REBUILD_BATCH_EVENTS:
+                page = runner.read_page(app.recorder, start, runner.PAGE_SIZE, ids)
+                if not page:
+                    at_end = True
+                    break
+                pages.append((page, page[-1][0]))
+                size += len(page)
+                start = page[-1][0]
+            if pages:
+                view.apply_pages(pages, decode)
     view.restore_indexes()
 
 
@@ -799,12 +809,13 @@ def format_report(rebuilds: Sequence[RebuildReport], lag: LagReport | None,
     w("the log (select_notifications, pages of 1000), its read + decode of every event")
     w("(mapper.to_domain_event), and the rebuild's own read + decode (runner.read_page +")
     w("EventDecoder, nothing folded): the rebuild cannot beat the last one.")
-    w(f"Target >= {TARGET_REBUILD:,} events/s.")
+    w(f"Target: the rebuild >= {TARGET_RATIO}x its own read + decode (ratio = rebuild/s /")
+    w("own r+d/s, both medians of the same run).")
     if rebuilds:
         w("")
         head = (f"{'backend':<9} {'events':>8} {'rebuild/s':>10} {'(range)':>17} "
                 f"{'µs/event':>8} {'read/s':>9} {'read+decode/s':>13} {'own r+d/s':>10}"
-                "  view digest")
+                f" {'ratio':>6}  view digest")
         w(head)
         w("-" * len(head))
     for r in rebuilds:
@@ -813,7 +824,7 @@ def format_report(rebuilds: Sequence[RebuildReport], lag: LagReport | None,
         w(f"{r.backend:<9} {r.events:>8,} {r.rate:>10,.0f} "
           f"({min(r.rebuilds):>7,.0f}-{max(r.rebuilds):>7,.0f}) {1e6 / r.rate:>8.1f} "
           f"{statistics.median(r.read_only):>9,.0f} {statistics.median(r.read_decode):>13,.0f}"
-          f" {statistics.median(r.own_decode):>10,.0f}  {r.digests[0]} ({same})")
+          f" {statistics.median(r.own_decode):>10,.0f} {r.ratio:>5.2f}x  {r.digests[0]} ({same})")
     for backend, reason in skipped.items():
         w(f"{backend:<9} skipped: {reason}")
     for r in rebuilds:
@@ -839,10 +850,11 @@ def format_report(rebuilds: Sequence[RebuildReport], lag: LagReport | None,
               f"{statistics.median(r.partitioned):,.0f} events/s "
               f"({min(r.partitioned):,.0f}-{max(r.partitioned):,.0f}), "
               f"{statistics.median(r.partitioned) / r.rate:.2f}x the rebuild")
-        verdict = "met" if r.rate >= TARGET_REBUILD else "NOT met"
-        w(f"[{r.backend}] target >= {TARGET_REBUILD:,} events/s: {r.rate:,.0f} ({verdict}); "
-          f"reading + decoding alone: {statistics.median(r.own_decode):,.0f}/s (the "
-          f"library's: {statistics.median(r.read_decode):,.0f}/s)")
+        verdict = "met" if r.ratio >= TARGET_RATIO else "NOT met"
+        w(f"[{r.backend}] target rebuild >= {TARGET_RATIO}x its own read + decode: "
+          f"{r.ratio:.2f}x ({verdict}): {r.rate:,.0f} events/s, reading + decoding alone "
+          f"{statistics.median(r.own_decode):,.0f}/s (the library's: "
+          f"{statistics.median(r.read_decode):,.0f}/s)")
         if _stalled(r.contention):
             w(f"[{r.backend}] WARNING: tasks stalled this run ({_stall_text(r.contention)}); "
               "its numbers are noisy")

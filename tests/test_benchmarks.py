@@ -49,6 +49,7 @@ def test_projections_benchmark_runs() -> None:
     assert "Projection rebuild" in report
     assert "same in every rebuild" in report
     assert "where the rebuild's time goes" in report
+    assert "x its own read + decode:" in report
     if postgres_skip_reason() is None:
         assert "Live projection lag" in report and "lag: save returned" in report
     _backends_line(report)

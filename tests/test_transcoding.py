@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from vmledger.adapters.transcoding import FastJSONTranscoder
 from vmledger.domain.service import ServerService
 from vmledger.persistence import environment
-from vmledger.projections.store import stored, stored_ts
+from vmledger.projections.store import isoformat, stored, stored_ts
 
 
 def _pair() -> tuple[JSONTranscoder, FastJSONTranscoder]:
@@ -119,3 +119,15 @@ def test_stored_times_index_as_their_datetimes(value: datetime) -> None:
     """The text a stored time is indexed by (a cut of its ISO form when it is UTC) is
     the text its datetime is indexed by."""
     assert stored_ts(stored(value)) == stored_ts(value)
+
+
+@given(st.one_of(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=1))])),
+    st.datetimes(),
+    st.datetimes(timezones=st.just(UTC)).map(lambda value: value.replace(microsecond=0))))
+@settings(max_examples=500, deadline=None)
+def test_times_are_stored_in_the_text_isoformat_gives(value: datetime) -> None:
+    """The read models' faster formatting of a time (the instance actions store one per
+    event) gives the text ``datetime.isoformat`` gives, and documents store it."""
+    assert isoformat(value) == value.isoformat()
+    assert stored({"at": value}) == {"at": {"$dt": value.isoformat()}}

@@ -26,6 +26,7 @@ from vmledger.projections.store import (
     ReadStore,
     RowWriter,
     dumps_stored,
+    isoformat,
     loads,
     loads_stored,
     stored_ts,
@@ -46,7 +47,7 @@ Doc = dict[str, Any]
 
 
 def _stored_time(value: datetime) -> dict[str, str]:
-    return {"$dt": value.isoformat()}
+    return {"$dt": isoformat(value)}
 
 
 def _new(event: Server.Event, server_id: str, action: str, at: dict[str, str]) -> Doc:
@@ -69,7 +70,8 @@ def _agent_event(doc: Doc, name: str, at: dict[str, str], host: str | None) -> D
 
 
 # what each kind of server event does to the actions: starts one, or is a step of one
-_STARTS, _LOCK, _RESET, _STEER, _STEP, _OUTCOME, _OTHER = range(7)
+# (the steps and the outcome last: ``kind >= _STEP`` is the action in flight's)
+_STARTS, _LOCK, _RESET, _STEER, _OTHER, _STEP, _OUTCOME = range(7)
 _KINDS: dict[type, int] = {}
 #: the kinds that begin a new action document whatever was there before
 _BEGINS = frozenset({_STARTS, _LOCK, _RESET, _STEER})
@@ -98,12 +100,52 @@ def _kind(cls: type) -> int:
     return kind
 
 
+#: per action name: its instance-action event's name (:func:`_event_name`)
+_EVENT_NAMES: dict[str, str] = {}
+
+
+def _event_name(action: str) -> str:
+    """The instance-action event an action's agent work is recorded as (from its
+    lifecycle row, looked up once per name)."""
+    name = _EVENT_NAMES.get(action)
+    if name is None:
+        name = lc.row(action).event
+        if not name:
+            raise ValueError(f"action {action!r} declares no instance-action event in"
+                             " the lifecycle table")
+        _EVENT_NAMES[action] = name
+    return name
+
+
 def fold_action(doc: Doc | None, event: Any, host: str | None,
-                server_id: str | None = None) -> Doc | None:
+                server_id: str | None = None, kind: int | None = None) -> Doc | None:
     """The action document (in stored form) after ``event`` (a server event); None when
-    the event starts no action and belongs to none."""
-    kind = _kind(type(event))
+    the event starts no action and belongs to none. ``kind``: the event's
+    :func:`_kind`, when the caller has it."""
+    if kind is None:
+        kind = _kind(type(event))
     if kind == _OTHER:
+        return doc
+    if kind >= _STEP:  # a step or the outcome of the action in flight
+        if doc is None:
+            return None
+        action = event.action
+        if not action:  # a hypervisor call recorded with no action in flight
+            return doc
+        name = _EVENT_NAMES.get(action) or _event_name(action)
+        at = {"$dt": isoformat(event.timestamp)}
+        doc["updated_at"] = at
+        if kind == _STEP:
+            _agent_event(doc, name, at, getattr(event, "host", None) or host)
+        else:
+            e = _agent_event(doc, name, at, host)
+            e["finish_time"] = at
+            if isinstance(event, Server.ActionFailed):
+                e["result"] = "Error"
+                e["details"] = event.fault.get("message")
+                doc["message"] = "Error"
+            else:
+                e["result"] = "Success"
         return doc
     at = _stored_time(event.timestamp)
     sid = server_id if server_id is not None else str(event.originator_id)
@@ -119,30 +161,7 @@ def fold_action(doc: Doc | None, event: Any, host: str | None,
         return new
     if kind == _RESET:
         return _new(event, sid, lc.row("reset_state").instance_action, at)
-    if kind == _STEER:
-        return _new(event, sid, _STEERS.get(event.steer, str(event.steer)), at)
-    if doc is None:
-        return None
-    action = event.action
-    if not action:  # a hypervisor call recorded with no action in flight
-        return doc
-    name = lc.row(action).event
-    if not name:
-        raise ValueError(f"action {action!r} declares no instance-action event in the"
-                         " lifecycle table")
-    doc["updated_at"] = at
-    if kind == _STEP:
-        _agent_event(doc, name, at, getattr(event, "host", None) or host)
-    else:
-        e = _agent_event(doc, name, at, host)
-        e["finish_time"] = at
-        if isinstance(event, Server.ActionFailed):
-            e["result"] = "Error"
-            e["details"] = event.fault.get("message")
-            doc["message"] = "Error"
-        else:
-            e["result"] = "Success"
-    return doc
+    return _new(event, sid, _STEERS.get(event.steer, str(event.steer)), at)
 
 
 class InstanceActions:
@@ -202,36 +221,65 @@ class ActionsBatch:
                 if key in wanted:
                     self.docs[key] = loads_stored(row["doc"])
 
-    def fold(self, events: Sequence[Any]) -> None:
-        server_event, requested = Server.Event, Server.Requested
-        docs, changed, names = self.docs, self.changed, self.names
-        page: list[tuple[Any, tuple[str, str]]] = []
+    def _key(self, event: Any) -> tuple[str, str]:
+        """(server id text, request id): an id's text is made once per batch (formatting
+        a UUID is slow), looked up by the UUID's integer (hashing a UUID runs Python
+        code)."""
+        oid = event.originator_id
+        ikey = oid.int if type(oid) is UUID else oid
+        name = self.names.get(ikey)
+        if name is None:
+            name = self.names[ikey] = str(oid)
+        return name, event.request_id
+
+    def _load_begun(self, events: Sequence[Any]) -> None:
+        """Load the rows of the actions these events continue that earlier
+        transactions began."""
+        docs, kinds = self.docs, _KINDS
+        unknown: list[tuple[str, str]] = []
         for event in events:
-            if isinstance(event, server_event):
-                # an id's text is made once per batch (formatting a UUID is slow), and
-                # looked up by the UUID's integer (hashing a UUID runs Python code)
-                oid = event.originator_id
-                ikey = oid.int if type(oid) is UUID else oid
-                name = names.get(ikey)
-                if name is None:
-                    name = names[ikey] = str(oid)
-                page.append((event, (name, event.request_id)))
-        if not self.empty:  # rows of actions begun in earlier transactions
-            unknown: list[tuple[str, str]] = []
-            for event, key in page:
-                if key not in docs:
-                    docs[key] = None
-                    # an action's first event here starts it: an older row with its key
-                    # would be replaced, so it need not be read
-                    if _kind(type(event)) not in _BEGINS:
-                        unknown.append(key)
-            if unknown:
-                self._load(unknown)
+            kind = kinds.get(type(event))
+            if kind is None:
+                kind = _kind(type(event))
+            if kind == _OTHER:
+                continue
+            key = self._key(event)
+            if key not in docs:
+                docs[key] = None
+                # an action's first event here starts it: an older row with its key
+                # would be replaced, so it need not be read
+                if kind not in _BEGINS:
+                    unknown.append(key)
+        if unknown:
+            self._load(unknown)
+
+    def fold(self, events: Sequence[Any]) -> None:
+        if not self.empty:
+            self._load_begun(events)
+        docs, changed, names, kinds = self.docs, self.changed, self.names, _KINDS
+        requested = Server.Requested
         hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
-        for event, key in page:
-            if isinstance(event, requested):
-                hosts[key[0]] = event.host
-            doc = fold_action(docs.get(key), event, hosts.get(key[0]), key[0])
+        for event in events:  # server events only (``event_types``)
+            kind = kinds.get(type(event))
+            if kind is None:
+                kind = _kind(type(event))
+            if kind == _OTHER:
+                continue  # neither starts an action nor belongs to one
+            oid = event.originator_id  # (as ``_key``, inline: once per event)
+            ikey = oid.int if type(oid) is UUID else oid
+            sid = names.get(ikey)
+            if sid is None:
+                sid = names[ikey] = str(oid)
+            key = (sid, event.request_id)
+            if kind >= _STEP:  # a step or the outcome of an action in flight
+                doc = docs.get(key)
+                if doc is None:
+                    continue
+                doc = fold_action(doc, event, hosts.get(sid), sid, kind)
+            else:
+                if kind == _STARTS and isinstance(event, requested):
+                    hosts[sid] = event.host
+                doc = fold_action(None, event, None, sid, kind)
             if doc is not None:
                 docs[key] = changed[key] = doc
 

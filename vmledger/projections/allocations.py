@@ -24,7 +24,6 @@ from typing import Any
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import RESOURCES, flavor_resources
-from vmledger.domain.server import Server
 from vmledger.projections.store import ReadStore, RowWriter
 
 TABLE = "vmledger_allocations"
@@ -80,8 +79,8 @@ class Allocations:
     """A :class:`~vmledger.projections.servers.ViewExtension` with one row per server
     holding resources."""
 
-    #: follows the folded server documents (see :meth:`AllocationsBatch.server_folded`)
-    event_types: tuple[type, ...] = (Server.Event,)
+    #: follows the folded server documents (see :meth:`AllocationsBatch.server_changed`); no events
+    event_types: tuple[type, ...] = ()
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
         return [
@@ -124,8 +123,8 @@ class AllocationsBatch:
     def fold(self, events: Sequence[Any]) -> None:
         """Nothing: rows follow the folded server documents."""
 
-    def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
-        self.docs[server_id] = doc
+    def server_changed(self, server_id: str, doc: dict[str, Any]) -> None:
+        self.docs[server_id] = doc  # folded in place: final when written
 
     def write(self) -> None:
         rows: list[tuple[Any, ...]] = []

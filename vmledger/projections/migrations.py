@@ -45,6 +45,9 @@ Row = dict[str, Any]
 _EVACUATIONS = ("evacuate", "evacuate_stopped")
 #: the lifecycle actions whose record begins ``pre-migrating``, and their record type
 _COLD = {"resize": "resize", "migrate": "migration"}
+#: the statuses a migration record begins with (see ``begins`` in
+#: :meth:`MigrationsBatch.server_folded`)
+_BEGIN_STATUSES = frozenset({"pre-migrating", "accepted", "queued"})
 
 
 def migration_uuid(server_id: str, request_id: str) -> str:
@@ -66,7 +69,7 @@ class Migrations:
     """A :class:`~vmledger.projections.servers.ViewExtension` with one row per resize."""
 
     #: folds server documents (see :meth:`MigrationsBatch.server_folded`), no other events
-    event_types: tuple[type, ...] = (Server.Event,)
+    event_types: tuple[type, ...] = ()
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
         return [
@@ -91,6 +94,12 @@ class Migrations:
 class MigrationsBatch:
     """One transaction's fold: each server's newest record loaded once, each changed
     record written once."""
+
+    #: events that change none of the document's fields a record follows (the
+    #: migration status, task and vm state, the action in flight, host and flavor): a
+    #: record is as it was before them
+    unchanged_by: tuple[type, ...] = (Server.HypervisorCalled, Server.HypervisorCallStarted,
+                                      Server.LockChanged)
 
     def __init__(self, writer: RowWriter, *, empty: bool) -> None:
         self.writer = writer
@@ -136,8 +145,8 @@ class MigrationsBatch:
 
     def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
         """``event`` was folded into the server's document ``doc``."""
-        status = st.migration_status_of(doc.get("migration_status"), doc.get("task_state"))
-        if status is None:
+        status = doc.get("migration_status")
+        if status is None:  # no migration (the common case: no lookup)
             if doc.get("vm_state") != lc.DELETED:
                 return
             current = self._latest(server_id)
@@ -146,7 +155,11 @@ class MigrationsBatch:
             # deleting a server confirms the resize waiting for it; one mid-resize fails
             status = "confirmed" if current["status"] == "finished" else "error"
         else:
+            status = st.migration_status_of(status, doc.get("task_state"))
             current = self._latest(server_id)
+            if status not in _BEGIN_STATUSES and (current is None
+                                                  or current["status"] == status):
+                return  # nothing begins, nothing changes
         pending = doc.get("pending") or {}
         begins = (status == "pre-migrating" and pending.get("action") in _COLD) or (
             status == "accepted" and pending.get("action") in _EVACUATIONS) or (

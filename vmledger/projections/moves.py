@@ -41,7 +41,7 @@ class MovingServers:
     """A :class:`~vmledger.projections.servers.ViewExtension`: a row per server whose
     action in flight another host enacts."""
 
-    event_types: tuple[type, ...] = (Server.Event,)
+    event_types: tuple[type, ...] = ()
 
     def create_statements(self, sql: Callable[[str], str]) -> list[str]:
         return [
@@ -59,6 +59,11 @@ class MovingServers:
 
 class MovingBatch:
     """One transaction's rows, from each changed server's final document."""
+
+    #: events that change nothing the acting host is worked out from (the action in
+    #: flight, its parameters and host, the server's host): a row is as it was
+    unchanged_by: tuple[type, ...] = (Server.HypervisorCalled, Server.HypervisorCallStarted,
+                                      Server.TaskAdvanced, Server.LockChanged)
 
     def __init__(self, writer: RowWriter, *, empty: bool) -> None:
         self.writer = writer

@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vmledger.domain import lifecycle as lc
-from vmledger.domain.server import Server
 from vmledger.projections.store import ReadStore, RowWriter
 
 TABLE = "vmledger_project_usage"
@@ -78,8 +77,8 @@ class ProjectUsage:
     """A :class:`~vmledger.projections.servers.ViewExtension` keeping each project's
     quota usage."""
 
-    #: follows the folded server documents (see :meth:`ProjectUsageBatch.server_folded`)
-    event_types: tuple[type, ...] = (Server.Event,)
+    #: follows the folded server documents (see :meth:`ProjectUsageBatch.server_changed`); no events
+    event_types: tuple[type, ...] = ()
 
     def __init__(self) -> None:
         #: whether the sums are known to be kept (the marker never goes once written)
@@ -139,8 +138,8 @@ class ProjectUsageBatch:
                 self.before[str(values[0])] = (str(values[1]), int(values[2] or 0),
                                                int(values[3] or 0))
 
-    def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
-        self.docs[server_id] = doc
+    def server_changed(self, server_id: str, doc: dict[str, Any]) -> None:
+        self.docs[server_id] = doc  # folded in place: final when written
 
     def write(self) -> None:
         curs, sql = self.writer.curs, self.writer.sql

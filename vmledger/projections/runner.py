@@ -321,7 +321,7 @@ class ViewUpdater:
         """Drop the view's rows and position, then fold the whole log again (in larger
         transactions than live catch-up: fewer loads and writes of each row; secondary
         indexes dropped meanwhile and built once at the end)."""
-        with self._lock, self.view.pinned():
+        with self._lock, self.view.pinned(), self.view.bulk():
             self.view.clear(drop_indexes=True)
             with self._known_lock:
                 self._known.clear()
@@ -331,7 +331,8 @@ class ViewUpdater:
         paused = gc.isenabled()
         gc.disable()
         try:
-            return self.catch_up(progress, batch_events=REBUILD_BATCH_EVENTS)
+            with self.view.bulk():
+                return self.catch_up(progress, batch_events=REBUILD_BATCH_EVENTS)
         finally:
             if paused:
                 gc.enable()

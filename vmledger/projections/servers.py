@@ -67,6 +67,9 @@ _TABLE_NAME = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
 #: the layout a request (or a fold) reads and writes throughout, whatever the view
 #: switches to meanwhile: (the view, its layout)
 _PINNED: ContextVar[tuple[Any, Layout] | None] = ContextVar("vmledger_layout", default=None)
+#: whether this thread's (or task's) writing transactions are a bulk load (see
+#: :meth:`ServersView.bulk`)
+_BULK: ContextVar[bool] = ContextVar("vmledger_bulk", default=False)
 
 
 def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
@@ -112,7 +115,13 @@ class ExtensionBatch(Protocol):
 
     # optional: ``server_folded(server_id, doc, event)``, called after each server event
     # is folded into its document (``doc``, in the servers view's form), for read models
-    # that follow the servers' documents rather than the events alone; and
+    # that follow the servers' documents rather than the events alone;
+    # ``unchanged_by``, the server event classes after which ``server_folded`` is not
+    # called (they never change what it reads from the document);
+    # ``server_changed(server_id, doc)``, called once per server the transaction
+    # changes, before its first event is folded: ``doc`` is the document the fold keeps
+    # changing in place, final when ``write`` is called (for read models that only need
+    # each changed server's last document: cheaper than a call per event); and
     # ``preload(server_ids)``, called once per page with the servers first seen in the
     # transaction (when the view is not empty), to load their rows in bulk
 
@@ -188,6 +197,18 @@ class ServersView(ServerQueries):
             _PINNED.reset(token)
             with self._readers_lock:
                 self._readers[layout.name] -= 1
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Within: this thread's (or task's) writing transactions are a bulk load (a
+        rebuild): on SQLite, the rows they delete or replace are not overwritten with
+        zeros first (``secure_delete``, which Debian's SQLite turns on: it doubles what
+        a rebuild writes, and the read models hold nothing the log does not keep)."""
+        token = _BULK.set(True)
+        try:
+            yield
+        finally:
+            _BULK.reset(token)
 
     def readers(self, layout: Layout) -> int:
         """How many requests (or folds) of this process have ``layout`` pinned."""
@@ -380,8 +401,12 @@ class ServersView(ServerQueries):
         writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk)
         batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
         # read models that follow the folded server documents (not only the events)
-        followers = [batch.server_folded for batch in batches
-                     if hasattr(batch, "server_folded")]
+        followers = tuple((batch.server_folded, getattr(batch, "unchanged_by", ()))
+                          for batch in batches if hasattr(batch, "server_folded"))
+        # per event class: the followers it is passed to
+        following: dict[type, tuple[Callable[[str, dict[str, Any], Any], None], ...]] = {}
+        changing = tuple(batch.server_changed for batch in batches
+                         if hasattr(batch, "server_changed"))
         preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
         docs: dict[str, dict[str, Any] | None] = {}
         # each server's document is folded in place: the same result as ``fold`` (a
@@ -406,23 +431,25 @@ class ServersView(ServerQueries):
                     if key is None:
                         key = names[ikey] = str(oid)
                     folded.append((key, event))
-            unknown = [key for key in dict.fromkeys(key for key, _ in folded)
-                       if key not in docs]
-            if unknown:
-                loaded = {} if empty else self._load(curs, unknown)
-                for key in unknown:
-                    docs[key] = loaded.get(key)
-                if not empty:
+            if not empty:  # an empty view has no rows to load: ``docs`` stays empty
+                unknown = [key for key in dict.fromkeys(key for key, _ in folded)
+                           if key not in docs]
+                if unknown:
+                    loaded = self._load(curs, unknown)
+                    for key in unknown:
+                        docs[key] = loaded.get(key)
                     for preload in preloads:
                         preload(unknown)
             for key, event in folded:
                 target = targets.get(key)
                 version = event.originator_version
                 if target is None:
-                    current = docs[key]
+                    current = docs.get(key)
                     if current is not None and current["version"] >= version:
                         continue  # already folded (a rebuild overlapping a live update)
                     target = targets[key] = SimpleNamespace(**(current or {}))
+                    for change in changing:
+                        change(key, target.__dict__)
                 elif target.version >= version:
                     continue
                 event.apply(target)
@@ -432,7 +459,12 @@ class ServersView(ServerQueries):
                 if "created_at" not in result:
                     result["created_at"] = event.timestamp
                 result["updated_at"] = event.timestamp
-                for follow in followers:
+                follows = following.get(type(event))
+                if follows is None:
+                    follows = following[type(event)] = tuple(
+                        follow for follow, unchanged in followers
+                        if not issubclass(type(event), unchanged))
+                for follow in follows:
                     follow(key, result, event)
             for batch, share in zip(batches, shares, strict=True):
                 if share:
@@ -482,6 +514,7 @@ class ServersView(ServerQueries):
         the secondary indexes go too (filling tables without them and indexing once at
         the end is cheaper: :meth:`restore_indexes`, which opening the view also does)."""
         with self.transaction(commit=True) as curs:
+            self._empty_tables(curs)
             curs.execute(self._sql("DELETE FROM {t}"))
             for extension in self.extensions:
                 extension.clear(curs, self._sql)
@@ -489,6 +522,10 @@ class ServersView(ServerQueries):
             if drop_indexes:
                 for name in self._index_names():
                     curs.execute(f"DROP INDEX IF EXISTS {name}")
+
+    def _empty_tables(self, curs: Any) -> None:
+        """Before :meth:`clear` deletes the rows: nothing here (see the PostgreSQL
+        view)."""
 
     def restore_indexes(self) -> None:
         """Create the secondary indexes that are missing (and what extensions keep
@@ -527,6 +564,23 @@ class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *self.create_statements()]
 
+    @contextmanager
+    def transaction(self, *, commit: bool = True) -> Iterator[Any]:
+        with super().transaction(commit=commit) as curs:
+            if not (commit and _BULK.get()):
+                yield curs
+                return
+            # a connection setting (of the pool's connection this transaction holds):
+            # restored before the connection goes back
+            curs.execute("PRAGMA secure_delete")
+            row = curs.fetchone()
+            previous = int(row[0]) if row is not None else 1
+            curs.execute("PRAGMA secure_delete = 0")
+            try:
+                yield curs
+            finally:
+                curs.execute(f"PRAGMA secure_delete = {previous}")
+
     def _delete_tracking(self, curs: Any) -> None:
         curs.execute("DELETE FROM tracking WHERE application_name = ?",
                      [self.layout.name])
@@ -534,6 +588,10 @@ class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
     def _position_sql(self) -> Any:
         return "SELECT MAX(notification_id) AS n FROM tracking WHERE application_name = ?"
 
+
+
+#: a rebuild empties a read model's table of more than this many bytes with TRUNCATE
+TRUNCATE_BYTES = 256 * 1024
 
 
 class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
@@ -549,6 +607,29 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
 
         for statement in self.create_statements():
             self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
+
+    def _empty_tables(self, curs: Any) -> None:
+        # a rebuild (bulk): TRUNCATE instead of deleting row by row, which leaves every
+        # old row behind, dead, for the fold's inserts and the index builds to step over
+        # until a vacuum (the index builds of a rebuild took most of its time). It locks
+        # the tables until the clear commits: the position first, as a command's fold
+        # takes them (no deadlock with one)
+        if not _BULK.get():
+            return
+        from psycopg.sql import SQL, Identifier
+
+        self._locked_position(curs)
+        tables = list(dict.fromkeys(name for statement in self.create_statements()
+                                    for name in _TABLE_NAME.findall(statement)))
+        # the tables of more than a few pages (a small one is emptied faster by the
+        # delete: a TRUNCATE makes and syncs new files)
+        curs.execute("SELECT t AS name FROM unnest(%s::text[]) AS t "
+                     "WHERE pg_relation_size(format('%%I.%%I', %s::text, t)::regclass)"
+                     " > %s", [tables, self.datastore.schema, TRUNCATE_BYTES])
+        large = [row["name"] for row in curs.fetchall()]
+        if large:
+            curs.execute(SQL("TRUNCATE {0}").format(
+                SQL(", ").join(Identifier(self.datastore.schema, t) for t in large)))
 
     def _delete_tracking(self, curs: Any) -> None:
         from psycopg.sql import SQL, Identifier

@@ -85,6 +85,30 @@ _RAW_DECODER = msgspec.json.Decoder()
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
+#: the "YYYY-MM-DDT" of each day met (by its ordinal) and two-digit numbers, for
+#: :func:`isoformat`
+_DAYS: dict[int, str] = {}
+_TWO = tuple(f"{n:02d}" for n in range(60))
+
+
+def isoformat(value: datetime) -> str:
+    """``value.isoformat()``, about twice as fast for a UTC time (the time of every
+    recorded event; the instance actions store one per event): the day's text is
+    made once per day."""
+    if value.tzinfo is not UTC:
+        return value.isoformat()
+    ordinal = value.toordinal()
+    day = _DAYS.get(ordinal)
+    if day is None:
+        if len(_DAYS) > 100_000:
+            _DAYS.clear()
+        day = _DAYS[ordinal] = value.isoformat()[:11]
+    microsecond = value.microsecond
+    if microsecond:
+        return (f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}."
+                f"{str(1_000_000 + microsecond)[1:]}+00:00")
+    return f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}+00:00"
+
 
 def stored(value: Any) -> Any:
     """``value`` with every datetime in it as ``{"$dt": ...}``; containers holding no
@@ -96,7 +120,7 @@ def stored(value: Any) -> Any:
     elif isinstance(value, list | tuple):
         pairs, make = enumerate(value), list
     elif isinstance(value, datetime):
-        return {"$dt": value.isoformat()}
+        return {"$dt": isoformat(value)}
     else:
         return value
     copy: Any = None
