@@ -182,54 +182,64 @@ class ServerQueries(ReadStore):
             if column == "name" and prefix_range(pattern) is None:
                 for text in required_literals(pattern):
                     grams.update(dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2)))
-        if not grams or not self._grams_ready():
+        if not grams:
             return None
         if len(grams) > self.GRAMS_WEIGHED:  # any required gram is a right driver
             pieces = list(grams)
             step = len(pieces) / self.GRAMS_WEIGHED
             grams = dict.fromkeys(pieces[int(i * step)] for i in range(self.GRAMS_WEIGHED))
         sample = self.GRAM_SAMPLE
+        enough = sample * self.GRAM_SPARSER
         after = " AND (at, sid) < (?, ?)" if start else ""
+        # one statement (a round trip counts on PostgreSQL): each gram's sample (row k),
+        # whether the grams are complete (row -1), and the scope's servers created
+        # since the oldest of the full samples (row -2), read in the page index's order
+        # (a planner without fresh statistics cannot take a table scan for it; a scope
+        # of deleted servers too is weighed by those not deleted, the index's first
+        # column fixed)
+        arms: list[str] = []
+        params: list[Any] = []
+        for k, gram in enumerate(grams):
+            arms.append(
+                f"SELECT {k} AS k, COUNT(*) AS n, MIN(at) AS oldest FROM (SELECT at FROM"
+                f" {name_grams.TABLE} WHERE gram = ?{after} ORDER BY at DESC, sid DESC"
+                f" LIMIT {sample}) AS g{k}")
+            params += [gram, *start]
+        where, scope_params = scope
+        if not any(c.startswith("deleted") for c in where):
+            where = [*where, "deleted = 0"]
+        statement = (
+            "WITH weighed AS (" + " UNION ALL ".join(arms) + ") SELECT k, n, oldest FROM"
+            f" weighed UNION ALL SELECT -1, (SELECT COUNT(*) FROM {name_grams.READY}), NULL"
+            " UNION ALL SELECT -2, (SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE "
+            + " AND ".join([*where, "created_at >= (SELECT MIN(oldest) FROM weighed"
+                                    f" WHERE n >= {sample})"])
+            + f" ORDER BY created_at DESC, id DESC LIMIT {enough}) AS spanned), NULL")
+        try:
+            rows = {int(r["k"]): r for r in self._read(statement, [*params, *scope_params])}
+        except Exception:  # an older database opened without the grams' tables
+            return None
+        if not int(rows[-1]["n"]):
+            return None  # not complete (being indexed, or a name too long for them)
         fewest: tuple[int, str] | None = None
         furthest: tuple[str, str] | None = None
-        for gram in grams:
-            row = self._read(
-                f"SELECT COUNT(*) AS n, MIN(at) AS oldest FROM (SELECT at FROM"
-                f" {name_grams.TABLE} WHERE gram = ?{after} ORDER BY at DESC, sid DESC"
-                f" LIMIT {sample}) AS newest", [gram, *start])[0]
-            found = int(row["n"])
+        for k, gram in enumerate(grams):
+            found = int(rows[k]["n"])
             if found < sample:
                 if fewest is None or found < fewest[0]:
                     fewest = (found, gram)
-            elif furthest is None or str(row["oldest"]) < furthest[0]:
-                furthest = (str(row["oldest"]), gram)
+            elif furthest is None or str(rows[k]["oldest"]) < furthest[0]:
+                furthest = (str(rows[k]["oldest"]), gram)
         if fewest is not None:
             return fewest[1]
         assert furthest is not None
-        enough = sample * self.GRAM_SPARSER
-        where, params = scope
-        # (a scope of deleted servers too still seeks the page index by its first column)
-        if not any(c.startswith("deleted") for c in where):
-            where = [*where, "deleted IN (0, 1)"]
-        spanned = int(self._read(
-            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM {t} WHERE "
-            + " AND ".join([*where, "created_at >= ?"])
-            + f" LIMIT {enough}) AS spanned", [*params, furthest[0]])[0]["n"])
-        return furthest[1] if spanned >= enough else None
+        return furthest[1] if int(rows[-2]["n"]) >= enough else None
 
     @property
     def _gram_join(self) -> str:
         # SQLite's planner is told to walk the gram's rows first (the page's order);
         # PostgreSQL's has statistics
         return "CROSS JOIN" if self.dialect == "sqlite" else "JOIN"
-
-    def _grams_ready(self) -> bool:
-        """Whether every server's name has its grams (once true, it stays so here
-        unless a name too long for them is written: checked again each time)."""
-        try:
-            return bool(self._read(f"SELECT 1 AS one FROM {name_grams.READY}"))
-        except Exception:  # an older database opened without the grams' tables
-            return False
 
     #: a name prefix shared by at most this many servers is read through the name
     #: index (then sorted); a wider one by the page's order, until the page is full
