@@ -491,15 +491,25 @@ class ServersView(ServerQueries):
 
     def restore_indexes(self) -> None:
         """Create the secondary indexes that are missing (and what extensions keep
-        beside them: their optional ``restore(curs, sql)``)."""
+        beside them: :meth:`restore_extensions`)."""
         with self.transaction(commit=True) as curs:
             for statement in self.create_statements():
                 if statement.startswith("CREATE INDEX"):
                     curs.execute(statement)
-            for extension in self.extensions:
-                restore = getattr(extension, "restore", None)
-                if restore is not None:
-                    restore(curs, self._sql)
+            self._restore_extensions(curs)
+
+    def restore_extensions(self) -> None:
+        """What extensions keep beside the tables (their optional ``restore(curs,
+        sql)``: the name grams' triggers and rows), after a fold that went without them
+        (:meth:`clear` with ``drop_indexes``), in one transaction."""
+        with self.transaction(commit=True) as curs:
+            self._restore_extensions(curs)
+
+    def _restore_extensions(self, curs: Any) -> None:
+        for extension in self.extensions:
+            restore = getattr(extension, "restore", None)
+            if restore is not None:
+                restore(curs, self._sql)
 
     def _index_names(self) -> list[str]:
         names = []
