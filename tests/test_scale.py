@@ -392,3 +392,27 @@ def test_a_rebuild_keeps_the_name_grams(url: str, clock: FakeClock) -> None:
         assert _names(client, name="ta-tw") == ["beta-two"]
         assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams"
                                  " WHERE gram = 'ta-'")[0]["n"] == 1
+
+
+def test_postgres_plans_with_statistics_after_a_rebuild_and_an_upgrade(
+        postgres_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a table filled at once has no statistics until autovacuum's analyze: PostgreSQL's
+    # planner then takes it for nearly empty and may read a gram scan or a name prefix
+    # through the page index, every server of the scope
+    def analyzed(engine: Engine, suffix: str) -> set[str]:
+        rows = engine.view.query(
+            "SELECT DISTINCT tablename FROM pg_stats WHERE tablename IN (?, ?)",
+            [f"vmledger_servers{suffix}", f"vmledger_name_grams{suffix}"])
+        return {str(r["tablename"]) for r in rows}
+
+    with Engine(postgres_url, clock=clock) as engine:
+        for name in NAMES:
+            built(engine, name)
+        engine.updater.rebuild()
+        assert analyzed(engine, "") == {"vmledger_servers", "vmledger_name_grams"}
+    from tests.test_layout_upgrade import NEW, new_release  # a release of another layout
+    new_release(monkeypatch)
+    with Engine(postgres_url, clock=clock) as engine:
+        assert engine.updater.upgrade(grace=0).to_switch is not None
+        assert analyzed(engine, "_v99") == {"vmledger_servers_v99", "vmledger_name_grams_v99"}
+        assert engine.view.serving.name == NEW
