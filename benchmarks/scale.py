@@ -16,7 +16,8 @@ no sockets):
   (``marker`` = the 150th oldest server);
 * ``GET /servers?name=^bench-N$`` (an anchored regex: one server),
   ``GET /servers?name=ench-12&limit=100`` (unanchored, its matches sparse and, for
-  most of them, old: the scan reads far down the list) and
+  most of them, old: the scan reads far down the list; 11 servers match at 1,000, so
+  the page is full from 10,000 on), the same with ``limit=10`` (full at every size) and
   ``GET /servers?name=ench-&limit=100`` (unanchored, every server matches);
 * ``GET /os-hypervisors/detail``;
 * a create and its build, end to end (``commands.servers.create`` and the agent's
@@ -67,6 +68,7 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("list_deep", "the same, a page deep in the list (marker)", "ms"),
     ("name_anchored", "GET /servers?name=^bench-N$ (one match)", "ms"),
     ("name_page", "GET /servers?name=ench-12&limit=100 (sparse)", "ms"),
+    ("name_page_full", "the same, limit=10 (a full page at every size)", "ms"),
     ("name_dense", "GET /servers?name=ench-&limit=100 (every one)", "ms"),
     ("hypervisors", "GET /os-hypervisors/detail", "ms"),
     ("create_build", "create one server + build, end to end", "ms"),
@@ -178,6 +180,9 @@ def probe(url: str, servers: int, sizes: Sizes) -> dict[str, float]:
         out["name_anchored"] = _median_ms(get(f"/servers?name=^bench-{servers // 2}$"),
                                           reps)
         out["name_page"] = _median_ms(get("/servers?name=ench-12&limit=100"), reps)
+        # 11 servers match at 1,000, 111 at 10,000: a page of 100 is full from 10,000
+        # on, a page of 10 at every size (the same answer's size to compare)
+        out["name_page_full"] = _median_ms(get("/servers?name=ench-12&limit=10"), reps)
         out["name_dense"] = _median_ms(get("/servers?name=ench-&limit=100"), reps)
         out["hypervisors"] = _median_ms(get("/os-hypervisors/detail"), max(3, reps // 3),
                                         warmup=1)

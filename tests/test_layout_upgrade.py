@@ -282,6 +282,29 @@ def test_an_upgrade_under_http_load_fails_no_request_and_leaves_nothing_stale(
         assert tally(engine) == counts
 
 
+def test_the_name_filter_reads_the_new_layouts_grams_after_an_upgrade(
+        url: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet(url, sim, 3)
+    new_release(monkeypatch)
+    with Engine(url, hypervisor=sim) as engine:
+        client = ApiClient(create_app(engine))
+        report = engine.updater.upgrade(grace=0)
+        assert report.to_switch is not None and engine.view.serving.name == NEW
+        renamed = create(client, "alpha-omega")
+        engine.run_until_idle()
+        # the grams of the names folded beside, and of those written since the switch
+        # (the triggers are on the new layout's table): the name filter reads them
+        # (without them it would scan the list in its order, answering the same)
+        assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams_ready_v99"
+                                 )[0]["n"] == 1
+        grams = {(str(r["gram"]), str(r["sid"])) for r in engine.view.query(
+            "SELECT gram, sid FROM vmledger_name_grams_v99")}
+        for sid, name, _ in listing(client):
+            assert {(name[i:i + 3], sid) for i in range(len(name) - 2)} <= grams, name
+        r = client.get("/v2.1/servers", params={"name": "pha-om"}, headers=ADMIN)
+        assert [s["id"] for s in r.json()["servers"]] == [renamed]
+
+
 def test_an_interrupted_upgrade_resumes_and_never_serves_a_partial_layout(
         url: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     fleet(url, sim, 8)

@@ -338,14 +338,30 @@ def test_the_name_grams_answer_as_a_scan_on_both_backends(url: str, clock: FakeC
             clock.advance(seconds=1)
         client = ApiClient(create_app(engine))
         assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams")[0]["n"] > 0
-        # each gram counted from its newest rows, counted in full, or too common
-        for rounds in ((64, 4096), (1, 4096), (1, 2)):
-            monkeypatch.setattr(ServerQueries, "GRAM_ROUNDS", rounds)
+        # each gram counted exactly, weighed by how far back its newest rows reach, or
+        # too common (the page's order)
+        for sample, sparser in ((64, 2), (1, 1), (1, 1000)):
+            monkeypatch.setattr(ServerQueries, "GRAM_SAMPLE", sample)
+            monkeypatch.setattr(ServerQueries, "GRAM_SPARSER", sparser)
             for regex in ("eb-1", "eb-1$", "we.-1", "(web)-1", "ébé", "che-w", "web-1|db"):
                 expected = [n for n in reversed(NAMES) if re.search(regex, n)]
-                assert _names(client, name=regex) == expected, (regex, rounds)
+                assert _names(client, name=regex) == expected, (regex, sample, sparser)
                 first = client.get("/v2.1/servers", params={"name": regex, "limit": 1})
                 assert [s["name"] for s in first.json()["servers"]] == expected[:1], regex
+                # and page by page, each after the last one's marker
+                paged: list[str] = []
+                marker: str | None = None
+                while True:
+                    params = {"name": regex, "limit": 2, **({"marker": marker} if marker
+                                                             else {})}
+                    page = client.get("/v2.1/servers", params=params)
+                    assert page.status_code == 200, page.text
+                    servers = page.json()["servers"]
+                    paged += [s["name"] for s in servers]
+                    if len(servers) < 2:
+                        break
+                    marker = servers[-1]["id"]
+                assert paged == expected, (regex, sample, sparser)
 
 
 def test_a_long_literal_weighs_a_few_of_its_grams(fleet: tuple[Engine, ApiClient, list[str]]
@@ -376,3 +392,27 @@ def test_a_rebuild_keeps_the_name_grams(url: str, clock: FakeClock) -> None:
         assert _names(client, name="ta-tw") == ["beta-two"]
         assert engine.view.query("SELECT COUNT(*) AS n FROM vmledger_name_grams"
                                  " WHERE gram = 'ta-'")[0]["n"] == 1
+
+
+def test_postgres_plans_with_statistics_after_a_rebuild_and_an_upgrade(
+        postgres_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a table filled at once has no statistics until autovacuum's analyze: PostgreSQL's
+    # planner then takes it for nearly empty and may read a gram scan or a name prefix
+    # through the page index, every server of the scope
+    def analyzed(engine: Engine, suffix: str) -> set[str]:
+        rows = engine.view.query(
+            "SELECT DISTINCT tablename FROM pg_stats WHERE tablename IN (?, ?)",
+            [f"vmledger_servers{suffix}", f"vmledger_name_grams{suffix}"])
+        return {str(r["tablename"]) for r in rows}
+
+    with Engine(postgres_url, clock=clock) as engine:
+        for name in NAMES:
+            built(engine, name)
+        engine.updater.rebuild()
+        assert analyzed(engine, "") == {"vmledger_servers", "vmledger_name_grams"}
+    from tests.test_layout_upgrade import NEW, new_release  # a release of another layout
+    new_release(monkeypatch)
+    with Engine(postgres_url, clock=clock) as engine:
+        assert engine.updater.upgrade(grace=0).to_switch is not None
+        assert analyzed(engine, "_v99") == {"vmledger_servers_v99", "vmledger_name_grams_v99"}
+        assert engine.view.serving.name == NEW

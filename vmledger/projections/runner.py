@@ -337,6 +337,7 @@ class ViewUpdater:
             if paused:
                 gc.enable()
             self.view.restore_indexes()
+            self.view.analyze()
 
     # --- layouts: the serving one, and upgrades beside it -----------------------------
     @contextmanager
@@ -465,6 +466,10 @@ class ViewUpdater:
                             # one at a time: on SQLite each holds the write lock
                             with beside.transaction() as curs:
                                 curs.execute(statement)
+                    # and what the read models keep beside their tables (the name
+                    # grams' triggers and rows), which the fresh fold went without
+                    beside.restore_extensions()
+                    beside.analyze()
                     if self._switch(beside):
                         to_switch = time.perf_counter() - started
                         log.info("the read models' layout %s serves, folded beside %s "

@@ -70,6 +70,8 @@ class ServerQueries(ReadStore):
         order, the scan stopping as soon as the page is full.
         """
         where, params = self._scope(project_id, deleted)
+        start: list[Any] = []  # the marker's (created_at, id): a scan starts after it
+        scope = (list(where), list(params))  # the page index's range, before the filters
         if columns is not None:
             more, more_params = columns.sql(self.dialect)
             where += more
@@ -86,6 +88,9 @@ class ServerQueries(ReadStore):
                 raise KeyError(after)
             where.append("(created_at, id) < (?, ?)")
             params += [found[0]["created_at"], after]
+            start = [found[0]["created_at"] or "", after]
+            scope[0].append("(created_at, id) < (?, ?)")
+            scope[1].extend([found[0]["created_at"], after])
         patterns = columns.patterns if columns is not None else ()
         if not patterns:
             sql = "SELECT id, version, doc FROM {t}" if docs else "SELECT id, version FROM {t}"
@@ -96,7 +101,7 @@ class ServerQueries(ReadStore):
                 sql += f" LIMIT {int(limit)}"
             return self._stored_rows(self._read(sql, params))
         assert columns is not None
-        kept = self._scan(where, params, columns, limit)
+        kept = self._scan(where, params, columns, limit, start, scope)
         if docs:
             self.fill(kept)
         return kept
@@ -105,13 +110,16 @@ class ServerQueries(ReadStore):
     SCAN_CHUNK = 500
 
     def _scan(self, where: list[str], params: list[Any], columns: ColumnFilter,
-              limit: int | None) -> list[StoredServer]:
+              limit: int | None, start: list[Any],
+              scope: tuple[list[str], list[Any]]) -> list[StoredServer]:
         """The rows ``where`` selects that every pattern of ``columns`` finds something
-        in, newest first, up to ``limit``: read in chunks in the page's order, each
-        after the last row of the one before, until the page is full."""
+        in, newest first, up to ``limit``: read in chunks in the page's order, the first
+        after ``start`` (a marker's created_at and id, if any), each after the last row
+        of the one before, until the page is full. ``scope``: the conditions of the
+        page index's range (project, deleted, marker) without the filters."""
         chunk = max(int(limit or 0), self.SCAN_CHUNK)
         names = dict.fromkeys(c for c, _ in columns.patterns)
-        picked = self._name_gram(columns)
+        picked = self._name_gram(columns, scope, start)
         if picked is None:
             sql = ("SELECT id, version, created_at AS k_at, id AS k_id"
                    + "".join(f", {c} AS p_{c}" for c in names)
@@ -127,7 +135,7 @@ class ServerQueries(ReadStore):
             # each candidate is a row lookup: read about a page first, more if needed
             chunk = min(chunk, max(int(limit or 0), 16))
         kept: list[StoredServer] = []
-        last: list[Any] = []
+        last: list[Any] = list(start)
         while True:
             conditions = [*where, *([keyset] if last else [])]
             query = sql + (" WHERE " + " AND ".join(conditions) if conditions else "")
@@ -144,71 +152,94 @@ class ServerQueries(ReadStore):
             last = [found[-1]["k_at"], found[-1]["k_id"]]
             chunk = max(chunk, min(chunk * 2, self.SCAN_CHUNK))
 
-    #: a gram with fewer rows than the second number drives a name pattern's scan (a
-    #: wider one is no cheaper than the page's order); the first: the newest rows of
-    #: each gram read before any is counted in full
-    GRAM_ROUNDS = (64, 4096)
+    #: the newest rows of each gram read to weigh it: a gram with fewer is counted
+    #: exactly (and the fewest drives the scan)
+    GRAM_SAMPLE = 64
+    #: a gram whose newest :attr:`GRAM_SAMPLE` rows span at least this many times as
+    #: many servers of the scan's scope drives it; a denser one is no cheaper than the
+    #: page's order (each of its rows is a lookup, where the page index is read in place)
+    GRAM_SPARSER = 2
     #: the required grams weighed at most (spread over the pattern's literals)
     GRAMS_WEIGHED = 12
 
-    def _name_gram(self, columns: ColumnFilter) -> str | None:
-        """The rarest of the grams every name a ``name`` pattern of ``columns`` finds
-        something in holds (see :func:`required_literals`), when it has few enough rows
-        (:attr:`GRAM_ROUNDS`) and the grams are kept (:mod:`name_grams`); else
-        None (the scan follows the page's order). A pattern with a literal prefix takes
-        the name index instead."""
+    def _name_gram(self, columns: ColumnFilter, scope: tuple[list[str], list[Any]],
+                   start: Sequence[Any]) -> str | None:
+        """The gram whose rows drive a ``name`` pattern's scan, or None (the scan follows
+        the page's order). Each gram of the texts every name the pattern finds
+        something in holds (see :func:`required_literals`) is weighed by its newest
+        :attr:`GRAM_SAMPLE` rows, read newest first (after ``start``, a marker's
+        created_at and id, if any) as the scan reads them: a gram with
+        fewer is counted exactly, and the fewest drives; otherwise the gram whose
+        sample reaches furthest back in the list is the sparsest where the scan starts,
+        and drives if it is sparser than the page index's range over the same span
+        (``scope``'s servers created since counted, up to :attr:`GRAM_SPARSER` times
+        the sample: what a scan in the page's order would read). The cost is a few
+        bounded index reads whatever the fleet's size: no gram is counted in full. A
+        pattern with a literal prefix takes the name index instead; without the grams
+        kept (:mod:`name_grams`), None."""
         grams: dict[str, None] = {}
         for column, pattern in columns.patterns:
             if column == "name" and prefix_range(pattern) is None:
                 for text in required_literals(pattern):
                     grams.update(dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2)))
-        if not grams or not self._grams_ready():
+        if not grams:
             return None
         if len(grams) > self.GRAMS_WEIGHED:  # any required gram is a right driver
             pieces = list(grams)
             step = len(pieces) / self.GRAMS_WEIGHED
             grams = dict.fromkeys(pieces[int(i * step)] for i in range(self.GRAMS_WEIGHED))
-        # the newest rows of each gram: a gram with fewer is counted exactly (the
-        # fewest wins); the others are counted in the order their rows reach back
-        # (furthest first: likely the rarest), each count bounded by the best so far.
-        # Counting reads an index entry a row, a candidate a table row: counts pay.
-        first, most = self.GRAM_ROUNDS
-        ages: list[tuple[str, str]] = []
-        best: tuple[int, str] | None = None
-        for gram in grams:
-            row = self._read(
-                f"SELECT COUNT(*) AS n, MIN(at) AS oldest FROM (SELECT at FROM"
-                f" {name_grams.TABLE} WHERE gram = ? ORDER BY at DESC, sid DESC"
-                f" LIMIT {first}) AS newest", [gram])[0]
-            if int(row["n"]) < first:
-                if best is None or int(row["n"]) < best[0]:
-                    best = (int(row["n"]), gram)
-            else:
-                ages.append((str(row["oldest"]), gram))
-        if best is not None:
-            return best[1]
-        for _, gram in sorted(ages):
-            cap = most if best is None else best[0]
-            found = int(self._read(
-                f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM {name_grams.TABLE}"
-                f" WHERE gram = ? LIMIT {cap}) AS counted", [gram])[0]["n"])
-            if found < cap:
-                best = (found, gram)
-        return None if best is None else best[1]
+        sample = self.GRAM_SAMPLE
+        enough = sample * self.GRAM_SPARSER
+        after = " AND (at, sid) < (?, ?)" if start else ""
+        # one statement (a round trip counts on PostgreSQL): each gram's sample (row k),
+        # whether the grams are complete (row -1), and the scope's servers created
+        # since the oldest of the full samples (row -2), read in the page index's order
+        # (a planner without fresh statistics cannot take a table scan for it; a scope
+        # of deleted servers too is weighed by those not deleted, the index's first
+        # column fixed)
+        arms: list[str] = []
+        params: list[Any] = []
+        for k, gram in enumerate(grams):
+            arms.append(
+                f"SELECT {k} AS k, COUNT(*) AS n, MIN(at) AS oldest FROM (SELECT at FROM"
+                f" {name_grams.TABLE} WHERE gram = ?{after} ORDER BY at DESC, sid DESC"
+                f" LIMIT {sample}) AS g{k}")
+            params += [gram, *start]
+        where, scope_params = scope
+        if not any(c.startswith("deleted") for c in where):
+            where = [*where, "deleted = 0"]
+        statement = (
+            "WITH weighed AS (" + " UNION ALL ".join(arms) + ") SELECT k, n, oldest FROM"
+            f" weighed UNION ALL SELECT -1, (SELECT COUNT(*) FROM {name_grams.READY}), NULL"
+            " UNION ALL SELECT -2, (SELECT COUNT(*) FROM (SELECT 1 FROM {t} WHERE "
+            + " AND ".join([*where, "created_at >= (SELECT MIN(oldest) FROM weighed"
+                                    f" WHERE n >= {sample})"])
+            + f" ORDER BY created_at DESC, id DESC LIMIT {enough}) AS spanned), NULL")
+        try:
+            rows = {int(r["k"]): r for r in self._read(statement, [*params, *scope_params])}
+        except Exception:  # an older database opened without the grams' tables
+            return None
+        if not int(rows[-1]["n"]):
+            return None  # not complete (being indexed, or a name too long for them)
+        fewest: tuple[int, str] | None = None
+        furthest: tuple[str, str] | None = None
+        for k, gram in enumerate(grams):
+            found = int(rows[k]["n"])
+            if found < sample:
+                if fewest is None or found < fewest[0]:
+                    fewest = (found, gram)
+            elif furthest is None or str(rows[k]["oldest"]) < furthest[0]:
+                furthest = (str(rows[k]["oldest"]), gram)
+        if fewest is not None:
+            return fewest[1]
+        assert furthest is not None
+        return furthest[1] if int(rows[-2]["n"]) >= enough else None
 
     @property
     def _gram_join(self) -> str:
         # SQLite's planner is told to walk the gram's rows first (the page's order);
         # PostgreSQL's has statistics
         return "CROSS JOIN" if self.dialect == "sqlite" else "JOIN"
-
-    def _grams_ready(self) -> bool:
-        """Whether every server's name has its grams (once true, it stays so here
-        unless a name too long for them is written: checked again each time)."""
-        try:
-            return bool(self._read(f"SELECT 1 AS one FROM {name_grams.READY}"))
-        except Exception:  # an older database opened without the grams' tables
-            return False
 
     #: a name prefix shared by at most this many servers is read through the name
     #: index (then sorted); a wider one by the page's order, until the page is full
