@@ -305,6 +305,33 @@ def test_the_name_filter_reads_the_new_layouts_grams_after_an_upgrade(
         assert [s["id"] for s in r.json()["servers"]] == [renamed]
 
 
+def test_a_write_folded_into_the_old_layout_after_the_switch_is_read_after_the_drop(
+        url: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a request that began before the switch folds its command into the old layout it
+    # pinned; once it ends the old tables may go: the new layout must have that write
+    servers = fleet(url, sim, 2)
+    new_release(monkeypatch)
+    with Engine(url, hypervisor=sim) as engine:
+        client = ApiClient(create_app(engine))
+        done: list[Any] = []
+        with engine.updater.request() as pinned:
+            assert pinned.name == OLD
+            upgrading = threading.Thread(
+                target=lambda: done.append(engine.updater.upgrade(grace=0)), daemon=True)
+            upgrading.start()
+            deadline = time.monotonic() + 60
+            while layouts.serving_name(engine.view) != NEW:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            engine.update_server(servers[0], name="renamed-late")
+        upgrading.join(timeout=60)  # the old layout's tables are dropped
+        assert done and done[0].to_switch is not None
+        assert OLD not in {s.name for s in layouts.states(engine.view)}
+        r = client.get(f"/v2.1/servers/{servers[0]}", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert r.json()["server"]["name"] == "renamed-late"
+
+
 def test_an_interrupted_upgrade_resumes_and_never_serves_a_partial_layout(
         url: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     fleet(url, sim, 8)

@@ -513,6 +513,15 @@ class ViewUpdater:
                     return tuple(dropped)
                 if stop is None:
                     time.sleep(0.05)
+            # what this process's commands folded into the old layout (those whose
+            # requests pinned it across the switch) is in the serving one before the
+            # record of it goes with the old tables: else a request after the drop
+            # would not know to wait for it (:meth:`_settle`), and read it stale
+            with self._written_lock:
+                behind = self._written.get(old.name, 0)
+            deadline = time.monotonic() + 10.0
+            while self.view.position() < behind and time.monotonic() < deadline:
+                self.catch_up()
             layouts.drop(self.view, old)
             with self._written_lock:
                 self._written.pop(old.name, None)

@@ -593,8 +593,8 @@ class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
         return [*super().construct_create_table_statements(), *self.create_statements()]
 
     @contextmanager
-    def transaction(self, *, commit: bool = True) -> Iterator[Any]:
-        with super().transaction(commit=commit) as curs:
+    def transaction(self, *, commit: bool = True, flushed: bool = True) -> Iterator[Any]:
+        with super().transaction(commit=commit, flushed=flushed) as curs:
             if not (commit and _BULK.get()):
                 yield curs
                 return
