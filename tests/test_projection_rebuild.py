@@ -7,6 +7,7 @@ interleaved.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -52,10 +53,31 @@ def index_names(engine: Engine) -> set[str]:
     return {r["name"] for r in rows}
 
 
+def _seeded(url: str) -> Engine:
+    ids = Ids(seed=7)
+    return Engine(url, clock=StepClock(), id_factory=ids.uuid,
+                  request_id_factory=ids.request_id)
+
+
 @pytest.fixture
 def seeded_engine(url: str) -> Any:
-    ids = Ids(seed=7)
-    e = Engine(url, clock=StepClock(), id_factory=ids.uuid, request_id_factory=ids.request_id)
+    e = _seeded(url)
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def seeded_sqlite(tmp_path: Path) -> Any:
+    """:func:`seeded_engine` on SQLite alone (a test of what only SQLite has)."""
+    e = _seeded(f"sqlite:///{tmp_path / 'vmledger.db'}")
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def seeded_postgres(postgres_url: str) -> Any:
+    """:func:`seeded_engine` on PostgreSQL alone."""
+    e = _seeded(postgres_url)
     yield e
     e.close()
 
@@ -96,12 +118,11 @@ def test_servers_left_running_fold_the_same_allocations_and_usage(
 
 
 def test_a_rebuild_leaves_the_connections_settings_as_they_were(
-        seeded_engine: Engine) -> None:
+        seeded_sqlite: Engine) -> None:
     # a rebuild's transactions do not overwrite deleted rows with zeros (SQLite's
     # secure_delete, on in Debian's build): the connections it used get their setting
     # back, and every other transaction keeps it
-    if seeded_engine.view.dialect != "sqlite":
-        pytest.skip("a SQLite connection setting")
+    seeded_engine = seeded_sqlite
     populate(seeded_engine.service, 4, group=4)
     view = seeded_engine.view
 
@@ -182,11 +203,10 @@ def test_an_older_layout_is_folded_again_on_open(tmp_path: Any) -> None:
                                        [OLD_TABLE])
 
 
-def test_rebuilds_on_postgres_leave_no_dead_rows_behind(seeded_engine: Engine) -> None:
+def test_rebuilds_on_postgres_leave_no_dead_rows_behind(seeded_postgres: Engine) -> None:
     # a rebuild empties the larger tables with TRUNCATE: the rows the live folds and an
     # earlier rebuild wrote are gone, not left dead for the next fold and index builds
-    if seeded_engine.view.dialect != "postgres":
-        pytest.skip("PostgreSQL's dead rows")
+    seeded_engine = seeded_postgres
     populate(seeded_engine.service, 40, group=20)
     folded = snapshot(seeded_engine)
 
