@@ -75,6 +75,7 @@ from typing import Any
 import psycopg
 
 from benchmarks import commands
+from benchmarks.sqlite_trace import tracing_connections
 from vmledger.adapters.hypervisor import GuestSpec
 from vmledger.adapters.simulator import Simulator
 from vmledger.domain import lifecycle as lc
@@ -109,27 +110,16 @@ class Counts:
     commits: int = 0
 
 
-@contextlib.contextmanager
-def traced_sqlite(counts: Counts) -> Iterator[None]:
+def traced_sqlite(counts: Counts) -> contextlib.AbstractContextManager[None]:
     """Every sqlite3 connection made meanwhile reports its statements to ``counts``
     (for as long as it lives)."""
-    real = sqlite3.connect
 
     def trace(statement: str) -> None:
         counts.statements += 1
         if statement.lstrip()[:6].upper() == "COMMIT":
             counts.commits += 1
 
-    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn: sqlite3.Connection = real(*args, **kwargs)
-        conn.set_trace_callback(trace)
-        return conn
-
-    sqlite3.connect = connect  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        sqlite3.connect = real
+    return tracing_connections(lambda _opened: trace)
 
 
 class Meter:

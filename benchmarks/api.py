@@ -61,6 +61,7 @@ import httpx
 
 from benchmarks import commands
 from benchmarks.projections import percentile, populate
+from benchmarks.sqlite_trace import tracing_connections
 from vmledger.adapters.hypervisor import GuestSpec
 from vmledger.adapters.simulator import Simulator
 from vmledger.engine import Engine
@@ -293,15 +294,12 @@ class Commits:
 _SYNC_LEVELS = {"OFF": 0, "NORMAL": 1, "FULL": 2, "EXTRA": 3}
 
 
-@contextlib.contextmanager
-def traced_commits(commits: Commits) -> Iterator[None]:
+def traced_commits(commits: Commits) -> contextlib.AbstractContextManager[None]:
     """Every sqlite3 connection made meanwhile counts its commits into ``commits``, as
     flushed (``synchronous`` FULL or above, SQLite's default) or not."""
-    real = sqlite3.connect
 
-    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn: sqlite3.Connection = real(*args, **kwargs)
-        level = [2]
+    def trace_for(_opened: dict[str, Any]) -> Callable[[str], None]:
+        level = [2]  # the connection's own setting
 
         def trace(statement: str) -> None:
             text = statement.lstrip().upper()
@@ -313,15 +311,9 @@ def traced_commits(commits: Commits) -> Iterator[None]:
                     commits.flushed += 1
                 else:
                     commits.unflushed += 1
+        return trace
 
-        conn.set_trace_callback(trace)
-        return conn
-
-    sqlite3.connect = connect  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        sqlite3.connect = real
+    return tracing_connections(trace_for)
 
 
 def commits_per_round_trip(url: str, count: int) -> Commits:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.sqlite_trace import tracing_connections
 from tests.engines import make_engine
 from vmledger import Engine
 from vmledger.audit.chain import request_fields
@@ -28,23 +28,16 @@ REBOOT_STATEMENTS = 50
 LOCK_STATEMENTS = 17
 
 
-@contextlib.contextmanager
-def traced(statements: list[str], opened: list[dict[str, Any]]) -> Iterator[None]:
+def traced(statements: list[str], opened: list[dict[str, Any]]
+           ) -> contextlib.AbstractContextManager[None]:
     """Every SQLite connection opened meanwhile reports its statements to
     ``statements``; the keyword arguments it was opened with go to ``opened``."""
-    real = sqlite3.connect
 
-    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+    def trace_for(kwargs: dict[str, Any]) -> Callable[[str], None]:
         opened.append(kwargs)
-        conn = real(*args, **kwargs)
-        conn.set_trace_callback(statements.append)
-        return conn
+        return statements.append
 
-    sqlite3.connect = connect  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        sqlite3.connect = real
+    return tracing_connections(trace_for)
 
 
 @pytest.fixture
