@@ -364,10 +364,15 @@ class ViewUpdater:
                          default=0)
         if behind <= self._settled.get(layout.name, 0):
             return
-        deadline = time.monotonic() + 10.0
-        while self.view.position() < behind and time.monotonic() < deadline:
-            self.catch_up()
+        self._catch_up_to(behind)
         self._settled[layout.name] = max(self._settled.get(layout.name, 0), behind)
+
+    def _catch_up_to(self, position: int, timeout: float = 10.0) -> None:
+        """Catch the layout this thread reads up to at least ``position`` (written by
+        a command of this process, committed or about to be), for ``timeout`` at most."""
+        deadline = time.monotonic() + timeout
+        while self.view.position() < position and time.monotonic() < deadline:
+            self.catch_up()
 
     def refresh(self, every: float | None = None) -> bool:
         """Follow a switch made by another process (or thread): when another layout
@@ -519,9 +524,7 @@ class ViewUpdater:
             # would not know to wait for it (:meth:`_settle`), and read it stale
             with self._written_lock:
                 behind = self._written.get(old.name, 0)
-            deadline = time.monotonic() + 10.0
-            while self.view.position() < behind and time.monotonic() < deadline:
-                self.catch_up()
+            self._catch_up_to(behind)
             layouts.drop(self.view, old)
             with self._written_lock:
                 self._written.pop(old.name, None)

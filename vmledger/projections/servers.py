@@ -218,16 +218,21 @@ class ServersView(ServerQueries):
     def defined_names(self) -> list[str]:
         """The tables and indexes the layout's statements define (every read model's):
         the names a layout's suffix is added to."""
-        names = []
-        for statement in self.layout_statements(lambda text: text.replace("{t}", self.table)):
-            names.extend(_DEFINED.findall(statement))
-        return list(dict.fromkeys(names))
+        return self._found_in_statements(_DEFINED)
 
     def defined_tables(self) -> list[str]:
         """The tables among :meth:`defined_names`."""
+        return self._found_in_statements(_TABLE_NAME)
+
+    def _found_in_statements(self, pattern: re.Pattern[str]) -> list[str]:
+        # the statements of this backend's dialect (an extension may define other
+        # tables on each: the name grams' offsets are SQLite's alone), unsuffixed
+        def unsuffixed(text: str) -> str:
+            return text.replace("{t}", self.table).replace("?", self.placeholder)
+
         names = []
-        for statement in self.layout_statements(lambda text: text.replace("{t}", self.table)):
-            names.extend(_TABLE_NAME.findall(statement))
+        for statement in self.layout_statements(unsuffixed):
+            names.extend(pattern.findall(statement))
         return list(dict.fromkeys(names))
 
     def sql(self, text: str) -> str:
@@ -554,12 +559,7 @@ class ServersView(ServerQueries):
             return
         with self.transaction(commit=True) as curs:
             for table in self.defined_tables():
-                name = self._sql(table)
-                # (the names are found in the statements as SQLite's too: those of
-                # SQLite's alone, such as the grams' offsets, have no table here)
-                curs.execute("SELECT to_regclass(%s) AS found", [name])
-                if curs.fetchone()["found"] is not None:
-                    curs.execute(f"ANALYZE {name}")
+                curs.execute(self._sql(f"ANALYZE {table}"))
 
     def _restore_extensions(self, curs: Any) -> None:
         for extension in self.extensions:

@@ -329,10 +329,9 @@ class HostAgent:
             for step in steps:
                 step(server, ctx, at)
         loaded, self._loaded = self._loaded, None
-        if outcome and self._fold_outcome:
-            with self.updater.deferred(False):
-                recorded = self.outcomes.record(server_id, request_id, apply, loaded=loaded)
-        else:
+        folded_now = self.updater.deferred(False) if outcome and self._fold_outcome else (
+            contextlib.nullcontext())
+        with folded_now:
             recorded = self.outcomes.record(server_id, request_id, apply, loaded=loaded)
         if not recorded.accepted:
             raise _Superseded
