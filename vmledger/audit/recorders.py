@@ -5,6 +5,7 @@ the library's ``APPLICATION_RECORDER_TOPIC`` (see :mod:`vmledger.persistence`)."
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from eventsourcing.persistence import (
     DatabaseError,
     DataError,
@@ -25,7 +27,6 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 from eventsourcing.postgres import (
-    PostgresAggregateRecorder,
     PostgresApplicationRecorder,
     PostgresDatastore,
 )
@@ -38,7 +39,8 @@ from eventsourcing.sqlite import (
     SQLiteDatastore,
 )
 from eventsourcing.utils import get_topic, retry
-from psycopg import Cursor
+from psycopg import Connection, Cursor, Pipeline
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
@@ -297,6 +299,33 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
 GROUP_LIMIT = 64
 
 
+#: at most this many links in one statement (PostgreSQL takes up to 65,535 parameters)
+LINKS_PER_STATEMENT = 1000
+
+#: the write's transaction control, as statements queued in its pipeline
+_BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
+
+
+def _rendered(statement: object) -> bytes:
+    """A statement of the library's as the bytes psycopg sends."""
+    if isinstance(statement, bytes):
+        return statement
+    if isinstance(statement, str):
+        return statement.encode()
+    if isinstance(statement, SQL | Composed):
+        return statement.as_bytes()
+    raise TypeError(f"not a statement: {statement!r}")
+
+
+def _roll_back(conn: Connection[DictRow]) -> None:
+    """End a failed write's transaction if it is still open, so that the connection
+    goes back to the pool idle (a broken connection is discarded by the pool)."""
+    if conn.info.transaction_status in (TransactionStatus.INTRANS,
+                                        TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+
+
 class _Pending:
     """One command's events waiting to be written with a group, and the outcome."""
 
@@ -345,7 +374,6 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                              "POSTGRES_ENABLE_DB_FUNCTIONS")
         self.audit_key = AuditKey.from_environment()
         self.in_transaction: list[InTransaction] = []
-        self._local = threading.local()
         self._group = _Group()
         #: called after a group's transaction committed, in the thread that wrote it
         #: (the one that ran the ``in_transaction`` callbacks)
@@ -383,11 +411,18 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         ).format(**fmt)
         self._sql_insert_chain: Composed = SQL(
             "INSERT INTO {schema}.{chain} (notification_id, originator_id, "
-            "originator_version, server_hash, global_hash) VALUES (%s, %s, %s, %s, %s)"
-        ).format(**fmt)
-        self._sql_insert_request: Composed = SQL(
+            "originator_version, server_hash, global_hash) VALUES ").format(**fmt)
+        self._sql_insert_requests: Composed = SQL(
             "INSERT INTO {schema}.{requests} (notification_id, request_id, originator_id, "
-            "originator_version, event_time) VALUES (%s, %s, %s, %s, %s)").format(**fmt)
+            "originator_version, event_time) VALUES ").format(**fmt)
+        #: per (links, request rows): the statement writing them (:meth:`_links_statement`)
+        self._links_statements: dict[tuple[int, int], bytes] = {}
+        # the write's statements as bytes: psycopg renders a composed statement again
+        # on every execution
+        self._lock_bytes = [_rendered(s) for s in self.lock_table_statements]
+        self._notify_bytes = SQL("NOTIFY {0}").format(Identifier(self.channel_name)).as_bytes()
+        self._previous_bytes = self._sql_previous.as_bytes()
+        self._insert_bytes = self.insert_events_statement.as_bytes()
         self._sql_select_chain: Composed = SQL(
             "SELECT c.notification_id, c.originator_id::text AS originator_id, "
             "c.originator_version, c.server_hash, c.global_hash, r.request_id, "
@@ -437,11 +472,12 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         fold (``in_transaction``) runs once over the group's rows. A group that fails
         on a unique key (a command that lost a race) is written again command by
         command, so only the loser gets the ``IntegrityError``."""
-        if not stored_events or any(v is not None for v in kwargs.values()):
-            # nothing to write, or a tracking record (a process application's): as
-            # the library does it
-            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
-            return ids
+        if not stored_events:
+            return None
+        if any(v is not None for v in kwargs.values()):
+            # a tracking record: an application recorder does not write it (as the
+            # library's); the events are written alone
+            return self._insert_once(stored_events)
         request = _Pending(stored_events)
         group = self._group
         with group.ready:
@@ -510,75 +546,131 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         return {(oid_text(r["originator_id"]), int(r["originator_version"]))
                 for r in self._rows(self._sql_taken, (oids, versions))}
 
-    def _insert_once(self, stored_events: Sequence[StoredEvent]) -> Sequence[int] | None:
-        """The library's write transaction for ``stored_events`` (no retry here: the
-        group's caller retries on connection errors)."""
-        exc: Exception | None = None
-        notification_ids: Sequence[int] | None = None
+    def _insert_once(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        """Write ``stored_events`` in one transaction, in two round trips (no retry
+        here: the group's caller retries on connection errors).
+
+        The transaction is begun and committed by statements queued in one pipeline
+        on the pool's autocommit connection (psycopg's ``transaction()`` would send its
+        ``BEGIN`` and its ``COMMIT`` each with a sync of its own, and leaving the
+        pipeline a third): ``BEGIN``, the table lock, ``NOTIFY``, the read of the
+        chain's previous links and the insert, then one sync (a unique violation is an
+        ``IntegrityError`` here, and the insert's notification ids feed the links);
+        then the links and the request index (one statement), the read models' fold
+        and ``COMMIT``, synced by leaving the pipeline. The ids are returned only once
+        the ``COMMIT`` is acknowledged; on any error the transaction is rolled back
+        and the connection goes back to the pool idle."""
         with self.datastore.get_connection() as conn:
-            with conn.pipeline() as pipeline, conn.transaction():
-                if stored_events:
-                    with conn.cursor() as curs:
-                        try:
-                            self._insert_stored_events(curs, stored_events)
-                            # sync now: a unique violation is an IntegrityError here
-                            pipeline.sync()
-                            notification_ids = self._fetch_ids_after_insert_events(
-                                curs, stored_events)
-                        except Exception as e:
-                            exc = e  # re-raised once the pipeline is closed
-            if exc:
-                raise exc
-        return notification_ids
+            try:
+                return self._write(conn, stored_events)
+            except BaseException:
+                _roll_back(conn)
+                raise
+
+    def _write(self, conn: Connection[DictRow], stored_events: Sequence[StoredEvent]
+               ) -> list[int]:
+        failed: BaseException | None = None
+        ids: list[int] = []
+        curs = conn.cursor()
+        try:
+            with conn.pipeline() as pipeline:
+                try:
+                    ids = self._first_trip(pipeline, curs, stored_events)
+                    # the second: queued here, synced by leaving the pipeline
+                    if self.in_transaction:
+                        written = _written(stored_events, ids)
+                        for callback in self.in_transaction:
+                            callback(curs, written)
+                    curs.execute(_COMMIT, prepare=True)
+                except BaseException as error:
+                    failed = error
+                    # queued, so that the pipeline's closing sync ends the transaction
+                    with contextlib.suppress(psycopg.Error):
+                        curs.execute(_ROLLBACK)
+        except psycopg.Error:
+            if failed is None:
+                raise  # the commit (or a statement queued before it) failed
+            # closing the pipeline failed after the write had: report the write's error
+        if failed is not None:
+            raise failed
+        if curs.statusmessage != "COMMIT":
+            # COMMIT in a transaction left failed (by a fold whose savepoint could not
+            # be rolled back) answers ROLLBACK, without an error
+            raise OperationalError(f"the write was rolled back ({curs.statusmessage})")
+        return ids
+
+    def _first_trip(self, pipeline: Pipeline, curs: Cursor[DictRow],
+                    stored_events: Sequence[StoredEvent]) -> list[int]:
+        """BEGIN, the library's table lock and NOTIFY, the chain's previous links and
+        the insert, synced (the first round trip); then the links and the request
+        index, queued for the second. Returns the insert's notification ids."""
+        curs.execute(_BEGIN, prepare=True)
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        previous = curs.connection.cursor()
+        oids = sorted({oid_text(e.originator_id) for e in stored_events})
+        previous.execute(self._previous_bytes, ([self._db_oid(o) for o in oids],),
+                         prepare=True)
+        make = self.construct_pg_stored_event
+        curs.execute(self._insert_bytes, ([
+            make(e.originator_id, e.originator_version, e.topic, e.state)
+            for e in stored_events],), prepare=True)
+        pipeline.sync()  # a unique violation raises here
+        ids = [row["notification_id"] for row in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            raise ProgrammingError(
+                f"got {len(ids)} notification ids for {len(stored_events)} events")
+        # still in the insert's transaction, holding its EXCLUSIVE lock on the events
+        head: tuple[int, bytes] | None = None
+        last: dict[str, bytes] = {}
+        for found in previous.fetchall():
+            if found["kind"] == "g":
+                head = (int(found["notification_id"]), bytes(found["hash"]))
+            else:
+                last[oid_text(found["originator_id"])] = bytes(found["hash"])
+        previous.close()
+        links = _links(self.audit_key.secret, stored_events, ids, head, last)
+        # the links and the request index: one statement, its parameters scalars
+        # (cheaper for psycopg to send than arrays, or than two executemany)
+        for start in range(0, len(links), LINKS_PER_STATEMENT):
+            params: list[Any] = []
+            indexed: list[Any] = []
+            part = links[start:start + LINKS_PER_STATEMENT]
+            for x in part:
+                oid = self._db_oid(x.originator_id)
+                params += (x.notification_id, oid, x.version, x.server_hash, x.global_hash)
+                if x.indexed is not None:
+                    indexed += (x.notification_id, x.indexed[0], oid, x.version,
+                                x.indexed[1])
+            curs.execute(self._links_statement(len(part), len(indexed) // 5),
+                         params + indexed, prepare=True)
+        return ids
+
+    def _links_statement(self, links: int, requests: int) -> bytes:
+        """The statement inserting ``links`` chain rows and ``requests`` request-index
+        rows (made once per count)."""
+        found = self._links_statements.get((links, requests))
+        if found is None:
+            row = b"(%s, %s, %s, %s, %s)"
+            found = self._sql_insert_chain.as_bytes() + b", ".join([row] * links)
+            if requests:
+                found = (b"WITH links AS (" + found + b") "
+                         + self._sql_insert_requests.as_bytes()
+                         + b", ".join([row] * requests))
+            self._links_statements[(links, requests)] = found
+        return found
+
+    def _lock_table(self, curs: Cursor[DictRow]) -> None:
+        for statement in self._lock_bytes:  # the library's, pre-rendered
+            curs.execute(statement, prepare=True)
+
+    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
+        curs.execute(self._notify_bytes, prepare=True)
 
     def _db_oid(self, originator_id: UUID | str) -> UUID | str:
         if self.datastore.originator_id_type == "uuid" and not isinstance(originator_id, UUID):
             return UUID(str(originator_id))
         return originator_id
-
-    def _insert_stored_events(self, curs: Cursor[DictRow],
-                              stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
-        # As the library's (lock, notify, insert), with the read of the chain's head
-        # queued in the same pipeline right after the EXCLUSIVE lock: no extra round trip.
-        self._lock_table(curs)
-        self._notify_channel(curs)
-        previous = curs.connection.cursor()
-        oids = sorted({oid_text(e.originator_id) for e in stored_events})
-        previous.execute(self._sql_previous, ([self._db_oid(o) for o in oids],),
-                         prepare=True)
-        self._local.previous = previous
-        PostgresAggregateRecorder._insert_stored_events(self, curs, stored_events, **kwargs)
-
-    def _fetch_ids_after_insert_events(self, curs: Cursor[DictRow],
-                                       stored_events: Sequence[StoredEvent], **kwargs: Any
-                                       ) -> Sequence[int] | None:
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        reader: Cursor[DictRow] | None = self._local.__dict__.pop("previous", None)
-        if ids is None or not stored_events or reader is None:
-            return ids
-        # still in the insert's transaction, holding its EXCLUSIVE lock on the events
-        head: tuple[int, bytes] | None = None
-        previous: dict[str, bytes] = {}
-        rows = reader.fetchall()
-        reader.close()
-        for row in rows:
-            if row["kind"] == "g":
-                head = (int(row["notification_id"]), bytes(row["hash"]))
-            else:
-                previous[oid_text(row["originator_id"])] = bytes(row["hash"])
-        links = _links(self.audit_key.secret, stored_events, ids, head, previous)
-        curs.executemany(self._sql_insert_chain, [
-            (x.notification_id, self._db_oid(x.originator_id), x.version, x.server_hash,
-             x.global_hash) for x in links])
-        indexed = [(x.notification_id, x.indexed[0], self._db_oid(x.originator_id),
-                    x.version, x.indexed[1]) for x in links if x.indexed is not None]
-        if indexed:
-            curs.executemany(self._sql_insert_request, indexed)
-        if self.in_transaction:
-            written = _written(stored_events, ids)
-            for callback in self.in_transaction:
-                callback(curs, written)
-        return ids
 
     # --- reading ---------------------------------------------------------------------
     def _rows(self, statement: Composed, params: Sequence[Any]) -> list[DictRow]:
