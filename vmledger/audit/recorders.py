@@ -56,6 +56,7 @@ from vmledger.audit.chain import (
     _written,
     oid_text,
 )
+from vmledger.projections.store import execute_uncached
 
 # --------------------------------------------------------------------------------------
 # SQLite
@@ -581,12 +582,12 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                         written = _written(stored_events, ids)
                         for callback in self.in_transaction:
                             callback(curs, written)
-                    curs.execute(_COMMIT, prepare=True)
+                    execute_uncached(curs, _COMMIT)
                 except BaseException as error:
                     failed = error
                     # queued, so that the pipeline's closing sync ends the transaction
                     with contextlib.suppress(psycopg.Error):
-                        curs.execute(_ROLLBACK)
+                        execute_uncached(curs, _ROLLBACK)
         except psycopg.Error:
             if failed is None:
                 raise  # the commit (or a statement queued before it) failed

@@ -49,7 +49,7 @@ from vmledger.projections.log_reading import (
     read_page,
 )
 from vmledger.projections.servers import RawPage, ServersView
-from vmledger.projections.store import Layout
+from vmledger.projections.store import Layout, execute_uncached
 
 log = logging.getLogger(__name__)
 
@@ -604,7 +604,8 @@ class _savepoint:
             # psycopg's own nested transaction does before rolling back)
             with contextlib.suppress(Exception), connection.pipeline() as pipeline:
                 pipeline.sync()
-        self.curs.execute("ROLLBACK TO SAVEPOINT vmledger_fold")
+        # (not through psycopg's statement cache: see execute_uncached)
+        execute_uncached(self.curs, "ROLLBACK TO SAVEPOINT vmledger_fold")
         self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
 
 

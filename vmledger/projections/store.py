@@ -358,6 +358,25 @@ def _lock_for_writing(curs: Any) -> None:
                  "WHERE application_name = ?", [TRACKING_NAME])
 
 
+def execute_uncached(curs: Any, statement: str | bytes) -> None:
+    """Run ``statement`` on ``curs`` outside psycopg's prepared-statement cache (on
+    SQLite: as usual). For a statement answering ``ROLLBACK`` (``ROLLBACK``, ``ROLLBACK
+    TO SAVEPOINT``, a ``COMMIT`` that rolled back): psycopg then forgets every statement
+    it prepared and queues a ``DEALLOCATE ALL``, which in a pipeline reaches the server
+    after the next statement it prepares, so that one is missing the next time it
+    runs (psycopg 3.3). A statement psycopg does not cache is not looked at."""
+    conn = getattr(curs, "connection", None)
+    threshold = getattr(conn, "prepare_threshold", None)
+    if conn is None or threshold is None:
+        curs.execute(statement)
+        return
+    conn.prepare_threshold = None
+    try:
+        curs.execute(statement)
+    finally:
+        conn.prepare_threshold = threshold
+
+
 class PostgresStore(ReadStore):
     """The read models in the application's PostgreSQL database."""
 

@@ -1,0 +1,181 @@
+"""What a durable command costs on PostgreSQL in round trips, and what a write that
+fails midway leaves behind: nothing in the log, and pooled connections idle and usable.
+
+Budgets, not targets (as ``tests/test_command_cost.py`` for SQLite's statements): a
+change that makes a command wait for the server more often fails here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from psycopg.pq import TransactionStatus
+
+from tests.engines import make_engine
+from tests.support.wire import WireCounter
+from vmledger.audit import verify
+from vmledger.domain.commands import Commands
+from vmledger.domain.service import ServerService
+from vmledger.persistence import environment
+
+pytestmark = pytest.mark.postgres
+
+IMAGE = "cirros-0.6.2-x86_64"
+#: a command through the command service: the load (one autocommit SELECT) and the
+#: write (BEGIN ... INSERT synced once, the audit links and COMMIT synced once)
+COMMAND_ROUND_TRIPS = 3
+#: a lock through the engine: the command's, and the read models' fold in its
+#: transaction (its reads: the position, the rows it folds into)
+LOCK_ROUND_TRIPS = 8
+
+
+@pytest.fixture
+def wire(postgres_url: str) -> Iterator[WireCounter]:
+    with WireCounter(postgres_url) as counter:
+        yield counter
+
+
+def _pool_size(store: Any) -> int:
+    return int(store.recorder.datastore.pool.max_size)
+
+
+def test_a_command_waits_for_the_server_three_times(wire: WireCounter) -> None:
+    store = ServerService(environment(wire.url))
+    try:
+        commands = Commands.build(store)
+        server_id = commands.servers.create(store.context(), name="web", flavor="1",
+                                            image=IMAGE).server_id
+        actions = ["lock", "unlock"] * (_pool_size(store) + 1)
+        for action in actions:  # every pooled connection prepares its statements
+            commands.actions.act(store.context(), server_id, action)
+        wire.reset()
+        for action in actions:
+            commands.actions.act(store.context(), server_id, action)
+        per_command = wire.round_trips() / len(actions)
+        assert per_command <= COMMAND_ROUND_TRIPS, (per_command, dict(wire.sent))
+        assert verify(store).ok
+    finally:
+        store.close()
+
+
+def test_a_lock_through_the_engine_stays_within_its_round_trips(wire: WireCounter) -> None:
+    with make_engine(wire.url) as engine:
+        server = engine.create_server("web", "m1.small", IMAGE)
+        engine.run_until_idle()
+        rounds = _pool_size(engine.service) + 1
+        for _ in range(rounds):
+            engine.lock(server.id)
+            engine.act(server.id, "unlock")
+        wire.reset()
+        for _ in range(rounds):
+            engine.lock(server.id)
+            engine.act(server.id, "unlock")
+        per_command = wire.round_trips() / (2 * rounds)
+        assert per_command <= LOCK_ROUND_TRIPS, (per_command, dict(wire.sent))
+        assert not engine.get_server(server.id).locked
+
+
+def _idle_pool(store: Any) -> list[TransactionStatus]:
+    """The transaction status of every connection the pool can hand out (all at once,
+    so each is a different one)."""
+    datastore = store.recorder.datastore
+    with ExitStack() as stack:
+        connections = [stack.enter_context(datastore.get_connection())
+                       for _ in range(_pool_size(store))]
+        return [conn.info.transaction_status for conn in connections]
+
+
+def _stale(store: Any, server_id: str) -> list[StoredEvent]:
+    """The newest event of ``server_id`` again: its version is taken."""
+    (last,) = store.recorder.select_events(server_id, desc=True, limit=1)
+    return [last]
+
+
+def test_a_lost_race_is_an_integrity_error_and_leaves_the_connections_idle(
+        postgres_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = ServerService(environment(postgres_url))
+    try:
+        commands = Commands.build(store)
+        server_id = str(commands.servers.create(store.context(), name="web", flavor="1",
+                                                image=IMAGE).server_id)
+        before = store.recorder.max_notification_id()
+        with caplog.at_level(logging.WARNING, logger="psycopg"):
+            for _ in range(_pool_size(store) + 1):
+                with pytest.raises(IntegrityError):
+                    store.recorder.insert_events(_stale(store, server_id))
+        # the pool had nothing to roll back: each write ended its own transaction
+        assert not [r for r in caplog.records if "rolling back" in r.getMessage()]
+        assert _idle_pool(store) == [TransactionStatus.IDLE] * _pool_size(store)
+        assert store.recorder.max_notification_id() == before
+        for action in ["lock", "unlock"] * (_pool_size(store) + 1):
+            commands.actions.act(store.context(), server_id, action)
+        assert verify(store).ok
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("failure", ["python", "sql"])
+def test_a_write_failing_after_its_insert_records_nothing(
+        postgres_url: str, failure: str) -> None:
+    """A failure between the insert and COMMIT (here in a callback the recorder runs in
+    the write's transaction): the events are not in the log, the audit chain has no
+    link for them, and the connection is back in the pool, idle."""
+    store = ServerService(environment(postgres_url))
+    try:
+        commands = Commands.build(store)
+        server_id = str(commands.servers.create(store.context(), name="web", flavor="1",
+                                                image=IMAGE).server_id)
+        before = store.recorder.max_notification_id()
+        recorder: Any = store.recorder
+
+        def fail(curs: Any, rows: Any) -> None:
+            if failure == "python":
+                raise RuntimeError("the fold broke")
+            curs.execute("SELECT no_such_column FROM vmledger_events")
+
+        recorder.in_transaction.append(fail)
+        with pytest.raises(RuntimeError if failure == "python" else PersistenceError):
+            commands.actions.act(store.context(), server_id, "lock")
+        recorder.in_transaction.remove(fail)
+        assert store.recorder.max_notification_id() == before
+        assert recorder.max_chain_id() == before
+        assert _idle_pool(store) == [TransactionStatus.IDLE] * _pool_size(store)
+        commands.actions.act(store.context(), server_id, "lock")
+        assert verify(store).ok
+    finally:
+        store.close()
+
+
+def test_commands_after_a_failed_fold_use_every_connection_again(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold refused by the database is rolled back to its savepoint and the command
+    still recorded; the connection's prepared statements survive that rollback, so
+    the commands after it, on every pooled connection, are recorded too."""
+    with make_engine(postgres_url) as engine:
+        server = engine.create_server("web", "m1.small", IMAGE)
+        engine.run_until_idle()
+        rounds = _pool_size(engine.service) + 1
+        for _ in range(rounds):  # every pooled connection prepares its statements
+            engine.lock(server.id)
+            engine.act(server.id, "unlock")
+        fold = engine.view.fold_written
+
+        def broken(curs: Any, *_: Any) -> bool:
+            curs.execute("SELECT no_such_column FROM vmledger_servers")
+            curs.fetchone()
+            raise AssertionError("the statement was refused")
+
+        for _ in range(rounds):
+            monkeypatch.setattr(engine.view, "fold_written", broken)
+            engine.lock(server.id)
+            monkeypatch.setattr(engine.view, "fold_written", fold)
+            engine.act(server.id, "unlock")
+            engine.lock(server.id)
+            engine.act(server.id, "unlock")
+        assert not engine.get_server(server.id).locked
+        assert verify(engine.service).ok
