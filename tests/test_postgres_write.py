@@ -30,8 +30,9 @@ IMAGE = "cirros-0.6.2-x86_64"
 #: write (BEGIN ... INSERT synced once, the audit links and COMMIT synced once)
 COMMAND_ROUND_TRIPS = 3
 #: a lock through the engine: the command's, and the read models' fold in its
-#: transaction (its reads: the position, the rows it folds into)
-LOCK_ROUND_TRIPS = 8
+#: transaction (its reads: the position, locked, with the rows it folds into; two
+#: read models' own reads; the tracking record's answer)
+LOCK_ROUND_TRIPS = 7
 
 
 @pytest.fixture

@@ -363,7 +363,7 @@ class ServersView(ServerQueries):
         """
         if not rows:
             return False
-        current = self._locked_position(curs)
+        current, read = self._position_and_rows(curs, rows)
         first = rows[0][0]
         if current >= first:
             return False  # cannot happen while the log is append-only: leave it to catch-up
@@ -372,8 +372,16 @@ class ServersView(ServerQueries):
             if before is None:
                 return False
             rows = [*before, *rows]
-        self._fold(curs, [(rows, rows[-1][0])], decode, empty=not current, bulk=False)
+        self._fold(curs, [(rows, rows[-1][0])], decode, empty=not current, bulk=False,
+                   read=read)
         return True
+
+    def _position_and_rows(self, curs: Any, rows: Sequence[Any]
+                           ) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
+        """The position, locked, and (per backend: PostgreSQL reads them in the same
+        round trip) the documents of the servers ``rows`` are about, None for a server
+        with no row yet; or None when they were not read."""
+        return self._locked_position(curs), None
 
     def locked_position(self, curs: Any) -> int:
         """The position, read in ``curs``'s transaction and held until it ends (see
@@ -400,7 +408,8 @@ class ServersView(ServerQueries):
         return int(value or 0)
 
     def _fold(self, curs: Any, pages: Sequence[RawPage], decode: Decode, *, empty: bool,
-              bulk: bool) -> int:
+              bulk: bool, read: dict[str, dict[str, Any] | None] | None = None) -> int:
+        """``read``: documents already read in this transaction (by id; None: no row)."""
         name = self.layout.name
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk)
@@ -440,7 +449,10 @@ class ServersView(ServerQueries):
                 unknown = [key for key in dict.fromkeys(key for key, _ in folded)
                            if key not in docs]
                 if unknown:
-                    loaded = self._load(curs, unknown)
+                    rest = unknown if read is None else [k for k in unknown if k not in read]
+                    loaded = self._load(curs, rest) if rest else {}
+                    if read is not None:
+                        loaded.update((k, d) for k, d in read.items() if d is not None)
                     for key in unknown:
                         docs[key] = loaded.get(key)
                     for preload in preloads:
@@ -673,6 +685,33 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
                    "WHERE application_name = %s").format(
             Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
 
+    def _position_and_rows(self, curs: Any, rows: Sequence[Any]
+                           ) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
+        # one wait for both: the documents' read is queued right behind the position's
+        # lock in the command's pipeline (the order they were read in one by one)
+        ids = list(dict.fromkeys(str(row[1]) for row in rows))
+        if len(ids) > 500:
+            return self._locked_position(curs), None
+        curs.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
+        reader = curs.connection.cursor()
+        try:
+            reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [ids],
+                           prepare=True)
+            row = curs.fetchone()
+            found = {r["id"]: loads(r["doc"]) for r in reader.fetchall()}
+        finally:
+            reader.close()
+        if row is None:  # no tracking row yet: made, then locked
+            return self._locked_position(curs), None
+        return int(row["n"] or 0), {key: found.get(key) for key in ids}
+
+    def _locked_position_sql(self) -> Any:
+        from psycopg.sql import SQL, Identifier
+
+        return SQL("SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
+                   "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(
+            Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+
     def _locked_position(self, curs: Any) -> int:
         # the tracking row is locked until the transaction ends: a catch-up and a
         # command folding its own events take turns on it (a missing row is made first,
@@ -681,8 +720,7 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
 
         table = (Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
         name = self.layout.name
-        select = SQL("SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
-                     "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(*table)
+        select = self._locked_position_sql()
         for _ in range(2):
             curs.execute(select, [name], prepare=True)
             row = curs.fetchone()
