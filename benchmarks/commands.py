@@ -558,8 +558,9 @@ class PostgresBackend(Backend):
 
     def _split(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], batch: Batch,
                ids: list[uuid.UUID], payload: bytes, protocol: RawProtocol) -> None:
-        """The read in autocommit, then a pipelined write transaction, with the parts of
-        eventsourcing 9.5's protocol that ``protocol`` switches on."""
+        """The read in autocommit, then a pipelined write transaction (begun and
+        committed by statements in the pipeline, as vmledger's recorder does), with the
+        parts of eventsourcing 9.5's protocol that ``protocol`` switches on."""
         select, insert, topic = self.SELECT, self.INSERT, RAW_TOPIC
         lock_timeout = "SET LOCAL lock_timeout = '10s'"
         lock = "LOCK TABLE public.stored_events IN EXCLUSIVE MODE"
@@ -574,15 +575,19 @@ class PostgresBackend(Backend):
                 version = cur.fetchall()[-1][1] + 1
             if ping:
                 conn.execute("")
-            with conn.pipeline() as pipeline, conn.transaction():
+            # as vmledger's recorder writes: BEGIN ... INSERT synced once (its ids are
+            # read), COMMIT synced by leaving the pipeline
+            with conn.pipeline() as pipeline:
+                cur.execute(b"BEGIN", prepare=True)
                 if take_lock:
                     cur.execute(lock_timeout, prepare=True)
                     cur.execute(lock, prepare=True)
                 if notify:
-                    cur.execute("NOTIFY stored_events")
+                    cur.execute("NOTIFY stored_events", prepare=True)
                 cur.execute(insert, (oid, version, topic, payload), prepare=True)
                 pipeline.sync()
                 cur.fetchone()
+                cur.execute(b"COMMIT")
 
 
 # ---------------------------------------------------------------------------------------
