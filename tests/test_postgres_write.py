@@ -33,8 +33,8 @@ IMAGE = "cirros-0.6.2-x86_64"
 COMMAND_ROUND_TRIPS = 3
 #: a lock through the engine: the command's, and the read models' fold in its
 #: transaction (its reads: the position, locked, with the rows it folds into; two
-#: read models' own reads; the tracking record's answer)
-LOCK_ROUND_TRIPS = 7
+#: read models' own reads)
+LOCK_ROUND_TRIPS = 6
 
 
 @pytest.fixture

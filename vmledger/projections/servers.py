@@ -373,8 +373,13 @@ class ServersView(ServerQueries):
                 return False
             rows = [*before, *rows]
         self._fold(curs, [(rows, rows[-1][0])], decode, empty=not current, bulk=False,
-                   read=read)
+                   read=read, held=True)
         return True
+
+    def _advance_position(self, curs: Any, tracking: Tracking) -> None:
+        """Move the position this transaction holds locked (and found before
+        ``tracking``) to ``tracking``."""
+        self._insert_tracking(curs, tracking)
 
     def _position_and_rows(self, curs: Any, rows: Sequence[Any]
                            ) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
@@ -408,8 +413,11 @@ class ServersView(ServerQueries):
         return int(value or 0)
 
     def _fold(self, curs: Any, pages: Sequence[RawPage], decode: Decode, *, empty: bool,
-              bulk: bool, read: dict[str, dict[str, Any] | None] | None = None) -> int:
-        """``read``: documents already read in this transaction (by id; None: no row)."""
+              bulk: bool, read: dict[str, dict[str, Any] | None] | None = None,
+              held: bool = False) -> int:
+        """``read``: documents already read in this transaction (by id; None: no row).
+        ``held``: the position was read locked in this transaction, and is before the
+        pages (the tracking record's write cannot be refused)."""
         name = self.layout.name
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk)
@@ -491,7 +499,10 @@ class ServersView(ServerQueries):
         for batch in batches:
             batch.write()
         for _, position in pages:
-            self._insert_tracking(curs, Tracking(name, position))
+            if held:
+                self._advance_position(curs, Tracking(name, position))
+            else:
+                self._insert_tracking(curs, Tracking(name, position))
         return len(changed)
 
     def _routes(self) -> dict[type, tuple[bool, tuple[int, ...]]]:
@@ -704,6 +715,17 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
         if row is None:  # no tracking row yet: made, then locked
             return self._locked_position(curs), None
         return int(row["n"] or 0), {key: found.get(key) for key in ids}
+
+    def _advance_position(self, curs: Any, tracking: Tracking) -> None:
+        # the library's statement, its answer not waited for: it cannot be refused
+        # (the row is locked by this transaction and holds an earlier position), and
+        # in a command's pipeline reading it would cost a round trip
+        if not self.datastore.single_row_tracking:
+            self._insert_tracking(curs, tracking)
+            return
+        curs.execute(self.insert_tracking_statement, {
+            "application_name": tracking.application_name,
+            "notification_id": tracking.notification_id}, prepare=True)
 
     def _locked_position_sql(self) -> Any:
         from psycopg.sql import SQL, Identifier
