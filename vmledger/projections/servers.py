@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -608,6 +609,20 @@ class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
                 yield curs
             finally:
                 curs.execute(f"PRAGMA secure_delete = {previous}")
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The library's query, run as one statement outside an explicit transaction
+        (a single SELECT reads a consistent snapshot on its own): every catch-up and
+        every pass of the agent and the timer reads the position first, and the
+        library's BEGIN and ROLLBACK around it were two more statements each time."""
+        try:
+            with self.datastore.get_connection(commit=False) as conn, \
+                    conn.cursor() as curs:
+                curs.execute(self.select_max_tracking_id_statement, [application_name])
+                row = curs.fetchone()
+        except sqlite3.Error:  # (no table yet...): the library's way, raising its error
+            return super().max_tracking_id(application_name)
+        return None if row is None or row[0] is None else int(row[0])
 
     def _delete_tracking(self, curs: Any) -> None:
         curs.execute("DELETE FROM tracking WHERE application_name = ?",
