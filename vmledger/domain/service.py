@@ -140,6 +140,28 @@ class ServerService(Application[uuid.UUID]):
         self.notify(processing_event.events)  # the library's deprecated hook
         return recordings
 
+    def _take_snapshots(self, processing_event: ProcessingEvent[uuid.UUID]) -> None:
+        """The library's snapshots, taken of the aggregate just saved when the snapshot's
+        version is the one it reached (the library loads it again from its last
+        snapshot, reading and decoding up to an interval of events, a hundred, to
+        rebuild the same state); at a version before it, rebuilt at that version as
+        the library does."""
+        if not (self.snapshots and self.snapshotting_intervals):
+            return
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            if aggregate is None:
+                continue
+            interval = self.snapshotting_intervals.get(type(aggregate))
+            if interval is None or event.originator_version % interval:
+                continue
+            snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
+            if aggregate.version != event.originator_version or snapshot_class is None:
+                self.take_snapshot(event.originator_id, version=event.originator_version,
+                                   projector_func=project)
+                continue
+            self.snapshots.put([snapshot_class.take(aggregate)])
+
     # --- contexts -------------------------------------------------------------------
     def construct_repository(self) -> Repository[uuid.UUID]:
         """The library's repository, its LRU cache bounded in bytes as well."""
