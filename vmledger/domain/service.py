@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from copy import deepcopy
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -135,6 +136,17 @@ class ServerService(Application[uuid.UUID]):
                 processing_event.collect_events(obj)
         processing_event.saved_kwargs.update(kwargs)
         recordings = self._record(processing_event)
+        cache = self.repository.cache
+        if cache is not None and self.repository.fastforward:
+            # the servers as saved, so that their next load (the agent's of a request,
+            # the next request's of the agent's outcome) reads no event back and
+            # decodes none; a load after a newer save, another process's too,
+            # fast-forwards from this version as from any other. A copy: the caller
+            # keeps the one it saved (copies share the nested values, see
+            # :meth:`Server.__deepcopy__`)
+            for aggregate_id, aggregate in processing_event.aggregates.items():
+                if type(aggregate) is Server:
+                    cache.put(aggregate_id, deepcopy(aggregate))
         self._take_snapshots(processing_event)
         self._notify(recordings)
         self.notify(processing_event.events)  # the library's deprecated hook
