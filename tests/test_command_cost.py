@@ -23,9 +23,9 @@ from vmledger import Engine
 from vmledger.audit.chain import request_fields
 
 #: a hard reboot through the embedding API, request to outcome, read models caught up
-REBOOT_STATEMENTS = 34
+REBOOT_STATEMENTS = 32
 #: a lock decided in the request, folded into the read models in its transaction
-LOCK_STATEMENTS = 15
+LOCK_STATEMENTS = 14
 
 
 def traced(statements: list[str], opened: list[dict[str, Any]]

@@ -82,6 +82,11 @@ def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
             1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc))
 
 
+#: per set of changed columns (by index in the columns, with those): the update of a
+#: server's row
+_UPDATES: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
+
+
 class ViewExtension(Protocol):
     """Another read model written in the same transaction as the servers view.
 
@@ -418,6 +423,10 @@ class ServersView(ServerQueries):
         # each server's document is folded in place: the same result as ``fold`` (a
         # fresh namespace per event) without copying the document for every event
         targets: dict[str, SimpleNamespace] = {}
+        # SQLite, the view not empty: the rows loaded, so that each is updated in the
+        # columns that changed alone (see :meth:`_write_rows`)
+        stored: dict[str, Any] | None = (
+            {} if not empty and self.dialect == "sqlite" else None)
         routes = self._routes()
         for rows, _ in pages:
             events = decode(rows)
@@ -441,7 +450,7 @@ class ServersView(ServerQueries):
                 unknown = [key for key in dict.fromkeys(key for key, _ in folded)
                            if key not in docs]
                 if unknown:
-                    loaded = self._load(curs, unknown)
+                    loaded = self._load(curs, unknown, stored)
                     for key in unknown:
                         docs[key] = loaded.get(key)
                     for preload in preloads:
@@ -476,12 +485,42 @@ class ServersView(ServerQueries):
                 if share:
                     batch.fold(share)
         changed = [target.__dict__ for target in targets.values()]
-        writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
+        if stored is None:
+            writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
+        else:
+            self._write_rows(curs, targets, stored)
         for batch in batches:
             batch.write()
         for _, position in pages:
             self._insert_tracking(curs, Tracking(name, position))
         return len(changed)
+
+    def _write_rows(self, curs: Any, targets: dict[str, SimpleNamespace],
+                    stored: dict[str, Any]) -> None:
+        """Write the changed servers' rows: a server new to the view inserted (or
+        replaced), one already there (its row as ``stored``, read by :meth:`_load`)
+        updated in the columns that changed alone, its document always, so that
+        SQLite rewrites the entries of the indexes on those alone (each index entry
+        assigned is rewritten, changed or not: pages more to write and flush)."""
+        fresh: list[tuple[Any, ...]] = []
+        columns = COLUMNS
+        compared = tuple(i for i, column in enumerate(columns) if column not in ("id", "doc"))
+        document = columns.index("doc")
+        for key, target in targets.items():
+            row = row_of(target.__dict__)
+            before = stored.get(key)
+            if before is None:
+                fresh.append(row)
+                continue
+            assigned = (*(i for i in compared if before[i] != row[i]), document)
+            statement = _UPDATES.get((columns, assigned))
+            if statement is None:
+                statement = _UPDATES[(columns, assigned)] = (
+                    "UPDATE {t} SET " + ", ".join(f"{columns[i]} = ?" for i in assigned)
+                    + " WHERE id = ?")
+            curs.execute(self._sql(statement), [*(row[i] for i in assigned), row[0]])
+        RowWriter(curs, self._sql, self.dialect, bulk=False).upsert(
+            self.table, columns, "id", fresh)
 
     def _routes(self) -> dict[type, tuple[bool, tuple[int, ...]]]:
         """Per event class: whether it is a server's, and which extensions fold it (by
@@ -506,13 +545,20 @@ class ServersView(ServerQueries):
     def _position_sql(self) -> Any:  # pragma: no cover - per backend
         raise NotImplementedError
 
-    def _load(self, curs: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    def _load(self, curs: Any, ids: list[str], stored: dict[str, Any] | None = None
+              ) -> dict[str, dict[str, Any]]:
+        """The documents of these servers (those in the view); with ``stored``, their
+        rows go there too, by id."""
         found: dict[str, dict[str, Any]] = {}
+        what = "id, doc" if stored is None else ", ".join(COLUMNS)  # in row_of's order
         for chunk in chunks(ids, 500):
             marks = ",".join("?" for _ in chunk)
-            curs.execute(self._sql(f"SELECT id, doc FROM {{t}} WHERE id IN ({marks})"), chunk)
+            curs.execute(self._sql(f"SELECT {what} FROM {{t}} WHERE id IN ({marks})"),
+                         chunk)
             for row in curs.fetchall():
                 found[row["id"]] = loads(row["doc"])
+                if stored is not None:
+                    stored[row["id"]] = row
         return found
 
     def clear(self, *, drop_indexes: bool = False) -> None:
