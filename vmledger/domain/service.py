@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from copy import deepcopy
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -135,10 +136,43 @@ class ServerService(Application[uuid.UUID]):
                 processing_event.collect_events(obj)
         processing_event.saved_kwargs.update(kwargs)
         recordings = self._record(processing_event)
+        cache = self.repository.cache
+        if cache is not None and self.repository.fastforward:
+            # the servers as saved, so that their next load (the agent's of a request,
+            # the next request's of the agent's outcome) reads no event back and
+            # decodes none; a load after a newer save, another process's too,
+            # fast-forwards from this version as from any other. A copy: the caller
+            # keeps the one it saved (copies share the nested values, see
+            # :meth:`Server.__deepcopy__`)
+            for aggregate_id, aggregate in processing_event.aggregates.items():
+                if type(aggregate) is Server:
+                    cache.put(aggregate_id, deepcopy(aggregate))
         self._take_snapshots(processing_event)
         self._notify(recordings)
         self.notify(processing_event.events)  # the library's deprecated hook
         return recordings
+
+    def _take_snapshots(self, processing_event: ProcessingEvent[uuid.UUID]) -> None:
+        """The library's snapshots, taken of the aggregate just saved when the snapshot's
+        version is the one it reached (the library loads it again from its last
+        snapshot, reading and decoding up to an interval of events, a hundred, to
+        rebuild the same state); at a version before it, rebuilt at that version as
+        the library does."""
+        if not (self.snapshots and self.snapshotting_intervals):
+            return
+        for event in processing_event.events:
+            aggregate = processing_event.aggregates.get(event.originator_id)
+            if aggregate is None:
+                continue
+            interval = self.snapshotting_intervals.get(type(aggregate))
+            if interval is None or event.originator_version % interval:
+                continue
+            snapshot_class = getattr(type(aggregate), "Snapshot", type(self).snapshot_class)
+            if aggregate.version != event.originator_version or snapshot_class is None:
+                self.take_snapshot(event.originator_id, version=event.originator_version,
+                                   projector_func=project)
+                continue
+            self.snapshots.put([snapshot_class.take(aggregate)])
 
     # --- contexts -------------------------------------------------------------------
     def construct_repository(self) -> Repository[uuid.UUID]:

@@ -69,7 +69,7 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
             service_down_time=service_down_time, allocation_ratios=allocation_ratios,
             allow_resize_to_same_host=allow_resize_to_same_host, agent=agent)))
         # every command saved in this process wakes the agent and the timer at once
-        self.commands.deps.pipeline.on_saved(lambda _result: self._wake.set())
+        self.commands.deps.pipeline.on_saved(lambda _result: self._nudge())
 
     # --- driving the agent and the timer ------------------------------------------------
     def run_once(self) -> int:

@@ -80,8 +80,16 @@ class EngineBase:
     # --- read-your-writes -------------------------------------------------------------
     def _done(self, result: CommandResult) -> CommandResult:
         self.updater.ensure(result.position)
-        self._wake.set()
+        self._nudge()
         return result
+
+    def _nudge(self) -> None:
+        """Wake the agent and the timer (a command was saved). Set already, it is left
+        as it is: the background pass clears it before it starts, so a pass that has
+        not cleared it yet sees the command (setting it takes its condition's lock and
+        notifies, on every command, for nothing)."""
+        if not self._wake.is_set():
+            self._wake.set()
 
     def may_use_flavor(self, flavor: Flavor, ctx: Context) -> bool:
         """Public flavors for everyone; private ones for administrators and the projects

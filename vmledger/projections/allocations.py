@@ -119,22 +119,34 @@ class AllocationsBatch:
         #: the folded document of each server changed in the transaction (the servers
         #: view folds each in place: at write time it is the final one)
         self.docs: dict[str, dict[str, Any]] = {}
+        #: what each changed server's document held before the transaction
+        self.held: dict[str, list[tuple[Any, ...]]] = {}
 
     def fold(self, events: Sequence[Any]) -> None:
         """Nothing: rows follow the folded server documents."""
 
     def server_changed(self, server_id: str, doc: dict[str, Any]) -> None:
         self.docs[server_id] = doc  # folded in place: final when written
+        # what its document held before the transaction's first event: a server
+        # holding the same after it (most actions) has no row to read or write
+        self.held[server_id] = allocations_of(server_id, doc)
 
     def write(self) -> None:
         rows: list[tuple[Any, ...]] = []
         freed: list[str] = []
+        holding: dict[str, list[tuple[Any, ...]]] = {}
+        for server_id, doc in self.docs.items():
+            now_held = allocations_of(server_id, doc)
+            if now_held != self.held.get(server_id):
+                holding[server_id] = now_held
+        if not holding:
+            return
         # each host's sums change by what its changed servers held before and hold now
-        consumers = [c for sid in self.docs for c in (sid, sid + MOVE_SUFFIX)]
+        consumers = [c for sid in holding for c in (sid, sid + MOVE_SUFFIX)]
         before = {} if self.empty else self._held(consumers)
         change: dict[str, list[int]] = {}
-        for server_id, doc in self.docs.items():
-            now = {row[0]: row[1:] for row in allocations_of(server_id, doc)}
+        for server_id, held_rows in holding.items():
+            now = {row[0]: row[1:] for row in held_rows}
             for consumer in (server_id, server_id + MOVE_SUFFIX):
                 old, held = before.get(consumer), now.get(consumer)
                 if old is not None and held is not None and tuple(old) == tuple(held):

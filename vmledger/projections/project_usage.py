@@ -5,8 +5,9 @@ counts the larger of its flavors until the resize is confirmed or reverted).
 Every create checks the quota, and ``/limits`` shows the usage: read from one row per
 project (:func:`project_usage`), they cost the same however many servers the project
 has. Each transaction of the servers view changes a project's row by the difference
-it makes: what its changed servers counted before (read from the view's rows when the
-transaction first meets them, see ``preload``) and what they count now.
+it makes: what its changed servers counted before (their documents as the view's rows
+held them, which the servers view loads anyway) and what they count now; nothing is
+read for it, and a server that counts the same as before (most actions) moves no sum.
 
 A database whose servers were folded before the sums were kept gets them summed once,
 by the first transaction that writes the view after the upgrade (the marker table says
@@ -113,33 +114,18 @@ class ProjectUsageBatch:
         self.extension = extension
         self.writer = writer
         self.empty = empty
-        #: what each server met in the transaction counted before it (None: nothing)
-        self.before: dict[str, tuple[str, int, int] | None] = {}
         self.docs: dict[str, dict[str, Any]] = {}
+        #: what each changed server counted before the transaction (None: nothing)
+        self.before: dict[str, tuple[str, int, int] | None] = {}
 
     def fold(self, events: Sequence[Any]) -> None:
         """Nothing: the sums follow the folded server documents."""
 
-    def preload(self, server_ids: list[str]) -> None:
-        """What these servers (first met in the transaction) counted before it, read
-        from the view's rows (not yet written by the transaction)."""
-        curs, sql, dialect = self.writer.curs, self.writer.sql, self.writer.dialect
-        for server_id in server_ids:
-            self.before.setdefault(server_id, None)
-        for i in range(0, len(server_ids), 500):
-            chunk = server_ids[i:i + 500]
-            curs.execute(sql(
-                f"SELECT id, project_id, {largest_flavor_sql('vcpus', dialect)} AS cores,"
-                f" {largest_flavor_sql('ram', dialect)} AS ram FROM {SERVERS}"
-                f" WHERE deleted = 0 AND project_id IS NOT NULL"
-                f" AND id IN ({','.join('?' for _ in chunk)})"), chunk)
-            for row in curs.fetchall():
-                values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
-                self.before[str(values[0])] = (str(values[1]), int(values[2] or 0),
-                                               int(values[3] or 0))
-
     def server_changed(self, server_id: str, doc: dict[str, Any]) -> None:
         self.docs[server_id] = doc  # folded in place: final when written
+        # what it counted before: its document as the view's row holds it, before the
+        # transaction's first event (nothing for a server new to the view)
+        self.before[server_id] = quota_of(doc)
 
     def write(self) -> None:
         curs, sql = self.writer.curs, self.writer.sql
@@ -159,7 +145,10 @@ class ProjectUsageBatch:
             self.extension.kept = True
         change: dict[str, list[int]] = {}
         for server_id, doc in self.docs.items():
-            for counted, sign in ((self.before.get(server_id), -1), (quota_of(doc), 1)):
+            before, now = self.before.get(server_id), quota_of(doc)
+            if before == now:
+                continue  # counts as before (most actions): no sum moves
+            for counted, sign in ((before, -1), (now, 1)):
                 if counted is not None:
                     sums = change.setdefault(counted[0], [0, 0, 0])
                     sums[0] += sign

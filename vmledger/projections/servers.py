@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -79,6 +80,11 @@ def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
             pending.get("request_id"), time_text(doc.get("confirm_deadline")),
             time_text(doc["created_at"]), time_text(doc["updated_at"]),
             1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc))
+
+
+#: per set of changed columns (by index in the columns, with those): the update of a
+#: server's row
+_UPDATES: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
 
 
 class ViewExtension(Protocol):
@@ -434,6 +440,10 @@ class ServersView(ServerQueries):
         # each server's document is folded in place: the same result as ``fold`` (a
         # fresh namespace per event) without copying the document for every event
         targets: dict[str, SimpleNamespace] = {}
+        # SQLite, the view not empty: the rows loaded, so that each is updated in the
+        # columns that changed alone (see :meth:`_write_rows`)
+        stored: dict[str, Any] | None = (
+            {} if not empty and self.dialect == "sqlite" else None)
         routes = self._routes()
         for rows, _ in pages:
             events = decode(rows)
@@ -458,7 +468,7 @@ class ServersView(ServerQueries):
                            if key not in docs]
                 if unknown:
                     rest = unknown if read is None else [k for k in unknown if k not in read]
-                    loaded = self._load(curs, rest) if rest else {}
+                    loaded = self._load(curs, rest, stored) if rest else {}
                     if read is not None:
                         loaded.update((k, d) for k, d in read.items() if d is not None)
                     for key in unknown:
@@ -495,7 +505,10 @@ class ServersView(ServerQueries):
                 if share:
                     batch.fold(share)
         changed = [target.__dict__ for target in targets.values()]
-        writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
+        if stored is None:
+            writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
+        else:
+            self._write_rows(curs, targets, stored)
         for batch in batches:
             batch.write()
         for _, position in pages:
@@ -504,6 +517,33 @@ class ServersView(ServerQueries):
             else:
                 self._insert_tracking(curs, Tracking(name, position))
         return len(changed)
+
+    def _write_rows(self, curs: Any, targets: dict[str, SimpleNamespace],
+                    stored: dict[str, Any]) -> None:
+        """Write the changed servers' rows: a server new to the view inserted (or
+        replaced), one already there (its row as ``stored``, read by :meth:`_load`)
+        updated in the columns that changed alone, its document always, so that
+        SQLite rewrites the entries of the indexes on those alone (each index entry
+        assigned is rewritten, changed or not: pages more to write and flush)."""
+        fresh: list[tuple[Any, ...]] = []
+        columns = COLUMNS
+        compared = tuple(i for i, column in enumerate(columns) if column not in ("id", "doc"))
+        document = columns.index("doc")
+        for key, target in targets.items():
+            row = row_of(target.__dict__)
+            before = stored.get(key)
+            if before is None:
+                fresh.append(row)
+                continue
+            assigned = (*(i for i in compared if before[i] != row[i]), document)
+            statement = _UPDATES.get((columns, assigned))
+            if statement is None:
+                statement = _UPDATES[(columns, assigned)] = (
+                    "UPDATE {t} SET " + ", ".join(f"{columns[i]} = ?" for i in assigned)
+                    + " WHERE id = ?")
+            curs.execute(self._sql(statement), [*(row[i] for i in assigned), row[0]])
+        RowWriter(curs, self._sql, self.dialect, bulk=False).upsert(
+            self.table, columns, "id", fresh)
 
     def _routes(self) -> dict[type, tuple[bool, tuple[int, ...]]]:
         """Per event class: whether it is a server's, and which extensions fold it (by
@@ -528,13 +568,20 @@ class ServersView(ServerQueries):
     def _position_sql(self) -> Any:  # pragma: no cover - per backend
         raise NotImplementedError
 
-    def _load(self, curs: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    def _load(self, curs: Any, ids: list[str], stored: dict[str, Any] | None = None
+              ) -> dict[str, dict[str, Any]]:
+        """The documents of these servers (those in the view); with ``stored``, their
+        rows go there too, by id."""
         found: dict[str, dict[str, Any]] = {}
+        what = "id, doc" if stored is None else ", ".join(COLUMNS)  # in row_of's order
         for chunk in chunks(ids, 500):
             marks = ",".join("?" for _ in chunk)
-            curs.execute(self._sql(f"SELECT id, doc FROM {{t}} WHERE id IN ({marks})"), chunk)
+            curs.execute(self._sql(f"SELECT {what} FROM {{t}} WHERE id IN ({marks})"),
+                         chunk)
             for row in curs.fetchall():
                 found[row["id"]] = loads(row["doc"])
+                if stored is not None:
+                    stored[row["id"]] = row
         return found
 
     def clear(self, *, drop_indexes: bool = False) -> None:
@@ -631,6 +678,20 @@ class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
                 yield curs
             finally:
                 curs.execute(f"PRAGMA secure_delete = {previous}")
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The library's query, run as one statement outside an explicit transaction
+        (a single SELECT reads a consistent snapshot on its own): every catch-up and
+        every pass of the agent and the timer reads the position first, and the
+        library's BEGIN and ROLLBACK around it were two more statements each time."""
+        try:
+            with self.datastore.get_connection(commit=False) as conn, \
+                    conn.cursor() as curs:
+                curs.execute(self.select_max_tracking_id_statement, [application_name])
+                row = curs.fetchone()
+        except sqlite3.Error:  # (no table yet...): the library's way, raising its error
+            return super().max_tracking_id(application_name)
+        return None if row is None or row[0] is None else int(row[0])
 
     def _delete_tracking(self, curs: Any) -> None:
         curs.execute("DELETE FROM tracking WHERE application_name = ?",

@@ -113,6 +113,16 @@ def isoformat(value: datetime) -> str:
 def stored(value: Any) -> Any:
     """``value`` with every datetime in it as ``{"$dt": ...}``; containers holding no
     datetime are returned as they are, not copied."""
+    if type(value) is dict:  # (most of a document: its own type, no isinstance chain)
+        copied: dict[Any, Any] | None = None
+        for key, item in value.items():
+            if type(item) not in _SCALARS:
+                new = stored(item)
+                if new is not item:
+                    if copied is None:
+                        copied = dict(value)
+                    copied[key] = new
+        return value if copied is None else copied
     pairs: Iterable[tuple[Any, Any]]
     make: Callable[[Any], Any]
     if isinstance(value, dict):
@@ -209,6 +219,12 @@ class Cursor(Protocol):
     def fetchall(self) -> Any: ...
 
 
+#: an upsert's column lists, and its statement, per table and columns (made once: a
+#: command's fold writes a few rows of the same few tables)
+_UPSERT_PARTS: dict[tuple[tuple[str, ...], str | tuple[str, ...]], tuple[str, str, str]] = {}
+_UPSERTS: dict[tuple[str, str, str], str] = {}
+
+
 class RowWriter:
     """Writes a read model's rows in the view's transaction."""
 
@@ -231,10 +247,14 @@ class RowWriter:
         ``key`` (a column, or several)."""
         if not rows:
             return
-        keys = (key,) if isinstance(key, str) else key
-        key = ", ".join(keys)
-        cols = ", ".join(columns)
-        updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys)
+        names = tuple(columns)
+        parts = _UPSERT_PARTS.get((names, key))
+        if parts is None:
+            keys = (key,) if isinstance(key, str) else key
+            parts = _UPSERT_PARTS[(names, key)] = (
+                ", ".join(keys), ", ".join(columns),
+                ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys))
+        key, cols, updates = parts
         if self.dialect == "postgres" and self.bulk and len(rows) >= self.COPY_ROWS:
             from psycopg import sql as pg
 
@@ -254,9 +274,13 @@ class RowWriter:
                 pg.Identifier(table), stage))
             self.curs.execute(pg.SQL("TRUNCATE {0}").format(stage))
             return
-        marks = ", ".join("?" for _ in columns)
-        self.curs.executemany(self.sql(f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
-                                       f"ON CONFLICT ({key}) DO UPDATE SET {updates}"), rows)
+        statement = _UPSERTS.get((table, cols, key))
+        if statement is None:
+            marks = ", ".join("?" for _ in columns)
+            statement = _UPSERTS[(table, cols, key)] = (
+                f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
+                f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
+        self.curs.executemany(self.sql(statement), rows)
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:

@@ -120,8 +120,10 @@ class HostAgent:
         self._found: tuple[str, dict[str, Any]] | None = None
         #: the task state the action is in, with the steps gathered
         self._task: str | None = None
-        #: the server as :meth:`reconcile` loaded it, until the first commit starts from
-        #: it (not read again); later commits read it
+        #: the server as :meth:`reconcile` loaded it, then as the last commit saved it:
+        #: the next commit starts from it instead of reading it again (if it is stale,
+        #: another writer having recorded meanwhile, that commit loses on the version
+        #: and reads it afresh)
         self._loaded: Server | None = None
         #: whether the outcome of the action being reconciled is folded into the read
         #: models in its own transaction, also within a pass that defers its commands'
@@ -332,9 +334,15 @@ class HostAgent:
         folded_now = self.updater.deferred(False) if outcome and self._fold_outcome else (
             contextlib.nullcontext())
         with folded_now:
-            recorded = self.outcomes.record(server_id, request_id, apply, loaded=loaded)
+            recorded = self.outcomes.record(server_id, request_id, apply, loaded=loaded,
+                                            saved=self._keep)
         if not recorded.accepted:
             raise _Superseded
+
+    def _keep(self, server: Server) -> None:
+        """The server as a commit of the action saved it: the next commit's start."""
+        if self._action is not None:
+            self._loaded = server
 
     def _resolve_doubt(self, server: Server) -> None:
         """A call written ahead and not recorded (the agent died in between): if the

@@ -22,7 +22,8 @@ class OutcomeCommands:
     # --- the host agent ---------------------------------------------------------------
     def record(self, server_id: str | uuid.UUID, request_id: str,
                step: Callable[[Server, Context, datetime], None], *,
-               loaded: Server | None = None) -> CommandResult:
+               loaded: Server | None = None,
+               saved: Callable[[Server], None] | None = None) -> CommandResult:
         """Apply one agent step to the action ``request_id``; a no-op when it is stale.
 
         A step may record several events (the agent gathers the task states, the calls
@@ -34,16 +35,23 @@ class OutcomeCommands:
         dropped, so an outcome is never recorded twice.
 
         ``loaded``: the server as the agent has just loaded it, unchanged (the first
-        attempt starts from a copy instead of reading it again).
+        attempt starts from a copy instead of reading it again). ``saved``: called with
+        the server as this command saved it (not when nothing was recorded), so that
+        the agent's next step can start from it in turn.
         """
         ctx = self.deps.store.agent_context(request_id)
+        decided: list[Server] = []
 
         def decide(server: Server) -> Server | None:
             if server.pending_request_id != request_id:
                 return None
             step(server, ctx, self.deps.clock.now())
+            decided.append(server)
             return server
-        return self._run(ctx, server_id, decide, primed=(loaded,) if loaded else ())
+        result = self._run(ctx, server_id, decide, primed=(loaded,) if loaded else ())
+        if saved is not None and result.accepted and decided:
+            saved(decided[-1])  # the last attempt's: the one saved
+        return result
 
     def record_drift(self, server_id: str | uuid.UUID, *, host: str, observed: int,
                      power_state: int, call: dict[str, Any] | None) -> CommandResult:
