@@ -32,15 +32,15 @@ connections of their own, six transactions per action:
 once the read models show it), folded in its transaction against caught up after: what
 read-your-writes costs a caller, per command.
 
-Counted per action, over the timed rounds only: commits (SQLite: ``COMMIT`` statements
-traced on every connection of the run, :func:`traced_sqlite`; PostgreSQL: transaction
-ids assigned, ``pg_current_xact_id()`` read before and after each round, so a read-only
-transaction is not counted there and a savepoint that writes — the fold's — takes an id
-of its own), SQL statements (SQLite only: every statement traced) and the CPU time of
-this process (user + system, ``time.process_time``: what a command costs in Python and
-in the SQLite library, which the disk's fsync hides in the wall time; the PostgreSQL
-server's work is not in it). Nova's connections are traced alike, so every figure has
-its ratio to Nova's.
+Per action: the CPU time of this process over the timed rounds (user + system,
+``time.process_time``: what a command costs in Python and in the SQLite library, which
+the disk's fsync hides in the wall time; the PostgreSQL server's work is not in it),
+and, counted in separate untimed rounds of the same work, commits (SQLite: ``COMMIT``
+statements traced on every connection of the run, :func:`traced_sqlite`; PostgreSQL:
+transaction ids assigned, ``pg_current_xact_id()`` read before and after each round, so
+a read-only transaction is not counted there and a savepoint that writes — the fold's —
+takes an id of its own) and SQL statements (SQLite only: every statement traced).
+Nova's connections are counted alike, so every figure has its ratio to Nova's.
 
 How it is timed
 ---------------
@@ -53,6 +53,15 @@ so outside load on a shared machine hits all alike, as do the lock/unlock rounds
 two paths; repetitions use fresh databases; medians are reported, each with its ratio
 (vmledger/Nova per repetition for actions/s: target >= 1.5; commits and statements:
 vmledger/Nova; lock/unlock: caught up/folded).
+
+The timed rounds are untraced on both sides: no trace callback on any connection (the
+``sqlite3`` module expands every traced statement with its parameters, the events'
+state blobs as hex, about a sixth of vmledger's instructions per action and little of
+Nova's, whose rows are smaller) and no transaction-id read between rounds (a round trip
+to the server). After the timed rounds of each repetition the three configurations run
+the same rounds again (same sizes, same hard reboots, each on a fresh database, one
+after the other, untimed), traced or probed, and those rounds give the commits and
+statements per action.
 
 Reproduce: ``python -m benchmarks --suite actions [--backend sqlite|postgres] [--quick]``.
 """
@@ -123,24 +132,31 @@ def traced_sqlite(counts: Counts) -> contextlib.AbstractContextManager[None]:
 
 
 class Meter:
-    """One job's commits and statements over its timed rounds.
+    """One job's cost over its rounds, either timed or counted, never both.
 
+    A *timed* job (``counting=False``) installs no trace callback and reads nothing
+    between its rounds: it adds up this process's CPU time over them. A *counting* job
+    (``counting=True``, never timed: :func:`count`) counts commits and statements.
     SQLite: the job's own connections are traced (:meth:`tracing` around the job's code
-    that may open one: the jobs take turns, so another job's connections are not).
+    that may open one; a counting job runs alone, so no other job's connections are).
     PostgreSQL: transaction ids are cluster-wide, read before and after each round (no
     other job runs meanwhile); statements are not counted."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, counting: bool = False) -> None:
+        self.counting = counting
         self.seen = Counts()
         self.taken = Counts()
         self.actions = 0
         #: CPU seconds of this process (user + system) over the timed rounds
         self.cpu = 0.0
-        self._probe = None if url.startswith("sqlite") else psycopg.connect(url,
-                                                                            autocommit=True)
+        self._probe = (psycopg.connect(url, autocommit=True)
+                       if counting and not url.startswith("sqlite") else None)
+        self._sqlite = url.startswith("sqlite")
 
     def tracing(self) -> contextlib.AbstractContextManager[None]:
-        return traced_sqlite(self.seen) if self._probe is None else contextlib.nullcontext()
+        if self.counting and self._sqlite:
+            return traced_sqlite(self.seen)
+        return contextlib.nullcontext()
 
     def _xact(self) -> int:
         assert self._probe is not None
@@ -150,13 +166,16 @@ class Meter:
 
     @contextlib.contextmanager
     def round(self, actions: int) -> Iterator[None]:
+        self.actions += actions
+        if not self.counting:
+            cpu = time.process_time()
+            yield
+            self.cpu += time.process_time() - cpu
+            return
         before = Counts(self.seen.statements, self.seen.commits)
         xid = self._xact() if self._probe is not None else 0
-        cpu = time.process_time()
         with self.tracing():
             yield
-        self.cpu += time.process_time() - cpu
-        self.actions += actions
         if self._probe is not None:
             # (reading the transaction id takes one itself)
             self.taken.commits += self._xact() - xid - 1
@@ -164,17 +183,25 @@ class Meter:
             self.taken.commits += self.seen.commits - before.commits
             self.taken.statements += self.seen.statements - before.statements
 
-    def per_action(self) -> tuple[float, float | None, float]:
-        """(commits, statements or None on PostgreSQL, CPU milliseconds of this process)
-        per action."""
+    def per_action(self) -> tuple[float | None, float | None, float | None]:
+        """(commits, statements, CPU milliseconds of this process) per action, each None
+        where this job did not measure it (statements: not on PostgreSQL)."""
         actions = max(self.actions, 1)
+        if not self.counting:
+            return None, None, 1000 * self.cpu / actions
         return (self.taken.commits / actions,
-                None if self._probe is not None else self.taken.statements / actions,
-                1000 * self.cpu / actions)
+                self.taken.statements / actions if self._sqlite else None, None)
 
     def close(self) -> None:
         if self._probe is not None:
             self._probe.close()
+
+
+def count(jobs: Sequence[commands.Job]) -> None:
+    """Run counting jobs to their end, one after the other, untimed."""
+    for job in jobs:
+        for _ in job:
+            pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,11 +230,11 @@ def _booted(url: str, sizes: Sizes, *, fold: bool, meter: Meter | None = None
         engine.close()
 
 
-def engine_job(url: str, sizes: Sizes, info: dict[str, Any], *, fold: bool = True
-               ) -> commands.Job:
+def engine_job(url: str, sizes: Sizes, info: dict[str, Any], *, fold: bool = True,
+               counting: bool = False) -> commands.Job:
     """vmledger's run: boot the servers, yield 0, then one round of reboots per yield.
-    Sets ``info["durability"]`` and ``info["meter"]``."""
-    meter = info["meter"] = Meter(url)
+    Sets ``info["durability"]`` and ``info["meter"]`` (counting: see :class:`Meter`)."""
+    meter = info["meter"] = Meter(url, counting=counting)
     try:
         with _booted(url, sizes, fold=fold, meter=meter) as (engine, ids):
             info["durability"] = _engine_durability(engine)
@@ -361,10 +388,11 @@ def _one(cur: Any, what: str) -> None:
         raise commands.WorkloadError(f"Nova pattern: {what} matched {cur.rowcount} rows")
 
 
-def nova_job(backend: str, url: str, sizes: Sizes, info: dict[str, Any]) -> commands.Job:
+def nova_job(backend: str, url: str, sizes: Sizes, info: dict[str, Any], *,
+             counting: bool = False) -> commands.Job:
     """Nova's six transactions per action: set up, yield 0, then one round per yield.
-    Sets ``info["durability"]`` and ``info["meter"]``."""
-    meter = info["meter"] = Meter(url)
+    Sets ``info["durability"]`` and ``info["meter"]`` (counting: see :class:`Meter`)."""
+    meter = info["meter"] = Meter(url, counting=counting)
     with meter.tracing():
         if backend == "sqlite":
             path = url.removeprefix("sqlite:///")
@@ -460,14 +488,18 @@ class Measured:
     """One job's run: its timing and, for the action jobs, its cost per action."""
 
     run: commands.Run
+    #: per action, counted in the untimed rounds of the same work
     commits: float | None = None
     statements: float | None = None
-    #: CPU milliseconds of this process per action (the database server's not counted)
+    #: CPU milliseconds of this process per action over the timed rounds (the database
+    #: server's not counted)
     cpu_ms: float | None = None
 
     @classmethod
-    def of(cls, run: commands.Run, info: dict[str, Any]) -> Measured:
-        commits, statements, cpu_ms = info["meter"].per_action()
+    def of(cls, run: commands.Run, timed: dict[str, Any], counted: dict[str, Any]
+           ) -> Measured:
+        _, _, cpu_ms = timed["meter"].per_action()
+        commits, statements, _ = counted["meter"].per_action()
         return cls(run, commits, statements, cpu_ms)
 
 
@@ -506,7 +538,15 @@ def bench(backend: str, database: Callable[[], contextlib.AbstractContextManager
             runs = commands.interleave(
                 [engine_job(a, sizes, infos[0]), nova_job(backend, b, sizes, infos[1]),
                  engine_job(c, sizes, infos[2], fold=False)], seed=rep)
-        engine, nova, unfolded = (Measured.of(r, i) for r, i in zip(runs, infos, strict=True))
+        # the same work again on fresh databases, untimed and counted (the trace callback
+        # and the transaction-id reads would otherwise weigh on the timed rounds)
+        counted: list[dict[str, Any]] = [{}, {}, {}]
+        with database() as a, database() as b, database() as c:
+            count([engine_job(a, sizes, counted[0], counting=True),
+                   nova_job(backend, b, sizes, counted[1], counting=True),
+                   engine_job(c, sizes, counted[2], fold=False, counting=True)])
+        engine, nova, unfolded = (Measured.of(r, t, n) for r, t, n
+                                  in zip(runs, infos, counted, strict=True))
         report.engine.append(engine)
         report.nova.append(nova)
         report.unfolded.append(unfolded)
@@ -570,8 +610,10 @@ def format_report(reports: Sequence[BackendReport], skipped: dict[str, str]) -> 
         w("")
         w("Cost per action, with its ratio to Nova's (commits: SQLite COMMIT statements,")
         w("PostgreSQL transaction ids assigned, the fold's savepoint taking one too;")
-        w("statements: SQLite only; CPU: this process's user + system time, so without")
-        w("the PostgreSQL server's, and with the simulator's calls on both sides):")
+        w("statements: SQLite only; both counted in untimed rounds of the same work after")
+        w("the timed ones, SQLite's connections traced; CPU: this process's user + system")
+        w("time over the timed rounds, untraced on both sides, so without the PostgreSQL")
+        w("server's, and with the simulator's calls on both sides):")
         w(f"{'backend':<9} {'vmledger':<34} {'commits/action':>14} {'Nova':>6} "
           f"{'statements/action':>17} {'Nova':>6} {'CPU ms/action':>14} {'Nova':>6}")
         for rep in reports:
