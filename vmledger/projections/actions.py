@@ -209,7 +209,8 @@ class ActionsBatch:
         requested, failed = Server.Requested, Server.ActionFailed
         hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
         # (lookups by subscript: cheaper than ``get`` where a key is nearly always
-        # there)
+        # there; an event's fields are in its instance's dict: a step without a host,
+        # read by ``getattr``, raised and formatted an AttributeError each time)
         for sid, event in pairs:
             try:
                 kind = kinds[type(event)]
@@ -237,13 +238,13 @@ class ActionsBatch:
                 for agent in doc["events"]:
                     if agent["event"] == name and agent["finish_time"] is None:
                         if not agent["host"]:
-                            agent["host"] = ((kind == _STEP and getattr(event, "host", None))
+                            agent["host"] = ((kind == _STEP and event.__dict__.get("host"))
                                              or hosts.get(sid))
                         break
                 else:
                     agent = {"event": name, "start_time": at, "finish_time": None,
                              "result": None, "traceback": None,
-                             "host": ((kind == _STEP and getattr(event, "host", None))
+                             "host": ((kind == _STEP and event.__dict__.get("host"))
                                       or hosts.get(sid)),
                              "details": None}
                     doc["events"].append(agent)
