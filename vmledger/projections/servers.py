@@ -407,9 +407,7 @@ class ServersView(ServerQueries):
               bulk: bool) -> int:
         name = self.layout.name
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
-        # a rebuild's first transaction writes into the tables it has just emptied
-        writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk,
-                           fresh=empty and bulk and _BULK.get())
+        writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk)
         batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
         # read models that follow the folded server documents (not only the events)
         followers = tuple((batch.server_folded, getattr(batch, "unchanged_by", ()))

@@ -220,17 +220,13 @@ class RowWriter:
     COPY_ROWS = 200
 
     def __init__(self, curs: Any, sql: Callable[[str], str], dialect: str, *,
-                 bulk: bool = True, fresh: bool = False) -> None:
+                 bulk: bool = True) -> None:
         self.curs = curs
         self.sql = sql
         self.dialect = dialect
         #: whether COPY may be used (not in a command's pipelined transaction: psycopg's
         #: pipeline mode has no COPY)
         self.bulk = bulk
-        #: whether the tables were emptied before this transaction (a rebuild's first)
-        #: and each is written once in it: no row can conflict, so PostgreSQL's COPY
-        #: goes straight into the table (no staging table, no upsert from it)
-        self.fresh = fresh
 
     def upsert(self, table: str, columns: Sequence[str], key: str | tuple[str, ...],
                rows: Sequence[Sequence[Any]]) -> None:
@@ -246,13 +242,6 @@ class RowWriter:
             from psycopg import sql as pg
 
             table = self.sql(table)  # the table of the layout written (a bare name)
-            # (rows repeating a key go the staged way, which refuses them as before)
-            if self.fresh and _unique(rows, [list(columns).index(k) for k in keys]):
-                with self.curs.copy(pg.SQL("COPY {0} ({1}) FROM STDIN").format(
-                        pg.Identifier(table), pg.SQL(cols))) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                return
 
             stage = pg.Identifier(f"{table}_stage")
             self.curs.execute(pg.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {0} "
@@ -271,14 +260,6 @@ class RowWriter:
         marks = ", ".join("?" for _ in columns)
         self.curs.executemany(self.sql(f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
                                        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"), rows)
-
-
-def _unique(rows: Sequence[Sequence[Any]], key: list[int]) -> bool:
-    """Whether no two of ``rows`` have the same values at the ``key`` positions."""
-    if len(key) == 1:
-        first = key[0]
-        return len({row[first] for row in rows}) == len(rows)
-    return len({tuple(row[i] for i in key) for row in rows}) == len(rows)
 
 
 def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
