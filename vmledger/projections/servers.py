@@ -416,8 +416,6 @@ class ServersView(ServerQueries):
                          if hasattr(batch, "server_changed"))
         preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
         # read models that take the server events with their ids' text (``fold_servers``)
-        keyed = frozenset(index for index, batch in enumerate(batches)
-                          if hasattr(batch, "fold_servers"))
         pairs_to = tuple(batch.fold_servers for batch in batches
                          if hasattr(batch, "fold_servers"))
         docs: dict[str, dict[str, Any] | None] = {}
@@ -437,7 +435,9 @@ class ServersView(ServerQueries):
                 try:  # (a subscript: cheaper than ``get`` for a key nearly always there)
                     route = routes[cls]
                 except KeyError:
-                    server, takers = known.get(cls) or self._route(cls, keyed)
+                    server, takers = known.get(cls) or self._route(cls, frozenset(
+                        index for index, batch in enumerate(batches)
+                        if hasattr(batch, "fold_servers")))
                     route = routes[cls] = (server, takers, tuple(
                         follow for follow, unchanged in followers
                         if not issubclass(cls, unchanged)))
