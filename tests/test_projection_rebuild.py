@@ -7,6 +7,7 @@ interleaved.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,36 @@ def test_a_rebuild_in_several_transactions_equals_one(seeded_engine: Engine) -> 
                                batch_events=100)
     small.rebuild()
     assert snapshot(seeded_engine) == whole
+
+
+def test_times_of_another_zone_keep_their_text_in_a_rebuild(url: str) -> None:
+    # the instance actions keep each event's time as it was recorded (a clock two hours
+    # east of UTC here), whether the command's own transaction folded it, a catch-up in
+    # small pages, or a rebuild (which formats the times only when it writes the rows)
+    ids = Ids(seed=5)
+    zone = timezone(timedelta(hours=2))
+    clock = StepClock(start=datetime(2026, 3, 1, 23, 59, 59, tzinfo=zone),
+                      step=timedelta(microseconds=250_000))
+    with Engine(url, clock=clock, id_factory=ids.uuid,
+                request_id_factory=ids.request_id) as engine:
+        populate(engine.service, 6, group=3)
+
+        def texts() -> list[tuple[Any, ...]]:
+            rows = engine.view.query(f"SELECT start_time, updated_at, doc FROM {ACTIONS}"
+                                     " ORDER BY server_id, request_id")
+            return [(r["start_time"], r["updated_at"], r["doc"]) for r in rows]
+
+        folded = texts()
+        first = loads(folded[0][2])
+        assert first["start_time"].utcoffset() == timedelta(hours=2)
+        assert folded[0][0] == first["start_time"].astimezone(UTC).isoformat()[:26]
+        assert '+02:00"' in folded[0][2] and "+00:00" not in folded[0][2]
+        assert engine.updater.rebuild() > 0
+        assert texts() == folded
+        engine.view.clear()
+        assert runner.ViewUpdater(engine.service, engine.view, page_size=7,
+                                  batch_events=7).catch_up() > 0
+        assert texts() == folded
 
 
 def test_the_decoder_makes_the_events_the_mapper_makes(seeded_engine: Engine) -> None:

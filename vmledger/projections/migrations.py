@@ -146,17 +146,18 @@ class MigrationsBatch:
     def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
         """``event`` was folded into the server's document ``doc``."""
         status = doc.get("migration_status")
+        latest = self.latest
         if status is None:  # no migration (the common case: no lookup)
             if doc.get("vm_state") != lc.DELETED:
                 return
-            current = self._latest(server_id)
+            current = latest[server_id] if server_id in latest else self._latest(server_id)
             if current is None or current["status"] in st.MIGRATION_SETTLED:
                 return
             # deleting a server confirms the resize waiting for it; one mid-resize fails
             status = "confirmed" if current["status"] == "finished" else "error"
         else:
             status = st.migration_status_of(status, doc.get("task_state"))
-            current = self._latest(server_id)
+            current = latest[server_id] if server_id in latest else self._latest(server_id)
             if status not in _BEGIN_STATUSES and (current is None
                                                   or current["status"] == status):
                 return  # nothing begins, nothing changes

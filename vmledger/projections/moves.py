@@ -74,7 +74,9 @@ class MovingBatch:
         """Nothing: rows follow the folded server documents."""
 
     def server_folded(self, server_id: str, doc: dict[str, Any], event: Any) -> None:
-        if (getattr(event, "action", None) in _MOVE_RELATED
+        # (an event's fields are in its instance's dict: ``getattr`` raised and
+        # formatted an AttributeError for every event without an action)
+        if (event.__dict__.get("action") in _MOVE_RELATED
                 or isinstance(event, Server.StateReset)):
             self.docs[server_id] = doc
 

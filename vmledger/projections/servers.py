@@ -127,11 +127,15 @@ class ExtensionBatch(Protocol):
     # ``server_changed(server_id, doc)``, called once per server the transaction
     # changes, before its first event is folded: ``doc`` is the document the fold keeps
     # changing in place, final when ``write`` is called (for read models that only need
-    # each changed server's last document: cheaper than a call per event); and
+    # each changed server's last document: cheaper than a call per event);
     # ``preload(server_ids)``, called once per page with the servers first seen in the
-    # transaction (when the view is not empty), to load their rows in bulk
+    # transaction (when the view is not empty), to load their rows in bulk; and
+    # ``fold_servers(pairs)``, called instead of ``fold`` with a page's server events,
+    # as (server id text, event) pairs in order (the id's text made once, by the view)
 
 
+#: a read model's ``server_folded`` (see :class:`ExtensionBatch`)
+Follow = Callable[[str, dict[str, Any], Any], None]
 #: a page of the log as read: its rows and the position of its last row
 RawPage = tuple[Sequence[Any], int]
 #: decodes a page's rows into the domain events the view wants
@@ -431,11 +435,12 @@ class ServersView(ServerQueries):
         # read models that follow the folded server documents (not only the events)
         followers = tuple((batch.server_folded, getattr(batch, "unchanged_by", ()))
                           for batch in batches if hasattr(batch, "server_folded"))
-        # per event class: the followers it is passed to
-        following: dict[type, tuple[Callable[[str, dict[str, Any], Any], None], ...]] = {}
         changing = tuple(batch.server_changed for batch in batches
                          if hasattr(batch, "server_changed"))
         preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
+        # read models that take the server events with their ids' text (``fold_servers``)
+        pairs_to = tuple(batch.fold_servers for batch in batches
+                         if hasattr(batch, "fold_servers"))
         docs: dict[str, dict[str, Any] | None] = {}
         # each server's document is folded in place: the same result as ``fold`` (a
         # fresh namespace per event) without copying the document for every event
@@ -444,23 +449,33 @@ class ServersView(ServerQueries):
         # columns that changed alone (see :meth:`_write_rows`)
         stored: dict[str, Any] | None = (
             {} if not empty and self.dialect == "sqlite" else None)
-        routes = self._routes()
+        # per event class: whether it is a server's, the read models its share goes to,
+        # and the followers it is passed to (this fold's)
+        routes: dict[type, tuple[bool, tuple[int, ...], tuple[Follow, ...]]] = {}
+        known = self._routes()
         for rows, _ in pages:
             events = decode(rows)
             folded: list[tuple[str, Any]] = []
             shares: list[list[Any]] = [[] for _ in batches]
             for event in events:
                 cls = type(event)
-                route = routes.get(cls)
-                if route is None:
-                    route = self._route(cls)
+                try:  # (a subscript: cheaper than ``get`` for a key nearly always there)
+                    route = routes[cls]
+                except KeyError:
+                    server, takers = known.get(cls) or self._route(cls, frozenset(
+                        index for index, batch in enumerate(batches)
+                        if hasattr(batch, "fold_servers")))
+                    route = routes[cls] = (server, takers, tuple(
+                        follow for follow, unchanged in followers
+                        if not issubclass(cls, unchanged)))
                 for index in route[1]:
                     shares[index].append(event)
                 if route[0]:
                     oid = event.originator_id
                     ikey = oid.int if type(oid) is UUID else oid  # see ActionsBatch
-                    key = names.get(ikey)
-                    if key is None:
+                    try:
+                        key = names[ikey]
+                    except KeyError:
                         key = names[ikey] = str(oid)
                     folded.append((key, event))
             if not empty:  # an empty view has no rows to load: ``docs`` stays empty
@@ -483,24 +498,23 @@ class ServersView(ServerQueries):
                     if current is not None and current["version"] >= version:
                         continue  # already folded (a rebuild overlapping a live update)
                     target = targets[key] = SimpleNamespace(**(current or {}))
+                    result = target.__dict__
+                    if "created_at" not in result:  # its first event
+                        result["created_at"] = event.timestamp
                     for change in changing:
-                        change(key, target.__dict__)
+                        change(key, result)
                 elif target.version >= version:
                     continue
                 event.apply(target)
                 result = target.__dict__
                 result["id"] = key
                 result["version"] = version
-                if "created_at" not in result:
-                    result["created_at"] = event.timestamp
                 result["updated_at"] = event.timestamp
-                follows = following.get(type(event))
-                if follows is None:
-                    follows = following[type(event)] = tuple(
-                        follow for follow, unchanged in followers
-                        if not issubclass(type(event), unchanged))
-                for follow in follows:
+                for follow in routes[type(event)][2]:
                     follow(key, result, event)
+            if folded:
+                for fold_servers in pairs_to:
+                    fold_servers(folded)
             for batch, share in zip(batches, shares, strict=True):
                 if share:
                     batch.fold(share)
@@ -555,13 +569,19 @@ class ServersView(ServerQueries):
             routes = self.__dict__["_event_routes"] = {}
         return routes
 
-    def _route(self, cls: type) -> tuple[bool, tuple[int, ...]]:
+    def _route(self, cls: type, keyed: frozenset[int] = frozenset()
+               ) -> tuple[bool, tuple[int, ...]]:
+        # (``keyed``: the read models given the server events by ``fold_servers``, with
+        # their ids, rather than in their share; the same for every fold of a view)
+        server = issubclass(cls, Server.Event)
         takers = []
         for index, extension in enumerate(self.extensions):
+            if server and index in keyed:
+                continue
             declared = getattr(extension, "event_types", None)
             if declared is None or issubclass(cls, tuple(declared)):
                 takers.append(index)
-        route = (issubclass(cls, Server.Event), tuple(takers))
+        route = (server, tuple(takers))
         self._routes()[cls] = route
         return route
 

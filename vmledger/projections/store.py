@@ -189,6 +189,9 @@ def time_text(value: datetime | None) -> str | None:
     comparison is time comparison on both backends."""
     if value is None:
         return None
+    if value.tzinfo is UTC and value.year >= 1000:  # every recorded time: no conversion
+        text = isoformat(value)
+        return text[:26] if value.microsecond else text[:19] + ".000000"
     utc = value.astimezone(UTC)
     if utc.year >= 1000:  # isoformat is strftime("%Y-%m-%dT%H:%M:%S.%f") + "+00:00", faster
         return utc.isoformat(timespec="microseconds")[:26]
