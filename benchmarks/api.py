@@ -154,13 +154,14 @@ def _with_guests(url: str) -> Engine:
 
 def serve(url: str, port: int) -> None:
     """The child process: the engine in the background, the app under uvicorn."""
-    import uvicorn
+    from vmledger.cli_http import http_server
 
     engine = _with_guests(url)
     try:
         engine.run_in_background(0.01)
-        uvicorn.run(dispatcher(engine, url), host="127.0.0.1", port=port,
-                    log_level="warning", log_config=None, access_log=False, lifespan="off")
+        # the server ``vmledger serve`` runs (uvicorn on uvloop and httptools)
+        http_server(dispatcher(engine, url), host="127.0.0.1", port=port,
+                    log_level="warning", lifespan="off").run()
     finally:
         engine.close()
 
