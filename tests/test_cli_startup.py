@@ -340,14 +340,14 @@ def serve_once(tmp_path: Path, env: dict[str, str] | None = None) -> list[dict[s
 
 
 def serving_on(records: list[dict[str, Any]]) -> str:
-    [line] = [r["message"] for r in records if r["message"].startswith("serving on ")]
+    [line] = [r["message"] for r in records if r["message"].startswith("HTTP server: ")]
     return line
 
 
 def test_serve_runs_on_uvloop_and_httptools(tmp_path: Path) -> None:
     records = serve_once(tmp_path)
     line = serving_on(records)
-    assert "event loop uvloop." in line and "HTTP protocol uvicorn.protocols.http." \
+    assert "event loop uvloop." in line and "protocol uvicorn.protocols.http." \
         "httptools_impl.HttpToolsProtocol" in line, line
     assert [r["message"] for r in records if r["level"] in ("warning", "error")] == [
         "Invalid HTTP request received."], records  # the malformed one only

@@ -81,7 +81,7 @@ class NamingServer(uvicorn.Server):
         # uvicorn's protocol the connections' class is (or derives from)
         protocol = next(kind for kind in self.config.http_protocol_class.__mro__
                         if kind.__module__.startswith("uvicorn."))
-        log.info("serving on the event loop %s.%s, HTTP protocol %s.%s", loop.__module__,
+        log.info("HTTP server: event loop %s.%s, protocol %s.%s", loop.__module__,
                  loop.__qualname__, protocol.__module__, protocol.__qualname__)
 
 
