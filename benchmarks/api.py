@@ -3,10 +3,10 @@
 What is measured
 ----------------
 The app (``create_app(engine)``, noauth) is served by uvicorn on 127.0.0.1 in a child
-process, as ``vmledger serve`` runs it, with the host agent and the view follower in
-the background (``engine.run_in_background(0.01)``) and the simulator without latency,
-on a SQLite database holding ~500 ACTIVE servers. The client (httpx) runs in this
-process.
+process, as ``vmledger serve`` runs it (uvloop's event loop, httptools' parser), with the
+host agent and the view follower in the background (``engine.run_in_background(0.01)``)
+and the simulator without latency, on a SQLite database holding ~500 ACTIVE servers.
+The client (httpx) runs in this process.
 
 *Round trip*: POST a server action (pause and unpause, alternating) and poll
 ``GET /v2.1/servers/{id}`` every few milliseconds until the action is done (the status
@@ -154,15 +154,26 @@ def _with_guests(url: str) -> Engine:
 
 def serve(url: str, port: int) -> None:
     """The child process: the engine in the background, the app under uvicorn."""
-    import uvicorn
+    from vmledger.cli_http import http_server
 
     engine = _with_guests(url)
     try:
         engine.run_in_background(0.01)
-        uvicorn.run(dispatcher(engine, url), host="127.0.0.1", port=port,
-                    log_level="warning", log_config=None, access_log=False, lifespan="off")
+        # the server ``vmledger serve`` runs (uvicorn on uvloop and httptools)
+        http_server(dispatcher(engine, url), host="127.0.0.1", port=port,
+                    log_level="warning", lifespan="off").run()
     finally:
         engine.close()
+
+
+def server_stack() -> str:
+    """The HTTP parser and event loop the child serves on (``vmledger serve``'s choice:
+    httptools and uvloop, h11 and asyncio where those cannot be imported)."""
+    import importlib.util
+
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{parser}, {loop}"
 
 
 def _free_port() -> int:
@@ -696,8 +707,8 @@ def format_report(r: ApiReport) -> str:
     w = out.append
     stall = ", ".join(f"{k} {v:.0f} %" for k, v in r.contention.items()) or "unknown"
     w("")
-    w("Compute API over HTTP: uvicorn (h11, asyncio) on 127.0.0.1 in a child process, agent "
-      "and view follower")
+    w(f"Compute API over HTTP: uvicorn ({server_stack()}) on 127.0.0.1 in a child process, "
+      "agent and view follower")
     w(f"in the background (run_in_background(0.01)), simulator without latency, SQLite, "
       f"{r.servers} ACTIVE servers")
     w(f"({r.events:,} events). Client: httpx in this process. {r.seconds:.0f} s; stalls "

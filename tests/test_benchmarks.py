@@ -152,6 +152,7 @@ def test_api_benchmark_runs() -> None:
     assert found, report
     assert 3.0 <= float(found[1]) < 3.5 and float(found[2]) < 0.5, found[0]
     assert "floor of a round trip" in report
+    assert "uvicorn (httptools, uvloop)" in report  # the server vmledger serve runs
 
 
 def test_audit_benchmark_runs() -> None:

@@ -310,6 +310,66 @@ def test_serve_json_logs_are_plain_and_under_vmledger(tmp_path: Path) -> None:
     assert access["client"].startswith("127.0.0.1:")
 
 
+def serve_once(tmp_path: Path, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Start ``vmledger serve --log-format json``, answer one request (a malformed one
+    too), stop it: its log records."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vmledger.cli", "serve", "--port", str(port),
+         "--log-format", "json", "--db", f"sqlite:///{tmp_path / 'v.db'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2.1/servers",
+                                            timeout=2) as response:
+                    assert response.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "serve did not answer"
+                time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"GET /v2.1 HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 400 ")  # the parser's, not a 500
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _out, err = process.communicate(timeout=20)
+    return json_lines(err)
+
+
+def serving_on(records: list[dict[str, Any]]) -> str:
+    [line] = [r["message"] for r in records if r["message"].startswith("HTTP server: ")]
+    return line
+
+
+def test_serve_runs_on_uvloop_and_httptools(tmp_path: Path) -> None:
+    records = serve_once(tmp_path)
+    line = serving_on(records)
+    assert "event loop uvloop." in line and "protocol uvicorn.protocols.http." \
+        "httptools_impl.HttpToolsProtocol" in line, line
+    assert [r["message"] for r in records if r["level"] in ("warning", "error")] == [
+        "Invalid HTTP request received."], records  # the malformed one only
+
+
+def test_serve_falls_back_to_asyncio_and_h11_without_them(tmp_path: Path) -> None:
+    """On a platform where uvloop and httptools cannot be imported it still serves, on
+    asyncio's loop and h11, and says why."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(  # read at start-up, before any import
+        "import sys\nsys.modules['uvloop'] = sys.modules['httptools'] = None\n")
+    path = os.pathsep.join([str(hide), *filter(None, [os.environ.get("PYTHONPATH")])])
+    records = serve_once(tmp_path, {"PYTHONPATH": path})
+    line = serving_on(records)
+    assert "event loop asyncio." in line and "h11_impl.H11Protocol" in line, line
+    warned = [r["message"] for r in records if r["level"] == "warning"]
+    assert len(warned) == 3 and "uvloop cannot be imported" in warned[0] \
+        and "httptools cannot be imported" in warned[1], warned
+    assert warned[2] == "Invalid HTTP request received."  # h11 refuses it alike
+
+
 def test_the_agent_takes_log_options_and_logs_each_pass_that_did_work(
         tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"

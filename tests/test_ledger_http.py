@@ -11,7 +11,6 @@ depend on ``vmledger/api/app.py`` mounting them.
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import threading
 import time
@@ -24,9 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
+from tests.support.server import served
 from vmledger import Engine, FakeClock, Simulator
 from vmledger.api import create_app
 from vmledger.api.auth import AuthSettings, noauth, token_authenticator
@@ -63,33 +62,6 @@ def ledger_app(engine: Engine, auth: str = "token") -> Starlette:
         engine, token_authenticator(settings.registry()), poll_interval=POLL,
         heartbeat=HEARTBEAT))
     return app
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def served(app: Starlette) -> Iterator[str]:
-    """``app`` served by uvicorn on 127.0.0.1 (a free port) in a thread: its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
-                            timeout_graceful_shutdown=2, lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 # --- a lived-in log --------------------------------------------------------------------

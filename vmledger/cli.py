@@ -176,11 +176,9 @@ def listen(address: str, port: int) -> socket.socket:
 
 def run_http(app: Any, sock: socket.socket, *, host: str, port: int, log_level: str) -> None:
     """Serve ``app`` on the socket bound already, until SIGINT or SIGTERM."""
-    import uvicorn
+    from vmledger.cli_http import http_server  # here: other commands serve nothing
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            log_config=None, access_log=False)  # our handlers, our access log
-    uvicorn.Server(config).run(sockets=[sock])
+    http_server(app, host=host, port=port, log_level=log_level).run(sockets=[sock])
 
 
 def serve(args: argparse.Namespace, auth: AuthSettings | str = "noauth") -> int:

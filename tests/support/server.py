@@ -14,6 +14,9 @@ Fixtures (import them into a test module to use them):
 - ``vmledger_keystone_server``: ``--auth keystone`` with the user ``admin`` /
   :data:`KEYSTONE_PASSWORD` in project ``admin``, module scope.
 
+:func:`served` serves an app of the test's own in a thread, on the HTTP server
+``vmledger serve`` runs (:func:`vmledger.cli_http.http_server`).
+
 :func:`clients_marks` gives ``[pytest.mark.clients]`` once that marker is registered in
 ``pyproject.toml`` (``--strict-markers`` refuses unknown marks), else nothing.
 """
@@ -26,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,9 +37,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from vmledger.cli_http import http_server
 from vmledger.domain.catalog import image_id_for
 
 #: images of the default catalog
@@ -94,6 +100,26 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextmanager
+def served(app: Any, **options: Any) -> Iterator[str]:
+    """``app`` served as ``vmledger serve`` serves it (uvicorn on uvloop and httptools,
+    or on what ``options`` say) on 127.0.0.1 (a free port) in a thread: its base URL."""
+    server = http_server(app, host="127.0.0.1", port=free_port(), log_level="warning",
+                         **{"timeout_graceful_shutdown": 2, "lifespan": "off", **options})
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 def _ready(url: str) -> bool:

@@ -137,6 +137,8 @@ def _log_access(scope: Scope, state: dict[str, Any], *, status: int, sent: int,
     """One access line per call, once its body is sent: who (user, project, client
     address), what (method, path, microversion) and how it went (status, bytes sent,
     duration)."""
+    if not access.isEnabledFor(logging.INFO):  # nothing to build for a quieter level
+        return
     client = scope.get("client")
     address = f"{client[0]}:{client[1]}" if client else None
     duration = round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,87 @@
+"""Starlette's router, trying only the routes a request's path can match.
+
+Starlette tries every route in order until one matches: about 0.5 µs a route, and the
+API has over 200 (each Compute route twice, with and without a project id, then the
+Keystone, Glance, Neutron and ledger shims), so a route near the end of the table cost
+0.1 to 0.17 ms before its handler ran. :class:`IndexedRouter` files each route under the
+path segments its path starts with literally (``/v2.1/servers/{server_id}/action`` under
+``v2.1/servers``) and tries, in the table's order, only the routes filed under the
+segments a request's path starts with: the first of them that matches in full is the
+first in the whole table. When none does (a wrong method, a missing slash, an unknown
+path) Starlette's own scan of the whole table decides, so 405s, redirects and 404s are
+exactly Starlette's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette._utils import get_route_path
+from starlette.routing import BaseRoute, Match, Route, Router
+from starlette.types import Receive, Scope, Send
+
+
+@dataclass
+class _Node:
+    """The routes whose literal path segments end here, and deeper segments."""
+
+    routes: list[int] = field(default_factory=list)
+    children: dict[str, _Node] = field(default_factory=dict)
+    tried: tuple[BaseRoute, ...] = ()  # this node's and its ancestors', in table order
+
+
+def literal_segments(route: BaseRoute) -> tuple[str, ...]:
+    """The whole path segments ``route``'s path starts with before any parameter (none
+    for anything but a plain :class:`Route`: it is tried for every path)."""
+    path = getattr(route, "path", None)
+    if type(route) is not Route or not isinstance(path, str):
+        return ()
+    literal, parameter, _rest = path.partition("{")
+    segments = literal.split("/")[1:]
+    if parameter:  # the last segment is cut by the parameter: not a whole one
+        segments = segments[:-1]
+    return tuple(segments)
+
+
+class IndexedRouter(Router):
+    """A :class:`Router` that tries only the routes a path can match (see the module)."""
+
+    _indexed: list[BaseRoute] | None = None
+    _root: _Node
+
+    def _index(self) -> _Node:
+        if self._indexed != self.routes:  # built again when the table changes
+            root = _Node()
+            for position, route in enumerate(self.routes):
+                node = root
+                for segment in literal_segments(route):
+                    node = node.children.setdefault(segment, _Node())
+                node.routes.append(position)
+            _fill(root, [], self.routes)
+            self._root, self._indexed = root, list(self.routes)
+        return self._root
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            node = self._index()
+            for segment in get_route_path(scope).split("/")[1:]:
+                child = node.children.get(segment)
+                if child is None:
+                    break
+                node = child
+            for route in node.tried:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:  # as Starlette hands a full match over
+                    scope.setdefault("router", self)
+                    scope["route"] = route
+                    scope.update(child_scope)
+                    await route.handle(scope, receive, send)
+                    return
+        await super().app(scope, receive, send)
+
+
+def _fill(node: _Node, above: list[int], routes: list[BaseRoute]) -> None:
+    positions = sorted(above + node.routes)
+    node.tried = tuple(routes[k] for k in positions)
+    for child in node.children.values():
+        _fill(child, positions, routes)
