@@ -473,6 +473,36 @@ def test_verify_refuses_an_unaudited_recorder() -> None:
         verify(app)
 
 
+def test_topics_named_before_the_recorders_moved_still_select_them(tmp_path: Path) -> None:
+    """Operators may have written ``vmledger.audit.recorders:...`` (the recorders' home
+    before each backend got its own module) into ``APPLICATION_RECORDER_TOPIC``."""
+    from eventsourcing.utils import resolve_topic
+
+    from vmledger.audit.postgres_recorder import AuditedPostgresApplicationRecorder
+    from vmledger.audit.sqlite_recorder import AuditedSQLiteApplicationRecorder
+    from vmledger.domain.commands import Commands
+    from vmledger.domain.service import ServerService
+    from vmledger.persistence import environment
+
+    old_sqlite = "vmledger.audit.recorders:AuditedSQLiteApplicationRecorder"
+    old_postgres = "vmledger.audit.recorders:AuditedPostgresApplicationRecorder"
+    assert resolve_topic(old_sqlite) is AuditedSQLiteApplicationRecorder
+    assert resolve_topic(old_postgres) is AuditedPostgresApplicationRecorder
+    url = f"sqlite:///{tmp_path / 'old-topic.db'}"
+    assert resolve_topic(environment(url)["APPLICATION_RECORDER_TOPIC"]) is (
+        AuditedSQLiteApplicationRecorder)
+    # an environment naming the old topic writes the chain: the log verifies
+    store = ServerService({**environment(url), "APPLICATION_RECORDER_TOPIC": old_sqlite})
+    try:
+        assert type(store.recorder) is AuditedSQLiteApplicationRecorder
+        Commands.build(store).servers.create(
+            store.context(), name="old", flavor="m1.small", image=IMAGE)
+        report = verify(store)
+        assert report.ok and report.events_checked > 0, str(report)
+    finally:
+        store.close()
+
+
 def test_key_comes_from_the_environment() -> None:
     assert AuditKey.from_environment({}).is_development
     key = AuditKey.from_environment({KEY_ENV: "abc"})

@@ -20,7 +20,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from vmledger.audit.recorders import POSTGRES_RECORDER_TOPIC, SQLITE_RECORDER_TOPIC
+from vmledger.audit.postgres_recorder import POSTGRES_RECORDER_TOPIC
+from vmledger.audit.sqlite_recorder import SQLITE_RECORDER_TOPIC
 from vmledger.projections.servers import (
     PostgresServersView,
     ServersView,

@@ -1,8 +1,9 @@
 """Tamper evidence: every stored event is chained to its predecessor by an HMAC.
 
-Two chains are written by the application recorders (:mod:`vmledger.audit.recorders`),
-**in the same database transaction as the events themselves** (so an event is never
-stored without its link, nor a link without its event):
+Two chains are written by the application recorders
+(:mod:`vmledger.audit.sqlite_recorder`, :mod:`vmledger.audit.postgres_recorder`), **in the
+same database transaction as the events themselves** (so an event is never stored without
+its link, nor a link without its event):
 
 * the **server chain** links each event of one aggregate (a server, or an idempotency
   record) to the previous version of the same aggregate;

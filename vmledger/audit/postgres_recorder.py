@@ -1,0 +1,470 @@
+"""The PostgreSQL application recorder, extended to write the tamper-evidence chain
+(:mod:`vmledger.audit.chain`) and the request index in the same transaction as the events,
+and to run the read models' fold there too (``in_transaction``). The commands of a process
+that save at the same moment share one transaction (group commit), written in two round
+trips. Selected with the library's ``APPLICATION_RECORDER_TOPIC`` (see
+:mod:`vmledger.persistence`)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    StoredEvent,
+)
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+)
+from eventsourcing.utils import get_topic, retry
+from psycopg import Connection, Cursor, Pipeline
+from psycopg.pq import TransactionStatus
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+
+from vmledger.audit.chain import (
+    CHAIN_TABLE,
+    REQUESTS_TABLE,
+    AuditKey,
+    ChainRow,
+    IndexRow,
+    InTransaction,
+    _links,
+    _utc,
+    _written,
+    oid_text,
+)
+from vmledger.projections.store import execute_uncached
+
+#: at most this many commands are written in one group (one transaction)
+GROUP_LIMIT = 64
+
+
+#: at most this many links in one statement (PostgreSQL takes up to 65,535 parameters)
+LINKS_PER_STATEMENT = 1000
+
+#: the write's transaction control, as statements queued in its pipeline
+_BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
+
+
+def _rendered(statement: object) -> bytes:
+    """A statement of the library's as the bytes psycopg sends."""
+    if isinstance(statement, bytes):
+        return statement
+    if isinstance(statement, str):
+        return statement.encode()
+    if isinstance(statement, SQL | Composed):
+        return statement.as_bytes()
+    raise TypeError(f"not a statement: {statement!r}")
+
+
+def _roll_back(conn: Connection[DictRow]) -> None:
+    """End a failed write's transaction if it is still open, so that the connection
+    goes back to the pool idle (a broken connection is discarded by the pool)."""
+    if conn.info.transaction_status in (TransactionStatus.INTRANS,
+                                        TransactionStatus.INERROR):
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+
+
+class _Pending:
+    """One command's events waiting to be written with a group, and the outcome."""
+
+    __slots__ = ("error", "events", "finished", "ids")
+
+    def __init__(self, events: Sequence[StoredEvent]) -> None:
+        self.events = events
+        self.ids: Sequence[int] = ()
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def done(self, ids: Sequence[int]) -> None:
+        self.ids, self.finished = ids, True
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.finished = error, True
+
+    def result(self) -> Sequence[int]:
+        if self.error is not None:
+            raise self.error
+        return self.ids
+
+
+class _Group:
+    """The commands of this process waiting to be written, and whether a group is being
+    written now (by one of the waiting threads)."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Condition()
+        self.queue: list[_Pending] = []
+        self.busy = False
+
+
+class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
+    """The PostgreSQL application recorder, writing the chain and the request index too.
+
+    The chain's head is read right after the ``EXCLUSIVE`` table lock is taken (in the
+    same pipeline, so without an extra round trip); the links are computed once the
+    insert has returned its notification ids, and written in the same transaction.
+    """
+
+    def __init__(self, datastore: PostgresDatastore, *,
+                 events_table_name: str = "stored_events") -> None:
+        if datastore.enable_db_functions:
+            raise ValueError("the audit chain needs the table-locking insert: do not set "
+                             "POSTGRES_ENABLE_DB_FUNCTIONS")
+        self.audit_key = AuditKey.from_environment()
+        self.in_transaction: list[InTransaction] = []
+        self._group = _Group()
+        #: called after a group's transaction committed, in the thread that wrote it
+        #: (the one that ran the ``in_transaction`` callbacks)
+        self.after_commit: list[Callable[[], None]] = []
+        super().__init__(datastore, events_table_name=events_table_name)
+        schema = Identifier(datastore.schema)
+        id_type = Identifier(datastore.originator_id_type)
+        chain, requests = Identifier(CHAIN_TABLE), Identifier(REQUESTS_TABLE)
+        fmt = {"schema": schema, "chain": chain, "requests": requests, "id_type": id_type}
+        self.sql_create_statements += [
+            SQL("CREATE TABLE IF NOT EXISTS {schema}.{chain} ("
+                "notification_id bigint PRIMARY KEY, originator_id {id_type} NOT NULL, "
+                "originator_version bigint NOT NULL, server_hash bytea NOT NULL, "
+                "global_hash bytea NOT NULL, UNIQUE (originator_id, originator_version))"
+                ).format(**fmt),
+            SQL("CREATE TABLE IF NOT EXISTS {schema}.{requests} ("
+                "notification_id bigint PRIMARY KEY, request_id text NOT NULL, "
+                "originator_id {id_type} NOT NULL, originator_version bigint NOT NULL, "
+                "event_time timestamptz NOT NULL)").format(**fmt),
+            SQL("CREATE INDEX IF NOT EXISTS {index} ON {schema}.{requests} "
+                "(request_id, notification_id)").format(
+                    index=Identifier(f"{REQUESTS_TABLE}_request_idx"), **fmt),
+            SQL("CREATE INDEX IF NOT EXISTS {index} ON {schema}.{requests} "
+                "(originator_id, event_time)").format(
+                    index=Identifier(f"{REQUESTS_TABLE}_time_idx"), **fmt),
+        ]
+        # the chain's head and each aggregate's last link: index scans, one round trip
+        self._sql_previous: Composed = SQL(
+            "(SELECT 'g' AS kind, NULL::text AS originator_id, notification_id, "
+            "global_hash AS hash FROM {schema}.{chain} ORDER BY notification_id DESC "
+            "LIMIT 1) UNION ALL (SELECT 's', o::text, c.notification_id, c.server_hash "
+            "FROM unnest(%s::{id_type}[]) AS o CROSS JOIN LATERAL (SELECT notification_id, "
+            "server_hash FROM {schema}.{chain} WHERE originator_id = o "
+            "ORDER BY originator_version DESC LIMIT 1) AS c)"
+        ).format(**fmt)
+        self._sql_insert_chain: Composed = SQL(
+            "INSERT INTO {schema}.{chain} (notification_id, originator_id, "
+            "originator_version, server_hash, global_hash) VALUES ").format(**fmt)
+        self._sql_insert_requests: Composed = SQL(
+            "INSERT INTO {schema}.{requests} (notification_id, request_id, originator_id, "
+            "originator_version, event_time) VALUES ").format(**fmt)
+        #: per (links, request rows): the statement writing them (:meth:`_links_statement`)
+        self._links_statements: dict[tuple[int, int], bytes] = {}
+        # the write's statements as bytes: psycopg renders a composed statement again
+        # on every execution
+        self._lock_bytes = [_rendered(s) for s in self.lock_table_statements]
+        self._notify_bytes = SQL("NOTIFY {0}").format(Identifier(self.channel_name)).as_bytes()
+        self._previous_bytes = self._sql_previous.as_bytes()
+        self._insert_bytes = self.insert_events_statement.as_bytes()
+        self._sql_select_chain: Composed = SQL(
+            "SELECT c.notification_id, c.originator_id::text AS originator_id, "
+            "c.originator_version, c.server_hash, c.global_hash, r.request_id, "
+            "r.originator_id::text AS r_oid, r.originator_version AS r_version, "
+            "r.event_time FROM {schema}.{chain} c LEFT JOIN {schema}.{requests} r "
+            "ON r.notification_id = c.notification_id WHERE c.notification_id > %s "
+            "ORDER BY c.notification_id LIMIT %s").format(**fmt)
+        self._sql_orphans: Composed = SQL(
+            "SELECT r.notification_id, r.request_id, r.originator_id::text AS originator_id,"
+            " r.originator_version, r.event_time FROM {schema}.{requests} r WHERE NOT EXISTS"
+            " (SELECT 1 FROM {schema}.{chain} c WHERE c.notification_id = r.notification_id)"
+            " ORDER BY r.notification_id LIMIT 1000").format(**fmt)
+        self._sql_positions: Composed = SQL(
+            "SELECT originator_version, notification_id FROM {schema}.{chain} "
+            "WHERE originator_id = %s AND originator_version BETWEEN %s AND %s").format(**fmt)
+        self._sql_request_rows: Composed = SQL(
+            "SELECT notification_id, request_id, originator_id::text AS originator_id, "
+            "originator_version, event_time FROM {schema}.{requests} WHERE request_id = %s "
+            "ORDER BY notification_id").format(**fmt)
+        self._sql_version_at: Composed = SQL(
+            "SELECT MAX(originator_version) AS v FROM {schema}.{requests} "
+            "WHERE originator_id = %s AND event_time <= %s").format(**fmt)
+        self._sql_taken: Composed = SQL(
+            "SELECT e.originator_id::text AS originator_id, e.originator_version "
+            "FROM unnest(%s::{id_type}[], %s::bigint[]) AS k (oid, version) "
+            "JOIN {schema}.{events} e ON e.originator_id = k.oid "
+            "AND e.originator_version = k.version").format(
+                events=Identifier(events_table_name), **fmt)
+        self._sql_max_chain: Composed = SQL(
+            "SELECT MAX(notification_id) AS m FROM {schema}.{chain}").format(**fmt)
+        self._sql_indexed: Composed = SQL(
+            "SELECT COUNT(*) AS n FROM {schema}.{requests} WHERE originator_id = %s"
+        ).format(**fmt)
+
+    # --- group commit ------------------------------------------------------------------
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
+                      ) -> Sequence[int] | None:
+        """The library's insert, shared by the commands of this process that save at the
+        same moment: one transaction, one table lock and one WAL flush for all of them
+        (group commit). A command arriving while a group is being written waits for it
+        and goes in the next; alone, a command is written at once, as before.
+
+        Every command of a group gets its own notification ids and the events keep the
+        library's guarantee (commit order = notification id order, under the table
+        lock), the chain is linked over the group in id order, and the read models'
+        fold (``in_transaction``) runs once over the group's rows. A group that fails
+        on a unique key (a command that lost a race) is written again command by
+        command, so only the loser gets the ``IntegrityError``."""
+        if not stored_events:
+            return None
+        if any(v is not None for v in kwargs.values()):
+            # a tracking record: an application recorder does not write it (as the
+            # library's); the events are written alone
+            return self._insert_once(stored_events)
+        request = _Pending(stored_events)
+        group = self._group
+        with group.ready:
+            group.queue.append(request)
+        while True:  # until a group (this thread's or another's) wrote the request
+            with group.ready:
+                while group.busy and not request.finished:
+                    group.ready.wait()
+                if request.finished:
+                    return request.result()
+                group.busy = True
+                batch = group.queue[:GROUP_LIMIT]
+                del group.queue[:GROUP_LIMIT]
+            try:
+                self._write_group(batch)
+            finally:
+                with group.ready:
+                    group.busy = False
+                    group.ready.notify_all()
+
+    def _write_group(self, batch: list[_Pending], *, retried: bool = False) -> None:
+        """Write ``batch`` in one transaction. When it fails on a unique key, the
+        commands that lost their race (a version already in the log, or taken by an
+        earlier command of the group) are refused and the others written again as a
+        group; should that fail too, each alone. Every waiting command is told its
+        outcome, whatever happens."""
+        events = [e for pending in batch for e in pending.events]
+        try:
+            ids = list(self._insert_once(events) or ())
+        except IntegrityError as error:
+            if len(batch) == 1:
+                batch[0].fail(error)
+                return
+            if retried:
+                for pending in batch:
+                    self._write_group([pending], retried=True)
+                return
+            taken = self._taken(events)
+            rest: list[_Pending] = []
+            for pending in batch:
+                keys = [(oid_text(e.originator_id), e.originator_version)
+                        for e in pending.events]
+                if any(key in taken for key in keys):
+                    pending.fail(IntegrityError(f"{error} (lost a race in a group)"))
+                else:
+                    taken.update(keys)
+                    rest.append(pending)
+            if rest:
+                self._write_group(rest, retried=True)
+            return
+        except BaseException as error:
+            for pending in batch:
+                pending.fail(error)
+            raise
+        for callback in self.after_commit:
+            callback()
+        start = 0
+        for pending in batch:
+            pending.done(ids[start:start + len(pending.events)])
+            start += len(pending.events)
+
+    def _taken(self, events: Sequence[StoredEvent]) -> set[tuple[str, int]]:
+        """Which of the events' (originator id, version) keys the log already has."""
+        oids = [self._db_oid(e.originator_id) for e in events]
+        versions = [e.originator_version for e in events]
+        return {(oid_text(r["originator_id"]), int(r["originator_version"]))
+                for r in self._rows(self._sql_taken, (oids, versions))}
+
+    def _insert_once(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+        """Write ``stored_events`` in one transaction, in two round trips (no retry
+        here: the group's caller retries on connection errors).
+
+        The transaction is begun and committed by statements queued in one pipeline
+        on the pool's autocommit connection (psycopg's ``transaction()`` would send its
+        ``BEGIN`` and its ``COMMIT`` each with a sync of its own, and leaving the
+        pipeline a third): ``BEGIN``, the table lock, ``NOTIFY``, the read of the
+        chain's previous links and the insert, then one sync (a unique violation is an
+        ``IntegrityError`` here, and the insert's notification ids feed the links);
+        then the links and the request index (one statement), the read models' fold
+        and ``COMMIT``, synced by leaving the pipeline. The ids are returned only once
+        the ``COMMIT`` is acknowledged; on any error the transaction is rolled back
+        and the connection goes back to the pool idle."""
+        with self.datastore.get_connection() as conn:
+            try:
+                return self._write(conn, stored_events)
+            except BaseException:
+                _roll_back(conn)
+                raise
+
+    def _write(self, conn: Connection[DictRow], stored_events: Sequence[StoredEvent]
+               ) -> list[int]:
+        failed: BaseException | None = None
+        ids: list[int] = []
+        curs = conn.cursor()
+        try:
+            with conn.pipeline() as pipeline:
+                try:
+                    ids = self._first_trip(pipeline, curs, stored_events)
+                    # the second: queued here, synced by leaving the pipeline
+                    if self.in_transaction:
+                        written = _written(stored_events, ids)
+                        for callback in self.in_transaction:
+                            callback(curs, written)
+                    execute_uncached(curs, _COMMIT)
+                except BaseException as error:
+                    failed = error
+                    # queued, so that the pipeline's closing sync ends the transaction
+                    with contextlib.suppress(psycopg.Error):
+                        execute_uncached(curs, _ROLLBACK)
+        except psycopg.Error:
+            if failed is None:
+                raise  # the commit (or a statement queued before it) failed
+            # closing the pipeline failed after the write had: report the write's error
+        if failed is not None:
+            raise failed
+        if curs.statusmessage != "COMMIT":
+            # COMMIT in a transaction left failed (by a fold whose savepoint could not
+            # be rolled back) answers ROLLBACK, without an error
+            raise OperationalError(f"the write was rolled back ({curs.statusmessage})")
+        return ids
+
+    def _first_trip(self, pipeline: Pipeline, curs: Cursor[DictRow],
+                    stored_events: Sequence[StoredEvent]) -> list[int]:
+        """BEGIN, the library's table lock and NOTIFY, the chain's previous links and
+        the insert, synced (the first round trip); then the links and the request
+        index, queued for the second. Returns the insert's notification ids."""
+        curs.execute(_BEGIN, prepare=True)
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        previous = curs.connection.cursor()
+        oids = sorted({oid_text(e.originator_id) for e in stored_events})
+        previous.execute(self._previous_bytes, ([self._db_oid(o) for o in oids],),
+                         prepare=True)
+        make = self.construct_pg_stored_event
+        curs.execute(self._insert_bytes, ([
+            make(e.originator_id, e.originator_version, e.topic, e.state)
+            for e in stored_events],), prepare=True)
+        pipeline.sync()  # a unique violation raises here
+        ids = [row["notification_id"] for row in curs.fetchall()]
+        if len(ids) != len(stored_events):
+            raise ProgrammingError(
+                f"got {len(ids)} notification ids for {len(stored_events)} events")
+        # still in the insert's transaction, holding its EXCLUSIVE lock on the events
+        head: tuple[int, bytes] | None = None
+        last: dict[str, bytes] = {}
+        for found in previous.fetchall():
+            if found["kind"] == "g":
+                head = (int(found["notification_id"]), bytes(found["hash"]))
+            else:
+                last[oid_text(found["originator_id"])] = bytes(found["hash"])
+        previous.close()
+        links = _links(self.audit_key.secret, stored_events, ids, head, last)
+        # the links and the request index: one statement, its parameters scalars
+        # (cheaper for psycopg to send than arrays, or than two executemany)
+        for start in range(0, len(links), LINKS_PER_STATEMENT):
+            params: list[Any] = []
+            indexed: list[Any] = []
+            part = links[start:start + LINKS_PER_STATEMENT]
+            for x in part:
+                oid = self._db_oid(x.originator_id)
+                params += (x.notification_id, oid, x.version, x.server_hash, x.global_hash)
+                if x.indexed is not None:
+                    indexed += (x.notification_id, x.indexed[0], oid, x.version,
+                                x.indexed[1])
+            curs.execute(self._links_statement(len(part), len(indexed) // 5),
+                         params + indexed, prepare=True)
+        return ids
+
+    def _links_statement(self, links: int, requests: int) -> bytes:
+        """The statement inserting ``links`` chain rows and ``requests`` request-index
+        rows (made once per count)."""
+        found = self._links_statements.get((links, requests))
+        if found is None:
+            row = b"(%s, %s, %s, %s, %s)"
+            found = self._sql_insert_chain.as_bytes() + b", ".join([row] * links)
+            if requests:
+                found = (b"WITH links AS (" + found + b") "
+                         + self._sql_insert_requests.as_bytes()
+                         + b", ".join([row] * requests))
+            self._links_statements[(links, requests)] = found
+        return found
+
+    def _lock_table(self, curs: Cursor[DictRow]) -> None:
+        for statement in self._lock_bytes:  # the library's, pre-rendered
+            curs.execute(statement, prepare=True)
+
+    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
+        curs.execute(self._notify_bytes, prepare=True)
+
+    def _db_oid(self, originator_id: UUID | str) -> UUID | str:
+        if self.datastore.originator_id_type == "uuid" and not isinstance(originator_id, UUID):
+            return UUID(str(originator_id))
+        return originator_id
+
+    # --- reading ---------------------------------------------------------------------
+    def _rows(self, statement: Composed, params: Sequence[Any]) -> list[DictRow]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, list(params), prepare=True)
+            return list(curs.fetchall())
+
+    def select_chain(self, gt: int, limit: int) -> list[ChainRow]:
+        return [ChainRow(
+            int(r["notification_id"]), str(r["originator_id"]), int(r["originator_version"]),
+            bytes(r["server_hash"]), bytes(r["global_hash"]), r["request_id"], r["r_oid"],
+            r["r_version"], None if r["event_time"] is None else _utc(r["event_time"]))
+            for r in self._rows(self._sql_select_chain, (gt, limit))]
+
+    @staticmethod
+    def _index_row(r: DictRow) -> IndexRow:
+        return IndexRow(int(r["notification_id"]), str(r["request_id"]),
+                        str(r["originator_id"]), int(r["originator_version"]),
+                        _utc(r["event_time"]))
+
+    def orphan_index_rows(self) -> list[IndexRow]:
+        return [self._index_row(r) for r in self._rows(self._sql_orphans, ())]
+
+    def max_chain_id(self) -> int | None:
+        rows = self._rows(self._sql_max_chain, ())
+        return None if not rows or rows[0]["m"] is None else int(rows[0]["m"])
+
+    def chain_positions(self, originator_id: UUID | str, low: int, high: int
+                        ) -> dict[int, int]:
+        rows = self._rows(self._sql_positions, (self._db_oid(originator_id), low, high))
+        return {int(r["originator_version"]): int(r["notification_id"]) for r in rows}
+
+    def request_rows(self, request_id: str) -> list[IndexRow]:
+        return [self._index_row(r) for r in self._rows(self._sql_request_rows, (request_id,))]
+
+    def version_at(self, originator_id: UUID | str, at: datetime) -> int | None:
+        rows = self._rows(self._sql_version_at, (self._db_oid(originator_id), _utc(at)))
+        return None if not rows or rows[0]["v"] is None else int(rows[0]["v"])
+
+    def indexed_versions(self, originator_id: UUID | str) -> int:
+        rows = self._rows(self._sql_indexed, (self._db_oid(originator_id),))
+        return int(rows[0]["n"])
+
+
+#: the eventsourcing topic for ``APPLICATION_RECORDER_TOPIC``
+POSTGRES_RECORDER_TOPIC = get_topic(AuditedPostgresApplicationRecorder)
