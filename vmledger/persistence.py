@@ -21,12 +21,9 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
 from vmledger.audit.recorders import POSTGRES_RECORDER_TOPIC, SQLITE_RECORDER_TOPIC
-from vmledger.projections.servers import (
-    PostgresServersView,
-    ServersView,
-    SQLiteServersView,
-    ViewExtension,
-)
+from vmledger.projections.extensions import ViewExtension
+from vmledger.projections.server_backends import PostgresServersView, SQLiteServersView
+from vmledger.projections.servers import ServersView
 
 DEFAULT_URL = "sqlite:///vmledger.db"
 
