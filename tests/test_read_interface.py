@@ -7,18 +7,19 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from vmledger.projections import server_queries, servers, store
+from vmledger.projections import server_backends, server_queries, servers, store
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the modules that define the view and its store: their own private members are theirs
-OWNERS = {Path(m.__file__ or "").resolve() for m in (servers, server_queries, store)}
+OWNERS = {Path(m.__file__ or "").resolve() for m in (servers, server_backends,
+                                                     server_queries, store)}
 SCANNED = ("vmledger", "tests", "benchmarks")
 
 
 def _view_private_names() -> set[str]:
     """Private (one underscore) members of the view's classes that come from our code."""
     names: set[str] = set()
-    for view in (servers.SQLiteServersView, servers.PostgresServersView):
+    for view in (server_backends.SQLiteServersView, server_backends.PostgresServersView):
         for cls in view.__mro__:
             if cls.__module__.startswith("vmledger."):
                 names.update(n for n in vars(cls) if n.startswith("_")

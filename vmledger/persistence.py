@@ -22,12 +22,9 @@ from eventsourcing.sqlite import SQLiteDatastore
 
 from vmledger.audit.postgres_recorder import POSTGRES_RECORDER_TOPIC
 from vmledger.audit.sqlite_recorder import SQLITE_RECORDER_TOPIC
-from vmledger.projections.servers import (
-    PostgresServersView,
-    ServersView,
-    SQLiteServersView,
-    ViewExtension,
-)
+from vmledger.projections.extensions import ViewExtension
+from vmledger.projections.server_backends import PostgresServersView, SQLiteServersView
+from vmledger.projections.servers import ServersView
 
 DEFAULT_URL = "sqlite:///vmledger.db"
 

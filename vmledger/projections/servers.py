@@ -13,37 +13,37 @@ Every statement goes to the tables of one layout (:attr:`ServersView.layout`: th
 models' table and index names take its suffix), so a new layout can be folded beside the
 serving one (:mod:`vmledger.projections.layouts`).
 
-The other read models are written in the same transaction (:class:`ViewExtension`). The
-view's reads are :mod:`vmledger.projections.server_queries`; the database they all share,
-and the form documents are stored in, :mod:`vmledger.projections.store`.
+The other read models are written in the same transaction (:class:`ViewExtension`, in
+:mod:`vmledger.projections.extensions`). The view's SQLite and PostgreSQL classes are
+:mod:`vmledger.projections.server_backends`; its reads
+:mod:`vmledger.projections.server_queries`; the database they all share, and the form
+documents are stored in, :mod:`vmledger.projections.store`.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError, Tracking
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from eventsourcing.utils import resolve_topic
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
+from vmledger.projections.extensions import ExtensionBatch as ExtensionBatch
+from vmledger.projections.extensions import Follow
+from vmledger.projections.extensions import ViewExtension as ViewExtension
 from vmledger.projections.server_queries import ServerQueries
 from vmledger.projections.store import (
     Layout,
-    PostgresStore,
     RowWriter,
-    SQLiteStore,
     chunks,
     dumps,
     loads,
@@ -87,55 +87,6 @@ def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
 _UPDATES: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
 
 
-class ViewExtension(Protocol):
-    """Another read model written in the same transaction as the servers view.
-
-    All read models share the servers view's tracking position, so a page of the log is
-    applied to every one of them exactly once, and a rebuild rebuilds them all.
-    ``sql`` turns a statement written with ``?`` placeholders into the backend's dialect.
-    """
-
-    def create_statements(self, sql: Callable[[str], str]) -> list[str]: ...
-
-    def batch(self, writer: RowWriter, *, empty: bool) -> ExtensionBatch:
-        """The state of one transaction's fold: pages are folded into it one after the
-        other, then it writes its rows once (``writer``: the transaction's cursor, the
-        dialect, and bulk upserts). ``empty``: the read model has no rows yet (a
-        rebuild's first transaction), so nothing needs loading."""
-        ...
-
-    def clear(self, curs: Any, sql: Callable[[str], str]) -> None: ...
-
-
-class ExtensionBatch(Protocol):
-    def fold(self, events: Sequence[Any]) -> None:
-        """Fold a page: ``events`` are the page's decoded events of the kinds this
-        read model declares (its ``event_types``; every kind the view decodes, see
-        :meth:`ServersView.wants`, when it declares none), in order; not called for a
-        page without any."""
-        ...
-
-    def write(self) -> None:
-        """Write every row the pages changed."""
-        ...
-
-    # optional: ``server_folded(server_id, doc, event)``, called after each server event
-    # is folded into its document (``doc``, in the servers view's form), for read models
-    # that follow the servers' documents rather than the events alone;
-    # ``unchanged_by``, the server event classes after which ``server_folded`` is not
-    # called (they never change what it reads from the document);
-    # ``server_changed(server_id, doc)``, called once per server the transaction
-    # changes, before its first event is folded: ``doc`` is the document the fold keeps
-    # changing in place, final when ``write`` is called (for read models that only need
-    # each changed server's last document: cheaper than a call per event);
-    # ``preload(server_ids)``, called once per page with the servers first seen in the
-    # transaction (when the view is not empty), to load their rows in bulk; and
-    # ``fold_servers(pairs)``, called instead of ``fold`` with a page's server events,
-    # as (server id text, event) pairs in order (the id's text made once, by the view)
-
-
-#: a read model's ``server_folded`` (see :class:`ExtensionBatch`)
-Follow = Callable[[str, dict[str, Any], Any], None]
 #: a page of the log as read: its rows and the position of its last row
 RawPage = tuple[Sequence[Any], int]
 #: decodes a page's rows into the domain events the view wants
@@ -144,7 +95,8 @@ Decode = Callable[[Sequence[Any]], list[Any]]
 
 class ServersView(ServerQueries):
     """The servers view and the read models written with it: their schema, and the
-    fold of pages of the log (SQLite and PostgreSQL subclasses; the reads are
+    fold of pages of the log (SQLite and PostgreSQL subclasses in
+    :mod:`vmledger.projections.server_backends`; the reads are
     :class:`~vmledger.projections.server_queries.ServerQueries`)."""
 
     extensions: tuple[ViewExtension, ...] = ()
@@ -667,169 +619,3 @@ class ServersView(ServerQueries):
 
     def _delete_tracking(self, curs: Any) -> None:  # pragma: no cover - per backend
         raise NotImplementedError
-
-
-
-class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
-    """The servers view in the application's own SQLite database (same writer lock)."""
-
-    def __init__(self, datastore: SQLiteDatastore,
-                 extensions: Sequence[ViewExtension] = ()) -> None:
-        self.extensions = tuple(extensions)
-        self._init_layouts()
-        SQLiteTrackingRecorder.__init__(self, datastore)
-
-    def construct_create_table_statements(self) -> list[str]:
-        return [*super().construct_create_table_statements(), *self.create_statements()]
-
-    @contextmanager
-    def transaction(self, *, commit: bool = True, flushed: bool = True) -> Iterator[Any]:
-        with super().transaction(commit=commit, flushed=flushed) as curs:
-            if not (commit and _BULK.get()):
-                yield curs
-                return
-            # a connection setting (of the pool's connection this transaction holds):
-            # restored before the connection goes back
-            curs.execute("PRAGMA secure_delete")
-            row = curs.fetchone()
-            previous = int(row[0]) if row is not None else 1
-            curs.execute("PRAGMA secure_delete = 0")
-            try:
-                yield curs
-            finally:
-                curs.execute(f"PRAGMA secure_delete = {previous}")
-
-    def max_tracking_id(self, application_name: str) -> int | None:
-        """The library's query, run as one statement outside an explicit transaction
-        (a single SELECT reads a consistent snapshot on its own): every catch-up and
-        every pass of the agent and the timer reads the position first, and the
-        library's BEGIN and ROLLBACK around it were two more statements each time."""
-        try:
-            with self.datastore.get_connection(commit=False) as conn, \
-                    conn.cursor() as curs:
-                curs.execute(self.select_max_tracking_id_statement, [application_name])
-                row = curs.fetchone()
-        except sqlite3.Error:  # (no table yet...): the library's way, raising its error
-            return super().max_tracking_id(application_name)
-        return None if row is None or row[0] is None else int(row[0])
-
-    def _delete_tracking(self, curs: Any) -> None:
-        curs.execute("DELETE FROM tracking WHERE application_name = ?",
-                     [self.layout.name])
-
-    def _position_sql(self) -> Any:
-        return "SELECT MAX(notification_id) AS n FROM tracking WHERE application_name = ?"
-
-
-
-#: a rebuild empties a read model's table of more than this many bytes with TRUNCATE
-TRUNCATE_BYTES = 256 * 1024
-
-
-class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
-    """The servers view in the application's PostgreSQL database."""
-
-    def __init__(self, datastore: PostgresDatastore,
-                 extensions: Sequence[ViewExtension] = ()) -> None:
-        self.extensions = tuple(extensions)
-        self._init_layouts()
-        PostgresTrackingRecorder.__init__(self, datastore,
-                                          tracking_table_name="vmledger_views_tracking")
-        from psycopg.sql import SQL
-
-        for statement in self.create_statements():
-            self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
-
-    def _empty_tables(self, curs: Any) -> None:
-        # a rebuild (bulk): TRUNCATE instead of deleting row by row, which leaves every
-        # old row behind, dead, for the fold's inserts and the index builds to step over
-        # until a vacuum (the index builds of a rebuild took most of its time). It locks
-        # the tables until the clear commits: the position first, as a command's fold
-        # takes them (no deadlock with one)
-        if not _BULK.get():
-            return
-        from psycopg.sql import SQL, Identifier
-
-        self._locked_position(curs)
-        tables = list(dict.fromkeys(name for statement in self.create_statements()
-                                    for name in _TABLE_NAME.findall(statement)))
-        # the tables of more than a few pages (a small one is emptied faster by the
-        # delete: a TRUNCATE makes and syncs new files)
-        curs.execute("SELECT t AS name FROM unnest(%s::text[]) AS t "
-                     "WHERE pg_relation_size(format('%%I.%%I', %s::text, t)::regclass)"
-                     " > %s", [tables, self.datastore.schema, TRUNCATE_BYTES])
-        large = [row["name"] for row in curs.fetchall()]
-        if large:
-            curs.execute(SQL("TRUNCATE {0}").format(
-                SQL(", ").join(Identifier(self.datastore.schema, t) for t in large)))
-
-    def _delete_tracking(self, curs: Any) -> None:
-        from psycopg.sql import SQL, Identifier
-
-        curs.execute(SQL("DELETE FROM {0}.{1} WHERE application_name = %s").format(
-            Identifier(self.datastore.schema), Identifier(self.tracking_table_name)),
-            [self.layout.name])
-
-    def _position_sql(self) -> Any:
-        from psycopg.sql import SQL, Identifier
-
-        return SQL("SELECT MAX(notification_id) AS n FROM {0}.{1} "
-                   "WHERE application_name = %s").format(
-            Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
-
-    def _position_and_rows(self, curs: Any, rows: Sequence[Any]
-                           ) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
-        # one wait for both: the documents' read is queued right behind the position's
-        # lock in the command's pipeline (the order they were read in one by one)
-        ids = list(dict.fromkeys(str(row[1]) for row in rows))
-        if len(ids) > 500:
-            return self._locked_position(curs), None
-        curs.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
-        reader = curs.connection.cursor()
-        try:
-            reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [ids],
-                           prepare=True)
-            row = curs.fetchone()
-            found = {r["id"]: loads(r["doc"]) for r in reader.fetchall()}
-        finally:
-            reader.close()
-        if row is None:  # no tracking row yet: made, then locked
-            return self._locked_position(curs), None
-        return int(row["n"] or 0), {key: found.get(key) for key in ids}
-
-    def _advance_position(self, curs: Any, tracking: Tracking) -> None:
-        # the library's statement, its answer not waited for: it cannot be refused
-        # (the row is locked by this transaction and holds an earlier position), and
-        # in a command's pipeline reading it would cost a round trip
-        if not self.datastore.single_row_tracking:
-            self._insert_tracking(curs, tracking)
-            return
-        curs.execute(self.insert_tracking_statement, {
-            "application_name": tracking.application_name,
-            "notification_id": tracking.notification_id}, prepare=True)
-
-    def _locked_position_sql(self) -> Any:
-        from psycopg.sql import SQL, Identifier
-
-        return SQL("SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
-                   "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(
-            Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
-
-    def _locked_position(self, curs: Any) -> int:
-        # the tracking row is locked until the transaction ends: a catch-up and a
-        # command folding its own events take turns on it (a missing row is made first,
-        # at 0, so that there is always one to lock)
-        from psycopg.sql import SQL, Identifier
-
-        table = (Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
-        name = self.layout.name
-        select = self._locked_position_sql()
-        for _ in range(2):
-            curs.execute(select, [name], prepare=True)
-            row = curs.fetchone()
-            if row is not None:
-                return int(row["n"] or 0)
-            curs.execute(SQL("INSERT INTO {0}.{1} (application_name, notification_id) "
-                             "VALUES (%s, 0) ON CONFLICT DO NOTHING").format(*table),
-                         [self.layout.name])
-        return 0

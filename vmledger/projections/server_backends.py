@@ -1,0 +1,187 @@
+"""The servers view on each database: SQLite's (in the application's own database, under
+its writer lock) and PostgreSQL's, with what differs between them: how the tracking
+position is read and locked (PostgreSQL: the position and a command's rows in one wait),
+what a bulk load sets on SQLite, and how a rebuild empties the tables.
+
+The view itself (its schema, layouts and fold) is :mod:`vmledger.projections.servers`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+
+from vmledger.projections.extensions import ViewExtension
+from vmledger.projections.servers import _BULK, _TABLE_NAME, ServersView
+from vmledger.projections.store import PostgresStore, SQLiteStore, loads
+
+
+class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
+    """The servers view in the application's own SQLite database (same writer lock)."""
+
+    def __init__(self, datastore: SQLiteDatastore,
+                 extensions: Sequence[ViewExtension] = ()) -> None:
+        self.extensions = tuple(extensions)
+        self._init_layouts()
+        SQLiteTrackingRecorder.__init__(self, datastore)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *self.create_statements()]
+
+    @contextmanager
+    def transaction(self, *, commit: bool = True, flushed: bool = True) -> Iterator[Any]:
+        with super().transaction(commit=commit, flushed=flushed) as curs:
+            if not (commit and _BULK.get()):
+                yield curs
+                return
+            # a connection setting (of the pool's connection this transaction holds):
+            # restored before the connection goes back
+            curs.execute("PRAGMA secure_delete")
+            row = curs.fetchone()
+            previous = int(row[0]) if row is not None else 1
+            curs.execute("PRAGMA secure_delete = 0")
+            try:
+                yield curs
+            finally:
+                curs.execute(f"PRAGMA secure_delete = {previous}")
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The library's query, run as one statement outside an explicit transaction
+        (a single SELECT reads a consistent snapshot on its own): every catch-up and
+        every pass of the agent and the timer reads the position first, and the
+        library's BEGIN and ROLLBACK around it were two more statements each time."""
+        try:
+            with self.datastore.get_connection(commit=False) as conn, \
+                    conn.cursor() as curs:
+                curs.execute(self.select_max_tracking_id_statement, [application_name])
+                row = curs.fetchone()
+        except sqlite3.Error:  # (no table yet...): the library's way, raising its error
+            return super().max_tracking_id(application_name)
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _delete_tracking(self, curs: Any) -> None:
+        curs.execute("DELETE FROM tracking WHERE application_name = ?",
+                     [self.layout.name])
+
+    def _position_sql(self) -> Any:
+        return "SELECT MAX(notification_id) AS n FROM tracking WHERE application_name = ?"
+
+
+
+#: a rebuild empties a read model's table of more than this many bytes with TRUNCATE
+TRUNCATE_BYTES = 256 * 1024
+
+
+class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
+    """The servers view in the application's PostgreSQL database."""
+
+    def __init__(self, datastore: PostgresDatastore,
+                 extensions: Sequence[ViewExtension] = ()) -> None:
+        self.extensions = tuple(extensions)
+        self._init_layouts()
+        PostgresTrackingRecorder.__init__(self, datastore,
+                                          tracking_table_name="vmledger_views_tracking")
+        from psycopg.sql import SQL
+
+        for statement in self.create_statements():
+            self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
+
+    def _empty_tables(self, curs: Any) -> None:
+        # a rebuild (bulk): TRUNCATE instead of deleting row by row, which leaves every
+        # old row behind, dead, for the fold's inserts and the index builds to step over
+        # until a vacuum (the index builds of a rebuild took most of its time). It locks
+        # the tables until the clear commits: the position first, as a command's fold
+        # takes them (no deadlock with one)
+        if not _BULK.get():
+            return
+        from psycopg.sql import SQL, Identifier
+
+        self._locked_position(curs)
+        tables = list(dict.fromkeys(name for statement in self.create_statements()
+                                    for name in _TABLE_NAME.findall(statement)))
+        # the tables of more than a few pages (a small one is emptied faster by the
+        # delete: a TRUNCATE makes and syncs new files)
+        curs.execute("SELECT t AS name FROM unnest(%s::text[]) AS t "
+                     "WHERE pg_relation_size(format('%%I.%%I', %s::text, t)::regclass)"
+                     " > %s", [tables, self.datastore.schema, TRUNCATE_BYTES])
+        large = [row["name"] for row in curs.fetchall()]
+        if large:
+            curs.execute(SQL("TRUNCATE {0}").format(
+                SQL(", ").join(Identifier(self.datastore.schema, t) for t in large)))
+
+    def _delete_tracking(self, curs: Any) -> None:
+        from psycopg.sql import SQL, Identifier
+
+        curs.execute(SQL("DELETE FROM {0}.{1} WHERE application_name = %s").format(
+            Identifier(self.datastore.schema), Identifier(self.tracking_table_name)),
+            [self.layout.name])
+
+    def _position_sql(self) -> Any:
+        from psycopg.sql import SQL, Identifier
+
+        return SQL("SELECT MAX(notification_id) AS n FROM {0}.{1} "
+                   "WHERE application_name = %s").format(
+            Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+
+    def _position_and_rows(self, curs: Any, rows: Sequence[Any]
+                           ) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
+        # one wait for both: the documents' read is queued right behind the position's
+        # lock in the command's pipeline (the order they were read in one by one)
+        ids = list(dict.fromkeys(str(row[1]) for row in rows))
+        if len(ids) > 500:
+            return self._locked_position(curs), None
+        curs.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
+        reader = curs.connection.cursor()
+        try:
+            reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [ids],
+                           prepare=True)
+            row = curs.fetchone()
+            found = {r["id"]: loads(r["doc"]) for r in reader.fetchall()}
+        finally:
+            reader.close()
+        if row is None:  # no tracking row yet: made, then locked
+            return self._locked_position(curs), None
+        return int(row["n"] or 0), {key: found.get(key) for key in ids}
+
+    def _advance_position(self, curs: Any, tracking: Tracking) -> None:
+        # the library's statement, its answer not waited for: it cannot be refused
+        # (the row is locked by this transaction and holds an earlier position), and
+        # in a command's pipeline reading it would cost a round trip
+        if not self.datastore.single_row_tracking:
+            self._insert_tracking(curs, tracking)
+            return
+        curs.execute(self.insert_tracking_statement, {
+            "application_name": tracking.application_name,
+            "notification_id": tracking.notification_id}, prepare=True)
+
+    def _locked_position_sql(self) -> Any:
+        from psycopg.sql import SQL, Identifier
+
+        return SQL("SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
+                   "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(
+            Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+
+    def _locked_position(self, curs: Any) -> int:
+        # the tracking row is locked until the transaction ends: a catch-up and a
+        # command folding its own events take turns on it (a missing row is made first,
+        # at 0, so that there is always one to lock)
+        from psycopg.sql import SQL, Identifier
+
+        table = (Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+        name = self.layout.name
+        select = self._locked_position_sql()
+        for _ in range(2):
+            curs.execute(select, [name], prepare=True)
+            row = curs.fetchone()
+            if row is not None:
+                return int(row["n"] or 0)
+            curs.execute(SQL("INSERT INTO {0}.{1} (application_name, notification_id) "
+                             "VALUES (%s, 0) ON CONFLICT DO NOTHING").format(*table),
+                         [self.layout.name])
+        return 0
