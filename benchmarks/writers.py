@@ -38,7 +38,9 @@ most commands per second this machine could run at that cost, however the waits 
 arranged: printed beside the measured figure and the target, with the CPU per command a
 target leaves (``cores / target``). Commands per commit — the window's events over the
 distinct ``xmin`` among them (the rows one transaction wrote share it; 1.00 for the raw
-driver) — is the group commit's average group size.
+driver) — is the group commit's average group size. And the cores the measured
+processes kept busy beside those the whole machine did (``/proc/stat``): a measured figure
+well below its ceiling with the machine's cores not all busy is bounded by waits, not CPU.
 
 Reproduce: ``python -m benchmarks --suite writers [--quick]``.
 """
@@ -136,6 +138,16 @@ def tree_cpu(roots: Sequence[int], table: dict[int, tuple[int, float]] | None = 
     return total
 
 
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine spent busy (not idle, not waiting for I/O)."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal (guest time is within user)
+    return (sum(fields[:8]) - fields[3] - fields[4]) * TICK
+
+
 @dataclass(frozen=True)
 class Sample:
     at: float
@@ -143,6 +155,7 @@ class Sample:
     server: float  # CPU seconds: the PostgreSQL cluster
     generator: float  # CPU seconds: this process when it only generates load (HTTP)
     position: int  # the log's last notification id
+    machine: float  # CPU seconds: every process of the machine (``/proc/stat``)
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,8 @@ class Cost:
     server: float
     generator: float
     per_commit: float  # events (one per command) per transaction that wrote them
+    busy: float  # cores kept busy by the client, the server and the load generator
+    machine: float  # cores kept busy by every process of the machine
 
     @property
     def ceiling(self) -> float:
@@ -205,7 +220,7 @@ class Meter:
         else:
             client, generator = mine, 0.0
         return Sample(time.perf_counter(), client, tree_cpu([self.postmaster], table),
-                      generator, position)
+                      generator, position, _machine_cpu())
 
     def cost(self, before: Sample, after: Sample, commands: int) -> Cost:
         """The window's cost per command. Its transactions: the rows of one transaction
@@ -218,12 +233,12 @@ class Meter:
             self._one(sql.SQL("SELECT count(DISTINCT xmin::text) FROM {} WHERE "
                               "notification_id > %s AND notification_id <= %s"
                               ).format(self._table), before.position, after.position))
-        n = max(commands, 1)
-        return Cost(commands, after.at - before.at,
-                    1000 * (after.client - before.client) / n,
-                    1000 * (after.server - before.server) / n,
-                    1000 * (after.generator - before.generator) / n,
-                    events / commits if commits else float("nan"))
+        n, seconds = max(commands, 1), after.at - before.at
+        spent = [after.client - before.client, after.server - before.server,
+                 after.generator - before.generator]
+        return Cost(commands, seconds, *(1000 * x / n for x in spent),
+                    events / commits if commits else float("nan"),
+                    sum(spent) / seconds, (after.machine - before.machine) / seconds)
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,7 +395,9 @@ def median_cost(costs: Sequence[Cost]) -> Cost:
                 statistics.median(c.client for c in costs),
                 statistics.median(c.server for c in costs),
                 statistics.median(c.generator for c in costs),
-                statistics.median(c.per_commit for c in costs))
+                statistics.median(c.per_commit for c in costs),
+                statistics.median(c.busy for c in costs),
+                statistics.median(c.machine for c in costs))
 
 
 STORE = "command service (store + commands)"
@@ -670,14 +687,16 @@ def _cpu_table(series: Sequence[Series]) -> list[str]:
     out = ["", f"CPU per command over the timed windows (ms, user + system; client = this "
                f"process, server = the PostgreSQL cluster) and the ceiling it implies on "
                f"{CORES} cores: cores / (client + server); {TARGET_IN_PROCESS:,.0f}/s "
-               f"leaves {CORES * 1000 / TARGET_IN_PROCESS:.2f} ms per command."]
+               f"leaves {CORES * 1000 / TARGET_IN_PROCESS:.2f} ms per command; busy: "
+               f"cores this process and the server kept busy / the whole machine did."]
     head = (f"  {'writers':>7}  {'configuration':<50} {'client':>6} {'server':>6} "
-            f"{'cmd/commit':>10} {'ceiling/s':>9} {'cmd/s':>7}")
+            f"{'cmd/commit':>10} {'ceiling/s':>9} {'cmd/s':>7} {'busy':>9}")
     out += [head, "  " + "-" * (len(head) - 2)]
     for s in series:
         c = s.cost
         out.append(f"  {s.writers:>7}  {s.label:<50} {c.client:>6.2f} {c.server:>6.2f} "
-                   f"{c.per_commit:>10.2f} {c.ceiling:>9,.0f} {s.rate:>7,.0f}"
+                   f"{c.per_commit:>10.2f} {c.ceiling:>9,.0f} {s.rate:>7,.0f} "
+                   f"{f'{c.busy:.2f}/{c.machine:.2f}':>9}"
                    f"  {_budget(c, TARGET_IN_PROCESS)}")
     return out
 
@@ -730,13 +749,15 @@ def format_report(series: Sequence[Series], http: HttpReport | None, seconds: fl
         w(f"  CPU per command (ms, user + system; API = the API processes and their "
           f"children, server = the PostgreSQL cluster) and the ceiling on {CORES} cores, "
           f"cores / (API + server); {TARGET_HTTP:,.0f}/s leaves "
-          f"{CORES * 1000 / TARGET_HTTP:.2f} ms per command:")
+          f"{CORES * 1000 / TARGET_HTTP:.2f} ms per command; busy: cores these processes "
+          f"kept busy / the whole machine did:")
         for label, costs in http.costs.items():
             c = median_cost(costs)
             w(f"  {label:<34} API {c.client:.2f}  server {c.server:.2f}  load generator "
               f"{c.generator:.2f}  cmd/commit {c.per_commit:.2f}  ceiling "
               f"{c.ceiling:,.0f}/s ({c.ceiling_with_generator:,.0f}/s with the load "
-              f"generator)  {_budget(c, TARGET_HTTP)}")
+              f"generator)  busy {c.busy:.2f}/{c.machine:.2f} cores  "
+              f"{_budget(c, TARGET_HTTP)}")
     if engine:
         best = max(engine, key=lambda s: s.cost.ceiling)
         w("")

@@ -206,7 +206,8 @@ def test_writers_benchmark_runs() -> None:
     count = r"([\d,]+|inf)"
     for label in (writers.STORE, writers.GRAPH, writers.RAW):
         row = re.search(rf"{re.escape(label)}\s+{number}\s+{number}\s+{number}\s+{count}"
-                        rf"\s+{count}  3,000/s (fits|needs -\d+ % CPU/cmd)", report)
+                        rf"\s+{count}\s+{number}/{number}  3,000/s "
+                        rf"(fits|needs -\d+ % CPU/cmd)", report)
         assert row is not None, (label, report)
         assert float(row[1]) > 0 and float(row[2]) > 0  # client, server ms/command
         if label == writers.RAW:
@@ -214,7 +215,8 @@ def test_writers_benchmark_runs() -> None:
     for label in ("2 API processes", "1 API process (the other idle)"):
         row = re.search(rf"{re.escape(label)}\s+API {number}  server {number}  load "
                         rf"generator {number}  cmd/commit {number}  ceiling {count}/s "
-                        rf"\({count}/s with the load generator\)  1,000/s "
+                        rf"\({count}/s with the load generator\)  busy {number}/{number} "
+                        rf"cores  1,000/s "
                         rf"(fits|needs -\d+ % CPU/cmd)", report)
         assert row is not None, (label, report)
         assert float(row[1]) > 0 and float(row[2]) > 0
