@@ -28,6 +28,20 @@ Every configuration runs on a fresh database of one throwaway cluster (``fsync=o
 ``synchronous_commit=on``). Windows of the configurations alternate in a shuffled
 order per repetition; medians are reported.
 
+*CPU per command and the ceiling it implies*: over each timed window, the CPU (user +
+system) of the client side — this process (``time.process_time``), or over HTTP the API
+processes and their children (``/proc/<pid>/stat``), the load generator shown apart —
+and of the PostgreSQL server (the postmaster, all its children, and the children it
+reaped in the window: ``/proc/<pid>/stat`` utime + stime + cutime + cstime), divided by
+the commands of the window. ``cores / (client + server CPU per command)`` is then the
+most commands per second this machine could run at that cost, however the waits were
+arranged: printed beside the measured figure and the target, with the CPU per command a
+target leaves (``cores / target``). Commands per commit — the window's events over the
+distinct ``xmin`` among them (the rows one transaction wrote share it; 1.00 for the raw
+driver) — is the group commit's average group size. And the cores the measured
+processes kept busy beside those the whole machine did (``/proc/stat``): a measured figure
+well below its ceiling with the machine's cores not all busy is bounded by waits, not CPU.
+
 Reproduce: ``python -m benchmarks --suite writers [--quick]``.
 """
 
@@ -49,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from benchmarks import commands
 
@@ -60,6 +75,10 @@ TARGET_HTTP = 1000.0
 PREVIOUS_HTTP = 142.0
 FLAVOR = "2"
 IMAGE = "cirros-0.6.2-x86_64"
+#: the CPUs this process may run on: the ceiling's numerator
+CORES = len(os.sched_getaffinity(0))
+#: /proc/<pid>/stat counts CPU time in clock ticks
+TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,150 @@ QUICK = Sizes(writers=(8, 32), seconds=1.5, repetitions=1, http_clients=32,
 
 
 # ---------------------------------------------------------------------------------------
+# CPU per command: this process or the API processes, and the PostgreSQL server
+# ---------------------------------------------------------------------------------------
+
+
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process: pid -> (parent pid, CPU seconds of it and of its reaped children)."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # after "pid (comm) ": state ppid ... utime(14) stime cutime cstime(17)
+        fields = text[text.rindex(")") + 2:].split()
+        table[int(entry.name)] = (int(fields[1]),
+                                  sum(int(f) for f in fields[11:15]) * TICK)
+    return table
+
+
+def tree_cpu(roots: Sequence[int], table: dict[int, tuple[int, float]] | None = None
+             ) -> float:
+    """CPU seconds used so far by ``roots`` and all their descendants, living or reaped
+    (a reaped child's time is in its parent's cutime/cstime)."""
+    table = _processes() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, stack, seen = 0.0, [r for r in roots if r in table], set[int]()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += table[pid][1]
+        stack.extend(children.get(pid, ()))
+    return total
+
+
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine spent busy (not idle, not waiting for I/O)."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal (guest time is within user)
+    return (sum(fields[:8]) - fields[3] - fields[4]) * TICK
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    client: float  # CPU seconds: this process, or the API processes
+    server: float  # CPU seconds: the PostgreSQL cluster
+    generator: float  # CPU seconds: this process when it only generates load (HTTP)
+    position: int  # the log's last notification id
+    machine: float  # CPU seconds: every process of the machine (``/proc/stat``)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one timed window's commands cost, per command."""
+
+    commands: int
+    seconds: float
+    client: float  # CPU ms per command
+    server: float
+    generator: float
+    per_commit: float  # events (one per command) per transaction that wrote them
+    busy: float  # cores kept busy by the client, the server and the load generator
+    machine: float  # cores kept busy by every process of the machine
+
+    @property
+    def ceiling(self) -> float:
+        """Commands/s this machine's cores allow at this CPU per command."""
+        spent = self.client + self.server
+        return CORES * 1000 / spent if spent > 0 else float("inf")
+
+    @property
+    def ceiling_with_generator(self) -> float:
+        spent = self.client + self.server + self.generator
+        return CORES * 1000 / spent if spent > 0 else float("inf")
+
+
+class Meter:
+    """Samples the CPU of the client side and of the PostgreSQL cluster, and the log's
+    position, at the edges of a timed window on one database (:meth:`watching`)."""
+
+    def __init__(self, api_pids: Sequence[int] = ()) -> None:
+        self.api_pids = list(api_pids)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._table = sql.Identifier("stored_events")
+
+    @contextlib.contextmanager
+    def watching(self, url: str, table: str) -> Iterator[None]:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            # this connection's backend is a child of the postmaster
+            self.postmaster = _processes()[int(row[0])][0]
+            self._conn, self._table = conn, sql.Identifier(*table.split("."))
+            try:
+                yield
+            finally:
+                self._conn = None
+
+    def _one(self, query: sql.Composable, *args: object) -> int:
+        assert self._conn is not None, "sample inside watching()"
+        row = self._conn.execute(query, args).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def sample(self) -> Sample:
+        position = self._one(sql.SQL("SELECT max(notification_id) FROM {}").format(
+            self._table))
+        table = _processes()
+        mine = time.process_time()
+        if self.api_pids:
+            client, generator = tree_cpu(self.api_pids, table), mine
+        else:
+            client, generator = mine, 0.0
+        return Sample(time.perf_counter(), client, tree_cpu([self.postmaster], table),
+                      generator, position, _machine_cpu())
+
+    def cost(self, before: Sample, after: Sample, commands: int) -> Cost:
+        """The window's cost per command. Its transactions: the rows of one transaction
+        share their ``xmin`` (the events are written before the read models' savepoint),
+        so distinct ``xmin`` among the window's events count the commits."""
+        events, commits = (
+            self._one(sql.SQL("SELECT count(*) FROM {} WHERE notification_id > %s AND "
+                              "notification_id <= %s").format(self._table),
+                      before.position, after.position),
+            self._one(sql.SQL("SELECT count(DISTINCT xmin::text) FROM {} WHERE "
+                              "notification_id > %s AND notification_id <= %s"
+                              ).format(self._table), before.position, after.position))
+        n, seconds = max(commands, 1), after.at - before.at
+        spent = [after.client - before.client, after.server - before.server,
+                 after.generator - before.generator]
+        return Cost(commands, seconds, *(1000 * x / n for x in spent),
+                    events / commits if commits else float("nan"),
+                    sum(spent) / seconds, (after.machine - before.machine) / seconds)
+
+
+# ---------------------------------------------------------------------------------------
 # In process: the command service and the raw driver, W threads
 # ---------------------------------------------------------------------------------------
 
@@ -87,9 +250,10 @@ class WorkloadError(RuntimeError):
     """A command of the workload was refused or ignored: the benchmark is wrong."""
 
 
-def _timed(workers: Sequence[Callable[[threading.Event], int]], seconds: float) -> float:
+def _timed(workers: Sequence[Callable[[threading.Event], int]], seconds: float,
+           meter: Meter) -> tuple[float, Cost]:
     """Start the workers together, stop them after ``seconds``; commands per second
-    (each worker returns how many it completed before it saw the stop)."""
+    (each worker returns how many it completed before it saw the stop) and their cost."""
     stop = threading.Event()
     start = threading.Barrier(len(workers) + 1)
     counts = [0] * len(workers)
@@ -109,18 +273,21 @@ def _timed(workers: Sequence[Callable[[threading.Event], int]], seconds: float) 
         t.start()
     commands.settle()
     start.wait()
+    before = meter.sample()
     began = time.perf_counter()
     stop.wait(seconds)
     stop.set()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
+    after = meter.sample()
     if errors:
         raise errors[0]
-    return sum(counts) / elapsed
+    return sum(counts) / elapsed, meter.cost(before, after, sum(counts))
 
 
-def engine_rate(url: str, writers: int, seconds: float, *, graph: bool) -> float:
+def engine_rate(url: str, writers: int, seconds: float, *, graph: bool, meter: Meter
+                ) -> tuple[float, Cost]:
     """Lock/unlock commands per second from ``writers`` threads, each on its own server:
     the command modules over the store alone, or the API's graph (``graph``)."""
     from vmledger.bootstrap import Settings, build
@@ -157,7 +324,9 @@ def engine_rate(url: str, writers: int, seconds: float, *, graph: bool) -> float
                 return n
             return loop
 
-        return _timed([worker(i) for i in ids], seconds)
+        table: str = store.recorder.events_table_name  # type: ignore[attr-defined]
+        with meter.watching(url, table):
+            return _timed([worker(i) for i in ids], seconds, meter)
     finally:
         store.close()
 
@@ -168,7 +337,8 @@ RAW_SELECT = commands.PostgresBackend.SELECT
 RAW_INSERT = commands.PostgresBackend.INSERT
 
 
-def raw_rate(url: str, writers: int, seconds: float, payload: bytes) -> float:
+def raw_rate(url: str, writers: int, seconds: float, payload: bytes, meter: Meter
+             ) -> tuple[float, Cost]:
     """SELECT + INSERT + COMMIT per second from ``writers`` threads, a connection each."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(RAW_TABLE)
@@ -195,7 +365,8 @@ def raw_rate(url: str, writers: int, seconds: float, payload: bytes) -> float:
                 return n
             return loop
 
-        return _timed([worker(c) for c in connections], seconds)
+        with meter.watching(url, "stored_events"):
+            return _timed([worker(c) for c in connections], seconds, meter)
     finally:
         for c in connections:
             c.close()
@@ -206,10 +377,27 @@ class Series:
     label: str
     writers: int
     rates: list[float] = field(default_factory=list)
+    costs: list[Cost] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return statistics.median(self.rates)
+
+    @property
+    def cost(self) -> Cost:
+        return median_cost(self.costs)
+
+
+def median_cost(costs: Sequence[Cost]) -> Cost:
+    """Each figure's median over the repetitions."""
+    return Cost(round(statistics.median(c.commands for c in costs)),
+                statistics.median(c.seconds for c in costs),
+                statistics.median(c.client for c in costs),
+                statistics.median(c.server for c in costs),
+                statistics.median(c.generator for c in costs),
+                statistics.median(c.per_commit for c in costs),
+                statistics.median(c.busy for c in costs),
+                statistics.median(c.machine for c in costs))
 
 
 STORE = "command service (store + commands)"
@@ -221,6 +409,7 @@ def in_process(backend: commands.PostgresBackend, sizes: Sizes,
                log: Callable[[str], None]) -> list[Series]:
     payload = commands.raw_payload(200)
     series: list[Series] = []
+    meter = Meter()
     for writers in sizes.writers:
         group = {name: Series(name, writers) for name in (STORE, GRAPH, RAW)}
         series.extend(group.values())
@@ -230,10 +419,12 @@ def in_process(backend: commands.PostgresBackend, sizes: Sizes,
             for name in order:
                 with backend.database() as url:
                     if name == RAW:
-                        rate = raw_rate(url, writers, sizes.seconds, payload)
+                        rate, spent = raw_rate(url, writers, sizes.seconds, payload, meter)
                     else:
-                        rate = engine_rate(url, writers, sizes.seconds, graph=name == GRAPH)
+                        rate, spent = engine_rate(url, writers, sizes.seconds,
+                                                  graph=name == GRAPH, meter=meter)
                 group[name].rates.append(rate)
+                group[name].costs.append(spent)
             log(f"  writers {writers} repetition {rep + 1}/{sizes.repetitions}: "
                 + ", ".join(f"{s.label.split(' (')[0].split(':')[0]} {s.rates[-1]:,.0f}/s"
                             for s in group.values()))
@@ -252,8 +443,9 @@ def _serve_command(url: str, port: int, host: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def api_processes(url: str, count: int, directory: Path) -> Iterator[list[int]]:
-    """``count`` ``vmledger serve`` processes on ``url``; yield their ports."""
+def api_processes(url: str, count: int, directory: Path
+                  ) -> Iterator[list[tuple[int, int]]]:
+    """``count`` ``vmledger serve`` processes on ``url``; yield their ports and pids."""
     from benchmarks.api import _free_port
 
     children: list[tuple[subprocess.Popen[bytes], int, Path]] = []
@@ -279,7 +471,7 @@ def api_processes(url: str, count: int, directory: Path) -> Iterator[list[int]]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("vmledger serve did not answer within 60 s")
                 time.sleep(0.1)
-        yield [port for _, port, _ in children]
+        yield [(port, child.pid) for child, port, _ in children]
     finally:
         for child, _, _ in children:
             child.terminate()
@@ -330,10 +522,11 @@ class HttpWindow:
     p50_ms: float
     p99_ms: float
     accepted: int
+    cost: Cost
 
 
 async def _http_window(ports: Sequence[int], server_ids: Sequence[str], warmup: float,
-                       seconds: float) -> HttpWindow:
+                       seconds: float, meter: Meter) -> HttpWindow:
     from benchmarks.projections import percentile
 
     loop = asyncio.get_running_loop()
@@ -365,9 +558,18 @@ async def _http_window(ports: Sequence[int], server_ids: Sequence[str], warmup: 
         finally:
             writer.close()
 
-    await asyncio.gather(*(client(k, s) for k, s in enumerate(server_ids)))
+    samples: list[Sample] = []
+
+    async def sampler() -> None:
+        # at the counted window's edges (a sample takes a few ms of this loop)
+        await asyncio.sleep(begin - loop.time())
+        samples.append(meter.sample())
+        await asyncio.sleep(end - loop.time())
+        samples.append(meter.sample())
+
+    await asyncio.gather(sampler(), *(client(k, s) for k, s in enumerate(server_ids)))
     return HttpWindow(done / seconds, percentile(latencies, 50), percentile(latencies, 99),
-                      accepted)
+                      accepted, meter.cost(samples[0], samples[1], done))
 
 
 def _events(url: str) -> int:
@@ -412,6 +614,7 @@ class HttpReport:
     p50: dict[str, list[float]]
     p99: dict[str, list[float]]
     durable: bool
+    costs: dict[str, list[Cost]]
 
 
 def over_http(backend: commands.PostgresBackend, sizes: Sizes,
@@ -423,11 +626,13 @@ def over_http(backend: commands.PostgresBackend, sizes: Sizes,
     rates: dict[str, list[float]] = {k: [] for k in labels}
     p50: dict[str, list[float]] = {k: [] for k in labels}
     p99: dict[str, list[float]] = {k: [] for k in labels}
+    costs: dict[str, list[Cost]] = {k: [] for k in labels}
     directory = Path(tempfile.mkdtemp(prefix="vmledger-bench-writers-"))
     durable = True
     try:
         with (backend.database() as url,
-              api_processes(url, sizes.http_processes, directory) as ports):
+              api_processes(url, sizes.http_processes, directory) as served):
+            ports = [port for port, _ in served]
             ids = create_servers(ports, sizes.http_clients)
             for rep in range(sizes.repetitions):
                 order = list(labels)
@@ -435,13 +640,17 @@ def over_http(backend: commands.PostgresBackend, sizes: Sizes,
                 for key in order:
                     before = _events(url)
                     chosen = ports if key == "all" else ports[:1]
-                    window = asyncio.run(_http_window(chosen, ids, 0.5,
-                                                      sizes.http_seconds))
+                    # both API processes' CPU: the idle one's agent and follower run too
+                    meter = Meter([pid for _, pid in served])
+                    with meter.watching(url, "vmledger_events"):
+                        window = asyncio.run(_http_window(chosen, ids, 0.5,
+                                                          sizes.http_seconds, meter))
                     # every 202 is durable: its event is in the log
                     durable = durable and _events(url) - before >= window.accepted
                     rates[key].append(window.rate)
                     p50[key].append(window.p50_ms)
                     p99[key].append(window.p99_ms)
+                    costs[key].append(window.cost)
                 log(f"  HTTP repetition {rep + 1}/{sizes.repetitions}: "
                     + ", ".join(f"{labels[k]} {rates[k][-1]:,.0f}/s" for k in labels))
     finally:
@@ -451,7 +660,8 @@ def over_http(backend: commands.PostgresBackend, sizes: Sizes,
     return HttpReport(sizes.http_clients, sizes.http_processes,
                       {labels[k]: v for k, v in rates.items()},
                       {labels[k]: v for k, v in p50.items()},
-                      {labels[k]: v for k, v in p99.items()}, durable)
+                      {labels[k]: v for k, v in p99.items()}, durable,
+                      {labels[k]: v for k, v in costs.items()})
 
 
 # ---------------------------------------------------------------------------------------
@@ -461,6 +671,34 @@ def over_http(backend: commands.PostgresBackend, sizes: Sizes,
 
 def _met(value: float, target: float) -> str:
     return "met" if value >= target else "NOT met"
+
+
+def _budget(spent: Cost, target: float) -> str:
+    """Whether ``target`` commands/s fit on this machine's cores at ``spent``'s CPU per
+    command, or how much of it would have to go."""
+    allowed = CORES * 1000 / target
+    used = spent.client + spent.server
+    if used <= allowed:
+        return f"{target:,.0f}/s fits"
+    return f"{target:,.0f}/s needs -{100 * (1 - allowed / used):.0f} % CPU/cmd"
+
+
+def _cpu_table(series: Sequence[Series]) -> list[str]:
+    out = ["", f"CPU per command over the timed windows (ms, user + system; client = this "
+               f"process, server = the PostgreSQL cluster) and the ceiling it implies on "
+               f"{CORES} cores: cores / (client + server); {TARGET_IN_PROCESS:,.0f}/s "
+               f"leaves {CORES * 1000 / TARGET_IN_PROCESS:.2f} ms per command; busy: "
+               f"cores this process and the server kept busy / the whole machine did."]
+    head = (f"  {'writers':>7}  {'configuration':<50} {'client':>6} {'server':>6} "
+            f"{'cmd/commit':>10} {'ceiling/s':>9} {'cmd/s':>7} {'busy':>9}")
+    out += [head, "  " + "-" * (len(head) - 2)]
+    for s in series:
+        c = s.cost
+        out.append(f"  {s.writers:>7}  {s.label:<50} {c.client:>6.2f} {c.server:>6.2f} "
+                   f"{c.per_commit:>10.2f} {c.ceiling:>9,.0f} {s.rate:>7,.0f} "
+                   f"{f'{c.busy:.2f}/{c.machine:.2f}':>9}"
+                   f"  {_budget(c, TARGET_IN_PROCESS)}")
+    return out
 
 
 def format_report(series: Sequence[Series], http: HttpReport | None, seconds: float,
@@ -476,6 +714,8 @@ def format_report(series: Sequence[Series], http: HttpReport | None, seconds: fl
       f" {seconds:.0f} s; stalls (PSI 'some'): {stall}")
     w("Commands decided in the request (lock / unlock), each writer on its own server; "
       "medians of the repetitions.")
+    w(f"CPU per command (client + PostgreSQL server) bounds what {CORES} cores can run: "
+      "ceiling = cores / CPU per command, below each table beside the measured figure.")
     w("")
     head = (f"  {'writers':>7}  {'configuration':<50} {'cmd/s':>7} {'raw/s':>7} {'ratio':>5}"
             f"  target {TARGET_IN_PROCESS:,.0f}/s")
@@ -487,6 +727,8 @@ def format_report(series: Sequence[Series], http: HttpReport | None, seconds: fl
         verdict = "" if s.label == RAW else _met(s.rate, TARGET_IN_PROCESS)
         w(f"  {s.writers:>7}  {s.label:<50} {s.rate:>7,.0f} {base:>7,.0f} "
           f"{s.rate / base:>5.2f}  {verdict}")
+    out.extend(_cpu_table(series))
+    engine = [s for s in series if s.label != RAW]
     if http is not None:
         w("")
         w(f"HTTP: vmledger serve x {http.processes} on one database, {http.clients} clients "
@@ -504,7 +746,34 @@ def format_report(series: Sequence[Series], http: HttpReport | None, seconds: fl
               f"{raw[raw_all].rate:,.0f}/s)")
         w(f"  every acknowledged command's event is in the log: "
           f"{'yes' if http.durable else 'NO'}")
+        w(f"  CPU per command (ms, user + system; API = the API processes and their "
+          f"children, server = the PostgreSQL cluster) and the ceiling on {CORES} cores, "
+          f"cores / (API + server); {TARGET_HTTP:,.0f}/s leaves "
+          f"{CORES * 1000 / TARGET_HTTP:.2f} ms per command; busy: cores these processes "
+          f"kept busy / the whole machine did:")
+        for label, costs in http.costs.items():
+            c = median_cost(costs)
+            w(f"  {label:<34} API {c.client:.2f}  server {c.server:.2f}  load generator "
+              f"{c.generator:.2f}  cmd/commit {c.per_commit:.2f}  ceiling "
+              f"{c.ceiling:,.0f}/s ({c.ceiling_with_generator:,.0f}/s with the load "
+              f"generator)  busy {c.busy:.2f}/{c.machine:.2f} cores  "
+              f"{_budget(c, TARGET_HTTP)}")
+    if engine:
+        best = max(engine, key=lambda s: s.cost.ceiling)
+        w("")
+        w(f"Ceiling at this CPU per command, in process: {best.cost.ceiling:,.0f}/s "
+          f"({best.label.split(' (')[0]}, {best.writers} writers) against the target "
+          f"{TARGET_IN_PROCESS:,.0f}/s: {_met(best.cost.ceiling, TARGET_IN_PROCESS)}"
+          + ("" if http is None else
+             f"; over HTTP ({http.processes} API processes): "
+             f"{_http_ceiling(http):,.0f}/s against {TARGET_HTTP:,.0f}/s: "
+             f"{_met(_http_ceiling(http), TARGET_HTTP)}"))
     return "\n".join(out)
+
+
+def _http_ceiling(http: HttpReport) -> float:
+    label = next(k for k in http.costs if k.startswith(str(http.processes)))
+    return median_cost(http.costs[label]).ceiling
 
 
 def run(sizes: Sizes, *, log: Callable[[str], None] = print, http: bool = True) -> str:

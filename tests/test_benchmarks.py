@@ -200,6 +200,29 @@ def test_writers_benchmark_runs() -> None:
     assert "command service" in report and "raw driver" in report
     assert "2 API processes" in report
     assert "every acknowledged command's event is in the log: yes" in report
+    # each configuration's CPU per command (client, server), commands per commit, the
+    # ceiling on this machine's cores and the measured figure
+    number = r"(\d+\.\d\d)"
+    count = r"([\d,]+|inf)"
+    for label in (writers.STORE, writers.GRAPH, writers.RAW):
+        row = re.search(rf"{re.escape(label)}\s+{number}\s+{number}\s+{number}\s+{count}"
+                        rf"\s+{count}\s+{number}/{number}  3,000/s "
+                        rf"(fits|needs -\d+ % CPU/cmd)", report)
+        assert row is not None, (label, report)
+        assert float(row[1]) > 0 and float(row[2]) > 0  # client, server ms/command
+        if label == writers.RAW:
+            assert row[3] == "1.00"  # one command per transaction
+    for label in ("2 API processes", "1 API process (the other idle)"):
+        row = re.search(rf"{re.escape(label)}\s+API {number}  server {number}  load "
+                        rf"generator {number}  cmd/commit {number}  ceiling {count}/s "
+                        rf"\({count}/s with the load generator\)  busy {number}/{number} "
+                        rf"cores  1,000/s "
+                        rf"(fits|needs -\d+ % CPU/cmd)", report)
+        assert row is not None, (label, report)
+        assert float(row[1]) > 0 and float(row[2]) > 0
+    assert re.search(r"Ceiling at this CPU per command, in process: [\d,]+/s .* against "
+                     r"the target 3,000/s: (NOT )?met; over HTTP \(2 API processes\): "
+                     r"[\d,]+/s against 1,000/s: (NOT )?met", report), report
 
 
 def test_the_scale_benchmark_on_postgres_folds_every_command_in_its_transaction(
