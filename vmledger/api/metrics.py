@@ -188,13 +188,31 @@ class ApiMetrics(EngineMetrics):
         self.commands = Counter(
             "vmledger_commands", "Commands by action and result (accepted, conflict, "
             "refused, error)", ["action", "result"], registry=self.registry)
+        # each label set's series, found once: ``labels()`` checks and joins its values
+        # and takes the metric's lock on every call (a few microseconds per request);
+        # the series are the same objects the registry exposes, never removed
+        self._requests: dict[tuple[str, str, int], Counter] = {}
+        self._durations: dict[tuple[str, str], Histogram] = {}
+        self._commands: dict[tuple[str, int], Counter] = {}
 
     def request_done(self, method: str, route: str, status: int, seconds: float,
                      command: str | None) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.request_seconds.labels(method, route).observe(seconds)
+        counted = self._requests.get((method, route, status))
+        if counted is None:
+            counted = self._requests[method, route, status] = self.requests.labels(
+                method, route, str(status))
+        counted.inc()
+        timed = self._durations.get((method, route))
+        if timed is None:
+            timed = self._durations[method, route] = self.request_seconds.labels(
+                method, route)
+        timed.observe(seconds)
         if command is not None:
-            self.commands.labels(command, command_result(status)).inc()
+            done = self._commands.get((command, status))
+            if done is None:
+                done = self._commands[command, status] = self.commands.labels(
+                    command, command_result(status))
+            done.inc()
 
     async def endpoint(self, request: Request) -> Response:
         """``GET /metrics``: the registry (no auth, as Prometheus scrapes)."""
