@@ -113,7 +113,7 @@ def isoformat(value: datetime) -> str:
 def stored(value: Any) -> Any:
     """``value`` with every datetime in it as ``{"$dt": ...}``; containers holding no
     datetime are returned as they are, not copied."""
-    if type(value) is dict:  # (most of a document: its own type, no isinstance chain)
+    if type(value) is dict or isinstance(value, dict):  # (a plain dict: no isinstance)
         copied: dict[Any, Any] | None = None
         for key, item in value.items():
             if type(item) not in _SCALARS:
@@ -123,25 +123,19 @@ def stored(value: Any) -> Any:
                         copied = dict(value)
                     copied[key] = new
         return value if copied is None else copied
-    pairs: Iterable[tuple[Any, Any]]
-    make: Callable[[Any], Any]
-    if isinstance(value, dict):
-        pairs, make = value.items(), dict
-    elif isinstance(value, list | tuple):
-        pairs, make = enumerate(value), list
-    elif isinstance(value, datetime):
+    if isinstance(value, datetime):
         return {"$dt": isoformat(value)}
-    else:
+    if not isinstance(value, list | tuple):
         return value
-    copy: Any = None
-    for key, item in pairs:
+    listed: list[Any] | None = None
+    for index, item in enumerate(value):
         if type(item) not in _SCALARS:
             new = stored(item)
             if new is not item:
-                if copy is None:
-                    copy = make(value)
-                copy[key] = new
-    return value if copy is None else copy
+                if listed is None:
+                    listed = list(value)
+                listed[index] = new
+    return value if listed is None else listed
 
 
 def dumps(doc: dict[str, Any]) -> str:
@@ -222,10 +216,10 @@ class Cursor(Protocol):
     def fetchall(self) -> Any: ...
 
 
-#: an upsert's column lists, and its statement, per table and columns (made once: a
-#: command's fold writes a few rows of the same few tables)
-_UPSERT_PARTS: dict[tuple[tuple[str, ...], str | tuple[str, ...]], tuple[str, str, str]] = {}
-_UPSERTS: dict[tuple[str, str, str], str] = {}
+#: per table, columns and key: an upsert's key list, column list, updates and statement
+#: (made once: a command's fold writes a few rows of the same few tables)
+_UPSERTS: dict[tuple[str, tuple[str, ...], str | tuple[str, ...]],
+               tuple[str, str, str, str]] = {}
 
 
 class RowWriter:
@@ -250,14 +244,16 @@ class RowWriter:
         ``key`` (a column, or several)."""
         if not rows:
             return
-        names = tuple(columns)
-        parts = _UPSERT_PARTS.get((names, key))
-        if parts is None:
+        found = _UPSERTS.get((table, tuple(columns), key))
+        if found is None:
             keys = (key,) if isinstance(key, str) else key
-            parts = _UPSERT_PARTS[(names, key)] = (
-                ", ".join(keys), ", ".join(columns),
-                ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys))
-        key, cols, updates = parts
+            listed, cols = ", ".join(keys), ", ".join(columns)
+            updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in keys)
+            marks = ", ".join("?" for _ in columns)
+            found = _UPSERTS[(table, tuple(columns), key)] = (
+                listed, cols, updates, f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
+                f"ON CONFLICT ({listed}) DO UPDATE SET {updates}")
+        key, cols, updates, statement = found
         if self.dialect == "postgres" and self.bulk and len(rows) >= self.COPY_ROWS:
             from psycopg import sql as pg
 
@@ -277,12 +273,6 @@ class RowWriter:
                 pg.Identifier(table), stage))
             self.curs.execute(pg.SQL("TRUNCATE {0}").format(stage))
             return
-        statement = _UPSERTS.get((table, cols, key))
-        if statement is None:
-            marks = ", ".join("?" for _ in columns)
-            statement = _UPSERTS[(table, cols, key)] = (
-                f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
-                f"ON CONFLICT ({key}) DO UPDATE SET {updates}")
         self.curs.executemany(self.sql(statement), rows)
 
 
