@@ -20,6 +20,8 @@ from psycopg.pq import TransactionStatus
 
 from tests.engines import make_engine
 from tests.support.wire import WireCounter
+from vmledger.api.app import create_app
+from vmledger.api.testing import ApiClient
 from vmledger.audit import verify
 from vmledger.domain.commands import Commands
 from vmledger.domain.service import ServerService
@@ -28,6 +30,7 @@ from vmledger.persistence import environment
 pytestmark = pytest.mark.postgres
 
 IMAGE = "cirros-0.6.2-x86_64"
+IMAGE_LIKE_ID = "4c8f9a1e-2b1d-4d6e-9c3a-7f0e5d2b8a11"  # no server has this id
 #: a command through the command service: the load (one autocommit SELECT) and the
 #: write (BEGIN ... INSERT synced once, the audit links and COMMIT synced once)
 COMMAND_ROUND_TRIPS = 3
@@ -35,6 +38,9 @@ COMMAND_ROUND_TRIPS = 3
 #: transaction (its reads: the position, locked, with the rows it folds into; two
 #: read models' own reads)
 LOCK_ROUND_TRIPS = 6
+#: a read of the read models (a server's document): one autocommit SELECT, no
+#: transaction block around it
+READ_ROUND_TRIPS = 1
 
 
 @pytest.fixture
@@ -81,6 +87,43 @@ def test_a_lock_through_the_engine_stays_within_its_round_trips(wire: WireCounte
         per_command = wire.round_trips() / (2 * rounds)
         assert per_command <= LOCK_ROUND_TRIPS, (per_command, dict(wire.sent))
         assert not engine.get_server(server.id).locked
+
+
+def test_a_view_read_waits_for_the_server_once(wire: WireCounter) -> None:
+    with make_engine(wire.url) as engine:
+        server = engine.create_server("web", "m1.small", IMAGE)
+        engine.run_until_idle()
+        reads = _pool_size(engine.service) + 1
+        for _ in range(reads):  # every pooled connection prepares its statements
+            engine.get_server(server.id)
+        wire.reset()
+        for _ in range(reads):
+            assert engine.get_server(server.id).name == "web"
+        per_read = wire.round_trips() / reads
+        assert per_read <= READ_ROUND_TRIPS, (per_read, dict(wire.sent))
+
+
+def test_an_action_over_the_api_waits_as_long_as_the_command(wire: WireCounter) -> None:
+    """``POST /servers/{id}/action`` costs the command's round trips, no more: the
+    command's own load finds the server (or answers 404), no read of the view first."""
+    with make_engine(wire.url) as engine:
+        client = ApiClient(create_app(engine))
+        server = engine.create_server("web", "m1.small", IMAGE)
+        engine.run_until_idle()
+        path = f"/v2.1/servers/{server.id}/action"
+        rounds = _pool_size(engine.service) + 1
+        for _ in range(rounds):
+            assert client.post(path, json={"lock": None}).status_code == 202
+            assert client.post(path, json={"unlock": None}).status_code == 202
+        wire.reset()
+        for _ in range(rounds):
+            assert client.post(path, json={"lock": None}).status_code == 202
+            assert client.post(path, json={"unlock": None}).status_code == 202
+        per_action = wire.round_trips() / (2 * rounds)
+        assert per_action <= LOCK_ROUND_TRIPS, (per_action, dict(wire.sent))
+        missing = client.post(f"/v2.1/servers/{IMAGE_LIKE_ID}/action", json={"lock": None})
+        assert missing.status_code == 404
+        assert missing.json()["itemNotFound"]["code"] == 404
 
 
 def _idle_pool(store: Any) -> list[TransactionStatus]:
