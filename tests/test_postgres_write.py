@@ -121,9 +121,15 @@ def test_an_action_over_the_api_waits_as_long_as_the_command(wire: WireCounter) 
             assert client.post(path, json={"unlock": None}).status_code == 202
         per_action = wire.round_trips() / (2 * rounds)
         assert per_action <= LOCK_ROUND_TRIPS, (per_action, dict(wire.sent))
-        missing = client.post(f"/v2.1/servers/{IMAGE_LIKE_ID}/action", json={"lock": None})
-        assert missing.status_code == 404
-        assert missing.json()["itemNotFound"]["code"] == 404
+        for missing in (
+                client.post(f"/v2.1/servers/{IMAGE_LIKE_ID}/action", json={"lock": None}),
+                client.put(f"/v2.1/servers/{IMAGE_LIKE_ID}", json={"server": {"name": "x"}}),
+                client.delete(f"/v2.1/servers/{IMAGE_LIKE_ID}")):
+            assert missing.status_code == 404
+            assert missing.json()["itemNotFound"]["code"] == 404
+        wire.reset()
+        assert client.delete(f"/v2.1/servers/{server.id}").status_code == 204
+        assert wire.round_trips() <= LOCK_ROUND_TRIPS, dict(wire.sent)
 
 
 def _idle_pool(store: Any) -> list[TransactionStatus]:
