@@ -21,7 +21,7 @@ from vmledger.adapters.simulator import Simulator
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.domain.clock import FakeClock
-from vmledger.projections import server_queries
+from vmledger.projections import server_filters, server_queries
 from vmledger.projections.server_queries import ServerQueries
 from vmledger.workers import agent as agent_module
 
@@ -103,7 +103,7 @@ def test_the_name_filter_finds_what_the_regex_finds(
 
 
 def test_literal_prefixes_of_regular_expressions() -> None:
-    prefix = server_queries.literal_prefix
+    prefix = server_filters.literal_prefix
     assert prefix(re.compile("^web-1$")) == "web-1"
     assert prefix(re.compile("^web-1*")) == "web-"  # the 1 may be left out
     assert prefix(re.compile("^web-1?x")) == "web-"
@@ -113,8 +113,8 @@ def test_literal_prefixes_of_regular_expressions() -> None:
     assert prefix(re.compile("^web|^db")) == ""  # an alternation
     assert prefix(re.compile("web")) == ""  # not anchored
     assert prefix(re.compile("^web", re.IGNORECASE)) == ""
-    assert server_queries.prefix_range(re.compile("^a\ud7ff")) == ("a\ud7ff", "a\ue000")
-    assert server_queries.prefix_range(re.compile("^a\U0010ffff")) is None
+    assert server_filters.prefix_range(re.compile("^a\ud7ff")) == ("a\ud7ff", "a\ue000")
+    assert server_filters.prefix_range(re.compile("^a\U0010ffff")) is None
 
 
 def test_a_name_prefix_is_read_through_the_name_index(
@@ -267,7 +267,7 @@ def test_a_database_folded_before_the_sums_were_kept(tmp_path: Path, clock: Fake
 
 
 def test_required_literals_of_regular_expressions() -> None:
-    literals = server_queries.required_literals
+    literals = server_filters.required_literals
     assert literals(re.compile("ench-12")) == ["ench-12"]
     assert literals(re.compile("web-\\d+x")) == ["web-", "x"]
     assert literals(re.compile("(web)-1")) == ["web", "-1"]
@@ -290,7 +290,7 @@ def test_every_match_holds_the_required_literals(parts: list[str], texts: list[s
     # never a wrong exclusion: whatever the expression finds something in holds every
     # literal said to be required
     pattern = re.compile("".join(parts))
-    required = server_queries.required_literals(pattern)
+    required = server_filters.required_literals(pattern)
     for text in texts:
         if pattern.search(text):
             assert all(literal in text for literal in required), (pattern, text, required)

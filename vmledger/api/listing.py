@@ -38,7 +38,8 @@ from vmledger.api.http import Call
 from vmledger.api.views import server_hostname, usage_time
 from vmledger.domain import lifecycle as lc
 from vmledger.domain import status as st
-from vmledger.projections.server_queries import ColumnFilter, StoredServer
+from vmledger.projections.server_filters import ColumnFilter
+from vmledger.projections.server_queries import StoredServer
 
 Doc = dict[str, Any]
 

@@ -19,7 +19,8 @@ from vmledger.domain.server import Context
 from vmledger.engine.base import EngineBase
 from vmledger.engine.records import ServerInfo
 from vmledger.projections.actions import get_action, list_actions
-from vmledger.projections.server_queries import ColumnFilter, StoredServer
+from vmledger.projections.server_filters import ColumnFilter
+from vmledger.projections.server_queries import StoredServer
 
 
 class ServerFacade(EngineBase):

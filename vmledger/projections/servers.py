@@ -279,7 +279,7 @@ class ServersView(ServerQueries):
             sql("CREATE INDEX IF NOT EXISTS {t}_host_state ON {t}"
                       " (host, vm_state, task_state)"),
             # the name filter's literal prefix (in code point order, see
-            # server_queries.pattern_conditions)
+            # server_filters.pattern_conditions)
             sql("CREATE INDEX IF NOT EXISTS {t}_name ON {t} ("
                       + ('name COLLATE "C"' if self.dialect == "postgres" else "name") + ")"),
         ]
