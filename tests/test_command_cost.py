@@ -26,6 +26,10 @@ from vmledger.audit.chain import request_fields
 REBOOT_STATEMENTS = 32
 #: a lock decided in the request, folded into the read models in its transaction
 LOCK_STATEMENTS = 14
+#: a pass of the agent and the timer with nothing to do (the background loop runs one
+#: after every busy pass, and one whenever a command wakes it): the guests' questions,
+#: the read models' position and log page once, the agent's work, the due deadlines
+IDLE_PASS_STATEMENTS = 5
 
 
 def traced(statements: list[str], opened: list[dict[str, Any]]
@@ -60,6 +64,19 @@ def _servers(engine: Engine, count: int) -> list[str]:
         engine.reboot(server_id, hard=True)
     engine.run_until_idle()
     return ids
+
+
+def test_an_idle_pass_reads_the_log_once(
+        engine_traced: tuple[Engine, list[str], list[dict[str, Any]]]) -> None:
+    engine, statements, _ = engine_traced
+    server_id = _servers(engine, 1)[0]
+    engine.lock(server_id)
+    statements.clear()
+    passes = 10
+    for _ in range(passes):
+        assert engine.run_once() == 0
+    assert len(statements) / passes <= IDLE_PASS_STATEMENTS, statements[:12]
+    assert engine.get_server(server_id).locked
 
 
 def test_a_hard_reboot_runs_within_its_statement_budget(

@@ -30,9 +30,13 @@ class Timer:
         self.updater = updater
         self.batch = batch
 
-    def run_once(self) -> int:
-        """Confirm every due resize; return how many confirmations were recorded."""
-        self.updater.catch_up()
+    def run_once(self, *, caught_up: bool = False) -> int:
+        """Confirm every due resize, offload the shelved servers and reclaim the
+        soft-deleted ones whose time has come; return how many were recorded.
+        ``caught_up``: the caller has just caught the read models up, and nothing was
+        recorded since in this thread (the pass's idle agent): not read again."""
+        if not caught_up:
+            self.updater.catch_up()
         fired = 0
         now = self.service.clock.now()
         for server_id, deadline in self.updater.view.due_deadlines(now, self.batch):
