@@ -57,6 +57,11 @@ _SQLITE_ERRORS: tuple[tuple[type[sqlite3.Error], type[PersistenceError]], ...] =
     (sqlite3.Error, PersistenceError))
 
 
+def _persistence_error(error: sqlite3.Error) -> PersistenceError:
+    """The library's error for a sqlite3 error, as its transactions raise them."""
+    return next(ours for raw, ours in _SQLITE_ERRORS if isinstance(error, raw))(error)
+
+
 def _sqlite_time(value: datetime) -> str:
     """Fixed-width UTC ISO 8601 text, so that text order is time order."""
     return _utc(value).isoformat(timespec="microseconds")
@@ -142,6 +147,32 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
             f"CREATE INDEX IF NOT EXISTS {REQUESTS_TABLE}_time_idx "
             f"ON {REQUESTS_TABLE} (originator_id, event_time)",
         ]
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
+                      ) -> Sequence[int] | None:
+        """The library's insert (one transaction on the pool's writer connection, its
+        sqlite3 errors raised as the library's), with the connection and cursor handled
+        here: the library's four nested context managers cost about as much Python as
+        the whole chain does."""
+        pool = self.datastore.pool
+        conn = pool.get_connection(is_writer=True)
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute("BEGIN")
+                try:
+                    ids = self._insert_events(cursor, stored_events, **kwargs)
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+                return ids
+            except sqlite3.Error as error:
+                raise _persistence_error(error) from error
+            finally:
+                cursor.sqlite_cursor.close()
+        finally:
+            pool.put_connection(conn)
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
@@ -251,16 +282,22 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
         same = (isinstance(originator_id, UUID)
                 and self.datastore.originator_id_type == "uuid")
         convert = self.convert_originator_id
+        pool = self.datastore.pool
+        conn = pool.get_connection(is_writer=False)
         try:
-            with self.datastore.get_connection(commit=False) as conn, conn.cursor() as c:
+            c = conn.cursor().sqlite_cursor
+            try:
                 c.execute(statement, params)
                 return [StoredEvent(
                     originator_id=originator_id if same else convert(row["originator_id"]),
                     originator_version=row["originator_version"], topic=row["topic"],
                     state=row["state"]) for row in c.fetchall()]
+            finally:
+                c.close()
         except sqlite3.Error as error:  # as the library's transaction reports them
-            raise next(ours for raw, ours in _SQLITE_ERRORS if isinstance(error, raw)
-                       )(error) from error
+            raise _persistence_error(error) from error
+        finally:
+            pool.put_connection(conn)
 
     # --- reading ---------------------------------------------------------------------
     def _rows(self, statement: str, params: Sequence[Any]) -> list[Any]:
