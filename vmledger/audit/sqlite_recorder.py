@@ -8,12 +8,17 @@ one INSERT per table, and the datastore's connections keep their prepared statem
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import (
+    ConnectionNotFromPoolError,
+    ConnectionPoolClosedError,
+    ConnectionUnavailableError,
     DatabaseError,
     DataError,
     IntegrityError,
@@ -103,6 +108,82 @@ class StatementCachingPool(SQLiteConnectionPool):
             self.is_journal_mode_wal = True
         c.row_factory = sqlite3.Row
         return SQLiteConnection(sqlite_conn=c, max_age=self.max_age)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # the queue every request for a connection joins: a plain lock instead of the
+        # library's ``threading.Semaphore()`` (a semaphore of one, written in Python
+        # over a condition: two of its calls per connection taken)
+        self._get_semaphore = threading.Lock()  # type: ignore[assignment]
+
+    def get_connection(self, timeout: float | None = None, *,
+                       is_writer: bool | None = None) -> SQLiteConnection:
+        """The library's ``get_connection`` for a database file: the same queue, the
+        same single writer, the same pool and limits, with the clock read and the
+        waits' time worked out only when something must be waited for. Readers are
+        not counted: only a database in memory, whose readers and writers exclude each
+        other, needs their count; it takes the library's way, as a pool that pings
+        its connections does."""
+        if self._mutually_exclusive_read_write or self.pre_ping:
+            return super().get_connection(timeout, is_writer=is_writer)
+        if self._closed:
+            raise ConnectionPoolClosedError
+        started = time.monotonic()
+        wait = self.pool_timeout if timeout is None else timeout
+        gate = self._get_semaphore
+        if not gate.acquire(blocking=False) and not gate.acquire(timeout=wait):
+            raise ConnectionUnavailableError(
+                "Timed out waiting for connection pool semaphore")
+        try:
+            writer = self._writer_lock if is_writer is True else None
+            if writer is not None:
+                if not writer.acquire(blocking=False) and not writer.acquire(
+                        timeout=max(0.0, wait + started - time.monotonic())):
+                    raise ConnectionUnavailableError("Timed out waiting for return of writer")
+                self._num_writers += 1
+            try:
+                with self._put_condition:
+                    conn = self._pool.popleft() if self._pool else None
+                    if conn is not None:
+                        conn.in_use.acquire()
+                        if conn.closed:  # closed by its age timer: the library's way
+                            conn = None
+                        else:
+                            self._in_use[id(conn)] = conn
+                    if conn is None:
+                        conn = self._get_connection(
+                            timeout=max(0.0, wait + started - time.monotonic()))
+            except BaseException:
+                if writer is not None:  # no connection: give the writer's turn back
+                    self._num_writers -= 1
+                    writer.release()
+                raise
+            conn.is_writer = is_writer
+            return conn
+        finally:
+            gate.release()
+
+    def put_connection(self, conn: SQLiteConnection) -> None:
+        """The library's ``put_connection`` (see :meth:`get_connection`)."""
+        if self._mutually_exclusive_read_write or self.pre_ping:
+            super().put_connection(conn)
+            return
+        is_writer, conn.is_writer = conn.is_writer, None
+        with self._put_condition:
+            if self._closed:
+                raise ConnectionPoolClosedError("Pool is closed")
+            if self._in_use.pop(id(conn), None) is None:
+                raise ConnectionNotFromPoolError("Connection not in use in this pool")
+            if not conn.closed:
+                if not conn.closing and len(self._pool) < self.pool_size:
+                    self._pool.append(conn)
+                else:
+                    conn.close()
+            conn.in_use.release()
+            if is_writer is True:
+                self._num_writers -= 1
+                self._writer_lock.release()
+            self._put_condition.notify()
 
     @classmethod
     def replacing(cls, pool: SQLiteConnectionPool) -> StatementCachingPool:
