@@ -56,13 +56,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-import eventsourcing.application as es_application
 import psycopg
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ApplicationRecorder
 from psycopg import sql
 
 from vmledger.domain import lifecycle as lc
+from vmledger.domain import service as store_module
 from vmledger.domain.catalog import image_id_for
 from vmledger.domain.commands import CommandResult, Commands
 from vmledger.domain.server import Context, Server
@@ -769,7 +769,7 @@ def _instrument(service: ServerService, timer: SplitTimer) -> None:
     if service.snapshots is not None:
         timer.wrap(service.snapshots.recorder, "select_events", READ)
     timer.wrap(service.mapper, "to_domain_event", DECODE)
-    timer.wrap(es_application, "deepcopy", DEEPCOPY)
+    timer.wrap(store_module, "copy_of", DEEPCOPY)  # the repository's copy per load
     timer.wrap(service, "save", SAVE)
     timer.wrap(service.mapper, "to_stored_event", ENCODE)
     timer.wrap(service.recorder, "insert_events", WRITE)

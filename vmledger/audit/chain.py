@@ -36,10 +36,12 @@ attacker who can write to the database (they can recompute every link).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import os
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,24 +162,48 @@ def _as_bytes(state: object) -> bytes:
     return bytes(state)  # type: ignore[call-overload,no-any-return]
 
 
+_LENGTH = struct.Struct(">Q").pack
+
+
 def canonical(notification_id: int, originator_id: UUID | str, version: int, topic: str,
               state: bytes) -> bytes:
     """The unambiguous bytes of one stored event that a link covers: each field
     (decimal notification id, originator id text, decimal version, UTF-8 topic, state
     bytes) preceded by its length as 8 big-endian bytes."""
-    parts = (str(int(notification_id)).encode(), oid_text(originator_id).encode(),
-             str(int(version)).encode(), topic.encode("utf-8"), _as_bytes(state))
-    return b"".join(len(p).to_bytes(8, "big") + p for p in parts)
+    nid = str(int(notification_id)).encode()
+    oid = oid_text(originator_id).encode()
+    ver = str(int(version)).encode()
+    top = topic.encode("utf-8")
+    body = _as_bytes(state)
+    return b"".join((_LENGTH(len(nid)), nid, _LENGTH(len(oid)), oid, _LENGTH(len(ver)), ver,
+                     _LENGTH(len(top)), top, _LENGTH(len(body)), body))
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed(key: bytes, domain: bytes) -> hmac.HMAC:
+    """The HMAC with ``key`` that has read ``domain``: each link copies it and reads
+    the rest, instead of setting the key up and reading the domain again (two of the
+    hash's blocks of every link)."""
+    return hmac.new(key, domain, "sha256")
+
+
+def _link(key: bytes, domain: bytes, event: bytes, previous: bytes) -> bytes:
+    mac = _keyed(key, domain).copy()
+    mac.update(event)
+    mac.update(previous)
+    return mac.digest()
 
 
 def server_link(key: bytes, event: bytes, previous: bytes) -> bytes:
-    """The server-chain hash of a canonical event following ``previous``."""
-    return hmac.digest(key, _SERVER_DOMAIN + event + previous, "sha256")
+    """The server-chain hash of a canonical event following ``previous``:
+    ``HMAC-SHA256(key, server domain ‖ event ‖ previous)``."""
+    return _link(key, _SERVER_DOMAIN, event, previous)
 
 
 def global_link(key: bytes, event: bytes, previous: bytes) -> bytes:
-    """The global-chain hash of a canonical event following ``previous``."""
-    return hmac.digest(key, _GLOBAL_DOMAIN + event + previous, "sha256")
+    """The global-chain hash of a canonical event following ``previous``:
+    ``HMAC-SHA256(key, global domain ‖ event ‖ previous)``."""
+    return _link(key, _GLOBAL_DOMAIN, event, previous)
 
 
 def _utc(value: datetime) -> datetime:
@@ -317,11 +343,13 @@ def _links(key: bytes, events: Sequence[StoredEvent], ids: Sequence[int],
     global_prev = head[1] if head is not None else GENESIS
     server_prev = dict(previous)
     links: list[_NewLink] = []
-    for nid, event in sorted(zip(ids, events, strict=True), key=lambda pair: pair[0]):
+    ordered = zip(ids, events, strict=True) if len(ids) == 1 else sorted(
+        zip(ids, events, strict=True), key=lambda pair: pair[0])
+    for nid, event in ordered:
         oid = oid_text(event.originator_id)
         body = canonical(nid, oid, event.originator_version, event.topic, event.state)
-        server_hash = server_link(key, body, server_prev.get(oid, GENESIS))
-        global_hash = global_link(key, body, global_prev)
+        server_hash = _link(key, _SERVER_DOMAIN, body, server_prev.get(oid, GENESIS))
+        global_hash = _link(key, _GLOBAL_DOMAIN, body, global_prev)
         server_prev[oid] = server_hash
         global_prev = global_hash
         links.append(_NewLink(nid, oid, event.originator_version, server_hash, global_hash,

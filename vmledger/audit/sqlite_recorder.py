@@ -8,12 +8,17 @@ one INSERT per table, and the datastore's connections keep their prepared statem
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import (
+    ConnectionNotFromPoolError,
+    ConnectionPoolClosedError,
+    ConnectionUnavailableError,
     DatabaseError,
     DataError,
     IntegrityError,
@@ -55,6 +60,11 @@ _SQLITE_ERRORS: tuple[tuple[type[sqlite3.Error], type[PersistenceError]], ...] =
     (sqlite3.InternalError, InternalError), (sqlite3.ProgrammingError, ProgrammingError),
     (sqlite3.NotSupportedError, NotSupportedError), (sqlite3.DatabaseError, DatabaseError),
     (sqlite3.Error, PersistenceError))
+
+
+def _persistence_error(error: sqlite3.Error) -> PersistenceError:
+    """The library's error for a sqlite3 error, as its transactions raise them."""
+    return next(ours for raw, ours in _SQLITE_ERRORS if isinstance(error, raw))(error)
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -99,6 +109,82 @@ class StatementCachingPool(SQLiteConnectionPool):
         c.row_factory = sqlite3.Row
         return SQLiteConnection(sqlite_conn=c, max_age=self.max_age)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # the queue every request for a connection joins: a plain lock instead of the
+        # library's ``threading.Semaphore()`` (a semaphore of one, written in Python
+        # over a condition: two of its calls per connection taken)
+        self._get_semaphore = threading.Lock()  # type: ignore[assignment]
+
+    def get_connection(self, timeout: float | None = None, *,
+                       is_writer: bool | None = None) -> SQLiteConnection:
+        """The library's ``get_connection`` for a database file: the same queue, the
+        same single writer, the same pool and limits, with the clock read and the
+        waits' time worked out only when something must be waited for. Readers are
+        not counted: only a database in memory, whose readers and writers exclude each
+        other, needs their count; it takes the library's way, as a pool that pings
+        its connections does."""
+        if self._mutually_exclusive_read_write or self.pre_ping:
+            return super().get_connection(timeout, is_writer=is_writer)
+        if self._closed:
+            raise ConnectionPoolClosedError
+        started = time.monotonic()
+        wait = self.pool_timeout if timeout is None else timeout
+        gate = self._get_semaphore
+        if not gate.acquire(blocking=False) and not gate.acquire(timeout=wait):
+            raise ConnectionUnavailableError(
+                "Timed out waiting for connection pool semaphore")
+        try:
+            writer = self._writer_lock if is_writer is True else None
+            if writer is not None:
+                if not writer.acquire(blocking=False) and not writer.acquire(
+                        timeout=max(0.0, wait + started - time.monotonic())):
+                    raise ConnectionUnavailableError("Timed out waiting for return of writer")
+                self._num_writers += 1
+            try:
+                with self._put_condition:
+                    conn = self._pool.popleft() if self._pool else None
+                    if conn is not None:
+                        conn.in_use.acquire()
+                        if conn.closed:  # closed by its age timer: the library's way
+                            conn = None
+                        else:
+                            self._in_use[id(conn)] = conn
+                    if conn is None:
+                        conn = self._get_connection(
+                            timeout=max(0.0, wait + started - time.monotonic()))
+            except BaseException:
+                if writer is not None:  # no connection: give the writer's turn back
+                    self._num_writers -= 1
+                    writer.release()
+                raise
+            conn.is_writer = is_writer
+            return conn
+        finally:
+            gate.release()
+
+    def put_connection(self, conn: SQLiteConnection) -> None:
+        """The library's ``put_connection`` (see :meth:`get_connection`)."""
+        if self._mutually_exclusive_read_write or self.pre_ping:
+            super().put_connection(conn)
+            return
+        is_writer, conn.is_writer = conn.is_writer, None
+        with self._put_condition:
+            if self._closed:
+                raise ConnectionPoolClosedError("Pool is closed")
+            if self._in_use.pop(id(conn), None) is None:
+                raise ConnectionNotFromPoolError("Connection not in use in this pool")
+            if not conn.closed:
+                if not conn.closing and len(self._pool) < self.pool_size:
+                    self._pool.append(conn)
+                else:
+                    conn.close()
+            conn.in_use.release()
+            if is_writer is True:
+                self._num_writers -= 1
+                self._writer_lock.release()
+            self._put_condition.notify()
+
     @classmethod
     def replacing(cls, pool: SQLiteConnectionPool) -> StatementCachingPool:
         """A pool with the settings of ``pool`` (which is closed)."""
@@ -142,6 +228,32 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
             f"CREATE INDEX IF NOT EXISTS {REQUESTS_TABLE}_time_idx "
             f"ON {REQUESTS_TABLE} (originator_id, event_time)",
         ]
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
+                      ) -> Sequence[int] | None:
+        """The library's insert (one transaction on the pool's writer connection, its
+        sqlite3 errors raised as the library's), with the connection and cursor handled
+        here: the library's four nested context managers cost about as much Python as
+        the whole chain does."""
+        pool = self.datastore.pool
+        conn = pool.get_connection(is_writer=True)
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute("BEGIN")
+                try:
+                    ids = self._insert_events(cursor, stored_events, **kwargs)
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+                return ids
+            except sqlite3.Error as error:
+                raise _persistence_error(error) from error
+            finally:
+                cursor.sqlite_cursor.close()
+        finally:
+            pool.put_connection(conn)
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
@@ -251,16 +363,22 @@ class AuditedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
         same = (isinstance(originator_id, UUID)
                 and self.datastore.originator_id_type == "uuid")
         convert = self.convert_originator_id
+        pool = self.datastore.pool
+        conn = pool.get_connection(is_writer=False)
         try:
-            with self.datastore.get_connection(commit=False) as conn, conn.cursor() as c:
+            c = conn.cursor().sqlite_cursor
+            try:
                 c.execute(statement, params)
                 return [StoredEvent(
                     originator_id=originator_id if same else convert(row["originator_id"]),
                     originator_version=row["originator_version"], topic=row["topic"],
                     state=row["state"]) for row in c.fetchall()]
+            finally:
+                c.close()
         except sqlite3.Error as error:  # as the library's transaction reports them
-            raise next(ours for raw, ours in _SQLITE_ERRORS if isinstance(error, raw)
-                       )(error) from error
+            raise _persistence_error(error) from error
+        finally:
+            pool.put_connection(conn)
 
     # --- reading ---------------------------------------------------------------------
     def _rows(self, statement: str, params: Sequence[Any]) -> list[Any]:

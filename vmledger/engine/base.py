@@ -66,9 +66,9 @@ class EngineBase:
         Without ``request_id`` the context can be reused: every call made with it gets a
         fresh request id. With one, every call records that id (as the HTTP API does).
         """
-        ctx = self.service.context(user_id=user_id, project_id=project_id,
-                                   is_admin=is_admin, request_id=request_id)
-        return ctx if request_id else dataclasses.replace(ctx, pinned=False)
+        return self.service.context(user_id=user_id, project_id=project_id,
+                                    is_admin=is_admin, request_id=request_id,
+                                    pinned=bool(request_id))
 
     def _ctx(self, ctx: Context | None) -> Context:
         if ctx is None:

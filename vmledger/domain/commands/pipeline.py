@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from eventsourcing.persistence import IntegrityError
 from vmledger.domain.clock import Clock
 from vmledger.domain.errors import BadRequest, Conflict, IdempotencyConflict
 from vmledger.domain.server import Context, RequestEvent, Server
+from vmledger.domain.service import copy_of
 
 _IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
 #: attempts of one command before its losing races end in :class:`Conflict`
@@ -126,7 +126,8 @@ class UnitOfWork:
         if version is None and self._primed:
             found_primed = self._primed.pop(aggregate_id, None)
             if found_primed is not None:
-                return deepcopy(found_primed)
+                copied: object = copy_of(found_primed)
+                return copied
         try:
             found: object = self.store.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
