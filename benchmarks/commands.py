@@ -256,7 +256,9 @@ class NoNotifyService(ServerService):
 
     def construct_recorder(self) -> ApplicationRecorder:
         recorder = super().construct_recorder()
-        if hasattr(recorder, "_notify_channel"):
+        if hasattr(recorder, "notify"):  # vmledger's recorder
+            recorder.notify = False
+        elif hasattr(recorder, "_notify_channel"):
             recorder._notify_channel = lambda curs: None
         return recorder
 
