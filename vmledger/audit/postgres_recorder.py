@@ -449,7 +449,7 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
             self._links_statements[(links, requests)] = found
         return found
 
-    def _lock_table(self, curs: Cursor[TupleRow]) -> None:
+    def _lock_table(self, curs: Cursor[Any]) -> None:
         for statement in self._lock_bytes:  # the library's, pre-rendered
             curs.execute(statement, prepare=True)
 

@@ -595,8 +595,8 @@ class _savepoint:
         self.curs.execute("SAVEPOINT vmledger_fold")
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        connection = getattr(self.curs, "connection", None)
-        pipelined = connection is not None and hasattr(connection, "pipeline")
+        connection: Any = getattr(self.curs, "connection", None)
+        pipelined = hasattr(connection, "pipeline")
         if kind is None:
             if not pipelined:  # (PostgreSQL: the COMMIT right after it releases it)
                 self.curs.execute("RELEASE SAVEPOINT vmledger_fold")

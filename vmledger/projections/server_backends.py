@@ -194,8 +194,9 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
             return found
         from psycopg.sql import SQL, Identifier
 
-        found = self.__dict__["_locked_text"] = SQL("SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
-                   "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(
+        found = self.__dict__["_locked_text"] = SQL(
+            "SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
+            "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(
             Identifier(self.datastore.schema), Identifier(self.tracking_table_name)
         ).as_bytes()
         return found
