@@ -16,6 +16,7 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg.rows import tuple_row
 
 from vmledger.projections.extensions import ViewExtension
 from vmledger.projections.servers import _BULK, _TABLE_NAME, ServersView
@@ -137,12 +138,12 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
         if len(ids) > 500:
             return self._locked_position(curs), None
         curs.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
-        reader = curs.connection.cursor()
+        reader = curs.connection.cursor(row_factory=tuple_row)
         try:
             reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [ids],
                            prepare=True)
             row = curs.fetchone()
-            found = {r["id"]: loads(r["doc"]) for r in reader.fetchall()}
+            found = {key: loads(doc) for key, doc in reader.fetchall()}
         finally:
             reader.close()
         if row is None:  # no tracking row yet: made, then locked

@@ -469,7 +469,9 @@ class MergedWrites:
                 f"w{i} AS ({part})" for i, (_, part, _) in enumerate(queued[:-1])
             ) + " " + queued[-1][1]
             params = [value for _, _, part in queued for value in part]
-        self.curs.execute(statement, params)
+        # prepared at once, as an executemany's statement in a pipeline is: a fold's
+        # shapes (tables and row counts) are few and come again
+        self.curs.execute(statement, params, prepare=True)
 
     def execute(self, *args: Any, **kwargs: Any) -> Any:
         self.flush()
