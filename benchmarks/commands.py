@@ -256,7 +256,9 @@ class NoNotifyService(ServerService):
 
     def construct_recorder(self) -> ApplicationRecorder:
         recorder = super().construct_recorder()
-        if hasattr(recorder, "_notify_channel"):
+        if hasattr(recorder, "notify"):  # vmledger's recorder
+            recorder.notify = False
+        elif hasattr(recorder, "_notify_channel"):
             recorder._notify_channel = lambda curs: None
         return recorder
 
@@ -562,7 +564,9 @@ class PostgresBackend(Backend):
         committed by statements in the pipeline, as vmledger's recorder does), with the
         parts of eventsourcing 9.5's protocol that ``protocol`` switches on."""
         select, insert, topic = self.SELECT, self.INSERT, RAW_TOPIC
-        lock_timeout = "SET LOCAL lock_timeout = '10s'"
+        # the lock timeout and NOTIFY in one statement, as vmledger's recorder sends them
+        lock_timeout = ("SELECT set_config('lock_timeout', '10s', true)"
+                        + (", pg_notify('stored_events', '')" if protocol.notify else ""))
         lock = "LOCK TABLE public.stored_events IN EXCLUSIVE MODE"
         ping, take_lock, notify = protocol.pre_ping, protocol.lock, protocol.notify
         for i, loads in batch:
@@ -582,7 +586,7 @@ class PostgresBackend(Backend):
                 if take_lock:
                     cur.execute(lock_timeout, prepare=True)
                     cur.execute(lock, prepare=True)
-                if notify:
+                if notify and not take_lock:
                     cur.execute("NOTIFY stored_events", prepare=True)
                 cur.execute(insert, (oid, version, topic, payload), prepare=True)
                 pipeline.sync()

@@ -41,6 +41,12 @@ LOCK_ROUND_TRIPS = 6
 #: a read of the read models (a server's document): one autocommit SELECT, no
 #: transaction block around it
 READ_ROUND_TRIPS = 1
+#: the statements of each: the load; BEGIN, the lock timeout with NOTIFY, the table
+#: lock, the insert with the chain's previous links, the links with the request index,
+#: COMMIT (each statement costs the client a send and a poll in the pipeline)
+COMMAND_STATEMENTS = 7
+#: and the fold's: its savepoint, the position, the rows it folds into, its writes
+LOCK_STATEMENTS = 11
 
 
 @pytest.fixture
@@ -67,6 +73,8 @@ def test_a_command_waits_for_the_server_three_times(wire: WireCounter) -> None:
             commands.actions.act(store.context(), server_id, action)
         per_command = wire.round_trips() / len(actions)
         assert per_command <= COMMAND_ROUND_TRIPS, (per_command, dict(wire.sent))
+        statements = wire.statements() / len(actions)
+        assert statements <= COMMAND_STATEMENTS, (statements, dict(wire.sent))
         assert verify(store).ok
     finally:
         store.close()
@@ -86,6 +94,8 @@ def test_a_lock_through_the_engine_stays_within_its_round_trips(wire: WireCounte
             engine.act(server.id, "unlock")
         per_command = wire.round_trips() / (2 * rounds)
         assert per_command <= LOCK_ROUND_TRIPS, (per_command, dict(wire.sent))
+        statements = wire.statements() / (2 * rounds)
+        assert statements <= LOCK_STATEMENTS, (statements, dict(wire.sent))
         assert not engine.get_server(server.id).locked
 
 

@@ -62,6 +62,12 @@ class WireCounter:
         with self._lock:
             return sum(self.sent[kind] for kind in ROUND_TRIP_MESSAGES)
 
+    def statements(self) -> int:
+        """The statements sent since the last :meth:`reset`: every ``Execute`` of the
+        extended protocol, and every simple ``Query`` (counted as one)."""
+        with self._lock:
+            return self.sent["E"] + self.sent["Q"]
+
     def _accept(self) -> None:
         while not self._closed:
             try:

@@ -29,8 +29,8 @@ from eventsourcing.postgres import (
 from eventsourcing.utils import get_topic, retry
 from psycopg import Connection, Cursor, Pipeline
 from psycopg.pq import TransactionStatus
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.rows import DictRow, TupleRow, tuple_row
+from psycopg.sql import SQL, Composed, Identifier, Literal
 
 from vmledger.audit.chain import (
     CHAIN_TABLE,
@@ -169,11 +169,31 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         #: per (links, request rows): the statement writing them (:meth:`_links_statement`)
         self._links_statements: dict[tuple[int, int], bytes] = {}
         # the write's statements as bytes: psycopg renders a composed statement again
-        # on every execution
-        self._lock_bytes = [_rendered(s) for s in self.lock_table_statements]
-        self._notify_bytes = SQL("NOTIFY {0}").format(Identifier(self.channel_name)).as_bytes()
+        # on every execution. The library's ``SET LOCAL lock_timeout`` and ``NOTIFY``
+        # are one statement (each statement costs the client a send and a poll)
+        self.notify = True  #: whether a write notifies the log's listeners
+        settings = SQL("SELECT set_config('lock_timeout', {0}, true)").format(
+            Literal(f"{int(self.datastore.lock_timeout)}s"))
+        self._settings_bytes = {
+            False: settings.as_bytes(),
+            True: SQL("{0}, pg_notify({1}, '')").format(
+                settings, Literal(self.channel_name)).as_bytes()}
+        self._lock_bytes = [_rendered(s) for s in self.lock_table_statements
+                            if "lock_timeout" not in _rendered(s).decode()]
         self._previous_bytes = self._sql_previous.as_bytes()
-        self._insert_bytes = self.insert_events_statement.as_bytes()
+        self._insert_head = SQL(
+            "WITH ins AS (INSERT INTO {schema}.{events} (originator_id, originator_version,"
+            " topic, state) VALUES ").format(
+                events=Identifier(events_table_name), **fmt).as_bytes()
+        #: per number of events: the insert and the read of the chain's previous links
+        #: (:meth:`_insert_statement`)
+        self._insert_statements: dict[int, bytes] = {}
+        #: per form of :meth:`select_events`'s query (gt, lte, desc, limit given): it
+        self._select_statements: dict[tuple[bool, bool, bool, bool], bytes] = {}
+        self._select_head = SQL(
+            "SELECT originator_id, originator_version, topic, state FROM {schema}.{events}"
+            " WHERE originator_id = %s").format(
+                events=Identifier(events_table_name), **fmt).as_bytes()
         self._sql_select_chain: Composed = SQL(
             "SELECT c.notification_id, c.originator_id::text AS originator_id, "
             "c.originator_version, c.server_hash, c.global_hash, r.request_id, "
@@ -322,7 +342,7 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                ) -> list[int]:
         failed: BaseException | None = None
         ids: list[int] = []
-        curs = conn.cursor()
+        curs = conn.cursor(row_factory=tuple_row)
         try:
             with conn.pipeline() as pipeline:
                 try:
@@ -350,45 +370,48 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
             raise OperationalError(f"the write was rolled back ({curs.statusmessage})")
         return ids
 
-    def _first_trip(self, pipeline: Pipeline, curs: Cursor[DictRow],
+    def _first_trip(self, pipeline: Pipeline, curs: Cursor[TupleRow],
                     stored_events: Sequence[StoredEvent]) -> list[int]:
-        """BEGIN, the library's table lock and NOTIFY, the chain's previous links and
-        the insert, synced (the first round trip); then the links and the request
-        index, queued for the second. Returns the insert's notification ids."""
+        """BEGIN, the lock timeout with NOTIFY, the library's table lock, then the
+        insert with the read of the chain's previous links (one statement), synced
+        (the first round trip); then the links and the request index, queued for the
+        second. Returns the insert's notification ids."""
         curs.execute(_BEGIN, prepare=True)
+        curs.execute(self._settings_bytes[self.notify], prepare=True)
         self._lock_table(curs)
-        self._notify_channel(curs)
-        previous = curs.connection.cursor()
         oids = sorted({oid_text(e.originator_id) for e in stored_events})
-        previous.execute(self._previous_bytes, ([self._db_oid(o) for o in oids],),
-                         prepare=True)
-        make = self.construct_pg_stored_event
-        curs.execute(self._insert_bytes, ([
-            make(e.originator_id, e.originator_version, e.topic, e.state)
-            for e in stored_events],), prepare=True)
+        params: list[Any] = []
+        db_oid = self._db_oid
+        for e in stored_events:
+            params += (db_oid(e.originator_id), e.originator_version, e.topic, e.state)
+        params.append([db_oid(o) for o in oids])
+        curs.execute(self._insert_statement(len(stored_events)), params, prepare=True)
         pipeline.sync()  # a unique violation raises here
-        ids = [row["notification_id"] for row in curs.fetchall()]
+        # the insert's ids first, in the order inserted (as the library's RETURNING);
+        # then the chain's head and each aggregate's last link, read in the insert's
+        # transaction after its EXCLUSIVE lock on the events was taken
+        ids: list[int] = []
+        head: tuple[int, bytes] | None = None
+        last: dict[str, bytes] = {}
+        for kind, oid, nid, found in curs.fetchall():
+            if kind == "i":
+                ids.append(nid)
+            elif kind == "g":
+                head = (int(nid), bytes(found))
+            else:
+                last[oid_text(oid)] = bytes(found)
         if len(ids) != len(stored_events):
             raise ProgrammingError(
                 f"got {len(ids)} notification ids for {len(stored_events)} events")
-        # still in the insert's transaction, holding its EXCLUSIVE lock on the events
-        head: tuple[int, bytes] | None = None
-        last: dict[str, bytes] = {}
-        for found in previous.fetchall():
-            if found["kind"] == "g":
-                head = (int(found["notification_id"]), bytes(found["hash"]))
-            else:
-                last[oid_text(found["originator_id"])] = bytes(found["hash"])
-        previous.close()
         links = _links(self.audit_key.secret, stored_events, ids, head, last)
         # the links and the request index: one statement, its parameters scalars
         # (cheaper for psycopg to send than arrays, or than two executemany)
         for start in range(0, len(links), LINKS_PER_STATEMENT):
-            params: list[Any] = []
+            params = []
             indexed: list[Any] = []
             part = links[start:start + LINKS_PER_STATEMENT]
             for x in part:
-                oid = self._db_oid(x.originator_id)
+                oid = db_oid(x.originator_id)
                 params += (x.notification_id, oid, x.version, x.server_hash, x.global_hash)
                 if x.indexed is not None:
                     indexed += (x.notification_id, x.indexed[0], oid, x.version,
@@ -396,6 +419,21 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
             curs.execute(self._links_statement(len(part), len(indexed) // 5),
                          params + indexed, prepare=True)
         return ids
+
+    def _insert_statement(self, events: int) -> bytes:
+        """The statement inserting ``events`` events (their values as scalars: cheaper
+        for psycopg to send than the library's array of a composite type) and reading
+        the chain's previous links after it: rows ``('i', NULL, notification id,
+        NULL)`` per event, in the order inserted, then those of the chain's head and
+        of each aggregate's last link (made once per count)."""
+        found = self._insert_statements.get(events)
+        if found is None:
+            found = self._insert_statements[events] = (
+                self._insert_head + b", ".join([b"(%s, %s, %s, %s)"] * events)
+                + b" RETURNING notification_id) (SELECT 'i' AS kind, NULL::text AS "
+                b"originator_id, notification_id, NULL::bytea AS hash FROM ins) UNION ALL "
+                + self._previous_bytes)
+        return found
 
     def _links_statement(self, links: int, requests: int) -> bytes:
         """The statement inserting ``links`` chain rows and ``requests`` request-index
@@ -411,12 +449,10 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
             self._links_statements[(links, requests)] = found
         return found
 
-    def _lock_table(self, curs: Cursor[DictRow]) -> None:
+    def _lock_table(self, curs: Cursor[Any]) -> None:
         for statement in self._lock_bytes:  # the library's, pre-rendered
             curs.execute(statement, prepare=True)
 
-    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
-        curs.execute(self._notify_bytes, prepare=True)
 
     def _db_oid(self, originator_id: UUID | str) -> UUID | str:
         if self.datastore.originator_id_type == "uuid" and not isinstance(originator_id, UUID):
@@ -424,6 +460,35 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         return originator_id
 
     # --- reading ---------------------------------------------------------------------
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def select_events(self, originator_id: UUID | str, *, gt: int | None = None,
+                      lte: int | None = None, desc: bool = False, limit: int | None = None
+                      ) -> Sequence[StoredEvent]:
+        """The library's query (every command's load), its text made once per form
+        rather than composed and rendered again on every call, its rows tuples."""
+        form = (gt is not None, lte is not None, desc, limit is not None)
+        statement = self._select_statements.get(form)
+        if statement is None:
+            statement = self._select_head
+            if gt is not None:
+                statement += b" AND originator_version > %s"
+            if lte is not None:
+                statement += b" AND originator_version <= %s"
+            statement += b" ORDER BY originator_version " + (b"DESC" if desc else b"ASC")
+            if limit is not None:
+                statement += b" LIMIT %s"
+            self._select_statements[form] = statement
+        params: list[Any] = [originator_id]
+        for value in (gt, lte, limit):
+            if value is not None:
+                params.append(value)
+        with self.datastore.get_connection() as conn, \
+                conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(statement, params, prepare=True)
+            return [StoredEvent(originator_id=oid, originator_version=version, topic=topic,
+                                state=bytes(state))
+                    for oid, version, topic, state in curs.fetchall()]
+
     def _rows(self, statement: Composed, params: Sequence[Any]) -> list[DictRow]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(statement, list(params), prepare=True)

@@ -595,11 +595,13 @@ class _savepoint:
         self.curs.execute("SAVEPOINT vmledger_fold")
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        connection: Any = getattr(self.curs, "connection", None)
+        pipelined = hasattr(connection, "pipeline")
         if kind is None:
-            self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
+            if not pipelined:  # (PostgreSQL: the COMMIT right after it releases it)
+                self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
             return
-        connection = getattr(self.curs, "connection", None)
-        if connection is not None and hasattr(connection, "pipeline"):
+        if pipelined:
             # psycopg: a failed statement leaves the pipeline aborted until a sync (as
             # psycopg's own nested transaction does before rolling back)
             with contextlib.suppress(Exception), connection.pipeline() as pipeline:

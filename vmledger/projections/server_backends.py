@@ -9,17 +9,18 @@ The view itself (its schema, layouts and fold) is :mod:`vmledger.projections.ser
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg.rows import tuple_row
 
 from vmledger.projections.extensions import ViewExtension
 from vmledger.projections.servers import _BULK, _TABLE_NAME, ServersView
-from vmledger.projections.store import PostgresStore, SQLiteStore, loads
+from vmledger.projections.store import MergedWrites, PostgresStore, SQLiteStore, loads
 
 
 class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
@@ -137,35 +138,69 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
         if len(ids) > 500:
             return self._locked_position(curs), None
         curs.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
-        reader = curs.connection.cursor()
+        reader = curs.connection.cursor(row_factory=tuple_row)
         try:
             reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [ids],
                            prepare=True)
             row = curs.fetchone()
-            found = {r["id"]: loads(r["doc"]) for r in reader.fetchall()}
+            found = {key: loads(doc) for key, doc in reader.fetchall()}
         finally:
             reader.close()
         if row is None:  # no tracking row yet: made, then locked
             return self._locked_position(curs), None
         return int(row["n"] or 0), {key: found.get(key) for key in ids}
 
+    def fold_written(self, curs: Any, rows: Sequence[Any], decode: Any,
+                     missed: Callable[[Any, int, int], Sequence[Any] | None]) -> bool:
+        # the fold's row writes and its tracking record: one statement at its end
+        merged = MergedWrites(curs)
+        folded = super().fold_written(merged, rows, decode, missed)
+        merged.flush()
+        return folded
+
     def _advance_position(self, curs: Any, tracking: Tracking) -> None:
         # the library's statement, its answer not waited for: it cannot be refused
         # (the row is locked by this transaction and holds an earlier position), and
-        # in a command's pipeline reading it would cost a round trip
+        # in a command's pipeline reading it would cost a round trip; in a command's
+        # fold, sent with its row writes
         if not self.datastore.single_row_tracking:
             self._insert_tracking(curs, tracking)
+            return
+        queue = getattr(curs, "queue_rows", None)
+        if queue is not None:
+            queue(self._advance_sql(), 2, [(tracking.application_name,
+                                            tracking.notification_id)])
             return
         curs.execute(self.insert_tracking_statement, {
             "application_name": tracking.application_name,
             "notification_id": tracking.notification_id}, prepare=True)
 
+    def _advance_sql(self) -> str:
+        found: str | None = self.__dict__.get("_advance_text")
+        if found is None:
+            from psycopg.sql import SQL, Identifier
+
+            found = self.__dict__["_advance_text"] = SQL(
+                "INSERT INTO {0}.{1} (application_name, notification_id) VALUES (%s, %s) "
+                "ON CONFLICT (application_name) DO UPDATE SET notification_id = "
+                "excluded.notification_id WHERE {0}.{1}.notification_id < "
+                "excluded.notification_id").format(
+                Identifier(self.datastore.schema),
+                Identifier(self.tracking_table_name)).as_string()
+        return found
+
     def _locked_position_sql(self) -> Any:
+        found = self.__dict__.get("_locked_text")  # (rendered once, not per command)
+        if found is not None:
+            return found
         from psycopg.sql import SQL, Identifier
 
-        return SQL("SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
-                   "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(
-            Identifier(self.datastore.schema), Identifier(self.tracking_table_name))
+        found = self.__dict__["_locked_text"] = SQL(
+            "SELECT notification_id AS n FROM {0}.{1} WHERE application_name = %s "
+            "ORDER BY notification_id DESC LIMIT 1 FOR UPDATE").format(
+            Identifier(self.datastore.schema), Identifier(self.tracking_table_name)
+        ).as_bytes()
+        return found
 
     def _locked_position(self, curs: Any) -> int:
         # the tracking row is locked until the transaction ends: a catch-up and a

@@ -273,6 +273,10 @@ class RowWriter:
                 pg.Identifier(table), stage))
             self.curs.execute(pg.SQL("TRUNCATE {0}").format(stage))
             return
+        queue = getattr(self.curs, "queue_rows", None)
+        if queue is not None:  # a command's fold on PostgreSQL (:class:`MergedWrites`)
+            queue(self.sql(statement), len(columns), rows)
+            return
         self.curs.executemany(self.sql(statement), rows)
 
 
@@ -415,3 +419,74 @@ class PostgresStore(ReadStore):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self.sql(sql), list(params))
             return list(curs.fetchall())
+
+#: at most this many parameters in a statement :class:`MergedWrites` sends (PostgreSQL
+#: takes up to 65,535)
+MERGED_PARAMETERS = 30_000
+
+
+class MergedWrites:
+    """A cursor for a command's fold on PostgreSQL that sends the fold's row writes
+    (:meth:`RowWriter.upsert`'s, and the tracking record's) as one statement: each as a
+    multi-row ``INSERT`` in a ``WITH`` of the next, instead of an ``executemany`` per
+    table. In the command's pipeline every statement costs the client a send and a
+    poll, and the server a bind and an execution of its own.
+
+    The writes keep their order with the fold's other statements: any other statement
+    sends the writes queued so far first; so does a write to a table already queued
+    (the parts of one statement see the same snapshot, and two of them must not touch
+    the same row). :meth:`flush` sends what is left (the fold's end)."""
+
+    def __init__(self, curs: Any) -> None:
+        self.curs = curs
+        #: per queued write: its table, statement and parameters
+        self._queued: list[tuple[str, str, list[Any]]] = []
+        self._size = 0
+
+    def queue_rows(self, statement: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
+        """Queue ``statement`` (``INSERT INTO t (...) VALUES (%s, ...) ...``, ``width``
+        placeholders) for each of ``rows``."""
+        if not rows:
+            return
+        marks = "(" + ", ".join(["%s"] * width) + ")"
+        head, found, tail = statement.partition(" VALUES " + marks)
+        if not found or width * len(rows) > MERGED_PARAMETERS:
+            self.flush()
+            self.curs.executemany(statement, rows)
+            return
+        table = head.split(None, 3)[2]  # INSERT INTO <table> (...)
+        if (any(queued[0] == table for queued in self._queued)
+                or self._size + width * len(rows) > MERGED_PARAMETERS):
+            self.flush()
+        params = [value for row in rows for value in row]
+        self._queued.append((table, f"{head} VALUES {', '.join([marks] * len(rows))}{tail}",
+                             params))
+        self._size += len(params)
+
+    def flush(self) -> None:
+        """Send the queued writes (one statement)."""
+        queued = self._queued
+        if not queued:
+            return
+        self._queued, self._size = [], 0
+        if len(queued) == 1:
+            _, statement, params = queued[0]
+        else:
+            statement = "WITH " + ", ".join(
+                f"w{i} AS ({part})" for i, (_, part, _) in enumerate(queued[:-1])
+            ) + " " + queued[-1][1]
+            params = [value for _, _, part in queued for value in part]
+        # prepared at once, as an executemany's statement in a pipeline is: a fold's
+        # shapes (tables and row counts) are few and come again
+        self.curs.execute(statement, params, prepare=True)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush()
+        return self.curs.execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush()
+        return self.curs.executemany(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.curs, name)
