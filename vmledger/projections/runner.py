@@ -40,6 +40,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import (
     IntegrityError,
 )
+from eventsourcing.postgres import PostgresApplicationRecorder
 
 from vmledger.projections import layouts
 from vmledger.projections.log_reading import (
@@ -102,7 +103,8 @@ class _Pages:
         # originator ids converted once, not once per event (read_page's memo)
         self.originators: dict[Any, UUID | str] = {}
         pool = getattr(getattr(recorder, "datastore", None), "pool", None)
-        self.ahead = ahead if (ahead and getattr(pool, "max_size", 1) > 1) else 0
+        self.ahead = ahead if (isinstance(recorder, PostgresApplicationRecorder)
+                               and getattr(pool, "max_size", 1) > 1) else 0
         self._queue: queue.Queue[list[Row] | BaseException] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -566,7 +568,7 @@ class ViewUpdater:
 
             try:
                 while layouts.serving_name(self.view) != target.name:
-                    folded += builder.catch_up(step)
+                    folded += builder.catch_up(step, prefetch=True)
                     head = self.app.recorder.max_notification_id() or 0
                     if head - beside.position() > SWITCH_LIMIT:
                         continue
