@@ -251,3 +251,84 @@ def test_rebuilds_on_postgres_leave_no_dead_rows_behind(seeded_postgres: Engine)
     assert seeded_engine.updater.rebuild() > 0
     assert snapshot(seeded_engine) == folded
     assert size() == once < live
+
+
+def test_a_rebuild_on_postgres_copies_rows_straight_into_the_tables_it_emptied(
+        seeded_postgres: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the tables a rebuild emptied get their rows by COPY, with no staging table and
+    # no conflict to look for, and hold what each command's own fold wrote
+    import psycopg
+
+    seeded_engine = seeded_postgres
+    populate(seeded_engine.service, 24, group=8)
+    folded = snapshot(seeded_engine)
+    assert len(folded[ACTIONS]) >= runner_copy_rows()
+    statements: list[str] = []
+    execute, copy = psycopg.Cursor.execute, psycopg.Cursor.copy
+
+    def text(statement: Any, cursor: Any) -> str:
+        if isinstance(statement, psycopg.sql.Composable):
+            return statement.as_string(cursor.connection)
+        return str(statement)
+
+    def recorded_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(text(args[0] if args else kwargs["query"], self))
+        return execute(self, *args, **kwargs)
+
+    def recorded_copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(text(args[0] if args else kwargs["statement"], self))
+        return copy(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recorded_execute)
+    monkeypatch.setattr(psycopg.Cursor, "copy", recorded_copy)
+    assert seeded_engine.updater.rebuild() > 0
+    monkeypatch.undo()
+    assert snapshot(seeded_engine) == folded
+    assert any(s.startswith("COPY") and ACTIONS in s for s in statements)
+    assert not [s for s in statements if "_stage" in s]
+    # a second rebuild of a view folded further by commands: the same
+    populate(seeded_engine.service, 6, group=6, first=100)
+    folded = snapshot(seeded_engine)
+    assert seeded_engine.updater.rebuild() > 0
+    assert snapshot(seeded_engine) == folded
+
+
+def runner_copy_rows() -> int:
+    from vmledger.projections.store import RowWriter
+
+    return RowWriter.COPY_ROWS
+
+
+def test_a_rebuild_overtaken_by_another_fold_folds_every_event_once(
+        seeded_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # another process folds the first pages while the rebuild (reading ahead on
+    # PostgreSQL) is about to: the rebuild's transaction finds the position moved,
+    # writes nothing, and goes on from there
+    populate(seeded_engine.service, 12, group=6)
+    folded = snapshot(seeded_engine)
+    view = seeded_engine.view
+    other = runner.ViewUpdater(seeded_engine.service, view, page_size=100,
+                               batch_events=100)
+    apply_pages = type(view).apply_pages
+    overtaken: list[int] = []
+
+    def overtaking(self: Any, pages: Any, *args: Any, **kwargs: Any) -> int:
+        if not overtaken:
+            with monkeypatch.context() as undo:
+                undo.setattr(type(view), "apply_pages", apply_pages)
+                start = view.position()
+                # one page of the other's, in its own transaction
+                rows = runner.read_page(seeded_engine.service.recorder, start, 100)
+                view.apply_pages([(rows, rows[-1][0])], runner.EventDecoder(
+                    seeded_engine.service.mapper, view.wants), after=start)
+                overtaken.append(rows[-1][0])
+        return apply_pages(self, pages, *args, **kwargs)
+
+    monkeypatch.setattr(type(view), "apply_pages", overtaking)
+    rebuilder = runner.ViewUpdater(seeded_engine.service, view, page_size=50,
+                                   batch_events=200)
+    assert rebuilder.rebuild() > 0
+    monkeypatch.undo()
+    assert overtaken and view.position() > overtaken[0]
+    assert other.catch_up() == 0
+    assert snapshot(seeded_engine) == folded

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import SimpleNamespace
@@ -120,6 +120,9 @@ class ServersView(ServerQueries):
         self._readers: dict[str, int] = {}
         self._readers_lock = threading.Lock()
         self._renames: dict[str, tuple[re.Pattern[str], dict[str, str]]] = {}
+        #: the layouts whose tables this process emptied (:meth:`clear`) and has not
+        #: folded into since
+        self._cleared: set[str] = set()
 
     # --- layouts ------------------------------------------------------------------
     @property
@@ -291,7 +294,7 @@ class ServersView(ServerQueries):
     def position(self) -> int:
         return self.max_tracking_id(self.layout.name) or 0
 
-    def apply_pages(self, pages: Sequence[RawPage], decode: Decode, *,
+    def apply_pages(self, pages: Iterable[RawPage], decode: Decode, *,
                     after: int | None = None) -> int:
         """Fold consecutive pages of the log in one transaction, with a tracking record
         per page, loading and writing each row once for all of them. Each page is
@@ -374,7 +377,7 @@ class ServersView(ServerQueries):
         value = None if row is None else (row["n"] if isinstance(row, dict) else row[0])
         return int(value or 0)
 
-    def _fold(self, curs: Any, pages: Sequence[RawPage], decode: Decode, *, empty: bool,
+    def _fold(self, curs: Any, pages: Iterable[RawPage], decode: Decode, *, empty: bool,
               bulk: bool, read: dict[str, dict[str, Any] | None] | None = None,
               held: bool = False) -> int:
         """``read``: documents already read in this transaction (by id; None: no row).
@@ -382,7 +385,11 @@ class ServersView(ServerQueries):
         pages (the tracking record's write cannot be refused)."""
         name = self.layout.name
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
-        writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk)
+        # tables this process emptied (:meth:`clear`), nothing folded into them since:
+        # the position, read locked, is still 0
+        fresh = empty and bulk and name in self._cleared
+        self._cleared.discard(name)
+        writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk, fresh=fresh)
         batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
         # read models that follow the folded server documents (not only the events)
         followers = tuple((batch.server_folded, getattr(batch, "unchanged_by", ()))
@@ -405,7 +412,9 @@ class ServersView(ServerQueries):
         # and the followers it is passed to (this fold's)
         routes: dict[type, tuple[bool, tuple[int, ...], tuple[Follow, ...]]] = {}
         known = self._routes()
-        for rows, _ in pages:
+        positions: list[int] = []
+        for rows, position in pages:
+            positions.append(position)
             events = decode(rows)
             folded: list[tuple[str, Any]] = []
             shares: list[list[Any]] = [[] for _ in batches]
@@ -477,7 +486,7 @@ class ServersView(ServerQueries):
             self._write_rows(curs, targets, stored)
         for batch in batches:
             batch.write()
-        for _, position in pages:
+        for position in positions:
             if held:
                 self._advance_position(curs, Tracking(name, position))
             else:
@@ -569,19 +578,23 @@ class ServersView(ServerQueries):
             if drop_indexes:
                 for name in self._index_names():
                     curs.execute(f"DROP INDEX IF EXISTS {name}")
+        self._cleared.add(self.layout.name)
 
     def _empty_tables(self, curs: Any) -> None:
         """Before :meth:`clear` deletes the rows: nothing here (see the PostgreSQL
         view)."""
 
-    def restore_indexes(self) -> None:
+    def restore_indexes(self, *, analyze: bool = False) -> None:
         """Create the secondary indexes that are missing (and what extensions keep
-        beside them: :meth:`restore_extensions`)."""
+        beside them: :meth:`restore_extensions`); with ``analyze``, then
+        :meth:`analyze` the tables in the same transaction (one commit less)."""
         with self.transaction(commit=True) as curs:
             for statement in self.create_statements():
                 if statement.startswith("CREATE INDEX"):
                     curs.execute(statement)
             self._restore_extensions(curs)
+            if analyze:
+                self._analyze(curs)
 
     def restore_extensions(self) -> None:
         """What extensions keep beside the tables (their optional ``restore(curs,
@@ -600,8 +613,11 @@ class ServersView(ServerQueries):
         if self.dialect != "postgres":
             return
         with self.transaction(commit=True) as curs:
-            for table in self.defined_tables():
-                curs.execute(self._sql(f"ANALYZE {table}"))
+            self._analyze(curs)
+
+    def _analyze(self, curs: Any) -> None:
+        if self.dialect == "postgres":  # every table in one statement (one round trip)
+            curs.execute(self._sql(f"ANALYZE {', '.join(self.defined_tables())}"))
 
     def _restore_extensions(self, curs: Any) -> None:
         for extension in self.extensions:

@@ -230,13 +230,18 @@ class RowWriter:
     COPY_ROWS = 200
 
     def __init__(self, curs: Any, sql: Callable[[str], str], dialect: str, *,
-                 bulk: bool = True) -> None:
+                 bulk: bool = True, fresh: bool = False) -> None:
         self.curs = curs
         self.sql = sql
         self.dialect = dialect
         #: whether COPY may be used (not in a command's pipelined transaction: psycopg's
         #: pipeline mode has no COPY)
         self.bulk = bulk
+        #: the tables were emptied in an earlier transaction and nothing was written to
+        #: them since (a rebuild's first transaction): on PostgreSQL the rows are copied
+        #: straight into them, with no staging table and no conflict to look for (each
+        #: upsert writes a key once)
+        self.fresh = fresh
 
     def upsert(self, table: str, columns: Sequence[str], key: str | tuple[str, ...],
                rows: Sequence[Sequence[Any]]) -> None:
@@ -258,6 +263,12 @@ class RowWriter:
             from psycopg import sql as pg
 
             table = self.sql(table)  # the table of the layout written (a bare name)
+            if self.fresh:
+                with self.curs.copy(pg.SQL("COPY {0} ({1}) FROM STDIN").format(
+                        pg.Identifier(table), pg.SQL(cols))) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                return
 
             stage = pg.Identifier(f"{table}_stage")
             self.curs.execute(pg.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {0} "
