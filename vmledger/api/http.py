@@ -1,10 +1,12 @@
 """The plumbing every Compute API endpoint shares.
 
-- :class:`ComputeMiddleware` (pure ASGI): makes the request id and puts
+- :class:`ApiLayer` (pure ASGI, the one layer before the router): counts and times
+  every request for the metrics; makes the request id and puts
   ``x-openstack-request-id`` and ``x-compute-request-id`` on every response, faults
   too; refuses URLs whose percent-decoded path or query is not UTF-8 or holds a NUL
-  (400); under ``/v2.1`` it also negotiates the microversion and adds the microversion
-  headers.
+  (400); under ``/v2.1`` it also negotiates the microversion, adds the microversion
+  headers and writes the access line; and pins the read models' layout around the
+  route's work.
 - :func:`endpoint` turns a handler of a :class:`Call` into a Starlette endpoint that
   authenticates the caller and turns any exception into a Nova fault (an unexpected one
   is logged: a 500 is a bug).
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +35,7 @@ from vmledger.api import microversions as mv
 from vmledger.api.auth import Authenticator, Principal
 from vmledger.api.faults import ApiError, fault_response, response_for
 from vmledger.api.jsontext import BodyError, decode_json, url_problem
+from vmledger.api.metrics import ROUTE_KEY, ApiMetrics, route_template
 from vmledger.api.neutron import is_network_path, neutron_error
 from vmledger.api.views import Links, Viewer
 from vmledger.domain.server import Context
@@ -54,82 +58,157 @@ def is_versioned(path: str) -> bool:
     return path == VERSIONED_PREFIX or path.startswith(VERSIONED_PREFIX + "/")
 
 
-class ComputeMiddleware:
-    """Request ids on every response; URLs that are not UTF-8, or hold a NUL, refused;
-    microversions (and an access log line) for everything under ``/v2.1``."""
+class ApiLayer:
+    """The one layer every HTTP request passes before the router (pure ASGI, outermost
+    but for Starlette's own): it counts and times the request for the metrics, makes
+    the request id and puts it on every response, refuses URLs that are not UTF-8 or
+    hold a NUL, and under ``/v2.1`` negotiates the microversion, adds its headers and
+    writes the access line; it notes the route template the router matched (the
+    metrics' label) and pins the read models' layout around the route's work.
 
-    def __init__(self, app: ASGIApp) -> None:
+    One layer instead of four (metrics, request ids and microversions, the route
+    probe, the layout pin): each was a coroutine frame, and two wrapped ``send``."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, engine: Engine) -> None:
         self.app = app
+        self.metrics = metrics
+        self.updater = engine.updater
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_request_id()
-        logs.request_id.set(request_id)  # every log record of this call carries it
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        extra = {name: request_id for name in REQUEST_ID_HEADERS}
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogatepass")
-        problem = url_problem(raw_path, scope.get("query_string", b""))
-        if problem is not None:
-            refusal = (neutron_error(400, "HTTPBadRequest", problem, headers=extra)
-                       if is_network_path(scope["path"])
-                       else fault_response(400, problem, headers=extra))
-            await refusal(scope, receive, send)
-            return
-        if not is_versioned(scope["path"]):
-            await self.app(scope, receive, _with_headers(send, extra))
-            return
-        path: str = scope["path"]
-        if path.endswith("/") and path != VERSIONED_PREFIX + "/":
-            # /v2.1/servers/ is /v2.1/servers (only /v2.1/ keeps its slash)
-            trimmed = path.rstrip("/") or "/"
-            scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
-        try:
-            version = mv.negotiate(Headers(scope=scope))
-        except mv.VersionError as exc:
-            # nothing was negotiated, so nothing is echoed (as Nova); Vary still applies
-            response = fault_response(exc.code, exc.message,
-                                      headers={**extra, "Vary": mv.VARY_VALUE})
-            await response(scope, receive, send)
-            return
-        state["api_version"] = version
-        extra.update(mv.response_headers(version))
-
+        # shared with the handlers even where the scope is copied below
+        state: dict[str, Any] = scope.setdefault("state", {})
         started = time.perf_counter()
-        status = 0
-        sent = 0
+        status = 500  # unless a response starts
+        inner: Scope | None = None  # the scope the router saw, once it was called
+        try:
+            request_id = new_request_id()
+            logs.request_id.set(request_id)  # every log record of this call carries it
+            state["request_id"] = request_id
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8",
+                                                                      "surrogatepass")
+            problem = url_problem(raw_path, scope.get("query_string", b""))
+            if problem is not None:
+                ids = {name: request_id for name in REQUEST_ID_HEADERS}
+                refusal = (neutron_error(400, "HTTPBadRequest", problem, headers=ids)
+                           if is_network_path(scope["path"])
+                           else fault_response(400, problem, headers=ids))
+                status = refusal.status_code
+                await refusal(scope, receive, send)
+                return
+            path: str = scope["path"]
+            if not is_versioned(path):
+                id_headers = _id_headers(request_id)
 
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = MutableHeaders(scope=message)
-                # a handler may override them (a repeat answers with its first request id)
-                for name, value in {**extra, **state.get("response_headers", {})}.items():
-                    headers[name] = value
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    _log_access(scope, state, status=status, sent=sent, started=started,
-                                version=str(version))
-            await send(message)
+                async def send_with_ids(message: Message) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = int(message["status"])
+                        _add_headers(message, id_headers)
+                    await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+                inner = scope
+                with self.updater.request():
+                    await self.app(scope, receive, send_with_ids)
+                return
+            if path.endswith("/") and path != VERSIONED_PREFIX + "/":
+                # /v2.1/servers/ is /v2.1/servers (only /v2.1/ keeps its slash)
+                trimmed = path.rstrip("/") or "/"
+                scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
+            try:
+                version = mv.negotiate(Headers(scope=scope))
+            except mv.VersionError as exc:
+                # nothing was negotiated, so nothing is echoed (as Nova); Vary still
+                # applies
+                response = fault_response(
+                    exc.code, exc.message,
+                    headers={**{name: request_id for name in REQUEST_ID_HEADERS},
+                             "Vary": mv.VARY_VALUE})
+                status = response.status_code
+                await response(scope, receive, send)
+                return
+            state["api_version"] = version
+            extra = _id_headers(request_id) + _version_headers(version)
+            served = time.perf_counter()
+            sent = 0
+
+            async def send_with_headers(message: Message) -> None:
+                nonlocal status, sent
+                kind = message["type"]
+                if kind == "http.response.start":
+                    status = int(message["status"])
+                    # a handler may override them (a repeat answers with its first
+                    # request id)
+                    overrides = state.get("response_headers")
+                    if overrides:
+                        headers = MutableHeaders(scope=message)
+                        for name, value in {**_as_dict(extra), **overrides}.items():
+                            headers[name] = value
+                    else:
+                        _add_headers(message, extra)
+                elif kind == "http.response.body":
+                    sent += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        _log_access(scope, state, status=status, sent=sent,
+                                    started=served, version=str(version))
+                await send(message)
+
+            inner = scope
+            with self.updater.request():
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            if inner is not None:
+                _note_route(inner, state)
+            self.metrics.finished(scope["method"], state, status,
+                                  time.perf_counter() - started)
 
 
-def _with_headers(send: Send, extra: dict[str, str]) -> Send:
-    """``send``, adding ``extra`` to the response's headers."""
+#: header names as a response carries them (lower case, bytes)
+_ID_NAMES = tuple(name.lower().encode("latin-1") for name in REQUEST_ID_HEADERS)
+RawHeaders = tuple[tuple[bytes, bytes], ...]
 
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = MutableHeaders(scope=message)
-            for name, value in extra.items():
-                headers[name] = value
-        await send(message)
 
-    return sending
+def _id_headers(request_id: str) -> RawHeaders:
+    value = request_id.encode("latin-1")
+    return tuple((name, value) for name in _ID_NAMES)
+
+
+@functools.lru_cache(maxsize=256)
+def _version_headers(version: mv.APIVersion) -> RawHeaders:
+    """The microversion headers of ``version``, encoded once."""
+    return tuple((name.lower().encode("latin-1"), value.encode("latin-1"))
+                 for name, value in mv.response_headers(version).items())
+
+
+def _as_dict(headers: RawHeaders) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+
+
+def _add_headers(message: Message, extra: RawHeaders) -> None:
+    """Set ``extra`` on a response's start message: appended when the response has
+    none of them (the usual case), else each one replacing the response's own as
+    :class:`~starlette.datastructures.MutableHeaders` does."""
+    raw = list(message.get("headers", ()))
+    present = {name for name, _value in raw}
+    if present.isdisjoint(name for name, _value in extra):
+        raw.extend(extra)
+        message["headers"] = raw
+        return
+    headers = MutableHeaders(scope=message)
+    for name, value in extra:
+        headers[name.decode("latin-1")] = value.decode("latin-1")
+
+
+def _note_route(scope: Scope, state: dict[str, Any]) -> None:
+    """Note the route template (and its handler's name) the router matched."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        state[ROUTE_KEY] = route_template(path)
+        state["vmledger_handler"] = getattr(getattr(route, "endpoint", None), "__name__",
+                                            None)
 
 
 def _log_access(scope: Scope, state: dict[str, Any], *, status: int, sent: int,
