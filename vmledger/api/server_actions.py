@@ -31,9 +31,15 @@ from vmledger.engine import ServerInfo
 
 
 def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> CommandResult:
-    owned_server(call.engine, call.principal, server_id)
-    return call.engine.act(server_id, action, ctx=call.context(),
-                           idempotency_key=idempotency.key_of(call), **params)
+    key = idempotency.key_of(call)
+    if params or key is not None:
+        # the server first: a missing or another project's server is a 404 before the
+        # parameters are checked or a repeat is answered
+        owned_server(call.engine, call.principal, server_id)
+    # else the command's own load answers the same 404 (it sees the server as the
+    # caller may), so the read models' read before it would only cost a query
+    return call.engine.act(server_id, action, ctx=call.context(), idempotency_key=key,
+                           **params)
 
 
 def _rebuild(call: Call, server_id: str, params: dict[str, Any]
