@@ -32,6 +32,12 @@ and is checked to return the API's exact body. The windows of all of them altern
 in a shuffled order, so outside load hits them alike; medians are reported. Then the
 API's list path is timed stage by stage inside the same in-process requests (no HTTP),
 and the handler's work is profiled, to show what costs what.
+
+*CPU per request in process*: the app called directly on one event loop (no HTTP, same
+database): ``GET /v2.1/servers/{id}``, and ``POST /v2.1/servers/{id}/action`` lock /
+unlock beside the same commands through the engine (``engine.act``) — the difference is
+what the API's layers, its thread-pool hop and its checks cost a command. Process CPU
+(all threads, ``time.process_time``), the best of three batches.
 """
 
 from __future__ import annotations
@@ -505,6 +511,66 @@ def _asgi_call(app: Any, path: str, query: bytes) -> Callable[[], None]:
     return lambda: loop.run_until_complete(once())
 
 
+def _cpu_per_call(fn: Callable[[int], Any], count: int = 200) -> float:
+    """CPU µs (this process, all threads) per call of ``fn(i)``: the best of three
+    batches of ``count``."""
+    for i in range(count // 4):
+        fn(i)
+    best = math.inf
+    for _ in range(3):
+        started = time.process_time()
+        for i in range(count):
+            fn(i)
+        best = min(best, (time.process_time() - started) / count)
+    return best * 1e6
+
+
+def request_cpu(url: str, server_id: str) -> list[tuple[str, float]]:
+    """CPU per request of the app called in process (see the module), µs."""
+    from vmledger.api import create_app
+
+    engine = Engine(url, allocation_ratios=commands.UNLIMITED)
+    loop = asyncio.new_event_loop()
+    try:
+        app = create_app(engine)
+
+        def request(method: str, path: str, body: bytes, expected: int) -> None:
+            scope: dict[str, Any] = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "method": method, "scheme": "http", "path": path,
+                "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+                "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8774)}
+            status: list[int] = []
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+
+            loop.run_until_complete(app(scope, receive, send))
+            if status != [expected]:
+                raise RuntimeError(f"{method} {path}: {status}")
+
+        show = f"/v2.1/servers/{server_id}"
+        action = f"{show}/action"
+        bodies = (b'{"lock": null}', b'{"unlock": null}')
+        get = _cpu_per_call(lambda i: request("GET", show, b"", 200))
+        post = _cpu_per_call(lambda i: request("POST", action, bodies[i % 2], 202))
+        alone = _cpu_per_call(lambda i: engine.act(
+            server_id, ("lock", "unlock")[i % 2], ctx=engine.context(
+                request_id=f"req-bench-{i}")))
+        return [("GET /v2.1/servers/{id}", get),
+                ("POST /v2.1/servers/{id}/action lock / unlock", post),
+                ("  the same commands through engine.act", alone),
+                ("  the API's share of a command", post - alone)]
+    finally:
+        loop.close()
+        engine.close()
+
+
 def _call_for(engine: Engine) -> Any:
     """A :class:`vmledger.api.http.Call` for ``GET /v2.1/servers/detail?limit=100``."""
     from starlette.requests import Request
@@ -648,6 +714,8 @@ class ApiReport:
     contention: dict[str, float]
     commits: Commits = field(default_factory=Commits)
     flush_ms: list[float] = field(default_factory=list)
+    #: (label, CPU µs per request) of :func:`request_cpu`
+    request_cpu: list[tuple[str, float]] = field(default_factory=list)
 
     def ratios(self, name: str, baseline: str = "bare") -> list[float]:
         return [a / b for a, b in zip(self.lists[name].rates, self.lists[baseline].rates,
@@ -688,6 +756,7 @@ def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
         local = engine_round_trips(url, sizes.round_trips, sizes.warmup)
         commits = commits_per_round_trip(url, max(2, min(10, sizes.round_trips)))
         flush_ms = flushed_commit_ms(directory)
+        cpu = request_cpu(url, server_id)
         stages: list[Stage] = []
         profile: list[tuple[str, float, float]] = []
         if sizes.profile:
@@ -698,7 +767,7 @@ def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
     report = ApiReport(sizes.servers, events, [http, local], series, sizes.connections,
                        sizes.window, rows, bodies, stages, profile, seconds,
                        commands.contention(stalls, commands.pressure_totals(), seconds),
-                       commits, flush_ms)
+                       commits, flush_ms, cpu)
     return format_report(report)
 
 
@@ -735,6 +804,11 @@ def format_report(r: ApiReport) -> str:
           f"run): p50 {p50:.2f} ms, p90 {percentile(r.flush_ms, 90):.2f} ms")
         w(f"  floor of a round trip before any CPU: {flushed:.1f} x {p50:.2f} = "
           f"{flushed * p50:.1f} ms (p50)")
+    if r.request_cpu:
+        w("  CPU per request, the app called in process (no HTTP, all threads, best of 3 "
+          "batches of 200):")
+        for label, us in r.request_cpu:
+            w(f"    {label:<60} {us:>7,.0f} µs")
     w("")
     w(f"List throughput: {r.connections} concurrent keep-alive connections (httpx async), "
       f"windows of {r.window:.1f} s after 0.3 s")

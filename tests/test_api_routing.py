@@ -9,6 +9,8 @@ import re
 from collections.abc import Iterator
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, Router
 
 from tests.support.server import IMAGE
@@ -87,3 +89,38 @@ def test_a_route_at_the_end_of_the_table_is_reached_without_trying_the_others(
     assert served.get("/ledger/v1/verify").status_code == 200
     routes = len(served.app.router.routes)  # type: ignore[attr-defined]
     assert routes > 200 and len(tried) <= 10, tried
+
+
+def test_an_action_is_routed_without_trying_the_shorter_paths_before_it(
+        clients: tuple[ApiClient, ApiClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    served, _ = clients
+    server_id = served.get("/v2.1/servers").json()["servers"][0]["id"]
+    tried: list[str] = []
+    matches = Route.matches
+
+    def counting(self: Route, scope: dict[str, object]) -> object:
+        tried.append(self.path)
+        return matches(self, scope)
+
+    monkeypatch.setattr(Route, "matches", counting)
+    assert served.post(f"/v2.1/servers/{server_id}/action",
+                       json={"lock": None}).status_code == 202
+    assert tried == ["/v2.1/servers/{server_id}/action"]
+    tried.clear()
+    assert served.get(f"/v2.1/servers/{server_id}").status_code == 200
+    assert tried == ["/v2.1/servers/{server_id}"]
+
+
+def test_a_route_spanning_segments_is_tried_for_paths_of_any_length(
+        clients: tuple[ApiClient, ApiClient]) -> None:
+    served, stock = clients
+    for client in clients:
+        async def files(request: Request) -> Response:
+            return PlainTextResponse(request.path_params["rest"])
+
+        client.app.router.routes.insert(  # type: ignore[attr-defined]
+            0, Route("/v2.1/files/{rest:path}", files, methods=["GET"]))
+    for path in ("/v2.1/files/a", "/v2.1/files/a/b/c", "/v2.1/files/" + "x/" * 40 + "y"):
+        answer = served.get(path)
+        assert (answer.status_code, answer.text) == (200, path.removeprefix("/v2.1/files/"))
+        assert stock.get(path).text == answer.text

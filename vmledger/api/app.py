@@ -23,7 +23,7 @@ Callers are identified as :mod:`vmledger.api.auth` describes (``noauth``, ``toke
 
 A project id in a URL follows Nova's pattern (:data:`PROJECT_ID_PATTERN`); any other path
 is a 404 fault. Every response carries the request id headers, those under ``/v2.1`` the
-microversion headers too (see :class:`vmledger.api.http.ComputeMiddleware`), and every
+microversion headers too (see :class:`vmledger.api.http.ApiLayer`), and every
 error is a Nova fault body (the Keystone and Glance shims answer in their own shapes).
 """
 
@@ -40,7 +40,6 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmledger.api import (
     aggregates,
@@ -78,15 +77,15 @@ from vmledger.api.faults import fault_response
 from vmledger.api.glance import glance_routes
 from vmledger.api.health import HealthCheck, health_routes
 from vmledger.api.http import (
+    ApiLayer,
     Call,
-    ComputeMiddleware,
     Handler,
     base_url,
     endpoint,
 )
 from vmledger.api.identity import identity_routes
 from vmledger.api.ledger import ledger_routes
-from vmledger.api.metrics import ApiMetrics, MetricsMiddleware, RouteProbe
+from vmledger.api.metrics import ApiMetrics
 from vmledger.api.neutron import is_network_path, neutron_routes, routing_error
 from vmledger.api.rendering import RenderCache
 from vmledger.api.routing import IndexedRouter
@@ -274,22 +273,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return fault_response(exc.status_code, message, headers=exc.headers)
 
 
-class OneLayout:
-    """Every read of one request from the same version of the read models' layout,
-    even when an upgrade switches to a new one meanwhile."""
-
-    def __init__(self, app: ASGIApp, engine: Engine) -> None:
-        self.app = app
-        self.updater = engine.updater
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        with self.updater.request():
-            await self.app(scope, receive, send)
-
-
 def create_app(engine: Engine, *, auth: str | AuthSettings = "noauth",
                tokens: Mapping[str, Identity] | Iterable[str] | None = None,
                users: Iterable[Account | str] | None = None,
@@ -310,9 +293,7 @@ def create_app(engine: Engine, *, auth: str | AuthSettings = "noauth",
     operations: list[BaseRoute] = [*health_routes(health),
                                    Route("/metrics", metrics.endpoint, methods=["GET"])]
     app = Starlette(routes=operations + _routes(engine, settings, registry),
-                    middleware=[Middleware(MetricsMiddleware, metrics=metrics),
-                                Middleware(ComputeMiddleware), Middleware(RouteProbe),
-                                Middleware(OneLayout, engine=engine)],
+                    middleware=[Middleware(ApiLayer, metrics=metrics, engine=engine)],
                     exception_handlers={HTTPException: _http_error})
     app.router = IndexedRouter(app.router.routes)  # the same table, fewer routes tried
     app.state.engine = engine

@@ -1,27 +1,34 @@
 """The plumbing every Compute API endpoint shares.
 
-- :class:`ComputeMiddleware` (pure ASGI): makes the request id and puts
+- :class:`ApiLayer` (pure ASGI, the one layer before the router): counts and times
+  every request for the metrics; makes the request id and puts
   ``x-openstack-request-id`` and ``x-compute-request-id`` on every response, faults
   too; refuses URLs whose percent-decoded path or query is not UTF-8 or holds a NUL
-  (400); under ``/v2.1`` it also negotiates the microversion and adds the microversion
-  headers.
-- :func:`endpoint` turns a handler of a :class:`Call` into a Starlette endpoint that
+  (400); under ``/v2.1`` it also negotiates the microversion, adds the microversion
+  headers and writes the access line; and pins the read models' layout around the
+  route's work.
+- :func:`endpoint` turns a handler of a :class:`Call` into a route's ASGI app that
   authenticates the caller and turns any exception into a Nova fault (an unexpected one
-  is logged: a 500 is a bug).
+  is logged: a 500 is a bug); :meth:`Call.run` runs its blocking engine calls in a
+  worker thread (:func:`in_thread`).
 - :func:`read_json` reads a request body with Nova's content-type, size and JSON rules,
   and :mod:`vmledger.api.jsontext`'s depth and Unicode checks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, ParamSpec, TypeVar
 
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -32,6 +39,7 @@ from vmledger.api import microversions as mv
 from vmledger.api.auth import Authenticator, Principal
 from vmledger.api.faults import ApiError, fault_response, response_for
 from vmledger.api.jsontext import BodyError, decode_json, url_problem
+from vmledger.api.metrics import ROUTE_KEY, ApiMetrics, route_template
 from vmledger.api.neutron import is_network_path, neutron_error
 from vmledger.api.views import Links, Viewer
 from vmledger.domain.server import Context
@@ -54,82 +62,157 @@ def is_versioned(path: str) -> bool:
     return path == VERSIONED_PREFIX or path.startswith(VERSIONED_PREFIX + "/")
 
 
-class ComputeMiddleware:
-    """Request ids on every response; URLs that are not UTF-8, or hold a NUL, refused;
-    microversions (and an access log line) for everything under ``/v2.1``."""
+class ApiLayer:
+    """The one layer every HTTP request passes before the router (pure ASGI, outermost
+    but for Starlette's own): it counts and times the request for the metrics, makes
+    the request id and puts it on every response, refuses URLs that are not UTF-8 or
+    hold a NUL, and under ``/v2.1`` negotiates the microversion, adds its headers and
+    writes the access line; it notes the route template the router matched (the
+    metrics' label) and pins the read models' layout around the route's work.
 
-    def __init__(self, app: ASGIApp) -> None:
+    One layer instead of four (metrics, request ids and microversions, the route
+    probe, the layout pin): each was a coroutine frame, and two wrapped ``send``."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, engine: Engine) -> None:
         self.app = app
+        self.metrics = metrics
+        self.updater = engine.updater
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_request_id()
-        logs.request_id.set(request_id)  # every log record of this call carries it
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        extra = {name: request_id for name in REQUEST_ID_HEADERS}
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogatepass")
-        problem = url_problem(raw_path, scope.get("query_string", b""))
-        if problem is not None:
-            refusal = (neutron_error(400, "HTTPBadRequest", problem, headers=extra)
-                       if is_network_path(scope["path"])
-                       else fault_response(400, problem, headers=extra))
-            await refusal(scope, receive, send)
-            return
-        if not is_versioned(scope["path"]):
-            await self.app(scope, receive, _with_headers(send, extra))
-            return
-        path: str = scope["path"]
-        if path.endswith("/") and path != VERSIONED_PREFIX + "/":
-            # /v2.1/servers/ is /v2.1/servers (only /v2.1/ keeps its slash)
-            trimmed = path.rstrip("/") or "/"
-            scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
-        try:
-            version = mv.negotiate(Headers(scope=scope))
-        except mv.VersionError as exc:
-            # nothing was negotiated, so nothing is echoed (as Nova); Vary still applies
-            response = fault_response(exc.code, exc.message,
-                                      headers={**extra, "Vary": mv.VARY_VALUE})
-            await response(scope, receive, send)
-            return
-        state["api_version"] = version
-        extra.update(mv.response_headers(version))
-
+        # shared with the handlers even where the scope is copied below
+        state: dict[str, Any] = scope.setdefault("state", {})
         started = time.perf_counter()
-        status = 0
-        sent = 0
+        status = 500  # unless a response starts
+        inner: Scope | None = None  # the scope the router saw, once it was called
+        try:
+            request_id = new_request_id()
+            logs.request_id.set(request_id)  # every log record of this call carries it
+            state["request_id"] = request_id
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8",
+                                                                      "surrogatepass")
+            problem = url_problem(raw_path, scope.get("query_string", b""))
+            if problem is not None:
+                ids = {name: request_id for name in REQUEST_ID_HEADERS}
+                refusal = (neutron_error(400, "HTTPBadRequest", problem, headers=ids)
+                           if is_network_path(scope["path"])
+                           else fault_response(400, problem, headers=ids))
+                status = refusal.status_code
+                await refusal(scope, receive, send)
+                return
+            path: str = scope["path"]
+            if not is_versioned(path):
+                id_headers = _id_headers(request_id)
 
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status, sent
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = MutableHeaders(scope=message)
-                # a handler may override them (a repeat answers with its first request id)
-                for name, value in {**extra, **state.get("response_headers", {})}.items():
-                    headers[name] = value
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    _log_access(scope, state, status=status, sent=sent, started=started,
-                                version=str(version))
-            await send(message)
+                async def send_with_ids(message: Message) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = int(message["status"])
+                        _add_headers(message, id_headers)
+                    await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+                inner = scope
+                with self.updater.request():
+                    await self.app(scope, receive, send_with_ids)
+                return
+            if path.endswith("/") and path != VERSIONED_PREFIX + "/":
+                # /v2.1/servers/ is /v2.1/servers (only /v2.1/ keeps its slash)
+                trimmed = path.rstrip("/") or "/"
+                scope = {**scope, "path": trimmed, "raw_path": trimmed.encode()}
+            try:
+                version = mv.negotiate(Headers(scope=scope))
+            except mv.VersionError as exc:
+                # nothing was negotiated, so nothing is echoed (as Nova); Vary still
+                # applies
+                response = fault_response(
+                    exc.code, exc.message,
+                    headers={**{name: request_id for name in REQUEST_ID_HEADERS},
+                             "Vary": mv.VARY_VALUE})
+                status = response.status_code
+                await response(scope, receive, send)
+                return
+            state["api_version"] = version
+            extra = _id_headers(request_id) + _version_headers(version)
+            served = time.perf_counter()
+            sent = 0
+
+            async def send_with_headers(message: Message) -> None:
+                nonlocal status, sent
+                kind = message["type"]
+                if kind == "http.response.start":
+                    status = int(message["status"])
+                    # a handler may override them (a repeat answers with its first
+                    # request id)
+                    overrides = state.get("response_headers")
+                    if overrides:
+                        headers = MutableHeaders(scope=message)
+                        for name, value in {**_as_dict(extra), **overrides}.items():
+                            headers[name] = value
+                    else:
+                        _add_headers(message, extra)
+                elif kind == "http.response.body":
+                    sent += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        _log_access(scope, state, status=status, sent=sent,
+                                    started=served, version=str(version))
+                await send(message)
+
+            inner = scope
+            with self.updater.request():
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            if inner is not None:
+                _note_route(inner, state)
+            self.metrics.finished(scope["method"], state, status,
+                                  time.perf_counter() - started)
 
 
-def _with_headers(send: Send, extra: dict[str, str]) -> Send:
-    """``send``, adding ``extra`` to the response's headers."""
+#: header names as a response carries them (lower case, bytes)
+_ID_NAMES = tuple(name.lower().encode("latin-1") for name in REQUEST_ID_HEADERS)
+RawHeaders = tuple[tuple[bytes, bytes], ...]
 
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = MutableHeaders(scope=message)
-            for name, value in extra.items():
-                headers[name] = value
-        await send(message)
 
-    return sending
+def _id_headers(request_id: str) -> RawHeaders:
+    value = request_id.encode("latin-1")
+    return tuple((name, value) for name in _ID_NAMES)
+
+
+@functools.lru_cache(maxsize=256)
+def _version_headers(version: mv.APIVersion) -> RawHeaders:
+    """The microversion headers of ``version``, encoded once."""
+    return tuple((name.lower().encode("latin-1"), value.encode("latin-1"))
+                 for name, value in mv.response_headers(version).items())
+
+
+def _as_dict(headers: RawHeaders) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
+
+
+def _add_headers(message: Message, extra: RawHeaders) -> None:
+    """Set ``extra`` on a response's start message: appended when the response has
+    none of them (the usual case), else each one replacing the response's own as
+    :class:`~starlette.datastructures.MutableHeaders` does."""
+    raw = list(message.get("headers", ()))
+    present = {name for name, _value in raw}
+    if present.isdisjoint(name for name, _value in extra):
+        raw.extend(extra)
+        message["headers"] = raw
+        return
+    headers = MutableHeaders(scope=message)
+    for name, value in extra:
+        headers[name.decode("latin-1")] = value.decode("latin-1")
+
+
+def _note_route(scope: Scope, state: dict[str, Any]) -> None:
+    """Note the route template (and its handler's name) the router matched."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        state[ROUTE_KEY] = route_template(path)
+        state["vmledger_handler"] = getattr(getattr(route, "endpoint", None), "__name__",
+                                            None)
 
 
 def _log_access(scope: Scope, state: dict[str, Any], *, status: int, sent: int,
@@ -196,34 +279,79 @@ class Call:
 
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a (synchronous, blocking) engine call in the thread pool."""
-        return await run_in_threadpool(func, *args, **kwargs)
+        return await in_thread(func, *args, **kwargs)
+
+
+#: the API's worker threads for blocking engine calls: as many as anyio's default
+#: limiter allows (concurrent commands share commits on PostgreSQL, so fewer cost more)
+WORKER_THREADS = 40
+_workers: ThreadPoolExecutor | None = None
+_workers_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _workers
+    if _workers is None:
+        with _workers_lock:
+            if _workers is None:
+                _workers = ThreadPoolExecutor(WORKER_THREADS,
+                                              thread_name_prefix="vmledger-api")
+    return _workers
+
+
+async def in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``func(*args, **kwargs)`` in a worker thread, in a copy of this task's context
+    (the request id of the log records, the pinned read-model layout), as
+    ``starlette.concurrency.run_in_threadpool`` does, handed straight to an executor:
+    anyio's capacity limiter and cancel scopes cost an extra turn of the event loop and
+    some 10-20 µs a call, and the API's calls are never cancelled mid-way."""
+    context = contextvars.copy_context()
+    call = functools.partial(context.run, func, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_pool(), call)
 
 
 Handler = Callable[[Call], Awaitable[Response]]
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def endpoint(engine: Engine, authenticate: Authenticator, handler: Handler) -> Endpoint:
-    """A Starlette endpoint running ``handler``, with every exception a Nova fault."""
+class Endpoint:
+    """A route's ASGI app running a :data:`Handler`, with every exception a Nova fault.
 
-    async def serve(request: Request) -> Response:
+    An ASGI app rather than a request function: Starlette wraps a function in its own
+    exception layer and a second :class:`Request`, which this needs neither of (every
+    exception is answered here). ``__name__`` is the handler's (the metrics' command
+    name for handlers that name none)."""
+
+    def __init__(self, engine: Engine, authenticate: Authenticator, handler: Handler
+                 ) -> None:
+        self.engine = engine
+        self.authenticate = authenticate
+        self.handler = handler
+        self.__name__ = getattr(handler, "__name__", "endpoint")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.serve(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    async def serve(self, request: Request) -> Response:
         state = request.scope.setdefault("state", {})
         request_id = str(state.get("request_id") or new_request_id())
         try:
-            principal = authenticate(request)
+            principal = self.authenticate(request)
             # the access line names who called
             state["user_id"], state["project_id"] = principal.user_id, principal.project_id
-            call = Call(request=request, engine=engine, request_id=request_id,
+            call = Call(request=request, engine=self.engine, request_id=request_id,
                         version=state.get("api_version", mv.DEFAULT_VERSION),
                         principal=principal)
-            return await handler(call)
+            return await self.handler(call)
         except ClientDisconnect:  # the caller left while sending the body: nobody to tell
             return Response(status_code=400)
         except Exception as exc:
             return response_for(exc, request_id=request_id)
 
-    serve.__name__ = getattr(handler, "__name__", "endpoint")
-    return serve
+
+def endpoint(engine: Engine, authenticate: Authenticator, handler: Handler) -> Endpoint:
+    """A route's app running ``handler`` (see :class:`Endpoint`)."""
+    return Endpoint(engine, authenticate, handler)
 
 
 #: a body that was absent (zero bytes)

@@ -18,7 +18,7 @@ in one process; the library's global registry is never used):
   ``vmledger_host_up{host}``, ``vmledger_servers{status}`` and
   ``vmledger_read_models_up`` (0 when the database did not answer).
 
-:class:`ApiMetrics` adds the HTTP API's, measured by :class:`MetricsMiddleware`:
+:class:`ApiMetrics` adds the HTTP API's, measured by :class:`vmledger.api.http.ApiLayer`:
 
 - ``vmledger_http_requests_total{method,route,status}`` and
   ``vmledger_http_request_duration_seconds{method,route}`` (``route`` is the route
@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -45,7 +44,6 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vmledger.api.health import DEFAULT_TIMEOUT, BoundedRead
 from vmledger.engine import Engine
@@ -70,7 +68,8 @@ KNOWN_METHODS = COMMAND_METHODS | {"GET", "HEAD", "OPTIONS"}
 COMMAND_PREFIXES = ("/v2.1", "/image")
 #: the key in the request's state a handler names its command under (see :func:`note_command`)
 COMMAND_KEY = "vmledger_command"
-_ROUTE_KEY = "vmledger_route"
+#: the key in the request's state the route template matched is noted under
+ROUTE_KEY = "vmledger_route"
 
 
 def note_command(request: Request, action: str) -> None:
@@ -214,6 +213,18 @@ class ApiMetrics(EngineMetrics):
                     command, command_result(status))
             done.inc()
 
+    def finished(self, method: str, state: dict[str, Any], status: int,
+                 seconds: float) -> None:
+        """Count and time a request once it is answered (or failed: ``status`` 500),
+        by the route template noted in ``state`` (``unmatched`` when none was)."""
+        route = str(state.get(ROUTE_KEY) or "unmatched")
+        if method not in KNOWN_METHODS:
+            method = "other"
+        command = None
+        if method in COMMAND_METHODS and route.startswith(COMMAND_PREFIXES):
+            command = str(state.get(COMMAND_KEY) or state.get("vmledger_handler") or route)
+        self.request_done(method, route, status, seconds, command)
+
     async def endpoint(self, request: Request) -> Response:
         """``GET /metrics``: the registry (no auth, as Prometheus scrapes)."""
         return Response(await run_in_threadpool(self.exposition), media_type=CONTENT_TYPE)
@@ -227,44 +238,6 @@ def command_result(status: int) -> str:
     return "refused" if status < 500 else "error"
 
 
-class MetricsMiddleware:
-    """Counts and times every HTTP request (outermost: the version-negotiation faults
-    too). :class:`RouteProbe`, innermost, tells it the route template matched."""
-
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        # shared with the inner middleware even where they copy the scope
-        state: dict[str, Any] = scope.setdefault("state", {})
-        started = time.perf_counter()
-        status = 500  # unless a response starts
-
-        async def watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            route = str(state.get(_ROUTE_KEY) or "unmatched")
-            method = str(scope["method"])
-            if method not in KNOWN_METHODS:
-                method = "other"
-            command = None
-            if method in COMMAND_METHODS and route.startswith(COMMAND_PREFIXES):
-                command = str(state.get(COMMAND_KEY) or state.get("vmledger_handler")
-                              or route)
-            self.metrics.request_done(method, route, status,
-                                      time.perf_counter() - started, command)
-
-
 _CONVERTOR = re.compile(r"\{(\w+):\w+\}")
 
 
@@ -273,22 +246,3 @@ def route_template(path: str) -> str:
     """A route's path as a label: its parameters without their convertors
     (``/v2.1/{project_id}/servers``, not ``{project_id:nova_project_id}``)."""
     return _CONVERTOR.sub(r"{\1}", path)
-
-
-class RouteProbe:
-    """Innermost: notes the route template (and its handler's name) the router matched."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            route = scope.get("route")
-            state = scope.get("state")
-            path = getattr(route, "path", None)
-            if isinstance(path, str) and isinstance(state, dict):
-                state[_ROUTE_KEY] = route_template(path)
-                state["vmledger_handler"] = getattr(getattr(route, "endpoint", None),
-                                                    "__name__", None)

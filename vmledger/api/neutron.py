@@ -34,7 +34,7 @@ Requests are authenticated as the Compute API's (401 in Keystone's body without 
 token). Anything that would change a resource answers 405: nothing here can be created or
 changed. Errors use Neutron's body ``{"NeutronError": {"type", "message", "detail"}}``, URLs
 refused before any handler (not UTF-8, a NUL) too; every response carries
-``X-Openstack-Request-Id`` (:class:`vmledger.api.http.ComputeMiddleware`).
+``X-Openstack-Request-Id`` (:class:`vmledger.api.http.ApiLayer`).
 """
 
 from __future__ import annotations

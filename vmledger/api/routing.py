@@ -10,13 +10,28 @@ segments a request's path starts with: the first of them that matches in full is
 first in the whole table. When none does (a wrong method, a missing slash, an unknown
 path) Starlette's own scan of the whole table decides, so 405s, redirects and 404s are
 exactly Starlette's.
+
+Among those it tries only the routes whose path has as many segments as the request's
+(``/v2.1/servers/{server_id}/action`` is not tried for ``/v2.1/servers/{id}``, nor the
+same path's routes for other methods): a route whose parameters each match within one
+segment (Starlette's ``str``, ``int``, ``float`` and ``uuid`` convertors, and those whose
+pattern holds no ``.``, ``/``, ``^`` nor escape) matches only paths of its own number
+of segments; any other route is tried for every path.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from starlette._utils import get_route_path
+from starlette.convertors import (
+    Convertor,
+    FloatConvertor,
+    IntegerConvertor,
+    StringConvertor,
+    UUIDConvertor,
+)
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import Receive, Scope, Send
 
@@ -28,6 +43,10 @@ class _Node:
     routes: list[int] = field(default_factory=list)
     children: dict[str, _Node] = field(default_factory=dict)
     tried: tuple[BaseRoute, ...] = ()  # this node's and its ancestors', in table order
+    #: :attr:`tried` for a path of so many segments, for each count a route has
+    by_length: dict[int, tuple[BaseRoute, ...]] = field(default_factory=dict)
+    #: :attr:`tried` for a path of any other count (the routes of no fixed count)
+    any_length: tuple[BaseRoute, ...] = ()
 
 
 def literal_segments(route: BaseRoute) -> tuple[str, ...]:
@@ -41,6 +60,28 @@ def literal_segments(route: BaseRoute) -> tuple[str, ...]:
     if parameter:  # the last segment is cut by the parameter: not a whole one
         segments = segments[:-1]
     return tuple(segments)
+
+
+_ONE_SEGMENT = (StringConvertor, IntegerConvertor, FloatConvertor, UUIDConvertor)
+#: a pattern that cannot match a ``/``: classes of letters, digits and dashes, repeated
+_SEGMENT_PATTERN = re.compile(r"[\w\[\]+*?{},|()-]*")
+
+
+def _within_segment(convertor: Convertor[object]) -> bool:
+    if isinstance(convertor, _ONE_SEGMENT):
+        return True
+    return _SEGMENT_PATTERN.fullmatch(convertor.regex.replace("\\-", "")) is not None
+
+
+def segment_count(route: BaseRoute) -> int | None:
+    """How many segments every path ``route`` matches has (``/a/{b}``: 3, as
+    ``"/a/x".split("/")``), or None: it may match paths of any length."""
+    path = getattr(route, "path", None)
+    if type(route) is not Route or not isinstance(path, str):
+        return None
+    if not all(_within_segment(c) for c in route.param_convertors.values()):
+        return None
+    return len(path.split("/"))
 
 
 class IndexedRouter(Router):
@@ -64,12 +105,13 @@ class IndexedRouter(Router):
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             node = self._index()
-            for segment in get_route_path(scope).split("/")[1:]:
+            segments = get_route_path(scope).split("/")
+            for segment in segments[1:]:
                 child = node.children.get(segment)
                 if child is None:
                     break
                 node = child
-            for route in node.tried:
+            for route in node.by_length.get(len(segments), node.any_length):
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:  # as Starlette hands a full match over
                     scope.setdefault("router", self)
@@ -83,5 +125,10 @@ class IndexedRouter(Router):
 def _fill(node: _Node, above: list[int], routes: list[BaseRoute]) -> None:
     positions = sorted(above + node.routes)
     node.tried = tuple(routes[k] for k in positions)
+    counts = [segment_count(route) for route in node.tried]
+    node.any_length = tuple(r for r, n in zip(node.tried, counts, strict=True) if n is None)
+    node.by_length = {length: tuple(r for r, n in zip(node.tried, counts, strict=True)
+                                    if n in (None, length))
+                      for length in {n for n in counts if n is not None}}
     for child in node.children.values():
         _fill(child, positions, routes)

@@ -31,16 +31,15 @@ from vmledger.engine import ServerInfo
 
 
 def _act(call: Call, server_id: str, action: str, params: dict[str, Any]) -> CommandResult:
-    # The command loads the server from its own log and answers 404 for one the caller
-    # may not see (another project's, a deleted one), as this check would: reading the
-    # view first as well cost a query per action (on PostgreSQL a round trip, about a
-    # millisecond of the request). A resize looks its flavor up before the server is
-    # loaded, so there the server is checked first: a missing server is 404 whatever
-    # its flavor (Nova's order).
-    if action == "resize":
+    key = idempotency.key_of(call)
+    if params or key is not None:
+        # the server first: a missing or another project's server is a 404 before the
+        # parameters are checked or a repeat is answered
         owned_server(call.engine, call.principal, server_id)
-    return call.engine.act(server_id, action, ctx=call.context(),
-                           idempotency_key=idempotency.key_of(call), **params)
+    # else the command's own load answers the same 404 (it sees the server as the
+    # caller may), so the read models' read before it would only cost a query
+    return call.engine.act(server_id, action, ctx=call.context(), idempotency_key=key,
+                           **params)
 
 
 def _rebuild(call: Call, server_id: str, params: dict[str, Any]

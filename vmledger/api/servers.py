@@ -358,8 +358,22 @@ async def show_server(call: Call) -> Response:
     tag = entity_tag(info, call, groups, viewer)
     if _none_match(call.request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
-    return JSONResponse({"server": server_view(info.doc, viewer, server_groups=groups)},
-                        headers={"ETag": tag})
+    # the rendered document is a function of its version and the viewer (as a list
+    # page's are): a client polling a server until an action is done gets it rendered
+    # once per version
+    render = _show_grouped if groups else _show_alone
+    text = render_cache(call).render(StoredServer.of(info.doc), viewer, render)
+    return JSONBody(b'{"server":' + text + b"}", headers={"ETag": tag})
+
+
+def _show_alone(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+    return server_view(doc, viewer, server_groups=[])
+
+
+def _show_grouped(doc: dict[str, Any], viewer: Viewer) -> dict[str, Any]:
+    """Shown with its group (which :func:`server_groups_of` found live)."""
+    return server_view(doc, viewer,
+                       server_groups=[str((doc.get("attributes") or {})["server_group"])])
 
 
 def server_groups_of(call: Call, doc: dict[str, Any]) -> list[str]:
