@@ -245,3 +245,27 @@ def test_commands_after_a_failed_fold_use_every_connection_again(
             engine.act(server.id, "unlock")
         assert not engine.get_server(server.id).locked
         assert verify(engine.service).ok
+
+
+def test_a_write_of_many_events_is_chained_in_order(postgres_url: str) -> None:
+    """More events in one write than go as parameters of their own (an array per
+    column then): every one recorded, in order, and the audit chain verifies."""
+    from vmledger.audit.postgres_recorder import EVENTS_AS_SCALARS
+
+    store = ServerService(environment(postgres_url))
+    try:
+        commands = Commands.build(store)
+        server_id = str(commands.servers.create(store.context(), name="web", flavor="1",
+                                                image=IMAGE).server_id)
+        (last,) = store.recorder.select_events(server_id, desc=True, limit=1)
+        events = [StoredEvent(last.originator_id, last.originator_version + i, last.topic,
+                              last.state) for i in range(1, EVENTS_AS_SCALARS + 2)]
+        before = store.recorder.max_notification_id() or 0
+        ids = store.recorder.insert_events(events)
+        assert list(ids or ()) == list(range(before + 1, before + len(events) + 1))
+        stored = store.recorder.select_events(server_id, gt=last.originator_version)
+        assert [e.originator_version for e in stored] == [
+            e.originator_version for e in events]
+        assert verify(store).ok
+    finally:
+        store.close()

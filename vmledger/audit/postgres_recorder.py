@@ -50,6 +50,10 @@ from vmledger.projections.store import execute_uncached
 GROUP_LIMIT = 64
 
 
+#: at most this many events are inserted with their values as parameters of their own
+#: (beyond: an array per column)
+EVENTS_AS_SCALARS = 1000
+
 #: at most this many links in one statement (PostgreSQL takes up to 65,535 parameters)
 LINKS_PER_STATEMENT = 1000
 
@@ -183,8 +187,9 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         self._previous_bytes = self._sql_previous.as_bytes()
         self._insert_head = SQL(
             "WITH ins AS (INSERT INTO {schema}.{events} (originator_id, originator_version,"
-            " topic, state) VALUES ").format(
+            " topic, state) ").format(
                 events=Identifier(events_table_name), **fmt).as_bytes()
+        self._id_type = id_type.as_bytes()
         #: per number of events: the insert and the read of the chain's previous links
         #: (:meth:`_insert_statement`)
         self._insert_statements: dict[int, bytes] = {}
@@ -382,8 +387,13 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         oids = sorted({oid_text(e.originator_id) for e in stored_events})
         params: list[Any] = []
         db_oid = self._db_oid
-        for e in stored_events:
-            params += (db_oid(e.originator_id), e.originator_version, e.topic, e.state)
+        if len(stored_events) <= EVENTS_AS_SCALARS:
+            for e in stored_events:
+                params += (db_oid(e.originator_id), e.originator_version, e.topic, e.state)
+        else:  # one array per column (PostgreSQL takes up to 65,535 parameters)
+            params += ([db_oid(e.originator_id) for e in stored_events],
+                       [e.originator_version for e in stored_events],
+                       [e.topic for e in stored_events], [e.state for e in stored_events])
         params.append([db_oid(o) for o in oids])
         curs.execute(self._insert_statement(len(stored_events)), params, prepare=True)
         pipeline.sync()  # a unique violation raises here
@@ -422,17 +432,23 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
 
     def _insert_statement(self, events: int) -> bytes:
         """The statement inserting ``events`` events (their values as scalars: cheaper
-        for psycopg to send than the library's array of a composite type) and reading
+        for psycopg to send than the library's array of a composite type; beyond
+        :data:`EVENTS_AS_SCALARS`, an array per column) and reading
         the chain's previous links after it: rows ``('i', NULL, notification id,
         NULL)`` per event, in the order inserted, then those of the chain's head and
         of each aggregate's last link (made once per count)."""
         found = self._insert_statements.get(events)
         if found is None:
-            found = self._insert_statements[events] = (
-                self._insert_head + b", ".join([b"(%s, %s, %s, %s)"] * events)
-                + b" RETURNING notification_id) (SELECT 'i' AS kind, NULL::text AS "
-                b"originator_id, notification_id, NULL::bytea AS hash FROM ins) UNION ALL "
-                + self._previous_bytes)
+            values = (b"VALUES " + b", ".join([b"(%s, %s, %s, %s)"] * events)
+                      if events <= EVENTS_AS_SCALARS else
+                      b"SELECT * FROM unnest(%s::" + self._id_type + b"[], %s::bigint[], "
+                      b"%s::text[], %s::bytea[])")
+            found = (
+                self._insert_head + values + b" RETURNING notification_id) (SELECT 'i' AS "
+                b"kind, NULL::text AS originator_id, notification_id, NULL::bytea AS hash "
+                b"FROM ins) UNION ALL " + self._previous_bytes)
+            if events <= EVENTS_AS_SCALARS:
+                self._insert_statements[events] = found
         return found
 
     def _links_statement(self, links: int, requests: int) -> bytes:
