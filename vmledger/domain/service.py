@@ -80,8 +80,8 @@ class StoreRepository(Repository[uuid.UUID]):
 
     A cached aggregate is fast-forwarded on its copy, not in place: the library
     fast-forwards the cached object itself, so it serialises loads of one aggregate
-    through a lock per aggregate id (made, counted and given back on every load, a
-    tenth of a command's Python). Here a load copies the cached aggregate, applies the
+    through a lock per aggregate id (made, counted and given back on every load: about
+    5 % of a command's Python). Here a load copies the cached aggregate, applies the
     events saved since to the copy and, when there were some, caches a copy of the
     result; two loads at once each apply the same events to their own copy. The cache
     only ever holds versions that were committed, so whichever of two such puts lands
