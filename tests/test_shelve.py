@@ -71,6 +71,31 @@ def test_shelve_offloads_and_unshelve_spawns_from_the_shelved_image(url: str) ->
         assert "unshelve" in {a["action"] for a in engine.instance_actions(sid)}
 
 
+def test_the_shelved_image_is_gone_when_the_unshelved_server_first_shows_active(
+        tmp_path: Any) -> None:
+    """Nova deletes the shelved image before it saves the server ACTIVE: a client that
+    polls until ACTIVE and then looks for the image finds it gone (tempest does)."""
+    with make_engine(f"sqlite:///{tmp_path / 'v.db'}", clock=FakeClock()) as engine:
+        sid = built(engine)
+        image_id = engine.shelve(sid).details["image_id"]
+        engine.run_until_idle()
+        seen: list[tuple[str, bool]] = []
+
+        def look(_result: Any) -> None:  # after every commit, in the committing thread
+            status = engine.get_server(sid).status
+            try:
+                engine.get_image(image_id)
+                seen.append((status, True))
+            except NotFound:
+                seen.append((status, False))
+
+        engine.commands.deps.pipeline.on_saved(look)
+        engine.unshelve(sid)
+        engine.run_until_idle()
+        assert seen[-1] == ("ACTIVE", False)
+        assert ("ACTIVE", True) not in seen, seen
+
+
 def test_without_offloading_the_guest_stays_until_shelve_offload(tmp_path: Any) -> None:
     sim = Simulator()
     with Engine(f"sqlite:///{tmp_path / 'v.db'}", clock=FakeClock(), hypervisor=sim,

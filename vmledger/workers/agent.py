@@ -303,6 +303,12 @@ class HostAgent:
             self._steps.append(lambda s, c, at: s.complete(
                 c, at, power_state=power,
                 confirm_window=window if window > timedelta(0) else None))
+            if action == "unshelve":
+                # as Nova, the image the server was shelved into is deleted before the
+                # server is shown running again: a client that waits for ACTIVE and then
+                # looks for the image finds it gone (deleted again after a restart
+                # between the two: already gone, nothing more is recorded)
+                self._drop_shelved_image(server, request_id)
             self._commit(outcome=True)
         except (_Superseded, _HandedOver):
             return
@@ -314,8 +320,6 @@ class HostAgent:
         finally:
             self._action, self._steps, self._found, self._loaded = None, [], None, None
         self._unexpected.pop(request_id, None)
-        if action == "unshelve":
-            self._drop_shelved_image(server, request_id)
 
     def _commit(self, *, outcome: bool = False) -> None:
         """Record the gathered steps in one command; :class:`_Superseded` when the
