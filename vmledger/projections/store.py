@@ -431,6 +431,7 @@ class PostgresStore(ReadStore):
             curs.execute(self.sql(sql), list(params))
             return list(curs.fetchall())
 
+
 #: at most this many parameters in a statement :class:`MergedWrites` sends (PostgreSQL
 #: takes up to 65,535)
 MERGED_PARAMETERS = 30_000
