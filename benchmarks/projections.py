@@ -11,7 +11,7 @@ and folds the whole log again. Reported: events per second, the median of a few
 rebuilds, next to two floors measured on the same log in the same run: the library's
 own read of the log (``recorder.select_notifications`` in pages) and that read plus
 the library's decoding of every event (``mapper.to_domain_event``), and the rebuild's
-own read and decode (``runner.read_page`` + ``runner.EventDecoder``), and the rebuild's
+own read and decode (``log_reading.read_page`` + ``log_reading.EventDecoder``), and the rebuild's
 rate as a share of that last floor (the target). On SQLite also the
 ceiling of splitting the rebuild over two forked processes: each folds half of the
 aggregates into its own copy of the database (no write lock shared, copies never
@@ -64,7 +64,7 @@ from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
 from vmledger.engine import Engine
 from vmledger.projections import actions as actions_view
-from vmledger.projections import runner
+from vmledger.projections import log_reading, runner
 from vmledger.projections.servers import ServersView
 
 #: the rebuild's events/s as a share of its own read + decode's, measured in the same
@@ -365,7 +365,7 @@ class RebuildReport:
     rebuilds: list[float] = field(default_factory=list)  # events/s
     read_only: list[float] = field(default_factory=list)
     read_decode: list[float] = field(default_factory=list)
-    own_decode: list[float] = field(default_factory=list)  # runner.read_page + EventDecoder
+    own_decode: list[float] = field(default_factory=list)  # log_reading.read_page + EventDecoder
     digests: list[str] = field(default_factory=list)
     split: list[tuple[str, float]] = field(default_factory=list)  # (stage, µs/event)
     #: events/s of the fold split over forked processes, each into its own copy of the
@@ -403,14 +403,14 @@ def _library_read(engine: Engine, page: int, decode: bool) -> int:
 
 
 def _own_read(engine: Engine, page: int) -> int:
-    """Read and decode the whole log as the rebuild does (runner.read_page and
-    runner.EventDecoder, every event), folding nothing."""
+    """Read and decode the whole log as the rebuild does (log_reading.read_page and
+    log_reading.EventDecoder, every event), folding nothing."""
     recorder = engine.service.recorder
-    decode = runner.EventDecoder(engine.service.mapper)
+    decode = log_reading.EventDecoder(engine.service.mapper)
     start, read = 0, 0
     ids: dict[Any, Any] = {}
     while True:
-        rows = runner.read_page(recorder, start, page, ids)
+        rows = log_reading.read_page(recorder, start, page, ids)
         if not rows:
             return read
         decode(rows)
@@ -422,7 +422,7 @@ def _fold_share(engine: Engine, share: int, shares: int) -> None:
     """Fold into ``engine``'s (emptied) read models the events of one share of the
     aggregates (by originator id), as a rebuild folds them."""
     view, app = engine.view, engine.service
-    decode_all = runner.EventDecoder(app.mapper, view.wants)
+    decode_all = log_reading.EventDecoder(app.mapper, view.wants)
 
     def decode(rows: Sequence[Any]) -> list[Any]:
         return decode_all([r for r in rows if (
@@ -436,7 +436,7 @@ def _fold_share(engine: Engine, share: int, shares: int) -> None:
             pages: list[tuple[Any, int]] = []
             size = 0
             while size < runner.REBUILD_BATCH_EVENTS:
-                page = runner.read_page(app.recorder, start, runner.PAGE_SIZE, ids)
+                page = log_reading.read_page(app.recorder, start, runner.PAGE_SIZE, ids)
                 if not page:
                     at_end = True
                     break
@@ -539,9 +539,9 @@ def _split(engine: Engine) -> list[tuple[str, float]]:
 
     split = _Split()
     view = engine.view
-    split.wrap(runner, "read_page", "read (runner.read_page)")
+    split.wrap(log_reading, "read_page", "read (log_reading.read_page)")
     split.wrap(type(view), "apply_pages", "decode + fold + write + commit (apply_pages)")
-    split.wrap(runner.EventDecoder, "__call__", "  of which: decode (EventDecoder)")
+    split.wrap(log_reading.EventDecoder, "__call__", "  of which: decode (EventDecoder)")
     split.wrap(type(view), "_load", "  of which: load the servers' rows")
     split.wrap(ActionsBatch, "fold", "  of which: instance actions: fold")
     split.wrap(ActionsBatch, "write", "  of which: instance actions: write")
@@ -807,7 +807,7 @@ def format_report(rebuilds: Sequence[RebuildReport], lag: LagReport | None,
     w("images read models, fold the whole log again) on a deterministic log; events/s =")
     w("medians of the repetitions. Floors on the same log, same run: the library's read of")
     w("the log (select_notifications, pages of 1000), its read + decode of every event")
-    w("(mapper.to_domain_event), and the rebuild's own read + decode (runner.read_page +")
+    w("(mapper.to_domain_event), and the rebuild's own read + decode (log_reading.read_page +")
     w("EventDecoder, nothing folded): the rebuild cannot beat the last one.")
     w(f"Target: the rebuild >= {TARGET_RATIO}x its own read + decode (ratio = rebuild/s /")
     w("own r+d/s, both medians of the same run).")

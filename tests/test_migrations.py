@@ -18,7 +18,7 @@ from vmledger.adapters.simulator import Simulator
 from vmledger.api import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.domain.clock import FakeClock
-from vmledger.projections.runner import EventDecoder, read_page
+from vmledger.projections.log_reading import EventDecoder, read_page
 
 TOKENS = ["admin-secret:root:ops:admin", "alice-secret:alice:p1:member"]
 ADMIN = {"X-Auth-Token": "admin-secret"}

@@ -16,7 +16,7 @@ from eventsourcing.persistence import Notification
 
 from benchmarks.projections import Ids, StepClock, populate
 from vmledger import Engine
-from vmledger.projections import allocations, moves, project_usage, runner
+from vmledger.projections import allocations, log_reading, moves, project_usage, runner
 from vmledger.projections.actions import TABLE as ACTIONS
 from vmledger.projections.images import TABLE as IMAGES
 from vmledger.projections.migrations import TABLE as MIGRATIONS
@@ -144,7 +144,7 @@ def test_folding_each_command_in_its_transaction_equals_a_rebuild(
         seeded_engine: Engine) -> None:
     # every command of the populated log folds its events in its own transaction
     populate(seeded_engine.service, 24, group=8)
-    rows = runner.read_page(seeded_engine.service.recorder, 0, 1_000_000)
+    rows = log_reading.read_page(seeded_engine.service.recorder, 0, 1_000_000)
     assert seeded_engine.view.position() == rows[-1][0]
     folded = snapshot(seeded_engine)
     assert len(folded[ACTIONS]) > 100 and folded[IMAGES]
@@ -195,7 +195,7 @@ def test_times_of_another_zone_keep_their_text_in_a_rebuild(url: str) -> None:
 
 def test_the_decoder_makes_the_events_the_mapper_makes(seeded_engine: Engine) -> None:
     populate(seeded_engine.service, 6, group=3)
-    rows = runner.read_page(seeded_engine.service.recorder, 0, 100_000)
+    rows = log_reading.read_page(seeded_engine.service.recorder, 0, 100_000)
     decoded = runner.EventDecoder(seeded_engine.service.mapper)(rows)
     assert len(decoded) == len(rows)
     for (nid, oid, version, topic, state), event in zip(rows, decoded, strict=True):
@@ -318,7 +318,7 @@ def test_a_rebuild_overtaken_by_another_fold_folds_every_event_once(
                 undo.setattr(type(view), "apply_pages", apply_pages)
                 start = view.position()
                 # one page of the other's, in its own transaction
-                rows = runner.read_page(seeded_engine.service.recorder, start, 100)
+                rows = log_reading.read_page(seeded_engine.service.recorder, start, 100)
                 view.apply_pages([(rows, rows[-1][0])], runner.EventDecoder(
                     seeded_engine.service.mapper, view.wants), after=start)
                 overtaken.append(rows[-1][0])

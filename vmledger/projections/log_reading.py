@@ -5,6 +5,8 @@ and decoding rows into the domain events a view wants (:class:`EventDecoder`).""
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -203,3 +205,89 @@ class EventDecoder:
 
 
 __all__ = ["MISSED_LIMIT", "EventDecoder", "Row", "lock_log", "read_missed", "read_page"]
+
+
+class Pages:
+    """The log's pages after a position, one after the other (:meth:`next`). With
+    ``ahead``, on PostgreSQL with a pool of more than one connection, a thread reads up
+    to that many pages ahead: the database selects and sends the next page while this
+    process folds the last one (a rebuild: reading is a third of it, most of that
+    waiting for the server). Elsewhere each page is read when asked for."""
+
+    def __init__(self, recorder: Any, size: int, after: int, *, ahead: int = 0) -> None:
+        self.recorder = recorder
+        self.size = size
+        self.after = after
+        # originator ids converted once, not once per event (read_page's memo)
+        self.originators: dict[Any, UUID | str] = {}
+        pool = getattr(getattr(recorder, "datastore", None), "pool", None)
+        self.ahead = ahead if (isinstance(recorder, PostgresApplicationRecorder)
+                               and getattr(pool, "max_size", 1) > 1) else 0
+        self._queue: queue.Queue[list[Row] | BaseException] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self, after: int) -> list[Row]:
+        if len(self.originators) > 100_000:
+            self.originators.clear()
+        return read_page(self.recorder, after, self.size, self.originators)
+
+    def next(self) -> list[Row]:
+        """The page after the last one returned (empty at the end of the log)."""
+        if not self.ahead:
+            page = self._read(self.after)
+        else:
+            if self._thread is None:
+                self._start()
+            assert self._queue is not None
+            found = self._queue.get()
+            if isinstance(found, BaseException):
+                self.close()
+                raise found
+            page = found
+        if page:
+            self.after = page[-1][0]
+        return page
+
+    def seek(self, after: int) -> None:
+        """Read from ``after`` on (another process folded the pages before it)."""
+        self.close()
+        self.after = after
+
+    def _start(self) -> None:
+        self._stop = stop = threading.Event()
+        pages: queue.Queue[list[Row] | BaseException] = queue.Queue(maxsize=self.ahead)
+        self._queue = pages
+        after = self.after
+
+        def put(item: list[Row] | BaseException) -> bool:
+            while not stop.is_set():
+                try:
+                    pages.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def run() -> None:
+            position = after
+            try:
+                while not stop.is_set():
+                    page = self._read(position)
+                    if not put(page) or len(page) < self.size:
+                        return  # the end of the log when it was read
+                    position = page[-1][0]
+            except BaseException as error:  # handed to the fold, which raises it
+                put(error)
+
+        self._thread = threading.Thread(target=run, name="vmledger-rebuild-read",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop reading ahead (the pages read and not returned are dropped)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join()
+        self._queue = None

@@ -23,10 +23,8 @@ this release's layout beside the serving one and switches to it once caught up;
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,24 +32,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import (
     IntegrityError,
 )
-from eventsourcing.postgres import PostgresApplicationRecorder
 
 from vmledger.projections import layouts
+from vmledger.projections.fold_cursors import own_cursor, savepoint
 from vmledger.projections.log_reading import (
     EventDecoder,
+    Pages,
     Row,
     lock_log,
     read_missed,
-    read_page,
 )
 from vmledger.projections.servers import RawPage, ServersView
-from vmledger.projections.store import Layout, execute_uncached
+from vmledger.projections.store import Layout
 
 log = logging.getLogger(__name__)
 
@@ -95,92 +92,6 @@ REFRESH_EVERY = 1.0
 
 #: a rebuild on PostgreSQL reads up to this many pages ahead of the fold, in a thread
 _PREFETCH_PAGES = 4
-
-
-class _Pages:
-    """The log's pages after a position, one after the other (:meth:`next`). With
-    ``ahead``, on PostgreSQL with a pool of more than one connection, a thread reads up
-    to that many pages ahead: the database selects and sends the next page while this
-    process folds the last one (a rebuild: reading is a third of it, most of that
-    waiting for the server). Elsewhere each page is read when asked for."""
-
-    def __init__(self, recorder: Any, size: int, after: int, *, ahead: int = 0) -> None:
-        self.recorder = recorder
-        self.size = size
-        self.after = after
-        # originator ids converted once, not once per event (read_page's memo)
-        self.originators: dict[Any, UUID | str] = {}
-        pool = getattr(getattr(recorder, "datastore", None), "pool", None)
-        self.ahead = ahead if (isinstance(recorder, PostgresApplicationRecorder)
-                               and getattr(pool, "max_size", 1) > 1) else 0
-        self._queue: queue.Queue[list[Row] | BaseException] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _read(self, after: int) -> list[Row]:
-        if len(self.originators) > 100_000:
-            self.originators.clear()
-        return read_page(self.recorder, after, self.size, self.originators)
-
-    def next(self) -> list[Row]:
-        """The page after the last one returned (empty at the end of the log)."""
-        if not self.ahead:
-            page = self._read(self.after)
-        else:
-            if self._thread is None:
-                self._start()
-            assert self._queue is not None
-            found = self._queue.get()
-            if isinstance(found, BaseException):
-                self.close()
-                raise found
-            page = found
-        if page:
-            self.after = page[-1][0]
-        return page
-
-    def seek(self, after: int) -> None:
-        """Read from ``after`` on (another process folded the pages before it)."""
-        self.close()
-        self.after = after
-
-    def _start(self) -> None:
-        self._stop = stop = threading.Event()
-        pages: queue.Queue[list[Row] | BaseException] = queue.Queue(maxsize=self.ahead)
-        self._queue = pages
-        after = self.after
-
-        def put(item: list[Row] | BaseException) -> bool:
-            while not stop.is_set():
-                try:
-                    pages.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def run() -> None:
-            position = after
-            try:
-                while not stop.is_set():
-                    page = self._read(position)
-                    if not put(page) or len(page) < self.size:
-                        return  # the end of the log when it was read
-                    position = page[-1][0]
-            except BaseException as error:  # handed to the fold, which raises it
-                put(error)
-
-        self._thread = threading.Thread(target=run, name="vmledger-rebuild-read",
-                                        daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop reading ahead (the pages read and not returned are dropped)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            thread.join()
-        self._queue = None
 
 
 class _Stopped(Exception):
@@ -280,8 +191,8 @@ class ViewUpdater:
         if getattr(self._folded, "deferred", False):
             return
         try:
-            with self.view.pinned() as layout, _own_cursor(curs) as mine, \
-                    _savepoint(mine):
+            with self.view.pinned() as layout, own_cursor(curs) as mine, \
+                    savepoint(mine):
                 if self.view.fold_written(mine, rows, decoder,
                                           partial(read_missed, recorder)):
                     self._folded.to = (layout.name, rows[-1][0])
@@ -300,14 +211,15 @@ class ViewUpdater:
         backlog are folded together, up to ``batch_events`` events per transaction,
         each page still applied exactly once with its own tracking record. Each page is
         folded as soon as it is read. With ``prefetch`` (a rebuild), on PostgreSQL the
-        next pages are read in a thread meanwhile (:class:`_Pages`).
+        next pages are read in a thread meanwhile
+        (:class:`~vmledger.projections.log_reading.Pages`).
         """
         read = 0
         limit = max(batch_events or self.batch_events, self.page_size)
         with self._lock, self.view.pinned():
             start = self.view.position()
             # originator ids converted once per catch-up, not once per event
-            pages = _Pages(self.app.recorder, self.page_size, start,
+            pages = Pages(self.app.recorder, self.page_size, start,
                            ahead=_PREFETCH_PAGES if prefetch else 0)
             decoder = EventDecoder(self.app.mapper, self.view.wants)
             try:
@@ -648,84 +560,6 @@ class ViewUpdater:
             log.info("dropped the tables of the read models' layout %s", old.name)
             dropped.append(old.name)
         return tuple(dropped)
-
-
-@contextmanager
-def _own_cursor(curs: Any) -> Iterator[Any]:
-    """What the fold in a command's transaction writes and reads through: ``curs`` on
-    SQLite; on PostgreSQL cursors of their own on its connection, in the same
-    transaction (:class:`_PipelineCursor`)."""
-    connection = getattr(curs, "connection", None)
-    if connection is None or not hasattr(connection, "pipeline"):
-        yield curs
-        return
-    mine = _PipelineCursor(connection)
-    try:
-        yield mine
-    finally:
-        mine.close()
-
-
-class _PipelineCursor:
-    """A cursor for statements run inside the recorder's pipeline (PostgreSQL): after an
-    ``executemany`` the next statement goes through a new cursor. In pipeline mode a
-    cursor that ran an ``executemany`` keeps that result, and a fetch after its next
-    ``execute`` reads it instead of the new one (``the last operation didn't produce
-    records``: psycopg 3.3); a fresh cursor costs no round trip."""
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        self._cursors = [connection.cursor()]
-        self._stale = False
-
-    @property
-    def _current(self) -> Any:
-        if self._stale:
-            self._cursors.append(self._connection.cursor())
-            self._stale = False
-        return self._cursors[-1]
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return self._current.execute(*args, **kwargs)
-
-    def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._current.executemany(*args, **kwargs)
-        self._stale = True
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cursors[-1], name)
-
-    def close(self) -> None:
-        for cursor in self._cursors:
-            cursor.close()
-
-
-class _savepoint:
-    """A savepoint on ``curs`` (plain SQL: on PostgreSQL it is queued in the insert's
-    pipeline, no round trip of its own; psycopg's nested transaction would sync)."""
-
-    def __init__(self, curs: Any) -> None:
-        self.curs = curs
-
-    def __enter__(self) -> None:
-        self.curs.execute("SAVEPOINT vmledger_fold")
-
-    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        connection: Any = getattr(self.curs, "connection", None)
-        pipelined = hasattr(connection, "pipeline")
-        if kind is None:
-            if not pipelined:  # (PostgreSQL: the COMMIT right after it releases it)
-                self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
-            return
-        if pipelined:
-            # psycopg: a failed statement leaves the pipeline aborted until a sync (as
-            # psycopg's own nested transaction does before rolling back)
-            with contextlib.suppress(Exception), connection.pipeline() as pipeline:
-                pipeline.sync()
-        # (not through psycopg's statement cache: see execute_uncached)
-        execute_uncached(self.curs, "ROLLBACK TO SAVEPOINT vmledger_fold")
-        self.curs.execute("RELEASE SAVEPOINT vmledger_fold")
 
 
 def _connect_args(datastore: Any) -> dict[str, Any]:
