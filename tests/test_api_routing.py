@@ -75,9 +75,8 @@ def test_every_request_is_answered_as_starlettes_router_answers_it(
     assert {200, 307, 400, 404, 405} <= {status for _, _, status in served}
 
 
-def test_a_route_at_the_end_of_the_table_is_reached_without_trying_the_others(
-        clients: tuple[ApiClient, ApiClient], monkeypatch: pytest.MonkeyPatch) -> None:
-    served, _ = clients
+def _count_tried(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the routes the router tries from now on, in order."""
     tried: list[str] = []
     matches = Route.matches
 
@@ -86,6 +85,13 @@ def test_a_route_at_the_end_of_the_table_is_reached_without_trying_the_others(
         return matches(self, scope)
 
     monkeypatch.setattr(Route, "matches", counting)
+    return tried
+
+
+def test_a_route_at_the_end_of_the_table_is_reached_without_trying_the_others(
+        clients: tuple[ApiClient, ApiClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    served, _ = clients
+    tried = _count_tried(monkeypatch)
     assert served.get("/ledger/v1/verify").status_code == 200
     routes = len(served.app.router.routes)  # type: ignore[attr-defined]
     assert routes > 200 and len(tried) <= 10, tried
@@ -95,14 +101,7 @@ def test_an_action_is_routed_without_trying_the_shorter_paths_before_it(
         clients: tuple[ApiClient, ApiClient], monkeypatch: pytest.MonkeyPatch) -> None:
     served, _ = clients
     server_id = served.get("/v2.1/servers").json()["servers"][0]["id"]
-    tried: list[str] = []
-    matches = Route.matches
-
-    def counting(self: Route, scope: dict[str, object]) -> object:
-        tried.append(self.path)
-        return matches(self, scope)
-
-    monkeypatch.setattr(Route, "matches", counting)
+    tried = _count_tried(monkeypatch)
     assert served.post(f"/v2.1/servers/{server_id}/action",
                        json={"lock": None}).status_code == 202
     assert tried == ["/v2.1/servers/{server_id}/action"]
