@@ -235,6 +235,8 @@ class RoundTrips:
     total_ms: list[float] = field(default_factory=list)
     request_ms: list[float] = field(default_factory=list)  # the POST (the call) alone
     polls: list[int] = field(default_factory=list)
+    poll_ms: list[float] = field(default_factory=list)  # each GET (poll) alone
+    sleep_ms: list[float] = field(default_factory=list)  # each wait between two polls
 
 
 def _time_round_trips(result: RoundTrips, server_id: str, count: int, warmup: int,
@@ -247,18 +249,27 @@ def _time_round_trips(result: RoundTrips, server_id: str, count: int, warmup: in
         accepted = time.perf_counter()
         polls = 0
         deadline = started + POLL_TIMEOUT
+        poll_ms: list[float] = []
+        sleep_ms: list[float] = []
         while True:
             polls += 1
-            if time.perf_counter() > deadline:
+            asked = time.perf_counter()
+            if asked > deadline:
                 raise RuntimeError(f"{action} of {server_id} not done in {POLL_TIMEOUT} s")
-            if done(status):
+            finished = done(status)
+            answered = time.perf_counter()
+            poll_ms.append((answered - asked) * 1000)
+            if finished:
                 break
             time.sleep(POLL_INTERVAL)
-        finished = time.perf_counter()
+            sleep_ms.append((time.perf_counter() - answered) * 1000)
+        finished_at = time.perf_counter()
         if i >= warmup:
-            result.total_ms.append((finished - started) * 1000)
+            result.total_ms.append((finished_at - started) * 1000)
             result.request_ms.append((accepted - started) * 1000)
             result.polls.append(polls)
+            result.poll_ms.extend(poll_ms)
+            result.sleep_ms.extend(sleep_ms)
     return result
 
 
@@ -788,12 +799,18 @@ def format_report(r: ApiReport) -> str:
     w("(status PAUSED/ACTIVE and task_state null). Reference from the same run: the same "
       "round trip on the")
     w("embedding facade in one process, no HTTP. ms; 'call' = the POST (or engine.act) "
-      "alone.")
-    w(f"  {'':<62} {'n':>4} {'p50':>6} {'p90':>6} {'p99':>6} {'call p50':>8} {'polls':>5}")
+      "alone; 'poll' = one GET")
+    w("(or engine.get_server) alone; 'wait' = one wait between two polls (the interval and the "
+      "client's")
+    w("oversleep). A round trip of n polls is about call + n x poll + (n - 1) x wait.")
+    w(f"  {'':<62} {'n':>4} {'p50':>6} {'p90':>6} {'p99':>6} {'call p50':>8} {'polls':>5} "
+      f"{'poll p50':>8} {'wait p50':>8}")
     for rt in r.round_trips:
         w(f"  {rt.label:<62} {len(rt.total_ms):>4} {percentile(rt.total_ms, 50):>6.1f} "
           f"{percentile(rt.total_ms, 90):>6.1f} {percentile(rt.total_ms, 99):>6.1f} "
-          f"{percentile(rt.request_ms, 50):>8.1f} {statistics.median(rt.polls):>5.0f}")
+          f"{percentile(rt.request_ms, 50):>8.1f} {statistics.median(rt.polls):>5.0f} "
+          f"{percentile(rt.poll_ms, 50):>8.2f} "
+          f"{percentile(rt.sleep_ms, 50):>8.2f}")
     if r.commits.round_trips and r.flush_ms:
         c = r.commits
         flushed, unflushed = c.flushed / c.round_trips, c.unflushed / c.round_trips
