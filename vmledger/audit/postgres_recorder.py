@@ -44,6 +44,7 @@ from vmledger.audit.chain import (
     _written,
     oid_text,
 )
+from vmledger.domain import wakeups
 from vmledger.projections.store import execute_uncached
 
 #: at most this many commands are written in one group (one transaction)
@@ -84,10 +85,12 @@ def _roll_back(conn: Connection[DictRow]) -> None:
 class _Pending:
     """One command's events waiting to be written with a group, and the outcome."""
 
-    __slots__ = ("error", "events", "finished", "ids")
+    __slots__ = ("agent_hosts", "error", "events", "finished", "ids")
 
-    def __init__(self, events: Sequence[StoredEvent]) -> None:
+    def __init__(self, events: Sequence[StoredEvent],
+                 agent_hosts: frozenset[str] | None = None) -> None:
         self.events = events
+        self.agent_hosts = agent_hosts
         self.ids: Sequence[int] = ()
         self.error: BaseException | None = None
         self.finished = False
@@ -178,9 +181,11 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         self.notify = True  #: whether a write notifies the log's listeners
         settings = SQL("SELECT set_config('lock_timeout', {0}, true)").format(
             Literal(f"{int(self.datastore.lock_timeout)}s"))
+        # the notification's payload names the hosts whose agent the write gave work
+        # (:func:`vmledger.domain.wakeups.payload`)
         self._settings_bytes = {
             False: settings.as_bytes(),
-            True: SQL("{0}, pg_notify({1}, '')").format(
+            True: SQL("{0}, pg_notify({1}, %s)").format(
                 settings, Literal(self.channel_name)).as_bytes()}
         self._lock_bytes = [_rendered(s) for s in self.lock_table_statements
                             if "lock_timeout" not in _rendered(s).decode()]
@@ -235,7 +240,8 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
 
     # --- group commit ------------------------------------------------------------------
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    def insert_events(self, stored_events: Sequence[StoredEvent], *,
+                      agent_hosts: frozenset[str] | None = None, **kwargs: Any
                       ) -> Sequence[int] | None:
         """The library's insert, shared by the commands of this process that save at the
         same moment: one transaction, one table lock and one WAL flush for all of them
@@ -247,14 +253,17 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         lock), the chain is linked over the group in id order, and the read models'
         fold (``in_transaction``) runs once over the group's rows. A group that fails
         on a unique key (a command that lost a race) is written again command by
-        command, so only the loser gets the ``IntegrityError``."""
+        command, so only the loser gets the ``IntegrityError``.
+
+        ``agent_hosts``: the hosts whose agent the events give work (None: not known),
+        told to the log's listeners with the commit (:func:`vmledger.domain.wakeups.payload`)."""
         if not stored_events:
             return None
         if any(v is not None for v in kwargs.values()):
             # a tracking record: an application recorder does not write it (as the
             # library's); the events are written alone
-            return self._insert_once(stored_events)
-        request = _Pending(stored_events)
+            return self._insert_once(stored_events, agent_hosts)
+        request = _Pending(stored_events, agent_hosts)
         group = self._group
         with group.ready:
             group.queue.append(request)
@@ -281,8 +290,12 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         group; should that fail too, each alone. Every waiting command is told its
         outcome, whatever happens."""
         events = [e for pending in batch for e in pending.events]
+        hosts: frozenset[str] | None = frozenset()
+        for pending in batch:
+            hosts = (None if hosts is None or pending.agent_hosts is None
+                     else hosts | pending.agent_hosts)
         try:
-            ids = list(self._insert_once(events) or ())
+            ids = list(self._insert_once(events, hosts) or ())
         except IntegrityError as error:
             if len(batch) == 1:
                 batch[0].fail(error)
@@ -322,7 +335,8 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         return {(oid_text(r["originator_id"]), int(r["originator_version"]))
                 for r in self._rows(self._sql_taken, (oids, versions))}
 
-    def _insert_once(self, stored_events: Sequence[StoredEvent]) -> list[int]:
+    def _insert_once(self, stored_events: Sequence[StoredEvent],
+                     agent_hosts: frozenset[str] | None = None) -> list[int]:
         """Write ``stored_events`` in one transaction, in two round trips (no retry
         here: the group's caller retries on connection errors).
 
@@ -338,20 +352,20 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         and the connection goes back to the pool idle."""
         with self.datastore.get_connection() as conn:
             try:
-                return self._write(conn, stored_events)
+                return self._write(conn, stored_events, agent_hosts)
             except BaseException:
                 _roll_back(conn)
                 raise
 
-    def _write(self, conn: Connection[DictRow], stored_events: Sequence[StoredEvent]
-               ) -> list[int]:
+    def _write(self, conn: Connection[DictRow], stored_events: Sequence[StoredEvent],
+               agent_hosts: frozenset[str] | None) -> list[int]:
         failed: BaseException | None = None
         ids: list[int] = []
         curs = conn.cursor(row_factory=tuple_row)
         try:
             with conn.pipeline() as pipeline:
                 try:
-                    ids = self._first_trip(pipeline, curs, stored_events)
+                    ids = self._first_trip(pipeline, curs, stored_events, agent_hosts)
                     # the second: queued here, synced by leaving the pipeline
                     if self.in_transaction:
                         written = _written(stored_events, ids)
@@ -376,13 +390,18 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         return ids
 
     def _first_trip(self, pipeline: Pipeline, curs: Cursor[TupleRow],
-                    stored_events: Sequence[StoredEvent]) -> list[int]:
+                    stored_events: Sequence[StoredEvent],
+                    agent_hosts: frozenset[str] | None = None) -> list[int]:
         """BEGIN, the lock timeout with NOTIFY, the library's table lock, then the
         insert with the read of the chain's previous links (one statement), synced
         (the first round trip); then the links and the request index, queued for the
         second. Returns the insert's notification ids."""
         curs.execute(_BEGIN, prepare=True)
-        curs.execute(self._settings_bytes[self.notify], prepare=True)
+        if self.notify:
+            curs.execute(self._settings_bytes[True], (wakeups.payload(agent_hosts),),
+                         prepare=True)
+        else:
+            curs.execute(self._settings_bytes[False], prepare=True)
         self._lock_table(curs)
         oids = sorted({oid_text(e.originator_id) for e in stored_events})
         params: list[Any] = []

@@ -68,8 +68,9 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
             shelved_offload_time=shelved_offload_time, reclaim_interval=reclaim_interval,
             service_down_time=service_down_time, allocation_ratios=allocation_ratios,
             allow_resize_to_same_host=allow_resize_to_same_host, agent=agent)))
-        # every command saved in this process wakes the agent and the timer at once
-        self.commands.deps.pipeline.on_saved(lambda _result: self._nudge())
+        # a command saved in this process that gives this host's agent work wakes it
+        # at once (see :mod:`vmledger.domain.wakeups`)
+        self.commands.deps.pipeline.on_saved(self._nudge_for)
 
     # --- driving the agent and the timer ------------------------------------------------
     def run_once(self) -> int:
@@ -108,12 +109,14 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
         """Run the agent and the timer in a background thread until :meth:`close`; the
         power-state sync runs every ``sync_interval`` seconds (Nova: 600).
 
-        New work wakes the thread at once: a command saved in this process (the command
-        pipeline's signal), or one saved by another process (PostgreSQL: the log's
-        LISTEN/NOTIFY channel; SQLite: the log polled every ``interval``). Idle, a pass
-        runs every ``interval`` seconds for what no event announces: deadlines coming
-        due and other processes' questions about this host's guests. Without an agent,
-        only the view follows the log."""
+        New work for this host wakes the thread at once: a command saved in this
+        process that leaves an action for this host to enact (the command pipeline's
+        signal), or one saved by another process (PostgreSQL: the log's LISTEN/NOTIFY
+        channel, whose payload names the hosts given work; SQLite: the log polled every
+        ``interval``, waking on what another process wrote). A lock, a rename, a quota
+        change wake nobody. Idle, a pass runs every ``interval`` seconds for what no
+        event announces: deadlines coming due and other processes' questions about this
+        host's guests. Without an agent, only the view follows the log."""
         if self._thread is not None or self._follower is not None:
             return
         self._stop.clear()
@@ -122,7 +125,7 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
         # the view follows the log (events from other processes too) and wakes the agent
         self._follower = threading.Thread(
             target=self.updater.follow, args=(self._stop, self._wake.set, interval),
-            name="vmledger-view-follower", daemon=True)
+            kwargs={"host": self.host}, name="vmledger-view-follower", daemon=True)
         self._follower.start()
         if self.updater.upgrade_needed():
             # this release's read-model layout is folded beside the serving one, which

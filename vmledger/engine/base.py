@@ -17,6 +17,7 @@ from vmledger.domain.commands import CommandResult, Commands
 from vmledger.domain.errors import ServerNotFound
 from vmledger.domain.server import Context
 from vmledger.domain.service import ServerService
+from vmledger.domain.wakeups import wakes
 from vmledger.fleet import Fleet
 from vmledger.projections.flavors import flavor_access
 from vmledger.projections.runner import ViewUpdater
@@ -80,8 +81,12 @@ class EngineBase:
     # --- read-your-writes -------------------------------------------------------------
     def _done(self, result: CommandResult) -> CommandResult:
         self.updater.ensure(result.position)
-        self._nudge()
         return result
+
+    def _nudge_for(self, result: CommandResult) -> None:
+        """Wake the agent if the command saved gave this host work."""
+        if wakes(result.agent_hosts, self.host):
+            self._nudge()
 
     def _nudge(self) -> None:
         """Wake the agent and the timer (a command was saved). Set already, it is left

@@ -38,6 +38,7 @@ from eventsourcing.persistence import (
     IntegrityError,
 )
 
+from vmledger.domain.wakeups import hosts_of, wakes
 from vmledger.projections import layouts
 from vmledger.projections.fold_cursors import own_cursor, savepoint
 from vmledger.projections.log_reading import (
@@ -94,6 +95,11 @@ REFRESH_EVERY = 1.0
 _PREFETCH_PAGES = 4
 
 
+#: seconds: how often a follower waiting for the log's notifications checks whether
+#: it was asked to stop (closing an engine waits for it)
+_STOP_CHECK = 0.25
+
+
 class _Stopped(Exception):
     """An upgrade asked to stop (the process is closing)."""
 
@@ -136,6 +142,9 @@ class ViewUpdater:
         self._written: dict[str, int] = {}
         self._settled: dict[str, int] = {}
         self._written_lock = threading.Lock()
+        #: per layout: the furthest position a catch-up of this process folded to
+        #: (with :attr:`_written`: where this process itself left the view)
+        self._reached: dict[str, int] = {}
 
     # --- this process's own events, in their transaction ------------------------------
     def attach(self, recorder: Any) -> bool:
@@ -261,6 +270,9 @@ class ViewUpdater:
                         read += events
                         if progress is not None:
                             progress(read, position)
+                    layout = self.view.layout.name
+                    if folded and self._reached.get(layout, 0) < folded[-1][1]:
+                        self._reached[layout] = folded[-1][1]
                     if at_end[0]:
                         return read  # events written since are folded by the next call
                     start = folded[-1][1]
@@ -293,55 +305,84 @@ class ViewUpdater:
             time.sleep(0.002)
 
     def follow(self, stop: threading.Event, on_change: Callable[[], None] | None = None,
-               poll: float = 0.2) -> None:
+               poll: float = 0.2, *, host: str | None = None) -> None:
         """Keep the view up to date until ``stop`` is set.
 
         PostgreSQL: LISTEN on the log's channel, so events written by any process are
         folded within milliseconds (``poll`` is only the fallback). SQLite: poll.
-        ``on_change`` is called after each catch-up that finds the view moved on (to
-        wake the host agent early), whichever process folded the events: the view is
+
+        ``on_change`` wakes the agent of ``host`` early, after a catch-up, when another
+        process may have given it work: on PostgreSQL, when a notification's payload
+        names ``host`` (:mod:`vmledger.domain.wakeups`; a payload that names no hosts,
+        from an earlier release, counts as naming every host); else (SQLite, or a wait
+        that ended without notification) when the view moved past where this
+        process's own folds left it, or the catch-up folded events itself: the view is
         shared, and another process's command is often folded by that process first.
+        This process's own commands wake its agent themselves. Without ``host``,
+        whenever the view moved.
         """
         channel = getattr(self.app.recorder, "channel_name", None)
         datastore = getattr(self.app.recorder, "datastore", None)
-        changed = self._changes(on_change)
+        changed = self._changes(on_change, host)
         while not stop.is_set():
             try:
                 if channel is not None and datastore is not None:
-                    self._listen(datastore, channel, stop, changed, poll)
+                    self._listen(datastore, channel, stop, changed, poll, host)
                 else:
-                    changed()
+                    changed(None)
                     stop.wait(poll)
             except Exception:
                 log.exception("following the log failed; retrying")
                 stop.wait(1.0)
 
-    def _changes(self, on_change: Callable[[], None] | None) -> Callable[[], None]:
-        """Catch up, then call ``on_change`` if the view's position moved since the
-        last time."""
+    def _changes(self, on_change: Callable[[], None] | None, host: str | None
+                 ) -> Callable[[bool | None], None]:
+        """Catch up, then call ``on_change`` when told to (True), or, when not told
+        (None), if the view moved on since the last time, past this process's own
+        folds (see :meth:`follow`)."""
         seen = [self.view.position()]
 
-        def check() -> None:
+        def check(wake: bool | None) -> None:
             self.refresh()  # a switch of the serving layout made by another process
-            self.catch_up()
+            read = self.catch_up()
             position = self.view.position()
-            if position != seen[0]:
-                seen[0] = position
-                if on_change is not None:
-                    on_change()
+            moved, seen[0] = position != seen[0], position
+            if wake is None:
+                wake = moved and (host is None or read > 0 or position > self._own())
+            if wake and on_change is not None:
+                on_change()
         return check
 
+    def _own(self) -> int:
+        """Where this process's own folds (its commands', its catch-ups') left the
+        serving layout."""
+        layout = self.view.layout.name
+        return max(self._written.get(layout, 0), self._reached.get(layout, 0))
+
     def _listen(self, datastore: Any, channel: str, stop: threading.Event,
-                changed: Callable[[], None], poll: float) -> None:
+                changed: Callable[[bool | None], None], poll: float,
+                host: str | None) -> None:
         import psycopg
         from psycopg import sql
 
         with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
             conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
+            wake: bool | None = None  # first: whatever moved while not listening
             while not stop.is_set():
-                changed()
-                for _ in conn.notifies(timeout=poll, stop_after=1):
-                    pass
+                changed(wake)
+                # waited for in slices, so that a stop is seen within one
+                deadline = time.monotonic() + poll
+                notes: list[Any] = []
+                while not notes and not stop.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    notes = list(conn.notifies(timeout=min(left, _STOP_CHECK),
+                                               stop_after=1))
+                if not notes or host is None:
+                    wake = None
+                else:
+                    wake = any(wakes(hosts_of(note.payload), host) for note in notes)
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop the view's rows and position, then fold the whole log again (in larger

@@ -33,6 +33,7 @@ from vmledger.domain.clock import Clock
 from vmledger.domain.errors import BadRequest, Conflict, IdempotencyConflict
 from vmledger.domain.server import Context, RequestEvent, Server
 from vmledger.domain.service import copy_of
+from vmledger.domain.wakeups import agent_hosts
 
 _IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
 #: attempts of one command before its losing races end in :class:`Conflict`
@@ -74,6 +75,11 @@ class CommandResult:
     accepted: bool = True
     #: what else the command made (``{"image_id": …}`` for createImage)
     details: dict[str, Any] = field(default_factory=dict)
+    #: the hosts whose agent has work because of this command (the servers it saved
+    #: with an action in flight, by the host that enacts it now; see
+    #: :mod:`vmledger.domain.wakeups`); None: not known (every agent looks). Not part
+    #: of :meth:`as_dict` (what an idempotency record keeps)
+    agent_hosts: frozenset[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"server_id": self.server_id, "request_id": self.request_id,
@@ -203,14 +209,17 @@ class Pipeline:
                         IdempotencyRecord.Recorded, id=record_id, timestamp=self.clock.now(),
                         key=key.key if key else "", fingerprint=fingerprint,
                         result=first.as_dict(), **ctx.fields()))
+                hosts = agent_hosts(aggregates)
                 try:
-                    recordings = self.store.save(*aggregates)
+                    # the hosts travel with the write: PostgreSQL's notification tells
+                    # the other processes' agents whether to look
+                    recordings = self.store.save(*aggregates, agent_hosts=hosts)
                 except IntegrityError:
                     self.back_off(attempt)
                     continue
                 position = recordings[-1].notification.id if recordings else None
                 result = CommandResult(reported, ctx.request_id, position,
-                                       details=dict(details or {}))
+                                       details=dict(details or {}), agent_hosts=hosts)
                 for callback in self._on_saved:
                     callback(result)
                 return result

@@ -1,0 +1,149 @@
+"""Which agents a command wakes: only those of the hosts it gave work.
+
+Both engines below run in the background with a 30 s idle interval, so an agent pass
+within the tests' few seconds is one that a command (or, across processes, the log's
+notification) woke.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+from vmledger import Engine
+from vmledger.domain.wakeups import hosts_of, payload, wakes
+
+IMAGE = "cirros-0.6.2-x86_64"
+IDLE = 30.0  # seconds between passes nobody asked for: longer than any test here
+
+
+class Passes:
+    """Counts an agent's passes (as the metrics are told of them)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def hypervisor_call(self, call: str, error: str | None, seconds: float) -> None:
+        pass
+
+    def agent_pass(self, kind: str, seconds: float, handled: int) -> None:
+        if kind == "reconcile":
+            with self._lock:
+                self.count += 1
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def counted(engine: Engine) -> Passes:
+    passes = Passes()
+    engine.agent.observers.append(passes)
+    return passes
+
+
+def settled(passes: Passes, quiet: float = 0.3) -> int:
+    """The count once no pass has run for ``quiet`` seconds."""
+    last = -1
+    while passes.count != last:
+        last = passes.count
+        time.sleep(quiet)
+    return last
+
+
+@pytest.fixture
+def two_hosts(url: str) -> Iterator[tuple[Engine, Engine]]:
+    """compute-1 and compute-2 on one database, as two processes would be."""
+    first, second = Engine(url, host="compute-1"), Engine(url, host="compute-2")
+    try:
+        first.run_until_idle()
+        second.run_until_idle()  # both hosts reported: both are scheduled on
+        yield first, second
+    finally:
+        second.close()
+        first.close()
+
+
+def test_a_command_that_leaves_no_action_wakes_no_agent(
+        two_hosts: tuple[Engine, Engine]) -> None:
+    first, second = two_hosts
+    server = first.create_server("quiet", flavor="m1.small", image=IMAGE)
+    first.run_until_idle()
+    second.run_until_idle()
+    mine, theirs = counted(first), counted(second)
+    first.run_in_background(IDLE)
+    second.run_in_background(IDLE)
+    before = (settled(mine), settled(theirs))
+    for i in range(10):
+        first.lock(server.id) if i % 2 == 0 else first.act(server.id, "unlock")
+        first.update_server(server.id, name=f"quiet-{i}")
+    assert (settled(mine), settled(theirs)) == before
+    # an action does wake the agent of its host: it is done long before the idle pass
+    first.pause(server.id)
+    owner = first if server.host == "compute-1" else second
+    wait_for(lambda: owner.updater.catch_up() >= 0
+             and owner.get_server(server.id).status == "PAUSED")
+
+
+def test_an_action_wakes_the_agent_of_its_host_in_another_process(
+        two_hosts: tuple[Engine, Engine]) -> None:
+    """The command is saved by compute-1's process; compute-2's agent enacts it, woken
+    by the log's notification on PostgreSQL and by its view's poll on SQLite."""
+    first, second = two_hosts
+    made = first.create_servers("far", flavor="m1.small", image=IMAGE, count=2)
+    far = next(s for s in made if s.host == "compute-2")
+    # SQLite has no notification: its view polls the log every ``interval``
+    interval = IDLE if first.url.startswith("postgresql") else 0.05
+    second.run_in_background(interval)
+    first.run_in_background(interval)
+    wait_for(lambda: first.updater.catch_up() >= 0
+             and first.get_server(far.id).status == "ACTIVE")
+    first.pause(far.id)
+    wait_for(lambda: first.updater.catch_up() >= 0
+             and first.get_server(far.id).status == "PAUSED")
+
+
+def test_a_notification_that_names_no_hosts_wakes_every_agent(postgres_url: str) -> None:
+    """A writer of an earlier release notifies without naming hosts: every agent
+    looks, as before."""
+    with Engine(postgres_url, host="compute-2") as engine:
+        engine.run_until_idle()
+        passes = counted(engine)
+        engine.run_in_background(IDLE)
+        quiet = settled(passes)
+        channel = engine.service.recorder.channel_name  # type: ignore[attr-defined]
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, payload(frozenset())))
+            time.sleep(0.3)
+            assert passes.count == quiet  # names nobody: nobody looks
+            conn.execute("SELECT pg_notify(%s, %s)", (channel, payload(frozenset({"other"}))))
+            time.sleep(0.3)
+            assert passes.count == quiet
+            conn.execute("SELECT pg_notify(%s, '')", (channel,))
+            wait_for(lambda: passes.count > quiet)
+            now = settled(passes)
+            conn.execute("SELECT pg_notify(%s, %s)",
+                         (channel, payload(frozenset({"compute-2", "other"}))))
+            wait_for(lambda: passes.count > now)
+
+
+def test_the_payload_names_the_hosts_or_every_one() -> None:
+    assert hosts_of(payload(frozenset({"b", "a"}))) == {"a", "b"}
+    assert hosts_of(payload(frozenset())) == frozenset()
+    assert hosts_of(payload(None)) == {"*"}
+    assert hosts_of("") is None
+    assert wakes(hosts_of(""), "compute-1")
+    assert wakes(hosts_of(payload(None)), "compute-1")
+    assert not wakes(hosts_of(payload(frozenset({"compute-2"}))), "compute-1")
+    many = frozenset(f"compute-{i:05d}.example.org" for i in range(1000))
+    assert hosts_of(payload(many)) == {"*"}  # beyond PostgreSQL's payload limit
