@@ -1,4 +1,5 @@
-"""Which agents a command wakes: only those of the hosts it gave work.
+"""Which agents a command wakes (only those of the hosts it gave work), and which view
+followers catch up after it (on PostgreSQL, none for a write folded in its transaction).
 
 Both engines below run in the background with a 30 s idle interval, so an agent pass
 within the tests' few seconds is one that a command (or, across processes, the log's
@@ -147,3 +148,33 @@ def test_the_payload_names_the_hosts_or_every_one() -> None:
     assert not wakes(hosts_of(payload(frozenset({"compute-2"}))), "compute-1")
     many = frozenset(f"compute-{i:05d}.example.org" for i in range(1000))
     assert hosts_of(payload(many)) == {"*"}  # beyond PostgreSQL's payload limit
+
+
+def test_a_write_folded_in_its_transaction_needs_no_catch_up_elsewhere(
+        postgres_url: str) -> None:
+    """On PostgreSQL the notification says which read models the write was folded
+    into: another process's view follower reads nothing for it. A write that was not
+    folded (here: a process whose fold is switched off) is caught up at once."""
+    with Engine(postgres_url, host="compute-1") as first, \
+            Engine(postgres_url, host="compute-2") as second:
+        server = first.create_server("folded", flavor="m1.small", image=IMAGE)
+        first.run_until_idle()
+        catch_ups = [0]
+        real = second.updater.catch_up
+
+        def counting(*args: object, **kwargs: object) -> int:
+            catch_ups[0] += 1
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+        second.updater.catch_up = counting  # type: ignore[method-assign]
+        second.run_in_background(IDLE)
+        time.sleep(0.3)
+        before = catch_ups[0]
+        for i in range(10):
+            first.lock(server.id) if i % 2 == 0 else first.act(server.id, "unlock")
+        assert second.get_server(server.id).locked is False  # the shared view has it
+        time.sleep(0.3)
+        assert catch_ups[0] == before
+        first.service.recorder.in_transaction.clear()  # type: ignore[attr-defined]
+        first.lock(server.id)
+        wait_for(lambda: second.view.get(server.id)["locked"] is True)
+        assert catch_ups[0] > before

@@ -99,8 +99,10 @@ class ChainError(RuntimeError):
 #: version, topic, state), the form the read models' updater reads the log in
 WrittenRow = tuple[int, Any, int, str, bytes]
 #: called inside the insert's transaction with its cursor and the new rows (in
-#: notification-id order); an exception rolls the whole insert back
-InTransaction = Callable[[Any, list[WrittenRow]], None]
+#: notification-id order); an exception rolls the whole insert back. Returns the name of
+#: the read-model layout it folded the rows into (None: not folded), which PostgreSQL's
+#: NOTIFY tells the other processes
+InTransaction = Callable[[Any, list[WrittenRow]], str | None]
 
 
 def _written(events: Sequence[StoredEvent], ids: Sequence[int]) -> list[WrittenRow]:

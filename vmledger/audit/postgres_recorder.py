@@ -40,6 +40,7 @@ from vmledger.audit.chain import (
     IndexRow,
     InTransaction,
     _links,
+    _NewLink,
     _utc,
     _written,
     oid_text,
@@ -174,19 +175,19 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
             "INSERT INTO {schema}.{requests} (notification_id, request_id, originator_id, "
             "originator_version, event_time) VALUES ").format(**fmt)
         #: per (links, request rows): the statement writing them (:meth:`_links_statement`)
-        self._links_statements: dict[tuple[int, int], bytes] = {}
+        self._links_statements: dict[tuple[int, int, bool], bytes] = {}
         # the write's statements as bytes: psycopg renders a composed statement again
         # on every execution. The library's ``SET LOCAL lock_timeout`` and ``NOTIFY``
         # are one statement (each statement costs the client a send and a poll)
         self.notify = True  #: whether a write notifies the log's listeners
         settings = SQL("SELECT set_config('lock_timeout', {0}, true)").format(
             Literal(f"{int(self.datastore.lock_timeout)}s"))
-        # the notification's payload names the hosts whose agent the write gave work
-        # (:func:`vmledger.domain.wakeups.payload`)
-        self._settings_bytes = {
-            False: settings.as_bytes(),
-            True: SQL("{0}, pg_notify({1}, %s)").format(
-                settings, Literal(self.channel_name)).as_bytes()}
+        self._settings_bytes = settings.as_bytes()
+        #: the write's NOTIFY, with the links (:meth:`_links_statement`): its payload
+        #: names the hosts whose agent the write gave work and the read-model layouts
+        #: it was folded into (:func:`vmledger.domain.wakeups.payload`)
+        self._notify_bytes = SQL("SELECT pg_notify({0}, %s)").format(
+            Literal(self.channel_name)).as_bytes()
         self._lock_bytes = [_rendered(s) for s in self.lock_table_statements
                             if "lock_timeout" not in _rendered(s).decode()]
         self._previous_bytes = self._sql_previous.as_bytes()
@@ -343,11 +344,12 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         The transaction is begun and committed by statements queued in one pipeline
         on the pool's autocommit connection (psycopg's ``transaction()`` would send its
         ``BEGIN`` and its ``COMMIT`` each with a sync of its own, and leaving the
-        pipeline a third): ``BEGIN``, the table lock, ``NOTIFY``, the read of the
-        chain's previous links and the insert, then one sync (a unique violation is an
-        ``IntegrityError`` here, and the insert's notification ids feed the links);
-        then the links and the request index (one statement), the read models' fold
-        and ``COMMIT``, synced by leaving the pipeline. The ids are returned only once
+        pipeline a third): ``BEGIN``, the lock timeout, the table lock, the read of
+        the chain's previous links and the insert, then one sync (a unique violation is
+        an ``IntegrityError`` here, and the insert's notification ids feed the links);
+        then the read models' fold, the links, the request index and the ``NOTIFY``
+        (one statement: its payload says what the fold did) and ``COMMIT``, synced by
+        leaving the pipeline. The ids are returned only once
         the ``COMMIT`` is acknowledged; on any error the transaction is rolled back
         and the connection goes back to the pool idle."""
         with self.datastore.get_connection() as conn:
@@ -365,12 +367,20 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         try:
             with conn.pipeline() as pipeline:
                 try:
-                    ids = self._first_trip(pipeline, curs, stored_events, agent_hosts)
-                    # the second: queued here, synced by leaving the pipeline
+                    ids, links = self._first_trip(pipeline, curs, stored_events)
+                    # the second: queued here, synced by leaving the pipeline (the
+                    # fold's reads sync on their own)
+                    folded: list[str] = []
                     if self.in_transaction:
                         written = _written(stored_events, ids)
                         for callback in self.in_transaction:
-                            callback(curs, written)
+                            into = callback(curs, written)
+                            if into is not None:
+                                folded.append(into)
+                    # after the fold (outside its savepoint, whatever became of it):
+                    # the links, the request index and the NOTIFY, one statement
+                    self._write_links(curs, links, wakeups.payload(
+                        agent_hosts, folded=frozenset(folded)) if self.notify else None)
                     execute_uncached(curs, _COMMIT)
                 except BaseException as error:
                     failed = error
@@ -390,18 +400,12 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         return ids
 
     def _first_trip(self, pipeline: Pipeline, curs: Cursor[TupleRow],
-                    stored_events: Sequence[StoredEvent],
-                    agent_hosts: frozenset[str] | None = None) -> list[int]:
-        """BEGIN, the lock timeout with NOTIFY, the library's table lock, then the
-        insert with the read of the chain's previous links (one statement), synced
-        (the first round trip); then the links and the request index, queued for the
-        second. Returns the insert's notification ids."""
+                    stored_events: Sequence[StoredEvent]) -> tuple[list[int], list[_NewLink]]:
+        """BEGIN, the lock timeout, the library's table lock, then the insert with the
+        read of the chain's previous links (one statement), synced (the first round
+        trip). Returns the insert's notification ids and the links to write."""
         curs.execute(_BEGIN, prepare=True)
-        if self.notify:
-            curs.execute(self._settings_bytes[True], (wakeups.payload(agent_hosts),),
-                         prepare=True)
-        else:
-            curs.execute(self._settings_bytes[False], prepare=True)
+        curs.execute(self._settings_bytes, prepare=True)
         self._lock_table(curs)
         oids = sorted({oid_text(e.originator_id) for e in stored_events})
         params: list[Any] = []
@@ -432,11 +436,17 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         if len(ids) != len(stored_events):
             raise ProgrammingError(
                 f"got {len(ids)} notification ids for {len(stored_events)} events")
-        links = _links(self.audit_key.secret, stored_events, ids, head, last)
-        # the links and the request index: one statement, its parameters scalars
-        # (cheaper for psycopg to send than arrays, or than two executemany)
+        return ids, _links(self.audit_key.secret, stored_events, ids, head, last)
+
+    def _write_links(self, curs: Cursor[TupleRow], links: list[_NewLink],
+                     notification: str | None) -> None:
+        """Queue the links and the request index, with the NOTIFY's ``notification``
+        (None: no NOTIFY): one statement, its parameters scalars (cheaper for psycopg
+        to send than arrays, or than two executemany); more beyond
+        :data:`LINKS_PER_STATEMENT` links, the NOTIFY with the last."""
+        db_oid = self._db_oid
         for start in range(0, len(links), LINKS_PER_STATEMENT):
-            params = []
+            params: list[Any] = []
             indexed: list[Any] = []
             part = links[start:start + LINKS_PER_STATEMENT]
             for x in part:
@@ -445,9 +455,11 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 if x.indexed is not None:
                     indexed += (x.notification_id, x.indexed[0], oid, x.version,
                                 x.indexed[1])
-            curs.execute(self._links_statement(len(part), len(indexed) // 5),
-                         params + indexed, prepare=True)
-        return ids
+            last_part = start + LINKS_PER_STATEMENT >= len(links)
+            notify = notification is not None and last_part
+            curs.execute(self._links_statement(len(part), len(indexed) // 5, notify),
+                         params + indexed + ([notification] if notify else []),
+                         prepare=True)
 
     def _insert_statement(self, events: int) -> bytes:
         """The statement inserting ``events`` events (their values as scalars: cheaper
@@ -470,18 +482,25 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 self._insert_statements[events] = found
         return found
 
-    def _links_statement(self, links: int, requests: int) -> bytes:
+    def _links_statement(self, links: int, requests: int, notify: bool) -> bytes:
         """The statement inserting ``links`` chain rows and ``requests`` request-index
-        rows (made once per count)."""
-        found = self._links_statements.get((links, requests))
+        rows, then (``notify``) sending the NOTIFY whose payload is its last parameter
+        (made once per shape)."""
+        found = self._links_statements.get((links, requests, notify))
         if found is None:
             row = b"(%s, %s, %s, %s, %s)"
-            found = self._sql_insert_chain.as_bytes() + b", ".join([row] * links)
+            parts = [self._sql_insert_chain.as_bytes() + b", ".join([row] * links)]
             if requests:
-                found = (b"WITH links AS (" + found + b") "
-                         + self._sql_insert_requests.as_bytes()
-                         + b", ".join([row] * requests))
-            self._links_statements[(links, requests)] = found
+                parts.append(self._sql_insert_requests.as_bytes()
+                             + b", ".join([row] * requests))
+            if notify:
+                parts.append(self._notify_bytes)
+            # data-modifying parts in a WITH run whether or not the last part reads them
+            found = parts[-1] if len(parts) == 1 else (
+                b"WITH " + b", ".join(b"w%d AS (%s)" % (i, part)
+                                      for i, part in enumerate(parts[:-1]))
+                + b" " + parts[-1])
+            self._links_statements[(links, requests, notify)] = found
         return found
 
     def _lock_table(self, curs: Cursor[Any]) -> None:

@@ -38,7 +38,7 @@ from eventsourcing.persistence import (
     IntegrityError,
 )
 
-from vmledger.domain.wakeups import hosts_of, wakes
+from vmledger.domain.wakeups import folded_into, hosts_of, wakes
 from vmledger.projections import layouts
 from vmledger.projections.fold_cursors import own_cursor, savepoint
 from vmledger.projections.log_reading import (
@@ -187,18 +187,19 @@ class ViewUpdater:
         finally:
             self._folded.deferred = previous
 
-    def fold_written(self, curs: Any, rows: list[Row]) -> None:
-        """Called by the recorder inside an insert's transaction, after the events (and
-        their audit links) are written. The fold runs in a savepoint: if it fails, the
-        command is still recorded (its events are the truth) and catch-up folds them
-        later (raising the same error, loudly, there)."""
+    def fold_written(self, curs: Any, rows: list[Row]) -> str | None:
+        """Called by the recorder inside an insert's transaction, after the events are
+        written. The fold runs in a savepoint: if it fails, the command is still
+        recorded (its events are the truth) and catch-up folds them later (raising the
+        same error, loudly, there). Returns the layout it folded them into (None: not
+        folded, deferred or failed)."""
         decoder = self._decoder
         if decoder is None:
             decoder = self._decoder = EventDecoder(self.app.mapper, self.view.wants)
         recorder = self.app.recorder
         self._folded.to = None
         if getattr(self._folded, "deferred", False):
-            return
+            return None
         try:
             with self.view.pinned() as layout, own_cursor(curs) as mine, \
                     savepoint(mine):
@@ -208,9 +209,11 @@ class ViewUpdater:
                     with self._written_lock:
                         if self._written.get(layout.name, 0) < rows[-1][0]:
                             self._written[layout.name] = rows[-1][0]
+                    return layout.name
         except Exception:
             log.exception("folding the command's events in its transaction failed; "
                           "catch-up will fold them")
+        return None
 
     def catch_up(self, progress: Callable[[int, int], None] | None = None,
                  batch_events: int | None = None, *, prefetch: bool = False) -> int:
@@ -320,6 +323,10 @@ class ViewUpdater:
         shared, and another process's command is often folded by that process first.
         This process's own commands wake its agent themselves. Without ``host``,
         whenever the view moved.
+
+        A notification whose payload says the write was folded into the serving
+        layout in its own transaction needs no catch-up: when every notification
+        received since the last one says so, none is run.
         """
         channel = getattr(self.app.recorder, "channel_name", None)
         datastore = getattr(self.app.recorder, "datastore", None)
@@ -329,25 +336,26 @@ class ViewUpdater:
                 if channel is not None and datastore is not None:
                     self._listen(datastore, channel, stop, changed, poll, host)
                 else:
-                    changed(None)
+                    changed(None, False)
                     stop.wait(poll)
             except Exception:
                 log.exception("following the log failed; retrying")
                 stop.wait(1.0)
 
     def _changes(self, on_change: Callable[[], None] | None, host: str | None
-                 ) -> Callable[[bool | None], None]:
-        """Catch up, then call ``on_change`` when told to (True), or, when not told
-        (None), if the view moved on since the last time, past this process's own
-        folds (see :meth:`follow`)."""
+                 ) -> Callable[[bool | None, bool], None]:
+        """Catch up (unless ``folded``: the writes announced were folded already),
+        then call ``on_change`` when told to (True), or, when not told (None), if the
+        view moved on since the last time, past this process's own folds (see
+        :meth:`follow`)."""
         seen = [self.view.position()]
 
-        def check(wake: bool | None) -> None:
+        def check(wake: bool | None, folded: bool) -> None:
             self.refresh()  # a switch of the serving layout made by another process
-            read = self.catch_up()
-            position = self.view.position()
-            moved, seen[0] = position != seen[0], position
+            read = 0 if folded else self.catch_up()
             if wake is None:
+                position = self.view.position()
+                moved, seen[0] = position != seen[0], position
                 wake = moved and (host is None or read > 0 or position > self._own())
             if wake and on_change is not None:
                 on_change()
@@ -360,7 +368,7 @@ class ViewUpdater:
         return max(self._written.get(layout, 0), self._reached.get(layout, 0))
 
     def _listen(self, datastore: Any, channel: str, stop: threading.Event,
-                changed: Callable[[bool | None], None], poll: float,
+                changed: Callable[[bool | None, bool], None], poll: float,
                 host: str | None) -> None:
         import psycopg
         from psycopg import sql
@@ -368,8 +376,9 @@ class ViewUpdater:
         with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
             conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
             wake: bool | None = None  # first: whatever moved while not listening
+            folded = False
             while not stop.is_set():
-                changed(wake)
+                changed(wake, folded)
                 # waited for in slices, so that a stop is seen within one
                 deadline = time.monotonic() + poll
                 notes: list[Any] = []
@@ -383,6 +392,9 @@ class ViewUpdater:
                     wake = None
                 else:
                     wake = any(wakes(hosts_of(note.payload), host) for note in notes)
+                layout = self.view.layout.name
+                folded = bool(notes) and all(layout in folded_into(note.payload)
+                                             for note in notes)
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop the view's rows and position, then fold the whole log again (in larger
