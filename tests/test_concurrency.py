@@ -78,11 +78,11 @@ def test_commands_saved_at_once_share_a_commit_and_a_lost_race_is_decided_again(
         write = recorder._insert_once  # type: ignore[attr-defined]
         first = [True]
 
-        def slow_first(events: object) -> object:
+        def slow_first(events: object, *rest: object) -> object:
             if first[0]:  # the others queue up meanwhile
                 first[0] = False
                 time.sleep(0.5)
-            return write(events)
+            return write(events, *rest)
 
         monkeypatch.setattr(recorder, "_insert_once", slow_first)
         calls = [functools.partial(engine.act, raced.id, "stop") for _ in range(3)]
