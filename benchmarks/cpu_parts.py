@@ -42,7 +42,7 @@ PARTS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "folds in a command's transaction": (
         "accumulate_next", "vmledger.projections.runner", "ViewUpdater",
         ("fold_written",)),
-    "catch-ups (the timer's folds the agent's deferred commands)": (
+    "catch-ups (the timer's folds the agent's deferred commands; idle ones)": (
         "dropwhile_next", "vmledger.projections.runner", "ViewUpdater", ("catch_up",)),
     "the host agent's reconcile of one action (its commands too)": (
         "takewhile_next", "vmledger.workers.agent", "HostAgent", ("reconcile",)),
