@@ -1,10 +1,13 @@
 """The CPU of the command path in this process, to compare two versions of the code on
-a shared machine: ``python -m benchmarks.cpu commands|actions [N]``.
+a shared machine: ``python -m benchmarks.cpu commands|actions [N [SERVERS]]``.
 
 ``commands``: the lifecycle of N servers (35 durable commands each) through the command
 service, as ``--suite commands`` drives it, on a fresh SQLite database, after 10 servers
 of warm-up. ``actions``: N rounds of a hard reboot of 50 servers through the engine
-(request, host agent, outcome, read models caught up), after 2 rounds of warm-up.
+(request, host agent, outcome, read models caught up), after 2 rounds of warm-up;
+``SERVERS`` other than 50 (1: every pass of the agent has one action, as a client's
+reboot over HTTP has) shows what the agent's and the timer's passes cost when their
+reads are not shared.
 Prints this process's CPU time (user + system) per command or per action.
 
 CPU time still moves with the machine's load (caches, frequency). Instructions do not:
@@ -48,11 +51,11 @@ def durable_commands(directory: Path, servers: int) -> None:
     _measured(lambda: commands.drive(service, servers), "commands")
 
 
-def complete_actions(directory: Path, rounds: int) -> None:
+def complete_actions(directory: Path, rounds: int, servers: int = ACTION_SERVERS) -> None:
     engine = Engine(f"sqlite:///{directory / 'a.db'}", hypervisor=Simulator(seed=0),
                     allocation_ratios=commands.UNLIMITED)
     ids = [engine.create_server(f"bench-{i}", commands.FLAVOR, commands.IMAGE).id
-           for i in range(ACTION_SERVERS)]
+           for i in range(servers)]
     engine.run_until_idle()
 
     def reboots(count: int) -> int:
@@ -68,12 +71,13 @@ def complete_actions(directory: Path, rounds: int) -> None:
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in ("commands", "actions"):
-        raise SystemExit("usage: python -m benchmarks.cpu commands|actions [N]")
+        raise SystemExit("usage: python -m benchmarks.cpu commands|actions [N [SERVERS]]")
     with tempfile.TemporaryDirectory() as directory:
         if argv[0] == "commands":
             durable_commands(Path(directory), int(argv[1]) if len(argv) > 1 else 40)
         else:
-            complete_actions(Path(directory), int(argv[1]) if len(argv) > 1 else 6)
+            complete_actions(Path(directory), int(argv[1]) if len(argv) > 1 else 6,
+                             int(argv[2]) if len(argv) > 2 else ACTION_SERVERS)
 
 
 if __name__ == "__main__":

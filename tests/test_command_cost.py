@@ -23,7 +23,10 @@ from vmledger import Engine
 from vmledger.audit.chain import request_fields
 
 #: a hard reboot through the embedding API, request to outcome, read models caught up
-REBOOT_STATEMENTS = 32
+REBOOT_STATEMENTS = 31
+#: the same for one server alone (each pass has one action: a client's reboot over
+#: HTTP): the passes' reads are not shared with other actions
+LONE_REBOOT_STATEMENTS = 46
 #: a lock decided in the request, folded into the read models in its transaction
 LOCK_STATEMENTS = 14
 #: a pass of the agent and the timer with nothing to do (the background loop runs one
@@ -98,6 +101,22 @@ def test_a_hard_reboot_runs_within_its_statement_budget(
     assert len(loads) == 2 * len(ids), len(loads)
     for server_id in ids:
         assert engine.get_server(server_id).status == "ACTIVE"
+
+
+def test_a_lone_hard_reboot_runs_within_its_statement_budget(
+        engine_traced: tuple[Engine, list[str], list[dict[str, Any]]]) -> None:
+    engine, statements, _ = engine_traced
+    server_id = _servers(engine, 1)[0]
+    statements.clear()
+    engine.reboot(server_id, hard=True)
+    engine.run_until_idle()
+    assert len(statements) <= LONE_REBOOT_STATEMENTS, statements
+    # the agent's outcome was folded in its own transaction, with the step before it:
+    # the timer, after the agent, reads no log page; the next pass's agent reads one
+    pages = [s for s in statements if s.startswith("SELECT rowid, originator_id")
+             and "ORDER BY rowid LIMIT 1000" in s]
+    assert len(pages) == 2, pages
+    assert engine.get_server(server_id).status == "ACTIVE"
 
 
 def test_a_lock_runs_within_its_statement_budget(

@@ -84,8 +84,10 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
         with self.updater.deferred():
             handled = self.graph.guests.answer() + self.agent.run_once()
             # an agent that recorded nothing has just caught the read models up (for
-            # its own pending work): the timer's candidates are read from there
-            return handled + self.timer.run_once(caught_up=not handled)
+            # its own pending work): the timer's candidates are read from there; one
+            # that did brings them up to its last command
+            return handled + self.timer.run_once(caught_up=not handled,
+                                                 through=self.agent.recorded_through)
 
     def answer_guest_reads(self) -> int:
         """Answer the questions other processes asked of this host's guests."""

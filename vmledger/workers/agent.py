@@ -37,6 +37,7 @@ from vmledger.adapters.hypervisor import (
 )
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.commands import Commands
+from vmledger.domain.commands.pipeline import CommandResult
 from vmledger.domain.drift import drift
 from vmledger.domain.errors import VmledgerError
 from vmledger.domain.server import Context, Server
@@ -129,6 +130,10 @@ class HostAgent:
         #: models in its own transaction, also within a pass that defers its commands'
         #: folds (:meth:`ViewUpdater.deferred`)
         self._fold_outcome = False
+        #: the log position of the last command the latest pass recorded (None: it
+        #: recorded nothing): the read models reach it without a catch-up when that
+        #: command was folded in its own transaction (see :meth:`Timer.run_once`)
+        self.recorded_through: int | None = None
 
     def _observe_call(self, call: str, error: str | None, seconds: float) -> None:
         for observer in self.observers:
@@ -150,6 +155,7 @@ class HostAgent:
         while it was down (as Nova's compute does when it starts)."""
         started = time.perf_counter()
         handled = 0
+        self.recorded_through = None
         if not self._started:
             self._started = True
             handled += self.remove_evacuated_guests()
@@ -176,9 +182,13 @@ class HostAgent:
 
     def _give_up(self, server_id: str, request_id: str) -> None:
         obs = self.hypervisor.observe(server_id)
-        self.outcomes.record(server_id, request_id, lambda s, c, at: s.fail(
+        self._recorded(self.outcomes.record(server_id, request_id, lambda s, c, at: s.fail(
             c, at, power_state=int(obs.power_state), rollback=False,
-            message="The host agent could not complete the action", code=500))
+            message="The host agent could not complete the action", code=500)))
+
+    def _recorded(self, result: CommandResult) -> None:
+        if result.position is not None:
+            self.recorded_through = max(self.recorded_through or 0, result.position)
 
     # --- evacuated servers ----------------------------------------------------------------
     def remove_evacuated_guests(self) -> int:
@@ -340,6 +350,7 @@ class HostAgent:
         with folded_now:
             recorded = self.outcomes.record(server_id, request_id, apply, loaded=loaded,
                                             saved=self._keep)
+        self._recorded(recorded)
         if not recorded.accepted:
             raise _Superseded
 

@@ -30,13 +30,21 @@ class Timer:
         self.updater = updater
         self.batch = batch
 
-    def run_once(self, *, caught_up: bool = False) -> int:
+    def run_once(self, *, caught_up: bool = False, through: int | None = None) -> int:
         """Confirm every due resize, offload the shelved servers and reclaim the
         soft-deleted ones whose time has come; return how many were recorded.
         ``caught_up``: the caller has just caught the read models up, and nothing was
-        recorded since in this thread (the pass's idle agent): not read again."""
+        recorded since in this thread (the pass's idle agent): not read again.
+        ``through``: the log position of the last command recorded since in this thread
+        (the pass's busy agent): the read models are brought up to it, which costs
+        nothing when that command was folded in its own transaction (the pass's last
+        outcome, with every event before it); what other processes recorded after it
+        is read by the next pass's catch-up, as after an idle agent."""
         if not caught_up:
-            self.updater.catch_up()
+            if through is not None:
+                self.updater.ensure(through)
+            else:
+                self.updater.catch_up()
         fired = 0
         now = self.service.clock.now()
         for server_id, deadline in self.updater.view.due_deadlines(now, self.batch):
