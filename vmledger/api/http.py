@@ -10,21 +10,17 @@
 - :func:`endpoint` turns a handler of a :class:`Call` into a route's ASGI app that
   authenticates the caller and turns any exception into a Nova fault (an unexpected one
   is logged: a 500 is a bug); :meth:`Call.run` runs its blocking engine calls in a
-  worker thread (:func:`in_thread`).
+  worker thread (:func:`vmledger.api.threads.in_thread`).
 - :func:`read_json` reads a request body with Nova's content-type, size and JSON rules,
   and :mod:`vmledger.api.jsontext`'s depth and Unicode checks.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, ParamSpec, TypeVar
@@ -41,6 +37,7 @@ from vmledger.api.faults import ApiError, fault_response, response_for
 from vmledger.api.jsontext import BodyError, decode_json, url_problem
 from vmledger.api.metrics import ROUTE_KEY, ApiMetrics, route_template
 from vmledger.api.neutron import is_network_path, neutron_error
+from vmledger.api.threads import in_thread
 from vmledger.api.views import Links, Viewer
 from vmledger.domain.server import Context
 from vmledger.domain.service import new_request_id
@@ -280,34 +277,6 @@ class Call:
     async def run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a (synchronous, blocking) engine call in the thread pool."""
         return await in_thread(func, *args, **kwargs)
-
-
-#: the API's worker threads for blocking engine calls: as many as anyio's default
-#: limiter allows (concurrent commands share commits on PostgreSQL, so fewer cost more)
-WORKER_THREADS = 40
-_workers: ThreadPoolExecutor | None = None
-_workers_lock = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _workers
-    if _workers is None:
-        with _workers_lock:
-            if _workers is None:
-                _workers = ThreadPoolExecutor(WORKER_THREADS,
-                                              thread_name_prefix="vmledger-api")
-    return _workers
-
-
-async def in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """``func(*args, **kwargs)`` in a worker thread, in a copy of this task's context
-    (the request id of the log records, the pinned read-model layout), as
-    ``starlette.concurrency.run_in_threadpool`` does, handed straight to an executor:
-    anyio's capacity limiter and cancel scopes cost an extra turn of the event loop and
-    some 10-20 µs a call, and the API's calls are never cancelled mid-way."""
-    context = contextvars.copy_context()
-    call = functools.partial(context.run, func, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(_pool(), call)
 
 
 Handler = Callable[[Call], Awaitable[Response]]
