@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.responses import Response
@@ -54,6 +54,7 @@ class JSONBody(Response):
 
 
 Renderer = Callable[[dict[str, Any], Viewer], dict[str, Any]]
+F = TypeVar("F")
 
 
 class RenderCache:
@@ -72,6 +73,9 @@ class RenderCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        #: what else a version of a server is known to give (:meth:`facts`), by id and
+        #: version, as many as ``capacity``
+        self._facts: dict[tuple[str, int], Any] = {}
 
     def renderer(self, viewer: Viewer, render: Renderer) -> Rendering:
         """Renders servers for ``viewer`` (one request)."""
@@ -88,6 +92,21 @@ class RenderCache:
     def render(self, row: StoredServer, viewer: Viewer, render: Renderer) -> bytes:
         """One server's rendered JSON."""
         return self.renderer(viewer, render)(row)
+
+    def facts(self, row: StoredServer, derive: Callable[[dict[str, Any]], F]) -> F:
+        """``derive(row.doc)``, kept by the row's id and version (a version's document
+        never changes): a server shown again at the same version is not decoded again.
+        One ``derive`` per cache."""
+        key = (row.id, row.version)
+        found: F | None = self._facts.get(key)
+        if found is None:
+            found = derive(row.doc)
+            if self.capacity > 0:
+                with self._lock:
+                    if len(self._facts) >= self.capacity:  # the oldest first
+                        self._facts.pop(next(iter(self._facts)), None)
+                    self._facts[key] = found
+        return found
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -102,23 +102,38 @@ class IndexedRouter(Router):
             self._root, self._indexed = root, list(self.routes)
         return self._root
 
+    def full_match(self, scope: Scope) -> tuple[BaseRoute, Scope] | None:
+        """The route Starlette's scan would hand ``scope`` to as a full match (the first
+        in the table that matches it in full), with its child scope; None when no route
+        filed under the path's segments does (Starlette's scan then decides)."""
+        node = self._index()
+        segments = get_route_path(scope).split("/")
+        for segment in segments[1:]:
+            child = node.children.get(segment)
+            if child is None:
+                break
+            node = child
+        for route in node.by_length.get(len(segments), node.any_length):
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return route, child_scope
+        return None
+
+    def enter(self, scope: Scope, route: BaseRoute, child_scope: Scope) -> None:
+        """Hand a full match over as Starlette does (the route and its parameters in
+        the scope)."""
+        scope.setdefault("router", self)
+        scope["route"] = route
+        scope.update(child_scope)
+
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            node = self._index()
-            segments = get_route_path(scope).split("/")
-            for segment in segments[1:]:
-                child = node.children.get(segment)
-                if child is None:
-                    break
-                node = child
-            for route in node.by_length.get(len(segments), node.any_length):
-                match, child_scope = route.matches(scope)
-                if match is Match.FULL:  # as Starlette hands a full match over
-                    scope.setdefault("router", self)
-                    scope["route"] = route
-                    scope.update(child_scope)
-                    await route.handle(scope, receive, send)
-                    return
+            found = self.full_match(scope)
+            if found is not None:
+                route, child_scope = found
+                self.enter(scope, route, child_scope)
+                await route.handle(scope, receive, send)
+                return
         await super().app(scope, receive, send)
 
 
