@@ -187,30 +187,28 @@ class ApiMetrics(EngineMetrics):
         self.commands = Counter(
             "vmledger_commands", "Commands by action and result (accepted, conflict, "
             "refused, error)", ["action", "result"], registry=self.registry)
-        # each label set's series, found once: ``labels()`` checks and joins its values
-        # and takes the metric's lock on every call (a few microseconds per request);
-        # the series are the same objects the registry exposes, never removed
-        self._requests: dict[tuple[str, str, int], Counter] = {}
-        self._durations: dict[tuple[str, str], Histogram] = {}
-        self._commands: dict[tuple[str, int], Counter] = {}
+        # each request's series (its request counter, its duration histogram and its
+        # command counter, if any), found once per label set: ``labels()`` checks and
+        # joins its values and takes the metric's lock on every call (a few microseconds
+        # per request); the series are the same objects the registry exposes, never
+        # removed
+        self._series: dict[tuple[str, str, int, str | None],
+                           tuple[Counter, Histogram, Counter | None]] = {}
 
     def request_done(self, method: str, route: str, status: int, seconds: float,
                      command: str | None) -> None:
-        counted = self._requests.get((method, route, status))
-        if counted is None:
-            counted = self._requests[method, route, status] = self.requests.labels(
-                method, route, str(status))
+        key = (method, route, status, command)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.request_seconds.labels(method, route),
+                None if command is None else self.commands.labels(
+                    command, command_result(status)))
+        counted, timed, done = series
         counted.inc()
-        timed = self._durations.get((method, route))
-        if timed is None:
-            timed = self._durations[method, route] = self.request_seconds.labels(
-                method, route)
         timed.observe(seconds)
-        if command is not None:
-            done = self._commands.get((command, status))
-            if done is None:
-                done = self._commands[command, status] = self.commands.labels(
-                    command, command_result(status))
+        if done is not None:
             done.inc()
 
     def finished(self, method: str, state: dict[str, Any], status: int,
