@@ -290,6 +290,19 @@ def base_url(request: Request) -> str:
 
 
 _HOST_STATUS = mv.APIVersion(2, 16)
+#: viewers by what they are made of (see :attr:`Call.viewer`); emptied when full
+_VIEWERS: dict[tuple[mv.APIVersion, str, str | None, bool], Viewer] = {}
+_VIEWERS_KEPT = 1024
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """The request's first ``name`` header (lower case), as ``request.headers.get`` reads
+    it, without building the request's :class:`~starlette.datastructures.Headers`."""
+    raw: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in raw:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 @dataclass(frozen=True)
@@ -304,9 +317,16 @@ class Call:
 
     @cached_property
     def viewer(self) -> Viewer:
-        return Viewer(self.version, Links(base_url(self.request),
-                                          self.principal.url_project_id),
-                      is_admin=self.principal.is_admin)
+        principal = self.principal
+        key = (self.version, base_url(self.request), principal.url_project_id,
+               principal.is_admin)
+        found = _VIEWERS.get(key)
+        if found is None:  # one (immutable) viewer for all its requests
+            found = Viewer(self.version, Links(key[1], key[2]), is_admin=key[3])
+            if len(_VIEWERS) >= _VIEWERS_KEPT:
+                _VIEWERS.clear()
+            _VIEWERS[key] = found
+        return found
 
     def server_viewer(self) -> Viewer:
         """The viewer servers are rendered for: :attr:`viewer`, plus the hosts' states

@@ -20,7 +20,7 @@ from vmledger.api import idempotency, listing
 from vmledger.api import validation as val
 from vmledger.api.auth import Principal
 from vmledger.api.faults import ApiError
-from vmledger.api.http import EMPTY, Call, read_json
+from vmledger.api.http import EMPTY, Call, header, read_json
 from vmledger.api.rendering import JSONBody, RenderCache, Renderer, Rendering, join_list
 from vmledger.api.server_groups import scheduler_group
 from vmledger.api.views import (
@@ -366,13 +366,14 @@ def _none_match(header: str | None, tag: str) -> bool:
     return any(c == "*" or c.removeprefix("W/") == tag for c in candidates)
 
 
-def _shown(call: Call, server_id: str) -> tuple[StoredServer, _Facts, list[str], Viewer]:
+def _shown(call: Call, server_id: str, cache: RenderCache
+           ) -> tuple[StoredServer, _Facts, list[str], Viewer]:
     """The server's row as stored (its document decoded only when this version was not
     seen before), what showing it needs, its live group and the viewer; 404 as
     :func:`owned_server` (the same checks, on the same row)."""
     row = StoredServer(server_id, 0, None)
     call.engine.fill_server_docs([row])  # the row as the view has it now, undecoded
-    facts = render_cache(call).facts(row, _Facts.of) if row.loaded else None
+    facts = cache.facts(row, _Facts.of) if row.loaded else None
     principal = call.principal
     if facts is None or facts.deleted or (not principal.is_admin
                                           and facts.project_id != principal.project_id):
@@ -382,15 +383,16 @@ def _shown(call: Call, server_id: str) -> tuple[StoredServer, _Facts, list[str],
 
 async def show_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
-    row, facts, groups, viewer = await call.run(_shown, call, server_id)
+    cache = render_cache(call)
+    row, facts, groups, viewer = await call.run(_shown, call, server_id, cache)
     tag = entity_tag(row.version, call, facts, groups, viewer)
-    if _none_match(call.request.headers.get("if-none-match"), tag):
+    if _none_match(header(call.request, b"if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
     # the rendered document is a function of its version and the viewer (as a list
     # page's are): a client polling a server until an action is done gets it rendered
     # once per version, and its document decoded once
     render = _show_grouped if groups else _show_alone
-    text = render_cache(call).render(row, viewer, render)
+    text = cache.render(row, viewer, render)
     return JSONBody(b'{"server":' + text + b"}", headers={"ETag": tag})
 
 
