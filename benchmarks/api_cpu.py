@@ -12,14 +12,18 @@ of warm-up; then N requests of one kind:
   ``act`` is what the API's layers, its thread-pool hop and its checks cost a command.
 
 Prints this process's CPU time (all threads) per request. Instructions do not move with
-the machine's load: run it under ``valgrind --tool=cachegrind --cache-sim=no`` with N and
-2N (say 150 and 300) and divide the difference of the two totals by N; the start-up and
-the warm-up cancel out.
+the machine's load: ``--instructions`` runs each kind under ``valgrind --tool=cachegrind
+--cache-sim=no`` with N and 2N requests (N = 150 unless given) and prints the difference
+of the two totals divided by N (the start-up and the warm-up cancel out), all threads,
+user space: ``action`` minus ``act`` is the API's share of a command.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,7 +78,7 @@ def run(kind: str, count: int, directory: Path) -> None:
         request = _requester(create_app(engine), loop)
         show = f"/v2.1/servers/{server_id}"
         bodies = (b'{"lock": null}', b'{"unlock": null}')
-        calls: dict[str, Callable[[int], None]] = {
+        calls: dict[str, Callable[[int], object]] = {
             "show": lambda i: request("GET", show, b"", 200),
             "action": lambda i: request("POST", show + "/action", bodies[i % 2], 202),
             "act": lambda i: engine.act(server_id, ("lock", "unlock")[i % 2],
@@ -93,7 +97,36 @@ def run(kind: str, count: int, directory: Path) -> None:
         engine.close()
 
 
+def _instructions(kind: str, count: int, directory: Path) -> int:
+    """Instructions of a whole run of ``count`` requests of ``kind`` under cachegrind."""
+    out = directory / f"cachegrind.{kind}.{count}"
+    subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                    f"--cachegrind-out-file={out}", sys.executable, "-m",
+                    "benchmarks.api_cpu", kind, str(count)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=os.environ.copy())
+    found = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no summary in {out}")
+    return int(found.group(1))
+
+
+def instructions(count: int) -> None:
+    """Instructions per request of each kind (see the module)."""
+    per: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        for kind in KINDS:
+            once = _instructions(kind, count, Path(directory))
+            twice = _instructions(kind, 2 * count, Path(directory))
+            per[kind] = (twice - once) // count
+            print(f"{kind:<7} {per[kind]:>10,} instructions/request")
+    print(f"API's share of a command (action - act): {per['action'] - per['act']:,}")
+
+
 def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--instructions":
+        instructions(int(argv[1]) if len(argv) > 1 else 150)
+        return
     if not argv or argv[0] not in KINDS:
         raise SystemExit(f"usage: python -m benchmarks.api_cpu {'|'.join(KINDS)} [N]")
     with tempfile.TemporaryDirectory() as directory:

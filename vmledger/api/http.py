@@ -165,7 +165,7 @@ class ApiLayer:
                     sent += len(message.get("body", b""))
                     if not message.get("more_body", False):
                         _log_access(scope, state, status=status, sent=sent,
-                                    started=served, version=str(version))
+                                    started=served, version=version)
                 await send(message)
 
             inner = scope
@@ -212,19 +212,26 @@ def _version_headers(version: mv.APIVersion) -> RawHeaders:
                  for name, value in mv.response_headers(version).items())
 
 
+#: the names of every header :func:`_add_headers` may be given
+_ADDED_NAMES = frozenset(_ID_NAMES) | {name for name, _value in
+                                      _version_headers(mv.DEFAULT_VERSION)}
+
+
 def _as_dict(headers: RawHeaders) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in headers}
 
 
 def _add_headers(message: Message, extra: RawHeaders) -> None:
-    """Set ``extra`` on a response's start message: appended when the response has
-    none of them (the usual case), else each one replacing the response's own as
-    :class:`~starlette.datastructures.MutableHeaders` does."""
-    raw = list(message.get("headers", ()))
-    present = {name for name, _value in raw}
-    if present.isdisjoint(name for name, _value in extra):
-        raw.extend(extra)
-        message["headers"] = raw
+    """Set ``extra`` (request id or microversion headers) on a response's start message:
+    appended when the response has none of them (the usual case), else each one
+    replacing the response's own as :class:`~starlette.datastructures.MutableHeaders`
+    does."""
+    raw = message.get("headers", ())
+    for name, _value in raw:
+        if name in _ADDED_NAMES:
+            break
+    else:
+        message["headers"] = [*raw, *extra]
         return
     headers = MutableHeaders(scope=message)
     for name, value in extra:
@@ -242,7 +249,7 @@ def _note_route(scope: Scope, state: dict[str, Any]) -> None:
 
 
 def _log_access(scope: Scope, state: dict[str, Any], *, status: int, sent: int,
-                started: float, version: str) -> None:
+                started: float, version: mv.APIVersion) -> None:
     """One access line per call, once its body is sent: who (user, project, client
     address), what (method, path, microversion) and how it went (status, bytes sent,
     duration)."""
@@ -258,7 +265,7 @@ def _log_access(scope: Scope, state: dict[str, Any], *, status: int, sent: int,
                 extra={"request_id": state.get("request_id"), "method": scope["method"],
                        "path": scope["path"], "status": status, "bytes": sent,
                        "duration_ms": duration, "client": address, "user_id": user,
-                       "project_id": project, "microversion": version})
+                       "project_id": project, "microversion": str(version)})
 
 
 #: base URLs by what Starlette builds them from (see :func:`base_url`); emptied when full
