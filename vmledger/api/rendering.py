@@ -7,7 +7,9 @@ renders and encodes only the servers that changed since it was last served, and 
 the others' bytes. Nothing is ever stale: a new version is a new key; old keys leave
 first-in first-out once the cache is full: of entries (``capacity``) or of bytes
 (``max_bytes``, the rendered bytes and about :data:`ENTRY_OVERHEAD` for each entry's
-key and bookkeeping), whichever comes first.
+key and bookkeeping), whichever comes first. Beside them it keeps what else a version
+of a server gives (:meth:`RenderCache.facts`: a show's owner and group), so a server
+shown again at the same version is not decoded again.
 
 Bodies are encoded with msgspec (compact UTF-8, as Starlette's ``JSONResponse``
 writes them, several times faster).

@@ -16,7 +16,9 @@ Among those it tries only the routes whose path has as many segments as the requ
 same path's routes for other methods): a route whose parameters each match within one
 segment (Starlette's ``str``, ``int``, ``float`` and ``uuid`` convertors, and those whose
 pattern holds no ``.``, ``/``, ``^`` nor escape) matches only paths of its own number
-of segments; any other route is tried for every path.
+of segments; any other route is tried for every path. A plain route's full match is
+kept by method and path (:meth:`IndexedRouter.full_match`), and :class:`~vmledger.api.http.ApiLayer`
+asks for it to call an endpoint straight.
 """
 
 from __future__ import annotations
