@@ -32,6 +32,9 @@ DEFAULT_CAPACITY = 20_000
 #: and their bytes at most (servers render to about 2 kB each: some 4,000 of them, four
 #: full pages of the largest list; a fleet of 1,000 servers never fills it)
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+#: versions whose facts (:meth:`RenderCache.facts`) are kept at most, per app: shows are
+#: of few servers at a time, and an entry takes a few hundred bytes (about 1.5 MB)
+FACTS_KEPT = 4096
 #: what an entry costs beside its rendered bytes: the key (a tuple of the id, a version
 #: and a number), the dictionary's slot and the bytes object's header
 ENTRY_OVERHEAD = 200
@@ -76,7 +79,7 @@ class RenderCache:
         self.hits = 0
         self.misses = 0
         #: what else a version of a server is known to give (:meth:`facts`), by id and
-        #: version, as many as ``capacity``
+        #: version, up to :data:`FACTS_KEPT` (and ``capacity``)
         self._facts: dict[tuple[str, int], Any] = {}
 
     def renderer(self, viewer: Viewer, render: Renderer) -> Rendering:
@@ -103,9 +106,10 @@ class RenderCache:
         found: F | None = self._facts.get(key)
         if found is None:
             found = derive(row.doc)
-            if self.capacity > 0:
+            kept = min(self.capacity, FACTS_KEPT)
+            if kept > 0:
                 with self._lock:
-                    if len(self._facts) >= self.capacity:  # the oldest first
+                    if len(self._facts) >= kept:  # the oldest first
                         self._facts.pop(next(iter(self._facts)), None)
                     self._facts[key] = found
         return found
