@@ -325,6 +325,8 @@ def test_unexpected_error_is_500_and_logged(client: ApiClient, system_clock_engi
         raise RuntimeError("boom")
 
     monkeypatch.setattr(system_clock_engine, "get_server", broken)
+    # the show reads the server's row as stored (see vmledger.api.servers._shown)
+    monkeypatch.setattr(system_clock_engine, "fill_server_docs", broken)
     with caplog.at_level(logging.ERROR, logger="vmledger.api"):
         r = client.get(f"/v2.1/servers/{MISSING}")
     assert r.status_code == 500

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 
-from vmledger.api.http import REQUEST_ID_HEADERS, Call
+from vmledger.api.http import REQUEST_ID_HEADERS, Call, header
 from vmledger.domain.commands import CommandResult
 
 #: the request header carrying the key
 HEADER = "Idempotency-Key"
+_NAME = HEADER.lower().encode("latin-1")
 #: the response header set on a repeat answered from the first request's result
 REPLAYED_HEADER = "Idempotency-Replayed"
 
@@ -26,7 +27,7 @@ REPLAYED_HEADER = "Idempotency-Replayed"
 def key_of(call: Call) -> str | None:
     """The request's key (None: none sent). Its length is checked by the command
     (1 to 255 characters, else 400)."""
-    return call.request.headers.get(HEADER)
+    return header(call.request, _NAME)
 
 
 def derived(call: Call, key: str, label: str) -> str:

@@ -11,7 +11,8 @@ messages. Every response under ``/v2.1`` echoes the version served in both heade
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import NamedTuple
 
 API_VERSION_HEADER = "OpenStack-API-Version"
@@ -108,6 +109,36 @@ def negotiate(headers: Mapping[str, str]) -> APIVersion:
     if not MIN_VERSION <= version <= MAX_VERSION:
         raise VersionNotAcceptable(version)
     return version
+
+
+_CURRENT_NAME = API_VERSION_HEADER.lower().encode("latin-1")
+_LEGACY_NAME = LEGACY_VERSION_HEADER.lower().encode("latin-1")
+
+
+def negotiate_raw(headers: Iterable[tuple[bytes, bytes]]) -> APIVersion:
+    """:func:`negotiate` for an ASGI request's raw headers (the last of each name counts,
+    as there), without building a mapping of them all; each pair of header values is
+    negotiated once."""
+    current = legacy = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == _CURRENT_NAME:
+            current = value
+        elif lowered == _LEGACY_NAME:
+            legacy = value
+    if current is None and legacy is None:
+        return DEFAULT_VERSION
+    return _negotiated(current, legacy)
+
+
+@lru_cache(maxsize=256)
+def _negotiated(current: bytes | None, legacy: bytes | None) -> APIVersion:
+    headers = {}
+    if current is not None:
+        headers[API_VERSION_HEADER] = current.decode("latin-1")
+    if legacy is not None:
+        headers[LEGACY_VERSION_HEADER] = legacy.decode("latin-1")
+    return negotiate(headers)  # a refusal raises, and is not kept
 
 
 def response_headers(version: APIVersion) -> dict[str, str]:

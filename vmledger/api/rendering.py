@@ -7,7 +7,9 @@ renders and encodes only the servers that changed since it was last served, and 
 the others' bytes. Nothing is ever stale: a new version is a new key; old keys leave
 first-in first-out once the cache is full: of entries (``capacity``) or of bytes
 (``max_bytes``, the rendered bytes and about :data:`ENTRY_OVERHEAD` for each entry's
-key and bookkeeping), whichever comes first.
+key and bookkeeping), whichever comes first. Beside them it keeps what else a version
+of a server gives (:meth:`RenderCache.facts`: a show's owner and group), so a server
+shown again at the same version is not decoded again.
 
 Bodies are encoded with msgspec (compact UTF-8, as Starlette's ``JSONResponse``
 writes them, several times faster).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.responses import Response
@@ -30,6 +32,9 @@ DEFAULT_CAPACITY = 20_000
 #: and their bytes at most (servers render to about 2 kB each: some 4,000 of them, four
 #: full pages of the largest list; a fleet of 1,000 servers never fills it)
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+#: versions whose facts (:meth:`RenderCache.facts`) are kept at most, per app: shows are
+#: of few servers at a time, and an entry takes a few hundred bytes (about 1.5 MB)
+FACTS_KEPT = 4096
 #: what an entry costs beside its rendered bytes: the key (a tuple of the id, a version
 #: and a number), the dictionary's slot and the bytes object's header
 ENTRY_OVERHEAD = 200
@@ -54,6 +59,7 @@ class JSONBody(Response):
 
 
 Renderer = Callable[[dict[str, Any], Viewer], dict[str, Any]]
+F = TypeVar("F")
 
 
 class RenderCache:
@@ -72,6 +78,9 @@ class RenderCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        #: what else a version of a server is known to give (:meth:`facts`), by id and
+        #: version, up to :data:`FACTS_KEPT` (and ``capacity``)
+        self._facts: dict[tuple[str, int], Any] = {}
 
     def renderer(self, viewer: Viewer, render: Renderer) -> Rendering:
         """Renders servers for ``viewer`` (one request)."""
@@ -88,6 +97,22 @@ class RenderCache:
     def render(self, row: StoredServer, viewer: Viewer, render: Renderer) -> bytes:
         """One server's rendered JSON."""
         return self.renderer(viewer, render)(row)
+
+    def facts(self, row: StoredServer, derive: Callable[[dict[str, Any]], F]) -> F:
+        """``derive(row.doc)``, kept by the row's id and version (a version's document
+        never changes): a server shown again at the same version is not decoded again.
+        One ``derive`` per cache."""
+        key = (row.id, row.version)
+        found: F | None = self._facts.get(key)
+        if found is None:
+            found = derive(row.doc)
+            kept = min(self.capacity, FACTS_KEPT)
+            if kept > 0:
+                with self._lock:
+                    if len(self._facts) >= kept:  # the oldest first
+                        self._facts.pop(next(iter(self._facts)), None)
+                    self._facts[key] = found
+        return found
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -16,13 +16,16 @@ Among those it tries only the routes whose path has as many segments as the requ
 same path's routes for other methods): a route whose parameters each match within one
 segment (Starlette's ``str``, ``int``, ``float`` and ``uuid`` convertors, and those whose
 pattern holds no ``.``, ``/``, ``^`` nor escape) matches only paths of its own number
-of segments; any other route is tried for every path.
+of segments; any other route is tried for every path. A plain route's full match is
+kept by method and path (:meth:`IndexedRouter.full_match`), and :class:`~vmledger.api.http.ApiLayer`
+asks for it to call an endpoint straight.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette._utils import get_route_path
 from starlette.convertors import (
@@ -62,6 +65,10 @@ def literal_segments(route: BaseRoute) -> tuple[str, ...]:
     return tuple(segments)
 
 
+#: full matches kept (see :meth:`IndexedRouter.full_match`); emptied when full (paths are
+#: the callers' to choose)
+MATCHES_KEPT = 4096
+
 _ONE_SEGMENT = (StringConvertor, IntegerConvertor, FloatConvertor, UUIDConvertor)
 #: a pattern that cannot match a ``/``: classes of letters, digits and dashes, repeated
 _SEGMENT_PATTERN = re.compile(r"[\w\[\]+*?{},|()-]*")
@@ -89,6 +96,8 @@ class IndexedRouter(Router):
 
     _indexed: list[BaseRoute] | None = None
     _root: _Node
+    #: the full matches of recent (method, path, root path)s: their route and parameters
+    _matched: dict[tuple[str, str, str], tuple[Route, dict[str, Any]]]
 
     def _index(self) -> _Node:
         if self._indexed != self.routes:  # built again when the table changes
@@ -100,25 +109,54 @@ class IndexedRouter(Router):
                 node.routes.append(position)
             _fill(root, [], self.routes)
             self._root, self._indexed = root, list(self.routes)
+            self._matched = {}
         return self._root
+
+    def full_match(self, scope: Scope) -> tuple[BaseRoute, Scope] | None:
+        """The route Starlette's scan would hand ``scope`` to as a full match (the first
+        in the table that matches it in full), with its child scope; None when no route
+        filed under the path's segments does (Starlette's scan then decides). A plain
+        :class:`Route`'s match is kept by method and path (a client polling a server
+        asks for the same path again and again), up to :data:`MATCHES_KEPT` of them."""
+        node = self._index()
+        key = None
+        if "path_params" not in scope:  # the parameters come from the path alone
+            key = (scope["method"], scope["path"], scope.get("root_path", ""))
+            kept = self._matched.get(key)
+            if kept is not None:
+                route, params = kept
+                return route, {"endpoint": route.endpoint, "path_params": dict(params)}
+        segments = get_route_path(scope).split("/")
+        for segment in segments[1:]:
+            child = node.children.get(segment)
+            if child is None:
+                break
+            node = child
+        for candidate in node.by_length.get(len(segments), node.any_length):
+            match, child_scope = candidate.matches(scope)
+            if match is Match.FULL:
+                if key is not None and type(candidate) is Route:
+                    if len(self._matched) >= MATCHES_KEPT:
+                        self._matched.clear()
+                    self._matched[key] = (candidate, dict(child_scope["path_params"]))
+                return candidate, child_scope
+        return None
+
+    def enter(self, scope: Scope, route: BaseRoute, child_scope: Scope) -> None:
+        """Hand a full match over as Starlette does (the route and its parameters in
+        the scope)."""
+        scope.setdefault("router", self)
+        scope["route"] = route
+        scope.update(child_scope)
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            node = self._index()
-            segments = get_route_path(scope).split("/")
-            for segment in segments[1:]:
-                child = node.children.get(segment)
-                if child is None:
-                    break
-                node = child
-            for route in node.by_length.get(len(segments), node.any_length):
-                match, child_scope = route.matches(scope)
-                if match is Match.FULL:  # as Starlette hands a full match over
-                    scope.setdefault("router", self)
-                    scope["route"] = route
-                    scope.update(child_scope)
-                    await route.handle(scope, receive, send)
-                    return
+            found = self.full_match(scope)
+            if found is not None:
+                route, child_scope = found
+                self.enter(scope, route, child_scope)
+                await route.handle(scope, receive, send)
+                return
         await super().app(scope, receive, send)
 
 

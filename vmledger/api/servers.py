@@ -20,7 +20,7 @@ from vmledger.api import idempotency, listing
 from vmledger.api import validation as val
 from vmledger.api.auth import Principal
 from vmledger.api.faults import ApiError
-from vmledger.api.http import EMPTY, Call, read_json
+from vmledger.api.http import EMPTY, Call, header, read_json
 from vmledger.api.rendering import JSONBody, RenderCache, Renderer, Rendering, join_list
 from vmledger.api.server_groups import scheduler_group
 from vmledger.api.views import (
@@ -30,6 +30,7 @@ from vmledger.api.views import (
     server_view,
     update_view,
 )
+from vmledger.domain import lifecycle as lc
 from vmledger.domain import status as st
 from vmledger.domain.commands import CommandResult
 from vmledger.domain.commands.servers import MAX_SERVERS_PER_REQUEST
@@ -325,18 +326,36 @@ async def list_servers_detail(call: Call) -> Response:
 
 
 # --- show, update, delete --------------------------------------------------------------
-def entity_tag(info: ServerInfo, call: Call, groups: list[str] | None = None,
-               viewer: Viewer | None = None) -> str:
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What showing a server needs of one of its versions besides the rendered body:
+    a function of the version, so it is kept with the rendered ones (see :func:`_shown`)."""
+
+    project_id: str
+    deleted: bool
+    #: the group it names (``attributes.server_group``), which may be gone
+    group: str | None
+    #: the host it shows (for ``host_status``)
+    host: str | None
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> _Facts:
+        group = (doc.get("attributes") or {}).get("server_group")
+        return cls(project_id=doc["project_id"], deleted=doc.get("vm_state") == lc.DELETED,
+                   group=str(group) if group else None, host=st.placed_host(doc))
+
+
+def entity_tag(version: int, call: Call, facts: _Facts, groups: list[str],
+               viewer: Viewer) -> str:
     """The ETag of a server's representation: its version, and the microversion it is
     rendered at (one version looks different at different microversions); ``-g`` when
     the server names a group that was deleted since (2.71 shows no group then); the
     host's status when the body shows it (``host_status``, administrators from 2.16)."""
-    gone = "-g" if (call.at_least(2, 71) and groups == []
-                    and (info.doc.get("attributes") or {}).get("server_group")) else ""
+    gone = "-g" if call.at_least(2, 71) and not groups and facts.group else ""
     host = ""
-    if viewer is not None and viewer.host_states is not None:
-        host = "-" + (viewer.host_status(st.placed_host(info.doc)) or "none").lower()
-    return f'"{info.version}-{call.version}{gone}{host}"'
+    if viewer.host_states is not None:
+        host = "-" + (viewer.host_status(facts.host) or "none").lower()
+    return f'"{version}-{call.version}{gone}{host}"'
 
 
 def _none_match(header: str | None, tag: str) -> bool:
@@ -347,22 +366,33 @@ def _none_match(header: str | None, tag: str) -> bool:
     return any(c == "*" or c.removeprefix("W/") == tag for c in candidates)
 
 
-def _shown(call: Call, server_id: str) -> tuple[ServerInfo, list[str], Viewer]:
-    info = owned_server(call.engine, call.principal, server_id)
-    return info, server_groups_of(call, info.doc), call.server_viewer()
+def _shown(call: Call, server_id: str, cache: RenderCache
+           ) -> tuple[StoredServer, _Facts, list[str], Viewer]:
+    """The server's row as stored (its document decoded only when this version was not
+    seen before), what showing it needs, its live group and the viewer; 404 as
+    :func:`owned_server` (the same checks, on the same row)."""
+    row = StoredServer(server_id, 0, None)
+    call.engine.fill_server_docs([row])  # the row as the view has it now, undecoded
+    facts = cache.facts(row, _Facts.of) if row.loaded else None
+    principal = call.principal
+    if facts is None or facts.deleted or (not principal.is_admin
+                                          and facts.project_id != principal.project_id):
+        raise ServerNotFound(server_id)
+    return row, facts, _live_group(call, facts.group), call.server_viewer()
 
 
 async def show_server(call: Call) -> Response:
     server_id = call.request.path_params["server_id"]
-    info, groups, viewer = await call.run(_shown, call, server_id)
-    tag = entity_tag(info, call, groups, viewer)
-    if _none_match(call.request.headers.get("if-none-match"), tag):
+    cache = render_cache(call)
+    row, facts, groups, viewer = await call.run(_shown, call, server_id, cache)
+    tag = entity_tag(row.version, call, facts, groups, viewer)
+    if _none_match(header(call.request, b"if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
     # the rendered document is a function of its version and the viewer (as a list
     # page's are): a client polling a server until an action is done gets it rendered
-    # once per version
+    # once per version, and its document decoded once
     render = _show_grouped if groups else _show_alone
-    text = render_cache(call).render(StoredServer.of(info.doc), viewer, render)
+    text = cache.render(row, viewer, render)
     return JSONBody(b'{"server":' + text + b"}", headers={"ETag": tag})
 
 
@@ -382,6 +412,13 @@ def server_groups_of(call: Call, doc: dict[str, Any]) -> list[str]:
         return []
     group = (doc.get("attributes") or {}).get("server_group")
     return [group] if group and get_group(call.engine.view, str(group)) else []
+
+
+def _live_group(call: Call, group: str | None) -> list[str]:
+    """:func:`server_groups_of` for a server naming ``group``."""
+    if not group or not call.at_least(2, 71):
+        return []
+    return [group] if get_group(call.engine.view, group) else []
 
 
 _UPDATE_FIELDS: dict[str, tuple[tuple[int, int], tuple[int, int] | None]] = {
