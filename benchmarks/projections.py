@@ -948,3 +948,87 @@ def _cluster(skipped: dict[str, str], log: Callable[[str], None]) -> Iterator[An
         yield cluster
     finally:
         cluster.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Instructions per event of the rebuild's stages (under cachegrind)
+# ---------------------------------------------------------------------------------------
+
+#: what ``python -m benchmarks.projections rebuild`` can leave out of the rebuild, to
+#: measure a read model's share by difference: the instance actions, the migrations,
+#: every read model but the servers view, or the fold itself (the log read and decoded
+#: as the rebuild does, folding nothing)
+_WITHOUT = ("actions", "migrations", "extensions", "fold")
+
+
+def _cpu_main(argv: Sequence[str]) -> None:
+    """``python -m benchmarks.projections prepare DB SERVERS``: write the log of SERVERS
+    servers (as the projections suite does) into the SQLite file DB.
+    ``python -m benchmarks.projections rebuild DB TIMES [--without actions|migrations|
+    extensions|fold]``: open it and rebuild the read models TIMES times, then print the
+    events and the digest of the tables.
+
+    Run ``rebuild`` under ``valgrind --tool=cachegrind --cache-sim=no`` with TIMES 0 and
+    2 (say): the difference of the two totals divided by twice the events is the
+    rebuild's instructions per event, start-up cancelled out. With ``--without X`` the
+    difference to the full rebuild is X's share."""
+    from vmledger.projections.actions import InstanceActions
+    from vmledger.projections.migrations import Migrations
+
+    if len(argv) >= 3 and argv[0] == "prepare":
+        ids = Ids(seed=20261127)
+        engine = Engine(f"sqlite:///{argv[1]}", clock=StepClock(), id_factory=ids.uuid,
+                        allocation_ratios=commands.UNLIMITED,
+                        request_id_factory=ids.request_id)
+        try:
+            servers = int(argv[2])
+            events = populate(engine.service, servers, group=min(servers, 300))
+            engine.updater.catch_up()
+            print(f"{events} events, digest {view_digest(engine.view)}")
+        finally:
+            engine.close()
+        return
+    if len(argv) < 3 or argv[0] != "rebuild" or (len(argv) > 3 and (
+            len(argv) != 5 or argv[3] != "--without" or argv[4] not in _WITHOUT)):
+        raise SystemExit("usage: python -m benchmarks.projections prepare DB SERVERS | "
+                         "rebuild DB TIMES [--without actions|migrations|extensions|fold]")
+    without = argv[4] if len(argv) > 3 else None
+    engine = Engine(f"sqlite:///{argv[1]}", allocation_ratios=commands.UNLIMITED)
+    try:
+        view = engine.view
+        if without in ("actions", "migrations", "extensions"):
+            dropped = {"actions": InstanceActions, "migrations": Migrations,
+                       "extensions": object}[without]
+            view.extensions = tuple(e for e in view.extensions
+                                    if not isinstance(e, dropped))
+            view.__dict__.pop("_event_routes", None)
+            view.__dict__.pop("_wanted", None)
+        events = 0
+        for _ in range(int(argv[2])):
+            if without == "fold":
+                events = _own_read(engine, runner.PAGE_SIZE)
+            else:
+                events = engine.updater.rebuild()
+        print(f"{events} events, digest {view_digest(view)}, every table "
+              f"{_tables_digest(view)}")
+    finally:
+        engine.close()
+
+
+def _tables_digest(view: ServersView) -> str:
+    """A digest of every row of every read model's table (in a stable order)."""
+    digest = hashlib.sha256(str(view.position()).encode())
+    with view.transaction(commit=False) as curs:
+        for table in sorted(view.defined_tables()):
+            curs.execute(f"SELECT * FROM {view.sql(table)}")
+            rows = sorted(repr(tuple(row)) for row in curs.fetchall())
+            digest.update(f"{table} {len(rows)}".encode())
+            for row in rows:
+                digest.update(row.encode())
+    return digest.hexdigest()[:12]
+
+
+if __name__ == "__main__":
+    import sys
+
+    _cpu_main(sys.argv[1:])

@@ -25,10 +25,12 @@ from vmledger.domain.server import Server
 from vmledger.projections.store import (
     ReadStore,
     RowWriter,
+    dumps_ordered,
     dumps_stored,
     isoformat,
     loads,
     loads_stored,
+    stamped,
     stored_ts,
 )
 
@@ -48,10 +50,23 @@ Doc = dict[str, Any]
 
 
 def _new(event: Server.Event, server_id: str, action: str, at: datetime) -> Doc:
-    return {"request_id": event.request_id, "server_id": server_id,
-            "action": action, "user_id": event.user_id, "project_id": event.project_id,
-            "start_time": at, "updated_at": at, "message": None,
-            "events": [], "cause": event.cause}
+    # the keys in sorted order, as the agent events' below: see :meth:`ActionsBatch.write`
+    return {"action": action, "cause": event.cause, "events": [], "message": None,
+            "project_id": event.project_id, "request_id": event.request_id,
+            "server_id": server_id, "start_time": at, "updated_at": at,
+            "user_id": event.user_id}
+
+
+#: the value types a document may hold and still be written without sorting its dicts
+#: (a dict or list from an event could hold dicts in any key order)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(doc: Doc) -> bool:
+    """Whether the values ``_new`` took from the event are scalars."""
+    scalars = _SCALARS
+    return (type(doc["cause"]) in scalars and type(doc["project_id"]) in scalars
+            and type(doc["user_id"]) in scalars and type(doc["request_id"]) in scalars)
 
 
 # what each kind of server event does to the actions: starts one, or is a step of one
@@ -142,6 +157,10 @@ class ActionsBatch:
         self.docs: dict[tuple[str, str], Doc | None] = {}
         self.changed: dict[tuple[str, str], Doc] = {}
         self.names: dict[Any, str] = {}
+        #: the changed documents made in this batch whose every dict has its keys in
+        #: sorted order (written without sorting them again); not those loaded from the
+        #: table, nor one holding a non-scalar value from an event
+        self.ordered: set[tuple[str, str]] = set()
 
     def _load(self, keys: list[tuple[str, str]]) -> None:
         # by the primary key (server_id, request_id): the server ids select index ranges
@@ -205,6 +224,7 @@ class ActionsBatch:
         if not self.empty:
             self._load_begun(pairs)
         docs, changed, kinds = self.docs, self.changed, _KINDS
+        ordered, scalars = self.ordered, _SCALARS
         event_names, instance_actions = _EVENT_NAMES, _INSTANCE_ACTIONS
         requested, failed = Server.Requested, Server.ActionFailed
         hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
@@ -238,21 +258,29 @@ class ActionsBatch:
                 for agent in doc["events"]:
                     if agent["event"] == name and agent["finish_time"] is None:
                         if not agent["host"]:
-                            agent["host"] = ((kind == _STEP and event.__dict__.get("host"))
-                                             or hosts.get(sid))
+                            host = agent["host"] = (
+                                (kind == _STEP and event.__dict__.get("host"))
+                                or hosts.get(sid))
+                            if type(host) not in scalars:
+                                ordered.discard(key)
                         break
                 else:
-                    agent = {"event": name, "start_time": at, "finish_time": None,
-                             "result": None, "traceback": None,
-                             "host": ((kind == _STEP and event.__dict__.get("host"))
-                                      or hosts.get(sid)),
-                             "details": None}
+                    # (the keys in sorted order: see :meth:`write`)
+                    host = ((kind == _STEP and event.__dict__.get("host"))
+                            or hosts.get(sid))
+                    agent = {"details": None, "event": name, "finish_time": None,
+                             "host": host, "result": None, "start_time": at,
+                             "traceback": None}
                     doc["events"].append(agent)
+                    if type(host) not in scalars:
+                        ordered.discard(key)
                 if kind == _OUTCOME:
                     agent["finish_time"] = at
                     if isinstance(event, failed):
                         agent["result"] = "Error"
-                        agent["details"] = event.fault.get("message")
+                        details = agent["details"] = event.fault.get("message")
+                        if type(details) not in scalars:
+                            ordered.discard(key)
                         doc["message"] = "Error"
                     else:
                         agent["result"] = "Success"
@@ -270,8 +298,12 @@ class ActionsBatch:
             elif kind == _RESET:
                 name = "reset_state"
             else:  # a live migration's steering
-                docs[key] = changed[key] = _new(
+                doc = docs[key] = changed[key] = _new(
                     event, sid, _STEERS.get(event.steer, str(event.steer)), at)
+                if _plain(doc):
+                    ordered.add(key)
+                else:
+                    ordered.discard(key)
                 continue
             found = instance_actions.get(name)
             if found is None:
@@ -279,33 +311,46 @@ class ActionsBatch:
                 found = instance_actions[name] = (row.instance_action, row.event)
             doc = _new(event, sid, found[0], at)
             if kind == _LOCK:
-                doc["events"].append({"event": found[1], "start_time": at,
-                                      "finish_time": at, "result": "Success",
-                                      "traceback": None, "host": None, "details": None})
+                doc["events"].append({"details": None, "event": found[1],
+                                      "finish_time": at, "host": None,
+                                      "result": "Success", "start_time": at,
+                                      "traceback": None})
             docs[key] = changed[key] = doc
+            if _plain(doc):
+                ordered.add(key)
+            else:
+                ordered.discard(key)
 
     def write(self) -> None:
         rows = []
-        for d in self.changed.values():
+        ordered = self.ordered
+        for key, d in self.changed.items():
             # the times folded here are datetimes: each formatted once (an action's
-            # start is its last update until a step follows; an outcome is its last)
+            # start is its last update until a step follows; an outcome is its last),
+            # its column's text with it
             start, updated = d["start_time"], d["updated_at"]
             latest = updated
             if type(updated) is datetime:
-                d["updated_at"] = updated = {"$dt": isoformat(updated)}
-            if type(start) is datetime:
-                d["start_time"] = start = (updated if start is latest
-                                           else {"$dt": isoformat(start)})
+                d["updated_at"], updated_at = stamped(updated)
+            else:
+                updated_at = stored_ts(updated)
+            if start is latest:
+                d["start_time"], start_time = d["updated_at"], updated_at
+            elif type(start) is datetime:
+                d["start_time"], start_time = stamped(start)
+            else:
+                start_time = stored_ts(start)
             for agent in d["events"]:
                 begun, finished = agent["start_time"], agent["finish_time"]
                 if type(begun) is datetime:
                     agent["start_time"] = {"$dt": isoformat(begun)}
                 if type(finished) is datetime:
-                    agent["finish_time"] = (updated if finished is latest
+                    agent["finish_time"] = (d["updated_at"] if finished is latest
                                             else {"$dt": isoformat(finished)})
+            # a document made here has every dict's keys in sorted order already
             rows.append((d["server_id"], d["request_id"], d["action"], d["user_id"],
-                         d["project_id"], stored_ts(start), stored_ts(updated),
-                         d["message"], dumps_stored(d)))
+                         d["project_id"], start_time, updated_at, d["message"],
+                         dumps_ordered(d) if key in ordered else dumps_stored(d)))
         self.writer.upsert(TABLE, _COLUMNS, ("server_id", "request_id"), rows)
 
 
