@@ -429,8 +429,9 @@ class ServersView(ServerQueries):
                     route = routes[cls] = (server, takers, tuple(
                         follow for follow, unchanged in followers
                         if not issubclass(cls, unchanged)))
-                for index in route[1]:
-                    shares[index].append(event)
+                if route[1]:  # (an empty tuple's loop still makes an iterator)
+                    for index in route[1]:
+                        shares[index].append(event)
                 if route[0]:
                     oid = event.originator_id
                     ikey = oid.int if type(oid) is UUID else oid  # see ActionsBatch
@@ -471,8 +472,10 @@ class ServersView(ServerQueries):
                 result["id"] = key
                 result["version"] = version
                 result["updated_at"] = event.timestamp
-                for follow in routes[type(event)][2]:
-                    follow(key, result, event)
+                follows = routes[type(event)][2]
+                if follows:
+                    for follow in follows:
+                        follow(key, result, event)
             if folded:
                 for fold_servers in pairs_to:
                     fold_servers(folded)
