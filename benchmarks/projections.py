@@ -959,6 +959,62 @@ def _cluster(skipped: dict[str, str], log: Callable[[str], None]) -> Iterator[An
 #: every read model but the servers view, or the fold itself (the log read and decoded
 #: as the rebuild does, folding nothing)
 _WITHOUT = ("actions", "migrations", "extensions", "fold")
+#: the tracking record of the instance actions folded alone (:func:`_actions_alone`)
+_ACTIONS_ALONE = "vmledger.views.actions-alone"
+
+
+def _actions_alone(engine: Engine) -> int:
+    """A prototype of the second process of a rebuild split by read model: the instance
+    actions alone, from their own read of the log, with their own tracking record
+    (nothing else is folded; the other process is the rebuild ``--without actions``).
+    Transactions, pages and batches as the rebuild's. Returns the events read."""
+    from vmledger.projections.actions import ActionsBatch
+    from vmledger.projections.store import RowWriter
+
+    view, app = engine.view, engine.service
+    decoder = log_reading.EventDecoder(app.mapper, view.wants)
+    table = actions_view.TABLE
+    read = 0
+    with view.bulk():
+        with view.transaction(commit=True) as curs:
+            curs.execute(view.sql(f"DELETE FROM {table}"))
+            curs.execute(view.sql(f"DROP INDEX IF EXISTS {table}_server"))
+            curs.execute(view.sql("DELETE FROM tracking WHERE application_name = ?"),
+                         [_ACTIONS_ALONE])
+        pages = log_reading.Pages(app.recorder, runner.PAGE_SIZE, 0)
+        at_end = False
+        while not at_end:
+            with view.transaction(commit=True, flushed=False) as curs:
+                writer = RowWriter(curs, view.sql, view.dialect, bulk=True, fresh=True)
+                batch = ActionsBatch(writer, empty=read == 0)
+                names: dict[Any, str] = {}
+                size = 0
+                while size < runner.REBUILD_BATCH_EVENTS:
+                    page = pages.next()
+                    if not page:
+                        at_end = True
+                        break
+                    pairs = []
+                    for event in decoder(page):
+                        if isinstance(event, Server.Event):
+                            oid = event.originator_id
+                            sid = names.get(oid.int)
+                            if sid is None:
+                                sid = names[oid.int] = str(oid)
+                            pairs.append((sid, event))
+                    batch.fold_servers(pairs)
+                    curs.execute(view.sql("INSERT INTO tracking VALUES (?, ?) ON CONFLICT "
+                                          "(application_name) DO UPDATE SET "
+                                          "notification_id = excluded.notification_id"),
+                                 [_ACTIONS_ALONE, page[-1][0]])
+                    size += len(page)
+                    read += len(page)
+                batch.write()
+        pages.close()
+        with view.transaction(commit=True) as curs:
+            curs.execute(view.sql(f"CREATE INDEX IF NOT EXISTS {table}_server ON {table}"
+                                  " (server_id, start_time)"))
+    return read
 
 
 def _cpu_main(argv: Sequence[str]) -> None:
@@ -988,11 +1044,17 @@ def _cpu_main(argv: Sequence[str]) -> None:
         finally:
             engine.close()
         return
+    if len(argv) >= 3 and argv[0] == "split":
+        _split_rebuild(argv[1], int(argv[2]), "--copies" in argv[3:])
+        return
     if len(argv) < 3 or argv[0] != "rebuild" or (len(argv) > 3 and (
-            len(argv) != 5 or argv[3] != "--without" or argv[4] not in _WITHOUT)):
+            len(argv) != 5 or argv[3] not in ("--without", "--only")
+            or argv[4] not in _WITHOUT)):
         raise SystemExit("usage: python -m benchmarks.projections prepare DB SERVERS | "
-                         "rebuild DB TIMES [--without actions|migrations|extensions|fold]")
-    without = argv[4] if len(argv) > 3 else None
+                         "rebuild DB TIMES [--without actions|migrations|extensions|fold]"
+                         " | rebuild DB TIMES --only actions")
+    without = argv[4] if len(argv) > 3 and argv[3] == "--without" else None
+    only = argv[4] if len(argv) > 3 and argv[3] == "--only" else None
     engine = Engine(f"sqlite:///{argv[1]}", allocation_ratios=commands.UNLIMITED)
     try:
         view = engine.view
@@ -1005,7 +1067,9 @@ def _cpu_main(argv: Sequence[str]) -> None:
             view.__dict__.pop("_wanted", None)
         events = 0
         for _ in range(int(argv[2])):
-            if without == "fold":
+            if only == "actions":
+                events = _actions_alone(engine)
+            elif without == "fold":
                 events = _own_read(engine, runner.PAGE_SIZE)
             else:
                 events = engine.updater.rebuild()
@@ -1013,6 +1077,82 @@ def _cpu_main(argv: Sequence[str]) -> None:
               f"{_tables_digest(view)}")
     finally:
         engine.close()
+
+
+def _split_rebuild(path: str, repetitions: int, copies: bool) -> None:
+    """A prototype of the rebuild split by read model over two processes, timed against
+    the same run's read + decode and single-process rebuild: one process rebuilds every
+    read model but the instance actions, the other folds those alone
+    (:func:`_actions_alone`), each reading the log itself, each with its own tracking
+    record; into the same SQLite file (its one write lock shared), or with ``copies``
+    each into its own copy (no lock shared: the ceiling). Prints events/s."""
+    from vmledger.projections.actions import InstanceActions
+
+    def engine_at(where: str, part: str) -> Engine:
+        engine = Engine(f"sqlite:///{where}", allocation_ratios=commands.UNLIMITED)
+        if part == "others":
+            view = engine.view
+            view.extensions = tuple(e for e in view.extensions
+                                    if not isinstance(e, InstanceActions))
+            view.__dict__.pop("_event_routes", None)
+            view.__dict__.pop("_wanted", None)
+        return engine
+
+    def part_of(where: str, part: str) -> tuple[int, int]:
+        """Fork a process that opens ``where`` and, told to start, folds ``part``:
+        (its pid, the write end of its start pipe)."""
+        go_read, go_write = os.pipe()
+        ready_read, ready_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                engine = engine_at(where, part)
+                os.write(ready_write, b"r")
+                os.read(go_read, 1)
+                gc.disable()
+                if part == "actions":
+                    _actions_alone(engine)
+                else:
+                    engine.updater.rebuild()
+                code = 0
+            finally:
+                os._exit(code)
+        os.read(ready_read, 1)
+        return pid, go_write
+
+    import gc
+    second = path
+    if copies:
+        second = f"{path}.copy"
+        with contextlib.closing(sqlite3.connect(path)) as source, \
+                contextlib.closing(sqlite3.connect(second)) as target:
+            source.backup(target)
+    main = Engine(f"sqlite:///{path}", allocation_ratios=commands.UNLIMITED)
+    events = main.service.recorder.max_notification_id() or 0
+    own, single, split = [], [], []
+    for _ in range(repetitions):
+        own.append(_timed(lambda: _own_read(main, runner.PAGE_SIZE)))
+        single.append(_timed(main.updater.rebuild))
+        children = [part_of(path, "others"), part_of(second, "actions")]
+        commands.settle()
+        started = time.perf_counter()
+        for _, go in children:
+            os.write(go, b"g")
+        failed = [pid for pid, _ in children if os.waitpid(pid, 0)[1] != 0]
+        seconds = time.perf_counter() - started
+        if failed:
+            raise commands.WorkloadError(f"{len(failed)} part(s) of the split failed")
+        split.append(events / seconds)
+    main.close()
+    own_rate = statistics.median(own)
+    print(f"{events} events; read + decode {own_rate:,.0f}/s; rebuild "
+          f"{statistics.median(single):,.0f}/s ({statistics.median(single) / own_rate:.2f}x);"
+          f" split over two processes ({'own copies' if copies else 'one file'}) "
+          f"{statistics.median(split):,.0f}/s ({statistics.median(split) / own_rate:.2f}x)")
+    print("  each repetition (read + decode, rebuild, split):",
+          "; ".join(f"{o:,.0f} {r:,.0f} {s:,.0f}" for o, r, s in zip(own, single, split,
+                                                                    strict=True)))
 
 
 def _tables_digest(view: ServersView) -> str:

@@ -62,13 +62,6 @@ def _new(event: Server.Event, server_id: str, action: str, at: datetime) -> Doc:
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def _plain(doc: Doc) -> bool:
-    """Whether the values ``_new`` took from the event are scalars."""
-    scalars = _SCALARS
-    return (type(doc["cause"]) in scalars and type(doc["project_id"]) in scalars
-            and type(doc["user_id"]) in scalars and type(doc["request_id"]) in scalars)
-
-
 # what each kind of server event does to the actions: starts one, or is a step of one
 # (the steps and the outcome last: ``kind >= _STEP`` is the action in flight's)
 _STARTS, _LOCK, _RESET, _STEER, _OTHER, _STEP, _OUTCOME = range(7)
@@ -157,10 +150,11 @@ class ActionsBatch:
         self.docs: dict[tuple[str, str], Doc | None] = {}
         self.changed: dict[tuple[str, str], Doc] = {}
         self.names: dict[Any, str] = {}
-        #: the changed documents made in this batch whose every dict has its keys in
-        #: sorted order (written without sorting them again); not those loaded from the
-        #: table, nor one holding a non-scalar value from an event
-        self.ordered: set[tuple[str, str]] = set()
+        #: the documents to write with their dicts' keys sorted: those loaded from the
+        #: table, and those holding a value from an event that is not a scalar (a dict
+        #: in any key order). The others, made in this batch, have every dict's keys in
+        #: sorted order already (a rebuild's: all of them), and are written as they are
+        self.unordered: set[tuple[str, str]] = set()
 
     def _load(self, keys: list[tuple[str, str]]) -> None:
         # by the primary key (server_id, request_id): the server ids select index ranges
@@ -179,6 +173,7 @@ class ActionsBatch:
                 key = (row["server_id"], row["request_id"])
                 if key in wanted:
                     self.docs[key] = loads_stored(row["doc"])
+                    self.unordered.add(key)
 
     def _load_begun(self, pairs: Sequence[tuple[str, Any]]) -> None:
         """Load the rows of the actions these events (with their server ids) continue
@@ -224,7 +219,7 @@ class ActionsBatch:
         if not self.empty:
             self._load_begun(pairs)
         docs, changed, kinds = self.docs, self.changed, _KINDS
-        ordered, scalars = self.ordered, _SCALARS
+        unordered, scalars = self.unordered, _SCALARS
         event_names, instance_actions = _EVENT_NAMES, _INSTANCE_ACTIONS
         requested, failed = Server.Requested, Server.ActionFailed
         hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
@@ -262,7 +257,7 @@ class ActionsBatch:
                                 (kind == _STEP and event.__dict__.get("host"))
                                 or hosts.get(sid))
                             if type(host) not in scalars:
-                                ordered.discard(key)
+                                unordered.add(key)
                         break
                 else:
                     # (the keys in sorted order: see :meth:`write`)
@@ -273,57 +268,55 @@ class ActionsBatch:
                              "traceback": None}
                     doc["events"].append(agent)
                     if type(host) not in scalars:
-                        ordered.discard(key)
+                        unordered.add(key)
                 if kind == _OUTCOME:
                     agent["finish_time"] = at
                     if isinstance(event, failed):
                         agent["result"] = "Error"
                         details = agent["details"] = event.fault.get("message")
                         if type(details) not in scalars:
-                            ordered.discard(key)
+                            unordered.add(key)
                         doc["message"] = "Error"
                     else:
                         agent["result"] = "Success"
                 if key not in changed:  # (a row loaded from the table)
                     changed[key] = doc
                 continue
-            if kind == _STARTS:
-                if isinstance(event, requested):
-                    hosts[sid] = event.host
-                    name = "create"
-                else:
-                    name = event.action
-            elif kind == _LOCK:
-                name = event.action
-            elif kind == _RESET:
-                name = "reset_state"
-            else:  # a live migration's steering
-                doc = docs[key] = changed[key] = _new(
-                    event, sid, _STEERS.get(event.steer, str(event.steer)), at)
-                if _plain(doc):
-                    ordered.add(key)
-                else:
-                    ordered.discard(key)
-                continue
-            found = instance_actions.get(name)
-            if found is None:
-                row = lc.row(name)
-                found = instance_actions[name] = (row.instance_action, row.event)
-            doc = _new(event, sid, found[0], at)
-            if kind == _LOCK:
-                doc["events"].append({"details": None, "event": found[1],
-                                      "finish_time": at, "host": None,
-                                      "result": "Success", "start_time": at,
-                                      "traceback": None})
-            docs[key] = changed[key] = doc
-            if _plain(doc):
-                ordered.add(key)
+            if kind == _STEER:  # a live migration's steering
+                doc = _new(event, sid, _STEERS.get(event.steer, str(event.steer)), at)
             else:
-                ordered.discard(key)
+                if kind == _STARTS:
+                    if isinstance(event, requested):
+                        hosts[sid] = event.host
+                        name = "create"
+                    else:
+                        name = event.action
+                elif kind == _LOCK:
+                    name = event.action
+                else:
+                    name = "reset_state"
+                found = instance_actions.get(name)
+                if found is None:
+                    row = lc.row(name)
+                    found = instance_actions[name] = (row.instance_action, row.event)
+                doc = _new(event, sid, found[0], at)
+                if kind == _LOCK:
+                    doc["events"].append({"details": None, "event": found[1],
+                                          "finish_time": at, "host": None,
+                                          "result": "Success", "start_time": at,
+                                          "traceback": None})
+            docs[key] = changed[key] = doc
+            # a new document: sorted unless a value from the event is not a scalar (the
+            # request id is one: a key's part, hashable, from JSON)
+            if unordered:
+                unordered.discard(key)
+            if (type(doc["cause"]) not in scalars or type(doc["user_id"]) not in scalars
+                    or type(doc["project_id"]) not in scalars):
+                unordered.add(key)
 
     def write(self) -> None:
         rows = []
-        ordered = self.ordered
+        unordered = self.unordered
         for key, d in self.changed.items():
             # the times folded here are datetimes: each formatted once (an action's
             # start is its last update until a step follows; an outcome is its last),
@@ -350,7 +343,7 @@ class ActionsBatch:
             # a document made here has every dict's keys in sorted order already
             rows.append((d["server_id"], d["request_id"], d["action"], d["user_id"],
                          d["project_id"], start_time, updated_at, d["message"],
-                         dumps_ordered(d) if key in ordered else dumps_stored(d)))
+                         dumps_stored(d) if key in unordered else dumps_ordered(d)))
         self.writer.upsert(TABLE, _COLUMNS, ("server_id", "request_id"), rows)
 
 
