@@ -39,6 +39,8 @@ import random
 import shutil
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -1028,9 +1030,14 @@ def _cpu_main(argv: Sequence[str]) -> None:
     2 (say): the difference of the two totals divided by twice the events is the
     rebuild's instructions per event, start-up cancelled out. With ``--without X`` the
     difference to the full rebuild is X's share."""
+    # no cyclic collection anywhere in the run (a rebuild pauses it anyway): where a
+    # full pass falls moves with any allocation, by ~800 instructions per event here
+    import gc
+
     from vmledger.projections.actions import InstanceActions
     from vmledger.projections.migrations import Migrations
 
+    gc.disable()
     if len(argv) >= 3 and argv[0] == "prepare":
         ids = Ids(seed=20261127)
         engine = Engine(f"sqlite:///{argv[1]}", clock=StepClock(), id_factory=ids.uuid,
@@ -1043,6 +1050,9 @@ def _cpu_main(argv: Sequence[str]) -> None:
             print(f"{events} events, digest {view_digest(engine.view)}")
         finally:
             engine.close()
+        return
+    if len(argv) == 3 and argv[0] == "part":  # one process of :func:`_split_rebuild`
+        _split_part(argv[1], argv[2])
         return
     if len(argv) >= 3 and argv[0] == "split":
         _split_rebuild(argv[1], int(argv[2]), "--copies" in argv[3:])
@@ -1089,42 +1099,18 @@ def _split_rebuild(path: str, repetitions: int, copies: bool) -> None:
     (:func:`_actions_alone`), each reading the log itself, each with its own tracking
     record; into the same SQLite file (its one write lock shared), or with ``copies``
     each into its own copy (no lock shared: the ceiling). Prints events/s."""
-    from vmledger.projections.actions import InstanceActions
+    def part_of(where: str, part: str) -> subprocess.Popen[bytes]:
+        """Start a process (a fresh interpreter: a forked one copies every page its
+        reference counts touch) that opens ``where`` and says so, then, told to start,
+        folds ``part`` and exits."""
+        child = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.projections", "part", where, part],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert child.stdout is not None
+        if child.stdout.readline() != b"ready\n":
+            raise commands.WorkloadError(f"the {part} process did not start")
+        return child
 
-    def engine_at(where: str, part: str) -> Engine:
-        engine = Engine(f"sqlite:///{where}", allocation_ratios=commands.UNLIMITED)
-        if part == "others":
-            view = engine.view
-            view.extensions = tuple(e for e in view.extensions
-                                    if not isinstance(e, InstanceActions))
-            view.__dict__.pop("_event_routes", None)
-            view.__dict__.pop("_wanted", None)
-        return engine
-
-    def part_of(where: str, part: str) -> tuple[int, int]:
-        """Fork a process that opens ``where`` and, told to start, folds ``part``:
-        (its pid, the write end of its start pipe)."""
-        go_read, go_write = os.pipe()
-        ready_read, ready_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 1
-            try:
-                engine = engine_at(where, part)
-                os.write(ready_write, b"r")
-                os.read(go_read, 1)
-                gc.disable()
-                if part == "actions":
-                    _actions_alone(engine)
-                else:
-                    engine.updater.rebuild()
-                code = 0
-            finally:
-                os._exit(code)
-        os.read(ready_read, 1)
-        return pid, go_write
-
-    import gc
     second = path
     if copies:
         second = f"{path}.copy"
@@ -1140,12 +1126,17 @@ def _split_rebuild(path: str, repetitions: int, copies: bool) -> None:
         children = [part_of(path, "others"), part_of(second, "actions")]
         commands.settle()
         started = time.perf_counter()
-        for _, go in children:
-            os.write(go, b"g")
-        failed = [pid for pid, _ in children if os.waitpid(pid, 0)[1] != 0]
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+        # until both have folded (their interpreters' exits not counted)
+        done = [child.stdout.readline() == b"done\n" for child in children
+                if child.stdout is not None]
         seconds = time.perf_counter() - started
+        failed = [child for child in children if child.wait() != 0] or not all(done)
         if failed:
-            raise commands.WorkloadError(f"{len(failed)} part(s) of the split failed")
+            raise commands.WorkloadError("a part of the split failed")
         split.append(events / seconds)
     main.close()
     own_rate = statistics.median(own)
@@ -1156,6 +1147,32 @@ def _split_rebuild(path: str, repetitions: int, copies: bool) -> None:
     print("  each repetition (read + decode, rebuild, split):",
           "; ".join(f"{o:,.0f} {r:,.0f} {s:,.0f}" for o, r, s in zip(own, single, split,
                                                                     strict=True)))
+
+
+def _split_part(path: str, part: str) -> None:
+    """One process of :func:`_split_rebuild`: open ``path``, fold ``part`` ("others":
+    every read model but the instance actions; "actions": those alone) once to warm up,
+    print "ready", fold it again once a line arrives on the standard input, print
+    "done"."""
+    from vmledger.projections.actions import InstanceActions
+
+    engine = Engine(f"sqlite:///{path}", allocation_ratios=commands.UNLIMITED)
+    try:
+        if part == "others":
+            view = engine.view
+            view.extensions = tuple(e for e in view.extensions
+                                    if not isinstance(e, InstanceActions))
+            view.__dict__.pop("_event_routes", None)
+            view.__dict__.pop("_wanted", None)
+        fold = ((lambda: _actions_alone(engine)) if part == "actions"
+                else engine.updater.rebuild)
+        fold()  # warm, as the single process's rebuild it is compared with
+        print("ready", flush=True)
+        sys.stdin.readline()
+        fold()
+        print("done", flush=True)
+    finally:
+        engine.close()
 
 
 def _tables_digest(view: ServersView) -> str:
@@ -1172,6 +1189,4 @@ def _tables_digest(view: ServersView) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
     _cpu_main(sys.argv[1:])
