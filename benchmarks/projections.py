@@ -1100,9 +1100,8 @@ def _split_rebuild(path: str, repetitions: int, copies: bool) -> None:
     record; into the same SQLite file (its one write lock shared), or with ``copies``
     each into its own copy (no lock shared: the ceiling). Prints events/s."""
     def part_of(where: str, part: str) -> subprocess.Popen[bytes]:
-        """Start a process (a fresh interpreter: a forked one copies every page its
-        reference counts touch) that opens ``where`` and says so, then, told to start,
-        folds ``part`` and exits."""
+        """Start a process (a fresh interpreter, as a second rebuilding process would
+        be) that opens ``where`` and says so, then, told to start, folds ``part``."""
         child = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.projections", "part", where, part],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
