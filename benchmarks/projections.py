@@ -39,6 +39,8 @@ import random
 import shutil
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -948,3 +950,242 @@ def _cluster(skipped: dict[str, str], log: Callable[[str], None]) -> Iterator[An
         yield cluster
     finally:
         cluster.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Instructions per event of the rebuild's stages (under cachegrind)
+# ---------------------------------------------------------------------------------------
+
+#: what ``python -m benchmarks.projections rebuild`` can leave out of the rebuild, to
+#: measure a read model's share by difference: the instance actions, the migrations,
+#: every read model but the servers view, or the fold itself (the log read and decoded
+#: as the rebuild does, folding nothing)
+_WITHOUT = ("actions", "migrations", "extensions", "fold")
+#: the tracking record of the instance actions folded alone (:func:`_actions_alone`)
+_ACTIONS_ALONE = "vmledger.views.actions-alone"
+
+
+def _actions_alone(engine: Engine) -> int:
+    """A prototype of the second process of a rebuild split by read model: the instance
+    actions alone, from their own read of the log, with their own tracking record
+    (nothing else is folded; the other process is the rebuild ``--without actions``).
+    Transactions, pages and batches as the rebuild's. Returns the events read."""
+    from vmledger.projections.actions import ActionsBatch
+    from vmledger.projections.store import RowWriter
+
+    view, app = engine.view, engine.service
+    decoder = log_reading.EventDecoder(app.mapper, view.wants)
+    table = actions_view.TABLE
+    read = 0
+    with view.bulk():
+        with view.transaction(commit=True) as curs:
+            curs.execute(view.sql(f"DELETE FROM {table}"))
+            curs.execute(view.sql(f"DROP INDEX IF EXISTS {table}_server"))
+            curs.execute(view.sql("DELETE FROM tracking WHERE application_name = ?"),
+                         [_ACTIONS_ALONE])
+        pages = log_reading.Pages(app.recorder, runner.PAGE_SIZE, 0)
+        at_end = False
+        while not at_end:
+            with view.transaction(commit=True, flushed=False) as curs:
+                writer = RowWriter(curs, view.sql, view.dialect, bulk=True, fresh=True)
+                batch = ActionsBatch(writer, empty=read == 0)
+                names: dict[Any, str] = {}
+                size = 0
+                while size < runner.REBUILD_BATCH_EVENTS:
+                    page = pages.next()
+                    if not page:
+                        at_end = True
+                        break
+                    pairs = []
+                    for event in decoder(page):
+                        if isinstance(event, Server.Event):
+                            oid = event.originator_id
+                            sid = names.get(oid.int)
+                            if sid is None:
+                                sid = names[oid.int] = str(oid)
+                            pairs.append((sid, event))
+                    batch.fold_servers(pairs)
+                    curs.execute(view.sql("INSERT INTO tracking VALUES (?, ?) ON CONFLICT "
+                                          "(application_name) DO UPDATE SET "
+                                          "notification_id = excluded.notification_id"),
+                                 [_ACTIONS_ALONE, page[-1][0]])
+                    size += len(page)
+                    read += len(page)
+                batch.write()
+        pages.close()
+        with view.transaction(commit=True) as curs:
+            curs.execute(view.sql(f"CREATE INDEX IF NOT EXISTS {table}_server ON {table}"
+                                  " (server_id, start_time)"))
+    return read
+
+
+def _cpu_main(argv: Sequence[str]) -> None:
+    """``python -m benchmarks.projections prepare DB SERVERS``: write the log of SERVERS
+    servers (as the projections suite does) into the SQLite file DB.
+    ``python -m benchmarks.projections rebuild DB TIMES [--without actions|migrations|
+    extensions|fold]``: open it and rebuild the read models TIMES times, then print the
+    events and the digest of the tables.
+
+    Run ``rebuild`` under ``valgrind --tool=cachegrind --cache-sim=no`` with TIMES 0 and
+    2 (say): the difference of the two totals divided by twice the events is the
+    rebuild's instructions per event, start-up cancelled out. With ``--without X`` the
+    difference to the full rebuild is X's share."""
+    # no cyclic collection anywhere in the run (a rebuild pauses it anyway): where a
+    # full pass falls moves with any allocation, by ~800 instructions per event here
+    import gc
+
+    from vmledger.projections.actions import InstanceActions
+    from vmledger.projections.migrations import Migrations
+
+    gc.disable()
+    if len(argv) >= 3 and argv[0] == "prepare":
+        ids = Ids(seed=20261127)
+        engine = Engine(f"sqlite:///{argv[1]}", clock=StepClock(), id_factory=ids.uuid,
+                        allocation_ratios=commands.UNLIMITED,
+                        request_id_factory=ids.request_id)
+        try:
+            servers = int(argv[2])
+            events = populate(engine.service, servers, group=min(servers, 300))
+            engine.updater.catch_up()
+            print(f"{events} events, digest {view_digest(engine.view)}")
+        finally:
+            engine.close()
+        return
+    if len(argv) == 3 and argv[0] == "part":  # one process of :func:`_split_rebuild`
+        _split_part(argv[1], argv[2])
+        return
+    if len(argv) >= 3 and argv[0] == "split":
+        _split_rebuild(argv[1], int(argv[2]), "--copies" in argv[3:])
+        return
+    if len(argv) < 3 or argv[0] != "rebuild" or (len(argv) > 3 and (
+            len(argv) != 5 or argv[3] not in ("--without", "--only")
+            or argv[4] not in _WITHOUT)):
+        raise SystemExit("usage: python -m benchmarks.projections prepare DB SERVERS | "
+                         "rebuild DB TIMES [--without actions|migrations|extensions|fold]"
+                         " | rebuild DB TIMES --only actions")
+    without = argv[4] if len(argv) > 3 and argv[3] == "--without" else None
+    only = argv[4] if len(argv) > 3 and argv[3] == "--only" else None
+    engine = Engine(f"sqlite:///{argv[1]}", allocation_ratios=commands.UNLIMITED)
+    try:
+        view = engine.view
+        every = view.extensions
+        if without in ("actions", "migrations", "extensions"):
+            dropped = {"actions": InstanceActions, "migrations": Migrations,
+                       "extensions": object}[without]
+            view.extensions = tuple(e for e in view.extensions
+                                    if not isinstance(e, dropped))
+            view.__dict__.pop("_event_routes", None)
+            view.__dict__.pop("_wanted", None)
+        events = 0
+        for _ in range(int(argv[2])):
+            if only == "actions":
+                events = _actions_alone(engine)
+            elif without == "fold":
+                events = _own_read(engine, runner.PAGE_SIZE)
+            else:
+                events = engine.updater.rebuild()
+        # every read model's tables digested, whichever were left out (the same reads)
+        view.extensions = every
+        print(f"{events} events, digest {view_digest(view)}, every table "
+              f"{_tables_digest(view)}")
+    finally:
+        engine.close()
+
+
+def _split_rebuild(path: str, repetitions: int, copies: bool) -> None:
+    """A prototype of the rebuild split by read model over two processes, timed against
+    the same run's read + decode and single-process rebuild: one process rebuilds every
+    read model but the instance actions, the other folds those alone
+    (:func:`_actions_alone`), each reading the log itself, each with its own tracking
+    record; into the same SQLite file (its one write lock shared), or with ``copies``
+    each into its own copy (no lock shared: the ceiling). Prints events/s."""
+    def part_of(where: str, part: str) -> subprocess.Popen[bytes]:
+        """Start a process (a fresh interpreter, as a second rebuilding process would
+        be) that opens ``where`` and says so, then, told to start, folds ``part``."""
+        child = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.projections", "part", where, part],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert child.stdout is not None
+        if child.stdout.readline() != b"ready\n":
+            raise commands.WorkloadError(f"the {part} process did not start")
+        return child
+
+    second = path
+    if copies:
+        second = f"{path}.copy"
+        with contextlib.closing(sqlite3.connect(path)) as source, \
+                contextlib.closing(sqlite3.connect(second)) as target:
+            source.backup(target)
+    main = Engine(f"sqlite:///{path}", allocation_ratios=commands.UNLIMITED)
+    events = main.service.recorder.max_notification_id() or 0
+    own, single, split = [], [], []
+    for _ in range(repetitions):
+        own.append(_timed(lambda: _own_read(main, runner.PAGE_SIZE)))
+        single.append(_timed(main.updater.rebuild))
+        children = [part_of(path, "others"), part_of(second, "actions")]
+        commands.settle()
+        started = time.perf_counter()
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            child.stdin.flush()
+        # until both have folded (their interpreters' exits not counted)
+        done = [child.stdout.readline() == b"done\n" for child in children
+                if child.stdout is not None]
+        seconds = time.perf_counter() - started
+        failed = [child for child in children if child.wait() != 0] or not all(done)
+        if failed:
+            raise commands.WorkloadError("a part of the split failed")
+        split.append(events / seconds)
+    main.close()
+    own_rate = statistics.median(own)
+    print(f"{events} events; read + decode {own_rate:,.0f}/s; rebuild "
+          f"{statistics.median(single):,.0f}/s ({statistics.median(single) / own_rate:.2f}x);"
+          f" split over two processes ({'own copies' if copies else 'one file'}) "
+          f"{statistics.median(split):,.0f}/s ({statistics.median(split) / own_rate:.2f}x)")
+    print("  each repetition (read + decode, rebuild, split):",
+          "; ".join(f"{o:,.0f} {r:,.0f} {s:,.0f}" for o, r, s in zip(own, single, split,
+                                                                    strict=True)))
+
+
+def _split_part(path: str, part: str) -> None:
+    """One process of :func:`_split_rebuild`: open ``path``, fold ``part`` ("others":
+    every read model but the instance actions; "actions": those alone) once to warm up,
+    print "ready", fold it again once a line arrives on the standard input, print
+    "done"."""
+    from vmledger.projections.actions import InstanceActions
+
+    engine = Engine(f"sqlite:///{path}", allocation_ratios=commands.UNLIMITED)
+    try:
+        if part == "others":
+            view = engine.view
+            view.extensions = tuple(e for e in view.extensions
+                                    if not isinstance(e, InstanceActions))
+            view.__dict__.pop("_event_routes", None)
+            view.__dict__.pop("_wanted", None)
+        fold = ((lambda: _actions_alone(engine)) if part == "actions"
+                else engine.updater.rebuild)
+        fold()  # warm, as the single process's rebuild it is compared with
+        print("ready", flush=True)
+        sys.stdin.readline()
+        fold()
+        print("done", flush=True)
+    finally:
+        engine.close()
+
+
+def _tables_digest(view: ServersView) -> str:
+    """A digest of every row of every read model's table (in a stable order)."""
+    digest = hashlib.sha256(str(view.position()).encode())
+    with view.transaction(commit=False) as curs:
+        for table in sorted(view.defined_tables()):
+            curs.execute(f"SELECT * FROM {view.sql(table)}")
+            rows = sorted(repr(tuple(row)) for row in curs.fetchall())
+            digest.update(f"{table} {len(rows)}".encode())
+            for row in rows:
+                digest.update(row.encode())
+    return digest.hexdigest()[:12]
+
+
+if __name__ == "__main__":
+    _cpu_main(sys.argv[1:])

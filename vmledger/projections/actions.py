@@ -25,10 +25,12 @@ from vmledger.domain.server import Server
 from vmledger.projections.store import (
     ReadStore,
     RowWriter,
+    dumps_ordered,
     dumps_stored,
     isoformat,
     loads,
     loads_stored,
+    stamped,
     stored_ts,
 )
 
@@ -48,10 +50,16 @@ Doc = dict[str, Any]
 
 
 def _new(event: Server.Event, server_id: str, action: str, at: datetime) -> Doc:
-    return {"request_id": event.request_id, "server_id": server_id,
-            "action": action, "user_id": event.user_id, "project_id": event.project_id,
-            "start_time": at, "updated_at": at, "message": None,
-            "events": [], "cause": event.cause}
+    # the keys in sorted order, as the agent events' below: see :meth:`ActionsBatch.write`
+    return {"action": action, "cause": event.cause, "events": [], "message": None,
+            "project_id": event.project_id, "request_id": event.request_id,
+            "server_id": server_id, "start_time": at, "updated_at": at,
+            "user_id": event.user_id}
+
+
+#: the value types a document may hold and still be written without sorting its dicts
+#: (a dict or list from an event could hold dicts in any key order)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 # what each kind of server event does to the actions: starts one, or is a step of one
@@ -142,6 +150,11 @@ class ActionsBatch:
         self.docs: dict[tuple[str, str], Doc | None] = {}
         self.changed: dict[tuple[str, str], Doc] = {}
         self.names: dict[Any, str] = {}
+        #: the documents to write with their dicts' keys sorted: those loaded from the
+        #: table, and those holding a value from an event that is not a scalar (a dict
+        #: in any key order). The others, made in this batch, have every dict's keys in
+        #: sorted order already (a rebuild's: all of them), and are written as they are
+        self.unordered: set[tuple[str, str]] = set()
 
     def _load(self, keys: list[tuple[str, str]]) -> None:
         # by the primary key (server_id, request_id): the server ids select index ranges
@@ -160,6 +173,7 @@ class ActionsBatch:
                 key = (row["server_id"], row["request_id"])
                 if key in wanted:
                     self.docs[key] = loads_stored(row["doc"])
+                    self.unordered.add(key)
 
     def _load_begun(self, pairs: Sequence[tuple[str, Any]]) -> None:
         """Load the rows of the actions these events (with their server ids) continue
@@ -205,6 +219,7 @@ class ActionsBatch:
         if not self.empty:
             self._load_begun(pairs)
         docs, changed, kinds = self.docs, self.changed, _KINDS
+        unordered, scalars = self.unordered, _SCALARS
         event_names, instance_actions = _EVENT_NAMES, _INSTANCE_ACTIONS
         requested, failed = Server.Requested, Server.ActionFailed
         hosts: dict[str, str | None] = {}  # by server id text (its hash is cached)
@@ -238,74 +253,97 @@ class ActionsBatch:
                 for agent in doc["events"]:
                     if agent["event"] == name and agent["finish_time"] is None:
                         if not agent["host"]:
-                            agent["host"] = ((kind == _STEP and event.__dict__.get("host"))
-                                             or hosts.get(sid))
+                            host = agent["host"] = (
+                                (kind == _STEP and event.__dict__.get("host"))
+                                or hosts.get(sid))
+                            if type(host) not in scalars:
+                                unordered.add(key)
                         break
                 else:
-                    agent = {"event": name, "start_time": at, "finish_time": None,
-                             "result": None, "traceback": None,
-                             "host": ((kind == _STEP and event.__dict__.get("host"))
-                                      or hosts.get(sid)),
-                             "details": None}
+                    # (the keys in sorted order: see :meth:`write`)
+                    host = ((kind == _STEP and event.__dict__.get("host"))
+                            or hosts.get(sid))
+                    agent = {"details": None, "event": name, "finish_time": None,
+                             "host": host, "result": None, "start_time": at,
+                             "traceback": None}
                     doc["events"].append(agent)
+                    if type(host) not in scalars:
+                        unordered.add(key)
                 if kind == _OUTCOME:
                     agent["finish_time"] = at
                     if isinstance(event, failed):
                         agent["result"] = "Error"
-                        agent["details"] = event.fault.get("message")
+                        details = agent["details"] = event.fault.get("message")
+                        if type(details) not in scalars:
+                            unordered.add(key)
                         doc["message"] = "Error"
                     else:
                         agent["result"] = "Success"
                 if key not in changed:  # (a row loaded from the table)
                     changed[key] = doc
                 continue
-            if kind == _STARTS:
-                if isinstance(event, requested):
-                    hosts[sid] = event.host
-                    name = "create"
-                else:
+            if kind == _STEER:  # a live migration's steering
+                doc = _new(event, sid, _STEERS.get(event.steer, str(event.steer)), at)
+            else:
+                if kind == _STARTS:
+                    if isinstance(event, requested):
+                        hosts[sid] = event.host
+                        name = "create"
+                    else:
+                        name = event.action
+                elif kind == _LOCK:
                     name = event.action
-            elif kind == _LOCK:
-                name = event.action
-            elif kind == _RESET:
-                name = "reset_state"
-            else:  # a live migration's steering
-                docs[key] = changed[key] = _new(
-                    event, sid, _STEERS.get(event.steer, str(event.steer)), at)
-                continue
-            found = instance_actions.get(name)
-            if found is None:
-                row = lc.row(name)
-                found = instance_actions[name] = (row.instance_action, row.event)
-            doc = _new(event, sid, found[0], at)
-            if kind == _LOCK:
-                doc["events"].append({"event": found[1], "start_time": at,
-                                      "finish_time": at, "result": "Success",
-                                      "traceback": None, "host": None, "details": None})
+                else:
+                    name = "reset_state"
+                found = instance_actions.get(name)
+                if found is None:
+                    row = lc.row(name)
+                    found = instance_actions[name] = (row.instance_action, row.event)
+                doc = _new(event, sid, found[0], at)
+                if kind == _LOCK:
+                    doc["events"].append({"details": None, "event": found[1],
+                                          "finish_time": at, "host": None,
+                                          "result": "Success", "start_time": at,
+                                          "traceback": None})
             docs[key] = changed[key] = doc
+            # a new document: sorted unless a value from the event is not a scalar (the
+            # request id is one: a key's part, hashable, from JSON)
+            if unordered:
+                unordered.discard(key)
+            if (type(doc["cause"]) not in scalars or type(doc["user_id"]) not in scalars
+                    or type(doc["project_id"]) not in scalars):
+                unordered.add(key)
 
     def write(self) -> None:
         rows = []
-        for d in self.changed.values():
+        unordered = self.unordered
+        for key, d in self.changed.items():
             # the times folded here are datetimes: each formatted once (an action's
-            # start is its last update until a step follows; an outcome is its last)
+            # start is its last update until a step follows; an outcome is its last),
+            # its column's text with it
             start, updated = d["start_time"], d["updated_at"]
             latest = updated
             if type(updated) is datetime:
-                d["updated_at"] = updated = {"$dt": isoformat(updated)}
-            if type(start) is datetime:
-                d["start_time"] = start = (updated if start is latest
-                                           else {"$dt": isoformat(start)})
+                d["updated_at"], updated_at = stamped(updated)
+            else:
+                updated_at = stored_ts(updated)
+            if start is latest:
+                d["start_time"], start_time = d["updated_at"], updated_at
+            elif type(start) is datetime:
+                d["start_time"], start_time = stamped(start)
+            else:
+                start_time = stored_ts(start)
             for agent in d["events"]:
                 begun, finished = agent["start_time"], agent["finish_time"]
                 if type(begun) is datetime:
                     agent["start_time"] = {"$dt": isoformat(begun)}
                 if type(finished) is datetime:
-                    agent["finish_time"] = (updated if finished is latest
+                    agent["finish_time"] = (d["updated_at"] if finished is latest
                                             else {"$dt": isoformat(finished)})
+            # a document made here has every dict's keys in sorted order already
             rows.append((d["server_id"], d["request_id"], d["action"], d["user_id"],
-                         d["project_id"], stored_ts(start), stored_ts(updated),
-                         d["message"], dumps_stored(d)))
+                         d["project_id"], start_time, updated_at, d["message"],
+                         dumps_stored(d) if key in unordered else dumps_ordered(d)))
         self.writer.upsert(TABLE, _COLUMNS, ("server_id", "request_id"), rows)
 
 

@@ -409,8 +409,8 @@ class ServersView(ServerQueries):
         stored: dict[str, Any] | None = (
             {} if not empty and self.dialect == "sqlite" else None)
         # per event class: whether it is a server's, the read models its share goes to,
-        # and the followers it is passed to (this fold's)
-        routes: dict[type, tuple[bool, tuple[int, ...], tuple[Follow, ...]]] = {}
+        # the followers it is passed to (this fold's), and its ``apply``
+        routes: dict[type, tuple[bool, tuple[int, ...], tuple[Follow, ...], Any]] = {}
         known = self._routes()
         positions: list[int] = []
         for rows, position in pages:
@@ -428,9 +428,10 @@ class ServersView(ServerQueries):
                         if hasattr(batch, "fold_servers")))
                     route = routes[cls] = (server, takers, tuple(
                         follow for follow, unchanged in followers
-                        if not issubclass(cls, unchanged)))
-                for index in route[1]:
-                    shares[index].append(event)
+                        if not issubclass(cls, unchanged)), getattr(cls, "apply", None))
+                if route[1]:  # (an empty tuple's loop still makes an iterator)
+                    for index in route[1]:
+                        shares[index].append(event)
                 if route[0]:
                     oid = event.originator_id
                     ikey = oid.int if type(oid) is UUID else oid  # see ActionsBatch
@@ -466,13 +467,17 @@ class ServersView(ServerQueries):
                         change(key, result)
                 elif target.version >= version:
                     continue
-                event.apply(target)
+                route = routes[type(event)]
+                # the class's own ``apply``, found once per class: ``event.apply`` is
+                # looked up the slow way at a site that sees events of many classes
+                route[3](event, target)
                 result = target.__dict__
                 result["id"] = key
                 result["version"] = version
                 result["updated_at"] = event.timestamp
-                for follow in routes[type(event)][2]:
-                    follow(key, result, event)
+                if route[2]:
+                    for follow in route[2]:
+                        follow(key, result, event)
             if folded:
                 for fold_servers in pairs_to:
                     fold_servers(folded)

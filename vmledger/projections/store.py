@@ -80,6 +80,9 @@ def _decode(obj: dict[str, Any]) -> Any:
 # msgspec plus a walk in Python for these documents).
 _DECODER = json.JSONDecoder(object_hook=_decode)
 _ENCODER = msgspec.json.Encoder(order="sorted")
+#: the same text for a document whose every dict already has its keys in sorted order
+#: (:func:`dumps_ordered`): msgspec writes a dict's keys in insertion order
+_IN_ORDER_ENCODER = msgspec.json.Encoder()
 _RAW_DECODER = msgspec.json.Decoder()
 
 
@@ -108,6 +111,26 @@ def isoformat(value: datetime) -> str:
         return (f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}."
                 f"{str(1_000_000 + microsecond)[1:]}+00:00")
     return f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}+00:00"
+
+
+def stamped(value: datetime) -> tuple[dict[str, str], str | None]:
+    """A datetime's stored form, ``{"$dt": isoformat(value)}``, and its
+    :func:`time_text`, made together (one formatting for both: an instance action's
+    row holds each of its times twice)."""
+    if value.tzinfo is not UTC or value.year < 1000:
+        return {"$dt": isoformat(value)}, time_text(value)
+    ordinal = value.toordinal()
+    day = _DAYS.get(ordinal)
+    if day is None:
+        if len(_DAYS) > 100_000:
+            _DAYS.clear()
+        day = _DAYS[ordinal] = value.isoformat()[:11]
+    clock = f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}"
+    microsecond = value.microsecond
+    if microsecond:
+        column = f"{clock}.{str(1_000_000 + microsecond)[1:]}"
+        return {"$dt": column + "+00:00"}, column
+    return {"$dt": clock + "+00:00"}, clock + ".000000"
 
 
 def stored(value: Any) -> Any:
@@ -147,6 +170,12 @@ def dumps_stored(doc: dict[str, Any]) -> str:
     """A document already in stored form (no datetime objects in it: they would be
     written as plain text)."""
     return _ENCODER.encode(doc).decode()
+
+
+def dumps_ordered(doc: dict[str, Any]) -> str:
+    """:func:`dumps_stored` of a document built with every dict's keys in sorted order
+    (the caller's guarantee: the text is the same, without sorting each dict again)."""
+    return _IN_ORDER_ENCODER.encode(doc).decode()
 
 
 def loads(text: str) -> dict[str, Any]:
