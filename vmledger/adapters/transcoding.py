@@ -72,7 +72,9 @@ class FastJSONTranscoder(JSONTranscoder):
             obj = _DECODER.decode(data)
         except msgspec.DecodeError:
             return super().decode(data)  # NaN, Infinity, lone surrogates: the library's rules
-        if _ESCAPE not in data:  # else an escaped key could still spell _type_
+        # else an escaped key could still spell _type_ (find: `in` on bytes first tries
+        # the operand as an int, raising and clearing a TypeError every time)
+        if data.find(_ESCAPE) < 0:
             marks = data.count(_MARK)
             if not marks:
                 return obj
