@@ -536,6 +536,32 @@ def _cpu_per_call(fn: Callable[[int], Any], count: int = 200) -> float:
     return best * 1e6
 
 
+def requester(app: Any, loop: asyncio.AbstractEventLoop
+              ) -> Callable[[str, str, bytes, int], None]:
+    """``request(method, path, body, expected status)``: one request through ``app``
+    called in process on ``loop`` (no HTTP), failing on another status."""
+    def request(method: str, path: str, body: bytes, expected: int) -> None:
+        scope: dict[str, Any] = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path,
+            "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8774)}
+        status: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        loop.run_until_complete(app(scope, receive, send))
+        if status != [expected]:
+            raise RuntimeError(f"{method} {path}: {status}")
+    return request
+
+
 def request_cpu(url: str, server_id: str) -> list[tuple[str, float]]:
     """CPU per request of the app called in process (see the module), µs."""
     from vmledger.api import create_app
@@ -543,27 +569,7 @@ def request_cpu(url: str, server_id: str) -> list[tuple[str, float]]:
     engine = Engine(url, allocation_ratios=commands.UNLIMITED)
     loop = asyncio.new_event_loop()
     try:
-        app = create_app(engine)
-
-        def request(method: str, path: str, body: bytes, expected: int) -> None:
-            scope: dict[str, Any] = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                "method": method, "scheme": "http", "path": path,
-                "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
-                "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8774)}
-            status: list[int] = []
-
-            async def receive() -> dict[str, Any]:
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            async def send(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    status.append(message["status"])
-
-            loop.run_until_complete(app(scope, receive, send))
-            if status != [expected]:
-                raise RuntimeError(f"{method} {path}: {status}")
+        request = requester(create_app(engine), loop)
 
         show = f"/v2.1/servers/{server_id}"
         action = f"{show}/action"

@@ -29,39 +29,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from benchmarks import commands
+from benchmarks.api import requester
 from vmledger.adapters.simulator import Simulator
 from vmledger.engine import Engine
 
 SERVERS = 5
 WARM_UP = 50
 KINDS = ("show", "action", "act")
-
-
-def _requester(app: Any, loop: asyncio.AbstractEventLoop
-               ) -> Callable[[str, str, bytes, int], None]:
-    def request(method: str, path: str, body: bytes, expected: int) -> None:
-        scope: dict[str, Any] = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": method, "scheme": "http", "path": path,
-            "raw_path": path.encode(), "query_string": b"", "root_path": "",
-            "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8774)}
-        status: list[int] = []
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-
-        loop.run_until_complete(app(scope, receive, send))
-        if status != [expected]:
-            raise RuntimeError(f"{method} {path}: {status}")
-    return request
 
 
 def run(kind: str, count: int, directory: Path) -> None:
@@ -75,7 +51,7 @@ def run(kind: str, count: int, directory: Path) -> None:
                for i in range(SERVERS)]
         engine.run_until_idle()
         server_id = ids[-1]
-        request = _requester(create_app(engine), loop)
+        request = requester(create_app(engine), loop)
         show = f"/v2.1/servers/{server_id}"
         bodies = (b'{"lock": null}', b'{"unlock": null}')
         calls: dict[str, Callable[[int], object]] = {

@@ -8,7 +8,7 @@ while both hosts' agents run in the background, as separate processes' would."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,6 +16,7 @@ import pytest
 
 from tests.engines import make_engine
 from tests.support.compute import IMAGE_ID
+from tests.support.waiting import wait_for
 from vmledger import FakeClock
 from vmledger.adapters.simulator import Simulator
 from vmledger.api import create_app
@@ -162,15 +163,6 @@ def _tempest_valid(client: type, schema_name: str, version: str, r: httpx.Respon
 
     RestClient.validate_response(getattr(entry["schema"], schema_name), Response(),
                                  r.json())
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def _shown(hosts: Hosts, sid: str) -> dict[str, Any]:
@@ -396,9 +388,9 @@ def test_a_paused_server_s_migration_is_not_forced(hosts: Hosts) -> None:
 def _running(hosts: Hosts, sid: str) -> None:
     """Wait until the copy runs: compute-2 prepared, compute-1 is sending (its call to
     the hypervisor is in the server's history)."""
-    _wait(lambda: [m["status"] for m in _migrations(hosts, sid).json()["migrations"]]
+    wait_for(lambda: [m["status"] for m in _migrations(hosts, sid).json()["migrations"]]
           == ["running"])
-    _wait(lambda: any("live_migrate about to be called" in str(entry)
+    wait_for(lambda: any("live_migrate about to be called" in str(entry)
                       for entry in hosts.first.history(sid)))
 
 
@@ -415,7 +407,7 @@ def test_aborting_a_slow_live_migration(slow_hosts: Hosts) -> None:
     # asked again while it stops: still accepted, nothing more recorded
     again = _abort(hosts, sid, 1, "2.24")
     assert again.status_code in (202, 400, 409), again.text
-    _wait(lambda: _shown(hosts, sid)["status"] == "ACTIVE")
+    wait_for(lambda: _shown(hosts, sid)["status"] == "ACTIVE")
     assert time.monotonic() - started < 30  # not the minute the copy would have taken
     server = _shown(hosts, sid)
     assert server["OS-EXT-SRV-ATTR:host"] == "compute-1"
@@ -440,9 +432,9 @@ def test_forcing_a_slow_live_migration_to_complete(slow_hosts: Hosts) -> None:
     started = time.monotonic()
     r = _force(hosts, sid, 1, "2.22")
     assert r.status_code == 202 and r.content == b""
-    _wait(lambda: _shown(hosts, sid)["OS-EXT-SRV-ATTR:host"] == "compute-2")
+    wait_for(lambda: _shown(hosts, sid)["OS-EXT-SRV-ATTR:host"] == "compute-2")
     assert time.monotonic() - started < 30
-    _wait(lambda: _shown(hosts, sid)["status"] == "ACTIVE")
+    wait_for(lambda: _shown(hosts, sid)["status"] == "ACTIVE")
     [record] = hosts.client.get("/v2.1/os-migrations", headers=_v("2.23")).json()["migrations"]
     assert record["status"] == "completed"
     assert hosts.second.hypervisor.observe(sid).exists

@@ -5,16 +5,8 @@ from __future__ import annotations
 
 import time
 
+from tests.support.waiting import wait_for
 from vmledger import Engine
-
-
-def wait_for(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def test_agent_process_follows_commands_from_an_api_process(url: str) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 
+from tests.support.waiting import wait_for
 from vmledger import Engine
 from vmledger.domain.wakeups import hosts_of, payload, wakes
 
@@ -36,15 +37,6 @@ class Passes:
         if kind == "reconcile":
             with self._lock:
                 self.count += 1
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def counted(engine: Engine) -> Passes:

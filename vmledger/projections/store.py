@@ -94,23 +94,27 @@ _DAYS: dict[int, str] = {}
 _TWO = tuple(f"{n:02d}" for n in range(60))
 
 
-def isoformat(value: datetime) -> str:
-    """``value.isoformat()``, about twice as fast for a UTC time (the time of every
-    recorded event; the instance actions store one per event): the day's text is
-    made once per day."""
-    if value.tzinfo is not UTC:
-        return value.isoformat()
+def _clock(value: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a UTC time, the day's text made once per day."""
     ordinal = value.toordinal()
     day = _DAYS.get(ordinal)
     if day is None:
         if len(_DAYS) > 100_000:
             _DAYS.clear()
         day = _DAYS[ordinal] = value.isoformat()[:11]
+    return f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}"
+
+
+def isoformat(value: datetime) -> str:
+    """``value.isoformat()``, about twice as fast for a UTC time (the time of every
+    recorded event; the instance actions store one per event): the day's text is
+    made once per day."""
+    if value.tzinfo is not UTC:
+        return value.isoformat()
     microsecond = value.microsecond
     if microsecond:
-        return (f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}."
-                f"{str(1_000_000 + microsecond)[1:]}+00:00")
-    return f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}+00:00"
+        return f"{_clock(value)}.{str(1_000_000 + microsecond)[1:]}+00:00"
+    return _clock(value) + "+00:00"
 
 
 def stamped(value: datetime) -> tuple[dict[str, str], str | None]:
@@ -119,13 +123,7 @@ def stamped(value: datetime) -> tuple[dict[str, str], str | None]:
     row holds each of its times twice)."""
     if value.tzinfo is not UTC or value.year < 1000:
         return {"$dt": isoformat(value)}, time_text(value)
-    ordinal = value.toordinal()
-    day = _DAYS.get(ordinal)
-    if day is None:
-        if len(_DAYS) > 100_000:
-            _DAYS.clear()
-        day = _DAYS[ordinal] = value.isoformat()[:11]
-    clock = f"{day}{_TWO[value.hour]}:{_TWO[value.minute]}:{_TWO[value.second]}"
+    clock = _clock(value)
     microsecond = value.microsecond
     if microsecond:
         column = f"{clock}.{str(1_000_000 + microsecond)[1:]}"
