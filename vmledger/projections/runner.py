@@ -38,9 +38,9 @@ from eventsourcing.persistence import (
     IntegrityError,
 )
 
-from vmledger.domain.wakeups import folded_into, hosts_of, wakes
 from vmledger.projections import layouts
 from vmledger.projections.fold_cursors import own_cursor, savepoint
+from vmledger.projections.following import LogFollower
 from vmledger.projections.log_reading import (
     EventDecoder,
     Pages,
@@ -93,11 +93,6 @@ REFRESH_EVERY = 1.0
 
 #: a rebuild on PostgreSQL reads up to this many pages ahead of the fold, in a thread
 _PREFETCH_PAGES = 4
-
-
-#: seconds: how often a follower waiting for the log's notifications checks whether
-#: it was asked to stop (closing an engine waits for it)
-_STOP_CHECK = 0.25
 
 
 class _Stopped(Exception):
@@ -309,92 +304,16 @@ class ViewUpdater:
 
     def follow(self, stop: threading.Event, on_change: Callable[[], None] | None = None,
                poll: float = 0.2, *, host: str | None = None) -> None:
-        """Keep the view up to date until ``stop`` is set.
+        """Keep the view up to date until ``stop`` is set, waking the agent of ``host``
+        with ``on_change`` when another process gave it work (see
+        :class:`~vmledger.projections.following.LogFollower`)."""
+        LogFollower(self, on_change, host).run(stop, poll)
 
-        PostgreSQL: LISTEN on the log's channel, so events written by any process are
-        folded within milliseconds (``poll`` is only the fallback). SQLite: poll.
-
-        ``on_change`` wakes the agent of ``host`` early, after a catch-up, when another
-        process may have given it work: on PostgreSQL, when a notification's payload
-        names ``host`` (:mod:`vmledger.domain.wakeups`; a payload that names no hosts,
-        from an earlier release, counts as naming every host); else (SQLite, or a wait
-        that ended without notification) when the view moved past where this
-        process's own folds left it, or the catch-up folded events itself: the view is
-        shared, and another process's command is often folded by that process first.
-        This process's own commands wake its agent themselves. Without ``host``,
-        whenever the view moved.
-
-        A notification whose payload says the write was folded into the serving
-        layout in its own transaction needs no catch-up: when every notification
-        received since the last one says so, none is run.
-        """
-        channel = getattr(self.app.recorder, "channel_name", None)
-        datastore = getattr(self.app.recorder, "datastore", None)
-        changed = self._changes(on_change, host)
-        while not stop.is_set():
-            try:
-                if channel is not None and datastore is not None:
-                    self._listen(datastore, channel, stop, changed, poll, host)
-                else:
-                    changed(None, False)
-                    stop.wait(poll)
-            except Exception:
-                log.exception("following the log failed; retrying")
-                stop.wait(1.0)
-
-    def _changes(self, on_change: Callable[[], None] | None, host: str | None
-                 ) -> Callable[[bool | None, bool], None]:
-        """Catch up (unless ``folded``: the writes announced were folded already),
-        then call ``on_change`` when told to (True), or, when not told (None), if the
-        view moved on since the last time, past this process's own folds (see
-        :meth:`follow`)."""
-        seen = [self.view.position()]
-
-        def check(wake: bool | None, folded: bool) -> None:
-            self.refresh()  # a switch of the serving layout made by another process
-            read = 0 if folded else self.catch_up()
-            if wake is None:
-                position = self.view.position()
-                moved, seen[0] = position != seen[0], position
-                wake = moved and (host is None or read > 0 or position > self._own())
-            if wake and on_change is not None:
-                on_change()
-        return check
-
-    def _own(self) -> int:
+    def own_position(self) -> int:
         """Where this process's own folds (its commands', its catch-ups') left the
         serving layout."""
         layout = self.view.layout.name
         return max(self._written.get(layout, 0), self._reached.get(layout, 0))
-
-    def _listen(self, datastore: Any, channel: str, stop: threading.Event,
-                changed: Callable[[bool | None, bool], None], poll: float,
-                host: str | None) -> None:
-        import psycopg
-        from psycopg import sql
-
-        with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
-            conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
-            wake: bool | None = None  # first: whatever moved while not listening
-            folded = False
-            while not stop.is_set():
-                changed(wake, folded)
-                # waited for in slices, so that a stop is seen within one
-                deadline = time.monotonic() + poll
-                notes: list[Any] = []
-                while not notes and not stop.is_set():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    notes = list(conn.notifies(timeout=min(left, _STOP_CHECK),
-                                               stop_after=1))
-                if not notes or host is None:
-                    wake = None
-                else:
-                    wake = any(wakes(hosts_of(note.payload), host) for note in notes)
-                layout = self.view.layout.name
-                folded = bool(notes) and all(layout in folded_into(note.payload)
-                                             for note in notes)
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop the view's rows and position, then fold the whole log again (in larger
@@ -613,10 +532,3 @@ class ViewUpdater:
             log.info("dropped the tables of the read models' layout %s", old.name)
             dropped.append(old.name)
         return tuple(dropped)
-
-
-def _connect_args(datastore: Any) -> dict[str, Any]:
-    """Connection parameters of the library's PostgreSQL pool, for one extra connection."""
-    kwargs: dict[str, Any] = getattr(datastore.pool, "kwargs", {}) or {}
-    return {k: v for k, v in kwargs.items()
-            if k in ("dbname", "host", "port", "user", "password") and v is not None}
