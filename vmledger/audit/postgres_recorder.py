@@ -174,11 +174,13 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         self._sql_insert_requests: Composed = SQL(
             "INSERT INTO {schema}.{requests} (notification_id, request_id, originator_id, "
             "originator_version, event_time) VALUES ").format(**fmt)
-        #: per (links, request rows): the statement writing them (:meth:`_links_statement`)
+        #: per (links, request rows, with the NOTIFY): the statement writing them
+        #: (:meth:`_links_statement`)
         self._links_statements: dict[tuple[int, int, bool], bytes] = {}
         # the write's statements as bytes: psycopg renders a composed statement again
-        # on every execution. The library's ``SET LOCAL lock_timeout`` and ``NOTIFY``
-        # are one statement (each statement costs the client a send and a poll)
+        # on every execution. The library's ``SET LOCAL lock_timeout`` is a
+        # ``set_config``; its ``NOTIFY`` goes with the links, after the fold (each
+        # statement costs the client a send and a poll)
         self.notify = True  #: whether a write notifies the log's listeners
         settings = SQL("SELECT set_config('lock_timeout', {0}, true)").format(
             Literal(f"{int(self.datastore.lock_timeout)}s"))
