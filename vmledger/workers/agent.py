@@ -36,8 +36,7 @@ from vmledger.adapters.hypervisor import (
     PowerState,
 )
 from vmledger.domain import lifecycle as lc
-from vmledger.domain.commands import Commands
-from vmledger.domain.commands.pipeline import CommandResult
+from vmledger.domain.commands import CommandResult, Commands
 from vmledger.domain.drift import drift
 from vmledger.domain.errors import VmledgerError
 from vmledger.domain.server import Context, Server
