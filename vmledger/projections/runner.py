@@ -369,10 +369,13 @@ class ViewUpdater:
         gc.disable()
         try:
             with self.view.pinned(), self.view.bulk():
-                if self.view.dialect in CLEAR_BESIDE:
-                    # emptied in a thread while the first pages are read and folded
-                    # (nothing to load from empty tables): the first transaction opens
-                    # for its writes once the clear has committed
+                pool = getattr(getattr(self.view, "datastore", None), "pool", None)
+                if (self.view.dialect in CLEAR_BESIDE
+                        and getattr(pool, "max_size", 1) > 1):
+                    # emptied in a thread (on a connection of its own) while the
+                    # first pages are read and folded (nothing to load from empty
+                    # tables): the first transaction opens for its writes once the
+                    # clear has committed
                     clearing = _InThread(partial(self._clear, keep), "vmledger-clear")
                     try:
                         return self.catch_up(progress, batch_events=REBUILD_BATCH_EVENTS,
