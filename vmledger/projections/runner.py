@@ -103,6 +103,16 @@ _PREFETCH_PAGES = 4
 CLEAR_BESIDE = frozenset({"postgres"})
 
 
+def _connections(view: ServersView) -> int:
+    """How many connections the view's pool gives at most (psycopg's pool, or the
+    library's SQLite pool)."""
+    pool = getattr(getattr(view, "datastore", None), "pool", None)
+    most = getattr(pool, "max_size", None)
+    if most is None:
+        most = getattr(pool, "pool_size", 1) + getattr(pool, "max_overflow", 0)
+    return int(most)
+
+
 class _InThread:
     """``run()`` in a thread, in the caller's context (its pinned layout, its bulk
     mode); :meth:`wait` joins it and raises its error, once."""
@@ -369,9 +379,7 @@ class ViewUpdater:
         gc.disable()
         try:
             with self.view.pinned(), self.view.bulk():
-                pool = getattr(getattr(self.view, "datastore", None), "pool", None)
-                if (self.view.dialect in CLEAR_BESIDE
-                        and getattr(pool, "max_size", 1) > 1):
+                if self.view.dialect in CLEAR_BESIDE and _connections(self.view) > 1:
                     # emptied in a thread (on a connection of its own) while the
                     # first pages are read and folded (nothing to load from empty
                     # tables): the first transaction opens for its writes once the
