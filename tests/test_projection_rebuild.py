@@ -7,6 +7,7 @@ interleaved.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -404,8 +405,6 @@ def test_a_rebuild_folds_its_first_pages_while_the_tables_are_emptied(
     # the clear runs in a thread beside the first pages' read and fold: it sees a page
     # decoded before it commits, and the read models come out the same (on SQLite too,
     # where a rebuild clears first by default)
-    import threading
-
     monkeypatch.setattr(runner, "CLEAR_BESIDE", frozenset({"postgres", "sqlite"}))
     populate(seeded_engine.service, 12, group=6)
     folded = snapshot(seeded_engine)
@@ -458,5 +457,15 @@ def test_a_failing_clear_or_first_write_fails_the_rebuild_and_nothing_is_lost(
             seeded_engine.updater.rebuild()
     assert view.position() == 0
     assert view.query(f"SELECT COUNT(*) AS n FROM {ACTIONS}")[0]["n"] == 0
+    assert seeded_engine.updater.catch_up() > 0
+    assert snapshot(seeded_engine) == folded
+    # the fold fails while the tables are being emptied: its error is the one raised,
+    # and the clear's thread is joined
+    with monkeypatch.context() as patched:
+        patched.setattr(runner.EventDecoder, "__call__", failing)
+        with pytest.raises(RuntimeError, match="the disk is full"):
+            seeded_engine.updater.rebuild()
+    assert not [t for t in threading.enumerate() if t.name == "vmledger-clear"]
+    assert view.position() == 0
     assert seeded_engine.updater.catch_up() > 0
     assert snapshot(seeded_engine) == folded

@@ -23,6 +23,7 @@ this release's layout beside the serving one and switches to it once caught up;
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import gc
 import logging
@@ -386,10 +387,15 @@ class ViewUpdater:
                     # clear has committed
                     clearing = _InThread(partial(self._clear, keep), "vmledger-clear")
                     try:
-                        return self.catch_up(progress, batch_events=REBUILD_BATCH_EVENTS,
+                        read = self.catch_up(progress, batch_events=REBUILD_BATCH_EVENTS,
                                              prefetch=True, cleared=clearing.wait)
-                    finally:
-                        clearing.wait()  # (an empty log: no transaction waited for it)
+                    except BaseException:
+                        # joined, whatever it raises: the fold's error is the one told
+                        with contextlib.suppress(Exception):
+                            clearing.wait()
+                        raise
+                    clearing.wait()  # (an empty log: no transaction waited for it)
+                    return read
                 with self._lock:
                     self._clear(keep)
                 return self.catch_up(progress, batch_events=REBUILD_BATCH_EVENTS,
