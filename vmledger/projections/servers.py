@@ -339,6 +339,8 @@ class ServersView(ServerQueries):
     def _apply_cleared(self, pages: Iterable[RawPage], decode: Decode, after: int,
                        cleared: Callable[[], None]) -> int:
         """:meth:`apply_pages` into tables being emptied (see its ``cleared``)."""
+        if after:
+            raise ValueError("pages folded before the transaction start the view")
         late = _LateCursor()
         with ExitStack() as stack:
             def begin() -> Any:
@@ -352,8 +354,7 @@ class ServersView(ServerQueries):
                 self._cleared.discard(self.layout.name)
                 return curs
 
-            return self._fold(late, pages, decode, empty=not after, bulk=True,
-                              begin=begin)
+            return self._fold(late, pages, decode, empty=True, bulk=True, begin=begin)
 
     def fold_written(self, curs: Any, rows: Sequence[Any], decode: Decode,
                      missed: Callable[[Any, int, int], Sequence[Any] | None]) -> bool:
