@@ -1187,5 +1187,59 @@ def _tables_digest(view: ServersView) -> str:
     return digest.hexdigest()[:12]
 
 
+def _clear_pairs(backend_name: str, pairs: int) -> None:
+    """``python -m benchmarks.projections clear-beside sqlite|postgres PAIRS``: rebuild
+    the ``--quick`` log with the clear inline and in a thread beside the first fold
+    (``runner.CLEAR_BESIDE``), alternating in one process, PAIRS times each; print the
+    medians (wall and process CPU), how many pairs the thread won, and the digests."""
+    skipped: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        backend: commands.Backend
+        if backend_name == "postgres":
+            cluster = stack.enter_context(_cluster(skipped, print))
+            if cluster is None:
+                return
+            backend = commands.PostgresBackend(cluster)
+        else:
+            backend = commands.SQLiteBackend(
+                Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        url = stack.enter_context(backend.database())
+        ids = Ids(seed=20261127)
+        engine = Engine(url, clock=StepClock(), id_factory=ids.uuid,
+                        allocation_ratios=commands.UNLIMITED,
+                        request_id_factory=ids.request_id)
+        stack.callback(engine.close)
+        backend.ready(engine.service)
+        populate(engine.service, QUICK.servers, group=QUICK.group)
+        walls: dict[str, list[float]] = {"inline": [], "thread": []}
+        cpus: dict[str, list[float]] = {"inline": [], "thread": []}
+        digests = set()
+        kept = runner.CLEAR_BESIDE
+        engine.updater.rebuild()
+        try:
+            for i in range(pairs):
+                for mode in (("inline", "thread") if i % 2 == 0 else ("thread", "inline")):
+                    runner.CLEAR_BESIDE = (frozenset() if mode == "inline"
+                                           else frozenset({backend_name}))
+                    commands.settle()
+                    started, cpu = time.perf_counter(), time.process_time()
+                    engine.updater.rebuild()
+                    walls[mode].append((time.perf_counter() - started) * 1e3)
+                    cpus[mode].append((time.process_time() - cpu) * 1e3)
+                    digests.add(_tables_digest(engine.view))
+        finally:
+            runner.CLEAR_BESIDE = kept
+        for mode, wall in walls.items():
+            print(f"{backend_name}, the clear {mode}: rebuild median "
+                  f"{statistics.median(wall):.1f} ms (lower quartile "
+                  f"{sorted(wall)[len(wall) // 4]:.1f}), process CPU median "
+                  f"{statistics.median(cpus[mode]):.1f} ms")
+        won = sum(t < i for t, i in zip(walls["thread"], walls["inline"], strict=True))
+        print(f"the thread faster in {won} of {pairs} pairs; digests {sorted(digests)}")
+
+
 if __name__ == "__main__":
-    _cpu_main(sys.argv[1:])
+    if len(sys.argv) == 4 and sys.argv[1] == "clear-beside":
+        _clear_pairs(sys.argv[2], int(sys.argv[3]))
+    else:
+        _cpu_main(sys.argv[1:])

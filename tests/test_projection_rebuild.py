@@ -7,6 +7,7 @@ interleaved.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -377,6 +378,8 @@ def test_a_rebuild_overtaken_by_another_fold_folds_every_event_once(
 
     def overtaking(self: Any, pages: Any, *args: Any, **kwargs: Any) -> int:
         if not overtaken:
+            if kwargs.get("cleared") is not None:
+                kwargs["cleared"]()  # the other folds once the rebuild's clear committed
             with monkeypatch.context() as undo:
                 undo.setattr(type(view), "apply_pages", apply_pages)
                 start = view.position()
@@ -394,4 +397,75 @@ def test_a_rebuild_overtaken_by_another_fold_folds_every_event_once(
     monkeypatch.undo()
     assert overtaken and view.position() > overtaken[0]
     assert other.catch_up() == 0
+    assert snapshot(seeded_engine) == folded
+
+
+def test_a_rebuild_folds_its_first_pages_while_the_tables_are_emptied(
+        seeded_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the clear runs in a thread beside the first pages' read and fold: it sees a page
+    # decoded before it commits, and the read models come out the same (on SQLite too,
+    # where a rebuild clears first by default)
+    monkeypatch.setattr(runner, "CLEAR_BESIDE", frozenset({"postgres", "sqlite"}))
+    populate(seeded_engine.service, 12, group=6)
+    folded = snapshot(seeded_engine)
+    view = seeded_engine.view
+    decoded = threading.Event()
+    seen: list[bool] = []
+    decode, delete_tracking = runner.EventDecoder.__call__, type(view)._delete_tracking
+
+    def decoding(self: Any, rows: Any) -> list[Any]:
+        decoded.set()
+        return decode(self, rows)
+
+    def waiting(self: Any, curs: Any) -> None:
+        seen.append(decoded.wait(5))
+        delete_tracking(self, curs)
+
+    monkeypatch.setattr(runner.EventDecoder, "__call__", decoding)
+    monkeypatch.setattr(type(view), "_delete_tracking", waiting)
+    assert seeded_engine.updater.rebuild() > 0
+    monkeypatch.undo()
+    assert seen == [True]
+    assert snapshot(seeded_engine) == folded
+    assert view.position() == seeded_engine.service.recorder.max_notification_id()
+
+
+def test_a_failing_clear_or_first_write_fails_the_rebuild_and_nothing_is_lost(
+        seeded_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # (the clear in a thread on both databases: see the test above)
+    monkeypatch.setattr(runner, "CLEAR_BESIDE", frozenset({"postgres", "sqlite"}))
+    populate(seeded_engine.service, 8, group=4)
+    folded = snapshot(seeded_engine)
+    view = seeded_engine.view
+    position = view.position()
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the disk is full")
+
+    # the clear fails (in its thread): the rebuild raises it, the view is untouched
+    with monkeypatch.context() as patched:
+        patched.setattr(type(view), "_delete_tracking", failing)
+        with pytest.raises(RuntimeError, match="the disk is full"):
+            seeded_engine.updater.rebuild()
+    assert view.position() == position
+    assert snapshot(seeded_engine) == folded
+    # the first transaction's writes fail: nothing of it is written, the position stays
+    # where the clear left it, and a catch-up folds it all again
+    with monkeypatch.context() as patched:
+        patched.setattr(ActionsBatch, "write", failing)
+        with pytest.raises(RuntimeError, match="the disk is full"):
+            seeded_engine.updater.rebuild()
+    assert view.position() == 0
+    assert view.query(f"SELECT COUNT(*) AS n FROM {ACTIONS}")[0]["n"] == 0
+    assert seeded_engine.updater.catch_up() > 0
+    assert snapshot(seeded_engine) == folded
+    # the fold fails while the tables are being emptied: its error is the one raised,
+    # and the clear's thread is joined
+    with monkeypatch.context() as patched:
+        patched.setattr(runner.EventDecoder, "__call__", failing)
+        with pytest.raises(RuntimeError, match="the disk is full"):
+            seeded_engine.updater.rebuild()
+    assert not [t for t in threading.enumerate() if t.name == "vmledger-clear"]
+    assert view.position() == 0
+    assert seeded_engine.updater.catch_up() > 0
     assert snapshot(seeded_engine) == folded

@@ -26,7 +26,7 @@ import copy
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -91,6 +91,19 @@ _UPDATES: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
 RawPage = tuple[Sequence[Any], int]
 #: decodes a page's rows into the domain events the view wants
 Decode = Callable[[Sequence[Any]], list[Any]]
+
+
+class _LateCursor:
+    """The cursor of a transaction opened after the fold (:meth:`ServersView._fold`'s
+    ``begin``): the read models' batches are given it before, and use it only to
+    write."""
+
+    target: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.target is None:
+            raise AttributeError(f"{name}: the transaction is not open yet")
+        return getattr(self.target, name)
 
 
 class ServersView(ServerQueries):
@@ -295,7 +308,8 @@ class ServersView(ServerQueries):
         return self.max_tracking_id(self.layout.name) or 0
 
     def apply_pages(self, pages: Iterable[RawPage], decode: Decode, *,
-                    after: int | None = None) -> int:
+                    after: int | None = None,
+                    cleared: Callable[[], None] | None = None) -> int:
         """Fold consecutive pages of the log in one transaction, with a tracking record
         per page, loading and writing each row once for all of them. Each page is
         decoded and folded in turn (its events are not kept).
@@ -305,14 +319,42 @@ class ServersView(ServerQueries):
         or a command folding its own events) moved it meanwhile, ``IntegrityError`` is
         raised and nothing is written, so no event is ever folded twice.
 
+        ``cleared`` (a rebuild's first transaction, ``after`` 0): the caller is emptying
+        the tables in another thread, and ``cleared()`` returns once that committed
+        (raising its error). The pages are folded first, with nothing to load, and the
+        transaction opens only for the writes, after ``cleared()``: the clear's server
+        time overlaps the fold. The position is checked in it all the same.
+
         Returns the number of server rows written.
         """
+        if cleared is not None:
+            return self._apply_cleared(pages, decode, after or 0, cleared)
         # nothing but what the log can give again: the commit need not wait for the disk
         with self.transaction(commit=True, flushed=False) as curs:
             current = self._locked_position(curs)
             if after is not None and current != after:
                 raise IntegrityError(f"the read models are at {current}, not {after}")
             return self._fold(curs, pages, decode, empty=not current, bulk=True)
+
+    def _apply_cleared(self, pages: Iterable[RawPage], decode: Decode, after: int,
+                       cleared: Callable[[], None]) -> int:
+        """:meth:`apply_pages` into tables being emptied (see its ``cleared``)."""
+        if after:
+            raise ValueError("pages folded before the transaction start the view")
+        late = _LateCursor()
+        with ExitStack() as stack:
+            def begin() -> Any:
+                cleared()
+                curs = stack.enter_context(self.transaction(commit=True, flushed=False))
+                current = self._locked_position(curs)
+                if current != after:
+                    raise IntegrityError(f"the read models are at {current}, not {after}")
+                late.target = curs
+                # emptied by this process, nothing written since (the position is 0)
+                self._cleared.discard(self.layout.name)
+                return curs
+
+            return self._fold(late, pages, decode, empty=True, bulk=True, begin=begin)
 
     def fold_written(self, curs: Any, rows: Sequence[Any], decode: Decode,
                      missed: Callable[[Any, int, int], Sequence[Any] | None]) -> bool:
@@ -379,16 +421,20 @@ class ServersView(ServerQueries):
 
     def _fold(self, curs: Any, pages: Iterable[RawPage], decode: Decode, *, empty: bool,
               bulk: bool, read: dict[str, dict[str, Any] | None] | None = None,
-              held: bool = False) -> int:
+              held: bool = False, begin: Callable[[], Any] | None = None) -> int:
         """``read``: documents already read in this transaction (by id; None: no row).
         ``held``: the position was read locked in this transaction, and is before the
-        pages (the tracking record's write cannot be refused)."""
+        pages (the tracking record's write cannot be refused). ``begin``: the
+        transaction opens only once the pages are folded (an empty view, nothing to
+        load: :meth:`_apply_cleared`): ``begin()`` opens it, binds ``curs`` (a
+        :class:`_LateCursor`) to it and returns its cursor."""
         name = self.layout.name
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         # tables this process emptied (:meth:`clear`), nothing folded into them since:
-        # the position, read locked, is still 0
-        fresh = empty and bulk and name in self._cleared
-        self._cleared.discard(name)
+        # the position, read locked, is still 0 (with ``begin``: checked by it)
+        fresh = empty and bulk and (begin is not None or name in self._cleared)
+        if begin is None:
+            self._cleared.discard(name)
         writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk, fresh=fresh)
         batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
         # read models that follow the folded server documents (not only the events)
@@ -485,6 +531,8 @@ class ServersView(ServerQueries):
                 if share:
                     batch.fold(share)
         changed = [target.__dict__ for target in targets.values()]
+        if begin is not None:
+            curs = begin()
         if stored is None:
             writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
         else:
