@@ -27,7 +27,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -39,7 +39,7 @@ from eventsourcing.persistence import (
 )
 
 from vmledger.projections import layouts
-from vmledger.projections.fold_cursors import own_cursor, savepoint
+from vmledger.projections.fold_cursors import SAVEPOINT, PipelineCursor, own_cursor, savepoint
 from vmledger.projections.following import LogFollower
 from vmledger.projections.log_reading import (
     EventDecoder,
@@ -48,7 +48,7 @@ from vmledger.projections.log_reading import (
     lock_log,
     read_missed,
 )
-from vmledger.projections.servers import RawPage, ServersView
+from vmledger.projections.servers import PositionAndRows, RawPage, ServersView
 from vmledger.projections.store import Layout
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,42 @@ class UpgradeReport:
     dropped: tuple[str, ...]
 
 
+#: a command's fold queues its reads in the write's first round trip for up to this
+#: many servers (beyond: the view reads them itself, in chunks)
+_QUEUED_SERVERS = 500
+
+
+class _QueuedFold:
+    """A command's fold as queued in its write's first round trip
+    (:meth:`ViewUpdater.queue_fold`): the cursor its savepoint went through, the layout
+    and what takes the reads' answers, and the error of those reads, if any."""
+
+    __slots__ = ("cursor", "error", "layout", "take")
+
+    def __init__(self, cursor: PipelineCursor) -> None:
+        self.cursor = cursor
+        self.error: BaseException | None = None
+        self.layout: str | None = None
+        self.take: PositionAndRows | None = None
+
+    def absorb(self, error: BaseException) -> bool:
+        """Whether the first trip's ``error`` is that of the fold's reads: their
+        savepoint answered, so the insert before it succeeded (an insert refused, as
+        a lost race, leaves the statements after it unanswered). The fold then raises
+        it in its savepoint, rolled back, and the command is recorded."""
+        if self.cursor.pgresult is None:
+            return False
+        self.error = error
+        return True
+
+    @contextmanager
+    def opened(self) -> Iterator[PipelineCursor]:
+        try:
+            yield self.cursor
+        finally:
+            self.cursor.close()
+
+
 class ViewUpdater:
     def __init__(self, app: Application[Any], view: ServersView, *, page_size: int = PAGE_SIZE,
                  batch_events: int = BATCH_EVENTS) -> None:
@@ -151,6 +187,9 @@ class ViewUpdater:
             return False
         if self.fold_written not in hooks:
             hooks.append(self.fold_written)
+        first = getattr(recorder, "first_trip", None)  # PostgreSQL's
+        if isinstance(first, list) and self.queue_fold not in first:
+            first.append(self.queue_fold)
         committed = getattr(recorder, "after_commit", None)
         if isinstance(committed, list) and self._committed not in committed:
             committed.append(self._committed)
@@ -182,24 +221,59 @@ class ViewUpdater:
         finally:
             self._folded.deferred = previous
 
+    def queue_fold(self, curs: Any, events: Sequence[Any]
+                   ) -> Callable[[BaseException], bool] | None:
+        """The first phase of :meth:`fold_written`, called by the recorder once the
+        insert is queued in the write's first round trip (PostgreSQL): the fold's
+        savepoint, its position (locked) and the documents of the events' servers are
+        queued behind the insert, so that the fold waits for no read of its own. They
+        need the servers' ids, not the notification ids the insert assigns. Returns
+        what tells whether the first trip's error is theirs (see :class:`_QueuedFold`)."""
+        self._folded.queued = None
+        if getattr(self._folded, "deferred", False):
+            return None
+        ids = list(dict.fromkeys(str(event.originator_id) for event in events))
+        if len(ids) > _QUEUED_SERVERS:
+            return None
+        queued = _QueuedFold(PipelineCursor(curs.connection))
+        queued.cursor.execute(SAVEPOINT)
+        self._folded.queued = queued
+        try:
+            with self.view.pinned() as layout:
+                queued.take = self.view.queue_position_and_rows(queued.cursor, ids)
+                queued.layout = layout.name
+        except Exception as error:  # raised in the savepoint by the fold (rolled back)
+            queued.error = error
+        return queued.absorb
+
     def fold_written(self, curs: Any, rows: list[Row]) -> str | None:
         """Called by the recorder inside an insert's transaction, after the events are
         written. The fold runs in a savepoint: if it fails, the command is still
         recorded (its events are the truth) and catch-up folds them later (raising the
         same error, loudly, there). Returns the layout it folded them into (None: not
-        folded, deferred or failed)."""
+        folded, deferred or failed). On PostgreSQL its savepoint and reads were queued
+        in the write's first round trip (:meth:`queue_fold`)."""
         decoder = self._decoder
         if decoder is None:
             decoder = self._decoder = EventDecoder(self.app.mapper, self.view.wants)
         recorder = self.app.recorder
         self._folded.to = None
+        queued: _QueuedFold | None = getattr(self._folded, "queued", None)
+        self._folded.queued = None
         if getattr(self._folded, "deferred", False):
             return None
         try:
-            with self.view.pinned() as layout, own_cursor(curs) as mine, \
-                    savepoint(mine):
+            with self.view.pinned() as layout, \
+                    (own_cursor(curs) if queued is None else queued.opened()) as mine, \
+                    savepoint(mine, begun=queued is not None):
+                take = None
+                if queued is not None:
+                    if queued.error is not None:
+                        raise queued.error
+                    if queued.layout == layout.name:  # (else: switched meanwhile)
+                        take = queued.take
                 if self.view.fold_written(mine, rows, decoder,
-                                          partial(read_missed, recorder)):
+                                          partial(read_missed, recorder), take):
                     self._folded.to = (layout.name, rows[-1][0])
                     with self._written_lock:
                         if self._written.get(layout.name, 0) < rows[-1][0]:

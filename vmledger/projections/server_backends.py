@@ -19,7 +19,7 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 
 from vmledger.projections.extensions import ViewExtension
-from vmledger.projections.servers import _BULK, _TABLE_NAME, ServersView
+from vmledger.projections.servers import _BULK, _TABLE_NAME, PositionAndRows, ServersView
 from vmledger.projections.store import MergedWrites, PostgresStore, SQLiteStore, loads
 
 
@@ -132,29 +132,42 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
 
     def _position_and_rows(self, curs: Any, rows: Sequence[Any]
                            ) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
-        # one wait for both: the documents' read is queued right behind the position's
-        # lock in the command's pipeline (the order they were read in one by one)
         ids = list(dict.fromkeys(str(row[1]) for row in rows))
         if len(ids) > 500:
             return self._locked_position(curs), None
-        curs.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
-        reader = curs.connection.cursor(row_factory=tuple_row)
-        try:
-            reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [ids],
-                           prepare=True)
-            row = curs.fetchone()
-            found = {key: loads(doc) for key, doc in reader.fetchall()}
-        finally:
-            reader.close()
-        if row is None:  # no tracking row yet: made, then locked
-            return self._locked_position(curs), None
-        return int(row["n"] or 0), {key: found.get(key) for key in ids}
+        return self.queue_position_and_rows(curs, ids)(curs)
+
+    def queue_position_and_rows(self, curs: Any, ids: Sequence[str]) -> PositionAndRows:
+        # one wait for both: the documents' read is queued right behind the position's
+        # lock in the command's pipeline (the order they were read in one by one; the
+        # documents' snapshot is taken once the lock is granted), and both are waited
+        # for with the write's insert when queued in its first round trip
+        connection = curs.connection
+        locker = connection.cursor(row_factory=tuple_row)
+        locker.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
+        reader = connection.cursor(row_factory=tuple_row)
+        reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [list(ids)],
+                       prepare=True)
+
+        def taken(now: Any) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
+            try:
+                row = locker.fetchone()
+                found = {key: loads(doc) for key, doc in reader.fetchall()}
+            finally:
+                locker.close()
+                reader.close()
+            if row is None:  # no tracking row yet: made, then locked
+                return self._locked_position(now), None
+            return int(row[0] or 0), {key: found.get(key) for key in ids}
+
+        return taken
 
     def fold_written(self, curs: Any, rows: Sequence[Any], decode: Any,
-                     missed: Callable[[Any, int, int], Sequence[Any] | None]) -> bool:
+                     missed: Callable[[Any, int, int], Sequence[Any] | None],
+                     queued: PositionAndRows | None = None) -> bool:
         # the fold's row writes and its tracking record: one statement at its end
         merged = MergedWrites(curs)
-        folded = super().fold_written(merged, rows, decode, missed)
+        folded = super().fold_written(merged, rows, decode, missed, queued)
         merged.flush()
         return folded
 
