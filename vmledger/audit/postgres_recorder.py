@@ -143,9 +143,10 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                              "POSTGRES_ENABLE_DB_FUNCTIONS")
         self.audit_key = AuditKey.from_environment()
         self.in_transaction: list[InTransaction] = []
-        #: the first phases of ``in_transaction`` callbacks, run in the write's first
-        #: round trip (:data:`FirstTrip`)
-        self.first_trip: list[FirstTrip] = []
+        #: the first phases of ``in_transaction`` callbacks, by callback, run in the
+        #: write's first round trip (:data:`FirstTrip`) while the callback is in
+        #: ``in_transaction`` (taking it out turns both phases off)
+        self.first_trip: dict[InTransaction, FirstTrip] = {}
         self._group = _Group()
         #: called after a group's transaction committed, in the thread that wrote it
         #: (the one that ran the ``in_transaction`` callbacks)
@@ -438,8 +439,12 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         params.append([db_oid(o) for o in oids])
         curs.execute(self._insert_statement(len(stored_events)), params, prepare=True)
         # the read models' reads, queued behind the insert: their answers come with its
-        absorbers = [absorb for queue in self.first_trip
-                     if (absorb := queue(curs, stored_events)) is not None]
+        absorbers: list[Callable[[BaseException], bool]] = []
+        if self.first_trip:
+            for callback in self.in_transaction:
+                queue = self.first_trip.get(callback)
+                if queue is not None and (absorb := queue(curs, stored_events)) is not None:
+                    absorbers.append(absorb)
         try:
             pipeline.sync()  # a unique violation raises here
         except psycopg.Error as error:

@@ -188,8 +188,8 @@ class ViewUpdater:
         if self.fold_written not in hooks:
             hooks.append(self.fold_written)
         first = getattr(recorder, "first_trip", None)  # PostgreSQL's
-        if isinstance(first, list) and self.queue_fold not in first:
-            first.append(self.queue_fold)
+        if isinstance(first, dict):
+            first[self.fold_written] = self.queue_fold
         committed = getattr(recorder, "after_commit", None)
         if isinstance(committed, list) and self._committed not in committed:
             committed.append(self._committed)
