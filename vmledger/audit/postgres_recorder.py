@@ -65,12 +65,13 @@ _BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
 #: the first phase of an ``in_transaction`` callback (the recorder's ``first_trip``):
 #: called with the write's cursor and events once its insert is queued, it queues
 #: statements whose answers come back with the insert's, in the write's first round
-#: trip. Returns None (nothing queued) or the function told the first trip's error
-#: should it fail: True when the error is that of its own statements, which ran after
-#: the insert succeeded (its second phase, in ``in_transaction``, answers for it inside
-#: the transaction), False otherwise (the write fails)
-FirstTrip = Callable[[Cursor[TupleRow], Sequence[StoredEvent]],
-                     Callable[[BaseException], bool] | None]
+#: trip. Before it queues anything it adds to the list (its third argument) the
+#: function told the first trip's error should it fail (an error raised while it
+#: queues is one too): True when the error is that of its own statements, which ran
+#: after the insert succeeded (its second phase, in ``in_transaction``, answers for it
+#: inside the transaction), False otherwise (the write fails)
+FirstTrip = Callable[[Cursor[TupleRow], Sequence[StoredEvent],
+                      list[Callable[[BaseException], bool]]], None]
 
 
 def _rendered(statement: object) -> bytes:
@@ -440,18 +441,26 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         curs.execute(self._insert_statement(len(stored_events)), params, prepare=True)
         # the read models' reads, queued behind the insert: their answers come with its
         absorbers: list[Callable[[BaseException], bool]] = []
+        failed: Exception | None = None
         if self.first_trip:
-            for callback in self.in_transaction:
-                queue = self.first_trip.get(callback)
-                if queue is not None and (absorb := queue(curs, stored_events)) is not None:
-                    absorbers.append(absorb)
+            try:
+                for callback in self.in_transaction:
+                    queue = self.first_trip.get(callback)
+                    if queue is not None:
+                        queue(curs, stored_events, absorbers)
+            except Exception as error:
+                # (psycopg reads the answers that have arrived while it sends: this can
+                # be an earlier statement's error, the insert's too) nothing more is
+                # queued; the sync ends the batch, whose first error counts
+                failed = error
         try:
             pipeline.sync()  # a unique violation raises here
         except psycopg.Error as error:
-            # a read queued after the insert failed (the insert did not): the callback
-            # that queued it rolls back to its savepoint in the transaction
-            if not any(absorb(error) for absorb in absorbers):
-                raise
+            failed = failed or error
+        # a read queued after the insert failed (the insert did not): the callback that
+        # queued it rolls back to its savepoint in the transaction
+        if failed is not None and not any(absorb(failed) for absorb in absorbers):
+            raise failed
         # the insert's ids first, in the order inserted (as the library's RETURNING);
         # then the chain's head and each aggregate's last link, read in the insert's
         # transaction after its EXCLUSIVE lock on the events was taken

@@ -19,7 +19,13 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 
 from vmledger.projections.extensions import ViewExtension
-from vmledger.projections.servers import _BULK, _TABLE_NAME, PositionAndRows, ServersView
+from vmledger.projections.servers import (
+    _BULK,
+    _TABLE_NAME,
+    LogAfterPosition,
+    PositionAndRows,
+    ServersView,
+)
 from vmledger.projections.store import MergedWrites, PostgresStore, SQLiteStore, loads
 
 
@@ -159,6 +165,55 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
             if row is None:  # no tracking row yet: made, then locked
                 return self._locked_position(now), None
             return int(row[0] or 0), {key: found.get(key) for key in ids}
+
+        return taken
+
+    def queue_log_after_position(self, curs: Any, events_table: str, limit: int
+                                 ) -> LogAfterPosition:
+        # read in the statements' own snapshots, taken once the position's lock (queued
+        # before them) is granted, in a transaction holding the log's write lock: every
+        # row before this write's is committed, and no other can appear. With the rows,
+        # the documents of their servers, as the fold loads them
+        connection = curs.connection
+        # (per layout: the documents' table is the layout's)
+        made: dict[str, tuple[bytes, bytes]] = self.__dict__.setdefault("_after_texts", {})
+        found = made.get(self.layout.name)
+        if found is None:
+            from psycopg.sql import SQL, Identifier
+
+            names = (Identifier(self.datastore.schema), Identifier(self.tracking_table_name),
+                     Identifier(events_table))
+            after = SQL("notification_id > (SELECT COALESCE(MAX(notification_id), 0) "
+                        "FROM {0}.{1} WHERE application_name = %s)").format(*names)
+            found = made[self.layout.name] = (SQL(
+                "WITH p AS (SELECT COALESCE(MAX(notification_id), 0) AS n FROM {0}.{1} "
+                "WHERE application_name = %s) SELECT p.n, e.notification_id, "
+                "e.originator_id, e.originator_version, e.topic, e.state FROM p LEFT JOIN "
+                "LATERAL (SELECT notification_id, originator_id, originator_version, "
+                "topic, state FROM {0}.{2} WHERE notification_id > p.n ORDER BY "
+                "notification_id LIMIT %s) e ON true").format(*names).as_bytes(), (
+                self._sql("SELECT id, doc FROM {t}").encode()
+                + SQL(" WHERE id IN (SELECT originator_id::text FROM {0}.{2} WHERE {3} "
+                      "ORDER BY notification_id LIMIT %s)").format(
+                          *names, after).as_bytes()))
+        log, docs = (connection.cursor(row_factory=tuple_row) for _ in range(2))
+        log.execute(found[0], [self.layout.name, limit], prepare=True)
+        docs.execute(found[1], [self.layout.name, limit], prepare=True)
+        answer: list[tuple[int, list[Any], dict[str, dict[str, Any]]]] = []
+
+        def taken() -> tuple[int, list[Any], dict[str, dict[str, Any]]]:
+            if not answer:  # (taken by the position's reader and by the missed rows')
+                try:
+                    rows = log.fetchall()
+                    found_docs = {key: loads(doc) for key, doc in docs.fetchall()}
+                finally:
+                    log.close()
+                    docs.close()
+                answer.append((int(rows[0][0]), [
+                    (int(nid), oid, int(version), str(topic), bytes(state))
+                    for _, nid, oid, version, topic, state in rows if nid is not None],
+                    found_docs))
+            return answer[0]
 
         return taken
 

@@ -95,6 +95,10 @@ Decode = Callable[[Sequence[Any]], list[Any]]
 #: (:meth:`ServersView.queue_position_and_rows`), taken with the fold's cursor: the
 #: position, locked, and the documents of the command's servers
 PositionAndRows = Callable[[Any], tuple[int, dict[str, dict[str, Any] | None] | None]]
+#: the answer of a read of the log after the position, queued earlier in a command's
+#: transaction (:meth:`ServersView.queue_log_after_position`): the position it read
+#: after, the rows, and the documents of their servers (by id; those in the view)
+LogAfterPosition = Callable[[], tuple[int, list[Any], dict[str, dict[str, Any]]]]
 
 
 class ServersView(ServerQueries):
@@ -367,6 +371,15 @@ class ServersView(ServerQueries):
         ``curs``'s connection without waiting for them (PostgreSQL: in the write's
         pipeline); returns what takes their answers, or None where a backend does not
         queue them."""
+        return None
+
+    def queue_log_after_position(self, curs: Any, events_table: str, limit: int
+                                 ) -> LogAfterPosition | None:
+        """Queue the read of up to ``limit`` rows of the log (``events_table``) after
+        the position, and of their servers' documents, in a command's transaction that
+        holds the log's write lock (PostgreSQL: in the write's pipeline, behind the
+        position's lock); returns what takes the answer, or None where a backend does
+        not queue it."""
         return None
 
     def locked_position(self, curs: Any) -> int:
