@@ -148,23 +148,20 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
         # lock in the command's pipeline (the order they were read in one by one; the
         # documents' snapshot is taken once the lock is granted), and both are waited
         # for with the write's insert when queued in its first round trip
-        connection = curs.connection
-        locker = connection.cursor(row_factory=tuple_row)
-        locker.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
-        reader = connection.cursor(row_factory=tuple_row)
+        curs.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
+        reader = curs.connection.cursor(row_factory=tuple_row)
         reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [list(ids)],
                        prepare=True)
 
         def taken(now: Any) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
             try:
-                row = locker.fetchone()
+                row = curs.fetchone()  # (nothing else ran on ``curs`` since)
                 found = {key: loads(doc) for key, doc in reader.fetchall()}
             finally:
-                locker.close()
                 reader.close()
             if row is None:  # no tracking row yet: made, then locked
                 return self._locked_position(now), None
-            return int(row[0] or 0), {key: found.get(key) for key in ids}
+            return int(row["n"] or 0), {key: found.get(key) for key in ids}
 
         return taken
 
