@@ -20,13 +20,14 @@ from psycopg.pq import TransactionStatus
 
 from tests.engines import make_engine
 from tests.support.wire import WireCounter
+from tests.test_read_your_writes import log_end, rebuilt, snapshot
 from vmledger.api.app import create_app
 from vmledger.api.testing import ApiClient
 from vmledger.audit import verify
 from vmledger.domain.commands import Commands
 from vmledger.domain.service import ServerService
 from vmledger.persistence import environment
-from vmledger.projections import runner
+from vmledger.projections import log_reading, runner
 
 pytestmark = pytest.mark.postgres
 
@@ -35,10 +36,10 @@ IMAGE_LIKE_ID = "4c8f9a1e-2b1d-4d6e-9c3a-7f0e5d2b8a11"  # no server has this id
 #: a command through the command service: the load (one autocommit SELECT) and the
 #: write (BEGIN ... INSERT synced once, the audit links and COMMIT synced once)
 COMMAND_ROUND_TRIPS = 3
-#: a lock through the engine: the command's, and the read models' fold in its
-#: transaction (its reads: the position, locked, with the rows it folds into; two
-#: read models' own reads)
-LOCK_ROUND_TRIPS = 6
+#: a lock through the engine: the command's, the read models' fold in its
+#: transaction waiting for nothing of its own (its savepoint and reads, the position
+#: locked and the rows it folds into, go with the insert in the write's first trip)
+LOCK_ROUND_TRIPS = 3
 #: a read of the read models (a server's document): one autocommit SELECT, no
 #: transaction block around it
 READ_ROUND_TRIPS = 1
@@ -274,3 +275,102 @@ def test_a_write_of_many_events_is_chained_in_order(postgres_url: str) -> None:
         assert verify(store).ok
     finally:
         store.close()
+
+
+def test_a_lost_race_through_the_engine_is_an_integrity_error(postgres_url: str) -> None:
+    """With the read models' reads queued behind the insert in the write's first round
+    trip, a refused insert is still the write's error: nothing recorded, no link, and
+    the pooled connections idle; and however often it happens on a connection (the
+    statements queued after a refused insert are never prepared), every connection
+    goes on writing."""
+    with make_engine(postgres_url) as engine:
+        server = engine.create_server("web", "m1.small", IMAGE)
+        engine.run_until_idle()
+        recorder: Any = engine.service.recorder
+        assert recorder.first_trip  # the fold's reads go in the first trip
+        before = recorder.max_notification_id()
+        # more than psycopg's prepare threshold (5) on every pooled connection
+        for _ in range(8 * (_pool_size(engine.service) + 1)):
+            with pytest.raises(IntegrityError):
+                recorder.insert_events(_stale(engine.service, str(server.id)))
+        assert recorder.max_notification_id() == before
+        assert recorder.max_chain_id() == before
+        assert _idle_pool(engine.service) == [TransactionStatus.IDLE] * _pool_size(
+            engine.service)
+        for _ in range(_pool_size(engine.service) + 1):
+            engine.lock(server.id)
+            assert engine.get_server(server.id).locked
+            engine.act(server.id, "unlock")
+        assert verify(engine.service).ok
+
+
+@pytest.mark.parametrize("failure", ["position", "rows", "python"])
+def test_a_fold_whose_queued_reads_fail_still_records_the_command(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    """The fold's reads, queued in the write's first round trip, refused by the
+    database (or their queueing failing in Python): the fold is rolled back to its
+    savepoint, the command recorded with its audit links, and the read models
+    catch up afterwards; every pooled connection goes on writing."""
+    with make_engine(postgres_url) as engine:
+        server = engine.create_server("web", "m1.small", IMAGE)
+        engine.run_until_idle()
+        view: Any = engine.view
+        rounds = _pool_size(engine.service) + 1
+        for _ in range(rounds):
+            if failure in ("position", "rows"):
+                queue = type(view).queue_position_and_rows
+
+                def refused(curs: Any, ids: Any, queue: Any = queue) -> Any:
+                    # refused right after the savepoint, or after the reads
+                    bad = "SELECT no_such_column FROM vmledger_servers"
+                    if failure == "position":
+                        curs.execute(bad)
+                    taken = queue(view, curs, ids)
+                    if failure == "rows":
+                        curs.connection.cursor().execute(bad)
+                    return taken
+
+                monkeypatch.setattr(view, "queue_position_and_rows", refused)
+            else:
+                def broken(curs: Any, ids: Any) -> Any:
+                    raise RuntimeError("queueing broke")
+
+                monkeypatch.setattr(view, "queue_position_and_rows", broken)
+            engine.lock(server.id)
+            monkeypatch.undo()
+            assert engine.get_server(server.id).locked
+            engine.act(server.id, "unlock")
+            assert not engine.get_server(server.id).locked
+        assert _idle_pool(engine.service) == [TransactionStatus.IDLE] * _pool_size(
+            engine.service)
+        history = [e.__class__.__name__ for e in engine.service.history(server.id)]
+        assert history.count("LockChanged") == 2 * rounds
+        assert verify(engine.service).ok
+
+
+@pytest.mark.parametrize("deferred", [3, log_reading.MISSED_LIMIT + 1])
+def test_a_fold_after_deferred_commands_reads_them_with_the_insert(
+        wire: WireCounter, deferred: int) -> None:
+    """Commands whose fold was deferred (a batch worker's pass) are folded first by the
+    next command's fold, their rows read with its insert in its first round trip: it
+    waits as long as any lock. More than a command carries are left to catch-up; the
+    read models end up as a rebuild makes them either way."""
+    with make_engine(wire.url) as engine:
+        one = engine.create_server("one", "m1.small", IMAGE)
+        two = engine.create_server("two", "m1.small", IMAGE)
+        engine.run_until_idle()
+        for _ in range(_pool_size(engine.service) + 1):
+            engine.lock(two.id)
+            engine.act(two.id, "unlock")
+        with engine.updater.deferred():
+            for i in range(deferred):
+                engine.commands.servers.update(engine.context(), one.id, name=f"one-{i}")
+        wire.reset()
+        engine.lock(two.id)
+        if deferred <= log_reading.MISSED_LIMIT:
+            assert wire.round_trips() <= LOCK_ROUND_TRIPS, dict(wire.sent)
+        assert engine.get_server(one.id).name == f"one-{deferred - 1}"
+        assert engine.get_server(two.id).locked
+        assert engine.view.position() == log_end(engine)
+        assert snapshot(engine) == rebuilt(engine)
+        assert verify(engine.service).ok

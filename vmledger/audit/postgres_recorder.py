@@ -62,6 +62,17 @@ LINKS_PER_STATEMENT = 1000
 #: the write's transaction control, as statements queued in its pipeline
 _BEGIN, _COMMIT, _ROLLBACK = b"BEGIN", b"COMMIT", b"ROLLBACK"
 
+#: the first phase of an ``in_transaction`` callback (the recorder's ``first_trip``):
+#: called with the write's cursor and events once its insert is queued, it queues
+#: statements whose answers come back with the insert's, in the write's first round
+#: trip. Before it queues anything it adds to the list (its third argument) the
+#: function told the first trip's error should it fail (an error raised while it
+#: queues is one too): True when the error is that of its own statements, which ran
+#: after the insert succeeded (its second phase, in ``in_transaction``, answers for it
+#: inside the transaction), False otherwise (the write fails)
+FirstTrip = Callable[[Cursor[TupleRow], Sequence[StoredEvent],
+                      list[Callable[[BaseException], bool]]], None]
+
 
 def _rendered(statement: object) -> bytes:
     """A statement of the library's as the bytes psycopg sends."""
@@ -133,6 +144,10 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                              "POSTGRES_ENABLE_DB_FUNCTIONS")
         self.audit_key = AuditKey.from_environment()
         self.in_transaction: list[InTransaction] = []
+        #: the first phases of ``in_transaction`` callbacks, by callback, run in the
+        #: write's first round trip (:data:`FirstTrip`) while the callback is in
+        #: ``in_transaction`` (taking it out turns both phases off)
+        self.first_trip: dict[InTransaction, FirstTrip] = {}
         self._group = _Group()
         #: called after a group's transaction committed, in the thread that wrote it
         #: (the one that ran the ``in_transaction`` callbacks)
@@ -347,11 +362,13 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         on the pool's autocommit connection (psycopg's ``transaction()`` would send its
         ``BEGIN`` and its ``COMMIT`` each with a sync of its own, and leaving the
         pipeline a third): ``BEGIN``, the lock timeout, the table lock, the read of
-        the chain's previous links and the insert, then one sync (a unique violation is
-        an ``IntegrityError`` here, and the insert's notification ids feed the links);
-        then the read models' fold, the links, the request index and the ``NOTIFY``
-        (one statement: its payload says what the fold did) and ``COMMIT``, synced by
-        leaving the pipeline. The ids are returned only once
+        the chain's previous links and the insert, and the read models' reads
+        (:attr:`first_trip`: the fold's savepoint, its position and rows), then one
+        sync (a unique violation is an ``IntegrityError`` here, and the insert's
+        notification ids feed the links); then the read models' fold (its row writes
+        and position, waiting for no read of its own), the links, the request index
+        and the ``NOTIFY`` (one statement: its payload says what the fold did) and
+        ``COMMIT``, synced by leaving the pipeline. The ids are returned only once
         the ``COMMIT`` is acknowledged; on any error the transaction is rolled back
         and the connection goes back to the pool idle."""
         with self.datastore.get_connection() as conn:
@@ -404,8 +421,9 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
     def _first_trip(self, pipeline: Pipeline, curs: Cursor[TupleRow],
                     stored_events: Sequence[StoredEvent]) -> tuple[list[int], list[_NewLink]]:
         """BEGIN, the lock timeout, the library's table lock, then the insert with the
-        read of the chain's previous links (one statement), synced (the first round
-        trip). Returns the insert's notification ids and the links to write."""
+        read of the chain's previous links (one statement), and what the
+        :attr:`first_trip` callbacks queue behind it, synced (the first round trip).
+        Returns the insert's notification ids and the links to write."""
         curs.execute(_BEGIN, prepare=True)
         curs.execute(self._settings_bytes, prepare=True)
         self._lock_table(curs)
@@ -421,7 +439,28 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                        [e.topic for e in stored_events], [e.state for e in stored_events])
         params.append([db_oid(o) for o in oids])
         curs.execute(self._insert_statement(len(stored_events)), params, prepare=True)
-        pipeline.sync()  # a unique violation raises here
+        # the read models' reads, queued behind the insert: their answers come with its
+        absorbers: list[Callable[[BaseException], bool]] = []
+        failed: Exception | None = None
+        if self.first_trip:
+            try:
+                for callback in self.in_transaction:
+                    queue = self.first_trip.get(callback)
+                    if queue is not None:
+                        queue(curs, stored_events, absorbers)
+            except Exception as error:
+                # (psycopg reads the answers that have arrived while it sends: this can
+                # be an earlier statement's error, the insert's too) nothing more is
+                # queued; the sync ends the batch, whose first error counts
+                failed = error
+        try:
+            pipeline.sync()  # a unique violation raises here
+        except psycopg.Error as error:
+            failed = failed or error
+        # a read queued after the insert failed (the insert did not): the callback that
+        # queued it rolls back to its savepoint in the transaction
+        if failed is not None and not any(absorb(failed) for absorb in absorbers):
+            raise failed
         # the insert's ids first, in the order inserted (as the library's RETURNING);
         # then the chain's head and each aggregate's last link, read in the insert's
         # transaction after its EXCLUSIVE lock on the events was taken

@@ -64,15 +64,22 @@ class PipelineCursor:
             cursor.close()
 
 
+#: the statement opening the fold's savepoint
+SAVEPOINT = "SAVEPOINT vmledger_fold"
+
+
 class savepoint:
     """A savepoint on ``curs`` (plain SQL: on PostgreSQL it is queued in the insert's
-    pipeline, no round trip of its own; psycopg's nested transaction would sync)."""
+    pipeline, no round trip of its own; psycopg's nested transaction would sync).
+    ``begun``: it was queued already (in the write's first round trip)."""
 
-    def __init__(self, curs: Any) -> None:
+    def __init__(self, curs: Any, *, begun: bool = False) -> None:
         self.curs = curs
+        self.begun = begun
 
     def __enter__(self) -> None:
-        self.curs.execute("SAVEPOINT vmledger_fold")
+        if not self.begun:
+            self.curs.execute(SAVEPOINT)
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         connection: Any = getattr(self.curs, "connection", None)

@@ -19,7 +19,13 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 
 from vmledger.projections.extensions import ViewExtension
-from vmledger.projections.servers import _BULK, _TABLE_NAME, ServersView
+from vmledger.projections.servers import (
+    _BULK,
+    _TABLE_NAME,
+    LogAfterPosition,
+    PositionAndRows,
+    ServersView,
+)
 from vmledger.projections.store import MergedWrites, PostgresStore, SQLiteStore, loads
 
 
@@ -132,29 +138,88 @@ class PostgresServersView(ServersView, PostgresStore, PostgresTrackingRecorder):
 
     def _position_and_rows(self, curs: Any, rows: Sequence[Any]
                            ) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
-        # one wait for both: the documents' read is queued right behind the position's
-        # lock in the command's pipeline (the order they were read in one by one)
         ids = list(dict.fromkeys(str(row[1]) for row in rows))
         if len(ids) > 500:
             return self._locked_position(curs), None
+        return self.queue_position_and_rows(curs, ids)(curs)
+
+    def queue_position_and_rows(self, curs: Any, ids: Sequence[str]) -> PositionAndRows:
+        # one wait for both: the documents' read is queued right behind the position's
+        # lock in the command's pipeline (the order they were read in one by one; the
+        # documents' snapshot is taken once the lock is granted), and both are waited
+        # for with the write's insert when queued in its first round trip
         curs.execute(self._locked_position_sql(), [self.layout.name], prepare=True)
         reader = curs.connection.cursor(row_factory=tuple_row)
-        try:
-            reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [ids],
-                           prepare=True)
-            row = curs.fetchone()
-            found = {key: loads(doc) for key, doc in reader.fetchall()}
-        finally:
-            reader.close()
-        if row is None:  # no tracking row yet: made, then locked
-            return self._locked_position(curs), None
-        return int(row["n"] or 0), {key: found.get(key) for key in ids}
+        reader.execute(self._sql("SELECT id, doc FROM {t} WHERE id = ANY(?)"), [list(ids)],
+                       prepare=True)
+
+        def taken(now: Any) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
+            try:
+                row = curs.fetchone()  # (nothing else ran on ``curs`` since)
+                found = {key: loads(doc) for key, doc in reader.fetchall()}
+            finally:
+                reader.close()
+            if row is None:  # no tracking row yet: made, then locked
+                return self._locked_position(now), None
+            return int(row["n"] or 0), {key: found.get(key) for key in ids}
+
+        return taken
+
+    def queue_log_after_position(self, curs: Any, events_table: str, limit: int
+                                 ) -> LogAfterPosition:
+        # read in the statements' own snapshots, taken once the position's lock (queued
+        # before them) is granted, in a transaction holding the log's write lock: every
+        # row before this write's is committed, and no other can appear. With the rows,
+        # the documents of their servers, as the fold loads them
+        connection = curs.connection
+        # (per layout: the documents' table is the layout's)
+        made: dict[str, tuple[bytes, bytes]] = self.__dict__.setdefault("_after_texts", {})
+        found = made.get(self.layout.name)
+        if found is None:
+            from psycopg.sql import SQL, Identifier
+
+            names = (Identifier(self.datastore.schema), Identifier(self.tracking_table_name),
+                     Identifier(events_table))
+            after = SQL("notification_id > (SELECT COALESCE(MAX(notification_id), 0) "
+                        "FROM {0}.{1} WHERE application_name = %s)").format(*names)
+            found = made[self.layout.name] = (SQL(
+                "WITH p AS (SELECT COALESCE(MAX(notification_id), 0) AS n FROM {0}.{1} "
+                "WHERE application_name = %s) SELECT p.n, e.notification_id, "
+                "e.originator_id, e.originator_version, e.topic, e.state FROM p LEFT JOIN "
+                "LATERAL (SELECT notification_id, originator_id, originator_version, "
+                "topic, state FROM {0}.{2} WHERE notification_id > p.n ORDER BY "
+                "notification_id LIMIT %s) e ON true").format(*names).as_bytes(), (
+                self._sql("SELECT id, doc FROM {t}").encode()
+                + SQL(" WHERE id IN (SELECT originator_id::text FROM {0}.{2} WHERE {3} "
+                      "ORDER BY notification_id LIMIT %s)").format(
+                          *names, after).as_bytes()))
+        log, docs = (connection.cursor(row_factory=tuple_row) for _ in range(2))
+        log.execute(found[0], [self.layout.name, limit], prepare=True)
+        docs.execute(found[1], [self.layout.name, limit], prepare=True)
+        answer: list[tuple[int, list[Any], dict[str, dict[str, Any]]]] = []
+
+        def taken() -> tuple[int, list[Any], dict[str, dict[str, Any]]]:
+            if not answer:  # (taken by the position's reader and by the missed rows')
+                try:
+                    rows = log.fetchall()
+                    found_docs = {key: loads(doc) for key, doc in docs.fetchall()}
+                finally:
+                    log.close()
+                    docs.close()
+                answer.append((int(rows[0][0]), [
+                    (int(nid), oid, int(version), str(topic), bytes(state))
+                    for _, nid, oid, version, topic, state in rows if nid is not None],
+                    found_docs))
+            return answer[0]
+
+        return taken
 
     def fold_written(self, curs: Any, rows: Sequence[Any], decode: Any,
-                     missed: Callable[[Any, int, int], Sequence[Any] | None]) -> bool:
+                     missed: Callable[[Any, int, int], Sequence[Any] | None],
+                     queued: PositionAndRows | None = None) -> bool:
         # the fold's row writes and its tracking record: one statement at its end
         merged = MergedWrites(curs)
-        folded = super().fold_written(merged, rows, decode, missed)
+        folded = super().fold_written(merged, rows, decode, missed, queued)
         merged.flush()
         return folded
 

@@ -91,6 +91,14 @@ _UPDATES: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
 RawPage = tuple[Sequence[Any], int]
 #: decodes a page's rows into the domain events the view wants
 Decode = Callable[[Sequence[Any]], list[Any]]
+#: the answers of reads queued earlier in a command's transaction
+#: (:meth:`ServersView.queue_position_and_rows`), taken with the fold's cursor: the
+#: position, locked, and the documents of the command's servers
+PositionAndRows = Callable[[Any], tuple[int, dict[str, dict[str, Any] | None] | None]]
+#: the answer of a read of the log after the position, queued earlier in a command's
+#: transaction (:meth:`ServersView.queue_log_after_position`): the position it read
+#: after, the rows, and the documents of their servers (by id; those in the view)
+LogAfterPosition = Callable[[], tuple[int, list[Any], dict[str, dict[str, Any]]]]
 
 
 class _LateCursor:
@@ -357,7 +365,8 @@ class ServersView(ServerQueries):
             return self._fold(late, pages, decode, empty=True, bulk=True, begin=begin)
 
     def fold_written(self, curs: Any, rows: Sequence[Any], decode: Decode,
-                     missed: Callable[[Any, int, int], Sequence[Any] | None]) -> bool:
+                     missed: Callable[[Any, int, int], Sequence[Any] | None],
+                     queued: PositionAndRows | None = None) -> bool:
         """Fold the rows a command is writing, inside its own transaction (``curs``),
         with the tracking position, so the read models show the command when it commits.
 
@@ -366,11 +375,14 @@ class ServersView(ServerQueries):
         position, first)`` reads them from the log in this transaction (which holds the
         log's write lock), or returns None when there are too many for a command to
         carry: then nothing is folded here (the caller's catch-up does it, as before).
-        Returns whether the rows were folded.
+        ``queued``: the position and documents, read already (queued in the write's
+        first round trip: :meth:`queue_position_and_rows`). Returns whether the rows
+        were folded.
         """
         if not rows:
             return False
-        current, read = self._position_and_rows(curs, rows)
+        current, read = (self._position_and_rows(curs, rows) if queued is None
+                         else queued(curs))
         first = rows[0][0]
         if current >= first:
             return False  # cannot happen while the log is append-only: leave it to catch-up
@@ -394,6 +406,23 @@ class ServersView(ServerQueries):
         round trip) the documents of the servers ``rows`` are about, None for a server
         with no row yet; or None when they were not read."""
         return self._locked_position(curs), None
+
+    def queue_position_and_rows(self, curs: Any, ids: Sequence[str]
+                                ) -> PositionAndRows | None:
+        """Queue the reads of :meth:`_position_and_rows` for the servers ``ids`` on
+        ``curs``'s connection without waiting for them (PostgreSQL: in the write's
+        pipeline); returns what takes their answers, or None where a backend does not
+        queue them."""
+        return None
+
+    def queue_log_after_position(self, curs: Any, events_table: str, limit: int
+                                 ) -> LogAfterPosition | None:
+        """Queue the read of up to ``limit`` rows of the log (``events_table``) after
+        the position, and of their servers' documents, in a command's transaction that
+        holds the log's write lock (PostgreSQL: in the write's pipeline, behind the
+        position's lock); returns what takes the answer, or None where a backend does
+        not queue it."""
+        return None
 
     def locked_position(self, curs: Any) -> int:
         """The position, read in ``curs``'s transaction and held until it ends (see
