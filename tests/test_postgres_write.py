@@ -253,6 +253,41 @@ def test_commands_after_a_failed_fold_use_every_connection_again(
         assert verify(engine.service).ok
 
 
+def test_a_fold_write_refused_at_commit_still_records_the_command(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The fold's row writes are queued, not waited for: a write the database refuses
+    comes back with the COMMIT, past the fold's savepoint. The command is then written
+    again without the fold, once: recorded, shown (catch-up folds it), chained; not a
+    409 for a race that never was."""
+    with make_engine(postgres_url) as engine:
+        server = engine.create_server("web", "m1.small", IMAGE)
+        engine.run_until_idle()
+        fold = engine.view.fold_written
+        before = engine.service.recorder.max_notification_id()
+
+        def refused(curs: Any, *args: Any) -> bool:
+            folded = fold(curs, *args)
+            curs.execute("INSERT INTO vmledger_servers (id) VALUES (NULL)")  # queued
+            return folded
+
+        monkeypatch.setattr(engine.view, "fold_written", refused)
+        with caplog.at_level(logging.ERROR):
+            engine.lock(server.id)
+        monkeypatch.setattr(engine.view, "fold_written", fold)
+        assert "written again without them" in caplog.text
+        assert engine.get_server(server.id).locked
+        assert engine.service.recorder.max_notification_id() > before
+        locks = [e for e in engine.service.history(server.id)
+                 if type(e).__name__ == "LockChanged"]
+        assert len(locks) == 1
+        assert _idle_pool(engine.service) == [TransactionStatus.IDLE] * _pool_size(
+            engine.service)
+        engine.act(server.id, "unlock")
+        assert not engine.get_server(server.id).locked
+        assert verify(engine.service).ok
+
+
 def test_a_write_of_many_events_is_chained_in_order(postgres_url: str) -> None:
     """More events in one write than go as parameters of their own (an array per
     column then): every one recorded, in order, and the audit chain verifies."""

@@ -8,6 +8,7 @@ trips. Selected with the library's ``APPLICATION_RECORDER_TOPIC`` (see
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -47,6 +48,8 @@ from vmledger.audit.chain import (
 )
 from vmledger.domain import wakeups
 from vmledger.projections.store import execute_uncached
+
+log = logging.getLogger(__name__)
 
 #: at most this many commands are written in one group (one transaction)
 GROUP_LIMIT = 64
@@ -119,6 +122,12 @@ class _Pending:
         return self.ids
 
 
+class _Dropped(Exception):
+    """A write was refused at its end after :attr:`~AuditedPostgresApplicationRecorder.
+    droppable` callbacks had queued their statements (the cause: the database's error):
+    it is written again without them."""
+
+
 class _Group:
     """The commands of this process waiting to be written, and whether a group is being
     written now (by one of the waiting threads)."""
@@ -148,6 +157,13 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         #: write's first round trip (:data:`FirstTrip`) while the callback is in
         #: ``in_transaction`` (taking it out turns both phases off)
         self.first_trip: dict[InTransaction, FirstTrip] = {}
+        #: ``in_transaction`` callbacks whose writes a command can do without (the read
+        #: models' fold: catch-up folds its events later). Their statements are queued,
+        #: not waited for, so a savepoint of theirs cannot catch the database refusing
+        #: one; the refusal comes with the write's last round trip, and the whole write
+        #: fails. It is then written again, once, without them: the command is
+        #: recorded, as when such a callback fails while it runs.
+        self.droppable: set[InTransaction] = set()
         self._group = _Group()
         #: called after a group's transaction committed, in the thread that wrote it
         #: (the one that ran the ``in_transaction`` callbacks)
@@ -374,25 +390,46 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn:
             try:
                 return self._write(conn, stored_events, agent_hosts)
+            except _Dropped as dropped:
+                _roll_back(conn)
+                log.error("the database refused the read models' writes at the end of a "
+                          "command's transaction (%s): the command is written again "
+                          "without them, and catch-up folds it", dropped.__cause__)
+            except BaseException:
+                _roll_back(conn)
+                raise
+        with self.datastore.get_connection() as conn:
+            try:
+                return self._write(conn, stored_events, agent_hosts, drop=True)
             except BaseException:
                 _roll_back(conn)
                 raise
 
     def _write(self, conn: Connection[DictRow], stored_events: Sequence[StoredEvent],
-               agent_hosts: frozenset[str] | None) -> list[int]:
+               agent_hosts: frozenset[str] | None, *, drop: bool = False) -> list[int]:
+        """The write (see :meth:`_insert_once`); ``drop``: without the
+        :attr:`droppable` callbacks. :class:`_Dropped` when it was refused at its end
+        after droppable callbacks ran."""
         failed: BaseException | None = None
         ids: list[int] = []
+        callbacks = self.in_transaction
+        if self.droppable:
+            kept = [c for c in callbacks if c not in self.droppable]
+            dropping, callbacks = (False, kept) if drop else (len(kept) < len(callbacks),
+                                                              callbacks)
+        else:
+            dropping = False
         curs = conn.cursor(row_factory=tuple_row)
         try:
             with conn.pipeline() as pipeline:
                 try:
-                    ids, links = self._first_trip(pipeline, curs, stored_events)
+                    ids, links = self._first_trip(pipeline, curs, stored_events, callbacks)
                     # the second: queued here, synced by leaving the pipeline (the
                     # fold's reads sync on their own)
                     folded: list[str] = []
-                    if self.in_transaction:
+                    if callbacks:
                         written = _written(stored_events, ids)
-                        for callback in self.in_transaction:
+                        for callback in callbacks:
                             into = callback(curs, written)
                             if into is not None:
                                 folded.append(into)
@@ -406,20 +443,30 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                     # queued, so that the pipeline's closing sync ends the transaction
                     with contextlib.suppress(psycopg.Error):
                         execute_uncached(curs, _ROLLBACK)
-        except psycopg.Error:
+        except psycopg.Error as error:
             if failed is None:
-                raise  # the commit (or a statement queued before it) failed
+                # the commit (or a statement queued before it) failed: after a droppable
+                # callback's statements, written again without them (not when the
+                # connection failed: the commit may have been made)
+                if dropping and not isinstance(error, psycopg.OperationalError):
+                    raise _Dropped from error
+                raise
             # closing the pipeline failed after the write had: report the write's error
         if failed is not None:
             raise failed
         if curs.statusmessage != "COMMIT":
             # COMMIT in a transaction left failed (by a fold whose savepoint could not
             # be rolled back) answers ROLLBACK, without an error
-            raise OperationalError(f"the write was rolled back ({curs.statusmessage})")
+            refused = OperationalError(f"the write was rolled back ({curs.statusmessage})")
+            if dropping:
+                raise _Dropped from refused
+            raise refused
         return ids
 
     def _first_trip(self, pipeline: Pipeline, curs: Cursor[TupleRow],
-                    stored_events: Sequence[StoredEvent]) -> tuple[list[int], list[_NewLink]]:
+                    stored_events: Sequence[StoredEvent],
+                    callbacks: Sequence[InTransaction]
+                    ) -> tuple[list[int], list[_NewLink]]:
         """BEGIN, the lock timeout, the library's table lock, then the insert with the
         read of the chain's previous links (one statement), and what the
         :attr:`first_trip` callbacks queue behind it, synced (the first round trip).
@@ -444,7 +491,7 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         failed: Exception | None = None
         if self.first_trip:
             try:
-                for callback in self.in_transaction:
+                for callback in callbacks:
                     queue = self.first_trip.get(callback)
                     if queue is not None:
                         queue(curs, stored_events, absorbers)

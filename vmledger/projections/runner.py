@@ -273,6 +273,9 @@ class ViewUpdater:
         first = getattr(recorder, "first_trip", None)  # PostgreSQL's
         if isinstance(first, dict):
             first[self.fold_written] = self.queue_fold
+        droppable = getattr(recorder, "droppable", None)  # PostgreSQL's
+        if isinstance(droppable, set):
+            droppable.add(self.fold_written)
         committed = getattr(recorder, "after_commit", None)
         if isinstance(committed, list) and self._committed not in committed:
             committed.append(self._committed)
