@@ -38,7 +38,6 @@ from eventsourcing.utils import resolve_topic
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
 from vmledger.projections.extensions import ExtensionBatch as ExtensionBatch
-from vmledger.projections.extensions import Follow
 from vmledger.projections.extensions import ViewExtension as ViewExtension
 from vmledger.projections.server_queries import ServerQueries
 from vmledger.projections.store import (
@@ -46,8 +45,8 @@ from vmledger.projections.store import (
     RowWriter,
     chunks,
     dumps,
-    loads,
-    time_text,
+    loads_stored,
+    stored_ts,
 )
 
 #: the servers view's columns, in the order :func:`row_of` gives them
@@ -74,11 +73,13 @@ _BULK: ContextVar[bool] = ContextVar("vmledger_bulk", default=False)
 
 
 def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """A server's row from its document (its times datetimes, or in stored form as
+    :meth:`ServersView._load` leaves them)."""
     pending = doc.get("pending") or {}
     return (doc["id"], doc.get("project_id"), doc.get("host"), doc.get("name"),
             doc.get("vm_state"), doc.get("task_state"), pending.get("action"),
-            pending.get("request_id"), time_text(doc.get("confirm_deadline")),
-            time_text(doc["created_at"]), time_text(doc["updated_at"]),
+            pending.get("request_id"), stored_ts(doc.get("confirm_deadline")),
+            stored_ts(doc["created_at"]), stored_ts(doc["updated_at"]),
             1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc))
 
 
@@ -91,6 +92,41 @@ _UPDATES: dict[tuple[tuple[str, ...], tuple[int, ...]], str] = {}
 RawPage = tuple[Sequence[Any], int]
 #: decodes a page's rows into the domain events the view wants
 Decode = Callable[[Sequence[Any]], list[Any]]
+
+
+#: per event class: whether it is a server's; the extensions (by index) its share goes
+#: to; those whose ``server_folded`` it is passed to; those whose ``server_changed`` is
+#: called before it (the first time in a fold for its server); and its ``apply``
+Route = tuple[bool, tuple[int, ...], tuple[int, ...], tuple[int, ...], Any]
+
+
+class _Plan:
+    """What a view's extensions' batches implement (learnt from one batch of each), and
+    the routes (:data:`Route`) of the event classes met so far."""
+
+    def __init__(self, extensions: tuple[ViewExtension, ...], batches: Sequence[Any]
+                 ) -> None:
+        self.extensions = extensions
+        #: those given the server events with their ids' text (``fold_servers``)
+        self.keyed = frozenset(index for index, batch in enumerate(batches)
+                               if hasattr(batch, "fold_servers"))
+        #: those with a ``preload``
+        self.preloads = tuple(index for index, batch in enumerate(batches)
+                              if hasattr(batch, "preload"))
+        #: those following the folded documents (``server_folded``), and the event
+        #: classes that change nothing they read (``unchanged_by``)
+        self.follows = tuple((index, tuple(getattr(batch, "unchanged_by", ())))
+                             for index, batch in enumerate(batches)
+                             if hasattr(batch, "server_folded"))
+        #: the same for ``server_changed``
+        self.changes = tuple((index, tuple(getattr(batch, "unchanged_by", ())))
+                             for index, batch in enumerate(batches)
+                             if hasattr(batch, "server_changed"))
+        #: the extensions that may want their batch written whatever the fold
+        #: (``write_always``, read at each fold)
+        self.always = tuple(index for index, extension in enumerate(extensions)
+                            if hasattr(extension, "write_always"))
+        self.routes: dict[type, Route] = {}
 
 
 class ServersView(ServerQueries):
@@ -382,7 +418,13 @@ class ServersView(ServerQueries):
               held: bool = False) -> int:
         """``read``: documents already read in this transaction (by id; None: no row).
         ``held``: the position was read locked in this transaction, and is before the
-        pages (the tracking record's write cannot be refused)."""
+        pages (the tracking record's write cannot be refused).
+
+        An extension's batch is made only when something goes to it (a share of the
+        events, a server folded or changed it follows, a preload) or its extension asks
+        for a write regardless (``write_always``), and only the batches made are
+        written: a command's fold of one event (a lock) makes two or three of them, not
+        one per read model."""
         name = self.layout.name
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         # tables this process emptied (:meth:`clear`), nothing folded into them since:
@@ -390,28 +432,28 @@ class ServersView(ServerQueries):
         fresh = empty and bulk and name in self._cleared
         self._cleared.discard(name)
         writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk, fresh=fresh)
-        batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
-        # read models that follow the folded server documents (not only the events)
-        followers = tuple((batch.server_folded, getattr(batch, "unchanged_by", ()))
-                          for batch in batches if hasattr(batch, "server_folded"))
-        changing = tuple(batch.server_changed for batch in batches
-                         if hasattr(batch, "server_changed"))
-        preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
-        # read models that take the server events with their ids' text (``fold_servers``)
-        pairs_to = tuple(batch.fold_servers for batch in batches
-                         if hasattr(batch, "fold_servers"))
+        extensions = self.extensions
+        batches: list[Any] = [None] * len(extensions)
+
+        def batch_of(index: int) -> Any:
+            made = batches[index] = extensions[index].batch(writer, empty=empty)
+            return made
+
+        plan = self._plan(batch_of)
+        for index in plan.always:
+            if batches[index] is None and getattr(extensions[index], "write_always", False):
+                batch_of(index)
         docs: dict[str, dict[str, Any] | None] = {}
         # each server's document is folded in place: the same result as ``fold`` (a
         # fresh namespace per event) without copying the document for every event
         targets: dict[str, SimpleNamespace] = {}
+        # per server: the extensions whose ``server_changed`` it was given to
+        told: dict[str, set[int]] = {}
         # SQLite, the view not empty: the rows loaded, so that each is updated in the
         # columns that changed alone (see :meth:`_write_rows`)
         stored: dict[str, Any] | None = (
             {} if not empty and self.dialect == "sqlite" else None)
-        # per event class: whether it is a server's, the read models its share goes to,
-        # the followers it is passed to (this fold's), and its ``apply``
-        routes: dict[type, tuple[bool, tuple[int, ...], tuple[Follow, ...], Any]] = {}
-        known = self._routes()
+        routes = plan.routes
         positions: list[int] = []
         for rows, position in pages:
             positions.append(position)
@@ -423,12 +465,7 @@ class ServersView(ServerQueries):
                 try:  # (a subscript: cheaper than ``get`` for a key nearly always there)
                     route = routes[cls]
                 except KeyError:
-                    server, takers = known.get(cls) or self._route(cls, frozenset(
-                        index for index, batch in enumerate(batches)
-                        if hasattr(batch, "fold_servers")))
-                    route = routes[cls] = (server, takers, tuple(
-                        follow for follow, unchanged in followers
-                        if not issubclass(cls, unchanged)), getattr(cls, "apply", None))
+                    route = self._route(cls, plan)
                 if route[1]:  # (an empty tuple's loop still makes an iterator)
                     for index in route[1]:
                         shares[index].append(event)
@@ -450,8 +487,8 @@ class ServersView(ServerQueries):
                         loaded.update((k, d) for k, d in read.items() if d is not None)
                     for key in unknown:
                         docs[key] = loaded.get(key)
-                    for preload in preloads:
-                        preload(unknown)
+                    for index in plan.preloads:
+                        (batches[index] or batch_of(index)).preload(unknown)
             for key, event in folded:
                 target = targets.get(key)
                 version = event.originator_version
@@ -463,34 +500,42 @@ class ServersView(ServerQueries):
                     result = target.__dict__
                     if "created_at" not in result:  # its first event
                         result["created_at"] = event.timestamp
-                    for change in changing:
-                        change(key, result)
                 elif target.version >= version:
                     continue
+                else:
+                    result = target.__dict__
                 route = routes[type(event)]
+                if route[3]:  # read models told of the server before this event
+                    done = told.get(key)
+                    if done is None:
+                        done = told[key] = set()
+                    for index in route[3]:
+                        if index not in done:
+                            done.add(index)
+                            (batches[index] or batch_of(index)).server_changed(key, result)
                 # the class's own ``apply``, found once per class: ``event.apply`` is
                 # looked up the slow way at a site that sees events of many classes
-                route[3](event, target)
-                result = target.__dict__
+                route[4](event, target)
                 result["id"] = key
                 result["version"] = version
                 result["updated_at"] = event.timestamp
                 if route[2]:
-                    for follow in route[2]:
-                        follow(key, result, event)
+                    for index in route[2]:
+                        (batches[index] or batch_of(index)).server_folded(key, result, event)
             if folded:
-                for fold_servers in pairs_to:
-                    fold_servers(folded)
-            for batch, share in zip(batches, shares, strict=True):
+                for index in plan.keyed:
+                    (batches[index] or batch_of(index)).fold_servers(folded)
+            for index, share in enumerate(shares):
                 if share:
-                    batch.fold(share)
+                    (batches[index] or batch_of(index)).fold(share)
         changed = [target.__dict__ for target in targets.values()]
         if stored is None:
             writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
         else:
             self._write_rows(curs, targets, stored)
         for batch in batches:
-            batch.write()
+            if batch is not None:
+                batch.write()
         for position in positions:
             if held:
                 self._advance_position(curs, Tracking(name, position))
@@ -525,30 +570,35 @@ class ServersView(ServerQueries):
         RowWriter(curs, self._sql, self.dialect, bulk=False).upsert(
             self.table, columns, "id", fresh)
 
-    def _routes(self) -> dict[type, tuple[bool, tuple[int, ...]]]:
-        """Per event class: whether it is a server's, and which extensions fold it (by
-        index): worked out once per class, so a page is dispatched in one pass instead
-        of each extension sifting every event."""
-        routes: dict[type, tuple[bool, tuple[int, ...]]] | None = self.__dict__.get(
-            "_event_routes")
-        if routes is None:
-            routes = self.__dict__["_event_routes"] = {}
-        return routes
+    def _plan(self, batch_of: Callable[[int], Any]) -> _Plan:
+        """What the extensions' batches implement, and the routes of the event classes
+        met: worked out once per view (by its first fold, which makes every batch to
+        learn it, through ``batch_of``), so that a fold makes only the batches it needs
+        and dispatches a page in one pass instead of each extension sifting every
+        event."""
+        plan: _Plan | None = self.__dict__.get("_event_routes")
+        if plan is None or plan.extensions is not self.extensions:
+            plan = self.__dict__["_event_routes"] = _Plan(
+                self.extensions, [batch_of(index) for index in range(len(self.extensions))])
+        return plan
 
-    def _route(self, cls: type, keyed: frozenset[int] = frozenset()
-               ) -> tuple[bool, tuple[int, ...]]:
-        # (``keyed``: the read models given the server events by ``fold_servers``, with
-        # their ids, rather than in their share; the same for every fold of a view)
+    def _route(self, cls: type, plan: _Plan) -> Route:
+        """An event class's route (see :data:`Route`), kept in ``plan``."""
         server = issubclass(cls, Server.Event)
         takers = []
         for index, extension in enumerate(self.extensions):
-            if server and index in keyed:
-                continue
+            if server and index in plan.keyed:
+                continue  # given the server events with their ids (``fold_servers``)
             declared = getattr(extension, "event_types", None)
             if declared is None or issubclass(cls, tuple(declared)):
                 takers.append(index)
-        route = (server, tuple(takers))
-        self._routes()[cls] = route
+        route = (server, tuple(takers),
+                 tuple(index for index, unchanged in plan.follows
+                       if server and not issubclass(cls, unchanged)),
+                 tuple(index for index, unchanged in plan.changes
+                       if server and not issubclass(cls, unchanged)),
+                 getattr(cls, "apply", None))
+        plan.routes[cls] = route
         return route
 
     def _position_sql(self) -> Any:  # pragma: no cover - per backend
@@ -556,8 +606,10 @@ class ServersView(ServerQueries):
 
     def _load(self, curs: Any, ids: list[str], stored: dict[str, Any] | None = None
               ) -> dict[str, dict[str, Any]]:
-        """The documents of these servers (those in the view); with ``stored``, their
-        rows go there too, by id."""
+        """The documents of these servers (those in the view), in stored form: their
+        times stay ``{"$dt": ...}`` (no event's ``apply`` reads a time, and the fold
+        writes those it leaves as they were, without parsing and formatting them
+        again); with ``stored``, their rows go there too, by id."""
         found: dict[str, dict[str, Any]] = {}
         what = "id, doc" if stored is None else ", ".join(COLUMNS)  # in row_of's order
         for chunk in chunks(ids, 500):
@@ -565,7 +617,7 @@ class ServersView(ServerQueries):
             curs.execute(self._sql(f"SELECT {what} FROM {{t}} WHERE id IN ({marks})"),
                          chunk)
             for row in curs.fetchall():
-                found[row["id"]] = loads(row["doc"])
+                found[row["id"]] = loads_stored(row["doc"])
                 if stored is not None:
                     stored[row["id"]] = row
         return found
