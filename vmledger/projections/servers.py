@@ -72,16 +72,22 @@ _PINNED: ContextVar[tuple[Any, Layout] | None] = ContextVar("vmledger_layout", d
 _BULK: ContextVar[bool] = ContextVar("vmledger_bulk", default=False)
 
 
-def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
+def row_of(doc: dict[str, Any], base: dict[str, Any] | None = None) -> tuple[Any, ...]:
     """A server's row from its document (its times datetimes, or in stored form as
-    :meth:`ServersView._load` leaves them)."""
+    :meth:`ServersView._load` leaves them); ``base``: the document as loaded, when it
+    was (see :func:`~vmledger.projections.store.dumps`)."""
     pending = doc.get("pending") or {}
     return (doc["id"], doc.get("project_id"), doc.get("host"), doc.get("name"),
             doc.get("vm_state"), doc.get("task_state"), pending.get("action"),
             pending.get("request_id"), stored_ts(doc.get("confirm_deadline")),
             stored_ts(doc["created_at"]), stored_ts(doc["updated_at"]),
-            1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc))
+            1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc, base))
 
+
+#: the columns an update compares with the row loaded (by index), and the document's,
+#: always written
+_COMPARED = tuple(i for i, column in enumerate(COLUMNS) if column not in ("id", "doc"))
+_DOCUMENT = COLUMNS.index("doc")
 
 #: per set of changed columns (by index in the columns, with those): the update of a
 #: server's row
@@ -445,7 +451,10 @@ class ServersView(ServerQueries):
                 batch_of(index)
         docs: dict[str, dict[str, Any] | None] = {}
         # each server's document is folded in place: the same result as ``fold`` (a
-        # fresh namespace per event) without copying the document for every event
+        # fresh namespace per event) without copying the document for every event (an
+        # event's ``apply`` assigns the document's keys, and changes no value in place:
+        # :func:`row_of` relies on it, and the read models given the document only read
+        # it)
         targets: dict[str, SimpleNamespace] = {}
         # per server: the extensions whose ``server_changed`` it was given to
         told: dict[str, set[int]] = {}
@@ -453,6 +462,8 @@ class ServersView(ServerQueries):
         # columns that changed alone (see :meth:`_write_rows`)
         stored: dict[str, Any] | None = (
             {} if not empty and self.dialect == "sqlite" else None)
+        # the documents :meth:`_load` read (in stored form), by id, for :func:`row_of`
+        bases: dict[str, dict[str, Any]] | None = None if stored is None else {}
         routes = plan.routes
         positions: list[int] = []
         for rows, position in pages:
@@ -483,6 +494,8 @@ class ServersView(ServerQueries):
                 if unknown:
                     rest = unknown if read is None else [k for k in unknown if k not in read]
                     loaded = self._load(curs, rest, stored) if rest else {}
+                    if bases is not None:
+                        bases.update(loaded)
                     if read is not None:
                         loaded.update((k, d) for k, d in read.items() if d is not None)
                     for key in unknown:
@@ -532,7 +545,7 @@ class ServersView(ServerQueries):
         if stored is None:
             writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
         else:
-            self._write_rows(curs, targets, stored)
+            self._write_rows(curs, targets, stored, bases or {})
         for batch in batches:
             if batch is not None:
                 batch.write()
@@ -544,7 +557,7 @@ class ServersView(ServerQueries):
         return len(changed)
 
     def _write_rows(self, curs: Any, targets: dict[str, SimpleNamespace],
-                    stored: dict[str, Any]) -> None:
+                    stored: dict[str, Any], bases: dict[str, dict[str, Any]]) -> None:
         """Write the changed servers' rows: a server new to the view inserted (or
         replaced), one already there (its row as ``stored``, read by :meth:`_load`)
         updated in the columns that changed alone, its document always, so that
@@ -552,15 +565,13 @@ class ServersView(ServerQueries):
         assigned is rewritten, changed or not: pages more to write and flush)."""
         fresh: list[tuple[Any, ...]] = []
         columns = COLUMNS
-        compared = tuple(i for i, column in enumerate(columns) if column not in ("id", "doc"))
-        document = columns.index("doc")
         for key, target in targets.items():
-            row = row_of(target.__dict__)
+            row = row_of(target.__dict__, bases.get(key))
             before = stored.get(key)
             if before is None:
                 fresh.append(row)
                 continue
-            assigned = (*(i for i in compared if before[i] != row[i]), document)
+            assigned = (*[i for i in _COMPARED if before[i] != row[i]], _DOCUMENT)
             statement = _UPDATES.get((columns, assigned))
             if statement is None:
                 statement = _UPDATES[(columns, assigned)] = (
