@@ -26,8 +26,8 @@ import copy
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar, Token
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -84,10 +84,9 @@ def row_of(doc: dict[str, Any], base: dict[str, Any] | None = None) -> tuple[Any
             1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc, base))
 
 
-#: the columns an update compares with the row loaded (by index), and the document's,
-#: always written
-_COMPARED = tuple(i for i, column in enumerate(COLUMNS) if column not in ("id", "doc"))
-_DOCUMENT = COLUMNS.index("doc")
+#: per set of columns: those an update compares with the row loaded (by index), and
+#: the document's, always written
+_COMPARED: dict[tuple[str, ...], tuple[tuple[int, ...], int]] = {}
 
 #: per set of changed columns (by index in the columns, with those): the update of a
 #: server's row
@@ -133,6 +132,36 @@ class _Plan:
         self.always = tuple(index for index, extension in enumerate(extensions)
                             if hasattr(extension, "write_always"))
         self.routes: dict[type, Route] = {}
+
+
+class _Pin:
+    """:meth:`ServersView.pinned` (a class: every command's fold and every request
+    enters one, and a generator's context manager cost twice as much)."""
+
+    __slots__ = ("layout", "token", "view")
+
+    def __init__(self, view: ServersView) -> None:
+        self.view = view
+        self.token: Token[tuple[Any, Layout] | None] | None = None
+
+    def __enter__(self) -> Layout:
+        view = self.view
+        pinned = _PINNED.get()
+        if view._fixed is not None or (pinned is not None and pinned[0] is view):
+            return view.layout
+        layout = self.layout = view.serving
+        with view._readers_lock:
+            view._readers[layout.name] = view._readers.get(layout.name, 0) + 1
+        self.token = _PINNED.set((view, layout))
+        return layout
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is None:
+            return
+        _PINNED.reset(self.token)
+        view = self.view
+        with view._readers_lock:
+            view._readers[self.layout.name] -= 1
 
 
 class ServersView(ServerQueries):
@@ -185,25 +214,11 @@ class ServersView(ServerQueries):
         other._fixed = layout
         return other
 
-    @contextmanager
-    def pinned(self) -> Iterator[Layout]:
+    def pinned(self) -> AbstractContextManager[Layout]:
         """Within: this thread's (or task's) statements go to the layout serving on entry,
         even if the view switches meanwhile (a request never reads a mix of versions);
         the old version's tables are not dropped while it is pinned."""
-        pinned = _PINNED.get()
-        if self._fixed is not None or (pinned is not None and pinned[0] is self):
-            yield self.layout
-            return
-        layout = self.serving
-        with self._readers_lock:
-            self._readers[layout.name] = self._readers.get(layout.name, 0) + 1
-        token = _PINNED.set((self, layout))
-        try:
-            yield layout
-        finally:
-            _PINNED.reset(token)
-            with self._readers_lock:
-                self._readers[layout.name] -= 1
+        return _Pin(self)
 
     @contextmanager
     def bulk(self) -> Iterator[None]:
@@ -470,7 +485,7 @@ class ServersView(ServerQueries):
             positions.append(position)
             events = decode(rows)
             folded: list[tuple[str, Any]] = []
-            shares: list[list[Any]] = [[] for _ in batches]
+            shares: dict[int, list[Any]] = {}  # by extension, those it has any of
             for event in events:
                 cls = type(event)
                 try:  # (a subscript: cheaper than ``get`` for a key nearly always there)
@@ -479,7 +494,10 @@ class ServersView(ServerQueries):
                     route = self._route(cls, plan)
                 if route[1]:  # (an empty tuple's loop still makes an iterator)
                     for index in route[1]:
-                        shares[index].append(event)
+                        try:
+                            shares[index].append(event)
+                        except KeyError:
+                            shares[index] = [event]
                 if route[0]:
                     oid = event.originator_id
                     ikey = oid.int if type(oid) is UUID else oid  # see ActionsBatch
@@ -538,9 +556,8 @@ class ServersView(ServerQueries):
             if folded:
                 for index in plan.keyed:
                     (batches[index] or batch_of(index)).fold_servers(folded)
-            for index, share in enumerate(shares):
-                if share:
-                    (batches[index] or batch_of(index)).fold(share)
+            for index in sorted(shares):  # (in the extensions' order, as they were)
+                (batches[index] or batch_of(index)).fold(shares[index])
         changed = [target.__dict__ for target in targets.values()]
         if stored is None:
             writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
@@ -565,13 +582,19 @@ class ServersView(ServerQueries):
         assigned is rewritten, changed or not: pages more to write and flush)."""
         fresh: list[tuple[Any, ...]] = []
         columns = COLUMNS
+        found = _COMPARED.get(columns)
+        if found is None:
+            found = _COMPARED[columns] = (tuple(
+                i for i, column in enumerate(columns) if column not in ("id", "doc")),
+                columns.index("doc"))
+        compared, document = found
         for key, target in targets.items():
             row = row_of(target.__dict__, bases.get(key))
             before = stored.get(key)
             if before is None:
                 fresh.append(row)
                 continue
-            assigned = (*[i for i in _COMPARED if before[i] != row[i]], _DOCUMENT)
+            assigned = (*[i for i in compared if before[i] != row[i]], document)
             statement = _UPDATES.get((columns, assigned))
             if statement is None:
                 statement = _UPDATES[(columns, assigned)] = (

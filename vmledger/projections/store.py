@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import zip_longest
+from itertools import chain, compress, islice
+from operator import is_not
 from typing import Any, ClassVar, Protocol
 
 import msgspec
@@ -168,10 +169,13 @@ def dumps(doc: dict[str, Any], base: dict[str, Any] | None = None) -> str:
     if base is None or len(doc) < len(base):  # (no key of a copy is ever deleted)
         return _ENCODER.encode(stored(doc)).decode()
     copied: dict[str, Any] | None = None
-    # paired in order: a copy keeps its base's keys in their order, and a key added
-    # comes after them (a pair of two keys' values is never the same object: walked)
-    for (key, item), old in zip_longest(doc.items(), base.values()):
-        if item is not old and type(item) not in _SCALARS:
+    # the keys whose value is not base's, paired in order (in C: a copy keeps its base's
+    # keys in their order, a key added comes after them, and a pair of two keys'
+    # values is never the same object: walked), and those added
+    for key in chain(compress(doc, map(is_not, doc.values(), base.values())),
+                     islice(doc, len(base), None)):
+        item = doc[key]
+        if type(item) not in _SCALARS:
             new = stored(item)
             if new is not item:
                 if copied is None:
