@@ -38,6 +38,7 @@ from eventsourcing.utils import resolve_topic
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.server import Server
 from vmledger.projections.extensions import ExtensionBatch as ExtensionBatch
+from vmledger.projections.extensions import Follow
 from vmledger.projections.extensions import ViewExtension as ViewExtension
 from vmledger.projections.server_queries import ServerQueries
 from vmledger.projections.store import (
@@ -127,6 +128,7 @@ class _Plan:
         self.changes = tuple((index, tuple(getattr(batch, "unchanged_by", ())))
                              for index, batch in enumerate(batches)
                              if hasattr(batch, "server_changed"))
+        self.changing = frozenset(index for index, _ in self.changes)
         #: the extensions that may want their batch written whatever the fold
         #: (``write_always``, read at each fold)
         self.always = tuple(index for index, extension in enumerate(extensions)
@@ -471,7 +473,7 @@ class ServersView(ServerQueries):
         # :func:`row_of` relies on it, and the read models given the document only read
         # it)
         targets: dict[str, SimpleNamespace] = {}
-        # per server: the extensions whose ``server_changed`` it was given to
+        # per server: the extensions whose ``server_changed`` it was not given to yet
         told: dict[str, set[int]] = {}
         # SQLite, the view not empty: the rows loaded, so that each is updated in the
         # columns that changed alone (see :meth:`_write_rows`)
@@ -480,6 +482,24 @@ class ServersView(ServerQueries):
         # the documents :meth:`_load` read (in stored form), by id, for :func:`row_of`
         bases: dict[str, dict[str, Any]] | None = None if stored is None else {}
         routes = plan.routes
+        # per event class met in this fold: its route with the bound methods of this
+        # fold's batches it calls (those batches made as the class is first met)
+        local: dict[type, tuple[bool, tuple[int, ...], tuple[Follow, ...],
+                                tuple[tuple[int, Callable[[str, dict[str, Any]], None]], ...],
+                                Any]] = {}
+
+        def route_of(cls: type) -> Any:
+            found = routes.get(cls) or self._route(cls, plan)
+            follows, changes = found[2], found[3]
+            made = local[cls] = (
+                found[0], found[1],
+                tuple([(batches[i] or batch_of(i)).server_folded for i in follows])
+                if follows else (),
+                tuple([(i, (batches[i] or batch_of(i)).server_changed) for i in changes])
+                if changes else (),
+                found[4])
+            return made
+
         positions: list[int] = []
         for rows, position in pages:
             positions.append(position)
@@ -489,9 +509,9 @@ class ServersView(ServerQueries):
             for event in events:
                 cls = type(event)
                 try:  # (a subscript: cheaper than ``get`` for a key nearly always there)
-                    route = routes[cls]
+                    route = local[cls]
                 except KeyError:
-                    route = self._route(cls, plan)
+                    route = route_of(cls)
                 if route[1]:  # (an empty tuple's loop still makes an iterator)
                     for index in route[1]:
                         try:
@@ -535,15 +555,16 @@ class ServersView(ServerQueries):
                     continue
                 else:
                     result = target.__dict__
-                route = routes[type(event)]
+                route = local[type(event)]
                 if route[3]:  # read models told of the server before this event
-                    done = told.get(key)
-                    if done is None:
-                        done = told[key] = set()
-                    for index in route[3]:
-                        if index not in done:
-                            done.add(index)
-                            (batches[index] or batch_of(index)).server_changed(key, result)
+                    untold = told.get(key)
+                    if untold is None:
+                        untold = told[key] = set(plan.changing)
+                    if untold:
+                        for index, change in route[3]:
+                            if index in untold:
+                                untold.discard(index)
+                                change(key, result)
                 # the class's own ``apply``, found once per class: ``event.apply`` is
                 # looked up the slow way at a site that sees events of many classes
                 route[4](event, target)
@@ -551,8 +572,8 @@ class ServersView(ServerQueries):
                 result["version"] = version
                 result["updated_at"] = event.timestamp
                 if route[2]:
-                    for index in route[2]:
-                        (batches[index] or batch_of(index)).server_folded(key, result, event)
+                    for follow in route[2]:
+                        follow(key, result, event)
             if folded:
                 for index in plan.keyed:
                     (batches[index] or batch_of(index)).fold_servers(folded)
