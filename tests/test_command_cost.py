@@ -21,7 +21,7 @@ from benchmarks.sqlite_trace import tracing_connections
 from tests.engines import make_engine
 from vmledger import Engine
 from vmledger.audit.chain import request_fields
-from vmledger.projections import runner
+from vmledger.projections import allocations, project_usage, runner
 
 #: a hard reboot through the embedding API, request to outcome, read models caught up
 REBOOT_STATEMENTS = 31
@@ -136,6 +136,47 @@ def test_a_lock_runs_within_its_statement_budget(
         engine.lock(server_id)
     assert len(statements) / len(ids) <= LOCK_STATEMENTS, statements
     assert all(engine.get_server(server_id).locked for server_id in ids)
+
+
+def test_a_lock_works_out_no_allocations_nor_usage(
+        engine_traced: tuple[Engine, list[str], list[dict[str, Any]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a lock changes nothing a server holds of its host nor counts against its quota:
+    # its fold neither works them out nor touches their rows (the per-host and
+    # per-project sums read as before)
+    engine, statements, _ = engine_traced
+    ids = _servers(engine, 3)
+    project = engine.get_server(ids[0]).project_id
+    hosts, usage = engine.hypervisors(), engine.quota_usage(project)
+    worked_out: list[str] = []
+
+    def counted(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            worked_out.append(name)
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(allocations, "allocations_of",
+                        counted("allocations", allocations.allocations_of))
+    monkeypatch.setattr(project_usage, "quota_of", counted("usage", project_usage.quota_of))
+    statements.clear()
+    for server_id in ids:
+        engine.lock(server_id)
+        engine.act(server_id, "unlock")
+    assert worked_out == []
+    touched = [s for s in statements if any(table in s for table in (
+        allocations.TABLE, allocations.HOSTS_TABLE, project_usage.TABLE))]
+    assert touched == []
+    assert not any(engine.get_server(server_id).locked for server_id in ids)
+    assert engine.hypervisors() == hosts
+    assert engine.quota_usage(project) == usage
+    # what changes them is still worked out: a deleted server frees its host and quota
+    engine.act(ids[0], "delete")
+    engine.run_until_idle()
+    assert {"allocations", "usage"} <= set(worked_out)
+    assert engine.quota_usage(project)["instances"] == usage["instances"] - 1
+    assert (sum(h["running_vms"] for h in engine.hypervisors())
+            == sum(h["running_vms"] for h in hosts) - 1)
 
 
 def test_sqlite_connections_keep_their_prepared_statements(

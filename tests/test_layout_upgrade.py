@@ -97,8 +97,8 @@ def new_release(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ServersView, "layout_statements", more)
     monkeypatch.setattr(view_module, "COLUMNS", (*view_module.COLUMNS, "label"))
     row_of = view_module.row_of
-    monkeypatch.setattr(view_module, "row_of", lambda doc: (
-        *row_of(doc), f"{doc.get('host') or ''}/{doc.get('name')}"))
+    monkeypatch.setattr(view_module, "row_of", lambda doc, *base: (
+        *row_of(doc, *base), f"{doc.get('host') or ''}/{doc.get('name')}"))
     monkeypatch.setattr(bootstrap, "servers_view", lambda datastore, extensions: open_view(
         datastore, [*extensions, EventTally()]))  # what bootstrap opens the view with
 

@@ -24,7 +24,7 @@ from vmledger.projections.actions import TABLE as ACTIONS
 from vmledger.projections.actions import ActionsBatch
 from vmledger.projections.images import TABLE as IMAGES
 from vmledger.projections.migrations import TABLE as MIGRATIONS
-from vmledger.projections.store import dumps_stored, loads, loads_stored
+from vmledger.projections.store import dumps, dumps_stored, loads, loads_stored
 
 TABLES = (("vmledger_servers", "id"), (ACTIONS, "server_id, request_id"), (IMAGES, "id"),
           (MIGRATIONS, "id"), (allocations.TABLE, "server_id"),
@@ -215,6 +215,26 @@ def test_an_action_holding_an_unordered_dict_is_stored_sorted() -> None:
     assert row[-1] == dumps_stored(loads_stored(row[-1]))
     assert '"cause":{"a":2,"z":1}' in row[-1]
     assert '"details":{"a":{"b":3,"y":2},"z":1}' in row[-1]
+
+
+def test_a_document_changed_from_its_row_stores_the_text_of_the_whole_document() -> None:
+    # a server's document folded from its row as loaded (times kept in stored form) is
+    # written without walking the values it kept: its text is the whole document's,
+    # the datetimes an event put in it (replacing a value, in a new key, nested) too
+    east = timezone(timedelta(hours=2))
+    row = dumps({"created_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=east),
+                 "fault": {"at": datetime(2026, 1, 2, tzinfo=UTC), "code": 500},
+                 "flavor": {"vcpus": 1}, "id": "s", "pending": None, "version": 3})
+    base = loads_stored(row)
+    at = datetime(2026, 5, 6, 7, 8, 9, 10, tzinfo=UTC)
+    doc = dict(base)
+    doc.update(version=4, updated_at=at, pending={"calling": [{"since": at}]},
+               flavor={"vcpus": 2}, launched_at=at)
+    assert dumps(doc, base) == dumps(doc)
+    assert loads(dumps(doc, base)) == {**loads(row), "version": 4, "updated_at": at,
+                                       "pending": {"calling": [{"since": at}]},
+                                       "flavor": {"vcpus": 2}, "launched_at": at}
+    assert dumps(base, base) == row
 
 
 def test_a_rebuild_in_several_transactions_equals_one(seeded_engine: Engine) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from vmledger.domain import lifecycle as lc
 from vmledger.domain.catalog import RESOURCES, flavor_resources
+from vmledger.domain.server import Server
 from vmledger.projections.store import ReadStore, RowWriter
 
 TABLE = "vmledger_allocations"
@@ -112,6 +113,15 @@ class Allocations:
 class AllocationsBatch:
     """One transaction's allocations: each changed server's row written (or deleted)
     once, from its document as the transaction leaves it."""
+
+    #: events that change none of the document's fields a server's allocations are
+    #: worked out from (host, states, flavors, the action in flight and its
+    #: parameters, the hosts of a move): its rows are as they were before them, so a
+    #: fold of those alone (a lock, the steps of a call) works nothing out
+    #: (``server_changed`` is not called before them)
+    unchanged_by: tuple[type, ...] = (Server.LockChanged, Server.HypervisorCalled,
+                                      Server.HypervisorCallStarted, Server.MigrationSteered,
+                                      Server.EvacuatedGuestRemoved)
 
     def __init__(self, writer: RowWriter, *, empty: bool) -> None:
         self.writer = writer

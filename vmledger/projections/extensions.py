@@ -47,18 +47,28 @@ class ExtensionBatch(Protocol):
         ...
 
     # optional: ``server_folded(server_id, doc, event)``, called after each server event
-    # is folded into its document (``doc``, in the servers view's form), for read models
+    # is folded into its document (``doc``, in the servers view's form; a time in it
+    # may be a datetime or in stored form, ``{"$dt": ...}``), for read models
     # that follow the servers' documents rather than the events alone;
-    # ``unchanged_by``, the server event classes after which ``server_folded`` is not
-    # called (they never change what it reads from the document);
+    # ``unchanged_by``, the server event classes that never change what the read model
+    # reads from a document: ``server_folded`` is not called after them, nor
+    # ``server_changed`` before them;
     # ``server_changed(server_id, doc)``, called once per server the transaction
-    # changes, before its first event is folded: ``doc`` is the document the fold keeps
-    # changing in place, final when ``write`` is called (for read models that only need
-    # each changed server's last document: cheaper than a call per event);
+    # changes, before its first event not in ``unchanged_by`` is folded (not at all when
+    # it has none: what the read model reads of the document is as it was): ``doc`` is
+    # the document the fold keeps changing in place, final when ``write`` is called
+    # (for read models that only need each changed server's last document: cheaper
+    # than a call per event);
     # ``preload(server_ids)``, called once per page with the servers first seen in the
     # transaction (when the view is not empty), to load their rows in bulk; and
     # ``fold_servers(pairs)``, called instead of ``fold`` with a page's server events,
-    # as (server id text, event) pairs in order (the id's text made once, by the view)
+    # as (server id text, event) pairs in order (the id's text made once, by the view).
+    #
+    # A fold makes a batch only when one of these (or ``fold``) is called on it, and
+    # calls ``write`` on the batches it made alone (the first fold of a view makes every
+    # one, to learn which of these they implement); an extension whose batch must be
+    # written whatever the fold has ``write_always`` true (read at each fold). A batch
+    # is never false (no ``__len__`` or ``__bool__``).
 
 
 #: a read model's ``server_folded`` (see :class:`ExtensionBatch`)

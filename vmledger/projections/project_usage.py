@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vmledger.domain import lifecycle as lc
+from vmledger.domain.server import Server
 from vmledger.projections.store import ReadStore, RowWriter
 
 TABLE = "vmledger_project_usage"
@@ -92,6 +93,12 @@ class ProjectUsage:
             sql(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (kept INTEGER PRIMARY KEY)"),
         ]
 
+    @property
+    def write_always(self) -> bool:
+        """Whether a fold writes this read model's batch whatever it folded: until the
+        sums are known to be kept (the first write checks, and sums them once)."""
+        return not self.kept
+
     def batch(self, writer: RowWriter, *, empty: bool) -> ProjectUsageBatch:
         return ProjectUsageBatch(self, writer, empty=empty)
 
@@ -109,6 +116,14 @@ def _mark(curs: Any, sql: Callable[[str], str]) -> None:
 
 class ProjectUsageBatch:
     """One transaction's change to the projects' sums."""
+
+    #: events that change none of the document's fields a server's count is worked out
+    #: from (project, vm state, flavors, the action in flight's parameters): a fold of
+    #: those alone (a lock, an agent's steps) works nothing out (``server_changed`` is
+    #: not called before them)
+    unchanged_by: tuple[type, ...] = (Server.LockChanged, Server.HypervisorCalled,
+                                      Server.HypervisorCallStarted, Server.TaskAdvanced,
+                                      Server.MigrationSteered, Server.EvacuatedGuestRemoved)
 
     def __init__(self, extension: ProjectUsage, writer: RowWriter, *, empty: bool) -> None:
         self.extension = extension

@@ -76,6 +76,16 @@ class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
         curs.execute("DELETE FROM tracking WHERE application_name = ?",
                      [self.layout.name])
 
+    def _advance_position(self, curs: Any, tracking: Tracking) -> None:
+        # the position's row, read locked in this transaction, updated in place (the
+        # library's upsert, with its named parameters and checks, cost more)
+        if self.datastore.single_row_tracking:
+            curs.execute("UPDATE tracking SET notification_id = ? WHERE application_name = ?"
+                         " RETURNING 1", [tracking.notification_id, tracking.application_name])
+            if curs.fetchone() is not None:
+                return
+        self._insert_tracking(curs, tracking)  # no row yet (the first fold)
+
     def _position_sql(self) -> Any:
         return "SELECT MAX(notification_id) AS n FROM tracking WHERE application_name = ?"
 

@@ -26,8 +26,8 @@ import copy
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextvars import ContextVar, Token
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -46,8 +46,8 @@ from vmledger.projections.store import (
     RowWriter,
     chunks,
     dumps,
-    loads,
-    time_text,
+    loads_stored,
+    stored_ts,
 )
 
 #: the servers view's columns, in the order :func:`row_of` gives them
@@ -73,14 +73,21 @@ _PINNED: ContextVar[tuple[Any, Layout] | None] = ContextVar("vmledger_layout", d
 _BULK: ContextVar[bool] = ContextVar("vmledger_bulk", default=False)
 
 
-def row_of(doc: dict[str, Any]) -> tuple[Any, ...]:
+def row_of(doc: dict[str, Any], base: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """A server's row from its document (its times datetimes, or in stored form as
+    :meth:`ServersView._load` leaves them); ``base``: the document as loaded, when it
+    was (see :func:`~vmledger.projections.store.dumps`)."""
     pending = doc.get("pending") or {}
     return (doc["id"], doc.get("project_id"), doc.get("host"), doc.get("name"),
             doc.get("vm_state"), doc.get("task_state"), pending.get("action"),
-            pending.get("request_id"), time_text(doc.get("confirm_deadline")),
-            time_text(doc["created_at"]), time_text(doc["updated_at"]),
-            1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc))
+            pending.get("request_id"), stored_ts(doc.get("confirm_deadline")),
+            stored_ts(doc["created_at"]), stored_ts(doc["updated_at"]),
+            1 if doc.get("vm_state") == lc.DELETED else 0, doc["version"], dumps(doc, base))
 
+
+#: per set of columns: those an update compares with the row loaded (by index), and
+#: the document's, always written
+_COMPARED: dict[tuple[str, ...], tuple[tuple[int, ...], int]] = {}
 
 #: per set of changed columns (by index in the columns, with those): the update of a
 #: server's row
@@ -112,6 +119,72 @@ class _LateCursor:
         if self.target is None:
             raise AttributeError(f"{name}: the transaction is not open yet")
         return getattr(self.target, name)
+
+
+#: per event class: whether it is a server's; the extensions (by index) its share goes
+#: to; those whose ``server_folded`` it is passed to; those whose ``server_changed`` is
+#: called before it (the first time in a fold for its server); and its ``apply``
+Route = tuple[bool, tuple[int, ...], tuple[int, ...], tuple[int, ...], Any]
+
+
+class _Plan:
+    """What a view's extensions' batches implement (learnt from one batch of each), and
+    the routes (:data:`Route`) of the event classes met so far."""
+
+    def __init__(self, extensions: tuple[ViewExtension, ...], batches: Sequence[Any]
+                 ) -> None:
+        self.extensions = extensions
+        #: those given the server events with their ids' text (``fold_servers``)
+        self.keyed = frozenset(index for index, batch in enumerate(batches)
+                               if hasattr(batch, "fold_servers"))
+        #: those with a ``preload``
+        self.preloads = tuple(index for index, batch in enumerate(batches)
+                              if hasattr(batch, "preload"))
+        #: those following the folded documents (``server_folded``), and the event
+        #: classes that change nothing they read (``unchanged_by``)
+        self.follows = tuple((index, tuple(getattr(batch, "unchanged_by", ())))
+                             for index, batch in enumerate(batches)
+                             if hasattr(batch, "server_folded"))
+        #: the same for ``server_changed``
+        self.changes = tuple((index, tuple(getattr(batch, "unchanged_by", ())))
+                             for index, batch in enumerate(batches)
+                             if hasattr(batch, "server_changed"))
+        self.changing = frozenset(index for index, _ in self.changes)
+        #: the extensions that may want their batch written whatever the fold
+        #: (``write_always``, read at each fold)
+        self.always = tuple(index for index, extension in enumerate(extensions)
+                            if hasattr(extension, "write_always"))
+        self.routes: dict[type, Route] = {}
+
+
+class _Pin:
+    """:meth:`ServersView.pinned` (a class: every command's fold and every request
+    enters one, and a generator's context manager cost twice as much)."""
+
+    __slots__ = ("layout", "token", "view")
+
+    def __init__(self, view: ServersView) -> None:
+        self.view = view
+        self.token: Token[tuple[Any, Layout] | None] | None = None
+
+    def __enter__(self) -> Layout:
+        view = self.view
+        pinned = _PINNED.get()
+        if view._fixed is not None or (pinned is not None and pinned[0] is view):
+            return view.layout
+        layout = self.layout = view.serving
+        with view._readers_lock:
+            view._readers[layout.name] = view._readers.get(layout.name, 0) + 1
+        self.token = _PINNED.set((view, layout))
+        return layout
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is None:
+            return
+        _PINNED.reset(self.token)
+        view = self.view
+        with view._readers_lock:
+            view._readers[self.layout.name] -= 1
 
 
 class ServersView(ServerQueries):
@@ -164,25 +237,11 @@ class ServersView(ServerQueries):
         other._fixed = layout
         return other
 
-    @contextmanager
-    def pinned(self) -> Iterator[Layout]:
+    def pinned(self) -> AbstractContextManager[Layout]:
         """Within: this thread's (or task's) statements go to the layout serving on entry,
         even if the view switches meanwhile (a request never reads a mix of versions);
         the old version's tables are not dropped while it is pinned."""
-        pinned = _PINNED.get()
-        if self._fixed is not None or (pinned is not None and pinned[0] is self):
-            yield self.layout
-            return
-        layout = self.serving
-        with self._readers_lock:
-            self._readers[layout.name] = self._readers.get(layout.name, 0) + 1
-        token = _PINNED.set((self, layout))
-        try:
-            yield layout
-        finally:
-            _PINNED.reset(token)
-            with self._readers_lock:
-                self._readers[layout.name] -= 1
+        return _Pin(self)
 
     @contextmanager
     def bulk(self) -> Iterator[None]:
@@ -456,7 +515,13 @@ class ServersView(ServerQueries):
         pages (the tracking record's write cannot be refused). ``begin``: the
         transaction opens only once the pages are folded (an empty view, nothing to
         load: :meth:`_apply_cleared`): ``begin()`` opens it, binds ``curs`` (a
-        :class:`_LateCursor`) to it and returns its cursor."""
+        :class:`_LateCursor`) to it and returns its cursor.
+
+        An extension's batch is made only when something goes to it (a share of the
+        events, a server folded or changed it follows, a preload) or its extension asks
+        for a write regardless (``write_always``), and only the batches made are
+        written: a command's fold of one event (a lock) makes two or three of them, not
+        one per read model."""
         name = self.layout.name
         names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
         # tables this process emptied (:meth:`clear`), nothing folded into them since:
@@ -465,48 +530,69 @@ class ServersView(ServerQueries):
         if begin is None:
             self._cleared.discard(name)
         writer = RowWriter(curs, self._sql, self.dialect, bulk=bulk, fresh=fresh)
-        batches = [extension.batch(writer, empty=empty) for extension in self.extensions]
-        # read models that follow the folded server documents (not only the events)
-        followers = tuple((batch.server_folded, getattr(batch, "unchanged_by", ()))
-                          for batch in batches if hasattr(batch, "server_folded"))
-        changing = tuple(batch.server_changed for batch in batches
-                         if hasattr(batch, "server_changed"))
-        preloads = [batch.preload for batch in batches if hasattr(batch, "preload")]
-        # read models that take the server events with their ids' text (``fold_servers``)
-        pairs_to = tuple(batch.fold_servers for batch in batches
-                         if hasattr(batch, "fold_servers"))
+        extensions = self.extensions
+        batches: list[Any] = [None] * len(extensions)
+
+        def batch_of(index: int) -> Any:
+            made = batches[index] = extensions[index].batch(writer, empty=empty)
+            return made
+
+        plan = self._plan(batch_of)
+        for index in plan.always:
+            if batches[index] is None and getattr(extensions[index], "write_always", False):
+                batch_of(index)
         docs: dict[str, dict[str, Any] | None] = {}
         # each server's document is folded in place: the same result as ``fold`` (a
-        # fresh namespace per event) without copying the document for every event
+        # fresh namespace per event) without copying the document for every event (an
+        # event's ``apply`` assigns the document's keys, and changes no value in place:
+        # :func:`row_of` relies on it, and the read models given the document only read
+        # it)
         targets: dict[str, SimpleNamespace] = {}
+        # per server: the extensions whose ``server_changed`` it was not given to yet
+        told: dict[str, set[int]] = {}
         # SQLite, the view not empty: the rows loaded, so that each is updated in the
         # columns that changed alone (see :meth:`_write_rows`)
         stored: dict[str, Any] | None = (
             {} if not empty and self.dialect == "sqlite" else None)
-        # per event class: whether it is a server's, the read models its share goes to,
-        # the followers it is passed to (this fold's), and its ``apply``
-        routes: dict[type, tuple[bool, tuple[int, ...], tuple[Follow, ...], Any]] = {}
-        known = self._routes()
+        # the documents :meth:`_load` read (in stored form), by id, for :func:`row_of`
+        bases: dict[str, dict[str, Any]] | None = None if stored is None else {}
+        routes = plan.routes
+        # per event class met in this fold: its route with the bound methods of this
+        # fold's batches it calls (those batches made as the class is first met)
+        local: dict[type, tuple[bool, tuple[int, ...], tuple[Follow, ...],
+                                tuple[tuple[int, Callable[[str, dict[str, Any]], None]], ...],
+                                Any]] = {}
+
+        def route_of(cls: type) -> Any:
+            found = routes.get(cls) or self._route(cls, plan)
+            follows, changes = found[2], found[3]
+            made = local[cls] = (
+                found[0], found[1],
+                tuple([(batches[i] or batch_of(i)).server_folded for i in follows])
+                if follows else (),
+                tuple([(i, (batches[i] or batch_of(i)).server_changed) for i in changes])
+                if changes else (),
+                found[4])
+            return made
+
         positions: list[int] = []
         for rows, position in pages:
             positions.append(position)
             events = decode(rows)
             folded: list[tuple[str, Any]] = []
-            shares: list[list[Any]] = [[] for _ in batches]
+            shares: dict[int, list[Any]] = {}  # by extension, those it has any of
             for event in events:
                 cls = type(event)
                 try:  # (a subscript: cheaper than ``get`` for a key nearly always there)
-                    route = routes[cls]
+                    route = local[cls]
                 except KeyError:
-                    server, takers = known.get(cls) or self._route(cls, frozenset(
-                        index for index, batch in enumerate(batches)
-                        if hasattr(batch, "fold_servers")))
-                    route = routes[cls] = (server, takers, tuple(
-                        follow for follow, unchanged in followers
-                        if not issubclass(cls, unchanged)), getattr(cls, "apply", None))
+                    route = route_of(cls)
                 if route[1]:  # (an empty tuple's loop still makes an iterator)
                     for index in route[1]:
-                        shares[index].append(event)
+                        try:
+                            shares[index].append(event)
+                        except KeyError:
+                            shares[index] = [event]
                 if route[0]:
                     oid = event.originator_id
                     ikey = oid.int if type(oid) is UUID else oid  # see ActionsBatch
@@ -521,12 +607,14 @@ class ServersView(ServerQueries):
                 if unknown:
                     rest = unknown if read is None else [k for k in unknown if k not in read]
                     loaded = self._load(curs, rest, stored) if rest else {}
+                    if bases is not None:
+                        bases.update(loaded)
                     if read is not None:
                         loaded.update((k, d) for k, d in read.items() if d is not None)
                     for key in unknown:
                         docs[key] = loaded.get(key)
-                    for preload in preloads:
-                        preload(unknown)
+                    for index in plan.preloads:
+                        (batches[index] or batch_of(index)).preload(unknown)
             for key, event in folded:
                 target = targets.get(key)
                 version = event.originator_version
@@ -538,15 +626,23 @@ class ServersView(ServerQueries):
                     result = target.__dict__
                     if "created_at" not in result:  # its first event
                         result["created_at"] = event.timestamp
-                    for change in changing:
-                        change(key, result)
                 elif target.version >= version:
                     continue
-                route = routes[type(event)]
+                else:
+                    result = target.__dict__
+                route = local[type(event)]
+                if route[3]:  # read models told of the server before this event
+                    untold = told.get(key)
+                    if untold is None:
+                        untold = told[key] = set(plan.changing)
+                    if untold:
+                        for index, change in route[3]:
+                            if index in untold:
+                                untold.discard(index)
+                                change(key, result)
                 # the class's own ``apply``, found once per class: ``event.apply`` is
                 # looked up the slow way at a site that sees events of many classes
-                route[3](event, target)
-                result = target.__dict__
+                route[4](event, target)
                 result["id"] = key
                 result["version"] = version
                 result["updated_at"] = event.timestamp
@@ -554,20 +650,20 @@ class ServersView(ServerQueries):
                     for follow in route[2]:
                         follow(key, result, event)
             if folded:
-                for fold_servers in pairs_to:
-                    fold_servers(folded)
-            for batch, share in zip(batches, shares, strict=True):
-                if share:
-                    batch.fold(share)
+                for index in plan.keyed:
+                    (batches[index] or batch_of(index)).fold_servers(folded)
+            for index in sorted(shares):  # (in the extensions' order, as they were)
+                (batches[index] or batch_of(index)).fold(shares[index])
         changed = [target.__dict__ for target in targets.values()]
         if begin is not None:
             curs = begin()
         if stored is None:
             writer.upsert(self.table, COLUMNS, "id", [row_of(d) for d in changed])
         else:
-            self._write_rows(curs, targets, stored)
+            self._write_rows(curs, targets, stored, bases or {})
         for batch in batches:
-            batch.write()
+            if batch is not None:
+                batch.write()
         for position in positions:
             if held:
                 self._advance_position(curs, Tracking(name, position))
@@ -576,7 +672,7 @@ class ServersView(ServerQueries):
         return len(changed)
 
     def _write_rows(self, curs: Any, targets: dict[str, SimpleNamespace],
-                    stored: dict[str, Any]) -> None:
+                    stored: dict[str, Any], bases: dict[str, dict[str, Any]]) -> None:
         """Write the changed servers' rows: a server new to the view inserted (or
         replaced), one already there (its row as ``stored``, read by :meth:`_load`)
         updated in the columns that changed alone, its document always, so that
@@ -584,15 +680,19 @@ class ServersView(ServerQueries):
         assigned is rewritten, changed or not: pages more to write and flush)."""
         fresh: list[tuple[Any, ...]] = []
         columns = COLUMNS
-        compared = tuple(i for i, column in enumerate(columns) if column not in ("id", "doc"))
-        document = columns.index("doc")
+        found = _COMPARED.get(columns)
+        if found is None:
+            found = _COMPARED[columns] = (tuple(
+                i for i, column in enumerate(columns) if column not in ("id", "doc")),
+                columns.index("doc"))
+        compared, document = found
         for key, target in targets.items():
-            row = row_of(target.__dict__)
+            row = row_of(target.__dict__, bases.get(key))
             before = stored.get(key)
             if before is None:
                 fresh.append(row)
                 continue
-            assigned = (*(i for i in compared if before[i] != row[i]), document)
+            assigned = (*[i for i in compared if before[i] != row[i]], document)
             statement = _UPDATES.get((columns, assigned))
             if statement is None:
                 statement = _UPDATES[(columns, assigned)] = (
@@ -602,30 +702,35 @@ class ServersView(ServerQueries):
         RowWriter(curs, self._sql, self.dialect, bulk=False).upsert(
             self.table, columns, "id", fresh)
 
-    def _routes(self) -> dict[type, tuple[bool, tuple[int, ...]]]:
-        """Per event class: whether it is a server's, and which extensions fold it (by
-        index): worked out once per class, so a page is dispatched in one pass instead
-        of each extension sifting every event."""
-        routes: dict[type, tuple[bool, tuple[int, ...]]] | None = self.__dict__.get(
-            "_event_routes")
-        if routes is None:
-            routes = self.__dict__["_event_routes"] = {}
-        return routes
+    def _plan(self, batch_of: Callable[[int], Any]) -> _Plan:
+        """What the extensions' batches implement, and the routes of the event classes
+        met: worked out once per view (by its first fold, which makes every batch to
+        learn it, through ``batch_of``), so that a fold makes only the batches it needs
+        and dispatches a page in one pass instead of each extension sifting every
+        event."""
+        plan: _Plan | None = self.__dict__.get("_event_routes")
+        if plan is None or plan.extensions is not self.extensions:
+            plan = self.__dict__["_event_routes"] = _Plan(
+                self.extensions, [batch_of(index) for index in range(len(self.extensions))])
+        return plan
 
-    def _route(self, cls: type, keyed: frozenset[int] = frozenset()
-               ) -> tuple[bool, tuple[int, ...]]:
-        # (``keyed``: the read models given the server events by ``fold_servers``, with
-        # their ids, rather than in their share; the same for every fold of a view)
+    def _route(self, cls: type, plan: _Plan) -> Route:
+        """An event class's route (see :data:`Route`), kept in ``plan``."""
         server = issubclass(cls, Server.Event)
         takers = []
         for index, extension in enumerate(self.extensions):
-            if server and index in keyed:
-                continue
+            if server and index in plan.keyed:
+                continue  # given the server events with their ids (``fold_servers``)
             declared = getattr(extension, "event_types", None)
             if declared is None or issubclass(cls, tuple(declared)):
                 takers.append(index)
-        route = (server, tuple(takers))
-        self._routes()[cls] = route
+        route = (server, tuple(takers),
+                 tuple(index for index, unchanged in plan.follows
+                       if server and not issubclass(cls, unchanged)),
+                 tuple(index for index, unchanged in plan.changes
+                       if server and not issubclass(cls, unchanged)),
+                 getattr(cls, "apply", None))
+        plan.routes[cls] = route
         return route
 
     def _position_sql(self) -> Any:  # pragma: no cover - per backend
@@ -633,8 +738,10 @@ class ServersView(ServerQueries):
 
     def _load(self, curs: Any, ids: list[str], stored: dict[str, Any] | None = None
               ) -> dict[str, dict[str, Any]]:
-        """The documents of these servers (those in the view); with ``stored``, their
-        rows go there too, by id."""
+        """The documents of these servers (those in the view), in stored form: their
+        times stay ``{"$dt": ...}`` (no event's ``apply`` reads a time, and the fold
+        writes those it leaves as they were, without parsing and formatting them
+        again); with ``stored``, their rows go there too, by id."""
         found: dict[str, dict[str, Any]] = {}
         what = "id, doc" if stored is None else ", ".join(COLUMNS)  # in row_of's order
         for chunk in chunks(ids, 500):
@@ -642,7 +749,7 @@ class ServersView(ServerQueries):
             curs.execute(self._sql(f"SELECT {what} FROM {{t}} WHERE id IN ({marks})"),
                          chunk)
             for row in curs.fetchall():
-                found[row["id"]] = loads(row["doc"])
+                found[row["id"]] = loads_stored(row["doc"])
                 if stored is not None:
                     stored[row["id"]] = row
         return found
