@@ -431,7 +431,7 @@ def test_a_rebuild_folds_its_first_pages_while_the_tables_are_emptied(
     view = seeded_engine.view
     decoded = threading.Event()
     seen: list[bool] = []
-    decode, delete_tracking = runner.EventDecoder.__call__, type(view)._delete_tracking
+    decode, delete_tracking = runner.EventDecoder.__call__, type(view).delete_tracking
 
     def decoding(self: Any, rows: Any) -> list[Any]:
         decoded.set()
@@ -442,7 +442,7 @@ def test_a_rebuild_folds_its_first_pages_while_the_tables_are_emptied(
         delete_tracking(self, curs)
 
     monkeypatch.setattr(runner.EventDecoder, "__call__", decoding)
-    monkeypatch.setattr(type(view), "_delete_tracking", waiting)
+    monkeypatch.setattr(type(view), "delete_tracking", waiting)
     assert seeded_engine.updater.rebuild() > 0
     monkeypatch.undo()
     assert seen == [True]
@@ -464,7 +464,7 @@ def test_a_failing_clear_or_first_write_fails_the_rebuild_and_nothing_is_lost(
 
     # the clear fails (in its thread): the rebuild raises it, the view is untouched
     with monkeypatch.context() as patched:
-        patched.setattr(type(view), "_delete_tracking", failing)
+        patched.setattr(type(view), "delete_tracking", failing)
         with pytest.raises(RuntimeError, match="the disk is full"):
             seeded_engine.updater.rebuild()
     assert view.position() == position

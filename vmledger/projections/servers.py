@@ -763,7 +763,7 @@ class ServersView(ServerQueries):
             curs.execute(self._sql("DELETE FROM {t}"))
             for extension in self.extensions:
                 extension.clear(curs, self._sql)
-            self._delete_tracking(curs)
+            self.delete_tracking(curs)
             if drop_indexes:
                 for name in self._index_names():
                     curs.execute(f"DROP INDEX IF EXISTS {name}")
