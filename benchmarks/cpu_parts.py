@@ -40,7 +40,7 @@ PARTS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
         "starmap_next", "vmledger.domain.commands.outcomes", "OutcomeCommands",
         ("record",)),
     "folds in a command's transaction": (
-        "accumulate_next", "vmledger.projections.runner", "ViewUpdater",
+        "accumulate_next", "vmledger.projections.command_fold", "CommandFold",
         ("fold_written",)),
     "catch-ups (the timer's folds the agent's deferred commands; idle ones)": (
         "dropwhile_next", "vmledger.projections.runner", "ViewUpdater", ("catch_up",)),

@@ -66,7 +66,7 @@ from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
 from vmledger.engine import Engine
 from vmledger.projections import actions as actions_view
-from vmledger.projections import log_reading, runner
+from vmledger.projections import log_reading, rebuilding, runner
 from vmledger.projections.servers import ServersView
 
 #: the rebuild's events/s as a share of its own read + decode's, measured in the same
@@ -1190,7 +1190,7 @@ def _tables_digest(view: ServersView) -> str:
 def _clear_pairs(backend_name: str, pairs: int) -> None:
     """``python -m benchmarks.projections clear-beside sqlite|postgres PAIRS``: rebuild
     the ``--quick`` log with the clear inline and in a thread beside the first fold
-    (``runner.CLEAR_BESIDE``), alternating in one process, PAIRS times each; print the
+    (``rebuilding.CLEAR_BESIDE``), alternating in one process, PAIRS times each; print the
     medians (wall and process CPU), how many pairs the thread won, and the digests."""
     skipped: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
@@ -1214,12 +1214,12 @@ def _clear_pairs(backend_name: str, pairs: int) -> None:
         walls: dict[str, list[float]] = {"inline": [], "thread": []}
         cpus: dict[str, list[float]] = {"inline": [], "thread": []}
         digests = set()
-        kept = runner.CLEAR_BESIDE
+        kept = rebuilding.CLEAR_BESIDE
         engine.updater.rebuild()
         try:
             for i in range(pairs):
                 for mode in (("inline", "thread") if i % 2 == 0 else ("thread", "inline")):
-                    runner.CLEAR_BESIDE = (frozenset() if mode == "inline"
+                    rebuilding.CLEAR_BESIDE = (frozenset() if mode == "inline"
                                            else frozenset({backend_name}))
                     commands.settle()
                     started, cpu = time.perf_counter(), time.process_time()
@@ -1228,7 +1228,7 @@ def _clear_pairs(backend_name: str, pairs: int) -> None:
                     cpus[mode].append((time.process_time() - cpu) * 1e3)
                     digests.add(_tables_digest(engine.view))
         finally:
-            runner.CLEAR_BESIDE = kept
+            rebuilding.CLEAR_BESIDE = kept
         for mode, wall in walls.items():
             print(f"{backend_name}, the clear {mode}: rebuild median "
                   f"{statistics.median(wall):.1f} ms (lower quartile "

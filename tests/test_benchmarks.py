@@ -234,7 +234,7 @@ def test_the_scale_benchmark_on_postgres_folds_every_command_in_its_transaction(
     if reason is not None:
         pytest.skip(reason)
     sizes = scale.QUICK
-    with caplog.at_level("ERROR", logger="vmledger.projections.runner"):
+    with caplog.at_level("ERROR", logger="vmledger.projections.command_fold"):
         report = scale.run(("postgres",), sizes, log=_quiet)
     assert "fleet scale" in report
     failed = [r.getMessage() for r in caplog.records if "folding" in r.getMessage()]

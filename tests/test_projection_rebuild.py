@@ -19,7 +19,7 @@ from eventsourcing.persistence import Notification
 from benchmarks.projections import Ids, StepClock, populate
 from vmledger import Engine
 from vmledger.domain.server import Server
-from vmledger.projections import allocations, log_reading, moves, project_usage, runner
+from vmledger.projections import allocations, log_reading, moves, project_usage, rebuilding, runner
 from vmledger.projections.actions import TABLE as ACTIONS
 from vmledger.projections.actions import ActionsBatch
 from vmledger.projections.images import TABLE as IMAGES
@@ -425,7 +425,7 @@ def test_a_rebuild_folds_its_first_pages_while_the_tables_are_emptied(
     # the clear runs in a thread beside the first pages' read and fold: it sees a page
     # decoded before it commits, and the read models come out the same (on SQLite too,
     # where a rebuild clears first by default)
-    monkeypatch.setattr(runner, "CLEAR_BESIDE", frozenset({"postgres", "sqlite"}))
+    monkeypatch.setattr(rebuilding, "CLEAR_BESIDE", frozenset({"postgres", "sqlite"}))
     populate(seeded_engine.service, 12, group=6)
     folded = snapshot(seeded_engine)
     view = seeded_engine.view
@@ -453,7 +453,7 @@ def test_a_rebuild_folds_its_first_pages_while_the_tables_are_emptied(
 def test_a_failing_clear_or_first_write_fails_the_rebuild_and_nothing_is_lost(
         seeded_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     # (the clear in a thread on both databases: see the test above)
-    monkeypatch.setattr(runner, "CLEAR_BESIDE", frozenset({"postgres", "sqlite"}))
+    monkeypatch.setattr(rebuilding, "CLEAR_BESIDE", frozenset({"postgres", "sqlite"}))
     populate(seeded_engine.service, 8, group=4)
     folded = snapshot(seeded_engine)
     view = seeded_engine.view

@@ -204,7 +204,19 @@ class EventDecoder:
             state=state))
 
 
-__all__ = ["MISSED_LIMIT", "EventDecoder", "Row", "lock_log", "read_missed", "read_page"]
+__all__ = ["MISSED_LIMIT", "EventDecoder", "Row", "lock_log", "more_than_one_connection",
+           "read_missed", "read_page"]
+
+
+def more_than_one_connection(owner: Any) -> bool:
+    """Whether the pool of ``owner``'s datastore (a recorder's, or the view's: they
+    share it) gives more than one connection at a time (psycopg's pool, or the
+    library's SQLite pool): only then can a thread read or write beside the fold."""
+    pool = getattr(getattr(owner, "datastore", None), "pool", None)
+    most = getattr(pool, "max_size", None)
+    if most is None:
+        most = getattr(pool, "pool_size", 1) + getattr(pool, "max_overflow", 0)
+    return int(most) > 1
 
 
 class Pages:
@@ -220,9 +232,8 @@ class Pages:
         self.after = after
         # originator ids converted once, not once per event (read_page's memo)
         self.originators: dict[Any, UUID | str] = {}
-        pool = getattr(getattr(recorder, "datastore", None), "pool", None)
         self.ahead = ahead if (isinstance(recorder, PostgresApplicationRecorder)
-                               and getattr(pool, "max_size", 1) > 1) else 0
+                               and more_than_one_connection(recorder)) else 0
         self._queue: queue.Queue[list[Row] | BaseException] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -6,14 +6,17 @@ at start-up, live following (called after every local command, and by a poller f
 events written by other processes) and a full rebuild.
 
 Read-your-writes: the events this process writes are folded in their own transaction
-(:meth:`ViewUpdater.attach`: the recorder calls :meth:`ViewUpdater.fold_written` inside
-the insert's transaction), so the read models show a command the moment it commits;
-:meth:`ViewUpdater.ensure` then only checks the position. Events written by other
-processes arrive through the log: the next command folds the few it finds before its own
-(in order, in its transaction), and catch-up or :meth:`ViewUpdater.follow` folds the
-rest. The tracking position is the guard everywhere: it is read locked in the
-transaction that folds, and a fold that does not start where the position is writes
-nothing.
+(:class:`~vmledger.projections.command_fold.CommandFold`, which the updater owns and
+:meth:`ViewUpdater.attach` hooks into the recorder), so the read models show a command
+the moment it commits; :meth:`ViewUpdater.ensure` then only checks the position. Events
+written by other processes arrive through the log: the next command folds the few it
+finds before its own (in order, in its transaction), and catch-up or
+:meth:`ViewUpdater.follow` folds the rest. The tracking position is the guard
+everywhere: it is read locked in the transaction that folds, and a fold that does not
+start where the position is writes nothing.
+
+A rebuild (:meth:`ViewUpdater.rebuild`) is a catch-up from an emptied view in larger
+transactions; what it does besides is in :mod:`vmledger.projections.rebuilding`.
 
 Layout upgrades (:mod:`vmledger.projections.layouts`): :meth:`ViewUpdater.upgrade` folds
 this release's layout beside the serving one and switches to it once caught up;
@@ -23,14 +26,11 @@ this release's layout beside the serving one and switches to it once caught up;
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -40,11 +40,10 @@ from eventsourcing.persistence import (
     IntegrityError,
 )
 
-from vmledger.projections import layouts
-from vmledger.projections.fold_cursors import SAVEPOINT, PipelineCursor, own_cursor, savepoint
+from vmledger.projections import layouts, rebuilding
+from vmledger.projections.command_fold import CommandFold
 from vmledger.projections.following import LogFollower
 from vmledger.projections.log_reading import (
-    MISSED_LIMIT,
     EventDecoder,
     Pages,
     Row,
@@ -52,12 +51,10 @@ from vmledger.projections.log_reading import (
     read_missed,
 )
 from vmledger.projections.servers import (
-    LogAfterPosition,
-    PositionAndRows,
     RawPage,
     ServersView,
 )
-from vmledger.projections.store import Layout, execute_uncached
+from vmledger.projections.store import Layout
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +65,6 @@ PAGE_SIZE = 1000
 BATCH_EVENTS = 10_000
 #: the same for a rebuild, where nobody waits for the view meanwhile
 REBUILD_BATCH_EVENTS = 50_000
-
-#: a rebuild on PostgreSQL keeps the secondary indexes while it folds a log of up to this
-#: many events: the server's time was lower keeping them up to date as the rows are
-#: copied in than building them at the end (with the drops, index builds and a catalog
-#: change each): about 2.5 µs less per event at 15,000 events and at 100,000 (the
-#: projections benchmark's logs, ``--quick`` and full). Larger logs were not measured:
-#: they build them at the end, as before. SQLite builds them faster than it keeps them,
-#: at every size measured
-KEEP_INDEXES_UP_TO = 200_000
 
 #: an upgrade folds the new layout in transactions of up to this many events: on SQLite
 #: each holds the database's one write lock, which the commands of the serving processes
@@ -102,47 +90,6 @@ REFRESH_EVERY = 1.0
 #: a rebuild on PostgreSQL reads up to this many pages ahead of the fold, in a thread
 _PREFETCH_PAGES = 4
 
-#: the databases on which a rebuild empties the read models' tables in a thread while
-#: it reads and folds its first pages (see :meth:`ViewUpdater.rebuild`): PostgreSQL,
-#: whose TRUNCATE and deletes took 14-16 ms of a 15,000-event rebuild's ~170 (the
-#: first transaction waited for them 0-9 ms in a thread). Not SQLite: its clear takes
-#: 3-4 ms there, and the thread's process CPU came out no lower
-CLEAR_BESIDE = frozenset({"postgres"})
-
-
-def _connections(view: ServersView) -> int:
-    """How many connections the view's pool gives at most (psycopg's pool, or the
-    library's SQLite pool)."""
-    pool = getattr(getattr(view, "datastore", None), "pool", None)
-    most = getattr(pool, "max_size", None)
-    if most is None:
-        most = getattr(pool, "pool_size", 1) + getattr(pool, "max_overflow", 0)
-    return int(most)
-
-
-class _InThread:
-    """``run()`` in a thread, in the caller's context (its pinned layout, its bulk
-    mode); :meth:`wait` joins it and raises its error, once."""
-
-    def __init__(self, run: Callable[[], None], name: str) -> None:
-        self._error: BaseException | None = None
-        context = contextvars.copy_context()
-
-        def target() -> None:
-            try:
-                context.run(run)
-            except BaseException as error:  # raised by wait(), in the caller's thread
-                self._error = error
-
-        self._thread = threading.Thread(target=target, name=name, daemon=True)
-        self._thread.start()
-
-    def wait(self) -> None:
-        self._thread.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
 
 class _Stopped(Exception):
     """An upgrade asked to stop (the process is closing)."""
@@ -161,73 +108,9 @@ class UpgradeReport:
     dropped: tuple[str, ...]
 
 
-#: a command's fold queues its reads in the write's first round trip for up to this
-#: many servers (beyond: the view reads them itself, in chunks)
-_QUEUED_SERVERS = 500
-
-
-class _QueuedFold:
-    """A command's fold as queued in its write's first round trip
-    (:meth:`ViewUpdater.queue_fold`): the cursor its savepoint went through, the layout
-    and what takes the reads' answers, and the error of those reads, if any."""
-
-    __slots__ = ("cursor", "error", "layout", "log", "take")
-
-    def __init__(self, cursor: PipelineCursor) -> None:
-        self.cursor = cursor
-        self.error: BaseException | None = None
-        self.layout: str | None = None
-        self.take: PositionAndRows | None = None
-        #: the log's rows after the position, when queued too
-        self.log: LogAfterPosition | None = None
-
-    def absorb(self, error: BaseException) -> bool:
-        """Whether the first trip's ``error`` is that of the fold's reads (or of their
-        queueing): their savepoint answered, so the insert before it succeeded (an
-        insert refused, as a lost race, leaves the statements after it unanswered, and
-        psycopg takes answers in order). The fold then raises it in its savepoint,
-        rolled back, and the command is recorded."""
-        if self.cursor.pgresult is None:
-            return False
-        if self.error is None:
-            self.error = error
-        return True
-
-    @contextmanager
-    def opened(self) -> Iterator[PipelineCursor]:
-        try:
-            yield self.cursor
-        finally:
-            self.cursor.close()
-
-
-def _missed_from(log: LogAfterPosition, read: Callable[[Any, int, int], list[Row] | None],
-                 curs: Any, after: int, before: int) -> list[Row] | None:
-    """:func:`read_missed`'s answer from the log's rows read with the position in the
-    write's first round trip (``log``): those before the command's own."""
-    position, rows, _ = log()
-    if position != after:  # (both read under the position's lock: not expected)
-        return read(curs, after, before)
-    found = [row for row in rows if row[0] < before]
-    return None if len(found) > MISSED_LIMIT else found
-
-
-def _with_their_documents(take: PositionAndRows, log: LogAfterPosition, curs: Any
-                          ) -> tuple[int, dict[str, dict[str, Any] | None] | None]:
-    """The position and the command's servers' documents (``take``), with those of the
-    servers of the log's rows after the position (``log``: the fold loads them too)."""
-    position, read = take(curs)
-    if read is not None:
-        after, rows, docs = log()
-        if after == position:
-            for row in rows:
-                key = str(row[1])
-                if key not in read:
-                    read[key] = docs.get(key)
-    return position, read
-
-
 class ViewUpdater:
+    """Keeps one view up to date with the log (see the module)."""
+
     def __init__(self, app: Application[Any], view: ServersView, *, page_size: int = PAGE_SIZE,
                  batch_events: int = BATCH_EVENTS) -> None:
         self.app = app
@@ -235,155 +118,29 @@ class ViewUpdater:
         self.page_size = page_size
         self.batch_events = max(batch_events, page_size)
         self._lock = threading.Lock()
-        self._decoder: EventDecoder | None = None
-        #: per thread: where the last fold in a command's transaction ended (None when
-        #: that transaction's fold was skipped or failed)
-        self._folded = threading.local()
-        #: per layout: the position the view reached in a committed transaction (a
-        #: group's fold, PostgreSQL's group commit)
-        self._known: dict[str, int] = {}
-        self._known_lock = threading.Lock()
+        #: this process's commands, folded in their transaction (once attached)
+        self.command_fold = CommandFold(app, view)
         self._checked = time.monotonic()
         self._refreshing = threading.Lock()
-        #: per layout: the furthest position a command of this process folded into it,
-        #: and per layout the furthest of the others' it is known to have reached (a
-        #: request after a switch reads the new layout only once it has what this
-        #: process's commands folded into the old one meanwhile)
-        self._written: dict[str, int] = {}
+        #: per layout: the furthest of the positions this process's commands folded
+        #: into other layouts that it is known to have reached (a request after a
+        #: switch reads the new layout only once it has what this process's commands
+        #: folded into the old one meanwhile)
         self._settled: dict[str, int] = {}
-        self._written_lock = threading.Lock()
         #: per layout: the furthest position a catch-up of this process folded to
-        #: (with :attr:`_written`: where this process itself left the view)
+        #: (with :attr:`CommandFold.written`: where this process itself left the view)
         self._reached: dict[str, int] = {}
-        #: this process recorded commands whose fold was deferred, and none was folded
-        #: since (a hint: the next command's fold queues the read of the log's rows
-        #: after the position with its other reads, as it will fold them first)
-        self._skipped = False
 
     # --- this process's own events, in their transaction ------------------------------
     def attach(self, recorder: Any) -> bool:
-        """Fold the events ``recorder`` writes in the transaction that writes them (when
-        the recorder offers ``in_transaction``, as vmledger's audited recorders do).
-        Returns whether it does."""
-        hooks = getattr(recorder, "in_transaction", None)
-        if not isinstance(hooks, list):
-            return False
-        if self.fold_written not in hooks:
-            hooks.append(self.fold_written)
-        first = getattr(recorder, "first_trip", None)  # PostgreSQL's
-        if isinstance(first, dict):
-            first[self.fold_written] = self.queue_fold
-        droppable = getattr(recorder, "droppable", None)  # PostgreSQL's
-        if isinstance(droppable, set):
-            droppable.add(self.fold_written)
-        committed = getattr(recorder, "after_commit", None)
-        if isinstance(committed, list) and self._committed not in committed:
-            committed.append(self._committed)
-        return True
+        """Fold the events ``recorder`` writes in the transaction that writes them (see
+        :meth:`CommandFold.attach`). Returns whether it does."""
+        return self.command_fold.attach(recorder)
 
-    def _committed(self) -> None:
-        """The recorder committed a group of commands (PostgreSQL's group commit) whose
-        fold this thread ran: every command of the group is in the view now, also
-        those of the threads that waited for the group (:meth:`ensure` reads no
-        position for them)."""
-        folded = getattr(self._folded, "to", None)
-        if folded is not None:
-            layout, position = folded
-            with self._known_lock:
-                self._known[layout] = max(self._known.get(layout, 0), position)
-
-    @contextmanager
-    def deferred(self, defer: bool = True) -> Iterator[None]:
-        """Within: the commands this thread records are not folded in their transaction
-        but by the next catch-up (for a batch worker — the host agent's and the timer's
-        pass — that does not read its own writes from the read models: one catch-up
-        transaction folds a whole pass more cheaply than a fold in every command).
-        ``defer=False`` inside it: folded in their transaction again (the pass's last
-        outcome, which someone may be waiting for)."""
-        previous = getattr(self._folded, "deferred", False)
-        self._folded.deferred = defer
-        try:
-            yield
-        finally:
-            self._folded.deferred = previous
-
-    def queue_fold(self, curs: Any, events: Sequence[Any],
-                   absorbers: list[Callable[[BaseException], bool]]) -> None:
-        """The first phase of :meth:`fold_written`, called by the recorder once the
-        insert is queued in the write's first round trip (PostgreSQL): the fold's
-        savepoint, its position (locked) and the documents of the events' servers are
-        queued behind the insert, so that the fold waits for no read of its own. They
-        need the servers' ids, not the notification ids the insert assigns. What tells
-        whether the first trip's error is theirs goes to ``absorbers`` first (see
-        :class:`_QueuedFold`); an error raised here is left to the recorder, which
-        asks it."""
-        self._folded.queued = None
-        if getattr(self._folded, "deferred", False):
-            return
-        ids = list(dict.fromkeys(str(event.originator_id) for event in events))
-        if len(ids) > _QUEUED_SERVERS:
-            return
-        queued = _QueuedFold(PipelineCursor(curs.connection))
-        self._folded.queued = queued
-        absorbers.append(queued.absorb)
-        try:
-            # outside psycopg's statement cache: a statement it counted and prepares
-            # now is taken as prepared without checking the answer, and an insert
-            # refused before it (a lost race) leaves its preparing undone
-            execute_uncached(queued.cursor, SAVEPOINT)
-            with self.view.pinned() as layout:
-                queued.take = self.view.queue_position_and_rows(queued.cursor, ids)
-                queued.layout = layout.name
-                table = getattr(self.app.recorder, "events_table_name", None)
-                if self._skipped and queued.take is not None and table is not None:
-                    queued.log = self.view.queue_log_after_position(
-                        queued.cursor, table, MISSED_LIMIT + 1 + len(events))
-        except Exception as error:  # the fold raises it in its savepoint, if absorbed
-            queued.error = error
-            raise
-
-    def fold_written(self, curs: Any, rows: list[Row]) -> str | None:
-        """Called by the recorder inside an insert's transaction, after the events are
-        written. The fold runs in a savepoint: if it fails, the command is still
-        recorded (its events are the truth) and catch-up folds them later (raising the
-        same error, loudly, there). Returns the layout it folded them into (None: not
-        folded, deferred or failed). On PostgreSQL its savepoint and reads were queued
-        in the write's first round trip (:meth:`queue_fold`)."""
-        decoder = self._decoder
-        if decoder is None:
-            decoder = self._decoder = EventDecoder(self.app.mapper, self.view.wants)
-        recorder = self.app.recorder
-        self._folded.to = None
-        queued: _QueuedFold | None = getattr(self._folded, "queued", None)
-        self._folded.queued = None
-        if getattr(self._folded, "deferred", False):
-            self._skipped = True
-            return None
-        try:
-            with self.view.pinned() as layout, \
-                    (own_cursor(curs) if queued is None else queued.opened()) as mine, \
-                    savepoint(mine, begun=queued is not None):
-                take = None
-                missed = partial(read_missed, recorder)
-                if queued is not None:
-                    if queued.error is not None:
-                        raise queued.error
-                    if queued.layout == layout.name:  # (else: switched meanwhile)
-                        take = queued.take
-                        if take is not None and queued.log is not None:
-                            missed = partial(_missed_from, queued.log, missed)
-                            take = partial(_with_their_documents, take, queued.log)
-                if self.view.fold_written(mine, rows, decoder, missed, take):
-                    self._skipped = False
-                    self._folded.to = (layout.name, rows[-1][0])
-                    with self._written_lock:
-                        if self._written.get(layout.name, 0) < rows[-1][0]:
-                            self._written[layout.name] = rows[-1][0]
-                    return layout.name
-        except Exception:
-            log.exception("folding the command's events in its transaction failed; "
-                          "catch-up will fold them")
-        return None
+    def deferred(self, defer: bool = True) -> AbstractContextManager[None]:
+        """Within: the commands this thread records are folded by the next catch-up,
+        not in their transaction (see :meth:`CommandFold.deferred`)."""
+        return self.command_fold.deferred(defer)
 
     def catch_up(self, progress: Callable[[int, int], None] | None = None,
                  batch_events: int | None = None, *, prefetch: bool = False,
@@ -473,8 +230,7 @@ class ViewUpdater:
                 log.exception("checking which read-model layout serves failed")
         if position is None:
             return
-        if (getattr(self._folded, "to", None) == (self.view.layout.name, position)
-                or position <= self._known.get(self.view.layout.name, 0)):
+        if self.command_fold.folded(self.view.layout.name, position):
             return
         deadline = time.monotonic() + timeout
         while self.view.position() < position:
@@ -496,51 +252,28 @@ class ViewUpdater:
         """Where this process's own folds (its commands', its catch-ups') left the
         serving layout."""
         layout = self.view.layout.name
-        return max(self._written.get(layout, 0), self._reached.get(layout, 0))
+        return max(self.command_fold.written.get(layout, 0), self._reached.get(layout, 0))
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Drop the view's rows and position, then fold the whole log again (in larger
         transactions than live catch-up: fewer loads and writes of each row; secondary
         indexes dropped meanwhile and built once at the end, except on PostgreSQL for a
-        log of up to :data:`KEEP_INDEXES_UP_TO` events)."""
-        keep = (self.view.dialect == "postgres" and
-                (self.app.recorder.max_notification_id() or 0) <= KEEP_INDEXES_UP_TO)
-        # A fold allocates a few dicts per event and keeps a batch of rows and documents
-        # alive: the cyclic collector's full passes over them cost 15-25 % of a rebuild.
-        # Nothing a fold makes is cyclic garbage, so it is paused meanwhile.
-        paused = gc.isenabled()
-        gc.disable()
+        log of up to :data:`~vmledger.projections.rebuilding.KEEP_INDEXES_UP_TO`
+        events). On PostgreSQL the tables are emptied in a thread while the first pages
+        are read and folded (:func:`~vmledger.projections.rebuilding.emptied`)."""
+        keep = rebuilding.keeps_indexes(self.view, self.app.recorder)
         try:
-            with self.view.pinned(), self.view.bulk():
-                if self.view.dialect in CLEAR_BESIDE and _connections(self.view) > 1:
-                    # emptied in a thread (on a connection of its own) while the
-                    # first pages are read and folded (nothing to load from empty
-                    # tables): the first transaction opens for its writes once the
-                    # clear has committed
-                    clearing = _InThread(partial(self._clear, keep), "vmledger-clear")
-                    try:
-                        read = self.catch_up(progress, batch_events=REBUILD_BATCH_EVENTS,
-                                             prefetch=True, cleared=clearing.wait)
-                    except BaseException:
-                        # joined, whatever it raises: the fold's error is the one told
-                        with contextlib.suppress(Exception):
-                            clearing.wait()
-                        raise
-                    clearing.wait()  # (an empty log: no transaction waited for it)
-                    return read
-                with self._lock:
-                    self._clear(keep)
+            with rebuilding.collector_paused(), self.view.pinned(), self.view.bulk(), \
+                    rebuilding.emptied(self.view, partial(self._clear, keep),
+                                       self._lock) as cleared:
                 return self.catch_up(progress, batch_events=REBUILD_BATCH_EVENTS,
-                                     prefetch=True)
+                                     prefetch=True, cleared=cleared)
         finally:
-            if paused:
-                gc.enable()
             self.view.restore_indexes(analyze=True)
 
     def _clear(self, keep_indexes: bool) -> None:
         self.view.clear(drop_indexes=not keep_indexes)
-        with self._known_lock:
-            self._known.clear()
+        self.command_fold.forget_committed()
 
     # --- layouts: the serving one, and upgrades beside it -----------------------------
     @contextmanager
@@ -553,7 +286,7 @@ class ViewUpdater:
         except Exception:
             log.exception("checking which read-model layout serves failed")
         with self.view.pinned() as layout:
-            written = self._written
+            written = self.command_fold.written
             if len(written) > 1 or (written and layout.name not in written):
                 self._settle(layout)
             yield layout
@@ -562,9 +295,7 @@ class ViewUpdater:
         """Fold into ``layout`` (pinned) what this process's commands folded into
         another one, up to where they did (after a switch: the commands whose requests
         had pinned the old layout)."""
-        with self._written_lock:
-            behind = max((p for n, p in self._written.items() if n != layout.name),
-                         default=0)
+        behind = self.command_fold.written_beside(layout.name)
         if behind <= self._settled.get(layout.name, 0):
             return
         self._catch_up_to(behind)
@@ -725,12 +456,9 @@ class ViewUpdater:
             # requests pinned it across the switch) is in the serving one before the
             # record of it goes with the old tables: else a request after the drop
             # would not know to wait for it (:meth:`_settle`), and read it stale
-            with self._written_lock:
-                behind = self._written.get(old.name, 0)
-            self._catch_up_to(behind)
+            self._catch_up_to(self.command_fold.written_into(old.name))
             layouts.drop(self.view, old)
-            with self._written_lock:
-                self._written.pop(old.name, None)
+            self.command_fold.forget_written(old.name)
             log.info("dropped the tables of the read models' layout %s", old.name)
             dropped.append(old.name)
         return tuple(dropped)
