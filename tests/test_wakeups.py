@@ -170,3 +170,22 @@ def test_a_write_folded_in_its_transaction_needs_no_catch_up_elsewhere(
         first.lock(server.id)
         wait_for(lambda: second.view.get(server.id)["locked"] is True)
         assert catch_ups[0] > before
+
+
+def test_an_action_done_in_one_pass_leaves_no_pass_after_it(url: str) -> None:
+    """The agent's own commands (the action's steps and outcome) do not wake it again:
+    an action begun and completed in a pass is followed by no pass over nothing."""
+    engine = Engine(url)
+    try:
+        server = engine.create_server("one-pass", flavor="m1.small", image=IMAGE)
+        engine.run_until_idle()
+        passes = counted(engine)
+        engine.run_in_background(IDLE)
+        before = settled(passes)
+        for action, status in (("pause", "PAUSED"), ("unpause", "ACTIVE")) * 3:
+            engine.act(server.id, action)
+            wait_for(lambda status=status: engine.get_server(server.id).status == status
+                     and engine.get_server(server.id).task_state is None)
+        assert settled(passes) - before == 6
+    finally:
+        engine.close()

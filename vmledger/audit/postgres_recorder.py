@@ -213,6 +213,10 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         # ``set_config``; its ``NOTIFY`` goes with the links, after the fold (each
         # statement costs the client a send and a poll)
         self.notify = True  #: whether a write notifies the log's listeners
+        #: the server processes of the connections this recorder notified with: the
+        #: log's follower in this process tells its own writes' notifications by them
+        #: (their commands woke this process's agent already)
+        self.own_backends: set[int] = set()
         settings = SQL("SELECT set_config('lock_timeout', {0}, true)").format(
             Literal(f"{int(self.datastore.lock_timeout)}s"))
         self._settings_bytes = settings.as_bytes()
@@ -419,6 +423,8 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                                                               callbacks)
         else:
             dropping = False
+        if self.notify:  # before the write: its notification may arrive before it returns
+            self.own_backends.add(conn.info.backend_pid)
         curs = conn.cursor(row_factory=tuple_row)
         try:
             with conn.pipeline() as pipeline:

@@ -57,6 +57,8 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
         #: whether this engine runs a host agent and the timer (for its ``host``)
         self.runs_agent = agent
         self._wake = threading.Event()
+        self._passing: int | None = None
+        self._left: dict[str, bool] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._follower: threading.Thread | None = None
@@ -150,9 +152,12 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
 
     def _loop(self, interval: float, sync_interval: float) -> None:
         next_sync = time.monotonic() + sync_interval
+        # the pass's own commands do not wake it (see :meth:`_nudge_for`)
+        self._passing = threading.get_ident()
         while not self._stop.is_set():
-            # cleared before the pass: work saved during it wakes the next one
+            # cleared before the pass: work saved during it by others wakes the next one
             self._wake.clear()
+            self._left.clear()
             try:
                 started = time.perf_counter()
                 busy = self.run_once()
@@ -166,7 +171,11 @@ class Engine(ServerFacade, ResourceFacade, OperationsFacade):
             except Exception:
                 log.exception("agent pass failed; retrying")
                 busy = 0
-            if not busy:
+            # again at once only for an action the pass left in flight on this host (a
+            # step it must go on with); one that it completed leaves nothing to look
+            # for, and a pass over nothing would cost a read of the log, of the actions
+            # in flight, of the deadlines and of the guests' questions
+            if not (busy and any(self._left.values())):
                 self._wake.wait(interval)
 
     def close(self) -> None:

@@ -44,6 +44,9 @@ class EngineBase:
     timer: Timer
     ledger: Ledger
     _wake: threading.Event
+    #: the background pass's thread, and what its commands left to do, by server
+    _passing: int | None
+    _left: dict[str, bool]
 
     def _attach(self, graph: Graph) -> None:
         self.graph = graph
@@ -84,8 +87,14 @@ class EngineBase:
         return result
 
     def _nudge_for(self, result: CommandResult) -> None:
-        """Wake the agent if the command saved gave this host work."""
-        if wakes(result.agent_hosts, self.host):
+        """Wake the agent if the command saved gave this host work. The background
+        pass's own commands note it instead, by server: the pass runs again at once
+        only if the last of them left one of its servers with work here (an action it
+        began and completed woke nothing)."""
+        gives = wakes(result.agent_hosts, self.host)
+        if threading.get_ident() == self._passing:
+            self._left[result.server_id] = gives
+        elif gives:
             self._nudge()
 
     def _nudge(self) -> None:

@@ -12,7 +12,8 @@ release, counts as naming every host); else (SQLite, or a wait that ended withou
 notification) when the view moved past where this process's own folds left it, or the
 catch-up folded events itself: the view is shared, and another process's command is
 often folded by that process first. This process's own commands wake its agent
-themselves. Without ``host``, it is woken whenever the view moved.
+themselves (on PostgreSQL, their notifications are told by the server process of the
+connection that sent them, and wake nobody). Without ``host``, it is woken whenever the view moved.
 
 A notification whose payload says the write was folded into the serving layout in its
 own transaction needs no catch-up: when every notification received since the last
@@ -87,6 +88,9 @@ class LogFollower:
         from psycopg import sql
 
         host = self.host
+        # this process's writes: their commands woke its agent themselves (the agent's
+        # own steps must not wake it again)
+        own: set[int] = getattr(self.updater.app.recorder, "own_backends", set())
         with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
             conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
             wake: bool | None = None  # first: whatever moved while not listening
@@ -105,7 +109,8 @@ class LogFollower:
                 if not notes or host is None:
                     wake = None
                 else:
-                    wake = any(wakes(hosts_of(note.payload), host) for note in notes)
+                    wake = any(wakes(hosts_of(note.payload), host) for note in notes
+                               if note.pid not in own)
                 layout = self.updater.view.layout.name
                 folded = bool(notes) and all(layout in folded_into(note.payload)
                                              for note in notes)
