@@ -1,15 +1,14 @@
 """The PostgreSQL application recorder, extended to write the tamper-evidence chain
 (:mod:`vmledger.audit.chain`) and the request index in the same transaction as the events,
-and to run the read models' fold there too (``in_transaction``). The commands of a process
-that save at the same moment share one transaction (group commit), written in two round
-trips. Selected with the library's ``APPLICATION_RECORDER_TOPIC`` (see
-:mod:`vmledger.persistence`)."""
+and to run the read models' fold there too (``in_transaction``): one write's SQL, sent in
+two round trips, and the reads of the chain and the request index. The commands of a
+process that save at the same moment share one transaction (group commit, and the writes
+again after a refusal: :mod:`vmledger.audit.group_commit`). Selected with the library's
+``APPLICATION_RECORDER_TOPIC`` (see :mod:`vmledger.persistence`)."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -17,19 +16,14 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import (
-    IntegrityError,
     InterfaceError,
     OperationalError,
     ProgrammingError,
     StoredEvent,
 )
-from eventsourcing.postgres import (
-    PostgresApplicationRecorder,
-    PostgresDatastore,
-)
+from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.utils import get_topic, retry
 from psycopg import Connection, Cursor, Pipeline
-from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, TupleRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
@@ -46,14 +40,9 @@ from vmledger.audit.chain import (
     _written,
     oid_text,
 )
+from vmledger.audit.group_commit import Dropped, GroupCommitRecorder
 from vmledger.domain import wakeups
 from vmledger.projections.store import execute_uncached
-
-log = logging.getLogger(__name__)
-
-#: at most this many commands are written in one group (one transaction)
-GROUP_LIMIT = 64
-
 
 #: at most this many events are inserted with their values as parameters of their own
 #: (beyond: an array per column)
@@ -88,58 +77,9 @@ def _rendered(statement: object) -> bytes:
     raise TypeError(f"not a statement: {statement!r}")
 
 
-def _roll_back(conn: Connection[DictRow]) -> None:
-    """End a failed write's transaction if it is still open, so that the connection
-    goes back to the pool idle (a broken connection is discarded by the pool)."""
-    if conn.info.transaction_status in (TransactionStatus.INTRANS,
-                                        TransactionStatus.INERROR):
-        with contextlib.suppress(psycopg.Error):
-            conn.rollback()
-
-
-class _Pending:
-    """One command's events waiting to be written with a group, and the outcome."""
-
-    __slots__ = ("agent_hosts", "error", "events", "finished", "ids")
-
-    def __init__(self, events: Sequence[StoredEvent],
-                 agent_hosts: frozenset[str] | None = None) -> None:
-        self.events = events
-        self.agent_hosts = agent_hosts
-        self.ids: Sequence[int] = ()
-        self.error: BaseException | None = None
-        self.finished = False
-
-    def done(self, ids: Sequence[int]) -> None:
-        self.ids, self.finished = ids, True
-
-    def fail(self, error: BaseException) -> None:
-        self.error, self.finished = error, True
-
-    def result(self) -> Sequence[int]:
-        if self.error is not None:
-            raise self.error
-        return self.ids
-
-
-class _Dropped(Exception):
-    """A write was refused at its end after :attr:`~AuditedPostgresApplicationRecorder.
-    droppable` callbacks had queued their statements (the cause: the database's error):
-    it is written again without them."""
-
-
-class _Group:
-    """The commands of this process waiting to be written, and whether a group is being
-    written now (by one of the waiting threads)."""
-
-    def __init__(self) -> None:
-        self.ready = threading.Condition()
-        self.queue: list[_Pending] = []
-        self.busy = False
-
-
-class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
-    """The PostgreSQL application recorder, writing the chain and the request index too.
+class AuditedPostgresApplicationRecorder(GroupCommitRecorder):
+    """The PostgreSQL application recorder, writing the chain and the request index too
+    (its commands written in groups: :class:`~vmledger.audit.group_commit.GroupCommitRecorder`).
 
     The chain's head is read right after the ``EXCLUSIVE`` table lock is taken (in the
     same pipeline, so without an extra round trip); the links are computed once the
@@ -157,17 +97,6 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         #: write's first round trip (:data:`FirstTrip`) while the callback is in
         #: ``in_transaction`` (taking it out turns both phases off)
         self.first_trip: dict[InTransaction, FirstTrip] = {}
-        #: ``in_transaction`` callbacks whose writes a command can do without (the read
-        #: models' fold: catch-up folds its events later). Their statements are queued,
-        #: not waited for, so a savepoint of theirs cannot catch the database refusing
-        #: one; the refusal comes with the write's last round trip, and the whole write
-        #: fails. It is then written again, once, without them: the command is
-        #: recorded, as when such a callback fails while it runs.
-        self.droppable: set[InTransaction] = set()
-        self._group = _Group()
-        #: called after a group's transaction committed, in the thread that wrote it
-        #: (the one that ran the ``in_transaction`` callbacks)
-        self.after_commit: list[Callable[[], None]] = []
         super().__init__(datastore, events_table_name=events_table_name)
         schema = Identifier(datastore.schema)
         id_type = Identifier(datastore.originator_id_type)
@@ -276,107 +205,11 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
             "SELECT COUNT(*) AS n FROM {schema}.{requests} WHERE originator_id = %s"
         ).format(**fmt)
 
-    # --- group commit ------------------------------------------------------------------
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
-    def insert_events(self, stored_events: Sequence[StoredEvent], *,
-                      agent_hosts: frozenset[str] | None = None, **kwargs: Any
-                      ) -> Sequence[int] | None:
-        """The library's insert, shared by the commands of this process that save at the
-        same moment: one transaction, one table lock and one WAL flush for all of them
-        (group commit). A command arriving while a group is being written waits for it
-        and goes in the next; alone, a command is written at once, as before.
-
-        Every command of a group gets its own notification ids and the events keep the
-        library's guarantee (commit order = notification id order, under the table
-        lock), the chain is linked over the group in id order, and the read models'
-        fold (``in_transaction``) runs once over the group's rows. A group that fails
-        on a unique key (a command that lost a race) is written again command by
-        command, so only the loser gets the ``IntegrityError``.
-
-        ``agent_hosts``: the hosts whose agent the events give work (None: not known),
-        told to the log's listeners with the commit (:func:`vmledger.domain.wakeups.payload`)."""
-        if not stored_events:
-            return None
-        if any(v is not None for v in kwargs.values()):
-            # a tracking record: an application recorder does not write it (as the
-            # library's); the events are written alone
-            return self._insert_once(stored_events, agent_hosts)
-        request = _Pending(stored_events, agent_hosts)
-        group = self._group
-        with group.ready:
-            group.queue.append(request)
-        while True:  # until a group (this thread's or another's) wrote the request
-            with group.ready:
-                while group.busy and not request.finished:
-                    group.ready.wait()
-                if request.finished:
-                    return request.result()
-                group.busy = True
-                batch = group.queue[:GROUP_LIMIT]
-                del group.queue[:GROUP_LIMIT]
-            try:
-                self._write_group(batch)
-            finally:
-                with group.ready:
-                    group.busy = False
-                    group.ready.notify_all()
-
-    def _write_group(self, batch: list[_Pending], *, retried: bool = False) -> None:
-        """Write ``batch`` in one transaction. When it fails on a unique key, the
-        commands that lost their race (a version already in the log, or taken by an
-        earlier command of the group) are refused and the others written again as a
-        group; should that fail too, each alone. Every waiting command is told its
-        outcome, whatever happens."""
-        events = [e for pending in batch for e in pending.events]
-        hosts: frozenset[str] | None = frozenset()
-        for pending in batch:
-            hosts = (None if hosts is None or pending.agent_hosts is None
-                     else hosts | pending.agent_hosts)
-        try:
-            ids = list(self._insert_once(events, hosts) or ())
-        except IntegrityError as error:
-            if len(batch) == 1:
-                batch[0].fail(error)
-                return
-            if retried:
-                for pending in batch:
-                    self._write_group([pending], retried=True)
-                return
-            taken = self._taken(events)
-            rest: list[_Pending] = []
-            for pending in batch:
-                keys = [(oid_text(e.originator_id), e.originator_version)
-                        for e in pending.events]
-                if any(key in taken for key in keys):
-                    pending.fail(IntegrityError(f"{error} (lost a race in a group)"))
-                else:
-                    taken.update(keys)
-                    rest.append(pending)
-            if rest:
-                self._write_group(rest, retried=True)
-            return
-        except BaseException as error:
-            for pending in batch:
-                pending.fail(error)
-            raise
-        for callback in self.after_commit:
-            callback()
-        start = 0
-        for pending in batch:
-            pending.done(ids[start:start + len(pending.events)])
-            start += len(pending.events)
-
-    def _taken(self, events: Sequence[StoredEvent]) -> set[tuple[str, int]]:
-        """Which of the events' (originator id, version) keys the log already has."""
-        oids = [self._db_oid(e.originator_id) for e in events]
-        versions = [e.originator_version for e in events]
-        return {(oid_text(r["originator_id"]), int(r["originator_version"]))
-                for r in self._rows(self._sql_taken, (oids, versions))}
-
-    def _insert_once(self, stored_events: Sequence[StoredEvent],
-                     agent_hosts: frozenset[str] | None = None) -> list[int]:
-        """Write ``stored_events`` in one transaction, in two round trips (no retry
-        here: the group's caller retries on connection errors).
+    def _write(self, conn: Connection[DictRow], stored_events: Sequence[StoredEvent],
+               agent_hosts: frozenset[str] | None, *, drop: bool = False) -> list[int]:
+        """Write ``stored_events`` in one transaction on ``conn``, in two round trips
+        (a group's write, see :mod:`vmledger.audit.group_commit`; ``drop``: without
+        the :attr:`droppable` callbacks).
 
         The transaction is begun and committed by statements queued in one pipeline
         on the pool's autocommit connection (psycopg's ``transaction()`` would send its
@@ -389,31 +222,9 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         and position, waiting for no read of its own), the links, the request index
         and the ``NOTIFY`` (one statement: its payload says what the fold did) and
         ``COMMIT``, synced by leaving the pipeline. The ids are returned only once
-        the ``COMMIT`` is acknowledged; on any error the transaction is rolled back
-        and the connection goes back to the pool idle."""
-        with self.datastore.get_connection() as conn:
-            try:
-                return self._write(conn, stored_events, agent_hosts)
-            except _Dropped as dropped:
-                _roll_back(conn)
-                log.error("the database refused the read models' writes at the end of a "
-                          "command's transaction (%s): the command is written again "
-                          "without them, and catch-up folds it", dropped.__cause__)
-            except BaseException:
-                _roll_back(conn)
-                raise
-        with self.datastore.get_connection() as conn:
-            try:
-                return self._write(conn, stored_events, agent_hosts, drop=True)
-            except BaseException:
-                _roll_back(conn)
-                raise
-
-    def _write(self, conn: Connection[DictRow], stored_events: Sequence[StoredEvent],
-               agent_hosts: frozenset[str] | None, *, drop: bool = False) -> list[int]:
-        """The write (see :meth:`_insert_once`); ``drop``: without the
-        :attr:`droppable` callbacks. :class:`_Dropped` when it was refused at its end
-        after droppable callbacks ran."""
+        the ``COMMIT`` is acknowledged; on any error a ``ROLLBACK`` is queued before
+        leaving the pipeline. :class:`~vmledger.audit.group_commit.Dropped` when it was
+        refused at its end after droppable callbacks ran."""
         failed: BaseException | None = None
         ids: list[int] = []
         callbacks = self.in_transaction
@@ -455,7 +266,7 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 # callback's statements, written again without them (not when the
                 # connection failed: the commit may have been made)
                 if dropping and not isinstance(error, psycopg.OperationalError):
-                    raise _Dropped from error
+                    raise Dropped from error
                 raise
             # closing the pipeline failed after the write had: report the write's error
         if failed is not None:
@@ -465,7 +276,7 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
             # be rolled back) answers ROLLBACK, without an error
             refused = OperationalError(f"the write was rolled back ({curs.statusmessage})")
             if dropping:
-                raise _Dropped from refused
+                raise Dropped from refused
             raise refused
         return ids
 
@@ -641,6 +452,13 @@ class AuditedPostgresApplicationRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(statement, list(params), prepare=True)
             return list(curs.fetchall())
+
+    def _taken(self, events: Sequence[StoredEvent]) -> set[tuple[str, int]]:
+        """Which of the events' (originator id, version) keys the log already has."""
+        oids = [self._db_oid(e.originator_id) for e in events]
+        versions = [e.originator_version for e in events]
+        return {(oid_text(r["originator_id"]), int(r["originator_version"]))
+                for r in self._rows(self._sql_taken, (oids, versions))}
 
     def select_chain(self, gt: int, limit: int) -> list[ChainRow]:
         return [ChainRow(
