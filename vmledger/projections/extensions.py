@@ -2,7 +2,8 @@
 :class:`ViewExtension` that defines its tables, and the :class:`ExtensionBatch` that
 folds one transaction's pages of the log into it and writes its rows.
 
-The view that drives them is :mod:`vmledger.projections.servers`.
+The fold that drives them is :mod:`vmledger.projections.folding`; the view they are
+written with, :mod:`vmledger.projections.servers`.
 """
 
 from __future__ import annotations
