@@ -94,6 +94,11 @@ class _Plan:
         #: those with a ``preload``
         self.preloads = tuple(index for index, batch in enumerate(batches)
                               if hasattr(batch, "preload"))
+        #: those of them whose ``preload`` has work in a fold that is not a bulk load (a
+        #: command's own): the others are not made for it there (``preload_bulk_only``)
+        self.command_preloads = tuple(
+            index for index in self.preloads
+            if not getattr(batches[index], "preload_bulk_only", False))
         #: those following the folded documents (``server_folded``), and the event
         #: classes that change nothing they read (``unchanged_by``)
         self.follows = tuple((index, tuple(getattr(batch, "unchanged_by", ())))
@@ -181,10 +186,10 @@ def fold(view: ServersView, curs: Any, pages: Iterable[RawPage], decode: Decode,
     ``curs`` (a :class:`_LateCursor`) to it and returns its cursor.
 
     An extension's batch is made only when something goes to it (a share of the
-    events, a server folded or changed it follows, a preload) or its extension asks
-    for a write regardless (``write_always``), and only the batches made are
-    written: a command's fold of one event (a lock) makes two or three of them, not
-    one per read model."""
+    events, a server folded or changed it follows, a preload with work in this fold)
+    or its extension asks for a write regardless (``write_always``), and only the
+    batches made are written: a command's fold of one event (a lock) makes one or two
+    of them, not one per read model."""
     name = view.layout.name
     names: dict[Any, str] = {}  # originator id -> its text (str() of a UUID is slow)
     # tables this process emptied (``clear``), nothing folded into them since: the
@@ -201,6 +206,7 @@ def fold(view: ServersView, curs: Any, pages: Iterable[RawPage], decode: Decode,
         return made
 
     plan = _plan_of(view, batch_of)
+    preloads = plan.preloads if bulk else plan.command_preloads
     for index in plan.always:
         if batches[index] is None and getattr(extensions[index], "write_always", False):
             batch_of(index)
@@ -277,7 +283,7 @@ def fold(view: ServersView, curs: Any, pages: Iterable[RawPage], decode: Decode,
                     loaded.update((k, d) for k, d in read.items() if d is not None)
                 for key in unknown:
                     docs[key] = loaded.get(key)
-                for index in plan.preloads:
+                for index in preloads:
                     (batches[index] or batch_of(index)).preload(unknown)
         for key, event in folded:
             target = targets.get(key)
