@@ -66,7 +66,7 @@ from vmledger.domain.server import Context, Server
 from vmledger.domain.service import ServerService
 from vmledger.engine import Engine
 from vmledger.projections import actions as actions_view
-from vmledger.projections import log_reading, rebuilding, runner
+from vmledger.projections import folding, log_reading, rebuilding, runner
 from vmledger.projections.servers import ServersView
 
 #: the rebuild's events/s as a share of its own read + decode's, measured in the same
@@ -544,7 +544,7 @@ def _split(engine: Engine) -> list[tuple[str, float]]:
     split.wrap(log_reading, "read_page", "read (log_reading.read_page)")
     split.wrap(type(view), "apply_pages", "decode + fold + write + commit (apply_pages)")
     split.wrap(log_reading.EventDecoder, "__call__", "  of which: decode (EventDecoder)")
-    split.wrap(type(view), "_load", "  of which: load the servers' rows")
+    split.wrap(folding, "load_documents", "  of which: load the servers' rows")
     split.wrap(ActionsBatch, "fold", "  of which: instance actions: fold")
     split.wrap(ActionsBatch, "write", "  of which: instance actions: write")
     split.wrap(AggregateRowsBatch, "fold", "  of which: images, key pairs: fold")

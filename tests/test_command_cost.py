@@ -21,7 +21,7 @@ from benchmarks.sqlite_trace import tracing_connections
 from tests.engines import make_engine
 from vmledger import Engine
 from vmledger.audit.chain import request_fields
-from vmledger.projections import allocations, project_usage, runner
+from vmledger.projections import allocations, migrations, project_usage, runner
 
 #: a hard reboot through the embedding API, request to outcome, read models caught up
 REBOOT_STATEMENTS = 31
@@ -182,6 +182,34 @@ def test_a_lock_works_out_no_allocations_nor_usage(
     assert engine.quota_usage(project)["instances"] == usage["instances"] - 1
     assert (sum(h["running_vms"] for h in engine.hypervisors())
             == sum(h["running_vms"] for h in hosts) - 1)
+
+
+def test_a_lock_makes_no_migrations_batch(
+        engine_traced: tuple[Engine, list[str], list[dict[str, Any]]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a lock changes nothing a migration record follows, and a command's own fold
+    # preloads no records: its fold makes no batch of the migrations read model (nor
+    # writes one), yet a record a later command begins is there as before
+    engine, _, _ = engine_traced
+    ids = _servers(engine, 3)
+    made: list[bool] = []
+    batch = migrations.Migrations.batch
+
+    def counted(self: migrations.Migrations, writer: Any, *, empty: bool) -> Any:
+        made.append(writer.bulk)
+        return batch(self, writer, empty=empty)
+
+    monkeypatch.setattr(migrations.Migrations, "batch", counted)
+    for server_id in ids:
+        engine.lock(server_id)
+        engine.act(server_id, "unlock")
+    assert made == []
+    assert not any(engine.get_server(server_id).locked for server_id in ids)
+    engine.resize(ids[0], flavor="2")
+    engine.run_until_idle()
+    assert made
+    [record] = engine.migrations(server_id=ids[0])
+    assert record["migration_type"] == "resize" and record["old_flavor_id"] == 1
 
 
 def test_sqlite_connections_keep_their_prepared_statements(

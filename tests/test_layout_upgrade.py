@@ -24,8 +24,7 @@ from vmledger.cli import main
 from vmledger.domain.catalog import image_id_for
 from vmledger.domain.server import Server
 from vmledger.persistence import servers_view as open_view
-from vmledger.projections import layouts, runner, store
-from vmledger.projections import servers as view_module
+from vmledger.projections import folding, layouts, runner, store
 from vmledger.projections.servers import ServersView
 from vmledger.projections.store import LEGACY_LAYOUT, Layout, RowWriter
 
@@ -95,9 +94,9 @@ def new_release(monkeypatch: pytest.MonkeyPatch) -> None:
         return [*statements, sql("CREATE INDEX IF NOT EXISTS {t}_label ON {t} (label)")]
 
     monkeypatch.setattr(ServersView, "layout_statements", more)
-    monkeypatch.setattr(view_module, "COLUMNS", (*view_module.COLUMNS, "label"))
-    row_of = view_module.row_of
-    monkeypatch.setattr(view_module, "row_of", lambda doc, *base: (
+    monkeypatch.setattr(folding, "COLUMNS", (*folding.COLUMNS, "label"))
+    row_of = folding.row_of
+    monkeypatch.setattr(folding, "row_of", lambda doc, *base: (
         *row_of(doc, *base), f"{doc.get('host') or ''}/{doc.get('name')}"))
     monkeypatch.setattr(bootstrap, "servers_view", lambda datastore, extensions: open_view(
         datastore, [*extensions, EventTally()]))  # what bootstrap opens the view with

@@ -2,7 +2,8 @@
 :class:`ViewExtension` that defines its tables, and the :class:`ExtensionBatch` that
 folds one transaction's pages of the log into it and writes its rows.
 
-The view that drives them is :mod:`vmledger.projections.servers`.
+The fold that drives them is :mod:`vmledger.projections.folding`; the view they are
+written with, :mod:`vmledger.projections.servers`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class ExtensionBatch(Protocol):
     # (for read models that only need each changed server's last document: cheaper
     # than a call per event);
     # ``preload(server_ids)``, called once per page with the servers first seen in the
-    # transaction (when the view is not empty), to load their rows in bulk; and
+    # transaction (when the view is not empty), to load their rows in bulk; with
+    # ``preload_bulk_only`` true, in a bulk load alone (a catch-up, a rebuild: the
+    # writer's ``bulk``), not in a command's own fold, which then makes no batch for it;
+    # and
     # ``fold_servers(pairs)``, called instead of ``fold`` with a page's server events,
     # as (server id text, event) pairs in order (the id's text made once, by the view).
     #

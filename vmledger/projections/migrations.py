@@ -100,6 +100,10 @@ class MigrationsBatch:
     #: record is as it was before them
     unchanged_by: tuple[type, ...] = (Server.HypervisorCalled, Server.HypervisorCallStarted,
                                       Server.LockChanged)
+    #: :meth:`preload` not in a command's own fold (a few servers, most with no move in
+    #: flight): there a server's record is read when it is needed (:meth:`_latest`),
+    #: which is rarely
+    preload_bulk_only = True
 
     def __init__(self, writer: RowWriter, *, empty: bool) -> None:
         self.writer = writer
@@ -113,11 +117,8 @@ class MigrationsBatch:
         """Nothing: records follow the folded server documents."""
 
     def preload(self, server_ids: list[str]) -> None:
-        """The newest record of each of these servers, in a few queries. Not in a
-        command's own fold (a few servers, most with no move in flight): there a
-        server's record is read when it is needed (:meth:`_latest`), which is rarely."""
-        if not self.writer.bulk:
-            return
+        """The newest record of each of these servers, in a few queries (a bulk load's
+        alone: :attr:`preload_bulk_only`)."""
         self._read(server_ids)
 
     def _read(self, server_ids: list[str]) -> None:

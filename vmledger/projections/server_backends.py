@@ -3,7 +3,8 @@ its writer lock) and PostgreSQL's, with what differs between them: how the track
 position is read and locked (PostgreSQL: the position and a command's rows in one wait),
 what a bulk load sets on SQLite, and how a rebuild empties the tables.
 
-The view itself (its schema, layouts and fold) is :mod:`vmledger.projections.servers`.
+The view itself (its schema and layouts) is :mod:`vmledger.projections.servers`; its
+fold, :mod:`vmledger.projections.folding`.
 """
 
 from __future__ import annotations
