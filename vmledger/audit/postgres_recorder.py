@@ -144,7 +144,10 @@ class AuditedPostgresApplicationRecorder(GroupCommitRecorder):
         self.notify = True  #: whether a write notifies the log's listeners
         #: the server processes of the connections this recorder notified with: the
         #: log's follower in this process tells its own writes' notifications by them
-        #: (their commands woke this process's agent already)
+        #: (their commands woke this process's agent already). Those of connections
+        #: since closed stay: should another process's connection be given one of
+        #: their numbers, its notifications would wake this agent only at its next
+        #: periodic pass
         self.own_backends: set[int] = set()
         settings = SQL("SELECT set_config('lock_timeout', {0}, true)").format(
             Literal(f"{int(self.datastore.lock_timeout)}s"))
