@@ -11,12 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support.waiting import wait_for
 from vmledger import Engine
+from vmledger.adapters.hypervisor import Result
+from vmledger.adapters.simulator import Simulator
 from vmledger.domain.wakeups import hosts_of, payload, wakes
 
 IMAGE = "cirros-0.6.2-x86_64"
@@ -187,5 +190,50 @@ def test_an_action_done_in_one_pass_leaves_no_pass_after_it(url: str) -> None:
             wait_for(lambda status=status: engine.get_server(server.id).status == status
                      and engine.get_server(server.id).task_state is None)
         assert settled(passes) - before == 6
+    finally:
+        engine.close()
+
+
+class _SlowCalls(Simulator):
+    """Pauses and unpauses that take 50 ms: the notification of the agent's "about to
+    call" step reaches the view follower while the pass is still going."""
+
+    def pause(self, server_id: str) -> Result:
+        time.sleep(0.05)
+        return super().pause(server_id)
+
+    def unpause(self, server_id: str) -> Result:
+        time.sleep(0.05)
+        return super().unpause(server_id)
+
+
+def test_the_follower_leaves_the_agents_deferred_steps_to_its_pass(
+        postgres_url: str) -> None:
+    """On PostgreSQL, the view follower does not catch up for this process's agent's
+    steps, whose fold the pass defers and does before it ends: no catch-up of the
+    follower's runs while the agent enacts actions (each of them once read the log's
+    position and its page, and often folded the step in a transaction of its own)."""
+    engine = Engine(postgres_url, hypervisor=_SlowCalls(seed=0))
+    try:
+        server = engine.create_server("deferred", flavor="m1.small", image=IMAGE)
+        engine.run_until_idle()
+        catch_ups = []
+        catch_up = engine.updater.catch_up
+
+        def counted_catch_up(*args: Any, **kwargs: Any) -> int:
+            if threading.current_thread().name == "vmledger-view-follower":
+                catch_ups.append(1)
+            return catch_up(*args, **kwargs)
+
+        engine.updater.catch_up = counted_catch_up  # type: ignore[method-assign]
+        engine.run_in_background(IDLE)
+        time.sleep(0.3)  # the follower's first catch-up, once listening
+        del catch_ups[:]
+        for action, status in (("pause", "PAUSED"), ("unpause", "ACTIVE")) * 2:
+            engine.act(server.id, action)
+            wait_for(lambda status=status: engine.get_server(server.id).status == status
+                     and engine.get_server(server.id).task_state is None)
+        time.sleep(0.2)
+        assert catch_ups == []
     finally:
         engine.close()

@@ -118,6 +118,8 @@ class CommandFold:
         #: group's fold, PostgreSQL's group commit)
         self._known: dict[str, int] = {}
         self._known_lock = threading.Lock()
+        #: how many threads are in a deferring pass now (:meth:`deferring`)
+        self._deferring = 0
         #: per layout: the furthest position a command of this process folded into it
         #: (read, not changed, outside: see :meth:`written_beside`)
         self.written: dict[str, int] = {}
@@ -168,10 +170,23 @@ class CommandFold:
         outcome, which someone may be waiting for)."""
         previous = getattr(self._folded, "deferred", False)
         self._folded.deferred = defer
+        counted = defer and not previous
+        if counted:
+            with self._known_lock:
+                self._deferring += 1
         try:
             yield
         finally:
             self._folded.deferred = previous
+            if counted:
+                with self._known_lock:
+                    self._deferring -= 1
+
+    def deferring(self) -> bool:
+        """Whether a thread of this process is in a deferring pass now: the commands it
+        records before it ends are folded by it (its last outcome's fold, or its
+        catch-up), so nobody else need catch up for them."""
+        return self._deferring > 0
 
     def queue_fold(self, curs: Any, events: Sequence[Any],
                    absorbers: list[Callable[[BaseException], bool]]) -> None:

@@ -16,8 +16,9 @@ themselves (on PostgreSQL, their notifications are told by the server process of
 connection that sent them, and wake nobody). Without ``host``, it is woken whenever the view moved.
 
 A notification whose payload says the write was folded into the serving layout in its
-own transaction needs no catch-up: when every notification received since the last
-one says so, none is run.
+own transaction needs no catch-up, nor one of this process's own writes while one of
+its passes defers their fold (the agent's steps: the pass folds them before it ends):
+when every notification received since the last one is such, none is run.
 """
 
 from __future__ import annotations
@@ -112,8 +113,14 @@ class LogFollower:
                     wake = any(wakes(hosts_of(note.payload), host) for note in notes
                                if note.pid not in own)
                 layout = self.updater.view.layout.name
-                folded = bool(notes) and all(layout in folded_into(note.payload)
-                                             for note in notes)
+                # nothing to catch up for writes folded in their transaction, nor for
+                # this process's writes while one of its passes defers their fold (the
+                # pass folds them before it ends; another thread's command whose fold
+                # failed just then is folded by the next command or the next poll)
+                deferring = self.updater.command_fold.deferring()
+                folded = bool(notes) and all(
+                    layout in folded_into(note.payload)
+                    or (deferring and note.pid in own) for note in notes)
 
 
 def _connect_args(datastore: Any) -> dict[str, Any]:
