@@ -12,7 +12,9 @@ The client (httpx) runs in this process.
 ``GET /v2.1/servers/{id}`` every few milliseconds until the action is done (the status
 it leads to, task_state null). Reference from the same run: the same round trip on the
 embedding facade in one process, without HTTP (``engine.pause`` and
-``engine.get_server``, agent in the background).
+``engine.get_server``, agent in the background), on the same SQLite database and on a
+throwaway PostgreSQL cluster (50 servers; skipped, saying why, without PostgreSQL's
+binaries).
 
 *What a round trip must wait for*: the commits on its path, counted on a second
 engine of the same database whose connections are traced (apart from the timed round
@@ -308,6 +310,25 @@ def engine_round_trips(url: str, count: int, warmup: int) -> RoundTrips:
         return _time_round_trips(result, server_id, count, warmup, act, done)
     finally:
         engine.close()
+
+
+def postgres_round_trips(count: int, warmup: int, log: Callable[[str], None]
+                         ) -> RoundTrips | str:
+    """The in-process round trip on a throwaway PostgreSQL cluster (50 servers), or
+    why it was skipped."""
+    with commands.throwaway_postgres(log) as (backend, why):
+        if backend is None:
+            return why or "unavailable"
+        with backend.database() as url:
+            engine = Engine(url, allocation_ratios=commands.UNLIMITED)
+            try:
+                populate(engine.service, 50, project_id=PROJECT, full=False, group=50)
+                engine.updater.catch_up()
+            finally:
+                engine.close()
+            result = engine_round_trips(url, count, warmup)
+            result.label = "in-process, PostgreSQL: the same"
+            return result
 
 
 @dataclass
@@ -733,6 +754,8 @@ class ApiReport:
     flush_ms: list[float] = field(default_factory=list)
     #: (label, CPU µs per request) of :func:`request_cpu`
     request_cpu: list[tuple[str, float]] = field(default_factory=list)
+    #: why the round trip on PostgreSQL was not measured (None: it was)
+    postgres_skipped: str | None = None
 
     def ratios(self, name: str, baseline: str = "bare") -> list[float]:
         return [a / b for a, b in zip(self.lists[name].rates, self.lists[baseline].rates,
@@ -771,6 +794,7 @@ def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
             asyncio.run(_list_throughput(base, series, sizes.repetitions,
                                          sizes.connections, sizes.window, log))
         local = engine_round_trips(url, sizes.round_trips, sizes.warmup)
+        on_postgres = postgres_round_trips(sizes.round_trips, sizes.warmup, log)
         commits = commits_per_round_trip(url, max(2, min(10, sizes.round_trips)))
         flush_ms = flushed_commit_ms(directory)
         cpu = request_cpu(url, server_id)
@@ -781,10 +805,12 @@ def run(sizes: Sizes, *, log: Callable[[str], None] = print) -> str:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     seconds = time.perf_counter() - began
-    report = ApiReport(sizes.servers, events, [http, local], series, sizes.connections,
+    trips = [http, local] + ([on_postgres] if isinstance(on_postgres, RoundTrips) else [])
+    report = ApiReport(sizes.servers, events, trips, series, sizes.connections,
                        sizes.window, rows, bodies, stages, profile, seconds,
                        commands.contention(stalls, commands.pressure_totals(), seconds),
-                       commits, flush_ms, cpu)
+                       commits, flush_ms, cpu,
+                       None if isinstance(on_postgres, RoundTrips) else on_postgres)
     return format_report(report)
 
 
@@ -817,6 +843,8 @@ def format_report(r: ApiReport) -> str:
           f"{percentile(rt.request_ms, 50):>8.1f} {statistics.median(rt.polls):>5.0f} "
           f"{percentile(rt.poll_ms, 50):>8.2f} "
           f"{percentile(rt.sleep_ms, 50):>8.2f}")
+    if r.postgres_skipped is not None:
+        w(f"  in-process, PostgreSQL: postgres  skipped ({r.postgres_skipped})")
     if r.commits.round_trips and r.flush_ms:
         c = r.commits
         flushed, unflushed = c.flushed / c.round_trips, c.unflushed / c.round_trips

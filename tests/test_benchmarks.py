@@ -153,6 +153,12 @@ def test_api_benchmark_runs() -> None:
     assert 3.0 <= float(found[1]) < 3.5 and float(found[2]) < 0.5, found[0]
     assert "floor of a round trip" in report
     assert "uvicorn (httptools, uvloop)" in report  # the server vmledger serve runs
+    # the in-process round trip on PostgreSQL too, or why it was skipped
+    if postgres_skip_reason() is None:
+        assert "in-process, PostgreSQL: the same" in report, report
+        assert "postgres  skipped" not in report
+    else:
+        assert "postgres  skipped" in report
 
 
 def test_audit_benchmark_runs() -> None:
