@@ -120,6 +120,7 @@ class CommandFold:
         self._known_lock = threading.Lock()
         #: how many threads are in a deferring pass now (:meth:`deferring`)
         self._deferring = 0
+        self._deferring_lock = threading.Lock()
         #: per layout: the furthest position a command of this process folded into it
         #: (read, not changed, outside: see :meth:`written_beside`)
         self.written: dict[str, int] = {}
@@ -172,14 +173,14 @@ class CommandFold:
         self._folded.deferred = defer
         counted = defer and not previous
         if counted:
-            with self._known_lock:
+            with self._deferring_lock:
                 self._deferring += 1
         try:
             yield
         finally:
             self._folded.deferred = previous
             if counted:
-                with self._known_lock:
+                with self._deferring_lock:
                     self._deferring -= 1
 
     def deferring(self) -> bool:

@@ -13,7 +13,8 @@ notification) when the view moved past where this process's own folds left it, o
 catch-up folded events itself: the view is shared, and another process's command is
 often folded by that process first. This process's own commands wake its agent
 themselves (on PostgreSQL, their notifications are told by the server process of the
-connection that sent them, and wake nobody). Without ``host``, it is woken whenever the view moved.
+connection that sent them, and wake nobody). Without ``host``, it is woken whenever the
+view moved.
 
 A notification whose payload says the write was folded into the serving layout in its
 own transaction needs no catch-up, nor one of this process's own writes while one of
