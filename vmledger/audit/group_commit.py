@@ -46,9 +46,14 @@ def _roll_back(conn: Connection[DictRow]) -> None:
 
 
 class _Pending:
-    """One command's events waiting to be written with a group, and the outcome."""
+    """One command's events waiting to be written with a group, and the outcome.
 
-    __slots__ = ("agent_hosts", "error", "events", "finished", "ids")
+    Its thread sleeps on :attr:`wake` (a lock taken at creation) until it is released
+    once: when a group wrote the command (:attr:`finished`), or when the command is at
+    the head of the queue as the group before it ends, to write the next group itself.
+    So a waiting thread wakes once, not at every group's end."""
+
+    __slots__ = ("agent_hosts", "error", "events", "finished", "ids", "wake")
 
     def __init__(self, events: Sequence[StoredEvent],
                  agent_hosts: frozenset[str] | None = None) -> None:
@@ -57,6 +62,8 @@ class _Pending:
         self.ids: Sequence[int] = ()
         self.error: BaseException | None = None
         self.finished = False
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
     def done(self, ids: Sequence[int]) -> None:
         self.ids, self.finished = ids, True
@@ -78,10 +85,10 @@ class Dropped(Exception):
 
 class _Group:
     """The commands of this process waiting to be written, and whether a group is being
-    written now (by one of the waiting threads)."""
+    written now (by one of the waiting threads, the leader)."""
 
     def __init__(self) -> None:
-        self.ready = threading.Condition()
+        self.lock = threading.Lock()
         self.queue: list[_Pending] = []
         self.busy = False
 
@@ -132,30 +139,48 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
             return self._insert_once(stored_events, agent_hosts)
         request = _Pending(stored_events, agent_hosts)
         group = self._group
-        with group.ready:
+        with group.lock:
             group.queue.append(request)
-        while True:  # until a group (this thread's or another's) wrote the request
-            with group.ready:
-                while group.busy and not request.finished:
-                    group.ready.wait()
-                if request.finished:
-                    return request.result()
-                group.busy = True
+            leads = not group.busy
+            group.busy = True
+        if not leads:
+            request.wake.acquire()  # written by a group, or this thread leads the next
+            if request.finished:
+                return request.result()
+        while True:  # this command is at the head of the queue: its thread writes a group
+            with group.lock:
                 batch = group.queue[:GROUP_LIMIT]
                 del group.queue[:GROUP_LIMIT]
             try:
                 self._write_group(batch)
-            finally:
-                with group.ready:
-                    group.busy = False
-                    group.ready.notify_all()
+            except BaseException as error:
+                # each command the error concerns was told; should none have been, the
+                # error is every command's, so that a group always ends someone's wait
+                if not any(pending.finished for pending in batch):
+                    for pending in batch:
+                        pending.fail(error)
+            # commands a failed group left unwritten go first in the next one: this
+            # thread's own among them (it is the batch's first), it leads that one too
+            unwritten = [pending for pending in batch if not pending.finished]
+            with group.lock:
+                group.queue[:0] = unwritten
+                following = group.queue[0] if group.queue else None
+                group.busy = following is not None
+            if following is not None and following is not request:
+                following.wake.release()  # not finished: it leads the next group
+            for pending in batch:
+                if pending.finished and pending is not request:
+                    pending.wake.release()
+            if request.finished:
+                return request.result()
 
     def _write_group(self, batch: list[_Pending], *, retried: bool = False) -> None:
         """Write ``batch`` in one transaction. When it fails on a unique key, the
         commands that lost their race (a version already in the log, or taken by an
         earlier command of the group) are refused and the others written again as a
-        group; should that fail too, each alone. Every waiting command is told its
-        outcome, whatever happens."""
+        group; should that fail too, each alone. A write that raises tells the commands
+        it concerns its error (all of the group's, or the one written alone); those of
+        the group left unwritten behind it are written by the next group."""
         events = [e for pending in batch for e in pending.events]
         hosts: frozenset[str] | None = frozenset()
         for pending in batch:
@@ -188,12 +213,15 @@ class GroupCommitRecorder(PostgresApplicationRecorder):
             for pending in batch:
                 pending.fail(error)
             raise
-        for callback in self.after_commit:
-            callback()
         start = 0
         for pending in batch:
             pending.done(ids[start:start + len(pending.events)])
             start += len(pending.events)
+        for callback in self.after_commit:  # before the waiting commands go on
+            try:
+                callback()
+            except Exception:  # the commands are committed: their outcome stands
+                log.exception("a callback after a group's commit failed")
 
     def _insert_once(self, stored_events: Sequence[StoredEvent],
                      agent_hosts: frozenset[str] | None = None) -> list[int]:
