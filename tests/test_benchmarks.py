@@ -207,12 +207,12 @@ def test_writers_benchmark_runs() -> None:
     assert "2 API processes" in report
     assert "every acknowledged command's event is in the log: yes" in report
     # each configuration's CPU per command (client, server), commands per commit, the
-    # ceiling on this machine's cores and the measured figure
+    # ceilings on this machine's cores and in one interpreter, and the measured figure
     number = r"(\d+\.\d\d)"
     count = r"([\d,]+|inf)"
     for label in (writers.STORE, writers.GRAPH, writers.RAW):
         row = re.search(rf"{re.escape(label)}\s+{number}\s+{number}\s+{number}\s+{count}"
-                        rf"\s+{count}\s+{number}/{number}  3,000/s "
+                        rf"\s+{count}\s+{count}\s+{number}/{number}  3,000/s "
                         rf"(fits|needs -\d+ % CPU/cmd)", report)
         assert row is not None, (label, report)
         assert float(row[1]) > 0 and float(row[2]) > 0  # client, server ms/command
