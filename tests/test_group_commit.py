@@ -1,7 +1,9 @@
 """The group commit of PostgreSQL's recorder, over a stand-in for the database write:
 commands saved at once are written in groups, one group at a time, each command once,
 and a command waiting behind groups is written without a later command arriving to
-start its group. No database: the write is a function of the test's.
+start its group; and the long statements of a group are numbered for PostgreSQL once
+rather than parsed by psycopg at every write. No database: the write is a function of
+the test's.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from psycopg.pq import TransactionStatus
 
 from vmledger.audit import group_commit
 from vmledger.audit.group_commit import GroupCommitRecorder
+from vmledger.projections import store
 
 Write = Callable[[Sequence[StoredEvent]], None]
 
@@ -249,3 +252,25 @@ def test_a_failing_callback_after_the_commit_leaves_the_commands_recorded(
     for oid, ids in zip(oids, results, strict=True):
         assert list(ids) == [recorder.log[(str(oid), 1)]]
     assert "a callback after a group's commit failed" in caplog.text
+
+
+def test_a_groups_long_statements_are_numbered_for_postgresql_once() -> None:
+    """A group's statements have more parameters than psycopg parses once; they are
+    numbered here ($1, $2…, ``%%`` as ``%``), and the numbering is made once per
+    statement."""
+    statement = b"INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s) RETURNING '100%%'"
+    assert store.numbered(statement) == (
+        b"INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) RETURNING '100%'")
+    assert store.numbered(statement) is store.numbered(statement)
+    assert store.numbered(b"SELECT 1") == b"SELECT 1"
+
+
+def test_a_short_statement_goes_through_psycopgs_own_cache() -> None:
+    ran: list[tuple[object, object]] = []
+    curs = SimpleNamespace(execute=lambda s, p, prepare: ran.append(("curs", s)))
+    raw = SimpleNamespace(execute=lambda s, p, prepare: ran.append(("raw", s)))
+    assert store.execute_many_parameters(curs, lambda: raw, "SELECT %s", [1]) is curs
+    many = b"SELECT " + b", ".join([b"%s"] * 51)
+    assert store.execute_many_parameters(curs, lambda: raw, many, list(range(51))) is raw
+    assert ran == [("curs", "SELECT %s"),
+                   ("raw", b"SELECT " + b", ".join(b"$%d" % k for k in range(1, 52)))]

@@ -9,6 +9,7 @@ again after a refusal: :mod:`vmledger.audit.group_commit`). Selected with the li
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -42,7 +43,7 @@ from vmledger.audit.chain import (
 )
 from vmledger.audit.group_commit import Dropped, GroupCommitRecorder
 from vmledger.domain import wakeups
-from vmledger.projections.store import execute_uncached
+from vmledger.projections.store import execute_many_parameters, execute_uncached
 
 #: at most this many events are inserted with their values as parameters of their own
 #: (beyond: an array per column)
@@ -305,7 +306,9 @@ class AuditedPostgresApplicationRecorder(GroupCommitRecorder):
                        [e.originator_version for e in stored_events],
                        [e.topic for e in stored_events], [e.state for e in stored_events])
         params.append([db_oid(o) for o in oids])
-        curs.execute(self._insert_statement(len(stored_events)), params, prepare=True)
+        inserted = execute_many_parameters(curs, functools.partial(
+            psycopg.RawCursor, curs.connection, row_factory=tuple_row),
+            self._insert_statement(len(stored_events)), params)
         # the read models' reads, queued behind the insert: their answers come with its
         absorbers: list[Callable[[BaseException], bool]] = []
         failed: Exception | None = None
@@ -334,7 +337,7 @@ class AuditedPostgresApplicationRecorder(GroupCommitRecorder):
         ids: list[int] = []
         head: tuple[int, bytes] | None = None
         last: dict[str, bytes] = {}
-        for kind, oid, nid, found in curs.fetchall():
+        for kind, oid, nid, found in inserted.fetchall():
             if kind == "i":
                 ids.append(nid)
             elif kind == "g":
@@ -365,9 +368,10 @@ class AuditedPostgresApplicationRecorder(GroupCommitRecorder):
                                 x.indexed[1])
             last_part = start + LINKS_PER_STATEMENT >= len(links)
             notify = notification is not None and last_part
-            curs.execute(self._links_statement(len(part), len(indexed) // 5, notify),
-                         params + indexed + ([notification] if notify else []),
-                         prepare=True)
+            execute_many_parameters(
+                curs, functools.partial(psycopg.RawCursor, curs.connection),
+                self._links_statement(len(part), len(indexed) // 5, notify),
+                params + indexed + ([notification] if notify else []))
 
     def _insert_statement(self, events: int) -> bytes:
         """The statement inserting ``events`` events (their values as scalars: cheaper
