@@ -36,10 +36,12 @@ IMAGE_LIKE_ID = "4c8f9a1e-2b1d-4d6e-9c3a-7f0e5d2b8a11"  # no server has this id
 #: a command through the command service: the load (one autocommit SELECT) and the
 #: write (BEGIN ... INSERT synced once, the audit links and COMMIT synced once)
 COMMAND_ROUND_TRIPS = 3
-#: a lock through the engine: the command's, the read models' fold in its
-#: transaction waiting for nothing of its own (its savepoint and reads, the position
-#: locked and the rows it folds into, go with the insert in the write's first trip)
-LOCK_ROUND_TRIPS = 3
+#: a lock through the engine: the command's write alone (the load takes the cached
+#: server unread: this process saved it last, and no fold has met a newer version), the
+#: read models' fold in its transaction waiting for nothing of its own (its savepoint
+#: and reads, the position locked and the rows it folds into, go with the insert in the
+#: write's first trip)
+LOCK_ROUND_TRIPS = 2
 #: a read of the read models (a server's document): one autocommit SELECT, no
 #: transaction block around it
 READ_ROUND_TRIPS = 1
@@ -47,8 +49,9 @@ READ_ROUND_TRIPS = 1
 #: lock, the insert with the chain's previous links, the links with the request index,
 #: COMMIT (each statement costs the client a send and a poll in the pipeline)
 COMMAND_STATEMENTS = 7
-#: and the fold's: its savepoint, the position, the rows it folds into, its writes
-LOCK_STATEMENTS = 11
+#: and the fold's: its savepoint, the position, the rows it folds into, its writes;
+#: without the load
+LOCK_STATEMENTS = 10
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from vmledger.domain.catalog import Catalog
 from vmledger.domain.clock import Clock, SystemClock
 from vmledger.domain.commands import Commands
 from vmledger.domain.scheduling import AllocationRatios
-from vmledger.domain.service import ServerService, new_request_id
+from vmledger.domain.service import ServerService, StoreRepository, new_request_id
 from vmledger.fleet import Fleet, FleetReads
 from vmledger.guests import Guests
 from vmledger.persistence import environment, schema_lock, servers_view
@@ -120,6 +120,12 @@ def build(url: str, settings: Settings) -> Graph:
     updater = ViewUpdater(store, view)
     # this process's commands fold their events in their own transaction
     updater.attach(store.recorder)
+    if view.dialect == "postgres" and isinstance(store.repository, StoreRepository):
+        # a command decides on a cached server known to be the newest without reading
+        # the log: the folds (this process's commands', the follower's catch-ups of the
+        # other processes' writes) say which versions they met
+        store.repository.latest = {}
+        view.noticed = store.repository.notice
     if view.serving != view.target:
         problems = conflicts(view, view.serving)
         if problems:

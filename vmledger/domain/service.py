@@ -88,6 +88,50 @@ class StoreRepository(Repository[uuid.UUID]):
     last, the next load reads the events after it, as after any other.
     """
 
+    #: the newest version of each server this process knows to be in the log (by id
+    #: text): its own saves, once committed, and what the read models' folds met
+    #: (:meth:`notice`). None: a command's load always reads the log after the cached
+    #: version (:meth:`get_trusted`)
+    latest: dict[str, int] | None = None
+    #: beyond this many servers known, :attr:`latest` starts again empty (each then
+    #: read once more)
+    LATEST_LIMIT = 100_000
+
+    def notice(self, versions: dict[str, int]) -> None:
+        """Servers at these versions are in the log (a fold met them): a cached one
+        older than that is no longer taken as the latest."""
+        latest = self.latest
+        if latest is None:
+            return
+        if len(latest) > self.LATEST_LIMIT:
+            latest.clear()
+        for key, version in versions.items():
+            if latest.get(key, -1) < version:
+                latest[key] = version
+
+    def saved(self, aggregate_id: uuid.UUID, version: int) -> None:
+        """This process committed ``aggregate_id`` at ``version``."""
+        self.notice({str(aggregate_id): version})
+
+    def get_trusted(self, aggregate_id: uuid.UUID) -> tuple[Any, bool]:
+        """A command's load: the aggregate and whether it was taken from the cache
+        without reading the log. It is, when the cached server is at the newest version
+        this process knows of (:attr:`latest`): nothing newer was saved here or met by
+        a fold since. A write decided on it that another process overtook meanwhile
+        loses on the version, as any lost race, and is decided again after a read; a
+        decision that writes nothing, or writes other aggregates only, is checked
+        against a read (:class:`~vmledger.domain.commands.pipeline.Pipeline`)."""
+        latest, cache = self.latest, self.cache
+        if latest is not None and cache is not None:
+            try:
+                cached = cache.get(aggregate_id)
+            except KeyError:
+                cached = None
+            if cached is not None and cached.version >= latest.get(str(aggregate_id),
+                                                                   1 << 62):
+                return copy_of(cached), True
+        return self.get(aggregate_id), False
+
     def get(self, aggregate_id: uuid.UUID, *, version: int | None = None,
             projector_func: ProjectorFunction[Any, Any] = project,
             fastforward_skipping: bool = False, deepcopy_from_cache: bool = True) -> Any:
@@ -191,9 +235,16 @@ class ServerService(Application[uuid.UUID]):
             # fast-forwards from this version as from any other. A copy: the caller
             # keeps the one it saved (copies share the nested values, see
             # :meth:`Server.__deepcopy__`)
+            # (and, where the read models' folds report what they meet, the version
+            # saved is the newest known: see StoreRepository.get_trusted)
+            repository = self.repository
+            trusting = repository if (isinstance(repository, StoreRepository)
+                                      and repository.latest is not None) else None
             for aggregate_id, aggregate in processing_event.aggregates.items():
                 if type(aggregate) is Server:
                     cache.put(aggregate_id, copy_of(aggregate))
+                    if trusting is not None:
+                        trusting.saved(aggregate_id, aggregate.version)
         self._take_snapshots(processing_event)
         self._notify(recordings)
         self.notify(processing_event.events)  # the library's deprecated hook

@@ -325,6 +325,10 @@ def fold(view: ServersView, curs: Any, pages: Iterable[RawPage], decode: Decode,
         for index in sorted(shares):  # (in the extensions' order, as they were)
             (batches[index] or batch_of(index)).fold(shares[index])
     changed = [target.__dict__ for target in targets.values()]
+    if view.noticed is not None and targets:
+        # the servers' versions met: a command's cached copy of an older one is read
+        # again before it is decided on (StoreRepository.get_trusted)
+        view.noticed({key: target.version for key, target in targets.items()})
     if begin is not None:
         curs = begin()
     if stored is None:

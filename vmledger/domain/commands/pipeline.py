@@ -32,7 +32,7 @@ from eventsourcing.persistence import IntegrityError
 from vmledger.domain.clock import Clock
 from vmledger.domain.errors import BadRequest, Conflict, IdempotencyConflict
 from vmledger.domain.server import Context, RequestEvent, Server
-from vmledger.domain.service import copy_of
+from vmledger.domain.service import StoreRepository, copy_of
 from vmledger.domain.wakeups import agent_hosts
 
 _IDEMPOTENCY_NS = uuid.UUID("0b8f6a52-3a51-4d0e-8d6c-2f4b8f0d9e11")
@@ -119,13 +119,18 @@ class UnitOfWork:
     """One attempt of one command: loads from the store, collects what to save."""
 
     def __init__(self, store: Application[uuid.UUID],
-                 primed: Sequence[Aggregate] = ()) -> None:
+                 primed: Sequence[Aggregate] = (), *, trusting: bool = False) -> None:
         self.store = store
         #: aggregates saved beside the command's main one, in the same transaction
         self.added: list[Aggregate] = []
         #: aggregates the caller loaded just before, by id: the first load of each is a
         #: copy of it instead of a read (see :meth:`Pipeline.execute`)
         self._primed = {aggregate.id: aggregate for aggregate in primed}
+        #: loads may take a cached server known to be the newest without reading the
+        #: log (:meth:`StoreRepository.get_trusted`)
+        self._trusting = trusting and isinstance(store.repository, StoreRepository)
+        #: the ids of the aggregates loaded so, unread
+        self.unread: set[uuid.UUID] = set()
 
     def get(self, aggregate_id: uuid.UUID, version: int | None = None) -> object | None:
         """The aggregate (None when there is none)."""
@@ -135,10 +140,24 @@ class UnitOfWork:
                 copied: object = copy_of(found_primed)
                 return copied
         try:
-            found: object = self.store.repository.get(aggregate_id, version=version)
+            if version is None and self._trusting:
+                repository = self.store.repository
+                assert isinstance(repository, StoreRepository)
+                found, unread = repository.get_trusted(aggregate_id)
+                if unread:
+                    self.unread.add(aggregate_id)
+                return found  # type: ignore[no-any-return]
+            found = self.store.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
             return None
-        return found
+        return found  # type: ignore[no-any-return]
+
+    def checked(self, saved: Sequence[Aggregate]) -> bool:
+        """Whether the decision needs no read to stand: every aggregate it took from
+        the cache unread is among those it saves (a write overtaken meanwhile loses on
+        the version). A decision to write nothing, or to write other aggregates only,
+        on such a copy is made again after reading."""
+        return not self.unread or self.unread <= {a.id for a in saved}
 
     def add(self, *aggregates: Aggregate) -> None:
         self.added.extend(aggregates)
@@ -191,17 +210,30 @@ class Pipeline:
             for lock in serialise:
                 held.enter_context(lock)
             for attempt in range(MAX_ATTEMPTS):
-                uow = UnitOfWork(self.store, primed if attempt == 0 else ())
+                # the first attempt may decide on cached copies known to be the newest;
+                # any later one (after a lost race, or to check a decision made on such
+                # a copy) reads
+                uow = UnitOfWork(self.store, primed if attempt == 0 else (),
+                                 trusting=attempt == 0)
                 if record_id is not None:
                     replay = self._replay(uow, record_id, fingerprint, key)
                     if replay is not None:
                         return replay
-                changed = decide(uow)
+                try:
+                    changed = decide(uow)
+                except Exception:
+                    if not uow.unread:
+                        raise
+                    continue  # refused on a copy unread: decided again after a read
                 if changed is None or not changed.pending_events:
+                    if uow.unread:
+                        continue  # nothing to do, on a copy unread: the same after a read
                     return CommandResult(subject, ctx.request_id, None, accepted=False,
                                          details=dict(details or {}))
                 reported = str(changed.id) if isinstance(changed, Server) else ""
                 aggregates = [changed, *uow.added]
+                if not uow.checked(aggregates):
+                    continue
                 if record_id is not None:
                     first = CommandResult(reported, ctx.request_id, None,
                                           details=dict(details or {}))
