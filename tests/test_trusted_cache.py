@@ -9,6 +9,8 @@ read. Once a fold met the other process's write, the next command reads.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from tests.engines import make_engine
 from vmledger.domain.commands import Commands
 from vmledger.domain.errors import InvalidState
 from vmledger.domain.service import ServerService
+from vmledger.domain.wakeups import folded_into, hosts_of, payload, written_of
 from vmledger.persistence import environment
 
 pytestmark = pytest.mark.postgres
@@ -46,10 +49,18 @@ def elsewhere(postgres_url: str) -> Iterator[Elsewhere]:
 
 
 def _trusted(engine: Any, server_id: str) -> bool:
-    """Whether this process's next command on the server takes its cached copy unread."""
+    """Whether this process's next command on the server would take its cached copy
+    unread (asked without loading it)."""
     from vmledger.domain.service import server_uuid
 
-    return bool(engine.service.repository.get_trusted(server_uuid(server_id))[1])
+    repository = engine.service.repository
+    if repository.latest is None:
+        return False
+    try:
+        cached = repository.cache.get(server_uuid(server_id))
+    except KeyError:
+        return False
+    return bool(cached.version >= repository.latest.get(server_id, 1 << 62))
 
 
 def _reads(engine: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -135,3 +146,53 @@ def test_sqlite_reads_the_log_for_every_command(tmp_path: Any) -> None:
         engine.run_until_idle()
         engine.lock(server.id)
         assert not _trusted(engine, server.id)
+
+
+def test_another_processes_notification_makes_the_next_command_read(
+        postgres_url: str) -> None:
+    """Another API process writes the server and folds it into the shared read models
+    itself, so this process's follower has nothing to catch up: the notification's
+    payload names what was written, and this process's next command reads."""
+    with make_engine(postgres_url) as here, \
+            make_engine(postgres_url, host="compute-2", seed=1) as there:
+        server = here.create_server("web", "m1.small", IMAGE)
+        here.run_until_idle()
+        here.lock(server.id)
+        stop = threading.Event()
+        follower = threading.Thread(target=here.updater.follow, args=(stop,),
+                                    kwargs={"poll": 0.05}, daemon=True)
+        follower.start()
+        try:
+            # listening: its start forgets what it cannot know
+            _wait_until(lambda: not _trusted(here, server.id))
+            here.act(server.id, "unlock")  # read, then saved: the newest known again
+            assert _trusted(here, server.id)
+            there.lock(server.id)
+            _wait_until(lambda: not _trusted(here, server.id))
+        finally:
+            stop.set()
+            follower.join(10)
+        assert here.act(server.id, "unlock").accepted
+        assert not here.get_server(server.id).locked
+
+
+def _wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.01)
+
+
+def test_the_payload_names_what_was_written_without_changing_the_rest() -> None:
+    written = {"6f0c1f0e-0000-4000-8000-000000000001": 7, "quota-set": 2}
+    text = payload(frozenset({"compute-2"}), folded=frozenset({"vmledger.views.5"}),
+                   written=written)
+    assert written_of(text) == written
+    assert hosts_of(text) == frozenset({"compute-2"})
+    assert folded_into(text) == frozenset({"vmledger.views.5"})
+    # an earlier release's payload says nothing of what was written
+    assert written_of(payload(frozenset({"compute-2"}))) is None
+    many = {f"{i:036d}": i for i in range(200)}
+    assert written_of(payload(None, written=many)) is None  # too many to name
+    assert len(payload(frozenset(f"compute-{i:05d}.example.org" for i in range(1000)),
+                       written=many)) < 8000

@@ -257,7 +257,9 @@ class AuditedPostgresApplicationRecorder(GroupCommitRecorder):
                     # after the fold (outside its savepoint, whatever became of it):
                     # the links, the request index and the NOTIFY, one statement
                     self._write_links(curs, links, wakeups.payload(
-                        agent_hosts, folded=frozenset(folded)) if self.notify else None)
+                        agent_hosts, folded=frozenset(folded),
+                        written={x.originator_id: x.version for x in links})
+                        if self.notify else None)
                     execute_uncached(curs, _COMMIT)
                 except BaseException as error:
                     failed = error

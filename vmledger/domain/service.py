@@ -97,14 +97,18 @@ class StoreRepository(Repository[uuid.UUID]):
     #: read once more)
     LATEST_LIMIT = 100_000
 
-    def notice(self, versions: dict[str, int]) -> None:
-        """Servers at these versions are in the log (a fold met them): a cached one
-        older than that is no longer taken as the latest."""
+    def notice(self, versions: dict[str, int] | None) -> None:
+        """Aggregates at these versions are in the log (a fold met them, another
+        process said it wrote them): a cached copy of an older one is no longer taken
+        as the latest. None: anything may have been written (every cached copy is read
+        again before a command decides on it)."""
         latest = self.latest
         if latest is None:
             return
-        if len(latest) > self.LATEST_LIMIT:
+        if versions is None or len(latest) > self.LATEST_LIMIT:
             latest.clear()
+        if versions is None:
+            return
         for key, version in versions.items():
             if latest.get(key, -1) < version:
                 latest[key] = version

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from vmledger.domain.wakeups import folded_into, hosts_of, wakes
+from vmledger.domain.wakeups import folded_into, hosts_of, wakes, written_of
 
 if TYPE_CHECKING:
     from vmledger.projections.runner import ViewUpdater
@@ -95,6 +95,10 @@ class LogFollower:
         own: set[int] = getattr(self.updater.app.recorder, "own_backends", set())
         with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
             conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
+            if self.updater.view.noticed is not None:
+                # what was written while nobody listened is not known: every cached
+                # copy is read again before a command decides on it
+                self.updater.view.noticed(None)
             wake: bool | None = None  # first: whatever moved while not listening
             folded = False
             while not stop.is_set():
@@ -108,6 +112,13 @@ class LogFollower:
                         break
                     notes = list(conn.notifies(timeout=min(left, STOP_CHECK),
                                                stop_after=1))
+                noticed = self.updater.view.noticed
+                if noticed is not None:
+                    # what the other processes wrote: this process's cached copies of
+                    # older versions are read again before a command decides on them
+                    for note in notes:
+                        if note.pid not in own:
+                            noticed(written_of(note.payload))
                 if not notes or host is None:
                     wake = None
                 else:

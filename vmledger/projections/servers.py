@@ -115,9 +115,11 @@ class ServersView(ServerQueries):
     target: Layout
     #: a view of one layout only (:meth:`at`): the one an upgrade folds
     _fixed: Layout | None = None
-    #: told the version each fold brought servers to, by id (the aggregate cache's
-    #: :meth:`~vmledger.domain.service.StoreRepository.notice`); None: nobody listens
-    noticed: Callable[[dict[str, int]], None] | None = None
+    #: told the version each fold brought servers to, and what the other processes'
+    #: notifications say they wrote, by id (None: anything may have been written), the
+    #: aggregate cache's :meth:`~vmledger.domain.service.StoreRepository.notice`; None:
+    #: nobody listens
+    noticed: Callable[[dict[str, int] | None], None] | None = None
 
     if TYPE_CHECKING:  # provided by the backend's tracking recorder
         def _insert_tracking(self, curs: Any, tracking: Tracking) -> None: ...
