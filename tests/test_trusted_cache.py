@@ -12,6 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -110,10 +111,14 @@ def test_a_no_op_on_a_stale_copy_is_decided_again_on_a_read(
 
 
 def test_a_write_on_a_stale_copy_loses_and_is_refused_after_a_read(
-        postgres_url: str, elsewhere: Elsewhere) -> None:
+        postgres_url: str, elsewhere: Elsewhere, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another process stopped the server (it is powering off); a pause decided here on
-    the cached ACTIVE copy loses on the version, and decided again on the read it is
-    refused, as the table says."""
+    the cached ACTIVE copy loses on the version, and decided again at once (no back-off:
+    nobody is contending) on the read it is refused, as the table says."""
+    from vmledger.domain.commands import pipeline
+
+    waits: list[float] = []
+    monkeypatch.setattr(pipeline, "time", SimpleNamespace(sleep=waits.append))
     with make_engine(postgres_url) as engine:
         server = engine.create_server("web", "m1.small", IMAGE)
         engine.run_until_idle()
@@ -121,8 +126,11 @@ def test_a_write_on_a_stale_copy_loses_and_is_refused_after_a_read(
         engine.act(server.id, "unlock")
         elsewhere.act(server.id, "stop")
         assert _trusted(engine, server.id)
+        retries: list[None] = []
+        engine.commands.deps.pipeline.retry_observers.append(lambda: retries.append(None))
         with pytest.raises(InvalidState):
             engine.act(server.id, "pause")
+        assert len(retries) == 1 and waits == []
         history = [e.event for e in engine.history(server.id)]
         assert history.count("ActionRequested") == 1  # the stop alone
 

@@ -56,7 +56,7 @@ def test_a_command_that_keeps_losing_ends_in_a_conflict(commands: Commands,
         server.update(user(), store.clock.now(), {"description": "never"})
         return server
 
-    commands.deps.pipeline.back_off = lambda attempt: None  # type: ignore[method-assign]
+    commands.deps.pipeline.back_off = lambda attempt, wait=True: None  # type: ignore[method-assign]
     with pytest.raises(Conflict, match="The server was changed by another request"):
         commands.deps.pipeline.execute(user(), decide, what="The server")
     assert calls == MAX_ATTEMPTS

@@ -10,6 +10,12 @@ on an aggregate's version: the same server, a project's quota set, a host's clai
 server group), the whole command is decided again against fresh state, so the guard
 decides again and the loser gets the table's refusal (409), never an unhandled error.
 That retry policy exists here only.
+
+The first attempt may take cached servers that are the newest versions the process knows
+of without reading the log (PostgreSQL: :meth:`StoreRepository.get_trusted`). Its write
+loses on the version if another process wrote the server meanwhile (then decided again
+at once, after a read); a decision that would stand without such a write (nothing to
+record, a refusal, or other aggregates written only) is made again after a read.
 """
 
 from __future__ import annotations
@@ -247,7 +253,9 @@ class Pipeline:
                     # the other processes' agents whether to look
                     recordings = self.store.save(*aggregates, agent_hosts=hosts)
                 except IntegrityError:
-                    self.back_off(attempt)
+                    # decided on a cached copy unread: another process had written it
+                    # (no contention to spread out), read at once
+                    self.back_off(attempt, wait=not uow.unread)
                     continue
                 position = recordings[-1].notification.id if recordings else None
                 result = CommandResult(reported, ctx.request_id, position,
@@ -263,14 +271,15 @@ class Pipeline:
         no retry)."""
         return UnitOfWork(self.store)
 
-    def back_off(self, attempt: int) -> None:
+    def back_off(self, attempt: int, *, wait: bool = True) -> None:
         """Wait before deciding again after losing a race: a random time up to 2 ms,
         doubling with each lost attempt (at most 0.2 s), so writers contending for one
         aggregate (a host's claims, a project's quota set) spread out instead of
-        colliding again."""
+        colliding again (``wait=False``: counted, not waited)."""
         for observe in self.retry_observers:
             observe()
-        time.sleep(self._jitter.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
+        if wait:
+            time.sleep(self._jitter.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
 
     def lock(self, name: str) -> threading.Lock:
         """A lock of this pipeline's, by name (made on first use)."""
