@@ -3,7 +3,9 @@ cached copy is the newest version this process knows of (its own last save, noth
 newer met by a fold since). What another process wrote meanwhile is never decided over:
 a write on the stale copy loses on the version and is decided again after a read, and a
 decision that writes nothing (or is refused) on an unread copy is made again after a
-read. Once a fold met the other process's write, the next command reads.
+read. Once a fold met the other process's write, or its notification named it, the
+next command reads. (The SQLite and payload checks need no cluster but live here with
+the rest.)
 """
 
 from __future__ import annotations
