@@ -245,7 +245,11 @@ def test_an_upgrade_under_http_load_fails_no_request_and_leaves_nothing_stale(
         before = listing(client)
         assert len(before) == 16
         with Load(engine, servers[:4]) as load:
-            time.sleep(0.3)  # the load runs before the upgrade starts
+            # the load runs before the upgrade starts (a number of requests, not a
+            # time: a busy machine answered only 10 in the 0.3 s this once waited)
+            started = time.monotonic() + 60
+            while load.served.get(OLD, 0) <= 20 and time.monotonic() < started:
+                time.sleep(0.02)
             engine.updater.page_size = 50
             engine.run_in_background(0.05)
             deadline = time.monotonic() + 120
