@@ -23,7 +23,7 @@ from psycopg.pq import TransactionStatus
 
 from vmledger.audit import group_commit
 from vmledger.audit.group_commit import GroupCommitRecorder
-from vmledger.projections import store
+from vmledger.projections import pg_statements
 
 Write = Callable[[Sequence[StoredEvent]], None]
 
@@ -259,18 +259,18 @@ def test_a_groups_long_statements_are_numbered_for_postgresql_once() -> None:
     numbered here ($1, $2…, ``%%`` as ``%``), and the numbering is made once per
     statement."""
     statement = b"INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s) RETURNING '100%%'"
-    assert store.numbered(statement) == (
+    assert pg_statements.numbered(statement) == (
         b"INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) RETURNING '100%'")
-    assert store.numbered(statement) is store.numbered(statement)
-    assert store.numbered(b"SELECT 1") == b"SELECT 1"
+    assert pg_statements.numbered(statement) is pg_statements.numbered(statement)
+    assert pg_statements.numbered(b"SELECT 1") == b"SELECT 1"
 
 
 def test_a_short_statement_goes_through_psycopgs_own_cache() -> None:
     ran: list[tuple[object, object]] = []
     curs = SimpleNamespace(execute=lambda s, p, prepare: ran.append(("curs", s)))
     raw = SimpleNamespace(execute=lambda s, p, prepare: ran.append(("raw", s)))
-    assert store.execute_many_parameters(curs, lambda: raw, "SELECT %s", [1]) is curs
+    assert pg_statements.execute_many_parameters(curs, lambda: raw, "SELECT %s", [1]) is curs
     many = b"SELECT " + b", ".join([b"%s"] * 51)
-    assert store.execute_many_parameters(curs, lambda: raw, many, list(range(51))) is raw
+    assert pg_statements.execute_many_parameters(curs, lambda: raw, many, list(range(51))) is raw
     assert ran == [("curs", "SELECT %s"),
                    ("raw", b"SELECT " + b", ".join(b"$%d" % k for k in range(1, 52)))]

@@ -43,7 +43,7 @@ from vmledger.audit.chain import (
 )
 from vmledger.audit.group_commit import Dropped, GroupCommitRecorder
 from vmledger.domain import wakeups
-from vmledger.projections.store import execute_many_parameters, execute_uncached
+from vmledger.projections.pg_statements import execute_many_parameters, execute_uncached
 
 #: at most this many events are inserted with their values as parameters of their own
 #: (beyond: an array per column)

@@ -32,8 +32,8 @@ from eventsourcing.application import Application
 
 from vmledger.projections.fold_cursors import SAVEPOINT, PipelineCursor, own_cursor, savepoint
 from vmledger.projections.log_reading import MISSED_LIMIT, EventDecoder, Row, read_missed
+from vmledger.projections.pg_statements import execute_uncached
 from vmledger.projections.servers import LogAfterPosition, PositionAndRows, ServersView
-from vmledger.projections.store import execute_uncached
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from vmledger.projections.store import execute_uncached
+from vmledger.projections.pg_statements import execute_uncached
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.rows import tuple_row
 
 from vmledger.projections.extensions import ViewExtension
+from vmledger.projections.pg_statements import MergedWrites
 from vmledger.projections.servers import (
     _BULK,
     _TABLE_NAME,
@@ -27,7 +28,7 @@ from vmledger.projections.servers import (
     PositionAndRows,
     ServersView,
 )
-from vmledger.projections.store import MergedWrites, PostgresStore, SQLiteStore, loads
+from vmledger.projections.store import PostgresStore, SQLiteStore, loads
 
 
 class SQLiteServersView(ServersView, SQLiteStore, SQLiteTrackingRecorder):
