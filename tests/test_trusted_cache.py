@@ -1,11 +1,11 @@
-"""PostgreSQL: a command decides on the cached server without reading the log when the
-cached copy is the newest version this process knows of (its own last save, nothing
-newer met by a fold since). What another process wrote meanwhile is never decided over:
-a write on the stale copy loses on the version and is decided again after a read, and a
-decision that writes nothing (or is refused) on an unread copy is made again after a
-read. Once a fold met the other process's write, or its notification named it, the
-next command reads. (The SQLite and payload checks need no cluster but live here with
-the rest.)
+"""A command decides on the cached server without reading the log when the cached copy is
+the newest version this process knows of (its own last save, nothing newer met by a fold
+since), on SQLite and on PostgreSQL, through the engine and through the command service
+alone. What another process wrote meanwhile is never decided over: a write on the stale
+copy loses on the version and is decided again after a read, and a decision that writes
+nothing (or is refused) on an unread copy is made again after a read. Once a fold met the
+other process's write, or (PostgreSQL) its notification named it, the next command reads;
+where nothing names such writes, a server that lost a race so is read from then on.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from vmledger.domain.service import ServerService
 from vmledger.domain.wakeups import folded_into, hosts_of, payload, written_of
 from vmledger.persistence import environment
 
-pytestmark = pytest.mark.postgres
-
 IMAGE = "cirros-0.6.2-x86_64"
 
 
@@ -46,17 +44,21 @@ class Elsewhere:
 
 
 @pytest.fixture
-def elsewhere(postgres_url: str) -> Iterator[Elsewhere]:
-    with contextlib.closing(Elsewhere(postgres_url)) as other:
+def elsewhere(url: str) -> Iterator[Elsewhere]:
+    with contextlib.closing(Elsewhere(url)) as other:
         yield other
 
 
 def _trusted(engine: Any, server_id: str) -> bool:
     """Whether this process's next command on the server would take its cached copy
     unread (asked without loading it)."""
+    return _trusted_in(engine.service, server_id)
+
+
+def _trusted_in(store: ServerService, server_id: str) -> bool:
     from vmledger.domain.service import server_uuid
 
-    repository = engine.service.repository
+    repository = store.repository
     if repository.latest is None:
         return False
     try:
@@ -69,7 +71,11 @@ def _trusted(engine: Any, server_id: str) -> bool:
 def _reads(engine: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The reads of the log by server id from now on (each command's load, unless it
     took the cached copy unread)."""
-    store = engine.service.repository.event_store
+    return _reads_of(engine.service, monkeypatch)
+
+
+def _reads_of(service: ServerService, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    store = service.repository.event_store
     read = store.get
     calls: list[Any] = []
 
@@ -82,8 +88,8 @@ def _reads(engine: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_a_command_after_this_processes_own_save_reads_nothing(
-        postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with make_engine(postgres_url) as engine:
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with make_engine(url) as engine:
         server = engine.create_server("web", "m1.small", IMAGE)
         engine.run_until_idle()
         engine.lock(server.id)
@@ -96,11 +102,11 @@ def test_a_command_after_this_processes_own_save_reads_nothing(
 
 
 def test_a_no_op_on_a_stale_copy_is_decided_again_on_a_read(
-        postgres_url: str, elsewhere: Elsewhere) -> None:
+        url: str, elsewhere: Elsewhere) -> None:
     """This process locked the server; another one unlocked it. A lock here, on the
     cached (locked) copy, would be "nothing to do": it is decided again after a read
     and locks the server."""
-    with make_engine(postgres_url) as engine:
+    with make_engine(url) as engine:
         server = engine.create_server("web", "m1.small", IMAGE)
         engine.run_until_idle()
         engine.lock(server.id)
@@ -113,7 +119,7 @@ def test_a_no_op_on_a_stale_copy_is_decided_again_on_a_read(
 
 
 def test_a_write_on_a_stale_copy_loses_and_is_refused_after_a_read(
-        postgres_url: str, elsewhere: Elsewhere, monkeypatch: pytest.MonkeyPatch) -> None:
+        url: str, elsewhere: Elsewhere, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another process stopped the server (it is powering off); a pause decided here on
     the cached ACTIVE copy loses on the version, and decided again at once (no back-off:
     nobody is contending) on the read it is refused, as the table says."""
@@ -121,7 +127,7 @@ def test_a_write_on_a_stale_copy_loses_and_is_refused_after_a_read(
 
     waits: list[float] = []
     monkeypatch.setattr(pipeline, "time", SimpleNamespace(sleep=waits.append))
-    with make_engine(postgres_url) as engine:
+    with make_engine(url) as engine:
         server = engine.create_server("web", "m1.small", IMAGE)
         engine.run_until_idle()
         engine.lock(server.id)
@@ -135,11 +141,16 @@ def test_a_write_on_a_stale_copy_loses_and_is_refused_after_a_read(
         assert len(retries) == 1 and waits == []
         history = [e.event for e in engine.history(server.id)]
         assert history.count("ActionRequested") == 1  # the stop alone
+        engine.lock(server.id)
+        # where nothing names another process's writes (SQLite: no notifications), the
+        # server it wrote under this process's copy is read for every command from now
+        # on; PostgreSQL's follower names them, so its own save is the newest again
+        assert _trusted(engine, server.id) == url.startswith("postgresql")
 
 
 def test_a_fold_that_met_another_processes_write_makes_the_next_command_read(
-        postgres_url: str, elsewhere: Elsewhere) -> None:
-    with make_engine(postgres_url) as engine:
+        url: str, elsewhere: Elsewhere) -> None:
+    with make_engine(url) as engine:
         server = engine.create_server("web", "m1.small", IMAGE)
         engine.run_until_idle()
         engine.lock(server.id)
@@ -150,14 +161,7 @@ def test_a_fold_that_met_another_processes_write_makes_the_next_command_read(
         assert _trusted(engine, server.id)  # its own save, the newest again
 
 
-def test_sqlite_reads_the_log_for_every_command(tmp_path: Any) -> None:
-    with make_engine(f"sqlite:///{tmp_path / 'v.db'}") as engine:
-        server = engine.create_server("web", "m1.small", IMAGE)
-        engine.run_until_idle()
-        engine.lock(server.id)
-        assert not _trusted(engine, server.id)
-
-
+@pytest.mark.postgres
 def test_another_processes_notification_makes_the_next_command_read(
         postgres_url: str) -> None:
     """Another API process writes the server and folds it into the shared read models
@@ -191,6 +195,68 @@ def _wait_until(condition: Any, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within the time"
         time.sleep(0.01)
+
+
+def test_the_agent_on_a_stale_copy_makes_no_call(url: str, elsewhere: Elsewhere) -> None:
+    """The agent looks at the copy the request saved here, unread; another process
+    deleted the server meanwhile. Its first commit, written before any call, loses on
+    the version; read again, the reboot is superseded: no call is made."""
+    with make_engine(url) as engine:
+        server = engine.create_server("web", "m1.small", IMAGE)
+        engine.run_until_idle()
+        request_id = engine.reboot(server.id, hard=True).request_id
+        assert _trusted(engine, server.id)
+        elsewhere.act(server.id, "delete")
+        retries: list[None] = []
+        engine.commands.deps.pipeline.retry_observers.append(lambda: retries.append(None))
+        engine.agent.reconcile(server.id, request_id)
+        assert len(retries) == 1  # the commit on the stale copy lost, then read
+        calls = [e.call for e in engine.service.history(server.id)
+                 if type(e).__name__ == "HypervisorCallStarted"]
+        assert "reboot" not in calls
+        assert engine.hypervisor.observe(server.id).power_state == 1  # still running
+        engine.run_until_idle()
+        assert "reboot" not in [e.call for e in engine.service.history(server.id)
+                                if type(e).__name__ == "HypervisorCallStarted"]
+
+
+def test_the_command_service_alone_decides_on_its_own_saves_unread(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No read models, no follower: the command service alone trusts what it saved."""
+    with contextlib.closing(Elsewhere(url)) as alone:
+        server_id = alone.commands.servers.create(
+            alone.store.context(), name="web", flavor="m1.small", image=IMAGE).server_id
+        assert alone.act(server_id, "lock").accepted
+        assert _trusted_in(alone.store, server_id)
+        reads = _reads_of(alone.store, monkeypatch)
+        assert alone.act(server_id, "unlock").accepted
+        assert alone.act(server_id, "lock").accepted
+        assert reads == []
+        assert alone.store.get(server_id).locked
+
+
+def test_two_processes_taking_turns_on_a_server_lose_one_race_each(url: str) -> None:
+    """Two command services with nothing naming each other's writes (no follower)
+    lock and unlock one server in turn: each loses one race on its cached copy, then
+    reads that server for every command; every command is applied once, in order."""
+    with contextlib.closing(Elsewhere(url)) as one, contextlib.closing(Elsewhere(url)) as two:
+        server_id = one.commands.servers.create(
+            one.store.context(), name="web", flavor="m1.small", image=IMAGE).server_id
+        retries = {id(one): 0, id(two): 0}
+        for side in (one, two):
+            side.commands.deps.pipeline.retry_observers.append(
+                lambda side=side: retries.__setitem__(id(side), retries[id(side)] + 1))
+        assert two.act(server_id, "lock").accepted  # two's copy: read, then its own save
+        before = two.store.get(server_id).version
+        for turn in range(8):
+            side = (one, two)[turn % 2]
+            action = ("unlock", "lock")[turn % 2]
+            assert side.act(server_id, action).accepted, (turn, action)
+        assert retries == {id(one): 1, id(two): 1}
+        assert not _trusted_in(two.store, server_id)
+        assert two.store.get(server_id).locked
+        # each command written once, none lost or repeated by the lost races
+        assert one.store.get(server_id).version == before + 8
 
 
 def test_the_payload_names_what_was_written_without_changing_the_rest() -> None:

@@ -120,12 +120,13 @@ def build(url: str, settings: Settings) -> Graph:
     updater = ViewUpdater(store, view)
     # this process's commands fold their events in their own transaction
     updater.attach(store.recorder)
-    if view.dialect == "postgres" and isinstance(store.repository, StoreRepository):
+    if isinstance(store.repository, StoreRepository) and store.repository.latest is not None:
         # a command decides on a cached server known to be the newest without reading
         # the log: the folds (this process's commands', the follower's catch-ups of the
-        # other processes' writes) say which versions they met
-        store.repository.latest = {}
+        # other processes' writes) say which versions they met, and on PostgreSQL the
+        # other processes' notifications name what they wrote
         view.noticed = store.repository.notice
+        store.repository.told_of_writes = view.dialect == "postgres"
     if view.serving != view.target:
         problems = conflicts(view, view.serving)
         if problems:

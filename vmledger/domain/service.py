@@ -89,13 +89,25 @@ class StoreRepository(Repository[uuid.UUID]):
     """
 
     #: the newest version of each server this process knows to be in the log (by id
-    #: text): its own saves, once committed, and what the read models' folds met
-    #: (:meth:`notice`). None: a command's load always reads the log after the cached
-    #: version (:meth:`get_trusted`)
+    #: text): its own saves, once committed, and what the read models' folds met or
+    #: another process's notification named (:meth:`notice`). None: a command's load
+    #: always reads the log after the cached version (:meth:`get_trusted`)
     latest: dict[str, int] | None = None
-    #: beyond this many servers known, :attr:`latest` starts again empty (each then
-    #: read once more)
+    #: whether something names the servers other processes write, soon after they do
+    #: (PostgreSQL's notifications, read by the view's follower). Without it a server
+    #: another process wrote under this one's cached copy is learnt of only when a
+    #: command on the copy loses on the version; from then on it is read for every
+    #: command (:meth:`distrust`), so a server two processes take turns writing costs
+    #: one lost race, not one a command
+    told_of_writes = False
+    #: beyond this many servers known (or distrusted), :attr:`latest` (or the distrusted
+    #: set) starts again empty (each then read once more)
     LATEST_LIMIT = 100_000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the servers read for every command (see :attr:`told_of_writes`), by id text
+        self.distrusted: set[str] = set()
 
     def notice(self, versions: dict[str, int] | None) -> None:
         """Aggregates at these versions are in the log (a fold met them, another
@@ -109,13 +121,29 @@ class StoreRepository(Repository[uuid.UUID]):
             latest.clear()
         if versions is None:
             return
+        distrusted = self.distrusted
         for key, version in versions.items():
-            if latest.get(key, -1) < version:
+            if latest.get(key, -1) < version and key not in distrusted:
                 latest[key] = version
 
     def saved(self, aggregate_id: uuid.UUID, version: int) -> None:
         """This process committed ``aggregate_id`` at ``version``."""
         self.notice({str(aggregate_id): version})
+
+    def distrust(self, aggregate_ids: Iterable[uuid.UUID]) -> None:
+        """A command decided on these cached copies unread and lost on the version:
+        another process writes them. Unless something names such writes
+        (:attr:`told_of_writes`), they are read for every command from now on."""
+        latest = self.latest
+        if latest is None or self.told_of_writes:
+            return
+        distrusted = self.distrusted
+        if len(distrusted) > self.LATEST_LIMIT:
+            distrusted.clear()
+        for aggregate_id in aggregate_ids:
+            key = str(aggregate_id)
+            distrusted.add(key)
+            latest.pop(key, None)
 
     def get_trusted(self, aggregate_id: uuid.UUID) -> tuple[Any, bool]:
         """A command's load: the aggregate and whether it was taken from the cache
@@ -308,6 +336,10 @@ class ServerService(Application[uuid.UUID]):
             fastforward=built.fastforward, fastforward_skipping=built.fastforward_skipping,
             deepcopy_from_cache=built.deepcopy_from_cache)
         repository.cache = built.cache
+        # a command decides on a cached server known to be the newest without reading
+        # the log: its own saves say so, and the read models' folds (bootstrap) say
+        # what they met of the other processes' writes
+        repository.latest = {}
         if isinstance(repository.cache, LRUCache):
             limit = self.env.get("VMLEDGER_AGGREGATE_CACHE_BYTES")
             repository.cache = SizedLRUCache(
@@ -331,11 +363,21 @@ class ServerService(Application[uuid.UUID]):
 
     # --- reading --------------------------------------------------------------------
     def get(self, server_id: str | uuid.UUID, ctx: Context | None = None, *,
-            include_deleted: bool = False) -> Server:
-        """The live aggregate, as the caller may see it (another project's is not found)."""
+            include_deleted: bool = False, trusted: bool = False) -> Server:
+        """The live aggregate, as the caller may see it (another project's is not found).
+
+        ``trusted``: the cached copy, unread, when it is the newest version this
+        process knows of (:meth:`StoreRepository.get_trusted`): for a caller whose use
+        of it is a command that loses on the version if another process wrote the
+        server meanwhile (the host agent, whose first commit comes before any call)."""
         sid = server_uuid(server_id)
+        repository = self.repository
         try:
-            server: object = self.repository.get(sid)
+            server: object
+            if trusted and isinstance(repository, StoreRepository):
+                server = repository.get_trusted(sid)[0]
+            else:
+                server = repository.get(sid)
         except AggregateNotFoundError:
             raise ServerNotFound(str(server_id)) from None
         return visible(server, str(server_id), ctx, include_deleted)

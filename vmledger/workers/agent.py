@@ -282,9 +282,16 @@ class HostAgent:
     # --- one server ---------------------------------------------------------------------
     def reconcile(self, server_id: str, request_id: str) -> None:
         """Drive the action ``request_id`` of one server to its outcome."""
-        server = self.service.get(server_id, include_deleted=True)
+        # the cached copy when nothing newer is known: if another process wrote the
+        # server meanwhile, the first commit below (before any call) loses on the
+        # version and is decided again on a read, as the pipeline does for any copy;
+        # leaving the action alone is decided on a read (another process, with nothing
+        # to tell this one, may have handed it here)
+        server = self.service.get(server_id, include_deleted=True, trusted=True)
         if server.pending_request_id != request_id or server.acting_host != self.host:
-            return
+            server = self.service.get(server_id, include_deleted=True)
+            if server.pending_request_id != request_id or server.acting_host != self.host:
+                return
         action = server.pending_action
         assert action is not None
         self._action, self._steps, self._seen, self._found = (

@@ -12,10 +12,12 @@ decides again and the loser gets the table's refusal (409), never an unhandled e
 That retry policy exists here only.
 
 The first attempt may take cached servers that are the newest versions the process knows
-of without reading the log (PostgreSQL: :meth:`StoreRepository.get_trusted`). Its write
-loses on the version if another process wrote the server meanwhile (then decided again
-at once, after a read); a decision that would stand without such a write (nothing to
-record, a refusal, or other aggregates written only) is made again after a read.
+of without reading the log (:meth:`StoreRepository.get_trusted`). Its write loses on the
+version if another process wrote the server meanwhile (then decided again at once, after
+a read, and that server is read for every command from then on unless the other
+processes' writes are named to this one: :meth:`StoreRepository.distrust`); a decision
+that would stand without such a write (nothing to record, a refusal, or other aggregates
+written only) is made again after a read.
 """
 
 from __future__ import annotations
@@ -254,7 +256,12 @@ class Pipeline:
                     recordings = self.store.save(*aggregates, agent_hosts=hosts)
                 except IntegrityError:
                     # decided on a cached copy unread: another process had written it
-                    # (no contention to spread out), read at once
+                    # (no contention to spread out), read at once; and, unless that
+                    # process's writes are named to this one, read from now on
+                    if uow.unread:
+                        repository = self.store.repository
+                        assert isinstance(repository, StoreRepository)
+                        repository.distrust(uow.unread)
                     self.back_off(attempt, wait=not uow.unread)
                     continue
                 position = recordings[-1].notification.id if recordings else None
