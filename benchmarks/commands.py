@@ -359,19 +359,25 @@ class RawProtocol:
     split_read: bool = False  # the read in its own transaction, then the write transaction
     lock: bool = False  # PostgreSQL: SET LOCAL lock_timeout + LOCK TABLE ... EXCLUSIVE
     notify: bool = False  # PostgreSQL: NOTIFY in the write transaction
-    pre_ping: bool = False  # PostgreSQL: an empty query before each pool checkout
+    #: the aggregate's rows read before the write; off: the version known from the
+    #: previous write (as the engine decides on the copy it saved, unread)
+    read: bool = True
 
 
 MINIMAL = RawProtocol("raw: SELECT + INSERT + COMMIT, one transaction")
-SQLITE_STEPS = (MINIMAL, RawProtocol("+ read in its own transaction (engine-shaped)",
-                                     split_read=True))
+SQLITE_STEPS = (
+    MINIMAL,
+    RawProtocol("+ read in its own transaction", split_read=True),
+    RawProtocol("- that read: the copy saved, unread (engine-shaped)", split_read=True,
+                read=False),
+)
 POSTGRES_STEPS = (
     MINIMAL,
     RawProtocol("+ read in autocommit, pipelined write transaction", split_read=True),
     RawProtocol("+ LOCK TABLE ... IN EXCLUSIVE MODE", split_read=True, lock=True),
     RawProtocol("+ NOTIFY", split_read=True, lock=True, notify=True),
-    RawProtocol("+ pre-ping per pool checkout (engine-shaped)", split_read=True, lock=True,
-                notify=True, pre_ping=True),
+    RawProtocol("- the read: the copy saved, unread (engine-shaped)", split_read=True,
+                lock=True, notify=True, read=False),
 )
 
 
@@ -465,12 +471,15 @@ class SQLiteBackend(Backend):
             cur = conn.cursor()
             select, insert, topic = self.SELECT, self.INSERT, RAW_TOPIC
             split = protocol.split_read
+            known = [0] * servers  # the version each server was last written at
             yield 0
             for batch in batches:
                 for i, loads in batch:
                     oid = ids[i]
                     version = 1
-                    if split and loads:  # read in its own transaction, as the engine does
+                    if loads and not protocol.read:
+                        version = known[i] + 1
+                    elif split and loads:  # read in its own transaction
                         cur.execute("BEGIN")
                         rows = cur.execute(select, (oid,)).fetchall()
                         cur.execute("ROLLBACK")
@@ -481,6 +490,7 @@ class SQLiteBackend(Backend):
                         version = rows[-1][1] + 1
                     cur.execute(insert, (oid, version, topic, payload))
                     cur.execute("COMMIT")
+                    known[i] = version
                 yield len(batch)
         finally:
             conn.close()
@@ -549,11 +559,12 @@ class PostgresBackend(Backend):
             info["durability"] = self._settings(conn)
             conn.autocommit = protocol.split_read  # the minimal run commits by hand
             ids = [uuid.uuid4() for _ in range(servers)]
+            known = [0] * servers  # the version each server was last written at
             with conn.cursor() as cur:
                 yield 0
                 for batch in batches:
                     if protocol.split_read:
-                        self._split(conn, cur, batch, ids, payload, protocol)
+                        self._split(conn, cur, batch, ids, payload, protocol, known)
                     else:
                         self._minimal(conn, cur, batch, ids, payload)
                     yield len(batch)
@@ -573,26 +584,26 @@ class PostgresBackend(Backend):
             conn.commit()
 
     def _split(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any], batch: Batch,
-               ids: list[uuid.UUID], payload: bytes, protocol: RawProtocol) -> None:
-        """The read in autocommit, then a pipelined write transaction (begun and
-        committed by statements in the pipeline, as vmledger's recorder does), with the
-        parts of eventsourcing 9.5's protocol that ``protocol`` switches on."""
+               ids: list[uuid.UUID], payload: bytes, protocol: RawProtocol,
+               known: list[int]) -> None:
+        """The read in autocommit (unless ``protocol`` reads nothing: the version last
+        written, in ``known``), then a pipelined write transaction (begun and committed
+        by statements in the pipeline, as vmledger's recorder does), with the parts of
+        eventsourcing 9.5's protocol that ``protocol`` switches on."""
         select, insert, topic = self.SELECT, self.INSERT, RAW_TOPIC
         # the lock timeout and NOTIFY in one statement, as vmledger's recorder sends them
         lock_timeout = ("SELECT set_config('lock_timeout', '10s', true)"
                         + (", pg_notify('stored_events', '')" if protocol.notify else ""))
         lock = "LOCK TABLE public.stored_events IN EXCLUSIVE MODE"
-        ping, take_lock, notify = protocol.pre_ping, protocol.lock, protocol.notify
+        take_lock, notify = protocol.lock, protocol.notify
         for i, loads in batch:
             oid = ids[i]
             version = 1
-            if loads:
-                if ping:
-                    conn.execute("")
+            if loads and not protocol.read:
+                version = known[i] + 1
+            elif loads:
                 cur.execute(select, (oid,), prepare=True)
                 version = cur.fetchall()[-1][1] + 1
-            if ping:
-                conn.execute("")
             # as vmledger's recorder writes: BEGIN ... INSERT synced once (its ids are
             # read), COMMIT synced by leaving the pipeline
             with conn.pipeline() as pipeline:
@@ -606,6 +617,7 @@ class PostgresBackend(Backend):
                 pipeline.sync()
                 cur.fetchone()
                 cur.execute(b"COMMIT")
+            known[i] = version
 
 
 # ---------------------------------------------------------------------------------------
