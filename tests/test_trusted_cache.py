@@ -142,10 +142,11 @@ def test_a_write_on_a_stale_copy_loses_and_is_refused_after_a_read(
         history = [e.event for e in engine.history(server.id)]
         assert history.count("ActionRequested") == 1  # the stop alone
         engine.lock(server.id)
-        # where nothing names another process's writes (SQLite: no notifications), the
-        # server it wrote under this process's copy is read for every command from now
-        # on; PostgreSQL's follower names them, so its own save is the newest again
-        assert _trusted(engine, server.id) == url.startswith("postgresql")
+        # nothing names another process's writes to this one (SQLite has no
+        # notifications; on PostgreSQL no follower listens here): the server it wrote
+        # under this process's copy is read for every command from now on
+        assert not engine.service.repository.told_of_writes
+        assert not _trusted(engine, server.id)
 
 
 def test_a_fold_that_met_another_processes_write_makes_the_next_command_read(
@@ -177,8 +178,10 @@ def test_another_processes_notification_makes_the_next_command_read(
                                     kwargs={"poll": 0.05}, daemon=True)
         follower.start()
         try:
-            # listening: its start forgets what it cannot know
+            # listening: its start forgets what it cannot know, and from then on the
+            # notifications name what the other processes write
             _wait_until(lambda: not _trusted(here, server.id))
+            assert here.service.repository.told_of_writes
             here.act(server.id, "unlock")  # read, then saved: the newest known again
             assert _trusted(here, server.id)
             there.lock(server.id)
@@ -186,6 +189,7 @@ def test_another_processes_notification_makes_the_next_command_read(
         finally:
             stop.set()
             follower.join(10)
+        assert not here.service.repository.told_of_writes  # nobody listens any more
         assert here.act(server.id, "unlock").accepted
         assert not here.get_server(server.id).locked
 
@@ -257,6 +261,41 @@ def test_two_processes_taking_turns_on_a_server_lose_one_race_each(url: str) -> 
         assert two.store.get(server_id).locked
         # each command written once, none lost or repeated by the lost races
         assert one.store.get(server_id).version == before + 8
+
+
+def test_a_race_lost_to_this_processes_own_write_keeps_the_server_trusted(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command decides on the saved copy while another command of this process
+    writes the server: it loses on the version and is decided again after a read, but
+    the write that overtook it is one this process knows of, so the server is not
+    taken for one another process writes (it stays trusted)."""
+    with contextlib.closing(Elsewhere(url)) as alone:
+        server_id = alone.commands.servers.create(
+            alone.store.context(), name="web", flavor="m1.small", image=IMAGE).server_id
+        assert alone.act(server_id, "lock").accepted
+        repository = alone.store.repository
+        trusted = repository.get_trusted
+        overtaken: list[bool] = []
+
+        def overtaking(aggregate_id: Any) -> Any:
+            found = trusted(aggregate_id)
+            if not overtaken:  # the first load: another command of this process lands
+                overtaken.append(True)
+                assert alone.act(server_id, "unlock").accepted
+            return found
+
+        monkeypatch.setattr(repository, "get_trusted", overtaking)
+        retries: list[None] = []
+        alone.commands.deps.pipeline.retry_observers.append(lambda: retries.append(None))
+        before = alone.store.get(server_id).version
+        # decided on the locked copy: an unlock, which loses to the unlock above, and is
+        # decided again on a read
+        assert alone.act(server_id, "unlock").accepted
+        assert overtaken and len(retries) == 1
+        assert alone.store.get(server_id).version == before + 2  # each unlock once
+        assert str(server_id) not in repository.distrusted
+        monkeypatch.setattr(repository, "get_trusted", trusted)
+        assert _trusted_in(alone.store, server_id)
 
 
 def test_the_payload_names_what_was_written_without_changing_the_rest() -> None:

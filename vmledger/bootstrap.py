@@ -124,9 +124,9 @@ def build(url: str, settings: Settings) -> Graph:
         # a command decides on a cached server known to be the newest without reading
         # the log: the folds (this process's commands', the follower's catch-ups of the
         # other processes' writes) say which versions they met, and on PostgreSQL the
-        # other processes' notifications name what they wrote
+        # other processes' notifications name what they wrote while the follower
+        # listens (vmledger.projections.following)
         view.noticed = store.repository.notice
-        store.repository.told_of_writes = view.dialect == "postgres"
     if view.serving != view.target:
         problems = conflicts(view, view.serving)
         if problems:

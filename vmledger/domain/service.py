@@ -94,8 +94,8 @@ class StoreRepository(Repository[uuid.UUID]):
     #: always reads the log after the cached version (:meth:`get_trusted`)
     latest: dict[str, int] | None = None
     #: whether something names the servers other processes write, soon after they do
-    #: (PostgreSQL's notifications, read by the view's follower). Without it a server
-    #: another process wrote under this one's cached copy is learnt of only when a
+    #: (PostgreSQL's notifications, while the view's follower listens). Without it a
+    #: server another process wrote under this one's cached copy is learnt of only when a
     #: command on the copy loses on the version; from then on it is read for every
     #: command (:meth:`distrust`), so a server two processes take turns writing costs
     #: one lost race, not one a command
@@ -130,18 +130,22 @@ class StoreRepository(Repository[uuid.UUID]):
         """This process committed ``aggregate_id`` at ``version``."""
         self.notice({str(aggregate_id): version})
 
-    def distrust(self, aggregate_ids: Iterable[uuid.UUID]) -> None:
-        """A command decided on these cached copies unread and lost on the version:
-        another process writes them. Unless something names such writes
-        (:attr:`told_of_writes`), they are read for every command from now on."""
+    def distrust(self, copies: dict[uuid.UUID, int]) -> None:
+        """A command decided on these cached copies (id: version) unread and lost on
+        the version. Unless something names other processes' writes
+        (:attr:`told_of_writes`), a server whose newer version this process does not
+        know of (none of its own threads saved it, no fold met it) was written by
+        another process: it is read for every command from now on."""
         latest = self.latest
         if latest is None or self.told_of_writes:
             return
         distrusted = self.distrusted
         if len(distrusted) > self.LATEST_LIMIT:
             distrusted.clear()
-        for aggregate_id in aggregate_ids:
+        for aggregate_id, version in copies.items():
             key = str(aggregate_id)
+            if latest.get(key, -1) > version:
+                continue  # overtaken by a write this process knows of: its own
             distrusted.add(key)
             latest.pop(key, None)
 

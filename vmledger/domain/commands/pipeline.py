@@ -137,8 +137,8 @@ class UnitOfWork:
         #: loads may take a cached server known to be the newest without reading the
         #: log (:meth:`StoreRepository.get_trusted`)
         self._trusting = trusting and isinstance(store.repository, StoreRepository)
-        #: the ids of the aggregates loaded so, unread
-        self.unread: set[uuid.UUID] = set()
+        #: the aggregates loaded so, unread: their ids and versions
+        self.unread: dict[uuid.UUID, int] = {}
 
     def get(self, aggregate_id: uuid.UUID, version: int | None = None) -> object | None:
         """The aggregate (None when there is none)."""
@@ -153,7 +153,7 @@ class UnitOfWork:
                 assert isinstance(repository, StoreRepository)
                 found, unread = repository.get_trusted(aggregate_id)
                 if unread:
-                    self.unread.add(aggregate_id)
+                    self.unread[aggregate_id] = found.version
                 return found  # type: ignore[no-any-return]
             found = self.store.repository.get(aggregate_id, version=version)
         except AggregateNotFoundError:
@@ -165,7 +165,7 @@ class UnitOfWork:
         the cache unread is among those it saves (a write overtaken meanwhile loses on
         the version). A decision to write nothing, or to write other aggregates only,
         on such a copy is made again after reading."""
-        return not self.unread or self.unread <= {a.id for a in saved}
+        return not self.unread or self.unread.keys() <= {a.id for a in saved}
 
     def add(self, *aggregates: Aggregate) -> None:
         self.added.extend(aggregates)
