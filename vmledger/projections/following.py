@@ -24,10 +24,11 @@ when every notification received since the last one is such, none is run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vmledger.domain.service import StoreRepository
@@ -94,59 +95,64 @@ class LogFollower:
         # this process's writes: their commands woke its agent themselves (the agent's
         # own steps must not wake it again)
         own: set[int] = getattr(self.updater.app.recorder, "own_backends", set())
-        with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn:
+        with psycopg.connect(**_connect_args(datastore), autocommit=True) as conn, \
+                contextlib.ExitStack() as listening:
             conn.execute(sql.SQL("LISTEN {0}").format(sql.Identifier(channel)))
             if self.updater.view.noticed is not None:
                 # what was written while nobody listened is not known: every cached
                 # copy is read again before a command decides on it
                 self.updater.view.noticed(None)
-            repository = self.updater.app.repository
-            # while it listens, the notifications name what the other processes
-            # write: a lost race on a copy taken unread is not held against the server
-            told = repository if (isinstance(repository, StoreRepository)
-                                  and repository.latest is not None) else None
-            if told is not None:
-                told.told_of_writes = True
-            try:
-                wake: bool | None = None  # first: whatever moved while not listening
-                folded = False
-                while not stop.is_set():
-                    self.check(wake, folded)
-                    # waited for in slices, so that a stop is seen within one
-                    deadline = time.monotonic() + poll
-                    notes: list[Any] = []
-                    while not notes and not stop.is_set():
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        notes = list(conn.notifies(timeout=min(left, STOP_CHECK),
-                                                   stop_after=1))
-                    noticed = self.updater.view.noticed
-                    if noticed is not None:
-                        # what the other processes wrote: this process's cached
-                        # copies of older versions are read again before a command
-                        # decides on them
-                        for note in notes:
-                            if note.pid not in own:
-                                noticed(written_of(note.payload))
-                    if not notes or host is None:
-                        wake = None
-                    else:
-                        wake = any(wakes(hosts_of(note.payload), host) for note in notes
-                                   if note.pid not in own)
-                    layout = self.updater.view.layout.name
-                    # nothing to catch up for writes folded in their transaction, nor
-                    # for this process's writes while one of its passes defers their
-                    # fold (the pass folds them before it ends; another thread's
-                    # command whose fold failed just then is folded by the next
-                    # command or the next poll)
-                    deferring = self.updater.command_fold.deferring()
-                    folded = bool(notes) and all(
-                        layout in folded_into(note.payload)
-                        or (deferring and note.pid in own) for note in notes)
-            finally:
-                if told is not None:
-                    told.told_of_writes = False
+            listening.enter_context(_naming_writes(self.updater.app.repository))
+            wake: bool | None = None  # first: whatever moved while not listening
+            folded = False
+            while not stop.is_set():
+                self.check(wake, folded)
+                # waited for in slices, so that a stop is seen within one
+                deadline = time.monotonic() + poll
+                notes: list[Any] = []
+                while not notes and not stop.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    notes = list(conn.notifies(timeout=min(left, STOP_CHECK),
+                                               stop_after=1))
+                noticed = self.updater.view.noticed
+                if noticed is not None:
+                    # what the other processes wrote: this process's cached copies of
+                    # older versions are read again before a command decides on them
+                    for note in notes:
+                        if note.pid not in own:
+                            noticed(written_of(note.payload))
+                if not notes or host is None:
+                    wake = None
+                else:
+                    wake = any(wakes(hosts_of(note.payload), host) for note in notes
+                               if note.pid not in own)
+                layout = self.updater.view.layout.name
+                # nothing to catch up for writes folded in their transaction, nor for
+                # this process's writes while one of its passes defers their fold (the
+                # pass folds them before it ends; another thread's command whose fold
+                # failed just then is folded by the next command or the next poll)
+                deferring = self.updater.command_fold.deferring()
+                folded = bool(notes) and all(
+                    layout in folded_into(note.payload)
+                    or (deferring and note.pid in own) for note in notes)
+
+
+@contextlib.contextmanager
+def _naming_writes(repository: object) -> Iterator[None]:
+    """While the follower listens, the notifications name what the other processes
+    write: a lost race on a copy taken unread is not held against the server
+    (:attr:`~vmledger.domain.service.StoreRepository.told_of_writes`)."""
+    told = repository if (isinstance(repository, StoreRepository)
+                          and repository.latest is not None) else None
+    if told is not None:
+        told.told_of_writes = True
+    try:
+        yield
+    finally:
+        if told is not None:
+            told.told_of_writes = False
 
 
 def _connect_args(datastore: Any) -> dict[str, Any]:

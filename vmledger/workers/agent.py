@@ -287,10 +287,13 @@ class HostAgent:
         # version and is decided again on a read, as the pipeline does for any copy;
         # leaving the action alone is decided on a read (another process, with nothing
         # to tell this one, may have handed it here)
+        def ours(server: Server) -> bool:
+            return server.pending_request_id == request_id and server.acting_host == self.host
+
         server = self.service.get(server_id, include_deleted=True, trusted=True)
-        if server.pending_request_id != request_id or server.acting_host != self.host:
+        if not ours(server):
             server = self.service.get(server_id, include_deleted=True)
-            if server.pending_request_id != request_id or server.acting_host != self.host:
+            if not ours(server):
                 return
         action = server.pending_action
         assert action is not None
